@@ -1,0 +1,37 @@
+# Fresh-machine set-up: `make demo` and `make test` create .venv, install torch (TORCH_SPEC) first
+# when none is importable, install the package with its test extra, then run.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mechir-nig-installed
+
+.PHONY: install demo test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || { echo "installing $(TORCH_SPEC) first (no torch in $(VENV))"; $(PY) -m pip install "$(TORCH_SPEC)"; }
+	$(PY) -m pip install -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	HF_HUB_OFFLINE=1 $(PY) demos/quickstart.py
+
+lint: install
+	$(PY) -m ruff check mechir_nig tests benchmarks demos
+	$(PY) -m ruff format --check mechir_nig tests benchmarks demos
+
+test: install lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q
+
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/forward.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/nig.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

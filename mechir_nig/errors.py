@@ -1,0 +1,23 @@
+"""Exceptions and warnings raised by mechir_nig. Every message says what to fix."""
+
+from __future__ import annotations
+
+
+class MechirNigError(Exception):
+    """Base class of every error raised by mechir_nig."""
+
+
+class InputError(MechirNigError, ValueError):
+    """A bad argument: empty text, mismatched lengths, an unknown option, a wrong shape."""
+
+
+class ModelLoadError(MechirNigError, OSError):
+    """A checkpoint could not be found or fetched (missing folder, hub id while offline)."""
+
+
+class UnsupportedArchitectureError(MechirNigError, ValueError):
+    """A checkpoint whose architecture the hooked port does not implement."""
+
+
+class TruncationWarning(UserWarning):
+    """Some documents were longer than ``max_length`` and were truncated (reported in the batch)."""

@@ -1,0 +1,160 @@
+"""``HookedBiEncoder``: a BERT dual encoder (e.g. all-MiniLM-L6-v2) with TransformerLens hooks.
+
+``F(q, d) = sim(E(q), E(d))`` with ``E`` mean (masked) or CLS pooling of the last hidden states and
+``sim`` cosine or dot. Each encoding pass fires the encoder hooks; ``hook_pooled`` holds the pooled
+vector and ``hook_embedding`` the final (L2-normalised for cosine) embedding.
+
+Example:
+    >>> be = HookedBiEncoder.from_pretrained(path, pooling="mean", similarity="cosine")  # doctest: +SKIP
+    >>> be.score(["what is a neuron"], ["A neuron is a cell of the nervous system."])
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens.hook_points import HookPoint
+
+from mechir_nig.errors import InputError
+from mechir_nig.models import loading
+from mechir_nig.models.config import EncoderConfig
+from mechir_nig.models.encoder import HookedBertBase
+from mechir_nig.models.tokenization import TextBatch, check_pairs, tokenize_texts
+
+POOLINGS = ("mean", "cls")
+SIMILARITIES = ("cosine", "dot")
+
+
+class HookedBiEncoder(HookedBertBase):
+    """BERT bi-encoder: ``encode`` texts to ``[n, d_model]`` embeddings, ``score`` pairs by similarity."""
+
+    def __init__(
+        self,
+        cfg: EncoderConfig,
+        tokenizer: Any = None,
+        *,
+        pooling: Literal["mean", "cls"] = "mean",
+        similarity: Literal["cosine", "dot"] = "cosine",
+        max_length: int | None = None,
+    ):
+        if pooling not in POOLINGS:
+            raise InputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if similarity not in SIMILARITIES:
+            raise InputError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        super().__init__(cfg, tokenizer, with_pooler=False)
+        self.pooling = pooling
+        self.similarity = similarity
+        self.max_length = max_length or min(cfg.n_ctx, 512)
+        self.hook_pooled = HookPoint()  # [batch, d_model]
+        self.hook_embedding = HookPoint()  # [batch, d_model]
+        self.setup()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        pooling: Literal["mean", "cls"] = "mean",
+        similarity: Literal["cosine", "dot"] = "cosine",
+        tokenizer: Any = None,
+        max_length: int | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> HookedBiEncoder:
+        """Load a ``BertModel`` (or sentence-transformers BERT) folder or hub id."""
+        folder = loading.resolve_checkpoint(name_or_path)
+        hf_cfg = loading.read_config(folder)
+        cfg = EncoderConfig.from_hf(hf_cfg, model_name=str(name_or_path), n_labels=0)
+        cfg.dtype = dtype
+        sd, _head = loading.convert_bert_state_dict(loading.load_state_dict(folder), cfg.n_layers)
+        sd = {k: v for k, v in sd.items() if not k.startswith("pooler.")}
+        model = cls(
+            cfg, loading.load_tokenizer(folder, tokenizer), pooling=pooling, similarity=similarity, max_length=max_length
+        )
+        model.load_state_dict(sd, strict=True)
+        return model.to(device=device, dtype=dtype).freeze()
+
+    def tokenize(self, texts: Any, *, max_length: int | None = None, what: str = "texts") -> TextBatch:
+        """Tokenize ``[CLS] t [SEP]``; overlong texts are truncated and reported."""
+        if self.tokenizer is None:
+            raise InputError("this model has no tokenizer; pass tokenizer= to from_pretrained")
+        batch = tokenize_texts(
+            self.tokenizer, texts, max_length=max_length or self.max_length, n_ctx=self.cfg.n_ctx, what=what
+        )
+        return batch.to(self.device)
+
+    def pool(
+        self, resid: Float[Tensor, "batch pos d_model"], attention_mask: Tensor | None
+    ) -> Float[Tensor, "batch d_model"]:
+        if self.pooling == "cls" or attention_mask is None:
+            pooled = resid[:, 0] if self.pooling == "cls" else resid.mean(1)
+        else:
+            m = attention_mask.to(resid.dtype).unsqueeze(-1)
+            pooled = (resid * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return self.hook_pooled(pooled)
+
+    def forward(
+        self,
+        batch: TextBatch | Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        input_embeds: Tensor | None = None,
+        residual: Tensor | None = None,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
+    ) -> Tensor:
+        """Embeddings ``[batch, d_model]`` (L2-normalised when ``similarity='cosine'``)."""
+        if isinstance(batch, TextBatch):
+            input_ids, token_type_ids, attention_mask = batch.input_ids, batch.token_type_ids, batch.attention_mask
+        else:
+            input_ids = batch
+        resid = self.encoder_forward(
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            input_embeds=input_embeds,
+            residual=residual,
+            start_at_layer=start_at_layer,
+            stop_at_layer=stop_at_layer,
+        )
+        if stop_at_layer is not None:
+            return resid
+        emb = self.pool(resid, attention_mask)
+        if self.similarity == "cosine":
+            emb = F.normalize(emb, p=2, dim=-1)
+        return self.hook_embedding(emb)
+
+    @torch.no_grad()
+    def encode(self, texts: Any, *, batch_size: int = 32, max_length: int | None = None) -> Tensor:
+        """Embeddings of ``texts`` ``[n, d_model]`` in input order (on CPU)."""
+        return self.encode_batch(self.tokenize(texts, max_length=max_length), batch_size=batch_size)
+
+    @torch.no_grad()
+    def encode_batch(self, batch: TextBatch, *, batch_size: int = 32) -> Tensor:
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        order = torch.argsort(batch.lengths.cpu(), descending=True)
+        out = torch.empty(len(batch), self.cfg.d_model, dtype=torch.float32)
+        for i in range(0, len(batch), batch_size):
+            idx = order[i : i + batch_size]
+            out[idx] = self(batch.select(idx)).float().cpu()
+        return out
+
+    def similarity_fn(self, q: Float[Tensor, "n d_model"], d: Float[Tensor, "n d_model"]) -> Float[Tensor, " n"]:
+        """Row-wise similarity of already encoded (normalised for cosine) embeddings."""
+        return (q * d).sum(-1)
+
+    @torch.no_grad()
+    def score(self, queries: Any, docs: Any, *, batch_size: int = 32, max_length: int | None = None) -> Tensor:
+        """``sim(E(q_i), E(d_i))`` for each pair ``i``."""
+        q, d = check_pairs(queries, docs)
+        return self.similarity_fn(
+            self.encode(q, batch_size=batch_size, max_length=max_length),
+            self.encode(d, batch_size=batch_size, max_length=max_length),
+        )

@@ -1,0 +1,159 @@
+"""The hooked post-LN BERT encoder shared by cross- and bi-encoders.
+
+Hook names follow TransformerLens (``hook_embed``, ``blocks.{l}.mlp.hook_post`` ...). The forward pass
+takes TransformerLens-style ``start_at_layer`` / ``stop_at_layer``: with ``start_at_layer=k`` the input
+is the residual stream before block ``k``; with ``stop_at_layer=k`` the output is the residual stream
+before block ``k`` (``[batch, pos, d_model]``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformer_lens.ActivationCache import ActivationCache
+from transformer_lens.HookedRootModule import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from mechir_nig.errors import InputError
+from mechir_nig.models.components import BertBlock, LayerNorm, Pooler
+from mechir_nig.models.config import EncoderConfig
+
+
+class Embed(nn.Module):
+    """Word, position and token-type embedding tables and the embedding LayerNorm."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        dt = cfg.dtype
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model, dtype=dt))
+        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model, dtype=dt))
+        self.W_token_type = nn.Parameter(torch.empty(cfg.n_token_types, cfg.d_model, dtype=dt))
+        self.ln = LayerNorm(cfg)
+
+
+class HookedBertBase(HookedRootModule):
+    """Embeddings + blocks + (optional) pooler, with the TransformerLens hooking API."""
+
+    def __init__(self, cfg: EncoderConfig, tokenizer: Any = None, *, with_pooler: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.embed = Embed(cfg)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]  word embeddings
+        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_token_type_embed = HookPoint()  # [batch, pos, d_model]
+        self.blocks = nn.ModuleList([BertBlock(cfg) for _ in range(cfg.n_layers)])
+        self.pooler = Pooler(cfg) if with_pooler else None
+
+    def init_weights(self, seed: int | None = None) -> None:
+        """BERT initialisation (normal(0, 0.02), LayerNorm 1/0); used when building from a config."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith(("ln.w", "ln1.w", "ln2.w")):
+                    p.fill_(1.0)
+                elif p.dim() == 1:
+                    p.zero_()
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.02)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.W_E.device
+
+    def freeze(self) -> HookedBertBase:
+        """Set ``requires_grad=False`` on every parameter and return the model (in eval mode)."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self.eval()
+
+    # -- pieces of the forward pass ------------------------------------------------------------
+    def word_embeddings(self, input_ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        """``W_E[input_ids]`` (the input that Integrated Gradients interpolates)."""
+        return F.embedding(input_ids, self.embed.W_E)
+
+    def embed_tokens(
+        self,
+        input_ids: Int[Tensor, "batch pos"] | None,
+        token_type_ids: Int[Tensor, "batch pos"] | None,
+        input_embeds: Float[Tensor, "batch pos d_model"] | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        if input_embeds is None:
+            if input_ids is None:
+                raise InputError("pass input_ids (or a batch) or input_embeds")
+            input_embeds = self.word_embeddings(input_ids)
+        n_pos = input_embeds.shape[1]
+        if n_pos > self.cfg.n_ctx:
+            raise InputError(f"input has {n_pos} positions; the model has {self.cfg.n_ctx}: truncate it")
+        word = self.hook_embed(input_embeds)
+        pos = self.hook_pos_embed(self.embed.W_pos[:n_pos].unsqueeze(0).expand(word.shape[0], -1, -1))
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(word.shape[:2], dtype=torch.long, device=word.device)
+        tt = self.hook_token_type_embed(F.embedding(token_type_ids, self.embed.W_token_type))
+        return self.embed.ln(word + pos + tt)
+
+    @staticmethod
+    def additive_mask(attention_mask: Tensor | None, like: Tensor) -> Float[Tensor, "batch 1 1 pos"]:
+        """``0`` where attended, the dtype's minimum where padded (as Hugging Face BERT)."""
+        if attention_mask is None:
+            return torch.zeros(like.shape[0], 1, 1, like.shape[1], dtype=like.dtype, device=like.device)
+        m = attention_mask[:, None, None, :].to(like.dtype)
+        return (1.0 - m) * torch.finfo(like.dtype).min
+
+    def _layer_range(self, start_at_layer: int | None, stop_at_layer: int | None) -> tuple[int, int]:
+        n = self.cfg.n_layers
+        start = 0 if start_at_layer is None else start_at_layer
+        stop = n if stop_at_layer is None else stop_at_layer
+        if start < 0:
+            start += n
+        if stop < 0:
+            stop += n
+        if not 0 <= start <= stop <= n:
+            raise InputError(
+                f"start_at_layer={start_at_layer}, stop_at_layer={stop_at_layer} do not give "
+                f"0 <= start <= stop <= n_layers={n}"
+            )
+        return start, stop
+
+    def encoder_forward(
+        self,
+        input_ids: Int[Tensor, "batch pos"] | None = None,
+        token_type_ids: Int[Tensor, "batch pos"] | None = None,
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        *,
+        input_embeds: Float[Tensor, "batch pos d_model"] | None = None,
+        residual: Float[Tensor, "batch pos d_model"] | None = None,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """Residual stream after the requested blocks (before block ``stop_at_layer``)."""
+        start, stop = self._layer_range(start_at_layer, stop_at_layer)
+        if start > 0:
+            if residual is None:
+                raise InputError(f"start_at_layer={start} needs residual=[batch, pos, d_model] (resid_pre)")
+            resid = residual
+        else:
+            resid = residual if residual is not None else self.embed_tokens(input_ids, token_type_ids, input_embeds)
+        mask = self.additive_mask(attention_mask, resid)
+        for block in self.blocks[start:stop]:
+            resid = block(resid, mask)
+        return resid
+
+    # -- TransformerLens API -------------------------------------------------------------------
+    def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any):
+        """Run and cache activations; returns ``(output, ActivationCache)`` (a dict if asked)."""
+        out, cache = super().run_with_cache(*model_args, **kwargs)
+        if return_cache_object:
+            return out, ActivationCache(cache, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
+        return out, cache
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (
+            f"{type(self).__name__}(n_layers={c.n_layers}, n_heads={c.n_heads}, d_model={c.d_model}, "
+            f"d_mlp={c.d_mlp}, n_labels={c.n_labels})"
+        )

@@ -1,0 +1,205 @@
+"""Pair and text tokenization with token groups and reported truncation.
+
+A cross-encoder input is ``[CLS] q [SEP] d [SEP]`` (token types 0 for ``[CLS] q [SEP]``, 1 for
+``d [SEP]``). The query is always kept whole; a document longer than what ``max_length`` leaves is
+truncated from the end, the batch records which pairs were truncated, and a ``TruncationWarning``
+says how many. Nothing is truncated silently.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from mechir_nig.errors import InputError, TruncationWarning
+
+GROUPS = ("cls", "query", "sep", "doc", "pad")
+"""Token groups; ``PairBatch.groups`` holds their indices. A bi-encoder text's tokens are ``doc``."""
+CLS, QUERY, SEP, DOC, PAD = range(5)
+
+
+def check_texts(texts: Any, what: str) -> list[str]:
+    """Return ``texts`` as a list of non-empty strings, or raise an ``InputError`` that says what to fix."""
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise InputError(f"{what} must be a list of strings, got {type(texts).__name__}; wrap one text in a list")
+    out = list(texts)
+    if not out:
+        raise InputError(f"{what} is empty; pass at least one text")
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise InputError(f"{what}[{i}] is a {type(t).__name__}, not a string")
+        if not t.strip():
+            raise InputError(f"{what}[{i}] is empty or only whitespace; remove it or give it text")
+    return out
+
+
+def check_pairs(queries: Any, docs: Any) -> tuple[list[str], list[str]]:
+    q = check_texts(queries, "queries")
+    d = check_texts(docs, "docs")
+    if len(q) != len(d):
+        raise InputError(
+            f"queries and docs have different lengths ({len(q)} vs {len(d)}); pass one query per document "
+            "(repeat a query for each of its documents)"
+        )
+    return q, d
+
+
+class _Batch:
+    """Shared tensor plumbing for batches (device moves and row selection)."""
+
+    def to(self, device: torch.device | str):
+        return replace(
+            self, **{f.name: getattr(self, f.name).to(device) for f in fields(self) if _is_tensor(self, f.name)}
+        )
+
+    def select(self, index: Sequence[int] | Tensor):
+        """Rows ``index`` of the batch, trimmed to their longest sequence."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        kw: dict[str, Any] = {}
+        n_pos = int(self.attention_mask[idx].sum(-1).max()) if len(idx) else 0
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if _is_tensor(self, f.name):
+                v = v[idx.to(v.device)]
+                if v.dim() == 2 and f.name != "truncated":
+                    v = v[:, :n_pos]
+            elif isinstance(v, list):
+                v = [v[i] for i in idx.tolist()]
+            kw[f.name] = v
+        return type(self)(**kw)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def lengths(self) -> Int[Tensor, " batch"]:
+        return self.attention_mask.sum(-1)
+
+    @property
+    def n_truncated(self) -> int:
+        return int(self.truncated.sum())
+
+
+def _is_tensor(obj: Any, name: str) -> bool:
+    return isinstance(getattr(obj, name), Tensor)
+
+
+@dataclass
+class PairBatch(_Batch):
+    """Tokenized query-document pairs, right-padded to the longest pair.
+
+    Shapes:
+        input_ids, token_type_ids, attention_mask, groups: ``[batch, pos]``; truncated: ``[batch]``.
+        ``groups`` holds indices into ``GROUPS`` (cls, query, sep, doc, pad).
+    """
+
+    input_ids: Int[Tensor, "batch pos"]
+    token_type_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    groups: Int[Tensor, "batch pos"]
+    truncated: Bool[Tensor, " batch"]
+    queries: list[str] = field(default_factory=list)
+    docs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TextBatch(_Batch):
+    """Tokenized single texts ``[CLS] t [SEP]`` for a bi-encoder (text tokens are in group ``doc``)."""
+
+    input_ids: Int[Tensor, "batch pos"]
+    token_type_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    groups: Int[Tensor, "batch pos"]
+    truncated: Bool[Tensor, " batch"]
+    texts: list[str] = field(default_factory=list)
+
+
+def _word_ids(tokenizer: Any, texts: list[str], what: str) -> list[list[int]]:
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    for i, row in enumerate(ids):
+        if not row:
+            raise InputError(f"{what}[{i}] ({texts[i][:40]!r}) has no tokens after tokenization; give it real text")
+    return ids
+
+
+def _check_max_length(max_length: int, n_ctx: int) -> None:
+    if not isinstance(max_length, int) or max_length < 4:
+        raise InputError(f"max_length must be an int >= 4, got {max_length!r}")
+    if max_length > n_ctx:
+        raise InputError(f"max_length={max_length} exceeds the model's {n_ctx} positions; use at most {n_ctx}")
+
+
+def _warn_truncated(n: int, total: int, max_length: int, what: str) -> None:
+    if n:
+        warnings.warn(
+            f"{n} of {total} {what} longer than max_length={max_length} were truncated "
+            "(see batch.truncated); raise max_length to keep them whole",
+            TruncationWarning,
+            stacklevel=3,
+        )
+
+
+def _pack(rows: list[list[int]], groups: list[list[int]], types: list[list[int]], pad_id: int):
+    n_pos = max(len(r) for r in rows)
+    b = len(rows)
+    input_ids = torch.full((b, n_pos), pad_id, dtype=torch.long)
+    token_type_ids = torch.zeros((b, n_pos), dtype=torch.long)
+    attention_mask = torch.zeros((b, n_pos), dtype=torch.long)
+    grp = torch.full((b, n_pos), PAD, dtype=torch.long)
+    for i, (r, g, t) in enumerate(zip(rows, groups, types)):
+        n = len(r)
+        input_ids[i, :n] = torch.tensor(r)
+        token_type_ids[i, :n] = torch.tensor(t)
+        attention_mask[i, :n] = 1
+        grp[i, :n] = torch.tensor(g)
+    return input_ids, token_type_ids, attention_mask, grp
+
+
+def tokenize_pairs(tokenizer: Any, queries: Any, docs: Any, *, max_length: int, n_ctx: int) -> PairBatch:
+    """Tokenize pairs as ``[CLS] q [SEP] d [SEP]`` (see the module docstring for truncation)."""
+    q, d = check_pairs(queries, docs)
+    _check_max_length(max_length, n_ctx)
+    q_ids, d_ids = _word_ids(tokenizer, q, "queries"), _word_ids(tokenizer, d, "docs")
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    rows, groups, types, truncated = [], [], [], []
+    for i, (qi, di) in enumerate(zip(q_ids, d_ids)):
+        budget = max_length - 3 - len(qi)
+        if budget < 1:
+            raise InputError(
+                f"queries[{i}] has {len(qi)} tokens, leaving no room for its document within "
+                f"max_length={max_length}; shorten the query or raise max_length (at most {n_ctx})"
+            )
+        truncated.append(len(di) > budget)
+        di = di[:budget]
+        rows.append([cls_id, *qi, sep_id, *di, sep_id])
+        groups.append([CLS] + [QUERY] * len(qi) + [SEP] + [DOC] * len(di) + [SEP])
+        types.append([0] * (len(qi) + 2) + [1] * (len(di) + 1))
+    tensors = _pack(rows, groups, types, tokenizer.pad_token_id)
+    trunc = torch.tensor(truncated, dtype=torch.bool)
+    _warn_truncated(int(trunc.sum()), len(q), max_length, "documents")
+    return PairBatch(*tensors, truncated=trunc, queries=q, docs=d)
+
+
+def tokenize_texts(tokenizer: Any, texts: Any, *, max_length: int, n_ctx: int, what: str = "texts") -> TextBatch:
+    """Tokenize single texts as ``[CLS] t [SEP]``; an overlong text is truncated and reported."""
+    t = check_texts(texts, what)
+    _check_max_length(max_length, n_ctx)
+    ids = _word_ids(tokenizer, t, what)
+    budget = max_length - 2
+    rows, groups, types, truncated = [], [], [], []
+    for ti in ids:
+        truncated.append(len(ti) > budget)
+        ti = ti[:budget]
+        rows.append([tokenizer.cls_token_id, *ti, tokenizer.sep_token_id])
+        groups.append([CLS] + [DOC] * len(ti) + [SEP])
+        types.append([0] * (len(ti) + 2))
+    tensors = _pack(rows, groups, types, tokenizer.pad_token_id)
+    trunc = torch.tensor(truncated, dtype=torch.bool)
+    _warn_truncated(int(trunc.sum()), len(t), max_length, what)
+    return TextBatch(*tensors, truncated=trunc, texts=t)
