@@ -6,4 +6,12 @@ from mechir_nig.models.cross_encoder import HookedCrossEncoder
 from mechir_nig.models.encoder import HookedBertBase
 from mechir_nig.models.tokenization import GROUPS, PairBatch, TextBatch
 
-__all__ = ["EncoderConfig", "GROUPS", "HookedBertBase", "HookedBiEncoder", "HookedCrossEncoder", "PairBatch", "TextBatch"]
+__all__ = [
+    "EncoderConfig",
+    "GROUPS",
+    "HookedBertBase",
+    "HookedBiEncoder",
+    "HookedCrossEncoder",
+    "PairBatch",
+    "TextBatch",
+]

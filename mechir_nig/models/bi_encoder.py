@@ -74,7 +74,11 @@ class HookedBiEncoder(HookedBertBase):
         sd, _head = loading.convert_bert_state_dict(loading.load_state_dict(folder), cfg.n_layers)
         sd = {k: v for k, v in sd.items() if not k.startswith("pooler.")}
         model = cls(
-            cfg, loading.load_tokenizer(folder, tokenizer), pooling=pooling, similarity=similarity, max_length=max_length
+            cfg,
+            loading.load_tokenizer(folder, tokenizer),
+            pooling=pooling,
+            similarity=similarity,
+            max_length=max_length,
         )
         model.load_state_dict(sd, strict=True)
         return model.to(device=device, dtype=dtype).freeze()
@@ -111,7 +115,11 @@ class HookedBiEncoder(HookedBertBase):
     ) -> Tensor:
         """Embeddings ``[batch, d_model]`` (L2-normalised when ``similarity='cosine'``)."""
         if isinstance(batch, TextBatch):
-            input_ids, token_type_ids, attention_mask = batch.input_ids, batch.token_type_ids, batch.attention_mask
+            input_ids, token_type_ids, attention_mask = (
+                batch.input_ids,
+                batch.token_type_ids,
+                batch.attention_mask,
+            )
         else:
             input_ids = batch
         resid = self.encoder_forward(
@@ -146,12 +154,16 @@ class HookedBiEncoder(HookedBertBase):
             out[idx] = self(batch.select(idx)).float().cpu()
         return out
 
-    def similarity_fn(self, q: Float[Tensor, "n d_model"], d: Float[Tensor, "n d_model"]) -> Float[Tensor, " n"]:
+    def similarity_fn(
+        self, q: Float[Tensor, "n d_model"], d: Float[Tensor, "n d_model"]
+    ) -> Float[Tensor, " n"]:
         """Row-wise similarity of already encoded (normalised for cosine) embeddings."""
         return (q * d).sum(-1)
 
     @torch.no_grad()
-    def score(self, queries: Any, docs: Any, *, batch_size: int = 32, max_length: int | None = None) -> Tensor:
+    def score(
+        self, queries: Any, docs: Any, *, batch_size: int = 32, max_length: int | None = None
+    ) -> Tensor:
         """``sim(E(q_i), E(d_i))`` for each pair ``i``."""
         q, d = check_pairs(queries, docs)
         return self.similarity_fn(

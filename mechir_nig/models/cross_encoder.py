@@ -130,7 +130,11 @@ class HookedCrossEncoder(HookedBertBase):
             stop_at_layer: return the residual stream before this block instead of scores.
         """
         if isinstance(batch, PairBatch):
-            input_ids, token_type_ids, attention_mask = batch.input_ids, batch.token_type_ids, batch.attention_mask
+            input_ids, token_type_ids, attention_mask = (
+                batch.input_ids,
+                batch.token_type_ids,
+                batch.attention_mask,
+            )
         else:
             input_ids = batch
         if return_type not in ("score", "logits"):
@@ -152,7 +156,9 @@ class HookedCrossEncoder(HookedBertBase):
         return self.hook_score(self.score_from_logits(logits))
 
     @torch.no_grad()
-    def score(self, queries: Any, docs: Any, *, batch_size: int = 32, max_length: int | None = None) -> Tensor:
+    def score(
+        self, queries: Any, docs: Any, *, batch_size: int = 32, max_length: int | None = None
+    ) -> Tensor:
         """Scores of many pairs, batched by length internally, in input order (on CPU)."""
         batch = self.tokenize(queries, docs, max_length=max_length)
         return self.score_batch(batch, batch_size=batch_size)

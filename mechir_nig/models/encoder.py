@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens.ActivationCache import ActivationCache
-from transformer_lens.HookedRootModule import HookedRootModule
 from transformer_lens.hook_points import HookPoint
+from transformer_lens.HookedRootModule import HookedRootModule
 
 from mechir_nig.errors import InputError
 from mechir_nig.models.components import BertBlock, LayerNorm, Pooler
@@ -137,7 +137,11 @@ class HookedBertBase(HookedRootModule):
                 raise InputError(f"start_at_layer={start} needs residual=[batch, pos, d_model] (resid_pre)")
             resid = residual
         else:
-            resid = residual if residual is not None else self.embed_tokens(input_ids, token_type_ids, input_embeds)
+            resid = (
+                residual
+                if residual is not None
+                else self.embed_tokens(input_ids, token_type_ids, input_embeds)
+            )
         mask = self.additive_mask(attention_mask, resid)
         for block in self.blocks[start:stop]:
             resid = block(resid, mask)

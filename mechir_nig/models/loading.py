@@ -107,7 +107,9 @@ def _strip_prefix(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
     return body, head
 
 
-def convert_bert_state_dict(sd: dict[str, torch.Tensor], n_layers: int) -> tuple[dict[str, torch.Tensor], dict]:
+def convert_bert_state_dict(
+    sd: dict[str, torch.Tensor], n_layers: int
+) -> tuple[dict[str, torch.Tensor], dict]:
     """Map a HF BERT state dict to the hooked port's parameter names.
 
     Returns (converted weights, leftover head weights such as ``classifier.*``).

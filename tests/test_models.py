@@ -1,0 +1,361 @@
+"""Hooked encoder port: parity with Hugging Face, hooks, batching and bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from conftest import DOCS, QUERIES, hf_cross_encoder, make_tiny_cross_encoder
+
+from mechir_nig import (
+    HookedBiEncoder,
+    HookedCrossEncoder,
+    InputError,
+    ModelLoadError,
+    TruncationWarning,
+    UnsupportedArchitectureError,
+)
+from mechir_nig.models.tokenization import GROUPS
+
+MIXED_Q = QUERIES + ["neuron", "a much longer query about the formation of black holes in distant galaxies"]
+MIXED_D = DOCS + ["Short.", DOCS[1] + " " + DOCS[0] + " " + DOCS[2]]
+
+
+def hf_score(hf, batch):
+    with torch.no_grad():
+        logits = hf(
+            input_ids=batch.input_ids,
+            token_type_ids=batch.token_type_ids,
+            attention_mask=batch.attention_mask,
+        ).logits
+    return logits[:, 0] if logits.shape[1] == 1 else torch.log_softmax(logits, -1)[:, 1]
+
+
+@pytest.mark.parametrize(
+    "n_labels,n_layers,n_heads,d_model,d_mlp,act",
+    [
+        (1, 2, 2, 32, 64, "gelu"),
+        (2, 3, 4, 48, 96, "gelu"),
+        (1, 1, 1, 16, 40, "gelu_new"),
+        (2, 4, 8, 64, 128, "relu"),
+    ],
+)
+def test_score_parity_tiny(tmp_path, tokenizer, n_labels, n_layers, n_heads, d_model, d_mlp, act):
+    folder = make_tiny_cross_encoder(
+        tmp_path,
+        tokenizer,
+        n_labels=n_labels,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_model=d_model,
+        d_mlp=d_mlp,
+        seed=n_layers,
+        act=act,
+    )
+    ce = HookedCrossEncoder.from_pretrained(folder)
+    hf = hf_cross_encoder(folder)
+    batch = ce.tokenize(MIXED_Q, MIXED_D)
+    assert batch.attention_mask.sum(-1).unique().numel() > 2  # really mixed lengths, padded
+    with torch.no_grad():
+        ours = ce(batch)
+    ref = hf_score(hf, batch)
+    assert ours.shape == (len(MIXED_Q),)
+    assert (ours - ref).abs().max().item() <= 1e-5
+    assert ref.std() > 1e-3  # the scores are not trivially constant
+
+
+def test_score_parity_minilm_body(minilm_ce, minilm_ce_dir):
+    hf = hf_cross_encoder(minilm_ce_dir)
+    batch = minilm_ce.tokenize(MIXED_Q, MIXED_D)
+    with torch.no_grad():
+        ours = minilm_ce(batch)
+    ref = hf_score(hf, batch)
+    assert (ours - ref).abs().max().item() <= 1e-5
+    assert ref.std() > 1e-2
+
+
+def test_per_component_parity_minilm(minilm_ce, minilm_ce_dir):
+    hf = hf_cross_encoder(minilm_ce_dir)
+    batch = minilm_ce.tokenize(MIXED_Q, MIXED_D)
+    with torch.no_grad():
+        out = hf.bert(
+            input_ids=batch.input_ids,
+            token_type_ids=batch.token_type_ids,
+            attention_mask=batch.attention_mask,
+            output_hidden_states=True,
+        )
+        _, cache = minilm_ce.run_with_cache(batch)
+    m = batch.attention_mask.bool()
+    assert (cache["blocks.0.hook_resid_pre"][m] - out.hidden_states[0][m]).abs().max() <= 1e-5
+    for layer in range(minilm_ce.cfg.n_layers):
+        ours = cache[f"blocks.{layer}.hook_normalized_resid_post"][m]
+        assert (ours - out.hidden_states[layer + 1][m]).abs().max() <= 1e-5, layer
+    assert (cache["pooler.hook_pooler_out"] - out.pooler_output).abs().max() <= 1e-5
+    with torch.no_grad():
+        word = hf.bert.embeddings.word_embeddings(batch.input_ids)
+    assert torch.equal(cache["hook_embed"], word)
+
+
+def test_mlp_post_equals_hf_intermediate(tiny_ce, tiny_ce_dir):
+    hf = hf_cross_encoder(tiny_ce_dir)
+    batch = tiny_ce.tokenize(QUERIES, DOCS)
+    seen = {}
+    handles = [
+        layer.intermediate.register_forward_hook(lambda mod, inp, out, i=i: seen.__setitem__(i, out))
+        for i, layer in enumerate(hf.bert.encoder.layer)
+    ]
+    try:
+        hf_score(hf, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    _, cache = tiny_ce.run_with_cache(batch)
+    m = batch.attention_mask.bool()
+    for i in range(tiny_ce.cfg.n_layers):
+        assert (cache[f"blocks.{i}.mlp.hook_post"][m] - seen[i][m]).abs().max() <= 1e-5
+
+
+def expected_shapes(cfg, b, p):
+    d, h, dh, f = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
+    shapes = {"hook_embed": (b, p, d), "hook_pos_embed": (b, p, d), "hook_token_type_embed": (b, p, d)}
+    for i in range(cfg.n_layers):
+        for name in (
+            "hook_resid_pre",
+            "hook_resid_mid",
+            "hook_resid_post",
+            "hook_attn_out",
+            "hook_mlp_out",
+            "hook_normalized_resid_post",
+        ):
+            shapes[f"blocks.{i}.{name}"] = (b, p, d)
+        for name in ("q", "k", "v", "z"):
+            shapes[f"blocks.{i}.attn.hook_{name}"] = (b, p, h, dh)
+        shapes[f"blocks.{i}.attn.hook_attn_scores"] = (b, h, p, p)
+        shapes[f"blocks.{i}.attn.hook_pattern"] = (b, h, p, p)
+        shapes[f"blocks.{i}.mlp.hook_pre"] = (b, p, f)
+        shapes[f"blocks.{i}.mlp.hook_post"] = (b, p, f)
+    return shapes
+
+
+def test_run_with_cache_has_every_hook(tiny_ce):
+    from transformer_lens.ActivationCache import ActivationCache
+
+    batch = tiny_ce.tokenize(QUERIES, DOCS)
+    scores, cache = tiny_ce.run_with_cache(batch)
+    assert isinstance(cache, ActivationCache)
+    b, p = batch.input_ids.shape
+    shapes = expected_shapes(tiny_ce.cfg, b, p)
+    shapes.update(
+        {
+            "pooler.hook_pooler_out": (b, tiny_ce.cfg.d_model),
+            "classifier.hook_logits": (b, 1),
+            "hook_score": (b,),
+        }
+    )
+    for name, shape in shapes.items():
+        assert tuple(cache[name].shape) == shape, name
+    assert set(cache.keys()) == set(shapes)
+    assert torch.equal(cache["hook_score"], scores)
+    # the pattern is a distribution over unpadded keys only
+    pat = cache["blocks.0.attn.hook_pattern"]
+    assert torch.allclose(pat.sum(-1), torch.ones_like(pat.sum(-1)))
+    pad_keys = ~batch.attention_mask.bool()
+    assert (
+        pat.permute(0, 2, 1, 3)[pad_keys.unsqueeze(1).expand(-1, p, -1).unsqueeze(2).expand(-1, -1, 2, -1)]
+        .abs()
+        .max()
+        < 1e-6
+    )
+
+
+def test_patching_own_cache_leaves_scores_unchanged(tiny_ce):
+    batch = tiny_ce.tokenize(MIXED_Q, MIXED_D)
+    scores, cache = tiny_ce.run_with_cache(batch)
+    for name in cache.keys():
+        patched = tiny_ce.run_with_hooks(batch, fwd_hooks=[(name, lambda x, hook, v=cache[name]: v.clone())])
+        assert (patched - scores).abs().max() <= 1e-6, name
+    # a real intervention does change them
+    zeroed = tiny_ce.run_with_hooks(batch, fwd_hooks=[("blocks.0.mlp.hook_post", lambda x, hook: x * 0)])
+    assert (zeroed - scores).abs().max() > 1e-3
+    assert not any(hp.has_hooks() for hp in tiny_ce.hook_points())  # nothing left behind
+
+
+def test_hooks_removed_after_exception(tiny_ce):
+    batch = tiny_ce.tokenize(QUERIES[:1], DOCS[:1])
+
+    def boom(x, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        tiny_ce.run_with_hooks(batch, fwd_hooks=[("blocks.1.mlp.hook_post", boom)])
+    assert not any(hp.has_hooks() for hp in tiny_ce.hook_points())
+
+
+def test_alone_equals_in_padded_batch(minilm_ce):
+    batch = minilm_ce.tokenize(MIXED_Q, MIXED_D)
+    with torch.no_grad():
+        together = minilm_ce(batch)
+        alone = torch.stack([minilm_ce(minilm_ce.tokenize([q], [d]))[0] for q, d in zip(MIXED_Q, MIXED_D)])
+    assert (together - alone).abs().max() <= 1e-5
+    assert torch.allclose(minilm_ce.score(MIXED_Q, MIXED_D, batch_size=3), together, atol=1e-5)
+
+
+def test_start_stop_at_layer(tiny_ce):
+    batch = tiny_ce.tokenize(MIXED_Q, MIXED_D)
+    with torch.no_grad():
+        full = tiny_ce(batch)
+        resid = tiny_ce(batch, stop_at_layer=1)
+        resumed = tiny_ce(None, None, batch.attention_mask, residual=resid, start_at_layer=1)
+        _, cache = tiny_ce.run_with_cache(batch)
+    assert resid.shape == (*batch.input_ids.shape, tiny_ce.cfg.d_model)
+    assert (resid - cache["blocks.1.hook_resid_pre"]).abs().max() <= 1e-5  # SDPA vs explicit pattern path
+    assert (resumed - full).abs().max() <= 1e-6
+    with pytest.raises(InputError, match="residual"):
+        tiny_ce(batch, start_at_layer=1)
+    with pytest.raises(InputError, match="n_layers"):
+        tiny_ce(batch, stop_at_layer=9)
+
+
+def test_tokenization_matches_hf_and_groups(tiny_ce, tokenizer):
+    batch = tiny_ce.tokenize(MIXED_Q, MIXED_D)
+    ref = tokenizer(MIXED_Q, MIXED_D, padding=True, return_tensors="pt")
+    assert torch.equal(batch.input_ids, ref["input_ids"])
+    assert torch.equal(batch.token_type_ids, ref["token_type_ids"])
+    assert torch.equal(batch.attention_mask, ref["attention_mask"])
+    g = batch.groups[0]
+    n_q = len(tokenizer(MIXED_Q[0], add_special_tokens=False)["input_ids"])
+    n_d = len(tokenizer(MIXED_D[0], add_special_tokens=False)["input_ids"])
+    names = [GROUPS[i] for i in g.tolist()]
+    assert names[: 2 + n_q + n_d + 1] == ["cls"] + ["query"] * n_q + ["sep"] + ["doc"] * n_d + ["sep"]
+    assert set(names[2 + n_q + n_d + 1 :]) <= {"pad"}
+    assert not batch.truncated.any()
+
+
+def test_truncation_is_reported(tiny_ce, tokenizer):
+    long_doc = " ".join(["neurons"] * 100)
+    with pytest.warns(TruncationWarning, match="1 of 2"):
+        batch = tiny_ce.tokenize(["q one", "q two"], ["short doc", long_doc], max_length=32)
+    assert batch.truncated.tolist() == [False, True]
+    assert batch.input_ids.shape[1] == 32
+    assert batch.input_ids[1, -1].item() == tokenizer.sep_token_id
+    ref = tokenizer(["q two"], [long_doc], truncation="only_second", max_length=32, return_tensors="pt")
+    assert torch.equal(batch.input_ids[1:], ref["input_ids"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny_ce.tokenize(["q"], ["short doc"], max_length=32)  # no warning when nothing is cut
+
+
+@pytest.mark.parametrize(
+    "queries,docs,match",
+    [
+        (["q"], ["d", "e"], "different lengths"),
+        ([""], ["d"], r"queries\[0\] is empty"),
+        (["q"], ["   "], r"docs\[0\] is empty"),
+        ("q", ["d"], "list of strings"),
+        ([], [], "empty"),
+        (["q", 3], ["d", "e"], r"queries\[1\] is a int"),
+    ],
+)
+def test_bad_pairs(tiny_ce, queries, docs, match):
+    with pytest.raises(InputError, match=match):
+        tiny_ce.tokenize(queries, docs)
+
+
+def test_query_too_long_and_bad_max_length(tiny_ce):
+    with pytest.raises(InputError, match="shorten the query or raise max_length"):
+        tiny_ce.tokenize([" ".join(["word"] * 40)], ["doc"], max_length=16)
+    with pytest.raises(InputError, match="exceeds the model's 128 positions"):
+        tiny_ce.tokenize(["q"], ["d"], max_length=1000)
+
+
+def test_missing_folder_names_path(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(ModelLoadError, match=str(missing)):
+        HookedCrossEncoder.from_pretrained(missing)
+
+
+def test_hub_id_offline_says_so(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelLoadError, match="offline.*local folder"):
+        HookedCrossEncoder.from_pretrained("cross-encoder/ms-marco-MiniLM-L-6-v2")
+
+
+def test_unsupported_architectures(tmp_path, minilm_path, tokenizer):
+    import json
+
+    with pytest.raises(UnsupportedArchitectureError, match="BertForSequenceClassification"):
+        HookedCrossEncoder.from_pretrained(minilm_path)  # a BertModel: no relevance head
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
+    )
+    with pytest.raises(UnsupportedArchitectureError, match="supported: BertForSequenceClassification"):
+        HookedCrossEncoder.from_pretrained(tmp_path)
+    with pytest.raises(UnsupportedArchitectureError, match="supported"):
+        HookedBiEncoder.from_pretrained(tmp_path)
+
+
+def test_bin_checkpoint_loads(tmp_path, tiny_ce_dir, tiny_ce):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    for f in tiny_ce_dir.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy(f, tmp_path / f.name)
+    torch.save(load_file(str(tiny_ce_dir / "model.safetensors")), tmp_path / "pytorch_model.bin")
+    ce = HookedCrossEncoder.from_pretrained(tmp_path)
+    batch = ce.tokenize(QUERIES, DOCS)
+    with torch.no_grad():
+        assert torch.equal(ce(batch), tiny_ce(batch))
+
+
+def test_tl_weight_views_share_storage(tiny_ce):
+    attn = tiny_ce.blocks[0].attn
+    cfg = tiny_ce.cfg
+    assert attn.W_Q.shape == (cfg.n_heads, cfg.d_model, cfg.d_head)
+    assert attn.W_O.shape == (cfg.n_heads, cfg.d_head, cfg.d_model)
+    assert tiny_ce.blocks[0].mlp.W_in.shape == (cfg.d_model, cfg.d_mlp)
+    assert attn.W_Q.data_ptr() == attn.W_QKV.data_ptr()
+
+
+# ---------------------------------------------------------------- bi-encoder
+
+
+def test_bi_encoder_parity_with_hf(minilm_be, minilm_path):
+    from transformers import BertModel
+
+    hf = BertModel.from_pretrained(str(minilm_path), attn_implementation="eager").eval()
+    texts = MIXED_D + QUERIES
+    batch = minilm_be.tokenize(texts)
+    with torch.no_grad():
+        h = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    m = batch.attention_mask.unsqueeze(-1).float()
+    ref = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+    ours = minilm_be.encode(texts, batch_size=4)
+    assert ours.shape == (len(texts), 384)
+    assert (ours - ref).abs().max() <= 1e-5
+    assert torch.allclose(ours.norm(dim=-1), torch.ones(len(texts)), atol=1e-5)
+
+
+def test_bi_encoder_ranks_relevant_first(minilm_be):
+    for q, rel in zip(QUERIES, DOCS):
+        others = [d for d in DOCS if d != rel]
+        scores = minilm_be.score([q] * len(DOCS), [rel] + others)
+        assert scores.argmax().item() == 0, q
+        assert scores[0] - scores[1:].max() > 0.1
+
+
+def test_bi_encoder_hooks_and_dot_cls(minilm_path):
+    be = HookedBiEncoder.from_pretrained(minilm_path, pooling="cls", similarity="dot")
+    batch = be.tokenize(DOCS)
+    emb, cache = be.run_with_cache(batch)
+    assert torch.equal(emb, cache["blocks.5.hook_normalized_resid_post"][:, 0])
+    assert cache["blocks.2.mlp.hook_post"].shape == (*batch.input_ids.shape, 1536)
+    with pytest.raises(InputError, match="pooling must be one of"):
+        HookedBiEncoder.from_pretrained(minilm_path, pooling="max")
