@@ -33,7 +33,9 @@ def main() -> None:
     q, d = synthetic_pairs(args.pairs, args.tokens)
     batch = ours.tokenize(q, d)
     assert batch.input_ids.shape == (args.pairs, args.tokens), batch.input_ids.shape
-    kw = dict(input_ids=batch.input_ids, token_type_ids=batch.token_type_ids, attention_mask=batch.attention_mask)
+    kw = dict(
+        input_ids=batch.input_ids, token_type_ids=batch.token_type_ids, attention_mask=batch.attention_mask
+    )
 
     def run_ours():
         with torch.inference_mode():
@@ -45,8 +47,10 @@ def main() -> None:
 
     diff = (run_ours() - run_hf()[:, 0]).abs().max().item()
     t = interleaved_times({"hooked": run_ours, "hf_eager": run_hf}, repeats=args.repeats)
-    print(f"MiniLM-L6 cross-encoder, {args.pairs} pairs x {args.tokens} tokens, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; max |score diff| = {diff:.2e}")
+    print(
+        f"MiniLM-L6 cross-encoder, {args.pairs} pairs x {args.tokens} tokens, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; max |score diff| = {diff:.2e}"
+    )
     print(f"hooked   {t['hooked'] * 1e3:8.1f} ms")
     print(f"hf eager {t['hf_eager'] * 1e3:8.1f} ms")
     print(f"ratio hooked / hf_eager = {t['hooked'] / t['hf_eager']:.3f}  (target <= 1.15)")

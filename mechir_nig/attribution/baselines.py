@@ -1,0 +1,69 @@
+"""Integrated-gradients baselines ``x'`` in word-embedding space.
+
+Only the word embeddings are replaced; position and token-type embeddings and the attention mask are
+those of the input. Names:
+
+- ``pad``: query and document tokens -> ``[PAD]``; ``[CLS]``/``[SEP]`` kept (the paper's default).
+- ``pad_all``: every attended token, ``[CLS]``/``[SEP]`` included, -> ``[PAD]``.
+- ``doc``: only document tokens -> ``[PAD]`` (attribution conditional on the query).
+- ``mask``: query and document tokens -> ``[MASK]``.
+- ``zero``: zero word embeddings for every attended token.
+- a tensor ``[batch, pos, d_model]`` (or ``[pos, d_model]``, broadcast over the batch) of word
+  embeddings shaped like the tokenized batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from mechir_nig.errors import InputError
+from mechir_nig.models.tokenization import DOC, PAD, QUERY
+
+BASELINES = ("pad", "pad_all", "doc", "mask", "zero")
+
+
+def check_baseline(baseline: str | Tensor) -> str | Tensor:
+    if isinstance(baseline, Tensor):
+        return baseline
+    if baseline not in BASELINES:
+        raise InputError(
+            f"unknown baseline {baseline!r}; use one of {BASELINES} or a [batch, pos, d_model] tensor"
+        )
+    return baseline
+
+
+def baseline_embeddings(
+    model,
+    input_ids: Int[Tensor, "batch pos"],
+    groups: Int[Tensor, "batch pos"],
+    baseline: str | Tensor,
+) -> Float[Tensor, "batch pos d_model"]:
+    """Word embeddings of the baseline for a tokenized batch."""
+    check_baseline(baseline)
+    b, p = input_ids.shape
+    d = model.cfg.d_model
+    if isinstance(baseline, Tensor):
+        t = baseline.to(model.device, model.cfg.dtype)
+        if t.shape == (p, d):
+            t = t.expand(b, p, d)
+        if t.shape != (b, p, d):
+            raise InputError(
+                f"baseline tensor has shape {tuple(baseline.shape)}; expected word embeddings shaped like the "
+                f"tokenized batch: ({b}, {p}, {d}) or ({p}, {d})"
+            )
+        return t
+    content = (groups == QUERY) | (groups == DOC)
+    if baseline == "zero":
+        return model.word_embeddings(input_ids) * (groups == PAD).unsqueeze(-1)
+    tok = model.tokenizer
+    if baseline == "mask":
+        if tok is None or tok.mask_token_id is None:
+            raise InputError("baseline='mask' needs a tokenizer with a [MASK] token; use 'pad'")
+        replace, new_id = content, tok.mask_token_id
+    else:
+        new_id = model.cfg.pad_token_id
+        replace = {"pad": content, "pad_all": groups != PAD, "doc": groups == DOC}[baseline]
+    ids = torch.where(replace, torch.full_like(input_ids, new_id), input_ids)
+    return model.word_embeddings(ids)

@@ -1,0 +1,379 @@
+"""Neuron Integrated Gradients: total conductance of every MLP neuron, all layers in one pass.
+
+Vast et al., "Which Neurons Matter in IR? Applying Integrated Gradients-based Methods to Understand
+Cross-Encoders", ICTIR 2024 (arXiv:2406.19309). For a neuron with activation ``a`` (``hook_post``)
+along the straight path ``γ(α) = x' + α (x − x')`` in word-embedding space, the NIG is
+``∫ ∂F/∂a · da/dα dα ≈ Σ_{k<n} ∂F/∂a(α_k) · (a(α_{k+1}) − a(α_k))`` over the ``n + 1`` points of a rule
+— exactly what ``captum.attr.LayerConductance`` computes for one layer.
+
+The kernel flattens the (pair, step) points of many pairs into one batch, sorted by pair length so a
+forward pads little, and walks them in windows of ``internal_batch_size`` points: one forward caches
+every requested ``blocks.{l}.mlp.hook_post``, one backward (parameters frozen: no weight gradients;
+it stops at the first requested layer) gives every gradient, and differences along the step axis
+give the conductances. A window may end inside a pair: the last point's activation and gradient are
+carried to the next window, so window sizes never change results and memory is bounded by the
+window, not by ``n_steps``.
+
+Example:
+    >>> attr = neuron_integrated_gradients(ce, ["what is a neuron"], ["A neuron is a cell."], n_steps=32)
+    >>> attr.per_neuron().shape  # [batch, layer, d_mlp]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechir_nig.attribution.baselines import baseline_embeddings, check_baseline
+from mechir_nig.attribution.result import NeuronAttribution
+from mechir_nig.attribution.rules import alphas as rule_alphas
+from mechir_nig.attribution.rules import check_n_steps, check_rule
+from mechir_nig.attribution.rules import weights as rule_weights
+from mechir_nig.errors import InputError
+from mechir_nig.models.bi_encoder import HookedBiEncoder
+from mechir_nig.models.cross_encoder import HookedCrossEncoder
+from mechir_nig.models.tokenization import DOC, QUERY, PairBatch, TextBatch, check_pairs
+
+DEFAULT_WINDOW_TOKENS = 8192
+"""Default window: ``max(1, 8192 // longest_pair)`` points (bounded memory, large enough GEMMs)."""
+
+
+@contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """Parameters without gradients for the duration (restored afterwards)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+def _reduce(kind: str, contrib: Tensor) -> Tensor:
+    """Per-point conductance: neurons as they are, heads summed over ``d_head``."""
+    if kind == "hook_z":
+        return contrib.sum(-1)
+    return contrib
+
+
+def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
+    if layers is None:
+        return list(range(n_layers))
+    if isinstance(layers, int):
+        layers = [layers]
+    out = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
+            raise InputError(f"layer {layer!r} is out of range; layers must be ints in 0..{n_layers - 1}")
+        out.append(layer)
+    if len(set(out)) != len(out):
+        raise InputError(f"layers {list(layers)} repeat a layer; give each layer once")
+    if not out:
+        raise InputError("layers is empty; pass None for all layers or a list of layer indices")
+    return sorted(out)
+
+
+class NeuronIntegratedGradients:
+    """NIG for a ``HookedCrossEncoder`` or ``HookedBiEncoder``.
+
+    Args:
+        model: the hooked model (its parameters are frozen while attributing).
+    """
+
+    def __init__(self, model: HookedCrossEncoder | HookedBiEncoder):
+        if not isinstance(model, HookedCrossEncoder | HookedBiEncoder):
+            raise InputError(
+                f"model must be a HookedCrossEncoder or HookedBiEncoder, got {type(model).__name__}"
+            )
+        self.model = model
+        self.is_bi = isinstance(model, HookedBiEncoder)
+
+    # ------------------------------------------------------------------------------------------
+    def _score(self, tt, mask, other, *, input_embeds=None, residual=None, start=None) -> Tensor:
+        out = self.model(None, tt, mask, input_embeds=input_embeds, residual=residual, start_at_layer=start)
+        if self.is_bi:
+            return (out * other).sum(-1)
+        return out
+
+    def attribute(
+        self,
+        batch: PairBatch | TextBatch,
+        *,
+        other: Float[Tensor, "batch d_model"] | None = None,
+        n_steps: int = 50,
+        baseline: str | Tensor = "pad",
+        method: str = "riemann_trapezoid",
+        layers: Sequence[int] | None = None,
+        internal_batch_size: int | None = None,
+        return_convergence_delta: bool = False,
+        heads: bool = False,
+        progress: bool = False,
+    ) -> NeuronAttribution:
+        """Attribute a tokenized batch.
+
+        Args:
+            batch: a ``PairBatch`` (cross-encoder) or the interpolated side's ``TextBatch`` (bi-encoder).
+            other: bi-encoder only: the fixed side's embeddings ``[batch, d_model]``.
+            n_steps: number of intervals (``n_steps + 1`` points).
+            baseline: a name in ``baselines.BASELINES`` or a ``[batch, pos, d_model]`` tensor.
+            method: integration rule (``rules.RULES``).
+            layers: layers to attribute (default all).
+            internal_batch_size: points per forward/backward (default ``8192 // longest pair``).
+            return_convergence_delta: also integrate the input gradient for the completeness check:
+                ``Σ_k w_k ∇_x F(γ(α_k))·(x − x') − (F(x) − F(x'))`` with the rule's quadrature weights.
+            heads: also return attention-head conductance (``attn.hook_z`` summed over ``d_head``).
+            progress: show a progress bar over windows.
+
+        Returns:
+            NeuronAttribution with ``values`` ``[batch, layer, pos, d_mlp]``.
+        """
+        m = self.model
+        n_steps = check_n_steps(n_steps)
+        method = check_rule(method)
+        baseline = check_baseline(baseline)
+        layer_list = check_layers(layers, m.cfg.n_layers)
+        if internal_batch_size is not None and (
+            isinstance(internal_batch_size, bool)
+            or not isinstance(internal_batch_size, int)
+            or internal_batch_size < 1
+        ):
+            raise InputError(f"internal_batch_size must be None or an int >= 1, got {internal_batch_size!r}")
+        if self.is_bi:
+            if not isinstance(batch, TextBatch):
+                raise InputError(
+                    "a bi-encoder attributes a TextBatch (model.tokenize(texts)) with other=embeddings"
+                )
+            if other is None or other.shape != (len(batch), m.cfg.d_model):
+                raise InputError(
+                    f"other must be the fixed side's embeddings, shape ({len(batch)}, {m.cfg.d_model}); "
+                    f"got {None if other is None else tuple(other.shape)}"
+                )
+            other = other.to(m.device, m.cfg.dtype)
+        else:
+            if not isinstance(batch, PairBatch):
+                raise InputError(
+                    "a cross-encoder attributes a PairBatch: batch = model.tokenize(queries, docs)"
+                )
+            if other is not None:
+                raise InputError("other= is for bi-encoders only")
+        batch = batch.to(m.device)
+        alphas = rule_alphas(method, n_steps + 1)
+        base = baseline_embeddings(m, batch.input_ids, batch.groups, baseline)
+        with frozen(m), torch.enable_grad():
+            out = self._kernel(
+                batch,
+                base,
+                other,
+                alphas,
+                method,
+                layer_list,
+                internal_batch_size,
+                return_convergence_delta,
+                heads,
+                progress,
+            )
+        values, head_values, point_scores, ig_sum = out
+        scores, base_scores = self._end_scores(batch, base, other, point_scores, alphas, internal_batch_size)
+        delta = None
+        if return_convergence_delta:
+            delta = ig_sum - (scores - base_scores)
+        tok = m.tokenizer
+        tokens = [
+            tok.convert_ids_to_tokens(row[: int(n)].tolist())
+            for row, n in zip(batch.input_ids, batch.lengths)
+        ]
+        meta = {
+            "model": m.cfg.model_name,
+            "n_steps": n_steps,
+            "method": method,
+            "baseline": baseline if isinstance(baseline, str) else "tensor",
+            "alphas": alphas,
+        }
+        return NeuronAttribution(
+            values=values,
+            layers=layer_list,
+            groups=batch.groups.cpu(),
+            input_ids=batch.input_ids.cpu(),
+            scores=scores,
+            baseline_scores=base_scores,
+            convergence_delta=delta,
+            head_values=head_values,
+            tokens=tokens,
+            meta=meta,
+            point_scores=point_scores,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    def _end_scores(self, batch, base, other, point_scores, alphas, chunk):
+        """``F(x)`` and ``F(x')``: read off the path when the rule has points at 0 and 1, else computed."""
+        need = [a for a in (0.0, 1.0) if a not in (alphas[0], alphas[-1])]
+        found = {}
+        if alphas[0] == 0.0:
+            found[0.0] = point_scores[:, 0]
+        if alphas[-1] == 1.0:
+            found[1.0] = point_scores[:, -1]
+        if need:
+            x = self.model.word_embeddings(batch.input_ids)
+            rows = max(1, (chunk or DEFAULT_WINDOW_TOKENS // batch.input_ids.shape[1]))
+            with torch.no_grad():
+                for a in need:
+                    emb = x if a == 1.0 else base
+                    parts = []
+                    for i in range(0, len(batch), rows):
+                        sl = slice(i, i + rows)
+                        o = other[sl] if other is not None else None
+                        parts.append(
+                            self._score(
+                                batch.token_type_ids[sl], batch.attention_mask[sl], o, input_embeds=emb[sl]
+                            )
+                        )
+                    found[a] = torch.cat(parts).to(point_scores.dtype).cpu()
+        return found[1.0], found[0.0]
+
+    def _kernel(self, batch, base, other, alphas, method, layers, chunk, want_delta, heads, progress):
+        m, cfg = self.model, self.model.cfg
+        n_pairs, n_pos = batch.input_ids.shape
+        n_points = len(alphas)
+        lengths = batch.lengths.cpu()
+        order = torch.argsort(lengths, descending=True, stable=True)
+        window = chunk or max(1, DEFAULT_WINDOW_TOKENS // int(lengths.max()))
+        total = n_pairs * n_points
+        dev = m.device
+        alpha_t = torch.tensor(alphas, dtype=cfg.dtype, device=dev)
+        weight_t = torch.tensor(rule_weights(method, n_points), dtype=cfg.dtype, device=dev)
+        names = [f"blocks.{layer}.mlp.hook_post" for layer in layers]
+        if heads:
+            names += [f"blocks.{layer}.attn.hook_z" for layer in layers]
+        n_l = len(layers)
+        acc = torch.float64 if cfg.dtype == torch.float64 else torch.float32  # bf16/fp16 accumulate in fp32
+        values = torch.zeros(n_pairs, n_l, n_pos, cfg.d_mlp, dtype=acc)
+        head_values = torch.zeros(n_pairs, n_l, n_pos, cfg.n_heads, dtype=acc) if heads else None
+        point_scores = torch.zeros(n_pairs, n_points, dtype=acc)
+        ig_sum = torch.zeros(n_pairs, dtype=acc)
+        first = 0 if want_delta else layers[0]
+        carry: dict[str, tuple[Tensor, Tensor]] = {}
+        store: dict[str, Tensor] = {}
+
+        def keep(x: Tensor, hook) -> None:
+            store[hook.name] = x
+
+        starts = range(0, total, window)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="NIG", unit="window")
+        for s in starts:
+            e = min(s + window, total)
+            idx = torch.arange(s, e)
+            pj, k = idx // n_points, idx % n_points
+            glob = order[int(pj[0]) : int(pj[-1]) + 1]
+            lp = (pj - pj[0]).to(dev)
+            p_w = int(lengths[glob].max())
+            g_dev = glob.to(dev)
+            x_w = m.word_embeddings(batch.input_ids[g_dev, :p_w])
+            b_w = base[g_dev, :p_w]
+            emb = b_w[lp] + alpha_t[k.to(dev)][:, None, None] * (x_w - b_w)[lp]
+            tt = batch.token_type_ids[g_dev, :p_w][lp]
+            mask = batch.attention_mask[g_dev, :p_w][lp]
+            oth = other[g_dev][lp] if other is not None else None
+            store.clear()
+            with m.hooks(fwd_hooks=[(n, keep) for n in names]):
+                if want_delta:
+                    emb.requires_grad_(True)
+                    f = self._score(tt, mask, oth, input_embeds=emb)
+                else:
+                    with torch.no_grad():
+                        resid = m.encoder_forward(None, tt, mask, input_embeds=emb, stop_at_layer=first)
+                    resid.requires_grad_(True)
+                    f = self._score(tt, mask, oth, residual=resid, start=first)
+            inputs = [store[n] for n in names] + ([emb] if want_delta else [])
+            grads = torch.autograd.grad(f.sum(), inputs, allow_unused=True)
+            if want_delta:  # input-level IG: sum_k w_k grad_x F(x_k) . (x - x')
+                per_point = (grads[-1] * (x_w - b_w)[lp]).sum((1, 2)) * weight_t[k.to(dev)]
+                ig_sum.index_add_(0, glob[lp.cpu()], per_point.to(acc).cpu())
+            point_scores[glob[lp.cpu()], k] = f.detach().to(acc).cpu()
+            n_local = len(glob)
+            valid_next = k[1:] > 0
+            tgt = torch.where(valid_next, lp[1:].cpu(), n_local).to(dev)
+            first_pair = int(glob[0])
+            continues = int(k[0]) > 0
+            for i, name in enumerate(names):
+                a = inputs[i].detach()
+                g = grads[i] if grads[i] is not None else torch.zeros_like(a)
+                kind = name.rsplit(".", 1)[-1]
+                contrib = _reduce(kind, (a[1:] - a[:-1]).mul_(g[:-1]))
+                buf = torch.zeros((n_local + 1, *contrib.shape[1:]), dtype=acc, device=dev)
+                buf.index_add_(0, tgt, contrib.to(acc))
+                if continues:  # the window starts inside a pair: close its interval with the carried point
+                    a_prev, g_prev = carry[name]
+                    n_tok = int(lengths[first_pair])
+                    c0 = _reduce(kind, ((a[0, :n_tok] - a_prev[:n_tok]) * g_prev[:n_tok]).unsqueeze(0))[0]
+                    buf[0, :n_tok] += c0.to(acc)
+                carry[name] = (a[-1], g[-1])
+                res = buf[:n_local].cpu()
+                dest = head_values if kind == "hook_z" else values
+                dest[glob, layers.index(int(name.split(".")[1])), :p_w] += res
+        return values, head_values, point_scores, ig_sum
+
+
+def neuron_integrated_gradients(
+    model: HookedCrossEncoder | HookedBiEncoder,
+    queries: Sequence[str],
+    docs: Sequence[str],
+    *,
+    n_steps: int = 50,
+    baseline: str | Tensor = "pad",
+    method: str = "riemann_trapezoid",
+    layers: Sequence[int] | None = None,
+    internal_batch_size: int | None = None,
+    return_convergence_delta: bool = False,
+    heads: bool = False,
+    side: str | None = None,
+    max_length: int | None = None,
+    progress: bool = False,
+) -> NeuronAttribution:
+    """NIG of every MLP neuron for each (query, document) pair.
+
+    For a bi-encoder, ``side`` ("doc", the default, or "query") is the text interpolated from the
+    baseline; the other side's embedding is held fixed. See ``NeuronIntegratedGradients.attribute``
+    for the other arguments.
+
+    Shapes:
+        ``attr.values``: ``[batch, layer, pos, d_mlp]``; ``attr.by_group()``: ``[batch, layer, 4, d_mlp]``.
+    """
+    kw: dict[str, Any] = dict(
+        n_steps=n_steps,
+        baseline=baseline,
+        method=method,
+        layers=layers,
+        internal_batch_size=internal_batch_size,
+        return_convergence_delta=return_convergence_delta,
+        heads=heads,
+        progress=progress,
+    )
+    nig = NeuronIntegratedGradients(model)
+    if not nig.is_bi:
+        if side is not None:
+            raise InputError(
+                "side= is for bi-encoders; a cross-encoder interpolates query and document together"
+            )
+        return nig.attribute(model.tokenize(queries, docs, max_length=max_length), **kw)
+    side = side or "doc"
+    if side not in ("doc", "query"):
+        raise InputError(f"side must be 'doc' or 'query', got {side!r}")
+    q, d = check_pairs(queries, docs)
+    moving, fixed = (d, q) if side == "doc" else (q, d)
+    batch = model.tokenize(moving, max_length=max_length, what="docs" if side == "doc" else "queries")
+    other = model.encode(fixed, max_length=max_length)
+    attr = nig.attribute(batch, other=other, **kw)
+    if side == "query":
+        attr.groups = torch.where(attr.groups == DOC, QUERY, attr.groups)
+    attr.meta["side"] = side
+    return attr
