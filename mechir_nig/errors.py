@@ -21,3 +21,8 @@ class UnsupportedArchitectureError(MechirNigError, ValueError):
 
 class TruncationWarning(UserWarning):
     """Some documents were longer than ``max_length`` and were truncated (reported in the batch)."""
+
+
+class DataError(MechirNigError, ValueError):
+    """A malformed or inconsistent data file (bad line, duplicate id, empty text) or a data set that
+    could not be fetched; the message names the file and line and says what to fix."""

@@ -1,0 +1,188 @@
+"""First-stage candidates to re-rank: BM25 (bm25s), a collection's scoreddocs, or a TREC run file.
+
+Every function returns a run in ir_measures' dict format, ``{query_id: {doc_id: score}}``, which
+:func:`mechir_nig.evaluation.rerank` re-scores and :func:`mechir_nig.evaluation.evaluate` measures.
+
+BM25 (Robertson & Zaragoza, 2009) uses bm25s' Lucene variant (``k1=1.5``, ``b=0.75``) over lowercased
+word tokens (``\\w\\w+``) without stemming, with bm25s' English stopword list removed. The index is
+built once per :class:`BM25Index`; :func:`bm25_candidates` builds one and searches every query.
+
+Example:
+    >>> from mechir_nig.data import bm25_candidates, load_collection
+    >>> col = load_collection("embedded")
+    >>> run = bm25_candidates(col, k=5)
+    >>> next(iter(run["q02"]))
+    'd05'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from mechir_nig.data.collections import Collection, Run, _select_query_ids, read_trec_run
+from mechir_nig.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["BM25Index", "bm25_candidates", "read_trec_run", "scoreddocs_candidates"]
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InputError(f"k (candidates per query) must be an integer >= 1, got {k!r}")
+
+
+def _check_collection(collection: Collection) -> None:
+    if not isinstance(collection, Collection):
+        raise InputError(
+            f"collection must be a Collection (see load_collection), got {type(collection).__name__}"
+        )
+
+
+class BM25Index:
+    """A BM25 index over documents, built once and searched many times.
+
+    Args:
+        docs: ``{doc_id: text}`` or a :class:`~mechir_nig.data.Collection` (its ``docs``).
+        k1, b: BM25 parameters.
+        stopwords: ``"en"`` (bm25s' English list), a list of words, or ``None`` to keep every word.
+
+    Raises:
+        InputError: for an empty ``docs`` or negative ``k1``/``b`` outside ``[0, 1]``.
+
+    Example:
+        >>> index = BM25Index({"d1": "cats purr when content", "d2": "dogs bark at strangers"})
+        >>> index.search("why do cats purr", k=1)  # doctest: +ELLIPSIS
+        {'d1': ...}
+    """
+
+    def __init__(
+        self,
+        docs: Mapping[str, str] | Collection,
+        *,
+        k1: float = 1.5,
+        b: float = 0.75,
+        stopwords: str | list[str] | None = "en",
+    ) -> None:
+        import bm25s
+        from bm25s.tokenization import Tokenizer
+
+        texts = docs.docs if isinstance(docs, Collection) else docs
+        if not isinstance(texts, Mapping) or not texts:
+            raise InputError("docs must be a non-empty dict {doc_id: text} or a Collection")
+        if k1 < 0 or not 0 <= b <= 1:
+            raise InputError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+        self.doc_ids: list[str] = list(texts)
+        self._tokenizer = Tokenizer(lower=True, stopwords=stopwords or [], stemmer=None)
+        corpus = self._tokenizer.tokenize(
+            list(texts.values()), update_vocab=True, return_as="tuple", show_progress=False
+        )
+        self._empty_id = self._tokenizer.word_to_id.get("")
+        self._bm25 = bm25s.BM25(k1=k1, b=b)
+        self._bm25.index(corpus, show_progress=False)
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 scores of every document (in ``doc_ids`` order) for ``query``; all zero without known terms."""
+        import numpy as np
+
+        ids = self._tokenizer.tokenize([query], update_vocab=False, return_as="ids", show_progress=False)[0]
+        ids = [i for i in ids if i != self._empty_id]
+        if not ids:
+            return np.zeros(len(self.doc_ids), dtype=np.float32)
+        return self._bm25.get_scores_from_ids(ids)
+
+    def search(self, query: str, k: int = 100) -> dict[str, float]:
+        """The ``k`` best documents with a positive score, best first: ``{doc_id: score}``.
+
+        Ties are broken by document order, so results are deterministic. Documents sharing no term with
+        the query are never returned, so a query may get fewer than ``k`` (or no) documents.
+        """
+        import numpy as np
+
+        _check_k(k)
+        scores = self.scores(query)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return {self.doc_ids[i]: float(scores[i]) for i in order if scores[i] > 0}
+
+    def run(self, queries: Mapping[str, str], k: int = 100) -> Run:
+        """Search every query of ``{query_id: text}``: a run ``{query_id: {doc_id: score}}``."""
+        _check_k(k)
+        return {qid: self.search(text, k) for qid, text in queries.items()}
+
+
+def bm25_candidates(
+    collection: Collection,
+    k: int = 100,
+    *,
+    query_ids: Iterable[str] | None = None,
+    k1: float = 1.5,
+    b: float = 0.75,
+) -> Run:
+    """Top-``k`` BM25 candidates of a collection's queries.
+
+    Args:
+        collection: the collection to index and search.
+        k: candidates per query (fewer when fewer documents share a term with the query).
+        query_ids: the queries to search (default: all, in collection order).
+        k1, b: BM25 parameters.
+
+    Returns:
+        A run ``{query_id: {doc_id: score}}``, best first within each query; every requested query is a
+        key (with an empty dict when no document matches).
+
+    Raises:
+        InputError: for ``k < 1`` or query ids not in the collection.
+
+    Example:
+        >>> from mechir_nig.data import load_collection
+        >>> run = bm25_candidates(load_collection("embedded"), k=10, query_ids=["q01"])
+        >>> list(run)
+        ['q01']
+    """
+    _check_collection(collection)
+    _check_k(k)
+    ids = _select_query_ids(collection.queries, query_ids, f"collection {collection.name!r}")
+    index = BM25Index(collection, k1=k1, b=b)
+    return index.run({qid: collection.queries[qid] for qid in ids}, k)
+
+
+def scoreddocs_candidates(
+    collection: Collection, k: int = 100, *, query_ids: Iterable[str] | None = None
+) -> Run:
+    """Top-``k`` of the first-stage results a collection ships (ir_datasets ``scoreddocs``, a run file).
+
+    Args:
+        collection: a collection whose ``scoreddocs`` is not ``None``.
+        k: candidates per query (the highest scores; ties keep the order of the source).
+        query_ids: the queries to keep (default: all, in collection order).
+
+    Returns:
+        A run ``{query_id: {doc_id: score}}``, best first; every requested query is a key. Results naming
+        documents absent from the collection are left out (``Collection.report`` counts them).
+
+    Raises:
+        InputError: when the collection has no scoreddocs, for ``k < 1`` or unknown query ids.
+
+    Example:
+        >>> run = scoreddocs_candidates(load_collection("irds:msmarco-passage/dev/small"), k=100)  # doctest: +SKIP
+    """
+    _check_collection(collection)
+    _check_k(k)
+    if collection.scoreddocs is None:
+        raise InputError(
+            f"collection {collection.name!r} has no scoreddocs: use bm25_candidates(collection), or load a "
+            "run with read_trec_run(path) / load_collection(..., run=path)"
+        )
+    ids = _select_query_ids(collection.queries, query_ids, f"collection {collection.name!r}")
+    wanted = set(ids)
+    grouped: dict[str, list[tuple[str, float]]] = {qid: [] for qid in ids}
+    for s in collection.scoreddocs:
+        if s.query_id in wanted and s.doc_id in collection.docs:
+            grouped[s.query_id].append((s.doc_id, float(s.score)))
+    run: Run = {}
+    for qid, results in grouped.items():
+        best = sorted(results, key=lambda r: -r[1])[:k]  # stable: ties keep the source order
+        run[qid] = dict(best)
+    return run
