@@ -56,6 +56,20 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(f)
 
 
+class _Workspace:
+    """One reusable scratch buffer for the step differences (no fresh large allocation per layer)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.buf: Tensor | None = None
+
+    def take(self, n: int, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        numel = n * int(torch.Size(shape).numel())
+        if self.buf is None or self.buf.numel() < numel or self.buf.dtype != dtype:
+            self.buf = torch.empty(numel, dtype=dtype, device=self.device)
+        return self.buf[:numel].view(n, *shape)
+
+
 def _reduce(kind: str, contrib: Tensor) -> Tensor:
     """Per-point conductance: neurons as they are, heads summed over ``d_head``."""
     if kind == "hook_z":
@@ -253,16 +267,53 @@ class NeuronIntegratedGradients:
             names += [f"blocks.{layer}.attn.hook_z" for layer in layers]
         n_l = len(layers)
         acc = torch.float64 if cfg.dtype == torch.float64 else torch.float32  # bf16/fp16 accumulate in fp32
-        values = torch.zeros(n_pairs, n_l, n_pos, cfg.d_mlp, dtype=acc)
-        head_values = torch.zeros(n_pairs, n_l, n_pos, cfg.n_heads, dtype=acc) if heads else None
-        point_scores = torch.zeros(n_pairs, n_points, dtype=acc)
-        ig_sum = torch.zeros(n_pairs, dtype=acc)
-        first = 0 if want_delta else layers[0]
+        values = torch.zeros(n_pairs, n_l, n_pos, cfg.d_mlp, dtype=acc, device=dev)
+        head_values = torch.zeros(n_pairs, n_l, n_pos, cfg.n_heads, dtype=acc, device=dev) if heads else None
+        point_scores = torch.zeros(n_pairs, n_points, dtype=acc, device=dev)
+        ig_sum = torch.zeros(n_pairs, dtype=acc, device=dev)
+        workspace = _Workspace(dev)
         carry: dict[str, tuple[Tensor, Tensor]] = {}
         store: dict[str, Tensor] = {}
 
+        win: dict[str, Any] = {}  # the current window's layout, read by `consume`
+        # the earliest activation whose gradient is needed becomes a leaf (see below)
+        leaf_name = f"blocks.{layers[0]}." + ("attn.hook_z" if heads else "mlp.hook_pre")
+        leaf_box: list[Tensor] = []
+
+        def make_leaf(x: Tensor, hook) -> Tensor:
+            leaf_box.append(x.detach().requires_grad_(True))
+            return leaf_box[-1]
+
+        def consume(name: str, g: Tensor) -> None:
+            """Conductance of one layer's window, as soon as its gradient arrives in the backward.
+
+            Done inside the backward so the activation and its gradient are freed at once: peak memory
+            stays that of a plain forward + backward (and the allocator reuses memory instead of faulting).
+            """
+            a = store.pop(name).detach()
+            kind = name.rsplit(".", 1)[-1]
+            dest = (head_values if kind == "hook_z" else values)[:, layers.index(int(name.split(".")[1]))]
+            diff = workspace.take(a.shape[0] - 1, a.shape[1:], a.dtype)
+            torch.sub(a[1:], a[:-1], out=diff)
+            diff.mul_(g[:-1])
+            row = 0
+            for j, c in enumerate(win["counts"]):  # rows of local pair j; its intervals: all but its last row
+                if c > 1:
+                    dest[win["glob"][j], : win["p_w"]] += _reduce(
+                        kind, diff[row : row + c - 1].sum(0, dtype=acc)
+                    )
+                row += c
+            if win["continues"]:  # the window starts inside a pair: close its interval with the carried point
+                a_prev, g_prev = carry[name]
+                n_tok = win["n_tok"]
+                c0 = (a[0, :n_tok] - a_prev[:n_tok]) * g_prev[:n_tok]
+                dest[win["glob"][0], :n_tok] += _reduce(kind, c0.to(acc))
+            carry[name] = (a[-1].clone(), g[-1].clone())
+
         def keep(x: Tensor, hook) -> None:
+            # a tensor hook, not autograd.grad(inputs=activations): capturing non-leaf inputs costs ~20%
             store[hook.name] = x
+            x.register_hook(lambda grad, name=hook.name: consume(name, grad))
 
         starts = range(0, total, window)
         if progress:
@@ -277,6 +328,13 @@ class NeuronIntegratedGradients:
             lp = (pj - pj[0]).to(dev)
             p_w = int(lengths[glob].max())
             g_dev = glob.to(dev)
+            win.update(
+                glob=glob.tolist(),
+                p_w=p_w,
+                counts=torch.unique_consecutive(pj, return_counts=True)[1].tolist(),
+                continues=int(k[0]) > 0,
+                n_tok=int(lengths[glob[0]]),
+            )
             x_w = m.word_embeddings(batch.input_ids[g_dev, :p_w])
             b_w = base[g_dev, :p_w]
             emb = b_w[lp] + alpha_t[k.to(dev)][:, None, None] * (x_w - b_w)[lp]
@@ -284,43 +342,27 @@ class NeuronIntegratedGradients:
             mask = batch.attention_mask[g_dev, :p_w][lp]
             oth = other[g_dev][lp] if other is not None else None
             store.clear()
-            with m.hooks(fwd_hooks=[(n, keep) for n in names]):
-                if want_delta:
-                    emb.requires_grad_(True)
+            if want_delta:
+                with m.hooks(fwd_hooks=[(n, keep) for n in names]):
+                    start = emb.requires_grad_(True)
                     f = self._score(tt, mask, oth, input_embeds=emb)
-                else:
-                    with torch.no_grad():
-                        resid = m.encoder_forward(None, tt, mask, input_embeds=emb, stop_at_layer=first)
-                    resid.requires_grad_(True)
-                    f = self._score(tt, mask, oth, residual=resid, start=first)
-            inputs = [store[n] for n in names] + ([emb] if want_delta else [])
-            grads = torch.autograd.grad(f.sum(), inputs, allow_unused=True)
+            else:
+                # the graph starts at the first requested layer's MLP pre-activation (attn.hook_z with
+                # heads), made a leaf: nothing below it is saved for backward and the backward stops there
+                with m.hooks(fwd_hooks=[(leaf_name, make_leaf)] + [(n, keep) for n in names]):
+                    f = self._score(tt, mask, oth, input_embeds=emb)
+                start = leaf_box.pop()
+            (g_start,) = torch.autograd.grad(f.sum(), start)
+            for name in list(store):  # activations that got no gradient (do not reach the score)
+                consume(name, torch.zeros_like(store[name]))
             if want_delta:  # input-level IG: sum_k w_k grad_x F(x_k) . (x - x')
-                per_point = (grads[-1] * (x_w - b_w)[lp]).sum((1, 2)) * weight_t[k.to(dev)]
-                ig_sum.index_add_(0, glob[lp.cpu()], per_point.to(acc).cpu())
-            point_scores[glob[lp.cpu()], k] = f.detach().to(acc).cpu()
-            n_local = len(glob)
-            valid_next = k[1:] > 0
-            tgt = torch.where(valid_next, lp[1:].cpu(), n_local).to(dev)
-            first_pair = int(glob[0])
-            continues = int(k[0]) > 0
-            for i, name in enumerate(names):
-                a = inputs[i].detach()
-                g = grads[i] if grads[i] is not None else torch.zeros_like(a)
-                kind = name.rsplit(".", 1)[-1]
-                contrib = _reduce(kind, (a[1:] - a[:-1]).mul_(g[:-1]))
-                buf = torch.zeros((n_local + 1, *contrib.shape[1:]), dtype=acc, device=dev)
-                buf.index_add_(0, tgt, contrib.to(acc))
-                if continues:  # the window starts inside a pair: close its interval with the carried point
-                    a_prev, g_prev = carry[name]
-                    n_tok = int(lengths[first_pair])
-                    c0 = _reduce(kind, ((a[0, :n_tok] - a_prev[:n_tok]) * g_prev[:n_tok]).unsqueeze(0))[0]
-                    buf[0, :n_tok] += c0.to(acc)
-                carry[name] = (a[-1], g[-1])
-                res = buf[:n_local].cpu()
-                dest = head_values if kind == "hook_z" else values
-                dest[glob, layers.index(int(name.split(".")[1])), :p_w] += res
-        return values, head_values, point_scores, ig_sum
+                per_point = (g_start * (x_w - b_w)[lp]).sum((1, 2)) * weight_t[k.to(dev)]
+                ig_sum.index_add_(0, g_dev[lp], per_point.to(acc))
+            point_scores[g_dev[lp], k.to(dev)] = f.detach().to(acc)
+            del f, start, g_start, emb
+        if head_values is not None:
+            head_values = head_values.cpu()
+        return values.cpu(), head_values, point_scores.cpu(), ig_sum.cpu()
 
 
 def neuron_integrated_gradients(
