@@ -1,0 +1,136 @@
+"""Collection-scale attribution: streaming statistics, checkpoints, resume, invariance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mechir_nig import InputError
+from mechir_nig.attribution import neuron_integrated_gradients
+from mechir_nig.attribution.aggregate import CollectionAttribution, attribute_collection
+from mechir_nig.data import judged_pairs, load_collection
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    col = load_collection("embedded")
+    ps = judged_pairs(col, max_relevant_per_query=1, max_nonrelevant_per_query=1)
+    ps = type(ps)(ps[:10], ps.report)
+    assert {p.label for p in ps} == {"relevant", "nonrelevant"}
+    return ps
+
+
+KW = dict(n_steps=4, progress=False)
+
+
+def test_statistics_equal_direct_nig(tiny_ce, pairs):
+    stats = attribute_collection(tiny_ce, pairs, batch_size=3, **KW)
+    direct = neuron_integrated_gradients(tiny_ce, pairs.queries(), pairs.docs(), n_steps=4)
+    per = direct.per_neuron().double()  # [n, layer, d_mlp]
+    by_group = direct.by_group().double()
+    for label in ("relevant", "nonrelevant"):
+        rows = [i for i, p in enumerate(pairs) if p.label == label]
+        assert stats.counts[label] == len(rows)
+        assert torch.allclose(stats.mean(label), per[rows].mean(0), atol=1e-6)
+        assert torch.allclose(stats.mean(label, "doc"), by_group[rows][:, :, 3].mean(0), atol=1e-6)
+        assert torch.allclose(stats.std(label), per[rows].std(0, unbiased=False), atol=1e-6)
+    diff = stats.scheme_scores("difference")
+    assert torch.allclose(diff, stats.mean("relevant") - stats.mean("nonrelevant"))
+    assert stats.n_done == len(pairs)
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tiny_ce, pairs, tmp_path):
+    full = attribute_collection(tiny_ce, pairs, batch_size=2, **KW)
+    ckpt = tmp_path / "run.ckpt"
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_5(n_done):
+        if n_done >= 5:
+            raise Crash
+
+    with pytest.raises(Crash):
+        attribute_collection(
+            tiny_ce, pairs, batch_size=2, checkpoint=ckpt, checkpoint_every=2, on_batch=crash_after_5, **KW
+        )
+    saved = CollectionAttribution.load(ckpt)
+    assert saved.n_done == 6 and sum(saved.counts.values()) == 6  # nothing counted beyond the checkpoint
+    with pytest.raises(InputError, match="resume=True"):
+        attribute_collection(tiny_ce, pairs, batch_size=2, checkpoint=ckpt, **KW)
+    seen = []
+    resumed = attribute_collection(
+        tiny_ce,
+        pairs,
+        batch_size=2,
+        checkpoint=ckpt,
+        checkpoint_every=2,
+        resume=True,
+        on_batch=seen.append,
+        **KW,
+    )
+    assert seen[0] == 8  # continued after the 6 checkpointed pairs
+    assert resumed.counts == full.counts
+    for label in ("relevant", "nonrelevant"):
+        assert (resumed.sums[label] - full.sums[label]).abs().max() <= 1e-6
+        assert (resumed.sums_sq[label] - full.sums_sq[label]).abs().max() <= 1e-6
+    again = CollectionAttribution.load(ckpt)
+    assert again.n_done == len(pairs) and torch.equal(again.sums["relevant"], resumed.sums["relevant"])
+
+
+def test_batch_and_chunk_sizes_do_not_change_it(tiny_ce, pairs):
+    a = attribute_collection(tiny_ce, pairs, batch_size=10, **KW)
+    b = attribute_collection(tiny_ce, pairs, batch_size=3, internal_batch_size=4, **KW)
+    for label in ("relevant", "nonrelevant"):
+        assert (a.sums[label] - b.sums[label]).abs().max() <= 1e-6
+
+
+def test_resume_refuses_other_settings(tiny_ce, pairs, tmp_path):
+    ckpt = tmp_path / "c.ckpt"
+    attribute_collection(tiny_ce, pairs[:4], batch_size=2, checkpoint=ckpt, **KW)
+    with pytest.raises(InputError, match="other pairs or settings"):
+        attribute_collection(
+            tiny_ce, pairs[:4], batch_size=2, checkpoint=ckpt, resume=True, n_steps=5, progress=False
+        )
+    with pytest.raises(InputError, match="other pairs or settings"):
+        attribute_collection(tiny_ce, pairs[:5], batch_size=2, checkpoint=ckpt, resume=True, **KW)
+
+
+def test_save_load_roundtrip_and_metadata(tiny_ce, pairs, tmp_path):
+    stats = attribute_collection(tiny_ce, pairs[:4], layers=[1], collection="embedded", **KW)
+    path = stats.save(tmp_path / "stats.safetensors")
+    back = CollectionAttribution.load(path)
+    assert back.layers == [1] and back.counts == stats.counts
+    assert (
+        back.meta["collection"] == "embedded"
+        and back.meta["n_steps"] == 4
+        and back.meta["method"] == "riemann_trapezoid"
+    )
+    assert torch.equal(back.sums["relevant"], stats.sums["relevant"])
+    full = back.scheme_scores("relevant")
+    assert full.shape == (2, tiny_ce.cfg.d_mlp) and full[0].abs().sum() == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"batch_size": 0}, "batch_size must be an int >= 1"),
+        ({"baseline": "blank"}, "unknown baseline"),
+        ({"layers": [7]}, "out of range"),
+    ],
+)
+def test_bad_input(tiny_ce, pairs, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        attribute_collection(tiny_ce, pairs, progress=False, **kwargs)
+
+
+def test_empty_and_unlabelled_pairs(tiny_ce):
+    with pytest.raises(InputError, match="pairs is empty"):
+        attribute_collection(tiny_ce, [], progress=False)
+    with pytest.raises(InputError, match="no query/doc/label"):
+        attribute_collection(tiny_ce, [("q", "d")], progress=False)
+    stats = CollectionAttribution(layers=[0], n_layers=2, d_mlp=4)
+    with pytest.raises(InputError, match="no relevant pairs"):
+        stats.mean("relevant")
+    with pytest.raises(InputError, match="unknown scheme"):
+        stats.scheme_scores("best")
