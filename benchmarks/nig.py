@@ -91,12 +91,12 @@ def loop_fn(hf, ce, batch, n_steps):
             xb = baseline_embeddings(ce, ids, batch.groups[i : i + 1, :n], "pad")
             emb = xb + al[:, None, None] * (x - xb)
             acts = []
-            hooks = [
-                layer.intermediate.register_forward_hook(
-                    lambda m, inp, out: (out.retain_grad(), acts.append(out))
-                )
-                for layer in hf.bert.encoder.layer
-            ]
+
+            def grab(module, inp, out, acts=acts):
+                out.retain_grad()
+                acts.append(out)
+
+            hooks = [layer.intermediate.register_forward_hook(grab) for layer in hf.bert.encoder.layer]
             try:
                 logits = hf(
                     inputs_embeds=emb,

@@ -227,7 +227,9 @@ def attribute_collection(
     from mechir_nig.attribution.rules import check_n_steps, check_rule
 
     if not isinstance(baseline, str):
-        raise InputError("attribute_collection takes a baseline name; tensors are per batch (use the NIG API)")
+        raise InputError(
+            "attribute_collection takes a baseline name; tensors are per batch (use the NIG API)"
+        )
     check_baseline(baseline)
     check_rule(method)
     check_n_steps(n_steps)
@@ -260,7 +262,9 @@ def attribute_collection(
         old = {k: stats.meta.get(k) for k in settings}
         if old != settings:
             diff = {k: (old[k], settings[k]) for k in settings if old[k] != settings[k]}
-            raise InputError(f"checkpoint {ckpt} was made with other pairs or settings {diff}; use another file")
+            raise InputError(
+                f"checkpoint {ckpt} was made with other pairs or settings {diff}; use another file"
+            )
     if stats is None:
         stats = CollectionAttribution(layers=layer_list, n_layers=model.cfg.n_layers, d_mlp=model.cfg.d_mlp)
         stats.meta.update(settings)

@@ -1,5 +1,6 @@
 """Hooked BERT encoders (cross- and bi-encoders) on TransformerLens' ``HookedRootModule``."""
 
+from mechir_nig.models.auto import load_model
 from mechir_nig.models.bi_encoder import HookedBiEncoder
 from mechir_nig.models.config import EncoderConfig
 from mechir_nig.models.cross_encoder import HookedCrossEncoder
@@ -14,4 +15,5 @@ __all__ = [
     "HookedCrossEncoder",
     "PairBatch",
     "TextBatch",
+    "load_model",
 ]
