@@ -7,7 +7,7 @@ import torch
 
 from mechir_nig import InputError
 from mechir_nig.attribution import neuron_integrated_gradients
-from mechir_nig.attribution.aggregate import CollectionAttribution, attribute_collection
+from mechir_nig.attribution.aggregate import CollectionAttribution, attribute_collection, top_neurons
 from mechir_nig.data import judged_pairs, load_collection
 
 
@@ -134,3 +134,16 @@ def test_empty_and_unlabelled_pairs(tiny_ce):
         stats.mean("relevant")
     with pytest.raises(InputError, match="unknown scheme"):
         stats.scheme_scores("best")
+
+
+def test_top_neurons_by_scheme(tiny_ce, pairs):
+    stats = attribute_collection(tiny_ce, pairs, layers=[1], **KW)
+    rel = top_neurons(stats, "relevant", k=5)
+    mean = stats.mean("relevant")[0]  # layer 1
+    assert sorted(n for _, n in rel) == sorted(mean.topk(5).indices.tolist())
+    assert all(layer == 1 for layer, _ in rel)  # only attributed layers are candidates
+    diff = top_neurons(stats, "difference", fraction=0.1)
+    assert len(diff) == round(0.1 * tiny_ce.cfg.d_mlp)
+    absolute = top_neurons(stats, "absolute", k=3)
+    pooled = (stats.sums["relevant"] + stats.sums["nonrelevant"])[0, 4] / len(pairs)
+    assert sorted(n for _, n in absolute) == sorted(pooled.abs().topk(3).indices.tolist())

@@ -1,6 +1,7 @@
 """Neuron Integrated Gradients (Vast et al., ICTIR 2024) and its result object."""
 
 from mechir_nig.attribution.baselines import BASELINES, baseline_embeddings
+from mechir_nig.attribution.neurons import NeuronSet, overlap_report, rank_fusion, select_top
 from mechir_nig.attribution.nig import NeuronIntegratedGradients, neuron_integrated_gradients
 from mechir_nig.attribution.result import NeuronAttribution
 from mechir_nig.attribution.rules import RULES, alphas
@@ -9,8 +10,12 @@ __all__ = [
     "BASELINES",
     "NeuronAttribution",
     "NeuronIntegratedGradients",
+    "NeuronSet",
     "RULES",
     "alphas",
     "baseline_embeddings",
     "neuron_integrated_gradients",
+    "overlap_report",
+    "rank_fusion",
+    "select_top",
 ]

@@ -306,3 +306,28 @@ def attribute_collection(
     if bar is not None:
         bar.close()
     return stats
+
+
+def top_neurons(
+    attribution: CollectionAttribution,
+    scheme: str = "relevant",
+    *,
+    k: int | None = None,
+    fraction: float | None = None,
+    group: str = "all",
+):
+    """The neuron set selected by ``scheme`` (``SCHEMES``) among the attributed layers.
+
+    Example:
+        >>> rel = top_neurons(stats, "relevant", fraction=0.01)
+        >>> overlap_report(rel, top_neurons(stats, "nonrelevant", fraction=0.01))
+    """
+    from mechir_nig.attribution.neurons import select_top
+
+    return select_top(
+        attribution.scheme_scores(scheme, group),
+        k=k,
+        fraction=fraction,
+        layers=attribution.layers,
+        name=f"{scheme}:{group}",
+    )
