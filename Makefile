@@ -21,6 +21,7 @@ install: $(STAMP)
 
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) demos/quickstart.py
+	HF_HUB_OFFLINE=1 $(VENV)/bin/mechir-nig demo
 
 lint: install
 	$(PY) -m ruff check mechir_nig tests benchmarks demos
