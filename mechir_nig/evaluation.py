@@ -220,7 +220,7 @@ def _run_dict(run: Any) -> Run:
 def evaluate(
     run: Mapping[str, Mapping[str, float]] | Iterable[Any],
     qrels: Collection | Mapping[str, Mapping[str, int]] | Iterable[Any],
-    measures: str | Iterable[Any] = DEFAULT_MEASURES,
+    measures: Any = DEFAULT_MEASURES,  # a name, an ir_measures Measure, or an iterable of either
     *,
     per_query: bool = False,
     query_ids: Iterable[str] | None = None,

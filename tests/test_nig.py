@@ -291,11 +291,18 @@ def test_baselines(tiny_ce):
         assert a.values.abs().sum() > 0
 
 
+def test_wrong_types_are_rejected(tiny_ce):
+    """A float n_steps: our InputError, or jaxtyping's TypeCheckError when the import hook runs."""
+    from jaxtyping import TypeCheckError
+
+    with pytest.raises((InputError, TypeCheckError), match="n_steps"):
+        neuron_integrated_gradients(tiny_ce, QUERIES, DOCS, n_steps=2.5)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
         ({"n_steps": 0}, "n_steps must be an int >= 1"),
-        ({"n_steps": 2.5}, "n_steps must be an int >= 1"),
         ({"baseline": "blank"}, "unknown baseline 'blank'; use one of"),
         ({"method": "simpson"}, "unknown integration rule 'simpson'; use one of"),
         ({"layers": [2]}, r"layer 2 is out of range; layers must be ints in 0..1"),

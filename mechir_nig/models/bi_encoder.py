@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +38,8 @@ class HookedBiEncoder(HookedBertBase):
         cfg: EncoderConfig,
         tokenizer: Any = None,
         *,
-        pooling: Literal["mean", "cls"] = "mean",
-        similarity: Literal["cosine", "dot"] = "cosine",
+        pooling: str = "mean",
+        similarity: str = "cosine",
         max_length: int | None = None,
     ):
         if pooling not in POOLINGS:
@@ -59,8 +59,8 @@ class HookedBiEncoder(HookedBertBase):
         cls,
         name_or_path: str | os.PathLike,
         *,
-        pooling: Literal["mean", "cls"] = "mean",
-        similarity: Literal["cosine", "dot"] = "cosine",
+        pooling: str = "mean",
+        similarity: str = "cosine",
         tokenizer: Any = None,
         max_length: int | None = None,
         device: str | torch.device | None = None,

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +119,7 @@ class HookedCrossEncoder(HookedBertBase):
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
-        return_type: Literal["score", "logits"] = "score",
+        return_type: str = "score",
     ) -> Tensor:
         """Relevance scores ``[batch]`` (or logits / the residual stream when ``stop_at_layer`` is set).
 
