@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import time
 import warnings
 from pathlib import Path
 
@@ -494,12 +493,10 @@ def vaswani() -> Collection:
 
 
 @needs_vaswani
-def test_vaswani_parses_fast():
-    start = time.perf_counter()
-    docs = dict(read_trec_docs(VASWANI / "doc-text.trec"))
-    elapsed = time.perf_counter() - start
-    assert len(docs) == 11_429
-    assert elapsed < 3.0, f"parsing the 3.5 MB Vaswani documents took {elapsed:.2f} s"
+def test_vaswani_streams_documents():
+    docs = read_trec_docs(VASWANI / "doc-text.trec")
+    assert next(docs)[0] == "1"  # a generator: records stream as they are parsed
+    assert 1 + sum(1 for _ in docs) == 11_429
 
 
 @needs_vaswani
@@ -535,15 +532,12 @@ def test_vaswani_counts_and_records(vaswani):
 def test_vaswani_bm25(vaswani):
     from mechir_nig.evaluation import evaluate
 
-    start = time.perf_counter()
     run = bm25_candidates(vaswani, k=100)
-    elapsed = time.perf_counter() - start
     assert len(run) == 93 and all(1 <= len(docs) <= 100 for docs in run.values())
     result = evaluate(run, vaswani, ["nDCG@10", "RR@10"])
-    print(f"BM25 on Vaswani (93 queries, {elapsed:.2f} s): {dict(result)}")
-    assert 0.2 < result["nDCG@10"] < 0.6
-    assert 0.4 < result["RR@10"] < 0.9
-    assert elapsed < 10.0
+    # the figures recorded in docs/results.md (bm25s Lucene BM25, k1=1.5, b=0.75, no stemming)
+    assert result["nDCG@10"] == pytest.approx(0.35346, abs=1e-4)
+    assert result["RR@10"] == pytest.approx(0.64269, abs=1e-4)
     # Vaswani judges only relevant documents: non-relevant pairs come from the candidates.
     with pytest.warns(DataWarning, match="93 of 93 queries have no nonrelevant pair"):
         judged_pairs(vaswani, max_relevant_per_query=2)
@@ -705,3 +699,15 @@ def test_scoreddocs_candidates_from_run_file(tmp_path):
     assert len(col.scoreddocs) == 3
     assert scoreddocs_candidates(col, k=1) == {"q1": {"d2": 9.0}, "q2": {"d2": 1.0}}
     assert scoreddocs_candidates(col, k=5, query_ids=["q1"]) == {"q1": {"d2": 9.0, "d1": 7.0}}
+
+
+def test_judged_pairs_cap_zero_is_not_reported_missing():
+
+    col = load_collection("embedded")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        only_non = judged_pairs(col, max_relevant_per_query=0)
+        only_rel = judged_pairs(col, max_nonrelevant_per_query=0, candidates={q: {} for q in col.queries})
+    assert only_non.report["relevant"] == 0 and only_non.report["queries_without_relevant"] == 0
+    assert only_rel.report["nonrelevant"] == 0 and only_rel.report["queries_without_nonrelevant"] == 0
+    assert only_rel.report["relevant"] == sum(1 for q in col.qrels if q.relevance > 0)

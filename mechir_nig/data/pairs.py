@@ -168,9 +168,9 @@ def judged_pairs(
         rng = random.Random(f"{seed}\x00{qid}")
         chosen_rel = _sample(rng, relevant, max_relevant_per_query)
         chosen_non = _sample(rng, pool, max_nonrelevant_per_query)
-        if not relevant:
+        if not relevant and max_relevant_per_query != 0:  # a cap of 0 asked for none: nothing missing
             without_rel.append(qid)
-        if not pool:
+        if not pool and max_nonrelevant_per_query != 0:
             without_nonrel.append(qid)
         query = collection.queries[qid]
         pairs.extend(JudgedPair(qid, did, query, docs[did], judgements[did], RELEVANT) for did in chosen_rel)
