@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mechir-nig-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint format bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,7 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+format: install
+	$(PY) -m ruff check --fix mechir_nig tests benchmarks demos
+	$(PY) -m ruff format mechir_nig tests benchmarks demos

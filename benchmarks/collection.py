@@ -44,7 +44,9 @@ def main() -> None:
     print(f"{col.name}: {len(pairs)} pairs, {args.steps} steps, batch {args.batch_size}, all layers")
     models = {
         "bi-encoder (all-MiniLM-L6-v2, doc side)": HookedBiEncoder.from_pretrained(minilm_path()),
-        "cross-encoder (MiniLM body + seeded head)": HookedCrossEncoder.from_pretrained(minilm_cross_encoder_dir()),
+        "cross-encoder (MiniLM body + seeded head)": HookedCrossEncoder.from_pretrained(
+            minilm_cross_encoder_dir()
+        ),
     }
     for name, model in models.items():
         if isinstance(model, HookedCrossEncoder):
@@ -54,7 +56,9 @@ def main() -> None:
         t0 = time.perf_counter()
         attribute_collection(model, pairs, n_steps=args.steps, batch_size=args.batch_size, progress=False)
         sec = time.perf_counter() - t0
-        print(f"  {name:42s} {len(pairs) / sec:6.2f} pairs/s  ({sec:6.1f} s, {tokens:.0f} tokens/pair interpolated)")
+        print(
+            f"  {name:42s} {len(pairs) / sec:6.2f} pairs/s  ({sec:6.1f} s, {tokens:.0f} tokens/pair interpolated)"
+        )
 
 
 if __name__ == "__main__":
