@@ -147,3 +147,21 @@ def test_top_neurons_by_scheme(tiny_ce, pairs):
     absolute = top_neurons(stats, "absolute", k=3)
     pooled = (stats.sums["relevant"] + stats.sums["nonrelevant"])[0, 4] / len(pairs)
     assert sorted(n for _, n in absolute) == sorted(pooled.abs().topk(3).indices.tolist())
+
+
+def test_untokenizable_pairs_fail_before_any_work(tiny_ce, pairs):
+    from mechir_nig.data import JudgedPair
+
+    bad = JudgedPair("qx", "dx", "a query", "\u200b", 0, "nonrelevant")  # a zero-width space: no tokens
+    long_q = JudgedPair("qy", "dy", " ".join(["word"] * 40), "doc", 1, "relevant")
+    with pytest.raises(InputError, match=r"2 of 12 pairs cannot be attributed: .*query_id=qx.*no tokens.*qy"):
+        attribute_collection(tiny_ce, [*pairs, bad, long_q], max_length=32, **KW)
+
+
+def test_truncation_is_counted_per_label(tiny_ce, pairs):
+    long_doc = pairs[0]._replace(doc=" ".join(["neurons"] * 80))
+    with pytest.warns(Warning):
+        stats = attribute_collection(tiny_ce, [long_doc, *pairs[1:4]], max_length=48, **KW)
+    assert stats.meta["truncated"][long_doc.label] == 1
+    assert sum(stats.meta["truncated"].values()) == 1
+    assert stats.meta["max_length"] == 48 and stats.meta["dtype"] == "torch.float32"

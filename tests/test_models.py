@@ -359,3 +359,30 @@ def test_bi_encoder_hooks_and_dot_cls(minilm_path):
     assert cache["blocks.2.mlp.hook_post"].shape == (*batch.input_ids.shape, 1536)
     with pytest.raises(InputError, match="pooling must be one of"):
         HookedBiEncoder.from_pretrained(minilm_path, pooling="max")
+
+
+def test_bi_encoder_follows_sentence_transformers_settings(minilm_be, minilm_path):
+    """pooling and max_length come from the saved sentence-transformers config (mean, 256 tokens)."""
+    from sentence_transformers import SentenceTransformer
+
+    assert (minilm_be.pooling, minilm_be.max_length) == ("mean", 256)
+    st = SentenceTransformer(str(minilm_path), device="cpu")
+    long_text = " ".join(["the retrieval model ranks documents about neurons and synapses"] * 40)
+    texts = [long_text, DOCS[0]]
+    with pytest.warns(TruncationWarning, match="1 of 2"):
+        ours = minilm_be.encode(texts)
+    ref = torch.as_tensor(st.encode(texts, convert_to_numpy=True))
+    assert (ours - ref).abs().max() <= 1e-5
+
+
+def test_missing_pooler_weights_is_a_clear_error(tmp_path, tiny_ce_dir):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    for f in tiny_ce_dir.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    sd = {k: v for k, v in load_file(str(tiny_ce_dir / "model.safetensors")).items() if "pooler" not in k}
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match="no pooler weights"):
+        HookedCrossEncoder.from_pretrained(tmp_path)

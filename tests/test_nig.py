@@ -315,3 +315,8 @@ def test_wrong_types_are_rejected(tiny_ce):
 def test_bad_input(tiny_ce, kwargs, match):
     with pytest.raises(InputError, match=match):
         neuron_integrated_gradients(tiny_ce, QUERIES, DOCS, **kwargs)
+
+
+def test_inference_mode_is_a_clear_error(tiny_ce):
+    with torch.inference_mode(), pytest.raises(InputError, match="outside torch.inference_mode"):
+        neuron_integrated_gradients(tiny_ce, QUERIES[:1], DOCS[:1], n_steps=2)

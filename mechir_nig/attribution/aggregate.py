@@ -190,6 +190,31 @@ def _pair_fields(p: Any, i: int) -> tuple[str, str, str, str]:
     return q, d, label, key
 
 
+def _check_tokenizable(model: Any, fields_: list, pairs: Sequence[Any], max_length: int) -> None:
+    """Fail before any work (not after hours) on pairs the model cannot take, naming them."""
+    tok = model.tokenizer
+    if tok is None:
+        raise InputError("the model has no tokenizer; pass tokenizer= to from_pretrained")
+    q_lens = [len(ids) for ids in tok([f[0] for f in fields_], add_special_tokens=False)["input_ids"]]
+    d_lens = [len(ids) for ids in tok([f[1] for f in fields_], add_special_tokens=False)["input_ids"]]
+    is_cross = hasattr(model, "classifier")
+    bad = []
+    for i, (nq, nd) in enumerate(zip(q_lens, d_lens)):
+        if nq == 0 or nd == 0:
+            bad.append((i, "a text with no tokens"))
+        elif is_cross and nq > max_length - 4:
+            bad.append((i, f"a query of {nq} tokens, no room for the document in max_length={max_length}"))
+    if bad:
+        examples = [
+            f"pairs[{i}] (query_id={getattr(pairs[i], 'query_id', '?')}, doc_id={getattr(pairs[i], 'doc_id', '?')}): {why}"
+            for i, why in bad[:3]
+        ]
+        raise InputError(
+            f"{len(bad)} of {len(pairs)} pairs cannot be attributed: {'; '.join(examples)}; "
+            "remove them from pairs (or raise max_length) and run again"
+        )
+
+
 def attribute_collection(
     model: Any,
     pairs: Sequence[Any],
@@ -242,14 +267,17 @@ def attribute_collection(
     fields_ = [_pair_fields(p, i) for i, p in enumerate(pairs)]
     order = sorted(range(len(fields_)), key=lambda i: -(len(fields_[i][0]) + len(fields_[i][1])))
     fingerprint = hashlib.sha256("\n".join(fields_[i][3] for i in order).encode()).hexdigest()
+    effective_max_length = max_length or model.max_length
+    _check_tokenizable(model, fields_, pairs, effective_max_length)
     settings = {
         "model": model.cfg.model_name,
+        "dtype": str(model.cfg.dtype),
         "n_steps": n_steps,
         "baseline": baseline,
         "method": method,
         "layers": layer_list,
         "side": side,
-        "max_length": max_length,
+        "max_length": effective_max_length,
         "pairs_fingerprint": fingerprint,
         "n_pairs": len(pairs),
     }
@@ -269,6 +297,7 @@ def attribute_collection(
         stats = CollectionAttribution(layers=layer_list, n_layers=model.cfg.n_layers, d_mlp=model.cfg.d_mlp)
         stats.meta.update(settings)
         stats.meta["collection"] = collection
+        stats.meta["truncated"] = dict.fromkeys(LABELS, 0)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -295,6 +324,7 @@ def attribute_collection(
             rows = [j for j, lab in enumerate(labels) if lab == label]
             if rows:
                 stats.update(label, groups[rows])
+                stats.meta["truncated"][label] += int(attr.truncated[rows].sum())
         stats.n_done = s + len(idx)
         if bar is not None:
             bar.update(len(idx))

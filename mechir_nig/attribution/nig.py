@@ -179,7 +179,10 @@ class NeuronIntegratedGradients:
                 raise InputError("other= is for bi-encoders only")
         batch = batch.to(m.device)
         alphas = rule_alphas(method, n_steps + 1)
-        base = baseline_embeddings(m, batch.input_ids, batch.groups, baseline)
+        if torch.is_inference_mode_enabled():
+            raise InputError("NIG needs gradients: call it outside torch.inference_mode()")
+        with torch.no_grad():
+            base = baseline_embeddings(m, batch.input_ids, batch.groups, baseline)
         with frozen(m), torch.enable_grad():
             out = self._kernel(
                 batch,
@@ -222,6 +225,7 @@ class NeuronIntegratedGradients:
             tokens=tokens,
             meta=meta,
             point_scores=point_scores,
+            truncated=batch.truncated.cpu(),
         )
 
     # ------------------------------------------------------------------------------------------
@@ -260,13 +264,14 @@ class NeuronIntegratedGradients:
         window = chunk or max(1, DEFAULT_WINDOW_TOKENS // int(lengths.max()))
         total = n_pairs * n_points
         dev = m.device
-        alpha_t = torch.tensor(alphas, dtype=cfg.dtype, device=dev)
-        weight_t = torch.tensor(rule_weights(method, n_points), dtype=cfg.dtype, device=dev)
+        acc = torch.float64 if cfg.dtype == torch.float64 else torch.float32  # bf16/fp16 accumulate in fp32
+        # path coefficients and weights in the accumulation dtype (bf16 would merge nearby alphas)
+        alpha_t = torch.tensor(alphas, dtype=acc, device=dev)
+        weight_t = torch.tensor(rule_weights(method, n_points), dtype=acc, device=dev)
         names = [f"blocks.{layer}.mlp.hook_post" for layer in layers]
         if heads:
             names += [f"blocks.{layer}.attn.hook_z" for layer in layers]
         n_l = len(layers)
-        acc = torch.float64 if cfg.dtype == torch.float64 else torch.float32  # bf16/fp16 accumulate in fp32
         values = torch.zeros(n_pairs, n_l, n_pos, cfg.d_mlp, dtype=acc, device=dev)
         head_values = torch.zeros(n_pairs, n_l, n_pos, cfg.n_heads, dtype=acc, device=dev) if heads else None
         point_scores = torch.zeros(n_pairs, n_points, dtype=acc, device=dev)
@@ -335,9 +340,12 @@ class NeuronIntegratedGradients:
                 continues=int(k[0]) > 0,
                 n_tok=int(lengths[glob[0]]),
             )
-            x_w = m.word_embeddings(batch.input_ids[g_dev, :p_w])
+            with torch.no_grad():
+                x_w = m.word_embeddings(batch.input_ids[g_dev, :p_w])
             b_w = base[g_dev, :p_w]
-            emb = b_w[lp] + alpha_t[k.to(dev)][:, None, None] * (x_w - b_w)[lp]
+            with torch.no_grad():
+                b_acc, d_acc = b_w.to(acc), (x_w - b_w).to(acc)
+                emb = (b_acc[lp] + alpha_t[k.to(dev)][:, None, None] * d_acc[lp]).to(cfg.dtype)
             tt = batch.token_type_ids[g_dev, :p_w][lp]
             mask = batch.attention_mask[g_dev, :p_w][lp]
             oth = other[g_dev][lp] if other is not None else None
@@ -356,7 +364,7 @@ class NeuronIntegratedGradients:
             for name in list(store):  # activations that got no gradient (do not reach the score)
                 consume(name, torch.zeros_like(store[name]))
             if want_delta:  # input-level IG: sum_k w_k grad_x F(x_k) . (x - x')
-                per_point = (g_start * (x_w - b_w)[lp]).sum((1, 2)) * weight_t[k.to(dev)]
+                per_point = (g_start.to(acc) * d_acc[lp]).sum((1, 2)) * weight_t[k.to(dev)]
                 ig_sum.index_add_(0, g_dev[lp], per_point.to(acc))
             point_scores[g_dev[lp], k.to(dev)] = f.detach().to(acc)
             del f, start, g_start, emb

@@ -23,6 +23,7 @@ _TENSORS = (
     "convergence_delta",
     "head_values",
     "point_scores",
+    "truncated",
 )
 
 
@@ -49,6 +50,7 @@ class NeuronAttribution:
     tokens: list[list[str]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     point_scores: Tensor | None = None
+    truncated: Tensor | None = None  # [batch] bool: documents cut to max_length (reported, never silent)
 
     def __len__(self) -> int:
         return self.values.shape[0]

@@ -59,15 +59,23 @@ class HookedBiEncoder(HookedBertBase):
         cls,
         name_or_path: str | os.PathLike,
         *,
-        pooling: str = "mean",
+        pooling: str | None = None,
         similarity: str = "cosine",
         tokenizer: Any = None,
         max_length: int | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> HookedBiEncoder:
-        """Load a ``BertModel`` (or sentence-transformers BERT) folder or hub id."""
+        """Load a ``BertModel`` (or sentence-transformers BERT) folder or hub id.
+
+        ``pooling`` and ``max_length`` default to the sentence-transformers settings saved with the
+        model (``1_Pooling/config.json``, ``sentence_bert_config.json``: all-MiniLM-L6-v2 uses mean
+        pooling and 256 tokens), else ``"mean"`` and the model's positions.
+        """
         folder = loading.resolve_checkpoint(name_or_path)
+        st_pooling, st_max_length = loading.sentence_transformers_settings(folder)
+        pooling = pooling or st_pooling or "mean"
+        max_length = max_length or st_max_length
         hf_cfg = loading.read_config(folder)
         cfg = EncoderConfig.from_hf(hf_cfg, model_name=str(name_or_path), n_labels=0)
         cfg.dtype = dtype
@@ -148,10 +156,11 @@ class HookedBiEncoder(HookedBertBase):
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         order = torch.argsort(batch.lengths.cpu(), descending=True)
-        out = torch.empty(len(batch), self.cfg.d_model, dtype=torch.float32)
+        dt = torch.float64 if self.cfg.dtype == torch.float64 else torch.float32
+        out = torch.empty(len(batch), self.cfg.d_model, dtype=dt)
         for i in range(0, len(batch), batch_size):
             idx = order[i : i + batch_size]
-            out[idx] = self(batch.select(idx)).float().cpu()
+            out[idx] = self(batch.select(idx)).to(dt).cpu()
         return out
 
     def similarity_fn(

@@ -22,7 +22,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from mechir_nig.errors import InputError, UnsupportedArchitectureError
+from mechir_nig.errors import InputError, ModelLoadError, UnsupportedArchitectureError
 from mechir_nig.models import loading
 from mechir_nig.models.config import EncoderConfig
 from mechir_nig.models.encoder import HookedBertBase
@@ -75,19 +75,25 @@ class HookedCrossEncoder(HookedBertBase):
         folder = loading.resolve_checkpoint(name_or_path)
         hf_cfg = loading.read_config(folder)
         archs = hf_cfg.get("architectures") or []
-        n_labels = hf_cfg.get("num_labels") or len(hf_cfg.get("id2label") or {}) or 2
         if archs and "BertForSequenceClassification" not in archs:
             raise UnsupportedArchitectureError(
                 f"{folder} holds a {archs} checkpoint, which has no relevance head; HookedCrossEncoder "
                 "loads BertForSequenceClassification (1 or 2 labels). For a BertModel use HookedBiEncoder."
             )
-        cfg = EncoderConfig.from_hf(hf_cfg, model_name=str(name_or_path), n_labels=n_labels)
-        cfg.dtype = dtype
-        sd, head = loading.convert_bert_state_dict(loading.load_state_dict(folder), cfg.n_layers)
-        if "classifier.weight" not in head:
+        weights = loading.load_state_dict(folder)
+        head_w = weights.get("classifier.weight")
+        if head_w is None:
             raise UnsupportedArchitectureError(
                 f"{folder} has no classifier weights; HookedCrossEncoder needs a trained "
                 "BertForSequenceClassification head (use HookedBiEncoder for a bare BertModel)"
+            )
+        n_labels = head_w.shape[0]  # the head's own shape, whatever config.json says
+        cfg = EncoderConfig.from_hf(hf_cfg, model_name=str(name_or_path), n_labels=n_labels)
+        cfg.dtype = dtype
+        sd, head = loading.convert_bert_state_dict(weights, cfg.n_layers)
+        if "pooler.W" not in sd:
+            raise ModelLoadError(
+                f"{folder} has no pooler weights (bert.pooler.dense.*); the classifier reads them"
             )
         sd["classifier.W"], sd["classifier.b"] = head["classifier.weight"], head["classifier.bias"]
         model = cls(cfg, loading.load_tokenizer(folder, tokenizer), max_length=max_length)
@@ -168,8 +174,10 @@ class HookedCrossEncoder(HookedBertBase):
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         order = torch.argsort(batch.lengths.cpu(), descending=True)
-        out = torch.empty(len(batch), dtype=torch.float32)
+        out = torch.empty(
+            len(batch), dtype=torch.float64 if self.cfg.dtype == torch.float64 else torch.float32
+        )
         for i in range(0, len(batch), batch_size):
             idx = order[i : i + batch_size]
-            out[idx] = self(batch.select(idx)).float().cpu()
+            out[idx] = self(batch.select(idx)).to(out.dtype).cpu()
         return out

@@ -149,3 +149,27 @@ def convert_bert_state_dict(
         out["pooler.b"] = body.pop("pooler.dense.bias")
     body.pop("embeddings.position_ids", None)
     return out, head
+
+
+def sentence_transformers_settings(folder: Path) -> tuple[str | None, int | None]:
+    """(pooling, max_seq_length) from a sentence-transformers folder, ``None`` where not saved.
+
+    Pooling is read from ``1_Pooling/config.json`` (``cls`` or ``mean``; another mode is rejected
+    rather than silently replaced).
+    """
+    pooling = max_len = None
+    pool_cfg = folder / "1_Pooling" / "config.json"
+    if pool_cfg.is_file():
+        modes = {k for k, v in json.loads(pool_cfg.read_text()).items() if k.startswith("pooling_mode") and v}
+        if modes == {"pooling_mode_cls_token"}:
+            pooling = "cls"
+        elif modes == {"pooling_mode_mean_tokens"}:
+            pooling = "mean"
+        else:
+            raise UnsupportedArchitectureError(
+                f"{pool_cfg} uses pooling {sorted(modes)}; supported: cls or mean (pass pooling= to override)"
+            )
+    st_cfg = folder / "sentence_bert_config.json"
+    if st_cfg.is_file():
+        max_len = json.loads(st_cfg.read_text()).get("max_seq_length")
+    return pooling, max_len
