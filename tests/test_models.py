@@ -386,3 +386,16 @@ def test_missing_pooler_weights_is_a_clear_error(tmp_path, tiny_ce_dir):
     save_file(sd, str(tmp_path / "model.safetensors"))
     with pytest.raises(ModelLoadError, match="no pooler weights"):
         HookedCrossEncoder.from_pretrained(tmp_path)
+
+
+def test_sharded_checkpoint_loads(tmp_path, tokenizer, tiny_ce):
+    from transformers import BertForSequenceClassification
+
+    hf = BertForSequenceClassification.from_pretrained(str(tiny_ce.cfg.model_name))
+    hf.save_pretrained(tmp_path, max_shard_size="300KB")
+    tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    ce = HookedCrossEncoder.from_pretrained(tmp_path)
+    batch = ce.tokenize(QUERIES, DOCS)
+    with torch.no_grad():
+        assert torch.equal(ce(batch), tiny_ce(batch))

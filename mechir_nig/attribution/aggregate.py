@@ -142,6 +142,7 @@ class CollectionAttribution:
         tensors, metadata = self.state()
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata=metadata)
+        _fsync(tmp)  # the data is on disk before the rename makes it the checkpoint
         os.replace(tmp, path)
         side = path.with_name(path.name + ".json")
         tmp_side = side.with_name(side.name + ".tmp")
@@ -175,6 +176,14 @@ class CollectionAttribution:
             f"CollectionAttribution(layers={self.layers}, counts={self.counts}, n_done={self.n_done}, "
             f"collection={self.meta.get('collection')!r})"
         )
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _pair_fields(p: Any, i: int) -> tuple[str, str, str, str]:

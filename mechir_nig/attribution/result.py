@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,9 +91,15 @@ class NeuronAttribution:
 
         path = Path(path)
         tensors = {n: getattr(self, n).contiguous().cpu() for n in _TENSORS if getattr(self, n) is not None}
-        save_file(tensors, str(path))
         side = {"layers": self.layers, "tokens": self.tokens, "meta": self.meta}
-        path.with_suffix(path.suffix + ".json").write_text(json.dumps(side))
+        json_path = path.with_suffix(path.suffix + ".json")
+        for target, write in (
+            (json_path, lambda tmp: tmp.write_text(json.dumps(side))),
+            (path, lambda tmp: save_file(tensors, str(tmp))),
+        ):  # each written to a temporary name, then renamed: never half-written
+            tmp = target.with_name(target.name + ".tmp")
+            write(tmp)
+            os.replace(tmp, target)
         return path
 
     @classmethod

@@ -67,16 +67,33 @@ def read_config(folder: Path) -> dict[str, Any]:
     return cfg
 
 
-def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    for fname in WEIGHT_FILES:
-        p = folder / fname
-        if p.is_file():
-            if fname.endswith(".safetensors"):
-                from safetensors.torch import load_file
+def _load_weight_file(p: Path) -> dict[str, torch.Tensor]:
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
-                return load_file(str(p))
-            return torch.load(p, map_location="cpu", weights_only=True)
-    raise ModelLoadError(f"{folder} has no weights; expected one of {WEIGHT_FILES}")
+        return load_file(str(p))
+    return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """Weights of a folder: one file, or the shards named by a ``*.index.json`` (sharded save)."""
+    for fname in WEIGHT_FILES:
+        if (folder / fname).is_file():
+            return _load_weight_file(folder / fname)
+    for index_name in (f + ".index.json" for f in WEIGHT_FILES):
+        index = folder / index_name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            missing = [s for s in shards if not (folder / s).is_file()]
+            if missing:
+                raise ModelLoadError(f"{index} names shards missing from {folder}: {missing[:3]}")
+            sd: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                sd.update(_load_weight_file(folder / shard))
+            return sd
+    raise ModelLoadError(
+        f"{folder} has no weights; expected one of {WEIGHT_FILES} (or a sharded *.index.json)"
+    )
 
 
 def load_tokenizer(folder: Path, tokenizer: Any = None) -> Any:
