@@ -175,7 +175,11 @@ class HookedBiEncoder(HookedBertBase):
     ) -> Tensor:
         """``sim(E(q_i), E(d_i))`` for each pair ``i``."""
         q, d = check_pairs(queries, docs)
-        return self.similarity_fn(
-            self.encode(q, batch_size=batch_size, max_length=max_length),
-            self.encode(d, batch_size=batch_size, max_length=max_length),
-        )
+
+        def embed(texts: list[str]) -> Tensor:  # each distinct text is encoded once
+            unique = list(dict.fromkeys(texts))
+            pos = {t: i for i, t in enumerate(unique)}
+            emb = self.encode(unique, batch_size=batch_size, max_length=max_length)
+            return emb[torch.tensor([pos[t] for t in texts])]
+
+        return self.similarity_fn(embed(q), embed(d))
