@@ -399,3 +399,22 @@ def test_sharded_checkpoint_loads(tmp_path, tokenizer, tiny_ce):
     batch = ce.tokenize(QUERIES, DOCS)
     with torch.no_grad():
         assert torch.equal(ce(batch), tiny_ce(batch))
+
+
+def test_explicit_pooling_overrides_the_saved_config(tmp_path, minilm_path):
+    import json
+    import shutil
+
+    shutil.copytree(minilm_path, tmp_path / "m")
+    pool_cfg = tmp_path / "m" / "1_Pooling" / "config.json"
+    cfg = json.loads(pool_cfg.read_text())
+    cfg.update(pooling_mode_mean_tokens=False, pooling_mode_max_tokens=True)
+    pool_cfg.write_text(json.dumps(cfg))
+    with pytest.raises(UnsupportedArchitectureError, match="pass pooling= to override"):
+        HookedBiEncoder.from_pretrained(tmp_path / "m")
+    assert HookedBiEncoder.from_pretrained(tmp_path / "m", pooling="cls").pooling == "cls"
+
+
+def test_batched_scoring_rejects_bad_batch_size(tiny_ce):
+    with pytest.raises(InputError, match="batch_size must be >= 1"):
+        tiny_ce.score(QUERIES, DOCS, batch_size=0)

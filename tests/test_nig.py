@@ -320,3 +320,13 @@ def test_bad_input(tiny_ce, kwargs, match):
 def test_inference_mode_is_a_clear_error(tiny_ce):
     with torch.inference_mode(), pytest.raises(InputError, match="outside torch.inference_mode"):
         neuron_integrated_gradients(tiny_ce, QUERIES[:1], DOCS[:1], n_steps=2)
+
+
+def test_model_without_tokenizer_gets_no_display_tokens(tiny_ce_dir):
+    from mechir_nig import HookedCrossEncoder
+
+    ce = HookedCrossEncoder.from_pretrained(tiny_ce_dir)
+    batch = ce.tokenize(QUERIES[:2], DOCS[:2])
+    ce.tokenizer = None
+    attr = NeuronIntegratedGradients(ce).attribute(batch, n_steps=2)
+    assert attr.tokens == [] and attr.values.shape[0] == 2

@@ -30,6 +30,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechir_nig.errors import InputError
+from mechir_nig.models.tokenization import doc_budget
 
 LABELS = ("relevant", "nonrelevant")
 GROUP_AXIS = ("cls", "query", "sep", "doc", "all")
@@ -211,7 +212,7 @@ def _check_tokenizable(model: Any, fields_: list, pairs: Sequence[Any], max_leng
     for i, (nq, nd) in enumerate(zip(q_lens, d_lens)):
         if nq == 0 or nd == 0:
             bad.append((i, "a text with no tokens"))
-        elif is_cross and nq > max_length - 4:
+        elif is_cross and doc_budget(max_length, nq) < 1:
             bad.append((i, f"a query of {nq} tokens, no room for the document in max_length={max_length}"))
     if bad:
         examples = [

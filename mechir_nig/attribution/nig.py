@@ -202,10 +202,14 @@ class NeuronIntegratedGradients:
         if return_convergence_delta:
             delta = ig_sum - (scores - base_scores)
         tok = m.tokenizer
-        tokens = [
-            tok.convert_ids_to_tokens(row[: int(n)].tolist())
-            for row, n in zip(batch.input_ids, batch.lengths)
-        ]
+        tokens = (
+            [
+                tok.convert_ids_to_tokens(row[: int(n)].tolist())
+                for row, n in zip(batch.input_ids, batch.lengths)
+            ]
+            if tok is not None
+            else []
+        )
         meta = {
             "model": m.cfg.model_name,
             "n_steps": n_steps,
@@ -238,9 +242,9 @@ class NeuronIntegratedGradients:
         if alphas[-1] == 1.0:
             found[1.0] = point_scores[:, -1]
         if need:
-            x = self.model.word_embeddings(batch.input_ids)
             rows = max(1, (chunk or DEFAULT_WINDOW_TOKENS // batch.input_ids.shape[1]))
             with torch.no_grad():
+                x = self.model.word_embeddings(batch.input_ids)
                 for a in need:
                     emb = x if a == 1.0 else base
                     parts = []
@@ -264,7 +268,7 @@ class NeuronIntegratedGradients:
         window = chunk or max(1, DEFAULT_WINDOW_TOKENS // int(lengths.max()))
         total = n_pairs * n_points
         dev = m.device
-        acc = torch.float64 if cfg.dtype == torch.float64 else torch.float32  # bf16/fp16 accumulate in fp32
+        acc = cfg.acc_dtype  # bf16/fp16 accumulate in fp32
         # path coefficients and weights in the accumulation dtype (bf16 would merge nearby alphas)
         alpha_t = torch.tensor(alphas, dtype=acc, device=dev)
         weight_t = torch.tensor(rule_weights(method, n_points), dtype=acc, device=dev)
@@ -342,8 +346,7 @@ class NeuronIntegratedGradients:
             )
             with torch.no_grad():
                 x_w = m.word_embeddings(batch.input_ids[g_dev, :p_w])
-            b_w = base[g_dev, :p_w]
-            with torch.no_grad():
+                b_w = base[g_dev, :p_w]
                 b_acc, d_acc = b_w.to(acc), (x_w - b_w).to(acc)
                 emb = (b_acc[lp] + alpha_t[k.to(dev)][:, None, None] * d_acc[lp]).to(cfg.dtype)
             tt = batch.token_type_ids[g_dev, :p_w][lp]

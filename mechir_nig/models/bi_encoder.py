@@ -73,8 +73,8 @@ class HookedBiEncoder(HookedBertBase):
         pooling and 256 tokens), else ``"mean"`` and the model's positions.
         """
         folder = loading.resolve_checkpoint(name_or_path)
-        st_pooling, st_max_length = loading.sentence_transformers_settings(folder)
-        pooling = pooling or st_pooling or "mean"
+        st_pooling, st_max_length = loading.sentence_transformers_settings(folder, pooling)
+        pooling = st_pooling or "mean"
         max_length = max_length or st_max_length
         hf_cfg = loading.read_config(folder)
         cfg = EncoderConfig.from_hf(hf_cfg, model_name=str(name_or_path), n_labels=0)
@@ -153,15 +153,7 @@ class HookedBiEncoder(HookedBertBase):
 
     @torch.no_grad()
     def encode_batch(self, batch: TextBatch, *, batch_size: int = 32) -> Tensor:
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        order = torch.argsort(batch.lengths.cpu(), descending=True)
-        dt = torch.float64 if self.cfg.dtype == torch.float64 else torch.float32
-        out = torch.empty(len(batch), self.cfg.d_model, dtype=dt)
-        for i in range(0, len(batch), batch_size):
-            idx = order[i : i + batch_size]
-            out[idx] = self(batch.select(idx)).to(dt).cpu()
-        return out
+        return self.run_sorted(batch, batch_size=batch_size, trailing=(self.cfg.d_model,))
 
     def similarity_fn(
         self, q: Float[Tensor, "n d_model"], d: Float[Tensor, "n d_model"]

@@ -51,6 +51,11 @@ class EncoderConfig:
     def d_head(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def acc_dtype(self) -> torch.dtype:
+        """Dtype of outputs and accumulators: float64 for float64 models, else float32 (bf16/fp16 too)."""
+        return torch.float64 if self.dtype == torch.float64 else torch.float32
+
     @classmethod
     def from_hf(cls, hf: Any, *, model_name: str = "bert", n_labels: int = 0) -> EncoderConfig:
         """Build from a ``transformers.BertConfig`` (or its ``to_dict()``)."""

@@ -171,13 +171,4 @@ class HookedCrossEncoder(HookedBertBase):
 
     @torch.no_grad()
     def score_batch(self, batch: PairBatch, *, batch_size: int = 32) -> Tensor:
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        order = torch.argsort(batch.lengths.cpu(), descending=True)
-        out = torch.empty(
-            len(batch), dtype=torch.float64 if self.cfg.dtype == torch.float64 else torch.float32
-        )
-        for i in range(0, len(batch), batch_size):
-            idx = order[i : i + batch_size]
-            out[idx] = self(batch.select(idx)).to(out.dtype).cpu()
-        return out
+        return self.run_sorted(batch, batch_size=batch_size)

@@ -147,6 +147,18 @@ class HookedBertBase(HookedRootModule):
             resid = block(resid, mask)
         return resid
 
+    @torch.no_grad()
+    def run_sorted(self, batch: Any, *, batch_size: int, trailing: tuple[int, ...] = ()) -> Tensor:
+        """``self(batch)`` in chunks of ``batch_size`` rows, longest first, returned in input order (CPU)."""
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        order = torch.argsort(batch.lengths.cpu(), descending=True)
+        out = torch.empty(len(batch), *trailing, dtype=self.cfg.acc_dtype)
+        for i in range(0, len(batch), batch_size):
+            idx = order[i : i + batch_size]
+            out[idx] = self(batch.select(idx)).to(out.dtype).cpu()
+        return out
+
     # -- TransformerLens API -------------------------------------------------------------------
     def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any):
         """Run and cache activations; returns ``(output, ActivationCache)`` (a dict if asked)."""

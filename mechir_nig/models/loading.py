@@ -168,15 +168,16 @@ def convert_bert_state_dict(
     return out, head
 
 
-def sentence_transformers_settings(folder: Path) -> tuple[str | None, int | None]:
+def sentence_transformers_settings(folder: Path, pooling: str | None = None) -> tuple[str | None, int | None]:
     """(pooling, max_seq_length) from a sentence-transformers folder, ``None`` where not saved.
 
-    Pooling is read from ``1_Pooling/config.json`` (``cls`` or ``mean``; another mode is rejected
-    rather than silently replaced).
+    A ``pooling`` given by the caller is returned as is. Otherwise it is read from
+    ``1_Pooling/config.json`` (``cls`` or ``mean``; another mode is rejected rather than silently
+    replaced).
     """
-    pooling = max_len = None
+    max_len = None
     pool_cfg = folder / "1_Pooling" / "config.json"
-    if pool_cfg.is_file():
+    if pooling is None and pool_cfg.is_file():
         modes = {k for k, v in json.loads(pool_cfg.read_text()).items() if k.startswith("pooling_mode") and v}
         if modes == {"pooling_mode_cls_token"}:
             pooling = "cls"

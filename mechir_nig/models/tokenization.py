@@ -133,6 +133,11 @@ def _word_ids(tokenizer: Any, texts: list[str], what: str) -> list[list[int]]:
     return ids
 
 
+def doc_budget(max_length: int, n_query_tokens: int) -> int:
+    """Document tokens that fit in ``[CLS] q [SEP] d [SEP]`` within ``max_length`` (< 1: none)."""
+    return max_length - 3 - n_query_tokens
+
+
 def _check_max_length(max_length: int, n_ctx: int) -> None:
     if not isinstance(max_length, int) or max_length < 4:
         raise InputError(f"max_length must be an int >= 4, got {max_length!r}")
@@ -176,7 +181,7 @@ def tokenize_pairs(tokenizer: Any, queries: Any, docs: Any, *, max_length: int, 
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     rows, groups, types, truncated = [], [], [], []
     for i, (qi, di) in enumerate(zip(q_ids, d_ids)):
-        budget = max_length - 3 - len(qi)
+        budget = doc_budget(max_length, len(qi))
         if budget < 1:
             raise InputError(
                 f"queries[{i}] has {len(qi)} tokens, leaving no room for its document within "
