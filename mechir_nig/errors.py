@@ -26,3 +26,8 @@ class TruncationWarning(UserWarning):
 class DataError(MechirNigError, ValueError):
     """A malformed or inconsistent data file (bad line, duplicate id, empty text) or a data set that
     could not be fetched; the message names the file and line and says what to fix."""
+
+
+class PostLayerNormError(MechirNigError, NotImplementedError):
+    """A TransformerLens method that assumes a pre-LN residual stream (a sum of component outputs,
+    one final LayerNorm) was called on a post-LN encoder, where it would return wrong numbers."""

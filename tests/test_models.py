@@ -117,8 +117,13 @@ def test_mlp_post_equals_hf_intermediate(tiny_ce, tiny_ce_dir):
 
 
 def expected_shapes(cfg, b, p):
-    d, h, dh, f = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
-    shapes = {"hook_embed": (b, p, d), "hook_pos_embed": (b, p, d), "hook_token_type_embed": (b, p, d)}
+    d, h, dh, f, e = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_embed
+    shapes = {
+        "hook_embed": (b, p, e),
+        "hook_pos_embed": (b, p, e),
+        "hook_token_type_embed": (b, p, e),
+        "hook_full_embed": (b, p, d),
+    }
     for i in range(cfg.n_layers):
         for name in (
             "hook_resid_pre",

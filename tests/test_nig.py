@@ -99,7 +99,10 @@ def test_equals_captum_minilm_body_float32(minilm_ce, minilm_ce_dir):
     attr = NeuronIntegratedGradients(minilm_ce).attribute(batch, n_steps=8)
     for layer in range(minilm_ce.cfg.n_layers):
         ref = captum_conductance(hf, minilm_ce, batch, layer, 8, "riemann_trapezoid")
-        assert_rel_close(attr.values[:, layer], ref, rel=1e-5 if layer else 5e-5)
+        # float32 allows no more: on this model both ours and Captum are ~1.3e-4 (layer 0) from the
+        # float64 truth (docs/nig.md), and two float32 sums may differ by up to twice that; the exact
+        # agreement is asserted in float64 (test_equals_captum_minilm_body_float64)
+        assert_rel_close(attr.values[:, layer], ref, rel=1e-5 if layer else 3e-4)
 
 
 def slow_reference(model, query, doc, n_steps, method="riemann_trapezoid", heads=False):

@@ -30,7 +30,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechir_nig.errors import InputError
-from mechir_nig.models.tokenization import doc_budget
+from mechir_nig.models.tokenization import doc_budget, n_special_tokens
 
 LABELS = ("relevant", "nonrelevant")
 GROUP_AXIS = ("cls", "query", "sep", "doc", "all")
@@ -205,14 +205,15 @@ def _check_tokenizable(model: Any, fields_: list, pairs: Sequence[Any], max_leng
     tok = model.tokenizer
     if tok is None:
         raise InputError("the model has no tokenizer; pass tokenizer= to from_pretrained")
-    q_lens = [len(ids) for ids in tok([f[0] for f in fields_], add_special_tokens=False)["input_ids"]]
-    d_lens = [len(ids) for ids in tok([f[1] for f in fields_], add_special_tokens=False)["input_ids"]]
-    is_cross = hasattr(model, "classifier")
+    q_lens = [len(ids) for ids in tok([f[0] for f in fields_], add_special_tokens=False, verbose=False)["input_ids"]]
+    d_lens = [len(ids) for ids in tok([f[1] for f in fields_], add_special_tokens=False, verbose=False)["input_ids"]]
+    is_cross = model.pairwise
+    n_special = n_special_tokens(tok, pair=True)
     bad = []
     for i, (nq, nd) in enumerate(zip(q_lens, d_lens)):
         if nq == 0 or nd == 0:
             bad.append((i, "a text with no tokens"))
-        elif is_cross and doc_budget(max_length, nq) < 1:
+        elif is_cross and doc_budget(max_length, nq, n_special) < 1:
             bad.append((i, f"a query of {nq} tokens, no room for the document in max_length={max_length}"))
     if bad:
         examples = [

@@ -8,7 +8,7 @@ those of the input. Names:
 - ``doc``: only document tokens -> ``[PAD]`` (attribution conditional on the query).
 - ``mask``: query and document tokens -> ``[MASK]``.
 - ``zero``: zero word embeddings for every attended token.
-- a tensor ``[batch, pos, d_model]`` (or ``[pos, d_model]``, broadcast over the batch) of word
+- a tensor ``[batch, pos, d_embed]`` (or ``[pos, d_embed]``, broadcast over the batch) of word
   embeddings shaped like the tokenized batch.
 """
 
@@ -39,11 +39,11 @@ def baseline_embeddings(
     input_ids: Int[Tensor, "batch pos"],
     groups: Int[Tensor, "batch pos"],
     baseline: str | Tensor,
-) -> Float[Tensor, "batch pos d_model"]:
+) -> Float[Tensor, "batch pos d_embed"]:
     """Word embeddings of the baseline for a tokenized batch."""
     check_baseline(baseline)
     b, p = input_ids.shape
-    d = model.cfg.d_model
+    d = model.cfg.d_embed
     if isinstance(baseline, Tensor):
         t = baseline.to(model.device, model.cfg.dtype)
         if t.shape == (p, d):

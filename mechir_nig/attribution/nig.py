@@ -35,9 +35,8 @@ from mechir_nig.attribution.rules import alphas as rule_alphas
 from mechir_nig.attribution.rules import check_n_steps, check_rule
 from mechir_nig.attribution.rules import weights as rule_weights
 from mechir_nig.errors import InputError
-from mechir_nig.models.bi_encoder import HookedBiEncoder
-from mechir_nig.models.cross_encoder import HookedCrossEncoder
-from mechir_nig.models.tokenization import DOC, QUERY, PairBatch, TextBatch, check_pairs
+from mechir_nig.models.protocol import AttributionModel
+from mechir_nig.models.tokenization import DOC, QUERY, PairBatch, TextBatch
 
 DEFAULT_WINDOW_TOKENS = 8192
 """Default window: ``max(1, 8192 // longest_pair)`` points (bounded memory, large enough GEMMs)."""
@@ -63,7 +62,7 @@ class _Workspace:
         self.device = device
         self.buf: Tensor | None = None
 
-    def take(self, n: int, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    def take(self, n: int, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:  # noqa: D102
         numel = n * int(torch.Size(shape).numel())
         if self.buf is None or self.buf.numel() < numel or self.buf.dtype != dtype:
             self.buf = torch.empty(numel, dtype=dtype, device=self.device)
@@ -95,26 +94,25 @@ def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
 
 
 class NeuronIntegratedGradients:
-    """NIG for a ``HookedCrossEncoder`` or ``HookedBiEncoder``.
+    """NIG for any model with the attribution protocol (``HookedCrossEncoder``, ``HookedBiEncoder``).
 
     Args:
-        model: the hooked model (its parameters are frozen while attributing).
+        model: the hooked model (its parameters are frozen while attributing); it must implement
+            ``mechir_nig.models.protocol.AttributionModel``.
     """
 
-    def __init__(self, model: HookedCrossEncoder | HookedBiEncoder):
-        if not isinstance(model, HookedCrossEncoder | HookedBiEncoder):
+    def __init__(self, model: AttributionModel):
+        if not isinstance(model, AttributionModel):
             raise InputError(
-                f"model must be a HookedCrossEncoder or HookedBiEncoder, got {type(model).__name__}"
+                f"model must be a hooked model with the attribution protocol (HookedCrossEncoder, "
+                f"HookedBiEncoder), got {type(model).__name__}"
             )
         self.model = model
-        self.is_bi = isinstance(model, HookedBiEncoder)
+        self.is_bi = not model.pairwise
 
     # ------------------------------------------------------------------------------------------
-    def _score(self, tt, mask, other, *, input_embeds=None, residual=None, start=None) -> Tensor:
-        out = self.model(None, tt, mask, input_embeds=input_embeds, residual=residual, start_at_layer=start)
-        if self.is_bi:
-            return (out * other).sum(-1)
-        return out
+    def _score(self, tt, mask, other, *, input_embeds) -> Tensor:
+        return self.model.score_embeds(input_embeds, tt, mask, other)
 
     def attribute(
         self,
@@ -159,24 +157,9 @@ class NeuronIntegratedGradients:
             or internal_batch_size < 1
         ):
             raise InputError(f"internal_batch_size must be None or an int >= 1, got {internal_batch_size!r}")
-        if self.is_bi:
-            if not isinstance(batch, TextBatch):
-                raise InputError(
-                    "a bi-encoder attributes a TextBatch (model.tokenize(texts)) with other=embeddings"
-                )
-            if other is None or other.shape != (len(batch), m.cfg.d_model):
-                raise InputError(
-                    f"other must be the fixed side's embeddings, shape ({len(batch)}, {m.cfg.d_model}); "
-                    f"got {None if other is None else tuple(other.shape)}"
-                )
+        m.check_attribution_batch(batch, other)
+        if other is not None:
             other = other.to(m.device, m.cfg.dtype)
-        else:
-            if not isinstance(batch, PairBatch):
-                raise InputError(
-                    "a cross-encoder attributes a PairBatch: batch = model.tokenize(queries, docs)"
-                )
-            if other is not None:
-                raise InputError("other= is for bi-encoders only")
         batch = batch.to(m.device)
         alphas = rule_alphas(method, n_steps + 1)
         if torch.is_inference_mode_enabled():
@@ -302,8 +285,12 @@ class NeuronIntegratedGradients:
             a = store.pop(name).detach()
             kind = name.rsplit(".", 1)[-1]
             dest = (head_values if kind == "hook_z" else values)[:, layers.index(int(name.split(".")[1]))]
-            diff = workspace.take(a.shape[0] - 1, a.shape[1:], a.dtype)
-            torch.sub(a[1:], a[:-1], out=diff)
+            # step differences in the accumulation dtype (bf16/fp16 activations: exact differences)
+            diff = workspace.take(a.shape[0] - 1, a.shape[1:], acc)
+            if a.dtype == acc:
+                torch.sub(a[1:], a[:-1], out=diff)
+            else:
+                diff.copy_(a[1:]).sub_(a[:-1])
             diff.mul_(g[:-1])
             row = 0
             for j, c in enumerate(win["counts"]):  # rows of local pair j; its intervals: all but its last row
@@ -315,7 +302,7 @@ class NeuronIntegratedGradients:
             if win["continues"]:  # the window starts inside a pair: close its interval with the carried point
                 a_prev, g_prev = carry[name]
                 n_tok = win["n_tok"]
-                c0 = (a[0, :n_tok] - a_prev[:n_tok]) * g_prev[:n_tok]
+                c0 = (a[0, :n_tok].to(acc) - a_prev[:n_tok].to(acc)) * g_prev[:n_tok].to(acc)
                 dest[win["glob"][0], :n_tok] += _reduce(kind, c0.to(acc))
             carry[name] = (a[-1].clone(), g[-1].clone())
 
@@ -348,7 +335,9 @@ class NeuronIntegratedGradients:
                 x_w = m.word_embeddings(batch.input_ids[g_dev, :p_w])
                 b_w = base[g_dev, :p_w]
                 b_acc, d_acc = b_w.to(acc), (x_w - b_w).to(acc)
-                emb = (b_acc[lp] + alpha_t[k.to(dev)][:, None, None] * d_acc[lp]).to(cfg.dtype)
+                # kept in the accumulation dtype: the model sums and normalises float32 word embeddings
+                # in float32 (embed_tokens), so a bf16 model does not merge nearby alphas
+                emb = b_acc[lp] + alpha_t[k.to(dev)][:, None, None] * d_acc[lp]
             tt = batch.token_type_ids[g_dev, :p_w][lp]
             mask = batch.attention_mask[g_dev, :p_w][lp]
             oth = other[g_dev][lp] if other is not None else None
@@ -377,7 +366,7 @@ class NeuronIntegratedGradients:
 
 
 def neuron_integrated_gradients(
-    model: HookedCrossEncoder | HookedBiEncoder,
+    model: AttributionModel,
     queries: Sequence[str],
     docs: Sequence[str],
     *,
@@ -401,7 +390,11 @@ def neuron_integrated_gradients(
     Shapes:
         ``attr.values``: ``[batch, layer, pos, d_mlp]``; ``attr.by_group()``: ``[batch, layer, 4, d_mlp]``.
     """
-    kw: dict[str, Any] = dict(
+    nig = NeuronIntegratedGradients(model)
+    batch, other = model.attribution_inputs(queries, docs, side=side, max_length=max_length)
+    attr = nig.attribute(
+        batch,
+        other=other,
         n_steps=n_steps,
         baseline=baseline,
         method=method,
@@ -411,22 +404,9 @@ def neuron_integrated_gradients(
         heads=heads,
         progress=progress,
     )
-    nig = NeuronIntegratedGradients(model)
-    if not nig.is_bi:
-        if side is not None:
-            raise InputError(
-                "side= is for bi-encoders; a cross-encoder interpolates query and document together"
-            )
-        return nig.attribute(model.tokenize(queries, docs, max_length=max_length), **kw)
-    side = side or "doc"
-    if side not in ("doc", "query"):
-        raise InputError(f"side must be 'doc' or 'query', got {side!r}")
-    q, d = check_pairs(queries, docs)
-    moving, fixed = (d, q) if side == "doc" else (q, d)
-    batch = model.tokenize(moving, max_length=max_length, what="docs" if side == "doc" else "queries")
-    other = model.encode(fixed, max_length=max_length)
-    attr = nig.attribute(batch, other=other, **kw)
-    if side == "query":
-        attr.groups = torch.where(attr.groups == DOC, QUERY, attr.groups)
-    attr.meta["side"] = side
+    if nig.is_bi:
+        side = side or "doc"
+        if side == "query":
+            attr.groups = torch.where(attr.groups == DOC, QUERY, attr.groups)
+        attr.meta["side"] = side
     return attr

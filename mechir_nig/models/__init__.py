@@ -1,19 +1,27 @@
-"""Hooked BERT encoders (cross- and bi-encoders) on TransformerLens' ``HookedRootModule``."""
+"""Hooked encoders (cross- and bi-encoders) of every supported family on TransformerLens' ``HookedRootModule``."""
 
+from mechir_nig.models.architectures import ARCHITECTURES, SUPPORTED_MODEL_TYPES
 from mechir_nig.models.auto import load_model
 from mechir_nig.models.bi_encoder import HookedBiEncoder
+from mechir_nig.models.cache import EncoderActivationCache
 from mechir_nig.models.config import EncoderConfig
 from mechir_nig.models.cross_encoder import HookedCrossEncoder
-from mechir_nig.models.encoder import HookedBertBase
+from mechir_nig.models.encoder import HookedBertBase, HookedEncoderBase
+from mechir_nig.models.protocol import AttributionModel
 from mechir_nig.models.tokenization import GROUPS, PairBatch, TextBatch
 
 __all__ = [
+    "ARCHITECTURES",
+    "AttributionModel",
+    "EncoderActivationCache",
     "EncoderConfig",
     "GROUPS",
     "HookedBertBase",
     "HookedBiEncoder",
     "HookedCrossEncoder",
+    "HookedEncoderBase",
     "PairBatch",
+    "SUPPORTED_MODEL_TYPES",
     "TextBatch",
     "load_model",
 ]

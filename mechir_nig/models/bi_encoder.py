@@ -1,4 +1,4 @@
-"""``HookedBiEncoder``: a BERT dual encoder (e.g. all-MiniLM-L6-v2) with TransformerLens hooks.
+"""``HookedBiEncoder``: a dual encoder of any supported family (e.g. all-MiniLM-L6-v2, TAS-B) with hooks.
 
 ``F(q, d) = sim(E(q), E(d))`` with ``E`` mean (masked) or CLS pooling of the last hidden states and
 ``sim`` cosine or dot. Each encoding pass fires the encoder hooks; ``hook_pooled`` holds the pooled
@@ -6,13 +6,13 @@ vector and ``hook_embedding`` the final (L2-normalised for cosine) embedding.
 
 Example:
     >>> be = HookedBiEncoder.from_pretrained(path, pooling="mean", similarity="cosine")  # doctest: +SKIP
-    >>> be.score(["what is a neuron"], ["A neuron is a cell of the nervous system."])
+    >>> be.score(["what is a neuron"], ["A neuron is a cell of the nervous system."])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -20,18 +20,18 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
-from mechir_nig.errors import InputError
+from mechir_nig.errors import InputError, ModelLoadError
 from mechir_nig.models import loading
 from mechir_nig.models.config import EncoderConfig
-from mechir_nig.models.encoder import HookedBertBase
+from mechir_nig.models.encoder import HookedEncoderBase
 from mechir_nig.models.tokenization import TextBatch, check_pairs, tokenize_texts
 
 POOLINGS = ("mean", "cls")
 SIMILARITIES = ("cosine", "dot")
 
 
-class HookedBiEncoder(HookedBertBase):
-    """BERT bi-encoder: ``encode`` texts to ``[n, d_model]`` embeddings, ``score`` pairs by similarity."""
+class HookedBiEncoder(HookedEncoderBase):
+    """Bi-encoder (BERT, ELECTRA, RoBERTa/XLM-R, DistilBERT body): ``encode`` texts to ``[n, d_model]`` embeddings, ``score`` pairs by similarity."""
 
     def __init__(
         self,
@@ -65,34 +65,69 @@ class HookedBiEncoder(HookedBertBase):
         max_length: int | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
+        ignore_head: bool = False,
     ) -> HookedBiEncoder:
-        """Load a ``BertModel`` (or sentence-transformers BERT) folder or hub id.
+        """Load a bare encoder (``BertModel``, ``DistilBertModel`` ..., or a sentence-transformers
+        folder) from a folder or hub id.
 
         ``pooling`` and ``max_length`` default to the sentence-transformers settings saved with the
         model (``1_Pooling/config.json``, ``sentence_bert_config.json``: all-MiniLM-L6-v2 uses mean
-        pooling and 256 tokens), else ``"mean"`` and the model's positions.
+        pooling and 256 tokens), else ``"mean"`` and the model's positions. A checkpoint with a task
+        head (a re-ranker, a masked LM such as a SPLADE body) is refused unless ``ignore_head=True``
+        says to use its encoder and leave the head out.
         """
-        folder = loading.resolve_checkpoint(name_or_path)
+        ckpt = loading.inspect_checkpoint(loading.resolve_checkpoint(name_or_path))
+        return cls.from_checkpoint(
+            ckpt,
+            pooling=pooling,
+            similarity=similarity,
+            tokenizer=tokenizer,
+            max_length=max_length,
+            device=device,
+            dtype=dtype,
+            ignore_head=ignore_head,
+            name=str(name_or_path),
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        ckpt: loading.Checkpoint,
+        *,
+        pooling: str | None = None,
+        similarity: str = "cosine",
+        tokenizer: Any = None,
+        max_length: int | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        ignore_head: bool = False,
+        name: str | None = None,
+    ) -> HookedBiEncoder:
+        """Build from an inspected checkpoint (``loading.inspect_checkpoint``); see ``from_pretrained``."""
+        folder = ckpt.folder
+        if ckpt.kind != "bi" and not ignore_head:
+            what = "a relevance head (a cross-encoder)" if ckpt.kind == "cross" else "a task head"
+            fix = (
+                "load it with HookedCrossEncoder.from_pretrained (or mechir_nig.load_model)"
+                if ckpt.kind == "cross"
+                else "pass ignore_head=True to use its encoder as a bi-encoder without the head"
+            )
+            raise ModelLoadError(f"{loading.describe_head(ckpt)}: {what}, not a bare encoder; {fix}")
         st_pooling, st_max_length = loading.sentence_transformers_settings(folder, pooling)
         pooling = st_pooling or "mean"
         max_length = max_length or st_max_length
-        hf_cfg = loading.read_config(folder)
-        cfg = EncoderConfig.from_hf(hf_cfg, model_name=str(name_or_path), n_labels=0)
+        cfg = EncoderConfig.from_hf(ckpt.hf_config, model_name=name or str(folder), n_labels=0)
         cfg.dtype = dtype
-        sd, _head = loading.convert_bert_state_dict(loading.load_state_dict(folder), cfg.n_layers)
-        sd = {k: v for k, v in sd.items() if not k.startswith("pooler.")}
-        model = cls(
-            cfg,
-            loading.load_tokenizer(folder, tokenizer),
-            pooling=pooling,
-            similarity=similarity,
-            max_length=max_length,
-        )
+        sd = loading.convert_weights(ckpt, cfg, head=False)
+        tok = loading.load_tokenizer(folder, tokenizer)
+        loading.check_tokenizer(tok, cfg, str(folder), pairwise=False)
+        model = cls(cfg, tok, pooling=pooling, similarity=similarity, max_length=max_length)
         model.load_state_dict(sd, strict=True)
         return model.to(device=device, dtype=dtype).freeze()
 
     def tokenize(self, texts: Any, *, max_length: int | None = None, what: str = "texts") -> TextBatch:
-        """Tokenize ``[CLS] t [SEP]``; overlong texts are truncated and reported."""
+        """Tokenize with the tokenizer's template (``[CLS] t [SEP]``, ``<s> t </s>``); overlong texts are
+        truncated and reported."""
         if self.tokenizer is None:
             raise InputError("this model has no tokenizer; pass tokenizer= to from_pretrained")
         batch = tokenize_texts(
@@ -110,6 +145,48 @@ class HookedBiEncoder(HookedBertBase):
             pooled = (resid * m).sum(1) / m.sum(1).clamp(min=1e-9)
         return self.hook_pooled(pooled)
 
+    @overload
+    def forward(
+        self,
+        batch: TextBatch | Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        input_embeds: Tensor | None = None,
+        residual: Tensor | None = None,
+        start_at_layer: int | None = None,
+        stop_at_layer: None = None,
+        return_type: Literal["embedding"] = "embedding",
+    ) -> Float[Tensor, "batch d_model"]: ...
+
+    @overload
+    def forward(
+        self,
+        batch: TextBatch | Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        input_embeds: Tensor | None = None,
+        residual: Tensor | None = None,
+        start_at_layer: int | None = None,
+        stop_at_layer: None = None,
+        return_type: None,
+    ) -> None: ...
+
+    @overload
+    def forward(
+        self,
+        batch: TextBatch | Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        input_embeds: Tensor | None = None,
+        residual: Tensor | None = None,
+        start_at_layer: int | None = None,
+        stop_at_layer: int,
+        return_type: Literal["embedding"] | None = "embedding",
+    ) -> Float[Tensor, "batch pos d_model"]: ...
+
     def forward(
         self,
         batch: TextBatch | Tensor | None = None,
@@ -120,8 +197,13 @@ class HookedBiEncoder(HookedBertBase):
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
-    ) -> Tensor:
-        """Embeddings ``[batch, d_model]`` (L2-normalised when ``similarity='cosine'``)."""
+        return_type: Literal["embedding"] | None = "embedding",
+    ) -> Tensor | None:
+        """Embeddings ``[batch, d_model]`` (L2-normalised when ``similarity='cosine'``).
+
+        ``return_type=None`` runs for the hooks only; ``stop_at_layer=k`` returns the residual stream
+        before block ``k``.
+        """
         if isinstance(batch, TextBatch):
             input_ids, token_type_ids, attention_mask = (
                 batch.input_ids,
@@ -130,6 +212,8 @@ class HookedBiEncoder(HookedBertBase):
             )
         else:
             input_ids = batch
+        if return_type not in ("embedding", None):
+            raise InputError(f"return_type must be 'embedding' or None, got {return_type!r}")
         resid = self.encoder_forward(
             input_ids,
             token_type_ids,
@@ -144,7 +228,43 @@ class HookedBiEncoder(HookedBertBase):
         emb = self.pool(resid, attention_mask)
         if self.similarity == "cosine":
             emb = F.normalize(emb, p=2, dim=-1)
-        return self.hook_embedding(emb)
+        emb = self.hook_embedding(emb)
+        return None if return_type is None else emb
+
+    # -- the attribution protocol (mechir_nig.models.protocol) ------------------------------------
+    pairwise = False
+
+    def attribution_inputs(
+        self, queries: Any, docs: Any, *, side: str | None = None, max_length: int | None = None
+    ) -> tuple[TextBatch, Tensor]:
+        """The side NIG interpolates (``"doc"``, default, or ``"query"``) and the other side's embeddings."""
+        side = side or "doc"
+        if side not in ("doc", "query"):
+            raise InputError(f"side must be 'doc' or 'query', got {side!r}")
+        q, d = check_pairs(queries, docs)
+        moving, fixed = (d, q) if side == "doc" else (q, d)
+        batch = self.tokenize(moving, max_length=max_length, what="docs" if side == "doc" else "queries")
+        return batch, self.encode(fixed, max_length=max_length)
+
+    def check_attribution_batch(self, batch: Any, other: Tensor | None) -> None:
+        if not isinstance(batch, TextBatch):
+            raise InputError("a bi-encoder attributes a TextBatch (model.tokenize(texts)) with other=embeddings")
+        if other is None or tuple(other.shape) != (len(batch), self.cfg.d_model):
+            raise InputError(
+                f"other must be the fixed side's embeddings, shape ({len(batch)}, {self.cfg.d_model}); "
+                f"got {None if other is None else tuple(other.shape)}"
+            )
+
+    def score_embeds(
+        self,
+        input_embeds: Float[Tensor, "batch pos d_embed"],
+        token_type_ids: Tensor,
+        attention_mask: Tensor,
+        other: Tensor | None = None,
+    ) -> Float[Tensor, " batch"]:
+        """``sim(E(text from input_embeds), other)`` (the fixed side's embeddings ``other``)."""
+        out = self(None, token_type_ids, attention_mask, input_embeds=input_embeds)
+        return (out * other).sum(-1)
 
     @torch.no_grad()
     def encode(self, texts: Any, *, batch_size: int = 32, max_length: int | None = None) -> Tensor:

@@ -1,4 +1,8 @@
-"""Configuration of the hooked BERT encoder (TransformerLens field names)."""
+"""Configuration of a hooked post-LN encoder (TransformerLens field names).
+
+One config serves every supported family (BERT, ELECTRA, RoBERTa/XLM-R, DistilBERT); the family's
+adapter in ``mechir_nig.models.architectures`` maps the Hugging Face ``config.json`` onto it.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,25 @@ import torch
 from mechir_nig.errors import UnsupportedArchitectureError
 
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+POOLER_ACTIVATIONS = ("tanh", "gelu", "relu")
 
 
 @dataclass
 class EncoderConfig:
-    """Shape and numerics of a post-LN BERT encoder.
+    """Shape and numerics of a post-LN transformer encoder.
 
     Field names follow TransformerLens (``n_layers``, ``d_model``, ``d_mlp`` ...), so code written for
-    ``HookedTransformerConfig`` reads the same.
+    ``HookedTransformerConfig`` reads the same. Family-specific fields:
+
+    - ``d_embed``: width of the embedding tables (ELECTRA's ``embedding_size``; projected to
+      ``d_model`` after the embedding LayerNorm). ``None`` means ``d_model``.
+    - ``position_offset``: first position id of a sequence (RoBERTa/XLM-R: ``padding_idx + 1``);
+      ``n_ctx`` counts usable positions, the table holds ``n_ctx + position_offset`` rows.
+    - ``n_token_types``: rows of the token-type table; ``0`` for families without token types
+      (DistilBERT), whose inputs' token types are ignored.
+    - ``pooler_act``: activation of the classification head's dense layer (BERT's pooler and
+      RoBERTa: ``tanh``; ELECTRA: ``gelu``; DistilBERT: ``relu``).
+    - ``use_attn_result`` / ``use_hook_mlp_in``: opt-in hooks, as in TransformerLens.
     """
 
     n_layers: int
@@ -32,11 +47,19 @@ class EncoderConfig:
     pad_token_id: int = 0
     n_labels: int = 0  # 0 for a bare encoder (bi-encoder), 1 or 2 for a cross-encoder head
     model_name: str = "bert"
+    architecture: str = "bert"
+    d_embed: int | None = None
+    position_offset: int = 0
+    pooler_act: str = "tanh"
+    use_attn_result: bool = False
+    use_hook_mlp_in: bool = False
     attn_only: bool = False
     dtype: torch.dtype = torch.float32
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.d_embed is None:
+            self.d_embed = self.d_model
         if self.d_model % self.n_heads != 0:
             raise UnsupportedArchitectureError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
@@ -46,10 +69,19 @@ class EncoderConfig:
             raise UnsupportedArchitectureError(
                 f"hidden_act={self.act_fn!r} is not supported; use one of {SUPPORTED_ACTIVATIONS}"
             )
+        if self.pooler_act not in POOLER_ACTIVATIONS:
+            raise UnsupportedArchitectureError(
+                f"pooler_act={self.pooler_act!r} is not supported; use one of {POOLER_ACTIVATIONS}"
+            )
 
     @property
     def d_head(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def n_positions(self) -> int:
+        """Rows of the position table (usable positions plus the family's offset)."""
+        return self.n_ctx + self.position_offset
 
     @property
     def acc_dtype(self) -> torch.dtype:
@@ -57,33 +89,18 @@ class EncoderConfig:
         return torch.float64 if self.dtype == torch.float64 else torch.float32
 
     @classmethod
-    def from_hf(cls, hf: Any, *, model_name: str = "bert", n_labels: int = 0) -> EncoderConfig:
-        """Build from a ``transformers.BertConfig`` (or its ``to_dict()``)."""
+    def from_hf(cls, hf: Any, *, model_name: str | None = None, n_labels: int = 0) -> EncoderConfig:
+        """Build from a Hugging Face config (object or ``to_dict()``) of any supported family."""
+        from mechir_nig.models.architectures import architecture_for
+
         d = hf if isinstance(hf, dict) else hf.to_dict()
-        model_type = d.get("model_type", "bert")
-        if model_type != "bert":
-            raise UnsupportedArchitectureError(
-                f"model_type={model_type!r} is not supported; mechir_nig loads BERT checkpoints "
-                "(BertForSequenceClassification cross-encoders, BertModel bi-encoders)"
-            )
-        pos_type = d.get("position_embedding_type", "absolute")
-        if pos_type != "absolute":
-            raise UnsupportedArchitectureError(
-                f"position_embedding_type={pos_type!r} is not supported; only 'absolute' BERT positions are"
-            )
+        arch = architecture_for(d)
+        kwargs = arch.config(d)
         return cls(
-            n_layers=d["num_hidden_layers"],
-            n_heads=d["num_attention_heads"],
-            d_model=d["hidden_size"],
-            d_mlp=d["intermediate_size"],
-            d_vocab=d["vocab_size"],
-            n_ctx=d.get("max_position_embeddings", 512),
-            n_token_types=d.get("type_vocab_size", 2),
-            act_fn=d.get("hidden_act", "gelu"),
-            eps=d.get("layer_norm_eps", 1e-12),
-            pad_token_id=d.get("pad_token_id") or 0,
+            **kwargs,
             n_labels=n_labels,
-            model_name=model_name,
+            model_name=model_name or arch.name,
+            architecture=arch.name,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,49 +1,40 @@
-"""``HookedCrossEncoder``: a BERT sequence-classification re-ranker with TransformerLens hooks.
+"""``HookedCrossEncoder``: a sequence-classification re-ranker of any supported family, with hooks.
 
-The relevance score ``F(q, d)`` is the logit for 1-label checkpoints (``cross-encoder/ms-marco-*``)
-and ``log_softmax(logits)[:, 1]`` for 2-label checkpoints (castorini MonoBERT), rank-equal to
-MonoBERT's softmax.
+Families: BERT (MonoBERT, MiniLM/TinyBERT), ELECTRA, RoBERTa/XLM-R (bge-reranker), DistilBERT; the
+adapter is picked from ``config.json``'s ``model_type`` and hook names are the same for all. The
+relevance score ``F(q, d)`` is the logit for 1-label checkpoints (``cross-encoder/ms-marco-*``) and
+``log_softmax(logits)[:, 1]`` for 2-label checkpoints (castorini MonoBERT), rank-equal to MonoBERT's
+softmax.
 
 Example:
     >>> ce = HookedCrossEncoder.from_pretrained("cross-encoder/ms-marco-MiniLM-L-6-v2")  # doctest: +SKIP
-    >>> batch = ce.tokenize(["what is a neuron"], ["A neuron is a cell of the nervous system."])
-    >>> scores, cache = ce.run_with_cache(batch)
-    >>> cache["blocks.0.mlp.hook_post"].shape  # [batch, pos, d_mlp]
+    >>> batch = ce.tokenize(["what is a neuron"], ["A neuron is a cell of the nervous system."])  # doctest: +SKIP
+    >>> scores, cache = ce.run_with_cache(batch)  # doctest: +SKIP
+    >>> cache["blocks.0.mlp.hook_post"].shape  # [batch, pos, d_mlp]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
-from torch import Tensor, nn
+from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
 from mechir_nig.errors import InputError, ModelLoadError, UnsupportedArchitectureError
 from mechir_nig.models import loading
+from mechir_nig.models.components import ClassifierHead
 from mechir_nig.models.config import EncoderConfig
-from mechir_nig.models.encoder import HookedBertBase
+from mechir_nig.models.encoder import HookedEncoderBase
 from mechir_nig.models.tokenization import PairBatch, tokenize_pairs
 
-
-class ClassifierHead(nn.Module):
-    """Linear classifier on the pooler output; ``hook_logits`` [batch, n_labels]."""
-
-    def __init__(self, cfg: EncoderConfig):
-        super().__init__()
-        self.W = nn.Parameter(torch.empty(cfg.n_labels, cfg.d_model, dtype=cfg.dtype))  # nn.Linear layout
-        self.b = nn.Parameter(torch.zeros(cfg.n_labels, dtype=cfg.dtype))
-        self.hook_logits = HookPoint()  # [batch, n_labels]
-
-    def forward(self, pooled: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch n_labels"]:
-        return self.hook_logits(F.linear(pooled, self.W, self.b))
+ReturnType = Literal["score", "logits"] | None
 
 
-class HookedCrossEncoder(HookedBertBase):
-    """BERT cross-encoder (``BertForSequenceClassification``, 1 or 2 labels) with hooks.
+class HookedCrossEncoder(HookedEncoderBase):
+    """Cross-encoder (``...ForSequenceClassification``, 1 or 2 labels) of any supported family.
 
     Call it on a ``PairBatch`` (from :meth:`tokenize`) to get ``Float[Tensor, "batch"]`` scores.
     """
@@ -71,42 +62,67 @@ class HookedCrossEncoder(HookedBertBase):
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> HookedCrossEncoder:
-        """Load a ``BertForSequenceClassification`` checkpoint from a local folder or a hub id."""
-        folder = loading.resolve_checkpoint(name_or_path)
-        hf_cfg = loading.read_config(folder)
-        archs = hf_cfg.get("architectures") or []
-        if archs and "BertForSequenceClassification" not in archs:
+        """Load a ``...ForSequenceClassification`` checkpoint (BERT, ELECTRA, RoBERTa, XLM-R,
+        DistilBERT) from a local folder or a hub id."""
+        ckpt = loading.inspect_checkpoint(loading.resolve_checkpoint(name_or_path))
+        return cls.from_checkpoint(
+            ckpt, tokenizer=tokenizer, max_length=max_length, device=device, dtype=dtype, name=str(name_or_path)
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        ckpt: loading.Checkpoint,
+        *,
+        tokenizer: Any = None,
+        max_length: int | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        name: str | None = None,
+    ) -> HookedCrossEncoder:
+        """Build from an inspected checkpoint (``loading.inspect_checkpoint``); see ``from_pretrained``."""
+        folder = ckpt.folder
+        if ckpt.kind == "bi":
             raise UnsupportedArchitectureError(
-                f"{folder} holds a {archs} checkpoint, which has no relevance head; HookedCrossEncoder "
-                "loads BertForSequenceClassification (1 or 2 labels). For a BertModel use HookedBiEncoder."
+                f"{folder} holds a bare encoder ({ckpt.hf_config.get('architectures') or 'no head weights'}) "
+                f"with no relevance head; HookedCrossEncoder loads {', '.join(ckpt.arch.cross_encoder_classes)} "
+                "checkpoints (1 or 2 labels). For a bi-encoder use HookedBiEncoder."
             )
-        weights = loading.load_state_dict(folder)
-        head_w = weights.get("classifier.weight")
-        if head_w is None:
-            raise UnsupportedArchitectureError(
-                f"{folder} has no classifier weights; HookedCrossEncoder needs a trained "
-                "BertForSequenceClassification head (use HookedBiEncoder for a bare BertModel)"
-            )
-        n_labels = head_w.shape[0]  # the head's own shape, whatever config.json says
-        cfg = EncoderConfig.from_hf(hf_cfg, model_name=str(name_or_path), n_labels=n_labels)
-        cfg.dtype = dtype
-        sd, head = loading.convert_bert_state_dict(weights, cfg.n_layers)
-        if "pooler.W" not in sd:
+        if ckpt.kind == "other":
             raise ModelLoadError(
-                f"{folder} has no pooler weights (bert.pooler.dense.*); the classifier reads them"
+                f"{loading.describe_head(ckpt)}: a task head that is not a relevance head; "
+                f"HookedCrossEncoder loads {', '.join(ckpt.arch.cross_encoder_classes)} re-rankers "
+                "(fine-tune one, or load the bare encoder with HookedBiEncoder.from_pretrained(path, "
+                "ignore_head=True))"
             )
-        sd["classifier.W"], sd["classifier.b"] = head["classifier.weight"], head["classifier.bias"]
-        model = cls(cfg, loading.load_tokenizer(folder, tokenizer), max_length=max_length)
+        n_labels = ckpt.n_labels()  # the head's own shape, whatever config.json says
+        if n_labels not in (1, 2):
+            raise ModelLoadError(
+                f"{ckpt.weights_file} has a classification head with {n_labels} labels; a relevance "
+                "head has 1 (score = logit) or 2 (MonoBERT: score = log_softmax[:, 1]) labels"
+            )
+        cfg = EncoderConfig.from_hf(ckpt.hf_config, model_name=name or str(folder), n_labels=n_labels)
+        cfg.dtype = dtype
+        sd = loading.convert_weights(ckpt, cfg, head=True)
+        tok = loading.load_tokenizer(folder, tokenizer)
+        loading.check_tokenizer(tok, cfg, str(folder), pairwise=True)
+        model = cls(cfg, tok, max_length=max_length)
         model.load_state_dict(sd, strict=True)
         return model.to(device=device, dtype=dtype).freeze()
 
     # -- tokenization and scoring ------------------------------------------------------------------
     def tokenize(self, queries: Any, docs: Any, *, max_length: int | None = None) -> PairBatch:
-        """Tokenize pairs ``[CLS] q [SEP] d [SEP]``; overlong documents are truncated and reported."""
+        """Tokenize pairs with the tokenizer's template (BERT ``[CLS] q [SEP] d [SEP]``, RoBERTa
+        ``<s> q </s></s> d </s>``); overlong documents are truncated and reported."""
         if self.tokenizer is None:
             raise InputError("this model has no tokenizer; pass tokenizer= to from_pretrained")
         batch = tokenize_pairs(
-            self.tokenizer, queries, docs, max_length=max_length or self.max_length, n_ctx=self.cfg.n_ctx
+            self.tokenizer,
+            queries,
+            docs,
+            max_length=max_length or self.max_length,
+            n_ctx=self.cfg.n_ctx,
+            use_token_types=self.cfg.n_token_types > 0,
         )
         return batch.to(self.device)
 
@@ -114,6 +130,62 @@ class HookedCrossEncoder(HookedBertBase):
         if self.cfg.n_labels == 1:
             return logits[:, 0]
         return torch.log_softmax(logits, dim=-1)[:, 1]
+
+    @overload
+    def forward(
+        self,
+        batch: PairBatch | Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        input_embeds: Tensor | None = None,
+        residual: Tensor | None = None,
+        start_at_layer: int | None = None,
+        stop_at_layer: None = None,
+        return_type: Literal["score"] = "score",
+    ) -> Float[Tensor, " batch"]: ...
+
+    @overload
+    def forward(
+        self,
+        batch: PairBatch | Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        input_embeds: Tensor | None = None,
+        residual: Tensor | None = None,
+        start_at_layer: int | None = None,
+        stop_at_layer: None = None,
+        return_type: Literal["logits"],
+    ) -> Float[Tensor, "batch n_labels"]: ...
+
+    @overload
+    def forward(
+        self,
+        batch: PairBatch | Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        input_embeds: Tensor | None = None,
+        residual: Tensor | None = None,
+        start_at_layer: int | None = None,
+        stop_at_layer: None = None,
+        return_type: None,
+    ) -> None: ...
+
+    @overload
+    def forward(
+        self,
+        batch: PairBatch | Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        input_embeds: Tensor | None = None,
+        residual: Tensor | None = None,
+        start_at_layer: int | None = None,
+        stop_at_layer: int,
+        return_type: ReturnType = "score",
+    ) -> Float[Tensor, "batch pos d_model"]: ...
 
     def forward(
         self,
@@ -125,15 +197,17 @@ class HookedCrossEncoder(HookedBertBase):
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
-        return_type: str = "score",
-    ) -> Tensor:
-        """Relevance scores ``[batch]`` (or logits / the residual stream when ``stop_at_layer`` is set).
+        return_type: ReturnType = "score",
+    ) -> Tensor | None:
+        """Relevance scores ``[batch]`` (or logits, nothing, or the residual stream).
 
         Args:
             batch: a ``PairBatch`` or ``input_ids`` ``[batch, pos]`` (then pass token types and mask).
-            input_embeds: word embeddings ``[batch, pos, d_model]`` used instead of ``W_E[input_ids]``.
+            input_embeds: word embeddings ``[batch, pos, d_embed]`` used instead of ``W_E[input_ids]``.
             residual: with ``start_at_layer=k``, the residual stream before block ``k``.
             stop_at_layer: return the residual stream before this block instead of scores.
+            return_type: ``"score"`` (``[batch]``), ``"logits"`` (``[batch, n_labels]``) or ``None``
+                (run for the hooks only, as TransformerLens' ``return_type=None``).
         """
         if isinstance(batch, PairBatch):
             input_ids, token_type_ids, attention_mask = (
@@ -143,8 +217,8 @@ class HookedCrossEncoder(HookedBertBase):
             )
         else:
             input_ids = batch
-        if return_type not in ("score", "logits"):
-            raise InputError(f"return_type must be 'score' or 'logits', got {return_type!r}")
+        if return_type not in ("score", "logits", None):
+            raise InputError(f"return_type must be 'score', 'logits' or None, got {return_type!r}")
         resid = self.encoder_forward(
             input_ids,
             token_type_ids,
@@ -159,7 +233,37 @@ class HookedCrossEncoder(HookedBertBase):
         logits = self.classifier(self.pooler(resid))
         if return_type == "logits":
             return logits
-        return self.hook_score(self.score_from_logits(logits))
+        score = self.hook_score(self.score_from_logits(logits))
+        return None if return_type is None else score
+
+    # -- the attribution protocol (mechir_nig.models.protocol) ------------------------------------
+    pairwise = True
+
+    def attribution_inputs(
+        self, queries: Any, docs: Any, *, side: str | None = None, max_length: int | None = None
+    ) -> tuple[PairBatch, None]:
+        """The batch NIG interpolates: the whole pair (``side`` must be ``None``)."""
+        if side is not None:
+            raise InputError(
+                "side= is for bi-encoders; a cross-encoder interpolates query and document together"
+            )
+        return self.tokenize(queries, docs, max_length=max_length), None
+
+    def check_attribution_batch(self, batch: Any, other: Tensor | None) -> None:
+        if not isinstance(batch, PairBatch):
+            raise InputError("a cross-encoder attributes a PairBatch: batch = model.tokenize(queries, docs)")
+        if other is not None:
+            raise InputError("other= is for bi-encoders only")
+
+    def score_embeds(
+        self,
+        input_embeds: Float[Tensor, "batch pos d_embed"],
+        token_type_ids: Tensor,
+        attention_mask: Tensor,
+        other: Tensor | None = None,
+    ) -> Float[Tensor, " batch"]:
+        """``F`` of word embeddings (the input Integrated Gradients interpolates)."""
+        return self(None, token_type_ids, attention_mask, input_embeds=input_embeds)
 
     @torch.no_grad()
     def score(

@@ -1,9 +1,10 @@
-"""The hooked post-LN BERT encoder shared by cross- and bi-encoders.
+"""The hooked post-LN encoder shared by cross- and bi-encoders of every family.
 
-Hook names follow TransformerLens (``hook_embed``, ``blocks.{l}.mlp.hook_post`` ...). The forward pass
-takes TransformerLens-style ``start_at_layer`` / ``stop_at_layer``: with ``start_at_layer=k`` the input
-is the residual stream before block ``k``; with ``stop_at_layer=k`` the output is the residual stream
-before block ``k`` (``[batch, pos, d_model]``).
+Hook names follow TransformerLens (``hook_embed``, ``blocks.{l}.mlp.hook_post`` ...) and are the same
+for BERT, ELECTRA, RoBERTa/XLM-R and DistilBERT. The forward pass takes TransformerLens-style
+``start_at_layer`` / ``stop_at_layer``: with ``start_at_layer=k`` the input is the residual stream before
+block ``k``; with ``stop_at_layer=k`` the output is the residual stream before block ``k``
+(``[batch, pos, d_model]``).
 """
 
 from __future__ import annotations
@@ -14,28 +15,16 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
 from mechir_nig.errors import InputError
-from mechir_nig.models.components import BertBlock, LayerNorm, Pooler
+from mechir_nig.models.cache import EncoderActivationCache
+from mechir_nig.models.components import Embed, EncoderBlock, Pooler
 from mechir_nig.models.config import EncoderConfig
 
 
-class Embed(nn.Module):
-    """Word, position and token-type embedding tables and the embedding LayerNorm."""
-
-    def __init__(self, cfg: EncoderConfig):
-        super().__init__()
-        dt = cfg.dtype
-        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model, dtype=dt))
-        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model, dtype=dt))
-        self.W_token_type = nn.Parameter(torch.empty(cfg.n_token_types, cfg.d_model, dtype=dt))
-        self.ln = LayerNorm(cfg)
-
-
-class HookedBertBase(HookedRootModule):
+class HookedEncoderBase(HookedRootModule):
     """Embeddings + blocks + (optional) pooler, with the TransformerLens hooking API."""
 
     def __init__(self, cfg: EncoderConfig, tokenizer: Any = None, *, with_pooler: bool = True):
@@ -43,10 +32,11 @@ class HookedBertBase(HookedRootModule):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.embed = Embed(cfg)
-        self.hook_embed = HookPoint()  # [batch, pos, d_model]  word embeddings
-        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
-        self.hook_token_type_embed = HookPoint()  # [batch, pos, d_model]
-        self.blocks = nn.ModuleList([BertBlock(cfg) for _ in range(cfg.n_layers)])
+        self.hook_embed = HookPoint()  # [batch, pos, d_embed]  word embeddings
+        self.hook_pos_embed = HookPoint()  # [batch, pos, d_embed]
+        self.hook_token_type_embed = HookPoint()  # [batch, pos, d_embed]
+        self.hook_full_embed = HookPoint()  # [batch, pos, d_model]  embedding output (= blocks.0 resid_pre)
+        self.blocks = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.n_layers)])
         self.pooler = Pooler(cfg) if with_pooler else None
 
     def init_weights(self, seed: int | None = None) -> None:
@@ -65,14 +55,23 @@ class HookedBertBase(HookedRootModule):
     def device(self) -> torch.device:
         return self.embed.W_E.device
 
-    def freeze(self) -> HookedBertBase:
+    def freeze(self) -> HookedEncoderBase:
         """Set ``requires_grad=False`` on every parameter and return the model (in eval mode)."""
         for p in self.parameters():
             p.requires_grad_(False)
         return self.eval()
 
+    # -- TransformerLens switches ----------------------------------------------------------------
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Compute per-head outputs in ``blocks.{l}.attn.hook_result`` (costs memory; off by default)."""
+        self.cfg.use_attn_result = bool(use_attn_result)
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """Fire ``blocks.{l}.hook_mlp_in`` (a copy of ``resid_mid`` before ``ln1``; off by default)."""
+        self.cfg.use_hook_mlp_in = bool(use_hook_mlp_in)
+
     # -- pieces of the forward pass ------------------------------------------------------------
-    def word_embeddings(self, input_ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+    def word_embeddings(self, input_ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_embed"]:
         """``W_E[input_ids]`` (the input that Integrated Gradients interpolates)."""
         return F.embedding(input_ids, self.embed.W_E)
 
@@ -80,25 +79,35 @@ class HookedBertBase(HookedRootModule):
         self,
         input_ids: Int[Tensor, "batch pos"] | None,
         token_type_ids: Int[Tensor, "batch pos"] | None,
-        input_embeds: Float[Tensor, "batch pos d_model"] | None = None,
+        input_embeds: Float[Tensor, "batch pos d_embed"] | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
+        """Embedding output: LayerNorm(word + token type + position), projected to ``d_model`` if needed.
+
+        Word embeddings passed in a wider float dtype than the model (float32 into a bf16 model, as
+        NIG's interpolated inputs are) are summed and normalised in that dtype and cast to the model's
+        dtype only after the embedding LayerNorm, so nearby interpolation points stay distinct.
+        """
         if input_embeds is None:
             if input_ids is None:
                 raise InputError("pass input_ids (or a batch) or input_embeds")
             input_embeds = self.word_embeddings(input_ids)
+        cfg = self.cfg
         n_pos = input_embeds.shape[1]
-        if n_pos > self.cfg.n_ctx:
-            raise InputError(f"input has {n_pos} positions; the model has {self.cfg.n_ctx}: truncate it")
+        if n_pos > cfg.n_ctx:
+            raise InputError(f"input has {n_pos} positions; the model has {cfg.n_ctx}: truncate it")
         word = self.hook_embed(input_embeds)
-        pos = self.hook_pos_embed(self.embed.W_pos[:n_pos].unsqueeze(0).expand(word.shape[0], -1, -1))
-        if token_type_ids is None:
+        pos = self.embed.positions(n_pos, cfg.position_offset).unsqueeze(0).expand(word.shape[0], -1, -1)
+        pos = self.hook_pos_embed(pos)
+        if token_type_ids is None or cfg.n_token_types == 0:
             token_type_ids = torch.zeros(word.shape[:2], dtype=torch.long, device=word.device)
         tt = self.hook_token_type_embed(F.embedding(token_type_ids, self.embed.W_token_type))
-        return self.embed.ln(word + pos + tt)
+        wide = word.dtype if word.dtype.itemsize > cfg.dtype.itemsize else cfg.dtype
+        x = self.embed.project(word.to(wide) + tt.to(wide) + pos.to(wide))
+        return self.hook_full_embed(x.to(cfg.dtype))
 
     @staticmethod
     def additive_mask(attention_mask: Tensor | None, like: Tensor) -> Float[Tensor, "batch 1 1 pos"]:
-        """``0`` where attended, the dtype's minimum where padded (as Hugging Face BERT)."""
+        """``0`` where attended, the dtype's minimum where padded (as Hugging Face)."""
         if attention_mask is None:
             return torch.zeros(like.shape[0], 1, 1, like.shape[1], dtype=like.dtype, device=like.device)
         m = attention_mask[:, None, None, :].to(like.dtype)
@@ -125,7 +134,7 @@ class HookedBertBase(HookedRootModule):
         token_type_ids: Int[Tensor, "batch pos"] | None = None,
         attention_mask: Int[Tensor, "batch pos"] | None = None,
         *,
-        input_embeds: Float[Tensor, "batch pos d_model"] | None = None,
+        input_embeds: Float[Tensor, "batch pos d_embed"] | None = None,
         residual: Float[Tensor, "batch pos d_model"] | None = None,
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
@@ -161,15 +170,24 @@ class HookedBertBase(HookedRootModule):
 
     # -- TransformerLens API -------------------------------------------------------------------
     def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any):
-        """Run and cache activations; returns ``(output, ActivationCache)`` (a dict if asked)."""
+        """Run and cache activations; returns ``(output, EncoderActivationCache)`` (a dict if asked).
+
+        The cache is TransformerLens' ``ActivationCache`` except that the pre-LN-only decompositions
+        raise ``PostLayerNormError`` (see ``mechir_nig.models.cache``).
+        """
         out, cache = super().run_with_cache(*model_args, **kwargs)
         if return_cache_object:
-            return out, ActivationCache(cache, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
+            return out, EncoderActivationCache(
+                cache, self, has_batch_dim=not kwargs.get("remove_batch_dim", False)
+            )
         return out, cache
 
     def __repr__(self) -> str:
         c = self.cfg
         return (
-            f"{type(self).__name__}(n_layers={c.n_layers}, n_heads={c.n_heads}, d_model={c.d_model}, "
-            f"d_mlp={c.d_mlp}, n_labels={c.n_labels})"
+            f"{type(self).__name__}(architecture={c.architecture!r}, n_layers={c.n_layers}, "
+            f"n_heads={c.n_heads}, d_model={c.d_model}, d_mlp={c.d_mlp}, n_labels={c.n_labels})"
         )
+
+
+HookedBertBase = HookedEncoderBase  # the name used before other families were added

@@ -1,28 +1,48 @@
-"""Resolve a Hugging Face id or local folder and convert a BERT state dict to the hooked port.
+"""Resolve a Hugging Face id or local folder, inspect the checkpoint, load weights and tokenizer.
 
-Local folders are read directly (``model.safetensors``, or ``pytorch_model.bin`` loaded with
-``weights_only=True``). Anything else is treated as a hub id and fetched with
-``huggingface_hub.snapshot_download`` (the real code path; offline it fails with a message that says
-to pass a local folder).
+Local folders are read directly (``model.safetensors``, ``pytorch_model.bin`` loaded with
+``weights_only=True``, or shards named by a ``*.index.json``). Anything else is treated as a hub id and
+fetched with ``huggingface_hub.snapshot_download`` (the real code path; offline it fails with a
+message that says to pass a local folder).
+
+Loading never scores garbage: a folder without tokenizer files, a tokenizer that does not fit the
+model (larger vocabulary, token types the model lacks, every word ``[UNK]``), a checkpoint whose head
+is not a relevance head, a corrupt weight file or ``config.json`` each raise ``ModelLoadError`` naming
+the file and the fix, at load time.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mechir_nig.errors import ModelLoadError, UnsupportedArchitectureError
+from mechir_nig.errors import ModelLoadError
+from mechir_nig.models.architectures import Architecture, Weights, architecture_for
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-SUPPORTED = (
-    "BertForSequenceClassification (cross-encoder, 1 or 2 labels: HookedCrossEncoder)",
-    "BertModel (bi-encoder: HookedBiEncoder)",
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "tokenizer.model",
 )
-_HUB_PATTERNS = ["*.json", "*.safetensors", "pytorch_model.bin", "vocab.txt", "1_Pooling/*"]
+_HUB_PATTERNS = [
+    "*.json",
+    "*.safetensors",
+    "pytorch_model.bin",
+    "vocab.txt",
+    "merges.txt",
+    "*.model",
+    "1_Pooling/*",
+]
+_BODY_ROOTS = ("embeddings.", "encoder.", "pooler.", "transformer.", "embeddings_project.")
 
 
 def _looks_like_path(name: str) -> bool:
@@ -53,26 +73,37 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
 
 
 def read_config(folder: Path) -> dict[str, Any]:
+    """``config.json`` as a dict; a missing or invalid file raises ``ModelLoadError`` naming it."""
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise ModelLoadError(f"{folder} has no config.json; pass a folder saved with save_pretrained")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    if cfg.get("model_type") != "bert":
-        arch = cfg.get("architectures") or [cfg.get("model_type")]
-        raise UnsupportedArchitectureError(
-            f"{folder} holds a {arch} checkpoint (model_type={cfg.get('model_type')!r}); supported: "
-            + "; ".join(SUPPORTED)
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(
+            f"{cfg_path} is not valid JSON ({exc}); restore it from the checkpoint "
+            "(save_pretrained writes it) or download the model again"
+        ) from exc
+    if not isinstance(cfg, dict) or "model_type" not in cfg:
+        raise ModelLoadError(
+            f"{cfg_path} has no model_type field; it is not a Hugging Face model config "
+            "(save the model with save_pretrained)"
         )
     return cfg
 
 
 def _load_weight_file(p: Path) -> dict[str, torch.Tensor]:
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(p))
-    return torch.load(p, map_location="cpu", weights_only=True)
+            return load_file(str(p))
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt or foreign files: the same advice
+        raise ModelLoadError(
+            f"{p} could not be read ({type(exc).__name__}: {exc}); the file is truncated or corrupt: "
+            "download or save the checkpoint again"
+        ) from exc
 
 
 def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
@@ -83,7 +114,12 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     for index_name in (f + ".index.json" for f in WEIGHT_FILES):
         index = folder / index_name
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+                raise ModelLoadError(
+                    f"{index} is not a valid shard index ({exc}); save the checkpoint again"
+                ) from exc
             missing = [s for s in shards if not (folder / s).is_file()]
             if missing:
                 raise ModelLoadError(f"{index} names shards missing from {folder}: {missing[:3]}")
@@ -96,76 +132,128 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     )
 
 
+@dataclass
+class Checkpoint:
+    """A checkpoint folder, its family and what it holds.
+
+    ``kind`` is ``"cross"`` (a 1- or 2-label sequence-classification head), ``"bi"`` (a bare encoder)
+    or ``"other"`` (another task head: masked LM, token classification, QA ...). It is read from
+    ``config.json``'s ``architectures`` and, where that field is missing, from the weights present.
+    """
+
+    folder: Path
+    hf_config: dict[str, Any]
+    arch: Architecture
+    weights: Weights
+    kind: str
+    head_names: list[str]
+
+    @property
+    def weights_file(self) -> str:
+        return self.weights.source
+
+    def n_labels(self) -> int:
+        out = self.arch.head[1] + ".weight"
+        return int(self.weights.sd[out].shape[0]) if out in self.weights else 0
+
+
+def _weights_source(folder: Path) -> str:
+    for fname in WEIGHT_FILES + tuple(f + ".index.json" for f in WEIGHT_FILES):
+        if (folder / fname).is_file():
+            return str(folder / fname)
+    return str(folder)
+
+
+def inspect_checkpoint(folder: Path) -> Checkpoint:
+    """Read ``config.json`` and the weights of ``folder`` and classify the checkpoint (see ``Checkpoint``)."""
+    hf = read_config(folder)
+    arch = architecture_for(hf, str(folder / "config.json"))
+    weights = Weights(load_state_dict(folder), _weights_source(folder), arch.name)
+    head_names = sorted(
+        k for k in weights.sd if not k.startswith(arch.prefix) and not k.startswith(_BODY_ROOTS)
+    )
+    stems = {s for s in arch.head if s is not None}
+    listed = hf.get("architectures") or []
+    if any(a in arch.cross_encoder_classes for a in listed):
+        kind = "cross"
+    elif any(a in arch.bi_encoder_classes for a in listed):
+        kind = "bi"
+    elif listed:
+        kind = "other"
+    elif not head_names:
+        kind = "bi"
+    elif all(k.rsplit(".", 1)[0] in stems for k in head_names):
+        kind = "cross"  # no `architectures` field: routed on the weights present
+    else:
+        kind = "other"
+    return Checkpoint(folder, hf, arch, weights, kind, head_names)
+
+
+def describe_head(ckpt: Checkpoint) -> str:
+    listed = ckpt.hf_config.get("architectures")
+    if listed:
+        return f"{ckpt.folder / 'config.json'} lists architectures={listed}"
+    return f"{ckpt.weights_file} holds head weights {ckpt.head_names[:4]}"
+
+
 def load_tokenizer(folder: Path, tokenizer: Any = None) -> Any:
+    """The tokenizer saved in ``folder`` (or ``tokenizer`` as given); see ``check_tokenizer``."""
     if tokenizer is not None:
         return tokenizer
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{folder} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); a tokenizer built "
+            "without them maps every word to [UNK] and the model scores garbage. Save the model's "
+            f"tokenizer there (AutoTokenizer.from_pretrained(<its hub id>).save_pretrained('{folder}')) "
+            "or pass tokenizer=... to from_pretrained"
+        )
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(str(folder))
     except Exception as exc:
         raise ModelLoadError(
-            f"could not load a tokenizer from {folder} ({exc}); save one there with "
+            f"could not load a tokenizer from {folder} ({type(exc).__name__}: {exc}); save one there with "
             "tokenizer.save_pretrained(folder) or pass tokenizer=..."
         ) from exc
 
 
-def _strip_prefix(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Split into (encoder weights without the ``bert.`` prefix, head weights)."""
-    body, head = {}, {}
-    for k, v in sd.items():
-        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-        if k.startswith("bert."):
-            body[k[5:]] = v
-        elif k.startswith("classifier."):
-            head[k] = v
-        else:
-            body[k] = v
-    return body, head
+PROBE = ("what is the relevance of a document", "the document answers the question about relevance")
 
 
-def convert_bert_state_dict(
-    sd: dict[str, torch.Tensor], n_layers: int
-) -> tuple[dict[str, torch.Tensor], dict]:
-    """Map a HF BERT state dict to the hooked port's parameter names.
+def check_tokenizer(tokenizer: Any, cfg: Any, source: str, *, pairwise: bool) -> None:
+    """Refuse a tokenizer that does not fit the model, naming ``source`` and the fix.
 
-    Returns (converted weights, leftover head weights such as ``classifier.*``).
+    Checks: its vocabulary fits the embedding table; ordinary words are not all unknown; it has a
+    padding token; for a pair model, the token types it gives fit the model's token-type table.
     """
-    body, head = _strip_prefix(sd)
-
-    def take(key: str) -> torch.Tensor:
-        if key not in body:
-            raise ModelLoadError(f"checkpoint is missing {key!r}; is it a BERT checkpoint?")
-        return body.pop(key)
-
-    out: dict[str, torch.Tensor] = {
-        "embed.W_E": take("embeddings.word_embeddings.weight"),
-        "embed.W_pos": take("embeddings.position_embeddings.weight"),
-        "embed.W_token_type": take("embeddings.token_type_embeddings.weight"),
-        "embed.ln.w": take("embeddings.LayerNorm.weight"),
-        "embed.ln.b": take("embeddings.LayerNorm.bias"),
-    }
-    for layer in range(n_layers):
-        p = f"encoder.layer.{layer}."
-        b = f"blocks.{layer}."
-        att = p + "attention."
-        out[b + "attn.W_QKV"] = torch.cat([take(att + f"self.{n}.weight") for n in ("query", "key", "value")])
-        out[b + "attn.b_QKV"] = torch.cat([take(att + f"self.{n}.bias") for n in ("query", "key", "value")])
-        out[b + "attn.W_O_lin"] = take(att + "output.dense.weight")
-        out[b + "attn.b_O"] = take(att + "output.dense.bias")
-        out[b + "ln1.w"] = take(att + "output.LayerNorm.weight")
-        out[b + "ln1.b"] = take(att + "output.LayerNorm.bias")
-        out[b + "mlp.W_in_lin"] = take(p + "intermediate.dense.weight")
-        out[b + "mlp.b_in"] = take(p + "intermediate.dense.bias")
-        out[b + "mlp.W_out_lin"] = take(p + "output.dense.weight")
-        out[b + "mlp.b_out"] = take(p + "output.dense.bias")
-        out[b + "ln2.w"] = take(p + "output.LayerNorm.weight")
-        out[b + "ln2.b"] = take(p + "output.LayerNorm.bias")
-    if "pooler.dense.weight" in body:
-        out["pooler.W"] = body.pop("pooler.dense.weight")
-        out["pooler.b"] = body.pop("pooler.dense.bias")
-    body.pop("embeddings.position_ids", None)
-    return out, head
+    fix = "use the tokenizer saved with this model (tokenizer=AutoTokenizer.from_pretrained(<model id>))"
+    n_vocab = len(tokenizer)
+    if n_vocab > cfg.d_vocab:
+        raise ModelLoadError(
+            f"the tokenizer for {source} has {n_vocab} tokens but the model's embedding table has "
+            f"{cfg.d_vocab} rows (vocab_size in config.json): token ids past {cfg.d_vocab - 1} would "
+            f"fail or read garbage; {fix}"
+        )
+    if tokenizer.pad_token_id is None:
+        raise ModelLoadError(f"the tokenizer for {source} has no padding token; {fix}")
+    ids = tokenizer(PROBE[0], add_special_tokens=False)["input_ids"]
+    unk = tokenizer.unk_token_id
+    if not ids or (unk is not None and all(i == unk for i in ids)):
+        raise ModelLoadError(
+            f"the tokenizer for {source} maps every word of {PROBE[0]!r} to its unknown token "
+            f"(an empty or wrong vocabulary); {fix}"
+        )
+    if pairwise and cfg.n_token_types > 0:
+        enc = tokenizer(PROBE[0], PROBE[1], return_token_type_ids=True)
+        top = max(enc.get("token_type_ids") or [0])
+        if top >= cfg.n_token_types:
+            raise ModelLoadError(
+                f"the tokenizer for {source} gives the document token type {top} but the model has "
+                f"type_vocab_size={cfg.n_token_types} in config.json: this checkpoint cannot take a "
+                f"(query, document) pair with segment ids; {fix}, or load a pair model "
+                "(type_vocab_size >= 2)"
+            )
 
 
 def sentence_transformers_settings(folder: Path, pooling: str | None = None) -> tuple[str | None, int | None]:
@@ -175,6 +263,8 @@ def sentence_transformers_settings(folder: Path, pooling: str | None = None) -> 
     ``1_Pooling/config.json`` (``cls`` or ``mean``; another mode is rejected rather than silently
     replaced).
     """
+    from mechir_nig.errors import UnsupportedArchitectureError
+
     max_len = None
     pool_cfg = folder / "1_Pooling" / "config.json"
     if pooling is None and pool_cfg.is_file():
@@ -191,3 +281,26 @@ def sentence_transformers_settings(folder: Path, pooling: str | None = None) -> 
     if st_cfg.is_file():
         max_len = json.loads(st_cfg.read_text()).get("max_seq_length")
     return pooling, max_len
+
+
+def convert_weights(ckpt: Checkpoint, cfg: Any, *, head: bool) -> dict[str, torch.Tensor]:
+    """The hooked port's state dict (with the classification head when ``head``).
+
+    Body weights the conversion did not use are an error (a config that does not match the weights),
+    not silently dropped; the unused pooler of a bi-encoder and, for a bi-encoder loaded with
+    ``ignore_head=True``, the task head are the only weights left out.
+    """
+    sd = ckpt.arch.convert_body(ckpt.weights, cfg)
+    if head:
+        sd |= ckpt.arch.convert_head(ckpt.weights)
+    left = sorted(
+        k
+        for k in ckpt.weights.sd
+        if (k.startswith(ckpt.arch.prefix) or k.startswith(_BODY_ROOTS)) and "pooler." not in k
+    )
+    if left:
+        raise ModelLoadError(
+            f"{ckpt.weights_file} holds {len(left)} weights that {ckpt.folder / 'config.json'} does not "
+            f"account for (e.g. {left[:3]}); the config does not match the weights (num_hidden_layers?)"
+        )
+    return sd

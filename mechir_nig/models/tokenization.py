@@ -1,9 +1,16 @@
-"""Pair and text tokenization with token groups and reported truncation.
+"""Pair and text tokenization from the tokenizer's own template, with token groups and reported truncation.
 
-A cross-encoder input is ``[CLS] q [SEP] d [SEP]`` (token types 0 for ``[CLS] q [SEP]``, 1 for
-``d [SEP]``). The query is always kept whole; a document longer than what ``max_length`` leaves is
-truncated from the end, the batch records which pairs were truncated, and a ``TruncationWarning``
-says how many. Nothing is truncated silently.
+A cross-encoder input is whatever the model's tokenizer builds for a pair: ``[CLS] q [SEP] d [SEP]``
+for BERT, ELECTRA and DistilBERT (token types 0 then 1), ``<s> q </s></s> d </s>`` for RoBERTa and
+XLM-R. The template is never assembled by hand: the tokenizer is called on ``(query, doc)`` with
+``truncation="only_second"``, and the token groups come from the encoding's ``sequence_ids()``
+(special tokens: ``cls`` at position 0, ``sep`` elsewhere; sequence 0: ``query``; sequence 1:
+``doc``), or from the special-tokens mask for tokenizers without ``sequence_ids``. So the ``doc`` group
+is exactly the document's tokens, whatever the family.
+
+The query is always kept whole; a document longer than what ``max_length`` leaves is truncated from
+the end, the batch records which pairs were truncated, and a ``TruncationWarning`` says how many.
+Nothing is truncated silently.
 """
 
 from __future__ import annotations
@@ -124,7 +131,8 @@ class TextBatch(_Batch):
 
 
 def _word_ids(tokenizer: Any, texts: list[str], what: str) -> list[list[int]]:
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    """Token ids of each text without special tokens (to count and check them); never warns on length."""
+    ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
     for i, row in enumerate(ids):
         if not row:
             raise InputError(
@@ -133,13 +141,18 @@ def _word_ids(tokenizer: Any, texts: list[str], what: str) -> list[list[int]]:
     return ids
 
 
-def doc_budget(max_length: int, n_query_tokens: int) -> int:
-    """Document tokens that fit in ``[CLS] q [SEP] d [SEP]`` within ``max_length`` (< 1: none)."""
-    return max_length - 3 - n_query_tokens
+def n_special_tokens(tokenizer: Any, *, pair: bool) -> int:
+    """Special tokens the tokenizer's template adds (BERT pair: 3; RoBERTa pair: 4; single: 2)."""
+    return int(tokenizer.num_special_tokens_to_add(pair=pair))
+
+
+def doc_budget(max_length: int, n_query_tokens: int, n_special: int = 3) -> int:
+    """Document tokens that fit beside the query and ``n_special`` template tokens (< 1: none)."""
+    return max_length - n_special - n_query_tokens
 
 
 def _check_max_length(max_length: int, n_ctx: int) -> None:
-    if not isinstance(max_length, int) or max_length < 4:
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 4:
         raise InputError(f"max_length must be an int >= 4, got {max_length!r}")
     if max_length > n_ctx:
         raise InputError(
@@ -155,6 +168,25 @@ def _warn_truncated(n: int, total: int, max_length: int, what: str) -> None:
             TruncationWarning,
             stacklevel=3,
         )
+
+
+def _sequence_ids(enc: Any, i: int, ids: list[int], tokenizer: Any, n_first: int) -> list[int | None]:
+    """``enc.sequence_ids(i)``; for a tokenizer without it, the special-tokens mask: non-special
+    tokens in order are the first text's ``n_first`` tokens, then the second text's."""
+    if getattr(enc, "encodings", None):
+        return enc.sequence_ids(i)
+    special = tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
+    seq: list[int | None] = []
+    seen = 0
+    for s in special:
+        seq.append(None if s else int(seen >= n_first))
+        seen += not s
+    return seq
+
+
+def _groups(seq: list[int | None], first: int) -> list[int]:
+    """Specials -> ``cls`` at position 0, ``sep`` elsewhere; sequence 0 -> ``first``; sequence 1 -> doc."""
+    return [(CLS if p == 0 else SEP) if s is None else (first if s == 0 else DOC) for p, s in enumerate(seq)]
 
 
 def _pack(rows: list[list[int]], groups: list[list[int]], types: list[list[int]], pad_id: int):
@@ -173,25 +205,64 @@ def _pack(rows: list[list[int]], groups: list[list[int]], types: list[list[int]]
     return input_ids, token_type_ids, attention_mask, grp
 
 
-def tokenize_pairs(tokenizer: Any, queries: Any, docs: Any, *, max_length: int, n_ctx: int) -> PairBatch:
-    """Tokenize pairs as ``[CLS] q [SEP] d [SEP]`` (see the module docstring for truncation)."""
+def _encode(tokenizer: Any, first: list[str], second: list[str] | None, max_length: int) -> Any:
+    return tokenizer(
+        first,
+        second,
+        truncation="only_second" if second is not None else True,
+        max_length=max_length,
+        padding=False,
+        return_token_type_ids=True,
+        return_attention_mask=False,
+        verbose=False,
+    )
+
+
+def _rows(enc: Any, tokenizer: Any, use_token_types: bool, first: int, n_first: list[int]):
+    rows, groups, types = [], [], []
+    tt = enc.get("token_type_ids")
+    for i, ids in enumerate(enc["input_ids"]):
+        rows.append(list(ids))
+        groups.append(_groups(_sequence_ids(enc, i, ids, tokenizer, n_first[i]), first))
+        types.append(list(tt[i]) if use_token_types and tt is not None else [0] * len(ids))
+    return rows, groups, types
+
+
+def tokenize_pairs(
+    tokenizer: Any,
+    queries: Any,
+    docs: Any,
+    *,
+    max_length: int,
+    n_ctx: int,
+    use_token_types: bool = True,
+) -> PairBatch:
+    """Tokenize pairs with the tokenizer's pair template (see the module docstring for truncation).
+
+    ``use_token_types=False`` (families without token types) sets every token type to 0.
+    """
     q, d = check_pairs(queries, docs)
     _check_max_length(max_length, n_ctx)
     q_ids, d_ids = _word_ids(tokenizer, q, "queries"), _word_ids(tokenizer, d, "docs")
-    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    rows, groups, types, truncated = [], [], [], []
-    for i, (qi, di) in enumerate(zip(q_ids, d_ids)):
-        budget = doc_budget(max_length, len(qi))
-        if budget < 1:
+    n_special = n_special_tokens(tokenizer, pair=True)
+    for i, qi in enumerate(q_ids):
+        if doc_budget(max_length, len(qi), n_special) < 1:
             raise InputError(
                 f"queries[{i}] has {len(qi)} tokens, leaving no room for its document within "
                 f"max_length={max_length}; shorten the query or raise max_length (at most {n_ctx})"
             )
-        truncated.append(len(di) > budget)
-        di = di[:budget]
-        rows.append([cls_id, *qi, sep_id, *di, sep_id])
-        groups.append([CLS] + [QUERY] * len(qi) + [SEP] + [DOC] * len(di) + [SEP])
-        types.append([0] * (len(qi) + 2) + [1] * (len(di) + 1))
+    enc = _encode(tokenizer, q, d, max_length)
+    rows, groups, types = _rows(enc, tokenizer, use_token_types, QUERY, [len(x) for x in q_ids])
+    truncated = []
+    for i, g in enumerate(groups):
+        n_q, n_d = g.count(QUERY), g.count(DOC)
+        if n_q != len(q_ids[i]) or n_d > len(d_ids[i]):
+            raise InputError(  # a tokenizer whose pair template is not (query, doc) with the doc truncated
+                f"pair {i}: the tokenizer's pair template kept {n_q} of {len(q_ids[i])} query tokens and "
+                f"{n_d} of {len(d_ids[i])} document tokens; pass a tokenizer whose pair encoding keeps "
+                "the query whole (truncation='only_second')"
+            )
+        truncated.append(n_d < len(d_ids[i]))
     tensors = _pack(rows, groups, types, tokenizer.pad_token_id)
     trunc = torch.tensor(truncated, dtype=torch.bool)
     _warn_truncated(int(trunc.sum()), len(q), max_length, "documents")
@@ -201,18 +272,14 @@ def tokenize_pairs(tokenizer: Any, queries: Any, docs: Any, *, max_length: int, 
 def tokenize_texts(
     tokenizer: Any, texts: Any, *, max_length: int, n_ctx: int, what: str = "texts"
 ) -> TextBatch:
-    """Tokenize single texts as ``[CLS] t [SEP]``; an overlong text is truncated and reported."""
+    """Tokenize single texts with the tokenizer's template (``[CLS] t [SEP]``, ``<s> t </s>``); an
+    overlong text is truncated and reported. Text tokens are in group ``doc``."""
     t = check_texts(texts, what)
     _check_max_length(max_length, n_ctx)
     ids = _word_ids(tokenizer, t, what)
-    budget = max_length - 2
-    rows, groups, types, truncated = [], [], [], []
-    for ti in ids:
-        truncated.append(len(ti) > budget)
-        ti = ti[:budget]
-        rows.append([tokenizer.cls_token_id, *ti, tokenizer.sep_token_id])
-        groups.append([CLS] + [DOC] * len(ti) + [SEP])
-        types.append([0] * (len(ti) + 2))
+    enc = _encode(tokenizer, t, None, max_length)
+    rows, groups, types = _rows(enc, tokenizer, False, DOC, [len(x) for x in ids])
+    truncated = [g.count(DOC) < len(ti) for g, ti in zip(groups, ids)]
     tensors = _pack(rows, groups, types, tokenizer.pad_token_id)
     trunc = torch.tensor(truncated, dtype=torch.bool)
     _warn_truncated(int(trunc.sum()), len(t), max_length, what)

@@ -1,0 +1,151 @@
+"""What an architecture adapter provides, and the weight-conversion helpers the families share.
+
+An adapter (one module per family) maps a Hugging Face ``config.json`` onto ``EncoderConfig``,
+converts the checkpoint's weights to the hooked port's parameter names, and says which checkpoint
+classes it accepts. Adding a family is one module: write its ``config`` and ``convert`` functions and
+an ``ARCHITECTURE`` record, and list it in ``architectures/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mechir_nig.errors import ModelLoadError
+from mechir_nig.models.config import EncoderConfig
+
+StateDict = dict[str, torch.Tensor]
+
+
+class Weights:
+    """A checkpoint's tensors, taken one by one; a missing key raises ``ModelLoadError`` naming it."""
+
+    def __init__(self, sd: StateDict, source: str, family: str):
+        self.sd = {
+            k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"): v
+            for k, v in sd.items()
+        }
+        self.source = source
+        self.family = family
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.sd
+
+    def take(self, key: str) -> torch.Tensor:
+        if key not in self.sd:
+            raise ModelLoadError(
+                f"{self.source} is missing the weight {key!r} that a {self.family} checkpoint has; "
+                "is it a complete checkpoint of this family (config.json model_type)?"
+            )
+        return self.sd.pop(key)
+
+    def linear(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.take(key + ".weight"), self.take(key + ".bias")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One encoder family.
+
+    Attributes:
+        name: the family (``bert``, ``electra``, ``roberta``, ``distilbert``).
+        model_types: ``config.json`` ``model_type`` values it loads.
+        prefix: the body's prefix inside task checkpoints (``bert.``, ``electra.``, ``roberta.`` ...).
+        cross_encoder_classes / bi_encoder_classes: ``architectures`` entries it loads as each.
+        head: ``(dense, out)`` key stems of the sequence-classification head (``dense`` ``None`` when
+            the head reads the body's pooler, as BERT's does).
+        config: HF config dict -> ``EncoderConfig`` keyword arguments.
+        convert_body: ``(Weights, EncoderConfig) -> state dict`` of the embeddings and blocks (keys
+            without the prefix).
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    prefix: str
+    cross_encoder_classes: tuple[str, ...]
+    bi_encoder_classes: tuple[str, ...]
+    head: tuple[str | None, str]
+    config: Callable[[dict[str, Any]], dict[str, Any]]
+    convert_body: Callable[[Weights, EncoderConfig], StateDict]
+
+    @property
+    def head_keys(self) -> tuple[str, ...]:
+        """Weight names whose presence marks a sequence-classification checkpoint."""
+        return (self.head[1] + ".weight",)
+
+    def convert_head(self, w: Weights) -> StateDict:
+        """``pooler.*`` and ``classifier.*`` of the hooked cross-encoder from the checkpoint's head."""
+        dense, out = self.head
+        pooler = (self.prefix + "pooler.dense") if dense is None else dense
+        if pooler + ".weight" not in w:
+            raise ModelLoadError(
+                f"{w.source} has no pooler weights ({pooler}.*); the {self.name} classification head reads them"
+            )
+        sd: StateDict = {}
+        sd["pooler.W"], sd["pooler.b"] = w.linear(pooler)
+        sd["classifier.W"], sd["classifier.b"] = w.linear(out)
+        return sd
+
+
+def bert_embeddings(w: Weights, p: str, cfg: EncoderConfig) -> StateDict:
+    """Word, position, token-type tables and the embedding LayerNorm in BERT naming (prefix ``p``)."""
+    e = p + "embeddings."
+    out: StateDict = {
+        "embed.W_E": w.take(e + "word_embeddings.weight"),
+        "embed.W_pos": w.take(e + "position_embeddings.weight"),
+        "embed.ln.w": w.take(e + "LayerNorm.weight"),
+        "embed.ln.b": w.take(e + "LayerNorm.bias"),
+    }
+    if cfg.n_token_types:
+        out["embed.W_token_type"] = w.take(e + "token_type_embeddings.weight")
+    else:
+        out["embed.W_token_type"] = torch.zeros(1, cfg.d_embed or cfg.d_model, dtype=out["embed.W_E"].dtype)
+    for k in (e + "position_ids", e + "token_type_ids"):
+        w.sd.pop(k, None)
+    return out
+
+
+def bert_layers(w: Weights, p: str, n_layers: int) -> StateDict:
+    """Blocks in BERT naming (``encoder.layer.{l}.attention.self.query`` ...), shared by BERT, ELECTRA,
+    RoBERTa and XLM-R."""
+    out: StateDict = {}
+    for layer in range(n_layers):
+        src, b = f"{p}encoder.layer.{layer}.", f"blocks.{layer}."
+        att = src + "attention."
+        qkv = [w.linear(att + f"self.{n}") for n in ("query", "key", "value")]
+        out[b + "attn.W_QKV"] = torch.cat([q[0] for q in qkv])
+        out[b + "attn.b_QKV"] = torch.cat([q[1] for q in qkv])
+        out[b + "attn.W_O_lin"], out[b + "attn.b_O"] = w.linear(att + "output.dense")
+        out[b + "ln1.w"], out[b + "ln1.b"] = w.linear(att + "output.LayerNorm")
+        out[b + "mlp.W_in_lin"], out[b + "mlp.b_in"] = w.linear(src + "intermediate.dense")
+        out[b + "mlp.W_out_lin"], out[b + "mlp.b_out"] = w.linear(src + "output.dense")
+        out[b + "ln2.w"], out[b + "ln2.b"] = w.linear(src + "output.LayerNorm")
+    return out
+
+
+def bert_like_config(d: dict[str, Any], *, position_offset: int = 0) -> dict[str, Any]:
+    """``EncoderConfig`` keywords from a BERT-style HF config (BERT, ELECTRA, RoBERTa, XLM-R)."""
+    from mechir_nig.errors import UnsupportedArchitectureError
+
+    pos_type = d.get("position_embedding_type") or "absolute"
+    if pos_type != "absolute":
+        raise UnsupportedArchitectureError(
+            f"position_embedding_type={pos_type!r} is not supported; only 'absolute' positions are"
+        )
+    pad = d.get("pad_token_id")
+    return dict(
+        n_layers=d["num_hidden_layers"],
+        n_heads=d["num_attention_heads"],
+        d_model=d["hidden_size"],
+        d_mlp=d["intermediate_size"],
+        d_vocab=d["vocab_size"],
+        n_ctx=d.get("max_position_embeddings", 512) - position_offset,
+        n_token_types=d.get("type_vocab_size", 2),
+        act_fn=d.get("hidden_act", "gelu"),
+        eps=d.get("layer_norm_eps", 1e-12),
+        pad_token_id=0 if pad is None else pad,
+        position_offset=position_offset,
+    )

@@ -1,0 +1,66 @@
+"""``EncoderActivationCache``: TransformerLens' ``ActivationCache`` for post-LN encoders.
+
+TransformerLens' residual-stream decompositions assume a pre-LN model: the residual stream is the sum
+of every component's output and one ``ln_final`` sits before the unembedding. In a post-LN encoder
+(BERT and every family here) each block renormalises the stream (``ln1``, ``ln2``), so those sums
+and the folded LayerNorm scales give wrong numbers without any error. This cache raises
+``PostLayerNormError`` for them, naming what to use instead; everything else (indexing, ``stack_activation``,
+``compute_head_results``, ``get_neuron_results``, ``accumulated_resid(apply_ln=False)`` ...) works as in
+TransformerLens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformer_lens.ActivationCache import ActivationCache
+
+from mechir_nig.errors import PostLayerNormError
+
+_ADVICE = (
+    "read the hooks directly instead (cache['blocks.{l}.hook_attn_out'], 'hook_mlp_out', "
+    "'hook_normalized_resid_post'), or attribute the score with neuron_integrated_gradients"
+)
+
+
+def _refuse(name: str, why: str) -> PostLayerNormError:
+    return PostLayerNormError(
+        f"ActivationCache.{name} {why}; this encoder is post-LN (every block renormalises the residual "
+        f"stream), so it would give wrong answers here: {_ADVICE}"
+    )
+
+
+class EncoderActivationCache(ActivationCache):
+    """``ActivationCache`` that refuses the pre-LN-only decompositions (see the module docstring)."""
+
+    def decompose_resid(self, *args: Any, **kwargs: Any) -> Any:
+        raise _refuse("decompose_resid", "sums component outputs as if they added up to the residual stream")
+
+    def get_full_resid_decomposition(self, *args: Any, **kwargs: Any) -> Any:
+        raise _refuse(
+            "get_full_resid_decomposition", "sums component outputs as if they added up to the residual stream"
+        )
+
+    def apply_ln_to_stack(self, *args: Any, **kwargs: Any) -> Any:
+        raise _refuse("apply_ln_to_stack", "applies one final LayerNorm's scale to a stack of components")
+
+    def logit_lens(self, *args: Any, **kwargs: Any) -> Any:
+        raise _refuse("logit_lens", "projects the residual stream through a final LayerNorm and unembedding")
+
+    def logit_attrs(self, *args: Any, **kwargs: Any) -> Any:
+        raise _refuse("logit_attrs", "projects components through a final LayerNorm and unembedding")
+
+    def accumulated_resid(self, *args: Any, apply_ln: bool = False, **kwargs: Any) -> Any:
+        if apply_ln:
+            raise _refuse("accumulated_resid(apply_ln=True)", "applies one final LayerNorm's scale")
+        return super().accumulated_resid(*args, apply_ln=False, **kwargs)
+
+    def stack_head_results(self, *args: Any, apply_ln: bool = False, **kwargs: Any) -> Any:
+        if apply_ln:
+            raise _refuse("stack_head_results(apply_ln=True)", "applies one final LayerNorm's scale")
+        return super().stack_head_results(*args, apply_ln=False, **kwargs)
+
+    def stack_neuron_results(self, *args: Any, apply_ln: bool = False, **kwargs: Any) -> Any:
+        if apply_ln:
+            raise _refuse("stack_neuron_results(apply_ln=True)", "applies one final LayerNorm's scale")
+        return super().stack_neuron_results(*args, apply_ln=False, **kwargs)

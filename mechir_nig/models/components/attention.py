@@ -1,0 +1,103 @@
+"""Bidirectional multi-head self-attention with TransformerLens hooks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import einsum, rearrange
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from mechir_nig.models.config import EncoderConfig
+
+
+class Attention(nn.Module):
+    """Bidirectional multi-head self-attention.
+
+    When nothing is hooked on ``hook_attn_scores`` or ``hook_pattern`` the pattern is never
+    materialised (``scaled_dot_product_attention``); hooking either switches to the explicit path.
+    With ``cfg.use_attn_result`` each head's output is written to ``hook_result``
+    ``[batch, pos, n_heads, d_model]`` (the heads' contributions before ``b_O``) and summed from there,
+    so per-head patching edits what the block adds.
+    """
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, dt = cfg.d_model, cfg.dtype
+        self.W_QKV = nn.Parameter(torch.empty(3 * d, d, dtype=dt))  # rows: (qkv n_heads d_head)
+        self.b_QKV = nn.Parameter(torch.zeros(3 * d, dtype=dt))
+        self.W_O_lin = nn.Parameter(torch.empty(d, d, dtype=dt))  # [d_model, (n_heads d_head)]
+        self.b_O = nn.Parameter(torch.zeros(d, dtype=dt))
+        self.scale = 1.0 / math.sqrt(cfg.d_head)
+        self.hook_q = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_k = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_v = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, n_heads, query_pos, key_pos]
+        self.hook_pattern = HookPoint()  # [batch, n_heads, query_pos, key_pos]
+        self.hook_z = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_result = HookPoint()  # [batch, pos, n_heads, d_model]  (only with cfg.use_attn_result)
+
+    def _tl_view(self, i: int) -> Tensor:
+        d = self.cfg.d_model
+        return rearrange(self.W_QKV[i * d : (i + 1) * d], "(n h) m -> n m h", n=self.cfg.n_heads)
+
+    @property
+    def W_Q(self) -> Float[Tensor, "n_heads d_model d_head"]:
+        return self._tl_view(0)
+
+    @property
+    def W_K(self) -> Float[Tensor, "n_heads d_model d_head"]:
+        return self._tl_view(1)
+
+    @property
+    def W_V(self) -> Float[Tensor, "n_heads d_model d_head"]:
+        return self._tl_view(2)
+
+    @property
+    def W_O(self) -> Float[Tensor, "n_heads d_head d_model"]:
+        return rearrange(self.W_O_lin, "m (n h) -> n h m", n=self.cfg.n_heads)
+
+    def _tl_bias(self, i: int) -> Tensor:
+        d = self.cfg.d_model
+        return rearrange(self.b_QKV[i * d : (i + 1) * d], "(n h) -> n h", n=self.cfg.n_heads)
+
+    @property
+    def b_Q(self) -> Float[Tensor, "n_heads d_head"]:
+        return self._tl_bias(0)
+
+    @property
+    def b_K(self) -> Float[Tensor, "n_heads d_head"]:
+        return self._tl_bias(1)
+
+    @property
+    def b_V(self) -> Float[Tensor, "n_heads d_head"]:
+        return self._tl_bias(2)
+
+    def forward(
+        self,
+        x: Float[Tensor, "batch pos d_model"],
+        additive_mask: Float[Tensor, "batch 1 1 pos"],
+    ) -> Float[Tensor, "batch pos d_model"]:
+        n_heads, d_head = self.cfg.n_heads, self.cfg.d_head
+        qkv = F.linear(x, self.W_QKV, self.b_QKV)
+        q, k, v = rearrange(qkv, "b p (three n h) -> three b p n h", three=3, n=n_heads).unbind(0)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [batch, n_heads, pos, d_head]
+        if self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
+            scores = torch.matmul(qh, kh.transpose(-1, -2)) * self.scale + additive_mask
+            scores = self.hook_attn_scores(scores)
+            pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
+            z = torch.matmul(pattern, vh)
+        else:
+            z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=additive_mask.to(qh.dtype))
+        z = self.hook_z(z.transpose(1, 2))
+        if self.cfg.use_attn_result:
+            result = self.hook_result(
+                einsum(z, self.W_O, "b p n h, n h m -> b p n m")
+            )  # [batch, pos, n_heads, d_model]
+            return result.sum(2) + self.b_O
+        return F.linear(z.reshape(*z.shape[:2], n_heads * d_head), self.W_O_lin, self.b_O)

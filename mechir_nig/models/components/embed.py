@@ -1,0 +1,50 @@
+"""Embedding tables: word, position and token type, the embedding LayerNorm and ELECTRA's projection."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from mechir_nig.models.components.layer_norm import LayerNorm
+from mechir_nig.models.config import EncoderConfig
+
+
+class Embed(nn.Module):
+    """Word, position and token-type tables (``d_embed`` wide) and the embedding LayerNorm.
+
+    When ``d_embed != d_model`` (ELECTRA's ``embedding_size``) the normalised embedding is projected
+    to ``d_model`` by ``W_proj`` / ``b_proj`` (HF ``embeddings_project``). Families without token
+    types (``n_token_types == 0``) hold a single zero row, so the sum is unchanged.
+    """
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        dt, de = cfg.dtype, cfg.d_embed
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, de, dtype=dt))
+        self.W_pos = nn.Parameter(torch.empty(cfg.n_positions, de, dtype=dt))
+        self.W_token_type = nn.Parameter(torch.empty(max(cfg.n_token_types, 1), de, dtype=dt))
+        self.ln = LayerNorm(cfg, width=de)
+        if de != cfg.d_model:
+            self.W_proj = nn.Parameter(torch.empty(cfg.d_model, de, dtype=dt))  # nn.Linear layout
+            self.b_proj = nn.Parameter(torch.zeros(cfg.d_model, dtype=dt))
+        else:
+            self.W_proj = self.b_proj = None
+
+    def project(self, x: Float[Tensor, "batch pos d_embed"]) -> Float[Tensor, "batch pos d_model"]:
+        """Normalise the summed embeddings and project them to ``d_model`` where the family does."""
+        x = self.ln(x)
+        if self.W_proj is not None:
+            w, b = self.W_proj, self.b_proj
+            if x.dtype != w.dtype:
+                w, b = w.to(x.dtype), b.to(x.dtype)
+            x = F.linear(x, w, b)
+        return x
+
+    def positions(self, n_pos: int, offset: int) -> Float[Tensor, "pos d_embed"]:
+        return self.W_pos[offset : offset + n_pos]
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_E.device
