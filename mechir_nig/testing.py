@@ -83,3 +83,146 @@ def minilm_cross_encoder(folder: str | Path, *, n_labels: int = 1, seed: int = 1
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(str(src)).save_pretrained(folder)
     return folder
+
+
+FAMILIES = ("bert", "electra", "roberta", "xlm-roberta", "distilbert")
+"""Families ``make_tiny_checkpoint`` builds (one per ``model_type`` the port supports)."""
+
+_SPECIAL_BPE = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+_CORPUS = [
+    "what is a neuron",
+    "A neuron is an electrically excitable cell that communicates with other cells via synapses.",
+    "how do black holes form",
+    "Black holes form when massive stars collapse at the end of their life cycle.",
+    "best way to cook rice",
+    "Rinse the rice, add water in a 1:2 ratio and simmer covered for about twenty minutes.",
+    "python list comprehension",
+    "List comprehensions give a concise way to build lists: [x * x for x in range(10)].",
+    "the relevance of a document to a query, the document answers the question about relevance",
+]
+
+
+def family_tokenizer(family: str, *, corpus: list[str] | None = None) -> Any:
+    """A tokenizer of the family's kind, built offline.
+
+    BERT, ELECTRA and DistilBERT use all-MiniLM-L6-v2's real WordPiece vocabulary (the same tokenizer
+    those families ship); RoBERTa gets a byte-level BPE and XLM-R a SentencePiece-style Unigram
+    model, both trained here on a small corpus (their real vocabularies are not available offline).
+    """
+    import json
+
+    from transformers import (
+        AutoTokenizer,
+        DistilBertTokenizer,
+        ElectraTokenizer,
+        RobertaTokenizer,
+        XLMRobertaTokenizer,
+    )
+
+    texts = (corpus or []) + _CORPUS * 3
+    if family in ("bert", "electra", "distilbert"):
+        bert_tok = AutoTokenizer.from_pretrained(str(minilm_path()))
+        if family == "bert":
+            return bert_tok
+        cls = ElectraTokenizer if family == "electra" else DistilBertTokenizer
+        return cls(vocab=bert_tok.get_vocab(), do_lower_case=True)
+    if family == "roberta":
+        from tokenizers import ByteLevelBPETokenizer
+
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator(texts, vocab_size=600, min_frequency=1, special_tokens=_SPECIAL_BPE)
+        model = json.loads(bpe.to_str())["model"]
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        return RobertaTokenizer(vocab=model["vocab"], merges=merges)
+    if family == "xlm-roberta":
+        from tokenizers import SentencePieceUnigramTokenizer
+
+        uni = SentencePieceUnigramTokenizer()
+        uni.train_from_iterator(texts, vocab_size=400, special_tokens=_SPECIAL_BPE, unk_token="<unk>")
+        vocab = json.loads(uni.to_str())["model"]["vocab"]
+        return XLMRobertaTokenizer(vocab=[tuple(p) for p in vocab])
+    raise ValueError(f"unknown family {family!r}; use one of {FAMILIES}")
+
+
+def make_tiny_checkpoint(
+    folder: str | Path,
+    family: str,
+    tokenizer: Any,
+    *,
+    n_labels: int = 1,
+    n_layers: int = 2,
+    n_heads: int = 2,
+    d_model: int = 32,
+    d_mlp: int = 64,
+    seed: int = 0,
+    act: str = "gelu",
+    max_positions: int = 128,
+    embedding_size: int | None = None,
+) -> Path:
+    """Save a seeded random checkpoint of ``family``: ``...ForSequenceClassification`` with ``n_labels``
+    labels, or the bare ``...Model`` (a bi-encoder) with ``n_labels=0``, with ``tokenizer`` beside it.
+
+    Biases and LayerNorm parameters are perturbed so parity checks cover them; ``embedding_size``
+    (ELECTRA) makes the embedding narrower than ``d_model`` (then projected).
+    """
+    import transformers as T
+
+    torch.manual_seed(seed)
+    vocab = len(tokenizer)
+    common = dict(vocab_size=vocab, num_labels=max(n_labels, 1), initializer_range=0.2)
+    if family == "distilbert":
+        cfg = T.DistilBertConfig(
+            dim=d_model,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            hidden_dim=d_mlp,
+            activation=act,
+            max_position_embeddings=max_positions,
+            pad_token_id=tokenizer.pad_token_id,
+            **common,
+        )
+        classes = (T.DistilBertForSequenceClassification, T.DistilBertModel)
+    else:
+        bert_like = dict(
+            hidden_size=d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            intermediate_size=d_mlp,
+            hidden_act=act,
+            pad_token_id=tokenizer.pad_token_id,
+            **common,
+        )
+        if family == "bert":
+            cfg = T.BertConfig(max_position_embeddings=max_positions, **bert_like)
+            classes = (T.BertForSequenceClassification, T.BertModel)
+        elif family == "electra":
+            cfg = T.ElectraConfig(
+                max_position_embeddings=max_positions, embedding_size=embedding_size or d_model, **bert_like
+            )
+            classes = (T.ElectraForSequenceClassification, T.ElectraModel)
+        elif family in ("roberta", "xlm-roberta"):
+            offset = tokenizer.pad_token_id + 1
+            C = T.RobertaConfig if family == "roberta" else T.XLMRobertaConfig
+            cfg = C(
+                max_position_embeddings=max_positions + offset,
+                type_vocab_size=1,
+                bos_token_id=tokenizer.cls_token_id,
+                eos_token_id=tokenizer.sep_token_id,
+                **bert_like,
+            )
+            classes = (
+                (T.RobertaForSequenceClassification, T.RobertaModel)
+                if family == "roberta"
+                else (T.XLMRobertaForSequenceClassification, T.XLMRobertaModel)
+            )
+        else:
+            raise ValueError(f"unknown family {family!r}; use one of {FAMILIES}")
+    model = (classes[0] if n_labels else classes[1])(cfg).eval()
+    with torch.no_grad():  # non-trivial biases and LayerNorm parameters, so parity checks all of them
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -299,7 +299,7 @@ def test_unsupported_architectures(tmp_path, minilm_path, tokenizer):
     (tmp_path / "config.json").write_text(
         json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
     )
-    with pytest.raises(UnsupportedArchitectureError, match="supported: BertForSequenceClassification"):
+    with pytest.raises(UnsupportedArchitectureError, match="supported model_type values: bert"):
         HookedCrossEncoder.from_pretrained(tmp_path)
     with pytest.raises(UnsupportedArchitectureError, match="supported"):
         HookedBiEncoder.from_pretrained(tmp_path)

@@ -205,8 +205,12 @@ def _check_tokenizable(model: Any, fields_: list, pairs: Sequence[Any], max_leng
     tok = model.tokenizer
     if tok is None:
         raise InputError("the model has no tokenizer; pass tokenizer= to from_pretrained")
-    q_lens = [len(ids) for ids in tok([f[0] for f in fields_], add_special_tokens=False, verbose=False)["input_ids"]]
-    d_lens = [len(ids) for ids in tok([f[1] for f in fields_], add_special_tokens=False, verbose=False)["input_ids"]]
+    q_lens = [
+        len(ids) for ids in tok([f[0] for f in fields_], add_special_tokens=False, verbose=False)["input_ids"]
+    ]
+    d_lens = [
+        len(ids) for ids in tok([f[1] for f in fields_], add_special_tokens=False, verbose=False)["input_ids"]
+    ]
     is_cross = model.pairwise
     n_special = n_special_tokens(tok, pair=True)
     bad = []

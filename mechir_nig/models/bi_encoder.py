@@ -248,7 +248,9 @@ class HookedBiEncoder(HookedEncoderBase):
 
     def check_attribution_batch(self, batch: Any, other: Tensor | None) -> None:
         if not isinstance(batch, TextBatch):
-            raise InputError("a bi-encoder attributes a TextBatch (model.tokenize(texts)) with other=embeddings")
+            raise InputError(
+                "a bi-encoder attributes a TextBatch (model.tokenize(texts)) with other=embeddings"
+            )
         if other is None or tuple(other.shape) != (len(batch), self.cfg.d_model):
             raise InputError(
                 f"other must be the fixed side's embeddings, shape ({len(batch)}, {self.cfg.d_model}); "

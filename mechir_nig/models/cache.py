@@ -38,7 +38,8 @@ class EncoderActivationCache(ActivationCache):
 
     def get_full_resid_decomposition(self, *args: Any, **kwargs: Any) -> Any:
         raise _refuse(
-            "get_full_resid_decomposition", "sums component outputs as if they added up to the residual stream"
+            "get_full_resid_decomposition",
+            "sums component outputs as if they added up to the residual stream",
         )
 
     def apply_ln_to_stack(self, *args: Any, **kwargs: Any) -> Any:

@@ -66,7 +66,12 @@ class HookedCrossEncoder(HookedEncoderBase):
         DistilBERT) from a local folder or a hub id."""
         ckpt = loading.inspect_checkpoint(loading.resolve_checkpoint(name_or_path))
         return cls.from_checkpoint(
-            ckpt, tokenizer=tokenizer, max_length=max_length, device=device, dtype=dtype, name=str(name_or_path)
+            ckpt,
+            tokenizer=tokenizer,
+            max_length=max_length,
+            device=device,
+            dtype=dtype,
+            name=str(name_or_path),
         )
 
     @classmethod
