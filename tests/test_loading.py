@@ -144,7 +144,9 @@ def test_task_head_checkpoint(tmp_path, tokenizer, cls_name, extra):
     assert json.loads((folder / "config.json").read_text())["architectures"] == [cls_name]
     config_json = folder / "config.json"
     for load in (load_model, HookedBiEncoder.from_pretrained):
-        with pytest.raises(ModelLoadError, match=both(config_json, "architectures", cls_name, "ignore_head=True")):
+        with pytest.raises(
+            ModelLoadError, match=both(config_json, "architectures", cls_name, "ignore_head=True")
+        ):
             load(folder)
     with pytest.raises(ModelLoadError, match=both(config_json, cls_name, "not a relevance head")):
         HookedCrossEncoder.from_pretrained(folder)
@@ -166,9 +168,9 @@ def test_token_classification_without_architectures_is_not_a_cross_encoder(tmp_p
     edit_config(folder, lambda c: c.pop("architectures"))
     weights = folder / "model.safetensors"
     for load in (load_model, HookedCrossEncoder.from_pretrained):
-        with pytest.raises(ModelLoadError, match=both(weights, "5 labels", "1 (score = logit) or 2")):
+        with pytest.raises(ModelLoadError, match=both(weights, "5 labels", "1 or 2", "ignore_head=True")):
             load(folder)
-    with pytest.raises(ModelLoadError):
+    with pytest.raises(ModelLoadError, match=both(weights, "5 labels", "ignore_head=True")):
         HookedBiEncoder.from_pretrained(folder)
     # its body is still usable as a bi-encoder on request
     assert type(HookedBiEncoder.from_pretrained(folder, ignore_head=True)) is HookedBiEncoder
@@ -179,8 +181,14 @@ def test_token_classification_without_architectures_is_not_a_cross_encoder(tmp_p
 def test_tokenizer_larger_than_vocab(tmp_path, tokenizer, cls_name):
     assert len(tokenizer) == 30522
     folder = save_bert(tmp_path / "small", cls_name, tokenizer, vocab_size=1000, num_labels=1)
-    load = HookedCrossEncoder.from_pretrained if cls_name.endswith("Classification") else HookedBiEncoder.from_pretrained
-    with pytest.raises(ModelLoadError, match=both(folder, "30522 tokens", "1000 rows", "vocab_size", "tokenizer=")):
+    load = (
+        HookedCrossEncoder.from_pretrained
+        if cls_name.endswith("Classification")
+        else HookedBiEncoder.from_pretrained
+    )
+    with pytest.raises(
+        ModelLoadError, match=both(folder, "30522 tokens", "1000 rows", "vocab_size", "tokenizer=")
+    ):
         load(folder)
     with pytest.raises(ModelLoadError, match="vocab_size"):
         load_model(folder)
@@ -188,8 +196,12 @@ def test_tokenizer_larger_than_vocab(tmp_path, tokenizer, cls_name):
 
 # -- e. token types the model lacks -------------------------------------------------------------------
 def test_pair_model_with_one_token_type(tmp_path, tokenizer):
-    folder = save_bert(tmp_path / "tt1", "BertForSequenceClassification", tokenizer, type_vocab_size=1, num_labels=1)
-    with pytest.raises(ModelLoadError, match=both(folder, "type_vocab_size=1", "token type 1", "type_vocab_size >= 2")):
+    folder = save_bert(
+        tmp_path / "tt1", "BertForSequenceClassification", tokenizer, type_vocab_size=1, num_labels=1
+    )
+    with pytest.raises(
+        ModelLoadError, match=both(folder, "type_vocab_size=1", "token type 1", "type_vocab_size >= 2")
+    ):
         HookedCrossEncoder.from_pretrained(folder)
     with pytest.raises(ModelLoadError, match="type_vocab_size"):
         load_model(folder)
@@ -216,7 +228,9 @@ def test_truncated_safetensors(tmp_path, tokenizer):
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
     for load in (HookedCrossEncoder.from_pretrained, HookedBiEncoder.from_pretrained, load_model):
-        with pytest.raises(ModelLoadError, match=both(weights, "truncated or corrupt", "save the checkpoint again")):
+        with pytest.raises(
+            ModelLoadError, match=both(weights, "truncated or corrupt", "save the checkpoint again")
+        ):
             load(folder)
 
 
@@ -315,7 +329,9 @@ def test_config_with_fewer_layers_than_weights(tmp_path, tokenizer):
     for load in (HookedCrossEncoder.from_pretrained, load_model):
         with pytest.raises(
             ModelLoadError,
-            match=both(folder / "model.safetensors", folder / "config.json", "encoder.layer.2", "num_hidden_layers"),
+            match=both(
+                folder / "model.safetensors", folder / "config.json", "encoder.layer.2", "num_hidden_layers"
+            ),
         ):
             load(folder)
 
@@ -323,7 +339,9 @@ def test_config_with_fewer_layers_than_weights(tmp_path, tokenizer):
 def test_config_with_more_layers_than_weights(tmp_path, tokenizer):
     folder = make_tiny_cross_encoder(tmp_path, tokenizer, n_layers=2)
     edit_config(folder, lambda c: c.update(num_hidden_layers=3))
-    with pytest.raises(ModelLoadError, match=both(folder / "model.safetensors", "encoder.layer.2", "config.json")):
+    with pytest.raises(
+        ModelLoadError, match=both(folder / "model.safetensors", "encoder.layer.2", "config.json")
+    ):
         HookedCrossEncoder.from_pretrained(folder)
 
 
@@ -333,3 +351,13 @@ def test_intact_checkpoint_loads(tmp_path, tokenizer):
     ce = load_model(folder)
     assert type(ce) is HookedCrossEncoder
     assert ce.score(QUERIES, DOCS).isfinite().all()
+
+
+@pytest.mark.parametrize("field,value", [("intermediate_size", 128), ("max_position_embeddings", 256)])
+def test_config_sizes_that_do_not_match_the_weights(tmp_path, tokenizer, field, value):
+    folder = make_tiny_cross_encoder(tmp_path / "m", tokenizer)
+    edit_config(folder, lambda c: c.__setitem__(field, value))
+    with pytest.raises(
+        ModelLoadError, match=both(folder / "model.safetensors", "config.json", "does not match")
+    ):
+        HookedCrossEncoder.from_pretrained(folder)

@@ -7,6 +7,8 @@ hook_full_embed, the opt-in hook_result / hook_mlp_in switches, and hooks cleane
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from conftest import DOCS, QUERIES
@@ -17,6 +19,18 @@ from mechir_nig.errors import PostLayerNormError
 from mechir_nig.models.cache import EncoderActivationCache
 
 TOL = 1e-5
+
+
+def raises_bad_return_type(model, batch, value):
+    """A bad return_type: InputError from forward itself; under the test run's jaxtyping import hook the
+    call is refused earlier with jaxtyping's TypeCheckError (the same convention as test_nig.py)."""
+    from jaxtyping import TypeCheckError
+
+    with pytest.raises((InputError, TypeCheckError), match="return_type"):
+        model(batch, return_type=value)
+    raw_forward = inspect.unwrap(type(model).forward)  # past the type checker, if one wraps it
+    with pytest.raises(InputError, match="return_type must be"):
+        raw_forward(model, batch, return_type=value)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +45,9 @@ def cache(tiny_ce, batch):
 
 
 def no_hooks_left(model) -> bool:
-    return all(not hp.fwd_hooks and not hp.bwd_hooks and not hp._forward_hooks for hp in model.hook_dict.values())
+    return all(
+        not hp.fwd_hooks and not hp.bwd_hooks and not hp._forward_hooks for hp in model.hook_dict.values()
+    )
 
 
 # -- the post-LN ActivationCache ----------------------------------------------------------------------
@@ -61,9 +77,7 @@ def test_run_with_cache_returns_encoder_cache(tiny_ce, batch, cache):
             lambda c, m: c.stack_neuron_results(layer=1, apply_ln=True), id="stack_neuron_results(apply_ln)"
         ),
         pytest.param(lambda c, m: c.logit_lens(c["blocks.0.hook_resid_pre"]), id="logit_lens"),
-        pytest.param(
-            lambda c, m: c.logit_attrs(c.stack_activation("resid_pre"), tokens=0), id="logit_attrs"
-        ),
+        pytest.param(lambda c, m: c.logit_attrs(c.stack_activation("resid_pre"), tokens=0), id="logit_attrs"),
     ],
 )
 def test_pre_ln_decompositions_refused(tiny_ce, cache, call):
@@ -89,6 +103,14 @@ def test_safe_cache_methods_still_work(tiny_ce, batch, cache):
     assert neurons.shape == (tiny_ce.cfg.d_mlp, b, p, d)
     mlp = tiny_ce.blocks[0].mlp
     assert torch.allclose(neurons.sum(0) + mlp.b_out, cache["blocks.0.hook_mlp_out"], atol=TOL)
+    # per-head results computed from hook_z (use_attn_result off), on a fresh cache
+    _, fresh = tiny_ce.run_with_cache(batch)
+    heads, head_labels = fresh.stack_head_results(apply_ln=False, return_labels=True)
+    h = tiny_ce.cfg.n_heads
+    assert heads.shape == (n * h, b, p, d) and head_labels[:2] == ["L0H0", "L0H1"]
+    for layer in range(n):
+        total = heads[layer * h : (layer + 1) * h].sum(0) + tiny_ce.blocks[layer].attn.b_O
+        assert (total - fresh[f"blocks.{layer}.hook_attn_out"]).abs().max().item() <= TOL
 
 
 # -- return_type ---------------------------------------------------------------------------------------
@@ -114,6 +136,10 @@ def test_bi_encoder_return_type_none_fires_hooks(minilm_be):
     texts = QUERIES[:2]
     tb = minilm_be.tokenize(texts)
     assert minilm_be(tb, return_type=None) is None
+    _, be_cache = minilm_be.run_with_cache(tb, return_type=None)
+    assert isinstance(be_cache, EncoderActivationCache)
+    with pytest.raises(PostLayerNormError, match="post-LN"):
+        be_cache.decompose_resid()
     fired: dict[str, tuple[int, ...]] = {}
 
     def record(t, hook):
@@ -126,9 +152,11 @@ def test_bi_encoder_return_type_none_fires_hooks(minilm_be):
     )
     b, p = tb.input_ids.shape
     assert out is None
-    assert fired == {"hook_embedding": (b, minilm_be.cfg.d_model), "blocks.0.mlp.hook_post": (b, p, minilm_be.cfg.d_mlp)}
-    with pytest.raises(InputError, match="return_type"):
-        minilm_be(tb, return_type="score")
+    assert fired == {
+        "hook_embedding": (b, minilm_be.cfg.d_model),
+        "blocks.0.mlp.hook_post": (b, p, minilm_be.cfg.d_mlp),
+    }
+    raises_bad_return_type(minilm_be, tb, "score")
 
 
 @pytest.mark.parametrize("fixture", ["tiny_ce", "tiny_ce2_dir"])
@@ -141,8 +169,7 @@ def test_cross_encoder_logits(request, fixture):
     logits = ce(tb, return_type="logits")
     assert logits.shape == (len(QUERIES), ce.cfg.n_labels)
     assert torch.allclose(ce.score_from_logits(logits), ce(tb), atol=TOL)
-    with pytest.raises(InputError, match="return_type"):
-        ce(tb, return_type="loss")
+    raises_bad_return_type(ce, tb, "loss")
 
 
 # -- hook_full_embed -----------------------------------------------------------------------------------
@@ -205,10 +232,11 @@ def test_hook_mlp_in(tiny_ce, batch):
         for layer in range(cfg.n_layers):
             assert torch.equal(cache[f"blocks.{layer}.hook_mlp_in"], cache[f"blocks.{layer}.hook_resid_mid"])
 
-        def double(x, hook):
-            return x * 2.0
+        def zero_half(x, hook):  # not a rescaling: ln1 would undo that
+            x[..., : cfg.d_model // 2] = 0.0
+            return x
 
-        edited = tiny_ce.run_with_hooks(batch, fwd_hooks=[("blocks.1.hook_mlp_in", double)])
+        edited = tiny_ce.run_with_hooks(batch, fwd_hooks=[("blocks.1.hook_mlp_in", zero_half)])
         assert (edited - ref_scores).abs().max().item() > 1e-4  # the hook sits on the computation path
     finally:
         tiny_ce.set_use_hook_mlp_in(False)

@@ -122,7 +122,7 @@ class HookedBiEncoder(HookedEncoderBase):
         tok = loading.load_tokenizer(folder, tokenizer)
         loading.check_tokenizer(tok, cfg, str(folder), pairwise=False)
         model = cls(cfg, tok, pooling=pooling, similarity=similarity, max_length=max_length)
-        model.load_state_dict(sd, strict=True)
+        loading.load_into(model, sd, ckpt)
         return model.to(device=device, dtype=dtype).freeze()
 
     def tokenize(self, texts: Any, *, max_length: int | None = None, what: str = "texts") -> TextBatch:

@@ -101,10 +101,17 @@ class HookedCrossEncoder(HookedEncoderBase):
                 "ignore_head=True))"
             )
         n_labels = ckpt.n_labels()  # the head's own shape, whatever config.json says
+        if n_labels == 0:
+            raise ModelLoadError(
+                f"{ckpt.weights_file} has no classifier weights ({ckpt.arch.head[1]}.weight) although "
+                f"{folder / 'config.json'} lists {ckpt.hf_config.get('architectures')}; the checkpoint is "
+                "incomplete: save the trained re-ranker again (model.save_pretrained)"
+            )
         if n_labels not in (1, 2):
             raise ModelLoadError(
                 f"{ckpt.weights_file} has a classification head with {n_labels} labels; a relevance "
-                "head has 1 (score = logit) or 2 (MonoBERT: score = log_softmax[:, 1]) labels"
+                "head has 1 (score = logit) or 2 (MonoBERT: score = log_softmax[:, 1]) labels; to study its "
+                "encoder, load it with HookedBiEncoder.from_pretrained(path, ignore_head=True)"
             )
         cfg = EncoderConfig.from_hf(ckpt.hf_config, model_name=name or str(folder), n_labels=n_labels)
         cfg.dtype = dtype
@@ -112,7 +119,7 @@ class HookedCrossEncoder(HookedEncoderBase):
         tok = loading.load_tokenizer(folder, tokenizer)
         loading.check_tokenizer(tok, cfg, str(folder), pairwise=True)
         model = cls(cfg, tok, max_length=max_length)
-        model.load_state_dict(sd, strict=True)
+        loading.load_into(model, sd, ckpt)
         return model.to(device=device, dtype=dtype).freeze()
 
     # -- tokenization and scoring ------------------------------------------------------------------

@@ -153,8 +153,7 @@ class Checkpoint:
         return self.weights.source
 
     def n_labels(self) -> int:
-        out = self.arch.head[1] + ".weight"
-        return int(self.weights.sd[out].shape[0]) if out in self.weights else 0
+        return _head_labels(self.arch, self.weights)
 
 
 def _weights_source(folder: Path) -> str:
@@ -182,18 +181,25 @@ def inspect_checkpoint(folder: Path) -> Checkpoint:
         kind = "other"
     elif not head_names:
         kind = "bi"
-    elif all(k.rsplit(".", 1)[0] in stems for k in head_names):
+    elif all(k.rsplit(".", 1)[0] in stems for k in head_names) and _head_labels(arch, weights) in (1, 2):
         kind = "cross"  # no `architectures` field: routed on the weights present
     else:
         kind = "other"
     return Checkpoint(folder, hf, arch, weights, kind, head_names)
 
 
+def _head_labels(arch: Architecture, weights: Weights) -> int:
+    out = arch.head[1] + ".weight"
+    return int(weights.sd[out].shape[0]) if out in weights else 0
+
+
 def describe_head(ckpt: Checkpoint) -> str:
     listed = ckpt.hf_config.get("architectures")
     if listed:
         return f"{ckpt.folder / 'config.json'} lists architectures={listed}"
-    return f"{ckpt.weights_file} holds head weights {ckpt.head_names[:4]}"
+    n = ckpt.n_labels()
+    labels = f" (a classifier with {n} labels; a relevance head has 1 or 2)" if n > 2 else ""
+    return f"{ckpt.weights_file} holds head weights {ckpt.head_names[:4]}{labels}"
 
 
 def load_tokenizer(folder: Path, tokenizer: Any = None) -> Any:
@@ -304,3 +310,16 @@ def convert_weights(ckpt: Checkpoint, cfg: Any, *, head: bool) -> dict[str, torc
             f"account for (e.g. {left[:3]}); the config does not match the weights (num_hidden_layers?)"
         )
     return sd
+
+
+def load_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], ckpt: Checkpoint) -> None:
+    """``model.load_state_dict(sd, strict=True)``, with shape mismatches reported against ``config.json``."""
+    expected = model.state_dict()
+    for k, v in sd.items():
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape):
+            raise ModelLoadError(
+                f"{ckpt.weights_file} holds {k} of shape {tuple(v.shape)} but {ckpt.folder / 'config.json'} "
+                f"implies {tuple(expected[k].shape)}; the config does not match the weights "
+                "(hidden_size, intermediate_size, vocab_size, max_position_embeddings, type_vocab_size?)"
+            )
+    model.load_state_dict(sd, strict=True)
