@@ -32,8 +32,9 @@ _LAZY = {
     "NeuronAttribution": "mechir_nig.attribution",
     "NeuronIntegratedGradients": "mechir_nig.attribution",
     "neuron_integrated_gradients": "mechir_nig.attribution",
-    "CollectionAttribution": "mechir_nig.attribution.aggregate",
-    "attribute_collection": "mechir_nig.attribution.aggregate",
+    "CollectionAttribution": "mechir_nig.attribution.stats",
+    "NIGSettings": "mechir_nig.attribution.settings",
+    "attribute_collection": "mechir_nig.experiments.attribute",
     "load_collection": "mechir_nig.data",
     "judged_pairs": "mechir_nig.data",
     "bm25_candidates": "mechir_nig.data",
@@ -47,7 +48,9 @@ if TYPE_CHECKING:  # pragma: no cover
         NeuronIntegratedGradients,
         neuron_integrated_gradients,
     )
-    from mechir_nig.attribution.aggregate import CollectionAttribution, attribute_collection
+    from mechir_nig.attribution.settings import NIGSettings
+    from mechir_nig.attribution.stats import CollectionAttribution
+    from mechir_nig.experiments.attribute import attribute_collection
     from mechir_nig.data import bm25_candidates, judged_pairs, load_collection
     from mechir_nig.evaluation import evaluate, rerank
     from mechir_nig.models import (
@@ -85,6 +88,7 @@ __all__ = [
     "NeuronIntegratedGradients",
     "neuron_integrated_gradients",
     "CollectionAttribution",
+    "NIGSettings",
     "attribute_collection",
     "load_collection",
     "judged_pairs",

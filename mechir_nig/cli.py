@@ -35,7 +35,7 @@ def cmd_rerank(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_attribute(args: argparse.Namespace) -> dict[str, Any]:
-    from mechir_nig.attribution.aggregate import attribute_collection
+    from mechir_nig.experiments.attribute import attribute_collection
     from mechir_nig.data import bm25_candidates, judged_pairs
 
     col = _collection(args)
@@ -78,7 +78,7 @@ def cmd_stability(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Embedded collection: BM25 vs MiniLM re-ranking, NIG per label, top neurons and their overlap."""
-    from mechir_nig.attribution.aggregate import attribute_collection
+    from mechir_nig.experiments.attribute import attribute_collection
     from mechir_nig.attribution.neurons import overlap_report, select_top
     from mechir_nig.data import bm25_candidates, judged_pairs, load_collection
     from mechir_nig.experiments import rerank_study

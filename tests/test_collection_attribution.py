@@ -7,7 +7,8 @@ import torch
 
 from mechir_nig import InputError
 from mechir_nig.attribution import neuron_integrated_gradients
-from mechir_nig.attribution.aggregate import CollectionAttribution, attribute_collection, top_neurons
+from mechir_nig.attribution.stats import CollectionAttribution, top_neurons
+from mechir_nig.experiments.attribute import attribute_collection
 from mechir_nig.data import judged_pairs, load_collection
 
 
@@ -144,9 +145,98 @@ def test_top_neurons_by_scheme(tiny_ce, pairs):
     assert all(layer == 1 for layer, _ in rel)  # only attributed layers are candidates
     diff = top_neurons(stats, "difference", fraction=0.1)
     assert len(diff) == round(0.1 * tiny_ce.cfg.d_mlp)
-    absolute = top_neurons(stats, "absolute", k=3)
+    abs_mean = top_neurons(stats, "abs_mean", k=3)
     pooled = (stats.sums["relevant"] + stats.sums["nonrelevant"])[0, 4] / len(pairs)
-    assert sorted(n for _, n in absolute) == sorted(pooled.abs().topk(3).indices.tolist())
+    assert sorted(n for _, n in abs_mean) == sorted(pooled.abs().topk(3).indices.tolist())
+    with pytest.warns(DeprecationWarning, match="abs_mean"):
+        assert top_neurons(stats, "absolute", k=3) == abs_mean
+
+
+def test_mean_abs_scheme_is_the_mean_of_absolute_pair_nig(tiny_ce, pairs):
+    stats = attribute_collection(tiny_ce, pairs, batch_size=4, **KW)
+    per = neuron_integrated_gradients(tiny_ce, pairs.queries(), pairs.docs(), n_steps=4).per_neuron().double()
+    assert torch.allclose(stats.scheme_scores("mean_abs"), per.abs().mean(0), atol=1e-6)
+    assert torch.allclose(stats.scheme_scores("abs_mean"), per.mean(0).abs(), atol=1e-6)
+    # signs cancel in abs_mean, never in mean_abs
+    assert (stats.scheme_scores("mean_abs") >= stats.scheme_scores("abs_mean") - 1e-12).all()
+
+
+def test_merge_of_two_halves_equals_the_whole(tiny_ce, pairs):
+    # one pair per NIG call, so each pair's float32 NIG is the same in every run (batch composition
+    # changes padding, hence float32 rounding at ~1e-7); what is left is the merge: exact to 1e-9
+    whole = attribute_collection(tiny_ce, pairs, batch_size=1, **KW)
+    half = len(pairs) // 2
+    a = attribute_collection(tiny_ce, type(pairs)(pairs[:half]), batch_size=1, **KW)
+    b = attribute_collection(tiny_ce, type(pairs)(pairs[half:]), batch_size=1, **KW)
+    merged = a.merge(b)
+    assert merged.counts == whole.counts and merged.n_done == whole.n_done
+    for label in ("relevant", "nonrelevant"):
+        for table in ("sums", "sums_sq", "sums_abs"):
+            assert (getattr(merged, table)[label] - getattr(whole, table)[label]).abs().max() <= 1e-9
+        assert torch.allclose(merged.std(label), whole.std(label), atol=1e-9)
+    assert merged.meta["merged_from"] == [a.meta["pairs_fingerprint"], b.meta["pairs_fingerprint"]]
+    other_layers = attribute_collection(tiny_ce, type(pairs)(pairs[half:]), layers=[0], **KW)
+    with pytest.raises(InputError, match="same model and layers"):
+        a.merge(other_layers)
+    other_steps = attribute_collection(tiny_ce, type(pairs)(pairs[half:]), n_steps=2, progress=False)
+    with pytest.raises(InputError, match="n_steps"):
+        a.merge(other_steps)
+
+
+def test_resume_is_keyed_on_the_weights_not_the_name(tmp_path, tokenizer, pairs):
+    import shutil
+
+    from mechir_nig import HookedCrossEncoder
+    from mechir_nig.testing import make_tiny_cross_encoder
+
+    folder = make_tiny_cross_encoder(tmp_path / "model", tokenizer, seed=3)
+    ckpt = tmp_path / "run.ckpt"
+
+    class Crash(Exception):
+        pass
+
+    def crash(n_done):
+        raise Crash
+
+    with pytest.raises(Crash):
+        attribute_collection(
+            HookedCrossEncoder.from_pretrained(folder),
+            pairs,
+            batch_size=2,
+            checkpoint=ckpt,
+            checkpoint_every=2,
+            on_batch=crash,
+            **KW,
+        )
+    # the same weights under another path resume
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(folder, moved)
+    resumed = attribute_collection(
+        HookedCrossEncoder.from_pretrained(moved), pairs, batch_size=2, checkpoint=ckpt, resume=True, **KW
+    )
+    assert resumed.n_done == len(pairs)
+    # a different model saved under the same name (same path, other weights) is refused
+    make_tiny_cross_encoder(folder, tokenizer, seed=4)
+    with pytest.raises(InputError, match="another model"):
+        attribute_collection(
+            HookedCrossEncoder.from_pretrained(folder),
+            pairs,
+            batch_size=2,
+            checkpoint=ckpt,
+            resume=True,
+            **KW,
+        )
+
+
+def test_checkpoint_file_modes_match(tiny_ce, pairs, tmp_path):
+    import os
+    import stat
+
+    ckpt = tmp_path / "run.ckpt"
+    attribute_collection(tiny_ce, pairs, checkpoint=ckpt, **KW)
+    mode = stat.S_IMODE(os.stat(ckpt).st_mode)
+    assert mode == stat.S_IMODE(os.stat(ckpt.with_name(ckpt.name + ".json")).st_mode)
+    assert mode & stat.S_IRGRP  # readable like any file written under the usual umask
 
 
 def test_untokenizable_pairs_fail_before_any_work(tiny_ce, pairs):

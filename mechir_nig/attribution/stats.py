@@ -1,0 +1,293 @@
+"""Collection-scale NIG statistics: streamed per-label running sums that merge exactly.
+
+``CollectionAttribution`` keeps, per label (``relevant`` / ``nonrelevant``) and per (layer, token group,
+neuron), running sums, sums of squares, sums of absolute values and pair counts in float64 — memory
+is flat in the number of pairs. Token groups are ``cls``, ``query``, ``sep``, ``doc`` and ``all`` (the
+pair's total over its tokens). Two partial statistics of disjoint pairs ``merge`` into the statistics
+of their union (what a sharded run needs). The orchestration (data, checkpoints, progress) lives in
+``mechir_nig.experiments.attribute.attribute_collection``.
+
+Example:
+    >>> stats = attribute_collection(model, pairs, n_steps=32)  # doctest: +SKIP
+    >>> stats.mean("relevant").shape  # [layer, d_mlp]  # doctest: +SKIP
+    >>> whole = first_half.merge(second_half)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechir_nig.errors import InputError
+
+LABELS = ("relevant", "nonrelevant")
+GROUP_AXIS = ("cls", "query", "sep", "doc", "all")
+SCHEMES = ("relevant", "nonrelevant", "difference", "abs_mean", "mean_abs")
+"""Neuron selection schemes (``scheme_scores``). ``absolute`` is the former name of ``abs_mean``."""
+
+
+@dataclass
+class CollectionAttribution:
+    """Running NIG statistics of a collection, per label.
+
+    Shapes:
+        ``sums[label]``, ``sums_sq[label]``, ``sums_abs[label]``: ``[layer, group, d_mlp]`` (float64),
+        groups ``GROUP_AXIS``;
+        ``mean(label, group)``, ``std(label, group)``: ``[layer, d_mlp]``.
+    """
+
+    layers: list[int]
+    n_layers: int
+    d_mlp: int
+    sums: dict[str, Tensor] = field(default_factory=dict)
+    sums_sq: dict[str, Tensor] = field(default_factory=dict)
+    sums_abs: dict[str, Tensor] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    n_done: int = 0
+
+    def __post_init__(self) -> None:
+        shape = (len(self.layers), len(GROUP_AXIS), self.d_mlp)
+        for label in LABELS:
+            self.sums.setdefault(label, torch.zeros(shape, dtype=torch.float64))
+            self.sums_sq.setdefault(label, torch.zeros(shape, dtype=torch.float64))
+            self.sums_abs.setdefault(label, torch.zeros(shape, dtype=torch.float64))
+            self.counts.setdefault(label, 0)
+
+    def update(self, label: str, by_group: Float[Tensor, "n layer 4 d_mlp"]) -> None:
+        """Add pairs of one label (their per-group NIG, ``NeuronAttribution.by_group()``)."""
+        if label not in LABELS:
+            raise InputError(f"label must be one of {LABELS}, got {label!r}")
+        v = by_group.to(torch.float64)
+        v = torch.cat([v, v.sum(2, keepdim=True)], dim=2)  # + the "all" group
+        self.sums[label] += v.sum(0)
+        self.sums_sq[label] += (v * v).sum(0)
+        self.sums_abs[label] += v.abs().sum(0)
+        self.counts[label] += v.shape[0]
+
+    def _group(self, group: str) -> int:
+        if group not in GROUP_AXIS:
+            raise InputError(f"group must be one of {GROUP_AXIS}, got {group!r}")
+        return GROUP_AXIS.index(group)
+
+    def _count(self, label: str) -> int:
+        if label not in LABELS:
+            raise InputError(f"label must be one of {LABELS}, got {label!r}")
+        n = self.counts[label]
+        if n == 0:
+            raise InputError(f"no {label} pairs were attributed; attribute some or use another label")
+        return n
+
+    def mean(self, label: str, group: str = "all") -> Float[Tensor, "layer d_mlp"]:
+        """Mean NIG per pair of ``label`` (summed over the tokens of ``group``)."""
+        return self.sums[label][:, self._group(group)] / self._count(label)
+
+    def std(self, label: str, group: str = "all") -> Float[Tensor, "layer d_mlp"]:
+        """Population standard deviation over the pairs of ``label``."""
+        n = self._count(label)
+        g = self._group(group)
+        m = self.sums[label][:, g] / n
+        return (self.sums_sq[label][:, g] / n - m * m).clamp(min=0).sqrt()
+
+    def scheme_scores(self, scheme: str, group: str = "all") -> Float[Tensor, "n_layers d_mlp"]:
+        """Scores of every neuron of the model under a selection scheme (zeros for unattributed layers).
+
+        - ``relevant`` / ``nonrelevant``: mean NIG over that label's pairs (signed);
+        - ``difference``: relevant minus non-relevant mean;
+        - ``abs_mean``: ``|mean NIG|`` over all pairs of both labels — signs cancel across pairs, so a
+          neuron that pushes some pairs up and others down scores low;
+        - ``mean_abs``: mean over all pairs of ``|NIG of the pair|`` — how much the neuron matters to a
+          pair, whatever the direction.
+
+        ``absolute`` (the former name of ``abs_mean``) still works with a ``DeprecationWarning``.
+        """
+        if scheme == "absolute":
+            warnings.warn(
+                "scheme 'absolute' is |mean NIG| and is now called 'abs_mean'; for the mean of |NIG| per "
+                "pair use 'mean_abs'",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            scheme = "abs_mean"
+        if scheme == "relevant" or scheme == "nonrelevant":
+            s = self.mean(scheme, group)
+        elif scheme == "difference":
+            s = self.mean("relevant", group) - self.mean("nonrelevant", group)
+        elif scheme in ("abs_mean", "mean_abs"):
+            n = sum(self.counts.values())
+            if n == 0:
+                raise InputError("no pairs were attributed")
+            g = self._group(group)
+            if scheme == "abs_mean":
+                s = (sum(self.sums[lab][:, g] for lab in LABELS) / n).abs()
+            else:
+                s = sum(self.sums_abs[lab][:, g] for lab in LABELS) / n
+        else:
+            raise InputError(f"unknown scheme {scheme!r}; use one of {SCHEMES}")
+        full = torch.zeros(self.n_layers, self.d_mlp, dtype=torch.float64)
+        full[self.layers] = s
+        return full
+
+    # -- merging ---------------------------------------------------------------------------------
+    SETTINGS_KEYS = ("model", "dtype", "n_steps", "baseline", "method", "layers", "side", "max_length")
+    """Metadata that two partial statistics must share to be merged."""
+
+    def merge(self, other: CollectionAttribution) -> CollectionAttribution:
+        """The statistics of the union of two disjoint sets of pairs (sums and counts added).
+
+        Both must cover the same layers and model shape, with the same model and NIG settings where
+        recorded. The result's ``meta`` keeps the shared settings, adds the truncation counts and
+        lists the parts' pair fingerprints under ``merged_from``.
+
+        Example:
+            >>> whole = stats_a.merge(stats_b)  # doctest: +SKIP
+        """
+        if not isinstance(other, CollectionAttribution):
+            raise InputError(f"merge takes a CollectionAttribution, got {type(other).__name__}")
+        if (self.layers, self.n_layers, self.d_mlp) != (other.layers, other.n_layers, other.d_mlp):
+            raise InputError(
+                f"cannot merge statistics of layers {self.layers} (n_layers={self.n_layers}, "
+                f"d_mlp={self.d_mlp}) with layers {other.layers} (n_layers={other.n_layers}, "
+                f"d_mlp={other.d_mlp}); attribute both with the same model and layers"
+            )
+        for key in self.SETTINGS_KEYS:
+            a, b = self.meta.get(key), other.meta.get(key)
+            if a is not None and b is not None and a != b:
+                raise InputError(
+                    f"cannot merge statistics made with different {key}: {a!r} vs {b!r}; "
+                    "attribute both parts with the same model and settings"
+                )
+        meta = {k: v for k, v in self.meta.items() if k not in ("pairs_fingerprint", "n_pairs", "truncated")}
+        for k, v in other.meta.items():
+            meta.setdefault(k, v)
+        meta["merged_from"] = [
+            fp
+            for part in (self, other)
+            for fp in (part.meta.get("merged_from") or [part.meta.get("pairs_fingerprint")])
+        ]
+        meta["truncated"] = {
+            lab: (self.meta.get("truncated") or {}).get(lab, 0)
+            + (other.meta.get("truncated") or {}).get(lab, 0)
+            for lab in LABELS
+        }
+        return CollectionAttribution(
+            layers=list(self.layers),
+            n_layers=self.n_layers,
+            d_mlp=self.d_mlp,
+            sums={lab: self.sums[lab] + other.sums[lab] for lab in LABELS},
+            sums_sq={lab: self.sums_sq[lab] + other.sums_sq[lab] for lab in LABELS},
+            sums_abs={lab: self.sums_abs[lab] + other.sums_abs[lab] for lab in LABELS},
+            counts={lab: self.counts[lab] + other.counts[lab] for lab in LABELS},
+            meta=meta,
+            n_done=self.n_done + other.n_done,
+        )
+
+    # -- persistence -------------------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, Tensor], dict[str, str]]:
+        tensors = {}
+        for label in LABELS:
+            tensors[f"{label}.sum"] = self.sums[label].contiguous()
+            tensors[f"{label}.sum_sq"] = self.sums_sq[label].contiguous()
+            tensors[f"{label}.sum_abs"] = self.sums_abs[label].contiguous()
+        info = {
+            "layers": self.layers,
+            "n_layers": self.n_layers,
+            "d_mlp": self.d_mlp,
+            "counts": self.counts,
+            "n_done": self.n_done,
+            "meta": self.meta,
+        }
+        return tensors, {"mechir_nig": json.dumps(info)}
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically: a temporary file renamed over ``path`` (and a readable ``path.json``)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors, metadata = self.state()
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # as any file this process writes (safetensors writes 0600)
+        _fsync(tmp)  # the data is on disk before the rename makes it the checkpoint
+        os.replace(tmp, path)
+        side = path.with_name(path.name + ".json")
+        tmp_side = side.with_name(side.name + ".tmp")
+        tmp_side.write_text(json.dumps(json.loads(metadata["mechir_nig"]), indent=1))
+        os.replace(tmp_side, side)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> CollectionAttribution:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"no collection attribution at {path}")
+        with safe_open(str(path), framework="pt") as f:
+            info = json.loads(f.metadata()["mechir_nig"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        return cls(
+            layers=info["layers"],
+            n_layers=info["n_layers"],
+            d_mlp=info["d_mlp"],
+            sums={lab: tensors[f"{lab}.sum"] for lab in LABELS},
+            sums_sq={lab: tensors[f"{lab}.sum_sq"] for lab in LABELS},
+            sums_abs={lab: tensors[f"{lab}.sum_abs"] for lab in LABELS if f"{lab}.sum_abs" in tensors},
+            counts=info["counts"],
+            meta=info["meta"],
+            n_done=info["n_done"],
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"CollectionAttribution(layers={self.layers}, counts={self.counts}, n_done={self.n_done}, "
+            f"collection={self.meta.get('collection')!r})"
+        )
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def top_neurons(
+    attribution: CollectionAttribution,
+    scheme: str = "relevant",
+    *,
+    k: int | None = None,
+    fraction: float | None = None,
+    group: str = "all",
+):
+    """The neuron set selected by ``scheme`` (``SCHEMES``) among the attributed layers.
+
+    Example:
+        >>> rel = top_neurons(stats, "relevant", fraction=0.01)
+        >>> overlap_report(rel, top_neurons(stats, "nonrelevant", fraction=0.01))
+    """
+    from mechir_nig.attribution.neurons import select_top
+
+    return select_top(
+        attribution.scheme_scores(scheme, group),
+        k=k,
+        fraction=fraction,
+        layers=attribution.layers,
+        name=f"{scheme}:{group}",
+    )

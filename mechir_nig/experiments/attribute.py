@@ -1,0 +1,198 @@
+"""``attribute_collection``: stream judged pairs through NIG into per-label statistics, checkpointed.
+
+An orchestrator (data, checkpoints, progress) over ``mechir_nig.attribution``: pairs are processed
+longest first (a deterministic order), each batch's per-group NIG is added to a
+``CollectionAttribution``. A checkpoint is one safetensors file (statistics plus, in its metadata, how
+many pairs are done, a fingerprint of the pair list, the NIG settings and a hash of the model's config
+and weights), written to a temporary file and renamed, so a crash never leaves a half-written or
+double-counted state; ``resume=True`` continues after the last checkpoint without counting a pair
+twice, and refuses a checkpoint made with other pairs, settings or weights.
+
+Example:
+    >>> from mechir_nig.data import judged_pairs, load_collection
+    >>> pairs = judged_pairs(load_collection("embedded"), max_relevant_per_query=2)  # doctest: +SKIP
+    >>> stats = attribute_collection(model, pairs, n_steps=32, checkpoint="nig.ckpt", resume=True)  # doctest: +SKIP
+    >>> stats.mean("relevant").shape  # [layer, d_mlp]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mechir_nig.attribution.settings import NIGSettings, model_fingerprint
+from mechir_nig.attribution.stats import LABELS, CollectionAttribution
+from mechir_nig.errors import InputError
+from mechir_nig.models.tokenization import doc_budget, n_special_tokens
+
+
+def _pair_fields(p: Any, i: int) -> tuple[str, str, str, str]:
+    try:
+        q, d, label = p.query, p.doc, p.label
+    except AttributeError as exc:
+        raise InputError(
+            f"pairs[{i}] has no query/doc/label; pass JudgedPair records (mechir_nig.data.judged_pairs)"
+        ) from exc
+    if label not in LABELS:
+        raise InputError(f"pairs[{i}].label is {label!r}; labels must be one of {LABELS}")
+    key = f"{getattr(p, 'query_id', '')}\t{getattr(p, 'doc_id', '')}\t{label}\t{hashlib.sha1((q + d).encode()).hexdigest()}"
+    return q, d, label, key
+
+
+def _check_tokenizable(model: Any, fields_: list, pairs: Sequence[Any], max_length: int) -> None:
+    """Fail before any work (not after hours) on pairs the model cannot take, naming them."""
+    tok = model.tokenizer
+    if tok is None:
+        raise InputError("the model has no tokenizer; pass tokenizer= to from_pretrained")
+
+    def lengths(texts: list[str]) -> list[int]:
+        return [len(ids) for ids in tok(texts, add_special_tokens=False, verbose=False)["input_ids"]]
+
+    q_lens, d_lens = lengths([f[0] for f in fields_]), lengths([f[1] for f in fields_])
+    n_special = n_special_tokens(tok, pair=True)
+    bad = []
+    for i, (nq, nd) in enumerate(zip(q_lens, d_lens)):
+        if nq == 0 or nd == 0:
+            bad.append((i, "a text with no tokens"))
+        elif model.pairwise and doc_budget(max_length, nq, n_special) < 1:
+            bad.append((i, f"a query of {nq} tokens, no room for the document in max_length={max_length}"))
+    if bad:
+        examples = [
+            f"pairs[{i}] (query_id={getattr(pairs[i], 'query_id', '?')}, doc_id={getattr(pairs[i], 'doc_id', '?')}): {why}"
+            for i, why in bad[:3]
+        ]
+        raise InputError(
+            f"{len(bad)} of {len(pairs)} pairs cannot be attributed: {'; '.join(examples)}; "
+            "remove them from pairs (or raise max_length) and run again"
+        )
+
+
+def _check_positive(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise InputError(f"{name} must be an int >= 1, got {v!r}")
+
+
+def attribute_collection(
+    model: Any,
+    pairs: Sequence[Any],
+    *,
+    settings: NIGSettings | None = None,
+    n_steps: int | None = None,
+    baseline: str | None = None,
+    method: str | None = None,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+    internal_batch_size: int | None = None,
+    max_length: int | None = None,
+    side: str | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 256,
+    resume: bool = False,
+    progress: bool = True,
+    collection: str | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> CollectionAttribution:
+    """Stream judged pairs through NIG and keep per-label statistics (see the module docstring).
+
+    Args:
+        model: a hooked model with the attribution protocol (``HookedCrossEncoder``, ``HookedBiEncoder``).
+        pairs: ``JudgedPair`` records (``query``, ``doc``, ``label``, ideally ``query_id``/``doc_id``).
+        settings: the NIG options (``NIGSettings``); the keywords ``n_steps`` ... ``side`` override its
+            fields (default settings: 32 trapezoid steps from the ``pad`` baseline, all layers).
+        batch_size: pairs per NIG call (each is split into windows of ``internal_batch_size`` points).
+        checkpoint: file to write every ``checkpoint_every`` pairs and at the end.
+        resume: continue from ``checkpoint`` if it exists (same pairs, settings and model weights).
+        collection: a name recorded in the metadata.
+        on_batch: called with the number of pairs done after each batch.
+
+    Returns:
+        ``CollectionAttribution`` (``mean(label, group)``: ``[layer, d_mlp]``).
+
+    Pairs are processed longest first (a deterministic order, so a resumed run continues exactly).
+    """
+    from mechir_nig.attribution.nig import neuron_integrated_gradients
+
+    overrides = {
+        k: v
+        for k, v in dict(
+            n_steps=n_steps,
+            baseline=baseline,
+            method=method,
+            layers=tuple(layers) if layers is not None else None,
+            internal_batch_size=internal_batch_size,
+            max_length=max_length,
+            side=side,
+        ).items()
+        if v is not None
+    }
+    if settings is not None and not isinstance(settings, NIGSettings):
+        raise InputError(f"settings must be a NIGSettings, got {type(settings).__name__}")
+    cfg = replace(settings or NIGSettings(), **overrides).resolved(model)
+    _check_positive("batch_size", batch_size)
+    _check_positive("checkpoint_every", checkpoint_every)
+    if len(pairs) == 0:
+        raise InputError("pairs is empty; pass judged pairs (mechir_nig.data.judged_pairs)")
+    fields_ = [_pair_fields(p, i) for i, p in enumerate(pairs)]
+    order = sorted(range(len(fields_)), key=lambda i: -(len(fields_[i][0]) + len(fields_[i][1])))
+    fingerprint = hashlib.sha256("\n".join(fields_[i][3] for i in order).encode()).hexdigest()
+    _check_tokenizable(model, fields_, pairs, int(cfg.max_length or model.max_length))
+    record = {
+        "model": model_fingerprint(model),
+        "dtype": str(model.cfg.dtype),
+        **cfg.record(),
+        "layers": list(cfg.layers or ()),
+        "pairs_fingerprint": fingerprint,
+        "n_pairs": len(pairs),
+    }
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    stats = None
+    if ckpt is not None and ckpt.exists():
+        if not resume:
+            raise InputError(f"checkpoint {ckpt} exists; pass resume=True to continue it, or remove it")
+        stats = CollectionAttribution.load(ckpt)
+        old = {k: stats.meta.get(k) for k in record}
+        if old != record:
+            diff = {k: (old[k], record[k]) for k in record if old[k] != record[k]}
+            what = "another model (its weights differ)" if "model" in diff else "other pairs or settings"
+            raise InputError(f"checkpoint {ckpt} was made with {what} {diff}; use another file")
+    if stats is None:
+        stats = CollectionAttribution(
+            layers=list(cfg.layers or ()), n_layers=model.cfg.n_layers, d_mlp=model.cfg.d_mlp
+        )
+        stats.meta.update(record)
+        stats.meta["model_name"] = model.cfg.model_name
+        stats.meta["collection"] = collection
+        stats.meta["truncated"] = dict.fromkeys(LABELS, 0)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(pairs), initial=stats.n_done, desc="attributing pairs", unit="pair")
+    last_ckpt = stats.n_done
+    nig_kwargs = cfg.nig_kwargs()
+    for s in range(stats.n_done, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        attr = neuron_integrated_gradients(
+            model, [fields_[i][0] for i in idx], [fields_[i][1] for i in idx], **nig_kwargs
+        )
+        groups = attr.by_group()
+        labels = [fields_[i][2] for i in idx]
+        for label in LABELS:
+            rows = [j for j, lab in enumerate(labels) if lab == label]
+            if rows:
+                stats.update(label, groups[rows])
+                stats.meta["truncated"][label] += int(attr.truncated[rows].sum())
+        stats.n_done = s + len(idx)
+        if bar is not None:
+            bar.update(len(idx))
+        if ckpt is not None and (stats.n_done - last_ckpt >= checkpoint_every or stats.n_done == len(order)):
+            stats.save(ckpt)
+            last_ckpt = stats.n_done
+        if on_batch is not None:
+            on_batch(stats.n_done)
+    if bar is not None:
+        bar.close()
+    return stats
