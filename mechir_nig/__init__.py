@@ -50,9 +50,9 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from mechir_nig.attribution.settings import NIGSettings
     from mechir_nig.attribution.stats import CollectionAttribution
-    from mechir_nig.experiments.attribute import attribute_collection
     from mechir_nig.data import bm25_candidates, judged_pairs, load_collection
     from mechir_nig.evaluation import evaluate, rerank
+    from mechir_nig.experiments.attribute import attribute_collection
     from mechir_nig.models import (
         GROUPS,
         EncoderConfig,

@@ -8,8 +8,8 @@ import torch
 from mechir_nig import InputError
 from mechir_nig.attribution import neuron_integrated_gradients
 from mechir_nig.attribution.stats import CollectionAttribution, top_neurons
-from mechir_nig.experiments.attribute import attribute_collection
 from mechir_nig.data import judged_pairs, load_collection
+from mechir_nig.experiments.attribute import attribute_collection
 
 
 @pytest.fixture(scope="module")

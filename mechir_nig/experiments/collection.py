@@ -58,9 +58,9 @@ def split_half_stability(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Overlap of the top-``fraction`` relevant-label neuron sets of two disjoint query halves."""
-    from mechir_nig.experiments.attribute import attribute_collection
     from mechir_nig.attribution.neurons import overlap_report, select_top
     from mechir_nig.data import judged_pairs
+    from mechir_nig.experiments.attribute import attribute_collection
 
     qids = sorted(
         {q.query_id for q in collection.qrels if q.relevance > 0 and q.query_id in collection.queries}
