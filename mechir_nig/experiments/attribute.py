@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mechir_nig._validate import check_int
 from mechir_nig.attribution.settings import NIGSettings, model_fingerprint
 from mechir_nig.attribution.stats import LABELS, CollectionAttribution
 from mechir_nig.errors import InputError
@@ -68,11 +69,6 @@ def _check_tokenizable(model: Any, fields_: list, pairs: Sequence[Any], max_leng
             f"{len(bad)} of {len(pairs)} pairs cannot be attributed: {'; '.join(examples)}; "
             "remove them from pairs (or raise max_length) and run again"
         )
-
-
-def _check_positive(name: str, v: Any) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise InputError(f"{name} must be an int >= 1, got {v!r}")
 
 
 def attribute_collection(
@@ -131,8 +127,8 @@ def attribute_collection(
     if settings is not None and not isinstance(settings, NIGSettings):
         raise InputError(f"settings must be a NIGSettings, got {type(settings).__name__}")
     cfg = replace(settings or NIGSettings(), **overrides).resolved(model)
-    _check_positive("batch_size", batch_size)
-    _check_positive("checkpoint_every", checkpoint_every)
+    check_int(batch_size, "batch_size", minimum=1)
+    check_int(checkpoint_every, "checkpoint_every", minimum=1)
     if len(pairs) == 0:
         raise InputError("pairs is empty; pass judged pairs (mechir_nig.data.judged_pairs)")
     fields_ = [_pair_fields(p, i) for i, p in enumerate(pairs)]

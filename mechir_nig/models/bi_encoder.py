@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
+from mechir_nig._validate import check_choice
 from mechir_nig.errors import InputError, ModelLoadError
 from mechir_nig.models import loading
 from mechir_nig.models.config import EncoderConfig
@@ -42,10 +43,8 @@ class HookedBiEncoder(HookedEncoderBase):
         similarity: str = "cosine",
         max_length: int | None = None,
     ):
-        if pooling not in POOLINGS:
-            raise InputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if similarity not in SIMILARITIES:
-            raise InputError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        check_choice(pooling, "pooling", POOLINGS)
+        check_choice(similarity, "similarity", SIMILARITIES)
         super().__init__(cfg, tokenizer, with_pooler=False)
         self.pooling = pooling
         self.similarity = similarity

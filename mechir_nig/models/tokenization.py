@@ -24,6 +24,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from mechir_nig._validate import check_int
 from mechir_nig.errors import InputError, TruncationWarning
 
 GROUPS = ("cls", "query", "sep", "doc", "pad")
@@ -152,8 +153,7 @@ def doc_budget(max_length: int, n_query_tokens: int, n_special: int = 3) -> int:
 
 
 def _check_max_length(max_length: int, n_ctx: int) -> None:
-    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 4:
-        raise InputError(f"max_length must be an int >= 4, got {max_length!r}")
+    check_int(max_length, "max_length", minimum=4)
     if max_length > n_ctx:
         raise InputError(
             f"max_length={max_length} exceeds the model's {n_ctx} positions; use at most {n_ctx}"
