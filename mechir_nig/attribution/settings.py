@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -43,10 +44,14 @@ class NIGSettings:
     n_steps: int = 32
     baseline: str = "pad"
     method: str = "riemann_trapezoid"
-    layers: tuple[int, ...] | None = None
+    layers: Sequence[int] | None = None
     side: str | None = None
     max_length: int | None = None
     internal_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.layers is not None and not isinstance(self.layers, tuple):  # hashable, and JSON as a list
+            object.__setattr__(self, "layers", tuple(self.layers))
 
     def resolved(self, model: Any) -> NIGSettings:
         """Validated, with ``layers`` and ``max_length`` made explicit for ``model``."""
