@@ -423,3 +423,27 @@ def test_explicit_pooling_overrides_the_saved_config(tmp_path, minilm_path):
 def test_batched_scoring_rejects_bad_batch_size(tiny_ce):
     with pytest.raises(InputError, match="batch_size must be >= 1"):
         tiny_ce.score(QUERIES, DOCS, batch_size=0)
+
+
+def test_no_transformers_length_warning_on_truncated_input(tiny_ce_dir, minilm_path, capsys, caplog):
+    """transformers warns "Token indices sequence length is longer than ..." when it tokenizes a text
+    longer than the model's maximum without truncating it; the toolkit counts such texts itself and
+    truncates them (reported), so the warning must not fire."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    ce = HookedCrossEncoder.from_pretrained(tiny_ce_dir)  # fresh tokenizers: transformers warns once each
+    be = HookedBiEncoder.from_pretrained(minilm_path)
+    hf_logging.set_verbosity_warning()
+    hf_logging.enable_propagation()
+    long_doc = " ".join(DOCS * 40)  # > 512 tokens
+    try:
+        with caplog.at_level(logging.WARNING), pytest.warns(TruncationWarning):
+            ce.tokenize([QUERIES[0]], [long_doc])
+            be.tokenize([long_doc])
+    finally:
+        hf_logging.disable_propagation()
+        hf_logging.set_verbosity_error()
+    text = caplog.text + capsys.readouterr().err
+    assert "sequence length is longer" not in text
