@@ -31,3 +31,9 @@ class DataError(MechirNigError, ValueError):
 class PostLayerNormError(MechirNigError, NotImplementedError):
     """A TransformerLens method that assumes a pre-LN residual stream (a sum of component outputs,
     one final LayerNorm) was called on a post-LN encoder, where it would return wrong numbers."""
+
+
+class DataWarning(UserWarning):
+    """A data set is usable but incomplete or inconsistent: qrels naming unknown documents, records
+    skipped for an empty text, a relevance scale that was not stated. The counts are in the
+    ``report`` of the object returned (``Collection.report``, ``JudgedPairs.report``)."""

@@ -409,9 +409,35 @@ def test_embedded_collection():
 # --------------------------------------------------------------------------------------------------
 
 
+class FakeDocstore:
+    """ir_datasets' Docstore interface (get_many returns the found documents by id), counting lookups."""
+
+    def __init__(self, records):
+        self.records = {r.doc_id: r for r in records}
+        self.requested: list[str] = []
+        self.calls = 0
+
+    def get_many(self, doc_ids, field=None):
+        self.calls += 1
+        self.requested.extend(doc_ids)
+        return {i: self.records[i] for i in doc_ids if i in self.records}
+
+
 class FakeIrdsDataset:
     def __init__(self, fail: bool = False):
+        from ir_datasets.formats import GenericDoc
+
         self.fail = fail
+        Titled = type("TitledDoc", (), {})  # noqa: N806 - a record with title and text fields
+        titled = Titled()
+        titled.doc_id, titled.title, titled.text = "d2", "Dogs", "Dogs  bark."
+        self.records = [GenericDoc("d1", "Cats purr."), titled, GenericDoc("d3", "   ")]
+        self.store = FakeDocstore(self.records)
+        self.docs_iter_calls = 0
+
+    def _check(self):
+        if self.fail:
+            raise RuntimeError("All download sources failed (offline)")
 
     def has_docs(self):
         return True
@@ -425,19 +451,22 @@ class FakeIrdsDataset:
     def has_scoreddocs(self):
         return True
 
-    def docs_iter(self):
-        from ir_datasets.formats import GenericDoc
+    def docs_count(self):
+        return len(self.records)
 
-        if self.fail:
-            raise RuntimeError("All download sources failed (offline)")
-        Titled = type("TitledDoc", (), {})  # noqa: N806 - a record with title and text fields
-        titled = Titled()
-        titled.doc_id, titled.title, titled.text = "d2", "Dogs", "Dogs  bark."
-        return iter([GenericDoc("d1", "Cats purr."), titled, GenericDoc("d3", "   ")])
+    def docs_store(self):
+        self._check()
+        return self.store
+
+    def docs_iter(self):
+        self._check()
+        self.docs_iter_calls += 1
+        return iter(self.records)
 
     def queries_iter(self):
         from ir_datasets.formats import GenericQuery, TrecQuery
 
+        self._check()
         return iter([GenericQuery("q1", "cats"), TrecQuery("q2", "dog noise", "desc", "narr")])
 
     def qrels_iter(self):
@@ -454,14 +483,20 @@ class FakeIrdsDataset:
 def test_irds_loading(monkeypatch):
     import ir_datasets
 
-    monkeypatch.setattr(ir_datasets, "load", lambda dataset_id: FakeIrdsDataset())
-    with pytest.warns(DataWarning, match="empty_docs_dropped"):
+    fake = FakeIrdsDataset()
+    monkeypatch.setattr(ir_datasets, "load", lambda dataset_id: fake)
+    with pytest.warns(DataWarning, match=r"grades \[1, 2\] are not binary"):
         col = load_collection("irds:fake/test")
     assert col.name == "fake/test"
-    assert col.docs == {"d1": "Cats purr.", "d2": "Dogs Dogs bark."}
+    assert repr(col) == "Collection(name='fake/test', docs=lazy(3), queries=2, qrels=2, scoreddocs=2)"
+    assert fake.docs_iter_calls == 0 and fake.store.calls == 0  # documents are looked up lazily
+    with pytest.warns(DataWarning, match=r"skipped 1 documents without text \(e.g. \['d3'\]\)"):
+        assert col.get_docs(["d2", "d3", "d1", "zz"]) == {"d2": "Dogs Dogs bark.", "d1": "Cats purr."}
+    assert col.report["empty_docs_skipped"] == 1 and col.report["empty_docs_skipped_ids"] == ["d3"]
+    assert col.docs == {"d1": "Cats purr.", "d2": "Dogs Dogs bark."}  # whole-corpus iteration
+    assert fake.docs_iter_calls == 1
     assert col.queries == {"q1": "cats", "q2": "dog noise"}
     assert col.qrels == [Qrel("q1", "d1", 1, "0"), Qrel("q2", "d2", 2, "0")]
-    assert col.report["empty_docs_dropped"] == 1
     assert scoreddocs_candidates(col, k=1) == {"q1": {"d2": 5.0}, "q2": {}}
 
 

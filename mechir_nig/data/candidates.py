@@ -5,7 +5,9 @@ Every function returns a run in ir_measures' dict format, ``{query_id: {doc_id: 
 
 BM25 (Robertson & Zaragoza, 2009) uses bm25s' Lucene variant (``k1=1.5``, ``b=0.75``) over lowercased
 word tokens (``\\w\\w+``) without stemming, with bm25s' English stopword list removed. The index is
-built once per :class:`BM25Index`; :func:`bm25_candidates` builds one and searches every query.
+built once per :class:`BM25Index` (tokenize -> index); :meth:`BM25Index.run` searches every query with
+one batched ``bm25s.BM25.retrieve`` call. Results are deterministic: best score first, ties broken by
+document order.
 
 Example:
     >>> from mechir_nig.data import bm25_candidates, load_collection
@@ -18,9 +20,10 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from mechir_nig.data.collections import Collection, Run, _select_query_ids, read_trec_run
+from mechir_nig.data.collection import Collection, Run, select_query_ids
+from mechir_nig.data.formats.run import read_trec_run
 from mechir_nig.errors import InputError
 
 if TYPE_CHECKING:
@@ -34,7 +37,7 @@ def _check_k(k: int) -> None:
         raise InputError(f"k (candidates per query) must be an integer >= 1, got {k!r}")
 
 
-def _check_collection(collection: Collection) -> None:
+def _check_collection(collection: Any) -> None:
     if not isinstance(collection, Collection):
         raise InputError(
             f"collection must be a Collection (see load_collection), got {type(collection).__name__}"
@@ -44,23 +47,28 @@ def _check_collection(collection: Collection) -> None:
 class BM25Index:
     """A BM25 index over documents, built once and searched many times.
 
+    Building the index reads **every** document once (for a lazily loaded ir_datasets corpus this
+    iterates ``docs_iter`` over the whole corpus, and the texts are held while they are tokenized).
+
     Args:
         docs: ``{doc_id: text}`` or a :class:`~mechir_nig.data.Collection` (its ``docs``).
         k1, b: BM25 parameters.
         stopwords: ``"en"`` (bm25s' English list), a list of words, or ``None`` to keep every word.
 
     Raises:
-        InputError: for an empty ``docs`` or negative ``k1``/``b`` outside ``[0, 1]``.
+        InputError: for an empty ``docs``, ``k1 < 0`` or ``b`` outside ``[0, 1]``.
 
     Example:
         >>> index = BM25Index({"d1": "cats purr when content", "d2": "dogs bark at strangers"})
         >>> index.search("why do cats purr", k=1)  # doctest: +ELLIPSIS
         {'d1': ...}
+        >>> index.run({"q1": "dogs", "q2": "cats"}, k=1)  # doctest: +ELLIPSIS
+        {'q1': {'d2': ...}, 'q2': {'d1': ...}}
     """
 
     def __init__(
         self,
-        docs: Mapping[str, str] | Collection,
+        docs: Mapping | Collection,
         *,
         k1: float = 1.5,
         b: float = 0.75,
@@ -74,21 +82,28 @@ class BM25Index:
             raise InputError("docs must be a non-empty dict {doc_id: text} or a Collection")
         if k1 < 0 or not 0 <= b <= 1:
             raise InputError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
-        self.doc_ids: list[str] = list(texts)
+        self.doc_ids: list[str] = []
+        bodies: list[str] = []
+        for doc_id, text in texts.items():  # one pass, also over a lazy corpus
+            self.doc_ids.append(doc_id)
+            bodies.append(text)
         self._tokenizer = Tokenizer(lower=True, stopwords=stopwords or [], stemmer=None)
-        corpus = self._tokenizer.tokenize(
-            list(texts.values()), update_vocab=True, return_as="tuple", show_progress=False
-        )
+        corpus = self._tokenizer.tokenize(bodies, update_vocab=True, return_as="tuple", show_progress=False)
+        del bodies
         self._empty_id = self._tokenizer.word_to_id.get("")
         self._bm25 = bm25s.BM25(k1=k1, b=b)
         self._bm25.index(corpus, show_progress=False)
+
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Vocabulary ids of each text's known terms (unknown words and stopwords dropped)."""
+        tokenized = self._tokenizer.tokenize(texts, update_vocab=False, return_as="ids", show_progress=False)
+        return [[i for i in ids if i != self._empty_id] for ids in tokenized]
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 scores of every document (in ``doc_ids`` order) for ``query``; all zero without known terms."""
         import numpy as np
 
-        ids = self._tokenizer.tokenize([query], update_vocab=False, return_as="ids", show_progress=False)[0]
-        ids = [i for i in ids if i != self._empty_id]
+        ids = self._token_ids([query])[0]
         if not ids:
             return np.zeros(len(self.doc_ids), dtype=np.float32)
         return self._bm25.get_scores_from_ids(ids)
@@ -96,8 +111,9 @@ class BM25Index:
     def search(self, query: str, k: int = 100) -> dict[str, float]:
         """The ``k`` best documents with a positive score, best first: ``{doc_id: score}``.
 
-        Ties are broken by document order, so results are deterministic. Documents sharing no term with
-        the query are never returned, so a query may get fewer than ``k`` (or no) documents.
+        Scores every document for one query; use :meth:`run` for many queries. Ties are broken by
+        document order, so results are deterministic. Documents sharing no term with the query are never
+        returned, so a query may get fewer than ``k`` (or no) documents.
         """
         import numpy as np
 
@@ -107,9 +123,50 @@ class BM25Index:
         return {self.doc_ids[i]: float(scores[i]) for i in order if scores[i] > 0}
 
     def run(self, queries: Mapping[str, str], k: int = 100) -> Run:
-        """Search every query of ``{query_id: text}``: a run ``{query_id: {doc_id: score}}``."""
+        """Search every query of ``{query_id: text}`` at once: a run ``{query_id: {doc_id: score}}``.
+
+        All queries are tokenized together and retrieved with one batched ``bm25s`` ``retrieve(query
+        tokens, k + 1)`` call. The results equal :meth:`search` for each query: best first, ties broken
+        by document order, zero scores left out. When documents tie across the cut-off (the ``k``-th and
+        ``(k+1)``-th scores are equal), which of them make the top ``k`` is settled like :meth:`search`
+        does (lowest document index), by scoring that query in full.
+
+        Raises:
+            InputError: for ``k < 1`` or a ``queries`` that is not a dict of texts.
+        """
+        import numpy as np
+
         _check_k(k)
-        return {qid: self.search(text, k) for qid, text in queries.items()}
+        if not isinstance(queries, Mapping):
+            raise InputError("queries must be a dict {query_id: text}")
+        qids = list(queries)
+        token_ids = self._token_ids([queries[q] for q in qids])
+        run: Run = {qid: {} for qid in qids}
+        live = [j for j, ids in enumerate(token_ids) if ids]  # no known term: no document scores > 0
+        if not live:
+            return run
+        depth = min(k + 1, len(self.doc_ids))
+        found, scores = self._bm25.retrieve(
+            [token_ids[j] for j in live], k=depth, sorted=True, show_progress=False, backend_selection="numpy"
+        )
+        order = np.lexsort((found, -scores), axis=-1)  # score descending, then document index
+        found = np.take_along_axis(found, order, axis=-1)
+        scores = np.take_along_axis(scores, order, axis=-1)
+        if depth > k:
+            tied = (scores[:, k - 1] > 0) & (scores[:, k - 1] == scores[:, k])
+        else:
+            tied = np.zeros(len(live), dtype=bool)
+        doc_ids = self.doc_ids
+        for row, j in enumerate(live):
+            if tied[row]:
+                run[qids[j]] = self.search(queries[qids[j]], k)
+                continue
+            top = scores[row, :k]
+            keep = top > 0
+            run[qids[j]] = dict(
+                zip([doc_ids[i] for i in found[row, :k][keep]], top[keep].astype(float).tolist(), strict=True)
+            )
+        return run
 
 
 def bm25_candidates(
@@ -121,6 +178,9 @@ def bm25_candidates(
     b: float = 0.75,
 ) -> Run:
     """Top-``k`` BM25 candidates of a collection's queries.
+
+    The index covers every document: for a lazily loaded ir_datasets corpus this reads the whole corpus
+    once through ``docs_iter`` (see :class:`BM25Index`).
 
     Args:
         collection: the collection to index and search.
@@ -137,13 +197,13 @@ def bm25_candidates(
 
     Example:
         >>> from mechir_nig.data import load_collection
-        >>> run = bm25_candidates(load_collection("embedded"), k=10, query_ids=["q01"])
-        >>> list(run)
-        ['q01']
+        >>> run = bm25_candidates(load_collection("embedded"), k=10)
+        >>> len(run["q01"]) <= 10
+        True
     """
     _check_collection(collection)
     _check_k(k)
-    ids = _select_query_ids(collection.queries, query_ids, f"collection {collection.name!r}")
+    ids = select_query_ids(collection.queries, query_ids, f"collection {collection.name!r}")
     index = BM25Index(collection, k1=k1, b=b)
     return index.run({qid: collection.queries[qid] for qid in ids}, k)
 
@@ -160,7 +220,8 @@ def scoreddocs_candidates(
 
     Returns:
         A run ``{query_id: {doc_id: score}}``, best first; every requested query is a key. Results naming
-        documents absent from the collection are left out (``Collection.report`` counts them).
+        documents absent from the collection are left out (``Collection.report`` counts them); with lazy
+        documents only the top results are looked up (further ones only to replace absent documents).
 
     Raises:
         InputError: when the collection has no scoreddocs, for ``k < 1`` or unknown query ids.
@@ -175,14 +236,23 @@ def scoreddocs_candidates(
             f"collection {collection.name!r} has no scoreddocs: use bm25_candidates(collection), or load a "
             "run with read_trec_run(path) / load_collection(..., run=path)"
         )
-    ids = _select_query_ids(collection.queries, query_ids, f"collection {collection.name!r}")
+    ids = select_query_ids(collection.queries, query_ids, f"collection {collection.name!r}")
     wanted = set(ids)
     grouped: dict[str, list[tuple[str, float]]] = {qid: [] for qid in ids}
     for s in collection.scoreddocs:
-        if s.query_id in wanted and s.doc_id in collection.docs:
+        if s.query_id in wanted:
             grouped[s.query_id].append((s.doc_id, float(s.score)))
-    run: Run = {}
-    for qid, results in grouped.items():
-        best = sorted(results, key=lambda r: -r[1])[:k]  # stable: ties keep the source order
-        run[qid] = dict(best)
+    ranked = {qid: sorted(results, key=lambda r: -r[1]) for qid, results in grouped.items()}  # stable
+    run: Run = {qid: {} for qid in ids}
+    cursor = dict.fromkeys(ids, 0)
+    pending = [qid for qid in ids if ranked[qid]]
+    while pending:  # look up the next results of every query short of k at once (usually one round)
+        batch = {qid: ranked[qid][cursor[qid] : cursor[qid] + k - len(run[qid])] for qid in pending}
+        present = collection.get_docs(did for part in batch.values() for did, _ in part)
+        pending = []
+        for qid, part in batch.items():
+            cursor[qid] += len(part)
+            run[qid].update((did, score) for did, score in part if did in present)
+            if len(run[qid]) < k and cursor[qid] < len(ranked[qid]):
+                pending.append(qid)
     return run

@@ -1,10 +1,14 @@
 """Judged (query, document) pairs labelled relevant or non-relevant, for attribution by label.
 
-NIG statistics are aggregated per label: relevant pairs (``relevance > 0`` in the qrels) against
-non-relevant ones. Non-relevant pairs come from judgements ``<= 0`` and, optionally, from first-stage
+NIG statistics are aggregated per label: relevant pairs (grade ``>= relevance_threshold`` in the qrels,
+the collection's threshold by default, 1 unless stated) against non-relevant ones. Non-relevant pairs
+come from judgements below the threshold and, optionally, from first-stage
 candidates that were not judged relevant (many collections, Vaswani among them, judge only relevant
 documents). :func:`judged_pairs` samples both with per-query caps, seeded per query so that one query's
-choice never depends on the others, and reports what it could not use.
+choice never depends on the others, and reports what it could not use. Document texts are fetched in
+one :meth:`~mechir_nig.data.Collection.get_docs` call for exactly the documents the selected queries
+could use (their judged documents, plus their candidates when unjudged candidates are sampled), so a
+lazily loaded ir_datasets corpus is never read in full.
 
 Example:
     >>> from mechir_nig.data import judged_pairs, load_collection
@@ -20,8 +24,8 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 
-from mechir_nig.data.collections import Collection, DataWarning, _select_query_ids
-from mechir_nig.errors import InputError
+from mechir_nig.data.collection import Collection, check_relevance_threshold, select_query_ids
+from mechir_nig.errors import DataWarning, InputError
 
 __all__ = ["JudgedPair", "JudgedPairs", "judged_pairs"]
 
@@ -35,8 +39,9 @@ class JudgedPair(NamedTuple):
     Attributes:
         query_id, doc_id: ids in the collection.
         query, doc: their texts.
-        relevance: the qrels grade, or ``None`` for an unjudged candidate taken as non-relevant.
-        label: ``"relevant"`` (``relevance > 0``) or ``"nonrelevant"``.
+        relevance: the qrels grade (after the collection's ``grade_map``), or ``None`` for an unjudged
+            candidate taken as non-relevant.
+        label: ``"relevant"`` (``relevance >= relevance_threshold``) or ``"nonrelevant"``.
     """
 
     query_id: str
@@ -52,8 +57,9 @@ class JudgedPairs(list):
 
     ``report`` keys: ``queries`` (queries considered), ``relevant`` / ``nonrelevant`` (pairs kept),
     ``queries_without_relevant`` / ``queries_without_nonrelevant`` (queries that yielded no pair of that
-    label available, before any cap; their other pairs are kept) with the ids under ``..._ids``, and ``qrels_unknown_skipped``
-    (judgements naming a document missing from the collection).
+    label available, before any cap; their other pairs are kept) with the ids under ``..._ids``,
+    ``qrels_unknown_skipped`` (judgements naming a document missing from the collection) and
+    ``relevance_threshold`` (the lowest grade taken as relevant).
     """
 
     report: dict[str, Any]
@@ -93,11 +99,12 @@ def judged_pairs(
     sample_nonrelevant_from_candidates: bool = False,
     query_ids: Iterable[str] | None = None,
     seed: int = 0,
+    relevance_threshold: int | None = None,
 ) -> JudgedPairs:
     """Labelled (query, document) pairs from a collection's qrels, capped and sampled per query.
 
-    Relevant pairs are the judgements with ``relevance > 0``. The non-relevant pool of a query is its
-    judgements with ``relevance <= 0``; with ``candidates`` it is restricted to the documents the first
+    Relevant pairs are the judgements with ``relevance >= relevance_threshold``. The non-relevant pool of
+    a query is its judgements below the threshold; with ``candidates`` it is restricted to the documents the first
     stage retrieved for that query (hard negatives), and with ``sample_nonrelevant_from_candidates`` the
     unjudged candidates join the pool (relevance ``None``), i.e. the pool becomes every candidate not
     judged relevant. Caps draw uniformly without replacement with a generator seeded by ``(seed,
@@ -113,6 +120,8 @@ def judged_pairs(
             ``candidates``).
         query_ids: restrict to these queries (default: every query of the collection, in its order).
         seed: seed of the sampling.
+        relevance_threshold: the lowest relevant grade (integer >= 1); default: the collection's
+            (``load_collection(..., relevance_threshold=...)``, 1 unless stated).
 
     Returns:
         A :class:`JudgedPairs` list, per query the relevant pairs (in qrels order) then the non-relevant
@@ -121,8 +130,8 @@ def judged_pairs(
         :class:`~mechir_nig.data.DataWarning`; their other pairs are kept.
 
     Raises:
-        InputError: for negative or non-integer caps, unknown ``query_ids``, or
-            ``sample_nonrelevant_from_candidates`` without ``candidates``.
+        InputError: for negative or non-integer caps, unknown ``query_ids``, a bad
+            ``relevance_threshold``, or ``sample_nonrelevant_from_candidates`` without ``candidates``.
 
     Example:
         >>> from mechir_nig.data import bm25_candidates, load_collection
@@ -146,10 +155,14 @@ def judged_pairs(
         raise InputError("candidates must be a run dict {query_id: {doc_id: score}}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed must be an integer, got {seed!r}")
-    ids = _select_query_ids(collection.queries, query_ids, f"collection {collection.name!r}")
+    threshold = check_relevance_threshold(relevance_threshold) or collection.relevance_threshold
+    ids = select_query_ids(collection.queries, query_ids, f"collection {collection.name!r}")
 
     judged = collection.qrels_dict()
-    docs = collection.docs
+    needed = [did for qid in ids for did in judged.get(qid, {})]
+    if candidates is not None and sample_nonrelevant_from_candidates:
+        needed += [did for qid in ids for did in candidates.get(qid, {})]
+    docs = collection.get_docs(needed)  # one lookup: a lazy docstore is asked for these ids only
     pairs = JudgedPairs()
     without_rel: list[str] = []
     without_nonrel: list[str] = []
@@ -157,8 +170,8 @@ def judged_pairs(
     for qid in ids:
         judgements = judged.get(qid, {})
         unknown_skipped += sum(1 for did in judgements if did not in docs)
-        relevant = [did for did, rel in judgements.items() if rel > 0 and did in docs]
-        pool = [did for did, rel in judgements.items() if rel <= 0 and did in docs]
+        relevant = [did for did, rel in judgements.items() if rel >= threshold and did in docs]
+        pool = [did for did, rel in judgements.items() if rel < threshold and did in docs]
         if candidates is not None:
             ranked = candidates.get(qid, {})
             pool = [did for did in pool if did in ranked]
@@ -186,6 +199,7 @@ def judged_pairs(
         "queries_without_nonrelevant": len(without_nonrel),
         "queries_without_nonrelevant_ids": without_nonrel,
         "qrels_unknown_skipped": unknown_skipped,
+        "relevance_threshold": threshold,
     }
     missing = [
         f"{len(qs)} of {len(ids)} queries have no {label} pair (e.g. {qs[:3]})"

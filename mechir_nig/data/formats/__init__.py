@@ -1,0 +1,126 @@
+"""File formats of IR test collections, one parser family per module, each streaming its file.
+
+* :mod:`~mechir_nig.data.formats.trec`: TREC SGML documents, topics and qrels;
+* :mod:`~mechir_nig.data.formats.tsv`: ``id<TAB>text`` files (MS MARCO headers recognised);
+* :mod:`~mechir_nig.data.formats.jsonl`: JSON lines (BEIR, Pyserini, ir_datasets exports);
+* :mod:`~mechir_nig.data.formats.run`: TREC run files.
+
+Every parser yields records as it reads (a file never has to fit in memory twice) and raises
+:class:`~mechir_nig.errors.DataError` naming the file and line of anything malformed. Texts are
+whitespace-normalised so that the same text reads the same from every format. :func:`detect_format`
+tells a documents/queries file's format from its extension or first line, and :func:`read_texts`
+dispatches to the right parser.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "queries"
+    >>> _ = path.write_text("qid\\tquery\\nq1\\twhy do cats purr\\n")
+    >>> detect_format(path), dict(read_texts(path, "queries"))
+    ('tsv', {'q1': 'why do cats purr'})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from mechir_nig.data.formats._io import EmptyPolicy, PathLike, check_file, lines
+from mechir_nig.data.formats.jsonl import read_jsonl
+from mechir_nig.data.formats.run import Run, iter_trec_run, read_trec_run
+from mechir_nig.data.formats.trec import TOPIC_FIELDS, read_trec_docs, read_trec_qrels, read_trec_topics
+from mechir_nig.data.formats.tsv import is_tsv_header, read_tsv
+from mechir_nig.errors import DataError, InputError
+
+__all__ = [
+    "TOPIC_FIELDS",
+    "EmptyPolicy",
+    "PathLike",
+    "Run",
+    "detect_format",
+    "is_tsv_header",
+    "iter_trec_run",
+    "read_jsonl",
+    "read_texts",
+    "read_trec_docs",
+    "read_trec_qrels",
+    "read_trec_run",
+    "read_trec_topics",
+    "read_tsv",
+]
+
+_EXTENSIONS = {
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".trec": "trec",
+    ".sgml": "trec",
+    ".xml": "trec",
+    ".trectext": "trec",
+    ".topics": "trec",
+}
+
+
+def detect_format(path: PathLike) -> str:
+    """``"trec"``, ``"tsv"`` or ``"jsonl"``: from the extension (``.gz`` ignored), else the first line.
+
+    Raises:
+        InputError: when ``path`` is not a file.
+        DataError: when neither the name nor the first non-blank line tells (the message lists the
+            extensions to use).
+
+    Example:
+        >>> detect_format("corpus.jsonl.gz")  # doctest: +SKIP
+        'jsonl'
+    """
+    p = check_file(path)
+    suffixes = [s.lower() for s in p.suffixes if s.lower() != ".gz"]
+    if suffixes and suffixes[-1] in _EXTENSIONS:
+        return _EXTENSIONS[suffixes[-1]]
+    for _, line in lines(p):
+        head = line.strip()
+        if not head:
+            continue
+        if head.startswith("<"):
+            return "trec"
+        if head.startswith("{"):
+            return "jsonl"
+        if "\t" in head:
+            return "tsv"
+        break
+    raise DataError(
+        f"{path}: cannot tell the format from the name or the first line; name the file .trec (TREC SGML), "
+        ".tsv (id<TAB>text) or .jsonl (JSON lines)"
+    )
+
+
+def read_texts(
+    path: PathLike,
+    role: str,
+    *,
+    topic_field: str = "title",
+    empty: str = "error",
+    skipped: list[tuple[str, int]] | None = None,
+) -> Iterator[tuple[str, str]]:
+    """Stream ``(id, text)`` from a documents (``role="docs"``) or queries (``role="queries"``) file.
+
+    The format comes from :func:`detect_format`; a TREC file is read with :func:`read_trec_docs` for
+    documents and :func:`read_trec_topics` (``field=topic_field``) for queries.
+
+    Raises:
+        InputError: for a ``role`` other than ``"docs"``/``"queries"`` or a missing file.
+        DataError: as the parser of the detected format.
+
+    Example:
+        >>> docs = dict(read_texts("corpus.jsonl", "docs"))  # doctest: +SKIP
+    """
+    if role not in ("docs", "queries"):
+        raise InputError(f"role must be 'docs' or 'queries', got {role!r}")
+    fmt = detect_format(path)
+    if fmt == "tsv":
+        return read_tsv(path, empty=empty, skipped=skipped)
+    if fmt == "jsonl":
+        return read_jsonl(path, empty=empty, skipped=skipped)
+    if role == "docs":
+        return read_trec_docs(path, empty=empty, skipped=skipped)
+    return read_trec_topics(path, field=topic_field, empty=empty, skipped=skipped)

@@ -1,0 +1,94 @@
+"""Tab-separated ``id<TAB>text`` files (MS MARCO ``collection.tsv``/``queries.*.tsv``, BEIR exports).
+
+:func:`read_tsv` streams ``(id, text)`` pairs. Further columns (``id<TAB>title<TAB>body``) are joined to
+the text; blank lines are skipped; a first line that is a header (``id<TAB>text``, ``pid<TAB>passage``,
+``qid<TAB>query``, ``doc_id<TAB>text``, ``query_id<TAB>text``, ...) is recognised and skipped, never read
+as a record. Malformed lines raise :class:`~mechir_nig.errors.DataError` naming the file and line.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "collection.tsv"
+    >>> _ = path.write_text("pid\\tpassage\\n0\\tcats purr\\n1\\tdogs   bark\\n")
+    >>> list(read_tsv(path))
+    [('0', 'cats purr'), ('1', 'dogs bark')]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from mechir_nig.data.formats._io import EmptyRecords, PathLike, claim, fail, lines, norm
+
+__all__ = ["TSV_HEADER_IDS", "TSV_HEADER_TEXTS", "is_tsv_header", "read_tsv"]
+
+#: Names of the id column that mark a first line as a header (compared lowercased).
+TSV_HEADER_IDS = frozenset(
+    {"id", "_id", "doc_id", "docid", "docno", "pid", "passage_id", "query_id", "qid", "topic_id"}
+)
+#: Names of the text column that mark a first line as a header (compared lowercased).
+TSV_HEADER_TEXTS = frozenset({"text", "title", "query", "question", "contents", "body", "passage"})
+
+
+def is_tsv_header(fields: list[str]) -> bool:
+    """Whether the fields of a first line name columns (``pid``, ``passage``) rather than a record.
+
+    Example:
+        >>> is_tsv_header(["qid", "query"]), is_tsv_header(["1", "what is a neuron"])
+        (True, False)
+    """
+    return (
+        len(fields) >= 2
+        and fields[0].strip().lower() in TSV_HEADER_IDS
+        and fields[1].strip().lower() in TSV_HEADER_TEXTS
+    )
+
+
+def read_tsv(
+    path: PathLike, *, empty: str = "error", skipped: list[tuple[str, int]] | None = None
+) -> Iterator[tuple[str, str]]:
+    """Stream ``(id, text)`` from a tab-separated file with lines ``id<TAB>text``.
+
+    Further columns (e.g. ``id<TAB>title<TAB>body``) are joined to the text with spaces; blank lines are
+    skipped, and so is a first line that is a header (see :func:`is_tsv_header`).
+
+    Args:
+        path: the file (``.gz`` is decompressed).
+        empty: ``"error"`` (default): a record without text is a DataError; ``"skip"``: skip it.
+        skipped: with ``empty="skip"``, receives ``(id, line)`` of each skipped record; without it, a
+            :class:`~mechir_nig.errors.DataWarning` says how many were skipped.
+
+    Yields:
+        ``(id, text)`` pairs in file order.
+
+    Raises:
+        InputError: for an ``empty`` other than ``"error"`` or ``"skip"``.
+        DataError: naming the file and line of a line without a tab, an empty id, a duplicate id, an empty
+            text (with ``empty="error"``).
+
+    Example:
+        >>> docs = dict(read_tsv("collection.tsv"))  # doctest: +SKIP
+    """
+    empties = EmptyRecords(path, empty, skipped)
+    seen: dict[str, int] = {}
+    first = True
+    for lineno, line in lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if first:
+            first = False
+            if is_tsv_header(parts):
+                continue
+        if len(parts) < 2:
+            raise fail(path, lineno, "no tab between id and text", "write each record as id<TAB>text")
+        key = parts[0].strip()
+        if not key:
+            raise fail(path, lineno, "empty id before the tab", "write each record as id<TAB>text")
+        claim(path, lineno, "id", key, seen)
+        text = norm(" ".join(parts[1:]))
+        if not text:
+            empties.handle(lineno, f"{key!r} has an empty text", key)
+            continue
+        yield key, text
+    empties.finish()
