@@ -34,6 +34,8 @@ _LAZY = {
     "neuron_integrated_gradients": "mechir_nig.attribution",
     "CollectionAttribution": "mechir_nig.attribution.stats",
     "NIGSettings": "mechir_nig.attribution.settings",
+    "ComponentSet": "mechir_nig.sets",
+    "NeuronSet": "mechir_nig.sets",
     "attribute_collection": "mechir_nig.experiments.attribute",
     "load_collection": "mechir_nig.data",
     "judged_pairs": "mechir_nig.data",
@@ -62,6 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover
         TextBatch,
         load_model,
     )
+    from mechir_nig.sets import ComponentSet, NeuronSet
 
 
 def __getattr__(name: str) -> Any:
@@ -89,6 +92,8 @@ __all__ = [
     "neuron_integrated_gradients",
     "CollectionAttribution",
     "NIGSettings",
+    "ComponentSet",
+    "NeuronSet",
     "attribute_collection",
     "load_collection",
     "judged_pairs",

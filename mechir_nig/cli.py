@@ -35,8 +35,8 @@ def cmd_rerank(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_attribute(args: argparse.Namespace) -> dict[str, Any]:
-    from mechir_nig.experiments.attribute import attribute_collection
     from mechir_nig.data import bm25_candidates, judged_pairs
+    from mechir_nig.experiments.attribute import attribute_collection
 
     col = _collection(args)
     cands = bm25_candidates(col, k=args.k) if args.negatives_from_bm25 else None
@@ -78,10 +78,10 @@ def cmd_stability(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Embedded collection: BM25 vs MiniLM re-ranking, NIG per label, top neurons and their overlap."""
-    from mechir_nig.experiments.attribute import attribute_collection
     from mechir_nig.attribution.neurons import overlap_report, select_top
     from mechir_nig.data import bm25_candidates, judged_pairs, load_collection
     from mechir_nig.experiments import rerank_study
+    from mechir_nig.experiments.attribute import attribute_collection
     from mechir_nig.models import load_model
 
     model = load_model(args.model)
@@ -101,8 +101,10 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     print(f"attributed {stats.counts} pairs at {args.n_steps} steps")
     sets = {}
     for scheme in ("relevant", "nonrelevant", "difference"):
-        sets[scheme] = select_top(stats.scheme_scores(scheme), fraction=0.01, name=scheme)
-        top = sorted(sets[scheme].scores.items(), key=lambda kv: -kv[1])[:5]
+        sets[scheme] = select_top(
+            stats.scheme_scores(scheme), fraction=0.01, layers=stats.layers, name=scheme
+        )
+        top = sorted((sets[scheme].scores or {}).items(), key=lambda kv: -kv[1])[:5]
         cells = ", ".join(f"L{layer}N{n} {v:+.4f}" for (layer, n), v in top)
         print(
             f"top-1% by {scheme:11s} ({len(sets[scheme])} neurons, per layer {sets[scheme].layer_profile()}): {cells}"

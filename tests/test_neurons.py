@@ -229,6 +229,23 @@ def test_json_pickle_copy_round_trip():
         NeuronSet.from_json([1, 2])
 
 
+def test_old_format_json_still_loads():
+    # written by the release before issue 8 (no pool_layers key): loads with every layer as the pool
+    old = (
+        '{"name": "relevant:all", "n_layers": 3, "d_mlp": 4, "neurons": [[0, 1], [0, 3], [2, 0]], '
+        '"scores": [[0, 1, 0.9], [0, 3, 0.9], [2, 0, 0.875]]}'
+    )
+    s = NeuronSet.from_json(json.loads(old))
+    assert isinstance(s, NeuronSet) and s.kind == "mlp"
+    assert list(s) == [(0, 1), (0, 3), (2, 0)] and s.name == "relevant:all" and s.universe == (3, 4)
+    assert dict(s.scores) == {(0, 1): 0.9, (0, 3): 0.9, (2, 0): 0.875}
+    assert s.pool_layers == (0, 1, 2) and s.pool_size == 12
+    no_scores = NeuronSet.from_json(json.loads('{"n_layers": 2, "d_mlp": 5, "neurons": [[1, 4]]}'))
+    assert list(no_scores) == [(1, 4)] and no_scores.scores is None and no_scores.name == ""
+    # the format written now: the old keys plus pool_layers
+    assert s.to_json() == {**json.loads(old), "pool_layers": [0, 1, 2]}
+
+
 def test_neuron_set_bad_inputs():
     with pytest.raises(InputError, match=r"\(3, 0\) is outside the universe of 3 layers x 4"):
         ns([(3, 0)])
@@ -274,7 +291,12 @@ def test_random_like_keeps_size_and_profile():
     free = random_like(top, seed=1, same_layer_profile=False)
     assert len(free) == 40 and free.universe == (6, 50)
     assert free == random_like(top, seed=1, same_layer_profile=False)
-    assert free.layer_profile() != top.layer_profile()  # 40 of 300 uniformly: not only layers 0, 2, 5
+    # drawn uniformly from the pool top was selected from (layers 0, 2, 5; issue 8: formerly all layers)
+    assert free.pool_layers == top.pool_layers == (0, 2, 5)
+    assert free.layer_profile() != top.layer_profile()
+    assert [free.layer_profile()[layer] for layer in (1, 3, 4)] == [0, 0, 0]
+    everywhere = random_like(ns(A, n_layers=3, d_mlp=4), seed=1, same_layer_profile=False)
+    assert len(everywhere) == 4 and everywhere.pool_layers == (0, 1, 2)
     # a full layer stays full; an empty set stays empty
     full = ns([(1, n) for n in range(4)])
     assert random_like(full, seed=3) == full
@@ -292,7 +314,7 @@ def test_random_like_is_uniform():
 def test_random_like_bad_inputs():
     with bad_type("seed must be an integer"):
         random_like(ns(A), seed=1.5)
-    with bad_type("neuron_set must be a NeuronSet"):
+    with bad_type("components must be a NeuronSet or ComponentSet"):  # the parameter was named neuron_set
         random_like(A, seed=0)
     with bad_type("same_layer_profile must be a bool"):
         random_like(ns(A), seed=0, same_layer_profile=None)
