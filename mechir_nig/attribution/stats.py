@@ -126,10 +126,9 @@ class CollectionAttribution:
             if n == 0:
                 raise InputError("no pairs were attributed")
             g = self._group(group)
-            if scheme == "abs_mean":
-                s = (sum(self.sums[lab][:, g] for lab in LABELS) / n).abs()
-            else:
-                s = sum(self.sums_abs[lab][:, g] for lab in LABELS) / n
+            table = self.sums if scheme == "abs_mean" else self.sums_abs
+            pooled = torch.stack([table[lab][:, g] for lab in LABELS]).sum(0) / n
+            s = pooled.abs() if scheme == "abs_mean" else pooled
         else:
             raise InputError(f"unknown scheme {scheme!r}; use one of {SCHEMES}")
         full = torch.zeros(self.n_layers, self.d_mlp, dtype=torch.float64)

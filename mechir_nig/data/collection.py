@@ -363,7 +363,7 @@ class Collection:
         if not isinstance(self.docs, Mapping) or not isinstance(self.queries, Mapping):
             raise InputError("docs and queries must be dicts mapping ids to texts")
         lazy = isinstance(self.docs, LazyDocs)
-        if (self.docs.count == 0) if lazy else not self.docs:
+        if (self.docs.count == 0) if isinstance(self.docs, LazyDocs) else not self.docs:
             raise DataError(f"collection {self.name!r} has no documents: check the documents file or id")
         if not self.queries:
             raise DataError(f"collection {self.name!r} has no queries: check the queries file or id")
@@ -384,7 +384,7 @@ class Collection:
         if self.scoreddocs is not None:
             self.scoreddocs = list(self.scoreddocs)
         self.report = {**report, **self._consistency()}
-        if lazy:
+        if isinstance(self.docs, LazyDocs):
             self.docs.report = self.report
         self._warn_unknown()
         if not stated:
@@ -462,7 +462,7 @@ class Collection:
         judged = {q.query_id for q in self.qrels}
         with_relevant = {q.query_id for q in self.qrels if self.is_relevant(q.relevance)}
         report: dict[str, Any] = {
-            "docs": self.docs.count if lazy else len(self.docs),
+            "docs": self.docs.count if isinstance(self.docs, LazyDocs) else len(self.docs),
             "queries": len(queries),
             "qrels": len(self.qrels),
             "grades": sorted({q.relevance for q in self.qrels}),

@@ -29,8 +29,8 @@ from mechir_nig.errors import DataWarning, InputError
 
 __all__ = ["JudgedPair", "JudgedPairs", "judged_pairs"]
 
-RELEVANT = "relevant"
-NONRELEVANT = "nonrelevant"
+RELEVANT: Literal["relevant"] = "relevant"
+NONRELEVANT: Literal["nonrelevant"] = "nonrelevant"
 
 
 class JudgedPair(NamedTuple):
@@ -155,7 +155,7 @@ def judged_pairs(
         raise InputError("candidates must be a run dict {query_id: {doc_id: score}}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed must be an integer, got {seed!r}")
-    threshold = check_relevance_threshold(relevance_threshold) or collection.relevance_threshold
+    threshold: int = check_relevance_threshold(relevance_threshold) or collection.relevance_threshold or 1
     ids = select_query_ids(collection.queries, query_ids, f"collection {collection.name!r}")
 
     judged = collection.qrels_dict()

@@ -111,7 +111,7 @@ def attribute_collection(
     """
     from mechir_nig.attribution.nig import neuron_integrated_gradients
 
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v
         for k, v in dict(
             n_steps=n_steps,
@@ -180,7 +180,8 @@ def attribute_collection(
             rows = [j for j, lab in enumerate(labels) if lab == label]
             if rows:
                 stats.update(label, groups[rows])
-                stats.meta["truncated"][label] += int(attr.truncated[rows].sum())
+                if attr.truncated is not None:
+                    stats.meta["truncated"][label] += int(attr.truncated[rows].sum())
         stats.n_done = s + len(idx)
         if bar is not None:
             bar.update(len(idx))

@@ -78,7 +78,11 @@ def split_half_stability(
     from mechir_nig.experiments.attribute import attribute_collection
 
     settings = settings or NIGSettings(n_steps=n_steps)
-    eligible = {q.query_id for q in collection.qrels if q.relevance > 0 and q.query_id in collection.queries}
+    eligible = {
+        q.query_id
+        for q in collection.qrels
+        if collection.is_relevant(q.relevance) and q.query_id in collection.queries
+    }
     if query_ids is not None:
         wanted = [str(q) for q in query_ids]
         unknown = sorted(set(wanted) - set(collection.queries))

@@ -203,14 +203,13 @@ class HookedBiEncoder(HookedEncoderBase):
         ``return_type=None`` runs for the hooks only; ``stop_at_layer=k`` returns the residual stream
         before block ``k``.
         """
+        input_ids: Tensor | None = batch  # type: ignore[assignment]
         if isinstance(batch, TextBatch):
             input_ids, token_type_ids, attention_mask = (
                 batch.input_ids,
                 batch.token_type_ids,
                 batch.attention_mask,
             )
-        else:
-            input_ids = batch
         if return_type not in ("embedding", None):
             raise InputError(f"return_type must be 'embedding' or None, got {return_type!r}")
         resid = self.encoder_forward(

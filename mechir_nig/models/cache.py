@@ -54,14 +54,17 @@ class EncoderActivationCache(ActivationCache):
     def accumulated_resid(self, *args: Any, apply_ln: bool = False, **kwargs: Any) -> Any:
         if apply_ln:
             raise _refuse("accumulated_resid(apply_ln=True)", "applies one final LayerNorm's scale")
-        return super().accumulated_resid(*args, apply_ln=False, **kwargs)
+        kwargs["apply_ln"] = False
+        return super().accumulated_resid(*args, **kwargs)
 
     def stack_head_results(self, *args: Any, apply_ln: bool = False, **kwargs: Any) -> Any:
         if apply_ln:
             raise _refuse("stack_head_results(apply_ln=True)", "applies one final LayerNorm's scale")
-        return super().stack_head_results(*args, apply_ln=False, **kwargs)
+        kwargs["apply_ln"] = False
+        return super().stack_head_results(*args, **kwargs)
 
     def stack_neuron_results(self, *args: Any, apply_ln: bool = False, **kwargs: Any) -> Any:
         if apply_ln:
             raise _refuse("stack_neuron_results(apply_ln=True)", "applies one final LayerNorm's scale")
-        return super().stack_neuron_results(*args, apply_ln=False, **kwargs)
+        kwargs["apply_ln"] = False
+        return super().stack_neuron_results(*args, **kwargs)

@@ -25,7 +25,7 @@ from transformer_lens.hook_points import HookPoint
 
 from mechir_nig.errors import InputError, ModelLoadError, UnsupportedArchitectureError
 from mechir_nig.models import loading
-from mechir_nig.models.components import ClassifierHead
+from mechir_nig.models.components import ClassifierHead, Pooler
 from mechir_nig.models.config import EncoderConfig
 from mechir_nig.models.encoder import HookedEncoderBase
 from mechir_nig.models.tokenization import PairBatch, tokenize_pairs
@@ -38,6 +38,8 @@ class HookedCrossEncoder(HookedEncoderBase):
 
     Call it on a ``PairBatch`` (from :meth:`tokenize`) to get ``Float[Tensor, "batch"]`` scores.
     """
+
+    pooler: Pooler  # a cross-encoder always has its head's dense layer
 
     def __init__(self, cfg: EncoderConfig, tokenizer: Any = None, *, max_length: int | None = None):
         if cfg.n_labels not in (1, 2):
@@ -221,14 +223,13 @@ class HookedCrossEncoder(HookedEncoderBase):
             return_type: ``"score"`` (``[batch]``), ``"logits"`` (``[batch, n_labels]``) or ``None``
                 (run for the hooks only, as TransformerLens' ``return_type=None``).
         """
+        input_ids: Tensor | None = batch  # type: ignore[assignment]
         if isinstance(batch, PairBatch):
             input_ids, token_type_ids, attention_mask = (
                 batch.input_ids,
                 batch.token_type_ids,
                 batch.attention_mask,
             )
-        else:
-            input_ids = batch
         if return_type not in ("score", "logits", None):
             raise InputError(f"return_type must be 'score', 'logits' or None, got {return_type!r}")
         resid = self.encoder_forward(

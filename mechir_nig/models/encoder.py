@@ -9,7 +9,7 @@ block ``k``; with ``stop_at_layer=k`` the output is the residual stream before b
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,9 @@ from mechir_nig.errors import InputError
 from mechir_nig.models.cache import EncoderActivationCache
 from mechir_nig.models.components import Embed, EncoderBlock, Pooler
 from mechir_nig.models.config import EncoderConfig
+
+
+_M = TypeVar("_M", bound="HookedEncoderBase")
 
 
 class HookedEncoderBase(HookedRootModule):
@@ -37,7 +40,7 @@ class HookedEncoderBase(HookedRootModule):
         self.hook_token_type_embed = HookPoint()  # [batch, pos, d_embed]
         self.hook_full_embed = HookPoint()  # [batch, pos, d_model]  embedding output (= blocks.0 resid_pre)
         self.blocks = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.n_layers)])
-        self.pooler = Pooler(cfg) if with_pooler else None
+        self.pooler: Pooler | None = Pooler(cfg) if with_pooler else None
 
     def init_weights(self, seed: int | None = None) -> None:
         """BERT initialisation (normal(0, 0.02), LayerNorm 1/0); used when building from a config."""
@@ -55,7 +58,7 @@ class HookedEncoderBase(HookedRootModule):
     def device(self) -> torch.device:
         return self.embed.W_E.device
 
-    def freeze(self) -> HookedEncoderBase:
+    def freeze(self: _M) -> _M:
         """Set ``requires_grad=False`` on every parameter and return the model (in eval mode)."""
         for p in self.parameters():
             p.requires_grad_(False)

@@ -63,18 +63,24 @@ def check_pairs(queries: Any, docs: Any) -> tuple[list[str], list[str]]:
 class _Batch:
     """Shared tensor plumbing for batches (device moves and row selection)."""
 
-    def to(self, device: torch.device | str):
+    input_ids: Tensor
+    attention_mask: Tensor
+    truncated: Tensor
+
+    def to(self, device: torch.device | str) -> Any:
+        me: Any = self
         return replace(
-            self,
-            **{f.name: getattr(self, f.name).to(device) for f in fields(self) if _is_tensor(self, f.name)},
+            me,
+            **{f.name: getattr(self, f.name).to(device) for f in fields(me) if _is_tensor(self, f.name)},
         )
 
-    def select(self, index: Sequence[int] | Tensor):
+    def select(self, index: Sequence[int] | Tensor) -> Any:
         """Rows ``index`` of the batch, trimmed to their longest sequence."""
         idx = torch.as_tensor(index, dtype=torch.long)
         kw: dict[str, Any] = {}
         n_pos = int(self.attention_mask[idx].sum(-1).max()) if len(idx) else 0
-        for f in fields(self):
+        me: Any = self
+        for f in fields(me):
             v = getattr(self, f.name)
             if _is_tensor(self, f.name):
                 v = v[idx.to(v.device)]
@@ -263,10 +269,18 @@ def tokenize_pairs(
                 "the query whole (truncation='only_second')"
             )
         truncated.append(n_d < len(d_ids[i]))
-    tensors = _pack(rows, groups, types, tokenizer.pad_token_id)
+    input_ids, token_type_ids, attention_mask, grp = _pack(rows, groups, types, tokenizer.pad_token_id)
     trunc = torch.tensor(truncated, dtype=torch.bool)
     _warn_truncated(int(trunc.sum()), len(q), max_length, "documents")
-    return PairBatch(*tensors, truncated=trunc, queries=q, docs=d)
+    return PairBatch(
+        input_ids=input_ids,
+        token_type_ids=token_type_ids,
+        attention_mask=attention_mask,
+        groups=grp,
+        truncated=trunc,
+        queries=q,
+        docs=d,
+    )
 
 
 def tokenize_texts(
@@ -280,7 +294,14 @@ def tokenize_texts(
     enc = _encode(tokenizer, t, None, max_length)
     rows, groups, types = _rows(enc, tokenizer, False, DOC, [len(x) for x in ids])
     truncated = [g.count(DOC) < len(ti) for g, ti in zip(groups, ids)]
-    tensors = _pack(rows, groups, types, tokenizer.pad_token_id)
+    input_ids, token_type_ids, attention_mask, grp = _pack(rows, groups, types, tokenizer.pad_token_id)
     trunc = torch.tensor(truncated, dtype=torch.bool)
     _warn_truncated(int(trunc.sum()), len(t), max_length, what)
-    return TextBatch(*tensors, truncated=trunc, texts=t)
+    return TextBatch(
+        input_ids=input_ids,
+        token_type_ids=token_type_ids,
+        attention_mask=attention_mask,
+        groups=grp,
+        truncated=trunc,
+        texts=t,
+    )

@@ -63,7 +63,7 @@ def check_file(path: PathLike) -> Path:
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
     if path.suffix == ".gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        return gzip.open(path, "rb")
     return open(path, "rb")  # noqa: SIM115
 
 

@@ -21,23 +21,24 @@ class Embed(nn.Module):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        dt, de = cfg.dtype, cfg.d_embed
+        dt, de = cfg.dtype, int(cfg.d_embed or cfg.d_model)
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, de, dtype=dt))
         self.W_pos = nn.Parameter(torch.empty(cfg.n_positions, de, dtype=dt))
         self.W_token_type = nn.Parameter(torch.empty(max(cfg.n_token_types, 1), de, dtype=dt))
         self.ln = LayerNorm(cfg, width=de)
+        self.W_proj: nn.Parameter | None = None
+        self.b_proj: nn.Parameter | None = None
         if de != cfg.d_model:
             self.W_proj = nn.Parameter(torch.empty(cfg.d_model, de, dtype=dt))  # nn.Linear layout
             self.b_proj = nn.Parameter(torch.zeros(cfg.d_model, dtype=dt))
-        else:
-            self.W_proj = self.b_proj = None
 
     def project(self, x: Float[Tensor, "batch pos d_embed"]) -> Float[Tensor, "batch pos d_model"]:
         """Normalise the summed embeddings and project them to ``d_model`` where the family does."""
         x = self.ln(x)
         if self.W_proj is not None:
-            w, b = self.W_proj, self.b_proj
-            if x.dtype != w.dtype:
+            w: Tensor = self.W_proj
+            b: Tensor | None = self.b_proj
+            if x.dtype != w.dtype and b is not None:
                 w, b = w.to(x.dtype), b.to(x.dtype)
             x = F.linear(x, w, b)
         return x

@@ -25,7 +25,8 @@ class LayerNorm(nn.Module):
         self.b = nn.Parameter(torch.zeros(n, dtype=cfg.dtype))
 
     def forward(self, x: Float[Tensor, "batch pos d"]) -> Float[Tensor, "batch pos d"]:
-        w, b = self.w, self.b
+        w: Tensor = self.w
+        b: Tensor = self.b
         if x.dtype != w.dtype:
             w, b = w.to(x.dtype), b.to(x.dtype)
         return F.layer_norm(x, (x.shape[-1],), w, b, self.eps)
