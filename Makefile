@@ -1,5 +1,6 @@
 # Fresh-machine set-up: `make demo` and `make test` create .venv, install torch (TORCH_SPEC) first
 # when none is importable, install the package with its test extra, then run.
+# `make test` = ruff (lint + format check) + mypy + pytest (the tests and the package's doctests).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -26,9 +27,10 @@ demo: install
 lint: install
 	$(PY) -m ruff check mechir_nig tests benchmarks demos
 	$(PY) -m ruff format --check mechir_nig tests benchmarks demos
+	$(PY) -m mypy
 
 test: install lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests mechir_nig --doctest-modules -q
 
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/forward.py

@@ -274,12 +274,18 @@ def top_neurons(
     k: int | None = None,
     fraction: float | None = None,
     group: str = "all",
-):
+) -> Any:
     """The neuron set selected by ``scheme`` (``SCHEMES``) among the attributed layers.
 
+    Returns:
+        A ``NeuronSet`` whose candidate pool is the attributed layers (chance levels use it).
+
     Example:
-        >>> rel = top_neurons(stats, "relevant", fraction=0.01)
-        >>> overlap_report(rel, top_neurons(stats, "nonrelevant", fraction=0.01))
+        >>> stats = CollectionAttribution(layers=[1], n_layers=2, d_mlp=4)
+        >>> per_group = torch.tensor([0.0, 3.0, -1.0, 2.0]).expand(1, 1, 4, 4)  # [pairs, layer, group, d_mlp]
+        >>> stats.update("relevant", per_group)
+        >>> sorted(top_neurons(stats, "relevant", k=2))  # (layer, neuron) pairs
+        [(1, 1), (1, 3)]
     """
     from mechir_nig.attribution.neurons import select_top
 
