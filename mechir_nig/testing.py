@@ -34,30 +34,21 @@ def make_tiny_cross_encoder(
     act: str = "gelu",
     max_positions: int = 128,
 ) -> Path:
-    """Save a seeded random ``BertForSequenceClassification`` with ``tokenizer``'s vocabulary."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=d_model,
-        num_hidden_layers=n_layers,
-        num_attention_heads=n_heads,
-        intermediate_size=d_mlp,
-        max_position_embeddings=max_positions,
-        num_labels=n_labels,
-        hidden_act=act,
-        initializer_range=0.2,
+    """Save a seeded random ``BertForSequenceClassification`` with ``tokenizer``'s vocabulary
+    (``make_tiny_checkpoint(folder, "bert", ...)``)."""
+    return make_tiny_checkpoint(
+        folder,
+        "bert",
+        tokenizer,
+        n_labels=n_labels,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_model=d_model,
+        d_mlp=d_mlp,
+        seed=seed,
+        act=act,
+        max_positions=max_positions,
     )
-    model = BertForSequenceClassification(cfg).eval()
-    with torch.no_grad():  # non-trivial biases and LayerNorm parameters, so parity checks all of them
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "LayerNorm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    folder = Path(folder)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def minilm_cross_encoder(folder: str | Path, *, n_labels: int = 1, seed: int = 1234) -> Path:

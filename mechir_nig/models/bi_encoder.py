@@ -203,17 +203,11 @@ class HookedBiEncoder(HookedEncoderBase):
         ``return_type=None`` runs for the hooks only; ``stop_at_layer=k`` returns the residual stream
         before block ``k``.
         """
-        input_ids: Tensor | None = batch  # type: ignore[assignment]
-        if isinstance(batch, TextBatch):
-            input_ids, token_type_ids, attention_mask = (
-                batch.input_ids,
-                batch.token_type_ids,
-                batch.attention_mask,
-            )
         if return_type not in ("embedding", None):
             raise InputError(f"return_type must be 'embedding' or None, got {return_type!r}")
-        resid = self.encoder_forward(
-            input_ids,
+        resid, attention_mask = self._encode_batch(
+            batch,
+            TextBatch,
             token_type_ids,
             attention_mask,
             input_embeds=input_embeds,

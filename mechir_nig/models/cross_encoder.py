@@ -223,17 +223,11 @@ class HookedCrossEncoder(HookedEncoderBase):
             return_type: ``"score"`` (``[batch]``), ``"logits"`` (``[batch, n_labels]``) or ``None``
                 (run for the hooks only, as TransformerLens' ``return_type=None``).
         """
-        input_ids: Tensor | None = batch  # type: ignore[assignment]
-        if isinstance(batch, PairBatch):
-            input_ids, token_type_ids, attention_mask = (
-                batch.input_ids,
-                batch.token_type_ids,
-                batch.attention_mask,
-            )
         if return_type not in ("score", "logits", None):
             raise InputError(f"return_type must be 'score', 'logits' or None, got {return_type!r}")
-        resid = self.encoder_forward(
-            input_ids,
+        resid, attention_mask = self._encode_batch(
+            batch,
+            PairBatch,
             token_type_ids,
             attention_mask,
             input_embeds=input_embeds,

@@ -23,7 +23,6 @@ from mechir_nig.models.cache import EncoderActivationCache
 from mechir_nig.models.components import Embed, EncoderBlock, Pooler
 from mechir_nig.models.config import EncoderConfig
 
-
 _M = TypeVar("_M", bound="HookedEncoderBase")
 
 
@@ -158,6 +157,22 @@ class HookedEncoderBase(HookedRootModule):
         for block in self.blocks[start:stop]:
             resid = block(resid, mask)
         return resid
+
+    def _encode_batch(
+        self,
+        batch: Any,
+        batch_type: type,
+        token_type_ids: Tensor | None,
+        attention_mask: Tensor | None,
+        **forward_kwargs: Any,
+    ) -> tuple[Float[Tensor, "batch pos d_model"], Tensor | None]:
+        """(residual stream, attention mask) of a ``batch_type`` batch or of raw ``input_ids``."""
+        input_ids = batch
+        if isinstance(batch, batch_type):
+            b: Any = batch
+            input_ids, token_type_ids, attention_mask = b.input_ids, b.token_type_ids, b.attention_mask
+        resid = self.encoder_forward(input_ids, token_type_ids, attention_mask, **forward_kwargs)
+        return resid, attention_mask
 
     @torch.no_grad()
     def run_sorted(self, batch: Any, *, batch_size: int, trailing: tuple[int, ...] = ()) -> Tensor:

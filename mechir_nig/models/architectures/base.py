@@ -108,22 +108,57 @@ def bert_embeddings(w: Weights, p: str, cfg: EncoderConfig) -> StateDict:
     return out
 
 
-def bert_layers(w: Weights, p: str, n_layers: int) -> StateDict:
-    """Blocks in BERT naming (``encoder.layer.{l}.attention.self.query`` ...), shared by BERT, ELECTRA,
-    RoBERTa and XLM-R."""
+BERT_LAYER_NAMES = {
+    "layers": "encoder.layer",
+    "q": "attention.self.query",
+    "k": "attention.self.key",
+    "v": "attention.self.value",
+    "o": "attention.output.dense",
+    "ln1": "attention.output.LayerNorm",
+    "mlp_in": "intermediate.dense",
+    "mlp_out": "output.dense",
+    "ln2": "output.LayerNorm",
+}
+"""Where each block weight sits in a BERT-named checkpoint (BERT, ELECTRA, RoBERTa, XLM-R)."""
+
+
+def convert_layers(w: Weights, p: str, n_layers: int, names: dict[str, str] = BERT_LAYER_NAMES) -> StateDict:
+    """Blocks ``blocks.{l}.*`` of the hooked port from a checkpoint whose block weights are named by
+    ``names`` (see ``BERT_LAYER_NAMES``), under the body prefix ``p``."""
     out: StateDict = {}
     for layer in range(n_layers):
-        src, b = f"{p}encoder.layer.{layer}.", f"blocks.{layer}."
-        att = src + "attention."
-        qkv = [w.linear(att + f"self.{n}") for n in ("query", "key", "value")]
+        src, b = f"{p}{names['layers']}.{layer}.", f"blocks.{layer}."
+        qkv = [w.linear(src + names[n]) for n in ("q", "k", "v")]
         out[b + "attn.W_QKV"] = torch.cat([q[0] for q in qkv])
         out[b + "attn.b_QKV"] = torch.cat([q[1] for q in qkv])
-        out[b + "attn.W_O_lin"], out[b + "attn.b_O"] = w.linear(att + "output.dense")
-        out[b + "ln1.w"], out[b + "ln1.b"] = w.linear(att + "output.LayerNorm")
-        out[b + "mlp.W_in_lin"], out[b + "mlp.b_in"] = w.linear(src + "intermediate.dense")
-        out[b + "mlp.W_out_lin"], out[b + "mlp.b_out"] = w.linear(src + "output.dense")
-        out[b + "ln2.w"], out[b + "ln2.b"] = w.linear(src + "output.LayerNorm")
+        for dst, (wname, bname) in {
+            "o": ("attn.W_O_lin", "attn.b_O"),
+            "ln1": ("ln1.w", "ln1.b"),
+            "mlp_in": ("mlp.W_in_lin", "mlp.b_in"),
+            "mlp_out": ("mlp.W_out_lin", "mlp.b_out"),
+            "ln2": ("ln2.w", "ln2.b"),
+        }.items():
+            out[b + wname], out[b + bname] = w.linear(src + names[dst])
     return out
+
+
+def body_prefix(w: Weights, prefix: str) -> str:
+    """``prefix`` when the checkpoint is a task model (``bert.encoder...``), ``""`` for a bare one."""
+    return prefix if any(k.startswith(prefix) for k in w.sd) else ""
+
+
+def bert_named_body(prefix: str) -> Callable[[Weights, EncoderConfig], StateDict]:
+    """``convert_body`` for BERT-named checkpoints with body prefix ``prefix`` (embeddings + blocks,
+    plus ELECTRA's ``embeddings_project`` when the embedding is narrower than ``d_model``)."""
+
+    def convert_body(w: Weights, cfg: EncoderConfig) -> StateDict:
+        p = body_prefix(w, prefix)
+        out = bert_embeddings(w, p, cfg)
+        if cfg.d_embed != cfg.d_model:
+            out["embed.W_proj"], out["embed.b_proj"] = w.linear(p + "embeddings_project")
+        return out | convert_layers(w, p, cfg.n_layers)
+
+    return convert_body
 
 
 def bert_like_config(d: dict[str, Any], *, position_offset: int = 0) -> dict[str, Any]:

@@ -8,24 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from mechir_nig.models.architectures.base import (
-    Architecture,
-    StateDict,
-    Weights,
-    bert_embeddings,
-    bert_layers,
-    bert_like_config,
-)
-from mechir_nig.models.config import EncoderConfig
+from mechir_nig.models.architectures.base import Architecture, bert_like_config, bert_named_body
 
 
 def config(d: dict[str, Any]) -> dict[str, Any]:
     return dict(bert_like_config(d), pooler_act="tanh")
-
-
-def convert_body(w: Weights, cfg: EncoderConfig) -> StateDict:
-    p = "bert." if any(k.startswith("bert.") for k in w.sd) else ""
-    return bert_embeddings(w, p, cfg) | bert_layers(w, p, cfg.n_layers)
 
 
 ARCHITECTURE = Architecture(
@@ -36,5 +23,5 @@ ARCHITECTURE = Architecture(
     bi_encoder_classes=("BertModel",),
     head=(None, "classifier"),
     config=config,
-    convert_body=convert_body,
+    convert_body=bert_named_body("bert."),
 )

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mechir_nig.models.architectures.base import Architecture, StateDict, Weights
+from mechir_nig.models.architectures.base import Architecture, StateDict, Weights, body_prefix, convert_layers
 from mechir_nig.models.config import EncoderConfig
 
 
@@ -32,8 +32,21 @@ def config(d: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+DISTILBERT_LAYER_NAMES = {
+    "layers": "transformer.layer",
+    "q": "attention.q_lin",
+    "k": "attention.k_lin",
+    "v": "attention.v_lin",
+    "o": "attention.out_lin",
+    "ln1": "sa_layer_norm",
+    "mlp_in": "ffn.lin1",
+    "mlp_out": "ffn.lin2",
+    "ln2": "output_layer_norm",
+}
+
+
 def convert_body(w: Weights, cfg: EncoderConfig) -> StateDict:
-    p = "distilbert." if any(k.startswith("distilbert.") for k in w.sd) else ""
+    p = body_prefix(w, "distilbert.")
     e = p + "embeddings."
     out: StateDict = {
         "embed.W_E": w.take(e + "word_embeddings.weight"),
@@ -42,17 +55,7 @@ def convert_body(w: Weights, cfg: EncoderConfig) -> StateDict:
     out["embed.ln.w"], out["embed.ln.b"] = w.linear(e + "LayerNorm")
     out["embed.W_token_type"] = torch.zeros(1, cfg.d_model, dtype=out["embed.W_E"].dtype)
     w.sd.pop(e + "position_ids", None)
-    for layer in range(cfg.n_layers):
-        src, b = f"{p}transformer.layer.{layer}.", f"blocks.{layer}."
-        qkv = [w.linear(src + f"attention.{n}_lin") for n in ("q", "k", "v")]
-        out[b + "attn.W_QKV"] = torch.cat([q[0] for q in qkv])
-        out[b + "attn.b_QKV"] = torch.cat([q[1] for q in qkv])
-        out[b + "attn.W_O_lin"], out[b + "attn.b_O"] = w.linear(src + "attention.out_lin")
-        out[b + "ln1.w"], out[b + "ln1.b"] = w.linear(src + "sa_layer_norm")
-        out[b + "mlp.W_in_lin"], out[b + "mlp.b_in"] = w.linear(src + "ffn.lin1")
-        out[b + "mlp.W_out_lin"], out[b + "mlp.b_out"] = w.linear(src + "ffn.lin2")
-        out[b + "ln2.w"], out[b + "ln2.b"] = w.linear(src + "output_layer_norm")
-    return out
+    return out | convert_layers(w, p, cfg.n_layers, DISTILBERT_LAYER_NAMES)
 
 
 ARCHITECTURE = Architecture(

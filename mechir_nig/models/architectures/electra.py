@@ -10,27 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from mechir_nig.models.architectures.base import (
-    Architecture,
-    StateDict,
-    Weights,
-    bert_embeddings,
-    bert_layers,
-    bert_like_config,
-)
-from mechir_nig.models.config import EncoderConfig
+from mechir_nig.models.architectures.base import Architecture, bert_like_config, bert_named_body
 
 
 def config(d: dict[str, Any]) -> dict[str, Any]:
     return dict(bert_like_config(d), d_embed=d.get("embedding_size") or d["hidden_size"], pooler_act="gelu")
-
-
-def convert_body(w: Weights, cfg: EncoderConfig) -> StateDict:
-    p = "electra." if any(k.startswith("electra.") for k in w.sd) else ""
-    out = bert_embeddings(w, p, cfg)
-    if cfg.d_embed != cfg.d_model:
-        out["embed.W_proj"], out["embed.b_proj"] = w.linear(p + "embeddings_project")
-    return out | bert_layers(w, p, cfg.n_layers)
 
 
 ARCHITECTURE = Architecture(
@@ -41,5 +25,5 @@ ARCHITECTURE = Architecture(
     bi_encoder_classes=("ElectraModel",),
     head=("classifier.dense", "classifier.out_proj"),
     config=config,
-    convert_body=convert_body,
+    convert_body=bert_named_body("electra."),
 )

@@ -10,26 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from mechir_nig.models.architectures.base import (
-    Architecture,
-    StateDict,
-    Weights,
-    bert_embeddings,
-    bert_layers,
-    bert_like_config,
-)
-from mechir_nig.models.config import EncoderConfig
+from mechir_nig.models.architectures.base import Architecture, bert_like_config, bert_named_body
 
 
 def config(d: dict[str, Any]) -> dict[str, Any]:
     pad = d.get("pad_token_id")
     pad = 1 if pad is None else pad
     return dict(bert_like_config(d, position_offset=pad + 1), pooler_act="tanh")
-
-
-def convert_body(w: Weights, cfg: EncoderConfig) -> StateDict:
-    p = "roberta." if any(k.startswith("roberta.") for k in w.sd) else ""
-    return bert_embeddings(w, p, cfg) | bert_layers(w, p, cfg.n_layers)
 
 
 ARCHITECTURE = Architecture(
@@ -40,5 +27,5 @@ ARCHITECTURE = Architecture(
     bi_encoder_classes=("RobertaModel", "XLMRobertaModel"),
     head=("classifier.dense", "classifier.out_proj"),
     config=config,
-    convert_body=convert_body,
+    convert_body=bert_named_body("roberta."),
 )
