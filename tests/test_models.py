@@ -447,3 +447,32 @@ def test_no_transformers_length_warning_on_truncated_input(tiny_ce_dir, minilm_p
         hf_logging.set_verbosity_error()
     text = caplog.text + capsys.readouterr().err
     assert "sequence length is longer" not in text
+
+
+@pytest.mark.parametrize("family_dir", ["tiny_ce_dir", "tiny_ce2_dir"])
+def test_masked_slot_with_explicit_positions_is_neutral(request, family_dir):
+    """Inserting masked tokens inside a pair, with every real token keeping its position id, leaves the
+    score unchanged: the rule interventions.perturb aligns clean and perturbed inputs by."""
+    from dataclasses import replace
+
+    ce = HookedCrossEncoder.from_pretrained(request.getfixturevalue(family_dir))
+    batch = ce.tokenize(QUERIES[:2], DOCS[:2])
+    n = batch.input_ids.shape[1]
+    ref = ce(batch)
+    same = replace(batch, position_ids=torch.arange(n).expand(2, n))
+    assert (ce(same) - ref).abs().max() == 0
+    j, m = 6, 3  # insert 3 masked slots before position 6 of every row
+    ins = lambda t, fill: torch.cat([t[:, :j], torch.full((2, m), fill, dtype=t.dtype), t[:, j:]], 1)  # noqa: E731
+    slotted = replace(
+        batch,
+        input_ids=ins(batch.input_ids, 1037),
+        token_type_ids=ins(batch.token_type_ids, 1),
+        attention_mask=ins(batch.attention_mask, 0),
+        groups=ins(batch.groups, 3),
+        position_ids=ins(torch.arange(n).expand(2, n), 0),
+    )
+    assert slotted.lengths.tolist() == [int(x) + m for x in batch.lengths]
+    assert (ce(slotted) - ref).abs().max() <= 1e-6
+    assert len(slotted.select([1])) == 1 and slotted.select([1]).input_ids.shape[1] == int(slotted.lengths[1])
+    with pytest.raises((InputError, Exception), match="position_ids"):
+        ce(replace(batch, position_ids=torch.arange(n + 1).expand(2, n + 1)))

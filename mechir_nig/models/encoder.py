@@ -82,8 +82,13 @@ class HookedEncoderBase(HookedRootModule):
         input_ids: Int[Tensor, "batch pos"] | None,
         token_type_ids: Int[Tensor, "batch pos"] | None,
         input_embeds: Float[Tensor, "batch pos d_embed"] | None = None,
+        position_ids: Int[Tensor, "batch pos"] | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         """Embedding output: LayerNorm(word + token type + position), projected to ``d_model`` if needed.
+
+        ``position_ids`` (``0``-based, the family's offset is added) default to ``0 .. pos-1``; explicit
+        ones let aligned inputs (``interventions.perturb``) keep every real token's position while
+        masked slots are inserted.
 
         Word embeddings passed in a wider float dtype than the model (float32 into a bf16 model, as
         NIG's interpolated inputs are) are summed and normalised in that dtype and cast to the model's
@@ -98,7 +103,16 @@ class HookedEncoderBase(HookedRootModule):
         if n_pos > cfg.n_ctx:
             raise InputError(f"input has {n_pos} positions; the model has {cfg.n_ctx}: truncate it")
         word = self.hook_embed(input_embeds)
-        pos = self.embed.positions(n_pos, cfg.position_offset).unsqueeze(0).expand(word.shape[0], -1, -1)
+        if position_ids is None:
+            pos = self.embed.positions(n_pos, cfg.position_offset).unsqueeze(0).expand(word.shape[0], -1, -1)
+        else:
+            if position_ids.shape != word.shape[:2]:
+                raise InputError(
+                    f"position_ids has shape {tuple(position_ids.shape)}; expected [batch, pos] = {tuple(word.shape[:2])}"
+                )
+            if int(position_ids.max()) >= cfg.n_ctx or int(position_ids.min()) < 0:
+                raise InputError(f"position_ids must be in 0..{cfg.n_ctx - 1} (the model's positions)")
+            pos = F.embedding(position_ids + cfg.position_offset, self.embed.W_pos)
         pos = self.hook_pos_embed(pos)
         if token_type_ids is None or cfg.n_token_types == 0:
             token_type_ids = torch.zeros(word.shape[:2], dtype=torch.long, device=word.device)
@@ -140,6 +154,7 @@ class HookedEncoderBase(HookedRootModule):
         residual: Float[Tensor, "batch pos d_model"] | None = None,
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
+        position_ids: Int[Tensor, "batch pos"] | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         """Residual stream after the requested blocks (before block ``stop_at_layer``)."""
         start, stop = self._layer_range(start_at_layer, stop_at_layer)
@@ -151,7 +166,7 @@ class HookedEncoderBase(HookedRootModule):
             resid = (
                 residual
                 if residual is not None
-                else self.embed_tokens(input_ids, token_type_ids, input_embeds)
+                else self.embed_tokens(input_ids, token_type_ids, input_embeds, position_ids)
             )
         mask = self.additive_mask(attention_mask, resid)
         for block in self.blocks[start:stop]:
@@ -171,6 +186,8 @@ class HookedEncoderBase(HookedRootModule):
         if isinstance(batch, batch_type):
             b: Any = batch
             input_ids, token_type_ids, attention_mask = b.input_ids, b.token_type_ids, b.attention_mask
+            if getattr(b, "position_ids", None) is not None and "position_ids" not in forward_kwargs:
+                forward_kwargs["position_ids"] = b.position_ids
         resid = self.encoder_forward(input_ids, token_type_ids, attention_mask, **forward_kwargs)
         return resid, attention_mask
 

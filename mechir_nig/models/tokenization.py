@@ -78,7 +78,7 @@ class _Batch:
         """Rows ``index`` of the batch, trimmed to their longest sequence."""
         idx = torch.as_tensor(index, dtype=torch.long)
         kw: dict[str, Any] = {}
-        n_pos = int(self.attention_mask[idx].sum(-1).max()) if len(idx) else 0
+        n_pos = int(self.lengths[idx.to(self.attention_mask.device)].max()) if len(idx) else 0
         me: Any = self
         for f in fields(me):
             v = getattr(self, f.name)
@@ -96,7 +96,11 @@ class _Batch:
 
     @property
     def lengths(self) -> Int[Tensor, " batch"]:
-        return self.attention_mask.sum(-1)
+        """Span of each row: last attended position + 1 (the token count when nothing is masked inside;
+        aligned inputs have masked slots inside the span)."""
+        m = self.attention_mask
+        pos = torch.arange(1, m.shape[1] + 1, device=m.device)
+        return (m * pos).amax(-1)
 
     @property
     def n_truncated(self) -> int:
@@ -123,6 +127,7 @@ class PairBatch(_Batch):
     truncated: Bool[Tensor, " batch"]
     queries: list[str] = field(default_factory=list)
     docs: list[str] = field(default_factory=list)
+    position_ids: Int[Tensor, "batch pos"] | None = None  # explicit positions (aligned inputs); None: 0..n-1
 
 
 @dataclass
@@ -135,6 +140,7 @@ class TextBatch(_Batch):
     groups: Int[Tensor, "batch pos"]
     truncated: Bool[Tensor, " batch"]
     texts: list[str] = field(default_factory=list)
+    position_ids: Int[Tensor, "batch pos"] | None = None  # explicit positions (aligned inputs); None: 0..n-1
 
 
 def _word_ids(tokenizer: Any, texts: list[str], what: str) -> list[list[int]]:
