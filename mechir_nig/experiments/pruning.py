@@ -1,0 +1,349 @@
+"""Pruning study: ablate NIG-selected neurons and measure the re-ranking effectiveness lost.
+
+The validation of section 1 of the design: neurons selected by a NIG scheme on one set of queries are
+ablated (``mechir_nig.interventions.ablate``) while re-ranking first-stage candidates of **other**
+queries, and nDCG@10 / RR@10 (ir_measures) are compared with
+
+- ``unpruned``: the model as it is;
+- ``nig_top``: the highest scores of the ranking (the scheme given, e.g. mean NIG over relevant pairs);
+- ``random``: random sets with the same per-layer counts as ``nig_top`` (``sets.random_like``), ``seeds``
+  of them (mean and spread reported);
+- ``bottom``: the least important neurons (smallest ``|score|``) among the ranked layers;
+- ``negative``: the most negative scores.
+
+Each condition is evaluated for each ablation ``mode`` (``zero``, ``baseline``, ``mean``) and each
+``fraction`` of the ranked neurons. Selection and evaluation queries are disjoint by default
+(:func:`split_queries`: half and half, seeded); the result records both lists.
+
+Reuse: the candidates are given once; for a bi-encoder ablated on the document side the (unablated) query
+embeddings are computed once for the whole study, every distinct document text once per condition, in
+length-sorted batches; a cross-encoder re-scores every (query, candidate) pair per condition.
+
+Example:
+    >>> result = pruning_study(be, col, bm25_candidates(col, k=50), stats,  # doctest: +SKIP
+    ...                        select_queries=sel, eval_queries=held_out, fractions=(0.01,))
+    >>> print(result.to_markdown())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mechir_nig._validate import check_int
+from mechir_nig.errors import InputError
+from mechir_nig.sets.components import ComponentSet, NeuronSet
+
+__all__ = ["CONDITIONS", "PruningResult", "pruning_study", "split_queries"]
+
+CONDITIONS = ("nig_top", "random", "bottom", "negative")
+_MODES = ("zero", "mean", "baseline", "resample")
+
+
+def split_queries(
+    collection: Any, *, seed: int = 0, query_ids: Iterable[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """Two disjoint halves (selection, evaluation) of the queries with qrels, shuffled with ``seed``.
+
+    Example:
+        >>> from mechir_nig.data import load_collection
+        >>> sel, ev = split_queries(load_collection("embedded"))
+        >>> len(sel), len(ev), set(sel) & set(ev)
+        (7, 8, set())
+    """
+    judged = list(dict.fromkeys(q.query_id for q in collection.qrels))
+    ids = sorted(judged if query_ids is None else [q for q in query_ids if q in set(judged)])
+    random.Random(seed).shuffle(ids)
+    half = len(ids) // 2
+    return sorted(ids[:half]), sorted(ids[half:])
+
+
+@dataclass
+class PruningResult:
+    """Effectiveness per (condition, mode, fraction, seed), per query, with the sets and timings.
+
+    ``runs``: one record per evaluation, ``{"condition", "mode", "fraction", "seed", "n_neurons",
+    measure: mean}``; ``per_query[i]``: ``{query_id: {measure: value}}`` of ``runs[i]``; ``sets``:
+    ``{"condition|fraction|seed": set JSON}``.
+    """
+
+    measures: list[str]
+    runs: list[dict[str, Any]]
+    per_query: list[dict[str, dict[str, float]]]
+    sets: dict[str, dict[str, Any]]
+    select_queries: list[str]
+    eval_queries: list[str]
+    settings: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per (condition, mode, fraction): mean and standard deviation over seeds, and the drop
+        from ``unpruned`` (``unpruned - condition``) of each measure."""
+        base = next(r for r in self.runs if r["condition"] == "unpruned")
+        groups: dict[tuple, list[dict[str, Any]]] = {}
+        for r in self.runs:
+            groups.setdefault((r["condition"], r["mode"], r["fraction"]), []).append(r)
+        rows = []
+        for (cond, mode, frac), rs in groups.items():
+            row: dict[str, Any] = {
+                "condition": cond,
+                "mode": mode,
+                "fraction": frac,
+                "n_neurons": rs[0]["n_neurons"],
+                "n_seeds": len(rs),
+            }
+            for m in self.measures:
+                vals = torch.tensor([r[m] for r in rs], dtype=torch.float64)
+                row[m] = float(vals.mean())
+                row[f"{m} std"] = float(vals.std()) if len(rs) > 1 else 0.0
+                row[f"{m} drop"] = base[m] - float(vals.mean())
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "measures": self.measures,
+            "table": self.table(),
+            "runs": self.runs,
+            "per_query": self.per_query,
+            "sets": self.sets,
+            "select_queries": self.select_queries,
+            "eval_queries": self.eval_queries,
+            "settings": self.settings,
+            "timings": self.timings,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    def to_markdown(self) -> str:
+        """The table as Markdown (mean ± std over seeds, drop from unpruned)."""
+        head = ["condition", "mode", "fraction", "neurons"]
+        for m in self.measures:
+            head += [m, f"drop {m}"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in self.table():
+            cells = [r["condition"], r["mode"], f"{r['fraction']:g}", str(r["n_neurons"])]
+            for m in self.measures:
+                spread = f" ± {r[f'{m} std']:.4f}" if r["n_seeds"] > 1 else ""
+                cells += [f"{r[m]:.4f}{spread}", f"{r[f'{m} drop']:+.4f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def _ranking_scores(model: Any, ranking: Any, scheme: str) -> tuple[Tensor, list[int]]:
+    cfg = model.cfg
+    if hasattr(ranking, "scheme_scores"):
+        scores, layers = ranking.scheme_scores(scheme).to(torch.float64), list(ranking.layers)
+    elif isinstance(ranking, Tensor):
+        scores, layers = ranking.detach().to("cpu", torch.float64), list(range(cfg.n_layers))
+    else:
+        raise InputError(
+            f"ranking must be a CollectionAttribution or a [n_layers, d_mlp] tensor, got {type(ranking).__name__}"
+        )
+    if tuple(scores.shape) != (cfg.n_layers, cfg.d_mlp):
+        raise InputError(
+            f"ranking scores have shape {tuple(scores.shape)}; the model has [n_layers, d_mlp] = "
+            f"({cfg.n_layers}, {cfg.d_mlp}): attribute this model"
+        )
+    return scores, layers
+
+
+def _select(
+    scores: Tensor, layers: list[int], fraction: float, condition: str, n_layers: int
+) -> ComponentSet:
+    from mechir_nig.sets.selection import select_top
+
+    d_mlp = scores.shape[1]
+    size = round(fraction * len(layers) * d_mlp)
+    if size == 0:
+        return NeuronSet([], n_layers=n_layers, d_mlp=d_mlp, name=condition, pool_layers=layers)
+    if condition == "nig_top":
+        return select_top(scores, k=size, layers=layers, name=condition)
+    if condition == "bottom":
+        return select_top(scores.abs(), k=size, largest=False, layers=layers, name=condition)
+    return select_top(scores, k=size, largest=False, layers=layers, name=condition)
+
+
+def pruning_study(
+    model: Any,
+    collection: Any,
+    candidates: Mapping[str, Mapping[str, float]],
+    ranking: Any,
+    *,
+    scheme: str = "relevant",
+    fractions: Sequence[float] = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1),
+    seeds: int = 5,
+    modes: str | Sequence[str] = ("zero", "baseline"),
+    conditions: Sequence[str] = CONDITIONS,
+    select_queries: Iterable[str] | None = None,
+    eval_queries: Iterable[str] | None = None,
+    measures: Sequence[str] = ("nDCG@10", "RR@10"),
+    side: str = "doc",
+    reference: Any = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> PruningResult:
+    """Ablate neuron sets chosen from ``ranking`` and evaluate the re-ranking of held-out queries.
+
+    Args:
+        model: a ``HookedCrossEncoder`` or ``HookedBiEncoder``.
+        collection: the collection (texts, qrels).
+        candidates: first-stage run ``{query_id: {doc_id: score}}`` (e.g. ``bm25_candidates(col, k=50)``),
+            computed once by the caller.
+        ranking: a ``CollectionAttribution`` (its ``scheme_scores(scheme)`` over its attributed layers) or
+            a ``[n_layers, d_mlp]`` score tensor (all layers), computed on ``select_queries``.
+        scheme: the selection scheme of a ``CollectionAttribution``.
+        fractions: shares of the ranked neurons to ablate (``0`` gives the unpruned model).
+        seeds: random sets per fraction.
+        modes: ablation modes (``"zero"``, ``"baseline"``, ``"mean"``, ``"resample"``; the last two need
+            ``reference``).
+        conditions: a subset of ``CONDITIONS``.
+        select_queries: the queries the ranking was computed on (default: the first half of
+            :func:`split_queries`); recorded, and must not meet ``eval_queries``.
+        eval_queries: the queries evaluated (default: the other half).
+        measures: ir_measures names.
+        side: bi-encoders: the ablated side (``"doc"``, default: queries encoded once, unablated;
+            ``"query"`` or ``"both"``).
+        reference: an ``AblationReference`` for modes ``mean``/``resample``.
+        batch_size: texts (bi-encoder) or pairs (cross-encoder) per forward.
+        progress: show a progress bar over the evaluations.
+
+    Returns:
+        A :class:`PruningResult` (``table()``, ``to_markdown()``, ``to_dict()``, ``save()``).
+    """
+    from tqdm.auto import tqdm
+
+    from mechir_nig.evaluation import evaluate
+    from mechir_nig.interventions.ablation import ablate
+    from mechir_nig.sets.selection import random_like
+
+    t_start = time.perf_counter()
+    modes = (modes,) if isinstance(modes, str) else tuple(modes)
+    for m in modes:
+        if m not in _MODES:
+            raise InputError(f"modes must be among {_MODES}, got {m!r}")
+    for c in conditions:
+        if c not in CONDITIONS:
+            raise InputError(f"conditions must be among {CONDITIONS}, got {c!r}")
+    check_int(seeds, "seeds", minimum=1)
+    for f in fractions:
+        if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f <= 1:
+            raise InputError(f"fractions must be numbers in [0, 1], got {f!r}")
+    if model.pairwise and side != "doc":
+        raise InputError("side applies to bi-encoders only")
+    if side not in ("doc", "query", "both"):
+        raise InputError(f"side must be 'doc', 'query' or 'both', got {side!r}")
+    scores, layers = _ranking_scores(model, ranking, scheme)
+    default_sel, default_eval = split_queries(collection)
+    sel = list(default_sel if select_queries is None else select_queries)
+    ev = list(default_eval if eval_queries is None else eval_queries)
+    overlap = sorted(set(sel) & set(ev))
+    if overlap:
+        raise InputError(
+            f"{len(overlap)} queries are both selection and evaluation queries (e.g. {overlap[:3]}): "
+            "evaluate on held-out queries (see split_queries)"
+        )
+    judged = {q.query_id for q in collection.qrels}
+    ev = [q for q in ev if q in candidates and q in judged]
+    if not ev:
+        raise InputError("no evaluation query has both candidates and qrels")
+
+    # the pairs, texts and (for a bi-encoder) the unablated side, once
+    pairs = [(q, d) for q in ev for d in candidates[q]]
+    docs = collection.get_docs(d for _, d in pairs)
+    q_texts = [collection.queries[q] for q, _ in pairs]
+    d_texts = [docs[d] for _, d in pairs]
+    bi = not model.pairwise
+    if bi:
+        uq, ud = list(dict.fromkeys(q_texts)), list(dict.fromkeys(d_texts))
+        q_row = torch.tensor([{t: i for i, t in enumerate(uq)}[t] for t in q_texts])
+        drow = {t: i for i, t in enumerate(ud)}
+        d_row = torch.tensor([drow[t] for t in d_texts])
+        q_clean = model.encode(uq, batch_size=batch_size)
+        d_clean = model.encode(ud, batch_size=batch_size)
+
+    def score(components: ComponentSet | None, mode: str) -> Tensor:
+        if components is None or len(components) == 0:
+            if bi:
+                return model.similarity_fn(q_clean[q_row], d_clean[d_row])
+            return model.score(q_texts, d_texts, batch_size=batch_size)
+        ref = reference if mode in ("mean", "resample") else None
+        with ablate(model, components, mode=mode, reference=ref, side=side if bi else "both") as ab:
+            if not bi:
+                return model.score(q_texts, d_texts, batch_size=batch_size)
+            qe = ab.encode(uq, side="query", batch_size=batch_size) if side != "doc" else q_clean
+            de = ab.encode(ud, side="doc", batch_size=batch_size) if side != "query" else d_clean
+            return model.similarity_fn(qe[q_row], de[d_row])
+
+    def measure(values: Tensor) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        run: dict[str, dict[str, float]] = {q: {} for q in ev}
+        for (q, d), v in zip(pairs, values.tolist(), strict=True):
+            run[q][d] = v
+        res = evaluate(run, collection, list(measures), per_query=True, query_ids=ev)
+        return {m: float(res[m]) for m in res}, res.per_query or {}
+
+    jobs: list[tuple[str, str, float, int, ComponentSet | None]] = [("unpruned", "none", 0.0, 0, None)]
+    sets: dict[str, dict[str, Any]] = {}
+    for f in fractions:
+        for cond in conditions:
+            base = _select(
+                scores, layers, float(f), "nig_top" if cond == "random" else cond, model.cfg.n_layers
+            )
+            chosen = (
+                [(s, random_like(base, seed=s) if len(base) else base) for s in range(seeds)]
+                if cond == "random"
+                else [(0, base)]
+            )
+            for s, comp in chosen:
+                sets[f"{cond}|{f:g}|{s}"] = comp.to_json()
+                for mode in modes:
+                    jobs.append((cond, mode, float(f), s, comp))
+    runs, per_query = [], []
+    timings: dict[str, float] = {}
+    measure_names: list[str] | None = None
+    for cond, mode, f, s, comp in tqdm(jobs, desc="pruning", disable=not progress):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            values = score(comp, mode)
+        means, pq = measure(values.to(torch.float64).cpu())
+        measure_names = measure_names or list(means)
+        key = f"{cond}|{mode}"
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+        runs.append(
+            {
+                "condition": cond,
+                "mode": mode,
+                "fraction": f,
+                "seed": s,
+                "n_neurons": 0 if comp is None else len(comp),
+            }
+            | means
+        )
+        per_query.append(pq)
+    timings["total"] = time.perf_counter() - t_start
+    settings = {
+        "scheme": scheme if hasattr(ranking, "scheme_scores") else "tensor",
+        "ranked_layers": layers,
+        "fractions": [float(f) for f in fractions],
+        "seeds": seeds,
+        "modes": list(modes),
+        "conditions": list(conditions),
+        "side": side if bi else "pair",
+        "pairs": len(pairs),
+        "split": "selection and evaluation queries are disjoint (select on one half, evaluate on the other)",
+        "model": str(getattr(model.cfg, "model_name", "")),
+    }
+    return PruningResult(
+        measure_names or list(measures), runs, per_query, sets, sorted(sel), ev, settings, timings
+    )

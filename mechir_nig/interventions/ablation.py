@@ -1,0 +1,588 @@
+"""Ablation of MLP neurons and attention heads through hooks: zero, mean, resample and NIG-baseline.
+
+``ablate(model, components, mode=..., positions=...)`` is a context manager: inside it every forward
+pass of ``model`` replaces the activations of ``components`` (a :class:`~mechir_nig.sets.NeuronSet` on
+``blocks.{l}.mlp.hook_post`` ``[batch, pos, d_mlp]``, or a head :class:`~mechir_nig.sets.ComponentSet` on
+``blocks.{l}.attn.hook_z`` ``[batch, pos, n_heads, d_head]``). One hook per layer writes the selected
+indices with one ``index_copy`` (no loop over neurons). Hooks are added with ``model.hooks(...)`` and
+removed on exit and after an exception. :func:`ablation_hooks` returns the same hooks as
+``[(hook_name, fn)]`` for ``model.run_with_hooks(batch, fwd_hooks=...)``.
+
+Modes (the replacement value):
+
+- ``zero``: ``0``.
+- ``mean``: the token-mean activation over a reference set of inputs (:class:`AblationReference`,
+  computed once, saved and loaded with ``save``/``load``).
+- ``resample``: the token-mean activation of one reference input per row, drawn with ``seed``.
+- ``baseline``: the activation of the NIG baseline input (``pad``: query and document tokens replaced by
+  ``[PAD]``, ``[CLS]``/``[SEP]``, positions, token types and mask kept) of the **same** row at the same
+  position: the counterfactual NIG integrates towards (Vast et al., ICTIR 2024). The context manager
+  runs a baseline pass of every batch first (up to the last ablated layer), so a forward costs up to
+  twice as much; ``ablation_hooks(..., batch=batch)`` runs it once for that batch.
+
+Positions: ``"all"`` (every position, padding included), ``"cls"``, ``"query"``, ``"doc"`` (the token
+groups of the batch; a bi-encoder text's tokens are ``doc``) or a ``[batch, pos]`` bool tensor (for one
+batch run as a whole, e.g. ``model(batch)``; ``model.score`` re-batches by length, so use groups there).
+
+Bi-encoders: ``side`` names the encoded side(s) to ablate (``"both"``, default, ``"query"`` or ``"doc"``).
+A text batch does not say which side it is, so ``side`` is honoured by the context's own scoring
+helpers, :meth:`Ablation.encode` and :meth:`Ablation.score`; a plain ``model.encode`` inside the block
+ablates every pass.
+
+Example:
+    >>> with ablate(ce, top, mode="zero", positions="doc") as ab:  # doctest: +SKIP
+    ...     scores = ab.score(queries, docs)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mechir_nig._validate import check_choice, check_int
+from mechir_nig.errors import InputError
+from mechir_nig.interventions.hooks import bind_batches, component_dim, replace_components
+from mechir_nig.models.tokenization import CLS, DOC, PAD, QUERY
+from mechir_nig.sets.components import ComponentSet
+
+__all__ = [
+    "MODES",
+    "POSITIONS",
+    "SIDES",
+    "Ablation",
+    "AblationReference",
+    "BaselineActivity",
+    "ablate",
+    "ablation_hooks",
+    "baseline_active",
+]
+
+MODES = ("zero", "mean", "resample", "baseline")
+POSITIONS = ("all", "cls", "query", "doc")
+SIDES = ("both", "query", "doc")
+_GROUP_OF = {"cls": CLS, "query": QUERY, "doc": DOC}
+_SITES = {"mlp": "blocks.{layer}.mlp.hook_post", "head": "blocks.{layer}.attn.hook_z"}
+
+
+def _is_batch(obj: Any) -> bool:
+    return all(hasattr(obj, a) for a in ("input_ids", "attention_mask", "groups"))
+
+
+def _hook_names(model: Any) -> list[str]:
+    n = model.cfg.n_layers
+    return [_SITES["mlp"].format(layer=i) for i in range(n)] + [
+        _SITES["head"].format(layer=i) for i in range(n)
+    ]
+
+
+def check_components(model: Any, components: Any) -> ComponentSet:
+    """``components`` if it is a set of ``model``'s MLP neurons or heads, else an InputError saying what differs."""
+    if not isinstance(components, ComponentSet):
+        raise InputError(
+            f"components must be a NeuronSet or a ComponentSet of heads, got {type(components).__name__}; "
+            "build one with select_top(...) or NeuronSet(pairs, n_layers=..., d_mlp=...)"
+        )
+    cfg = model.cfg
+    width = cfg.d_mlp if components.kind == "mlp" else cfg.n_heads
+    axis = "d_mlp" if components.kind == "mlp" else "n_heads"
+    if (components.n_layers, components.width) != (cfg.n_layers, width):
+        raise InputError(
+            f"components are a {components.n_layers} x {components.width} ({axis}) set but the model has "
+            f"n_layers={cfg.n_layers}, {axis}={width}: select the set from this model's attribution"
+        )
+    return components
+
+
+# -- reference activations ---------------------------------------------------------------------------------
+@dataclass
+class AblationReference:
+    """Token-mean activations of reference inputs at every ``mlp.hook_post`` and ``attn.hook_z``.
+
+    ``per_input[name]`` is ``[n_ref, d_mlp]`` or ``[n_ref, n_heads, d_head]``: the mean over each
+    reference input's attended tokens; ``tokens`` ``[n_ref]`` their counts. ``mean(name)`` is the mean
+    over all reference tokens (the ``mean`` mode), a row of ``per_input`` the ``resample`` value.
+    Compute once with :meth:`compute`, keep with :meth:`save` / :meth:`load`.
+    """
+
+    per_input: dict[str, Tensor]
+    tokens: Tensor
+    n_layers: int
+    d_mlp: int
+    n_heads: int
+    model: str = ""
+    _means: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.tokens) == 0 or int(self.tokens.sum()) == 0:
+            raise InputError(
+                "the ablation reference is empty: pass at least one non-empty reference text or pair"
+            )
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def mean(self, name: str) -> Tensor:
+        """Mean activation over every reference token at hook ``name`` (cached)."""
+        if name not in self._means:
+            w = self.tokens.to(torch.float64)
+            x = self.per_input[name].to(torch.float64)
+            self._means[name] = (x * w.view(-1, *([1] * (x.ndim - 1)))).sum(0) / w.sum()
+        return self._means[name]
+
+    def check_model(self, model: Any) -> None:
+        cfg = model.cfg
+        if (self.n_layers, self.d_mlp, self.n_heads) != (cfg.n_layers, cfg.d_mlp, cfg.n_heads):
+            raise InputError(
+                f"the reference was computed on a model with n_layers={self.n_layers}, d_mlp={self.d_mlp}, "
+                f"n_heads={self.n_heads}; this model has {cfg.n_layers}, {cfg.d_mlp}, {cfg.n_heads}: "
+                "compute the reference with this model (AblationReference.compute)"
+            )
+
+    @classmethod
+    @torch.no_grad()
+    def compute(
+        cls,
+        model: Any,
+        queries: Sequence[str],
+        docs: Sequence[str] | None = None,
+        *,
+        batch_size: int = 16,
+    ) -> AblationReference:
+        """Reference activations of (query, doc) pairs (cross-encoder) or texts (bi-encoder: ``docs`` if
+        given, else ``queries``), one cached forward per batch of ``batch_size``."""
+        check_int(batch_size, "batch_size", minimum=1)
+        if len(queries) == 0 or (docs is not None and len(docs) == 0):
+            raise InputError("the ablation reference is empty: pass at least one reference pair or text")
+        if model.pairwise:
+            if docs is None or len(docs) != len(queries):
+                raise InputError("a cross-encoder reference needs queries and docs of the same length")
+            batch = model.tokenize(list(queries), list(docs))
+        else:
+            texts = list(docs if docs is not None else queries)
+            if not texts:
+                raise InputError("the ablation reference is empty: pass at least one reference text")
+            batch = model.tokenize(texts)
+        if len(batch) == 0:
+            raise InputError("the ablation reference is empty: pass at least one reference pair")
+        names = _hook_names(model)
+        parts: dict[str, list[Tensor]] = {n: [] for n in names}
+        counts = []
+        for start in range(0, len(batch), batch_size):
+            sub = batch.select(torch.arange(start, min(start + batch_size, len(batch))))
+            _, cache = model.run_with_cache(sub, names_filter=lambda n: n in parts, return_cache_object=False)
+            m = (sub.groups != PAD).to(torch.float64)
+            counts.append(m.sum(1).cpu())
+            for n in names:
+                a = cache[n].to(torch.float64)
+                w = m.view(*m.shape, *([1] * (a.ndim - 2)))
+                parts[n].append(((a * w).sum(1) / w.sum(1).clamp(min=1)).cpu())
+        cfg = model.cfg
+        return cls(
+            {n: torch.cat(v) for n, v in parts.items()},
+            torch.cat(counts),
+            cfg.n_layers,
+            cfg.d_mlp,
+            cfg.n_heads,
+            model=str(getattr(cfg, "model_name", "")),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        torch.save(
+            {
+                "per_input": self.per_input,
+                "tokens": self.tokens,
+                "n_layers": self.n_layers,
+                "d_mlp": self.d_mlp,
+                "n_heads": self.n_heads,
+                "model": self.model,
+            },
+            path,
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> AblationReference:
+        d = torch.load(Path(path), weights_only=True)
+        return cls(d["per_input"], d["tokens"], d["n_layers"], d["d_mlp"], d["n_heads"], d["model"])
+
+
+# -- the hooks ----------------------------------------------------------------------------------------------
+class _State:
+    """What the hooks of one ablation share: the current batch's positions, baseline activations, switches."""
+
+    def __init__(self, model, components, mode, positions, reference, seed, baseline):
+        self.model = model
+        self.components = components
+        self.mode = mode
+        self.positions = positions
+        self.reference = reference
+        self.baseline = baseline
+        self.generator = torch.Generator().manual_seed(seed)
+        self.dim = component_dim(components.kind)
+        self.index = {
+            name: torch.tensor(idx, dtype=torch.long, device=model.device)
+            for name, idx in (components.to_hook_names() if len(components) else {}).items()
+        }  # (an empty set has no hooks; sets.by_layer() fails on it)
+        self.groups: Tensor | None = None
+        self.baseline_acts: dict[str, Tensor] = {}
+        self.rows: Tensor | None = None
+        self.active = True
+        self.capture = False
+
+    # positions ------------------------------------------------------------------------------------------
+    def position_mask(self, act: Tensor) -> Tensor | None:
+        p = self.positions
+        if isinstance(p, Tensor):
+            if tuple(p.shape) != tuple(act.shape[:2]):
+                raise InputError(
+                    f"positions mask has shape {tuple(p.shape)} but the batch is [batch, pos] = "
+                    f"{tuple(act.shape[:2])}: pass a bool mask shaped like the batch's input_ids"
+                )
+            return p.to(act.device)
+        if p == "all":
+            return None
+        if self.groups is None:
+            raise InputError(
+                f"positions={p!r} needs the batch's token groups: run a tokenized batch inside ablate(...), "
+                "or pass batch= to ablation_hooks"
+            )
+        return (self.groups == _GROUP_OF[p]).to(act.device)
+
+    # replacement values ---------------------------------------------------------------------------------
+    def value(self, name: str, act: Tensor) -> Tensor:
+        idx = self.index[name]
+        if self.mode == "zero":
+            return act.new_zeros(())
+        if self.mode == "baseline":
+            if name not in self.baseline_acts:
+                raise InputError(
+                    "mode='baseline' needs a baseline pass of this batch: run a tokenized batch inside "
+                    "ablate(...), or pass batch= to ablation_hooks"
+                )
+            return self.baseline_acts[name]
+        ref = self.reference
+        if self.mode == "mean":
+            m = ref.mean(name).to(act.device).index_select(0, idx)
+            return m.view(1, 1, *m.shape)
+        if self.rows is None or len(self.rows) != act.shape[0]:
+            self.rows = torch.randint(len(ref), (act.shape[0],), generator=self.generator)
+        r = ref.per_input[name].index_select(0, self.rows).to(act.device)
+        return r.index_select(1, idx.cpu().to(r.device)).unsqueeze(1)
+
+    def hook(self, act: Tensor, hook: Any) -> Tensor:
+        name = hook.name
+        idx = self.index[name]
+        if self.capture:
+            self.baseline_acts[name] = act.index_select(self.dim % act.ndim, idx).detach()
+            return act
+        if not self.active:
+            return act
+        return replace_components(act, idx, self.dim, self.value(name, act), self.position_mask(act))
+
+    def fwd_hooks(self) -> list[tuple[str, Any]]:
+        return [(name, self.hook) for name in self.index]
+
+    # per batch ------------------------------------------------------------------------------------------
+    def prepare(self, batch: Any, forward: Any) -> None:
+        """Record the batch's groups, draw resample rows, run the baseline pass."""
+        self.rows = None
+        self.baseline_acts = {}
+        self.groups = batch.groups if _is_batch(batch) else None
+        if self.mode != "baseline" or not self.active or not self.index:
+            return
+        if not _is_batch(batch):
+            raise InputError(
+                "mode='baseline' needs a tokenized batch (model.tokenize(...)) to build the baseline input; "
+                "got raw tensors"
+            )
+        from mechir_nig.attribution.baselines import baseline_embeddings
+
+        emb = baseline_embeddings(self.model, batch.input_ids, batch.groups, self.baseline)
+        last = max(self.components.by_layer()) + 1
+        self.capture = True
+        try:
+            forward(
+                None,
+                getattr(batch, "token_type_ids", None),
+                batch.attention_mask,
+                input_embeds=emb,
+                stop_at_layer=last,
+            )
+        finally:
+            self.capture = False
+
+
+def _check(model, components, mode, positions, reference, side, seed, baseline):
+    components = check_components(model, components)
+    check_choice(mode, "mode", MODES)
+    check_choice(side, "side", SIDES)
+    check_int(seed, "seed")
+    if isinstance(positions, Tensor):
+        if positions.dtype != torch.bool or positions.ndim != 2:
+            raise InputError(
+                f"positions mask must be a [batch, pos] bool tensor, got dtype {positions.dtype} and shape "
+                f"{tuple(positions.shape)}"
+            )
+    else:
+        check_choice(positions, "positions", POSITIONS)
+        if positions == "query" and not model.pairwise:
+            raise InputError(
+                "a bi-encoder text has no query group: use side='query' (and positions='all' or 'doc')"
+            )
+    if model.pairwise and side != "both":
+        raise InputError("side applies to bi-encoders only; a cross-encoder scores one joint input")
+    if mode in ("mean", "resample"):
+        if reference is None:
+            raise InputError(
+                f"mode={mode!r} needs reference=AblationReference.compute(model, reference_queries, reference_docs)"
+            )
+        if not isinstance(reference, AblationReference):
+            raise InputError(f"reference must be an AblationReference, got {type(reference).__name__}")
+        reference.check_model(model)
+    elif reference is not None:
+        raise InputError(f"reference= is used by modes 'mean' and 'resample' only, not {mode!r}")
+    if mode == "baseline":
+        from mechir_nig.attribution.baselines import check_baseline
+
+        check_baseline(baseline)
+    return components
+
+
+def ablation_hooks(
+    model: Any,
+    components: ComponentSet,
+    *,
+    mode: str = "zero",
+    positions: str | Tensor = "all",
+    reference: AblationReference | None = None,
+    batch: Any = None,
+    seed: int = 0,
+    baseline: str = "pad",
+) -> list[tuple[str, Any]]:
+    """The ablation as ``[(hook_name, fn)]`` for ``model.run_with_hooks(batch, fwd_hooks=...)``.
+
+    Token-group positions and ``mode='baseline'`` need ``batch=`` (the batch you will run): its groups
+    are recorded and its baseline pass is run here, once. See :func:`ablate` for the arguments.
+
+    Example:
+        >>> hooks = ablation_hooks(ce, top, mode="baseline", batch=batch)  # doctest: +SKIP
+        >>> scores = ce.run_with_hooks(batch, fwd_hooks=hooks)  # doctest: +SKIP
+    """
+    components = _check(model, components, mode, positions, reference, "both", seed, baseline)
+    state = _State(model, components, mode, positions, reference, seed, baseline)
+    if batch is not None:
+        if not _is_batch(batch):
+            raise InputError("batch= must be a tokenized batch (model.tokenize(...))")
+        with model.hooks(fwd_hooks=state.fwd_hooks()):
+            state.prepare(batch, model.forward)
+    return state.fwd_hooks()
+
+
+class Ablation:
+    """The context returned by :func:`ablate`; also scores with the bi-encoder ``side`` honoured."""
+
+    def __init__(self, model, components, mode, positions, reference, side, seed, baseline):
+        self.model = model
+        self.components = components
+        self.mode = mode
+        self.positions = positions
+        self.side = side
+        self._state = _State(model, components, mode, positions, reference, seed, baseline)
+        self._stack: ExitStack | None = None
+
+    def _forward(self, batch: Any, forward: Any, args: tuple, kwargs: dict) -> Any:
+        if self._state.capture:
+            return forward(*args, **kwargs)
+        self._state.prepare(batch, forward)
+        return forward(*args, **kwargs)
+
+    def __enter__(self) -> Ablation:
+        stack = ExitStack()
+        try:
+            stack.enter_context(self.model.hooks(fwd_hooks=self._state.fwd_hooks()))
+            stack.enter_context(bind_batches(self.model, self._forward))
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], *, side: str = "doc", batch_size: int = 32) -> Tensor:
+        """Bi-encoder embeddings of ``texts`` as the ``side`` (``"query"``/``"doc"``), ablated if the
+        ablation covers that side."""
+        check_choice(side, "side", ("query", "doc"))
+        previous = self._state.active
+        self._state.active = self.side in ("both", side)
+        try:
+            return self.model.encode(list(texts), batch_size=batch_size)
+        finally:
+            self._state.active = previous
+
+    @torch.no_grad()
+    def score(self, queries: Sequence[str], docs: Sequence[str], *, batch_size: int = 32) -> Tensor:
+        """Scores of the pairs under the ablation (a bi-encoder ablates only ``side``; each distinct text
+        is encoded once)."""
+        if self.model.pairwise:
+            return self.model.score(list(queries), list(docs), batch_size=batch_size)
+
+        def embed(texts: list[str], side: str) -> Tensor:
+            unique = list(dict.fromkeys(texts))
+            row = {t: i for i, t in enumerate(unique)}
+            return self.encode(unique, side=side, batch_size=batch_size)[
+                torch.tensor([row[t] for t in texts])
+            ]
+
+        return self.model.similarity_fn(embed(list(queries), "query"), embed(list(docs), "doc"))
+
+
+def ablate(
+    model: Any,
+    components: ComponentSet,
+    *,
+    mode: str = "zero",
+    positions: str | Tensor = "all",
+    reference: AblationReference | None = None,
+    side: str = "both",
+    seed: int = 0,
+    baseline: str = "pad",
+) -> Ablation:
+    """Ablate ``components`` in every forward pass of ``model`` inside a ``with`` block.
+
+    Args:
+        model: a ``HookedCrossEncoder`` or ``HookedBiEncoder``.
+        components: a ``NeuronSet`` (``mlp.hook_post``) or a head ``ComponentSet`` (``attn.hook_z``) of
+            this model's shape; an empty set ablates nothing.
+        mode: ``"zero"``, ``"mean"``, ``"resample"`` or ``"baseline"`` (see the module docstring).
+        positions: ``"all"``, ``"cls"``, ``"query"``, ``"doc"`` or a ``[batch, pos]`` bool mask.
+        reference: an :class:`AblationReference` (modes ``mean`` and ``resample`` only).
+        side: bi-encoders: ``"both"``, ``"query"`` or ``"doc"`` (honoured by ``Ablation.encode/score``).
+        seed: seed of the ``resample`` draws (one generator per context; draws follow the forward order).
+        baseline: the NIG baseline of ``mode='baseline'`` (``"pad"`` by default, as NIG).
+
+    Returns:
+        An :class:`Ablation` context (``with ablate(...) as ab: ab.score(queries, docs)``).
+
+    Raises:
+        InputError: for a set of another model's shape, an unknown mode/positions/side, a missing or empty
+            reference, a reference of another model, or (at run time) a positions mask of the wrong shape.
+    """
+    components = _check(model, components, mode, positions, reference, side, seed, baseline)
+    return Ablation(model, components, mode, positions, reference, side, seed, baseline)
+
+
+# -- baseline-active neurons --------------------------------------------------------------------------------
+@dataclass
+class BaselineActivity:
+    """Mean activation of each selected neuron on the inputs and on their NIG baseline inputs.
+
+    ``input_mean`` / ``baseline_mean``: ``[n]`` token means (attended tokens) over every input, in the
+    order of ``neurons`` (``[(layer, neuron)]``); ``active`` flags ``|baseline_mean| > threshold``.
+    ``active_set`` holds the flagged neurons and ``filtered`` the selection without them.
+    """
+
+    neurons: list[tuple[int, int]]
+    input_mean: Tensor
+    baseline_mean: Tensor
+    threshold: float
+    active_set: ComponentSet
+    filtered: ComponentSet
+
+    @property
+    def active(self) -> Tensor:
+        return self.baseline_mean.abs() > self.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "neurons": [
+                {
+                    "layer": layer,
+                    "neuron": n,
+                    "input_mean": float(a),
+                    "baseline_mean": float(b),
+                    "active": bool(f),
+                }
+                for (layer, n), a, b, f in zip(
+                    self.neurons, self.input_mean, self.baseline_mean, self.active, strict=True
+                )
+            ],
+        }
+
+
+@torch.no_grad()
+def baseline_active(
+    model: Any,
+    queries: Sequence[str],
+    docs: Sequence[str],
+    components: ComponentSet,
+    *,
+    threshold: float = 0.1,
+    baseline: str = "pad",
+    batch_size: int = 16,
+) -> BaselineActivity:
+    """Report which selected MLP neurons are active on the NIG baseline input (and filter them out).
+
+    A neuron strongly active on the ``[PAD]`` baseline has NIG measured against a non-zero reference;
+    zero-ablating it and baseline-ablating it are then different interventions. For a bi-encoder the
+    ``docs`` side is encoded (the side NIG interpolates by default).
+
+    Args:
+        threshold: flag neurons whose mean baseline activation has ``|mean| > threshold``.
+
+    Returns:
+        :class:`BaselineActivity` with the per-neuron means, the flagged set and the filtered selection.
+    """
+    components = check_components(model, components)
+    if components.kind != "mlp":
+        raise InputError("baseline_active reports MLP neurons: pass a NeuronSet")
+    check_int(batch_size, "batch_size", minimum=1)
+    from mechir_nig.attribution.baselines import baseline_embeddings
+
+    batch = model.tokenize(list(queries), list(docs)) if model.pairwise else model.tokenize(list(docs))
+    hooks = components.to_hook_names()
+    sums = {n: torch.zeros(2, len(i), dtype=torch.float64) for n, i in hooks.items()}
+    total = 0.0
+    for start in range(0, len(batch), batch_size):
+        sub = batch.select(torch.arange(start, min(start + batch_size, len(batch))))
+        m = (sub.groups != PAD).to(torch.float64).unsqueeze(-1)
+        total += float(m.sum())
+        emb = baseline_embeddings(model, sub.input_ids, sub.groups, baseline)
+        for row, kwargs in enumerate(({}, {"input_embeds": emb})):
+            arg = sub if row == 0 else None
+            extra = (
+                {}
+                if row == 0
+                else {"token_type_ids": sub.token_type_ids, "attention_mask": sub.attention_mask}
+            )
+            _, cache = model.run_with_cache(
+                arg, names_filter=lambda n: n in hooks, return_cache_object=False, **kwargs, **extra
+            )
+            for n, idx in hooks.items():
+                sums[n][row] += (cache[n][..., idx].to(torch.float64).cpu() * m.cpu()).sum((0, 1))
+    neurons = [(int(n.split(".")[1]), i) for n, idx in hooks.items() for i in idx]
+    means = torch.cat([sums[n] for n in hooks], dim=1) / max(total, 1.0)
+    flagged = means[1].abs() > threshold
+    active = ComponentSet.from_mask(_mask_of(components, neurons, flagged), kind="mlp")
+    return BaselineActivity(neurons, means[0], means[1], float(threshold), active, components - active)
+
+
+def _mask_of(components: ComponentSet, neurons: list[tuple[int, int]], keep: Tensor) -> Tensor:
+    mask = torch.zeros(components.n_layers, components.width, dtype=torch.bool)
+    if neurons:
+        lay = torch.tensor([n[0] for n in neurons])
+        idx = torch.tensor([n[1] for n in neurons])
+        mask[lay[keep], idx[keep]] = True
+    return mask
