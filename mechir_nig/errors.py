@@ -37,3 +37,7 @@ class DataWarning(UserWarning):
     """A data set is usable but incomplete or inconsistent: qrels naming unknown documents, records
     skipped for an empty text, a relevance scale that was not stated. The counts are in the
     ``report`` of the object returned (``Collection.report``, ``JudgedPairs.report``)."""
+
+
+class NoScoreChangeWarning(UserWarning):
+    """A perturbation does not move some pairs' scores: their patching recovery is NaN (undefined)."""

@@ -1,7 +1,6 @@
 """Interventions through hooks: ablation (this package's ``ablation``), patching and perturbations.
 
-Names are imported lazily, so ``import mechir_nig.interventions`` is cheap and a module that is not
-installed yet (``patching``, ``perturb``) does not break the others.
+Names are imported lazily, so ``import mechir_nig.interventions`` is cheap.
 """
 
 from __future__ import annotations
@@ -18,6 +17,18 @@ _EXPORTS = {
     "baseline_active": "ablation",
     "replace_components": "hooks",
     "bind_batches": "hooks",
+    "patch": "patching",
+    "PatchingResult": "patching",
+    "NoScoreChangeWarning": "patching",
+    "SITES": "patching",
+    "Alignment": "perturb",
+    "align": "perturb",
+    "tfc1": "perturb",
+    "tdc": "perturb",
+    "remove_term": "perturb",
+    "random_term": "perturb",
+    "term_idf": "perturb",
+    "perturb_docs": "perturb",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,513 @@
+"""Activation patching between a clean and a corrupted (perturbed) run, vectorised, from cached layers.
+
+Two aligned inputs of the same shape (:func:`mechir_nig.interventions.perturb.align`) are run once each.
+Then, for every patch index of every site (one ``(layer, position)`` of the residual stream, one head,
+one neuron ...), the activation of one run (the **source**) is written into the other (the **base**)
+through the site's TransformerLens hook, and the patched score is read:
+
+- ``direction="noise"``: base = clean, source = corrupted (does the corrupted activation at this site
+  carry the perturbation's effect into the clean run?);
+- ``direction="denoise"`` (default): base = corrupted, source = clean (does restoring the clean
+  activation at this site undo the perturbation?).
+
+The metric is the normalised **recovery** ``(patched − base) / (source − base)``: 0 = no effect, 1 =
+the patch moves the score all the way to the source run's score. For ``noise`` this is MechIR's
+``(patched − clean) / (corrupted − clean)``. Where the perturbation does not move the score
+(``|source − base| < eps``) the recovery is undefined: NaN and a :class:`NoScoreChangeWarning` naming
+the pairs (MechIR returns a silent 0 there). ``metric="raw"`` gives ``patched − base``.
+
+Sites (``blocks.{l}`` hooks), the patch index and the shape of ``values[site]``:
+
+============  ==========================  ========================  ==================================
+site          hook                        one patch writes          values
+============  ==========================  ========================  ==================================
+resid_pre     ``hook_resid_pre``          one position              ``[batch, layer, pos]``
+attn_out      ``hook_attn_out``           one position              ``[batch, layer, pos]``
+mlp_out       ``hook_mlp_out``            one position              ``[batch, layer, pos]``
+heads         ``attn.hook_z``             one head, all positions   ``[batch, layer, n_heads]``
+head_pos      ``attn.hook_z``             one head at one position  ``[batch, layer, n_heads, pos]``
+neurons       ``mlp.hook_post``           one neuron, all positions ``[batch, layer, d_mlp]``
+neuron_set    ``mlp.hook_post``           one member neuron         ``[batch, n_members]`` (set order)
+============  ==========================  ========================  ==================================
+
+(a ``NeuronSet`` passed in ``sites`` is the ``neuron_set`` site: its members, one at a time.)
+
+How it is computed: both runs are cached once. Every patched run starts at the patched layer from the
+base run's cached ``resid_pre`` (``start_at_layer``), so the layers below are never recomputed; the
+patch indices of a layer are stacked along the batch axis (one row per index, trimmed to its pair's
+span, ``chunk_size`` rows per forward), and the hook writes each row's source values at its index with
+one indexed assignment. Patches that cannot change the result are not run and get the base score
+exactly: positions masked in the base run (padding and alignment slots) and indices where the source
+activation equals the base activation (e.g. every unchanged token at layer 0).
+
+Example:
+    >>> al = perturb.align(ce, queries, docs, perturb.tfc1)  # doctest: +SKIP
+    >>> res = patch(ce, al, sites=("resid_pre", "heads"))  # doctest: +SKIP
+    >>> res["resid_pre"].shape, res["heads"].shape  # [batch, layer, pos], [batch, layer, n_heads]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from mechir_nig.errors import InputError, NoScoreChangeWarning
+from mechir_nig.models.tokenization import PairBatch, TextBatch
+
+__all__ = ["DIRECTIONS", "METRICS", "SITES", "NoScoreChangeWarning", "PatchingResult", "patch"]
+
+SITES: dict[str, tuple[str, str]] = {
+    "resid_pre": ("blocks.{layer}.hook_resid_pre", "pos"),
+    "attn_out": ("blocks.{layer}.hook_attn_out", "pos"),
+    "mlp_out": ("blocks.{layer}.hook_mlp_out", "pos"),
+    "heads": ("blocks.{layer}.attn.hook_z", "head"),
+    "head_pos": ("blocks.{layer}.attn.hook_z", "head_pos"),
+    "neurons": ("blocks.{layer}.mlp.hook_post", "neuron"),
+    "neuron_set": ("blocks.{layer}.mlp.hook_post", "neuron"),
+}
+"""Site name -> (hook name template, patch index kind)."""
+DIRECTIONS = ("denoise", "noise")
+METRICS = ("recovery", "raw")
+_TOKENS_PER_CHUNK = 65536  # default chunk: rows x positions (bounds the memory of one patched forward)
+
+
+@dataclass
+class PatchingResult:
+    """Patching effects of one or more sites for a batch of aligned pairs.
+
+    Shapes:
+        values: ``{site: tensor}``, the metric, ``[batch, layer, ...]`` per site (see the module table;
+            ``layer`` indexes ``layers``); ``result[site]`` is ``values[site]``.
+        patched: ``{site: tensor}`` of the same shapes: the patched scores.
+        base_scores / source_scores / clean_scores / corrupted_scores: ``[batch]``.
+        base_mask: ``[batch, pos]`` attention mask of the run patched into; changed: ``[batch, pos]``.
+        clean_tokens / corrupted_tokens: aligned token strings (``""`` at masked slots and padding).
+    """
+
+    values: dict[str, Tensor]
+    patched: dict[str, Tensor]
+    clean_scores: Float[Tensor, " batch"]
+    corrupted_scores: Float[Tensor, " batch"]
+    layers: list[int]
+    direction: str
+    metric: str
+    eps: float
+    base_mask: Int[Tensor, "batch pos"]
+    groups: Int[Tensor, "batch pos"]
+    changed: Bool[Tensor, "batch pos"] | None = None
+    clean_tokens: list[list[str]] = field(default_factory=list)
+    corrupted_tokens: list[list[str]] = field(default_factory=list)
+    members: list[tuple[int, int]] = field(default_factory=list)  # neuron_set members, in values' order
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, site: str) -> Tensor:
+        if site not in self.values:
+            raise InputError(f"no site {site!r} in this result; it holds {list(self.values)}")
+        return self.values[site]
+
+    def __len__(self) -> int:
+        return len(self.clean_scores)
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.values)
+
+    @property
+    def base_scores(self) -> Float[Tensor, " batch"]:
+        """Scores of the run patched into (corrupted for ``denoise``, clean for ``noise``)."""
+        return self.corrupted_scores if self.direction == "denoise" else self.clean_scores
+
+    @property
+    def source_scores(self) -> Float[Tensor, " batch"]:
+        """Scores of the run the patches come from (clean for ``denoise``, corrupted for ``noise``)."""
+        return self.clean_scores if self.direction == "denoise" else self.corrupted_scores
+
+    def _patched(self, site: str) -> Tensor:
+        self[site]  # raises for an unknown site
+        return self.patched[site]
+
+    def raw(self, site: str) -> Tensor:
+        """``patched − base`` of ``site``."""
+        p = self._patched(site)
+        return p - _bcast(self.base_scores, p)
+
+    def recovery(self, site: str) -> Tensor:
+        """``(patched − base) / (source − base)`` of ``site`` (NaN where ``|source − base| < eps``)."""
+        p = self._patched(site)
+        return _recovery(p, self.base_scores, self.source_scores, self.eps)
+
+    # -- persistence -------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (safetensors tensors) and ``path.json`` (sites, layers, tokens, settings)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors = {f"values.{k}": v for k, v in self.values.items()}
+        tensors |= {f"patched.{k}": v for k, v in self.patched.items()}
+        for name in ("clean_scores", "corrupted_scores", "base_mask", "groups", "changed"):
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name)
+        tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
+        side = {
+            "sites": self.sites,
+            "layers": self.layers,
+            "direction": self.direction,
+            "metric": self.metric,
+            "eps": self.eps,
+            "clean_tokens": self.clean_tokens,
+            "corrupted_tokens": self.corrupted_tokens,
+            "members": self.members,
+            "meta": self.meta,
+        }
+        json_path = path.with_suffix(path.suffix + ".json")
+        for target, write in (
+            (json_path, lambda tmp: tmp.write_text(json.dumps(side))),
+            (path, lambda tmp: save_file(tensors, str(tmp))),
+        ):  # each written to a temporary name, then renamed: never half-written
+            tmp = target.with_name(target.name + ".tmp")
+            write(tmp)
+            os.replace(tmp, target)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PatchingResult:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        t = load_file(str(path))
+        side = json.loads(path.with_suffix(path.suffix + ".json").read_text())
+        return cls(
+            values={k: t[f"values.{k}"] for k in side["sites"]},
+            patched={k: t[f"patched.{k}"] for k in side["sites"]},
+            clean_scores=t["clean_scores"],
+            corrupted_scores=t["corrupted_scores"],
+            base_mask=t["base_mask"],
+            groups=t["groups"],
+            changed=t.get("changed"),
+            layers=side["layers"],
+            direction=side["direction"],
+            metric=side["metric"],
+            eps=side["eps"],
+            clean_tokens=side["clean_tokens"],
+            corrupted_tokens=side["corrupted_tokens"],
+            members=[tuple(m) for m in side["members"]],
+            meta=side["meta"],
+        )
+
+
+def _bcast(scores: Tensor, like: Tensor) -> Tensor:
+    return scores.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _recovery(patched: Tensor, base: Tensor, source: Tensor, eps: float) -> Tensor:
+    delta = source - base
+    flat = delta.abs() < eps
+    denom = torch.where(flat, torch.ones_like(delta), delta)
+    out = (patched - _bcast(base, patched)) / _bcast(denom, patched)
+    return out.masked_fill(_bcast(flat, patched), float("nan"))
+
+
+# -- validation ------------------------------------------------------------------------------------------
+def _check_sites(model: Any, sites: Any) -> list[tuple[str, Any]]:
+    from mechir_nig.sets.components import ComponentSet
+
+    items = [sites] if isinstance(sites, str | ComponentSet) else sites
+    if isinstance(items, str | bytes) or not isinstance(items, Sequence) or not items:
+        raise InputError(f"sites must be a site name, a NeuronSet or a non-empty list of them, got {sites!r}")
+    out: list[tuple[str, Any]] = []
+    names = [s for s in SITES if s != "neuron_set"]
+    cfg = model.cfg
+    for s in items:
+        if isinstance(s, ComponentSet):
+            if s.kind != "mlp":
+                raise InputError(
+                    f"a {s.kind} set cannot be patched as neurons; patch heads with sites='heads'"
+                )
+            if s.universe != (cfg.n_layers, cfg.d_mlp):
+                raise InputError(
+                    f"the NeuronSet is for a model with n_layers x d_mlp = {s.universe[0]} x {s.universe[1]}; "
+                    f"this model has {cfg.n_layers} x {cfg.d_mlp}: select the set on this model"
+                )
+            if not len(s):
+                raise InputError("the NeuronSet is empty; give at least one neuron")
+            out.append(("neuron_set", s))
+        elif s in names:
+            out.append((s, None))
+        else:
+            raise InputError(f"unknown site {s!r}; sites are {names} or a NeuronSet")
+    keys = [k for k, _ in out]
+    if len(set(keys)) != len(keys):
+        raise InputError(f"sites {keys} repeat a site; list each once (one NeuronSet at most)")
+    return out
+
+
+def _check_layers(layers: Any, n_layers: int) -> list[int]:
+    from mechir_nig.sets.components import check_layers
+
+    return list(check_layers(layers, n_layers))
+
+
+def _check_batches(model: Any, clean: Any, corrupted: Any, q_emb: Any) -> tuple[Any, Any, Any, Tensor | None]:
+    from mechir_nig.interventions.perturb import Alignment
+
+    al = None
+    if isinstance(clean, Alignment):
+        if corrupted is not None or q_emb is not None:
+            raise InputError(
+                "pass either an Alignment or two aligned batches (and query_embeddings), not both"
+            )
+        al, clean, corrupted, q_emb = clean, clean.clean, clean.perturbed, clean.query_embeddings
+    pairwise = getattr(model, "pairwise", True)
+    kind = PairBatch if pairwise else TextBatch
+    for name, b in (("clean", clean), ("corrupted", corrupted)):
+        if not isinstance(b, kind):
+            raise InputError(
+                f"{name} must be a {kind.__name__} (or pass an Alignment from perturb.align), got {type(b).__name__}"
+            )
+    if not pairwise and (q_emb is None or tuple(q_emb.shape) != (len(clean), model.cfg.d_model)):
+        raise InputError(
+            f"a bi-encoder patches the document side: pass query_embeddings=model.encode(queries) of shape "
+            f"({len(clean)}, {model.cfg.d_model}) (perturb.align does), got "
+            f"{None if q_emb is None else tuple(q_emb.shape)}"
+        )
+    if clean.input_ids.shape != corrupted.input_ids.shape:
+        raise InputError(
+            f"clean {tuple(clean.input_ids.shape)} and corrupted {tuple(corrupted.input_ids.shape)} batches "
+            "differ in shape [batch, pos]; align them with perturb.align(model, queries, docs, perturbed)"
+        )
+    if not torch.equal(clean.attention_mask[:, 0], corrupted.attention_mask[:, 0]) or not bool(
+        clean.attention_mask[:, 0].all()
+    ):
+        raise InputError("position 0 ([CLS]) must be attended in both batches; align with perturb.align")
+    dev = model.device
+    return clean.to(dev), corrupted.to(dev), al, None if q_emb is None else q_emb.to(dev)
+
+
+# -- the sweep -------------------------------------------------------------------------------------------
+def _grid(kind: str, base: Tensor, src: Tensor | None, mask: Tensor, members: Tensor | None) -> Tensor:
+    """Which patch indices can change the result: ``[batch, *index]`` bool (``src=None``: all indices
+    at positions attended in the base run)."""
+    m = mask.bool()
+    if src is None:
+        src = base + 1  # differs everywhere
+    if kind == "pos":
+        return m & (base != src).any(-1)
+    if kind == "head":
+        return ((base != src).any(-1) & m[:, :, None]).any(1)  # [batch, n_heads]
+    if kind == "head_pos":
+        return ((base != src).any(-1) & m[:, :, None]).transpose(1, 2)  # [batch, n_heads, pos]
+    diff = (base != src) & m[:, :, None]  # neurons: [batch, pos, d_mlp]
+    if members is not None:
+        diff = diff[:, :, members]
+    return diff.any(1)
+
+
+def _writer(kind: str, src: Tensor, rows: Tensor, members: Tensor | None) -> Callable[[Tensor, Any], Tensor]:
+    """A hook writing each row's source values at its patch index (one indexed assignment)."""
+    b = rows[:, 0]
+
+    def hook(act: Tensor, hook: Any = None) -> Tensor:
+        r = torch.arange(act.shape[0], device=act.device)
+        n = act.shape[1]
+        if kind == "pos":
+            act[r, rows[:, 1]] = src[b, rows[:, 1]]
+        elif kind == "head":
+            act[r, :, rows[:, 1]] = src[b, :n, rows[:, 1]]
+        elif kind == "head_pos":
+            act[r, rows[:, 2], rows[:, 1]] = src[b, rows[:, 2], rows[:, 1]]
+        else:
+            idx = rows[:, 1] if members is None else members[rows[:, 1]]
+            act[r, :, idx] = src[b, :n, idx]
+        return act
+
+    return hook
+
+
+def _default_chunk(n_pos: int) -> int:
+    return max(1, _TOKENS_PER_CHUNK // max(1, n_pos))
+
+
+@torch.no_grad()
+def patch(
+    model: Any,
+    clean: Any,
+    corrupted: PairBatch | TextBatch | None = None,
+    *,
+    sites: Any = ("resid_pre",),
+    direction: str = "denoise",
+    metric: str = "recovery",
+    layers: Sequence[int] | None = None,
+    chunk_size: int | None = None,
+    eps: float = 1e-6,
+    skip_unchanged: bool = True,
+    query_embeddings: Tensor | None = None,
+) -> PatchingResult:
+    """Patch activations between aligned clean and corrupted runs of an encoder (see the module
+    docstring for directions, the metric, sites and how it is computed).
+
+    Args:
+        model: a ``HookedCrossEncoder``, or a ``HookedBiEncoder`` (the document side is patched, the query
+            embeddings stay fixed; score = similarity of the two).
+        clean: an :class:`~mechir_nig.interventions.perturb.Alignment`, or the clean ``PairBatch``
+            (``TextBatch`` of documents for a bi-encoder).
+        corrupted: the corrupted batch of the same ``[batch, pos]`` (with a batch ``clean``).
+        sites: a site name, a ``NeuronSet`` or a list of them (``resid_pre``, ``attn_out``, ``mlp_out``,
+            ``heads``, ``head_pos``, ``neurons``).
+        direction: ``"denoise"`` (run corrupted, patch in clean) or ``"noise"`` (run clean, patch in
+            corrupted).
+        metric: ``"recovery"`` (normalised, NaN where the score does not move) or ``"raw"``
+            (``patched − base``); ``PatchingResult.raw``/``recovery`` give either afterwards.
+        layers: the layers to patch (default all); ``values``' layer axis follows this order (sorted).
+        chunk_size: patched rows per forward (default: about 65k tokens per forward); never changes
+            results beyond float rounding.
+        eps: ``|source − base|`` below this makes the recovery NaN.
+        query_embeddings: a bi-encoder's fixed query embeddings ``[batch, d_model]`` when ``clean`` is a
+            batch (an Alignment carries them).
+        skip_unchanged: give indices whose source and base activations are equal the base score
+            without running them (exact); ``False`` runs them too (a check of the patched runs).
+
+    Returns:
+        A :class:`PatchingResult`.
+
+    Raises:
+        InputError: mismatched batches, an unknown site or direction, layers out of range, a NeuronSet
+            of another model's shape, a bad ``chunk_size``.
+    """
+    if direction not in DIRECTIONS:
+        raise InputError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if metric not in METRICS:
+        raise InputError(f"metric must be one of {METRICS}, got {metric!r}")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise InputError(f"chunk_size must be an integer >= 1 or None, got {chunk_size!r}")
+    if not isinstance(skip_unchanged, bool):
+        raise InputError(f"skip_unchanged must be True or False, got {skip_unchanged!r}")
+    if not isinstance(eps, int | float) or eps < 0:
+        raise InputError(f"eps must be a number >= 0, got {eps!r}")
+    site_list = _check_sites(model, sites)
+    layer_list = _check_layers(layers, model.cfg.n_layers)
+    clean_b, corr_b, al, q_emb = _check_batches(model, clean, corrupted, query_embeddings)
+
+    def score(out: Tensor, rows: Tensor | None = None) -> Tensor:  # a bi-encoder's output is an embedding
+        if q_emb is None:
+            return out
+        return (out * (q_emb if rows is None else q_emb[rows])).sum(-1)
+
+    base, source = (corr_b, clean_b) if direction == "denoise" else (clean_b, corr_b)
+
+    hook_names = {SITES[s][0].format(layer=layer) for s, _ in site_list for layer in layer_list}
+    resid_names = {f"blocks.{layer}.hook_resid_pre" for layer in layer_list}
+    base_out, base_cache = model.run_with_cache(
+        base, names_filter=lambda n: n in hook_names | resid_names, return_cache_object=False
+    )
+    source_out, source_cache = model.run_with_cache(
+        source, names_filter=lambda n: n in hook_names, return_cache_object=False
+    )
+    base_scores, source_scores = score(base_out), score(source_out)
+    spans = base.lengths
+    n_pos = base.input_ids.shape[1]
+    values: dict[str, Tensor] = {}
+    patched: dict[str, Tensor] = {}
+    members: list[tuple[int, int]] = []
+    for site, nset in site_list:
+        template, kind = SITES[site]
+        member_idx: dict[int, Tensor] = {}
+        if nset is not None:
+            members = [m for m in nset if m[0] in layer_list]
+            if not members:
+                raise InputError(f"the NeuronSet has no neuron in layers {layer_list}; pass layers=None")
+            for layer in sorted({m[0] for m in members}):
+                ns = [n for lyr, n in members if lyr == layer]
+                member_idx[layer] = torch.tensor(ns, device=model.device)
+        out = _empty(site, kind, model.cfg, len(base), len(layer_list), n_pos, len(members), base_scores)
+        offset = 0
+        for li, layer in enumerate(layer_list):
+            if nset is not None and layer not in member_idx:
+                continue
+            name = template.format(layer=layer)
+            b_act, s_act = base_cache[name], source_cache[name]
+            mem = member_idx.get(layer)
+            valid = _grid(kind, b_act, s_act if skip_unchanged else None, base.attention_mask, mem)
+            rows = valid.nonzero()
+            resid = base_cache[f"blocks.{layer}.hook_resid_pre"]
+            step = chunk_size or _default_chunk(n_pos)
+            for c in range(0, rows.shape[0], step):
+                r = rows[c : c + step]
+                b = r[:, 0]
+                span = int(spans[b].max())
+                scores = model.run_with_hooks(
+                    None,
+                    base.token_type_ids[b, :span],
+                    base.attention_mask[b, :span],
+                    residual=resid[b, :span],
+                    start_at_layer=layer,
+                    fwd_hooks=[(name, _writer(kind, s_act, r, mem))],
+                )
+                scores = score(scores, b)
+                if nset is not None:
+                    out[b, offset + r[:, 1]] = scores.to(out.dtype)
+                else:
+                    out[(b, torch.full_like(b, li), *r[:, 1:].unbind(1))] = scores.to(out.dtype)
+            if mem is not None:
+                offset += len(mem)
+        patched[site] = out.cpu()
+    clean_scores, corr_scores = (
+        (source_scores, base_scores) if direction == "denoise" else (base_scores, source_scores)
+    )
+    b_s, s_s = base_scores.float().cpu(), source_scores.float().cpu()
+    flat = ((s_s - b_s).abs() < eps).nonzero().flatten().tolist()
+    if metric == "recovery" and flat:
+        warnings.warn(
+            f"the perturbation does not move the score (|source - base| < eps={eps}) of pairs {flat}; "
+            "their recovery is NaN (use metric='raw' for score differences)",
+            NoScoreChangeWarning,
+            stacklevel=2,
+        )
+    values = {
+        k: (_recovery(v, b_s, s_s, eps) if metric == "recovery" else v - _bcast(b_s, v))
+        for k, v in patched.items()
+    }
+    return PatchingResult(
+        values=values,
+        patched=patched,
+        clean_scores=clean_scores.float().cpu(),
+        corrupted_scores=corr_scores.float().cpu(),
+        layers=layer_list,
+        direction=direction,
+        metric=metric,
+        eps=float(eps),
+        base_mask=base.attention_mask.cpu(),
+        groups=base.groups.cpu(),
+        changed=None if al is None else al.changed.cpu(),
+        clean_tokens=[] if al is None else al.clean_tokens,
+        corrupted_tokens=[] if al is None else al.perturbed_tokens,
+        members=members if any(s == "neuron_set" for s, _ in site_list) else [],
+    )
+
+
+def _empty(
+    site: str, kind: str, cfg: Any, n_batch: int, n_layer: int, n_pos: int, n_members: int, base: Tensor
+) -> Tensor:
+    """Patched scores initialised to the base score (what a skipped patch gets)."""
+    if site == "neuron_set":
+        shape: tuple[int, ...] = (n_batch, n_members)
+    elif kind == "pos":
+        shape = (n_batch, n_layer, n_pos)
+    elif kind == "head":
+        shape = (n_batch, n_layer, cfg.n_heads)
+    elif kind == "head_pos":
+        shape = (n_batch, n_layer, cfg.n_heads, n_pos)
+    else:
+        shape = (n_batch, n_layer, cfg.d_mlp)
+    b = base.float()
+    return b.reshape(-1, *([1] * (len(shape) - 1))).expand(shape).clone()
