@@ -1,6 +1,6 @@
 """NIG speed and memory, measured side by side in one run.
 
-Usage: ``python benchmarks/nig.py [--pairs 8] [--tokens 128] [--steps 32] [--sections floor,captum,loop,large,memory]``
+Usage: ``python benchmarks/nig.py [--pairs 8] [--tokens 128] [--steps 32] [--sections floor,captum,loop,large,memory,tolerance]``
 
 Sections (each prints ratios of functions timed alternately in the same process):
   floor   NIG over all layers vs the floor: one forward + one input-gradient backward (parameters
@@ -11,6 +11,9 @@ Sections (each prints ratios of functions timed alternately in the same process)
           hooks on the HF BertIntermediate modules of every layer, parameters not frozen.
   large   vs Captum per layer on a BERT-large-shaped random model (24 layers, 1024/4096).  >= 12x
   memory  peak RSS at n_steps=256 vs 16 with the same internal_batch_size (fresh subprocesses).
+  tolerance  time to reach |delta| < 1 % of |F(x) - F(x')|: ours with n_steps="auto", tol=0.01 (all
+          layers) vs Captum LayerConductance at its default 50 steps, trapezoid, run once per layer;
+          each side's achieved max |delta| / |F(x) - F(x')| is measured, not assumed.    target >= 10x
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ def floor_fn(ce, batch, n_steps, window):
     return run
 
 
-def captum_fn(hf, ce, batch, n_steps, layers):
+def captum_fn(hf, ce, batch, n_steps, layers, method=None):
+    """Captum ``LayerConductance`` once per layer, all points in one batch (``method``: Captum's default)."""
     from captum.attr import LayerConductance
 
     for p in hf.parameters():
@@ -72,6 +76,7 @@ def captum_fn(hf, ce, batch, n_steps, layers):
                 baselines=xb,
                 additional_forward_args=(batch.token_type_ids, batch.attention_mask),
                 n_steps=n_steps,
+                **({"method": method} if method else {}),
             )
 
     return run
@@ -183,6 +188,90 @@ def section_large(args):
     )
 
 
+def captum_completeness(hf, ce, batch, n_points):
+    """Captum ``IntegratedGradients``' own |delta| / |F(x) - F(x')| on ``n_points`` trapezoid points (the
+    points ``LayerConductance`` uses at ``n_points - 1`` steps). Captum's trapezoid step sizes are
+    ``1/n`` inside and ``1/(2n)`` at the ends for ``n`` points, summing to ``(n - 1)/n``: a ``-1/n`` bias."""
+    from captum.attr import IntegratedGradients
+
+    x = hf.bert.embeddings.word_embeddings(batch.input_ids).detach()
+    xb = baseline_embeddings(ce, batch.input_ids, batch.groups, "pad")
+
+    def forward(e, tt, m):
+        return hf(inputs_embeds=e, token_type_ids=tt, attention_mask=m).logits[:, 0]
+
+    _, delta = IntegratedGradients(forward).attribute(
+        x,
+        baselines=xb,
+        additional_forward_args=(batch.token_type_ids, batch.attention_mask),
+        n_steps=n_points,
+        method="riemann_trapezoid",
+        return_convergence_delta=True,
+    )
+    with torch.no_grad():
+        gap = forward(x, batch.token_type_ids, batch.attention_mask) - forward(
+            xb, batch.token_type_ids, batch.attention_mask
+        )
+    return (delta.detach() / gap).abs()
+
+
+def section_tolerance(args):
+    from transformers import BertForSequenceClassification
+
+    folder = minilm_cross_encoder_dir()
+    ce = HookedCrossEncoder.from_pretrained(folder)
+    hf = BertForSequenceClassification.from_pretrained(str(folder), attn_implementation="eager").eval()
+    q, d = synthetic_pairs(args.pairs, args.tokens)
+    batch = ce.tokenize(q, d)
+    window = args.window or max(1, 8192 // args.tokens)
+    nig = NeuronIntegratedGradients(ce)
+    tol, captum_steps = 0.01, 50
+
+    def run_auto():
+        return nig.attribute(batch, n_steps="auto", tol=tol, internal_batch_size=window)
+
+    print(
+        f"Time to |delta| < {tol:.0%}: MiniLM-L6 cross-encoder, {args.pairs} pairs x {args.tokens} tokens, "
+        f"all {ce.cfg.n_layers} layers, window {window}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    attr = run_auto()  # also the warm-up
+    ours = (attr.convergence_delta / (attr.scores - attr.baseline_scores)).abs()
+    # the completeness of Captum's grid: 51 trapezoid points with true trapezoid weights (our delta at
+    # n_steps=50), and Captum IntegratedGradients' own delta on the same points (its weights' -1/51 bias)
+    grid = nig.attribute(
+        batch, n_steps=captum_steps, return_convergence_delta=True, layers=[ce.cfg.n_layers - 1]
+    )
+    grid_rel = (grid.convergence_delta / (grid.scores - grid.baseline_scores)).abs()
+    own = captum_completeness(hf, ce, batch, captum_steps + 1)
+    captum = captum_fn(hf, ce, batch, captum_steps, range(ce.cfg.n_layers), method="riemann_trapezoid")
+    t = interleaved_times(
+        {"nig_auto": run_auto, "captum_per_layer_50": captum}, repeats=args.repeats, warmup=0
+    )
+    used = attr.n_steps_used.tolist()
+    points = attr.meta["points_evaluated"]
+    print(
+        f"  nig_auto (tol={tol})                 {t['nig_auto']:8.2f} s   n_steps_used {used}, {points} points"
+    )
+    print(
+        f"  captum_per_layer ({captum_steps} trapezoid steps) {t['captum_per_layer_50']:8.2f} s   "
+        f"{ce.cfg.n_layers} layers x {len(batch)} pairs x {captum_steps + 1} points"
+    )
+
+    def fmt(v):
+        return f"max {v.max().item():.2e} (per pair {', '.join(f'{x:.1e}' for x in v.tolist())})"
+
+    print(f"  |delta| / |F(x) - F(x')|, ours (auto):                     {fmt(ours)}")
+    print(f"  |delta| / |F(x) - F(x')|, Captum's 51-point grid:          {fmt(grid_rel)}")
+    print(f"  |delta| / |F(x) - F(x')|, Captum IntegratedGradients' own: {fmt(own)}")
+    print(
+        f"  Captum's grid reaches {tol:.0%} on {int((grid_rel < tol).sum())} / {len(batch)} pairs "
+        f"({int((own < tol).sum())} / {len(batch)} by Captum's own delta)"
+    )
+    print(
+        f"  speed-up to {tol:.0%} vs Captum per layer = {t['captum_per_layer_50'] / t['nig_auto']:.2f}x  (target >= 10x)"
+    )
+
+
 MEMORY_CHILD = """
 import json, sys, torch
 sys.path.insert(0, {bench!r})
@@ -238,7 +327,7 @@ def main() -> None:
     ap.add_argument("--large-pairs", type=int, default=1)
     ap.add_argument("--large-tokens", type=int, default=32)
     ap.add_argument("--large-steps", type=int, default=4)
-    ap.add_argument("--sections", default="floor,captum,loop,large,memory")
+    ap.add_argument("--sections", default="floor,captum,loop,large,memory,tolerance")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
     if sections & {"floor", "captum", "loop"}:
@@ -247,6 +336,8 @@ def main() -> None:
         section_large(args)
     if "memory" in sections:
         section_memory(args)
+    if "tolerance" in sections:
+        section_tolerance(args)
 
 
 if __name__ == "__main__":

@@ -351,3 +351,21 @@ def test_bf16_error_bound_real_minilm(minilm_ce, minilm_ce_dir):
     a16 = NeuronIntegratedGradients(b16).attribute(b16.tokenize(QUERIES, DOCS), n_steps=16)
     assert a16.values.dtype == torch.float32  # accumulated in float32
     assert rel_l2(a16.per_neuron(), a32.per_neuron()) < 0.03
+
+
+def test_package_keeps_the_module_names():
+    """``mechir_nig.attribution.nig`` became a package (plan, kernel, auto, api); its names stay."""
+    from mechir_nig.attribution.nig import (
+        DEFAULT_WINDOW_TOKENS,
+        NeuronIntegratedGradients,
+        check_layers,
+        frozen,
+        neuron_integrated_gradients,
+    )
+
+    assert DEFAULT_WINDOW_TOKENS == 8192 and check_layers(None, 3) == [0, 1, 2]
+    assert callable(neuron_integrated_gradients) and NeuronIntegratedGradients.attribute
+    lin = torch.nn.Linear(2, 2)
+    with frozen(lin):
+        assert not any(p.requires_grad for p in lin.parameters())
+    assert all(p.requires_grad for p in lin.parameters())

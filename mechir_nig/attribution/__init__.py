@@ -2,12 +2,19 @@
 
 from mechir_nig.attribution.baselines import BASELINES, baseline_embeddings
 from mechir_nig.attribution.neurons import NeuronSet, overlap_report, rank_fusion, select_top
-from mechir_nig.attribution.nig import NeuronIntegratedGradients, neuron_integrated_gradients
+from mechir_nig.attribution.nig import (
+    REDUCE,
+    ConvergenceWarning,
+    NeuronIntegratedGradients,
+    neuron_integrated_gradients,
+)
 from mechir_nig.attribution.result import NeuronAttribution
 from mechir_nig.attribution.rules import RULES, alphas
 
 __all__ = [
     "BASELINES",
+    "REDUCE",
+    "ConvergenceWarning",
     "NeuronAttribution",
     "NeuronIntegratedGradients",
     "NeuronSet",

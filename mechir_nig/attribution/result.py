@@ -1,4 +1,15 @@
-"""``NeuronAttribution``: per-token NIG of every MLP neuron, with aggregation and save/load."""
+"""``NeuronAttribution``: the NIG of every MLP neuron of a batch of pairs, with aggregation and save/load.
+
+One result type for every ``reduce``: ``values`` holds per-token NIG (``reduce="token"``), sums over the
+token groups cls/query/sep/doc (``"group"``) or over all tokens (``"neuron"``); ``reduce`` says which.
+``by_group()``, ``per_neuron()`` and ``per_head()`` work from whatever is held and raise ``InputError``
+(saying which ``reduce`` to use) when it was summed too far.
+
+Example:
+    >>> attr = neuron_integrated_gradients(ce, queries, docs, reduce="group")
+    >>> attr.reduce, attr.values.shape      # ("group", [batch, layer, 4, d_mlp])
+    >>> attr.per_neuron().shape             # [batch, layer, d_mlp]
+"""
 
 from __future__ import annotations
 
@@ -9,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mechir_nig.errors import InputError
 from mechir_nig.models.tokenization import GROUPS, PAD
 
 CONTENT_GROUPS = GROUPS[:4]  # cls, query, sep, doc (padding excluded)
+REDUCED = ("token", "group", "neuron")
 _TENSORS = (
     "values",
     "groups",
@@ -25,6 +38,7 @@ _TENSORS = (
     "head_values",
     "point_scores",
     "truncated",
+    "n_steps_used",
 )
 
 
@@ -33,46 +47,103 @@ class NeuronAttribution:
     """Neuron Integrated Gradients of a batch of pairs.
 
     Shapes:
-        values: ``[batch, layer, pos, d_mlp]`` — total conductance of each MLP neuron at each token
-            (``layer`` indexes ``layers``; padding positions are 0).
-        head_values: ``[batch, layer, pos, n_heads]`` when heads were asked for, else ``None``.
+        values: the total conductance of each MLP neuron (``layer`` indexes ``layers``), by ``reduce``:
+            ``"token"``: ``[batch, layer, pos, d_mlp]`` (padding positions are 0);
+            ``"group"``: ``[batch, layer, 4, d_mlp]``, summed over the tokens of cls, query, sep, doc;
+            ``"neuron"``: ``[batch, layer, d_mlp]``, summed over tokens.
+        head_values: the same with ``n_heads`` for ``d_mlp`` when heads were asked for, else ``None``.
         scores / baseline_scores: ``[batch]`` — ``F(x)`` and ``F(x')``.
-        convergence_delta: ``[batch]`` — summed input-level IG minus ``F(x) − F(x')`` (when asked).
+        convergence_delta: ``[batch]`` — summed input-level IG minus ``F(x) − F(x')`` (when asked, and
+            always with ``n_steps="auto"``).
+        n_steps_used: ``[batch]`` — intervals of each pair's grid (all equal unless ``n_steps="auto"``).
+        point_scores: ``[batch, points]`` — ``F`` at each point of the pair's grid (``n_steps="auto"``:
+            NaN after the pair's ``n_steps_used + 1`` points).
+        groups / input_ids: ``[batch, pos]`` (kept for every ``reduce``: they are small).
     """
 
-    values: Float[Tensor, "batch layer pos d_mlp"]
+    values: Float[Tensor, "batch layer *where d_mlp"]
     layers: list[int]
     groups: Int[Tensor, "batch pos"]
     input_ids: Int[Tensor, "batch pos"]
     scores: Float[Tensor, " batch"]
     baseline_scores: Float[Tensor, " batch"]
     convergence_delta: Float[Tensor, " batch"] | None = None
-    head_values: Float[Tensor, "batch layer pos n_heads"] | None = None
+    head_values: Float[Tensor, "batch layer *where n_heads"] | None = None
     tokens: list[list[str]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
-    point_scores: Tensor | None = None
+    point_scores: Float[Tensor, "batch points"] | None = None
     truncated: Tensor | None = None  # [batch] bool: documents cut to max_length (reported, never silent)
+    reduce: str = "token"
+    n_steps_used: Int[Tensor, " batch"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.reduce not in REDUCED:
+            raise InputError(f"reduce must be one of {REDUCED}, got {self.reduce!r}")
+        want = {"token": 4, "group": 4, "neuron": 3}[self.reduce]
+        if self.values.dim() != want:
+            raise InputError(
+                f"values has {self.values.dim()} dims; reduce={self.reduce!r} holds {want} "
+                "([batch, layer, pos|group, d_mlp] or [batch, layer, d_mlp])"
+            )
 
     def __len__(self) -> int:
         return self.values.shape[0]
 
     @property
-    def mask(self) -> Tensor:
+    def mask(self) -> Bool[Tensor, "batch pos"]:
+        """Tokens that are not padding."""
         return self.groups != PAD
+
+    def _needs(self, what: str, allowed: tuple[str, ...]) -> None:
+        if self.reduce not in allowed:
+            raise InputError(
+                f"{what} needs values per {'token' if allowed == ('token',) else 'token group'}, but this "
+                f"result holds them summed (reduce={self.reduce!r}); attribute with "
+                + " or ".join(f"reduce={r!r}" for r in allowed)
+            )
+
+    def per_token(self) -> Float[Tensor, "batch layer pos d_mlp"]:
+        """Per-token NIG (``values`` of a ``reduce="token"`` result)."""
+        self._needs("per_token()", ("token",))
+        return self.values
 
     def by_group(self) -> Float[Tensor, "batch layer group d_mlp"]:
         """Sum over the tokens of each group ``(cls, query, sep, doc)``; padding excluded."""
+        self._needs("by_group()", ("token", "group"))
+        if self.reduce == "group":
+            return self.values
         onehot = torch.nn.functional.one_hot(self.groups, len(GROUPS))[..., : len(CONTENT_GROUPS)]
         return torch.einsum("blpf,bpg->blgf", self.values, onehot.to(self.values.dtype))
 
     def per_neuron(self) -> Float[Tensor, "batch layer d_mlp"]:
         """Sum over tokens (padding excluded): one NIG value per pair, layer and neuron."""
-        return (self.values * self.mask[:, None, :, None]).sum(2)
+        return self._summed(self.values)
 
     def per_head(self) -> Float[Tensor, "batch layer n_heads"]:
+        """Head conductance summed over tokens (padding excluded)."""
         if self.head_values is None:
-            raise ValueError("no head attributions: call with heads=True")
-        return (self.head_values * self.mask[:, None, :, None]).sum(2)
+            raise InputError("no head attributions: call with heads=True")
+        return self._summed(self.head_values)
+
+    def _summed(self, v: Tensor) -> Tensor:
+        if self.reduce == "token":
+            return (v * self.mask[:, None, :, None]).sum(2)
+        if self.reduce == "group":
+            return v.sum(2)
+        return v
+
+    def relabel_group(self, source: int, dest: int) -> None:
+        """Move group ``source``'s tokens (and group sums) to group ``dest`` (an empty group).
+
+        Used for a bi-encoder's query side, whose text is tokenized as ``doc``.
+        """
+        self.groups = torch.where(self.groups == source, dest, self.groups)
+        if self.reduce == "group":
+            perm = list(range(len(CONTENT_GROUPS)))
+            perm[source], perm[dest] = dest, source
+            self.values = self.values[:, :, perm]
+            if self.head_values is not None:
+                self.head_values = self.head_values[:, :, perm]
 
     def top_neurons(self, k: int = 10, *, pair: int | None = None) -> list[tuple[int, int, float]]:
         """The ``k`` (layer, neuron, value) with the largest NIG, for one pair or summed over pairs."""
@@ -91,7 +162,7 @@ class NeuronAttribution:
 
         path = Path(path)
         tensors = {n: getattr(self, n).contiguous().cpu() for n in _TENSORS if getattr(self, n) is not None}
-        side = {"layers": self.layers, "tokens": self.tokens, "meta": self.meta}
+        side = {"layers": self.layers, "tokens": self.tokens, "meta": self.meta, "reduce": self.reduce}
         json_path = path.with_suffix(path.suffix + ".json")
         for target, write in (
             (json_path, lambda tmp: tmp.write_text(json.dumps(side))),
@@ -109,4 +180,10 @@ class NeuronAttribution:
         path = Path(path)
         tensors = load_file(str(path))
         side = json.loads(path.with_suffix(path.suffix + ".json").read_text())
-        return cls(**tensors, layers=side["layers"], tokens=side["tokens"], meta=side["meta"])
+        return cls(
+            **tensors,
+            layers=side["layers"],
+            tokens=side["tokens"],
+            meta=side["meta"],
+            reduce=side.get("reduce", "token"),  # files written before reduce= hold tokens
+        )

@@ -15,17 +15,26 @@ import torch
 from mechir_nig.errors import InputError
 
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
+NESTED = ("riemann_trapezoid",)
+"""Rules ``n_steps="auto"`` refines: the trapezoid's points ``k / n`` are among those of ``2n`` (``2k / 2n``)
+and reach both ends of the path. Gauss–Legendre and the midpoint rule do not nest (their points move
+when ``n`` changes); left/right Riemann points would, but their conductance stops short of an end."""
 
 
 def check_rule(method: str) -> str:
+    """``method`` if it names a rule in ``RULES``, else ``InputError``."""
     if method not in RULES:
         raise InputError(f"unknown integration rule {method!r}; use one of {RULES}")
     return method
 
 
-def check_n_steps(n_steps: int) -> int:
+def check_n_steps(n_steps: int | str, *, allow_auto: bool = False) -> int | str:
+    """``n_steps`` if it is an int >= 1 (or, with ``allow_auto``, ``"auto"``), else ``InputError``."""
+    if allow_auto and n_steps == "auto":
+        return n_steps
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-        raise InputError(f"n_steps must be an int >= 1, got {n_steps!r}")
+        also = " or 'auto' (steps chosen per pair to a tolerance)" if allow_auto else ""
+        raise InputError(f"n_steps must be an int >= 1{also}, got {n_steps!r}")
     return n_steps
 
 

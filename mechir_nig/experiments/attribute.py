@@ -171,8 +171,8 @@ def attribute_collection(
     nig_kwargs = cfg.nig_kwargs()
     for s in range(stats.n_done, len(order), batch_size):
         idx = order[s : s + batch_size]
-        attr = neuron_integrated_gradients(
-            model, [fields_[i][0] for i in idx], [fields_[i][1] for i in idx], **nig_kwargs
+        attr = neuron_integrated_gradients(  # per-group sums only: memory independent of the length
+            model, [fields_[i][0] for i in idx], [fields_[i][1] for i in idx], reduce="group", **nig_kwargs
         )
         groups = attr.by_group()
         labels = [fields_[i][2] for i in idx]

@@ -1,0 +1,444 @@
+"""The NIG kernel: one forward and one backward per window, each layer's conductance inside the backward.
+
+``PathKernel.run`` walks a ``WindowPlan`` (``plan.py``). Per window it builds the interpolated word
+embeddings ``x' + α (x − x')`` of its rows (in the accumulation dtype), runs one forward that keeps every
+requested activation (``blocks.{l}.mlp.hook_post``, with heads ``blocks.{l}.attn.hook_z``) and one backward
+with parameters frozen (no weight gradients). Without the input gradient, the first requested layer's
+MLP pre-activation (``attn.hook_z`` with heads) is made a leaf, so nothing below it is kept for backward
+and the backward stops there. A tensor hook on each activation hands it, with its gradient, to an
+*accumulator* as soon as the gradient arrives, so the activation and its gradient are freed at once and
+peak memory is that of a plain forward + backward.
+
+What is done with activations and gradients is the accumulator's business:
+
+- ``GridConductance``: the conductance ``Σ_k ∂F/∂a(α_k)·(a(α_{k+1}) − a(α_k))`` over each pair's consecutive
+  points, carrying the last point of a window into the next (Captum's ``LayerConductance``, all layers).
+- ``MidpointConductance``: the correction that turns the conductance on a grid into the one on the grid
+  with every interval halved, from the new midpoints and the stored points (``n_steps="auto"``).
+
+Both hand per-token window sums to a ``Conductance``, which adds them up per token, per token group or per
+neuron (``reduce``), so the result never holds per-token values unless asked to. ``PathScalars`` keeps
+``F`` and ``dF/dα = ∇_x F · (x − x')`` at every evaluated point (the completeness check).
+
+Shapes:
+    activations handed to ``consume``: ``[rows, pos, d_mlp]`` (``hook_post``) or
+    ``[rows, pos, n_heads, d_head]`` (``hook_z``); ``Conductance.values`` as ``reduce`` says.
+
+Example (what ``api.py`` does for a fixed rule):
+    >>> kernel = PathKernel(model, batch, base, None, alphas, layers=[0, 1], heads=False)
+    >>> target = Conductance("group", batch.groups, [0, 1], model.cfg, False, torch.float32)
+    >>> scalars = PathScalars(len(batch), len(alphas), torch.float32, model.device)
+    >>> with frozen(model), torch.enable_grad():
+    ...     kernel.run(WindowPlan.grid(batch.lengths, len(alphas), 64),
+    ...                GridConductance(target, site_names([0, 1], False)), scalars, input_grad=False)
+    >>> target.values.shape  # [batch, 2, 4, d_mlp]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from mechir_nig.attribution.nig.plan import Window, WindowPlan
+from mechir_nig.models.protocol import AttributionModel
+from mechir_nig.models.tokenization import GROUPS, PAD
+
+REDUCE = ("token", "group", "neuron")
+"""What the result holds per (pair, layer): every token, the token groups cls/query/sep/doc, or the sum."""
+
+
+@contextmanager
+def frozen(model: Any) -> Iterator[None]:
+    """Parameters without gradients for the duration (restored afterwards)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+def site_names(layers: list[int], heads: bool) -> list[str]:
+    """Hook names whose conductance is computed: MLP neurons, then (with ``heads``) attention heads."""
+    names = [f"blocks.{layer}.mlp.hook_post" for layer in layers]
+    if heads:
+        names += [f"blocks.{layer}.attn.hook_z" for layer in layers]
+    return names
+
+
+def site_shape(cfg: Any, name: str) -> tuple[int, ...]:
+    """Per-token shape of a site's activation: ``(d_mlp,)`` or ``(n_heads, d_head)``."""
+    return (cfg.n_heads, cfg.d_head) if name.endswith("hook_z") else (cfg.d_mlp,)
+
+
+class _Workspace:
+    """One reusable scratch buffer for the step differences (no fresh large allocation per layer)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.buf: Tensor | None = None
+
+    def take(self, n: int, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        numel = n * int(torch.Size(shape).numel())
+        if self.buf is None or self.buf.numel() < numel or self.buf.dtype != dtype:
+            self.buf = torch.empty(numel, dtype=dtype, device=self.device)
+        return self.buf[:numel].view(n, *shape)
+
+
+class Conductance:
+    """The result being accumulated: per (pair, layer) either every token, the token groups or the sum.
+
+    Shapes:
+        ``values``: ``[batch, layer, pos, d_mlp]`` (``reduce="token"``), ``[batch, layer, 4, d_mlp]``
+        (``"group"``: cls, query, sep, doc; padding excluded) or ``[batch, layer, d_mlp]`` (``"neuron"``);
+        ``head_values`` the same with ``n_heads`` for ``d_mlp``, or ``None``.
+    """
+
+    def __init__(
+        self,
+        reduce: str,
+        groups: Int[Tensor, "batch pos"],
+        layers: list[int],
+        cfg: Any,
+        heads: bool,
+        dtype: torch.dtype,
+    ):
+        self.reduce = reduce
+        self.layer_index = {layer: i for i, layer in enumerate(layers)}
+        n, n_pos = groups.shape
+        where = {"token": (n_pos,), "group": (len(GROUPS) - 1,), "neuron": ()}[reduce]
+        kw: dict[str, Any] = {"dtype": dtype, "device": groups.device}
+        self.values = torch.zeros(n, len(layers), *where, cfg.d_mlp, **kw)
+        self.head_values = torch.zeros(n, len(layers), *where, cfg.n_heads, **kw) if heads else None
+        if reduce == "group":  # [batch, pos, group]; the pad group is dropped
+            self.weights = torch.nn.functional.one_hot(groups, len(GROUPS))[..., :PAD].to(dtype)
+        elif reduce == "neuron":
+            self.weights = (groups != PAD).to(dtype)  # [batch, pos]
+
+    def add(self, name: str, pairs: Tensor, sums: Tensor) -> None:
+        """Add per-token window sums ``sums`` ``[n_local, p, unit]`` of the pairs ``pairs`` at ``name``."""
+        dest: Any = self.head_values if name.endswith("hook_z") else self.values
+        li = self.layer_index[int(name.split(".")[1])]
+        p = sums.shape[1]
+        if self.reduce == "token":
+            dest[pairs, li, :p] += sums
+        elif self.reduce == "group":
+            dest[pairs, li] += torch.einsum("npu,npg->ngu", sums, self.weights[pairs, :p])
+        else:
+            dest[pairs, li] += torch.einsum("npu,np->nu", sums, self.weights[pairs, :p])
+
+    def reset(self, pairs: Tensor) -> None:
+        """Forget what was accumulated for ``pairs`` (their conductance is computed again)."""
+        self.values[pairs] = 0
+        if self.head_values is not None:
+            self.head_values[pairs] = 0
+
+
+class PointBank:
+    """Activations and gradients of computed points, kept so a refinement reuses them.
+
+    ``slot_of[pair, point]`` (on the CPU; ``-1``: not kept) addresses rows of ``a[name]`` / ``g[name]``
+    ``[slots, pos, *site_shape]`` (on the model's device, in its dtype: exactly what the forward and
+    backward gave). Slots are looked up on the CPU, so keeping points never waits for the device.
+    """
+
+    def __init__(
+        self,
+        shapes: dict[str, tuple[int, ...]],
+        slot_of: Int[Tensor, "batch n_table"],
+        n_pos: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
+        self.slot_of = slot_of.cpu()
+        self.device = device
+        n_slots = int(self.slot_of.max()) + 1 if self.slot_of.numel() else 0
+        kw: dict[str, Any] = {"dtype": dtype, "device": device}
+        self.a = {k: torch.zeros(n_slots, n_pos, *s, **kw) for k, s in shapes.items()}
+        self.g = {k: torch.zeros(n_slots, n_pos, *s, **kw) for k, s in shapes.items()}
+
+    @staticmethod
+    def bytes_per_point(shapes: dict[str, tuple[int, ...]], n_pos: int, dtype: torch.dtype) -> int:
+        """Memory one kept point costs (activation and gradient of every site)."""
+        item = torch.empty((), dtype=dtype).element_size()
+        return sum(2 * n_pos * int(torch.Size(s).numel()) * item for s in shapes.values())
+
+    def slots(self, pair_of_row: Tensor, points: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Device slots of the kept rows, and which rows those are (``None``: all of them)."""
+        s = self.slot_of[pair_of_row.cpu(), points.cpu()]
+        keep = s >= 0
+        if bool(keep.all()):
+            return s.to(self.device), None
+        rows = keep.nonzero().flatten()
+        return s[rows].to(self.device), rows.to(self.device)
+
+    def put(self, name: str, slots: tuple[Tensor, Tensor | None], a: Tensor, g: Tensor) -> None:
+        """Keep rows of ``a``/``g`` at ``slots`` (from ``PointBank.slots``)."""
+        where, rows = slots
+        if rows is not None:
+            a, g = a[rows], g[rows]
+        p = a.shape[1]
+        self.a[name][where, :p] = a
+        self.g[name][where, :p] = g
+
+    def moved(self, slot_of: Int[Tensor, "batch n_table"]) -> PointBank:
+        """A bank with slots ``slot_of``; points kept in both are copied over.
+
+        This bank is emptied site by site as the new one fills, so memory peaks at about the larger of
+        the two plus one site, not at both.
+        """
+        slot_of = slot_of.cpu()
+        both = (slot_of >= 0) & (self.slot_of >= 0)
+        src, dst = self.slot_of[both].to(self.device), slot_of[both].to(self.device)
+        n_slots = int(slot_of.max()) + 1 if slot_of.numel() else 0
+        new = PointBank({}, slot_of, 0, torch.float32, self.device)
+        for k in list(self.a):
+            for old, store in ((self.a, new.a), (self.g, new.g)):
+                t = old.pop(k)
+                store[k] = t.new_zeros(n_slots, *t.shape[1:])
+                store[k][dst] = t[src]
+                del t
+        return new
+
+
+@runtime_checkable
+class Accumulator(Protocol):
+    """What ``PathKernel.run`` hands activations and gradients to."""
+
+    names: list[str]
+
+    def begin(self, window: Window, pairs: Tensor, local: Tensor, points: Tensor) -> None: ...
+
+    def consume(self, name: str, a: Tensor, g: Tensor) -> None: ...
+
+
+def _pair_sums(weights: Tensor, x: Tensor) -> Tensor:
+    """``[n_local, rows] @ [rows, ...]``: per-pair sums of rows (one GEMM; 0/1 weights select rows)."""
+    inner = int(torch.Size(x.shape[1:]).numel())
+    return (weights @ x.reshape(x.shape[0], inner)).view(weights.shape[0], *x.shape[1:])
+
+
+class GridConductance:
+    """Conductance over each pair's consecutive points: ``Σ_k ∂F/∂a(α_k) · (a(α_{k+1}) − a(α_k))``.
+
+    A window that ends inside a pair leaves its last activation and gradient in ``carry``; the next
+    window (``Window.continues``) closes that interval first, so window sizes never change results.
+    With a ``bank``, the rows of pairs with a slot are also kept (for ``MidpointConductance``).
+    """
+
+    def __init__(self, target: Conductance, names: list[str], bank: PointBank | None = None):
+        self.target = target
+        self.names = names
+        self.bank = bank
+        self.carry: dict[str, tuple[Tensor, Tensor]] = {}
+        self.workspace: _Workspace | None = None
+
+    def begin(self, window: Window, pairs: Tensor, local: Tensor, points: Tensor) -> None:
+        self.window, self.pairs = window, pairs
+        rows = window.rows
+        dtype = self.target.values.dtype
+        # interval r (rows r, r + 1) counts for its pair unless r is the pair's last row here
+        same = local[1:] == local[:-1]
+        sel = torch.zeros(len(pairs), max(rows - 1, 0), dtype=dtype, device=pairs.device)
+        sel[local[:-1], torch.arange(rows - 1, device=pairs.device)] = same.to(dtype)
+        self.select = sel
+        if self.bank is not None:
+            self.slots = self.bank.slots(window.pair_of_row, window.points)
+        if self.workspace is None:
+            self.workspace = _Workspace(pairs.device)
+
+    def consume(self, name: str, a: Tensor, g: Tensor) -> None:
+        """Conductance of one site's window, called from the backward as soon as its gradient arrives."""
+        acc = self.target.values.dtype
+        w = self.window
+        # step differences in the accumulation dtype (bf16/fp16 activations: exact differences)
+        workspace: Any = self.workspace
+        diff = workspace.take(a.shape[0] - 1, a.shape[1:], acc)
+        if a.dtype == acc:
+            torch.sub(a[1:], a[:-1], out=diff)
+        else:
+            diff.copy_(a[1:]).sub_(a[:-1])
+        diff.mul_(g[:-1])
+        sums = _pair_sums(self.select, diff)  # [n_local, p, *site]
+        if w.continues:  # the window starts inside a pair: close its interval with the carried point
+            a_prev, g_prev = self.carry[name]
+            n = w.first_length
+            sums[0, :n] += (a[0, :n].to(acc) - a_prev[:n].to(acc)) * g_prev[:n].to(acc)
+        self.carry[name] = (a[-1].clone(), g[-1].clone())
+        if self.bank is not None:
+            self.bank.put(name, self.slots, a, g)
+        if name.endswith("hook_z"):  # heads: summed over d_head
+            sums = sums.sum(-1)
+        self.target.add(name, self.pairs, sums)
+
+
+class MidpointConductance:
+    """Refine each pair's grid by its midpoints, reusing the kept points (``n_steps="auto"``).
+
+    Halving interval ``[p, q]`` at ``m`` changes the conductance by
+    ``∂F/∂a(p)·(a(m) − a(p)) + ∂F/∂a(m)·(a(q) − a(m)) − ∂F/∂a(p)·(a(q) − a(p))
+    = (∂F/∂a(m) − ∂F/∂a(p)) · (a(q) − a(m))``: the gradient at the left end ``p`` and the activation at the
+    right end ``q`` come from the ``bank``, the midpoint's own from the window, which is then kept too.
+    A pass adds this for every midpoint, so a grid of ``n`` intervals becomes exactly the one of ``2n``.
+    """
+
+    def __init__(self, target: Conductance, names: list[str], bank: PointBank, half: Int[Tensor, " batch"]):
+        self.target = target
+        self.names = names
+        self.bank = bank
+        self.half = half.cpu()  # per pair: table positions from a midpoint to its neighbours
+
+    def begin(self, window: Window, pairs: Tensor, local: Tensor, points: Tensor) -> None:
+        self.pairs = pairs
+        pair_of_row, at = window.pair_of_row, window.points  # on the CPU
+        h = self.half[pair_of_row]
+        slot_of, dev = self.bank.slot_of, self.bank.device
+        self.left = slot_of[pair_of_row, at - h].to(dev)
+        self.right = slot_of[pair_of_row, at + h].to(dev)
+        self.own = self.bank.slots(pair_of_row, at)
+        dtype = self.target.values.dtype
+        sel = torch.zeros(len(pairs), window.rows, dtype=dtype, device=pairs.device)
+        sel[local, torch.arange(window.rows, device=pairs.device)] = 1
+        self.select = sel
+
+    def consume(self, name: str, a: Tensor, g: Tensor) -> None:
+        acc = self.target.values.dtype
+        p = a.shape[1]
+        right = self.bank.a[name][self.right, :p].to(acc)  # gathered copies
+        right.sub_(a)
+        right.mul_(g.to(acc) - self.bank.g[name][self.left, :p].to(acc))
+        self.bank.put(name, self.own, a, g)
+        sums = _pair_sums(self.select, right)
+        if name.endswith("hook_z"):
+            sums = sums.sum(-1)
+        self.target.add(name, self.pairs, sums)
+
+
+class PathScalars:
+    """``F`` and ``dF/dα = ∇_x F · (x − x')`` at every evaluated point, by pair and table position."""
+
+    def __init__(self, n_pairs: int, n_table: int, dtype: torch.dtype, device: torch.device):
+        self.score = torch.zeros(n_pairs, n_table, dtype=dtype, device=device)
+        self.slope = torch.zeros(n_pairs, n_table, dtype=dtype, device=device)
+        self.seen = torch.zeros(n_pairs, n_table, dtype=torch.bool, device=device)
+
+    def record(self, pair_of_row: Tensor, points: Tensor, score: Tensor, slope: Tensor | None) -> None:
+        self.score[pair_of_row, points] = score.detach().to(self.score.dtype)
+        if slope is not None:
+            self.slope[pair_of_row, points] = slope.to(self.slope.dtype)
+            self.seen[pair_of_row, points] = True
+
+
+class PathKernel:
+    """Forward + backward over the path points of a plan, activations and gradients to an accumulator.
+
+    Args:
+        model: the hooked model (parameters frozen by the caller: ``frozen``).
+        batch: the tokenized batch on the model's device.
+        base: baseline word embeddings ``[batch, pos, d_embed]``.
+        other: bi-encoder: the fixed side's embeddings ``[batch, d_model]``; else ``None``.
+        alpha_table: the interpolation coefficients plans point into (accumulation dtype).
+        layers: requested layers (sorted); ``heads``: attention heads too.
+    """
+
+    def __init__(
+        self,
+        model: AttributionModel,
+        batch: Any,
+        base: Float[Tensor, "batch pos d_embed"],
+        other: Float[Tensor, "batch d_model"] | None,
+        alpha_table: Float[Tensor, " n_table"],
+        layers: list[int],
+        heads: bool,
+    ):
+        self.model = model
+        self.batch = batch
+        self.base = base
+        self.other = other
+        self.alpha = alpha_table
+        self.acc = alpha_table.dtype
+        # the earliest activation whose gradient is needed becomes a leaf (without the input gradient)
+        self.leaf_name = f"blocks.{layers[0]}." + ("attn.hook_z" if heads else "mlp.hook_pre")
+
+    def run(
+        self,
+        plan: WindowPlan,
+        accumulator: Any,  # an Accumulator, or None when only scores and input gradients are wanted
+        scalars: PathScalars,
+        *,
+        input_grad: bool,
+        progress: bool = False,
+        desc: str = "NIG",
+    ) -> int:
+        """Evaluate every point of ``plan``; returns the number of points (forward + backward rows)."""
+        m, batch, acc = self.model, self.batch, self.acc
+        dev = m.device
+        names = accumulator.names if accumulator is not None else []
+        store: dict[str, Tensor] = {}
+        leaf_box: list[Tensor] = []
+
+        def make_leaf(x: Tensor, hook: Any) -> Tensor:
+            leaf_box.append(x.detach().requires_grad_(True))
+            return leaf_box[-1]
+
+        def keep(x: Tensor, hook: Any) -> None:
+            # a tensor hook, not autograd.grad(inputs=activations): capturing non-leaf inputs costs ~20%
+            store[hook.name] = x
+            x.register_hook(
+                lambda grad, name=hook.name: accumulator.consume(name, store.pop(name).detach(), grad)
+            )
+
+        windows: Any = plan
+        if progress:
+            from tqdm.auto import tqdm
+
+            windows = tqdm(plan, desc=desc, unit="window")
+        for w in windows:
+            pairs = w.pairs.to(dev)
+            local = w.local.to(dev)
+            points = w.points.to(dev)
+            p_w = w.length
+            with torch.no_grad():
+                x_w = m.word_embeddings(batch.input_ids[pairs, :p_w])
+                b_w = self.base[pairs, :p_w]
+                b_acc, d_acc = b_w.to(acc), (x_w - b_w).to(acc)
+                # kept in the accumulation dtype: the model sums and normalises float32 word embeddings
+                # in float32 (embed_tokens), so a bf16 model does not merge nearby alphas
+                emb = b_acc[local] + self.alpha[points][:, None, None] * d_acc[local]
+            tt = batch.token_type_ids[pairs, :p_w][local]
+            mask = batch.attention_mask[pairs, :p_w][local]
+            oth = self.other[pairs][local] if self.other is not None else None
+            store.clear()
+            if accumulator is not None:
+                accumulator.begin(w, pairs, local, points)
+            hooks = [(n, keep) for n in names]
+            if input_grad:
+                with m.hooks(fwd_hooks=hooks):
+                    start = emb.requires_grad_(True)
+                    f = m.score_embeds(start, tt, mask, oth)
+            elif names:
+                # the graph starts at the first requested layer's MLP pre-activation (attn.hook_z with
+                # heads), made a leaf: nothing below it is saved for backward and the backward stops there
+                with m.hooks(fwd_hooks=[(self.leaf_name, make_leaf)] + hooks):
+                    f = m.score_embeds(emb, tt, mask, oth)
+                start = leaf_box.pop()
+            else:
+                with torch.no_grad():
+                    f = m.score_embeds(emb, tt, mask, oth)
+                scalars.record(pairs[local], points, f, None)
+                continue
+            (g_start,) = torch.autograd.grad(f.sum(), start)
+            for name in list(store):  # activations that got no gradient (do not reach the score)
+                a = store.pop(name)
+                accumulator.consume(name, a.detach(), torch.zeros_like(a))
+            slope = (g_start.to(acc) * d_acc[local]).sum((1, 2)) if input_grad else None
+            scalars.record(pairs[local], points, f, slope)
+            del f, start, g_start, emb
+        return plan.total
