@@ -28,8 +28,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from mechir_nig import HookedBiEncoder, HookedCrossEncoder
-    from mechir_nig.experiments.attribute import attribute_collection
     from mechir_nig.data import bm25_candidates, judged_pairs, load_collection
+    from mechir_nig.experiments.attribute import attribute_collection
     from mechir_nig.testing import minilm_path
 
     col = load_collection(args.collection)
