@@ -6,9 +6,9 @@ token groups cls/query/sep/doc (``"group"``) or over all tokens (``"neuron"``); 
 (saying which ``reduce`` to use) when it was summed too far.
 
 Example:
-    >>> attr = neuron_integrated_gradients(ce, queries, docs, reduce="group")
-    >>> attr.reduce, attr.values.shape      # ("group", [batch, layer, 4, d_mlp])
-    >>> attr.per_neuron().shape             # [batch, layer, d_mlp]
+    >>> attr = neuron_integrated_gradients(ce, queries, docs, reduce="group")  # doctest: +SKIP
+    >>> attr.reduce, attr.values.shape      # ("group", [batch, layer, 4, d_mlp])  # doctest: +SKIP
+    >>> attr.per_neuron().shape             # [batch, layer, d_mlp]  # doctest: +SKIP
 """
 
 from __future__ import annotations

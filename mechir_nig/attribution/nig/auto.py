@@ -15,8 +15,8 @@ completeness needs, and its conductance is computed once, at the end, over its f
 are then evaluated twice). Either way a pair's result equals a fixed-step run with its final ``n_steps``.
 
 Example:
-    >>> attr = neuron_integrated_gradients(ce, queries, docs, n_steps="auto", tol=0.01)
-    >>> attr.n_steps_used  # [batch] intervals each pair needed
+    >>> attr = neuron_integrated_gradients(ce, queries, docs, n_steps="auto", tol=0.01)  # doctest: +SKIP
+    >>> attr.n_steps_used  # [batch] intervals each pair needed  # doctest: +SKIP
 """
 
 from __future__ import annotations

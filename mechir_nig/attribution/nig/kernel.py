@@ -25,13 +25,13 @@ Shapes:
     ``[rows, pos, n_heads, d_head]`` (``hook_z``); ``Conductance.values`` as ``reduce`` says.
 
 Example (what ``api.py`` does for a fixed rule):
-    >>> kernel = PathKernel(model, batch, base, None, alphas, layers=[0, 1], heads=False)
-    >>> target = Conductance("group", batch.groups, [0, 1], model.cfg, False, torch.float32)
-    >>> scalars = PathScalars(len(batch), len(alphas), torch.float32, model.device)
-    >>> with frozen(model), torch.enable_grad():
+    >>> kernel = PathKernel(model, batch, base, None, alphas, layers=[0, 1], heads=False)  # doctest: +SKIP
+    >>> target = Conductance("group", batch.groups, [0, 1], model.cfg, False, torch.float32)  # doctest: +SKIP
+    >>> scalars = PathScalars(len(batch), len(alphas), torch.float32, model.device)  # doctest: +SKIP
+    >>> with frozen(model), torch.enable_grad():  # doctest: +SKIP
     ...     kernel.run(WindowPlan.grid(batch.lengths, len(alphas), 64),
     ...                GridConductance(target, site_names([0, 1], False)), scalars, input_grad=False)
-    >>> target.values.shape  # [batch, 2, 4, d_mlp]
+    >>> target.values.shape  # [batch, 2, 4, d_mlp]  # doctest: +SKIP
 """
 
 from __future__ import annotations
