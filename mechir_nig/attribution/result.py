@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mechir_nig._io import save_with_sidecar
 from mechir_nig.errors import InputError
 from mechir_nig.models.tokenization import GROUPS, PAD
 
@@ -158,20 +158,10 @@ class NeuronAttribution:
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (safetensors tensors) and ``path.json`` (layers, tokens, settings)."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         tensors = {n: getattr(self, n).contiguous().cpu() for n in _TENSORS if getattr(self, n) is not None}
         side = {"layers": self.layers, "tokens": self.tokens, "meta": self.meta, "reduce": self.reduce}
-        json_path = path.with_suffix(path.suffix + ".json")
-        for target, write in (
-            (json_path, lambda tmp: tmp.write_text(json.dumps(side))),
-            (path, lambda tmp: save_file(tensors, str(tmp))),
-        ):  # each written to a temporary name, then renamed: never half-written
-            tmp = target.with_name(target.name + ".tmp")
-            write(tmp)
-            os.replace(tmp, target)
-        return path
+        return save_with_sidecar(path, tensors, side)
 
     @classmethod
     def load(cls, path: str | Path) -> NeuronAttribution:

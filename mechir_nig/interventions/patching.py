@@ -49,7 +49,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +59,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mechir_nig._io import save_with_sidecar
 from mechir_nig.errors import InputError, NoScoreChangeWarning
 from mechir_nig.models.tokenization import PairBatch, TextBatch
 
@@ -148,8 +148,6 @@ class PatchingResult:
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (safetensors tensors) and ``path.json`` (sites, layers, tokens, settings)."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         tensors = {f"values.{k}": v for k, v in self.values.items()}
         tensors |= {f"patched.{k}": v for k, v in self.patched.items()}
@@ -168,15 +166,7 @@ class PatchingResult:
             "members": self.members,
             "meta": self.meta,
         }
-        json_path = path.with_suffix(path.suffix + ".json")
-        for target, write in (
-            (json_path, lambda tmp: tmp.write_text(json.dumps(side))),
-            (path, lambda tmp: save_file(tensors, str(tmp))),
-        ):  # each written to a temporary name, then renamed: never half-written
-            tmp = target.with_name(target.name + ".tmp")
-            write(tmp)
-            os.replace(tmp, target)
-        return path
+        return save_with_sidecar(path, tensors, side)
 
     @classmethod
     def load(cls, path: str | Path) -> PatchingResult:
