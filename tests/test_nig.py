@@ -369,3 +369,13 @@ def test_package_keeps_the_module_names():
     with frozen(lin):
         assert not any(p.requires_grad for p in lin.parameters())
     assert all(p.requires_grad for p in lin.parameters())
+
+
+def test_batch_with_explicit_positions_is_refused(tiny_ce):
+    """Aligned batches (explicit position_ids) cannot go through score_embeds: refused, never wrong."""
+    import dataclasses
+
+    batch = tiny_ce.tokenize(QUERIES[:1], DOCS[:1])
+    aligned = dataclasses.replace(batch, position_ids=torch.arange(batch.input_ids.shape[1])[None])
+    with pytest.raises(InputError, match="explicit position_ids"):
+        NeuronIntegratedGradients(tiny_ce).attribute(aligned, n_steps=2)

@@ -214,6 +214,12 @@ class NeuronIntegratedGradients:
         layer_list = check_layers(layers, m.cfg.n_layers)
         _check_internal_batch_size(internal_batch_size)
         m.check_attribution_batch(batch, other)
+        if getattr(batch, "position_ids", None) is not None:
+            raise InputError(
+                "this batch has explicit position_ids (an aligned input from interventions.perturb); NIG "
+                "scores through AttributionModel.score_embeds, which takes none, so positions would be "
+                "wrong: attribute a batch from model.tokenize(...) instead"
+            )
         if other is not None:
             other = other.to(m.device, m.cfg.dtype)
         batch = batch.to(m.device)
