@@ -12,6 +12,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from mechir_nig.errors import (
+    CheckpointError,
+    CheckpointLockedError,
     InputError,
     MechirNigError,
     ModelLoadError,
@@ -100,6 +102,8 @@ __all__ = [
     "bm25_candidates",
     "rerank",
     "evaluate",
+    "CheckpointError",
+    "CheckpointLockedError",
     "InputError",
     "MechirNigError",
     "ModelLoadError",

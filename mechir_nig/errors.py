@@ -41,3 +41,13 @@ class DataWarning(UserWarning):
 
 class NoScoreChangeWarning(UserWarning):
     """A perturbation does not move some pairs' scores: their patching recovery is NaN (undefined)."""
+
+
+class CheckpointError(MechirNigError, OSError):
+    """A checkpoint or output file that cannot be used: its path cannot be written, or the file is
+    truncated, corrupt (its checksum does not match), or not a mechir_nig file; the message names the
+    file and what to do (delete or move it away, or pass another path)."""
+
+
+class CheckpointLockedError(CheckpointError):
+    """Another live process is writing the same output (its ``.lock`` file names the pid and host)."""

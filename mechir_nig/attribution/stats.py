@@ -15,8 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechir_nig.errors import InputError
+from mechir_nig.errors import CheckpointError, InputError
 
 LABELS = ("relevant", "nonrelevant")
 GROUP_AXIS = ("cls", "query", "sep", "doc", "all")
@@ -207,43 +207,94 @@ class CollectionAttribution:
         return tensors, {"mechir_nig": json.dumps(info)}
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically: a temporary file renamed over ``path`` (and a readable ``path.json``)."""
+        """Write atomically: a per-process temporary file renamed over ``path`` (and a readable
+        ``path.json``). The metadata holds a sha256 checksum of the statistics, verified by ``load``."""
         from safetensors.torch import save_file
+
+        from mechir_nig._io import atomic_write
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors, metadata = self.state()
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())  # as any file this process writes (safetensors writes 0600)
-        _fsync(tmp)  # the data is on disk before the rename makes it the checkpoint
-        os.replace(tmp, path)
+        metadata["sha256"] = _checksum(tensors, metadata["mechir_nig"])
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
         side = path.with_name(path.name + ".json")
-        tmp_side = side.with_name(side.name + ".tmp")
-        tmp_side.write_text(json.dumps(json.loads(metadata["mechir_nig"]), indent=1))
-        os.replace(tmp_side, side)
+        text = json.dumps(json.loads(metadata["mechir_nig"]), indent=1)
+        atomic_write(side, lambda tmp: tmp.write_text(text))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> CollectionAttribution:
+        """Read a file written by ``save``; refuse (``CheckpointError`` naming the file) one that is
+        truncated, corrupt (checksum mismatch) or not a collection attribution."""
         from safetensors import safe_open
 
         path = Path(path)
         if not path.is_file():
             raise InputError(f"no collection attribution at {path}")
-        with safe_open(str(path), framework="pt") as f:
-            info = json.loads(f.metadata()["mechir_nig"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+        def refuse(why: str) -> CheckpointError:
+            return CheckpointError(
+                f"{path} is not a usable collection attribution: {why}. Nothing can be resumed from it: "
+                "delete it (or move it away) to start over, or pass another checkpoint= path"
+            )
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                raw = metadata.get("mechir_nig")
+                if raw is None:
+                    raise refuse("a safetensors file without mechir_nig metadata (another program's file?)")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        except CheckpointError:
+            raise
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        except Exception as exc:  # safetensors' SafetensorError: truncated, random bytes, bad header
+            raise refuse(f"safetensors cannot read it ({exc}); it is truncated or corrupt") from exc
+        try:
+            info = json.loads(raw)
+            layers, n_layers, d_mlp = list(info["layers"]), int(info["n_layers"]), int(info["d_mlp"])
+            counts = {lab: int(info["counts"][lab]) for lab in LABELS}
+            n_done, meta = int(info["n_done"]), info["meta"]
+            if not isinstance(meta, dict):
+                raise TypeError("meta is not a mapping")
+        except (ValueError, TypeError, KeyError) as exc:
+            raise refuse(f"its mechir_nig metadata is malformed ({type(exc).__name__}: {exc})") from exc
+        shape = (len(layers), len(GROUP_AXIS), d_mlp)
+        for lab in LABELS:
+            for kind in ("sum", "sum_sq", "sum_abs"):
+                t = tensors.get(f"{lab}.{kind}")
+                if t is None and kind == "sum_abs":
+                    continue  # files written before sums_abs existed
+                if t is None or tuple(t.shape) != shape or t.dtype != torch.float64:
+                    found = "missing" if t is None else f"{t.dtype} {tuple(t.shape)}"
+                    raise refuse(f"tensor {lab}.{kind} is {found}, expected float64 {shape}")
+        expected = metadata.get("sha256")
+        if expected is None:
+            warnings.warn(
+                f"{path} has no checksum (written by an older mechir_nig): its statistics cannot be "
+                "verified; save it again to add one",
+                UserWarning,
+                stacklevel=2,
+            )
+        else:
+            actual = _checksum(tensors, raw)
+            if actual != expected:
+                raise refuse(
+                    f"its checksum does not match its contents (recorded sha256 {expected[:12]}..., "
+                    f"computed {actual[:12]}...): the file was damaged after it was written"
+                )
         return cls(
-            layers=info["layers"],
-            n_layers=info["n_layers"],
-            d_mlp=info["d_mlp"],
+            layers=layers,
+            n_layers=n_layers,
+            d_mlp=d_mlp,
             sums={lab: tensors[f"{lab}.sum"] for lab in LABELS},
             sums_sq={lab: tensors[f"{lab}.sum_sq"] for lab in LABELS},
             sums_abs={lab: tensors[f"{lab}.sum_abs"] for lab in LABELS if f"{lab}.sum_abs" in tensors},
-            counts=info["counts"],
-            meta=info["meta"],
-            n_done=info["n_done"],
+            counts=counts,
+            meta=meta,
+            n_done=n_done,
         )
 
     def __repr__(self) -> str:
@@ -253,18 +304,15 @@ class CollectionAttribution:
         )
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _checksum(tensors: dict[str, Tensor], info: str) -> str:
+    """sha256 over the metadata text and, in name order, each tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(b"mechir_nig.CollectionAttribution\0")
+    h.update(info.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 def top_neurons(

@@ -4,9 +4,13 @@ An orchestrator (data, checkpoints, progress) over ``mechir_nig.attribution``: p
 longest first (a deterministic order), each batch's per-group NIG is added to a
 ``CollectionAttribution``. A checkpoint is one safetensors file (statistics plus, in its metadata, how
 many pairs are done, a fingerprint of the pair list, the NIG settings and a hash of the model's config
-and weights), written to a temporary file and renamed, so a crash never leaves a half-written or
-double-counted state; ``resume=True`` continues after the last checkpoint without counting a pair
-twice, and refuses a checkpoint made with other pairs, settings or weights.
+and weights, and a sha256 checksum of it all), written to a per-process temporary file, fsynced and
+renamed, so a crash never leaves a half-written or double-counted state; ``resume=True`` continues
+after the last checkpoint without counting a pair twice, and refuses a checkpoint made with other
+pairs, settings or weights, or one that is truncated, corrupt or foreign (``CheckpointError``). Before
+any work the checkpoint's folder is probed for writing and ``<checkpoint>.lock`` is taken, so a second
+process writing the same file is refused (``CheckpointLockedError``); a lock left by a killed process
+is taken over. The guarantees are in docs/nig.md ("Checkpoints and crash safety").
 
 Example:
     >>> from mechir_nig.data import judged_pairs, load_collection
@@ -17,12 +21,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mechir_nig._io import OutputLock, probe_writable
 from mechir_nig._validate import check_int
 from mechir_nig.attribution.settings import NIGSettings, model_fingerprint
 from mechir_nig.attribution.stats import LABELS, CollectionAttribution
@@ -108,9 +114,12 @@ def attribute_collection(
         ``CollectionAttribution`` (``mean(label, group)``: ``[layer, d_mlp]``).
 
     Pairs are processed longest first (a deterministic order, so a resumed run continues exactly).
-    """
-    from mechir_nig.attribution.nig import neuron_integrated_gradients
 
+    Raises:
+        CheckpointError: before any work, when ``checkpoint`` cannot be written; when it exists but is
+            truncated, corrupt or not a collection attribution (``resume=True``).
+        CheckpointLockedError: another live process is writing ``checkpoint`` (``checkpoint.lock``).
+    """
     overrides: dict[str, Any] = {
         k: v
         for k, v in dict(
@@ -132,6 +141,43 @@ def attribute_collection(
     if len(pairs) == 0:
         raise InputError("pairs is empty; pass judged pairs (mechir_nig.data.judged_pairs)")
     fields_ = [_pair_fields(p, i) for i, p in enumerate(pairs)]
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    with contextlib.ExitStack() as stack:
+        if ckpt is not None:  # before any work: an unwritable path or a second writer fails now
+            probe_writable(ckpt, "checkpoint")
+            stack.enter_context(OutputLock(ckpt))
+        return _attribute(
+            model,
+            pairs,
+            fields_,
+            cfg,
+            batch_size=batch_size,
+            ckpt=ckpt,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            progress=progress,
+            collection=collection,
+            on_batch=on_batch,
+        )
+
+
+def _attribute(
+    model: Any,
+    pairs: Sequence[Any],
+    fields_: list[tuple[str, str, str, str]],
+    cfg: NIGSettings,
+    *,
+    batch_size: int,
+    ckpt: Path | None,
+    checkpoint_every: int,
+    resume: bool,
+    progress: bool,
+    collection: str | None,
+    on_batch: Callable[[int], None] | None,
+) -> CollectionAttribution:
+    """The body of ``attribute_collection`` once its arguments are checked (and its output locked)."""
+    from mechir_nig.attribution.nig import neuron_integrated_gradients
+
     order = sorted(range(len(fields_)), key=lambda i: -(len(fields_[i][0]) + len(fields_[i][1])))
     fingerprint = hashlib.sha256("\n".join(fields_[i][3] for i in order).encode()).hexdigest()
     _check_tokenizable(model, fields_, pairs, int(cfg.max_length or model.max_length))
@@ -143,7 +189,6 @@ def attribute_collection(
         "pairs_fingerprint": fingerprint,
         "n_pairs": len(pairs),
     }
-    ckpt = Path(checkpoint) if checkpoint is not None else None
     stats = None
     if ckpt is not None and ckpt.exists():
         if not resume:
