@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "vaswani"))
     p.add_argument("--model", default="all-MiniLM-L6-v2")
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.01])
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.001, 0.005, 0.01, 0.02, 0.05, 0.1])
     p.add_argument("--modes", nargs="+", default=["zero", "baseline"])
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--scheme", default="relevant")
@@ -76,6 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.stats:
             stats.save(args.stats)
     t["nig"] = time.perf_counter() - t0
+    reference = None
+    if {"mean", "resample"} & set(args.modes):
+        from mechir_nig.interventions import AblationReference
+
+        t0 = time.perf_counter()
+        ref_pairs = judged_pairs(col, max_relevant_per_query=3, max_nonrelevant_per_query=3, query_ids=sel)
+        ref_docs = list(dict.fromkeys(p.doc for p in ref_pairs))
+        reference = AblationReference.compute(model, ref_docs, batch_size=32)  # selection-half documents
+        t["reference"] = time.perf_counter() - t0
+        print(f"mean/resample reference: {len(ref_docs)} documents of the selection half", file=sys.stderr)
     result = pruning_study(
         model,
         col,
@@ -88,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         select_queries=sel,
         eval_queries=ev,
         side="doc",
+        reference=reference,
     )
     result.timings.update(t)
     result.settings.update(n_steps=args.n_steps, k=args.k, pairs_attributed=dict(stats.counts))

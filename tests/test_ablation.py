@@ -8,7 +8,7 @@ from conftest import DOCS, QUERIES
 
 from mechir_nig.errors import InputError
 from mechir_nig.interventions import AblationReference, ablate, ablation_hooks, baseline_active
-from mechir_nig.models.tokenization import DOC
+from mechir_nig.models.tokenization import DOC, QUERY
 from mechir_nig.sets import ComponentSet, NeuronSet
 
 
@@ -189,3 +189,27 @@ def test_bi_encoder_side(minilm_be):
     torch.testing.assert_close(q, q_clean)
     assert not torch.allclose(d, minilm_be.encode(DOCS[:2]))
     torch.testing.assert_close(scores, (q * d).sum(-1), atol=1e-6, rtol=0)
+
+
+def test_baseline_pass_runs_once_per_distinct_baseline_input(tiny_ce):
+    """Pairs with the same query and document lengths have the same [PAD] baseline: the baseline pass runs
+    on the distinct rows only, and the ablated run equals one whose baseline pass saw every row."""
+    from mechir_nig.attribution.baselines import baseline_embeddings
+
+    queries = ["cat", "dog", "cat", "neurons fire"]
+    docs = ["the cat sat", "a dog ran", "neurons pass signals along axons", "brains"]
+    batch = tiny_ce.tokenize(queries, docs)
+    lengths = [(int((r == QUERY).sum()), int((r == DOC).sum())) for r in batch.groups]
+    assert lengths[0] == lengths[1] and len(set(lengths)) == 3  # rows 0 and 1 share their baseline input
+    name = "blocks.1.mlp.hook_post"
+    emb = baseline_embeddings(tiny_ce, batch.input_ids, batch.groups, "pad")
+    _, base = tiny_ce.run_with_cache(
+        None, batch.token_type_ids, batch.attention_mask, input_embeds=emb, names_filter=[name]
+    )
+    whole = neurons(tiny_ce, [(1, n) for n in range(tiny_ce.cfg.d_mlp)])
+    rows_seen = []
+    spy = ("blocks.0.hook_resid_pre", lambda a, hook: rows_seen.append(a.shape[0]))
+    with tiny_ce.hooks(fwd_hooks=[spy]), ablate(tiny_ce, whole, mode="baseline"):
+        _, cache = tiny_ce.run_with_cache(batch, names_filter=[name])
+    assert rows_seen == [3, 4]  # the baseline pass on 3 distinct rows, then the batch
+    torch.testing.assert_close(cache[name], base[name], atol=1e-6, rtol=0)

@@ -54,16 +54,27 @@ def baseline_embeddings(
                 f"tokenized batch: ({b}, {p}, {d}) or ({p}, {d})"
             )
         return t
-    content = (groups == QUERY) | (groups == DOC)
+    replace = baseline_replaced(groups, baseline)
     if baseline == "zero":
-        return model.word_embeddings(input_ids) * (groups == PAD).unsqueeze(-1)
+        return model.word_embeddings(input_ids) * (~replace).unsqueeze(-1)
     tok = model.tokenizer
     if baseline == "mask":
         if tok is None or tok.mask_token_id is None:
             raise InputError("baseline='mask' needs a tokenizer with a [MASK] token; use 'pad'")
-        replace, new_id = content, tok.mask_token_id
+        new_id = tok.mask_token_id
     else:
         new_id = model.cfg.pad_token_id
-        replace = {"pad": content, "pad_all": groups != PAD, "doc": groups == DOC}[baseline]
     ids = torch.where(replace, torch.full_like(input_ids, new_id), input_ids)
     return model.word_embeddings(ids)
+
+
+def baseline_replaced(groups: Int[Tensor, "batch pos"], baseline: str) -> Tensor:
+    """Bool ``[batch, pos]``: the positions whose word embedding the named ``baseline`` replaces (the
+    others keep the input's token). Two rows with the same kept tokens, groups and mask have the same
+    baseline input."""
+    check_baseline(baseline)
+    if baseline in ("pad", "mask"):
+        return (groups == QUERY) | (groups == DOC)
+    if baseline == "doc":
+        return groups == DOC
+    return groups != PAD  # pad_all, zero

@@ -302,21 +302,37 @@ class _State:
                 "mode='baseline' needs a tokenized batch (model.tokenize(...)) to build the baseline input; "
                 "got raw tensors"
             )
-        from mechir_nig.attribution.baselines import baseline_embeddings
+        from mechir_nig.attribution.baselines import baseline_embeddings, baseline_replaced
 
-        emb = baseline_embeddings(self.model, batch.input_ids, batch.groups, self.baseline)
+        # Rows whose baseline inputs are identical (same length and special-token layout: with the [PAD]
+        # baseline every document of one length) share one baseline pass: it runs on the distinct rows
+        # only and is expanded back, so baseline ablation costs little more than zero ablation.
+        ids, mask = batch.input_ids, batch.attention_mask
+        types = getattr(batch, "token_type_ids", None)
+        pos_ids = getattr(batch, "position_ids", None)
+        unique, inverse = None, None
+        if isinstance(self.baseline, str):
+            base_ids = torch.where(baseline_replaced(batch.groups, self.baseline), -1, ids)
+            key = [base_ids, batch.groups, mask.long()]
+            key += [t.long() for t in (types, pos_ids) if t is not None]
+            unique, inverse = torch.unique(torch.cat(key, dim=1), dim=0, return_inverse=True)
+            first = torch.full((len(unique),), len(ids), dtype=torch.long, device=ids.device)
+            first = first.scatter_reduce(0, inverse, torch.arange(len(ids), device=ids.device), reduce="amin")
+            ids, mask, groups = ids[first], mask[first], batch.groups[first]
+            types = types[first] if types is not None else None
+            pos_ids = pos_ids[first] if pos_ids is not None else None
+        else:
+            groups = batch.groups
+        emb = baseline_embeddings(self.model, ids, groups, self.baseline)
         last = max(self.components.by_layer()) + 1
+        extra = {"position_ids": pos_ids} if pos_ids is not None else {}
         self.capture = True
         try:
-            forward(
-                None,
-                getattr(batch, "token_type_ids", None),
-                batch.attention_mask,
-                input_embeds=emb,
-                stop_at_layer=last,
-            )
+            forward(None, types, mask, input_embeds=emb, stop_at_layer=last, **extra)
         finally:
             self.capture = False
+        if inverse is not None:
+            self.baseline_acts = {k: v.index_select(0, inverse) for k, v in self.baseline_acts.items()}
 
 
 def _check(model, components, mode, positions, reference, side, seed, baseline):
