@@ -155,6 +155,17 @@ class NeuronAttribution:
             (self.layers[i // d], i % d, float(x)) for i, x in zip(idx.tolist(), vals.tolist(), strict=True)
         ]
 
+    def plot(self, kind: str | None = None, **kw: Any) -> Any:
+        """A plotly figure of this result (``mechir_nig.plotting.plot``); ``kind``: ``"heatmap"`` (default),
+        ``"top"``, ``"tokens"`` or ``"groups"``; ``kw`` go to the figure function.
+
+        Example:
+            >>> attr.plot("tokens", pair=0).show()  # doctest: +SKIP
+        """
+        from mechir_nig.plotting import plot
+
+        return plot(self, kind, **kw)
+
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (safetensors tensors) and ``path.json`` (layers, tokens, settings)."""

@@ -97,6 +97,17 @@ class CollectionAttribution:
         m = self.sums[label][:, g] / n
         return (self.sums_sq[label][:, g] / n - m * m).clamp(min=0).sqrt()
 
+    def plot(self, kind: str | None = None, **kw: Any) -> Any:
+        """A plotly figure (``mechir_nig.plotting.plot``); ``kind``: ``"heatmap"`` (default), ``"top"`` or
+        ``"groups"``.
+
+        Example:
+            >>> stats.plot("top", k=20).show()  # doctest: +SKIP
+        """
+        from mechir_nig.plotting import plot
+
+        return plot(self, kind, **kw)
+
     def scheme_scores(self, scheme: str, group: str = "all") -> Float[Tensor, "n_layers d_mlp"]:
         """Scores of every neuron of the model under a selection scheme (zeros for unattributed layers).
 

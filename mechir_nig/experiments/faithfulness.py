@@ -195,6 +195,17 @@ class FaithfulnessResult:
             "settings": self.settings,
         }
 
+    def plot(self, kind: str | None = None, **kw: Any) -> Any:
+        """A plotly figure of this result (``mechir_nig.plotting.plot``); ``kind``: ``"curves"`` (default) or
+        ``"correlations"``; ``kw`` go to the figure function.
+
+        Example:
+            >>> faith.plot("correlations").show()  # doctest: +SKIP
+        """
+        from mechir_nig.plotting import plot
+
+        return plot(self, kind, **kw)
+
 
 def faithfulness(
     model: Any,

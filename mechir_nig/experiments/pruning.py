@@ -126,6 +126,17 @@ class PruningResult:
         path.write_text(json.dumps(self.to_dict(), indent=1))
         return path
 
+    def plot(self, kind: str | None = None, **kw: Any) -> Any:
+        """A plotly figure of this result (``mechir_nig.plotting.plot``); ``kind``: ``"curves"`` (default);
+        ``kw`` go to the figure function.
+
+        Example:
+            >>> result.plot(measure="nDCG@10").show()  # doctest: +SKIP
+        """
+        from mechir_nig.plotting import plot
+
+        return plot(self, kind, **kw)
+
     def to_markdown(self) -> str:
         """The table as Markdown (mean ± std over seeds, drop from unpruned)."""
         head = ["condition", "mode", "fraction", "neurons"]

@@ -1,0 +1,475 @@
+"""Figures of NIG attributions: neuron heatmaps, top-neuron bars, token heatmaps and token-group bars.
+
+They take a ``NeuronAttribution`` (one batch of pairs, ``neuron_integrated_gradients``) or a
+``CollectionAttribution`` (per-label running statistics, ``attribute_collection``) and return a
+``plotly.graph_objects.Figure``. Signed values use ``SCALES["signed"]`` centred at 0 (positive = red).
+
+A *panel* is one layer x neuron table of a result: for a ``CollectionAttribution`` a selection scheme
+(``relevant``, ``nonrelevant``, ``difference``, ``abs_mean``, ``mean_abs``: ``scheme_scores``); for a
+``NeuronAttribution`` one pair (``pair=i``), the mean over its pairs, or, given ``labels`` (the relevance
+of each pair), the mean over relevant / non-relevant pairs and their difference.
+
+Example:
+    >>> fig = neuron_heatmap(stats)  # relevant, nonrelevant, difference  # doctest: +SKIP
+    >>> fig = token_heatmap(attr, pair=0)  # attr from reduce="token"  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+from torch import Tensor
+
+from mechir_nig._validate import check_int
+from mechir_nig.attribution.result import CONTENT_GROUPS, NeuronAttribution
+from mechir_nig.attribution.stats import GROUP_AXIS, LABELS, SCHEMES, CollectionAttribution
+from mechir_nig.errors import InputError
+from mechir_nig.plotting._common import (
+    as_numpy,
+    color,
+    finish,
+    layer_rows,
+    mark_query_doc,
+    need,
+    pair_index,
+    signed_coloraxis,
+    signed_heatmap,
+)
+from mechir_nig.sets.components import ComponentSet
+
+__all__ = ["group_bars", "neuron_heatmap", "token_heatmap", "top_neurons_bar"]
+
+Panel = tuple[str, Callable[[str], Tensor]]
+"""A panel's name and its values: group name -> ``[layer, d_mlp]`` float64 (rows = the result's layers)."""
+
+_RESULTS = (NeuronAttribution, CollectionAttribution)
+_LABEL_PANELS = ("relevant", "nonrelevant", "difference")
+
+
+def _check_group(group: Any) -> str:
+    if group not in GROUP_AXIS:
+        raise InputError(f"group must be one of {GROUP_AXIS}, got {group!r}")
+    return str(group)
+
+
+def _panel_names(panels: Any, allowed: Sequence[str]) -> list[str]:
+    if isinstance(panels, str):
+        panels = [panels]
+    if not isinstance(panels, Iterable):
+        raise InputError(f"panels must be a list of names among {tuple(allowed)}, got {panels!r}")
+    out = list(panels)
+    bad = [p for p in out if p not in allowed]
+    if bad or not out:
+        raise InputError(f"panels must be a non-empty list of names among {tuple(allowed)}, got {out!r}")
+    return out
+
+
+def _default_panels(present: list[str]) -> list[str]:
+    return present + (["difference"] if len(present) == 2 else [])
+
+
+def _panels(result: Any, panels: Any, pair: Any, labels: Any, fn: str) -> list[Panel]:
+    """The panels of ``result`` (see the module docstring)."""
+    need(result, _RESULTS, "result", f"{fn} draws NIG attributions")
+    if isinstance(result, CollectionAttribution):
+        if pair is not None or labels is not None:
+            raise InputError(
+                "pair= and labels= apply to a NeuronAttribution; a CollectionAttribution is already split "
+                "by label (choose what to draw with panels=)"
+            )
+        if panels is None:
+            present = [lab for lab in LABELS if result.counts[lab] > 0]
+            if not present:
+                raise InputError("the CollectionAttribution holds no pairs; attribute some pairs first")
+            panels = _default_panels(present)
+        rows = list(result.layers)
+
+        def scheme(name: str, g: str) -> Tensor:
+            return result.scheme_scores(name, g)[rows]
+
+        return [(p, partial(scheme, p)) for p in _panel_names(panels, SCHEMES)]
+
+    def values(g: str) -> Tensor:  # [batch, layer, d_mlp]
+        v = result.per_neuron() if g == "all" else result.by_group()[:, :, CONTENT_GROUPS.index(g)]
+        return v.to(torch.float64)
+
+    n = len(result)
+    if pair is not None:
+        if labels is not None or panels is not None:
+            raise InputError("pair= draws one pair; leave labels= and panels= unset with it")
+        i = pair_index(pair, n)
+        return [(f"pair {i}", lambda g: values(g)[i])]
+    if labels is None:
+        if panels is not None:
+            raise InputError(
+                "panels= needs labels= (the relevance of each pair) for a NeuronAttribution; "
+                "without labels the figure shows the mean over pairs"
+            )
+        return [(f"mean over {n} pairs", lambda g: values(g).mean(0))]
+    rel = _relevant_mask(labels, n)
+    present = [name for name, m in (("relevant", rel), ("nonrelevant", ~rel)) if bool(m.any())]
+    names = _panel_names(_default_panels(present) if panels is None else panels, _LABEL_PANELS)
+    for name in names:
+        for lab in ("relevant", "nonrelevant") if name == "difference" else (name,):
+            if lab not in present:
+                raise InputError(f"panel {name!r} needs {lab} pairs, but labels mark none as {lab}")
+
+    def panel(name: str, g: str) -> Tensor:
+        v = values(g)
+        if name == "difference":
+            return v[rel].mean(0) - v[~rel].mean(0)
+        return v[rel if name == "relevant" else ~rel].mean(0)
+
+    return [(name, partial(panel, name)) for name in names]
+
+
+def _relevant_mask(labels: Any, n: int) -> Tensor:
+    """``[batch]`` bool: the pairs whose label (relevance grade) is > 0."""
+    if isinstance(labels, str | bytes) or not isinstance(labels, Iterable | Tensor):
+        raise InputError(f"labels must be a sequence of relevance grades, one per pair, got {labels!r}")
+    try:
+        grades = torch.as_tensor([float(x) for x in labels])
+    except (TypeError, ValueError):
+        raise InputError(
+            f"labels must be numbers (relevance grades, > 0 = relevant), got {labels!r}"
+        ) from None
+    if len(grades) != n:
+        raise InputError(f"labels has {len(grades)} entries; the result holds {n} pairs: give one per pair")
+    return grades > 0
+
+
+def neuron_heatmap(
+    result: Any,
+    *,
+    group: str = "all",
+    panels: Sequence[str] | None = None,
+    pair: int | None = None,
+    labels: Any = None,
+    layers: Sequence[int] | None = None,
+    title: str | None = None,
+) -> Any:
+    """Layer x neuron heatmap of NIG, one panel per label (and their difference), on one colour scale.
+
+    Args:
+        result: a ``CollectionAttribution`` or a ``NeuronAttribution``.
+        group: the tokens summed: ``"all"`` (default), ``"cls"``, ``"query"``, ``"sep"`` or ``"doc"``
+            (the last four need a ``NeuronAttribution`` with ``reduce="token"`` or ``"group"``).
+        panels: schemes of a ``CollectionAttribution`` (``SCHEMES``; default: each label with pairs and,
+            with both, ``difference``), or of a labelled ``NeuronAttribution`` (``relevant``,
+            ``nonrelevant``, ``difference``).
+        pair: a ``NeuronAttribution``: draw this pair only (default: the mean over pairs).
+        labels: a ``NeuronAttribution``: the relevance grade of each pair (``> 0`` is relevant), to draw
+            the label means and their difference.
+        layers: layers to draw (default: the result's ``layers``).
+        title: the figure title.
+
+    Shapes:
+        ``fig.data[i].z``: ``[layer, d_mlp]``, the ``i``-th panel (e.g. ``stats.mean("relevant", group)``
+        restricted to ``layers``); ``y`` = the layer indices, ``x`` = ``0 .. d_mlp - 1``.
+
+    Returns:
+        A ``plotly.graph_objects.Figure`` (hover: layer, neuron, value).
+
+    Example:
+        >>> from mechir_nig.attribution.stats import CollectionAttribution
+        >>> stats = CollectionAttribution(layers=[0, 1], n_layers=2, d_mlp=3)
+        >>> stats.update("relevant", torch.ones(2, 2, 4, 3))  # [pairs, layer, group, d_mlp]
+        >>> stats.update("nonrelevant", -torch.ones(1, 2, 4, 3))
+        >>> fig = neuron_heatmap(stats)
+        >>> [t.name for t in fig.data], fig.data[2].z[0].tolist()  # difference = 4 - (-4)
+        (['relevant', 'nonrelevant', 'difference'], [8.0, 8.0, 8.0])
+    """
+    group = _check_group(group)
+    items = _panels(result, panels, pair, labels, "neuron_heatmap")
+    rows, layer_ids = layer_rows(layers, result.layers)
+    d = result.d_mlp if isinstance(result, CollectionAttribution) else result.values.shape[-1]
+    fig = make_subplots(
+        rows=len(items),
+        cols=1,
+        shared_xaxes=True,
+        subplot_titles=[name for name, _ in items],
+        vertical_spacing=min(0.12, 0.5 / max(1, len(items) - 1)),
+    )
+    for i, (name, fn) in enumerate(items):
+        fig.add_trace(
+            signed_heatmap(
+                as_numpy(fn(group)[rows]),
+                np.arange(d),
+                layer_ids,
+                name=name,
+                coloraxis="coloraxis",
+                hovertemplate=f"layer %{{y}}<br>neuron %{{x}}<br>NIG %{{z:.4g}}<extra>{name}</extra>",
+            ),
+            row=i + 1,
+            col=1,
+        )
+        fig.update_yaxes(type="category", title_text="layer", row=i + 1, col=1)
+    fig.update_xaxes(title_text="neuron", row=len(items), col=1)
+    return finish(
+        fig,
+        title or f"NIG per neuron ({group} tokens)",
+        height=140 + len(items) * (60 + 28 * len(layer_ids)),
+        coloraxis=signed_coloraxis("NIG"),
+    )
+
+
+def top_neurons_bar(
+    source: Any,
+    *,
+    k: int = 20,
+    scheme: str | None = None,
+    group: str = "all",
+    pair: int | None = None,
+    title: str | None = None,
+) -> Any:
+    """Horizontal bars of the ``k`` highest-scoring neurons (or heads), largest on top.
+
+    Args:
+        source: a ``CollectionAttribution`` (neurons ranked by ``scheme_scores(scheme, group)`` over its
+            layers, as ``attribution.stats.top_neurons``), a ``NeuronAttribution`` (NIG of ``pair``, or
+            summed over pairs, as ``NeuronAttribution.top_neurons``), or a ``NeuronSet`` /
+            ``ComponentSet`` with ``scores`` (its members by score).
+        k: bars to draw (at most).
+        scheme: the ``CollectionAttribution`` scheme (default ``"relevant"``).
+        group: the tokens summed (``"all"``, or ``cls``/``query``/``sep``/``doc``); attributions only.
+        pair: a ``NeuronAttribution``: rank this pair's NIG (default: summed over pairs).
+        title: the figure title.
+
+    Shapes:
+        ``fig.data[0].x``: ``[k]`` scores, descending; ``fig.data[0].customdata``: ``[k, 2]`` (layer, index).
+
+    Returns:
+        A ``plotly.graph_objects.Figure`` (hover: layer, neuron, value; red >= 0, blue < 0).
+
+    Example:
+        >>> from mechir_nig.sets import select_top
+        >>> s = select_top(torch.tensor([[0.5, -1.0, 2.0], [3.0, 0.0, 1.0]]), k=3)
+        >>> top_neurons_bar(s).data[0].x.tolist()
+        [3.0, 2.0, 1.0]
+    """
+    k = check_int(k, "k", minimum=1)
+    group = _check_group(group)
+    need(source, (*_RESULTS, ComponentSet), "source", "top_neurons_bar ranks attributions or a scored set")
+    one = "neuron"
+    if isinstance(source, ComponentSet):
+        if scheme is not None or pair is not None or group != "all":
+            raise InputError("scheme=, group= and pair= rank attributions; a set is drawn by its own scores")
+        if source.scores is None:
+            raise InputError(
+                "the set has no scores; build it with select_top(scores, ...) (or from a "
+                "CollectionAttribution with attribution.stats.top_neurons) to draw its top members"
+            )
+        ranked = sorted(source.scores.items(), key=lambda kv: -kv[1])[:k]
+        members = [m for m, _ in ranked]
+        values = [v for _, v in ranked]
+        one = "neuron" if source.kind == "mlp" else "head"
+        what = source.name or "set"
+    elif isinstance(source, CollectionAttribution):
+        from mechir_nig.attribution.stats import top_neurons
+
+        if pair is not None:
+            raise InputError("pair= applies to a NeuronAttribution; a CollectionAttribution has no pairs")
+        scheme = "relevant" if scheme is None else scheme
+        s = top_neurons(source, scheme, k=min(k, len(source.layers) * source.d_mlp), group=group)
+        ranked = sorted((s.scores or {}).items(), key=lambda kv: -kv[1])  # select_top scores its members
+        members = [m for m, _ in ranked]
+        values = [v for _, v in ranked]
+        what = f"{scheme} ({group} tokens)"
+    else:
+        if scheme is not None:
+            raise InputError("scheme= ranks a CollectionAttribution; a NeuronAttribution is ranked by NIG")
+        if group == "all":
+            v = source.per_neuron()
+        else:
+            v = source.by_group()[:, :, CONTENT_GROUPS.index(group)]
+        v = v[pair_index(pair, len(source))] if pair is not None else v.sum(0)
+        vals, idx = v.to(torch.float64).flatten().topk(min(k, v.numel()))
+        d = v.shape[-1]
+        members = [(source.layers[i // d], i % d) for i in idx.tolist()]
+        values = vals.tolist()
+        what = f"NIG of pair {pair}" if pair is not None else f"NIG summed over {len(source)} pairs"
+    letter = one[0].upper()
+    fig = go.Figure(
+        go.Bar(
+            x=np.asarray(values, dtype=np.float64),
+            y=[f"L{layer} {letter}{i}" for layer, i in members],
+            orientation="h",
+            customdata=np.asarray(members, dtype=np.int64).reshape(-1, 2),
+            marker_color=[color("sign_positive" if x >= 0 else "sign_negative") for x in values],
+            hovertemplate=f"layer %{{customdata[0]}}<br>{one} %{{customdata[1]}}<br>value %{{x:.4g}}<extra></extra>",
+            name=what,
+        )
+    )
+    fig.update_yaxes(autorange="reversed", type="category", title_text=f"layer, {one}")
+    fig.update_xaxes(title_text="score", zeroline=True)
+    return finish(fig, title or f"Top {len(members)} {one}s: {what}", height=160 + 22 * len(members))
+
+
+def token_heatmap(
+    attr: Any,
+    pair: int = 0,
+    *,
+    component: str = "mlp",
+    neurons: ComponentSet | None = None,
+    layers: Sequence[int] | None = None,
+    title: str | None = None,
+) -> Any:
+    """Tokens x layers heatmap of one pair's NIG, summed over the neurons (or heads) of each layer.
+
+    The query and the document are separated by a dashed vertical line and labelled above; padding is left
+    out. Hovering a cell shows the token, its group (cls/query/sep/doc), the layer and the value.
+
+    Args:
+        attr: a ``NeuronAttribution`` with ``reduce="token"``.
+        pair: the pair to draw.
+        component: ``"mlp"`` (``values``) or ``"head"`` (``head_values``: attribute with ``heads=True``).
+        neurons: sum only these components (a ``NeuronSet``, or a head ``ComponentSet`` with
+            ``component="head"``) instead of all.
+        layers: layers to draw (default: ``attr.layers``).
+        title: the figure title.
+
+    Shapes:
+        ``fig.data[0].z``: ``[layer, token]`` = ``attr.values[pair, layers, :n].sum(-1)`` over the pair's
+        ``n`` non-padding tokens; ``fig.data[0].text``: ``[layer, token]`` token text and group.
+
+    Returns:
+        A ``plotly.graph_objects.Figure``.
+
+    Example:
+        >>> attr = neuron_integrated_gradients(ce, queries, docs, reduce="token")  # doctest: +SKIP
+        >>> token_heatmap(attr, pair=0).show()  # doctest: +SKIP
+    """
+    from mechir_nig.models.tokenization import GROUPS
+
+    need(attr, NeuronAttribution, "attr", "token_heatmap draws the per-token NIG of one pair")
+    attr.per_token()  # raises, saying which reduce to use, when values are not per token
+    if component not in ("mlp", "head"):
+        raise InputError(
+            f"component must be 'mlp' (MLP neurons) or 'head' (attention heads), got {component!r}"
+        )
+    i = pair_index(pair, len(attr))
+    if component == "head":
+        if attr.head_values is None:
+            raise InputError("no head attributions in this result: attribute with heads=True")
+        v = attr.head_values[i]
+    else:
+        v = attr.values[i]  # [layer, pos, width]
+    rows, layer_ids = layer_rows(layers, attr.layers)
+    if neurons is not None:
+        need(neurons, ComponentSet, "neurons")
+        if neurons.kind != component:
+            raise InputError(
+                f"neurons is a {neurons.kind!r} set but component={component!r}; pass a set of the same kind"
+            )
+        if neurons.width != v.shape[-1] or max(attr.layers) >= neurons.n_layers:
+            raise InputError(
+                f"neurons is a set of a {neurons.n_layers} x {neurons.width} model; this result has layers "
+                f"{attr.layers} x {v.shape[-1]}: select the set on this model"
+            )
+        weight = neurons.to_mask()[attr.layers].to(v.dtype)  # [layer, width]
+        v = v * weight[:, None, :]
+    keep = attr.mask[i].nonzero().flatten().tolist()
+    z = as_numpy(v[rows][:, keep].sum(-1))
+    toks = attr.tokens[i] if attr.tokens else [str(t) for t in attr.input_ids[i].tolist()]
+    group_row = attr.groups[i]
+    labels = [f"{toks[p]} ({GROUPS[int(group_row[p])]})" if p < len(toks) else "" for p in keep]
+    text = [labels for _ in rows]
+    fig = go.Figure(
+        signed_heatmap(
+            z,
+            keep,
+            layer_ids,
+            text=text,
+            name=f"pair {i}",
+            colorbar={"title": {"text": "NIG"}},
+            hovertemplate="token %{text}<br>position %{x}<br>layer %{y}<br>NIG %{z:.4g}<extra></extra>",
+        )
+    )
+    fig.update_xaxes(
+        tickmode="array",
+        tickvals=keep,
+        ticktext=[toks[p] if p < len(toks) else "" for p in keep],
+        tickangle=-60,
+        title_text="token",
+    )
+    fig.update_yaxes(type="category", title_text="layer")
+    mark_query_doc(fig, group_row, keep)
+    what = "neurons" if component == "mlp" else "heads"
+    subset = f" of {neurons.name or 'a set'} ({len(neurons)})" if neurons is not None else ""
+    return finish(
+        fig,
+        title or f"NIG per token, summed over the {what}{subset} of each layer — pair {i}",
+        height=220 + 32 * len(layer_ids),
+        width=min(3000, max(700, 160 + 22 * len(keep))),
+    )
+
+
+def group_bars(
+    result: Any,
+    *,
+    panels: Sequence[str] | None = None,
+    pair: int | None = None,
+    labels: Any = None,
+    layers: Sequence[int] | None = None,
+    title: str | None = None,
+) -> Any:
+    """NIG of each token group (cls, query, sep, doc) per layer, summed over the layer's neurons.
+
+    One panel per label (``panels``, ``pair`` and ``labels`` as in :func:`neuron_heatmap`), one bar colour
+    per group.
+
+    Args:
+        result: a ``CollectionAttribution``, or a ``NeuronAttribution`` with ``reduce="token"`` or
+            ``"group"``.
+        panels: as in :func:`neuron_heatmap`.
+        pair: a ``NeuronAttribution``: draw this pair only (default: the mean over pairs).
+        labels: a ``NeuronAttribution``: relevance grade of each pair, to draw the label means.
+        layers: layers to draw (default: the result's ``layers``).
+        title: the figure title.
+
+    Shapes:
+        ``fig.data[p * 4 + g].y``: ``[layer]``: panel ``p``'s values of group ``g`` (order cls, query,
+        sep, doc) summed over ``d_mlp`` (for a ``NeuronAttribution`` and one pair:
+        ``attr.by_group()[pair, layers, g].sum(-1)``).
+
+    Returns:
+        A ``plotly.graph_objects.Figure``.
+
+    Example:
+        >>> from mechir_nig.attribution.stats import CollectionAttribution
+        >>> stats = CollectionAttribution(layers=[0, 1], n_layers=2, d_mlp=3)
+        >>> stats.update("relevant", torch.arange(4.0).view(1, 1, 4, 1).expand(2, 2, 4, 3))
+        >>> fig = group_bars(stats)
+        >>> [t.name for t in fig.data], fig.data[1].y.tolist()  # query group: 1.0 x 3 neurons per layer
+        (['cls', 'query', 'sep', 'doc'], [3.0, 3.0])
+    """
+    items = _panels(result, panels, pair, labels, "group_bars")
+    rows, layer_ids = layer_rows(layers, result.layers)
+    fig = make_subplots(
+        rows=1, cols=len(items), shared_yaxes=True, subplot_titles=[name for name, _ in items]
+    )
+    for c, (name, fn) in enumerate(items):
+        for gi, g in enumerate(CONTENT_GROUPS):
+            y = as_numpy(fn(g)[rows].sum(-1))
+            fig.add_trace(
+                go.Bar(
+                    x=[str(x) for x in layer_ids],
+                    y=y,
+                    name=g,
+                    legendgroup=g,
+                    showlegend=c == 0,
+                    marker_color=color(g, gi),
+                    hovertemplate=f"layer %{{x}}<br>{g} tokens<br>NIG %{{y:.4g}}<extra>{name}</extra>",
+                ),
+                row=1,
+                col=c + 1,
+            )
+        fig.update_xaxes(title_text="layer", type="category", row=1, col=c + 1)
+    fig.update_yaxes(title_text="NIG summed over neurons", row=1, col=1)
+    return finish(fig, title or "NIG per token group and layer", barmode="group", height=420)

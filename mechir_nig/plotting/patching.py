@@ -1,0 +1,185 @@
+"""Figures of activation patching (``interventions.patch``): layer x position, layer x head, and more.
+
+=============================  ==========================================  ========================
+site of the ``PatchingResult``  figure                                      ``pair``
+=============================  ==========================================  ========================
+resid_pre, attn_out, mlp_out   heatmap layer x position, token labels      one pair (positions)
+heads                          heatmap layer x head                        one pair or the mean
+neurons                        heatmap layer x neuron                      one pair or the mean
+head_pos                       heatmap (layer, head) x position            one pair (positions)
+neuron_set                     bars, one per member neuron                 one pair or the mean
+=============================  ==========================================  ========================
+
+The value is the result's metric (the recovery ``(patched − base) / (source − base)``, or ``patched −
+base``) on the signed scale centred at 0. Position labels are the base run's tokens; where the clean and
+corrupted runs differ (the perturbed tokens) the label reads ``clean→corrupted`` in bold, ``∅`` marking a
+slot one run does not have. The mean over pairs is ``nanmean`` (pairs whose score did not move are NaN).
+
+Example:
+    >>> res = patch(ce, perturb.align(ce, queries, docs, perturb.tfc1), sites=("resid_pre", "heads"))  # doctest: +SKIP
+    >>> patching_heatmap(res, "resid_pre", pair=0).show()  # doctest: +SKIP
+    >>> patching_heatmap(res, "heads", pair=None).show()  # mean over pairs  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from torch import Tensor
+
+from mechir_nig.errors import InputError
+from mechir_nig.interventions.patching import SITES, PatchingResult
+from mechir_nig.plotting._common import (
+    as_numpy,
+    color,
+    finish,
+    layer_rows,
+    mark_query_doc,
+    need,
+    pair_index,
+    signed_heatmap,
+)
+
+__all__ = ["patching_heatmap"]
+
+
+def _positions(result: PatchingResult, i: int) -> tuple[list[int], list[str], list[str]]:
+    """Positions to draw for pair ``i`` (up to the last slot either run holds), their tick labels and
+    hover texts (``clean→corrupted`` where the runs differ)."""
+    n_pos = result.base_mask.shape[1]
+    clean = result.clean_tokens[i] if result.clean_tokens else []
+    corr = result.corrupted_tokens[i] if result.corrupted_tokens else []
+    if not (clean and corr):  # batches patched without an Alignment: no token strings
+        keep = list(range(int(result.base_mask[i].nonzero().max()) + 1))
+        return keep, [str(p) for p in keep], [f"position {p}" for p in keep]
+    filled = [p for p in range(min(len(clean), len(corr), n_pos)) if clean[p] or corr[p]]
+    keep = list(range(max(filled) + 1 if filled else n_pos))
+    ticks, texts = [], []
+    for p in keep:
+        c, k = clean[p], corr[p]
+        if c == k:
+            ticks.append(c)
+            texts.append(repr(c))
+        else:
+            ticks.append(f"<b>{c or '∅'}→{k or '∅'}</b>")
+            texts.append(f"clean {c or '∅'!r} → corrupted {k or '∅'!r}")
+    return keep, ticks, texts
+
+
+def _reduce_pairs(v: Tensor, pair: int | None, n: int) -> tuple[Tensor, str]:
+    if pair is None:
+        return torch.nanmean(v.to(torch.float64), 0), f"mean over {n} pairs"
+    i = pair_index(pair, n)
+    return v[i].to(torch.float64), f"pair {i}"
+
+
+def patching_heatmap(
+    result: Any,
+    site: str | None = None,
+    *,
+    pair: int | None = 0,
+    layers: Sequence[int] | None = None,
+    title: str | None = None,
+) -> Any:
+    """Patching effect of each patched index of ``site`` (see the module table for the figure of each).
+
+    Args:
+        result: a ``PatchingResult``.
+        site: one of ``result.sites`` (default: the first).
+        pair: the pair to draw; ``None`` draws the mean over pairs (sites without a position axis only).
+        layers: layers to draw (default: ``result.layers``).
+        title: the figure title.
+
+    Shapes:
+        position sites: ``fig.data[0].z`` ``[layer, pos]`` = ``result[site][pair, layers, :n]`` (``n``:
+        the pair's aligned length), ``x`` = positions, ``text`` = the tokens;
+        ``heads`` / ``neurons``: ``z`` ``[layer, n_heads | d_mlp]``; ``head_pos``: ``z``
+        ``[layer * n_heads, pos]`` (rows ``L{l} H{h}``); ``neuron_set``: ``fig.data[0].y`` ``[n_members]``.
+
+    Returns:
+        A ``plotly.graph_objects.Figure`` (hover: layer, index, tokens, value).
+
+    Example:
+        >>> patching_heatmap(res, "resid_pre", pair=0).show()  # doctest: +SKIP
+    """
+    need(result, PatchingResult, "result", "draw the output of interventions.patch")
+    site = result.sites[0] if site is None else site
+    values = result[site]  # raises for a site the result does not hold
+    kind = SITES[site][1]
+    metric = "recovery" if result.metric == "recovery" else "patched − base"
+    n = len(result)
+    what = f"{site} patching ({result.direction}, {result.metric})"
+    if site == "neuron_set":
+        v, which = _reduce_pairs(values, pair, n)
+        if layers is not None:
+            raise InputError("layers= does not apply to site 'neuron_set' (its members name their layers)")
+        fig = go.Figure(
+            go.Bar(
+                x=[f"L{layer} N{neuron}" for layer, neuron in result.members],
+                y=as_numpy(v),
+                customdata=np.asarray(result.members, dtype=np.int64).reshape(-1, 2),
+                marker_color=[color("sign_positive" if x >= 0 else "sign_negative") for x in v.tolist()],
+                hovertemplate=f"layer %{{customdata[0]}}<br>neuron %{{customdata[1]}}<br>{metric} %{{y:.4g}}<extra></extra>",
+            )
+        )
+        fig.update_xaxes(type="category", title_text="neuron of the set")
+        fig.update_yaxes(title_text=metric)
+        return finish(fig, title or f"{what} — {which}", height=420)
+    rows, layer_ids = layer_rows(layers, result.layers)
+    if kind in ("pos", "head_pos"):
+        if pair is None:
+            raise InputError(
+                f"site {site!r} has a position axis, and positions differ between pairs: pass pair=i "
+                "(sites 'heads' and 'neurons' can be averaged over pairs)"
+            )
+        i = pair_index(pair, n)
+        keep, ticks, texts = _positions(result, i)
+        v = values[i].to(torch.float64)[rows][..., keep]  # [layer, pos] or [layer, n_heads, pos]
+        if kind == "head_pos":
+            n_heads = v.shape[1]
+            y_labels = [f"L{layer} H{h}" for layer in layer_ids for h in range(n_heads)]
+            v = v.reshape(len(rows) * n_heads, len(keep))
+            y_title = "layer, head"
+        else:
+            y_labels = [str(layer) for layer in layer_ids]
+            y_title = "layer"
+        fig = go.Figure(
+            signed_heatmap(
+                as_numpy(v),
+                keep,
+                y_labels,
+                text=[texts for _ in y_labels],
+                colorbar={"title": {"text": metric}},
+                hovertemplate=f"position %{{x}}: %{{text}}<br>{y_title} %{{y}}<br>{metric} %{{z:.4g}}<extra></extra>",
+            )
+        )
+        fig.update_xaxes(
+            tickmode="array", tickvals=keep, ticktext=ticks, tickangle=-60, title_text="position (token)"
+        )
+        fig.update_yaxes(type="category", title_text=y_title)
+        mark_query_doc(fig, result.groups[i], keep)
+        return finish(
+            fig,
+            title or f"{what} — pair {i}",
+            height=220 + 30 * len(y_labels),
+            width=min(3000, max(700, 160 + 22 * len(keep))),
+        )
+    v, which = _reduce_pairs(values, pair, n)
+    v = v[rows]  # [layer, n_heads | d_mlp]
+    index = "head" if kind == "head" else "neuron"
+    fig = go.Figure(
+        signed_heatmap(
+            as_numpy(v),
+            np.arange(v.shape[-1]),
+            [str(layer) for layer in layer_ids],
+            colorbar={"title": {"text": metric}},
+            hovertemplate=f"layer %{{y}}<br>{index} %{{x}}<br>{metric} %{{z:.4g}}<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title_text=index, dtick=1 if v.shape[-1] <= 32 else None)
+    fig.update_yaxes(type="category", title_text="layer")
+    return finish(fig, title or f"{what} — {which}", height=220 + 30 * len(layer_ids))
