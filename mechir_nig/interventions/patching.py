@@ -28,9 +28,12 @@ heads         ``attn.hook_z``             one head, all positions   ``[batch, la
 head_pos      ``attn.hook_z``             one head at one position  ``[batch, layer, n_heads, pos]``
 neurons       ``mlp.hook_post``           one neuron, all positions ``[batch, layer, d_mlp]``
 neuron_set    ``mlp.hook_post``           one member neuron         ``[batch, n_members]`` (set order)
+(joint=True)  ``mlp.hook_post``           every member at once      ``values["neuron_set_joint"]``
+                                                                  ``[batch]``
 ============  ==========================  ========================  ==================================
 
-(a ``NeuronSet`` passed in ``sites`` is the ``neuron_set`` site: its members, one at a time.)
+(a ``NeuronSet`` passed in ``sites`` is the ``neuron_set`` site: its members, one at a time; with
+``joint=True`` also all of them together.)
 
 How it is computed: both runs are cached once. Every patched run starts at the patched layer from the
 base run's cached ``resid_pre`` (``start_at_layer``), so the layers below are never recomputed; the
@@ -144,6 +147,17 @@ class PatchingResult:
         """``(patched − base) / (source − base)`` of ``site`` (NaN where ``|source − base| < eps``)."""
         p = self._patched(site)
         return _recovery(p, self.base_scores, self.source_scores, self.eps)
+
+    def plot(self, kind: str | None = None, **kw: Any) -> Any:
+        """A plotly figure of this result (``mechir_nig.plotting.plot``); ``kind``: ``"heatmap"`` (default);
+        ``kw`` go to the figure function.
+
+        Example:
+            >>> res.plot(site="heads", pair=None).show()  # doctest: +SKIP
+        """
+        from mechir_nig.plotting import plot
+
+        return plot(self, kind, **kw)
 
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -340,6 +354,7 @@ def patch(
     eps: float = 1e-6,
     skip_unchanged: bool = True,
     query_embeddings: Tensor | None = None,
+    joint: bool = False,
 ) -> PatchingResult:
     """Patch activations between aligned clean and corrupted runs of an encoder (see the module
     docstring for directions, the metric, sites and how it is computed).
@@ -364,6 +379,9 @@ def patch(
             batch (an Alignment carries them).
         skip_unchanged: give indices whose source and base activations are equal the base score
             without running them (exact); ``False`` runs them too (a check of the patched runs).
+        joint: with a ``NeuronSet`` in ``sites``, also patch **all** its members (in ``layers``) at
+            once, at every position: ``values["neuron_set_joint"]`` ``[batch]`` (how much of the
+            perturbation's effect the set carries together; one run from its lowest layer).
 
     Returns:
         A :class:`PatchingResult`.
@@ -382,9 +400,13 @@ def patch(
         raise InputError(f"chunk_size must be an integer >= 1 or None, got {chunk_size!r}")
     if not isinstance(skip_unchanged, bool):
         raise InputError(f"skip_unchanged must be True or False, got {skip_unchanged!r}")
+    if not isinstance(joint, bool):
+        raise InputError(f"joint must be True or False, got {joint!r}")
     if not isinstance(eps, int | float) or eps < 0:
         raise InputError(f"eps must be a number >= 0, got {eps!r}")
     site_list = _check_sites(model, sites)
+    if joint and not any(s == "neuron_set" for s, _ in site_list):
+        raise InputError("joint=True patches a NeuronSet's members together: put a NeuronSet in sites")
     layer_list = _check_layers(layers, model.cfg.n_layers)
     clean_b, corr_b, al, q_emb = _check_batches(model, clean, corrupted, query_embeddings)
 
@@ -451,6 +473,10 @@ def patch(
             if mem is not None:
                 offset += len(mem)
         patched[site] = out.cpu()
+        if nset is not None and joint:
+            patched["neuron_set_joint"] = _patch_jointly(
+                model, base, base_cache, source_cache, member_idx, template, score
+            ).cpu()
     clean_scores, corr_scores = (
         (source_scores, base_scores) if direction == "denoise" else (base_scores, source_scores)
     )
@@ -483,6 +509,39 @@ def patch(
         corrupted_tokens=[] if al is None else al.perturbed_tokens,
         members=members if any(s == "neuron_set" for s, _ in site_list) else [],
     )
+
+
+def _patch_jointly(
+    model: Any,
+    base: Any,
+    base_cache: dict[str, Tensor],
+    source_cache: dict[str, Tensor],
+    member_idx: dict[int, Tensor],
+    template: str,
+    score: Callable[..., Tensor],
+) -> Float[Tensor, " batch"]:
+    """Scores of the base run with every member neuron set to its source activation at every position,
+    started at the set's lowest layer from the base run's cached residual stream."""
+    first = min(member_idx)
+
+    def writer(idx: Tensor) -> Callable[[Tensor, Any], Tensor]:
+        def fn(act: Tensor, hook: Any) -> Tensor:
+            act = act.clone()
+            act[..., idx] = source_cache[hook.name][..., idx].to(act.dtype)
+            return act
+
+        return fn
+
+    hooks = [(template.format(layer=layer), writer(idx)) for layer, idx in sorted(member_idx.items())]
+    out = model.run_with_hooks(
+        None,
+        base.token_type_ids,
+        base.attention_mask,
+        residual=base_cache[f"blocks.{first}.hook_resid_pre"],
+        start_at_layer=first,
+        fwd_hooks=hooks,
+    )
+    return score(out).float()
 
 
 def _empty(
