@@ -67,7 +67,9 @@ def test_baseline_ablation_of_a_whole_layer_gives_the_baseline_activations(tiny_
     whole = neurons(tiny_ce, [(0, n) for n in range(d)])
     with ablate(tiny_ce, whole, mode="baseline"):
         _, cache = tiny_ce.run_with_cache(batch, names_filter=[name])
-    torch.testing.assert_close(cache[name], base[name], atol=1e-6, rtol=0)
+    # at every attended position (padding, which no score reads, is left at 0)
+    attended = batch.attention_mask.bool().unsqueeze(-1)
+    torch.testing.assert_close(cache[name] * attended, base[name] * attended, atol=1e-6, rtol=0)
     # and the scores equal a run where layer 0's MLP output is the baseline's
     hooks = ablation_hooks(tiny_ce, whole, mode="baseline", batch=batch)
     expected = tiny_ce.run_with_hooks(batch, fwd_hooks=[(name, lambda a, hook: base[name])])
@@ -211,5 +213,12 @@ def test_baseline_pass_runs_once_per_distinct_baseline_input(tiny_ce):
     spy = ("blocks.0.hook_resid_pre", lambda a, hook: rows_seen.append(a.shape[0]))
     with tiny_ce.hooks(fwd_hooks=[spy]), ablate(tiny_ce, whole, mode="baseline"):
         _, cache = tiny_ce.run_with_cache(batch, names_filter=[name])
-    assert rows_seen == [3, 4]  # the baseline pass on 3 distinct rows, then the batch
-    torch.testing.assert_close(cache[name], base[name], atol=1e-6, rtol=0)
+        _, again = tiny_ce.run_with_cache(batch.select([3, 0]), names_filter=[name])
+    # the baseline pass on 3 distinct rows, then the batch; the second batch reuses the kept rows
+    assert rows_seen == [3, 4, 2]
+    attended = batch.attention_mask.bool().unsqueeze(-1)
+    torch.testing.assert_close(cache[name] * attended, base[name] * attended, atol=1e-6, rtol=0)
+    n3 = int(batch.attention_mask[3].sum())
+    torch.testing.assert_close(again[name][0, :n3], base[name][3, :n3], atol=1e-6, rtol=0)
+    n0 = int(batch.attention_mask[0].sum())
+    torch.testing.assert_close(again[name][1, :n0], base[name][0, :n0], atol=1e-6, rtol=0)

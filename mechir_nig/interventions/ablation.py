@@ -232,6 +232,7 @@ class _State:
         }  # (an empty set has no hooks; sets.by_layer() fails on it)
         self.groups: Tensor | None = None
         self.baseline_acts: dict[str, Tensor] = {}
+        self._baseline_rows: dict[bytes, dict[str, Tensor]] = {}  # distinct baseline row -> its activations
         self.rows: Tensor | None = None
         self.active = True
         self.capture = False
@@ -304,35 +305,59 @@ class _State:
             )
         from mechir_nig.attribution.baselines import baseline_embeddings, baseline_replaced
 
-        # Rows whose baseline inputs are identical (same length and special-token layout: with the [PAD]
-        # baseline every document of one length) share one baseline pass: it runs on the distinct rows
-        # only and is expanded back, so baseline ablation costs little more than zero ablation.
+        # The baseline input of a row depends only on its kept tokens, groups, mask, types and positions
+        # (with the [PAD] baseline, a document's length): each distinct baseline row is run once per
+        # ablation and kept (its selected activations, trimmed to its span) for later batches, so baseline
+        # ablation costs little more than zero ablation. Tensor baselines are run per batch.
         ids, mask = batch.input_ids, batch.attention_mask
         types = getattr(batch, "token_type_ids", None)
         pos_ids = getattr(batch, "position_ids", None)
-        unique, inverse = None, None
-        if isinstance(self.baseline, str):
-            base_ids = torch.where(baseline_replaced(batch.groups, self.baseline), -1, ids)
-            key = [base_ids, batch.groups, mask.long()]
-            key += [t.long() for t in (types, pos_ids) if t is not None]
-            unique, inverse = torch.unique(torch.cat(key, dim=1), dim=0, return_inverse=True)
-            first = torch.full((len(unique),), len(ids), dtype=torch.long, device=ids.device)
-            first = first.scatter_reduce(0, inverse, torch.arange(len(ids), device=ids.device), reduce="amin")
-            ids, mask, groups = ids[first], mask[first], batch.groups[first]
-            types = types[first] if types is not None else None
-            pos_ids = pos_ids[first] if pos_ids is not None else None
-        else:
-            groups = batch.groups
-        emb = baseline_embeddings(self.model, ids, groups, self.baseline)
         last = max(self.components.by_layer()) + 1
+        if not isinstance(self.baseline, str):
+            emb = baseline_embeddings(self.model, ids, batch.groups, self.baseline)
+            self._baseline_pass(forward, emb, types, mask, pos_ids, last)
+            return
+        base_ids = torch.where(baseline_replaced(batch.groups, self.baseline), -1, ids)
+        key = torch.cat(
+            [base_ids, batch.groups, mask.long()] + [t.long() for t in (types, pos_ids) if t is not None], 1
+        )
+        n_key = key.shape[1] // ids.shape[1]
+        attended = mask.bool()
+        spans = torch.where(attended.any(1), ids.shape[1] - attended.flip(1).long().argmax(1), 0).tolist()
+        keys = [
+            key[i].view(n_key, -1)[:, : spans[i]].cpu().numpy().tobytes() + bytes(str(spans[i]), "ascii")
+            for i in range(len(ids))
+        ]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._baseline_rows))
+        if todo:
+            first = [keys.index(k) for k in todo]
+            rows = torch.tensor(first, device=ids.device)
+            width = max(spans[i] for i in first)
+            sub = lambda t: None if t is None else t[rows, :width]  # noqa: E731
+            emb = baseline_embeddings(
+                self.model, ids[rows, :width], batch.groups[rows, :width], self.baseline
+            )
+            self._baseline_pass(forward, emb, sub(types), sub(mask), sub(pos_ids), last)
+            for j, (k, i) in enumerate(zip(todo, first, strict=True)):
+                self._baseline_rows[k] = {n: a[j, : spans[i]] for n, a in self.baseline_acts.items()}
+        self.baseline_acts = {}
+        for name in self.index:
+            like = self._baseline_rows[keys[0]][name]
+            out = like.new_zeros((len(ids), ids.shape[1], *like.shape[1:]))
+            for i, k in enumerate(keys):
+                out[i, : spans[i]] = self._baseline_rows[k][name]
+            self.baseline_acts[name] = out
+
+    def _baseline_pass(
+        self, forward: Any, emb: Tensor, types: Any, mask: Tensor, pos_ids: Any, last: int
+    ) -> None:
         extra = {"position_ids": pos_ids} if pos_ids is not None else {}
+        self.baseline_acts = {}
         self.capture = True
         try:
             forward(None, types, mask, input_embeds=emb, stop_at_layer=last, **extra)
         finally:
             self.capture = False
-        if inverse is not None:
-            self.baseline_acts = {k: v.index_select(0, inverse) for k, v in self.baseline_acts.items()}
 
 
 def _check(model, components, mode, positions, reference, side, seed, baseline):
