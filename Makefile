@@ -1,13 +1,14 @@
 # Fresh-machine set-up: `make demo` and `make test` create .venv, install torch (TORCH_SPEC) first
 # when none is importable, install the package with its test extra, then run.
-# `make test` = ruff (lint + format check) + mypy + pytest (the tests and the package's doctests).
+# `make test` = ruff (lint + format check) + mypy + the docs site (mkdocs --strict) + pytest (the tests and
+# the package's doctests).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mechir-nig-installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint docs format bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +30,11 @@ lint: install
 	$(PY) -m ruff format --check mechir_nig tests benchmarks demos
 	$(PY) -m mypy
 
-test: install lint
+test: install lint docs
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests mechir_nig --doctest-modules -q
+
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d build/site
 
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/forward.py

@@ -104,7 +104,8 @@ def tfc1(query: str, doc: str, term: str | None = None, where: str = "end") -> s
     """TFC1: the document with one query term injected (one more occurrence of a query term).
 
     Args:
-        query, doc: the pair.
+        query: the pair's query.
+        doc: the pair's document.
         term: the term to inject; default the query's first term (:func:`query_terms`).
         where: ``"start"``, ``"middle"`` (at the middle word boundary) or ``"end"``.
 
@@ -300,7 +301,8 @@ def align(
     Args:
         model: a ``HookedCrossEncoder`` (the pairs are aligned) or a ``HookedBiEncoder`` (the documents
             are aligned; the query embeddings, the fixed side, are kept in ``query_embeddings``).
-        queries, docs: the clean pairs.
+        queries: the clean pairs' queries.
+        docs: the clean pairs' documents.
         perturbed: the perturbed documents, or a perturbation ``(query, doc) -> doc`` applied to each pair.
         max_length: tokenization length (default the model's).
 

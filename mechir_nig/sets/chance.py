@@ -52,7 +52,8 @@ def expected_overlap(size_a: int, size_b: int, universe: int) -> dict[str, float
     Jaccard index of two empty sets is taken as 0.
 
     Args:
-        size_a, size_b: the set sizes ``a`` and ``b``.
+        size_a: the size ``a`` of the first set.
+        size_b: the size ``b`` of the second set.
         universe: the number ``N`` of candidates both sets were drawn from.
 
     Returns:

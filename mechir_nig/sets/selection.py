@@ -291,7 +291,8 @@ def rank_fusion(
 
     Args:
         score_tensors: the ``[n_layers, width]`` tensors to fuse (same shape).
-        k, fraction: size of the selection, exactly one (see ``select_top``).
+        k: number of components to select (exactly one of ``k`` and ``fraction``; see ``select_top``).
+        fraction: share of the candidates to select (exactly one of ``k`` and ``fraction``).
         method: ``"rrf"`` (reciprocal rank fusion) or ``"borda"``.
         rrf_k: the RRF constant (``method="rrf"`` only).
         layers: the candidate layers (default: all); ranks are taken among these layers' components only,
