@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -105,8 +106,10 @@ def _score_embeddings(
     q_row = {t: i for i, t in enumerate(q_texts)}
     d_row = {t: i for i, t in enumerate(d_texts)}
     embeddings = []
-    for texts in (q_texts, d_texts):
-        emb = torch.as_tensor(model.encode(texts, batch_size=batch_size))
+    sided = "side" in inspect.signature(model.encode).parameters  # an Ablation: encodes per side
+    for texts, side in ((q_texts, "query"), (d_texts, "doc")):
+        kw = {"side": side} if sided else {}
+        emb = torch.as_tensor(model.encode(texts, batch_size=batch_size, **kw))
         if emb.ndim != 2 or emb.shape[0] != len(texts):
             raise InputError(
                 f"model.encode returned shape {tuple(emb.shape)} for {len(texts)} texts: it must return "
@@ -135,6 +138,10 @@ def rerank(
     progress: bool = False,
 ) -> Run:
     """Score first-stage candidates with a model: a new run over the same (query, document) pairs.
+
+    ``model`` may also be an ablation context (``with ablate(model, ...) as ab: rerank(ab, ...)``): a
+    bi-encoder then encodes each side through ``ab.encode(..., side=...)``, so only the ablation's
+    ``side`` is ablated (e.g. ``side="doc"``: documents ablated, queries clean).
 
     A cross-encoder (``model.pairwise`` true, or any model with only ``score``) gets the pairs in chunks
     of ``batch_size * 16`` through ``model.score`` (the model batches and sorts by length inside a

@@ -193,6 +193,27 @@ def test_bi_encoder_side(minilm_be):
     torch.testing.assert_close(scores, (q * d).sum(-1), atol=1e-6, rtol=0)
 
 
+def test_rerank_under_a_doc_side_ablation(minilm_be):
+    """evaluation.rerank(ab, ...) ablates only the ablation's side of a bi-encoder."""
+    from mechir_nig.data import bm25_candidates, load_collection
+    from mechir_nig.evaluation import rerank
+
+    col = load_collection("embedded")
+    cands = bm25_candidates(col, k=5)
+    s = NeuronSet([(1, n) for n in range(200)], n_layers=minilm_be.cfg.n_layers, d_mlp=minilm_be.cfg.d_mlp)
+    pairs = [(q, d) for q in cands for d in cands[q]]
+    docs = col.get_docs(d for _, d in pairs)
+    q_clean = minilm_be.encode([col.queries[q] for q, _ in pairs])
+    with ablate(minilm_be, s, mode="zero", side="doc") as ab:
+        run = rerank(ab, col, cands)
+        d_abl = ab.encode([docs[d] for _, d in pairs], side="doc")
+    expected = (q_clean * d_abl).sum(-1)
+    got = torch.tensor([run[q][d] for q, d in pairs])
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    clean = rerank(minilm_be, col, cands)
+    assert any(abs(clean[q][d] - run[q][d]) > 1e-4 for q, d in pairs)  # the ablation moved scores
+
+
 def test_baseline_pass_runs_once_per_distinct_baseline_input(tiny_ce):
     """Pairs with the same query and document lengths have the same [PAD] baseline: the baseline pass runs
     on the distinct rows only, and the ablated run equals one whose baseline pass saw every row."""

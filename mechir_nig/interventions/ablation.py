@@ -460,6 +460,15 @@ class Ablation:
         if stack is not None:
             stack.close()
 
+    @property
+    def pairwise(self) -> bool:
+        """The model's ``pairwise`` (so ``evaluation.rerank(ab, ...)`` treats the context as the model)."""
+        return bool(self.model.pairwise)
+
+    def similarity_fn(self, q: Tensor, d: Tensor) -> Tensor:
+        """The bi-encoder's similarity of encoded rows."""
+        return self.model.similarity_fn(q, d)
+
     @torch.no_grad()
     def encode(self, texts: Sequence[str], *, side: str = "doc", batch_size: int = 32) -> Tensor:
         """Bi-encoder embeddings of ``texts`` as the ``side`` (``"query"``/``"doc"``), ablated if the
