@@ -52,7 +52,8 @@ class BM25Index:
 
     Args:
         docs: ``{doc_id: text}`` or a :class:`~mechir_nig.data.Collection` (its ``docs``).
-        k1, b: BM25 parameters.
+        k1: BM25 term-frequency saturation.
+        b: BM25 length normalisation.
         stopwords: ``"en"`` (bm25s' English list), a list of words, or ``None`` to keep every word.
 
     Raises:
@@ -186,7 +187,8 @@ def bm25_candidates(
         collection: the collection to index and search.
         k: candidates per query (fewer when fewer documents share a term with the query).
         query_ids: the queries to search (default: all, in collection order).
-        k1, b: BM25 parameters.
+        k1: BM25 term-frequency saturation.
+        b: BM25 length normalisation.
 
     Returns:
         A run ``{query_id: {doc_id: score}}``, best first within each query; every requested query is a

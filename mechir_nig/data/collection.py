@@ -15,6 +15,11 @@ collection whose grades are not binary (``{0, 1}``) and that states neither draw
 
 Consistency: qrels (and scoreddocs) naming queries or documents absent from the collection are **kept**
 (evaluation must see every judgement) and **reported** in ``Collection.report`` with a DataWarning.
+Duplicate ids cannot occur in ``docs``/``queries`` (dicts; the file parsers refuse a repeated id with
+a DataError naming both lines). A judgement repeating a (query, document) pair already judged (possible
+in qrels given in memory or by ir_datasets; a qrels *file* with one is a DataError) is kept too,
+counted in ``report["qrels_duplicates"]`` and announced with a DataWarning: the **last** grade is the
+one :meth:`Collection.qrels_dict` and :func:`~mechir_nig.data.judged_pairs` use.
 
 Example:
     >>> from ir_measures import Qrel
@@ -324,7 +329,8 @@ class Collection:
             ``queries``, ``qrels``, ``grades`` (distinct grades after mapping), ``qrels_unknown_queries``
             / ``qrels_unknown_docs`` (distinct ids named by qrels but absent from ``queries`` /
             ``docs``), ``qrels_unknown_entries`` (qrels records naming either),
-            ``queries_without_qrels``, ``queries_without_relevant``, the same ``scoreddocs_unknown_*``
+            ``queries_without_qrels``, ``queries_without_relevant``, ``qrels_duplicates`` (judgements
+            repeating a (query, document) pair judged before them), the same ``scoreddocs_unknown_*``
             counts when there are scoreddocs, ``qrels_unjudged_dropped`` with a ``grade_map``, plus what
             the loader skipped (``empty_docs_skipped``, ``empty_queries_skipped`` and their ``_ids``).
             With lazy documents the document counts are ``None`` until :meth:`check_docs` is called.
@@ -386,6 +392,7 @@ class Collection:
         self.report = {**report, **self._consistency()}
         if isinstance(self.docs, LazyDocs):
             self.docs.report = self.report
+        self._warn_duplicates()
         self._warn_unknown()
         if not stated:
             message = scale_warning(self.report["grades"], f"collection {self.name!r}")
@@ -460,6 +467,7 @@ class Collection:
         lazy = isinstance(self.docs, LazyDocs)
         docs = present if present is not None else (None if lazy else self.docs)
         judged = {q.query_id for q in self.qrels}
+        pairs = {(q.query_id, q.doc_id) for q in self.qrels}
         with_relevant = {q.query_id for q in self.qrels if self.is_relevant(q.relevance)}
         report: dict[str, Any] = {
             "docs": self.docs.count if isinstance(self.docs, LazyDocs) else len(self.docs),
@@ -471,6 +479,7 @@ class Collection:
             "qrels_unknown_entries": None,
             "queries_without_qrels": sum(1 for qid in queries if qid not in judged),
             "queries_without_relevant": sum(1 for qid in queries if qid not in with_relevant),
+            "qrels_duplicates": len(self.qrels) - len(pairs),
         }
         if docs is not None:
             report["qrels_unknown_docs"] = len({q.doc_id for q in self.qrels if q.doc_id not in docs})
@@ -486,6 +495,25 @@ class Collection:
                 None if docs is None else len({s.doc_id for s in self.scoreddocs if s.doc_id not in docs})
             )
         return report
+
+    def _warn_duplicates(self) -> None:
+        r = self.report
+        if r.get("qrels_duplicates"):
+            seen: set[tuple[str, str]] = set()
+            repeated = []
+            for q in self.qrels:
+                key = (q.query_id, q.doc_id)
+                if key in seen:
+                    repeated.append(key)
+                seen.add(key)
+            warnings.warn(
+                f"collection {self.name!r}: {r['qrels_duplicates']} judgements repeat a (query, document) "
+                f"pair judged before (e.g. {repeated[:3]}); all are kept, and the last grade of each pair is "
+                "the one qrels_dict() and judged_pairs use. Remove the duplicates to silence this; the count "
+                "is in Collection.report['qrels_duplicates'].",
+                DataWarning,
+                stacklevel=4,
+            )
 
     def _warn_unknown(self) -> None:
         r = self.report

@@ -58,8 +58,13 @@ class JudgedPairs(list):
     ``report`` keys: ``queries`` (queries considered), ``relevant`` / ``nonrelevant`` (pairs kept),
     ``queries_without_relevant`` / ``queries_without_nonrelevant`` (queries that yielded no pair of that
     label available, before any cap; their other pairs are kept) with the ids under ``..._ids``,
-    ``qrels_unknown_skipped`` (judgements naming a document missing from the collection) and
-    ``relevance_threshold`` (the lowest grade taken as relevant).
+    ``qrels_unknown_skipped`` (judgements of the selected queries naming a document missing from the
+    collection), ``qrels_unknown_queries_skipped`` (judgements naming a query missing from the
+    collection, which no pair can use), ``candidates_unknown_skipped`` (with
+    ``sample_nonrelevant_from_candidates``: unjudged candidates of the selected queries naming a
+    document missing from the collection), ``candidates_unknown_queries`` (queries of ``candidates``
+    missing from the collection) and ``relevance_threshold`` (the lowest grade taken as relevant).
+    Nothing is dropped without being counted here or in ``Collection.report``.
     """
 
     report: dict[str, Any]
@@ -166,7 +171,7 @@ def judged_pairs(
     pairs = JudgedPairs()
     without_rel: list[str] = []
     without_nonrel: list[str] = []
-    unknown_skipped = 0
+    unknown_skipped = candidates_unknown = 0
     for qid in ids:
         judgements = judged.get(qid, {})
         unknown_skipped += sum(1 for did in judgements if did not in docs)
@@ -177,7 +182,9 @@ def judged_pairs(
             pool = [did for did in pool if did in ranked]
             if sample_nonrelevant_from_candidates:
                 order = sorted(ranked, key=lambda d: -ranked[d])  # stable: ties keep run order
-                pool += [did for did in order if did not in judgements and did in docs]
+                unjudged = [did for did in order if did not in judgements]
+                candidates_unknown += sum(1 for did in unjudged if did not in docs)
+                pool += [did for did in unjudged if did in docs]
         rng = random.Random(f"{seed}\x00{qid}")
         chosen_rel = _sample(rng, relevant, max_relevant_per_query)
         chosen_non = _sample(rng, pool, max_nonrelevant_per_query)
@@ -199,6 +206,11 @@ def judged_pairs(
         "queries_without_nonrelevant": len(without_nonrel),
         "queries_without_nonrelevant_ids": without_nonrel,
         "qrels_unknown_skipped": unknown_skipped,
+        "qrels_unknown_queries_skipped": sum(
+            1 for q in collection.qrels if q.query_id not in collection.queries
+        ),
+        "candidates_unknown_skipped": candidates_unknown,
+        "candidates_unknown_queries": sum(1 for q in candidates or {} if q not in collection.queries),
         "relevance_threshold": threshold,
     }
     missing = [

@@ -343,8 +343,9 @@ def load_collection(
               optionally a TREC qrels file (``qrels``, ``qrels.txt``, ``qrels.trec``, ``qrels.tsv``) and a
               TREC run (``run``, ``run.txt``, ``run.trec``), each possibly gzipped;
             * a dict with keys among ``docs``, ``queries``, ``qrels``, ``run`` naming files.
-        docs, queries: files of documents / queries (instead of ``spec``): TREC SGML, TSV or JSONL,
-            detected from the extension (``.trec``, ``.tsv``, ``.jsonl``; ``.gz`` allowed) or the first line.
+        docs: a file of documents (instead of ``spec``): TREC SGML, TSV or JSONL, detected from the
+            extension (``.trec``, ``.tsv``, ``.jsonl``; ``.gz`` allowed) or the first line.
+        queries: a file of queries (instead of ``spec``), in the same formats as ``docs``.
         qrels: a TREC qrels file (optional: without it the collection has no judgements).
         run: a TREC run file whose results become ``scoreddocs`` (optional).
         name: label of the collection (default: the ir_datasets id, the folder or docs file name).

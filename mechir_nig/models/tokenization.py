@@ -11,6 +11,13 @@ is exactly the document's tokens, whatever the family.
 The query is always kept whole; a document longer than what ``max_length`` leaves is truncated from
 the end, the batch records which pairs were truncated, and a ``TruncationWarning`` says how many.
 Nothing is truncated silently.
+
+Hostile texts: any Python string is accepted except an empty or whitespace-only one, one with a lone
+surrogate, and one that yields no token (e.g. only NUL or zero-width characters, which BERT's
+tokenizer deletes), and a query that leaves no room for its document within ``max_length``: each is an
+:class:`~mechir_nig.errors.InputError` naming ``queries[i]``/``docs[i]``/``texts[i]``. Texts are passed
+to the tokenizer unchanged (its own normalisation applies: lower-casing, accent stripping, control
+characters deleted for BERT), and ``PairBatch.queries``/``docs`` keep them exactly as given.
 """
 
 from __future__ import annotations
@@ -33,7 +40,13 @@ CLS, QUERY, SEP, DOC, PAD = range(5)
 
 
 def check_texts(texts: Any, what: str) -> list[str]:
-    """Return ``texts`` as a list of non-empty strings, or raise an ``InputError`` that says what to fix."""
+    """Return ``texts`` as a list of non-empty strings, or raise an ``InputError`` that says what to fix.
+
+    Refused, each with the index of the text: a non-string, an empty or whitespace-only text, a text with
+    a lone surrogate (not valid Unicode). Any other text is accepted (control characters, NUL, any
+    script); a text the tokenizer turns into no token at all (only control or zero-width characters)
+    is refused later, by the tokenize functions, naming its index too.
+    """
     if isinstance(texts, str) or not isinstance(texts, Sequence):
         raise InputError(
             f"{what} must be a list of strings, got {type(texts).__name__}; wrap one text in a list"
@@ -46,6 +59,13 @@ def check_texts(texts: Any, what: str) -> list[str]:
             raise InputError(f"{what}[{i}] is a {type(t).__name__}, not a string")
         if not t.strip():
             raise InputError(f"{what}[{i}] is empty or only whitespace; remove it or give it text")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:  # the tokenizers library would raise a bare TypeError
+            raise InputError(
+                f"{what}[{i}] ({t[:40]!r}) holds a lone surrogate ({t[e.start]!r} at character {e.start}), "
+                "which is not Unicode text; decode the source with errors='replace' or drop the character"
+            ) from None
     return out
 
 

@@ -11,6 +11,29 @@ whitespace-normalised so that the same text reads the same from every format. :f
 tells a documents/queries file's format from its extension or first line, and :func:`read_texts`
 dispatches to the right parser.
 
+Accepted input, the same for every parser (hostile files are tested property-based in
+``tests/test_hostile_inputs.py``):
+
+* **Encoding**: UTF-8 only (``.gz`` decompressed first). A line that is not valid UTF-8 (Latin-1,
+  cp1252, UTF-16) is a DataError naming the file and line; nothing is guessed or replaced.
+* **Byte-order mark**: a UTF-8 BOM opening the file is dropped; a ``U+FEFF`` elsewhere (files joined
+  with ``cat``) is whitespace, so it never sticks to an id.
+* **Line endings**: ``\\n`` or ``\\r\\n``; a file whose only line breaks are bare ``\\r`` (classic Mac
+  OS) is split on them.
+* **Whitespace and control characters**: Unicode whitespace and control characters (NUL, ESC, DEL,
+  C1; category ``Cc``) are all whitespace. Every text and id is normalised the same way: each run of
+  them becomes one space and the ends are trimmed (a text reads back as ``" ".join(text.split())``
+  with control characters counted as spaces); qrels and run lines are split on them, so qrels and run
+  ids never contain whitespace.
+* **Empty**: a record whose text is empty after normalisation is a DataError naming file and line
+  (``empty="error"``) or is skipped and counted (``empty="skip"``); an empty id is always a DataError.
+  Blank lines are skipped.
+* **Duplicates**: an id repeated in one documents/queries file, a (query, document) pair judged twice
+  in a qrels file, a document repeated for a query in a run file, and a key repeated in one JSON
+  object are DataErrors naming the line (and the first line for ids).
+* **Mismatched ids** across files (qrels naming unknown queries or documents) are not a parse error:
+  :class:`~mechir_nig.data.Collection` keeps and reports them (``Collection.report``, DataWarning).
+
 Example:
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "queries"
@@ -23,7 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mechir_nig.data.formats._io import EmptyPolicy, PathLike, check_file, lines
+from mechir_nig.data.formats._io import EmptyPolicy, PathLike, check_file, lines, trim
 from mechir_nig.data.formats.jsonl import read_jsonl
 from mechir_nig.data.formats.run import Run, iter_trec_run, read_trec_run
 from mechir_nig.data.formats.trec import TOPIC_FIELDS, read_trec_docs, read_trec_qrels, read_trec_topics
@@ -78,7 +101,7 @@ def detect_format(path: PathLike) -> str:
     if suffixes and suffixes[-1] in _EXTENSIONS:
         return _EXTENSIONS[suffixes[-1]]
     for _, line in lines(p):
-        head = line.strip()
+        head = trim(line)
         if not head:
             continue
         if head.startswith("<"):

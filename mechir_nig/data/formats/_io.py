@@ -5,6 +5,19 @@ a byte-order mark dropped) and reports a malformed record with :func:`fail`, who
 file and the line and says what to fix. Records with an empty text go through :class:`EmptyRecords`,
 which raises (``empty="error"``, the default) or skips and counts them (``empty="skip"``).
 
+Accepted input, the same for every format:
+
+* **Encoding**: UTF-8 only. A line that is not valid UTF-8 (Latin-1, UTF-16, binary) raises a
+  :class:`~mechir_nig.errors.DataError` naming the file and line; nothing is guessed or replaced.
+* **Byte-order mark**: a UTF-8 BOM at the start of the file is dropped; a ``U+FEFF`` anywhere else
+  (files concatenated with ``cat``) counts as whitespace, so it never ends up in an id.
+* **Line endings**: ``\\n`` and ``\\r\\n`` (a trailing ``\\r`` is whitespace); a file whose only line
+  breaks are bare ``\\r`` (classic Mac OS) is split on them.
+* **Whitespace**: Unicode whitespace *and* control characters (NUL, ESC, DEL, C1 controls, category
+  ``Cc``) are whitespace: :func:`norm` turns every run of them into one space and trims the ends of
+  texts and ids, and qrels and run lines are split on them (:func:`split_fields`). A text that is
+  empty after this is an empty record (see above).
+
 Example:
     >>> from mechir_nig.data.formats._io import norm
     >>> norm("  two\\n  words ")
@@ -29,14 +42,32 @@ PathLike = str | os.PathLike
 EmptyPolicy = Literal["error", "skip"]
 EMPTY_POLICIES = ("error", "skip")
 
-_WS = re.compile(r"\s+")
+#: Whitespace for texts, ids and fields: Unicode whitespace, control characters (``Cc``) and U+FEFF.
+_WS = re.compile(r"[\s\x00-\x1f\x7f-\x9f\ufeff]+")
+_WS_ENDS = re.compile(r"^[\s\x00-\x1f\x7f-\x9f\ufeff]+|[\s\x00-\x1f\x7f-\x9f\ufeff]+$")
 #: An SGML/XML tag (``<TEXT>``, ``</B>``, ``<br/>``), removed from TREC texts.
 TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9_.:-]*(?:\s[^<>]*)?/?>")
 
 
 def norm(text: str) -> str:
-    """Whitespace-normalise: every run of spaces, tabs and newlines becomes one space, ends trimmed."""
-    return _WS.sub(" ", text).strip()
+    """Whitespace-normalise: every run of whitespace or control characters (spaces, tabs, newlines,
+    NUL, ...) becomes one space, ends trimmed."""
+    return _WS.sub(" ", text).strip(" ")
+
+
+def trim(text: str) -> str:
+    """``text`` without leading and trailing whitespace (whitespace as in :func:`norm`), inside untouched."""
+    return _WS_ENDS.sub("", text)
+
+
+def split_fields(line: str) -> list[str]:
+    """The whitespace-separated fields of a qrels or run line (whitespace as in :func:`norm`).
+
+    Example:
+        >>> split_fields("q1 0\\td1\\x001\\r\\n")
+        ['q1', '0', 'd1', '1']
+    """
+    return [f for f in _WS.split(line) if f]
 
 
 def fail(path: PathLike, line: int, problem: str, fix: str) -> DataError:
@@ -71,7 +102,9 @@ def lines(path: PathLike) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, line)`` (1-based, newline kept) of a text file, streaming.
 
     UTF-8 is decoded line by line so that a bad byte is reported on its own line; a byte-order mark
-    on the first line is dropped; ``.gz`` files are decompressed.
+    on the first line is dropped; ``.gz`` files are decompressed. Lines end in ``\\n`` (a ``\\r`` before
+    it is kept in the line); a file without any ``\\n`` whose lines end in a bare ``\\r`` (classic Mac
+    OS) is split on ``\\r``, so its records are never run together.
 
     Raises:
         InputError: when ``path`` is not a file.
@@ -81,20 +114,28 @@ def lines(path: PathLike) -> Iterator[tuple[int, str]]:
     lineno = 0
     with _open_binary(p) as f:
         try:
-            for raw in f:
-                lineno += 1
-                try:
-                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-                except UnicodeDecodeError as e:
-                    raise fail(
-                        path,
-                        lineno,
-                        f"not valid UTF-8 ({e.reason} at byte {e.start})",
-                        "re-encode the file as UTF-8",
-                    ) from e
-                yield lineno, line
+            for chunk in f:
+                # The first chunk is the whole file when it has no \n: then bare \r are the line breaks.
+                bare_cr = lineno == 0 and not chunk.endswith(b"\n") and b"\r" in chunk.rstrip(b"\r")
+                for raw in chunk.split(b"\r") if bare_cr else (chunk,):
+                    lineno += 1
+                    yield lineno, _decode(path, lineno, raw)
         except (OSError, EOFError) as e:  # truncated or corrupt gzip
             raise fail(path, lineno + 1, f"cannot be read ({e})", "check or re-download the file") from e
+
+
+def _decode(path: PathLike, lineno: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        utf16 = lineno == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff")
+        hint = "; the file starts with a UTF-16 byte-order mark" if utf16 else ""
+        raise fail(
+            path,
+            lineno,
+            f"not valid UTF-8 ({e.reason} at byte {e.start}{hint})",
+            "re-encode the file as UTF-8",
+        ) from e
 
 
 def claim(path: PathLike, line: int, kind: str, key: str, seen: dict[str, int]) -> None:

@@ -2,7 +2,9 @@
 
 :func:`read_jsonl` streams ``(id, text)`` pairs, one JSON object per line; a non-empty ``title`` is
 prepended to the text. Malformed lines raise :class:`~mechir_nig.errors.DataError` naming the file and
-line.
+line. Encoding, BOM, line endings and whitespace follow :mod:`mechir_nig.data.formats`; in addition a
+key repeated inside one object (``json`` would keep the last silently) and a lone surrogate escape
+(``"\\ud800"``, not Unicode text) are DataErrors.
 
 Example:
     >>> import tempfile, pathlib
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from mechir_nig.data.formats._io import EmptyRecords, PathLike, claim, fail, lines, norm
+from mechir_nig.data.formats._io import EmptyRecords, PathLike, claim, fail, lines, norm, trim
 
 __all__ = ["JSON_ID_KEYS", "JSON_TEXT_KEYS", "read_jsonl"]
 
@@ -25,6 +27,28 @@ __all__ = ["JSON_ID_KEYS", "JSON_TEXT_KEYS", "read_jsonl"]
 JSON_ID_KEYS = ("doc_id", "query_id", "_id", "id", "docid", "qid")
 #: Keys holding a record's text, the first present wins (a ``title`` is prepended).
 JSON_TEXT_KEYS = ("text", "contents", "body", "query")
+
+
+class _DuplicateKey(Exception):
+    """A key repeated inside one JSON object (``json`` would silently keep the last value)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj: dict[str, object] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (no lone surrogate from a ``\\udXXX`` escape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_jsonl(
@@ -48,8 +72,9 @@ def read_jsonl(
 
     Raises:
         InputError: for an ``empty`` other than ``"error"`` or ``"skip"``.
-        DataError: naming the file and line of invalid JSON, a line that is not an object, a missing id
-            or text field, a duplicate id, an empty text (with ``empty="error"``).
+        DataError: naming the file and line of invalid JSON, a line that is not an object, a key repeated
+            in an object, a missing id or text field, a lone surrogate escape, a duplicate id, an empty
+            text (with ``empty="error"``).
 
     Example:
         >>> docs = dict(read_jsonl("corpus.jsonl"))  # doctest: +SKIP
@@ -57,12 +82,15 @@ def read_jsonl(
     empties = EmptyRecords(path, empty, skipped)
     seen: dict[str, int] = {}
     for lineno, line in lines(path):
-        if not line.strip():
+        line = trim(line)
+        if not line:
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             raise fail(path, lineno, f"invalid JSON ({e.msg})", "write one JSON object per line") from e
+        except _DuplicateKey as e:
+            raise fail(path, lineno, f"key {e.args[0]!r} twice in one object", "keep one of them") from None
         if not isinstance(obj, dict):
             raise fail(
                 path, lineno, f"a JSON {type(obj).__name__}, not an object", "write one object per line"
@@ -73,7 +101,7 @@ def read_jsonl(
         raw = obj[id_key]
         if isinstance(raw, bool) or not isinstance(raw, str | int):
             raise fail(path, lineno, f"{id_key} is {raw!r}", "ids must be strings or integers")
-        key = str(raw).strip()
+        key = norm(str(raw))
         if not key:
             raise fail(path, lineno, f"empty {id_key}", "give every record a non-empty id")
         text_key = next((k for k in JSON_TEXT_KEYS if k in obj), None)
@@ -82,6 +110,14 @@ def read_jsonl(
         pieces = [obj.get("title"), obj.get(text_key) if text_key else None]
         if any(p is not None and not isinstance(p, str) for p in pieces):
             raise fail(path, lineno, f"{key!r} has a non-string title or text", "store texts as strings")
+        bad = next((s for s in (key, *pieces) if isinstance(s, str) and not _encodable(s)), None)
+        if bad is not None:
+            raise fail(
+                path,
+                lineno,
+                f"record {key!r} holds a lone surrogate escape (e.g. \\ud800), which is not Unicode text",
+                "write characters outside the BMP as surrogate pairs or unescaped UTF-8",
+            )
         claim(path, lineno, "id", key, seen)
         text = norm(" ".join(p for p in pieces if p))
         if not text:

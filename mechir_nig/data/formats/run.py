@@ -3,7 +3,8 @@
 :func:`iter_trec_run` streams ir_measures ``ScoredDoc`` records; :func:`read_trec_run` collects them into
 the run dict ``{query_id: {doc_id: score}}`` that ir_measures, :func:`~mechir_nig.evaluation.evaluate`
 and :func:`~mechir_nig.evaluation.rerank` take. Malformed lines raise
-:class:`~mechir_nig.errors.DataError` naming the file and line.
+:class:`~mechir_nig.errors.DataError` naming the file and line. Encoding, BOM, line endings and the
+whitespace that separates fields follow :mod:`mechir_nig.data.formats`.
 
 Example:
     >>> import tempfile, pathlib
@@ -19,7 +20,7 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from mechir_nig.data.formats._io import PathLike, claim, fail, lines
+from mechir_nig.data.formats._io import PathLike, claim, fail, lines, split_fields
 from mechir_nig.errors import DataError
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def iter_trec_run(path: PathLike) -> Iterator[ScoredDoc]:
 
     seen: dict[str, int] = {}
     for lineno, line in lines(path):
-        fields = line.split()
+        fields = split_fields(line)
         if not fields:
             continue
         if len(fields) != 6:

@@ -6,6 +6,11 @@ line (an unterminated element, a record without an id, a duplicate id, a qrels l
 fields). Texts are whitespace-normalised and inner SGML tags removed. The records follow ir_datasets'
 ``TrecDoc``/``TrecQuery``/``TrecQrel`` fields; judgements are ir_measures ``Qrel`` records.
 
+Encoding, BOM, line endings and whitespace follow :mod:`mechir_nig.data.formats`. SGML has no
+escaping: anything shaped like a tag (``<b>``, ``<a href=x>``) is removed from a text, entities such as
+``&amp;`` are kept as written, and a text holding ``<DOC>``/``</DOC>`` (``<top>``, ``<num>``, ...)
+changes the structure (usually a DataError). Use TSV or JSONL for texts with markup.
+
 Example:
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "docs.trec"
@@ -28,6 +33,7 @@ from mechir_nig.data.formats._io import (
     fail,
     lines,
     norm,
+    split_fields,
 )
 from mechir_nig.errors import InputError
 
@@ -59,7 +65,7 @@ def _sgml_blocks(
             if not start:
                 m = open_re.search(line, pos)
                 outside = line[pos : m.start() if m else len(line)]
-                if outside.strip():
+                if norm(outside):
                     raise fail(
                         path,
                         lineno,
@@ -232,7 +238,7 @@ def read_trec_qrels(path: PathLike) -> Iterator[Qrel]:
 
     seen: dict[str, int] = {}
     for lineno, line in lines(path):
-        fields = line.split()
+        fields = split_fields(line)
         if not fields:
             continue
         if len(fields) != 4:

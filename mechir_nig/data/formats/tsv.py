@@ -4,6 +4,9 @@
 the text; blank lines are skipped; a first line that is a header (``id<TAB>text``, ``pid<TAB>passage``,
 ``qid<TAB>query``, ``doc_id<TAB>text``, ``query_id<TAB>text``, ...) is recognised and skipped, never read
 as a record. Malformed lines raise :class:`~mechir_nig.errors.DataError` naming the file and line.
+Ids and texts are normalised as described in :mod:`mechir_nig.data.formats` (UTF-8, BOM dropped,
+``\\r\\n`` accepted, control characters count as whitespace); a text containing a tab reads back with
+a space there.
 
 Example:
     >>> import tempfile, pathlib
@@ -73,7 +76,7 @@ def read_tsv(
     first = True
     for lineno, line in lines(path):
         line = line.rstrip("\r\n")
-        if not line.strip():
+        if not norm(line):
             continue
         parts = line.split("\t")
         if first:
@@ -82,7 +85,7 @@ def read_tsv(
                 continue
         if len(parts) < 2:
             raise fail(path, lineno, "no tab between id and text", "write each record as id<TAB>text")
-        key = parts[0].strip()
+        key = norm(parts[0])
         if not key:
             raise fail(path, lineno, "empty id before the tab", "write each record as id<TAB>text")
         claim(path, lineno, "id", key, seen)
