@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from mechir_nig.errors import (
     CheckpointError,
     CheckpointLockedError,
+    DistributedError,
     InputError,
     MechirNigError,
     ModelLoadError,
@@ -104,6 +105,7 @@ __all__ = [
     "evaluate",
     "CheckpointError",
     "CheckpointLockedError",
+    "DistributedError",
     "InputError",
     "MechirNigError",
     "ModelLoadError",

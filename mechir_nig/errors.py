@@ -51,3 +51,9 @@ class CheckpointError(MechirNigError, OSError):
 
 class CheckpointLockedError(CheckpointError):
     """Another live process is writing the same output (its ``.lock`` file names the pid and host)."""
+
+
+class DistributedError(MechirNigError, RuntimeError):
+    """A torch.distributed run that cannot go on: a half-configured launch (``RANK`` without
+    ``WORLD_SIZE``...), a model on another rank's GPU, or a step that failed on another rank (the
+    message names the rank and its error, so every rank stops instead of waiting forever)."""

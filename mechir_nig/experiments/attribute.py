@@ -12,6 +12,11 @@ any work the checkpoint's folder is probed for writing and ``<checkpoint>.lock``
 process writing the same file is refused (``CheckpointLockedError``); a lock left by a killed process
 is taken over. The guarantees are in docs/nig.md ("Checkpoints and crash safety").
 
+Under ``torchrun`` (``distributed="auto"``) the pairs are sharded across the ranks by token count
+(``mechir_nig.runtime.distributed``), each rank checkpoints its own part beside a manifest
+(``mechir_nig.runtime.shards``), the statistics are all-reduced and rank 0 writes the result; such a run
+resumes on any number of ranks, or in one plain process (docs/distributed.md).
+
 Example:
     >>> from mechir_nig.data import judged_pairs, load_collection
     >>> pairs = judged_pairs(load_collection("embedded"), max_relevant_per_query=2)  # doctest: +SKIP
@@ -32,8 +37,11 @@ from mechir_nig._io import OutputLock, probe_writable
 from mechir_nig._validate import check_int
 from mechir_nig.attribution.settings import NIGSettings, model_fingerprint
 from mechir_nig.attribution.stats import LABELS, CollectionAttribution
-from mechir_nig.errors import InputError
+from mechir_nig.errors import DistributedError, InputError
 from mechir_nig.models.tokenization import doc_budget, n_special_tokens
+from mechir_nig.runtime.distributed import Context, shard_by_cost
+from mechir_nig.runtime.distributed import context as distributed_context
+from mechir_nig.runtime.shards import manifest_path
 
 
 def _pair_fields(p: Any, i: int) -> tuple[str, str, str, str]:
@@ -49,8 +57,9 @@ def _pair_fields(p: Any, i: int) -> tuple[str, str, str, str]:
     return q, d, label, key
 
 
-def _check_tokenizable(model: Any, fields_: list, pairs: Sequence[Any], max_length: int) -> None:
-    """Fail before any work (not after hours) on pairs the model cannot take, naming them."""
+def _check_tokenizable(model: Any, fields_: list, pairs: Sequence[Any], max_length: int) -> list[int]:
+    """Fail before any work (not after hours) on pairs the model cannot take, naming them; return each
+    pair's token count (special tokens included, after truncation: the cost sharding balances)."""
     tok = model.tokenizer
     if tok is None:
         raise InputError("the model has no tokenizer; pass tokenizer= to from_pretrained")
@@ -75,6 +84,10 @@ def _check_tokenizable(model: Any, fields_: list, pairs: Sequence[Any], max_leng
             f"{len(bad)} of {len(pairs)} pairs cannot be attributed: {'; '.join(examples)}; "
             "remove them from pairs (or raise max_length) and run again"
         )
+    if model.pairwise:
+        return [min(max_length, nq + nd + n_special) for nq, nd in zip(q_lens, d_lens)]
+    n_single = n_special_tokens(tok, pair=False)
+    return [min(max_length, nq + n_single) + min(max_length, nd + n_single) for nq, nd in zip(q_lens, d_lens)]
 
 
 def attribute_collection(
@@ -96,6 +109,7 @@ def attribute_collection(
     progress: bool = True,
     collection: str | None = None,
     on_batch: Callable[[int], None] | None = None,
+    distributed: bool | str = "auto",
 ) -> CollectionAttribution:
     """Stream judged pairs through NIG and keep per-label statistics (see the module docstring).
 
@@ -108,17 +122,28 @@ def attribute_collection(
         checkpoint: file to write every ``checkpoint_every`` pairs and at the end.
         resume: continue from ``checkpoint`` if it exists (same pairs, settings and model weights).
         collection: a name recorded in the metadata.
-        on_batch: called with the number of pairs done after each batch.
+        on_batch: called with the number of pairs done after each batch (in a sharded run: the pairs
+            this rank's part holds).
+        distributed: ``"auto"`` (default): under a ``torchrun`` launch of more than one process the pairs
+            are sharded across the ranks (balanced by token count), the statistics all-reduced and rank 0
+            writes ``checkpoint``; ``True``: shard under any launch (even of one process); ``False``:
+            ignore a launch (every rank does everything). See "Distributed runs" in docs/distributed.md.
 
     Returns:
-        ``CollectionAttribution`` (``mean(label, group)``: ``[layer, d_mlp]``).
+        ``CollectionAttribution`` (``mean(label, group)``: ``[layer, d_mlp]``); in a sharded run every rank
+        returns the statistics of all pairs.
 
     Pairs are processed longest first (a deterministic order, so a resumed run continues exactly).
+    A sharded run checkpoints per rank (``<checkpoint>.rank{r}of{w}.g{g}.safetensors`` and
+    ``<checkpoint>.manifest.json``, ``mechir_nig.runtime.shards``); it resumes on the same or another
+    number of ranks, and a single-process ``resume=True`` continues it too. Rank 0 holds
+    ``<checkpoint>.lock`` for the whole run; each rank writes only its own part.
 
     Raises:
         CheckpointError: before any work, when ``checkpoint`` cannot be written; when it exists but is
             truncated, corrupt or not a collection attribution (``resume=True``).
         CheckpointLockedError: another live process is writing ``checkpoint`` (``checkpoint.lock``).
+        DistributedError: ``distributed=True`` without a launch; another rank failed (all ranks stop).
     """
     overrides: dict[str, Any] = {
         k: v
@@ -142,6 +167,24 @@ def attribute_collection(
         raise InputError("pairs is empty; pass judged pairs (mechir_nig.data.judged_pairs)")
     fields_ = [_pair_fields(p, i) for i, p in enumerate(pairs)]
     ckpt = Path(checkpoint) if checkpoint is not None else None
+    ctx = distributed_context(distributed, getattr(model, "device", None))
+    if ctx.grouped or (ckpt is not None and manifest_path(ckpt).exists()):
+        with contextlib.ExitStack() as stack:
+            return _attribute_sharded(
+                model,
+                pairs,
+                fields_,
+                cfg,
+                ctx=ctx,
+                stack=stack,
+                batch_size=batch_size,
+                ckpt=ckpt,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+                progress=progress,
+                collection=collection,
+                on_batch=on_batch,
+            )
     with contextlib.ExitStack() as stack:
         if ckpt is not None:  # before any work: an unwritable path or a second writer fails now
             probe_writable(ckpt, "checkpoint")
@@ -161,6 +204,57 @@ def attribute_collection(
         )
 
 
+def _order(fields_: list[tuple[str, str, str, str]]) -> tuple[list[int], str]:
+    """The processing order (longest first by characters, stable) and the pair list's fingerprint."""
+    order = sorted(range(len(fields_)), key=lambda i: -(len(fields_[i][0]) + len(fields_[i][1])))
+    return order, hashlib.sha256("\n".join(fields_[i][3] for i in order).encode()).hexdigest()
+
+
+def _record(model: Any, cfg: NIGSettings, fingerprint: str, n_pairs: int) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the weights, the settings and the pairs."""
+    return {
+        "model": model_fingerprint(model),
+        "dtype": str(model.cfg.dtype),
+        **cfg.record(),
+        "layers": list(cfg.layers or ()),
+        "pairs_fingerprint": fingerprint,
+        "n_pairs": n_pairs,
+    }
+
+
+def _fresh(
+    model: Any, cfg: NIGSettings, record: dict[str, Any], collection: str | None
+) -> CollectionAttribution:
+    """Empty statistics carrying the run's metadata."""
+    stats = CollectionAttribution(
+        layers=list(cfg.layers or ()), n_layers=model.cfg.n_layers, d_mlp=model.cfg.d_mlp
+    )
+    stats.meta.update(record)
+    stats.meta["model_name"] = model.cfg.model_name
+    stats.meta["collection"] = collection
+    stats.meta["truncated"] = dict.fromkeys(LABELS, 0)
+    return stats
+
+
+def _nig_into(
+    model: Any, stats: CollectionAttribution, fields_: list, idx: list[int], nig_kwargs: dict[str, Any]
+) -> None:
+    """Attribute the pairs ``idx`` and add their per-group NIG to ``stats``."""
+    from mechir_nig.attribution.nig import neuron_integrated_gradients
+
+    attr = neuron_integrated_gradients(  # per-group sums only: memory independent of the length
+        model, [fields_[i][0] for i in idx], [fields_[i][1] for i in idx], reduce="group", **nig_kwargs
+    )
+    groups = attr.by_group()
+    labels = [fields_[i][2] for i in idx]
+    for label in LABELS:
+        rows = [j for j, lab in enumerate(labels) if lab == label]
+        if rows:
+            stats.update(label, groups[rows])
+            if attr.truncated is not None:
+                stats.meta["truncated"][label] += int(attr.truncated[rows].sum())
+
+
 def _attribute(
     model: Any,
     pairs: Sequence[Any],
@@ -176,19 +270,9 @@ def _attribute(
     on_batch: Callable[[int], None] | None,
 ) -> CollectionAttribution:
     """The body of ``attribute_collection`` once its arguments are checked (and its output locked)."""
-    from mechir_nig.attribution.nig import neuron_integrated_gradients
-
-    order = sorted(range(len(fields_)), key=lambda i: -(len(fields_[i][0]) + len(fields_[i][1])))
-    fingerprint = hashlib.sha256("\n".join(fields_[i][3] for i in order).encode()).hexdigest()
+    order, fingerprint = _order(fields_)
     _check_tokenizable(model, fields_, pairs, int(cfg.max_length or model.max_length))
-    record = {
-        "model": model_fingerprint(model),
-        "dtype": str(model.cfg.dtype),
-        **cfg.record(),
-        "layers": list(cfg.layers or ()),
-        "pairs_fingerprint": fingerprint,
-        "n_pairs": len(pairs),
-    }
+    record = _record(model, cfg, fingerprint, len(pairs))
     stats = None
     if ckpt is not None and ckpt.exists():
         if not resume:
@@ -200,13 +284,7 @@ def _attribute(
             what = "another model (its weights differ)" if "model" in diff else "other pairs or settings"
             raise InputError(f"checkpoint {ckpt} was made with {what} {diff}; use another file")
     if stats is None:
-        stats = CollectionAttribution(
-            layers=list(cfg.layers or ()), n_layers=model.cfg.n_layers, d_mlp=model.cfg.d_mlp
-        )
-        stats.meta.update(record)
-        stats.meta["model_name"] = model.cfg.model_name
-        stats.meta["collection"] = collection
-        stats.meta["truncated"] = dict.fromkeys(LABELS, 0)
+        stats = _fresh(model, cfg, record, collection)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -216,17 +294,7 @@ def _attribute(
     nig_kwargs = cfg.nig_kwargs()
     for s in range(stats.n_done, len(order), batch_size):
         idx = order[s : s + batch_size]
-        attr = neuron_integrated_gradients(  # per-group sums only: memory independent of the length
-            model, [fields_[i][0] for i in idx], [fields_[i][1] for i in idx], reduce="group", **nig_kwargs
-        )
-        groups = attr.by_group()
-        labels = [fields_[i][2] for i in idx]
-        for label in LABELS:
-            rows = [j for j, lab in enumerate(labels) if lab == label]
-            if rows:
-                stats.update(label, groups[rows])
-                if attr.truncated is not None:
-                    stats.meta["truncated"][label] += int(attr.truncated[rows].sum())
+        _nig_into(model, stats, fields_, idx, nig_kwargs)
         stats.n_done = s + len(idx)
         if bar is not None:
             bar.update(len(idx))
@@ -237,4 +305,106 @@ def _attribute(
             on_batch(stats.n_done)
     if bar is not None:
         bar.close()
+    return stats
+
+
+def _attribute_sharded(
+    model: Any,
+    pairs: Sequence[Any],
+    fields_: list[tuple[str, str, str, str]],
+    cfg: NIGSettings,
+    *,
+    ctx: Context,
+    stack: contextlib.ExitStack,
+    batch_size: int,
+    ckpt: Path | None,
+    checkpoint_every: int,
+    resume: bool,
+    progress: bool,
+    collection: str | None,
+    on_batch: Callable[[int], None] | None,
+) -> CollectionAttribution:
+    """``attribute_collection`` over the ranks of ``ctx`` (or resuming a sharded run in one process):
+    rank 0 prepares the generation (``mechir_nig.runtime.shards.prepare``), every rank attributes its
+    shard of the pairs not done (balanced by token count) and checkpoints its part, the statistics are
+    all-reduced and rank 0 writes the result."""
+    from mechir_nig.runtime import shards
+
+    n = len(pairs)
+    order, fingerprint = _order(fields_)
+    with ctx.collective("checking the pairs"):
+        costs = _check_tokenizable(model, fields_, pairs, int(cfg.max_length or model.max_length))
+        record = _record(model, cfg, fingerprint, n)
+    plan = None
+    with ctx.collective("preparing the checkpoint"):
+        if ckpt is not None:  # before any work: an unwritable path or a second run fails now, on every rank
+            probe_writable(ckpt, "checkpoint")
+            if ctx.rank == 0:  # rank 0 holds the output's lock for the run; each rank writes only its part
+                stack.enter_context(OutputLock(ckpt))
+                plan = shards.prepare(
+                    ckpt,
+                    record,
+                    n_pairs=n,
+                    world_size=ctx.world_size,
+                    resume=resume,
+                    fresh=lambda: _fresh(model, cfg, record, collection),
+                )
+    shared = ctx.broadcast(None if plan is None else plan.shared(n))
+    if shared is not None and shared[0] == "complete":
+        return shared[1]
+    generation, done = (0, []) if shared is None else (shared[1], shards.decode_positions(shared[2], n))
+    done_set = set(done)
+    remaining = [p for p in range(n) if p not in done_set]  # positions in the longest-first order
+    assignment = shard_by_cost([costs[order[p]] for p in remaining], ctx.world_size)
+    mine = [remaining[j] for j in assignment[ctx.rank]]
+    if ctx.rank == 0 and plan is not None and plan.base is not None:
+        stats, held = plan.base, set(done)  # rank 0 carries what earlier generations did
+    else:
+        stats, held = _fresh(model, cfg, record, collection), set()
+    part = shards.part_path(ckpt, ctx.rank, ctx.world_size, generation) if ckpt is not None else None
+    bar = None
+    if progress and ctx.is_main:
+        from tqdm.auto import tqdm
+
+        desc = "attributing pairs" + (f" (rank 0 of {ctx.world_size})" if ctx.world_size > 1 else "")
+        bar = tqdm(total=len(held) + len(mine), initial=len(held), desc=desc, unit="pair")
+    nig_kwargs = cfg.nig_kwargs()
+    with ctx.collective("attributing the pairs"):
+        since = 0
+        for s in range(0, len(mine), batch_size):
+            chunk = mine[s : s + batch_size]
+            _nig_into(model, stats, fields_, [order[p] for p in chunk], nig_kwargs)
+            held.update(chunk)
+            stats.n_done = len(held)
+            since += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+            if part is not None and (since >= checkpoint_every or s + batch_size >= len(mine)):
+                shards.save_part(
+                    stats,
+                    part,
+                    rank=ctx.rank,
+                    world_size=ctx.world_size,
+                    generation=generation,
+                    held=held,
+                    n_pairs=n,
+                )
+                since = 0
+            if on_batch is not None:
+                on_batch(len(held))
+    if bar is not None:
+        bar.close()
+    stats.meta.pop("shard", None)
+    stats.n_done = len(held)
+    ctx.all_reduce_statistics(stats)
+    if stats.n_done != n or sum(stats.counts.values()) != n:
+        raise DistributedError(
+            f"the ranks attributed {stats.n_done} of {n} pairs ({stats.counts}); every rank must be given "
+            "the same pairs in the same order"
+        )
+    stats.meta["distributed"] = {"world_size": ctx.world_size, "generation": generation}
+    with ctx.collective("writing the result"):
+        if ckpt is not None and ctx.rank == 0:
+            stats.save(ckpt)
+            shards.finish(ckpt, plan)
     return stats

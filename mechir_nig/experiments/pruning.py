@@ -204,6 +204,7 @@ def pruning_study(
     reference: Any = None,
     batch_size: int = 32,
     progress: bool = True,
+    distributed: bool | str = "auto",
 ) -> PruningResult:
     """Ablate neuron sets chosen from ``ranking`` and evaluate the re-ranking of held-out queries.
 
@@ -229,6 +230,9 @@ def pruning_study(
         reference: an ``AblationReference`` for modes ``mean``/``resample``.
         batch_size: texts (bi-encoder) or pairs (cross-encoder) per forward.
         progress: show a progress bar over the evaluations.
+        distributed: ``"auto"``: under a ``torchrun`` launch of several processes the evaluations are
+            sharded across the ranks (``mechir_nig.runtime.distributed.shard_by_cost``, equal costs) and
+            every rank returns all of them (save on rank 0); ``False``: every rank evaluates everything.
 
     Returns:
         A :class:`PruningResult` (``table()``, ``to_markdown()``, ``to_dict()``, ``save()``).
@@ -320,28 +324,32 @@ def pruning_study(
                 sets[f"{cond}|{f:g}|{s}"] = comp.to_json()
                 for mode in modes:
                     jobs.append((cond, mode, float(f), s, comp))
-    runs, per_query = [], []
+    from mechir_nig.runtime.distributed import context, shard_by_cost
+
+    ctx = context(distributed, getattr(model, "device", None))  # one process: every job here
+    mine = sorted(shard_by_cost([1] * len(jobs), ctx.world_size)[ctx.rank])
+    results: dict[int, tuple[dict[str, Any], dict[str, dict[str, float]]]] = {}
     timings: dict[str, float] = {}
-    measure_names: list[str] | None = None
-    for cond, mode, f, s, comp in tqdm(jobs, desc="pruning", disable=not progress):
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            values = score(comp, mode)
-        means, pq = measure(values.to(torch.float64).cpu())
-        measure_names = measure_names or list(means)
-        key = f"{cond}|{mode}"
-        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
-        runs.append(
-            {
-                "condition": cond,
-                "mode": mode,
-                "fraction": f,
-                "seed": s,
-                "n_neurons": 0 if comp is None else len(comp),
-            }
-            | means
-        )
-        per_query.append(pq)
+    with ctx.collective("evaluating the pruning conditions"):
+        for j in tqdm(mine, desc="pruning", disable=not progress or not ctx.is_main):
+            cond, mode, f, s, comp = jobs[j]
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                values = score(comp, mode)
+            means, pq = measure(values.to(torch.float64).cpu())
+            key = f"{cond}|{mode}"
+            timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+            run = {"condition": cond, "mode": mode, "fraction": f, "seed": s}
+            results[j] = (run | {"n_neurons": 0 if comp is None else len(comp)} | means, pq)
+    for r, (part, part_timings) in enumerate(ctx.all_gather((results, timings)) if ctx.grouped else []):
+        if r == ctx.rank:
+            continue
+        results.update(part)
+        for key, t in part_timings.items():  # summed over the ranks: compute time, not wall time
+            timings[key] = timings.get(key, 0.0) + t
+    runs = [results[j][0] for j in range(len(jobs))]
+    per_query = [results[j][1] for j in range(len(jobs))]
+    measure_names = [k for k in runs[0] if k not in ("condition", "mode", "fraction", "seed", "n_neurons")]
     timings["total"] = time.perf_counter() - t_start
     settings = {
         "scheme": scheme if hasattr(ranking, "scheme_scores") else "tensor",

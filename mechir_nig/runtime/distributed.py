@@ -1,0 +1,374 @@
+"""torch.distributed for mechir_nig: launch detection, the process group, sharding by cost, all-reduce.
+
+A run started by ``torchrun`` (any launcher that sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR`` and ``MASTER_PORT``; multi-node through torchrun's rendezvous) is a distributed run; the
+same program without those variables is the single-process run: rank 0 of 1, no process group, every
+collective the identity.
+
+- :func:`launch_info`: the launch described by the environment (``None`` without one).
+- :func:`context`: what an experiment needs: ``"auto"`` joins a launch of more than one process
+  (initialising the default process group if nobody has: ``nccl`` when the model is on CUDA, else
+  ``gloo``), ``True`` joins any launch (even of one process), ``False`` ignores it. The returned
+  :class:`Context` has ``rank``, ``world_size`` and the collectives (``barrier``, ``broadcast``,
+  ``all_gather``, :meth:`Context.all_reduce_statistics`, :meth:`Context.collective`).
+- :func:`shard_by_cost`: greedy longest-processing-time sharding: items by decreasing cost (ties: lower
+  index first) each go to the rank with the smallest load so far (ties: lower rank). It is
+  deterministic, so every rank computes the same assignment without communicating, and the heaviest
+  rank's load is within ``4/3`` of the best possible (Graham, 1969). Collection attribution uses the
+  token count of each pair as its cost.
+- :func:`rank`, :func:`world_size`, :func:`is_main`, :func:`local_device`: for scripts and the CLI (load
+  the model on ``local_device()``; print and save on ``is_main()`` only).
+
+Example:
+    >>> shard_by_cost([5, 1, 4, 2, 3], 2)  # costs of 5 items over 2 ranks: loads 8 and 7
+    [[0, 3, 1], [2, 4]]
+    >>> context(distributed="auto").world_size  # no launch here: the single-process run
+    1
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import heapq
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+from mechir_nig.errors import DistributedError, InputError
+
+if TYPE_CHECKING:
+    from mechir_nig.attribution.stats import CollectionAttribution
+
+__all__ = [
+    "Context",
+    "Launch",
+    "SINGLE",
+    "context",
+    "init_process_group",
+    "is_main",
+    "launch_info",
+    "local_device",
+    "rank",
+    "shard_by_cost",
+    "world_size",
+]
+
+
+@dataclass(frozen=True)
+class Launch:
+    """The ranks a launcher (``torchrun``) started, read from the environment."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    master: str
+
+
+def _env_int(env: Mapping[str, str], key: str, default: int | None = None) -> int:
+    raw = env.get(key)
+    if raw is None:
+        if default is None:
+            raise DistributedError(f"{key} is not set")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise DistributedError(f"{key}={raw!r} is not an integer; launch with torchrun") from None
+
+
+def launch_info(environ: Mapping[str, str] | None = None) -> Launch | None:
+    """The launch described by ``environ`` (default ``os.environ``), or ``None`` when there is none.
+
+    Raises:
+        DistributedError: ``RANK`` without ``WORLD_SIZE`` (or the reverse), or values out of range.
+
+    Example:
+        >>> launch_info({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}).rank
+        1
+        >>> launch_info({}) is None
+        True
+    """
+    env = os.environ if environ is None else environ
+    if "RANK" not in env and "WORLD_SIZE" not in env:
+        return None
+    missing = [k for k in ("RANK", "WORLD_SIZE") if k not in env]
+    if missing:
+        raise DistributedError(
+            f"a partial torch.distributed launch: {', '.join(missing)} not set (RANK, WORLD_SIZE, "
+            "MASTER_ADDR and MASTER_PORT go together); start with torchrun, or unset RANK/WORLD_SIZE"
+        )
+    r, w = _env_int(env, "RANK"), _env_int(env, "WORLD_SIZE")
+    if w < 1 or not 0 <= r < w:
+        raise DistributedError(f"RANK={r} and WORLD_SIZE={w} are inconsistent (need 0 <= RANK < WORLD_SIZE)")
+    return Launch(
+        rank=r,
+        world_size=w,
+        local_rank=_env_int(env, "LOCAL_RANK", r),
+        local_world_size=_env_int(env, "LOCAL_WORLD_SIZE", w),
+        master=f"{env.get('MASTER_ADDR', '?')}:{env.get('MASTER_PORT', '?')}",
+    )
+
+
+def _grouped() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's rank in the default process group (0 without one)."""
+    return dist.get_rank() if _grouped() else 0
+
+
+def world_size() -> int:
+    """The number of processes in the default process group (1 without one)."""
+    return dist.get_world_size() if _grouped() else 1
+
+
+def is_main() -> bool:
+    """Whether this process is rank 0 (the one that prints and writes results)."""
+    if _grouped():
+        return dist.get_rank() == 0
+    launch = launch_info()
+    return launch is None or launch.rank == 0
+
+
+def local_device() -> torch.device:
+    """The device this rank should load its model on: ``cuda:LOCAL_RANK`` when CUDA is available (modulo
+    the visible devices), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    launch = launch_info()
+    return torch.device("cuda", (launch.local_rank if launch else 0) % torch.cuda.device_count())
+
+
+_OWNED = False  # whether this module initialised the default process group (then it destroys it at exit)
+
+
+def _shutdown() -> None:
+    if _OWNED and _grouped():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+def init_process_group(
+    device: torch.device | str | None = None, *, backend: str | None = None, timeout_s: float = 1800.0
+) -> None:
+    """Initialise the default process group from a launch's environment (``env://``), unless it is.
+
+    Args:
+        device: where the model runs: CUDA gives ``nccl`` (and ``torch.cuda.set_device``), anything
+            else ``gloo``.
+        backend: force a backend (``"gloo"``, ``"nccl"``).
+        timeout_s: how long a collective waits for the other ranks.
+
+    Raises:
+        DistributedError: no launch in the environment, or a CUDA model on another rank's GPU.
+    """
+    global _OWNED
+    if _grouped():
+        return
+    if not dist.is_available():
+        raise DistributedError("this torch build has no torch.distributed; run in a single process")
+    launch = launch_info()
+    if launch is None:
+        raise DistributedError(
+            "no torch.distributed launch in the environment (RANK, WORLD_SIZE...): start with "
+            "`torchrun --nproc-per-node N ...`, or run without distributed=True"
+        )
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if backend is None:
+        backend = "nccl" if dev.type == "cuda" and dist.is_nccl_available() else "gloo"
+    if backend == "nccl":
+        index = dev.index if dev.index is not None else launch.local_rank % max(1, torch.cuda.device_count())
+        if (
+            launch.local_world_size > 1
+            and index != launch.local_rank
+            and torch.cuda.device_count() > launch.local_rank
+        ):
+            raise DistributedError(
+                f"rank {launch.rank} (LOCAL_RANK={launch.local_rank}) has its model on cuda:{index}, another "
+                "rank's GPU; load it on mechir_nig.runtime.distributed.local_device()"
+            )
+        torch.cuda.set_device(index)
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    _OWNED = True
+    atexit.register(_shutdown)
+
+
+@dataclass(frozen=True)
+class Context:
+    """The ranks an experiment runs on; every collective is the identity when ``grouped`` is false."""
+
+    rank: int = 0
+    world_size: int = 1
+    grouped: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _device(self) -> torch.device:
+        if self.grouped and dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        if self.grouped:
+            dist.barrier()
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        """``obj`` of rank ``src`` on every rank (pickled)."""
+        if not self.grouped:
+            return obj
+        box = [obj if self.rank == src else None]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank (pickled)."""
+        if not self.grouped:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    @contextlib.contextmanager
+    def collective(self, what: str) -> Iterator[None]:
+        """A block every rank runs; when it raises on any rank it raises on every rank (the others get
+        the same mechir_nig error class, or ``DistributedError``, naming the rank), so no rank is left
+        waiting in a later collective.
+
+        Example:
+            >>> with SINGLE.collective("reading the checkpoint"):
+            ...     pass
+        """
+        if not self.grouped:
+            yield
+            return
+        error: Exception | None = None
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - reported to the other ranks, then re-raised
+            error = exc
+        reports = self.all_gather(
+            None if error is None else (type(error).__module__, type(error).__name__, str(error))
+        )
+        if error is not None:
+            raise error
+        for r, report in enumerate(reports):
+            if report is not None:
+                raise _peer_error(r, what, *report)
+
+    def all_reduce_statistics(self, stats: CollectionAttribution) -> CollectionAttribution:
+        """Sum ``stats`` over the ranks, in place (sums, squared and absolute sums, counts, ``n_done``
+        and the truncation counts): every rank ends with the statistics of the union of the ranks'
+        disjoint pairs, what ``merge`` of all parts gives (up to float64 rounding of the summation
+        order). Returns ``stats``."""
+        from mechir_nig.attribution.stats import LABELS
+
+        if not self.grouped:
+            return stats
+        shapes = self.all_gather((list(stats.layers), stats.n_layers, stats.d_mlp))
+        if any(s != shapes[0] for s in shapes):
+            raise DistributedError(
+                f"the ranks attributed different layers or models {shapes}; every rank must load the same "
+                "model and pass the same settings"
+            )
+        dev = self._device()
+        tables = (stats.sums, stats.sums_sq, stats.sums_abs)
+        flat = torch.cat([t[lab].reshape(-1) for t in tables for lab in LABELS]).to(dev)
+        truncated = stats.meta.get("truncated") or {}
+        ints = torch.tensor(
+            [stats.counts[lab] for lab in LABELS]
+            + [int(truncated.get(lab, 0)) for lab in LABELS]
+            + [stats.n_done],
+            dtype=torch.int64,
+            device=dev,
+        )
+        dist.all_reduce(flat)
+        dist.all_reduce(ints)
+        flat_cpu, counts = flat.cpu(), ints.cpu().tolist()
+        offset = 0
+        for t in tables:
+            for lab in LABELS:
+                n = t[lab].numel()
+                t[lab] = flat_cpu[offset : offset + n].reshape(t[lab].shape).clone()
+                offset += n
+        for i, lab in enumerate(LABELS):
+            stats.counts[lab] = int(counts[i])
+        stats.meta["truncated"] = {lab: int(counts[len(LABELS) + i]) for i, lab in enumerate(LABELS)}
+        stats.n_done = int(counts[-1])
+        return stats
+
+
+SINGLE = Context()
+"""The single-process context: rank 0 of 1, no process group."""
+
+
+def _peer_error(r: int, what: str, module: str, name: str, message: str) -> Exception:
+    from mechir_nig import errors
+
+    cls = getattr(errors, name, None) if module == errors.__name__ else None
+    if isinstance(cls, type) and issubclass(cls, errors.MechirNigError):
+        return cls(f"rank {r} failed while {what}: {message}")
+    return DistributedError(f"rank {r} failed while {what} ({name}: {message}); every rank stops")
+
+
+def context(distributed: bool | str = "auto", device: torch.device | str | None = None) -> Context:
+    """The ranks to run on (see the module docstring for ``distributed``); initialises the default
+    process group when a launch asks for one and none exists (``device`` chooses the backend).
+
+    Raises:
+        InputError: ``distributed`` is not ``"auto"``, ``True`` or ``False``.
+        DistributedError: ``distributed=True`` without a launch.
+    """
+    if not (distributed is True or distributed is False or distributed == "auto"):
+        raise InputError(f"distributed must be 'auto', True or False, got {distributed!r}")
+    if distributed is False:
+        return SINGLE
+    if not _grouped():
+        launch = launch_info()
+        if launch is None:
+            if distributed is True:
+                raise DistributedError(
+                    "distributed=True but this process was not started by a torch.distributed launcher; "
+                    "run it with `torchrun --nproc-per-node N ...`, or pass distributed='auto'"
+                )
+            return SINGLE
+        if launch.world_size == 1 and distributed == "auto":
+            return SINGLE
+        init_process_group(device)
+    w = dist.get_world_size()
+    if w == 1 and distributed == "auto":
+        return SINGLE
+    return Context(rank=dist.get_rank(), world_size=w, grouped=True)
+
+
+def shard_by_cost(costs: Sequence[int | float], world_size: int) -> list[list[int]]:
+    """Indices of ``costs`` per rank, balanced by total cost (see the module docstring); each rank's list
+    is in decreasing cost order (ties: lower index first).
+
+    Example:
+        >>> shard_by_cost([1, 1, 1, 1, 1], 2)  # equal costs: round robin
+        [[0, 2, 4], [1, 3]]
+    """
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise InputError(f"world_size must be an int >= 1, got {world_size!r}")
+    for i, c in enumerate(costs):
+        if isinstance(c, bool) or not isinstance(c, int | float) or not math.isfinite(c) or c < 0:
+            raise InputError(f"costs[{i}] must be a finite number >= 0, got {c!r}")
+    heap = [(0.0, r) for r in range(world_size)]
+    out: list[list[int]] = [[] for _ in range(world_size)]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        load, r = heapq.heappop(heap)
+        out[r].append(i)
+        heapq.heappush(heap, (load + costs[i], r))
+    return out
