@@ -349,7 +349,7 @@ class _State:
             self.baseline_acts[name] = out
 
     def _baseline_pass(
-        self, forward: Any, emb: Tensor, types: Any, mask: Tensor, pos_ids: Any, last: int
+        self, forward: Any, emb: Tensor, types: Any, mask: Any, pos_ids: Any, last: int
     ) -> None:
         extra = {"position_ids": pos_ids} if pos_ids is not None else {}
         self.baseline_acts = {}
