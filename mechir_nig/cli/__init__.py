@@ -1,0 +1,135 @@
+"""Command line: ``mechir-nig attribute | prune | patch | faithfulness | report | rerank | stability | demo``.
+
+Every command that produces results writes them into its ``--out DIR`` (``run.json``,
+``attribution.safetensors``, ``pruning.json``, ``patching.safetensors``, ``faithfulness.json``,
+``rerank.json``, ``stability.json``; see ``docs/cli.md``), so that ``mechir-nig report DIR`` finds them.
+User errors print one line, ``mechir-nig <command>: error: ...``, and exit with status 2 (a bad option)
+or 1 (a failure); ``--debug`` shows the traceback.
+
+Example:
+    >>> from mechir_nig.cli import main
+    >>> main(["demo", "--out", "mechir-nig-demo"])  # doctest: +SKIP
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+import traceback
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from mechir_nig.cli._common import (
+    LAYOUT,
+    PROG,
+    CommandError,
+    HelpFormatter,
+    Parser,
+    Session,
+    UsageError,
+    cli_terms,
+    eprint,
+    versions,
+)
+
+__all__ = ["COMMANDS", "LAYOUT", "build_parser", "main"]
+
+COMMANDS = ("attribute", "prune", "patch", "faithfulness", "report", "rerank", "stability", "demo")
+
+DESCRIPTION = """Mechanistic interpretability for neural IR models: Neuron Integrated Gradients (NIG) of
+cross- and bi-encoders over a test collection, validated by pruning and activation patching.
+
+Results go into the --out folder, one file per kind (docs/cli.md):
+  run.json                  what ran: command, argv, model (+ fingerprint), collection, settings,
+                            versions, start/end times and timings; every command under "history"
+  attribution.safetensors   NIG statistics per label (+ attribution.safetensors.json)   attribute
+  pruning.json              the pruning study                                            prune
+  patching.safetensors      activation patching (+ patching.safetensors.json)            patch
+  faithfulness.json         single-neuron ablations vs NIG                               faithfulness
+  rerank.json               BM25 vs the model's re-ranking                               rerank
+  stability.json            split-half stability of the top neurons                      stability
+  report.html               everything above as one self-contained HTML file             report"""
+
+EPILOG = """examples:
+  mechir-nig demo                                  # the main job on the embedded collection, offline
+  mechir-nig demo --model cross-encoder/ms-marco-MiniLM-L-6-v2 --collection irds:vaswani
+  mechir-nig attribute --out results && mechir-nig prune --out results && mechir-nig report results
+
+exit status: 0 success, 1 a failure (model, data, files), 2 a bad option; --debug shows tracebacks."""
+
+
+def _version() -> str:
+    v = versions()
+    return f"{PROG} {v['mechir_nig']} (torch {v['torch']}, transformers {v['transformers']}, python {v['python']})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    from mechir_nig.cli import attribute, demo, faithfulness, patch, prune, report, rerank, stability
+
+    ap = Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
+    ap.add_argument("--version", action="version", version=_version(), help="print the versions and exit")
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+
+    class _Sub:  # every sub-parser gets the formatter and the `mechir-nig <command>` prog
+        def add_parser(self, name: str, **kw: Any) -> argparse.ArgumentParser:
+            if "description" in kw:
+                kw["description"] = textwrap.fill(kw["description"], 100)
+            return sub.add_parser(name, formatter_class=HelpFormatter, **kw)
+
+    for module in (attribute, prune, patch, faithfulness, report, rerank, stability, demo):
+        module.add_parser(_Sub())
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0, 1 failure, 2 bad option)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    prog = PROG
+    with warnings.catch_warnings():
+        seen: set[str] = set()
+
+        def show(
+            message: Any, category: Any, filename: Any, lineno: Any, file: Any = None, line: Any = None
+        ) -> None:
+            text = f"{prog}: warning: {cli_terms(str(message))}"
+            if text not in seen:
+                seen.add(text)
+                eprint(text)
+
+        warnings.showwarning = show
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            debug = debug or bool(getattr(args, "debug", False))
+            prog = f"{PROG} {args.command}"
+            args.func(args, Session(args, argv))
+        except SystemExit as exc:  # --help, --version
+            return exc.code if isinstance(exc.code, int) else 0
+        except KeyboardInterrupt:
+            eprint(f"{prog}: interrupted (attribute --resume continues from the last checkpoint)")
+            return 130
+        except UsageError as exc:
+            if debug:
+                traceback.print_exc()
+            eprint(f"{exc.prog or prog}: error: {cli_terms(str(exc))}")
+            return 2
+        except Exception as exc:
+            from mechir_nig.errors import MechirNigError
+
+            if debug:
+                traceback.print_exc()
+            if isinstance(exc, CommandError | MechirNigError | OSError):
+                eprint(f"{prog}: error: {cli_terms(str(exc))}")
+            else:
+                eprint(
+                    f"{prog}: error: unexpected {type(exc).__name__}: {cli_terms(str(exc))}"
+                    + ("" if debug else " (rerun with --debug for the traceback, and please report it)")
+                )
+            return 1
+    return 0

@@ -1,0 +1,232 @@
+"""``mechir-nig attribute``: NIG of judged pairs per label, streamed into ``OUT/attribution.safetensors``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from mechir_nig.cli._common import (
+    BASELINES,
+    RULES,
+    CommandError,
+    Session,
+    UsageError,
+    add_common,
+    int_list,
+    nonneg_int,
+    positive_int,
+)
+
+EPILOG = """example:
+  mechir-nig attribute --model all-MiniLM-L6-v2 --collection embedded --out results --n-steps 16
+  mechir-nig attribute --model cross-encoder/ms-marco-MiniLM-L-6-v2 --collection irds:vaswani \\
+      --out vaswani --max-relevant 3 --max-nonrelevant 3 --negatives-from-bm25 --resume
+
+By default only the selection half of the judged queries is attributed (--queries selection), so that
+`mechir-nig prune --out DIR` can evaluate the selected neurons on the other, held-out half."""
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "attribute",
+        help="NIG of judged pairs per label (relevant / non-relevant), checkpointed and resumable",
+        description="Neuron Integrated Gradients of judged (query, document) pairs, summed per label into "
+        "OUT/attribution.safetensors (running sums: resumable with --resume, mergeable).",
+        epilog=EPILOG,
+    )
+    add_common(p)
+    g = p.add_argument_group("pairs")
+    g.add_argument(
+        "--queries",
+        choices=("selection", "all"),
+        default="selection",
+        help="which judged queries: 'selection' (one half, split with --split-seed; prune evaluates on the "
+        "other half) or 'all'",
+    )
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the selection / evaluation split")
+    g.add_argument(
+        "--max-relevant",
+        type=nonneg_int,
+        default=None,
+        help="at most this many relevant pairs per query (default: all)",
+    )
+    g.add_argument(
+        "--max-nonrelevant",
+        type=nonneg_int,
+        default=None,
+        help="at most this many non-relevant pairs per query (default: all)",
+    )
+    g.add_argument(
+        "--negatives-from-bm25",
+        action="store_true",
+        help="non-relevant pairs from the BM25 top --k (judged non-relevant and unjudged candidates); for "
+        "collections that judge only relevant documents",
+    )
+    g.add_argument("--k", type=positive_int, default=100, help="BM25 depth for --negatives-from-bm25")
+    g.add_argument("--seed", type=int, default=0, help="seed of the per-query sampling of pairs")
+    g = p.add_argument_group("NIG")
+    g.add_argument("--n-steps", type=positive_int, default=16, help="intervals of the integration rule")
+    g.add_argument("--baseline", choices=BASELINES, default="pad", help="the baseline input")
+    g.add_argument("--method", choices=RULES, default="riemann_trapezoid", help="the integration rule")
+    g.add_argument(
+        "--layers", type=int_list, default=None, help="comma-separated layers to attribute (default: all)"
+    )
+    g.add_argument(
+        "--side",
+        choices=("doc", "query"),
+        default=None,
+        help="bi-encoders: the side interpolated from the baseline (default: doc)",
+    )
+    g.add_argument(
+        "--max-length", type=positive_int, default=None, help="tokens per input (default: the model's)"
+    )
+    g = p.add_argument_group("batching and checkpoints")
+    g.add_argument("--batch-size", type=positive_int, default=8, help="pairs per NIG call")
+    g.add_argument(
+        "--internal-batch-size",
+        type=positive_int,
+        default=None,
+        help="interpolation points per forward/backward (memory only; default: automatic)",
+    )
+    g.add_argument(
+        "--checkpoint-every", type=positive_int, default=256, help="write the checkpoint every N pairs"
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue OUT/attribution.safetensors (same pairs, settings and model weights)",
+    )
+    g.add_argument("--overwrite", action="store_true", help="start again over an existing attribution")
+    p.set_defaults(func=run)
+
+
+def check_layers(layers: list[int] | None, model: Any, option: str = "--layers") -> list[int] | None:
+    """Refuse layers the model lacks, in command-line terms."""
+    if layers is None:
+        return None
+    n = model.cfg.n_layers
+    bad = [x for x in layers if x >= n]
+    if bad:
+        raise UsageError(f"{option} {','.join(map(str, bad))}: the model has {n} layers (0-{n - 1})")
+    if len(set(layers)) != len(layers):
+        raise UsageError(f"{option} repeats a layer; list each once")
+    return sorted(layers)
+
+
+def selection_queries(col: Any, which: str, split_seed: int) -> list[str]:
+    """The queries to attribute: the selection half of ``split_queries`` or every query of the collection."""
+    from mechir_nig.experiments.pruning import split_queries
+
+    if which == "all":
+        return list(col.queries)
+    sel, _ = split_queries(col, seed=split_seed)
+    return [q for q in sel if q in col.queries]
+
+
+def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
+    from mechir_nig._io import OutputLock
+    from mechir_nig.attribution.settings import NIGSettings
+    from mechir_nig.data import bm25_candidates, judged_pairs
+    from mechir_nig.experiments.attribute import attribute_collection
+
+    if args.max_relevant == 0 and args.max_nonrelevant == 0:
+        raise UsageError(
+            "--max-relevant 0 --max-nonrelevant 0 selects no pair: raise one of them, or leave it out for "
+            "every pair of that label"
+        )
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the attribution and --overwrite starts again: pass one of them")
+    path = s.path("attribution")
+    if path.exists() and not args.resume:
+        if not args.overwrite:
+            raise UsageError(
+                f"{path} exists: pass --resume to continue it (same pairs, settings and model), --overwrite "
+                "to start again, or another --out"
+            )
+        for old in (path, path.with_name(path.name + ".json")):
+            old.unlink(missing_ok=True)
+    col = s.collection()
+    model = s.model()
+    layers = check_layers(args.layers, model)
+    if args.side is not None and model.pairwise:
+        raise UsageError(
+            "--side is for bi-encoders; a cross-encoder interpolates query and document together"
+        )
+    with s.stage("pairs"):
+        qids = selection_queries(col, args.queries, args.split_seed)
+        if not qids:
+            raise CommandError(f"collection {col.name!r} has no judged query to attribute")
+        cands = bm25_candidates(col, k=args.k, query_ids=qids) if args.negatives_from_bm25 else None
+        pairs = judged_pairs(
+            col,
+            max_relevant_per_query=args.max_relevant,
+            max_nonrelevant_per_query=args.max_nonrelevant,
+            candidates=cands,
+            sample_nonrelevant_from_candidates=cands is not None,
+            query_ids=qids,
+            seed=args.seed,
+        )
+    if not pairs:
+        raise CommandError(
+            f"no judged pair was selected from collection {col.name!r} ({len(qids)} queries, "
+            f"{pairs.report.get('relevant', 0)} relevant, {pairs.report.get('nonrelevant', 0)} non-relevant): "
+            "check its qrels, use --queries all, or add --negatives-from-bm25"
+        )
+    s.say(
+        f"attributing {len(pairs)} pairs ({pairs.report['relevant']} relevant, {pairs.report['nonrelevant']} "
+        f"non-relevant) of {len(qids)} queries of {col.name!r} with {args.model} "
+        f"({model.cfg.n_layers} layers x {model.cfg.d_mlp} neurons), {args.n_steps} steps"
+    )
+    settings = NIGSettings(
+        n_steps=args.n_steps,
+        baseline=args.baseline,
+        method=args.method,
+        layers=layers,
+        side=args.side,
+        max_length=args.max_length,
+        internal_batch_size=args.internal_batch_size,
+    )
+    with s.stage("attribute"):
+        stats = attribute_collection(
+            model,
+            pairs,
+            settings=settings,
+            batch_size=args.batch_size,
+            checkpoint=path,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            progress=s.progress,
+            collection=col.name,
+        )
+    # the queries the ranking was computed on, for `prune` (select on these, evaluate on the others)
+    stats.meta["query_ids"] = qids
+    stats.meta["queries"] = args.queries
+    stats.meta["split_seed"] = args.split_seed
+    with OutputLock(path):
+        stats.save(path)
+    s.wrote(path)
+    summary: dict[str, Any] = {"counts": dict(stats.counts), "n_pairs": len(pairs), "queries": len(qids)}
+    top = top_neurons_line(stats)
+    if top:
+        s.say(top)
+    s.say(f"wrote {path} (+ {path.name}.json)")
+    s.record({"query_ids": qids, "pairs_report": pairs.report}, summary)
+    return summary
+
+
+def top_neurons_line(stats: Any, n: int = 5) -> str:
+    """The ``n`` neurons of largest relevant-minus-non-relevant mean NIG (or of the one label present)."""
+    counts = stats.counts
+    if counts.get("relevant") and counts.get("nonrelevant"):
+        scheme = "difference"
+    elif counts.get("relevant"):
+        scheme = "relevant"
+    elif counts.get("nonrelevant"):
+        scheme = "nonrelevant"
+    else:
+        return ""
+    scores = stats.scheme_scores(scheme)
+    top = scores.flatten().topk(min(n, scores.numel())).indices.tolist()
+    d = scores.shape[1]
+    cells = ", ".join(f"L{i // d}N{i % d} {float(scores.flatten()[i]):+.4f}" for i in top)
+    return f"top neurons by {scheme} mean NIG: {cells}"

@@ -1,0 +1,266 @@
+"""``mechir-nig patch``: perturb documents (TFC1, TDC, term removal, random term) and patch activations
+between the clean and perturbed runs, into ``OUT/patching.safetensors``."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import warnings
+from typing import Any
+
+from mechir_nig.cli._common import (
+    PATCH_SITES,
+    CommandError,
+    Session,
+    add_common,
+    choice_list,
+    int_list,
+    positive_int,
+)
+from mechir_nig.cli._pairs import add_pair_options, candidate_pairs
+
+EPILOG = """example:
+  mechir-nig patch --out results --perturbation tfc1 --where end --max-pairs 4 \\
+      --sites resid_pre,attn_out,mlp_out,heads
+
+Perturbations: tfc1 injects a query term (--term, default the query's first term); tdc injects the query
+term of highest IDF in the collection; remove deletes a query term (--term, default the first query term
+the document contains); random injects a random collection term that is not a query term (a control).
+Pairs the perturbation cannot change are skipped and counted."""
+
+PERTURBATIONS = ("tfc1", "tdc", "remove", "random")
+SITES = PATCH_SITES
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "patch",
+        help="activation patching between clean and perturbed (TFC1, TDC, ...) documents",
+        description="Perturb the documents of a few pairs, align clean and perturbed inputs position by "
+        "position and patch activations of one run into the other per layer and position (resid_pre, "
+        "attn_out, mlp_out), head or neuron. Writes OUT/patching.safetensors and its JSON sidecar.",
+        epilog=EPILOG,
+    )
+    add_common(p)
+    g = p.add_argument_group("pairs")
+    add_pair_options(g)
+    g = p.add_argument_group("perturbation")
+    g.add_argument(
+        "--perturbation", choices=PERTURBATIONS, default="tfc1", help="how documents are perturbed"
+    )
+    g.add_argument(
+        "--where", choices=("start", "middle", "end"), default="end", help="where a term is injected"
+    )
+    g.add_argument(
+        "--term", default=None, help="the term injected (tfc1) or removed (remove) (default: from the query)"
+    )
+    g = p.add_argument_group("patching")
+    g.add_argument(
+        "--sites",
+        type=choice_list(SITES),
+        default=["resid_pre", "attn_out", "mlp_out", "heads"],
+        help="comma-separated sites patched",
+    )
+    g.add_argument(
+        "--direction",
+        choices=("denoise", "noise"),
+        default="denoise",
+        help="denoise: run the perturbed input, patch in clean activations; noise: the reverse",
+    )
+    g.add_argument(
+        "--metric",
+        choices=("recovery", "raw"),
+        default="recovery",
+        help="recovery = (patched - base) / (source - base); raw = patched - base",
+    )
+    g.add_argument(
+        "--layers", type=int_list, default=None, help="comma-separated layers to patch (default: all)"
+    )
+    g.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        default=None,
+        help="patched rows per forward (memory only; default: about 65k tokens per forward)",
+    )
+    g.add_argument(
+        "--max-length", type=positive_int, default=None, help="tokens per input (default: the model's)"
+    )
+    p.set_defaults(func=run)
+
+
+def perturbation(args: argparse.Namespace, col: Any) -> Any:
+    """The ``(query, doc) -> doc`` function of ``--perturbation``."""
+    from mechir_nig.interventions import perturb
+
+    where = args.where
+    if args.perturbation == "tfc1":
+        return lambda q, d: perturb.tfc1(q, d, term=args.term, where=where)
+    if args.perturbation == "tdc":
+        idf = perturb.term_idf(col)
+        return lambda q, d: perturb.tdc(q, d, idf, where=where)
+    if args.perturbation == "random":
+        vocab = sorted(perturb.term_idf(col))
+        return lambda q, d: perturb.random_term(q, d, vocab, seed=args.seed, where=where)
+
+    def remove(q: str, d: str) -> str:
+        term = args.term
+        if term is None:
+            words = set(re.findall(r"\w+", d.lower()))
+            found = [t for t in perturb.query_terms(q) if t in words]
+            if not found:
+                from mechir_nig.errors import InputError
+
+                raise InputError("the document contains no query term")
+            term = found[0]
+        return perturb.remove_term(q, d, term)
+
+    return remove
+
+
+def perturbed_pairs(
+    s: Session, model: Any, col: Any, args: argparse.Namespace
+) -> tuple[list, list[str], dict]:
+    """The first ``--max-pairs`` candidate pairs the perturbation changes (as the model sees them)."""
+    from mechir_nig.errors import InputError
+    from mechir_nig.interventions import perturb
+
+    fn = perturbation(args, col)
+    chosen: list = []
+    perturbed: list[str] = []
+    skipped: dict[str, int] = {}
+    for pair in candidate_pairs(col, args):
+        if len(chosen) == args.max_pairs:
+            break
+        try:
+            new = fn(pair.query, pair.doc)
+            perturb.align(model, [pair.query], [pair.doc], [new], max_length=args.max_length)
+        except InputError as exc:
+            why = _reason(str(exc))
+            skipped[why] = skipped.get(why, 0) + 1
+            continue
+        chosen.append(pair)
+        perturbed.append(new)
+    return chosen, perturbed, skipped
+
+
+def _reason(message: str) -> str:
+    """A skip reason without the pair's texts, so that equal reasons are counted together."""
+    message = re.sub(r"^pair \d+ \(query .*?\): ", "", message.split("; ")[0])
+    return re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", "...", message)
+
+
+def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
+    import torch
+    from tqdm.auto import tqdm
+
+    from mechir_nig.cli.attribute import check_layers
+    from mechir_nig.interventions import perturb
+    from mechir_nig.interventions.patching import PatchingResult, patch
+
+    col = s.collection()
+    model = s.model()
+    layers = check_layers(args.layers, model) or list(range(model.cfg.n_layers))
+    with s.stage("pairs"):
+        pairs, perturbed, skipped = perturbed_pairs(s, model, col, args)
+    if skipped:
+        s.say(f"skipped {sum(skipped.values())} pairs the perturbation cannot change: {skipped}")
+    if not pairs:
+        raise CommandError(
+            f"--perturbation {args.perturbation} changes none of the candidate pairs of {col.name!r}; try another "
+            "--perturbation, --term or --pairs"
+        )
+    qs, ds = [p.query for p in pairs], [p.doc for p in pairs]
+    with s.stage("align"):
+        al = perturb.align(model, qs, ds, perturbed, max_length=args.max_length)
+    s.say(
+        f"patching {len(pairs)} pairs ({args.perturbation}, {args.where}, {args.direction}): sites {args.sites}, "
+        f"{len(layers)} layers, {al.clean.input_ids.shape[1]} aligned positions"
+    )
+    parts: dict[str, list[PatchingResult]] = {site: [] for site in args.sites}
+    bar = tqdm(total=len(args.sites) * len(layers), desc="patching", unit="layer", disable=not s.progress)
+    with s.stage("patch"), bar, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for site in args.sites:
+            # sites patched per position or neuron: one call per layer, for the progress bar (the same
+            # numbers as one call); heads are cheap next to the two cached runs a call starts with
+            groups = [layers] if site == "heads" else [[layer] for layer in layers]
+            for group in groups:
+                bar.set_postfix_str(f"{site} L{group[0]}" if len(group) == 1 else site)
+                parts[site].append(
+                    patch(
+                        model,
+                        al,
+                        sites=(site,),
+                        direction=args.direction,
+                        metric=args.metric,
+                        layers=group,
+                        chunk_size=args.chunk_size,
+                    )
+                )
+                bar.update(len(group))
+    for message in dict.fromkeys(str(w.message) for w in caught):  # each distinct warning once
+        warnings.warn(message, stacklevel=1)
+    first = parts[args.sites[0]][0]
+    result = PatchingResult(
+        values={site: torch.cat([r.values[site] for r in rs], dim=1) for site, rs in parts.items()},
+        patched={site: torch.cat([r.patched[site] for r in rs], dim=1) for site, rs in parts.items()},
+        clean_scores=first.clean_scores,
+        corrupted_scores=first.corrupted_scores,
+        layers=layers,
+        direction=first.direction,
+        metric=first.metric,
+        eps=first.eps,
+        base_mask=first.base_mask,
+        groups=first.groups,
+        changed=first.changed,
+        clean_tokens=first.clean_tokens,
+        corrupted_tokens=first.corrupted_tokens,
+        meta={
+            "perturbation": args.perturbation,
+            "where": args.where,
+            "term": args.term,
+            "pairs": [{"query_id": p.query_id, "doc_id": p.doc_id} for p in pairs],
+            "queries": qs,
+            "perturbed_docs": perturbed,
+            "model": str(model.cfg.model_name or args.model),
+            "collection": col.name,
+        },
+    )
+    out = s.path("patching")
+    result.save(out)
+    s.wrote(out)
+    delta = result.corrupted_scores - result.clean_scores
+    s.say(
+        f"score change perturbed - clean: mean {float(delta.mean()):+.4f} "
+        f"(min {float(delta.min()):+.4f}, max {float(delta.max()):+.4f})"
+    )
+    for site in args.sites:
+        s.say(site_summary(result, site))
+    s.say(f"wrote {out} (+ {out.name}.json)")
+    summary = {
+        "pairs": len(pairs),
+        "skipped": skipped,
+        "mean_score_change": float(delta.mean()),
+        "shapes": {site: list(v.shape) for site, v in result.values.items()},
+    }
+    s.record({"layers": layers, "pairs_used": result.meta["pairs"]}, summary)
+    return summary
+
+
+def site_summary(result: Any, site: str) -> str:
+    """One line: per layer, the effect at the changed positions (positions sites) or the top heads."""
+    import torch
+
+    v = result[site].double()
+    if v.dim() == 3 and site in ("resid_pre", "attn_out", "mlp_out") and result.changed is not None:
+        changed = result.changed.to(v.dtype)[:, None, :]  # [batch, 1, pos]
+        per_layer = (torch.nan_to_num(v) * changed).sum(-1).mean(0)
+        cells = " ".join(f"L{lyr} {x:+.3f}" for lyr, x in zip(result.layers, per_layer.tolist(), strict=True))
+        return f"{site}: {result.metric} at the changed positions, per layer: {cells}"
+    if site == "heads":
+        mean = torch.nan_to_num(v).mean(0)  # [layer, head]
+        top = mean.abs().flatten().topk(min(5, mean.numel())).indices.tolist()
+        h = mean.shape[1]
+        cells = ", ".join(f"L{result.layers[i // h]}H{i % h} {float(mean.flatten()[i]):+.3f}" for i in top)
+        return f"heads: largest mean {result.metric}: {cells}"
+    return f"{site}: values {list(v.shape)}"

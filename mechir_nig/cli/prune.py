@@ -1,0 +1,205 @@
+"""``mechir-nig prune``: ablate NIG-selected neurons and measure the re-ranking lost, into ``OUT/pruning.json``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from mechir_nig.cli._common import (
+    ABLATION_MODES,
+    CONDITIONS,
+    LAYOUT,
+    SCHEMES,
+    CommandError,
+    Session,
+    UsageError,
+    add_common,
+    choice_list,
+    fraction_list,
+    positive_int,
+    str_list,
+)
+
+EPILOG = """example:
+  mechir-nig attribute --out results            # NIG on the selection half of the judged queries
+  mechir-nig prune --out results --fractions 0.01,0.05 --seeds 3 --modes zero,baseline --k 50
+
+The neurons are selected on the queries the attribution was computed on (recorded in it) and evaluated
+on the other judged queries, re-ranking their BM25 top --k."""
+
+MODES = ABLATION_MODES
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "prune",
+        help="ablate the top NIG neurons (vs random, bottom, negative sets) and re-rank held-out queries",
+        description="Pruning study from a saved attribution: ablate the neurons a NIG scheme ranks highest "
+        "and compare the re-ranking effectiveness (nDCG@10, RR@10) of held-out queries with the unpruned "
+        "model and with random sets of the same per-layer sizes. Writes OUT/pruning.json.",
+        epilog=EPILOG,
+    )
+    add_common(p)
+    g = p.add_argument_group("pruning")
+    g.add_argument(
+        "--attribution",
+        default=None,
+        metavar="FILE_OR_DIR",
+        help=f"a saved attribution, or a folder holding {LAYOUT['attribution']} (default: OUT/{LAYOUT['attribution']})",
+    )
+    g.add_argument("--scheme", choices=SCHEMES, default="relevant", help="how neurons are ranked")
+    g.add_argument(
+        "--fractions",
+        type=fraction_list,
+        default=[0.01, 0.05],
+        help="comma-separated shares of the ranked neurons to ablate, in [0, 1]",
+    )
+    g.add_argument("--seeds", type=positive_int, default=3, help="random sets per fraction")
+    g.add_argument(
+        "--modes",
+        type=choice_list(MODES),
+        default=["zero", "baseline"],
+        help=f"comma-separated ablation modes among {','.join(MODES)} (mean/resample use the selection "
+        "queries' candidates as reference)",
+    )
+    g.add_argument(
+        "--conditions",
+        type=choice_list(CONDITIONS),
+        default=list(CONDITIONS),
+        help="comma-separated neuron sets compared with the unpruned model",
+    )
+    g.add_argument("--k", type=positive_int, default=50, help="BM25 depth re-ranked per evaluation query")
+    g.add_argument("--measures", type=str_list, default=["nDCG@10", "RR@10"], help="ir_measures names")
+    g.add_argument(
+        "--side",
+        choices=("doc", "query", "both"),
+        default="doc",
+        help="bi-encoders: the side ablated (cross-encoders ablate the pair)",
+    )
+    g.add_argument("--batch-size", type=positive_int, default=32, help="texts or pairs per forward")
+    g.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="seed of the query split, used only when the attribution does not record its queries",
+    )
+    p.set_defaults(func=run)
+
+
+def attribution_path(s: Session, given: str | None) -> Path:
+    """``--attribution`` as a file (a folder means its attribution.safetensors); refuse a missing one."""
+    if given is None:
+        path = s.out / LAYOUT["attribution"]
+        if not path.is_file():
+            raise UsageError(
+                f"{path} does not exist: run `mechir-nig attribute --out {s.out}` first, or pass --attribution FILE"
+            )
+        return path
+    path = Path(given).expanduser()
+    if path.is_dir():
+        path = path / LAYOUT["attribution"]
+    if not path.is_file():
+        raise UsageError(f"--attribution {given}: no such file")
+    return path
+
+
+def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
+    from mechir_nig.attribution.stats import CollectionAttribution
+    from mechir_nig.data import bm25_candidates
+    from mechir_nig.evaluation import _parse_measures
+    from mechir_nig.experiments.pruning import pruning_study, split_queries
+
+    path = attribution_path(s, args.attribution)
+    _parse_measures(args.measures)  # unknown names fail before any work
+    stats = CollectionAttribution.load(path)
+    col = s.collection()
+    model = s.model()
+    if model.pairwise and args.side != "doc":
+        raise UsageError("--side is for bi-encoders; a cross-encoder is ablated on the whole pair")
+    made_with = stats.meta.get("model")
+    if made_with and made_with != s.fingerprint(model):
+        raise CommandError(
+            f"{path} was computed with another model ({stats.meta.get('model_name') or 'its weights differ'}); "
+            f"pass the same --model (--model {args.model} has other weights)"
+        )
+    if stats.meta.get("collection") not in (None, col.name):
+        s.say(
+            f"note: {path} was computed on collection {stats.meta['collection']!r}, evaluating on {col.name!r}"
+        )
+    judged = [q for q in dict.fromkeys(r.query_id for r in col.qrels) if q in col.queries]
+    recorded = stats.meta.get("query_ids")
+    if recorded:
+        sel = list(recorded)
+        chosen = set(sel)
+        ev = [q for q in judged if q not in chosen]
+        if not ev:
+            raise CommandError(
+                f"{path} was computed on every judged query of {col.name!r}, so none is left to evaluate on: "
+                "attribute with --queries selection (the default) and prune again"
+            )
+    else:
+        sel, ev = split_queries(col, seed=args.split_seed)
+        ev = [q for q in ev if q in col.queries]
+        s.say(
+            f"note: {path} does not record its queries; assuming the selection half of the split with "
+            f"--split-seed {args.split_seed} and evaluating on the other {len(ev)} queries"
+        )
+    with s.stage("bm25"):
+        cands = bm25_candidates(col, k=args.k, query_ids=ev)
+    reference = None
+    if {"mean", "resample"} & set(args.modes):
+        from mechir_nig.interventions.ablation import AblationReference
+
+        with s.stage("reference"):
+            ref_q = [q for q in sel if q in col.queries]
+            ref_c = bm25_candidates(col, k=min(args.k, 10), query_ids=ref_q)
+            pairs = [(q, d) for q in ref_q for d in ref_c[q]]
+            docs = col.get_docs(d for _, d in pairs)
+            qs, ds = [col.queries[q] for q, _ in pairs], [docs[d] for _, d in pairs]
+            if not pairs:
+                raise CommandError(
+                    "the selection queries have no BM25 candidates for the mean/resample reference"
+                )
+            reference = (
+                AblationReference.compute(model, qs, ds)
+                if model.pairwise
+                else AblationReference.compute(model, ds)
+            )
+    n_evals = 1 + len(args.fractions) * len(args.modes) * sum(
+        args.seeds if c == "random" else 1 for c in args.conditions
+    )
+    s.say(
+        f"pruning study: {len(ev)} evaluation queries x BM25 top-{args.k}, fractions {args.fractions}, "
+        f"modes {args.modes}, {args.seeds} random seeds: {n_evals} re-rankings"
+    )
+    with s.stage("pruning"):
+        result = pruning_study(
+            model,
+            col,
+            cands,
+            stats,
+            scheme=args.scheme,
+            fractions=args.fractions,
+            seeds=args.seeds,
+            modes=args.modes,
+            conditions=args.conditions,
+            select_queries=sel,
+            eval_queries=ev,
+            measures=args.measures,
+            side=args.side if not model.pairwise else "doc",
+            reference=reference,
+            batch_size=args.batch_size,
+            progress=s.progress,
+        )
+    out = s.path("pruning")
+    result.settings["attribution"] = str(path.resolve())
+    result.settings["k"] = args.k
+    result.save(out)
+    s.wrote(out)
+    s.say(result.to_markdown())
+    s.say(f"wrote {out}")
+    unpruned = next(r for r in result.runs if r["condition"] == "unpruned")
+    summary = {"unpruned": {m: unpruned[m] for m in result.measures}, "evaluations": len(result.runs)}
+    s.record({"attribution": str(path.resolve()), "select_queries": sel, "eval_queries": ev}, summary)
+    return summary

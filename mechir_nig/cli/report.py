@@ -1,0 +1,70 @@
+"""``mechir-nig report``: one self-contained HTML file from a results folder (``mechir_nig.report.build``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from mechir_nig.cli._common import LAYOUT, CommandError, Session, UsageError, add_common
+
+EPILOG = """example:
+  mechir-nig report results                   # writes results/report.html
+  mechir-nig report results -o ~/shared/nig-report.html"""
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "report",
+        help="build a self-contained HTML report (figures and tables) from a results folder",
+        description="Read the results a folder holds (run.json, attribution, pruning, patching, "
+        "faithfulness, rerank, stability; see docs/cli.md) and write one HTML file with their figures "
+        "and tables that works offline.",
+        epilog=EPILOG,
+    )
+    p.add_argument(
+        "results_dir",
+        nargs="?",
+        default=None,
+        metavar="RESULTS_DIR",
+        help="the results folder (default: --out)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="FILE",
+        help=f"the HTML file (default: RESULTS_DIR/{LAYOUT['report']})",
+    )
+    add_common(p, model=False, collection=False)
+    p.set_defaults(func=run)
+
+
+def build(results: Path, output: Path) -> Path:
+    """``mechir_nig.report.build(results, output)``, imported when needed."""
+    import importlib
+
+    try:
+        report = importlib.import_module("mechir_nig.report")
+    except ModuleNotFoundError as exc:
+        if exc.name != "mechir_nig.report":
+            raise
+        raise CommandError(
+            "this installation of mechir_nig has no report module (mechir_nig.report)"
+        ) from exc
+    return Path(report.build(results, output))
+
+
+def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
+    results = Path(args.results_dir).expanduser() if args.results_dir is not None else s.out
+    if not results.is_dir():
+        raise UsageError(f"{results}: no such results folder")
+    if not (results / LAYOUT["run"]).is_file():
+        raise UsageError(
+            f"{results} has no {LAYOUT['run']}: write results there first (e.g. mechir-nig attribute --out {results})"
+        )
+    output = Path(args.output).expanduser() if args.output is not None else results / LAYOUT["report"]
+    with s.stage("report"):
+        path = build(results, output)
+    s.say(str(path))
+    return {"report": str(path)}

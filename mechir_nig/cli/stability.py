@@ -1,0 +1,68 @@
+"""``mechir-nig stability``: split-half stability of the relevant-neuron ranking, into ``OUT/stability.json``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from mechir_nig.cli._common import Session, add_common, fraction, positive_int
+
+EPILOG = """example:
+  mechir-nig stability --collection irds:vaswani --fraction 0.01 --max-relevant 3 --n-steps 16 --out vaswani
+
+The judged queries are split into two halves (--seed); the relevant pairs of each half are attributed
+(checkpointed in OUT/stability-checkpoints/, so an interrupted run continues) and the two top --fraction
+neuron sets are compared (Jaccard) with the overlap of random sets of the same sizes."""
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "stability",
+        help="split-half stability of the top relevant neurons (Jaccard vs chance)",
+        description="Are the relevance neurons a property of the model or of the queries? Attribute the "
+        "relevant pairs of two disjoint query halves and compare their top neuron sets. Writes "
+        "OUT/stability.json.",
+        epilog=EPILOG,
+    )
+    add_common(p)
+    g = p.add_argument_group("stability")
+    g.add_argument(
+        "--fraction", type=fraction, default=0.01, help="share of the neurons in each top set, in (0, 1]"
+    )
+    g.add_argument("--max-relevant", type=positive_int, default=3, help="relevant pairs per query")
+    g.add_argument("--n-steps", type=positive_int, default=16, help="NIG integration steps")
+    g.add_argument("--batch-size", type=positive_int, default=8, help="pairs per NIG call")
+    g.add_argument("--seed", type=int, default=0, help="seed of the split and of the pair sampling")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
+    from mechir_nig.attribution.settings import NIGSettings
+    from mechir_nig.cli._common import write_json
+    from mechir_nig.experiments import split_half_stability
+
+    col = s.collection()
+    model = s.model()
+    with s.stage("stability"):
+        result = split_half_stability(
+            model,
+            col,
+            fraction=args.fraction,
+            max_relevant_per_query=args.max_relevant,
+            settings=NIGSettings(n_steps=args.n_steps),
+            batch_size=args.batch_size,
+            seed=args.seed,
+            checkpoint_dir=s.out / "stability-checkpoints",
+            progress=s.progress,
+        )
+    out = s.path("stability")
+    write_json(out, result)
+    s.wrote(out)
+    rep = result["overlap"]
+    s.say(
+        f"top-{args.fraction:g} relevant neurons of two query halves: Jaccard {rep['jaccard']:.3f} "
+        f"(chance {rep['expected_jaccard']:.4f}, lift {rep['lift']:.1f}x)"
+    )
+    s.say(f"wrote {out}")
+    s.record(summary={"overlap": rep})
+    return result

@@ -1,0 +1,859 @@
+"""One self-contained HTML report of a results folder: metadata, summary tables and every figure.
+
+:func:`build` reads what a results folder holds (the layout the command line writes, ``docs/cli.md``:
+``run.json``, ``attribution.safetensors``, ``pruning.json``, ``patching.safetensors``,
+``faithfulness.json``, ``rerank.json``, ``stability.json``), skips what is missing, and writes one HTML
+file: plotly.js inlined once, then each figure of :mod:`mechir_nig.plotting` as a ``div``, the run's
+metadata (model, collection, settings, versions, timings of every command) and the summary tables. The
+file references nothing outside itself, so it opens offline and can be mailed or archived as it is.
+Every text that comes from a result (tokens, queries, names, settings) is HTML-escaped.
+
+Example:
+    >>> from mechir_nig.report import build
+    >>> build("mechir-nig-demo")  # doctest: +SKIP
+    PosixPath('mechir-nig-demo/report.html')
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import math
+import shlex
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from mechir_nig.errors import InputError
+
+__all__ = ["FILES", "build"]
+
+FILES: dict[str, str] = {
+    "run": "run.json",
+    "attribution": "attribution.safetensors",
+    "pruning": "pruning.json",
+    "patching": "patching.safetensors",
+    "faithfulness": "faithfulness.json",
+    "rerank": "rerank.json",
+    "stability": "stability.json",
+}
+"""The files a results folder may hold, by what they hold (``cli._common.LAYOUT`` without the report)."""
+
+REPORT_NAME = "report.html"
+TOP_NEURONS = 20
+"""Rows of the top-neuron table and bars of the top-neuron figure."""
+SET_FRACTION = 0.01
+"""Share of the attributed neurons in the top sets whose layer profile and overlap are drawn."""
+MAX_PAIR_FIGURES = 4
+"""Patching sites with a position axis are drawn per pair: for the first this many pairs."""
+_LONG_LIST = 12
+
+_TITLES = {
+    "run": "Run",
+    "rerank": "Re-ranking",
+    "attribution": "Attribution (NIG)",
+    "pruning": "Pruning study",
+    "patching": "Activation patching",
+    "faithfulness": "Faithfulness",
+    "stability": "Split-half stability",
+}
+_ORDER = ("run", "rerank", "attribution", "pruning", "patching", "faithfulness", "stability")
+
+
+def _layout() -> dict[str, str]:
+    """The command line's file names (its ``LAYOUT``), falling back to :data:`FILES`."""
+    try:
+        from mechir_nig.cli._common import LAYOUT
+    except ImportError:  # pragma: no cover - the cli is part of the package
+        return dict(FILES)
+    return {key: LAYOUT.get(key, name) for key, name in FILES.items()}
+
+
+# -- formatting --------------------------------------------------------------------------------------
+def _e(value: Any) -> str:
+    """``value`` as escaped HTML text."""
+    return html.escape(str(value), quote=True)
+
+
+class _Html(str):
+    """A table cell that is already HTML (not escaped again)."""
+
+
+def _num(value: float, spec: str = ".4g") -> str:
+    """A float with ``spec`` (``nan`` / ``inf`` spelled out)."""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return format(value, spec)
+
+
+def _fixed(value: Any, spec: str = ".4f") -> Any:
+    """A measure or correlation with a fixed number of decimals (a cell; other values as they are)."""
+    if isinstance(value, float):
+        return _Html(_e(_num(value, spec)))
+    return value
+
+
+def _fmt(value: Any) -> str:
+    """A short display text of a value from a result (not escaped)."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _num(value)
+    if isinstance(value, Mapping):
+        text = ", ".join(
+            f"{k}: {_fmt(v) if not isinstance(v, Mapping) else '{' + _fmt(v) + '}'}" for k, v in value.items()
+        )
+        return text if len(text) <= 400 else text[:397] + "..."
+    if isinstance(value, list | tuple):
+        items = [_fmt(v) for v in value[:_LONG_LIST]]
+        more = f", … ({len(value)} in all)" if len(value) > _LONG_LIST else ""
+        return "[" + ", ".join(items) + more + "]"
+    return str(value)
+
+
+def _cell(value: Any) -> str:
+    return str(value) if isinstance(value, _Html) else _e(_fmt(value))
+
+
+def _table(head: Sequence[str], rows: Iterable[Sequence[Any]], *, cls: str = "") -> str:
+    """An HTML table; every cell is escaped (except :class:`_Html` cells)."""
+    out = [f'<table class="{_e(cls)}">' if cls else "<table>", "<thead><tr>"]
+    out += [f"<th>{_e(h)}</th>" for h in head]
+    out.append("</tr></thead><tbody>")
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _kv(items: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> str:
+    """A two-column key / value table."""
+    pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_cell(v)}</td></tr>" for k, v in pairs)
+    return f'<table class="kv"><tbody>{rows}</tbody></table>'
+
+
+def _code(text: str) -> _Html:
+    return _Html(f"<code>{_e(text)}</code>")
+
+
+# -- the document ------------------------------------------------------------------------------------
+@dataclass
+class _Doc:
+    """The report being written: its sections, figures and notes."""
+
+    sections: list[tuple[str, str, list[str]]] = field(default_factory=list)  # (id, title, parts)
+    n_figures: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def section(self, key: str, title: str) -> list[str]:
+        parts: list[str] = []
+        self.sections.append((key, title, parts))
+        return parts
+
+    def figure(self, parts: list[str], what: str, make: Callable[[], Any]) -> None:
+        """Draw ``make()`` into ``parts``; a figure that cannot be drawn becomes a visible note."""
+        import plotly.io as pio
+
+        try:
+            fig = make()
+        except Exception as exc:  # one bad figure must not cost the whole report
+            message = f"figure '{what}' could not be drawn: {type(exc).__name__}: {exc}"
+            self.problems.append(message)
+            warnings.warn(message, UserWarning, stacklevel=3)
+            parts.append(f'<p class="problem">{_e(message)}</p>')
+            return
+        self.n_figures += 1
+        div = pio.to_html(
+            fig,
+            include_plotlyjs=False,
+            full_html=False,
+            div_id=f"figure-{self.n_figures}",
+            config={"displaylogo": False, "responsive": True, "showSendToCloud": False},
+        )
+        parts.append(f'<div class="figure" data-figure="{_e(what)}">{div}</div>')
+
+
+# -- loading -----------------------------------------------------------------------------------------
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _load_pruning(path: Path) -> Any:
+    from mechir_nig.experiments.pruning import PruningResult
+
+    d = _read_json(path)
+    keys = ("measures", "runs", "per_query", "sets", "select_queries", "eval_queries", "settings")
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise InputError(f"not a pruning study (PruningResult.save): missing keys {missing}")
+    return PruningResult(**{k: d[k] for k in keys}, timings=d.get("timings") or {})
+
+
+def _load_faithfulness(path: Path) -> Any:
+    import torch
+
+    from mechir_nig.experiments.faithfulness import FaithfulnessResult
+
+    d = _read_json(path)
+    missing = [k for k in ("k", "spearman", "per_pair") if k not in d]
+    if missing:
+        raise InputError(f"not a faithfulness result (FaithfulnessResult.to_dict): missing keys {missing}")
+    result = FaithfulnessResult(
+        k=int(d["k"]),
+        spearman=d["spearman"],
+        per_pair=d["per_pair"],
+        neurons=torch.tensor(d.get("neurons") or [], dtype=torch.long),
+        drops={m: torch.tensor(v, dtype=torch.float64) for m, v in (d.get("drops") or {}).items()},
+        curve=d.get("curve") or {},
+        settings=d.get("settings") or {},
+    )
+    return result, d
+
+
+def _loaders() -> dict[str, Callable[[Path], Any]]:
+    from mechir_nig.attribution.stats import CollectionAttribution
+    from mechir_nig.interventions.patching import PatchingResult
+
+    return {
+        "run": _read_json,
+        "attribution": CollectionAttribution.load,
+        "pruning": _load_pruning,
+        "patching": PatchingResult.load,
+        "faithfulness": _load_faithfulness,
+        "rerank": _read_json,
+        "stability": _read_json,
+    }
+
+
+# -- sections ----------------------------------------------------------------------------------------
+def _history(run: Mapping[str, Any]) -> list[dict[str, Any]]:
+    history = run.get("history")
+    if isinstance(history, list) and history:
+        return [h for h in history if isinstance(h, dict)]
+    return [{k: v for k, v in run.items() if k not in ("history", "layout")}]
+
+
+def _run_section(doc: _Doc, run: Mapping[str, Any]) -> None:
+    parts = doc.section("run", _TITLES["run"])
+    history = _history(run)
+    models: dict[Any, tuple[dict[str, Any], list[Any]]] = {}
+    collections: dict[Any, tuple[dict[str, Any], list[Any]]] = {}
+    for rec in history:
+        m, c = rec.get("model"), rec.get("collection")
+        if isinstance(m, dict):
+            models.setdefault(m.get("fingerprint") or m.get("spec"), (m, []))[1].append(rec.get("command"))
+        if isinstance(c, dict):
+            collections.setdefault(c.get("spec") or c.get("name"), (c, []))[1].append(rec.get("command"))
+    for what, found in (("Model", models), ("Collection", collections)):
+        if not found:
+            continue
+        parts.append(f"<h3>{what}</h3>")
+        if len(found) > 1:
+            parts.append(
+                f'<p class="problem">The commands of this folder used {len(found)} different '
+                f"{what.lower()}s; each is listed with its commands.</p>"
+            )
+        for record, commands in found.values():
+            items = dict(record)
+            if len(found) > 1:
+                items["used by"] = ", ".join(str(c) for c in commands)
+            parts.append(_kv(items))
+    parts.append("<h3>Commands</h3>")
+    rows = []
+    for i, rec in enumerate(history):
+        argv = rec.get("argv") or []
+        line = "mechir-nig " + shlex.join(str(a) for a in argv) if argv else "(Python API)"
+        timings = rec.get("timings") or {}
+        rows.append(
+            [
+                i + 1,
+                rec.get("command"),
+                _code(line),
+                rec.get("started"),
+                rec.get("seconds"),
+                ", ".join(f"{k} {_fmt(v)} s" for k, v in timings.items()) or None,
+                ", ".join(str(o) for o in rec.get("outputs") or []) or None,
+            ]
+        )
+    parts.append(
+        _table(
+            ["#", "command", "command line", "started", "seconds", "timings", "wrote"], rows, cls="commands"
+        )
+    )
+    for i, rec in enumerate(history):
+        settings = rec.get("settings") or {}
+        summary = rec.get("summary") or {}
+        if not settings and not summary:
+            continue
+        body = _kv(settings) if settings else ""
+        if summary:
+            body += "<h4>summary</h4>" + _kv(summary)
+        parts.append(
+            f"<details><summary>settings of #{i + 1} <code>{_e(rec.get('command'))}</code></summary>"
+            f"{body}</details>"
+        )
+    versions = next((r.get("versions") for r in reversed(history) if r.get("versions")), None)
+    if versions:
+        parts.append("<h3>Versions</h3>" + _kv(versions))
+
+
+def _rerank_section(doc: _Doc, study: Mapping[str, Any]) -> None:
+    parts = doc.section("rerank", _TITLES["rerank"])
+    bm25, reranked = study.get("bm25") or {}, study.get("reranked") or {}
+    parts.append(
+        _kv(
+            [
+                ("collection", study.get("collection")),
+                ("queries", study.get("queries")),
+                ("BM25 depth re-ranked (k)", study.get("k")),
+                ("seconds", study.get("seconds")),
+            ]
+        )
+    )
+    rows = []
+    for m in dict.fromkeys([*bm25, *reranked]):
+        b, r = bm25.get(m), reranked.get(m)
+        change = r - b if isinstance(b, int | float) and isinstance(r, int | float) else None
+        rows.append([m, _fixed(b), _fixed(r), None if change is None else _fixed(change, "+.4f")])
+    parts.append(_table(["measure", "BM25", "re-ranked by the model", "change"], rows, cls="numbers"))
+
+
+def _attribution_section(doc: _Doc, stats: Any) -> None:
+    from mechir_nig.attribution.stats import LABELS, top_neurons
+    from mechir_nig.plotting import (
+        group_bars,
+        layer_profile_bars,
+        neuron_heatmap,
+        overlap_bars,
+        top_neurons_bar,
+    )
+
+    parts = doc.section("attribution", _TITLES["attribution"])
+    meta = dict(stats.meta)
+    present = [lab for lab in LABELS if stats.counts.get(lab, 0) > 0]
+    items: list[tuple[str, Any]] = [(f"{lab} pairs", stats.counts.get(lab, 0)) for lab in LABELS]
+    items += [
+        ("layers attributed", stats.layers),
+        ("model", f"{stats.n_layers} layers x {stats.d_mlp} neurons"),
+        ("model name", meta.pop("model_name", None)),
+        ("model fingerprint", meta.pop("model", None)),
+    ]
+    for key in ("collection", "n_steps", "baseline", "method", "side", "max_length", "truncated"):
+        if key in meta:
+            items.append((key, meta.pop(key)))
+    qids = meta.pop("query_ids", None)
+    if qids is not None:
+        items.append(
+            ("queries", f"{len(qids)} ({meta.pop('queries', '')}, split seed {meta.pop('split_seed', '')})")
+        )
+    meta.pop("layers", None)
+    items += [(k, v) for k, v in meta.items()]
+    parts.append(_kv(items))
+    if not present:
+        parts.append('<p class="problem">The attribution holds no pairs: nothing to draw.</p>')
+        return
+    scheme = "difference" if len(present) == 2 else present[0]
+    ranked = top_neurons(stats, scheme, k=min(TOP_NEURONS, len(stats.layers) * stats.d_mlp))
+    order = sorted((ranked.scores or {}).items(), key=lambda kv: -kv[1])
+    means = {lab: stats.scheme_scores(lab) for lab in present}
+    head = ["rank", "layer", "neuron", *[f"mean NIG {lab}" for lab in present]]
+    if len(present) == 2:
+        head.append("difference")
+    rows = []
+    for rank, ((layer, neuron), _score) in enumerate(order, 1):
+        vals = [float(means[lab][layer, neuron]) for lab in present]
+        rows.append([rank, layer, neuron, *vals, *([vals[0] - vals[1]] if len(present) == 2 else [])])
+    parts.append(f"<h3>Top {len(rows)} neurons by {_e(scheme)} mean NIG</h3>")
+    parts.append(_table(head, rows, cls="numbers"))
+    parts.append("<h3>Figures</h3>")
+    doc.figure(parts, "neuron heatmap", lambda: neuron_heatmap(stats))
+    doc.figure(parts, "top neurons", lambda: top_neurons_bar(stats, k=TOP_NEURONS, scheme=scheme))
+    doc.figure(parts, "token groups", lambda: group_bars(stats))
+    schemes = [*present, *(["difference"] if len(present) == 2 else [])]
+
+    def sets() -> dict[str, Any]:
+        return {s: top_neurons(stats, s, fraction=SET_FRACTION) for s in schemes}
+
+    pct = f"{SET_FRACTION:.0%}"
+    doc.figure(
+        parts,
+        "layer profile of the top sets",
+        lambda: layer_profile_bars(sets(), title=f"Top {pct} neurons per layer, by scheme"),
+    )
+    if len(present) == 2:
+        doc.figure(
+            parts,
+            "overlap of the label sets",
+            lambda: _narrow(
+                overlap_bars(
+                    {lab: s for lab, s in sets().items() if lab in LABELS},
+                    title=f"Overlap of the top {pct} relevant and non-relevant neurons vs chance",
+                )
+            ),
+        )
+
+
+def _narrow(fig: Any) -> Any:
+    """A bar chart of a few categories at a width that suits them (not one bar across the page)."""
+    n = len(fig.data[0].x) if fig.data and fig.data[0].x is not None else 1
+    return fig.update_layout(width=min(1200, 620 + 160 * n), bargap=0.45)
+
+
+def _pruning_section(doc: _Doc, result: Any) -> None:
+    from mechir_nig.plotting import layer_profile_bars, pruning_curves
+    from mechir_nig.sets import ComponentSet
+
+    parts = doc.section("pruning", _TITLES["pruning"])
+    settings = dict(result.settings)
+    items: list[tuple[str, Any]] = [
+        ("selection queries", len(result.select_queries)),
+        ("evaluation queries", len(result.eval_queries)),
+        ("measures", result.measures),
+        ("evaluations", len(result.runs)),
+    ]
+    items += list(settings.items())
+    if result.timings:
+        items.append(("timings (s)", {k: round(float(v), 2) for k, v in result.timings.items()}))
+    parts.append(_kv(items))
+    head = ["condition", "mode", "fraction", "neurons", "seeds"]
+    for m in result.measures:
+        head += [m, f"drop {m}"]
+    rows = []
+    try:
+        table = result.table()
+    except StopIteration:  # no unpruned run to compare with
+        table = []
+        parts.append('<p class="problem">The study has no unpruned run: no table of drops.</p>')
+    for r in table:
+        row: list[Any] = [r["condition"], r["mode"], r["fraction"], r["n_neurons"], r["n_seeds"]]
+        for m in result.measures:
+            spread = f" ± {_num(r[f'{m} std'], '.4f')}" if r["n_seeds"] > 1 else ""
+            row += [_Html(_e(f"{_num(r[m], '.4f')}{spread}")), _Html(_e(_num(r[f"{m} drop"], "+.4f")))]
+        rows.append(row)
+    if rows:
+        parts.append("<h3>Effectiveness per condition (mean ± std over seeds; drop from unpruned)</h3>")
+        parts.append(_table(head, rows, cls="numbers"))
+    parts.append("<h3>Figures</h3>")
+    for m in result.measures:
+        doc.figure(parts, f"pruning curves {m}", partial(pruning_curves, result, measure=m))
+    fractions = sorted({float(k.split("|")[1]) for k in result.sets if k.count("|") == 2})
+    if fractions:
+        top = fractions[-1]
+
+        def profile() -> Any:
+            chosen: dict[str, Any] = {}
+            for key, data in result.sets.items():
+                cond, frac, seed = key.split("|")
+                if float(frac) == top and cond not in chosen:
+                    chosen[cond if int(seed) == 0 or cond != "random" else f"{cond} seed {seed}"] = (
+                        ComponentSet.from_json(data)
+                    )
+            return layer_profile_bars(chosen, title=f"Ablated neurons per layer at fraction {top:g}")
+
+        doc.figure(parts, "layer profile of the ablated sets", profile)
+
+
+def _patching_section(doc: _Doc, result: Any) -> None:
+    import torch
+
+    from mechir_nig.interventions.patching import SITES
+    from mechir_nig.plotting import patching_heatmap
+
+    parts = doc.section("patching", _TITLES["patching"])
+    meta = dict(result.meta)
+    n = len(result)
+    queries = meta.pop("queries", None) or []
+    pairs = meta.pop("pairs", None) or []
+    perturbed_docs = meta.pop("perturbed_docs", None) or []
+    items: list[tuple[str, Any]] = [
+        ("pairs", n),
+        ("sites", result.sites),
+        ("layers", result.layers),
+        ("direction", result.direction),
+        ("metric", result.metric),
+    ]
+    items += list(meta.items())
+    parts.append(_kv(items))
+    delta = (result.corrupted_scores - result.clean_scores).tolist()
+    rows = []
+    for i in range(n):
+        ids = pairs[i] if i < len(pairs) and isinstance(pairs[i], dict) else {}
+        changed = []
+        if result.changed is not None and result.clean_tokens and result.corrupted_tokens:
+            for p in result.changed[i].nonzero().flatten().tolist():
+                c, k = result.clean_tokens[i][p], result.corrupted_tokens[i][p]
+                changed.append(f"{c or '∅'}→{k or '∅'}")
+        rows.append(
+            [
+                i,
+                ids.get("query_id"),
+                ids.get("doc_id"),
+                queries[i] if i < len(queries) else None,
+                _fixed(float(result.clean_scores[i])),
+                _fixed(float(result.corrupted_scores[i])),
+                _fixed(delta[i], "+.4f"),
+                " ".join(changed) or None,
+            ]
+        )
+    parts.append("<h3>Pairs</h3>")
+    parts.append(
+        _table(
+            [
+                "pair",
+                "query_id",
+                "doc_id",
+                "query",
+                "clean score",
+                "perturbed score",
+                "change",
+                "changed tokens",
+            ],
+            rows,
+            cls="numbers",
+        )
+    )
+    if perturbed_docs:
+        docs = "".join(f"<li>{_e(d)}</li>" for d in perturbed_docs)
+        parts.append(f"<details><summary>perturbed documents</summary><ol start=0>{docs}</ol></details>")
+    summary_rows = []
+    for site in result.sites:
+        v = torch.nan_to_num(result[site].double())
+        kind = SITES.get(site, ("", ""))[1]
+        if site == "neuron_set":
+            mean = v.mean(0)
+            top = mean.abs().topk(min(5, mean.numel())).indices.tolist()
+            cells = ", ".join(
+                f"L{result.members[j][0]}N{result.members[j][1]} {float(mean[j]):+.3f}" for j in top
+            )
+            summary_rows.append([site, "largest mean effect (members)", cells])
+        elif kind in ("pos", "head_pos") and result.changed is not None:
+            changed = result.changed.to(v.dtype)
+            if kind == "pos":  # [batch, layer, pos]
+                per_layer = (v * changed[:, None, :]).sum(-1).mean(0)
+                cells = " ".join(f"L{lyr} {x:+.3f}" for lyr, x in zip(result.layers, per_layer.tolist()))
+                summary_rows.append([site, "at the changed positions, per layer", cells])
+            else:  # [batch, layer, head, pos]
+                mean = (v * changed[:, None, None, :]).sum(-1).mean(0)
+                summary_rows.append(
+                    [site, "largest mean at the changed positions", _top_cells(mean, result.layers, "H")]
+                )
+        elif v.dim() == 3:  # heads / neurons: [batch, layer, index]
+            mean = v.mean(0)
+            letter = "H" if kind == "head" else "N"
+            summary_rows.append([site, "largest mean over pairs", _top_cells(mean, result.layers, letter)])
+    if summary_rows:
+        parts.append(f"<h3>Summary per site ({_e(result.metric)}, mean over pairs)</h3>")
+        parts.append(_table(["site", "what", "values"], summary_rows))
+    parts.append("<h3>Figures</h3>")
+    for site in result.sites:
+        kind = SITES.get(site, ("", ""))[1]
+        if kind in ("pos", "head_pos"):
+            for i in range(min(n, MAX_PAIR_FIGURES)):
+                doc.figure(
+                    parts,
+                    f"patching {site} pair {i}",
+                    partial(patching_heatmap, result, site, pair=i),
+                )
+            if n > MAX_PAIR_FIGURES:
+                parts.append(
+                    f'<p class="note">{_e(site)}: figures of the first {MAX_PAIR_FIGURES} of {n} pairs.</p>'
+                )
+        else:
+            doc.figure(parts, f"patching {site}", partial(patching_heatmap, result, site, pair=None))
+
+
+def _top_cells(mean: Any, layers: Sequence[int], letter: str, k: int = 5) -> str:
+    """``L{layer}{letter}{index} value`` of the ``k`` largest ``|mean|`` of a ``[layer, index]`` table."""
+    width = mean.shape[-1]
+    flat = mean.flatten()
+    top = flat.abs().topk(min(k, flat.numel())).indices.tolist()
+    return ", ".join(f"L{layers[j // width]}{letter}{j % width} {float(flat[j]):+.3f}" for j in top)
+
+
+def _faithfulness_section(doc: _Doc, loaded: Any) -> None:
+    from mechir_nig.plotting import faithfulness_bars, faithfulness_curves
+
+    result, raw = loaded
+    parts = doc.section("faithfulness", _TITLES["faithfulness"])
+    items: list[tuple[str, Any]] = [("neurons per pair (k)", result.k)]
+    pairs = raw.get("pairs")
+    if pairs:
+        items.append(("pairs", ", ".join(f"{p.get('query_id')}/{p.get('doc_id')}" for p in pairs)))
+    items += list(result.settings.items())
+    parts.append(_kv(items))
+    predictors = list(dict.fromkeys(p for m in result.spearman for p in result.spearman[m]))
+    rows = [
+        [mode, *[_fixed(result.spearman[mode].get(p), "+.3f") for p in predictors]]
+        for mode in result.spearman
+    ]
+    parts.append("<h3>Spearman ρ of the single-neuron score drops with each predictor (mean over pairs)</h3>")
+    parts.append(_table(["ablation mode", *predictors], rows, cls="numbers"))
+    parts.append("<h3>Figures</h3>")
+    if result.curve:
+        doc.figure(parts, "faithfulness curves", lambda: faithfulness_curves(result))
+    if result.spearman:
+        doc.figure(parts, "faithfulness correlations", lambda: _narrow(faithfulness_bars(result)))
+
+
+def _stability_section(doc: _Doc, study: Mapping[str, Any]) -> None:
+    from mechir_nig.plotting import overlap_bars
+
+    parts = doc.section("stability", _TITLES["stability"])
+    overlap = study.get("overlap") or {}
+    parts.append(
+        _kv(
+            [
+                ("top fraction", study.get("fraction")),
+                ("seed", study.get("seed")),
+                ("NIG settings", study.get("settings")),
+            ]
+        )
+    )
+    halves = study.get("halves") or []
+    if halves:
+        head = list(dict.fromkeys(k for h in halves for k in h))
+        rows = [[i, *[h.get(k) for k in head]] for i, h in enumerate(halves)]
+        parts.append(_table(["half", *head], rows, cls="numbers"))
+    if overlap:
+        keys = [
+            "size_a",
+            "size_b",
+            "intersection",
+            "expected_intersection",
+            "jaccard",
+            "expected_jaccard",
+            "lift",
+            "pool_size",
+        ]
+        parts.append("<h3>Overlap of the two halves' top sets</h3>")
+        parts.append(_table(keys, [[overlap.get(k) for k in keys]], cls="numbers"))
+    parts.append("<h3>Figures</h3>")
+    if overlap:
+        doc.figure(
+            parts,
+            "stability overlap",
+            lambda: _narrow(
+                overlap_bars({"half 0 vs half 1": overlap}, title="Top neurons of two query halves vs chance")
+            ),
+        )
+    profiles = study.get("layer_profiles")
+    if profiles:
+        doc.figure(parts, "stability layer profiles", lambda: _profile_figure(profiles))
+
+
+def _profile_figure(profiles: Sequence[Sequence[int]]) -> Any:
+    """Members per layer of the halves' top sets (the sets themselves are not stored, their profiles are)."""
+    import plotly.graph_objects as go
+
+    from mechir_nig.plotting._common import color, finish
+
+    fig = go.Figure()
+    for i, counts in enumerate(profiles):
+        layers = list(range(len(counts)))
+        fig.add_trace(
+            go.Bar(
+                x=layers,
+                y=[float(c) for c in counts],
+                name=f"half {i} ({sum(counts)})",
+                marker_color=color(f"half {i}", i),
+                hovertemplate=f"half {i}<br>layer %{{x}}<br>neurons %{{y}}<extra></extra>",
+            )
+        )
+    fig.update_xaxes(title_text="layer", tickmode="linear", dtick=1)
+    fig.update_yaxes(title_text="neurons")
+    return finish(fig, "Top neurons per layer of each query half", barmode="group", height=400)
+
+
+_SECTIONS: dict[str, Callable[[_Doc, Any], None]] = {
+    "run": _run_section,
+    "rerank": _rerank_section,
+    "attribution": _attribution_section,
+    "pruning": _pruning_section,
+    "patching": _patching_section,
+    "faithfulness": _faithfulness_section,
+    "stability": _stability_section,
+}
+
+_CSS = """
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;margin:0;
+ color:#222;background:#f6f7f9;line-height:1.45}
+header{background:#1f3a5f;color:#fff;padding:18px 32px}
+header h1{margin:0 0 4px 0;font-size:1.6em}
+header p{margin:2px 0;opacity:.9}
+nav{background:#fff;border-bottom:1px solid #dde;padding:8px 32px;position:sticky;top:0;z-index:10}
+nav a{margin-right:18px;color:#1f3a5f;text-decoration:none;font-weight:600}
+main{max-width:1500px;margin:0 auto;padding:8px 32px 40px}
+section{background:#fff;border:1px solid #e2e4e8;border-radius:8px;margin:18px 0;padding:6px 22px 18px}
+h2{border-bottom:2px solid #1f3a5f;padding-bottom:4px}
+h3{margin:18px 0 8px 0;font-size:1.08em}
+h4{margin:10px 0 4px 0}
+table{border-collapse:collapse;margin:6px 0 10px 0;font-size:.9em}
+th,td{border:1px solid #dde;padding:3px 8px;text-align:left;vertical-align:top}
+thead th{background:#eef1f5}
+table.kv th{background:#f4f6f8;font-weight:600;white-space:nowrap}
+table.numbers td{font-variant-numeric:tabular-nums}
+td code{white-space:pre-wrap;word-break:break-all}
+code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.92em}
+details{margin:6px 0}
+summary{cursor:pointer;color:#1f3a5f}
+.files li.missing{color:#888}
+.files li.found::marker{content:"✓ ";color:#2a7a2a}
+.files li.missing::marker{content:"– "}
+section,.figure{scroll-margin-top:52px}
+.figure{overflow-x:auto;margin:10px 0 18px 0;border-top:1px solid #eee;padding-top:6px}
+.problem{color:#a12;font-weight:600}
+.note{color:#555;font-style:italic}
+footer{color:#777;font-size:.85em;text-align:center;padding:12px}
+"""
+
+
+def build(results_dir: str | Path, out: str | Path | None = None, *, title: str | None = None) -> Path:
+    """Write one self-contained HTML report of the results in ``results_dir``.
+
+    Reads the files of the results layout (``run.json``, ``attribution.safetensors``, ``pruning.json``,
+    ``patching.safetensors``, ``faithfulness.json``, ``rerank.json``, ``stability.json``; see
+    ``docs/cli.md``) that are present, and writes the run's metadata (model, collection, settings,
+    versions, timings), the summary tables and every figure of each result. plotly.js is inlined once;
+    the file loads nothing else, so it works offline. A file that cannot be read, or a figure that cannot
+    be drawn, is named in the report (and warned about) instead of stopping it.
+
+    Args:
+        results_dir: the results folder (e.g. the ``--out`` of ``mechir-nig`` commands).
+        out: the HTML file to write (default: ``results_dir/report.html``); its folder is created.
+        title: the page title (default: ``mechir_nig report: <folder name>``).
+
+    Returns:
+        The path of the written file.
+
+    Raises:
+        InputError: ``results_dir`` is not a folder, or holds none of the files above.
+
+    Example:
+        >>> from mechir_nig.report import build
+        >>> path = build("results", "results/report.html", title="MiniLM on vaswani")  # doctest: +SKIP
+    """
+    import plotly
+    from plotly.offline import get_plotlyjs
+
+    from mechir_nig._io import atomic_write
+
+    folder = Path(results_dir).expanduser()
+    names = _layout()
+    expected = ", ".join(names.values())
+    if not folder.is_dir():
+        raise InputError(
+            f"{folder} is not a folder; pass the results folder the commands wrote (it holds {expected})"
+        )
+    found = {key: folder / name for key, name in names.items() if (folder / name).is_file()}
+    if not found:
+        raise InputError(
+            f"{folder} holds no results: expected at least one of {expected} (written by the mechir-nig "
+            "commands with --out, see docs/cli.md)"
+        )
+    out_path = Path(out).expanduser() if out is not None else folder / _report_name()
+    doc = _Doc()
+    loaders = _loaders()
+    unreadable: dict[str, str] = {}
+    for key in _ORDER:
+        if key not in found:
+            continue
+        path = found[key]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. an old attribution without a checksum
+                loaded = loaders[key](path)
+        except Exception as exc:  # a damaged file is reported, the others still are
+            unreadable[key] = f"{type(exc).__name__}: {exc}"
+            message = f"{path.name} could not be read: {unreadable[key]}"
+            doc.problems.append(message)
+            warnings.warn(message, UserWarning, stacklevel=2)
+            continue
+        try:
+            _SECTIONS[key](doc, loaded)
+        except Exception as exc:
+            message = f"the {_TITLES[key]} section of {path.name} failed: {type(exc).__name__}: {exc}"
+            doc.problems.append(message)
+            warnings.warn(message, UserWarning, stacklevel=2)
+            if doc.sections and doc.sections[-1][0] == key:
+                doc.sections[-1][2].append(f'<p class="problem">{_e(message)}</p>')
+    title = title or f"mechir_nig report: {folder.resolve().name}"
+    now = _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+    files = []
+    for key, name in names.items():
+        if key in unreadable:
+            files.append(
+                f'<li class="missing"><code>{_e(name)}</code>: could not be read ({_e(unreadable[key])})</li>'
+            )
+        elif key in found:
+            files.append(f'<li class="found"><code>{_e(name)}</code>: {_e(_TITLES[key])}</li>')
+        else:
+            files.append(f'<li class="missing"><code>{_e(name)}</code>: not in the folder</li>')
+    n_found = len(found) - len(unreadable)
+    body = [
+        "<header>",
+        f"<h1>{_e(title)}</h1>",
+        f"<p>Results folder <code>{_e(folder.resolve())}</code>; report written {_e(now)}.</p>",
+        f'<p id="summary">{n_found} of {len(names)} result files found, '
+        f'<span id="figure-count">{doc.n_figures}</span> figures.</p>',
+        "</header>",
+        "<nav>" + "".join(f'<a href="#{_e(key)}">{_e(t)}</a>' for key, t, _ in doc.sections) + "</nav>",
+        "<main>",
+        '<section id="files"><h2>Files</h2><ul class="files">' + "".join(files) + "</ul>",
+    ]
+    if doc.problems:
+        body.append(
+            '<div class="problem">Problems:<ul>'
+            + "".join(f"<li>{_e(p)}</li>" for p in doc.problems)
+            + "</ul></div>"
+        )
+    body.append("</section>")
+    for key, sec_title, parts in doc.sections:
+        body.append(f'<section id="{_e(key)}"><h2>{_e(sec_title)}</h2>{"".join(parts)}</section>')
+    body.append("</main>")
+    body.append(
+        f"<footer>mechir_nig report; figures drawn with plotly {_e(plotly.__version__)} (inlined, no network "
+        "access needed).</footer>"
+    )
+    page = "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            '<meta name="generator" content="mechir_nig.report">',
+            f'<meta name="mechir-nig-figures" content="{doc.n_figures}">',
+            f"<title>{_e(title)}</title>",
+            f"<style>{_CSS}</style>",
+            "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>",
+            f'<script type="text/javascript">{get_plotlyjs()}</script>',
+            "</head>",
+            f'<body data-figures="{doc.n_figures}">',
+            *body,
+            "</body>",
+            "</html>",
+        ]
+    )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return out_path
+
+
+def _report_name() -> str:
+    try:
+        from mechir_nig.cli._common import LAYOUT
+    except ImportError:  # pragma: no cover
+        return REPORT_NAME
+    return LAYOUT.get("report", REPORT_NAME)

@@ -1,0 +1,205 @@
+"""The HTML report of a real small run, opened in headless Chromium: every figure renders (one plotly graph
+with SVG content per figure the report counts), the console has no error, the page fetches nothing from
+the network, and a screenshot shows the figures.
+
+The results come from the command line on the bundled all-MiniLM-L6-v2 and the embedded collection
+(``attribute`` -> ``prune`` -> ``patch`` -> ``faithfulness`` -> ``rerank`` -> ``stability`` -> ``report``),
+with settings small enough for a couple of minutes on two cores.
+
+Chromium and its driver are the Debian packages ``chromium`` and ``chromium-driver``; when they are
+missing the test installs them with apt-get (as ``make test`` does first), and skips, saying why, only
+where apt-get is unavailable or the installation fails.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+APT = "apt-get update && apt-get install -y chromium chromium-driver"
+
+pytestmark = pytest.mark.slow
+
+
+def _ensure_chromium() -> None:
+    """Install chromium and chromium-driver with apt-get when missing; skip only where that cannot be done."""
+    if CHROMIUM.exists() and CHROMEDRIVER.exists():
+        return
+    if shutil.which("apt-get") is None:
+        pytest.skip(
+            f"{CHROMIUM} or {CHROMEDRIVER} is missing and apt-get is unavailable to install them ({APT})"
+        )
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    if sudo and shutil.which("sudo") is None:
+        pytest.skip(
+            f"{CHROMIUM} is missing and installing it needs root (not root, no sudo): run `{APT}` as root"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium", "chromium-driver"]):
+        done = subprocess.run(sudo + cmd, capture_output=True, text=True, env=env, timeout=900)
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            pytest.skip(f"chromium cannot be installed: `{' '.join(cmd)}` failed: {' | '.join(tail)}")
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip(f"apt-get installed chromium but {CHROMIUM} or {CHROMEDRIVER} is still missing")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    """A report built by the command line from a real small run of MiniLM on the embedded collection."""
+    from mechir_nig.cli import main
+
+    out = tmp_path_factory.mktemp("run")
+    common = ["--out", str(out), "--no-progress"]
+    commands = [
+        ["attribute", *common, "--n-steps", "2", "--max-relevant", "1", "--max-nonrelevant", "1"]
+        + ["--negatives-from-bm25", "--k", "5"],
+        ["prune", *common, "--fractions", "0.01", "--seeds", "2", "--modes", "zero", "--k", "5"],
+        ["patch", *common, "--max-pairs", "2", "--sites", "resid_pre,heads"],
+        ["faithfulness", *common, "--max-pairs", "1", "--neurons", "3", "--curve-k", "2", "--seeds", "2"]
+        + ["--interventions", "zero", "--n-steps", "2"],
+        ["rerank", *common, "--k", "5"],
+        ["stability", *common, "--max-relevant", "1", "--n-steps", "2"],
+        ["report", str(out), "--no-progress"],
+    ]
+    for argv in commands:
+        assert main(argv) == 0, argv
+    path = out / "report.html"
+    assert path.is_file()
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    _ensure_chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    """The ``[n, 3]`` RGB pixels of a PNG: with PIL when installed, else decoded from the raw bytes (8-bit
+    RGB/RGBA, non-interlaced: what Chromium writes)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return _pixels_raw(png)
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3)
+
+
+def _pixels_raw(png: bytes) -> np.ndarray:
+    assert png[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, width, height, channels = 8, b"", 0, 0, 0
+    while pos < len(png):
+        n = int.from_bytes(png[pos : pos + 4], "big")
+        kind, body = png[pos + 4 : pos + 8], png[pos + 8 : pos + 8 + n]
+        if kind == b"IHDR":
+            width, height = int.from_bytes(body[:4], "big"), int.from_bytes(body[4:8], "big")
+            assert body[8] == 8 and body[12] == 0, "8-bit non-interlaced PNG expected"
+            channels = {2: 3, 6: 4}[body[9]]
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    raw, stride = zlib.decompress(idat), width * channels
+    prev, rows = bytearray(stride), []
+    for y in range(height):  # undo the row filters (PNG specification, section 9)
+        f, row = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = row[i - channels] if i >= channels else 0
+            b, c = prev[i], prev[i - channels] if i >= channels else 0
+            if f == 1:
+                row[i] = (row[i] + a) & 255
+            elif f == 2:
+                row[i] = (row[i] + b) & 255
+            elif f == 3:
+                row[i] = (row[i] + (a + b) // 2) & 255
+            elif f == 4:
+                pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
+                row[i] = (row[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(bytes(row))
+        prev = row
+    return np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(-1, channels)[:, :3]
+
+
+def _check_not_blank(png: bytes, what: str) -> None:
+    """More than a few distinct colours, and pixels of saturated (trace) colours: not the white, greys
+    and slate text of an empty page or an empty plot."""
+    pixels = _pixels(png).astype(np.int64)
+    colours = len(np.unique(pixels[:, 0] * 65536 + pixels[:, 1] * 256 + pixels[:, 2]))
+    coloured = int(((pixels.max(1) - pixels.min(1)) > 80).sum())
+    assert colours > 10 and coloured > 50, (
+        f"{what} looks blank: {colours} colours, {coloured} coloured pixels"
+    )
+
+
+def test_the_report_renders_in_chromium(report, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(report.as_uri())
+    stated = int(browser.find_element(By.ID, "figure-count").text)
+    assert stated == int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-figures"))
+    assert stated >= 14, "attribution 5, pruning 3, patching 3, faithfulness 2, stability 2 figures expected"
+    rendered = (
+        "return Array.from(document.querySelectorAll('.js-plotly-plot'))"
+        ".filter(e => e.querySelector('svg.main-svg') && e._fullData && e._fullData.length > 0).length"
+    )
+    WebDriverWait(browser, 120, poll_frequency=0.5).until(lambda d: d.execute_script(rendered) >= stated)
+    graphs = browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
+    assert len(graphs) == stated == len(browser.find_elements(By.CSS_SELECTOR, "div.plotly-graph-div"))
+    for g in graphs:
+        assert g.find_elements(By.CSS_SELECTOR, "svg.main-svg"), g.get_attribute("id")
+        traces = browser.execute_script("return arguments[0]._fullData.length", g)
+        drawn = g.find_elements(By.CSS_SELECTOR, "g.trace, g.hm image, g.heatmaplayer image")
+        assert traces > 0 and drawn, f"{g.get_attribute('id')}: no trace drawn"
+
+    # no console error (plotly reports failures there), no request leaves the file
+    time.sleep(0.5)
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+    urls = []
+    for entry in browser.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    external = [u for u in urls if not re.match(r"(file|data|blob|about):", u)]
+    assert urls and not external, external
+
+    # the screenshot: the window at the first figure; then every figure on its own
+    browser.set_window_size(1400, 1000)
+    browser.execute_script("arguments[0].scrollIntoView()", graphs[0])
+    shot = tmp_path / "report.png"
+    assert browser.save_screenshot(str(shot))
+    _check_not_blank(shot.read_bytes(), f"the screenshot {shot}")
+    target = os.environ.get("MECHIR_NIG_SCREENSHOTS")  # keep the screenshots there, to look at them
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(target) / "report.png")
+    for i, g in enumerate(graphs):
+        browser.execute_script("arguments[0].scrollIntoView()", g)
+        png = g.screenshot_as_png
+        _check_not_blank(png, f"figure {i + 1} ({g.get_attribute('id')})")
+        if target:
+            (Path(target) / f"figure-{i + 1:02d}.png").write_bytes(png)
