@@ -403,3 +403,32 @@ def test_sharded_resume_refuses_other_pairs_and_bad_parts(tiny_ce, pairs, tmp_pa
     with pytest.raises(CheckpointError, match=r"rank0of1\.g1\.safetensors.*is missing; it held 2 pairs"):
         attribute_collection(tiny_ce, pairs, checkpoint=ckpt, resume=True, **KW)
     assert not (tmp_path / "nig.safetensors.lock").exists()  # released on every error
+
+
+@pytest.mark.slow
+def test_cli_attribute_under_torchrun_equals_one_process(tmp_path, tiny_ce_dir):
+    """`torchrun --nproc-per-node 2 -m mechir_nig attribute ...` writes (rank 0) what the plain command writes."""
+    from mechir_nig.cli import main
+
+    args = ["--model", str(tiny_ce_dir), "--collection", "embedded", "--queries", "all", "--no-progress"]
+    args += ["--max-relevant", "1", "--max-nonrelevant", "1", "--n-steps", "2", "--batch-size", "2"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["attribute", *args, "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
+    cmd += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
+    cmd += ["-m", "mechir_nig", "attribute", *args, "--out", str(tmp_path / "two")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("wrote ") == 1  # rank 0 reports, rank 1 is silent
+    one = CollectionAttribution.load(tmp_path / "one" / "attribution.safetensors")
+    two = CollectionAttribution.load(tmp_path / "two" / "attribution.safetensors")
+    assert_same(one, two)
+    run = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert len(run["history"]) == 1 and run["summary"]["n_pairs"] == one.n_done
+    assert not list((tmp_path / "two").glob("*.rank*")) and not list((tmp_path / "two").glob("*.lock"))

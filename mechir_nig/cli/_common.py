@@ -380,9 +380,18 @@ class Session:
                 args.collection = (previous.get("collection") or {}).get("spec") or DEFAULT_COLLECTION
             check_collection_spec(args.collection)
 
+    @property
+    def main(self) -> bool:
+        """Whether this process prints and writes results: always, except on ranks > 0 of a torchrun
+        launch (every rank computes; rank 0 reports)."""
+        from mechir_nig.runtime.distributed import is_main
+
+        return is_main()
+
     def say(self, message: str) -> None:
-        """A line of the command's report on stdout."""
-        print(message, flush=True)
+        """A line of the command's report on stdout (rank 0 only under torchrun)."""
+        if self.main:
+            print(message, flush=True)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -399,6 +408,10 @@ class Session:
             return dev
         import torch
 
+        from mechir_nig.runtime.distributed import launch_info, local_device
+
+        if launch_info() is not None:  # torchrun: each rank on its own GPU (cuda:LOCAL_RANK), else the CPU
+            return str(local_device())
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def model(self) -> Any:
@@ -488,7 +501,7 @@ class Session:
         }
 
     def record(self, settings: dict[str, Any] | None = None, summary: dict[str, Any] | None = None) -> Path:
-        """Add this command's record to ``OUT/run.json`` (written atomically)."""
+        """Add this command's record to ``OUT/run.json`` (written atomically; rank 0 only under torchrun)."""
         args = {
             k: v
             for k, v in vars(self.args).items()
@@ -508,6 +521,8 @@ class Session:
             "timings": self.timings,
             "versions": versions(),
         }
+        if not self.main:
+            return self.path("run")
         previous = read_run(self.out)
         old = previous.get("history")
         history: list[Any] = old if isinstance(old, list) else []

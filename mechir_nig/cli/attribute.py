@@ -136,17 +136,26 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         )
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the attribution and --overwrite starts again: pass one of them")
+    from mechir_nig.runtime.distributed import context
+    from mechir_nig.runtime.shards import manifest_path
+
     path = s.path("attribution")
-    if path.exists() and not args.resume:
-        if not args.overwrite:
-            raise UsageError(
-                f"{path} exists: pass --resume to continue it (same pairs, settings and model), --overwrite "
-                "to start again, or another --out"
-            )
-        for old in (path, path.with_name(path.name + ".json")):
-            old.unlink(missing_ok=True)
+    started = path.exists() or manifest_path(path).exists()
+    if started and not args.resume and not args.overwrite:
+        raise UsageError(
+            f"{path} exists: pass --resume to continue it (same pairs, settings and model), --overwrite "
+            "to start again, or another --out"
+        )
     col = s.collection()
     model = s.model()
+    ctx = context("auto", device=model.device)  # under torchrun: joins the process group
+    if started and args.overwrite and not args.resume:
+        if ctx.is_main:  # the result, its sidecar, and a sharded run's manifest and per-rank parts
+            for old in [path, path.with_name(path.name + ".json"), manifest_path(path)]:
+                old.unlink(missing_ok=True)
+            for part in path.parent.glob(path.name + ".rank*"):
+                part.unlink(missing_ok=True)
+        ctx.barrier()
     layers = check_layers(args.layers, model)
     if args.side is not None and model.pairwise:
         raise UsageError(
@@ -202,8 +211,9 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     stats.meta["query_ids"] = qids
     stats.meta["queries"] = args.queries
     stats.meta["split_seed"] = args.split_seed
-    with OutputLock(path):
-        stats.save(path)
+    if ctx.is_main:  # every rank holds the all-reduced statistics; rank 0 writes them
+        with OutputLock(path):
+            stats.save(path)
     s.wrote(path)
     summary: dict[str, Any] = {"counts": dict(stats.counts), "n_pairs": len(pairs), "queries": len(qids)}
     top = top_neurons_line(stats)

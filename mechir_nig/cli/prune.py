@@ -195,7 +195,8 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     out = s.path("pruning")
     result.settings["attribution"] = str(path.resolve())
     result.settings["k"] = args.k
-    result.save(out)
+    if s.main:  # pruning_study shards the evaluations and gathers every run on each rank
+        result.save(out)
     s.wrote(out)
     s.say(result.to_markdown())
     s.say(f"wrote {out}")
