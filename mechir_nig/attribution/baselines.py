@@ -40,7 +40,25 @@ def baseline_embeddings(
     groups: Int[Tensor, "batch pos"],
     baseline: str | Tensor,
 ) -> Float[Tensor, "batch pos d_embed"]:
-    """Word embeddings of the baseline for a tokenized batch."""
+    """Word embeddings of the baseline for a tokenized batch.
+
+    Args:
+        model (HookedEncoderBase): a hooked encoder (its ``word_embeddings``, tokenizer and
+            ``cfg.pad_token_id``).
+        input_ids: ``[batch, pos]`` token ids of the input.
+        groups: ``[batch, pos]`` token groups (``PairBatch.groups``).
+        baseline: a name of ``BASELINES`` or word embeddings ``[batch, pos, d_embed]`` /
+            ``[pos, d_embed]`` (broadcast over the batch).
+
+    Returns:
+        ``[batch, pos, d_embed]`` word embeddings of the baseline ``x'``.
+
+    Example:
+        >>> batch = ce.tokenize(["what is a neuron"], ["A neuron is a cell."])  # doctest: +SKIP
+        >>> x0 = baseline_embeddings(ce, batch.input_ids, batch.groups, "pad")  # doctest: +SKIP
+        >>> x0.shape  # [batch, pos, d_embed]  # doctest: +SKIP
+        torch.Size([1, 13, 384])
+    """
     check_baseline(baseline)
     b, p = input_ids.shape
     d = model.cfg.d_embed

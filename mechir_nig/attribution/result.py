@@ -59,6 +59,23 @@ class NeuronAttribution:
         point_scores: ``[batch, points]`` — ``F`` at each point of the pair's grid (``n_steps="auto"``:
             NaN after the pair's ``n_steps_used + 1`` points).
         groups / input_ids: ``[batch, pos]`` (kept for every ``reduce``: they are small).
+
+    Example:
+        >>> groups = torch.tensor([[0, 1, 2, 3, 2, 4]])  # [batch, pos]: cls, query, sep, doc, sep, pad
+        >>> attr = NeuronAttribution(
+        ...     values=torch.arange(6.0).reshape(1, 2, 1, 3).expand(1, 2, 6, 3),  # [batch, layer, pos, d_mlp]
+        ...     layers=[4, 5],
+        ...     groups=groups,
+        ...     input_ids=torch.zeros(1, 6, dtype=torch.long),
+        ...     scores=torch.tensor([1.5]),
+        ...     baseline_scores=torch.tensor([0.5]),
+        ... )
+        >>> attr.by_group().shape  # [batch, layer, 4, d_mlp]
+        torch.Size([1, 2, 4, 3])
+        >>> attr.per_neuron().tolist()  # [batch, layer, d_mlp]: summed over the 5 non-padding tokens
+        [[[0.0, 5.0, 10.0], [15.0, 20.0, 25.0]]]
+        >>> attr.top_neurons(2)  # (layer, neuron, value)
+        [(5, 2, 25.0), (5, 1, 20.0)]
     """
 
     values: Float[Tensor, "batch layer *where d_mlp"]

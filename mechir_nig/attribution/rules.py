@@ -39,7 +39,14 @@ def check_n_steps(n_steps: int | str, *, allow_auto: bool = False) -> int | str:
 
 
 def alphas(method: str, n_points: int) -> list[float]:
-    """The ``n_points`` interpolation coefficients of ``method`` in [0, 1], ascending."""
+    """The ``n_points`` interpolation coefficients of ``method`` in [0, 1], ascending.
+
+    Example:
+        >>> alphas("riemann_trapezoid", 5)  # n_steps=4 intervals: both ends included
+        [0.0, 0.25, 0.5, 0.75, 1.0]
+        >>> alphas("riemann_left", 4)
+        [0.0, 0.25, 0.5, 0.75]
+    """
     check_rule(method)
     if n_points < 2:
         raise InputError(f"a rule needs at least 2 points (n_steps >= 1), got {n_points}")

@@ -42,6 +42,16 @@ class CollectionAttribution:
         ``sums[label]``, ``sums_sq[label]``, ``sums_abs[label]``: ``[layer, group, d_mlp]`` (float64),
         groups ``GROUP_AXIS``;
         ``mean(label, group)``, ``std(label, group)``: ``[layer, d_mlp]``.
+
+    Example:
+        >>> stats = CollectionAttribution(layers=[0, 1], n_layers=2, d_mlp=3)
+        >>> stats.update("relevant", torch.ones(5, 2, 4, 3))  # [pairs, layer, group, d_mlp]
+        >>> stats.counts["relevant"], stats.mean("relevant").shape  # group "all": [layer, d_mlp]
+        (5, torch.Size([2, 3]))
+        >>> stats.mean("relevant", "doc")[0].tolist()
+        [1.0, 1.0, 1.0]
+        >>> stats.merge(stats).counts["relevant"]  # the statistics of two disjoint halves
+        10
     """
 
     layers: list[int]

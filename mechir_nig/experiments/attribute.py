@@ -144,6 +144,17 @@ def attribute_collection(
             truncated, corrupt or not a collection attribution (``resume=True``).
         CheckpointLockedError: another live process is writing ``checkpoint`` (``checkpoint.lock``).
         DistributedError: ``distributed=True`` without a launch; another rank failed (all ranks stop).
+
+    Example:
+        >>> from mechir_nig.data import judged_pairs, load_collection
+        >>> pairs = judged_pairs(load_collection("embedded"), max_relevant_per_query=2)
+        >>> sorted({p.label for p in pairs})
+        ['nonrelevant', 'relevant']
+        >>> stats = attribute_collection(  # doctest: +SKIP
+        ...     ce, pairs, settings=NIGSettings(n_steps=32), checkpoint="nig.ckpt", resume=True
+        ... )
+        >>> stats.mean("relevant", "doc").shape  # [layer, d_mlp]  # doctest: +SKIP
+        torch.Size([6, 1536])
     """
     overrides: dict[str, Any] = {
         k: v

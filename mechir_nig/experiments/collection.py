@@ -25,7 +25,16 @@ def rerank_study(
     batch_size: int = 64,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """BM25 top-``k`` and the model re-ranking it, evaluated with ir_measures on the collection's qrels."""
+    """BM25 top-``k`` and the model re-ranking it, evaluated with ir_measures on the collection's qrels.
+
+    Returns:
+        ``{"collection", "queries", "k", "bm25": {measure: value}, "reranked": {measure: value},
+        "seconds": {"bm25", "rerank"}}``.
+
+    Example:
+        >>> study = rerank_study(ce, load_collection("embedded"), k=20)  # doctest: +SKIP
+        >>> study["bm25"]["nDCG@10"], study["reranked"]["nDCG@10"]  # doctest: +SKIP
+    """
     from mechir_nig.data import bm25_candidates
     from mechir_nig.evaluation import evaluate, rerank
 
@@ -70,6 +79,11 @@ def split_half_stability(
         A dict with the halves (queries, pairs, ``seconds`` spent attributing in this call,
         ``pairs_attributed`` in this call and ``pairs_resumed`` from a checkpoint), the overlap report
         (Jaccard vs chance over the attributed layers) and the halves' layer profiles.
+
+    Example:
+        >>> col = load_collection("embedded")  # doctest: +SKIP
+        >>> study = split_half_stability(ce, col, fraction=0.01, n_steps=16, seed=0)  # doctest: +SKIP
+        >>> study["overlap"]  # Jaccard of the two halves' sets vs the chance level  # doctest: +SKIP
     """
     from mechir_nig.attribution.neurons import overlap_report, select_top
     from mechir_nig.attribution.settings import NIGSettings

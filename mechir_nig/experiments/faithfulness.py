@@ -76,6 +76,12 @@ def masked_scores(
 
     Shapes:
         rows: ``[R]`` indices into ``batch``; masks: ``[R, n_layers, d_mlp]`` bool; returns ``[R]``.
+
+    Example:
+        >>> batch = ce.tokenize(queries, docs)  # doctest: +SKIP
+        >>> masks = torch.zeros(2, ce.cfg.n_layers, ce.cfg.d_mlp, dtype=torch.bool)  # doctest: +SKIP
+        >>> masks[0, 5, 120] = True  # row 0: ablate neuron (5, 120); row 1: nothing  # doctest: +SKIP
+        >>> masked_scores(ce, batch, None, torch.tensor([0, 0]), masks)  # [R] = [2]  # doctest: +SKIP
     """
     if mode not in ("zero", "baseline", "mean"):
         raise InputError(f"mode must be 'zero', 'baseline' or 'mean', got {mode!r}")
@@ -126,6 +132,12 @@ def single_neuron_effects(
 
     Shapes:
         neurons: ``[B, k, 2]`` long ``(layer, neuron)`` per pair; returns ``[B, k]``.
+
+    Example:
+        >>> batch = ce.tokenize(queries[:2], docs[:2])  # doctest: +SKIP
+        >>> neurons = torch.tensor([[[5, 120], [4, 7]], [[5, 120], [0, 3]]])  # [B=2, k=2, 2]  # doctest: +SKIP
+        >>> single_neuron_effects(ce, batch, None, neurons, mode="zero").shape  # doctest: +SKIP
+        torch.Size([2, 2])
     """
     b, k, _ = neurons.shape
     cfg = model.cfg
@@ -176,6 +188,11 @@ class FaithfulnessResult:
     ``spearman[mode][predictor]``: mean over pairs; ``per_pair[mode][predictor]``: ``[B]``;
     ``drops[mode]``: ``[B, k]`` single-neuron drops of ``neurons`` ``[B, k, 2]``;
     ``curve[mode]``: ``{"nig": [K], "random": [K], "random_std": [K]}`` mean score drop per ``k``.
+
+    Example:
+        >>> faith = faithfulness(ce, queries, docs, k=10, interventions=("baseline",))  # doctest: +SKIP
+        >>> faith.spearman["baseline"]["nig"]  # mean Spearman over pairs  # doctest: +SKIP
+        >>> faith.drops["baseline"].shape  # [B, k]  # doctest: +SKIP
     """
 
     k: int
@@ -231,6 +248,15 @@ def faithfulness(
         seeds: random sets per ``k`` in the curve.
         interventions: ablation modes among ``baseline``, ``zero``, ``mean`` (``mean`` needs ``reference``,
             else it is computed from these pairs).
+
+    Returns:
+        A :class:`FaithfulnessResult` (``spearman``, ``drops`` ``[B, k]``, ``curve``).
+
+    Example:
+        >>> attr = neuron_integrated_gradients(ce, queries, docs, n_steps=16)  # doctest: +SKIP
+        >>> faith = faithfulness(ce, queries, docs, attr, k=10, curve_k=10, seeds=3)  # doctest: +SKIP
+        >>> faith.spearman  # {mode: {predictor: mean Spearman}}  # doctest: +SKIP
+        >>> faith.plot("correlations").show()  # doctest: +SKIP
     """
     from mechir_nig.interventions.ablation import AblationReference
 

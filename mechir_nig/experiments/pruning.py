@@ -73,6 +73,20 @@ class PruningResult:
     ``runs``: one record per evaluation, ``{"condition", "mode", "fraction", "seed", "n_neurons",
     measure: mean}``; ``per_query[i]``: ``{query_id: {measure: value}}`` of ``runs[i]``; ``sets``:
     ``{"condition|fraction|seed": set JSON}``.
+
+    Example:
+        >>> runs = [
+        ...     {"condition": "unpruned", "mode": "zero", "fraction": 0.0, "seed": 0, "n_neurons": 0,
+        ...      "nDCG@10": 0.70},
+        ...     {"condition": "nig_top", "mode": "zero", "fraction": 0.01, "seed": 0, "n_neurons": 92,
+        ...      "nDCG@10": 0.55},
+        ... ]
+        >>> result = PruningResult(["nDCG@10"], runs, [{}, {}], {}, ["q1"], ["q2"], {})
+        >>> print(result.to_markdown())
+        | condition | mode | fraction | neurons | nDCG@10 | drop nDCG@10 |
+        |---|---|---|---|---|---|
+        | unpruned | zero | 0 | 0 | 0.7000 | +0.0000 |
+        | nig_top | zero | 0.01 | 92 | 0.5500 | +0.1500 |
     """
 
     measures: list[str]
@@ -236,6 +250,15 @@ def pruning_study(
 
     Returns:
         A :class:`PruningResult` (``table()``, ``to_markdown()``, ``to_dict()``, ``save()``).
+
+    Example:
+        >>> col = load_collection("embedded")  # doctest: +SKIP
+        >>> sel, held_out = split_queries(col, seed=0)  # doctest: +SKIP
+        >>> result = pruning_study(  # doctest: +SKIP
+        ...     ce, col, bm25_candidates(col, k=50), stats, select_queries=sel, eval_queries=held_out,
+        ...     fractions=(0.01,), seeds=3, modes="zero",
+        ... )
+        >>> print(result.to_markdown())  # doctest: +SKIP
     """
     from tqdm.auto import tqdm
 

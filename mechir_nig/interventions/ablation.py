@@ -108,6 +108,20 @@ class AblationReference:
     reference input's attended tokens; ``tokens`` ``[n_ref]`` their counts. ``mean(name)`` is the mean
     over all reference tokens (the ``mean`` mode), a row of ``per_input`` the ``resample`` value.
     Compute once with :meth:`compute`, keep with :meth:`save` / :meth:`load`.
+
+    Example:
+        >>> ref = AblationReference(
+        ...     {"blocks.0.mlp.hook_post": torch.tensor([[1.0, 2.0], [3.0, 4.0]])},  # [n_ref, d_mlp]
+        ...     tokens=torch.tensor([1, 3]),  # [n_ref] attended tokens of each reference input
+        ...     n_layers=1,
+        ...     d_mlp=2,
+        ...     n_heads=1,
+        ... )
+        >>> ref.mean("blocks.0.mlp.hook_post").tolist()  # [d_mlp], weighted by token counts
+        [2.5, 3.5]
+        >>> ref = AblationReference.compute(ce, ref_queries, ref_docs)  # doctest: +SKIP
+        >>> with ablate(ce, top, mode="mean", reference=ref) as ab:  # doctest: +SKIP
+        ...     scores = ab.score(queries, docs)
     """
 
     per_input: dict[str, Tensor]
@@ -410,7 +424,9 @@ def ablation_hooks(
     """The ablation as ``[(hook_name, fn)]`` for ``model.run_with_hooks(batch, fwd_hooks=...)``.
 
     Token-group positions and ``mode='baseline'`` need ``batch=`` (the batch you will run): its groups
-    are recorded and its baseline pass is run here, once. See :func:`ablate` for the arguments.
+    are recorded and its baseline pass is run here, once. See :func:`ablate` for the arguments (a
+    ``positions`` mask is ``[batch, pos]`` bool; each hook rewrites ``[batch, pos, d_mlp]`` or
+    ``[batch, pos, n_heads, d_head]`` activations).
 
     Example:
         >>> hooks = ablation_hooks(ce, top, mode="baseline", batch=batch)  # doctest: +SKIP
@@ -427,7 +443,14 @@ def ablation_hooks(
 
 
 class Ablation:
-    """The context returned by :func:`ablate`; also scores with the bi-encoder ``side`` honoured."""
+    """The context returned by :func:`ablate`; also scores with the bi-encoder ``side`` honoured.
+
+    ``score`` returns ``[n]`` scores of ``n`` pairs, ``encode`` ``[n, d_model]`` embeddings.
+
+    Example:
+        >>> with ablate(be, top, side="doc") as ab:  # doctest: +SKIP
+        ...     scores = ab.score(queries, docs)  # [n]: only the document side is ablated
+    """
 
     def __init__(self, model, components, mode, positions, reference, side, seed, baseline):
         self.model = model
@@ -528,6 +551,13 @@ def ablate(
     Raises:
         InputError: for a set of another model's shape, an unknown mode/positions/side, a missing or empty
             reference, a reference of another model, or (at run time) a positions mask of the wrong shape.
+
+    Example:
+        >>> top = NeuronSet([(5, 120), (5, 7)], n_layers=6, d_mlp=1536)  # doctest: +SKIP
+        >>> with ablate(ce, top, mode="zero", positions="doc") as ab:  # doctest: +SKIP
+        ...     pruned = ab.score(queries, docs)  # [n]
+        >>> with ablate(ce, top, mode="baseline"):  # doctest: +SKIP
+        ...     scores = ce(batch)  # [batch]: every forward inside the block is ablated
     """
     components = _check(model, components, mode, positions, reference, side, seed, baseline)
     return Ablation(model, components, mode, positions, reference, side, seed, baseline)
@@ -541,6 +571,12 @@ class BaselineActivity:
     ``input_mean`` / ``baseline_mean``: ``[n]`` token means (attended tokens) over every input, in the
     order of ``neurons`` (``[(layer, neuron)]``); ``active`` flags ``|baseline_mean| > threshold``.
     ``active_set`` holds the flagged neurons and ``filtered`` the selection without them.
+
+    Example:
+        >>> report = baseline_active(ce, queries, docs, top, threshold=0.1)  # doctest: +SKIP
+        >>> report.baseline_mean.shape  # [n]: one mean per selected neuron  # doctest: +SKIP
+        torch.Size([20])
+        >>> top = report.filtered  # the selection without baseline-active neurons  # doctest: +SKIP
     """
 
     neurons: list[tuple[int, int]]
@@ -593,7 +629,13 @@ def baseline_active(
         threshold: flag neurons whose mean baseline activation has ``|mean| > threshold``.
 
     Returns:
-        :class:`BaselineActivity` with the per-neuron means, the flagged set and the filtered selection.
+        :class:`BaselineActivity` with the per-neuron means (``[n]`` for ``n`` selected neurons), the
+        flagged set and the filtered selection.
+
+    Example:
+        >>> report = baseline_active(ce, queries, docs, top)  # doctest: +SKIP
+        >>> flagged = report.active_set  # neurons with |baseline mean| > 0.1  # doctest: +SKIP
+        >>> json.dumps(report.to_dict())  # per-neuron means, JSON-ready  # doctest: +SKIP
     """
     components = check_components(model, components)
     if components.kind != "mlp":

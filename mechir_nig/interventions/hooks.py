@@ -42,6 +42,14 @@ def replace_components(
         index: ``[k]`` long.
         value: broadcastable to ``act.index_select(dim, index)`` (``[batch, pos, k(, d_head)]``).
         positions: ``[batch, pos]`` bool or ``None`` (every position).
+
+    Example:
+        >>> act = torch.zeros(1, 2, 4)  # [batch, pos, d_mlp]
+        >>> replace_components(act, torch.tensor([1, 3]), -1, torch.tensor(7.0)).tolist()
+        [[[0.0, 7.0, 0.0, 7.0], [0.0, 7.0, 0.0, 7.0]]]
+        >>> first = torch.tensor([[True, False]])  # [batch, pos]
+        >>> replace_components(act, torch.tensor([1]), -1, torch.tensor(7.0), first).tolist()
+        [[[0.0, 7.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]
     """
     dim = dim % act.ndim
     current = act.index_select(dim, index)
@@ -61,6 +69,17 @@ def bind_batches(
     ``on_batch`` gets the first positional argument (a ``PairBatch``/``TextBatch``, a tensor or ``None``),
     the original bound ``forward`` and the call's arguments, and returns the output. The wrapper is an
     instance attribute, restored on exit and after exceptions (nested bindings restore in order).
+
+    Example:
+        >>> class Model:
+        ...     def forward(self, batch):
+        ...         return batch * 2
+        >>> model = Model()
+        >>> with bind_batches(model, lambda batch, forward, args, kwargs: forward(*args, **kwargs) + 1):
+        ...     model.forward(10)
+        21
+        >>> model.forward(10)  # restored on exit
+        20
     """
     had_own = "forward" in vars(model)
     previous = model.forward

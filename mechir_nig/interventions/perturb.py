@@ -77,7 +77,12 @@ def _stopwords() -> frozenset[str]:
 
 def query_terms(query: str) -> list[str]:
     """The query's terms: lowercased words of 2+ characters (``\\w\\w+``, as ``BM25Index``), English
-    stopwords removed, in query order without repeats."""
+    stopwords removed, in query order without repeats.
+
+    Example:
+        >>> query_terms("What is a neuron? A neuron in the brain")
+        ['neuron', 'brain']
+    """
     stop = _stopwords()
     return list(dict.fromkeys(t for t in _WORD.findall(query.lower()) if t not in stop))
 
@@ -111,6 +116,12 @@ def tfc1(query: str, doc: str, term: str | None = None, where: str = "end") -> s
 
     Raises:
         InputError: for an empty query/document, a query without terms, or an unknown ``where``.
+
+    Example:
+        >>> tfc1("what is a neuron", "A cell of the nervous system.")
+        'A cell of the nervous system. neuron'
+        >>> tfc1("what is a neuron", "A cell of the nervous system.", term="brain", where="middle")
+        'A cell of brain the nervous system.'
     """
     _check_text(query, "query")
     _check_text(doc, "doc")
@@ -127,6 +138,11 @@ def term_idf(docs: Mapping[str, str] | Any) -> dict[str, float]:
 
     Terms are tokenized as :func:`query_terms` (lowercased ``\\w\\w+``); ``docs`` is ``{doc_id: text}`` or
     a :class:`~mechir_nig.data.Collection` (reads every document once).
+
+    Example:
+        >>> idf = term_idf({"d1": "neurons fire", "d2": "the brain has neurons", "d3": "rice"})
+        >>> round(idf["neurons"], 3), round(idf["brain"], 3)  # rarer terms weigh more
+        (0.47, 0.981)
     """
     texts = getattr(docs, "docs", docs)
     if not isinstance(texts, Mapping) or not texts:
@@ -147,6 +163,11 @@ def tdc(query: str, doc: str, idf: Mapping[str, float] | Any, where: str = "end"
 
     Raises:
         InputError: when no query term is in ``idf``.
+
+    Example:
+        >>> idf = term_idf({"d1": "neurons fire", "d2": "the brain has neurons", "d3": "rice"})
+        >>> tdc("brain neurons", "A cell.", idf)  # "brain" is the rarer query term
+        'A cell. brain'
     """
     table = idf if _is_idf(idf) else term_idf(idf)
     terms = [t for t in query_terms(_check_text(query, "query")) if t in table]
@@ -169,6 +190,10 @@ def remove_term(query: str, doc: str, term: str) -> str:
 
     Raises:
         InputError: when ``term`` does not occur in the document, or only ``term`` is left of it.
+
+    Example:
+        >>> remove_term("what is a neuron", "The neuron is a Neuron cell.", "neuron")
+        'The is a cell.'
     """
     _check_text(term, "term")
     pattern = re.compile(rf"(?<!\w){re.escape(term)}(?!\w)", re.IGNORECASE)
@@ -192,6 +217,10 @@ def random_term(
 
     ``vocabulary``: terms to draw from (a list, or the keys of :func:`term_idf`); the draw depends only on
     ``seed``, the query and the vocabulary, so a run is reproducible.
+
+    Example:
+        >>> random_term("brain neurons", "A cell.", ["rice", "food", "brain"], seed=0)
+        'A cell. food'
     """
     qt = set(query_terms(_check_text(query, "query")))
     pool = sorted(
@@ -204,7 +233,12 @@ def random_term(
 
 
 def perturb_docs(perturbation: Perturbation, queries: Sequence[str], docs: Sequence[str]) -> list[str]:
-    """``[perturbation(q, d) for q, d in pairs]``, checking it returns non-empty strings."""
+    """``[perturbation(q, d) for q, d in pairs]``, checking it returns non-empty strings.
+
+    Example:
+        >>> perturb_docs(tfc1, ["what is a neuron", "cook rice"], ["A cell.", "Boil it."])
+        ['A cell. neuron', 'Boil it. cook']
+    """
     if not callable(perturbation):
         raise InputError(
             f"perturbation must be a callable (query, doc) -> doc, got {type(perturbation).__name__}"
@@ -233,6 +267,13 @@ class Alignment:
         changed: ``[batch, pos]`` bool — positions whose tokens differ (substitutions and every slot).
         clean_tokens / perturbed_tokens: the token strings per aligned position (``""`` where that side
             has a masked slot or padding).
+
+    Example:
+        >>> al = align(ce, ["what is a neuron"], ["A cell of the nervous system."], tfc1)  # doctest: +SKIP
+        >>> al.changed.shape == al.clean.input_ids.shape  # [batch, pos]  # doctest: +SKIP
+        True
+        >>> int(al.injected.sum())  # the injected "neuron" token: one masked slot on the clean side  # doctest: +SKIP
+        1
     """
 
     clean: PairBatch | TextBatch
@@ -312,6 +353,12 @@ def align(
     Raises:
         InputError: naming the pair, when a perturbation changes no token, or only tokens past
             ``max_length`` (truncated away).
+
+    Example:
+        >>> al = align(ce, queries, docs, tfc1)  # doctest: +SKIP
+        >>> al.clean.input_ids.shape == al.perturbed.input_ids.shape  # both [batch, pos]  # doctest: +SKIP
+        True
+        >>> ce(al.clean)  # [batch]: exactly the scores of the unaligned clean pairs  # doctest: +SKIP
     """
     q, d = check_pairs(queries, docs)
     pert = perturb_docs(perturbed, q, d) if callable(perturbed) else check_pairs(q, perturbed)[1]

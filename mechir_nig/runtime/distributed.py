@@ -63,7 +63,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Launch:
-    """The ranks a launcher (``torchrun``) started, read from the environment."""
+    """The ranks a launcher (``torchrun``) started, read from the environment.
+
+    Example:
+        >>> launch_info({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+        Launch(rank=1, world_size=2, local_rank=1, local_world_size=2, master='?:?')
+    """
 
     rank: int
     world_size: int
@@ -122,17 +127,33 @@ def _grouped() -> bool:
 
 
 def rank() -> int:
-    """This process's rank in the default process group (0 without one)."""
+    """This process's rank in the default process group (0 without one).
+
+    Example:
+        >>> rank()  # no process group here
+        0
+    """
     return dist.get_rank() if _grouped() else 0
 
 
 def world_size() -> int:
-    """The number of processes in the default process group (1 without one)."""
+    """The number of processes in the default process group (1 without one).
+
+    Example:
+        >>> world_size()  # no process group here
+        1
+    """
     return dist.get_world_size() if _grouped() else 1
 
 
 def is_main() -> bool:
-    """Whether this process is rank 0 (the one that prints and writes results)."""
+    """Whether this process is rank 0 (the one that prints and writes results).
+
+    Example:
+        >>> if is_main():
+        ...     print("only rank 0 prints this")
+        only rank 0 prints this
+    """
     if _grouped():
         return dist.get_rank() == 0
     launch = launch_info()
@@ -141,7 +162,13 @@ def is_main() -> bool:
 
 def local_device() -> torch.device:
     """The device this rank should load its model on: ``cuda:LOCAL_RANK`` when CUDA is available (modulo
-    the visible devices), else the CPU."""
+    the visible devices), else the CPU.
+
+    Example:
+        >>> local_device().type in ("cuda", "cpu")
+        True
+        >>> ce = HookedCrossEncoder.from_pretrained(path, device=local_device())  # doctest: +SKIP
+    """
     if not torch.cuda.is_available():
         return torch.device("cpu")
     launch = launch_info()
@@ -170,6 +197,12 @@ def init_process_group(
 
     Raises:
         DistributedError: no launch in the environment, or a CUDA model on another rank's GPU.
+
+    Example:
+        >>> # under `torchrun --nproc_per_node 2 script.py`:
+        >>> init_process_group(local_device())  # doctest: +SKIP
+        >>> world_size()  # doctest: +SKIP
+        2
     """
     global _OWNED
     if _grouped():
@@ -204,7 +237,15 @@ def init_process_group(
 
 @dataclass(frozen=True)
 class Context:
-    """The ranks an experiment runs on; every collective is the identity when ``grouped`` is false."""
+    """The ranks an experiment runs on; every collective is the identity when ``grouped`` is false.
+
+    Example:
+        >>> ctx = context(distributed=False)  # a single-process run: ``SINGLE``
+        >>> ctx.rank, ctx.world_size, ctx.is_main
+        (0, 1, True)
+        >>> ctx.all_gather({"pairs": 3})  # every rank's object, in rank order
+        [{'pairs': 3}]
+    """
 
     rank: int = 0
     world_size: int = 1
@@ -329,6 +370,14 @@ def context(distributed: bool | str = "auto", device: torch.device | str | None 
     Raises:
         InputError: ``distributed`` is not ``"auto"``, ``True`` or ``False``.
         DistributedError: ``distributed=True`` without a launch.
+
+    Example:
+        >>> ctx = context("auto")  # no torchrun launch here: rank 0 of 1
+        >>> ctx.world_size, ctx.grouped
+        (1, False)
+        >>> part = shard_by_cost([5, 1, 4, 2, 3], ctx.world_size)[ctx.rank]  # this rank's items
+        >>> part
+        [0, 2, 4, 3, 1]
     """
     if not (distributed is True or distributed is False or distributed == "auto"):
         raise InputError(f"distributed must be 'auto', True or False, got {distributed!r}")
