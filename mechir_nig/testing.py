@@ -213,3 +213,86 @@ def make_tiny_checkpoint(
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def make_synthetic_collection(
+    folder: str | Path,
+    n_docs: int,
+    *,
+    n_queries: int = 1000,
+    judged_per_query: int = 10,
+    relevant_per_query: int = 3,
+    words_per_doc: int = 60,
+    run_depth: int = 100,
+    vocab_size: int = 20_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write a synthetic TREC-style collection of ``n_docs`` documents to ``folder``, for scale tests.
+
+    Files: ``docs.tsv`` (``D<i><TAB>text``, random words of a Zipf-distributed vocabulary, about
+    ``words_per_doc`` words each, between half and 1.5 times that), ``queries.tsv`` (``Q<j>``, 3-6
+    words), ``qrels.txt`` (``judged_per_query`` documents per query drawn uniformly from the whole
+    corpus, the first ``relevant_per_query`` graded 1, the rest 0) and ``run.txt`` (a TREC run of
+    ``run_depth`` results per query holding its judged documents and random others). The same
+    arguments write the same bytes. Documents are written in chunks, so memory stays small for millions.
+
+    Returns:
+        ``{"folder", "docs", "queries", "qrels", "judged", "run_lines", "docs_bytes"}``.
+
+    Example:
+        >>> info = make_synthetic_collection(tmp, 20_000, n_queries=100)  # doctest: +SKIP
+        >>> info["judged"]  # doctest: +SKIP
+        1000
+    """
+    import numpy as np
+
+    if n_docs < max(judged_per_query, run_depth) or not 0 <= relevant_per_query <= judged_per_query:
+        raise ValueError("need n_docs >= judged_per_query, run_depth and 0 <= relevant <= judged")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    consonants, vowels = "bdfgklmnprstvz", "aeiou"
+    syllables = [c + v for c in consonants for v in vowels]
+    vocab: list[str] = []
+    seen: set[str] = set()
+    while len(vocab) < vocab_size:  # pronounceable words of 2-4 syllables, distinct
+        word = "".join(syllables[i] for i in rng.integers(len(syllables), size=int(rng.integers(2, 5))))
+        if word not in seen:
+            seen.add(word)
+            vocab.append(word)
+    cdf = np.cumsum(1.0 / np.arange(1, vocab_size + 1))
+    cdf /= cdf[-1]
+    chunk = 20_000
+    with open(folder / "docs.tsv", "w", encoding="utf-8") as f:
+        for start in range(0, n_docs, chunk):
+            n = min(chunk, n_docs - start)
+            lengths = rng.integers(words_per_doc // 2, words_per_doc * 3 // 2 + 1, size=n)
+            idx = np.asarray(np.searchsorted(cdf, rng.random((n, int(lengths.max()))))).tolist()
+            f.writelines(
+                f"D{start + i}\t{' '.join([vocab[j] for j in row[:length]])}\n"
+                for i, (row, length) in enumerate(zip(idx, lengths.tolist(), strict=True))
+            )
+    with open(folder / "queries.tsv", "w", encoding="utf-8") as fq, open(folder / "qrels.txt", "w") as fr:
+        with open(folder / "run.txt", "w") as frun:
+            for q in range(n_queries):
+                words = np.asarray(np.searchsorted(cdf, rng.random(int(rng.integers(3, 7))))).tolist()
+                fq.write(f"Q{q}\t{' '.join(vocab[j] for j in words)}\n")
+                judged = rng.choice(n_docs, size=judged_per_query, replace=False).tolist()
+                fr.writelines(f"Q{q} 0 D{d} {int(i < relevant_per_query)}\n" for i, d in enumerate(judged))
+                others = rng.choice(n_docs, size=run_depth + judged_per_query, replace=False).tolist()
+                ranked = list(dict.fromkeys(judged + others))[:run_depth]
+                ranked = [ranked[i] for i in rng.permutation(len(ranked)).tolist()]
+                scores = np.sort(rng.random(len(ranked)) * 20)[::-1].tolist()
+                frun.writelines(
+                    f"Q{q} Q0 D{d} {r + 1} {s:.4f} synthetic\n"
+                    for r, (d, s) in enumerate(zip(ranked, scores, strict=True))
+                )
+    return {
+        "folder": folder,
+        "docs": n_docs,
+        "queries": n_queries,
+        "qrels": n_queries * judged_per_query,
+        "judged": n_queries * judged_per_query,
+        "run_lines": n_queries * run_depth,
+        "docs_bytes": (folder / "docs.tsv").stat().st_size,
+    }

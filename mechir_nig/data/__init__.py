@@ -7,10 +7,12 @@ Layout:
 * :mod:`~mechir_nig.data.collection`: the :class:`Collection` record (documents as a ``dict`` or a lazy
   :class:`LazyDocs` docstore, queries, qrels with an optional grade map and relevance threshold);
 * :mod:`~mechir_nig.data.sources`: :func:`load_collection` from a folder, explicit files, the embedded
-  set or an ``irds:`` id (ir_datasets, documents looked up lazily by id);
+  set or an ``irds:`` id (ir_datasets, documents looked up lazily by id); ``lazy=True`` streams local
+  corpora and runs too (memory for the documents and results asked for, not the corpus);
 * :mod:`~mechir_nig.data.pairs`: :func:`judged_pairs`, labelled (query, document) pairs for attribution;
 * :mod:`~mechir_nig.data.candidates`: :func:`bm25_candidates` (bm25s, batched retrieval),
-  :func:`scoreddocs_candidates`, and :func:`read_trec_run` for runs to re-rank.
+  :func:`scoreddocs_candidates` (streamed, top ``k`` per query by heap), and :func:`read_trec_run` for
+  runs to re-rank (``k=`` streams the file).
 
 ir_datasets, ir_measures and bm25s are imported only when a function needs them.
 
@@ -23,7 +25,7 @@ Example:
 """
 
 from mechir_nig.data.candidates import BM25Index, bm25_candidates, scoreddocs_candidates
-from mechir_nig.data.collection import Collection, LazyDocs, Run
+from mechir_nig.data.collection import Collection, LazyDocs, Run, ScoredDocStream
 from mechir_nig.data.formats import (
     iter_trec_run,
     read_jsonl,
@@ -32,6 +34,7 @@ from mechir_nig.data.formats import (
     read_trec_run,
     read_trec_topics,
     read_tsv,
+    top_k_run,
 )
 from mechir_nig.data.pairs import JudgedPair, JudgedPairs, judged_pairs
 from mechir_nig.data.sources import load_collection
@@ -46,6 +49,7 @@ __all__ = [
     "JudgedPairs",
     "LazyDocs",
     "Run",
+    "ScoredDocStream",
     "bm25_candidates",
     "iter_trec_run",
     "judged_pairs",
@@ -57,4 +61,5 @@ __all__ = [
     "read_trec_topics",
     "read_tsv",
     "scoreddocs_candidates",
+    "top_k_run",
 ]

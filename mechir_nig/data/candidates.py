@@ -3,6 +3,13 @@
 Every function returns a run in ir_measures' dict format, ``{query_id: {doc_id: score}}``, which
 :func:`mechir_nig.evaluation.rerank` re-scores and :func:`mechir_nig.evaluation.evaluate` measures.
 
+At MS MARCO scale (millions of passages, a top-1000 run per query) nothing here needs the corpus or the
+run in memory except BM25: :func:`scoreddocs_candidates` streams a collection's scoreddocs (a
+:class:`~mechir_nig.data.collection.ScoredDocStream` with ``load_collection(..., lazy=True)``) keeping
+the top ``k`` per query with a heap, and :func:`read_trec_run` with ``k=`` does the same for a run file.
+A BM25 index holds every document; a collection loaded with ``lazy=True`` refuses it with a DataError
+that says to pass a run instead.
+
 BM25 (Robertson & Zaragoza, 2009) uses bm25s' Lucene variant (``k1=1.5``, ``b=0.75``) over lowercased
 word tokens (``\\w\\w+``) without stemming, with bm25s' English stopword list removed. The index is
 built once per :class:`BM25Index` (tokenize -> index); :meth:`BM25Index.run` searches every query with
@@ -22,14 +29,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from mechir_nig.data.collection import Collection, Run, select_query_ids
-from mechir_nig.data.formats.run import read_trec_run
+from mechir_nig.data.collection import Collection, LazyDocs, Run, select_query_ids
+from mechir_nig.data.formats.run import read_trec_run, top_k_run
 from mechir_nig.errors import InputError
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["BM25Index", "bm25_candidates", "read_trec_run", "scoreddocs_candidates"]
+__all__ = ["BM25Index", "bm25_candidates", "read_trec_run", "scoreddocs_candidates", "top_k_run"]
 
 
 def _check_k(k: int) -> None:
@@ -48,7 +55,8 @@ class BM25Index:
     """A BM25 index over documents, built once and searched many times.
 
     Building the index reads **every** document once (for a lazily loaded ir_datasets corpus this
-    iterates ``docs_iter`` over the whole corpus, and the texts are held while they are tokenized).
+    iterates ``docs_iter`` over the whole corpus, and the texts are held while they are tokenized). A
+    collection loaded with ``lazy=True`` refuses it (a DataError): pass candidates from a run instead.
 
     Args:
         docs: ``{doc_id: text}`` or a :class:`~mechir_nig.data.Collection` (its ``docs``).
@@ -58,6 +66,7 @@ class BM25Index:
 
     Raises:
         InputError: for an empty ``docs``, ``k1 < 0`` or ``b`` outside ``[0, 1]``.
+        DataError: for documents loaded with ``lazy=True`` (they are not to be held in memory).
 
     Example:
         >>> index = BM25Index({"d1": "cats purr when content", "d2": "dogs bark at strangers"})
@@ -79,6 +88,8 @@ class BM25Index:
         from bm25s.tokenization import Tokenizer
 
         texts = docs.docs if isinstance(docs, Collection) else docs
+        if isinstance(texts, LazyDocs):
+            texts.require_in_memory("a BM25 index")
         if not isinstance(texts, Mapping) or not texts:
             raise InputError("docs must be a non-empty dict {doc_id: text} or a Collection")
         if k1 < 0 or not 0 <= b <= 1:
@@ -181,7 +192,8 @@ def bm25_candidates(
     """Top-``k`` BM25 candidates of a collection's queries.
 
     The index covers every document: for a lazily loaded ir_datasets corpus this reads the whole corpus
-    once through ``docs_iter`` (see :class:`BM25Index`).
+    once through ``docs_iter`` (see :class:`BM25Index`); a collection loaded with ``lazy=True`` refuses
+    it (use :func:`scoreddocs_candidates` with a run, or ``read_trec_run(path, k=...)``).
 
     Args:
         collection: the collection to index and search.
@@ -196,6 +208,7 @@ def bm25_candidates(
 
     Raises:
         InputError: for ``k < 1`` or query ids not in the collection.
+        DataError: for a collection loaded with ``lazy=True``.
 
     Example:
         >>> from mechir_nig.data import load_collection
@@ -215,6 +228,10 @@ def scoreddocs_candidates(
 ) -> Run:
     """Top-``k`` of the first-stage results a collection ships (ir_datasets ``scoreddocs``, a run file).
 
+    The scoreddocs are read in one pass keeping a heap of the ``k`` best results per requested query
+    (:func:`~mechir_nig.data.formats.run.top_k_run`), so with streamed scoreddocs
+    (``load_collection(..., lazy=True)``) memory holds ``k`` results per query, never the run.
+
     Args:
         collection: a collection whose ``scoreddocs`` is not ``None``.
         k: candidates per query (the highest scores; ties keep the order of the source).
@@ -223,13 +240,14 @@ def scoreddocs_candidates(
     Returns:
         A run ``{query_id: {doc_id: score}}``, best first; every requested query is a key. Results naming
         documents absent from the collection are left out (``Collection.report`` counts them); with lazy
-        documents only the top results are looked up (further ones only to replace absent documents).
+        documents only the top results are looked up (one lookup for all queries), and a query that
+        lost some to absent documents is read again to a depth that replaces them.
 
     Raises:
         InputError: when the collection has no scoreddocs, for ``k < 1`` or unknown query ids.
 
     Example:
-        >>> run = scoreddocs_candidates(load_collection("irds:msmarco-passage/dev/small"), k=100)  # doctest: +SKIP
+        >>> run = scoreddocs_candidates(load_collection("irds:msmarco-passage/dev/small", lazy=True), k=100)  # doctest: +SKIP
     """
     _check_collection(collection)
     _check_k(k)
@@ -239,22 +257,24 @@ def scoreddocs_candidates(
             "run with read_trec_run(path) / load_collection(..., run=path)"
         )
     ids = select_query_ids(collection.queries, query_ids, f"collection {collection.name!r}")
-    wanted = set(ids)
-    grouped: dict[str, list[tuple[str, float]]] = {qid: [] for qid in ids}
-    for s in collection.scoreddocs:
-        if s.query_id in wanted:
-            grouped[s.query_id].append((s.doc_id, float(s.score)))
-    ranked = {qid: sorted(results, key=lambda r: -r[1]) for qid, results in grouped.items()}  # stable
     run: Run = {qid: {} for qid in ids}
-    cursor = dict.fromkeys(ids, 0)
-    pending = [qid for qid in ids if ranked[qid]]
-    while pending:  # look up the next results of every query short of k at once (usually one round)
-        batch = {qid: ranked[qid][cursor[qid] : cursor[qid] + k - len(run[qid])] for qid in pending}
-        present = collection.get_docs(did for part in batch.values() for did, _ in part)
-        pending = []
-        for qid, part in batch.items():
-            cursor[qid] += len(part)
-            run[qid].update((did, score) for did, score in part if did in present)
-            if len(run[qid]) < k and cursor[qid] < len(ranked[qid]):
-                pending.append(qid)
+    docs = collection.docs
+    if not isinstance(docs, LazyDocs):  # presence is a dict lookup: absent documents never enter a heap
+        present_only = (s for s in collection.scoreddocs if s.doc_id in docs)
+        run.update(top_k_run(present_only, k, query_ids=set(ids)))
+        return run
+    depth = dict.fromkeys(ids, k)
+    pending = list(ids)
+    while pending:  # usually one pass: more only for queries whose top results name absent documents
+        ranked = top_k_run(collection.scoreddocs, {qid: depth[qid] for qid in pending})
+        present = collection.get_docs(did for qid in pending for did in ranked.get(qid, {}))
+        short = []
+        for qid in pending:
+            results = ranked.get(qid, {})
+            kept = [(did, score) for did, score in results.items() if did in present]
+            run[qid] = dict(kept[:k])
+            if len(kept) < k and len(results) == depth[qid]:  # deeper results may replace absent ones
+                depth[qid] += k - len(kept)
+                short.append(qid)
+        pending = short
     return run

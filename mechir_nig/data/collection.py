@@ -2,9 +2,12 @@
 
 A collection holds its queries and judgements in memory (ir_measures' ``Qrel`` and ``ScoredDoc``
 records) and its documents as a ``Mapping`` from id to text: a ``dict`` for local files, or a
-:class:`LazyDocs` for a large corpus (an ir_datasets id), which looks documents up by id in a docstore
-only when they are needed and caches what it fetched. Code that needs the texts of some documents asks
-:meth:`Collection.get_docs` for all of them at once (one docstore lookup).
+:class:`LazyDocs` for a large corpus (an ir_datasets id, or local files loaded with ``lazy=True``), which
+looks documents up by id in a docstore (or one pass over the file) only when they are needed and caches
+what it fetched. Code that needs the texts of some documents asks :meth:`Collection.get_docs` for all of
+them at once (one lookup). First-stage results (``scoreddocs``) are a list, or a
+:class:`ScoredDocStream` that re-reads its source on each pass (``lazy=True``), so neither the corpus
+nor the run has to fit in memory.
 
 Relevance grades: judgements keep the grades of their source unless a ``grade_map`` is given
 (``{source grade: grade, or None for unjudged}``); ``relevance_threshold`` is the lowest grade that
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +51,7 @@ __all__ = [
     "Collection",
     "LazyDocs",
     "Run",
+    "ScoredDocStream",
     "check_grade_map",
     "check_relevance_threshold",
     "map_grades",
@@ -170,7 +174,9 @@ class LazyDocs(Mapping):
     remember the answer (missing ids too), so a corpus of millions of documents is never loaded to
     build judged pairs or re-rank candidates. Iterating (``for doc_id in docs``, ``docs.items()``,
     ``docs.values()``, ``len(docs)`` when the source gives no count, ``==``) reads the **whole corpus**
-    through ``iterate`` without caching it; only corpus-wide work such as a BM25 index should do that.
+    through ``iterate`` without caching it; only corpus-wide work such as a BM25 index should do that,
+    and a source loaded with ``lazy=True`` refuses work that holds the corpus in memory
+    (:meth:`require_in_memory`, ``whole_corpus="refuse"``).
 
     Args:
         fetch_many: ``fetch_many(ids) -> {doc_id: text}`` for the ids found (the docstore lookup).
@@ -180,6 +186,11 @@ class LazyDocs(Mapping):
         name: the collection's name, for messages.
         empty: ``"skip"``: a document with an empty text is treated as absent, counted in ``report``
             (``empty_docs_skipped``) and announced with a DataWarning; ``"error"``: a DataError.
+        whole_corpus: ``"iterate"`` (default): work that needs every document in memory (a BM25 index)
+            iterates the corpus and holds it; ``"refuse"``: it raises a DataError saying what to pass
+            instead (the documents were loaded lazily on purpose).
+        lookup_chunk: :meth:`present` asks ``fetch_many`` for at most this many ids at a time
+            (``None``: all at once, e.g. for a source that reads a whole file per lookup).
 
     Example:
         >>> store = {"d1": "cats purr", "d2": "dogs bark"}
@@ -196,10 +207,16 @@ class LazyDocs(Mapping):
         count: int | None = None,
         name: str = "collection",
         empty: str = "skip",
+        whole_corpus: str = "iterate",
+        lookup_chunk: int | None = 10_000,
     ) -> None:
         check_empty_policy(empty)
         if not callable(fetch_many):
             raise InputError("fetch_many must be a function ids -> {doc_id: text}")
+        if whole_corpus not in ("iterate", "refuse"):
+            raise InputError(f"whole_corpus must be 'iterate' or 'refuse', got {whole_corpus!r}")
+        self.whole_corpus = whole_corpus
+        self.lookup_chunk = lookup_chunk
         self._fetch_many = fetch_many
         self._iterate = iterate
         self._count = count
@@ -236,6 +253,41 @@ class LazyDocs(Mapping):
 
     def __contains__(self, doc_id: object) -> bool:
         return isinstance(doc_id, str) and doc_id in self.get_many([doc_id])
+
+    def present(self, doc_ids: Iterable[str]) -> set[str]:
+        """The ids of ``doc_ids`` that are documents with a text, **without** caching their texts.
+
+        For consistency checks over many ids (:meth:`Collection.check_docs`): uncached ids are looked
+        up ``lookup_chunk`` at a time and their texts dropped, so memory stays that of one chunk; ids
+        already cached are answered from the cache. Empty documents count as absent (and are reported
+        as by :meth:`get_many`).
+        """
+        ids = list(dict.fromkeys(doc_ids))
+        found = {i for i in ids if self._cache.get(i) is not None}
+        todo = [i for i in ids if i not in self._cache]
+        step = self.lookup_chunk or max(1, len(todo))
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
+            texts = self._fetch_many(chunk)
+            empties = [i for i in chunk if i in texts and not texts[i]]
+            if empties:
+                self._skip_empty(empties)
+            found.update(i for i in chunk if texts.get(i))
+        return found
+
+    def require_in_memory(self, purpose: str) -> None:
+        """Raise a DataError when this source refuses work that holds the whole corpus in memory.
+
+        Args:
+            purpose: what needs the corpus (e.g. ``"a BM25 index"``), for the message.
+        """
+        if self.whole_corpus == "refuse":
+            raise DataError(
+                f"collection {self.name!r} was loaded with lazy=True: its documents are not held in memory, "
+                f"and {purpose} needs every document in memory. Pass first-stage candidates instead: a run "
+                "file (load_collection(..., run=path, lazy=True) then scoreddocs_candidates(collection, k), "
+                "or read_trec_run(path, k=...)), or load the collection without lazy=True"
+            )
 
     @property
     def cached(self) -> int:
@@ -306,6 +358,58 @@ class LazyDocs(Mapping):
     __hash__ = None  # type: ignore[assignment]  # a Mapping: unhashable, like dict
 
 
+class ScoredDocStream:
+    """First-stage results read from their source on every pass, never held in memory.
+
+    ``Collection.scoreddocs`` of a collection loaded with ``lazy=True`` (a run file, ir_datasets
+    ``scoreddocs_iter``): iterating yields ``ir_measures.ScoredDoc`` records in source order, reading the
+    source again each time. :func:`~mechir_nig.data.scoreddocs_candidates` keeps the top ``k`` per
+    query with a heap in one pass, so a run of millions of results costs memory for ``k`` per query.
+
+    Args:
+        iterate: ``iterate() -> iterable of ScoredDoc``, a fresh pass over the source on each call.
+        count: the number of results when the source knows it without reading (else ``None``:
+            ``len()`` reads the source once and remembers the count).
+        name: the collection's name, for ``repr``.
+
+    Example:
+        >>> from ir_measures import ScoredDoc
+        >>> results = [ScoredDoc("q1", "d1", 2.0), ScoredDoc("q1", "d2", 1.0)]
+        >>> stream = ScoredDocStream(lambda: iter(results), name="toy")
+        >>> [s.doc_id for s in stream], len(stream)
+        (['d1', 'd2'], 2)
+    """
+
+    def __init__(
+        self,
+        iterate: Callable[[], Iterable[ScoredDoc]],
+        *,
+        count: int | None = None,
+        name: str = "collection",
+    ) -> None:
+        if not callable(iterate):
+            raise InputError("iterate must be a function returning an iterable of ScoredDoc")
+        self._iterate = iterate
+        self._count = count
+        self.name = name
+
+    def __iter__(self) -> Iterator[ScoredDoc]:
+        return iter(self._iterate())
+
+    def __len__(self) -> int:
+        if self._count is None:
+            self._count = sum(1 for _ in self._iterate())
+        return self._count
+
+    @property
+    def count(self) -> int | None:
+        """The number of results when known without reading the source, else ``None``."""
+        return self._count
+
+    def __repr__(self) -> str:
+        return f"ScoredDocStream(name={self.name!r}, count={'?' if self._count is None else self._count})"
+
+
 # --------------------------------------------------------------------------------------------------
 # The collection record
 # --------------------------------------------------------------------------------------------------
@@ -324,7 +428,8 @@ class Collection:
             ``grade_map`` applied. Judgements naming unknown ids are kept and reported.
         name: a label for reports (the ir_datasets id, the folder name, ``"embedded"``).
         scoreddocs: first-stage results as ``ir_measures.ScoredDoc(query_id, doc_id, score)`` when the
-            source ships them (ir_datasets ``scoreddocs``, a local run file), else ``None``.
+            source ships them (ir_datasets ``scoreddocs``, a local run file), else ``None``: a list, or a
+            :class:`ScoredDocStream` read afresh on each pass (``load_collection(..., lazy=True)``).
         report: counts filled on construction: ``docs`` (``None`` when a lazy source does not know),
             ``queries``, ``qrels``, ``grades`` (distinct grades after mapping), ``qrels_unknown_queries``
             / ``qrels_unknown_docs`` (distinct ids named by qrels but absent from ``queries`` /
@@ -333,7 +438,9 @@ class Collection:
             repeating a (query, document) pair judged before them), the same ``scoreddocs_unknown_*``
             counts when there are scoreddocs, ``qrels_unjudged_dropped`` with a ``grade_map``, plus what
             the loader skipped (``empty_docs_skipped``, ``empty_queries_skipped`` and their ``_ids``).
-            With lazy documents the document counts are ``None`` until :meth:`check_docs` is called.
+            With lazy documents the document counts are ``None`` until :meth:`check_docs` is called,
+            and so are the ``scoreddocs_*`` counts of a :class:`ScoredDocStream` (``scoreddocs`` is its
+            count when the source knows it).
         grade_map: ``{source grade: grade or None}`` applied to ``qrels`` on construction (``None``:
             unjudged, the judgement is dropped); a grade missing from the map is a DataError.
         relevance_threshold: the lowest relevant grade (an integer >= 1; ``None``: 1). After
@@ -360,7 +467,7 @@ class Collection:
     queries: Mapping[str, str]
     qrels: list[Qrel] = field(default_factory=list)
     name: str = "collection"
-    scoreddocs: list[ScoredDoc] | None = None
+    scoreddocs: list[ScoredDoc] | ScoredDocStream | None = None
     report: dict[str, Any] = field(default_factory=dict)
     grade_map: Mapping[int, int | None] | None = None
     relevance_threshold: int | None = None
@@ -387,7 +494,7 @@ class Collection:
             )
             self.qrels = [q._replace(relevance=g) for q, g in zip(self.qrels, grades) if g is not None]
             report["qrels_unjudged_dropped"] = grades.count(None)
-        if self.scoreddocs is not None:
+        if self.scoreddocs is not None and not isinstance(self.scoreddocs, ScoredDocStream):
             self.scoreddocs = list(self.scoreddocs)
         self.report = {**report, **self._consistency()}
         if isinstance(self.docs, LazyDocs):
@@ -400,7 +507,10 @@ class Collection:
                 warnings.warn(message, DataWarning, stacklevel=3)
 
     def __repr__(self) -> str:
-        sd = "None" if self.scoreddocs is None else str(len(self.scoreddocs))
+        if isinstance(self.scoreddocs, ScoredDocStream):
+            sd = f"stream({'?' if self.scoreddocs.count is None else self.scoreddocs.count})"
+        else:
+            sd = "None" if self.scoreddocs is None else str(len(self.scoreddocs))
         if isinstance(self.docs, LazyDocs):
             docs = f"lazy({'?' if self.docs.count is None else self.docs.count})"
         else:
@@ -447,22 +557,30 @@ class Collection:
         """Look up every document named by qrels and scoreddocs and fill the document counts of ``report``.
 
         Needed only for lazy documents (their counts are ``None`` after construction, since checking
-        means fetching every judged document); warns like construction does about unknown ids.
+        means looking up every judged document) and streamed scoreddocs (read in one more pass); warns
+        like construction does about unknown ids. Lazy documents are checked with
+        :meth:`LazyDocs.present`, which does not keep their texts.
 
         Returns:
             The updated ``report``.
         """
-        named = [q.doc_id for q in self.qrels]
+        named = dict.fromkeys(q.doc_id for q in self.qrels)
         if self.scoreddocs is not None:
-            named += [s.doc_id for s in self.scoreddocs]
-        present = self.get_docs(named)
-        self.report.update(self._consistency(present))
+            named.update(dict.fromkeys(s.doc_id for s in self.scoreddocs))
+        if isinstance(self.docs, LazyDocs):
+            present: Container[str] = self.docs.present(named)
+        else:
+            present = self.docs
+        self.report.update(self._consistency(present, scoreddocs=True))
         self._warn_unknown()
         return self.report
 
-    def _consistency(self, present: Mapping[str, str] | None = None) -> dict[str, Any]:
+    def _consistency(
+        self, present: Container[str] | None = None, *, scoreddocs: bool = False
+    ) -> dict[str, Any]:
         """Counts for ``report``; document-side counts need ``present`` (the judged documents found) or
-        in-memory documents, else they are ``None``."""
+        in-memory documents, else they are ``None``. A :class:`ScoredDocStream` is read (one pass) only
+        with ``scoreddocs=True``."""
         queries = self.queries
         lazy = isinstance(self.docs, LazyDocs)
         docs = present if present is not None else (None if lazy else self.docs)
@@ -486,14 +604,22 @@ class Collection:
             report["qrels_unknown_entries"] = sum(
                 1 for q in self.qrels if q.query_id not in queries or q.doc_id not in docs
             )
-        if self.scoreddocs is not None:
-            report["scoreddocs"] = len(self.scoreddocs)
-            report["scoreddocs_unknown_queries"] = len(
-                {s.query_id for s in self.scoreddocs if s.query_id not in queries}
-            )
-            report["scoreddocs_unknown_docs"] = (
-                None if docs is None else len({s.doc_id for s in self.scoreddocs if s.doc_id not in docs})
-            )
+        if isinstance(self.scoreddocs, ScoredDocStream) and not scoreddocs:
+            report["scoreddocs"] = self.scoreddocs.count
+            report["scoreddocs_unknown_queries"] = report["scoreddocs_unknown_docs"] = None
+        elif self.scoreddocs is not None:
+            n = 0
+            unknown_queries: set[str] = set()
+            unknown_docs: set[str] = set()
+            for s in self.scoreddocs:  # one pass (a stream is read once here)
+                n += 1
+                if s.query_id not in queries:
+                    unknown_queries.add(s.query_id)
+                if docs is not None and s.doc_id not in docs:
+                    unknown_docs.add(s.doc_id)
+            report["scoreddocs"] = n
+            report["scoreddocs_unknown_queries"] = len(unknown_queries)
+            report["scoreddocs_unknown_docs"] = None if docs is None else len(unknown_docs)
         return report
 
     def _warn_duplicates(self) -> None:

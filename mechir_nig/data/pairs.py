@@ -42,6 +42,11 @@ class JudgedPair(NamedTuple):
         relevance: the qrels grade (after the collection's ``grade_map``), or ``None`` for an unjudged
             candidate taken as non-relevant.
         label: ``"relevant"`` (``relevance >= relevance_threshold``) or ``"nonrelevant"``.
+
+    Example:
+        >>> p = JudgedPair("q1", "d7", "what is a neuron", "A neuron is a cell.", 1, "relevant")
+        >>> p.label, p.relevance
+        ('relevant', 1)
     """
 
     query_id: str
@@ -65,6 +70,17 @@ class JudgedPairs(list):
     document missing from the collection), ``candidates_unknown_queries`` (queries of ``candidates``
     missing from the collection) and ``relevance_threshold`` (the lowest grade taken as relevant).
     Nothing is dropped without being counted here or in ``Collection.report``.
+
+    Example:
+        >>> from mechir_nig.data import load_collection
+        >>> pairs = judged_pairs(
+        ...     load_collection("embedded"), max_relevant_per_query=1, max_nonrelevant_per_query=1
+        ... )
+        >>> len(pairs), pairs.report["relevant"], pairs.report["nonrelevant"]
+        (30, 15, 15)
+        >>> pairs[0].query_id, pairs[0].label
+        ('q01', 'relevant')
+        >>> scores = ce.score(pairs.queries(), pairs.docs())  # [n] = [30]  # doctest: +SKIP
     """
 
     report: dict[str, Any]

@@ -14,6 +14,19 @@
 * explicit files, ``load_collection(docs=..., queries=..., qrels=...)``, whose formats (TREC SGML, TSV,
   JSONL, optionally gzipped) are detected from the extension or the first line.
 
+Streaming (``lazy=True``), for corpora and runs that should not sit in memory (MS MARCO: 8.8M passages,
+a top-1000 run of 7M lines): queries and qrels are read as usual, but documents are a
+:class:`~mechir_nig.data.collection.LazyDocs` and first-stage results a
+:class:`~mechir_nig.data.collection.ScoredDocStream`. For local files a lookup of some ids reads the
+documents file once and keeps only those ids (memory ``O(ids asked for)``, time one pass per lookup;
+:func:`~mechir_nig.data.judged_pairs`, :func:`~mechir_nig.data.scoreddocs_candidates` and
+:func:`~mechir_nig.evaluation.rerank` make one lookup each); for ``irds:`` ids the docstore is asked
+for those ids. The run is re-read on each pass, keeping the top ``k`` per query with a heap. Work that
+needs every document in memory (a BM25 index) raises a DataError naming what to pass instead (a run).
+Without ``lazy`` local files are read into memory (the default, right for collections up to some
+hundred thousand documents) and ``irds:`` ids keep their documents in the docstore and their
+scoreddocs in a list; ``lazy=False`` reads an ``irds:`` corpus into memory too.
+
 Empty texts: a document or query without text is an error in local files (``empty="error"``, the
 message names file and line) and skipped in ir_datasets corpora, which cannot be fixed by hand
 (``empty="skip"``); either can be chosen, and what is skipped is counted in ``Collection.report`` and
@@ -30,12 +43,25 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from mechir_nig.data.collection import Collection, LazyDocs, check_grade_map, check_relevance_threshold
-from mechir_nig.data.formats import TOPIC_FIELDS, read_texts, read_trec_qrels, read_trec_run
+from mechir_nig.data.collection import (
+    Collection,
+    LazyDocs,
+    ScoredDocStream,
+    check_grade_map,
+    check_relevance_threshold,
+)
+from mechir_nig.data.formats import (
+    TOPIC_FIELDS,
+    detect_format,
+    iter_trec_run,
+    read_texts,
+    read_trec_qrels,
+    read_trec_run,
+)
 from mechir_nig.data.formats._io import PathLike, check_empty_policy, check_file, norm
 from mechir_nig.errors import DataError, DataWarning, InputError
 
@@ -97,14 +123,23 @@ def _from_files(
     empty: str,
     grade_map: Mapping[int, int | None] | None,
     relevance_threshold: int | None,
+    lazy: bool = False,
 ) -> Collection:
     from ir_measures import ScoredDoc
 
     report: dict[str, Any] = {}
-    doc_texts = _read_role(docs, "docs", topic_field, empty, report)
+    doc_texts: Mapping[str, str]
+    if lazy:
+        doc_texts = _file_docs(docs, name, empty, report)
+    else:
+        doc_texts = _read_role(docs, "docs", topic_field, empty, report)
     query_texts = _read_role(queries, "queries", topic_field, empty, report)
-    scoreddocs = None
-    if run is not None:
+    scoreddocs: list[ScoredDoc] | ScoredDocStream | None = None
+    if run is not None and lazy:
+        check_file(run)
+        run_path = run
+        scoreddocs = ScoredDocStream(lambda: iter_trec_run(run_path, duplicates="block"), name=name)
+    elif run is not None:
         scoreddocs = [
             ScoredDoc(qid, did, score)
             for qid, ranked in read_trec_run(run).items()
@@ -119,6 +154,32 @@ def _from_files(
         report=report,
         grade_map=grade_map,
         relevance_threshold=relevance_threshold,
+    )
+
+
+def _file_docs(path: PathLike, name: str, empty: str, report: dict[str, Any]) -> LazyDocs:
+    """The documents of a local file, looked up by id with one streaming pass per lookup.
+
+    A lookup reads the file once with ``read_texts(..., only=ids)``: only the requested records are
+    parsed and kept, so memory is ``O(ids asked for)`` whatever the file's size. Nothing is read when
+    loading (a malformed line is reported at the first lookup that reaches it).
+    """
+    detect_format(path)  # an undetectable file fails at loading, not at the first lookup
+    report.update(empty_docs_skipped=0, empty_docs_skipped_ids=[])
+
+    def fetch_many(doc_ids: list[str]) -> dict[str, str]:
+        skipped: list[tuple[str, int]] = []
+        found = dict(read_texts(path, "docs", empty=empty, skipped=skipped, only=frozenset(doc_ids)))
+        found.update((key, "") for key, _ in skipped)  # empty: LazyDocs counts and announces them
+        return found
+
+    def iterate() -> Iterator[tuple[str, str]]:
+        skipped: list[tuple[str, int]] = []
+        yield from read_texts(path, "docs", empty=empty, skipped=skipped)
+        yield from ((key, "") for key, _ in skipped)
+
+    return LazyDocs(
+        fetch_many, iterate=iterate, name=name, empty=empty, whole_corpus="refuse", lookup_chunk=None
     )
 
 
@@ -200,7 +261,7 @@ def _fetch_error(dataset_id: str, e: Exception) -> DataError:
     )
 
 
-def _irds_docs(ds: Any, dataset_id: str, name: str, empty: str) -> LazyDocs:
+def _irds_docs(ds: Any, dataset_id: str, name: str, empty: str, whole_corpus: str = "iterate") -> LazyDocs:
     """The documents of an ir_datasets data set, looked up by id in its docstore on demand."""
     store: list[Any] = []  # the docstore, opened on the first lookup
 
@@ -224,17 +285,36 @@ def _irds_docs(ds: Any, dataset_id: str, name: str, empty: str) -> LazyDocs:
         except Exception as e:
             raise _fetch_error(dataset_id, e) from e
 
-    try:
-        count = ds.docs_count() if hasattr(ds, "docs_count") else None
-    except Exception:  # a count needing a download is not worth one
-        count = None
     return LazyDocs(
         fetch_many,
         iterate=iterate,
-        count=count if isinstance(count, int) and not isinstance(count, bool) else None,
+        count=_irds_count(ds, "docs_count"),
         name=name,
         empty=empty,
+        whole_corpus=whole_corpus,
     )
+
+
+def _irds_count(ds: Any, method: str) -> int | None:
+    """``ds.<method>()`` when the data set knows it without a download, else ``None``."""
+    try:
+        count = getattr(ds, method)() if hasattr(ds, method) else None
+    except Exception:  # a count needing a download is not worth one
+        return None
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
+
+
+def _irds_scoreddocs(ds: Any, dataset_id: str) -> Iterator[Any]:
+    """One pass over ``scoreddocs_iter()`` as ir_measures ``ScoredDoc`` records (fetch errors explained)."""
+    from ir_measures import ScoredDoc
+
+    try:
+        for s in ds.scoreddocs_iter():
+            yield ScoredDoc(s.query_id, s.doc_id, float(s.score))
+    except DataError:
+        raise
+    except Exception as e:
+        raise _fetch_error(dataset_id, e) from e
 
 
 def _from_irds(
@@ -244,6 +324,7 @@ def _from_irds(
     empty: str,
     grade_map: Mapping[int, int | None] | None,
     relevance_threshold: int | None,
+    lazy: bool | None = None,
 ) -> Collection:
     from ir_measures import Qrel, ScoredDoc
 
@@ -277,11 +358,13 @@ def _from_irds(
             if ds.has_qrels()
             else []
         )
-        scoreddocs = (
-            [ScoredDoc(s.query_id, s.doc_id, float(s.score)) for s in ds.scoreddocs_iter()]
-            if ds.has_scoreddocs()
-            else None
-        )
+        scoreddocs: list[ScoredDoc] | ScoredDocStream | None = None
+        if ds.has_scoreddocs() and lazy:
+            scoreddocs = ScoredDocStream(
+                lambda: _irds_scoreddocs(ds, dataset_id), count=_irds_count(ds, "scoreddocs_count"), name=name
+            )
+        elif ds.has_scoreddocs():
+            scoreddocs = [ScoredDoc(s.query_id, s.doc_id, float(s.score)) for s in ds.scoreddocs_iter()]
     except Exception as e:
         raise _fetch_error(dataset_id, e) from e
     if empty_queries:
@@ -298,8 +381,13 @@ def _from_irds(
         )
     report["empty_queries_skipped"] = len(empty_queries)
     report["empty_queries_skipped_ids"] = empty_queries
+    lazy_docs = _irds_docs(ds, dataset_id, name, empty, "refuse" if lazy else "iterate")
+    docs: Mapping[str, str] = lazy_docs
+    if lazy is False:  # the whole corpus in memory, read once through docs_iter
+        docs = dict(lazy_docs.items())
+        report.update(lazy_docs.report)  # the empty documents skipped
     return Collection(
-        docs=_irds_docs(ds, dataset_id, name, empty),
+        docs=docs,
         queries=queries,
         qrels=qrels,
         name=name,
@@ -327,6 +415,7 @@ def load_collection(
     empty: str | None = None,
     grade_map: Mapping[int, int | None] | None = None,
     relevance_threshold: int | None = None,
+    lazy: bool | None = None,
 ) -> Collection:
     """Load a test collection from ir_datasets, local files or the embedded set.
 
@@ -359,6 +448,17 @@ def load_collection(
         relevance_threshold: the lowest relevant grade (integer >= 1, default 1), used by
             ``judged_pairs`` and by ``evaluate`` for binary measures. Without ``grade_map`` or
             ``relevance_threshold``, qrels with grades other than 0 and 1 draw a DataWarning.
+        lazy: ``True``: stream what is corpus- or run-sized. Documents stay in their file (or
+            ir_datasets' docstore) and each lookup of some ids reads the file once keeping only those
+            ids (memory ``O(ids asked for)``, not ``O(corpus)``); a run file (or ir_datasets'
+            scoreddocs) is re-read on each pass (``Collection.scoreddocs`` is a ``ScoredDocStream``)
+            and :func:`~mechir_nig.data.scoreddocs_candidates` keeps the top ``k`` per query; nothing is
+            read at loading beyond queries and qrels, and document counts in ``report`` stay ``None``
+            until ``check_docs()``; a malformed documents file fails at the first lookup, and ids
+            repeated in it are found among the ids looked up only. Work that needs the whole corpus in memory (BM25) raises a DataError:
+            pass a run instead. ``None`` (default): local files are read into memory, ``irds:``
+            documents are looked up lazily in the docstore (scoreddocs read into a list). ``False``:
+            everything in memory, an ``irds:`` corpus too (read once through ``docs_iter``).
 
     Returns:
         The :class:`~mechir_nig.data.collection.Collection`, with consistency counts in ``report``.
@@ -366,7 +466,7 @@ def load_collection(
     Raises:
         InputError: for a spec that is none of the above, a missing file, an unknown ir_datasets id,
             ``spec`` combined with ``docs=``/``queries=``/``qrels=``/``run=``, or a bad ``empty``,
-            ``grade_map`` or ``relevance_threshold``.
+            ``grade_map``, ``relevance_threshold`` or ``lazy``.
         DataError: for malformed files (naming file and line), an ir_datasets id that cannot be fetched
             (e.g. offline), qrels grades missing from ``grade_map``, or a collection without documents
             or queries.
@@ -376,9 +476,13 @@ def load_collection(
         >>> vaswani = load_collection("/data/vaswani")  # doctest: +SKIP
         >>> dl = load_collection("irds:msmarco-passage/trec-dl-2019/judged", relevance_threshold=2)  # doctest: +SKIP
         >>> col2 = load_collection(docs="d.tsv", queries="q.tsv", qrels="qrels.txt", empty="skip")  # doctest: +SKIP
+        >>> big = load_collection("/data/msmarco-passage", lazy=True)  # doctest: +SKIP
+        >>> pairs = judged_pairs(big, max_nonrelevant_per_query=3)  # reads the corpus file once  # doctest: +SKIP
     """
     if topic_field not in TOPIC_FIELDS:
         raise InputError(f"topic_field must be one of {TOPIC_FIELDS}, got {topic_field!r}")
+    if lazy is not None and not isinstance(lazy, bool):
+        raise InputError(f"lazy must be True, False or None (the source's default), got {lazy!r}")
     if empty is not None:
         check_empty_policy(empty)
     grade_map = check_grade_map(grade_map)
@@ -396,7 +500,12 @@ def load_collection(
             raise InputError(f"unknown keys {unknown} in the files dict: use {', '.join(_ROLES)}")
         given = {k: v for k, v in spec.items() if v is not None}
         spec = None
-    files_kwargs: dict[str, Any] = {"topic_field": topic_field, "empty": empty or "error", **grades}
+    files_kwargs: dict[str, Any] = {
+        "topic_field": topic_field,
+        "empty": empty or "error",
+        "lazy": bool(lazy),
+        **grades,
+    }
     if spec is None:
         if "docs" not in given or "queries" not in given:
             raise InputError("pass both docs= and queries= (and usually qrels=) files")
@@ -418,7 +527,7 @@ def load_collection(
         dataset_id = spec[len("irds:") :].strip()
         if not dataset_id:
             raise InputError("'irds:' needs an ir_datasets id after the colon, e.g. 'irds:vaswani'")
-        return _from_irds(dataset_id, name=name or dataset_id, empty=empty or "skip", **grades)
+        return _from_irds(dataset_id, name=name or dataset_id, empty=empty or "skip", lazy=lazy, **grades)
     if not isinstance(spec, str | os.PathLike):
         raise InputError(f"spec must be a string, a path or a dict of files, got {type(spec).__name__}")
     folder = Path(spec)

@@ -3,7 +3,7 @@
 * :mod:`~mechir_nig.data.formats.trec`: TREC SGML documents, topics and qrels;
 * :mod:`~mechir_nig.data.formats.tsv`: ``id<TAB>text`` files (MS MARCO headers recognised);
 * :mod:`~mechir_nig.data.formats.jsonl`: JSON lines (BEIR, Pyserini, ir_datasets exports);
-* :mod:`~mechir_nig.data.formats.run`: TREC run files.
+* :mod:`~mechir_nig.data.formats.run`: TREC run files (whole, or the top ``k`` per query, streamed).
 
 Every parser yields records as it reads (a file never has to fit in memory twice) and raises
 :class:`~mechir_nig.errors.DataError` naming the file and line of anything malformed. Texts are
@@ -44,11 +44,11 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 
 from mechir_nig.data.formats._io import EmptyPolicy, PathLike, check_file, lines, trim
 from mechir_nig.data.formats.jsonl import read_jsonl
-from mechir_nig.data.formats.run import Run, iter_trec_run, read_trec_run
+from mechir_nig.data.formats.run import Run, iter_trec_run, read_trec_run, top_k_run
 from mechir_nig.data.formats.trec import TOPIC_FIELDS, read_trec_docs, read_trec_qrels, read_trec_topics
 from mechir_nig.data.formats.tsv import is_tsv_header, read_tsv
 from mechir_nig.errors import DataError, InputError
@@ -68,6 +68,7 @@ __all__ = [
     "read_trec_run",
     "read_trec_topics",
     "read_tsv",
+    "top_k_run",
 ]
 
 _EXTENSIONS = {
@@ -124,11 +125,14 @@ def read_texts(
     topic_field: str = "title",
     empty: str = "error",
     skipped: list[tuple[str, int]] | None = None,
+    only: Container[str] | None = None,
 ) -> Iterator[tuple[str, str]]:
     """Stream ``(id, text)`` from a documents (``role="docs"``) or queries (``role="queries"``) file.
 
     The format comes from :func:`detect_format`; a TREC file is read with :func:`read_trec_docs` for
-    documents and :func:`read_trec_topics` (``field=topic_field``) for queries.
+    documents and :func:`read_trec_topics` (``field=topic_field``) for queries. With ``only`` (documents
+    only), just the records whose id is in it are yielded, and memory stays ``O(len(only))`` whatever
+    the file's size (see :func:`read_tsv`).
 
     Raises:
         InputError: for a ``role`` other than ``"docs"``/``"queries"`` or a missing file.
@@ -139,11 +143,13 @@ def read_texts(
     """
     if role not in ("docs", "queries"):
         raise InputError(f"role must be 'docs' or 'queries', got {role!r}")
+    if only is not None and role != "docs":
+        raise InputError("only= selects documents by id: use it with role='docs'")
     fmt = detect_format(path)
     if fmt == "tsv":
-        return read_tsv(path, empty=empty, skipped=skipped)
+        return read_tsv(path, empty=empty, skipped=skipped, only=only)
     if fmt == "jsonl":
-        return read_jsonl(path, empty=empty, skipped=skipped)
+        return read_jsonl(path, empty=empty, skipped=skipped, only=only)
     if role == "docs":
-        return read_trec_docs(path, empty=empty, skipped=skipped)
+        return read_trec_docs(path, empty=empty, skipped=skipped, only=only)
     return read_trec_topics(path, field=topic_field, empty=empty, skipped=skipped)

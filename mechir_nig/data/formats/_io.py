@@ -119,7 +119,11 @@ def lines(path: PathLike) -> Iterator[tuple[int, str]]:
                 bare_cr = lineno == 0 and not chunk.endswith(b"\n") and b"\r" in chunk.rstrip(b"\r")
                 for raw in chunk.split(b"\r") if bare_cr else (chunk,):
                     lineno += 1
-                    yield lineno, _decode(path, lineno, raw)
+                    try:  # inline: this runs once per line of files with millions of lines
+                        text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                    except UnicodeDecodeError:
+                        text = _decode(path, lineno, raw)  # raises, naming the line
+                    yield lineno, text
         except (OSError, EOFError) as e:  # truncated or corrupt gzip
             raise fail(path, lineno + 1, f"cannot be read ({e})", "check or re-download the file") from e
 

@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 
 from mechir_nig.data.formats._io import EmptyRecords, PathLike, claim, fail, lines, norm, trim
 
@@ -52,7 +52,11 @@ def _encodable(text: str) -> bool:
 
 
 def read_jsonl(
-    path: PathLike, *, empty: str = "error", skipped: list[tuple[str, int]] | None = None
+    path: PathLike,
+    *,
+    empty: str = "error",
+    skipped: list[tuple[str, int]] | None = None,
+    only: Container[str] | None = None,
 ) -> Iterator[tuple[str, str]]:
     """Stream ``(id, text)`` from a JSON-lines file.
 
@@ -66,6 +70,9 @@ def read_jsonl(
             ``"skip"``: skip it.
         skipped: with ``empty="skip"``, receives ``(id, line)`` of each skipped record; without it, a
             :class:`~mechir_nig.errors.DataWarning` says how many were skipped.
+        only: yield only the records whose id is in this set (a lazy lookup of a few ids in a large
+            file): every line is still parsed as JSON and must carry an id, but the text checks,
+            duplicate and empty checks cover the requested ids only, so memory stays ``O(len(only))``.
 
     Yields:
         ``(id, text)`` pairs in file order.
@@ -104,6 +111,8 @@ def read_jsonl(
         key = norm(str(raw))
         if not key:
             raise fail(path, lineno, f"empty {id_key}", "give every record a non-empty id")
+        if only is not None and key not in only:
+            continue
         text_key = next((k for k in JSON_TEXT_KEYS if k in obj), None)
         if text_key is None and "title" not in obj:
             raise fail(path, lineno, f"{key!r} has no text field", f"add one of {', '.join(JSON_TEXT_KEYS)}")

@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from typing import TYPE_CHECKING
 
 from mechir_nig.data.formats._io import (
@@ -101,7 +101,11 @@ def _sgml_blocks(
 
 
 def read_trec_docs(
-    path: PathLike, *, empty: str = "error", skipped: list[tuple[str, int]] | None = None
+    path: PathLike,
+    *,
+    empty: str = "error",
+    skipped: list[tuple[str, int]] | None = None,
+    only: Container[str] | None = None,
 ) -> Iterator[tuple[str, str]]:
     """Stream ``(doc_id, text)`` from a TREC SGML document file.
 
@@ -114,6 +118,9 @@ def read_trec_docs(
         empty: ``"error"`` (default): a document without text is a DataError; ``"skip"``: skip it.
         skipped: with ``empty="skip"``, receives ``(doc_id, line)`` of each skipped document; without
             it, a :class:`~mechir_nig.errors.DataWarning` says how many were skipped.
+        only: yield only the documents whose id is in this set (a lazy lookup of a few ids in a large
+            file): the structure of every ``<DOC>`` is still checked, but texts are cleaned and
+            duplicate and empty checks made for the requested ids only (memory ``O(len(only))``).
 
     Yields:
         ``(doc_id, text)`` pairs in file order.
@@ -137,6 +144,8 @@ def read_trec_docs(
             raise fail(path, start, "empty <DOCNO></DOCNO>", "give every document a non-empty id")
         if _DOCNO.search(body, m.end()):
             raise fail(path, start, f"document {doc_id!r} has two <DOCNO>", "keep one <DOCNO> per <DOC>")
+        if only is not None and doc_id not in only:
+            continue
         claim(path, start, "document id", doc_id, seen)
         text = norm(TAG.sub(" ", body[: m.start()] + " " + body[m.end() :]))
         if not text:

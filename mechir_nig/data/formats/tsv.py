@@ -18,9 +18,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 
-from mechir_nig.data.formats._io import EmptyRecords, PathLike, claim, fail, lines, norm
+from mechir_nig.data.formats._io import _WS, EmptyRecords, PathLike, claim, fail, lines, norm
 
 __all__ = ["TSV_HEADER_IDS", "TSV_HEADER_TEXTS", "is_tsv_header", "read_tsv"]
 
@@ -47,7 +47,11 @@ def is_tsv_header(fields: list[str]) -> bool:
 
 
 def read_tsv(
-    path: PathLike, *, empty: str = "error", skipped: list[tuple[str, int]] | None = None
+    path: PathLike,
+    *,
+    empty: str = "error",
+    skipped: list[tuple[str, int]] | None = None,
+    only: Container[str] | None = None,
 ) -> Iterator[tuple[str, str]]:
     """Stream ``(id, text)`` from a tab-separated file with lines ``id<TAB>text``.
 
@@ -59,6 +63,9 @@ def read_tsv(
         empty: ``"error"`` (default): a record without text is a DataError; ``"skip"``: skip it.
         skipped: with ``empty="skip"``, receives ``(id, line)`` of each skipped record; without it, a
             :class:`~mechir_nig.errors.DataWarning` says how many were skipped.
+        only: yield only the records whose id is in this set (a lazy lookup of a few ids in a large
+            file): other lines are checked for an id and a tab, but their texts are not parsed, and
+            duplicate and empty checks cover the requested ids only, so memory stays ``O(len(only))``.
 
     Yields:
         ``(id, text)`` pairs in file order.
@@ -76,20 +83,22 @@ def read_tsv(
     first = True
     for lineno, line in lines(path):
         line = line.rstrip("\r\n")
-        if not norm(line):
-            continue
-        parts = line.split("\t")
+        head, tab, rest = line.partition("\t")
+        key = head if _WS.search(head) is None else norm(head)  # most ids need no normalising
+        if not key and not norm(rest):
+            continue  # a blank line (tabs are whitespace)
         if first:
             first = False
-            if is_tsv_header(parts):
+            if is_tsv_header(line.split("\t")):
                 continue
-        if len(parts) < 2:
+        if not tab:
             raise fail(path, lineno, "no tab between id and text", "write each record as id<TAB>text")
-        key = norm(parts[0])
         if not key:
             raise fail(path, lineno, "empty id before the tab", "write each record as id<TAB>text")
+        if only is not None and key not in only:
+            continue
         claim(path, lineno, "id", key, seen)
-        text = norm(" ".join(parts[1:]))
+        text = norm(rest)  # further columns: their tabs become spaces
         if not text:
             empties.handle(lineno, f"{key!r} has an empty text", key)
             continue

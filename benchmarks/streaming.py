@@ -1,0 +1,138 @@
+"""Peak memory of building 10k judged pairs (with texts) from a streamed corpus, as the corpus grows.
+
+Usage: ``python benchmarks/streaming.py [--root /tmp/mechir_nig_synthetic] [--sizes 100000,500000,2000000]
+[--eager-sizes 100000,500000] [--words 60] [--k 100]``
+
+"Texts held" is the number of document texts in memory after each step (the distinct ids looked up
+for the lazy path, the whole corpus for the eager one): the top-100 candidates of 1,000 queries name
+fewer distinct documents in a small corpus, where random runs overlap more. For each corpus size a
+synthetic TSV collection (``benchmarks/make_synthetic_corpus.py``: 1,000 queries,
+10,000 judged documents drawn from the whole corpus, a 100-deep run; written once under ``--root``
+and reused) is loaded in a fresh child process per configuration and measurement:
+
+* ``lazy``: ``load_collection(folder, lazy=True)`` then ``judged_pairs(col)`` (10,000 pairs with their
+  texts: one pass over ``docs.tsv`` keeping the judged ids), then ``scoreddocs_candidates(col, k)``
+  (the run streamed, a top-``k`` heap per query, texts of the candidates looked up in one more pass);
+* ``eager`` (the default ``load_collection(folder)``, every document in a dict), for comparison.
+
+Two children per configuration: one measures peak RSS (``VmHWM``, minus the RSS after the imports)
+and wall time, one the peak of Python allocations with ``tracemalloc`` (slower, so not timed). The
+claim checked: the lazy peak does not grow with the corpus (ratio largest / smallest corpus ~ 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from make_synthetic_corpus import DEFAULT_ROOT, ensure_corpus  # noqa: E402
+
+CHILD = """
+import json, sys, time, tracemalloc
+from mechir_nig.data import judged_pairs, load_collection, scoreddocs_candidates
+
+folder, mode, measure, k = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+def hwm():  # peak RSS of this process in KiB (starts afresh at exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+
+base = hwm()
+out = {"base_kib": base}
+if measure == "trace":
+    tracemalloc.start()
+t0 = time.perf_counter()
+col = load_collection(folder, lazy=(mode == "lazy"))
+pairs = judged_pairs(col)
+held = lambda: col.docs.cached if mode == "lazy" else len(col.docs)  # texts in memory
+out.update(pairs=len(pairs), text_bytes=sum(len(p.doc.encode()) for p in pairs),
+           pairs_s=time.perf_counter() - t0, pairs_hwm_kib=hwm(), pairs_held=held())
+if measure == "trace":
+    out["pairs_trace"] = tracemalloc.get_traced_memory()[1]
+    tracemalloc.reset_peak()
+t1 = time.perf_counter()
+run = scoreddocs_candidates(col, k=k)
+out.update(candidates=sum(len(r) for r in run.values()), candidates_s=time.perf_counter() - t1,
+           all_hwm_kib=hwm(), all_held=held())
+if measure == "trace":
+    out["candidates_trace"] = tracemalloc.get_traced_memory()[1]
+print(json.dumps(out))
+"""
+
+
+def child(folder: str, mode: str, measure: str, k: int) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run(
+        [sys.executable, "-c", CHILD, folder, mode, measure, str(k)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if res.returncode != 0:
+        raise SystemExit(f"child {mode}/{measure} on {folder} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", default=str(DEFAULT_ROOT), help="where the corpora are written (docs_N)")
+    ap.add_argument("--sizes", default="100000,500000,2000000", help="corpus sizes for the lazy path")
+    ap.add_argument("--eager-sizes", default="100000,500000", help="corpus sizes for the eager path")
+    ap.add_argument("--words", type=int, default=60, help="mean words per document")
+    ap.add_argument("--k", type=int, default=100, help="candidates per query from the streamed run")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    eager_sizes = [int(s) for s in args.eager_sizes.split(",") if s]
+    configs = [("lazy", n) for n in sizes] + [("eager", n) for n in eager_sizes]
+    metas = {
+        n: ensure_corpus(os.path.join(args.root, f"docs_{n}"), n, words=args.words)
+        for n in sorted({n for _, n in configs})
+    }
+
+    mib = 2**20
+    print(
+        f"\n10,000 judged pairs with texts from a synthetic TSV corpus (~{args.words} words per document), "
+        f"then the top-{args.k} candidates per query from a 100-deep run; fresh process per row"
+    )
+    header = (
+        "| mode | documents | docs.tsv | texts held, pairs | tracemalloc peak, pairs | peak RSS above imports, "
+        f"pairs | time, pairs | texts held, + top-{args.k} | tracemalloc peak, + top-{args.k} "
+        f"| peak RSS, + top-{args.k} | time, + top-{args.k} |"
+    )
+    print(header)
+    print("| --- |" + " ---: |" * 10)
+    results = {}
+    for mode, n in configs:
+        folder = os.path.join(args.root, f"docs_{n}")
+        rss = child(folder, mode, "rss", args.k)
+        trace = child(folder, mode, "trace", args.k)
+        results[(mode, n)] = (rss, trace)
+        print(
+            f"| {mode} | {n:,} | {metas[n]['docs_bytes'] / mib:,.0f} MiB | {rss['pairs_held']:,} "
+            f"| {trace['pairs_trace'] / mib:.1f} MiB | {(rss['pairs_hwm_kib'] - rss['base_kib']) / 1024:.1f} MiB "
+            f"| {rss['pairs_s']:.1f} s | {rss['all_held']:,} | {trace['candidates_trace'] / mib:.1f} MiB "
+            f"| {(rss['all_hwm_kib'] - rss['base_kib']) / 1024:.1f} MiB | {rss['candidates_s']:.1f} s |",
+            flush=True,
+        )
+    for mode, ns in (("lazy", sizes), ("eager", eager_sizes)):
+        if len(ns) < 2:
+            continue
+        lo, hi = results[(mode, min(ns))], results[(mode, max(ns))]
+        print(
+            f"{mode}: {max(ns):,} / {min(ns):,} documents ({max(ns) / min(ns):.0f}x the corpus): "
+            f"tracemalloc peak ratio {hi[1]['pairs_trace'] / lo[1]['pairs_trace']:.2f} (pairs), "
+            f"{hi[1]['candidates_trace'] / lo[1]['candidates_trace']:.2f} (+ candidates); peak RSS above "
+            f"imports ratio {(hi[0]['pairs_hwm_kib'] - hi[0]['base_kib']) / (lo[0]['pairs_hwm_kib'] - lo[0]['base_kib']):.2f} "
+            f"(pairs), {(hi[0]['all_hwm_kib'] - hi[0]['base_kib']) / (lo[0]['all_hwm_kib'] - lo[0]['base_kib']):.2f} "
+            f"(+ candidates); time ratio {hi[0]['pairs_s'] / lo[0]['pairs_s']:.1f} (pairs)"
+        )
+
+
+if __name__ == "__main__":
+    main()
