@@ -18,6 +18,7 @@ from mechir_nig.errors import (
     InputError,
     MechirNigError,
     ModelLoadError,
+    PrecisionError,
     TruncationWarning,
     UnsupportedArchitectureError,
 )
@@ -106,6 +107,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointLockedError",
     "DistributedError",
+    "PrecisionError",
     "InputError",
     "MechirNigError",
     "ModelLoadError",

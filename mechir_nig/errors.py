@@ -57,3 +57,9 @@ class DistributedError(MechirNigError, RuntimeError):
     """A torch.distributed run that cannot go on: a half-configured launch (``RANK`` without
     ``WORLD_SIZE``...), a model on another rank's GPU, or a step that failed on another rank (the
     message names the rank and its error, so every rank stops instead of waiting forever)."""
+
+
+class PrecisionError(MechirNigError, FloatingPointError):
+    """A score, embedding or attribution came out NaN or infinite: in float16 the activations overflowed
+    its range (largest value 65504); the message says which dtype to load instead (bfloat16 keeps
+    float32's range). Raised instead of returning garbage."""

@@ -64,6 +64,7 @@ from torch import Tensor
 
 from mechir_nig._io import save_with_sidecar
 from mechir_nig.errors import InputError, NoScoreChangeWarning
+from mechir_nig.models.precision import check_finite
 from mechir_nig.models.tokenization import PairBatch, TextBatch
 
 __all__ = ["DIRECTIONS", "METRICS", "SITES", "NoScoreChangeWarning", "PatchingResult", "patch"]
@@ -94,6 +95,12 @@ class PatchingResult:
         base_scores / source_scores / clean_scores / corrupted_scores: ``[batch]``.
         base_mask: ``[batch, pos]`` attention mask of the run patched into; changed: ``[batch, pos]``.
         clean_tokens / corrupted_tokens: aligned token strings (``""`` at masked slots and padding).
+
+    Example:
+        >>> res = patch(ce, align(ce, queries, docs, tfc1), sites=("resid_pre", "heads"))  # doctest: +SKIP
+        >>> res["resid_pre"].shape  # [batch, layer, pos]  # doctest: +SKIP
+        >>> res.base_scores.shape  # [batch]  # doctest: +SKIP
+        >>> res.recovery("heads").shape  # the metric again, whichever ``metric=`` was run  # doctest: +SKIP
     """
 
     values: dict[str, Tensor]
@@ -389,6 +396,12 @@ def patch(
     Raises:
         InputError: mismatched batches, an unknown site or direction, layers out of range, a NeuronSet
             of another model's shape, a bad ``chunk_size``.
+
+    Example:
+        >>> al = align(ce, queries, docs, tfc1)  # doctest: +SKIP
+        >>> res = patch(ce, al, sites=["heads", top], joint=True)  # doctest: +SKIP
+        >>> res["heads"].shape  # [batch, layer, n_heads]  # doctest: +SKIP
+        >>> res["neuron_set_joint"]  # [batch]: the recovery of the whole set  # doctest: +SKIP
     """
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
@@ -477,6 +490,7 @@ def patch(
             patched["neuron_set_joint"] = _patch_jointly(
                 model, base, base_cache, source_cache, member_idx, template, score
             ).cpu()
+    check_finite(model, "patching scores", base_scores, source_scores, *patched.values())
     clean_scores, corr_scores = (
         (source_scores, base_scores) if direction == "denoise" else (base_scores, source_scores)
     )

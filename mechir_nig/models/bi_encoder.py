@@ -25,6 +25,7 @@ from mechir_nig.errors import InputError, ModelLoadError
 from mechir_nig.models import loading
 from mechir_nig.models.config import EncoderConfig
 from mechir_nig.models.encoder import HookedEncoderBase
+from mechir_nig.models.precision import check_dtype
 from mechir_nig.models.tokenization import TextBatch, check_pairs, tokenize_texts
 
 POOLINGS = ("mean", "cls")
@@ -32,7 +33,26 @@ SIMILARITIES = ("cosine", "dot")
 
 
 class HookedBiEncoder(HookedEncoderBase):
-    """Bi-encoder (BERT, ELECTRA, RoBERTa/XLM-R, DistilBERT body): ``encode`` texts to ``[n, d_model]`` embeddings, ``score`` pairs by similarity."""
+    """Bi-encoder (BERT, ELECTRA, RoBERTa/XLM-R, DistilBERT body): ``encode`` texts to ``[n, d_model]`` embeddings, ``score`` pairs by similarity.
+
+    Shapes:
+        ``model(batch)`` on a ``TextBatch`` ``[batch, pos]``: embeddings ``[batch, d_model]``;
+        ``encode(texts)``: ``[n, d_model]``; ``score(queries, docs)``: ``[n]``.
+
+    Example:
+        >>> import torch
+        >>> be = HookedBiEncoder(EncoderConfig(n_layers=2, n_heads=2, d_model=8, d_mlp=16, d_vocab=50))
+        >>> be.init_weights(seed=0)  # a tiny random model; real ones come from from_pretrained
+        >>> ids = torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0]])  # [batch, pos]
+        >>> emb = be(ids, torch.zeros_like(ids), (ids > 0).long())
+        >>> emb.shape  # [batch, d_model], L2-normalised for cosine
+        torch.Size([2, 8])
+        >>> be.similarity_fn(emb, emb).shape  # [n]
+        torch.Size([2])
+        >>> be = HookedBiEncoder.from_pretrained("all-MiniLM-L6-v2")  # doctest: +SKIP
+        >>> be.encode(["a neuron is a cell", "rice"]).shape  # [n, d_model]  # doctest: +SKIP
+        torch.Size([2, 384])
+    """
 
     def __init__(
         self,
@@ -63,7 +83,7 @@ class HookedBiEncoder(HookedEncoderBase):
         tokenizer: Any = None,
         max_length: int | None = None,
         device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         ignore_head: bool = False,
     ) -> HookedBiEncoder:
         """Load a bare encoder (``BertModel``, ``DistilBertModel`` ..., or a sentence-transformers
@@ -75,6 +95,7 @@ class HookedBiEncoder(HookedEncoderBase):
         head (a re-ranker, a masked LM such as a SPLADE body) is refused unless ``ignore_head=True``
         says to use its encoder and leave the head out.
         """
+        dtype = check_dtype(dtype)  # before reading the weights
         ckpt = loading.inspect_checkpoint(loading.resolve_checkpoint(name_or_path))
         return cls.from_checkpoint(
             ckpt,
@@ -98,7 +119,7 @@ class HookedBiEncoder(HookedEncoderBase):
         tokenizer: Any = None,
         max_length: int | None = None,
         device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         ignore_head: bool = False,
         name: str | None = None,
     ) -> HookedBiEncoder:
@@ -116,7 +137,7 @@ class HookedBiEncoder(HookedEncoderBase):
         pooling = st_pooling or "mean"
         max_length = max_length or st_max_length
         cfg = EncoderConfig.from_hf(ckpt.hf_config, model_name=name or str(folder), n_labels=0)
-        cfg.dtype = dtype
+        cfg.dtype = dtype = check_dtype(dtype)
         sd = loading.convert_weights(ckpt, cfg, head=False)
         tok = loading.load_tokenizer(folder, tokenizer)
         loading.check_tokenizer(tok, cfg, str(folder), pairwise=False)

@@ -31,7 +31,25 @@ def _refuse(name: str, why: str) -> PostLayerNormError:
 
 
 class EncoderActivationCache(ActivationCache):
-    """``ActivationCache`` that refuses the pre-LN-only decompositions (see the module docstring)."""
+    """``ActivationCache`` that refuses the pre-LN-only decompositions (see the module docstring).
+
+    Activations keep TransformerLens' shapes: ``blocks.{l}.mlp.hook_post`` ``[batch, pos, d_mlp]``,
+    ``blocks.{l}.attn.hook_pattern`` ``[batch, n_heads, pos, pos]``, ``hook_resid_pre``
+    ``[batch, pos, d_model]``.
+
+    Example:
+        >>> import torch
+        >>> from mechir_nig.models import EncoderConfig, HookedCrossEncoder
+        >>> ce = HookedCrossEncoder(EncoderConfig(n_layers=2, n_heads=2, d_model=8, d_mlp=16, d_vocab=50, n_labels=1))
+        >>> ce.init_weights(seed=0)  # a tiny random model
+        >>> ids, types = torch.tensor([[1, 5, 2, 7, 2]]), torch.tensor([[0, 0, 0, 1, 1]])  # [batch, pos]
+        >>> scores, cache = ce.run_with_cache(ids, types, torch.ones_like(ids))
+        >>> type(cache).__name__, cache["blocks.1.mlp.hook_post"].shape  # [batch, pos, d_mlp]
+        ('EncoderActivationCache', torch.Size([1, 5, 16]))
+        >>> cache.logit_lens(cache["blocks.1.hook_resid_post"])  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        PostLayerNormError: ActivationCache.logit_lens projects the residual stream through a final LayerNorm
+    """
 
     def decompose_resid(self, *args: Any, **kwargs: Any) -> Any:
         raise _refuse("decompose_resid", "sums component outputs as if they added up to the residual stream")

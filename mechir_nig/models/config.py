@@ -11,9 +11,12 @@ from typing import Any
 
 import torch
 
-from mechir_nig.errors import UnsupportedArchitectureError
+from mechir_nig.errors import InputError, UnsupportedArchitectureError
 
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+ATTENTION_IMPLS = ("auto", "sdpa", "explicit")
+"""``auto``: ``scaled_dot_product_attention`` unless ``hook_attn_scores``/``hook_pattern`` is hooked;
+``sdpa``: always (a pattern hook is an error); ``explicit``: always materialise the pattern."""
 POOLER_ACTIVATIONS = ("tanh", "gelu", "relu")
 
 
@@ -33,6 +36,16 @@ class EncoderConfig:
     - ``pooler_act``: activation of the classification head's dense layer (BERT's pooler and
       RoBERTa: ``tanh``; ELECTRA: ``gelu``; DistilBERT: ``relu``).
     - ``use_attn_result`` / ``use_hook_mlp_in``: opt-in hooks, as in TransformerLens.
+    - ``attn_impl``: how attention is computed (``ATTENTION_IMPLS``; set it with
+      ``model.set_attention_impl``). A runtime switch, not part of the model: ``to_dict`` leaves it out.
+
+    Example:
+        >>> cfg = EncoderConfig(n_layers=6, n_heads=12, d_model=384, d_mlp=1536, d_vocab=30522)
+        >>> cfg.d_head, cfg.d_embed, cfg.n_positions  # d_embed defaults to d_model
+        (32, 384, 512)
+        >>> cfg.to_dict()["dtype"]
+        'float32'
+        >>> EncoderConfig.from_hf(AutoConfig.from_pretrained(path), n_labels=1)  # doctest: +SKIP
     """
 
     n_layers: int
@@ -54,6 +67,7 @@ class EncoderConfig:
     use_attn_result: bool = False
     use_hook_mlp_in: bool = False
     attn_only: bool = False
+    attn_impl: str = "auto"
     dtype: torch.dtype = torch.float32
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -69,6 +83,8 @@ class EncoderConfig:
             raise UnsupportedArchitectureError(
                 f"hidden_act={self.act_fn!r} is not supported; use one of {SUPPORTED_ACTIVATIONS}"
             )
+        if self.attn_impl not in ATTENTION_IMPLS:
+            raise InputError(f"attn_impl must be one of {ATTENTION_IMPLS}, got {self.attn_impl!r}")
         if self.pooler_act not in POOLER_ACTIVATIONS:
             raise UnsupportedArchitectureError(
                 f"pooler_act={self.pooler_act!r} is not supported; use one of {POOLER_ACTIVATIONS}"
@@ -105,5 +121,6 @@ class EncoderConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out.pop("attn_impl")  # how attention is computed, not what the model is (see the class docstring)
         out["dtype"] = str(self.dtype).removeprefix("torch.")
         return out

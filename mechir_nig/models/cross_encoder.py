@@ -28,6 +28,7 @@ from mechir_nig.models import loading
 from mechir_nig.models.components import ClassifierHead, Pooler
 from mechir_nig.models.config import EncoderConfig
 from mechir_nig.models.encoder import HookedEncoderBase
+from mechir_nig.models.precision import check_dtype
 from mechir_nig.models.tokenization import PairBatch, tokenize_pairs
 
 ReturnType = Literal["score", "logits"] | None
@@ -37,6 +38,18 @@ class HookedCrossEncoder(HookedEncoderBase):
     """Cross-encoder (``...ForSequenceClassification``, 1 or 2 labels) of any supported family.
 
     Call it on a ``PairBatch`` (from :meth:`tokenize`) to get ``Float[Tensor, "batch"]`` scores.
+
+    Example:
+        >>> import torch
+        >>> cfg = EncoderConfig(n_layers=2, n_heads=2, d_model=8, d_mlp=16, d_vocab=50, n_labels=1)
+        >>> ce = HookedCrossEncoder(cfg)
+        >>> ce.init_weights(seed=0)  # a tiny random model; real ones come from from_pretrained
+        >>> ids = torch.tensor([[1, 5, 2, 7, 8, 2]])  # [batch, pos]: [CLS] q [SEP] d d [SEP]
+        >>> types = torch.tensor([[0, 0, 0, 1, 1, 1]])
+        >>> ce(ids, types, torch.ones_like(ids)).shape  # [batch]
+        torch.Size([1])
+        >>> ce = HookedCrossEncoder.from_pretrained("cross-encoder/ms-marco-MiniLM-L-6-v2")  # doctest: +SKIP
+        >>> ce.score(["what is a neuron"], ["A neuron is a cell."])  # [n]  # doctest: +SKIP
     """
 
     pooler: Pooler  # a cross-encoder always has its head's dense layer
@@ -62,10 +75,11 @@ class HookedCrossEncoder(HookedEncoderBase):
         tokenizer: Any = None,
         max_length: int | None = None,
         device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
     ) -> HookedCrossEncoder:
         """Load a ``...ForSequenceClassification`` checkpoint (BERT, ELECTRA, RoBERTa, XLM-R,
         DistilBERT) from a local folder or a hub id."""
+        dtype = check_dtype(dtype)  # before reading the weights
         ckpt = loading.inspect_checkpoint(loading.resolve_checkpoint(name_or_path))
         return cls.from_checkpoint(
             ckpt,
@@ -84,7 +98,7 @@ class HookedCrossEncoder(HookedEncoderBase):
         tokenizer: Any = None,
         max_length: int | None = None,
         device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         name: str | None = None,
     ) -> HookedCrossEncoder:
         """Build from an inspected checkpoint (``loading.inspect_checkpoint``); see ``from_pretrained``."""
@@ -116,7 +130,7 @@ class HookedCrossEncoder(HookedEncoderBase):
                 "encoder, load it with HookedBiEncoder.from_pretrained(path, ignore_head=True)"
             )
         cfg = EncoderConfig.from_hf(ckpt.hf_config, model_name=name or str(folder), n_labels=n_labels)
-        cfg.dtype = dtype
+        cfg.dtype = dtype = check_dtype(dtype)
         sd = loading.convert_weights(ckpt, cfg, head=True)
         tok = loading.load_tokenizer(folder, tokenizer)
         loading.check_tokenizer(tok, cfg, str(folder), pairwise=True)

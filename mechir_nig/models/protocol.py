@@ -24,6 +24,12 @@ class AttributionModel(Protocol):
         tokenizer: the model's tokenizer (``None`` allowed: no display tokens).
         pairwise: ``True`` when the score reads a (query, doc) pair in one input (cross-encoder);
             ``False`` when one side is interpolated against the other side's fixed embedding.
+
+    Example:
+        >>> from mechir_nig.models import EncoderConfig, HookedBiEncoder
+        >>> be = HookedBiEncoder(EncoderConfig(n_layers=1, n_heads=2, d_model=8, d_mlp=16, d_vocab=50))
+        >>> isinstance(be, AttributionModel), be.pairwise
+        (True, False)
     """
 
     cfg: EncoderConfig

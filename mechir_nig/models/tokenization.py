@@ -138,6 +138,26 @@ class PairBatch(_Batch):
     Shapes:
         input_ids, token_type_ids, attention_mask, groups: ``[batch, pos]``; truncated: ``[batch]``.
         ``groups`` holds indices into ``GROUPS`` (cls, query, sep, doc, pad).
+
+    Example:
+        >>> batch = PairBatch(  # what ce.tokenize(queries, docs) returns, here built by hand
+        ...     input_ids=torch.tensor([[101, 7, 102, 9, 9, 102], [101, 7, 102, 9, 102, 0]]),
+        ...     token_type_ids=torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 0]]),
+        ...     attention_mask=torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]]),
+        ...     groups=torch.tensor([[0, 1, 2, 3, 3, 2], [0, 1, 2, 3, 2, 4]]),
+        ...     truncated=torch.tensor([False, False]),
+        ...     queries=["neuron", "neuron"],
+        ...     docs=["cell cell", "cell"],
+        ... )
+        >>> len(batch), batch.input_ids.shape  # [batch, pos]
+        (2, torch.Size([2, 6]))
+        >>> batch.lengths.tolist()  # [batch]
+        [6, 5]
+        >>> batch.select([1]).input_ids.shape  # rows trimmed to their longest sequence
+        torch.Size([1, 5])
+        >>> batch = ce.tokenize(["what is a neuron"], ["A neuron is a cell."])  # doctest: +SKIP
+        >>> [GROUPS[g] for g in batch.groups[0].tolist()]  # doctest: +SKIP
+        ['cls', 'query', 'query', 'query', 'query', 'sep', 'doc', 'doc', 'doc', 'doc', 'doc', 'doc', 'sep']
     """
 
     input_ids: Int[Tensor, "batch pos"]
@@ -152,7 +172,24 @@ class PairBatch(_Batch):
 
 @dataclass
 class TextBatch(_Batch):
-    """Tokenized single texts ``[CLS] t [SEP]`` for a bi-encoder (text tokens are in group ``doc``)."""
+    """Tokenized single texts ``[CLS] t [SEP]`` for a bi-encoder (text tokens are in group ``doc``).
+
+    Shapes:
+        input_ids, token_type_ids, attention_mask, groups: ``[batch, pos]``; truncated: ``[batch]``.
+
+    Example:
+        >>> batch = TextBatch(  # what be.tokenize(texts) returns, here built by hand
+        ...     input_ids=torch.tensor([[101, 9, 9, 102], [101, 9, 102, 0]]),
+        ...     token_type_ids=torch.zeros(2, 4, dtype=torch.long),
+        ...     attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
+        ...     groups=torch.tensor([[0, 3, 3, 2], [0, 3, 2, 4]]),
+        ...     truncated=torch.tensor([False, False]),
+        ... )
+        >>> batch.lengths.tolist()  # [batch]
+        [4, 3]
+        >>> be(be.tokenize(["a neuron is a cell", "rice"])).shape  # [batch, d_model]  # doctest: +SKIP
+        torch.Size([2, 384])
+    """
 
     input_ids: Int[Tensor, "batch pos"]
     token_type_ids: Int[Tensor, "batch pos"]

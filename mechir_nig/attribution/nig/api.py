@@ -40,6 +40,7 @@ from mechir_nig.attribution.rules import alphas as rule_alphas
 from mechir_nig.attribution.rules import check_n_steps, check_rule
 from mechir_nig.attribution.rules import weights as rule_weights
 from mechir_nig.errors import InputError
+from mechir_nig.models.precision import check_finite
 from mechir_nig.models.protocol import AttributionModel
 from mechir_nig.models.tokenization import DOC, QUERY, PairBatch, TextBatch
 
@@ -246,6 +247,9 @@ class NeuronIntegratedGradients:
                 )
             else:
                 path = self._auto(batch, base, other, target, settings, layer_list, heads, window, progress)
+            # a float16 overflow gives NaN/inf along the path: an error, never a NaN attribution
+            check_finite(m, "NIG scores or attributions", path.scores, path.baseline_scores, target.values)
+            check_finite(m, "NIG head attributions", target.head_values)
         meta = {
             "model": m.cfg.model_name,
             **path.meta,

@@ -7,7 +7,9 @@ with parameters frozen (no weight gradients). Without the input gradient, the fi
 MLP pre-activation (``attn.hook_z`` with heads) is made a leaf, so nothing below it is kept for backward
 and the backward stops there. A tensor hook on each activation hands it, with its gradient, to an
 *accumulator* as soon as the gradient arrives, so the activation and its gradient are freed at once and
-peak memory is that of a plain forward + backward.
+peak memory is that of a plain forward + backward. On CUDA the next window's index tensors are
+copied from pinned memory on a side stream while the current window runs (``staged``); on the CPU
+the loop is unchanged.
 
 What is done with activations and gradients is the accumulator's business:
 
@@ -36,7 +38,7 @@ Example (what ``api.py`` does for a fixed rule):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
@@ -336,6 +338,43 @@ class PathScalars:
             self.seen[pair_of_row, points] = True
 
 
+def staged(
+    windows: Iterable[Window], device: torch.device
+) -> Iterator[tuple[Window, Tensor, Tensor, Tensor]]:
+    """Each window with its ``pairs``, ``local`` and ``points`` on ``device``.
+
+    On CUDA the next window's indices are copied from pinned host memory on a side stream
+    (``non_blocking``) while the current window runs, so the host never waits on a pageable copy
+    between windows; the compute stream waits on the copy's event only when it uses them. Elsewhere
+    (CPU) it is the plain loop: ``.to(device)`` returns the plan's own tensors, nothing is copied.
+    """
+    if device.type != "cuda":
+        for w in windows:
+            yield w, w.pairs.to(device), w.local.to(device), w.points.to(device)
+        return
+    side = torch.cuda.Stream(device)
+
+    def issue(w: Window) -> tuple[Window, tuple[Tensor, ...], Any]:
+        with torch.cuda.stream(side):
+            moved = tuple(t.pin_memory().to(device, non_blocking=True) for t in (w.pairs, w.local, w.points))
+            done = torch.cuda.Event()
+            done.record(side)
+        return w, moved, done
+
+    it = iter(windows)
+    first = next(it, None)
+    pending = issue(first) if first is not None else None
+    while pending is not None:
+        w, moved, done = pending
+        following = next(it, None)
+        pending = issue(following) if following is not None else None  # overlaps window w
+        compute = torch.cuda.current_stream(device)
+        compute.wait_event(done)
+        for t in moved:
+            t.record_stream(compute)  # allocated on the side stream, used on the compute stream
+        yield w, moved[0], moved[1], moved[2]
+
+
 class PathKernel:
     """Forward + backward over the path points of a plan, activations and gradients to an accumulator.
 
@@ -400,10 +439,7 @@ class PathKernel:
             from tqdm.auto import tqdm
 
             windows = tqdm(plan, desc=desc, unit="window")
-        for w in windows:
-            pairs = w.pairs.to(dev)
-            local = w.local.to(dev)
-            points = w.points.to(dev)
+        for w, pairs, local, points in staged(windows, dev):
             p_w = w.length
             with torch.no_grad():
                 x_w = m.word_embeddings(batch.input_ids[pairs, :p_w])

@@ -11,14 +11,27 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
+from mechir_nig.errors import InputError
 from mechir_nig.models.config import EncoderConfig
 
 
 class Attention(nn.Module):
     """Bidirectional multi-head self-attention.
 
-    When nothing is hooked on ``hook_attn_scores`` or ``hook_pattern`` the pattern is never
-    materialised (``scaled_dot_product_attention``); hooking either switches to the explicit path.
+    Two paths give the same ``hook_z`` (to float rounding: 1e-7 in float32, 1e-15 in float64):
+
+    - *SDPA*: ``torch.nn.functional.scaled_dot_product_attention`` with the additive mask (padding and
+      the masked slots of aligned inputs); the pattern is never materialised, so neither
+      ``hook_attn_scores`` nor ``hook_pattern`` fires.
+    - *explicit*: ``softmax(q kᵀ / √d_head + mask) v`` with the scores and the pattern through their
+      hooks.
+
+    ``cfg.attn_impl`` picks (``model.set_attention_impl``): ``"auto"`` (default) takes SDPA unless a
+    forward or backward hook is attached to ``hook_attn_scores`` or ``hook_pattern`` of this layer
+    (``run_with_cache`` caching them, ``run_with_hooks``, ``hooks()``, a permanent hook), so every
+    hook fires; ``"explicit"`` always materialises the pattern; ``"sdpa"`` never does and refuses a
+    pattern hook (``InputError``) rather than silently not calling it.
+
     With ``cfg.use_attn_result`` each head's output is written to ``hook_result``
     ``[batch, pos, n_heads, d_model]`` (the heads' contributions before ``b_O``) and summed from there,
     so per-head patching edits what the block adds.
@@ -77,6 +90,18 @@ class Attention(nn.Module):
     def b_V(self) -> Float[Tensor, "n_heads d_head"]:
         return self._tl_bias(2)
 
+    def explicit_path(self) -> bool:
+        """Whether this forward materialises the pattern (see the class docstring for the rule)."""
+        impl = self.cfg.attn_impl
+        hooked = self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks()
+        if hooked and impl == "sdpa":
+            raise InputError(
+                "a hook is attached to attn.hook_attn_scores or attn.hook_pattern, but the model is set to "
+                "attention 'sdpa', which never computes the pattern: call model.set_attention_impl('auto') "
+                "(or 'explicit') to run the hook"
+            )
+        return hooked or impl == "explicit"
+
     def forward(
         self,
         x: Float[Tensor, "batch pos d_model"],
@@ -87,13 +112,14 @@ class Attention(nn.Module):
         q, k, v = rearrange(qkv, "b p (three n h) -> three b p n h", three=3, n=n_heads).unbind(0)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [batch, n_heads, pos, d_head]
-        if self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
+        if self.explicit_path():
             scores = torch.matmul(qh, kh.transpose(-1, -2)) * self.scale + additive_mask
-            scores = self.hook_attn_scores(scores)
-            pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
+            scores = self.hook_attn_scores(scores)  # [batch, n_heads, query_pos, key_pos]
+            pattern = self.hook_pattern(torch.softmax(scores, dim=-1))  # [batch, n_heads, query_pos, key_pos]
             z = torch.matmul(pattern, vh)
         else:
-            z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=additive_mask.to(qh.dtype))
+            mask = additive_mask.to(qh.dtype)  # [batch, 1, 1, key_pos], broadcast over heads and queries
+            z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=self.scale)
         z = self.hook_z(z.transpose(1, 2))
         if self.cfg.use_attn_result:
             result = self.hook_result(
