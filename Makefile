@@ -45,7 +45,7 @@ lint: install
 	$(PY) -m mypy
 
 test: install browser lint docs
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests mechir_nig --doctest-modules -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests mechir_nig --doctest-modules -q --durations=20
 
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d build/site
