@@ -86,6 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+SHARDED = ("attribute", "prune")
+"""Commands that spread their work over the ranks of a torchrun launch (the others would repeat it)."""
+
+
+def _check_launch(command: str) -> None:
+    """Refuse a multi-process torchrun launch of a command that is not sharded (every rank would repeat
+    the whole work and write the same files)."""
+    from mechir_nig.runtime.distributed import launch_info
+
+    launch = launch_info()
+    if launch is not None and launch.world_size > 1 and command not in SHARDED:
+        raise UsageError(
+            f"'{command}' does not shard its work over torchrun ranks (only {', '.join(SHARDED)} do): "
+            f"run it without torchrun, or with --nproc-per-node 1"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, 1 failure, 2 bad option)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -108,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = parser.parse_args(argv)
             debug = debug or bool(getattr(args, "debug", False))
             prog = f"{PROG} {args.command}"
+            _check_launch(args.command)
             args.func(args, Session(args, argv))
         except SystemExit as exc:  # --help, --version
             return exc.code if isinstance(exc.code, int) else 0
