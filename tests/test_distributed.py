@@ -432,3 +432,22 @@ def test_cli_attribute_under_torchrun_equals_one_process(tmp_path, tiny_ce_dir):
     run = json.loads((tmp_path / "two" / "run.json").read_text())
     assert len(run["history"]) == 1 and run["summary"]["n_pairs"] == one.n_done
     assert not list((tmp_path / "two").glob("*.rank*")) and not list((tmp_path / "two").glob("*.lock"))
+
+
+def test_remove_run_clears_result_manifest_and_parts_only(tmp_path):
+    """Starting again (`attribute --overwrite`) removes every file of the old run and nothing else."""
+    ckpt = tmp_path / "attribution.safetensors"
+    old = [ckpt, tmp_path / "attribution.safetensors.json", shards.manifest_path(ckpt)]
+    for r in range(2):
+        part = shards.part_path(ckpt, r, 2, 1)
+        old += [part, part.with_name(part.name + ".json")]
+    keep = [
+        tmp_path / "pruning.json",
+        tmp_path / "attribution.safetensors.rank0.notes",
+        tmp_path / "other.safetensors",
+    ]
+    for f in old + keep:
+        f.write_text("x")
+    shards.remove_run(ckpt)
+    assert [f for f in old if f.exists()] == []
+    assert all(f.exists() for f in keep)

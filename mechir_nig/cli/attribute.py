@@ -137,7 +137,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the attribution and --overwrite starts again: pass one of them")
     from mechir_nig.runtime.distributed import context
-    from mechir_nig.runtime.shards import manifest_path
+    from mechir_nig.runtime.shards import manifest_path, remove_run
 
     path = s.path("attribution")
     started = path.exists() or manifest_path(path).exists()
@@ -151,10 +151,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     ctx = context("auto", device=model.device)  # under torchrun: joins the process group
     if started and args.overwrite and not args.resume:
         if ctx.is_main:  # the result, its sidecar, and a sharded run's manifest and per-rank parts
-            for old in [path, path.with_name(path.name + ".json"), manifest_path(path)]:
-                old.unlink(missing_ok=True)
-            for part in path.parent.glob(path.name + ".rank*"):
-                part.unlink(missing_ok=True)
+            remove_run(path)
         ctx.barrier()
     layers = check_layers(args.layers, model)
     if args.side is not None and model.pairwise:

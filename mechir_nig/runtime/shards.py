@@ -217,6 +217,15 @@ def _remove(paths: Iterable[Path]) -> None:
                 q.unlink()
 
 
+def remove_run(ckpt: Path) -> None:
+    """Remove everything a run on ``ckpt`` wrote: the result and its sidecar, a sharded run's manifest
+    and every part file (with dead writers' temporary files); for starting again over an old run."""
+    _remove([ckpt])
+    with contextlib.suppress(FileNotFoundError):
+        manifest_path(ckpt).unlink()
+    _sweep(ckpt, keep=())
+
+
 def _sweep(ckpt: Path, keep: Iterable[Path]) -> None:
     """Remove part files of ``ckpt`` that no manifest names (orphans of a crash), and dead writers'
     temporary files of the parts and the manifest."""
