@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -50,11 +51,14 @@ pairs = type(ps)(ps[:10], ps.report)
 model = HookedCrossEncoder.from_pretrained(model_dir, device=distributed.local_device())
 held = []
 
+def say(line):  # one write() of a short line: atomic on a pipe, so the two ranks' lines never interleave
+    os.write(1, (line + "\n").encode())
+
 def on_batch(n):
     held.append(n)
     if pause_at and n >= pause_at:  # after this rank's first checkpoint: wait to be killed
-        print(f"PAUSED {distributed.rank()} {os.getpid()}", flush=True)
-        time.sleep(300)
+        say(f"PAUSED {distributed.rank()} {os.getpid()}")
+        time.sleep(150)  # bounded: the test kills it long before, its watchdog at 120 s
 
 stats = attribute_collection(model, pairs, n_steps=4, batch_size=2, checkpoint=ckpt, checkpoint_every=2,
                              progress=False, on_batch=on_batch)
@@ -68,7 +72,7 @@ study = pruning_study(model, col, bm25_candidates(col, k=5), stats, fractions=(0
                       progress=False)  # its 6 evaluations sharded over the 2 ranks, gathered on each
 with open(os.path.join(out, f"pruning{r}.json"), "w") as f:
     f.write(json.dumps({"runs": study.runs, "per_query": study.per_query, "sets": study.sets}))
-print(f"DONE {r} {distributed.world_size()} {held[-1] if held else 0}", flush=True)
+say(f"DONE {r} {distributed.world_size()} {held[-1] if held else 0}")
 """
 
 
@@ -131,12 +135,13 @@ class Launch:
         self.watchdog.start()
         self.worker_pids: list[int] = []
 
-    def lines(self, prefix: str, n: int) -> list[str]:
+    def lines(self, prefix: str, n: int) -> list[list[str]]:
         assert self.proc.stdout is not None
-        found: list[str] = []
+        found: list[list[str]] = []
+        pattern = re.compile(rf"{prefix}(?: \d+)+")  # whole records, even if a stray write split a line
         for line in self.proc.stdout:
-            if line.startswith(prefix):
-                found.append(line.split())
+            for match in pattern.finditer(line):
+                found.append(match.group().split())
                 if len(found) == n:
                     return found
         self.proc.wait()
