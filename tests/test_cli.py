@@ -345,7 +345,7 @@ def test_patch_skip_reasons_leave_the_texts_out():
 
 
 def test_unsharded_command_under_a_multi_rank_launch_is_refused(monkeypatch, capsys):
-    """torchrun with 2 ranks: 'patch' (not sharded) is a usage error, not twice the work and two writers."""
+    """torchrun with 2 ranks: 'report' (not sharded) is a usage error, not twice the work and two writers."""
     from mechir_nig.cli import main
 
     monkeypatch.setenv("RANK", "0")
@@ -353,6 +353,6 @@ def test_unsharded_command_under_a_multi_rank_launch_is_refused(monkeypatch, cap
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", "29999")
-    assert main(["patch", "--no-progress"]) == 2
+    assert main(["report", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not shard" in err[0] and "attribute, prune" in err[0]

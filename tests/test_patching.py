@@ -200,6 +200,18 @@ def test_skipped_positions_get_the_base_score_exactly(tiny_ce, aligned):
     assert (v[:, 0][aligned.removed].abs() > 0).any()
 
 
+def test_an_injected_token_cannot_be_patched_away_at_its_own_position(tiny_ce, aligned):
+    """docs/patching.md: the clean side holds the injected token in a masked slot (same embedding), so
+    denoising its layer-0 residual there is skipped (exactly the base score), while later layers, where
+    the clean run's slot saw a different context, do move the score."""
+    res = patch(tiny_ce, aligned, sites="resid_pre", metric="raw")
+    inj = aligned.injected & (aligned.clean.attention_mask == 0)  # slots (a substitution is not one)
+    assert inj.any()
+    v = res.values["resid_pre"]
+    assert (v[:, 0][inj] == 0).all()
+    assert (v[:, 1:].transpose(1, 2)[inj].abs() > 0).any()
+
+
 def test_recovery_metric_and_nan_guard(tiny_ce, aligned):
     res = patch(tiny_ce, aligned, sites="resid_pre")
     delta = (res.source_scores - res.base_scores).reshape(-1, 1, 1)

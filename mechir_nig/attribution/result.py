@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,23 +184,52 @@ class NeuronAttribution:
 
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (safetensors tensors) and ``path.json`` (layers, tokens, settings)."""
+        """Write ``path`` (safetensors tensors) and ``path.json`` (layers, tokens, settings), each
+        atomically; the safetensors metadata holds a sha256 checksum of both, verified by ``load``.
+
+        Example:
+            >>> attr.save("attr.safetensors")  # and attr.safetensors.json  # doctest: +SKIP
+        """
         path = Path(path)
         tensors = {n: getattr(self, n).contiguous().cpu() for n in _TENSORS if getattr(self, n) is not None}
         side = {"layers": self.layers, "tokens": self.tokens, "meta": self.meta, "reduce": self.reduce}
-        return save_with_sidecar(path, tensors, side)
+        return save_with_sidecar(path, tensors, side, kind="NeuronAttribution")
 
     @classmethod
     def load(cls, path: str | Path) -> NeuronAttribution:
-        from safetensors.torch import load_file
+        """Read a result written by ``save`` (``path`` and its sidecar ``path.json``).
 
-        path = Path(path)
-        tensors = load_file(str(path))
-        side = json.loads(path.with_suffix(path.suffix + ".json").read_text())
-        return cls(
-            **tensors,
-            layers=side["layers"],
-            tokens=side["tokens"],
-            meta=side["meta"],
-            reduce=side.get("reduce", "token"),  # files written before reduce= hold tokens
+        Raises:
+            InputError: ``path`` does not exist.
+            CheckpointError: naming the file and what to do, when it is truncated or corrupt (safetensors
+                cannot read it), another program's file (other tensor names) or another result's
+                (``PatchingResult.save``), its sidecar ``path.json`` is missing or not JSON, or the
+                checksum does not match (damaged after it was written, or a sidecar of another file).
+                Files written before checksums existed load with a ``UserWarning``.
+
+        Example:
+            >>> back = NeuronAttribution.load("attr.safetensors")  # doctest: +SKIP
+            >>> back.values.shape  # as saved, e.g. [batch, layer, pos, d_mlp]  # doctest: +SKIP
+        """
+        from mechir_nig._io import load_with_sidecar, unusable
+
+        what = "neuron attribution"
+        tensors, side = load_with_sidecar(
+            path, kind="NeuronAttribution", what=what, required=_TENSORS[:5], allowed=_TENSORS.__contains__
         )
+        try:
+            layers = side["layers"]
+            if not isinstance(layers, list) or not all(isinstance(x, int) for x in layers):
+                raise TypeError(f"layers is {layers!r}, not a list of ints")
+            result = cls(
+                **tensors,
+                layers=layers,
+                tokens=side.get("tokens", []),
+                meta=side.get("meta", {}),
+                reduce=side.get("reduce", "token"),  # files written before reduce= hold tokens
+            )
+            if result.values.shape[1] != len(layers):
+                raise ValueError(f"values has {result.values.shape[1]} layers but the sidecar lists {layers}")
+        except (KeyError, TypeError, ValueError) as exc:  # InputError is a ValueError
+            raise unusable(path, what, f"its contents do not make one ({type(exc).__name__}: {exc})") from exc
+        return result

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -248,31 +247,24 @@ class CollectionAttribution:
     def load(cls, path: str | Path) -> CollectionAttribution:
         """Read a file written by ``save``; refuse (``CheckpointError`` naming the file) one that is
         truncated, corrupt (checksum mismatch) or not a collection attribution."""
-        from safetensors import safe_open
+        from mechir_nig._io import read_safetensors, unusable, verify_checksum
 
         path = Path(path)
         if not path.is_file():
             raise InputError(f"no collection attribution at {path}")
+        what = "collection attribution"
+        fix = (
+            "Nothing can be resumed from it: delete it (or move it away) to start over, or pass another "
+            "checkpoint= path"
+        )
 
         def refuse(why: str) -> CheckpointError:
-            return CheckpointError(
-                f"{path} is not a usable collection attribution: {why}. Nothing can be resumed from it: "
-                "delete it (or move it away) to start over, or pass another checkpoint= path"
-            )
+            return unusable(path, what, why, fix)
 
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                raw = metadata.get("mechir_nig")
-                if raw is None:
-                    raise refuse("a safetensors file without mechir_nig metadata (another program's file?)")
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        except CheckpointError:
-            raise
-        except OSError as exc:
-            raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
-        except Exception as exc:  # safetensors' SafetensorError: truncated, random bytes, bad header
-            raise refuse(f"safetensors cannot read it ({exc}); it is truncated or corrupt") from exc
+        tensors, metadata = read_safetensors(path, what, fix)
+        raw = metadata.get("mechir_nig")
+        if raw is None:
+            raise refuse("a safetensors file without mechir_nig metadata (another program's file?)")
         try:
             info = json.loads(raw)
             layers, n_layers, d_mlp = list(info["layers"]), int(info["n_layers"]), int(info["d_mlp"])
@@ -291,21 +283,9 @@ class CollectionAttribution:
                 if t is None or tuple(t.shape) != shape or t.dtype != torch.float64:
                     found = "missing" if t is None else f"{t.dtype} {tuple(t.shape)}"
                     raise refuse(f"tensor {lab}.{kind} is {found}, expected float64 {shape}")
-        expected = metadata.get("sha256")
-        if expected is None:
-            warnings.warn(
-                f"{path} has no checksum (written by an older mechir_nig): its statistics cannot be "
-                "verified; save it again to add one",
-                UserWarning,
-                stacklevel=2,
-            )
-        else:
-            actual = _checksum(tensors, raw)
-            if actual != expected:
-                raise refuse(
-                    f"its checksum does not match its contents (recorded sha256 {expected[:12]}..., "
-                    f"computed {actual[:12]}...): the file was damaged after it was written"
-                )
+        verify_checksum(
+            path, metadata.get("sha256"), tensors, raw, _KIND, what=what, contents="statistics", fix=fix
+        )
         return cls(
             layers=layers,
             n_layers=n_layers,
@@ -325,15 +305,14 @@ class CollectionAttribution:
         )
 
 
+_KIND = "CollectionAttribution"
+
+
 def _checksum(tensors: dict[str, Tensor], info: str) -> str:
     """sha256 over the metadata text and, in name order, each tensor's name, dtype, shape and bytes."""
-    h = hashlib.sha256(b"mechir_nig.CollectionAttribution\0")
-    h.update(info.encode())
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+    from mechir_nig._io import checksum
+
+    return checksum(tensors, info, _KIND)
 
 
 def top_neurons(

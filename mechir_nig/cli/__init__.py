@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-SHARDED = ("attribute", "prune")
+SHARDED = ("attribute", "prune", "patch", "faithfulness", "rerank", "stability", "demo")
 """Commands that spread their work over the ranks of a torchrun launch (the others would repeat it)."""
 
 

@@ -126,8 +126,10 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
             summary[name] = sub_args.func(sub_args, Session(sub_args, argv, cache=s.cache))
     s.record(summary=summary)
     s.say("\n== report")
+    path = s.out / LAYOUT["report"]
     with s.stage("report"):
-        path = build(s.out, s.out / LAYOUT["report"])
+        if s.main:  # under torchrun the stages above are sharded; rank 0 writes the report
+            build(s.out, path)
     s.say(f"demo finished in {sum(s.timings.values()):.0f} s")
     s.say(str(path))
     return summary

@@ -55,9 +55,8 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from mechir_nig.attribution.nig import neuron_integrated_gradients
     from mechir_nig.cli._common import UsageError
-    from mechir_nig.experiments.faithfulness import FaithfulnessResult, faithfulness
+    from mechir_nig.experiments.faithfulness import FaithfulnessResult, _per_neuron_nig, faithfulness
     from mechir_nig.interventions.ablation import AblationReference
 
     if args.neurons < 2:
@@ -75,10 +74,8 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         f"faithfulness on {len(pairs)} pairs: top-{args.neurons} neurons each, curve to k={args.curve_k}, "
         f"interventions {args.interventions}"
     )
-    with s.stage("nig"):
-        attr = neuron_integrated_gradients(
-            model, qs, ds, n_steps=args.n_steps, reduce="neuron", progress=s.progress
-        )
+    with s.stage("nig"):  # under torchrun: the pairs sharded over the ranks, gathered on each
+        attr = _per_neuron_nig(model, qs, ds, n_steps=args.n_steps, reduce="neuron", progress=s.progress)
     reference = None
     if "mean" in args.interventions:
         with s.stage("reference"):
@@ -90,7 +87,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     parts: list[FaithfulnessResult] = []
     with s.stage("ablations"):
         for mode in tqdm(
-            args.interventions, desc="faithfulness", unit="intervention", disable=not s.progress
+            args.interventions, desc="faithfulness", unit="intervention", disable=not s.progress or not s.main
         ):
             parts.append(
                 faithfulness(
@@ -125,7 +122,8 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     out = s.path("faithfulness")
     from mechir_nig.cli._common import write_json
 
-    write_json(out, data)
+    if s.main:  # faithfulness() shards the pairs and gathers the result on every rank
+        write_json(out, data)
     s.wrote(out)
     for mode, rho in result.spearman.items():
         cells = ", ".join(f"{name} {value:+.3f}" for name, value in rho.items())

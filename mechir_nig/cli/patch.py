@@ -177,7 +177,12 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         f"{len(layers)} layers, {al.clean.input_ids.shape[1]} aligned positions"
     )
     parts: dict[str, list[PatchingResult]] = {site: [] for site in args.sites}
-    bar = tqdm(total=len(args.sites) * len(layers), desc="patching", unit="layer", disable=not s.progress)
+    bar = tqdm(  # under torchrun every call below is sharded over the ranks; rank 0 draws the bar
+        total=len(args.sites) * len(layers),
+        desc="patching",
+        unit="layer",
+        disable=not (s.progress and s.main),
+    )
     with s.stage("patch"), bar, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for site in args.sites:
@@ -198,7 +203,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
                     )
                 )
                 bar.update(len(group))
-    for message in dict.fromkeys(str(w.message) for w in caught):  # each distinct warning once
+    for message in dict.fromkeys(str(w.message) for w in caught) if s.main else ():  # each distinct one once
         warnings.warn(message, stacklevel=1)
     first = parts[args.sites[0]][0]
     result = PatchingResult(
@@ -227,7 +232,8 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         },
     )
     out = s.path("patching")
-    result.save(out)
+    if s.main:  # every rank holds the gathered result; rank 0 writes it
+        result.save(out)
     s.wrote(out)
     delta = result.corrupted_scores - result.clean_scores
     s.say(

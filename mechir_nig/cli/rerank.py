@@ -41,12 +41,13 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
             k=args.k,
             measures=tuple(args.measures),
             batch_size=args.batch_size,
-            progress=s.progress,
+            progress=s.progress and s.main,
         )
     out = s.path("rerank")
     from mechir_nig.cli._common import write_json
 
-    write_json(out, study)
+    if s.main:  # rerank() shards the queries and gathers the run on every rank
+        write_json(out, study)
     s.wrote(out)
     for name in ("bm25", "reranked"):
         cells = ", ".join(f"{m} {v:.4f}" for m, v in study[name].items())

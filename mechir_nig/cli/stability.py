@@ -56,7 +56,8 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
             progress=s.progress,
         )
     out = s.path("stability")
-    write_json(out, result)
+    if s.main:  # attribute_collection shards each half's pairs; every rank returns the whole study
+        write_json(out, result)
     s.wrote(out)
     rep = result["overlap"]
     s.say(

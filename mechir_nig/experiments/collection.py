@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mechir_nig.errors import InputError
+from mechir_nig.errors import CheckpointError, InputError
 
 
 def rerank_study(
@@ -24,8 +24,12 @@ def rerank_study(
     measures: tuple[str, ...] = ("nDCG@10", "RR@10"),
     batch_size: int = 64,
     progress: bool = False,
+    distributed: bool | str = "auto",
 ) -> dict[str, Any]:
     """BM25 top-``k`` and the model re-ranking it, evaluated with ir_measures on the collection's qrels.
+
+    ``distributed`` goes to :func:`~mechir_nig.evaluation.rerank`: under a ``torchrun`` launch the queries
+    are sharded over the ranks and every rank returns the whole study (BM25 runs on every rank).
 
     Returns:
         ``{"collection", "queries", "k", "bm25": {measure: value}, "reranked": {measure: value},
@@ -41,7 +45,9 @@ def rerank_study(
     t0 = time.perf_counter()
     bm25 = bm25_candidates(collection, k=k)
     t1 = time.perf_counter()
-    reranked = rerank(model, collection, bm25, batch_size=batch_size, progress=progress)
+    reranked = rerank(
+        model, collection, bm25, batch_size=batch_size, progress=progress, distributed=distributed
+    )
     t2 = time.perf_counter()
     qrels = collection  # the collection itself: its grade map and relevance threshold apply
     return {
@@ -67,6 +73,7 @@ def split_half_stability(
     seed: int = 0,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
+    distributed: bool | str = "auto",
 ) -> dict[str, Any]:
     """Overlap of the top-``fraction`` relevant-label neuron sets of two disjoint query halves.
 
@@ -74,6 +81,12 @@ def split_half_stability(
         settings: NIG options (``NIGSettings``); ``n_steps`` is used when it is not given.
         query_ids: restrict the study to these queries (default: every query with a relevant document).
         checkpoint_dir: one resumable checkpoint per half (``half0.ckpt``, ``half1.ckpt``).
+        distributed: goes to ``attribute_collection`` for each half: ``"auto"`` (default) shards each
+            half's pairs over the ranks of a ``torchrun`` launch of more than one process (balanced by
+            token count), each rank checkpoints only its own part and rank 0 writes ``halfN.ckpt``;
+            every rank returns the whole study (the sets are selected from the all-reduced statistics).
+            ``True``: shard under any launch; ``False``: ignore a launch (every rank does everything, so
+            pass it only without ``checkpoint_dir`` or with one folder per rank).
 
     Returns:
         A dict with the halves (queries, pairs, ``seconds`` spent attributing in this call,
@@ -87,11 +100,12 @@ def split_half_stability(
     """
     from mechir_nig.attribution.neurons import overlap_report, select_top
     from mechir_nig.attribution.settings import NIGSettings
-    from mechir_nig.attribution.stats import CollectionAttribution
     from mechir_nig.data import judged_pairs
     from mechir_nig.experiments.attribute import attribute_collection
+    from mechir_nig.runtime.distributed import context
 
     settings = settings or NIGSettings(n_steps=n_steps)
+    ctx = context(distributed, getattr(model, "device", None))
     eligible = {
         q.query_id
         for q in collection.qrels
@@ -130,7 +144,11 @@ def split_half_stability(
             seed=seed,
         )
         ckpt = Path(checkpoint_dir) / f"half{h}.ckpt" if checkpoint_dir is not None else None
-        resumed = CollectionAttribution.load(ckpt).n_done if ckpt is not None and ckpt.exists() else 0
+        resumed = 0
+        if ckpt is not None:  # read on rank 0 before any rank's attribute_collection can change the files
+            with ctx.collective("reading the checkpoint"):
+                resumed = _pairs_done(ckpt, len(pairs)) if ctx.is_main else 0
+            resumed = ctx.broadcast(resumed)
         t0 = time.perf_counter()
         stats = attribute_collection(
             model,
@@ -141,6 +159,7 @@ def split_half_stability(
             resume=ckpt is not None,
             progress=progress,
             collection=collection.name,
+            distributed=distributed,
         )
         secs = time.perf_counter() - t0
         top = select_top(
@@ -160,3 +179,23 @@ def split_half_stability(
     out["overlap"] = overlap_report(sets[0], sets[1])
     out["layer_profiles"] = [s.layer_profile() for s in sets]
     return out
+
+
+def _pairs_done(ckpt: Path, n_pairs: int) -> int:
+    """How many of a half's ``n_pairs`` a previous run left done: the checkpoint's ``n_done`` (a
+    single-process run, or a complete one), or the pairs a sharded run's parts hold (``runtime.shards``)."""
+    import json
+
+    from mechir_nig.attribution.stats import CollectionAttribution
+    from mechir_nig.runtime.shards import manifest_path
+
+    done = CollectionAttribution.load(ckpt).n_done if ckpt.exists() else 0
+    manifest = manifest_path(ckpt)
+    if done == n_pairs or not manifest.exists():
+        return done
+    try:  # the parts hold disjoint pairs (rank 0's part carries the earlier generations' and the checkpoint's)
+        parts = json.loads(manifest.read_text())["parts"]
+        files = [ckpt.with_name(str(p["file"])) for p in parts]
+        return sum(CollectionAttribution.load(f).n_done for f in files if f.exists())
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError):
+        return 0  # attribute_collection refuses a broken manifest or part, naming it

@@ -19,8 +19,10 @@ neurons), in chunks of ``chunk_size`` rows (chunking never changes results). Cos
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -188,11 +190,14 @@ class FaithfulnessResult:
     ``spearman[mode][predictor]``: mean over pairs; ``per_pair[mode][predictor]``: ``[B]``;
     ``drops[mode]``: ``[B, k]`` single-neuron drops of ``neurons`` ``[B, k, 2]``;
     ``curve[mode]``: ``{"nig": [K], "random": [K], "random_std": [K]}`` mean score drop per ``k``.
+    ``save``/``load`` keep it as JSON (``faithfulness.json``, the command line's file, loads too).
 
     Example:
         >>> faith = faithfulness(ce, queries, docs, k=10, interventions=("baseline",))  # doctest: +SKIP
         >>> faith.spearman["baseline"]["nig"]  # mean Spearman over pairs  # doctest: +SKIP
         >>> faith.drops["baseline"].shape  # [B, k]  # doctest: +SKIP
+        >>> FaithfulnessResult.load(faith.save("faithfulness.json")).k  # doctest: +SKIP
+        10
     """
 
     k: int
@@ -212,6 +217,70 @@ class FaithfulnessResult:
             "settings": self.settings,
         }
 
+    def save(self, path: str | Path) -> Path:
+        """Write the result as JSON, atomically: ``to_dict()`` and the tensors ``neurons`` ``[B, k, 2]``
+        and ``drops`` ``{mode: [B, k]}`` as nested lists, with their dtypes and shapes under ``tensors``
+        (the layout of the command line's ``faithfulness.json``, which ``mechir_nig.report`` reads).
+
+        Example:
+            >>> faith.save("faithfulness.json")  # doctest: +SKIP
+        """
+        from mechir_nig._io import atomic_write
+
+        path = Path(path)
+        data = self.to_dict() | {
+            "neurons": self.neurons.tolist(),
+            "drops": {m: v.tolist() for m, v in self.drops.items()},
+            "tensors": {
+                "neurons": _layout(self.neurons),
+                "drops": {m: _layout(v) for m, v in self.drops.items()},
+            },
+        }
+        text = json.dumps(data, indent=1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> FaithfulnessResult:
+        """Read a result written by ``save``, or the command line's ``faithfulness.json`` (its extra keys,
+        e.g. ``pairs``, are ignored; tensors without a recorded dtype are int64 ``neurons`` and float64
+        ``drops``, what ``faithfulness`` returns). A file of ``to_dict()`` alone loads with no
+        ``neurons`` (``[0, k, 2]``) and no ``drops``.
+
+        Raises:
+            InputError: ``path`` does not exist.
+            CheckpointError: naming the file and what to do, when it is not JSON (truncated, random
+                bytes), lacks a field or holds one of another type (another program's file), or its
+                ``neurons`` / ``drops`` are not rectangular numbers of the recorded shape.
+
+        Example:
+            >>> back = FaithfulnessResult.load("faithfulness.json")  # doctest: +SKIP
+            >>> back.drops["baseline"].shape  # [B, k]  # doctest: +SKIP
+        """
+        from mechir_nig._io import read_json_result, unusable
+
+        what = "faithfulness result"
+        d = read_json_result(
+            path, what, {"k": int, "spearman": dict, "per_pair": dict, "curve": dict, "settings": dict}
+        )
+        try:
+            layout = d.get("tensors") or {}
+            k = d["k"]
+            neurons = _tensor(d.get("neurons", []), layout.get("neurons"), torch.long, (0, k, 2))
+            drops_in, drops_layout = d.get("drops") or {}, layout.get("drops") or {}
+            drops = {m: _tensor(v, drops_layout.get(m), torch.float64, None) for m, v in drops_in.items()}
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            raise unusable(path, what, f"its tensors are malformed ({type(exc).__name__}: {exc})") from exc
+        return cls(
+            k=k,
+            spearman=d["spearman"],
+            per_pair=d["per_pair"],
+            neurons=neurons,
+            drops=drops,
+            curve=d["curve"],
+            settings=d["settings"],
+        )
+
     def plot(self, kind: str | None = None, **kw: Any) -> Any:
         """A plotly figure of this result (``mechir_nig.plotting.plot``); ``kind``: ``"curves"`` (default) or
         ``"correlations"``; ``kw`` go to the figure function.
@@ -222,6 +291,90 @@ class FaithfulnessResult:
         from mechir_nig.plotting import plot
 
         return plot(self, kind, **kw)
+
+
+def _layout(t: Tensor) -> dict[str, Any]:
+    """The dtype and shape of ``t`` (what JSON's nested lists lose), e.g. ``{"dtype": "int64", "shape": [2, 3, 2]}``."""
+    return {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+
+
+def _tensor(values: Any, layout: Any, dtype: torch.dtype, empty: tuple[int, ...] | None) -> Tensor:
+    """The tensor of nested lists ``values`` with ``layout`` (``_layout``) or, without one, ``dtype``;
+    an empty one takes the shape ``empty`` when no shape was recorded. ``TypeError``/``ValueError``
+    when ``values`` is not rectangular numbers of the recorded shape."""
+    if layout is not None:
+        name = layout["dtype"]
+        found = getattr(torch, name, None) if isinstance(name, str) else None
+        if not isinstance(found, torch.dtype):
+            raise ValueError(f"unknown dtype {name!r}")
+        dtype = found
+    if not isinstance(values, list):
+        raise TypeError(f"expected nested lists, got a {type(values).__name__}")
+    t = torch.tensor(values, dtype=dtype)
+    if layout is not None:
+        shape = tuple(int(n) for n in layout["shape"])
+        if t.numel() != 0 and tuple(t.shape) != shape:
+            raise ValueError(f"the values have shape {tuple(t.shape)}, the recorded shape is {shape}")
+        return t.reshape(shape)
+    return t.reshape(empty) if empty is not None and t.numel() == 0 else t
+
+
+def _per_neuron_nig(
+    model: Any,
+    queries: Sequence[str],
+    docs: Sequence[str],
+    *,
+    distributed: bool | str = "auto",
+    costs: list[int] | None = None,
+    **nig_kwargs: Any,
+) -> Tensor:
+    """Per-pair NIG summed over tokens, ``[B, n_layers, d_mlp]`` float64 on CPU, in pair order; under a
+    ``torchrun`` launch the pairs are sharded over the ranks (by attended token count) and gathered, so
+    every rank returns every pair's attribution. ``costs``: each pair's attended token count, when known;
+    ``nig_kwargs`` go to ``neuron_integrated_gradients`` (``progress`` is shown on rank 0 only).
+
+    Example:
+        >>> nig = _per_neuron_nig(ce, queries, docs, n_steps=16)  # [B, L, d_mlp]  # doctest: +SKIP
+    """
+    from mechir_nig.runtime.distributed import context, shard_by_cost
+
+    qs, ds = list(queries), list(docs)
+    ctx = context(distributed, getattr(model, "device", None))
+    mine = list(range(len(qs)))
+    if ctx.grouped:
+        if costs is None:
+            costs = _pair_costs(model.attribution_inputs(qs, ds)[0])
+        mine = sorted(shard_by_cost(costs, ctx.world_size)[ctx.rank])
+        nig_kwargs["progress"] = bool(nig_kwargs.get("progress")) and ctx.is_main
+    with ctx.collective("attributing the pairs"):
+        part = {}
+        if mine:
+            from mechir_nig.attribution.nig import neuron_integrated_gradients
+
+            attr = neuron_integrated_gradients(
+                model, [qs[i] for i in mine], [ds[i] for i in mine], **nig_kwargs
+            )
+            part["nig"] = attr.per_neuron().double().cpu()
+    return _gather_pairs(ctx, mine, part, len(qs))["nig"]
+
+
+def _pair_costs(batch: Any) -> list[int]:
+    """Each pair's attended token count (the cost ``shard_by_cost`` balances)."""
+    return [int(n) for n in batch.attention_mask.sum(1).tolist()]
+
+
+def _gather_pairs(ctx: Any, mine: list[int], part: dict[str, Tensor], b: int) -> dict[str, Tensor]:
+    """Every rank's per-pair tensors (pairs along dimension 0, this rank's are the pairs ``mine``),
+    assembled in pair order ``[b, ...]`` on every rank; the identity in a single process."""
+    if not ctx.grouped:
+        return part
+    out: dict[str, Tensor] = {}
+    for rows, got in ctx.all_gather((mine, part)):
+        for name, t in got.items():
+            if name not in out:
+                out[name] = t.new_zeros((b, *t.shape[1:]))
+            out[name][torch.as_tensor(rows, dtype=torch.long)] = t
+    return out
 
 
 def faithfulness(
@@ -238,6 +391,7 @@ def faithfulness(
     n_steps: int = 16,
     chunk_size: int = 64,
     seed: int = 0,
+    distributed: bool | str = "auto",
 ) -> FaithfulnessResult:
     """Single-neuron ablation of each pair's top-``k`` ``|NIG|`` neurons, and the top-k vs random curve.
 
@@ -248,9 +402,18 @@ def faithfulness(
         seeds: random sets per ``k`` in the curve.
         interventions: ablation modes among ``baseline``, ``zero``, ``mean`` (``mean`` needs ``reference``,
             else it is computed from these pairs).
+        distributed: ``"auto"`` (default): under a ``torchrun`` launch of more than one process the pairs
+            are sharded over the ranks (balanced by attended token count, ``shard_by_cost``): each rank
+            computes the NIG (when ``attribution`` is not given), the activation x gradient, the
+            single-neuron ablations and the curve's ablations of its pairs, the per-pair results are
+            gathered and every rank returns the whole result, in pair order (the random neurons of the
+            curve are drawn for all pairs on every rank, as in one process). ``True``: shard under any
+            launch (even of one process); ``False``: ignore a launch (every rank does everything). The
+            ``mean`` reference, when computed here, is computed on every rank (one forward pass).
 
     Returns:
-        A :class:`FaithfulnessResult` (``spearman``, ``drops`` ``[B, k]``, ``curve``).
+        A :class:`FaithfulnessResult` (``spearman``, ``drops`` ``[B, k]``, ``curve``); in a sharded run
+        every rank returns the single-process result (up to float rounding of the batch composition).
 
     Example:
         >>> attr = neuron_integrated_gradients(ce, queries, docs, n_steps=16)  # doctest: +SKIP
@@ -259,22 +422,26 @@ def faithfulness(
         >>> faith.plot("correlations").show()  # doctest: +SKIP
     """
     from mechir_nig.interventions.ablation import AblationReference
+    from mechir_nig.runtime.distributed import context, shard_by_cost
 
     check_int(k, "k", minimum=2)
     check_int(curve_k, "curve_k", minimum=0)
     check_int(seeds, "seeds", minimum=1)
     batch, other = model.attribution_inputs(list(queries), list(docs))
     cfg = model.cfg
+    b, d = len(batch), cfg.d_mlp
+    ctx = context(distributed, getattr(model, "device", None))
+    costs = _pair_costs(batch)
+    mine = sorted(shard_by_cost(costs, ctx.world_size)[ctx.rank])  # one process: every pair
     if attribution is None:
-        from mechir_nig.attribution.nig import neuron_integrated_gradients
-
-        attribution = neuron_integrated_gradients(model, list(queries), list(docs), n_steps=n_steps)
-    nig = attribution.per_neuron() if hasattr(attribution, "per_neuron") else attribution
-    nig = torch.as_tensor(nig).double().cpu()
-    if tuple(nig.shape) != (len(batch), cfg.n_layers, cfg.d_mlp):
+        nig = _per_neuron_nig(model, queries, docs, distributed=distributed, costs=costs, n_steps=n_steps)
+    else:
+        nig = attribution.per_neuron() if hasattr(attribution, "per_neuron") else attribution
+        nig = torch.as_tensor(nig).double().cpu()
+    if tuple(nig.shape) != (b, cfg.n_layers, d):
         raise InputError(
             f"attribution has shape {tuple(nig.shape)}; expected [B, n_layers, d_mlp] = "
-            f"({len(batch)}, {cfg.n_layers}, {cfg.d_mlp}) for all layers"
+            f"({b}, {cfg.n_layers}, {d}) for all layers"
         )
     if "mean" in interventions and reference is None:
         reference = (
@@ -282,25 +449,54 @@ def faithfulness(
             if model.pairwise
             else AblationReference.compute(model, list(docs))
         )
-    b, d = len(batch), cfg.d_mlp
     flat = nig.flatten(1)
     top = flat.abs().topk(k, dim=1).indices  # [B, k]
     neurons = torch.stack([top // d, top % d], -1)
-    axg, mag = _act_grad(model, batch, other)
-    pred = {
-        "nig": flat.gather(1, top),
-        "act_x_grad": axg.flatten(1).gather(1, top),
-        "activation": mag.flatten(1).gather(1, top),
+    n_all = cfg.n_layers * d
+    order = flat.topk(curve_k, dim=1).indices if curve_k else None  # signed: the positive contributors first
+    gen = torch.Generator().manual_seed(seed)
+    draws = {  # drawn for every pair on every rank, in the single-process order: the same random sets
+        mode: torch.rand(seeds, b, n_all, generator=gen).argsort(-1)[..., :curve_k]  # [S, B, K]
+        for mode in (interventions if curve_k else ())
     }
+    # this rank's pairs: the activation x gradient, the single-neuron drops and the curve's drops
+    part: dict[str, Tensor] = {}
+    with ctx.collective("ablating the pairs' neurons"):
+        if mine:
+            idx = torch.as_tensor(mine, dtype=torch.long)
+            whole = len(mine) == b
+            sub = batch if whole else batch.select(idx)
+            sub_other = other if other is None or whole else other[idx]
+            axg, mag = _act_grad(model, sub, sub_other)
+            part["act_x_grad"] = axg.flatten(1).gather(1, top[idx])
+            part["activation"] = mag.flatten(1).gather(1, top[idx])
+            for mode in interventions:
+                part[f"drop|{mode}"] = single_neuron_effects(
+                    model, sub, sub_other, neurons[idx], mode=mode, reference=reference, chunk_size=chunk_size
+                ).double()
+                if curve_k:
+                    assert order is not None
+                    top_dr, rnd_dr = _curve_drops(
+                        model,
+                        sub,
+                        sub_other,
+                        order[idx],
+                        draws[mode][:, idx],
+                        n_all,
+                        mode=mode,
+                        reference=reference,
+                        chunk_size=chunk_size,
+                    )
+                    part[f"curve_top|{mode}"] = top_dr  # [m, K]
+                    part[f"curve_rnd|{mode}"] = rnd_dr.transpose(0, 1)  # [m, S, K]: pairs first
+    got = _gather_pairs(ctx, mine, part, b)
+    pred = {"nig": flat.gather(1, top), "act_x_grad": got["act_x_grad"], "activation": got["activation"]}
     spearman: dict[str, dict[str, float]] = {}
     per_pair: dict[str, dict[str, list[float]]] = {}
     drops: dict[str, Tensor] = {}
     curve: dict[str, dict[str, list[float]]] = {}
-    gen = torch.Generator().manual_seed(seed)
     for mode in interventions:
-        drop = single_neuron_effects(
-            model, batch, other, neurons, mode=mode, reference=reference, chunk_size=chunk_size
-        ).double()
+        drop = got[f"drop|{mode}"]
         drops[mode] = drop
         per_pair[mode] = {}
         spearman[mode] = {}
@@ -310,37 +506,8 @@ def faithfulness(
             per_pair[mode][name] = rho.tolist()
             spearman[mode][name] = float(rho.nanmean())
         if curve_k:
-            kk = torch.arange(1, curve_k + 1)
-            order = flat.topk(curve_k, dim=1).indices  # signed: the positive contributors first
-            n_all = cfg.n_layers * d
-            masks_top = torch.zeros(b, curve_k, n_all, dtype=torch.bool)
-            rank_mask = kk[:, None] > torch.arange(curve_k)[None, :]  # [K, K] first k of the order
-            masks_top.scatter_(2, order[:, None, :].expand(b, curve_k, curve_k), rank_mask.expand(b, -1, -1))
-            rnd = torch.rand(seeds, b, n_all, generator=gen).argsort(-1)[..., :curve_k]  # [S, B, K]
-            masks_rnd = torch.zeros(seeds, b, curve_k, n_all, dtype=torch.bool)
-            masks_rnd.scatter_(
-                3, rnd[:, :, None, :].expand(seeds, b, curve_k, curve_k), rank_mask.expand(seeds, b, -1, -1)
-            )
-            rows = torch.arange(b).repeat_interleave(curve_k)
-            with torch.no_grad():
-                clean = _forward_scores(model, batch, other, []).double().cpu()
-            all_masks = torch.cat(
-                [masks_top.reshape(b * curve_k, -1), masks_rnd.reshape(seeds * b * curve_k, -1)]
-            )
-            all_rows = torch.cat([rows, rows.repeat(seeds)])
-            scores = masked_scores(
-                model,
-                batch,
-                other,
-                all_rows,
-                all_masks.view(-1, cfg.n_layers, d),
-                mode=mode,
-                reference=reference,
-                chunk_size=chunk_size,
-            ).double()
-            dr = clean[all_rows] - scores
-            top_drop = dr[: b * curve_k].view(b, curve_k).mean(0)
-            rnd_drop = dr[b * curve_k :].view(seeds, b, curve_k).mean(1)
+            top_drop = got[f"curve_top|{mode}"].mean(0)
+            rnd_drop = got[f"curve_rnd|{mode}"].transpose(0, 1).contiguous().mean(1)  # [S, K]
             curve[mode] = {
                 "nig": top_drop.tolist(),
                 "random": rnd_drop.mean(0).tolist(),
@@ -355,3 +522,46 @@ def faithfulness(
         curve,
         {"n_pairs": b, "interventions": list(interventions), "seeds": seeds, "n_steps": n_steps},
     )
+
+
+def _curve_drops(
+    model: Any,
+    batch: Any,
+    other: Tensor | None,
+    order: Tensor,
+    rnd: Tensor,
+    n_all: int,
+    *,
+    mode: str,
+    reference: Any,
+    chunk_size: int,
+) -> tuple[Tensor, Tensor]:
+    """Score drops of the cumulative curve for the pairs of ``batch``: ablating the first ``k`` neurons
+    of each pair's NIG ``order`` ``[B, K]``, and the first ``k`` of each of its random draws ``rnd``
+    ``[S, B, K]`` (flat neuron indices), ``k = 1 .. K``. Returns ``[B, K]`` and ``[S, B, K]`` (float64)."""
+    seeds, b, curve_k = rnd.shape
+    kk = torch.arange(1, curve_k + 1)
+    masks_top = torch.zeros(b, curve_k, n_all, dtype=torch.bool)
+    rank_mask = kk[:, None] > torch.arange(curve_k)[None, :]  # [K, K] first k of the order
+    masks_top.scatter_(2, order[:, None, :].expand(b, curve_k, curve_k), rank_mask.expand(b, -1, -1))
+    masks_rnd = torch.zeros(seeds, b, curve_k, n_all, dtype=torch.bool)
+    masks_rnd.scatter_(
+        3, rnd[:, :, None, :].expand(seeds, b, curve_k, curve_k), rank_mask.expand(seeds, b, -1, -1)
+    )
+    rows = torch.arange(b).repeat_interleave(curve_k)
+    with torch.no_grad():
+        clean = _forward_scores(model, batch, other, []).double().cpu()
+    all_masks = torch.cat([masks_top.reshape(b * curve_k, -1), masks_rnd.reshape(seeds * b * curve_k, -1)])
+    all_rows = torch.cat([rows, rows.repeat(seeds)])
+    scores = masked_scores(
+        model,
+        batch,
+        other,
+        all_rows,
+        all_masks.view(-1, model.cfg.n_layers, n_all // model.cfg.n_layers),
+        mode=mode,
+        reference=reference,
+        chunk_size=chunk_size,
+    ).double()
+    dr = clean[all_rows] - scores
+    return dr[: b * curve_k].view(b, curve_k), dr[b * curve_k :].view(seeds, b, curve_k)

@@ -72,7 +72,7 @@ class PruningResult:
 
     ``runs``: one record per evaluation, ``{"condition", "mode", "fraction", "seed", "n_neurons",
     measure: mean}``; ``per_query[i]``: ``{query_id: {measure: value}}`` of ``runs[i]``; ``sets``:
-    ``{"condition|fraction|seed": set JSON}``.
+    ``{"condition|fraction|seed": set JSON}``. ``save``/``load`` keep it as JSON (``pruning.json``).
 
     Example:
         >>> runs = [
@@ -87,6 +87,10 @@ class PruningResult:
         |---|---|---|---|---|---|
         | unpruned | zero | 0 | 0 | 0.7000 | +0.0000 |
         | nig_top | zero | 0.01 | 92 | 0.5500 | +0.1500 |
+        >>> import tempfile
+        >>> path = result.save(Path(tempfile.mkdtemp()) / "pruning.json")
+        >>> PruningResult.load(path) == result  # every field, exactly
+        True
     """
 
     measures: list[str]
@@ -136,9 +140,67 @@ class PruningResult:
         }
 
     def save(self, path: str | Path) -> Path:
+        """Write ``to_dict()`` as indented JSON, atomically (a per-process temporary file renamed over
+        ``path``): the command line's ``pruning.json``. ``load`` reads it back.
+
+        Example:
+            >>> result.save("pruning.json")  # doctest: +SKIP
+        """
+        from mechir_nig._io import atomic_write
+
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
-        return path
+        text = json.dumps(self.to_dict(), indent=1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> PruningResult:
+        """Read a file written by ``save`` (e.g. the command line's ``pruning.json``); ``table`` is
+        recomputed from ``runs``, other extra keys are ignored, a missing ``timings`` is ``{}``.
+
+        Raises:
+            InputError: ``path`` does not exist.
+            CheckpointError: naming the file and what to do, when it is not JSON (truncated, random
+                bytes), lacks a field or holds one of another type (another program's file), or its
+                ``runs`` and ``per_query`` do not match.
+
+        Example:
+            >>> back = PruningResult.load("pruning.json")  # doctest: +SKIP
+            >>> print(back.to_markdown())  # doctest: +SKIP
+        """
+        from mechir_nig._io import read_json_result, unusable
+
+        what = "pruning study"
+        fields = {
+            "measures": list,
+            "runs": list,
+            "per_query": list,
+            "sets": dict,
+            "select_queries": list,
+            "eval_queries": list,
+            "settings": dict,
+        }
+        d = read_json_result(path, what, fields)
+        timings = d.get("timings") or {}
+        if not isinstance(timings, dict):
+            raise unusable(path, what, f"its field 'timings' is a {type(timings).__name__}, expected dict")
+        runs, per_query = d["runs"], d["per_query"]
+        if not all(isinstance(r, dict) for r in runs) or not all(isinstance(q, dict) for q in per_query):
+            raise unusable(path, what, "its runs and per_query must be lists of JSON objects")
+        if len(runs) != len(per_query):
+            raise unusable(
+                path, what, f"it holds {len(runs)} runs but {len(per_query)} per_query records (one per run)"
+            )
+        return cls(
+            d["measures"],
+            runs,
+            per_query,
+            d["sets"],
+            d["select_queries"],
+            d["eval_queries"],
+            d["settings"],
+            timings,
+        )
 
     def plot(self, kind: str | None = None, **kw: Any) -> Any:
         """A plotly figure of this result (``mechir_nig.plotting.plot``); ``kind``: ``"curves"`` (default);

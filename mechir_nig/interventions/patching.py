@@ -51,7 +51,7 @@ Example:
 
 from __future__ import annotations
 
-import json
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -168,7 +168,12 @@ class PatchingResult:
 
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (safetensors tensors) and ``path.json`` (sites, layers, tokens, settings)."""
+        """Write ``path`` (safetensors tensors) and ``path.json`` (sites, layers, tokens, settings), each
+        atomically; the safetensors metadata holds a sha256 checksum of both, verified by ``load``.
+
+        Example:
+            >>> res.save("tfc1.safetensors")  # and tfc1.safetensors.json  # doctest: +SKIP
+        """
         path = Path(path)
         tensors = {f"values.{k}": v for k, v in self.values.items()}
         tensors |= {f"patched.{k}": v for k, v in self.patched.items()}
@@ -187,32 +192,70 @@ class PatchingResult:
             "members": self.members,
             "meta": self.meta,
         }
-        return save_with_sidecar(path, tensors, side)
+        return save_with_sidecar(path, tensors, side, kind="PatchingResult")
 
     @classmethod
     def load(cls, path: str | Path) -> PatchingResult:
-        from safetensors.torch import load_file
+        """Read a result written by ``save`` (``path`` and its sidecar ``path.json``).
 
-        path = Path(path)
-        t = load_file(str(path))
-        side = json.loads(path.with_suffix(path.suffix + ".json").read_text())
-        return cls(
-            values={k: t[f"values.{k}"] for k in side["sites"]},
-            patched={k: t[f"patched.{k}"] for k in side["sites"]},
-            clean_scores=t["clean_scores"],
-            corrupted_scores=t["corrupted_scores"],
-            base_mask=t["base_mask"],
-            groups=t["groups"],
-            changed=t.get("changed"),
-            layers=side["layers"],
-            direction=side["direction"],
-            metric=side["metric"],
-            eps=side["eps"],
-            clean_tokens=side["clean_tokens"],
-            corrupted_tokens=side["corrupted_tokens"],
-            members=[tuple(m) for m in side["members"]],
-            meta=side["meta"],
+        Raises:
+            InputError: ``path`` does not exist.
+            CheckpointError: naming the file and what to do, when it is truncated or corrupt (safetensors
+                cannot read it), another program's file (other tensor names) or another result's
+                (``NeuronAttribution.save``), its sidecar ``path.json`` is missing, not JSON or does not
+                match the tensors, or the checksum does not match (damaged after it was written). Files
+                written before checksums existed load with a ``UserWarning``.
+
+        Example:
+            >>> back = PatchingResult.load("tfc1.safetensors")  # doctest: +SKIP
+            >>> back["heads"].shape  # [batch, layer, n_heads], as saved  # doctest: +SKIP
+        """
+        from mechir_nig._io import load_with_sidecar, unusable
+
+        what = "patching result"
+        fixed = ("clean_scores", "corrupted_scores", "base_mask", "groups")
+        t, side = load_with_sidecar(
+            path,
+            kind="PatchingResult",
+            what=what,
+            required=fixed,
+            allowed=lambda n: n == "changed" or n.startswith(("values.", "patched.")),
         )
+        try:
+            sites = side["sites"]
+            if not isinstance(sites, list) or not all(isinstance(k, str) for k in sites):
+                raise TypeError(f"sites is {sites!r}, not a list of names")
+            held = {n for n in t if n.startswith(("values.", "patched."))}
+            listed = {f"{part}.{k}" for k in sites for part in ("values", "patched")}
+            if held != listed:
+                raise ValueError(
+                    f"the sidecar lists the sites {sites} but the file holds the tensors {sorted(held)}"
+                )
+            direction, metric = side["direction"], side["metric"]
+            if direction not in DIRECTIONS or metric not in METRICS:
+                raise ValueError(
+                    f"direction {direction!r} / metric {metric!r} is not one of {DIRECTIONS} / {METRICS}"
+                )
+            result = cls(
+                values={k: t[f"values.{k}"] for k in sites},
+                patched={k: t[f"patched.{k}"] for k in sites},
+                clean_scores=t["clean_scores"],
+                corrupted_scores=t["corrupted_scores"],
+                base_mask=t["base_mask"],
+                groups=t["groups"],
+                changed=t.get("changed"),
+                layers=list(side["layers"]),
+                direction=direction,
+                metric=metric,
+                eps=float(side["eps"]),
+                clean_tokens=side.get("clean_tokens", []),
+                corrupted_tokens=side.get("corrupted_tokens", []),
+                members=[(int(m[0]), int(m[1])) for m in side.get("members", [])],
+                meta=side.get("meta", {}),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise unusable(path, what, f"its contents do not make one ({type(exc).__name__}: {exc})") from exc
+        return result
 
 
 def _bcast(scores: Tensor, like: Tensor) -> Tensor:
@@ -362,6 +405,7 @@ def patch(
     skip_unchanged: bool = True,
     query_embeddings: Tensor | None = None,
     joint: bool = False,
+    distributed: bool | str = "auto",
 ) -> PatchingResult:
     """Patch activations between aligned clean and corrupted runs of an encoder (see the module
     docstring for directions, the metric, sites and how it is computed).
@@ -389,6 +433,10 @@ def patch(
         joint: with a ``NeuronSet`` in ``sites``, also patch **all** its members (in ``layers``) at
             once, at every position: ``values["neuron_set_joint"]`` ``[batch]`` (how much of the
             perturbation's effect the set carries together; one run from its lowest layer).
+        distributed: ``"auto"``: under a ``torchrun`` launch of several processes the pairs are sharded
+            across the ranks by cost (``runtime.distributed.shard_by_cost`` on each pair's span squared)
+            and every rank returns the whole result (gathered); ``False``: this process does all;
+            ``True``: require a launch.
 
     Returns:
         A :class:`PatchingResult`.
@@ -423,73 +471,41 @@ def patch(
     layer_list = _check_layers(layers, model.cfg.n_layers)
     clean_b, corr_b, al, q_emb = _check_batches(model, clean, corrupted, query_embeddings)
 
-    def score(out: Tensor, rows: Tensor | None = None) -> Tensor:  # a bi-encoder's output is an embedding
-        if q_emb is None:
-            return out
-        return (out * (q_emb if rows is None else q_emb[rows])).sum(-1)
-
     base, source = (corr_b, clean_b) if direction == "denoise" else (clean_b, corr_b)
+    members, member_idx = _members(model, site_list, layer_list)
+    sweep = functools.partial(
+        _sweep,
+        model,
+        site_list=site_list,
+        layer_list=layer_list,
+        member_idx=member_idx,
+        chunk_size=chunk_size,
+        skip_unchanged=skip_unchanged,
+        joint=joint,
+    )
+    from mechir_nig.runtime.distributed import context, shard_by_cost
 
-    hook_names = {SITES[s][0].format(layer=layer) for s, _ in site_list for layer in layer_list}
-    resid_names = {f"blocks.{layer}.hook_resid_pre" for layer in layer_list}
-    base_out, base_cache = model.run_with_cache(
-        base, names_filter=lambda n: n in hook_names | resid_names, return_cache_object=False
-    )
-    source_out, source_cache = model.run_with_cache(
-        source, names_filter=lambda n: n in hook_names, return_cache_object=False
-    )
-    base_scores, source_scores = score(base_out), score(source_out)
-    spans = base.lengths
-    n_pos = base.input_ids.shape[1]
-    values: dict[str, Tensor] = {}
-    patched: dict[str, Tensor] = {}
-    members: list[tuple[int, int]] = []
-    for site, nset in site_list:
-        template, kind = SITES[site]
-        member_idx: dict[int, Tensor] = {}
-        if nset is not None:
-            members = [m for m in nset if m[0] in layer_list]
-            if not members:
-                raise InputError(f"the NeuronSet has no neuron in layers {layer_list}; pass layers=None")
-            for layer in sorted({m[0] for m in members}):
-                ns = [n for lyr, n in members if lyr == layer]
-                member_idx[layer] = torch.tensor(ns, device=model.device)
-        out = _empty(site, kind, model.cfg, len(base), len(layer_list), n_pos, len(members), base_scores)
-        offset = 0
-        for li, layer in enumerate(layer_list):
-            if nset is not None and layer not in member_idx:
-                continue
-            name = template.format(layer=layer)
-            b_act, s_act = base_cache[name], source_cache[name]
-            mem = member_idx.get(layer)
-            valid = _grid(kind, b_act, s_act if skip_unchanged else None, base.attention_mask, mem)
-            rows = valid.nonzero()
-            resid = base_cache[f"blocks.{layer}.hook_resid_pre"]
-            step = chunk_size or _default_chunk(n_pos)
-            for c in range(0, rows.shape[0], step):
-                r = rows[c : c + step]
-                b = r[:, 0]
-                span = int(spans[b].max())
-                scores = model.run_with_hooks(
-                    None,
-                    base.token_type_ids[b, :span],
-                    base.attention_mask[b, :span],
-                    residual=resid[b, :span],
-                    start_at_layer=layer,
-                    fwd_hooks=[(name, _writer(kind, s_act, r, mem))],
+    ctx = context(distributed, model.device)
+    if ctx.world_size == 1:
+        base_scores, source_scores, patched = sweep(base, source, q_emb)
+    else:  # pairs sharded by cost (patched rows x their length ~ span^2); every rank assembles the whole
+        costs = (base.lengths.double().cpu() ** 2).tolist()
+        mine = sorted(shard_by_cost(costs, ctx.world_size)[ctx.rank])
+        part = None
+        with ctx.collective("patching"):
+            if mine:
+                idx = torch.tensor(mine, device=model.device)
+                n_pos = int(
+                    torch.maximum(base.lengths, source.lengths)[idx].max()
+                )  # same width on both sides
+                part = sweep(
+                    base.select(mine, n_pos),
+                    source.select(mine, n_pos),
+                    None if q_emb is None else q_emb[idx],
                 )
-                scores = score(scores, b)
-                if nset is not None:
-                    out[b, offset + r[:, 1]] = scores.to(out.dtype)
-                else:
-                    out[(b, torch.full_like(b, li), *r[:, 1:].unbind(1))] = scores.to(out.dtype)
-            if mem is not None:
-                offset += len(mem)
-        patched[site] = out.cpu()
-        if nset is not None and joint:
-            patched["neuron_set_joint"] = _patch_jointly(
-                model, base, base_cache, source_cache, member_idx, template, score
-            ).cpu()
+        base_scores, source_scores, patched = _assemble(
+            ctx.all_gather((mine, part)), site_list, model.cfg, len(base), len(layer_list), base, len(members)
+        )
     check_finite(model, "patching scores", base_scores, source_scores, *patched.values())
     clean_scores, corr_scores = (
         (source_scores, base_scores) if direction == "denoise" else (base_scores, source_scores)
@@ -523,6 +539,140 @@ def patch(
         corrupted_tokens=[] if al is None else al.perturbed_tokens,
         members=members if any(s == "neuron_set" for s, _ in site_list) else [],
     )
+
+
+def _members(
+    model: Any, site_list: list[tuple[str, Any]], layer_list: list[int]
+) -> tuple[list[tuple[int, int]], dict[int, Tensor]]:
+    """A NeuronSet site's members in ``layer_list`` (values' order) and their neuron indices per layer."""
+    for _site, nset in site_list:
+        if nset is None:
+            continue
+        members = [m for m in nset if m[0] in layer_list]
+        if not members:
+            raise InputError(f"the NeuronSet has no neuron in layers {layer_list}; pass layers=None")
+        member_idx = {
+            layer: torch.tensor([n for lyr, n in members if lyr == layer], device=model.device)
+            for layer in sorted({m[0] for m in members})
+        }
+        return members, member_idx
+    return [], {}
+
+
+def _sweep(
+    model: Any,
+    base: Any,
+    source: Any,
+    q_emb: Tensor | None,
+    *,
+    site_list: list[tuple[str, Any]],
+    layer_list: list[int],
+    member_idx: dict[int, Tensor],
+    chunk_size: int | None,
+    skip_unchanged: bool,
+    joint: bool,
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Base and source scores ``[batch]`` and the patched scores per site (on the CPU) of these pairs."""
+
+    def score(out: Tensor, rows: Tensor | None = None) -> Tensor:  # a bi-encoder's output is an embedding
+        if q_emb is None:
+            return out
+        return (out * (q_emb if rows is None else q_emb[rows])).sum(-1)
+
+    hook_names = {SITES[s][0].format(layer=layer) for s, _ in site_list for layer in layer_list}
+    resid_names = {f"blocks.{layer}.hook_resid_pre" for layer in layer_list}
+    base_out, base_cache = model.run_with_cache(
+        base, names_filter=lambda n: n in hook_names | resid_names, return_cache_object=False
+    )
+    source_out, source_cache = model.run_with_cache(
+        source, names_filter=lambda n: n in hook_names, return_cache_object=False
+    )
+    base_scores, source_scores = score(base_out), score(source_out)
+    spans = base.lengths
+    n_pos = base.input_ids.shape[1]
+    n_members = sum(len(v) for v in member_idx.values())
+    patched: dict[str, Tensor] = {}
+    for site, nset in site_list:
+        template, kind = SITES[site]
+        out = _empty(site, kind, model.cfg, len(base), len(layer_list), n_pos, n_members, base_scores)
+        offset = 0
+        for li, layer in enumerate(layer_list):
+            if nset is not None and layer not in member_idx:
+                continue
+            name = template.format(layer=layer)
+            b_act, s_act = base_cache[name], source_cache[name]
+            mem = member_idx.get(layer) if nset is not None else None
+            valid = _grid(kind, b_act, s_act if skip_unchanged else None, base.attention_mask, mem)
+            rows = valid.nonzero()
+            resid = base_cache[f"blocks.{layer}.hook_resid_pre"]
+            step = chunk_size or _default_chunk(n_pos)
+            for c in range(0, rows.shape[0], step):
+                r = rows[c : c + step]
+                b = r[:, 0]
+                span = int(spans[b].max())
+                scores = model.run_with_hooks(
+                    None,
+                    base.token_type_ids[b, :span],
+                    base.attention_mask[b, :span],
+                    residual=resid[b, :span],
+                    start_at_layer=layer,
+                    fwd_hooks=[(name, _writer(kind, s_act, r, mem))],
+                )
+                scores = score(scores, b)
+                if nset is not None:
+                    out[b, offset + r[:, 1]] = scores.to(out.dtype)
+                else:
+                    out[(b, torch.full_like(b, li), *r[:, 1:].unbind(1))] = scores.to(out.dtype)
+            if mem is not None:
+                offset += len(mem)
+        patched[site] = out.cpu()
+        if nset is not None and joint:
+            patched["neuron_set_joint"] = _patch_jointly(
+                model, base, base_cache, source_cache, member_idx, template, score
+            ).cpu()
+    return base_scores.float().cpu(), source_scores.float().cpu(), patched
+
+
+def _assemble(
+    parts: list[tuple[list[int], Any]],
+    site_list: list[tuple[str, Any]],
+    cfg: Any,
+    n_batch: int,
+    n_layer: int,
+    base: Any,
+    n_members: int,
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """The ranks' sweeps (``(pair indices, _sweep output)`` in rank order) as one sweep of all pairs, in
+    the original pair order; a rank's rows are trimmed to its longest pair, so positions past it get the
+    base score (what a masked position gets)."""
+    base_scores = torch.empty(n_batch)
+    source_scores = torch.empty(n_batch)
+    for idx, part in parts:
+        if part is not None:
+            base_scores[idx], source_scores[idx] = part[0], part[1]
+    n_pos = base.input_ids.shape[1]
+    patched: dict[str, Tensor] = {}
+    keys = [(site, SITES[site][1]) for site, _ in site_list]
+    if any(nset is not None for _, nset in site_list):
+        keys.append(("neuron_set_joint", "joint"))
+    for key, kind in keys:
+        if not any(part is not None and key in part[2] for _, part in parts):
+            continue
+        full = (
+            base_scores.clone()
+            if kind == "joint"
+            else _empty(key, kind, cfg, n_batch, n_layer, n_pos, n_members, base_scores)
+        )
+        for idx, part in parts:
+            if part is None:
+                continue
+            v = part[2][key]
+            if kind in ("pos", "head_pos"):  # position is the last axis
+                full[idx, ..., : v.shape[-1]] = v
+            else:
+                full[idx] = v
+        patched[key] = full
+    return base_scores, source_scores, patched
 
 
 def _patch_jointly(

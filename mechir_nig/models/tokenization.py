@@ -94,11 +94,12 @@ class _Batch:
             **{f.name: getattr(self, f.name).to(device) for f in fields(me) if _is_tensor(self, f.name)},
         )
 
-    def select(self, index: Sequence[int] | Tensor) -> Any:
-        """Rows ``index`` of the batch, trimmed to their longest sequence."""
+    def select(self, index: Sequence[int] | Tensor, n_pos: int | None = None) -> Any:
+        """Rows ``index`` of the batch, trimmed to their longest sequence (or to ``n_pos`` positions)."""
         idx = torch.as_tensor(index, dtype=torch.long)
         kw: dict[str, Any] = {}
-        n_pos = int(self.lengths[idx.to(self.attention_mask.device)].max()) if len(idx) else 0
+        if n_pos is None:
+            n_pos = int(self.lengths[idx.to(self.attention_mask.device)].max()) if len(idx) else 0
         me: Any = self
         for f in fields(me):
             v = getattr(self, f.name)

@@ -1,0 +1,231 @@
+"""Patching sweeps sharded over 2 real gloo ranks under torchrun equal one process.
+
+``patch(..., distributed="auto")`` shards the aligned pairs across the ranks by cost (span squared), each
+rank sweeps its pairs and every rank assembles the whole result in the original pair order. The script
+below runs in each rank; the test compares what every rank returns, and what ``torchrun -m mechir_nig
+patch`` writes, with the single-process results.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from mechir_nig.interventions.patching import PatchingResult, patch
+from mechir_nig.runtime.distributed import shard_by_cost
+
+SCRIPT = r"""
+import os, sys
+import torch
+torch.set_num_threads(1)
+from mechir_nig import HookedBiEncoder, HookedCrossEncoder
+from mechir_nig.interventions import patching
+from mechir_nig.runtime import distributed
+sys.path.insert(0, os.path.dirname(__file__))
+from patch_inputs import aligned, neuron_set
+
+model_dir, out = sys.argv[1], sys.argv[2]
+swept = []
+real = patching._sweep
+
+def counted(model, base, source, q_emb, **kw):
+    swept.append(len(base))
+    return real(model, base, source, q_emb, **kw)
+
+patching._sweep = counted
+ce = HookedCrossEncoder.from_pretrained(model_dir)
+res = patching.patch(ce, aligned(ce), sites=["resid_pre", "heads", "head_pos", neuron_set(ce)], joint=True)
+r = distributed.rank()  # the process group exists from the first sharded call on
+assert r == int(os.environ["RANK"])
+res.save(os.path.join(out, f"ce{r}.safetensors"))
+be = HookedBiEncoder.from_pretrained(model_dir, ignore_head=True)
+res = patching.patch(be, aligned(be), sites=["mlp_out", "neurons"], direction="noise", metric="raw")
+res.save(os.path.join(out, f"be{r}.safetensors"))
+os.write(1, f"SWEPT {r} {distributed.world_size()} {' '.join(map(str, swept))}\n".encode())
+"""
+
+INPUTS = r'''
+"""The aligned inputs both the ranks and the test build (pairs of different spans; injections at the
+start, middle and end)."""
+from mechir_nig.data import bm25_candidates, load_collection
+from mechir_nig.interventions import perturb
+from mechir_nig.sets import NeuronSet
+
+WHERE = ("start", "middle", "end")
+
+
+def pairs():
+    col = load_collection("embedded")
+    run = bm25_candidates(col, k=2)
+    out = []
+    for qid in sorted(run)[:5]:
+        for did in list(run[qid])[:1]:
+            out.append((col.queries[qid], col.docs[did]))
+    return out
+
+
+def aligned(model):
+    ps = pairs()
+    edits = [perturb.tfc1(q, d, where=WHERE[i % 3]) for i, (q, d) in enumerate(ps)]
+    return perturb.align(model, [q for q, _ in ps], [d for _, d in ps], edits)
+
+
+def neuron_set(model):
+    d = model.cfg.d_mlp
+    return NeuronSet([(0, 1), (0, d - 1), (1, 3)], n_layers=model.cfg.n_layers, d_mlp=d)
+'''
+
+
+def _inputs(tmp_path: Path):
+    (tmp_path / "patch_inputs.py").write_text(INPUTS)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import importlib
+
+        import patch_inputs
+
+        return importlib.reload(patch_inputs)
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
+    return env
+
+
+def _torchrun(*args: str) -> list[str]:
+    from test_distributed import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
+    return [*cmd, "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args]
+
+
+def one_thread(fn, *args, **kw):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args, **kw)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def assert_same(a: PatchingResult, b: PatchingResult, atol: float = 1e-6) -> None:
+    assert sorted(a.values) == sorted(b.values)
+    for site in b.values:
+        assert a.values[site].shape == b.values[site].shape, site
+        torch.testing.assert_close(a.patched[site], b.patched[site], rtol=0, atol=atol, equal_nan=True)
+        va, vb = a.values[site], b.values[site]
+        if b.metric == "recovery":  # (patched - base) / (source - base): compare in score units (a pair
+            # whose perturbation moves the score by 1e-3 turns float32 rounding of 1e-7 into 1e-4 recovery)
+            shape = (-1, *[1] * (vb.dim() - 1))
+            va = va * (a.source_scores - a.base_scores).reshape(shape)
+            vb = vb * (b.source_scores - b.base_scores).reshape(shape)
+        torch.testing.assert_close(va, vb, rtol=0, atol=2 * atol, equal_nan=True)
+    torch.testing.assert_close(a.clean_scores, b.clean_scores, rtol=0, atol=atol)
+    torch.testing.assert_close(a.corrupted_scores, b.corrupted_scores, rtol=0, atol=atol)
+    assert a.layers == b.layers and a.members == b.members
+
+
+def test_two_gloo_ranks_patch_like_one_process(tiny_ce, tiny_ce_dir, tmp_path):
+    from mechir_nig import HookedBiEncoder
+
+    inputs = _inputs(tmp_path)
+    (tmp_path / "patch_script.py").write_text(SCRIPT)
+    done = subprocess.run(
+        _torchrun(str(tmp_path / "patch_script.py"), str(tiny_ce_dir), str(tmp_path)),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    swept = {
+        int(m[1]): (int(m[2]), [int(x) for x in m[3].split()])
+        for m in re.finditer(r"SWEPT (\d) (\d) ([\d ]+)", done.stdout)
+    }
+    assert sorted(swept) == [0, 1] and {w for w, _ in swept.values()} == {2}, done.stdout
+    al = inputs.aligned(tiny_ce)
+    spans = al.perturbed.lengths.double() ** 2
+    shards = shard_by_cost(spans.tolist(), 2)
+    # each rank swept its own pairs (cross-encoder call, then bi-encoder call), no pair twice
+    assert [swept[r][1][0] for r in (0, 1)] == [len(s) for s in shards] and all(len(s) for s in shards)
+    assert sum(swept[0][1]) + sum(swept[1][1]) == 2 * len(al.clean)
+    want = one_thread(
+        patch,
+        tiny_ce,
+        al,
+        sites=["resid_pre", "heads", "head_pos", inputs.neuron_set(tiny_ce)],
+        joint=True,
+        distributed=False,
+    )
+    be = HookedBiEncoder.from_pretrained(tiny_ce_dir, ignore_head=True)
+    want_be = one_thread(
+        patch, be, inputs.aligned(be), sites=["mlp_out", "neurons"], direction="noise", metric="raw"
+    )
+    assert torch.isfinite(want.values["resid_pre"]).any() and (want.values["heads"].nan_to_num() != 0).any()
+    for r in (0, 1):  # every rank returns the whole result
+        assert_same(PatchingResult.load(tmp_path / f"ce{r}.safetensors"), want)
+        assert_same(PatchingResult.load(tmp_path / f"be{r}.safetensors"), want_be)
+
+
+def test_cli_patch_under_torchrun_equals_one_process(tmp_path, tiny_ce_dir):
+    """`torchrun --nproc-per-node 2 -m mechir_nig patch ...` writes (rank 0, once) what the plain command writes."""
+    from mechir_nig.cli import main
+
+    args = ["--model", str(tiny_ce_dir), "--collection", "embedded", "--no-progress", "--pairs", "bm25"]
+    args += ["--max-pairs", "3", "--sites", "resid_pre,heads", "--where", "middle"]
+    assert one_thread(main, ["patch", *args, "--out", str(tmp_path / "one")]) == 0
+    done = subprocess.run(
+        _torchrun("-m", "mechir_nig", "patch", *args, "--out", str(tmp_path / "two")),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("wrote ") == 1  # rank 0 reports, rank 1 is silent
+    one = PatchingResult.load(tmp_path / "one" / "patching.safetensors")
+    two = PatchingResult.load(tmp_path / "two" / "patching.safetensors")
+    assert len(one.clean_scores) == 3
+    assert_same(two, one)
+    assert one.meta["pairs"] == two.meta["pairs"]
+
+
+def test_assembly_pads_a_ranks_shorter_rows_with_the_base_score(tiny_ce, tmp_path):
+    """The merge used across ranks, in one process: sweeping the pairs in two cost shards (each trimmed
+    to its own longest pair) and assembling them gives the one-sweep result."""
+    from mechir_nig.interventions import patching
+
+    inputs = _inputs(tmp_path)
+    al = inputs.aligned(tiny_ce)
+    base, source = al.perturbed, al.clean
+    assert len(set(base.lengths.tolist())) > 1  # spans differ: a shard is trimmed shorter than the batch
+    sites = patching._check_sites(tiny_ce, ["resid_pre", "head_pos", inputs.neuron_set(tiny_ce)])
+    layers = list(range(tiny_ce.cfg.n_layers))
+    members, member_idx = patching._members(tiny_ce, sites, layers)
+    kw = dict(site_list=sites, layer_list=layers, member_idx=member_idx, chunk_size=None)
+    kw |= dict(skip_unchanged=True, joint=True)
+    whole = patching._sweep(tiny_ce, base, source, None, **kw)
+    parts, widths = [], []
+    for idx in shard_by_cost((base.lengths.double() ** 2).tolist(), 2):
+        idx = sorted(idx)
+        n_pos = int(torch.maximum(base.lengths, source.lengths)[idx].max())
+        widths.append(n_pos)
+        parts.append(
+            (idx, patching._sweep(tiny_ce, base.select(idx, n_pos), source.select(idx, n_pos), None, **kw))
+        )
+    assert min(widths) < base.input_ids.shape[1]  # one shard is narrower than the batch: padded back
+    parts.append(([], None))  # a rank with no pair
+    got = patching._assemble(parts, sites, tiny_ce.cfg, len(base), len(layers), base, len(members))
+    for a, b in zip(got[:2], whole[:2], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert sorted(got[2]) == sorted(whole[2]) == ["head_pos", "neuron_set", "neuron_set_joint", "resid_pre"]
+    for key in whole[2]:
+        torch.testing.assert_close(got[2][key], whole[2][key], rtol=0, atol=1e-6)
