@@ -507,6 +507,8 @@ def load_with_sidecar(
         raise unusable(
             path, what, f"its sidecar {side_path} is not valid JSON ({exc}); it is truncated or corrupt"
         ) from exc
+    if found is not None and "sha256" not in metadata:  # written with a type by this code: always summed
+        raise unusable(path, what, "its header names its type but holds no checksum; the header is damaged")
     verify_checksum(
         path,
         metadata.get("sha256"),
@@ -514,7 +516,8 @@ def load_with_sidecar(
         canonical_json(side),
         kind,
         what=what,
-        hint=f" (or {side_path.name} was edited, or belongs to another file)",
+        hint=f" (or {side_path.name} was edited or belongs to another file, or a save was interrupted between "
+        "the two files)",
         stacklevel=4,
     )
     return tensors, side

@@ -221,6 +221,7 @@ def rerank(
     ctx = context(distributed, getattr(model, "device", None))
     mine = list(range(len(pairs)))  # one process: every pair
     if ctx.grouped:  # this rank's queries, balanced by the characters they score
+        ctx.agree("rerank", pairs)
         costs = [sum(len(collection.queries[q]) + len(docs[d]) for d in candidates[q]) for q in ids]
         own = {ids[i] for i in shard_by_cost(costs, ctx.world_size)[ctx.rank]}
         mine = [i for i, (q, _) in enumerate(pairs) if q in own]

@@ -39,7 +39,7 @@ def counted(model, base, source, q_emb, **kw):
 
 patching._sweep = counted
 ce = HookedCrossEncoder.from_pretrained(model_dir)
-res = patching.patch(ce, aligned(ce), sites=["resid_pre", "heads", "head_pos", neuron_set(ce)], joint=True)
+res = patching.patch(ce, aligned(ce), sites=["resid_pre", neuron_set(ce), "heads", "head_pos"], joint=True)
 r = distributed.rank()  # the process group exists from the first sharded call on
 assert r == int(os.environ["RANK"])
 res.save(os.path.join(out, f"ce{r}.safetensors"))
@@ -117,7 +117,7 @@ def one_thread(fn, *args, **kw):
 
 
 def assert_same(a: PatchingResult, b: PatchingResult, atol: float = 1e-6) -> None:
-    assert sorted(a.values) == sorted(b.values)
+    assert list(a.values) == list(b.values) and list(a.patched) == list(b.patched)  # same sites, same order
     for site in b.values:
         assert a.values[site].shape == b.values[site].shape, site
         torch.testing.assert_close(a.patched[site], b.patched[site], rtol=0, atol=atol, equal_nan=True)
@@ -161,7 +161,7 @@ def test_two_gloo_ranks_patch_like_one_process(tiny_ce, tiny_ce_dir, tmp_path):
         patch,
         tiny_ce,
         al,
-        sites=["resid_pre", "heads", "head_pos", inputs.neuron_set(tiny_ce)],
+        sites=["resid_pre", inputs.neuron_set(tiny_ce), "heads", "head_pos"],
         joint=True,
         distributed=False,
     )
@@ -173,6 +173,48 @@ def test_two_gloo_ranks_patch_like_one_process(tiny_ce, tiny_ce_dir, tmp_path):
     for r in (0, 1):  # every rank returns the whole result
         assert_same(PatchingResult.load(tmp_path / f"ce{r}.safetensors"), want)
         assert_same(PatchingResult.load(tmp_path / f"be{r}.safetensors"), want_be)
+
+
+MISMATCH = r"""
+import os, sys
+import torch
+torch.set_num_threads(1)
+from mechir_nig import HookedCrossEncoder
+from mechir_nig.data import bm25_candidates, load_collection
+from mechir_nig.errors import DistributedError
+from mechir_nig.evaluation import rerank
+from mechir_nig.interventions import patching, perturb
+from mechir_nig.runtime import distributed
+
+r = int(os.environ["RANK"])
+ce = HookedCrossEncoder.from_pretrained(sys.argv[1])
+q, d = ["what is a neuron", "how do rivers form"], ["a neuron is a cell", "rivers form from rain"]
+al = perturb.align(ce, q[r:], d[r:], [perturb.tfc1(a, b) for a, b in zip(q[r:], d[r:])])  # rank 1: fewer pairs
+col = load_collection("embedded")
+cands = bm25_candidates(col, k=2 + r)  # rank 1: deeper candidates
+for name, call in (("patch", lambda: patching.patch(ce, al)), ("rerank", lambda: rerank(ce, col, cands))):
+    try:
+        call()
+        os.write(1, f"RAN {name} {r}\n".encode())
+    except DistributedError as exc:
+        os.write(1, f"REFUSED {name} {r} {'other inputs than rank 0' in str(exc)}\n".encode())
+"""
+
+
+def test_ranks_given_different_inputs_are_refused_on_every_rank(tiny_ce_dir, tmp_path):
+    """A sharded call fills each rank's result with the other ranks' parts by position: ranks given other
+    pairs (e.g. a call inside a user's own per-rank loop) must fail on every rank, not mix or hang."""
+    (tmp_path / "mismatch.py").write_text(MISMATCH)
+    done = subprocess.run(
+        _torchrun(str(tmp_path / "mismatch.py"), str(tiny_ce_dir)),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = sorted(re.findall(r"(?:RAN|REFUSED) \w+ \d(?: \w+)?", done.stdout))
+    assert lines == [f"REFUSED {n} {r} True" for n in ("patch", "rerank") for r in (0, 1)], done.stdout
 
 
 def test_cli_patch_under_torchrun_equals_one_process(tmp_path, tiny_ce_dir):
@@ -226,6 +268,6 @@ def test_assembly_pads_a_ranks_shorter_rows_with_the_base_score(tiny_ce, tmp_pat
     got = patching._assemble(parts, sites, tiny_ce.cfg, len(base), len(layers), base, len(members))
     for a, b in zip(got[:2], whole[:2], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    assert sorted(got[2]) == sorted(whole[2]) == ["head_pos", "neuron_set", "neuron_set_joint", "resid_pre"]
+    assert list(got[2]) == list(whole[2]) == ["resid_pre", "head_pos", "neuron_set", "neuron_set_joint"]
     for key in whole[2]:
         torch.testing.assert_close(got[2][key], whole[2][key], rtol=0, atol=1e-6)

@@ -65,6 +65,7 @@ def _join(values: list[Any]) -> str:
 def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     from mechir_nig.cli import build_parser
     from mechir_nig.cli.report import build
+    from mechir_nig.runtime.distributed import context
 
     common = [
         "--model",
@@ -124,6 +125,9 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         sub_args = parser.parse_args(argv)
         with s.stage(name):
             summary[name] = sub_args.func(sub_args, Session(sub_args, argv, cache=s.cache))
+        # under torchrun rank 0 has just written this stage's files (and run.json), which the next stage
+        # reads on every rank: no rank goes on before they are complete
+        context("auto").barrier()
     s.record(summary=summary)
     s.say("\n== report")
     path = s.out / LAYOUT["report"]

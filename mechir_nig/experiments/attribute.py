@@ -343,6 +343,7 @@ def _attribute_sharded(
 
     n = len(pairs)
     order, fingerprint = _order(fields_)
+    ctx.agree("attribute_collection", fingerprint)
     with ctx.collective("checking the pairs"):
         costs = _check_tokenizable(model, fields_, pairs, int(cfg.max_length or model.max_length))
         record = _record(model, cfg, fingerprint, n)

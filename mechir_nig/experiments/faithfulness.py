@@ -410,6 +410,8 @@ def faithfulness(
             curve are drawn for all pairs on every rank, as in one process). ``True``: shard under any
             launch (even of one process); ``False``: ignore a launch (every rank does everything). The
             ``mean`` reference, when computed here, is computed on every rank (one forward pass).
+            Under a launch every rank must call it with the same pairs (checked: ``DistributedError``
+            otherwise); inside your own per-rank work pass ``False``.
 
     Returns:
         A :class:`FaithfulnessResult` (``spearman``, ``drops`` ``[B, k]``, ``curve``); in a sharded run
@@ -431,6 +433,7 @@ def faithfulness(
     cfg = model.cfg
     b, d = len(batch), cfg.d_mlp
     ctx = context(distributed, getattr(model, "device", None))
+    ctx.agree("faithfulness", batch.input_ids, batch.attention_mask)
     costs = _pair_costs(batch)
     mine = sorted(shard_by_cost(costs, ctx.world_size)[ctx.rank])  # one process: every pair
     if attribution is None:
@@ -456,7 +459,9 @@ def faithfulness(
     order = flat.topk(curve_k, dim=1).indices if curve_k else None  # signed: the positive contributors first
     gen = torch.Generator().manual_seed(seed)
     draws = {  # drawn for every pair on every rank, in the single-process order: the same random sets
-        mode: torch.rand(seeds, b, n_all, generator=gen).argsort(-1)[..., :curve_k]  # [S, B, K]
+        mode: torch.rand(seeds, b, n_all, generator=gen)
+        .argsort(-1)[..., :curve_k]
+        .clone()  # not a view  # [S, B, K]
         for mode in (interventions if curve_k else ())
     }
     # this rank's pairs: the activation x gradient, the single-neuron drops and the curve's drops

@@ -412,6 +412,12 @@ def pruning_study(
     from mechir_nig.runtime.distributed import context, shard_by_cost
 
     ctx = context(distributed, getattr(model, "device", None))  # one process: every job here
+    ctx.agree(
+        "pruning_study",
+        [(c, m, f, s, None if x is None else sorted(x)) for c, m, f, s, x in jobs],
+        sel,
+        {q: list(candidates[q]) for q in ev},
+    )
     mine = sorted(shard_by_cost([1] * len(jobs), ctx.world_size)[ctx.rank])
     results: dict[int, tuple[dict[str, Any], dict[str, dict[str, float]]]] = {}
     timings: dict[str, float] = {}

@@ -436,7 +436,9 @@ def patch(
         distributed: ``"auto"``: under a ``torchrun`` launch of several processes the pairs are sharded
             across the ranks by cost (``runtime.distributed.shard_by_cost`` on each pair's span squared)
             and every rank returns the whole result (gathered); ``False``: this process does all;
-            ``True``: require a launch.
+            ``True``: require a launch. Under a launch every rank must call ``patch`` with the same
+            inputs (checked: ``DistributedError`` otherwise); inside your own per-rank work pass
+            ``False``.
 
     Returns:
         A :class:`PatchingResult`.
@@ -489,6 +491,7 @@ def patch(
     if ctx.world_size == 1:
         base_scores, source_scores, patched = sweep(base, source, q_emb)
     else:  # pairs sharded by cost (patched rows x their length ~ span^2); every rank assembles the whole
+        ctx.agree("patch", base.input_ids, base.attention_mask, source.input_ids, source.attention_mask)
         costs = (base.lengths.double().cpu() ** 2).tolist()
         mine = sorted(shard_by_cost(costs, ctx.world_size)[ctx.rank])
         part = None
@@ -652,9 +655,11 @@ def _assemble(
             base_scores[idx], source_scores[idx] = part[0], part[1]
     n_pos = base.input_ids.shape[1]
     patched: dict[str, Tensor] = {}
-    keys = [(site, SITES[site][1]) for site, _ in site_list]
-    if any(nset is not None for _, nset in site_list):
-        keys.append(("neuron_set_joint", "joint"))
+    keys: list[tuple[str, str]] = []  # in the order one process fills them (the joint run after its set)
+    for site, nset in site_list:
+        keys.append((site, SITES[site][1]))
+        if nset is not None:
+            keys.append(("neuron_set_joint", "joint"))
     for key, kind in keys:
         if not any(part is not None and key in part[2] for _, part in parts):
             continue

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import heapq
 import math
 import os
@@ -280,6 +281,35 @@ class Context:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+    def agree(self, what: str, *inputs: Any) -> None:
+        """Check that every rank was given the same ``inputs`` (tensors, compared by their bytes, or
+        objects, by their ``repr``) before sharding them: a sharded call fills each rank's result with
+        the other ranks' parts by position, so different inputs would mix silently. Raises
+        ``DistributedError`` on every rank when they differ (a call made inside each rank's own share of
+        some work must pass ``distributed=False``).
+
+        Example:
+            >>> SINGLE.agree("patch", torch.tensor([[101, 2054, 102]]))  # one process: nothing to compare
+        """
+        if not self.grouped:
+            return
+        digest = hashlib.sha1()
+        for x in inputs:
+            if isinstance(x, torch.Tensor):
+                t = x.detach().cpu().contiguous()
+                digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+                digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            else:
+                digest.update(repr(x).encode())
+        prints = self.all_gather(digest.hexdigest())
+        differ = [r for r, fp in enumerate(prints) if fp != prints[0]]
+        if differ:
+            raise DistributedError(
+                f"{what}: ranks {differ} were given other inputs than rank 0; a sharded call needs the same "
+                "inputs on every rank (it splits them and gathers the parts). Inside your own per-rank share "
+                "of the work, pass distributed=False"
+            )
 
     @contextlib.contextmanager
     def collective(self, what: str) -> Iterator[None]:
