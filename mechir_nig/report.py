@@ -189,46 +189,21 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _load_pruning(path: Path) -> Any:
-    from mechir_nig.experiments.pruning import PruningResult
-
-    d = _read_json(path)
-    keys = ("measures", "runs", "per_query", "sets", "select_queries", "eval_queries", "settings")
-    missing = [k for k in keys if k not in d]
-    if missing:
-        raise InputError(f"not a pruning study (PruningResult.save): missing keys {missing}")
-    return PruningResult(**{k: d[k] for k in keys}, timings=d.get("timings") or {})
-
-
 def _load_faithfulness(path: Path) -> Any:
-    import torch
-
     from mechir_nig.experiments.faithfulness import FaithfulnessResult
 
-    d = _read_json(path)
-    missing = [k for k in ("k", "spearman", "per_pair") if k not in d]
-    if missing:
-        raise InputError(f"not a faithfulness result (FaithfulnessResult.to_dict): missing keys {missing}")
-    result = FaithfulnessResult(
-        k=int(d["k"]),
-        spearman=d["spearman"],
-        per_pair=d["per_pair"],
-        neurons=torch.tensor(d.get("neurons") or [], dtype=torch.long),
-        drops={m: torch.tensor(v, dtype=torch.float64) for m, v in (d.get("drops") or {}).items()},
-        curve=d.get("curve") or {},
-        settings=d.get("settings") or {},
-    )
-    return result, d
+    return FaithfulnessResult.load(path), _read_json(path)  # the file's extra keys (pairs) for the tables
 
 
 def _loaders() -> dict[str, Callable[[Path], Any]]:
     from mechir_nig.attribution.stats import CollectionAttribution
+    from mechir_nig.experiments.pruning import PruningResult
     from mechir_nig.interventions.patching import PatchingResult
 
     return {
         "run": _read_json,
         "attribution": CollectionAttribution.load,
-        "pruning": _load_pruning,
+        "pruning": PruningResult.load,
         "patching": PatchingResult.load,
         "faithfulness": _load_faithfulness,
         "rerank": _read_json,
