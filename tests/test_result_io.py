@@ -164,7 +164,7 @@ def test_the_command_line_files_load(faith, study, tmp_path):
     ``drops``, no dtypes) and ``pruning.json`` with the keys ``prune`` adds; ``mechir_nig.report`` reads
     the files ``save`` writes."""
     from mechir_nig.cli._common import to_json
-    from mechir_nig.report import _load_faithfulness, _load_pruning
+    from mechir_nig.report import _loaders
 
     data = faith.to_dict()
     data["pairs"] = [{"query_id": "q1", "doc_id": "d1"}, {"query_id": "q2", "doc_id": "d2"}]
@@ -182,8 +182,9 @@ def test_the_command_line_files_load(faith, study, tmp_path):
         study, settings=study.settings | {"attribution": "/x/nig.safetensors", "k": 3}
     )
     assert_same(PruningResult.load(study_cli.save(tmp_path / "pruning.json")), study_cli)
-    assert_same(_load_pruning(tmp_path / "pruning.json"), study_cli)
-    reported, _ = _load_faithfulness(faith.save(tmp_path / "saved.json"))
+    loaders = _loaders()  # what the report reads the files with
+    assert_same(loaders["pruning"](tmp_path / "pruning.json"), study_cli)
+    reported, _ = loaders["faithfulness"](faith.save(tmp_path / "saved.json"))
     assert_same(reported, faith)
 
 
