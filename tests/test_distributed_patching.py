@@ -217,6 +217,51 @@ def test_ranks_given_different_inputs_are_refused_on_every_rank(tiny_ce_dir, tmp
     assert lines == [f"REFUSED {n} {r} True" for n in ("patch", "rerank") for r in (0, 1)], done.stdout
 
 
+FAILING = r"""
+import os, sys
+import torch
+torch.set_num_threads(1)
+from mechir_nig import HookedCrossEncoder
+from mechir_nig.errors import InputError
+from mechir_nig.interventions import patching, perturb
+
+r = int(os.environ["RANK"])
+real = patching._sweep
+
+def sweep(*args, **kw):  # rank 1 fails in the middle of its share (e.g. out of memory on its GPU)
+    if r == 1:
+        raise InputError("injected failure on this rank")
+    return real(*args, **kw)
+
+patching._sweep = sweep
+ce = HookedCrossEncoder.from_pretrained(sys.argv[1])
+q, d = ["what is a neuron", "how do rivers form"], ["a neuron is a cell", "rivers form from rain"]
+try:
+    patching.patch(ce, perturb.align(ce, q, d, [perturb.tfc1(a, b) for a, b in zip(q, d)]))
+    os.write(1, f"RAN {r}\n".encode())
+except InputError as exc:
+    os.write(1, f"FAILED {r} {str(exc).replace(chr(10), ' ')}\n".encode())
+"""
+
+
+def test_a_rank_failing_inside_patch_fails_every_rank(tiny_ce_dir, tmp_path):
+    """One rank's error inside its share reaches every rank (same error class, naming the rank) instead
+    of leaving the others waiting in the gather."""
+    (tmp_path / "failing.py").write_text(FAILING)
+    done = subprocess.run(
+        _torchrun(str(tmp_path / "failing.py"), str(tiny_ce_dir)),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = sorted(re.findall(r"(?:RAN|FAILED) \d.*", done.stdout))
+    assert len(lines) == 2, done.stdout
+    assert lines[0] == "FAILED 0 rank 1 failed while patching: injected failure on this rank"
+    assert lines[1] == "FAILED 1 injected failure on this rank"
+
+
 def test_cli_patch_under_torchrun_equals_one_process(tmp_path, tiny_ce_dir):
     """`torchrun --nproc-per-node 2 -m mechir_nig patch ...` writes (rank 0, once) what the plain command writes."""
     from mechir_nig.cli import main
