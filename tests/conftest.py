@@ -87,6 +87,54 @@ def hf_cross_encoder(folder: Path):
     return BertForSequenceClassification.from_pretrained(str(folder), attn_implementation="eager").eval()
 
 
+class FakeIrdsDocstore:
+    """ir_datasets' Docstore interface (``get_many`` returns the documents found, by id), logging every
+    call: ``calls`` is the list of id lists asked for, ``requested`` all ids in order."""
+
+    def __init__(self, records):
+        self.records = {r.doc_id: r for r in records}
+        self.calls: list[list[str]] = []
+
+    def get_many(self, doc_ids, field=None):
+        ids = list(doc_ids)
+        self.calls.append(ids)
+        return {i: self.records[i] for i in ids if i in self.records}
+
+    @property
+    def requested(self) -> list[str]:
+        return [i for call in self.calls for i in call]
+
+
+class FakeIrdsBase:
+    """What the ir_datasets stand-ins of the data tests share: every resource present, ``docs_count`` and a
+    logging docstore over ``records`` (subclasses set ``records`` and give the ``*_iter`` methods)."""
+
+    records: list
+
+    def __init__(self, records) -> None:
+        self.records = list(records)
+        self.store = FakeIrdsDocstore(self.records)
+        self.docs_iter_calls = 0
+
+    def has_docs(self):
+        return True
+
+    def has_queries(self):
+        return True
+
+    def has_qrels(self):
+        return True
+
+    def has_scoreddocs(self):
+        return True
+
+    def docs_count(self):
+        return len(self.records)
+
+    def docs_store(self):
+        return self.store
+
+
 def pytest_sessionfinish(session, exitstatus):
     """No test collected is a failure here, never pytest's exit 5 (a green run that tested nothing)."""
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from conftest import FakeIrdsBase
 from ir_measures import Qrel, ScoredDoc
 
 from mechir_nig.data import (
@@ -409,21 +410,7 @@ def test_embedded_collection():
 # --------------------------------------------------------------------------------------------------
 
 
-class FakeDocstore:
-    """ir_datasets' Docstore interface (get_many returns the found documents by id), counting lookups."""
-
-    def __init__(self, records):
-        self.records = {r.doc_id: r for r in records}
-        self.requested: list[str] = []
-        self.calls = 0
-
-    def get_many(self, doc_ids, field=None):
-        self.calls += 1
-        self.requested.extend(doc_ids)
-        return {i: self.records[i] for i in doc_ids if i in self.records}
-
-
-class FakeIrdsDataset:
+class FakeIrdsDataset(FakeIrdsBase):
     def __init__(self, fail: bool = False):
         from ir_datasets.formats import GenericDoc
 
@@ -431,28 +418,11 @@ class FakeIrdsDataset:
         Titled = type("TitledDoc", (), {})  # noqa: N806 - a record with title and text fields
         titled = Titled()
         titled.doc_id, titled.title, titled.text = "d2", "Dogs", "Dogs  bark."
-        self.records = [GenericDoc("d1", "Cats purr."), titled, GenericDoc("d3", "   ")]
-        self.store = FakeDocstore(self.records)
-        self.docs_iter_calls = 0
+        super().__init__([GenericDoc("d1", "Cats purr."), titled, GenericDoc("d3", "   ")])
 
     def _check(self):
         if self.fail:
             raise RuntimeError("All download sources failed (offline)")
-
-    def has_docs(self):
-        return True
-
-    def has_queries(self):
-        return True
-
-    def has_qrels(self):
-        return True
-
-    def has_scoreddocs(self):
-        return True
-
-    def docs_count(self):
-        return len(self.records)
 
     def docs_store(self):
         self._check()
@@ -489,7 +459,7 @@ def test_irds_loading(monkeypatch):
         col = load_collection("irds:fake/test")
     assert col.name == "fake/test"
     assert repr(col) == "Collection(name='fake/test', docs=lazy(3), queries=2, qrels=2, scoreddocs=2)"
-    assert fake.docs_iter_calls == 0 and fake.store.calls == 0  # documents are looked up lazily
+    assert fake.docs_iter_calls == 0 and fake.store.calls == []  # documents are looked up lazily
     with pytest.warns(DataWarning, match=r"skipped 1 documents without text \(e.g. \['d3'\]\)"):
         assert col.get_docs(["d2", "d3", "d1", "zz"]) == {"d2": "Dogs Dogs bark.", "d1": "Cats purr."}
     assert col.report["empty_docs_skipped"] == 1 and col.report["empty_docs_skipped_ids"] == ["d3"]

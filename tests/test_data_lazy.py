@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import FakeIrdsBase
 from ir_measures import Qrel
 
 from mechir_nig.data import (
@@ -26,50 +27,16 @@ from mechir_nig.errors import DataError
 from mechir_nig.evaluation import evaluate, rerank
 
 
-class CountingDocstore:
-    def __init__(self, records):
-        self.records = {r.doc_id: r for r in records}
-        self.calls: list[list[str]] = []
-
-    def get_many(self, doc_ids, field=None):
-        self.calls.append(list(doc_ids))
-        return {i: self.records[i] for i in doc_ids if i in self.records}
-
-    @property
-    def requested(self) -> list[str]:
-        return [i for call in self.calls for i in call]
-
-
-class LazyFakeDataset:
+class LazyFakeDataset(FakeIrdsBase):
     """20 documents d00..d19 (d13 empty), 4 queries, qrels naming one unknown document (d99)."""
 
     def __init__(self, *, iterable: bool = False):
         from ir_datasets.formats import GenericDoc
 
-        self.records = [
+        super().__init__(
             GenericDoc(f"d{i:02d}", "" if i == 13 else f"text of document {i}") for i in range(20)
-        ]
-        self.store = CountingDocstore(self.records)
+        )
         self.iterable = iterable
-        self.docs_iter_calls = 0
-
-    def has_docs(self):
-        return True
-
-    def has_queries(self):
-        return True
-
-    def has_qrels(self):
-        return True
-
-    def has_scoreddocs(self):
-        return True
-
-    def docs_count(self):
-        return len(self.records)
-
-    def docs_store(self):
-        return self.store
 
     def docs_iter(self):
         self.docs_iter_calls += 1

@@ -8,6 +8,7 @@ import tracemalloc
 import warnings
 
 import pytest
+from conftest import FakeIrdsBase
 from ir_measures import ScoredDoc
 
 from mechir_nig.data import (
@@ -227,46 +228,24 @@ def test_read_trec_run_streams_the_top_k(tmp_path):
         list(iter_trec_run(split))
 
 
-class StreamingFakeDataset:
+class StreamingFakeDataset(FakeIrdsBase):
     """An ir_datasets stand-in with 50 documents whose scoreddocs may be read any number of times."""
 
     def __init__(self):
         from ir_datasets.formats import GenericDoc
 
-        self.records = {f"d{i}": GenericDoc(f"d{i}", f"text {i}") for i in range(50)}
+        super().__init__(GenericDoc(f"d{i}", f"text {i}") for i in range(50))
         self.scoreddocs_passes = 0
-        self.lookups: list[list[str]] = []
 
-    def has_docs(self):
-        return True
-
-    def has_queries(self):
-        return True
-
-    def has_qrels(self):
-        return True
-
-    def has_scoreddocs(self):
-        return True
-
-    def docs_count(self):
-        return len(self.records)
+    @property
+    def lookups(self) -> list[list[str]]:
+        return self.store.calls
 
     def scoreddocs_count(self):
         return 2 * 30
 
-    def docs_store(self):
-        fake = self
-
-        class Store:
-            def get_many(self, ids, field=None):
-                fake.lookups.append(list(ids))
-                return {i: fake.records[i] for i in ids if i in fake.records}
-
-        return Store()
-
     def docs_iter(self):
-        return iter(self.records.values())
+        return iter(self.records)
 
     def queries_iter(self):
         from ir_datasets.formats import GenericQuery
