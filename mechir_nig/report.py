@@ -41,7 +41,8 @@ FILES: dict[str, str] = {
     "rerank": "rerank.json",
     "stability": "stability.json",
 }
-"""The files a results folder may hold, by what they hold (``cli._common.LAYOUT`` without the report)."""
+"""The files a results folder may hold, by what they hold (the command line's ``LAYOUT`` is these and
+:data:`REPORT_NAME`)."""
 
 REPORT_NAME = "report.html"
 TOP_NEURONS = 20
@@ -62,15 +63,6 @@ _TITLES = {
     "stability": "Split-half stability",
 }
 _ORDER = ("run", "rerank", "attribution", "pruning", "patching", "faithfulness", "stability")
-
-
-def _layout() -> dict[str, str]:
-    """The command line's file names (its ``LAYOUT``), falling back to :data:`FILES`."""
-    try:
-        from mechir_nig.cli._common import LAYOUT
-    except ImportError:  # pragma: no cover - the cli is part of the package
-        return dict(FILES)
-    return {key: LAYOUT.get(key, name) for key, name in FILES.items()}
 
 
 # -- formatting --------------------------------------------------------------------------------------
@@ -725,7 +717,7 @@ def build(results_dir: str | Path, out: str | Path | None = None, *, title: str 
     from mechir_nig._io import atomic_write
 
     folder = Path(results_dir).expanduser()
-    names = _layout()
+    names = FILES
     expected = ", ".join(names.values())
     if not folder.is_dir():
         raise InputError(
@@ -737,7 +729,7 @@ def build(results_dir: str | Path, out: str | Path | None = None, *, title: str 
             f"{folder} holds no results: expected at least one of {expected} (written by the mechir-nig "
             "commands with --out, see docs/cli.md)"
         )
-    out_path = Path(out).expanduser() if out is not None else folder / _report_name()
+    out_path = Path(out).expanduser() if out is not None else folder / REPORT_NAME
     doc = _Doc()
     loaders = _loaders()
     unreadable: dict[str, str] = {}
@@ -824,11 +816,3 @@ def build(results_dir: str | Path, out: str | Path | None = None, *, title: str 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out_path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return out_path
-
-
-def _report_name() -> str:
-    try:
-        from mechir_nig.cli._common import LAYOUT
-    except ImportError:  # pragma: no cover
-        return REPORT_NAME
-    return LAYOUT.get("report", REPORT_NAME)

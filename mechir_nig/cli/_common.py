@@ -19,18 +19,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from mechir_nig.report import FILES, REPORT_NAME
+
 PROG = "mechir-nig"
 LAYOUT_VERSION = 1
-LAYOUT = {
-    "run": "run.json",
-    "attribution": "attribution.safetensors",
-    "pruning": "pruning.json",
-    "patching": "patching.safetensors",
-    "faithfulness": "faithfulness.json",
-    "rerank": "rerank.json",
-    "stability": "stability.json",
-    "report": "report.html",
-}
+LAYOUT = {**FILES, "report": REPORT_NAME}
 """File names inside a results folder (``--out DIR``), by what they hold."""
 # choices of library options, spelled out so that `--help` needs no torch import (tests/test_cli.py checks
 # that they equal the library's)
