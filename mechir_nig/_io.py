@@ -343,11 +343,11 @@ def checksum(tensors: Mapping[str, Tensor], info: str, kind: str) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(_raw_bytes(t))
+        h.update(tensor_bytes(t))
     return h.hexdigest()
 
 
-def _raw_bytes(t: Tensor) -> bytes:
+def tensor_bytes(t: Tensor) -> bytes:
     """The bytes of CPU tensor ``t`` in row-major order (numpy's, or a fresh copy's for dtypes numpy lacks,
     e.g. bfloat16)."""
     import torch

@@ -294,12 +294,14 @@ class Context:
         """
         if not self.grouped:
             return
+        from mechir_nig._io import tensor_bytes
+
         digest = hashlib.sha1()
         for x in inputs:
             if isinstance(x, torch.Tensor):
                 t = x.detach().cpu().contiguous()
                 digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
-                digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+                digest.update(tensor_bytes(t))
             else:
                 digest.update(repr(x).encode())
         prints = self.all_gather(digest.hexdigest())
