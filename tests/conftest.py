@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from mechir_nig import testing
 from mechir_nig.testing import make_tiny_cross_encoder, minilm_cross_encoder
@@ -133,6 +142,62 @@ class FakeIrdsBase:
 
     def docs_store(self):
         return self.store
+
+
+# -- torchrun launches of the distributed tests ----------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def torchrun_env() -> dict[str, str]:
+    """This environment without an enclosing launch's variables, offline, one thread per rank."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
+    return env
+
+
+def torchrun_cmd(*args: str) -> list[str]:
+    """``torchrun --nnodes 1 --nproc-per-node 2 ARGS`` on a free local port."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
+    return [*cmd, "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args]
+
+
+def torchrun(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    """``torchrun_cmd(*args)`` on gloo run to its end, output captured; killed with its workers after
+    ``timeout`` seconds so the suite never hangs."""
+    cmd = torchrun_cmd(*args)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=torchrun_env(),
+        start_new_session=True,
+    )
+
+    def kill() -> None:  # the agent's process group; the workers die with their parent's pipe and group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    watchdog = threading.Timer(timeout, kill)
+    watchdog.start()
+    try:
+        out, err = proc.communicate()
+    finally:
+        watchdog.cancel()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def one_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn`` on one thread, as in the ranks: the float32 forwards then agree to ~1e-7."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def pytest_sessionfinish(session, exitstatus):

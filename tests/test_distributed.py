@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port, one_thread, torchrun, torchrun_cmd, torchrun_env
 
 from mechir_nig import CheckpointError, InputError
 from mechir_nig.attribution.stats import CollectionAttribution
@@ -109,27 +109,22 @@ def assert_same(a: CollectionAttribution, b: CollectionAttribution) -> None:
             assert sorted(top_a) == sorted(top_b), (scheme, k)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Launch:
     """``torchrun --nproc-per-node 2`` on SCRIPT, its stdout read line by line."""
 
     def __init__(self, tmp_path: Path, model_dir: Path, ckpt: Path, pause_at: int = 0) -> None:
         script = tmp_path / "attribute_script.py"
         script.write_text(SCRIPT)
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
         self.err_path = tmp_path / "torchrun.stderr"
         self._err = self.err_path.open("w")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
-        cmd += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
-        cmd += [str(script), str(model_dir), str(ckpt), str(pause_at)]
+        cmd = torchrun_cmd(str(script), str(model_dir), str(ckpt), str(pause_at))
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self._err, text=True, env=env, start_new_session=True
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            text=True,
+            env=torchrun_env(),
+            start_new_session=True,
         )
         self.watchdog = threading.Timer(120, self.kill_all)  # never hang the suite
         self.watchdog.start()
@@ -347,15 +342,6 @@ def stop_at(k):
     return on_batch
 
 
-def one_thread(fn, *args, **kwargs):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def test_single_process_checkpoint_continues_as_a_sharded_run(tiny_ce, pairs, single, tmp_path, group_of_one):
     ckpt = tmp_path / "nig.safetensors"
     with pytest.raises(Stop):
@@ -423,12 +409,7 @@ def test_cli_attribute_under_torchrun_equals_one_process(tmp_path, tiny_ce_dir):
         assert main(["attribute", *args, "--out", str(tmp_path / "one")]) == 0
     finally:
         torch.set_num_threads(threads)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
-    cmd += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
-    cmd += ["-m", "mechir_nig", "attribute", *args, "--out", str(tmp_path / "two")]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    done = torchrun("-m", "mechir_nig", "attribute", *args, "--out", str(tmp_path / "two"), timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("wrote ") == 1  # rank 0 reports, rank 1 is silent
     one = CollectionAttribution.load(tmp_path / "one" / "attribution.safetensors")

@@ -8,13 +8,12 @@ patch`` writes, with the single-process results.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from conftest import one_thread, torchrun
 
 from mechir_nig.interventions.patching import PatchingResult, patch
 from mechir_nig.runtime.distributed import shard_by_cost
@@ -94,28 +93,6 @@ def _inputs(tmp_path: Path):
         sys.path.remove(str(tmp_path))
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
-    return env
-
-
-def _torchrun(*args: str) -> list[str]:
-    from test_distributed import free_port
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
-    return [*cmd, "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args]
-
-
-def one_thread(fn, *args, **kw):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return fn(*args, **kw)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def assert_same(a: PatchingResult, b: PatchingResult, atol: float = 1e-6) -> None:
     assert list(a.values) == list(b.values) and list(a.patched) == list(b.patched)  # same sites, same order
     for site in b.values:
@@ -138,13 +115,7 @@ def test_two_gloo_ranks_patch_like_one_process(tiny_ce, tiny_ce_dir, tmp_path):
 
     inputs = _inputs(tmp_path)
     (tmp_path / "patch_script.py").write_text(SCRIPT)
-    done = subprocess.run(
-        _torchrun(str(tmp_path / "patch_script.py"), str(tiny_ce_dir), str(tmp_path)),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = torchrun(str(tmp_path / "patch_script.py"), str(tiny_ce_dir), str(tmp_path), timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     swept = {
         int(m[1]): (int(m[2]), [int(x) for x in m[3].split()])
@@ -205,13 +176,7 @@ def test_ranks_given_different_inputs_are_refused_on_every_rank(tiny_ce_dir, tmp
     """A sharded call fills each rank's result with the other ranks' parts by position: ranks given other
     pairs (e.g. a call inside a user's own per-rank loop) must fail on every rank, not mix or hang."""
     (tmp_path / "mismatch.py").write_text(MISMATCH)
-    done = subprocess.run(
-        _torchrun(str(tmp_path / "mismatch.py"), str(tiny_ce_dir)),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = torchrun(str(tmp_path / "mismatch.py"), str(tiny_ce_dir), timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     lines = sorted(re.findall(r"(?:RAN|REFUSED) \w+ \d(?: \w+)?", done.stdout))
     assert lines == [f"REFUSED {n} {r} True" for n in ("patch", "rerank") for r in (0, 1)], done.stdout
@@ -248,13 +213,7 @@ def test_a_rank_failing_inside_patch_fails_every_rank(tiny_ce_dir, tmp_path):
     """One rank's error inside its share reaches every rank (same error class, naming the rank) instead
     of leaving the others waiting in the gather."""
     (tmp_path / "failing.py").write_text(FAILING)
-    done = subprocess.run(
-        _torchrun(str(tmp_path / "failing.py"), str(tiny_ce_dir)),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = torchrun(str(tmp_path / "failing.py"), str(tiny_ce_dir), timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     lines = sorted(re.findall(r"(?:RAN|FAILED) \d.*", done.stdout))
     assert len(lines) == 2, done.stdout
@@ -269,13 +228,7 @@ def test_cli_patch_under_torchrun_equals_one_process(tmp_path, tiny_ce_dir):
     args = ["--model", str(tiny_ce_dir), "--collection", "embedded", "--no-progress", "--pairs", "bm25"]
     args += ["--max-pairs", "3", "--sites", "resid_pre,heads", "--where", "middle"]
     assert one_thread(main, ["patch", *args, "--out", str(tmp_path / "one")]) == 0
-    done = subprocess.run(
-        _torchrun("-m", "mechir_nig", "patch", *args, "--out", str(tmp_path / "two")),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = torchrun("-m", "mechir_nig", "patch", *args, "--out", str(tmp_path / "two"), timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("wrote ") == 1  # rank 0 reports, rank 1 is silent
     one = PatchingResult.load(tmp_path / "one" / "patching.safetensors")

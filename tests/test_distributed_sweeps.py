@@ -8,20 +8,12 @@ functions with ``distributed="auto"``; each rank saves what it returned and coun
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-import torch
+from conftest import one_thread, torchrun
 
 from mechir_nig.data import bm25_candidates, judged_pairs, load_collection
 from mechir_nig.evaluation import rerank
@@ -80,51 +72,6 @@ os.write(1, line.encode())  # one write() of a short line: the two ranks' lines 
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def torchrun(args: list[str], timeout: float = 150) -> subprocess.CompletedProcess[str]:
-    """``torchrun --nproc-per-node 2 ARGS`` on gloo (one thread per rank), killed with its workers after
-    ``timeout`` seconds so the suite never hangs."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
-    cmd += ["--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-
-    def kill() -> None:  # the agent's process group; the workers die with their parent's pipe and group
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-    watchdog = threading.Timer(timeout, kill)
-    watchdog.start()
-    try:
-        out, err = proc.communicate()
-    finally:
-        watchdog.cancel()
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def one_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``fn`` on one thread, as in the ranks: the float32 forwards then agree to ~1e-7."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def assert_close_tree(a: Any, b: Any, tol: float = 1e-6, path: str = "") -> None:
     """Equal JSON-like trees, floats within ``tol``."""
     if isinstance(b, dict):
@@ -150,7 +97,7 @@ def test_faithfulness_rerank_stability_on_two_gloo_ranks_equal_one_process(tiny_
     script = tmp_path / "sweeps.py"
     script.write_text(SCRIPT)
     args = [str(script), str(tiny_ce_dir), str(tmp_path), json.dumps(FAITH), json.dumps(STABILITY)]
-    done = torchrun([*args, str(RERANK_K)])
+    done = torchrun(*args, str(RERANK_K))
     assert done.returncode == 0, done.stderr[-4000:]
     lines = sorted(m.group().split() for m in re.finditer(r"DONE(?: \d+)+", done.stdout))
     assert [(int(d[1]), int(d[2])) for d in lines] == [(0, 2), (1, 2)], done.stdout
@@ -202,7 +149,7 @@ def test_cli_faithfulness_under_torchrun_equals_one_process(tmp_path, tiny_ce_di
     args = ["faithfulness", "--model", str(tiny_ce_dir), "--collection", "embedded", "--no-progress"]
     args += ["--max-pairs", "4", "--neurons", "3", "--curve-k", "2", "--seeds", "2", "--n-steps", "2"]
     assert one_thread(main, [*args, "--out", str(tmp_path / "one")]) == 0
-    done = torchrun(["-m", "mechir_nig", *args, "--out", str(tmp_path / "two")])
+    done = torchrun("-m", "mechir_nig", *args, "--out", str(tmp_path / "two"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("wrote ") == 1  # rank 0 reports, rank 1 is silent
     one = json.loads((tmp_path / "one" / "faithfulness.json").read_text())

@@ -29,7 +29,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_distributed import KW, assert_same, free_port, make_pairs, one_thread
+from conftest import free_port, one_thread
+from test_distributed import KW, assert_same, make_pairs
 
 from mechir_nig.attribution.stats import CollectionAttribution
 from mechir_nig.experiments.attribute import attribute_collection
