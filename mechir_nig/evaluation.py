@@ -136,7 +136,6 @@ def rerank(
     batch_size: int = 32,
     query_ids: Iterable[str] | None = None,
     progress: bool = False,
-    distributed: bool | str = "auto",
 ) -> Run:
     """Score first-stage candidates with a model: a new run over the same (query, document) pairs.
 
@@ -160,18 +159,12 @@ def rerank(
         candidates: the run to re-rank, ``{query_id: {doc_id: score}}`` (scores are ignored).
         batch_size: texts (bi-encoder) or pairs (cross-encoder) per forward pass.
         query_ids: re-rank only these queries of ``candidates`` (default: all, in its order).
-        progress: show a tqdm progress bar (over pairs, or over texts for a bi-encoder; rank 0 only).
-        distributed: ``"auto"`` (default): under a ``torchrun`` launch of more than one process the
-            queries are sharded over the ranks (``runtime.distributed.shard_by_cost``, each query costing
-            the characters of its query and candidate texts), each rank scores its queries' pairs and the
-            scores are gathered, so every rank returns the whole run; ``True``: shard under any launch
-            (even of one process); ``False``: ignore a launch (every rank scores every pair: pass it when
-            each rank calls ``rerank`` with its own candidates).
+        progress: show a tqdm progress bar (over pairs, or over texts for a bi-encoder).
 
     Returns:
         The run ``{query_id: {doc_id: model score}}``, best first within each query; every selected query
-        is a key (empty when it had no candidates). A sharded run returns the single-process run on every
-        rank (a cross-encoder's scores up to float rounding of the batch composition).
+        is a key (empty when it had no candidates). (Under ``torchrun``,
+        ``mechir_nig.experiments.collection.rerank_sharded`` splits the queries over the ranks.)
 
     Raises:
         InputError: for a model without ``score``, ``batch_size < 1``, query ids not in ``candidates`` or
@@ -186,8 +179,6 @@ def rerank(
     """
     import torch
     from tqdm.auto import tqdm
-
-    from mechir_nig.runtime.distributed import context, shard_by_cost
 
     bi_encoder = _is_bi_encoder(model)
     if not bi_encoder and not callable(getattr(model, "score", None)):
@@ -218,32 +209,13 @@ def rerank(
             f"{unknown_d[:5]}): build candidates from the same collection"
         )
 
-    ctx = context(distributed, getattr(model, "device", None))
-    mine = list(range(len(pairs)))  # one process: every pair
-    if ctx.grouped:  # this rank's queries, balanced by the characters they score
-        ctx.agree("rerank", pairs)
-        costs = [sum(len(collection.queries[q]) + len(docs[d]) for d in candidates[q]) for q in ids]
-        own = {ids[i] for i in shard_by_cost(costs, ctx.world_size)[ctx.rank]}
-        mine = [i for i, (q, _) in enumerate(pairs) if q in own]
-    part = [pairs[i] for i in mine]
     score = _score_embeddings if bi_encoder else _score_pairs
-    total = len(part)
+    total = len(pairs)
     if bi_encoder:
-        total = len({collection.queries[q] for q, _ in part}) + len({docs[d] for _, d in part})
-    bar = tqdm(
-        total=total,
-        desc="rerank",
-        unit="text" if bi_encoder else "pair",
-        disable=not progress or not ctx.is_main,
-    )
-    with ctx.collective("re-ranking the candidates"), torch.no_grad(), bar:
-        mine_scores = score(model, part, collection.queries, docs, batch_size, bar) if part else []
-    scores: list[float] = mine_scores
-    if ctx.grouped:  # every rank's scores, back in pair order
-        scores = [0.0] * len(pairs)
-        for rows, values in ctx.all_gather((mine, mine_scores)):
-            for i, v in zip(rows, values, strict=True):
-                scores[i] = v
+        total = len({collection.queries[q] for q, _ in pairs}) + len({docs[d] for _, d in pairs})
+    bar = tqdm(total=total, desc="rerank", unit="text" if bi_encoder else "pair", disable=not progress)
+    with torch.no_grad(), bar:
+        scores = score(model, pairs, collection.queries, docs, batch_size, bar) if pairs else []
 
     run: Run = {qid: {} for qid in ids}
     for (qid, did), value in zip(pairs, scores, strict=True):

@@ -30,7 +30,7 @@ from mechir_nig.errors import DistributedError
 from mechir_nig.experiments.attribute import attribute_collection
 from mechir_nig.experiments.pruning import pruning_study
 from mechir_nig.runtime import shards
-from mechir_nig.runtime.distributed import SINGLE, context, launch_info, shard_by_cost
+from mechir_nig.runtime.distributed import SINGLE, Context, context, launch_info, shard_by_cost
 from mechir_nig.sets import select_top
 
 KW = dict(n_steps=4, batch_size=2, progress=False)
@@ -280,6 +280,84 @@ def test_shard_by_cost_is_balanced_deterministic_and_complete():
         shard_by_cost([1], 0)
     with pytest.raises(InputError, match="costs"):
         shard_by_cost([1, -1], 2)
+
+
+class FakeRank(Context):
+    """A rank of a fake world of threads: ``all_gather`` through a shared table and a barrier (the
+    collectives ``agree``, ``collective`` and ``map`` use only ``all_gather``)."""
+
+    def __init__(self, rank: int, world_size: int, table: list, barrier: threading.Barrier) -> None:
+        super().__init__(rank=rank, world_size=world_size, grouped=True)
+        object.__setattr__(self, "table", table)
+        object.__setattr__(self, "sync", barrier)
+
+    def all_gather(self, obj):
+        self.table[self.rank] = obj
+        self.sync.wait()
+        out = list(self.table)
+        self.sync.wait()  # nobody overwrites the table before every rank has read it
+        return out
+
+
+def fake_world(world_size: int, body):
+    """``body(ctx)`` on ``world_size`` fake ranks (threads); every rank's return value or exception."""
+    table, barrier = [None] * world_size, threading.Barrier(world_size, timeout=30)
+    got: list = [None] * world_size
+
+    def run(r):
+        try:
+            got[r] = body(FakeRank(r, world_size, table, barrier))
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            got[r] = exc
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(world_size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return got
+
+
+def test_context_map_restores_order_and_shards_by_cost():
+    items = [f"item{i}" for i in range(7)]
+    costs = [5, 1, 4, 2, 3, 9, 1]
+    calls: list = []
+
+    def fn(share):
+        calls.append(list(share))
+        return [x.upper() for x in share]
+
+    # one process: fn once on every item, in input order
+    assert SINGLE.map(items, fn, cost=costs, what="testing") == [x.upper() for x in items]
+    assert calls == [items]
+    assert SINGLE.map([], fn, what="testing") == [] and len(calls) == 1  # no work: fn is not called
+
+    # a fake world of 3 ranks: each rank gets its cost shard (in input order), every rank every result
+    calls.clear()
+    for r, got in enumerate(fake_world(3, lambda ctx: ctx.map(items, fn, cost=costs, what="testing"))):
+        assert got == [x.upper() for x in items], r
+    want = [sorted(p) for p in shard_by_cost(costs, 3)]
+    assert sorted(calls) == sorted([[items[i] for i in p] for p in want])
+
+    # ranks given other items are refused on every rank; a failing rank fails every rank
+    got = fake_world(2, lambda ctx: ctx.map(items[ctx.rank :], fn, what="testing"))
+    assert all(isinstance(e, DistributedError) and "other inputs than rank 0" in str(e) for e in got), got
+
+    def failing(ctx):
+        def fn(share):
+            if ctx.rank == 1:
+                raise InputError("injected")
+            return share
+
+        return ctx.map(items, fn, what="testing")
+
+    got = fake_world(2, failing)
+    assert [type(e) for e in got] == [InputError, InputError]
+    assert str(got[0]) == "rank 1 failed while testing: injected" and str(got[1]) == "injected"
+    with pytest.raises(InputError, match="2 results for 3 items"):
+        SINGLE.map([1, 2, 3], lambda share: share[:2], what="testing")
+    with pytest.raises(InputError, match="one cost per item"):
+        SINGLE.map([1, 2, 3], fn, cost=[1], what="testing")
 
 
 def test_launch_detection_and_single_process_context(monkeypatch):

@@ -154,8 +154,9 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from mechir_nig.cli.attribute import check_layers
+    from mechir_nig.experiments.patching import patch_study
     from mechir_nig.interventions import perturb
-    from mechir_nig.interventions.patching import PatchingResult, patch
+    from mechir_nig.interventions.patching import PatchingResult
 
     col = s.collection()
     model = s.model()
@@ -192,7 +193,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
             for group in groups:
                 bar.set_postfix_str(f"{site} L{group[0]}" if len(group) == 1 else site)
                 parts[site].append(
-                    patch(
+                    patch_study(
                         model,
                         al,
                         sites=(site,),

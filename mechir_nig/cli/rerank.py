@@ -46,7 +46,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     out = s.path("rerank")
     from mechir_nig.cli._common import write_json
 
-    if s.main:  # rerank() shards the queries and gathers the run on every rank
+    if s.main:  # rerank_study() shards the queries and gathers the run on every rank
         write_json(out, study)
     s.wrote(out)
     for name in ("bm25", "reranked"):

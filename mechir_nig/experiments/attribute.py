@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -39,7 +40,7 @@ from mechir_nig.attribution.settings import NIGSettings, model_fingerprint
 from mechir_nig.attribution.stats import LABELS, CollectionAttribution
 from mechir_nig.errors import DistributedError, InputError
 from mechir_nig.models.tokenization import doc_budget, n_special_tokens
-from mechir_nig.runtime.distributed import Context, shard_by_cost
+from mechir_nig.runtime.distributed import Context
 from mechir_nig.runtime.distributed import context as distributed_context
 from mechir_nig.runtime.shards import manifest_path
 
@@ -367,21 +368,21 @@ def _attribute_sharded(
     generation, done = (0, []) if shared is None else (shared[1], shards.decode_positions(shared[2], n))
     done_set = set(done)
     remaining = [p for p in range(n) if p not in done_set]  # positions in the longest-first order
-    assignment = shard_by_cost([costs[order[p]] for p in remaining], ctx.world_size)
-    mine = [remaining[j] for j in assignment[ctx.rank]]
     if ctx.rank == 0 and plan is not None and plan.base is not None:
         stats, held = plan.base, set(done)  # rank 0 carries what earlier generations did
     else:
         stats, held = _fresh(model, cfg, record, collection), set()
     part = shards.part_path(ckpt, ctx.rank, ctx.world_size, generation) if ckpt is not None else None
-    bar = None
-    if progress and ctx.is_main:
-        from tqdm.auto import tqdm
-
-        desc = "attributing pairs" + (f" (rank 0 of {ctx.world_size})" if ctx.world_size > 1 else "")
-        bar = tqdm(total=len(held) + len(mine), initial=len(held), desc=desc, unit="pair")
     nig_kwargs = cfg.nig_kwargs()
-    with ctx.collective("attributing the pairs"):
+
+    def attribute(mine: list[int]) -> list[bool]:
+        """This rank's pairs (positions in the longest-first order) into ``stats``, checkpointing its part."""
+        bar = None
+        if progress and ctx.is_main:
+            from tqdm.auto import tqdm
+
+            desc = "attributing pairs" + (f" (rank 0 of {ctx.world_size})" if ctx.world_size > 1 else "")
+            bar = tqdm(total=len(held) + len(mine), initial=len(held), desc=desc, unit="pair")
         since = 0
         for s in range(0, len(mine), batch_size):
             chunk = mine[s : s + batch_size]
@@ -404,11 +405,23 @@ def _attribute_sharded(
                 since = 0
             if on_batch is not None:
                 on_batch(len(held))
-    if bar is not None:
-        bar.close()
+        if bar is not None:
+            bar.close()
+        return [True] * len(mine)
+
+    ctx.map(
+        remaining,
+        attribute,
+        cost=[costs[order[p]] for p in remaining],
+        what="attributing the pairs",
+        fingerprint=[fingerprint, generation],
+    )
     stats.meta.pop("shard", None)
     stats.n_done = len(held)
-    ctx.all_reduce_statistics(stats)
+    parts = ctx.all_gather(stats)  # the union of the ranks' disjoint pairs: their merge
+    stats = functools.reduce(CollectionAttribution.merge, parts)
+    if len(parts) > 1:  # rank 0's record (the pairs, the settings), with the summed truncation counts
+        stats.meta = {**parts[0].meta, "truncated": stats.meta["truncated"]}
     if stats.n_done != n or sum(stats.counts.values()) != n:
         raise DistributedError(
             f"the ranks attributed {stats.n_done} of {n} pairs ({stats.counts}); every rank must be given "

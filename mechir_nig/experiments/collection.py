@@ -10,10 +10,90 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechir_nig.errors import CheckpointError, InputError
+
+if TYPE_CHECKING:
+    from mechir_nig.data.collection import Collection, Run
+
+
+def rerank_sharded(
+    model: Any,
+    collection: Collection,
+    candidates: Mapping[str, Mapping[str, float]],
+    *,
+    batch_size: int = 32,
+    query_ids: Iterable[str] | None = None,
+    progress: bool = False,
+    distributed: bool | str = "auto",
+) -> Run:
+    """:func:`~mechir_nig.evaluation.rerank`, with the queries sharded over the ranks of a launch.
+
+    Args:
+        model, collection, candidates, batch_size, query_ids, progress: as ``rerank`` (the progress bar
+            on rank 0 only).
+        distributed: ``"auto"`` (default): under a ``torchrun`` launch of more than one process the
+            queries are sharded over the ranks (:meth:`~mechir_nig.runtime.distributed.Context.map`, each
+            query costing the characters of its query and candidate texts), each rank scores its queries'
+            pairs and every rank returns the whole run; ``True``: shard under any launch (even of one
+            process); ``False``: ignore a launch (this process scores every pair). Under a launch every
+            rank must pass the same candidates (checked: ``DistributedError`` otherwise).
+
+    Returns:
+        The run of ``rerank``: a sharded run returns the single-process run on every rank (a
+        cross-encoder's scores up to float rounding of the batch composition).
+
+    Raises:
+        InputError: what ``rerank`` refuses. DistributedError: other candidates on another rank, or
+            another rank failed.
+
+    Example:
+        >>> run = rerank_sharded(ce, col, bm25_candidates(col, k=100))  # under torchrun  # doctest: +SKIP
+    """
+    from mechir_nig.data.collection import select_query_ids
+    from mechir_nig.evaluation import rerank
+    from mechir_nig.runtime.distributed import context
+
+    ctx = context(distributed, getattr(model, "device", None))
+    if not ctx.grouped:
+        return rerank(
+            model, collection, candidates, batch_size=batch_size, query_ids=query_ids, progress=progress
+        )
+    with ctx.collective("checking the candidates"):
+        if not isinstance(candidates, Mapping):
+            raise InputError(
+                "candidates must be a run dict {query_id: {doc_id: score}} (e.g. bm25_candidates)"
+            )
+        ids = select_query_ids(candidates, query_ids, "candidates")
+        texts = collection.get_docs(d for q in ids for d in candidates[q])
+        queries = collection.queries
+        costs = [
+            sum(len(queries[q] if q in queries else "") + len(texts.get(d, "")) for d in candidates[q])
+            for q in ids
+        ]
+
+    def score(share: list[str]) -> list[dict[str, float]]:
+        run = rerank(
+            model,
+            collection,
+            candidates,
+            batch_size=batch_size,
+            query_ids=share,
+            progress=progress and ctx.is_main,
+        )
+        return [run[q] for q in share]
+
+    ranked = ctx.map(
+        ids,
+        score,
+        cost=costs,
+        what="re-ranking the candidates",
+        fingerprint=[(q, list(candidates[q])) for q in ids],
+    )
+    return dict(zip(ids, ranked, strict=True))
 
 
 def rerank_study(
@@ -28,7 +108,7 @@ def rerank_study(
 ) -> dict[str, Any]:
     """BM25 top-``k`` and the model re-ranking it, evaluated with ir_measures on the collection's qrels.
 
-    ``distributed`` goes to :func:`~mechir_nig.evaluation.rerank`: under a ``torchrun`` launch the queries
+    ``distributed`` goes to :func:`rerank_sharded`: under a ``torchrun`` launch the queries
     are sharded over the ranks and every rank returns the whole study (BM25 runs on every rank).
 
     Returns:
@@ -40,12 +120,12 @@ def rerank_study(
         >>> study["bm25"]["nDCG@10"], study["reranked"]["nDCG@10"]  # doctest: +SKIP
     """
     from mechir_nig.data import bm25_candidates
-    from mechir_nig.evaluation import evaluate, rerank
+    from mechir_nig.evaluation import evaluate
 
     t0 = time.perf_counter()
     bm25 = bm25_candidates(collection, k=k)
     t1 = time.perf_counter()
-    reranked = rerank(
+    reranked = rerank_sharded(
         model, collection, bm25, batch_size=batch_size, progress=progress, distributed=distributed
     )
     t2 = time.perf_counter()

@@ -336,45 +336,29 @@ def _per_neuron_nig(
     Example:
         >>> nig = _per_neuron_nig(ce, queries, docs, n_steps=16)  # [B, L, d_mlp]  # doctest: +SKIP
     """
-    from mechir_nig.runtime.distributed import context, shard_by_cost
+    from mechir_nig.attribution.nig import neuron_integrated_gradients
+    from mechir_nig.runtime.distributed import context
 
     qs, ds = list(queries), list(docs)
     ctx = context(distributed, getattr(model, "device", None))
-    mine = list(range(len(qs)))
     if ctx.grouped:
         if costs is None:
             costs = _pair_costs(model.attribution_inputs(qs, ds)[0])
-        mine = sorted(shard_by_cost(costs, ctx.world_size)[ctx.rank])
         nig_kwargs["progress"] = bool(nig_kwargs.get("progress")) and ctx.is_main
-    with ctx.collective("attributing the pairs"):
-        part = {}
-        if mine:
-            from mechir_nig.attribution.nig import neuron_integrated_gradients
 
-            attr = neuron_integrated_gradients(
-                model, [qs[i] for i in mine], [ds[i] for i in mine], **nig_kwargs
-            )
-            part["nig"] = attr.per_neuron().double().cpu()
-    return _gather_pairs(ctx, mine, part, len(qs))["nig"]
+    def attribute(share: list[int]) -> list[Tensor]:
+        attr = neuron_integrated_gradients(
+            model, [qs[i] for i in share], [ds[i] for i in share], **nig_kwargs
+        )
+        return [row.clone() for row in attr.per_neuron().double().cpu()]
+
+    rows = ctx.map(range(len(qs)), attribute, cost=costs, what="attributing the pairs", fingerprint=(qs, ds))
+    return torch.stack(rows)
 
 
 def _pair_costs(batch: Any) -> list[int]:
     """Each pair's attended token count (the cost ``shard_by_cost`` balances)."""
     return [int(n) for n in batch.attention_mask.sum(1).tolist()]
-
-
-def _gather_pairs(ctx: Any, mine: list[int], part: dict[str, Tensor], b: int) -> dict[str, Tensor]:
-    """Every rank's per-pair tensors (pairs along dimension 0, this rank's are the pairs ``mine``),
-    assembled in pair order ``[b, ...]`` on every rank; the identity in a single process."""
-    if not ctx.grouped:
-        return part
-    out: dict[str, Tensor] = {}
-    for rows, got in ctx.all_gather((mine, part)):
-        for name, t in got.items():
-            if name not in out:
-                out[name] = t.new_zeros((b, *t.shape[1:]))
-            out[name][torch.as_tensor(rows, dtype=torch.long)] = t
-    return out
 
 
 def faithfulness(
@@ -424,7 +408,7 @@ def faithfulness(
         >>> faith.plot("correlations").show()  # doctest: +SKIP
     """
     from mechir_nig.interventions.ablation import AblationReference
-    from mechir_nig.runtime.distributed import context, shard_by_cost
+    from mechir_nig.runtime.distributed import context, split_rows, stack_rows
 
     check_int(k, "k", minimum=2)
     check_int(curve_k, "curve_k", minimum=0)
@@ -435,7 +419,6 @@ def faithfulness(
     ctx = context(distributed, getattr(model, "device", None))
     ctx.agree("faithfulness", batch.input_ids, batch.attention_mask)
     costs = _pair_costs(batch)
-    mine = sorted(shard_by_cost(costs, ctx.world_size)[ctx.rank])  # one process: every pair
     if attribution is None:
         nig = _per_neuron_nig(model, queries, docs, distributed=distributed, costs=costs, n_steps=n_steps)
     else:
@@ -464,37 +447,47 @@ def faithfulness(
         .clone()  # not a view  # [S, B, K]
         for mode in (interventions if curve_k else ())
     }
-    # this rank's pairs: the activation x gradient, the single-neuron drops and the curve's drops
-    part: dict[str, Tensor] = {}
-    with ctx.collective("ablating the pairs' neurons"):
-        if mine:
-            idx = torch.as_tensor(mine, dtype=torch.long)
-            whole = len(mine) == b
-            sub = batch if whole else batch.select(idx)
-            sub_other = other if other is None or whole else other[idx]
-            axg, mag = _act_grad(model, sub, sub_other)
-            part["act_x_grad"] = axg.flatten(1).gather(1, top[idx])
-            part["activation"] = mag.flatten(1).gather(1, top[idx])
-            for mode in interventions:
-                part[f"drop|{mode}"] = single_neuron_effects(
-                    model, sub, sub_other, neurons[idx], mode=mode, reference=reference, chunk_size=chunk_size
-                ).double()
-                if curve_k:
-                    assert order is not None
-                    top_dr, rnd_dr = _curve_drops(
-                        model,
-                        sub,
-                        sub_other,
-                        order[idx],
-                        draws[mode][:, idx],
-                        n_all,
-                        mode=mode,
-                        reference=reference,
-                        chunk_size=chunk_size,
-                    )
-                    part[f"curve_top|{mode}"] = top_dr  # [m, K]
-                    part[f"curve_rnd|{mode}"] = rnd_dr.transpose(0, 1)  # [m, S, K]: pairs first
-    got = _gather_pairs(ctx, mine, part, b)
+
+    def ablate(mine: list[int]) -> list[dict[str, Tensor]]:
+        """This rank's pairs: the activation x gradient, the single-neuron drops and the curve's drops."""
+        part: dict[str, Tensor] = {}
+        idx = torch.as_tensor(mine, dtype=torch.long)
+        whole = len(mine) == b
+        sub = batch if whole else batch.select(idx)
+        sub_other = other if other is None or whole else other[idx]
+        axg, mag = _act_grad(model, sub, sub_other)
+        part["act_x_grad"] = axg.flatten(1).gather(1, top[idx])
+        part["activation"] = mag.flatten(1).gather(1, top[idx])
+        for mode in interventions:
+            part[f"drop|{mode}"] = single_neuron_effects(
+                model, sub, sub_other, neurons[idx], mode=mode, reference=reference, chunk_size=chunk_size
+            ).double()
+            if curve_k:
+                assert order is not None
+                top_dr, rnd_dr = _curve_drops(
+                    model,
+                    sub,
+                    sub_other,
+                    order[idx],
+                    draws[mode][:, idx],
+                    n_all,
+                    mode=mode,
+                    reference=reference,
+                    chunk_size=chunk_size,
+                )
+                part[f"curve_top|{mode}"] = top_dr  # [m, K]
+                part[f"curve_rnd|{mode}"] = rnd_dr.transpose(0, 1)  # [m, S, K]: pairs first
+        return split_rows(part)
+
+    got = stack_rows(
+        ctx.map(
+            range(b),
+            ablate,
+            cost=costs,
+            what="ablating the pairs' neurons",
+            fingerprint=(batch.input_ids, batch.attention_mask),
+        )
+    )
     pred = {"nig": flat.gather(1, top), "act_x_grad": got["act_x_grad"], "activation": got["activation"]}
     spearman: dict[str, dict[str, float]] = {}
     per_pair: dict[str, dict[str, list[float]]] = {}

@@ -307,7 +307,7 @@ def pruning_study(
         batch_size: texts (bi-encoder) or pairs (cross-encoder) per forward.
         progress: show a progress bar over the evaluations.
         distributed: ``"auto"``: under a ``torchrun`` launch of several processes the evaluations are
-            sharded across the ranks (``mechir_nig.runtime.distributed.shard_by_cost``, equal costs) and
+            sharded across the ranks (``mechir_nig.runtime.distributed.Context.map``, equal costs) and
             every rank returns all of them (save on rank 0); ``False``: every rank evaluates everything.
 
     Returns:
@@ -409,35 +409,37 @@ def pruning_study(
                 sets[f"{cond}|{f:g}|{s}"] = comp.to_json()
                 for mode in modes:
                     jobs.append((cond, mode, float(f), s, comp))
-    from mechir_nig.runtime.distributed import context, shard_by_cost
+    from mechir_nig.runtime.distributed import context
 
     ctx = context(distributed, getattr(model, "device", None))  # one process: every job here
-    ctx.agree(
-        "pruning_study",
-        [(c, m, f, s, None if x is None else sorted(x)) for c, m, f, s, x in jobs],
-        sel,
-        {q: list(candidates[q]) for q in ev},
-    )
-    mine = sorted(shard_by_cost([1] * len(jobs), ctx.world_size)[ctx.rank])
-    results: dict[int, tuple[dict[str, Any], dict[str, dict[str, float]]]] = {}
-    timings: dict[str, float] = {}
-    with ctx.collective("evaluating the pruning conditions"):
-        for j in tqdm(mine, desc="pruning", disable=not progress or not ctx.is_main):
+
+    def run_jobs(share: list[int]) -> list[tuple[dict[str, Any], dict[str, dict[str, float]], float]]:
+        out = []
+        for j in tqdm(share, desc="pruning", disable=not progress or not ctx.is_main):
             cond, mode, f, s, comp = jobs[j]
             t0 = time.perf_counter()
             with torch.no_grad():
                 values = score(comp, mode)
             means, pq = measure(values.to(torch.float64).cpu())
-            key = f"{cond}|{mode}"
-            timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
             run = {"condition": cond, "mode": mode, "fraction": f, "seed": s}
-            results[j] = (run | {"n_neurons": 0 if comp is None else len(comp)} | means, pq)
-    for r, (part, part_timings) in enumerate(ctx.all_gather((results, timings)) if ctx.grouped else []):
-        if r == ctx.rank:
-            continue
-        results.update(part)
-        for key, t in part_timings.items():  # summed over the ranks: compute time, not wall time
-            timings[key] = timings.get(key, 0.0) + t
+            out.append(
+                (run | {"n_neurons": 0 if comp is None else len(comp)} | means, pq, time.perf_counter() - t0)
+            )
+        return out
+
+    results = ctx.map(
+        range(len(jobs)),
+        run_jobs,
+        what="evaluating the pruning conditions",
+        fingerprint=(
+            [(c, m, f, s, None if x is None else sorted(x)) for c, m, f, s, x in jobs],
+            sel,
+            {q: list(candidates[q]) for q in ev},
+        ),
+    )
+    timings: dict[str, float] = {}
+    for (cond, mode, *_), (_, _, seconds) in zip(jobs, results, strict=True):  # summed over the ranks:
+        timings[f"{cond}|{mode}"] = timings.get(f"{cond}|{mode}", 0.0) + seconds  # compute, not wall time
     runs = [results[j][0] for j in range(len(jobs))]
     per_query = [results[j][1] for j in range(len(jobs))]
     measure_names = [k for k in runs[0] if k not in ("condition", "mode", "fraction", "seed", "n_neurons")]

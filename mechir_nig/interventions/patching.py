@@ -405,7 +405,6 @@ def patch(
     skip_unchanged: bool = True,
     query_embeddings: Tensor | None = None,
     joint: bool = False,
-    distributed: bool | str = "auto",
 ) -> PatchingResult:
     """Patch activations between aligned clean and corrupted runs of an encoder (see the module
     docstring for directions, the metric, sites and how it is computed).
@@ -433,13 +432,6 @@ def patch(
         joint: with a ``NeuronSet`` in ``sites``, also patch **all** its members (in ``layers``) at
             once, at every position: ``values["neuron_set_joint"]`` ``[batch]`` (how much of the
             perturbation's effect the set carries together; one run from its lowest layer).
-        distributed: ``"auto"``: under a ``torchrun`` launch of several processes the pairs are sharded
-            across the ranks by cost (``runtime.distributed.shard_by_cost`` on each pair's span squared)
-            and every rank returns the whole result (gathered); ``False``: this process does all;
-            ``True``: require a launch. Under a launch every rank must call ``patch`` with the same
-            inputs (checked: ``DistributedError`` otherwise); inside your own per-rank work pass
-            ``False``.
-
     Returns:
         A :class:`PatchingResult`.
 
@@ -453,6 +445,40 @@ def patch(
         >>> res["heads"].shape  # [batch, layer, n_heads]  # doctest: +SKIP
         >>> res["neuron_set_joint"]  # [batch]: the recovery of the whole set  # doctest: +SKIP
     """
+    job = _prepare(
+        model,
+        clean,
+        corrupted,
+        sites=sites,
+        direction=direction,
+        metric=metric,
+        layers=layers,
+        chunk_size=chunk_size,
+        eps=eps,
+        skip_unchanged=skip_unchanged,
+        query_embeddings=query_embeddings,
+        joint=joint,
+    )
+    return job.result(*job.sweep(job.base, job.source, job.q_emb))
+
+
+def _prepare(
+    model: Any,
+    clean: Any,
+    corrupted: PairBatch | TextBatch | None = None,
+    *,
+    sites: Any = ("resid_pre",),
+    direction: str = "denoise",
+    metric: str = "recovery",
+    layers: Sequence[int] | None = None,
+    chunk_size: int | None = None,
+    eps: float = 1e-6,
+    skip_unchanged: bool = True,
+    query_embeddings: Tensor | None = None,
+    joint: bool = False,
+) -> _Patching:
+    """:func:`patch`'s arguments checked (same keywords, same errors): the base and source runs and the
+    sweep that patches them."""
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if metric not in METRICS:
@@ -485,63 +511,106 @@ def patch(
         skip_unchanged=skip_unchanged,
         joint=joint,
     )
-    from mechir_nig.runtime.distributed import context, shard_by_cost
+    return _Patching(
+        model, base, source, q_emb, al, site_list, layer_list, members, sweep, direction, metric, eps
+    )
 
-    ctx = context(distributed, model.device)
-    if ctx.world_size == 1:
-        base_scores, source_scores, patched = sweep(base, source, q_emb)
-    else:  # pairs sharded by cost (patched rows x their length ~ span^2); every rank assembles the whole
-        ctx.agree("patch", base.input_ids, base.attention_mask, source.input_ids, source.attention_mask)
-        costs = (base.lengths.double().cpu() ** 2).tolist()
-        mine = sorted(shard_by_cost(costs, ctx.world_size)[ctx.rank])
-        part = None
-        with ctx.collective("patching"):
-            if mine:
-                idx = torch.tensor(mine, device=model.device)
-                n_pos = int(
-                    torch.maximum(base.lengths, source.lengths)[idx].max()
-                )  # same width on both sides
-                part = sweep(
-                    base.select(mine, n_pos),
-                    source.select(mine, n_pos),
-                    None if q_emb is None else q_emb[idx],
-                )
-        base_scores, source_scores, patched = _assemble(
-            ctx.all_gather((mine, part)), site_list, model.cfg, len(base), len(layer_list), base, len(members)
+
+@dataclass
+class _Patching:
+    """A checked ``patch`` call (see :func:`_prepare`): the base and source runs and how to sweep them.
+
+    ``patch`` sweeps every pair at once; ``mechir_nig.experiments.patching.patch_study`` sweeps a share of
+    the pairs per rank (:meth:`sweep_rows`) and :meth:`assemble` s the rows; :meth:`result` turns either
+    into the :class:`PatchingResult`.
+    """
+
+    model: Any
+    base: Any
+    source: Any
+    q_emb: Tensor | None
+    al: Any
+    site_list: list[tuple[str, Any]]
+    layer_list: list[int]
+    members: list[tuple[int, int]]
+    sweep: Callable[..., tuple[Tensor, Tensor, dict[str, Tensor]]]
+    direction: str
+    metric: str
+    eps: float
+
+    def sweep_rows(self, rows: list[int]) -> list[tuple[Tensor, Tensor, dict[str, Tensor]]]:
+        """The sweep of the pairs ``rows`` (trimmed to their longest pair), one 1-pair sweep per row."""
+        idx = torch.tensor(rows, device=self.model.device)
+        n_pos = int(torch.maximum(self.base.lengths, self.source.lengths)[idx].max())  # same width both sides
+        b_s, s_s, patched = self.sweep(
+            self.base.select(rows, n_pos),
+            self.source.select(rows, n_pos),
+            None if self.q_emb is None else self.q_emb[idx],
         )
-    check_finite(model, "patching scores", base_scores, source_scores, *patched.values())
-    clean_scores, corr_scores = (
-        (source_scores, base_scores) if direction == "denoise" else (base_scores, source_scores)
-    )
-    b_s, s_s = base_scores.float().cpu(), source_scores.float().cpu()
-    flat = ((s_s - b_s).abs() < eps).nonzero().flatten().tolist()
-    if metric == "recovery" and flat:
-        warnings.warn(
-            f"the perturbation does not move the score (|source - base| < eps={eps}) of pairs {flat}; "
-            "their recovery is NaN (use metric='raw' for score differences)",
-            NoScoreChangeWarning,
-            stacklevel=2,
+        return [  # copies: a gathered row sends only itself
+            (
+                b_s[j : j + 1].clone(),
+                s_s[j : j + 1].clone(),
+                {k: v[j : j + 1].clone() for k, v in patched.items()},
+            )
+            for j in range(len(rows))
+        ]
+
+    def assemble(
+        self, rows: Sequence[tuple[Tensor, Tensor, dict[str, Tensor]]]
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """One sweep of every pair from the rows of :meth:`sweep_rows`, in pair order."""
+        parts = [([i], row) for i, row in enumerate(rows)]
+        cfg = self.model.cfg
+        return _assemble(
+            parts, self.site_list, cfg, len(self.base), len(self.layer_list), self.base, len(self.members)
         )
-    values = {
-        k: (_recovery(v, b_s, s_s, eps) if metric == "recovery" else v - _bcast(b_s, v))
-        for k, v in patched.items()
-    }
-    return PatchingResult(
-        values=values,
-        patched=patched,
-        clean_scores=clean_scores.float().cpu(),
-        corrupted_scores=corr_scores.float().cpu(),
-        layers=layer_list,
-        direction=direction,
-        metric=metric,
-        eps=float(eps),
-        base_mask=base.attention_mask.cpu(),
-        groups=base.groups.cpu(),
-        changed=None if al is None else al.changed.cpu(),
-        clean_tokens=[] if al is None else al.clean_tokens,
-        corrupted_tokens=[] if al is None else al.perturbed_tokens,
-        members=members if any(s == "neuron_set" for s, _ in site_list) else [],
-    )
+
+    def result(
+        self, base_scores: Tensor, source_scores: Tensor, patched: dict[str, Tensor]
+    ) -> PatchingResult:
+        """The :class:`PatchingResult` of a sweep of every pair."""
+        model, base, al, direction, metric, eps = (
+            self.model,
+            self.base,
+            self.al,
+            self.direction,
+            self.metric,
+            self.eps,
+        )
+        check_finite(model, "patching scores", base_scores, source_scores, *patched.values())
+        clean_scores, corr_scores = (
+            (source_scores, base_scores) if direction == "denoise" else (base_scores, source_scores)
+        )
+        b_s, s_s = base_scores.float().cpu(), source_scores.float().cpu()
+        flat = ((s_s - b_s).abs() < eps).nonzero().flatten().tolist()
+        if metric == "recovery" and flat:
+            warnings.warn(
+                f"the perturbation does not move the score (|source - base| < eps={eps}) of pairs {flat}; "
+                "their recovery is NaN (use metric='raw' for score differences)",
+                NoScoreChangeWarning,
+                stacklevel=3,
+            )
+        values = {
+            k: (_recovery(v, b_s, s_s, eps) if metric == "recovery" else v - _bcast(b_s, v))
+            for k, v in patched.items()
+        }
+        return PatchingResult(
+            values=values,
+            patched=patched,
+            clean_scores=clean_scores.float().cpu(),
+            corrupted_scores=corr_scores.float().cpu(),
+            layers=self.layer_list,
+            direction=direction,
+            metric=metric,
+            eps=float(eps),
+            base_mask=base.attention_mask.cpu(),
+            groups=base.groups.cpu(),
+            changed=None if al is None else al.changed.cpu(),
+            clean_tokens=[] if al is None else al.clean_tokens,
+            corrupted_tokens=[] if al is None else al.perturbed_tokens,
+            members=self.members if any(s == "neuron_set" for s, _ in self.site_list) else [],
+        )
 
 
 def _members(

@@ -10,7 +10,9 @@ collective the identity.
   (initialising the default process group if nobody has: ``nccl`` when the model is on CUDA, else
   ``gloo``), ``True`` joins any launch (even of one process), ``False`` ignores it. The returned
   :class:`Context` has ``rank``, ``world_size`` and the collectives (``barrier``, ``broadcast``,
-  ``all_gather``, :meth:`Context.all_reduce_statistics`, :meth:`Context.collective`).
+  ``all_gather``, :meth:`Context.collective`) and :meth:`Context.map`, the one way the experiments
+  distribute work: agree on it, shard it by cost, run each share under a collective, gather the
+  results in input order.
 - :func:`shard_by_cost`: greedy longest-processing-time sharding: items by decreasing cost (ties: lower
   index first) each go to the rank with the smallest load so far (ties: lower rank). It is
   deterministic, so every rank computes the same assignment without communicating, and the heaviest
@@ -34,18 +36,18 @@ import hashlib
 import heapq
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from mechir_nig.errors import DistributedError, InputError
 
-if TYPE_CHECKING:
-    from mechir_nig.attribution.stats import CollectionAttribution
+T = TypeVar("T")
+R = TypeVar("R")
 
 __all__ = [
     "Context",
@@ -58,6 +60,8 @@ __all__ = [
     "local_device",
     "rank",
     "shard_by_cost",
+    "split_rows",
+    "stack_rows",
     "world_size",
 ]
 
@@ -340,46 +344,63 @@ class Context:
             if report is not None:
                 raise _peer_error(r, what, *report)
 
-    def all_reduce_statistics(self, stats: CollectionAttribution) -> CollectionAttribution:
-        """Sum ``stats`` over the ranks, in place (sums, squared and absolute sums, counts, ``n_done``
-        and the truncation counts): every rank ends with the statistics of the union of the ranks'
-        disjoint pairs, what ``merge`` of all parts gives (up to float64 rounding of the summation
-        order). Returns ``stats``."""
-        from mechir_nig.attribution.stats import LABELS
+    def map(
+        self,
+        items: Sequence[T],
+        fn: Callable[[list[T]], Sequence[R]],
+        *,
+        cost: Sequence[int | float] | None = None,
+        what: str,
+        fingerprint: Sequence[Any] | None = None,
+    ) -> list[R]:
+        """``fn`` over ``items`` split across the ranks; every rank returns every item's result, in the
+        order of ``items``.
 
+        The one way an experiment distributes work: (1) the ranks check they were given the same work
+        (:meth:`agree` on ``fingerprint``, default the items); (2) the items are split by ``cost``
+        (:func:`shard_by_cost`; default: equal costs); (3) each rank calls ``fn`` once on its share (the
+        items in their input order; not called for an empty share) inside :meth:`collective`, so a rank
+        that fails fails every rank; (4) the results are gathered and put back in input order. In a
+        single process it is ``list(fn(list(items)))``.
+
+        Args:
+            items: the work, the same on every rank.
+            fn: takes a share of the items, returns one result per item of the share, in its order.
+            cost: each item's cost (e.g. its token count), balancing the shares.
+            what: what the work is, for the error messages ("patching").
+            fingerprint: what the ranks must agree on when the items alone do not say it (e.g. the
+                token ids when the items are pair indices).
+
+        Raises:
+            DistributedError: the ranks were given different work, or another rank failed (with that
+                rank's mechir_nig error class when it had one).
+            InputError: ``cost`` of another length than ``items``, or ``fn`` returned another number of
+                results than it was given items.
+
+        Example:
+            >>> SINGLE.map(["a", "bb", "ccc"], lambda share: [len(x) for x in share], cost=[1, 2, 3], what="sizing")
+            [1, 2, 3]
+        """
+        work = list(items)
+        costs = [1] * len(work) if cost is None else list(cost)
+        if len(costs) != len(work):
+            raise InputError(f"{what}: {len(costs)} costs for {len(work)} items; give one cost per item")
+        if self.grouped:
+            self.agree(what, *(work if fingerprint is None else fingerprint))
+        mine = sorted(shard_by_cost(costs, self.world_size)[self.rank])
+        got: list[R] = []
+        with self.collective(what):
+            if mine:
+                got = list(fn([work[i] for i in mine]))
+                if len(got) != len(mine):
+                    raise InputError(f"{what}: fn returned {len(got)} results for {len(mine)} items")
         if not self.grouped:
-            return stats
-        shapes = self.all_gather((list(stats.layers), stats.n_layers, stats.d_mlp))
-        if any(s != shapes[0] for s in shapes):
-            raise DistributedError(
-                f"the ranks attributed different layers or models {shapes}; every rank must load the same "
-                "model and pass the same settings"
-            )
-        dev = self._device()
-        tables = (stats.sums, stats.sums_sq, stats.sums_abs)
-        flat = torch.cat([t[lab].reshape(-1) for t in tables for lab in LABELS]).to(dev)
-        truncated = stats.meta.get("truncated") or {}
-        ints = torch.tensor(
-            [stats.counts[lab] for lab in LABELS]
-            + [int(truncated.get(lab, 0)) for lab in LABELS]
-            + [stats.n_done],
-            dtype=torch.int64,
-            device=dev,
-        )
-        dist.all_reduce(flat)
-        dist.all_reduce(ints)
-        flat_cpu, counts = flat.cpu(), ints.cpu().tolist()
-        offset = 0
-        for t in tables:
-            for lab in LABELS:
-                n = t[lab].numel()
-                t[lab] = flat_cpu[offset : offset + n].reshape(t[lab].shape).clone()
-                offset += n
-        for i, lab in enumerate(LABELS):
-            stats.counts[lab] = int(counts[i])
-        stats.meta["truncated"] = {lab: int(counts[len(LABELS) + i]) for i, lab in enumerate(LABELS)}
-        stats.n_done = int(counts[-1])
-        return stats
+            return got
+        out: list[Any] = [None] * len(work)
+        for rows, results in self.all_gather((mine, got)):
+            for i, result in zip(rows, results, strict=True):
+                out[i] = result
+        return out
 
 
 SINGLE = Context()
@@ -453,3 +474,29 @@ def shard_by_cost(costs: Sequence[int | float], world_size: int) -> list[list[in
         out[r].append(i)
         heapq.heappush(heap, (load + costs[i], r))
     return out
+
+
+def split_rows(tensors: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """One dict per item from tensors batched along dimension 0: what a :meth:`Context.map` ``fn`` of
+    batched work returns (each row is a copy, so gathering it sends only that row).
+
+    Example:
+        >>> [row["x"].tolist() for row in split_rows({"x": torch.tensor([[1, 2], [3, 4]])})]
+        [[1, 2], [3, 4]]
+    """
+    n = {len(t) for t in tensors.values()}
+    if len(n) > 1:
+        raise InputError(f"split_rows needs tensors of one batch size, got sizes {sorted(n)}")
+    return [{k: t[i].clone() for k, t in tensors.items()} for i in range(n.pop() if n else 0)]
+
+
+def stack_rows(rows: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`split_rows`: the rows stacked along a new dimension 0.
+
+    Example:
+        >>> stack_rows([{"x": torch.tensor([1, 2])}, {"x": torch.tensor([3, 4])}])["x"].tolist()
+        [[1, 2], [3, 4]]
+    """
+    if not rows:
+        return {}
+    return {k: torch.stack([row[k] for row in rows]) for k in rows[0]}
