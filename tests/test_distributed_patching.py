@@ -1,6 +1,6 @@
 """Patching sweeps sharded over 2 real gloo ranks under torchrun equal one process.
 
-``patch(..., distributed="auto")`` shards the aligned pairs across the ranks by cost (span squared), each
+``patch_study(..., distributed="auto")`` (``mechir_nig.experiments.patching``) shards the aligned pairs across the ranks by cost (span squared), each
 rank sweeps its pairs and every rank assembles the whole result in the original pair order. The script
 below runs in each rank; the test compares what every rank returns, and what ``torchrun -m mechir_nig
 patch`` writes, with the single-process results.
@@ -23,6 +23,7 @@ import os, sys
 import torch
 torch.set_num_threads(1)
 from mechir_nig import HookedBiEncoder, HookedCrossEncoder
+from mechir_nig.experiments.patching import patch_study
 from mechir_nig.interventions import patching
 from mechir_nig.runtime import distributed
 sys.path.insert(0, os.path.dirname(__file__))
@@ -38,12 +39,12 @@ def counted(model, base, source, q_emb, **kw):
 
 patching._sweep = counted
 ce = HookedCrossEncoder.from_pretrained(model_dir)
-res = patching.patch(ce, aligned(ce), sites=["resid_pre", neuron_set(ce), "heads", "head_pos"], joint=True)
+res = patch_study(ce, aligned(ce), sites=["resid_pre", neuron_set(ce), "heads", "head_pos"], joint=True)
 r = distributed.rank()  # the process group exists from the first sharded call on
 assert r == int(os.environ["RANK"])
 res.save(os.path.join(out, f"ce{r}.safetensors"))
 be = HookedBiEncoder.from_pretrained(model_dir, ignore_head=True)
-res = patching.patch(be, aligned(be), sites=["mlp_out", "neurons"], direction="noise", metric="raw")
+res = patch_study(be, aligned(be), sites=["mlp_out", "neurons"], direction="noise", metric="raw")
 res.save(os.path.join(out, f"be{r}.safetensors"))
 os.write(1, f"SWEPT {r} {distributed.world_size()} {' '.join(map(str, swept))}\n".encode())
 """
@@ -134,7 +135,6 @@ def test_two_gloo_ranks_patch_like_one_process(tiny_ce, tiny_ce_dir, tmp_path):
         al,
         sites=["resid_pre", inputs.neuron_set(tiny_ce), "heads", "head_pos"],
         joint=True,
-        distributed=False,
     )
     be = HookedBiEncoder.from_pretrained(tiny_ce_dir, ignore_head=True)
     want_be = one_thread(
@@ -153,8 +153,9 @@ torch.set_num_threads(1)
 from mechir_nig import HookedCrossEncoder
 from mechir_nig.data import bm25_candidates, load_collection
 from mechir_nig.errors import DistributedError
-from mechir_nig.evaluation import rerank
-from mechir_nig.interventions import patching, perturb
+from mechir_nig.experiments.collection import rerank_sharded
+from mechir_nig.experiments.patching import patch_study
+from mechir_nig.interventions import perturb
 from mechir_nig.runtime import distributed
 
 r = int(os.environ["RANK"])
@@ -163,7 +164,7 @@ q, d = ["what is a neuron", "how do rivers form"], ["a neuron is a cell", "river
 al = perturb.align(ce, q[r:], d[r:], [perturb.tfc1(a, b) for a, b in zip(q[r:], d[r:])])  # rank 1: fewer pairs
 col = load_collection("embedded")
 cands = bm25_candidates(col, k=2 + r)  # rank 1: deeper candidates
-for name, call in (("patch", lambda: patching.patch(ce, al)), ("rerank", lambda: rerank(ce, col, cands))):
+for name, call in (("patch", lambda: patch_study(ce, al)), ("rerank", lambda: rerank_sharded(ce, col, cands))):
     try:
         call()
         os.write(1, f"RAN {name} {r}\n".encode())
@@ -188,6 +189,7 @@ import torch
 torch.set_num_threads(1)
 from mechir_nig import HookedCrossEncoder
 from mechir_nig.errors import InputError
+from mechir_nig.experiments.patching import patch_study
 from mechir_nig.interventions import patching, perturb
 
 r = int(os.environ["RANK"])
@@ -202,7 +204,7 @@ patching._sweep = sweep
 ce = HookedCrossEncoder.from_pretrained(sys.argv[1])
 q, d = ["what is a neuron", "how do rivers form"], ["a neuron is a cell", "rivers form from rain"]
 try:
-    patching.patch(ce, perturb.align(ce, q, d, [perturb.tfc1(a, b) for a, b in zip(q, d)]))
+    patch_study(ce, perturb.align(ce, q, d, [perturb.tfc1(a, b) for a, b in zip(q, d)]))
     os.write(1, f"RAN {r}\n".encode())
 except InputError as exc:
     os.write(1, f"FAILED {r} {str(exc).replace(chr(10), ' ')}\n".encode())

@@ -3,7 +3,7 @@ process; the `faithfulness` command under torchrun writes what the plain command
 
 The launch runs ``python -m torch.distributed.run --nproc-per-node 2`` on a script written to
 ``tmp_path`` that loads the tiny seeded cross-encoder (the ``tiny_ce_dir`` fixture) and runs the three
-functions with ``distributed="auto"``; each rank saves what it returned and counts the pairs it worked on.
+functions with ``distributed="auto"`` (``rerank`` through ``experiments.rerank_sharded``); each rank saves what it returned and counts the pairs it worked on.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ import torch
 torch.set_num_threads(1)
 from mechir_nig import HookedCrossEncoder
 from mechir_nig.data import bm25_candidates, judged_pairs, load_collection
-from mechir_nig.evaluation import rerank
-from mechir_nig.experiments import attribute as attribute_module, split_half_stability
+from mechir_nig.experiments import attribute as attribute_module, rerank_sharded, split_half_stability
 from mechir_nig.experiments import faithfulness as faith_module
 from mechir_nig.runtime import distributed
 
@@ -56,7 +55,7 @@ attribute_module._nig_into = counting("stability", attribute_module._nig_into, l
 
 pairs = judged_pairs(col, max_relevant_per_query=1, max_nonrelevant_per_query=1)[:4]
 faith = faith_module.faithfulness(model, [p.query for p in pairs], [p.doc for p in pairs], **FAITH)
-run = rerank(model, col, bm25_candidates(col, k=RERANK_K), batch_size=4)
+run = rerank_sharded(model, col, bm25_candidates(col, k=RERANK_K), batch_size=4)
 study = split_half_stability(model, col, checkpoint_dir=os.path.join(out, "ckpt"), **STABILITY)
 r = distributed.rank()
 result = {

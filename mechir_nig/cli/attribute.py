@@ -208,7 +208,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     stats.meta["query_ids"] = qids
     stats.meta["queries"] = args.queries
     stats.meta["split_seed"] = args.split_seed
-    if ctx.is_main:  # every rank holds the all-reduced statistics; rank 0 writes them
+    if ctx.is_main:  # every rank holds the merged statistics; rank 0 writes them
         with OutputLock(path):
             stats.save(path)
     s.wrote(path)

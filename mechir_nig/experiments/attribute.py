@@ -14,7 +14,7 @@ is taken over. The guarantees are in docs/nig.md ("Checkpoints and crash safety"
 
 Under ``torchrun`` (``distributed="auto"``) the pairs are sharded across the ranks by token count
 (``mechir_nig.runtime.distributed``), each rank checkpoints its own part beside a manifest
-(``mechir_nig.runtime.shards``), the statistics are all-reduced and rank 0 writes the result; such a run
+(``mechir_nig.runtime.shards``), the ranks' statistics are gathered and merged and rank 0 writes the result; such a run
 resumes on any number of ranks, or in one plain process (docs/distributed.md).
 
 Example:
@@ -126,7 +126,7 @@ def attribute_collection(
         on_batch: called with the number of pairs done after each batch (in a sharded run: the pairs
             this rank's part holds).
         distributed: ``"auto"`` (default): under a ``torchrun`` launch of more than one process the pairs
-            are sharded across the ranks (balanced by token count), the statistics all-reduced and rank 0
+            are sharded across the ranks (balanced by token count), the statistics gathered and merged and rank 0
             writes ``checkpoint``; ``True``: shard under any launch (even of one process); ``False``:
             ignore a launch (every rank does everything). See "Distributed runs" in docs/distributed.md.
 
@@ -339,7 +339,7 @@ def _attribute_sharded(
     """``attribute_collection`` over the ranks of ``ctx`` (or resuming a sharded run in one process):
     rank 0 prepares the generation (``mechir_nig.runtime.shards.prepare``), every rank attributes its
     shard of the pairs not done (balanced by token count) and checkpoints its part, the statistics are
-    all-reduced and rank 0 writes the result."""
+    gathered and merged and rank 0 writes the result."""
     from mechir_nig.runtime import shards
 
     n = len(pairs)

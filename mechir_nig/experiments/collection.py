@@ -164,7 +164,7 @@ def split_half_stability(
         distributed: goes to ``attribute_collection`` for each half: ``"auto"`` (default) shards each
             half's pairs over the ranks of a ``torchrun`` launch of more than one process (balanced by
             token count), each rank checkpoints only its own part and rank 0 writes ``halfN.ckpt``;
-            every rank returns the whole study (the sets are selected from the all-reduced statistics).
+            every rank returns the whole study (the sets are selected from the merged statistics).
             ``True``: shard under any launch; ``False``: ignore a launch (every rank does everything, so
             pass it only without ``checkpoint_dir`` or with one folder per rank).
 

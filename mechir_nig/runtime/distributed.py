@@ -1,4 +1,4 @@
-"""torch.distributed for mechir_nig: launch detection, the process group, sharding by cost, all-reduce.
+"""torch.distributed for mechir_nig: launch detection, the process group, sharding by cost, Context.map.
 
 A run started by ``torchrun`` (any launcher that sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR`` and ``MASTER_PORT``; multi-node through torchrun's rendezvous) is a distributed run; the
