@@ -521,8 +521,8 @@ class _Patching:
     """A checked ``patch`` call (see :func:`_prepare`): the base and source runs and how to sweep them.
 
     ``patch`` sweeps every pair at once; ``mechir_nig.experiments.patching.patch_study`` sweeps a share of
-    the pairs per rank (:meth:`sweep_rows`) and :meth:`assemble` s the rows; :meth:`result` turns either
-    into the :class:`PatchingResult`.
+    the pairs per rank (:meth:`sweep_rows`) and puts the rows back together (:meth:`assemble`);
+    :meth:`result` turns either into the :class:`PatchingResult`.
     """
 
     model: Any
