@@ -31,7 +31,8 @@ alternated with the sweeps) / (layers x positions),
 positions being the padded length MechIR loops over. The floor of exact patching is the sum over
 layers of the layers above (a patch at layer l reruns layers l..L-1 only): (L-1)/(2L) x L x P = 0.42 x L
 x P at L = 6 for equal lengths with unchanged positions skipped at layer 0 (the substituted position
-is the only one run there); the script prints it for the batch's real lengths. Heads: (L+1)/(2L).
+is the only one run there). Heads: (L+1)/(2L) x L x H. The script prints both floors for the batch's
+real lengths, in the unit measured (a plain forward of the padded batch).
   vaswani  a patching summary on Vaswani with the real all-MiniLM-L6-v2 bi-encoder (TFC1, no timing).
 """
 
@@ -154,13 +155,14 @@ class MechIR:
 
 
 def floor_units(lengths: list[int], n_layers: int, n_pos: int, changed: list[int]) -> float:
-    """Exact patching's least work in (layers x positions) plain forwards of the batch: a patch at layer
-    l reruns layers l..L-1 of its pair; at layer 0 only the changed positions run."""
+    """Exact patching's least work in (layers x positions) plain forwards of the padded batch (the unit
+    measured): a patch at layer l reruns layers l..L-1 of its pair (its own length); at layer 0 only the
+    changed positions run. Equals (L-1)/(2L) + changed/(L x P) for pairs of equal length."""
     work = sum(
         n * (sum(n_layers - layer for layer in range(1, n_layers)) * n + n_layers * c)
         for n, c in zip(lengths, changed, strict=True)
     )
-    return work / (n_layers * sum(lengths)) / (n_layers * n_pos)
+    return work / (n_layers * len(lengths) * n_pos) / (n_layers * n_pos)
 
 
 def main() -> None:
@@ -260,11 +262,15 @@ def main() -> None:
             if section == "resid":
                 print(
                     f"  floor of exact patching for this batch = {floor_units(lengths, n_layers, n_pos, changed):.3f} "
-                    f"x (layers x positions); (L-1)/(2L) = {(n_layers - 1) / (2 * n_layers):.3f} at equal lengths"
+                    f"x (layers x positions) of the padded batch's forward; (L-1)/(2L) = {(n_layers - 1) / (2 * n_layers):.3f} "
+                    "for pairs of equal length"
                 )
             else:
+                fill = sum(lengths) / (len(lengths) * n_pos)  # the batch's tokens / its padded size
                 print(
-                    f"  floor of exact head patching = (L+1)/(2L) = {(n_layers + 1) / (2 * n_layers):.3f} x (layers x heads)"
+                    f"  floor of exact head patching for this batch = (L+1)/(2L) x tokens / padded size = "
+                    f"{(n_layers + 1) / (2 * n_layers) * fill:.3f} x (layers x heads); (L+1)/(2L) = "
+                    f"{(n_layers + 1) / (2 * n_layers):.3f} for pairs of equal length"
                 )
             if "mechir" in times:
                 mcost = [t / f / units for t, f in zip(times["mechir"], fwd, strict=True)]
