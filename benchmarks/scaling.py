@@ -24,7 +24,7 @@ before the run, minimum of the repeats: the transient memory of one call (activa
 the result), not the model. The
 exponent of a factor is the slope of log(cost) on log(factor): 1 is linear. One torch thread by
 default: on the shared 2-core development machine, 2-thread runs measured mostly OpenMP barrier waits
-(a 1-pair NIG call took 1.0 s with 2 threads and 0.06 s with 1). With ``--plot`` the
+(compare ``--threads 2``). With ``--plot`` the
 curves are drawn with matplotlib (when installed) on the factor relative to its base value.
 """
 
