@@ -35,6 +35,7 @@ from mechir_nig.sites import hook_name
 
 __all__ = ["FaithfulnessResult", "faithfulness", "masked_scores", "single_neuron_effects"]
 
+
 def _scores(model: Any, batch: Any, other: Tensor | None) -> Tensor:
     out = model(batch)
     if model.pairwise or other is None:

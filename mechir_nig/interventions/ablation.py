@@ -488,6 +488,7 @@ class Ablation:
 
         return self.model.similarity_fn(embed(list(queries), "query"), embed(list(docs), "doc"))
 
+
 def ablate(
     model: Any,
     components: ComponentSet,

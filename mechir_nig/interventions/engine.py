@@ -228,7 +228,12 @@ class Baseline(Value):
             return engine.capture(
                 names,
                 lambda: self.model.encoder_forward(
-                    None, sub(types), sub(mask), input_embeds=emb, stop_at_layer=last, position_ids=sub(pos_ids)
+                    None,
+                    sub(types),
+                    sub(mask),
+                    input_embeds=emb,
+                    stop_at_layer=last,
+                    position_ids=sub(pos_ids),
                 ),
             )
 
@@ -236,7 +241,9 @@ class Baseline(Value):
             frame.store[self] = run(None, ids.shape[1])
             return
         base_ids = torch.where(baseline_replaced(groups, self.baseline), -1, ids)
-        key = torch.cat([base_ids, groups, mask.long()] + [t.long() for t in (types, pos_ids) if t is not None], 1)
+        key = torch.cat(
+            [base_ids, groups, mask.long()] + [t.long() for t in (types, pos_ids) if t is not None], 1
+        )
         n_key = key.shape[1] // ids.shape[1]
         attended = mask.bool()
         spans = torch.where(attended.any(1), ids.shape[1] - attended.flip(1).long().argmax(1), 0).tolist()
@@ -323,7 +330,9 @@ class Engine:
         >>> scores = ce.run_with_hooks(batch, fwd_hooks=eng.hooks())  # doctest: +SKIP
     """
 
-    def __init__(self, model: Any, interventions: Iterable[Intervention], *, batch: Any = None, follow: bool = True):
+    def __init__(
+        self, model: Any, interventions: Iterable[Intervention], *, batch: Any = None, follow: bool = True
+    ):
         self.model = model
         self.by_hook: dict[str, list[Intervention]] = {}
         for it in interventions:

@@ -83,8 +83,12 @@ _INDEX = {
 }
 """Patch site -> its patch index kind; the hook is the :mod:`mechir_nig.sites` site of the same name
 (``heads``/``neurons`` are its aliases of ``z``/``mlp_post``), ``head_pos``/``neuron_set`` that of ``heads``/``neurons``."""
-_SITE_OF = {name: _site({"head_pos": "heads", "neuron_set": "neurons"}.get(name, name)).name for name in _INDEX}
-SITES: dict[str, tuple[str, str]] = {name: (_site(_SITE_OF[name]).template, kind) for name, kind in _INDEX.items()}
+_SITE_OF = {
+    name: _site({"head_pos": "heads", "neuron_set": "neurons"}.get(name, name)).name for name in _INDEX
+}
+SITES: dict[str, tuple[str, str]] = {
+    name: (_site(_SITE_OF[name]).template, kind) for name, kind in _INDEX.items()
+}
 """Site name -> (hook name template, patch index kind), derived from :mod:`mechir_nig.sites`."""
 DIRECTIONS = ("denoise", "noise")
 METRICS = ("recovery", "raw")
@@ -697,7 +701,9 @@ def _patch_jointly(
     started at the set's lowest layer from the base run's cached residual stream."""
     first = min(member_idx)
     source = Source(source_cache)
-    writers = [Intervention("mlp_post", layer, source, units=idx) for layer, idx in sorted(member_idx.items())]
+    writers = [
+        Intervention("mlp_post", layer, source, units=idx) for layer, idx in sorted(member_idx.items())
+    ]
     out = model.run_with_hooks(
         None,
         base.token_type_ids,

@@ -39,15 +39,15 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from mechir_nig.errors import InputError
+from mechir_nig.sites import site
 
 Kind = Literal["mlp", "head"]
 KINDS: tuple[str, ...] = ("mlp", "head")
 """The kinds of component a set can hold."""
 
-SITES: Mapping[str, str] = MappingProxyType(
-    {"mlp": "blocks.{layer}.mlp.hook_post", "head": "blocks.{layer}.attn.hook_z"}
-)
-"""Hook name template of each kind (``.format(layer=l)``); the set's index is the hook's last axis."""
+SITES: Mapping[str, str] = MappingProxyType({kind: site(kind).template for kind in KINDS})
+"""Hook name template of each kind (``.format(layer=l)``, from :mod:`mechir_nig.sites`, where ``mlp`` and
+``head`` name ``mlp_post`` and ``z``); the set's index is the site's unit axis."""
 
 # singular noun, plural noun, name of the width (last axis of the hook), per kind
 _NOUN: Mapping[str, tuple[str, str, str]] = MappingProxyType(
