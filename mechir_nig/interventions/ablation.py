@@ -58,8 +58,8 @@ from mechir_nig.interventions.engine import (
     is_batch,
 )
 from mechir_nig.models.tokenization import PAD
-from mechir_nig.sites import hook_name
 from mechir_nig.sets.components import ComponentSet
+from mechir_nig.sites import hook_name
 
 __all__ = [
     "MODES",

@@ -223,17 +223,15 @@ class Baseline(Value):
         last = max(engine.layer_of[n] for n in names) + 1
 
         def run(rows: Tensor | None, width: int) -> dict[str, Tensor]:
-            sub = (lambda t: t) if rows is None else (lambda t: None if t is None else t[rows, :width])  # noqa: E731
+            def sub(t: Any) -> Any:
+                return t if rows is None or t is None else t[rows, :width]
+
             emb = baseline_embeddings(self.model, sub(ids), sub(groups), self.baseline)
+            args = (None, sub(types), sub(mask))
             return engine.capture(
                 names,
                 lambda: self.model.encoder_forward(
-                    None,
-                    sub(types),
-                    sub(mask),
-                    input_embeds=emb,
-                    stop_at_layer=last,
-                    position_ids=sub(pos_ids),
+                    *args, input_embeds=emb, stop_at_layer=last, position_ids=sub(pos_ids)
                 ),
             )
 

@@ -64,11 +64,11 @@ from torch import Tensor
 
 from mechir_nig._io import save_with_sidecar
 from mechir_nig.errors import InputError, NoScoreChangeWarning
-from mechir_nig.models.precision import check_finite
 from mechir_nig.interventions.engine import Engine, Intervention, Source
+from mechir_nig.models.precision import check_finite
 from mechir_nig.models.tokenization import PairBatch, TextBatch
 from mechir_nig.sites import hook_name
-from mechir_nig.sites import site as _site
+from mechir_nig.sites import site as site_named
 
 __all__ = ["DIRECTIONS", "METRICS", "SITES", "NoScoreChangeWarning", "PatchingResult", "patch"]
 
@@ -84,10 +84,10 @@ _INDEX = {
 """Patch site -> its patch index kind; the hook is the :mod:`mechir_nig.sites` site of the same name
 (``heads``/``neurons`` are its aliases of ``z``/``mlp_post``), ``head_pos``/``neuron_set`` that of ``heads``/``neurons``."""
 _SITE_OF = {
-    name: _site({"head_pos": "heads", "neuron_set": "neurons"}.get(name, name)).name for name in _INDEX
+    name: site_named({"head_pos": "heads", "neuron_set": "neurons"}.get(name, name)).name for name in _INDEX
 }
 SITES: dict[str, tuple[str, str]] = {
-    name: (_site(_SITE_OF[name]).template, kind) for name, kind in _INDEX.items()
+    name: (site_named(_SITE_OF[name]).template, kind) for name, kind in _INDEX.items()
 }
 """Site name -> (hook name template, patch index kind), derived from :mod:`mechir_nig.sites`."""
 DIRECTIONS = ("denoise", "noise")
