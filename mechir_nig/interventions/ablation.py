@@ -50,6 +50,7 @@ from mechir_nig.errors import CheckpointError, InputError
 from mechir_nig.interventions.engine import (
     Baseline,
     Engine,
+    Frame,
     Intervention,
     Mean,
     Resample,
@@ -609,29 +610,22 @@ def baseline_active(
     if components.kind != "mlp":
         raise InputError("baseline_active reports MLP neurons: pass a NeuronSet")
     check_int(batch_size, "batch_size", minimum=1)
-    from mechir_nig.attribution.baselines import baseline_embeddings
-
     batch = model.tokenize(list(queries), list(docs)) if model.pairwise else model.tokenize(list(docs))
     hooks = components.to_hook_names()
     sums = {n: torch.zeros(2, len(i), dtype=torch.float64) for n, i in hooks.items()}
     total = 0.0
+    value = Baseline(model, baseline)  # the baseline pass of ablate(mode="baseline"), position ids included
+    engine = Engine(model, interventions(components, value))
     for start in range(0, len(batch), batch_size):
         sub = batch.select(torch.arange(start, min(start + batch_size, len(batch))))
-        m = (sub.groups != PAD).to(torch.float64).unsqueeze(-1)
+        m = (sub.groups != PAD).to(torch.float64).unsqueeze(-1).cpu()
         total += float(m.sum())
-        emb = baseline_embeddings(model, sub.input_ids, sub.groups, baseline)
-        for row, kwargs in enumerate(({}, {"input_embeds": emb})):
-            arg = sub if row == 0 else None
-            extra = (
-                {}
-                if row == 0
-                else {"token_type_ids": sub.token_type_ids, "attention_mask": sub.attention_mask}
-            )
-            _, cache = model.run_with_cache(
-                arg, names_filter=lambda n: n in hooks, return_cache_object=False, **kwargs, **extra
-            )
+        _, cache = model.run_with_cache(sub, names_filter=lambda n: n in hooks, return_cache_object=False)
+        frame = Frame(None, sub)
+        value.begin(engine, frame)
+        for row, acts in enumerate((cache, frame.store[value])):
             for n, idx in hooks.items():
-                sums[n][row] += (cache[n][..., idx].to(torch.float64).cpu() * m.cpu()).sum((0, 1))
+                sums[n][row] += (acts[n][..., idx].to(torch.float64).cpu() * m).sum((0, 1))
     neurons = [(int(n.split(".")[1]), i) for n, idx in hooks.items() for i in idx]
     means = torch.cat([sums[n] for n in hooks], dim=1) / max(total, 1.0)
     flagged = means[1].abs() > threshold

@@ -340,7 +340,7 @@ class Engine:
         self.follow = follow
         self.active = True
         self._frame: Frame | None = None
-        self._capturing: tuple[frozenset[str], dict[str, Tensor]] | None = None
+        self._capturing = False
         self._stack: ExitStack | None = None
         self._prepared = [v for v in self._values() if v.prepares]
 
@@ -362,24 +362,25 @@ class Engine:
         return self._frame
 
     def capture(self, names: Iterable[str], run: Callable[[], Any]) -> dict[str, Tensor]:
-        """Run ``run()`` with the hooks of ``names`` recording their activations instead of writing."""
+        """Run ``run()`` recording the activations at ``names``, with this engine's writes off."""
         got: dict[str, Tensor] = {}
-        previous, self._capturing = self._capturing, (frozenset(names), got)
+
+        def keep(act: Tensor, hook: Any) -> Tensor:
+            got[hook.name] = act.detach()
+            return act
+
+        previous, self._capturing = self._capturing, True
         try:
-            run()
+            with self.model.hooks(fwd_hooks=[(n, keep) for n in names]):
+                run()
         finally:
             self._capturing = previous
         return got
 
     def _hook(self, act: Tensor, hook: Any) -> Tensor:
-        name = hook.name
-        if self._capturing is not None:
-            if name in self._capturing[0]:
-                self._capturing[1][name] = act.detach()
+        if self._capturing or not self.active:
             return act
-        if not self.active:
-            return act
-        frame = self.frame()
+        name, frame = hook.name, self.frame()
         for it in self.by_hook.get(name, ()):
             act = write(act, it.site_name, it.where(act, frame), it.value(act, name, frame))
         return act
