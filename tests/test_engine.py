@@ -158,3 +158,39 @@ def test_writer_layouts_and_values():
         act, "resid_pre", it.where(act, Frame(None, None)), it.value(act, it.hook_name, Frame(None, None))
     )
     assert got.flatten().tolist() == [4.0, -1.0, -1.0, 1.0]
+
+
+def test_a_position_set_is_ablated_like_a_neuron_set(tiny_ce):
+    """ComponentSet covers every site: a set of resid_pre positions goes through ablate as NeuronSets do."""
+    import json
+
+    from mechir_nig.attribution.baselines import baseline_embeddings
+    from mechir_nig.sets import ComponentSet
+
+    batch = tiny_ce.tokenize(QUERIES[:2], DOCS[:2])
+    n_pos = batch.input_ids.shape[1]
+    s = ComponentSet([(1, 0), (1, 2)], kind="resid_pre", n_layers=tiny_ce.cfg.n_layers, width=n_pos)
+    assert ComponentSet.from_json(json.loads(json.dumps(s.to_json()))) == s
+    name = "blocks.1.hook_resid_pre"
+
+    def by_hand(value):
+        def fn(act, hook):
+            act = act.clone()
+            act[:, [0, 2]] = value[:, [0, 2]] if isinstance(value, torch.Tensor) else value
+            return act
+
+        return tiny_ce.run_with_hooks(batch, fwd_hooks=[(name, fn)])
+
+    with ablate(tiny_ce, s, mode="zero"):
+        torch.testing.assert_close(tiny_ce(batch), by_hand(0.0), atol=1e-6, rtol=0)
+    emb = baseline_embeddings(tiny_ce, batch.input_ids, batch.groups, "pad")
+    _, base = tiny_ce.run_with_cache(
+        None, batch.token_type_ids, batch.attention_mask, input_embeds=emb, names_filter=[name]
+    )
+    with ablate(tiny_ce, s, mode="baseline"):
+        torch.testing.assert_close(tiny_ce(batch), by_hand(base[name]), atol=1e-6, rtol=0)
+    too_wide = ComponentSet(
+        [(0, 0)], kind="resid_pre", n_layers=tiny_ce.cfg.n_layers, width=tiny_ce.cfg.n_ctx + 1
+    )
+    with pytest.raises(InputError, match="select the set from this model"):
+        ablate(tiny_ce, too_wide)

@@ -60,7 +60,7 @@ from mechir_nig.interventions.engine import (
 )
 from mechir_nig.models.tokenization import PAD
 from mechir_nig.sets.components import ComponentSet
-from mechir_nig.sites import hook_name
+from mechir_nig.sites import hook_name, site
 
 __all__ = [
     "MODES",
@@ -85,16 +85,19 @@ def _hook_names(model: Any) -> list[str]:
 
 
 def check_components(model: Any, components: Any) -> ComponentSet:
-    """``components`` if it is a set of ``model``'s MLP neurons or heads, else an InputError saying what differs."""
+    """``components`` if it is a set of ``model``'s components (MLP neurons, heads, or units of any site of
+    :mod:`mechir_nig.sites`, positions at most ``n_ctx``), else an InputError saying what differs."""
     if not isinstance(components, ComponentSet):
         raise InputError(
             f"components must be a NeuronSet or a ComponentSet of heads, got {type(components).__name__}; "
             "build one with select_top(...) or NeuronSet(pairs, n_layers=..., d_mlp=...)"
         )
     cfg = model.cfg
-    width = cfg.d_mlp if components.kind == "mlp" else cfg.n_heads
-    axis = "d_mlp" if components.kind == "mlp" else "n_heads"
-    if (components.n_layers, components.width) != (cfg.n_layers, width):
+    axis = site(components.kind).width
+    width = int(cfg.n_ctx if axis is None else getattr(cfg, axis))
+    fits = components.width <= width if axis is None else components.width == width
+    if components.n_layers != cfg.n_layers or not fits:
+        axis = axis or "n_ctx"
         raise InputError(
             f"components are a {components.n_layers} x {components.width} ({axis}) set but the model has "
             f"n_layers={cfg.n_layers}, {axis}={width}: select the set from this model's attribution"
@@ -368,6 +371,11 @@ def _check(
             )
         if not isinstance(reference, AblationReference):
             raise InputError(f"reference must be an AblationReference, got {type(reference).__name__}")
+        if components.kind not in ("mlp", "head"):
+            raise InputError(
+                f"an AblationReference holds MLP neurons and heads: ablate a {components.kind!r} set with "
+                "mode 'zero' or 'baseline'"
+            )
         reference.check_model(model)
     elif reference is not None:
         raise InputError(f"reference= is used by modes 'mean' and 'resample' only, not {mode!r}")

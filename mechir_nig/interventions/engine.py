@@ -269,7 +269,7 @@ class Baseline(Value):
 @dataclass(eq=False)
 class Intervention:
     """Write ``value`` at site ``site_name`` of ``layer``: at ``units`` of the site's unit axis (``None``:
-    every unit), at ``positions`` (``"all"``, ``"cls"``, ``"query"``, ``"doc"`` or a ``[batch, pos]``
+    every unit; for position sites, e.g. ``resid_pre``, positions), at ``positions`` (``"all"``, ``"cls"``, ``"query"``, ``"doc"`` or a ``[batch, pos]``
     bool mask) and where the per-row ``mask`` (bool, broadcastable to ``[batch, pos, units]``) is true.
 
     Example:
@@ -293,12 +293,13 @@ class Intervention:
         s, dev = self.site, act.device
         width = 1 if s.unit == "position" else act.shape[s.unit_axis]
         out = torch.ones((), dtype=torch.bool, device=dev)
-        if self.units is not None:
-            u = torch.zeros(width, dtype=torch.bool, device=dev)
-            u[self.units.to(dev)] = True
-            out = out & u
         p = self.positions
         n_pos = act.shape[2] if s.unit == "head" and s.unit_axis == 1 else act.shape[1]
+        if self.units is not None:  # positions of a position site (those past this batch's end: none)
+            units = self.units.to(dev)
+            u = torch.zeros(n_pos if s.unit == "position" else width, dtype=torch.bool, device=dev)
+            u[units[units < len(u)]] = True
+            out = out & (u[:, None] if s.unit == "position" else u)
         if isinstance(p, Tensor):
             if tuple(p.shape) != (act.shape[0], n_pos):
                 raise InputError(
