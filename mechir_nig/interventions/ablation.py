@@ -3,9 +3,11 @@
 ``ablate(model, components, mode=..., positions=...)`` is a context manager: inside it every forward
 pass of ``model`` replaces the activations of ``components`` (a :class:`~mechir_nig.sets.NeuronSet` on
 ``blocks.{l}.mlp.hook_post`` ``[batch, pos, d_mlp]``, or a head :class:`~mechir_nig.sets.ComponentSet` on
-``blocks.{l}.attn.hook_z`` ``[batch, pos, n_heads, d_head]``). One hook per layer writes the selected
-indices with one ``index_copy`` (no loop over neurons). Hooks are added with ``model.hooks(...)`` and
-removed on exit and after an exception. :func:`ablation_hooks` returns the same hooks as
+``blocks.{l}.attn.hook_z`` ``[batch, pos, n_heads, d_head]``, or a set of any other site of
+:mod:`mechir_nig.sites`, e.g. ``resid_pre`` positions). One hook per layer writes the selected indices
+through the intervention engine (:mod:`mechir_nig.interventions.engine`, the writer ``patch`` and
+``faithfulness`` use; no loop over neurons). Hooks are added with ``model.hooks(...)`` and removed on exit
+and after an exception. :func:`ablation_hooks` returns the same hooks as
 ``[(hook_name, fn)]`` for ``model.run_with_hooks(batch, fwd_hooks=...)``.
 
 Modes (the replacement value):
@@ -16,9 +18,10 @@ Modes (the replacement value):
 - ``resample``: the token-mean activation of one reference input per row, drawn with ``seed``.
 - ``baseline``: the activation of the NIG baseline input (``pad``: query and document tokens replaced by
   ``[PAD]``, ``[CLS]``/``[SEP]``, positions, token types and mask kept) of the **same** row at the same
-  position: the counterfactual NIG integrates towards (Vast et al., ICTIR 2024). The context manager
-  runs a baseline pass of every batch first (up to the last ablated layer), so a forward costs up to
-  twice as much; ``ablation_hooks(..., batch=batch)`` runs it once for that batch.
+  position: the counterfactual NIG integrates towards (Vast et al., ICTIR 2024). Each forward first runs
+  a baseline pass of its batch's distinct baseline rows not seen before (up to the last ablated layer,
+  with the batch's ``position_ids``), so a forward costs up to twice as much; ``ablation_hooks(...,
+  batch=batch)`` is bound to that batch.
 
 Positions: ``"all"`` (every position, padding included), ``"cls"``, ``"query"``, ``"doc"`` (the token
 groups of the batch; a bi-encoder text's tokens are ``doc``) or a ``[batch, pos]`` bool tensor (for one

@@ -37,7 +37,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,7 +127,12 @@ class Value:
 
 
 class Zero(Value):
-    """``0`` (zero ablation)."""
+    """``0`` (zero ablation).
+
+    Example:
+        >>> float(Zero()(torch.ones(1, 2, 3), "blocks.0.mlp.hook_post", Frame(None, None)))
+        0.0
+    """
 
     def __call__(self, act: Tensor, name: str, frame: Frame) -> Tensor:
         return act.new_zeros(())
@@ -135,7 +140,11 @@ class Zero(Value):
 
 @dataclass(eq=False)
 class Mean(Value):
-    """The token mean of the activation over a reference set (``reference.mean(name)``)."""
+    """The token mean of the activation over a reference set (``reference.mean(name)``, e.g. ``[d_mlp]``).
+
+    Example:
+        >>> it = Intervention("mlp_post", 1, Mean(ref), units=torch.tensor([7]))  # doctest: +SKIP
+    """
 
     reference: Any
 
@@ -145,7 +154,11 @@ class Mean(Value):
 
 @dataclass(eq=False)
 class Resample(Value):
-    """The token mean of one reference input per row, the rows drawn once per forward with ``seed``."""
+    """The token mean of one reference input per row, the rows drawn once per forward with ``seed``.
+
+    Example:
+        >>> it = Intervention("z", 0, Resample(ref, seed=3), units=torch.tensor([1]))  # doctest: +SKIP
+    """
 
     reference: Any
     seed: int = 0
@@ -162,7 +175,16 @@ class Resample(Value):
 @dataclass(eq=False)
 class Source(Value):
     """Another run's activations ``acts[name]``: row ``rows[i]`` (default ``i``) into row ``i``, trimmed to
-    the patched run's positions (patching)."""
+    the patched run's positions (patching).
+
+    Shapes:
+        acts: ``{hook name: [n_source, pos, ...]}``; rows: ``[batch]`` long; returns ``[batch, pos, ...]``.
+
+    Example:
+        >>> src = Source({"h": torch.arange(6.0).view(3, 2)}, rows=torch.tensor([2, 0]))
+        >>> src(torch.zeros(2, 2), "h", Frame(None, None)).tolist()
+        [[4.0, 5.0], [0.0, 1.0]]
+    """
 
     acts: Any
     rows: Tensor | None = None
@@ -176,7 +198,16 @@ class Source(Value):
 
 @dataclass(eq=False)
 class Function(Value):
-    """``fn(act, hook_name)``: a user function returning a value broadcastable to ``act``."""
+    """``fn(act, hook_name)``: a user function returning a value broadcastable to ``act``.
+
+    Shapes:
+        act: the site's activation (e.g. ``[batch, pos, d_mlp]``); ``fn``'s value broadcasts to it.
+
+    Example:
+        >>> double = Function(lambda act, name: 2 * act)
+        >>> double(torch.ones(1, 2), "h", Frame(None, None)).tolist()
+        [[2.0, 2.0]]
+    """
 
     fn: Callable[[Tensor, str], Tensor]
 
@@ -192,6 +223,13 @@ class Baseline(Value):
     batch's token types, mask and ``position_ids``). With a named baseline (``"pad"`` ...) a baseline
     row depends only on its kept tokens, groups, mask, types and positions: each distinct one is run once
     per ``Baseline`` and its activations kept (trimmed to its span) for later batches.
+
+    Shapes:
+        the value at a hook: ``[batch, pos, ...]``, the baseline run's activation of each row.
+
+    Example:
+        >>> with Engine(ce, [Intervention("mlp_post", 5, Baseline(ce), units=torch.tensor([120]))]):  # doctest: +SKIP
+        ...     scores = ce(batch)
     """
 
     model: Any
@@ -402,6 +440,3 @@ class Engine:
         stack, self._stack, self._frame = self._stack, None, None
         if stack is not None:
             stack.close()
-
-    def __iter__(self) -> Iterator[Intervention]:
-        return (it for its in self.by_hook.values() for it in its)
