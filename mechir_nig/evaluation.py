@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -98,15 +97,18 @@ def _score_pairs(
 def _score_embeddings(
     model: Any, pairs: list[tuple[str, str]], queries: Any, docs: Any, batch_size: int, bar: Any
 ) -> list[float]:
-    """Bi-encoder scores: each distinct query and document text encoded once, pairs scored by similarity."""
+    """Bi-encoder scores: each distinct query and document text encoded once, pairs scored by similarity
+    (per side for a :class:`~mechir_nig.models.protocol.Scorer`, e.g. an ``Ablation``)."""
     import torch
+
+    from mechir_nig.models.protocol import Scorer
 
     q_texts = list(dict.fromkeys(queries[q] for q, _ in pairs))
     d_texts = list(dict.fromkeys(docs[d] for _, d in pairs))
     q_row = {t: i for i, t in enumerate(q_texts)}
     d_row = {t: i for i, t in enumerate(d_texts)}
     embeddings = []
-    sided = "side" in inspect.signature(model.encode).parameters  # an Ablation: encodes per side
+    sided = isinstance(model, Scorer)  # declares the sides it encodes apart (an Ablation)
     for texts, side in ((q_texts, "query"), (d_texts, "doc")):
         kw = {"side": side} if sided else {}
         emb = torch.as_tensor(model.encode(texts, batch_size=batch_size, **kw))

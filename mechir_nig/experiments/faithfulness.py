@@ -12,8 +12,8 @@ The cumulative curve ablates the top-``k`` neurons by (signed) NIG together, ``k
 ``k`` uniformly random neurons (``seeds`` draws), and reports the mean score drop per ``k``.
 
 Single-neuron ablations are batched: the batch is expanded to one row per (pair, neuron set), each row
-carrying its own ``[n_layers, d_mlp]`` mask applied by one hook per layer (``torch.where``, no loop over
-neurons), in chunks of ``chunk_size`` rows (chunking never changes results). Cost: ``B * k`` (and
+carrying its own ``[n_layers, d_mlp]`` mask, written by the intervention engine
+(:mod:`mechir_nig.interventions.engine`, the writer ``ablate`` and ``patch`` use), in chunks of ``chunk_size`` rows (chunking never changes results). Cost: ``B * k`` (and
 ``B * K * (1 + seeds)``) forward passes, plus one baseline pass for ``baseline``.
 """
 
@@ -31,34 +31,16 @@ from torch import Tensor
 from mechir_nig._validate import check_int
 from mechir_nig.errors import InputError
 from mechir_nig.models.tokenization import PAD
+from mechir_nig.sites import hook_name
 
 __all__ = ["FaithfulnessResult", "faithfulness", "masked_scores", "single_neuron_effects"]
 
-_SITE = "blocks.{layer}.mlp.hook_post"
 
-
-def _forward_scores(model: Any, batch: Any, other: Tensor | None, hooks: list) -> Tensor:
-    with model.hooks(fwd_hooks=hooks):
-        out = model(batch)
+def _scores(model: Any, batch: Any, other: Tensor | None) -> Tensor:
+    out = model(batch)
     if model.pairwise or other is None:
         return out
     return (out * other.to(out.device)).sum(-1)
-
-
-def _baseline_acts(model: Any, batch: Any, layers: list[int], baseline: str) -> dict[int, Tensor]:
-    from mechir_nig.attribution.baselines import baseline_embeddings
-
-    emb = baseline_embeddings(model, batch.input_ids, batch.groups, baseline)
-    names = [_SITE.format(layer=layer) for layer in layers]
-    _, cache = model.run_with_cache(
-        None,
-        batch.token_type_ids,
-        batch.attention_mask,
-        input_embeds=emb,
-        names_filter=lambda n: n in names,
-        return_cache_object=False,
-    )
-    return {layer: cache[_SITE.format(layer=layer)] for layer in layers}
 
 
 @torch.no_grad()
@@ -74,7 +56,8 @@ def masked_scores(
     baseline: str = "pad",
     chunk_size: int = 64,
 ) -> Tensor:
-    """Scores of ``batch.select(rows)`` with each row's own neurons ablated.
+    """Scores of ``batch.select(rows)`` with each row's own neurons ablated (through the intervention
+    engine: one ``mlp_post`` intervention per layer whose per-row mask is ``masks[:, layer]``).
 
     Shapes:
         rows: ``[R]`` indices into ``batch``; masks: ``[R, n_layers, d_mlp]`` bool; returns ``[R]``.
@@ -85,38 +68,28 @@ def masked_scores(
         >>> masks[0, 5, 120] = True  # row 0: ablate neuron (5, 120); row 1: nothing  # doctest: +SKIP
         >>> masked_scores(ce, batch, None, torch.tensor([0, 0]), masks)  # [R] = [2]  # doctest: +SKIP
     """
+    from mechir_nig.interventions.ablation import _value
+    from mechir_nig.interventions.engine import Engine, Intervention
+
     if mode not in ("zero", "baseline", "mean"):
         raise InputError(f"mode must be 'zero', 'baseline' or 'mean', got {mode!r}")
     check_int(chunk_size, "chunk_size", minimum=1)
     cfg = model.cfg
     if masks.shape[1:] != (cfg.n_layers, cfg.d_mlp) or masks.shape[0] != rows.shape[0]:
         raise InputError(f"masks must be [R, {cfg.n_layers}, {cfg.d_mlp}] with R = len(rows)")
-    layers = [int(x) for x in masks.any(dim=(0, 2)).nonzero().flatten()]
-    base = _baseline_acts(model, batch, layers, baseline) if mode == "baseline" and layers else {}
     if mode == "mean":
         if reference is None:
             raise InputError("mode='mean' needs reference=AblationReference.compute(model, ...)")
         reference.check_model(model)
+    layers = [int(x) for x in masks.any(dim=(0, 2)).nonzero().flatten()]
+    value = _value(model, mode, reference, 0, baseline)  # one value: baseline rows are run once
     out = []
     for start in range(0, len(rows), chunk_size):
         r = rows[start : start + chunk_size]
-        m = masks[start : start + chunk_size].to(model.device)
-        sub = batch.select(r)
-
-        def hook(act: Tensor, hook: Any, layer: int = 0, r: Tensor = r, m: Tensor = m) -> Tensor:
-            if mode == "zero":
-                value = act.new_zeros(())
-            elif mode == "baseline":
-                value = base[layer].index_select(0, r.to(act.device))[:, : act.shape[1]]
-            else:
-                value = reference.mean(_SITE.format(layer=layer)).to(act.device, act.dtype)
-            return torch.where(m[:, layer].unsqueeze(1), value, act)
-
-        hooks = [
-            (_SITE.format(layer=layer), lambda a, hook, layer=layer, fn=hook: fn(a, hook, layer))
-            for layer in layers
-        ]
-        out.append(_forward_scores(model, sub, None if other is None else other[r], hooks).float().cpu())
+        m = masks[start : start + chunk_size]
+        its = [Intervention("mlp_post", layer, value, mask=m[:, layer, None, :]) for layer in layers]
+        with Engine(model, its):
+            out.append(_scores(model, batch.select(r), None if other is None else other[r]).float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -148,7 +121,7 @@ def single_neuron_effects(
     masks[torch.arange(b * k), flat[:, 0], flat[:, 1]] = True
     rows = torch.arange(b).repeat_interleave(k)
     with torch.no_grad():
-        clean = _forward_scores(model, batch, other, []).float().cpu()
+        clean = _scores(model, batch, other).float().cpu()
     ablated = masked_scores(
         model, batch, other, rows, masks, mode=mode, reference=reference, chunk_size=chunk_size
     )
@@ -165,7 +138,7 @@ def _spearman(x: Tensor, y: Tensor) -> Tensor:
 
 def _act_grad(model: Any, batch: Any, other: Tensor | None) -> tuple[Tensor, Tensor]:
     """``sum_t a dF/da`` and ``sum_t |a|`` over attended tokens, ``[B, n_layers, d_mlp]`` each."""
-    names = [_SITE.format(layer=i) for i in range(model.cfg.n_layers)]
+    names = [hook_name("mlp_post", i) for i in range(model.cfg.n_layers)]
     acts: dict[str, Tensor] = {}
 
     def keep(act: Tensor, hook: Any) -> Tensor:
@@ -548,7 +521,7 @@ def _curve_drops(
     )
     rows = torch.arange(b).repeat_interleave(curve_k)
     with torch.no_grad():
-        clean = _forward_scores(model, batch, other, []).double().cpu()
+        clean = _scores(model, batch, other).double().cpu()
     all_masks = torch.cat([masks_top.reshape(b * curve_k, -1), masks_rnd.reshape(seeds * b * curve_k, -1)])
     all_rows = torch.cat([rows, rows.repeat(seeds)])
     scores = masked_scores(

@@ -1,4 +1,4 @@
-"""Interventions through hooks: ablation (this package's ``ablation``), patching and perturbations.
+"""Interventions through hooks, all written by one engine (``engine``): ablation, patching and perturbations.
 
 Names are imported lazily, so ``import mechir_nig.interventions`` is cheap.
 """
@@ -15,8 +15,14 @@ _EXPORTS = {
     "AblationReference": "ablation",
     "BaselineActivity": "ablation",
     "baseline_active": "ablation",
-    "replace_components": "hooks",
-    "bind_batches": "hooks",
+    "Engine": "engine",
+    "Intervention": "engine",
+    "Zero": "engine",
+    "Mean": "engine",
+    "Resample": "engine",
+    "Baseline": "engine",
+    "Source": "engine",
+    "Function": "engine",
     "patch": "patching",
     "PatchingResult": "patching",
     "NoScoreChangeWarning": "patching",

@@ -3,9 +3,11 @@
 ``ablate(model, components, mode=..., positions=...)`` is a context manager: inside it every forward
 pass of ``model`` replaces the activations of ``components`` (a :class:`~mechir_nig.sets.NeuronSet` on
 ``blocks.{l}.mlp.hook_post`` ``[batch, pos, d_mlp]``, or a head :class:`~mechir_nig.sets.ComponentSet` on
-``blocks.{l}.attn.hook_z`` ``[batch, pos, n_heads, d_head]``). One hook per layer writes the selected
-indices with one ``index_copy`` (no loop over neurons). Hooks are added with ``model.hooks(...)`` and
-removed on exit and after an exception. :func:`ablation_hooks` returns the same hooks as
+``blocks.{l}.attn.hook_z`` ``[batch, pos, n_heads, d_head]``, or a set of any other site of
+:mod:`mechir_nig.sites`, e.g. ``resid_pre`` positions). One hook per layer writes the selected indices
+through the intervention engine (:mod:`mechir_nig.interventions.engine`, the writer ``patch`` and
+``faithfulness`` use; no loop over neurons). Hooks are added with ``model.hooks(...)`` and removed on exit
+and after an exception. :func:`ablation_hooks` returns the same hooks as
 ``[(hook_name, fn)]`` for ``model.run_with_hooks(batch, fwd_hooks=...)``.
 
 Modes (the replacement value):
@@ -16,9 +18,10 @@ Modes (the replacement value):
 - ``resample``: the token-mean activation of one reference input per row, drawn with ``seed``.
 - ``baseline``: the activation of the NIG baseline input (``pad``: query and document tokens replaced by
   ``[PAD]``, ``[CLS]``/``[SEP]``, positions, token types and mask kept) of the **same** row at the same
-  position: the counterfactual NIG integrates towards (Vast et al., ICTIR 2024). The context manager
-  runs a baseline pass of every batch first (up to the last ablated layer), so a forward costs up to
-  twice as much; ``ablation_hooks(..., batch=batch)`` runs it once for that batch.
+  position: the counterfactual NIG integrates towards (Vast et al., ICTIR 2024). Each forward first runs
+  a baseline pass of its batch's distinct baseline rows not seen before (up to the last ablated layer,
+  with the batch's ``position_ids``), so a forward costs up to twice as much; ``ablation_hooks(...,
+  batch=batch)`` is bound to that batch.
 
 Positions: ``"all"`` (every position, padding included), ``"cls"``, ``"query"``, ``"doc"`` (the token
 groups of the batch; a bi-encoder text's tokens are ``doc``) or a ``[batch, pos]`` bool tensor (for one
@@ -37,19 +40,30 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from mechir_nig._validate import check_choice, check_int
 from mechir_nig.errors import CheckpointError, InputError
-from mechir_nig.interventions.hooks import bind_batches, component_dim, replace_components
-from mechir_nig.models.tokenization import CLS, DOC, PAD, QUERY
+from mechir_nig.interventions.engine import (
+    Baseline,
+    Engine,
+    Frame,
+    Intervention,
+    Mean,
+    Resample,
+    Value,
+    Zero,
+    is_batch,
+)
+from mechir_nig.models.tokenization import PAD
 from mechir_nig.sets.components import ComponentSet
+from mechir_nig.sites import hook_name, site
 
 __all__ = [
     "MODES",
@@ -66,32 +80,27 @@ __all__ = [
 MODES = ("zero", "mean", "resample", "baseline")
 POSITIONS = ("all", "cls", "query", "doc")
 SIDES = ("both", "query", "doc")
-_GROUP_OF = {"cls": CLS, "query": QUERY, "doc": DOC}
-_SITES = {"mlp": "blocks.{layer}.mlp.hook_post", "head": "blocks.{layer}.attn.hook_z"}
-
-
-def _is_batch(obj: Any) -> bool:
-    return all(hasattr(obj, a) for a in ("input_ids", "attention_mask", "groups"))
 
 
 def _hook_names(model: Any) -> list[str]:
-    n = model.cfg.n_layers
-    return [_SITES["mlp"].format(layer=i) for i in range(n)] + [
-        _SITES["head"].format(layer=i) for i in range(n)
-    ]
+    """The hooks an :class:`AblationReference` covers: every ``mlp_post`` and ``z``."""
+    return [hook_name(s, i) for s in ("mlp_post", "z") for i in range(model.cfg.n_layers)]
 
 
 def check_components(model: Any, components: Any) -> ComponentSet:
-    """``components`` if it is a set of ``model``'s MLP neurons or heads, else an InputError saying what differs."""
+    """``components`` if it is a set of ``model``'s components (MLP neurons, heads, or units of any site of
+    :mod:`mechir_nig.sites`, positions at most ``n_ctx``), else an InputError saying what differs."""
     if not isinstance(components, ComponentSet):
         raise InputError(
             f"components must be a NeuronSet or a ComponentSet of heads, got {type(components).__name__}; "
             "build one with select_top(...) or NeuronSet(pairs, n_layers=..., d_mlp=...)"
         )
     cfg = model.cfg
-    width = cfg.d_mlp if components.kind == "mlp" else cfg.n_heads
-    axis = "d_mlp" if components.kind == "mlp" else "n_heads"
-    if (components.n_layers, components.width) != (cfg.n_layers, width):
+    axis = site(components.kind).width
+    width = int(cfg.n_ctx if axis is None else getattr(cfg, axis))
+    fits = components.width <= width if axis is None else components.width == width
+    if components.n_layers != cfg.n_layers or not fits:
+        axis = axis or "n_ctx"
         raise InputError(
             f"components are a {components.n_layers} x {components.width} ({axis}) set but the model has "
             f"n_layers={cfg.n_layers}, {axis}={width}: select the set from this model's attribution"
@@ -308,154 +317,38 @@ def _reference_state(
     return tensors, canonical_json({"n_layers": n_layers, "d_mlp": d_mlp, "n_heads": n_heads, "model": model})
 
 
-# -- the hooks ----------------------------------------------------------------------------------------------
-class _State:
-    """What the hooks of one ablation share: the current batch's positions, baseline activations, switches."""
-
-    def __init__(self, model, components, mode, positions, reference, seed, baseline):
-        self.model = model
-        self.components = components
-        self.mode = mode
-        self.positions = positions
-        self.reference = reference
-        self.baseline = baseline
-        self.generator = torch.Generator().manual_seed(seed)
-        self.dim = component_dim(components.kind)
-        self.index = {
-            name: torch.tensor(idx, dtype=torch.long, device=model.device)
-            for name, idx in (components.to_hook_names() if len(components) else {}).items()
-        }  # (an empty set has no hooks; sets.by_layer() fails on it)
-        self.groups: Tensor | None = None
-        self.baseline_acts: dict[str, Tensor] = {}
-        self._baseline_rows: dict[bytes, dict[str, Tensor]] = {}  # distinct baseline row -> its activations
-        self.rows: Tensor | None = None
-        self.active = True
-        self.capture = False
-
-    # positions ------------------------------------------------------------------------------------------
-    def position_mask(self, act: Tensor) -> Tensor | None:
-        p = self.positions
-        if isinstance(p, Tensor):
-            if tuple(p.shape) != tuple(act.shape[:2]):
-                raise InputError(
-                    f"positions mask has shape {tuple(p.shape)} but the batch is [batch, pos] = "
-                    f"{tuple(act.shape[:2])}: pass a bool mask shaped like the batch's input_ids"
-                )
-            return p.to(act.device)
-        if p == "all":
-            return None
-        if self.groups is None:
-            raise InputError(
-                f"positions={p!r} needs the batch's token groups: run a tokenized batch inside ablate(...), "
-                "or pass batch= to ablation_hooks"
-            )
-        return (self.groups == _GROUP_OF[p]).to(act.device)
-
-    # replacement values ---------------------------------------------------------------------------------
-    def value(self, name: str, act: Tensor) -> Tensor:
-        idx = self.index[name]
-        if self.mode == "zero":
-            return act.new_zeros(())
-        if self.mode == "baseline":
-            if name not in self.baseline_acts:
-                raise InputError(
-                    "mode='baseline' needs a baseline pass of this batch: run a tokenized batch inside "
-                    "ablate(...), or pass batch= to ablation_hooks"
-                )
-            return self.baseline_acts[name]
-        ref = self.reference
-        if self.mode == "mean":
-            m = ref.mean(name).to(act.device).index_select(0, idx)
-            return m.view(1, 1, *m.shape)
-        if self.rows is None or len(self.rows) != act.shape[0]:
-            self.rows = torch.randint(len(ref), (act.shape[0],), generator=self.generator)
-        r = ref.per_input[name].index_select(0, self.rows).to(act.device)
-        return r.index_select(1, idx.cpu().to(r.device)).unsqueeze(1)
-
-    def hook(self, act: Tensor, hook: Any) -> Tensor:
-        name = hook.name
-        idx = self.index[name]
-        if self.capture:
-            self.baseline_acts[name] = act.index_select(self.dim % act.ndim, idx).detach()
-            return act
-        if not self.active:
-            return act
-        return replace_components(act, idx, self.dim, self.value(name, act), self.position_mask(act))
-
-    def fwd_hooks(self) -> list[tuple[str, Any]]:
-        return [(name, self.hook) for name in self.index]
-
-    # per batch ------------------------------------------------------------------------------------------
-    def prepare(self, batch: Any, forward: Any) -> None:
-        """Record the batch's groups, draw resample rows, run the baseline pass."""
-        self.rows = None
-        self.baseline_acts = {}
-        self.groups = batch.groups if _is_batch(batch) else None
-        if self.mode != "baseline" or not self.active or not self.index:
-            return
-        if not _is_batch(batch):
-            raise InputError(
-                "mode='baseline' needs a tokenized batch (model.tokenize(...)) to build the baseline input; "
-                "got raw tensors"
-            )
-        from mechir_nig.attribution.baselines import baseline_embeddings, baseline_replaced
-
-        # The baseline input of a row depends only on its kept tokens, groups, mask, types and positions
-        # (with the [PAD] baseline, a document's length): each distinct baseline row is run once per
-        # ablation and kept (its selected activations, trimmed to its span) for later batches, so baseline
-        # ablation costs little more than zero ablation. Tensor baselines are run per batch.
-        ids, mask = batch.input_ids, batch.attention_mask
-        types = getattr(batch, "token_type_ids", None)
-        pos_ids = getattr(batch, "position_ids", None)
-        last = max(self.components.by_layer()) + 1
-        if not isinstance(self.baseline, str):
-            emb = baseline_embeddings(self.model, ids, batch.groups, self.baseline)
-            self._baseline_pass(forward, emb, types, mask, pos_ids, last)
-            return
-        base_ids = torch.where(baseline_replaced(batch.groups, self.baseline), -1, ids)
-        key = torch.cat(
-            [base_ids, batch.groups, mask.long()] + [t.long() for t in (types, pos_ids) if t is not None], 1
-        )
-        n_key = key.shape[1] // ids.shape[1]
-        attended = mask.bool()
-        spans = torch.where(attended.any(1), ids.shape[1] - attended.flip(1).long().argmax(1), 0).tolist()
-        keys = [
-            key[i].view(n_key, -1)[:, : spans[i]].cpu().numpy().tobytes() + bytes(str(spans[i]), "ascii")
-            for i in range(len(ids))
-        ]
-        todo = list(dict.fromkeys(k for k in keys if k not in self._baseline_rows))
-        if todo:
-            first = [keys.index(k) for k in todo]
-            rows = torch.tensor(first, device=ids.device)
-            width = max(spans[i] for i in first)
-            sub = lambda t: None if t is None else t[rows, :width]  # noqa: E731
-            emb = baseline_embeddings(
-                self.model, ids[rows, :width], batch.groups[rows, :width], self.baseline
-            )
-            self._baseline_pass(forward, emb, sub(types), sub(mask), sub(pos_ids), last)
-            for j, (k, i) in enumerate(zip(todo, first, strict=True)):
-                self._baseline_rows[k] = {n: a[j, : spans[i]] for n, a in self.baseline_acts.items()}
-        self.baseline_acts = {}
-        for name in self.index:
-            like = self._baseline_rows[keys[0]][name]
-            out = like.new_zeros((len(ids), ids.shape[1], *like.shape[1:]))
-            for i, k in enumerate(keys):
-                out[i, : spans[i]] = self._baseline_rows[k][name]
-            self.baseline_acts[name] = out
-
-    def _baseline_pass(
-        self, forward: Any, emb: Tensor, types: Any, mask: Any, pos_ids: Any, last: int
-    ) -> None:
-        extra = {"position_ids": pos_ids} if pos_ids is not None else {}
-        self.baseline_acts = {}
-        self.capture = True
-        try:
-            forward(None, types, mask, input_embeds=emb, stop_at_layer=last, **extra)
-        finally:
-            self.capture = False
+# -- the interventions --------------------------------------------------------------------------------------
+def _value(model: Any, mode: str, reference: Any, seed: int, baseline: Any) -> Value:
+    if mode == "zero":
+        return Zero()
+    if mode == "mean":
+        return Mean(reference)
+    if mode == "resample":
+        return Resample(reference, seed)
+    return Baseline(model, baseline)
 
 
-def _check(model, components, mode, positions, reference, side, seed, baseline):
+def interventions(
+    components: ComponentSet, value: Value, positions: str | Tensor = "all", mask: Tensor | None = None
+) -> list[Intervention]:
+    """One :class:`~mechir_nig.interventions.engine.Intervention` per layer of ``components`` (its units
+    the set's indices), all writing ``value``; an empty set gives none."""
+    return [
+        Intervention(components.kind, layer, value, units=torch.tensor(idx), positions=positions, mask=mask)
+        for layer, idx in (components.by_layer() if len(components) else {}).items()
+    ]
+
+
+def _check(
+    model: Any,
+    components: Any,
+    mode: str,
+    positions: Any,
+    reference: Any,
+    side: str,
+    seed: int,
+    baseline: Any,
+) -> ComponentSet:
     components = check_components(model, components)
     check_choice(mode, "mode", MODES)
     check_choice(side, "side", SIDES)
@@ -481,6 +374,11 @@ def _check(model, components, mode, positions, reference, side, seed, baseline):
             )
         if not isinstance(reference, AblationReference):
             raise InputError(f"reference must be an AblationReference, got {type(reference).__name__}")
+        if components.kind not in ("mlp", "head"):
+            raise InputError(
+                f"an AblationReference holds MLP neurons and heads: ablate a {components.kind!r} set with "
+                "mode 'zero' or 'baseline'"
+            )
         reference.check_model(model)
     elif reference is not None:
         raise InputError(f"reference= is used by modes 'mean' and 'resample' only, not {mode!r}")
@@ -504,27 +402,25 @@ def ablation_hooks(
 ) -> list[tuple[str, Any]]:
     """The ablation as ``[(hook_name, fn)]`` for ``model.run_with_hooks(batch, fwd_hooks=...)``.
 
-    Token-group positions and ``mode='baseline'`` need ``batch=`` (the batch you will run): its groups
-    are recorded and its baseline pass is run here, once. See :func:`ablate` for the arguments (a
-    ``positions`` mask is ``[batch, pos]`` bool; each hook rewrites ``[batch, pos, d_mlp]`` or
-    ``[batch, pos, n_heads, d_head]`` activations).
+    The hooks are bound to ``batch=`` (the batch you will run): token-group positions and
+    ``mode='baseline'`` need it (its baseline rows are run once, when the hooks first run). See
+    :func:`ablate` for the arguments (a ``positions`` mask is ``[batch, pos]`` bool; each hook rewrites
+    ``[batch, pos, d_mlp]`` or ``[batch, pos, n_heads, d_head]`` activations).
 
     Example:
         >>> hooks = ablation_hooks(ce, top, mode="baseline", batch=batch)  # doctest: +SKIP
         >>> scores = ce.run_with_hooks(batch, fwd_hooks=hooks)  # doctest: +SKIP
     """
     components = _check(model, components, mode, positions, reference, "both", seed, baseline)
-    state = _State(model, components, mode, positions, reference, seed, baseline)
-    if batch is not None:
-        if not _is_batch(batch):
-            raise InputError("batch= must be a tokenized batch (model.tokenize(...))")
-        with model.hooks(fwd_hooks=state.fwd_hooks()):
-            state.prepare(batch, model.forward)
-    return state.fwd_hooks()
+    if batch is not None and not is_batch(batch):
+        raise InputError("batch= must be a tokenized batch (model.tokenize(...))")
+    value = _value(model, mode, reference, seed, baseline)
+    return Engine(model, interventions(components, value, positions), batch=batch, follow=False).hooks()
 
 
 class Ablation:
-    """The context returned by :func:`ablate`; also scores with the bi-encoder ``side`` honoured.
+    """The context returned by :func:`ablate`; a :class:`~mechir_nig.models.protocol.Scorer` that scores
+    with the bi-encoder ``side`` honoured.
 
     ``score`` returns ``[n]`` scores of ``n`` pairs, ``encode`` ``[n, d_model]`` embeddings.
 
@@ -533,60 +429,63 @@ class Ablation:
         ...     scores = ab.score(queries, docs)  # [n]: only the document side is ablated
     """
 
-    def __init__(self, model, components, mode, positions, reference, side, seed, baseline):
+    sides = ("query", "doc")
+
+    def __init__(
+        self,
+        model: Any,
+        components: ComponentSet,
+        mode: str,
+        positions: str | Tensor,
+        reference: Any,
+        side: str,
+        seed: int,
+        baseline: Any,
+    ) -> None:
         self.model = model
         self.components = components
         self.mode = mode
         self.positions = positions
         self.side = side
-        self._state = _State(model, components, mode, positions, reference, seed, baseline)
-        self._stack: ExitStack | None = None
-
-    def _forward(self, batch: Any, forward: Any, args: tuple, kwargs: dict) -> Any:
-        if self._state.capture:
-            return forward(*args, **kwargs)
-        self._state.prepare(batch, forward)
-        return forward(*args, **kwargs)
+        value = _value(model, mode, reference, seed, baseline)
+        self.engine = Engine(model, interventions(components, value, positions))
 
     def __enter__(self) -> Ablation:
-        stack = ExitStack()
-        try:
-            stack.enter_context(self.model.hooks(fwd_hooks=self._state.fwd_hooks()))
-            stack.enter_context(bind_batches(self.model, self._forward))
-        except BaseException:
-            stack.close()
-            raise
-        self._stack = stack
+        self.engine.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
+        self.engine.__exit__(*exc)
 
     @property
     def pairwise(self) -> bool:
         """The model's ``pairwise`` (so ``evaluation.rerank(ab, ...)`` treats the context as the model)."""
         return bool(self.model.pairwise)
 
-    def similarity_fn(self, q: Tensor, d: Tensor) -> Tensor:
+    def similarity_fn(
+        self, q: Float[Tensor, "n d_model"], d: Float[Tensor, "n d_model"]
+    ) -> Float[Tensor, " n"]:
         """The bi-encoder's similarity of encoded rows."""
         return self.model.similarity_fn(q, d)
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str], *, side: str = "doc", batch_size: int = 32) -> Tensor:
+    def encode(
+        self, texts: Sequence[str], *, side: str = "doc", batch_size: int = 32
+    ) -> Float[Tensor, "n d_model"]:
         """Bi-encoder embeddings of ``texts`` as the ``side`` (``"query"``/``"doc"``), ablated if the
         ablation covers that side."""
-        check_choice(side, "side", ("query", "doc"))
-        previous = self._state.active
-        self._state.active = self.side in ("both", side)
+        check_choice(side, "side", self.sides)
+        previous = self.engine.active
+        self.engine.active = self.side in ("both", side)
         try:
             return self.model.encode(list(texts), batch_size=batch_size)
         finally:
-            self._state.active = previous
+            self.engine.active = previous
 
     @torch.no_grad()
-    def score(self, queries: Sequence[str], docs: Sequence[str], *, batch_size: int = 32) -> Tensor:
+    def score(
+        self, queries: Sequence[str], docs: Sequence[str], *, batch_size: int = 32
+    ) -> Float[Tensor, " n"]:
         """Scores of the pairs under the ablation (a bi-encoder ablates only ``side``; each distinct text
         is encoded once)."""
         if self.model.pairwise:
@@ -722,29 +621,22 @@ def baseline_active(
     if components.kind != "mlp":
         raise InputError("baseline_active reports MLP neurons: pass a NeuronSet")
     check_int(batch_size, "batch_size", minimum=1)
-    from mechir_nig.attribution.baselines import baseline_embeddings
-
     batch = model.tokenize(list(queries), list(docs)) if model.pairwise else model.tokenize(list(docs))
     hooks = components.to_hook_names()
     sums = {n: torch.zeros(2, len(i), dtype=torch.float64) for n, i in hooks.items()}
     total = 0.0
+    value = Baseline(model, baseline)  # the baseline pass of ablate(mode="baseline"), position ids included
+    engine = Engine(model, interventions(components, value))
     for start in range(0, len(batch), batch_size):
         sub = batch.select(torch.arange(start, min(start + batch_size, len(batch))))
-        m = (sub.groups != PAD).to(torch.float64).unsqueeze(-1)
+        m = (sub.groups != PAD).to(torch.float64).unsqueeze(-1).cpu()
         total += float(m.sum())
-        emb = baseline_embeddings(model, sub.input_ids, sub.groups, baseline)
-        for row, kwargs in enumerate(({}, {"input_embeds": emb})):
-            arg = sub if row == 0 else None
-            extra = (
-                {}
-                if row == 0
-                else {"token_type_ids": sub.token_type_ids, "attention_mask": sub.attention_mask}
-            )
-            _, cache = model.run_with_cache(
-                arg, names_filter=lambda n: n in hooks, return_cache_object=False, **kwargs, **extra
-            )
+        _, cache = model.run_with_cache(sub, names_filter=lambda n: n in hooks, return_cache_object=False)
+        frame = Frame(None, sub)
+        value.begin(engine, frame)
+        for row, acts in enumerate((cache, frame.store[value])):
             for n, idx in hooks.items():
-                sums[n][row] += (cache[n][..., idx].to(torch.float64).cpu() * m.cpu()).sum((0, 1))
+                sums[n][row] += (acts[n][..., idx].to(torch.float64).cpu() * m).sum((0, 1))
     neurons = [(int(n.split(".")[1]), i) for n, idx in hooks.items() for i in idx]
     means = torch.cat([sums[n] for n in hooks], dim=1) / max(total, 1.0)
     flagged = means[1].abs() > threshold

@@ -64,21 +64,32 @@ from torch import Tensor
 
 from mechir_nig._io import save_with_sidecar
 from mechir_nig.errors import InputError, NoScoreChangeWarning
+from mechir_nig.interventions.engine import Engine, Intervention, Source
 from mechir_nig.models.precision import check_finite
 from mechir_nig.models.tokenization import PairBatch, TextBatch
+from mechir_nig.sites import hook_name
+from mechir_nig.sites import site as site_named
 
 __all__ = ["DIRECTIONS", "METRICS", "SITES", "NoScoreChangeWarning", "PatchingResult", "patch"]
 
-SITES: dict[str, tuple[str, str]] = {
-    "resid_pre": ("blocks.{layer}.hook_resid_pre", "pos"),
-    "attn_out": ("blocks.{layer}.hook_attn_out", "pos"),
-    "mlp_out": ("blocks.{layer}.hook_mlp_out", "pos"),
-    "heads": ("blocks.{layer}.attn.hook_z", "head"),
-    "head_pos": ("blocks.{layer}.attn.hook_z", "head_pos"),
-    "neurons": ("blocks.{layer}.mlp.hook_post", "neuron"),
-    "neuron_set": ("blocks.{layer}.mlp.hook_post", "neuron"),
+_INDEX = {
+    "resid_pre": "pos",
+    "attn_out": "pos",
+    "mlp_out": "pos",
+    "heads": "head",
+    "head_pos": "head_pos",
+    "neurons": "neuron",
+    "neuron_set": "neuron",
 }
-"""Site name -> (hook name template, patch index kind)."""
+"""Patch site -> its patch index kind; the hook is the :mod:`mechir_nig.sites` site of the same name
+(``heads``/``neurons`` are its aliases of ``z``/``mlp_post``), ``head_pos``/``neuron_set`` that of ``heads``/``neurons``."""
+_SITE_OF = {
+    name: site_named({"head_pos": "heads", "neuron_set": "neurons"}.get(name, name)).name for name in _INDEX
+}
+SITES: dict[str, tuple[str, str]] = {
+    name: (site_named(_SITE_OF[name]).template, kind) for name, kind in _INDEX.items()
+}
+"""Site name -> (hook name template, patch index kind), derived from :mod:`mechir_nig.sites`."""
 DIRECTIONS = ("denoise", "noise")
 METRICS = ("recovery", "raw")
 _TOKENS_PER_CHUNK = 65536  # default chunk: rows x positions (bounds the memory of one patched forward)
@@ -365,25 +376,20 @@ def _grid(kind: str, base: Tensor, src: Tensor | None, mask: Tensor, members: Te
     return diff.any(1)
 
 
-def _writer(kind: str, src: Tensor, rows: Tensor, members: Tensor | None) -> Callable[[Tensor, Any], Tensor]:
-    """A hook writing each row's source values at its patch index (one indexed assignment)."""
-    b = rows[:, 0]
-
-    def hook(act: Tensor, hook: Any = None) -> Tensor:
-        r = torch.arange(act.shape[0], device=act.device)
-        n = act.shape[1]
-        if kind == "pos":
-            act[r, rows[:, 1]] = src[b, rows[:, 1]]
-        elif kind == "head":
-            act[r, :, rows[:, 1]] = src[b, :n, rows[:, 1]]
-        elif kind == "head_pos":
-            act[r, rows[:, 2], rows[:, 1]] = src[b, rows[:, 2], rows[:, 1]]
-        else:
-            idx = rows[:, 1] if members is None else members[rows[:, 1]]
-            act[r, :, idx] = src[b, :n, idx]
-        return act
-
-    return hook
+def _patch_mask(kind: str, rows: Tensor, n_pos: int, width: int, members: Tensor | None) -> Tensor:
+    """Where each patched row writes: ``[rows, pos | 1, units | 1]`` bool, one patch index per row
+    (``rows[:, 1:]``: a position; a head (all positions); a head at a position; a neuron (all positions))."""
+    r = torch.arange(rows.shape[0], device=rows.device)
+    if kind == "pos":
+        m = torch.zeros(rows.shape[0], n_pos, 1, dtype=torch.bool, device=rows.device)
+        m[r, rows[:, 1], 0] = True
+    elif kind == "head_pos":
+        m = torch.zeros(rows.shape[0], n_pos, width, dtype=torch.bool, device=rows.device)
+        m[r, rows[:, 2], rows[:, 1]] = True
+    else:
+        m = torch.zeros(rows.shape[0], 1, width, dtype=torch.bool, device=rows.device)
+        m[r, 0, rows[:, 1] if members is None else members[rows[:, 1]]] = True
+    return m
 
 
 def _default_chunk(n_pos: int) -> int:
@@ -652,7 +658,7 @@ def _sweep(
         return (out * (q_emb if rows is None else q_emb[rows])).sum(-1)
 
     hook_names = {SITES[s][0].format(layer=layer) for s, _ in site_list for layer in layer_list}
-    resid_names = {f"blocks.{layer}.hook_resid_pre" for layer in layer_list}
+    resid_names = {hook_name("resid_pre", layer) for layer in layer_list}
     base_out, base_cache = model.run_with_cache(
         base, names_filter=lambda n: n in hook_names | resid_names, return_cache_object=False
     )
@@ -676,19 +682,22 @@ def _sweep(
             mem = member_idx.get(layer) if nset is not None else None
             valid = _grid(kind, b_act, s_act if skip_unchanged else None, base.attention_mask, mem)
             rows = valid.nonzero()
-            resid = base_cache[f"blocks.{layer}.hook_resid_pre"]
+            resid = base_cache[hook_name("resid_pre", layer)]
             step = chunk_size or _default_chunk(n_pos)
+            width = 1 if kind == "pos" else b_act.shape[-1 if kind == "neuron" else 2]
             for c in range(0, rows.shape[0], step):
                 r = rows[c : c + step]
                 b = r[:, 0]
                 span = int(spans[b].max())
+                mask = _patch_mask(kind, r, span, width, mem)
+                writer = Intervention(_SITE_OF[site], layer, Source(source_cache, b), mask=mask)
                 scores = model.run_with_hooks(
                     None,
                     base.token_type_ids[b, :span],
                     base.attention_mask[b, :span],
                     residual=resid[b, :span],
                     start_at_layer=layer,
-                    fwd_hooks=[(name, _writer(kind, s_act, r, mem))],
+                    fwd_hooks=Engine(model, [writer]).hooks(),
                 )
                 scores = score(scores, b)
                 if nset is not None:
@@ -700,7 +709,7 @@ def _sweep(
         patched[site] = out.cpu()
         if nset is not None and joint:
             patched["neuron_set_joint"] = _patch_jointly(
-                model, base, base_cache, source_cache, member_idx, template, score
+                model, base, base_cache, source_cache, member_idx, score
             ).cpu()
     return base_scores.float().cpu(), source_scores.float().cpu(), patched
 
@@ -755,29 +764,22 @@ def _patch_jointly(
     base_cache: dict[str, Tensor],
     source_cache: dict[str, Tensor],
     member_idx: dict[int, Tensor],
-    template: str,
     score: Callable[..., Tensor],
 ) -> Float[Tensor, " batch"]:
     """Scores of the base run with every member neuron set to its source activation at every position,
     started at the set's lowest layer from the base run's cached residual stream."""
     first = min(member_idx)
-
-    def writer(idx: Tensor) -> Callable[[Tensor, Any], Tensor]:
-        def fn(act: Tensor, hook: Any) -> Tensor:
-            act = act.clone()
-            act[..., idx] = source_cache[hook.name][..., idx].to(act.dtype)
-            return act
-
-        return fn
-
-    hooks = [(template.format(layer=layer), writer(idx)) for layer, idx in sorted(member_idx.items())]
+    source = Source(source_cache)
+    writers = [
+        Intervention("mlp_post", layer, source, units=idx) for layer, idx in sorted(member_idx.items())
+    ]
     out = model.run_with_hooks(
         None,
         base.token_type_ids,
         base.attention_mask,
-        residual=base_cache[f"blocks.{first}.hook_resid_pre"],
+        residual=base_cache[hook_name("resid_pre", first)],
         start_at_layer=first,
-        fwd_hooks=hooks,
+        fwd_hooks=Engine(model, writers).hooks(),
     )
     return score(out).float()
 

@@ -23,6 +23,7 @@ from mechir_nig.models.cache import EncoderActivationCache
 from mechir_nig.models.components import Embed, EncoderBlock, Pooler
 from mechir_nig.models.config import ATTENTION_IMPLS, EncoderConfig
 from mechir_nig.models.precision import check_finite
+from mechir_nig.models.protocol import forward_context
 
 _M = TypeVar("_M", bound="HookedEncoderBase")
 
@@ -223,7 +224,9 @@ class HookedEncoderBase(HookedRootModule):
             input_ids, token_type_ids, attention_mask = b.input_ids, b.token_type_ids, b.attention_mask
             if getattr(b, "position_ids", None) is not None and "position_ids" not in forward_kwargs:
                 forward_kwargs["position_ids"] = b.position_ids
-        resid = self.encoder_forward(input_ids, token_type_ids, attention_mask, **forward_kwargs)
+        # hooks that need the batch (token groups, a baseline input) read it from this context
+        with forward_context(self, batch if isinstance(batch, batch_type) else None):
+            resid = self.encoder_forward(input_ids, token_type_ids, attention_mask, **forward_kwargs)
         return resid, attention_mask
 
     @torch.no_grad()

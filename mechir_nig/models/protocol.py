@@ -6,6 +6,10 @@ scorer) does so by providing these members.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -67,3 +71,76 @@ class AttributionModel(Protocol):
     def hooks(self, *args: Any, **kwargs: Any) -> Any:
         """TransformerLens' scoped hook context (``HookedRootModule.hooks``)."""
         ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """What re-ranking (``evaluation.rerank``) and the studies need of a scorer that encodes per side.
+
+    An :class:`~mechir_nig.interventions.ablation.Ablation` implements it: its ``encode`` ablates only the
+    sides it covers. ``sides`` declares the sides ``encode(texts, side=...)`` tells apart; a plain model
+    (``encode(texts, batch_size=...)`` without sides) is not a ``Scorer`` and is called without ``side``.
+
+    Example:
+        >>> from mechir_nig.interventions.ablation import Ablation
+        >>> all(hasattr(Ablation, m) for m in ("sides", "score", "encode", "similarity_fn"))
+        True
+    """
+
+    pairwise: bool
+    sides: tuple[str, ...]
+
+    def score(
+        self, queries: Sequence[str], docs: Sequence[str], *, batch_size: int = 32
+    ) -> Float[Tensor, " n"]:
+        """Scores of ``n`` (query, doc) pairs."""
+        ...
+
+    def encode(
+        self, texts: Sequence[str], *, side: str = "doc", batch_size: int = 32
+    ) -> Float[Tensor, "n d_model"]:
+        """Embeddings of ``n`` texts encoded as ``side`` (bi-encoders)."""
+        ...
+
+    def similarity_fn(
+        self, q: Float[Tensor, "n d_model"], d: Float[Tensor, "n d_model"]
+    ) -> Float[Tensor, " n"]:
+        """Similarity of encoded rows (bi-encoders)."""
+        ...
+
+
+@dataclass(eq=False)
+class Forward:
+    """One forward pass of a model: the batch it reads (``None`` for raw tensors). Hooks that need the
+    batch (token groups, a baseline input, per-forward draws) read it with :func:`current_forward`;
+    a new object per pass, so ``is`` tells passes apart."""
+
+    model: Any
+    batch: Any
+
+
+_FORWARD: ContextVar[Forward | None] = ContextVar("mechir_nig_forward", default=None)
+
+
+@contextmanager
+def forward_context(model: Any, batch: Any) -> Iterator[Forward]:
+    """Declare the batch of the forward pass run inside the block (models do this in ``forward``).
+
+    Example:
+        >>> with forward_context(None, "batch") as fwd:
+        ...     current_forward() is fwd, current_forward().batch
+        (True, 'batch')
+        >>> current_forward() is None
+        True
+    """
+    fwd = Forward(model, batch)
+    token = _FORWARD.set(fwd)
+    try:
+        yield fwd
+    finally:
+        _FORWARD.reset(token)
+
+
+def current_forward() -> Forward | None:
+    """The innermost :class:`Forward` being run (``None`` outside a model's forward)."""
+    return _FORWARD.get()

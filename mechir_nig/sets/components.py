@@ -8,7 +8,12 @@ kind      site (TransformerLens hook)     index       width
 ========  ==============================  ==========  ===========
 ``mlp``   ``blocks.{l}.mlp.hook_post``    neuron      ``d_mlp``
 ``head``  ``blocks.{l}.attn.hook_z``      head        ``n_heads``
+any site  ``mechir_nig.sites`` template   its unit    ``d_mlp``, ``n_heads`` or ``n_pos``
 ========  ==============================  ==========  ===========
+
+A set of another site of :mod:`mechir_nig.sites` (``kind="resid_pre"``: ``(layer, position)`` pairs in a
+``n_layers x n_pos`` universe) is what ``ablate`` takes to write residual-stream positions; its JSON
+records ``"kind"``.
 
 ``NeuronSet`` is the MLP case, with the constructor ``NeuronSet(pairs, n_layers=..., d_mlp=...)`` and the
 JSON format of earlier releases. Every set also records its **candidate pool**: the layers it was selected
@@ -39,23 +44,34 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from mechir_nig.errors import InputError
+from mechir_nig.sites import SITES as SITE_TABLE
+from mechir_nig.sites import site
 
 Kind = Literal["mlp", "head"]
 KINDS: tuple[str, ...] = ("mlp", "head")
-"""The kinds of component a set can hold."""
+"""The kinds of component attribution selects (``mlp`` = site ``mlp_post``, ``head`` = site ``z``)."""
 
-SITES: Mapping[str, str] = MappingProxyType(
-    {"mlp": "blocks.{layer}.mlp.hook_post", "head": "blocks.{layer}.attn.hook_z"}
-)
-"""Hook name template of each kind (``.format(layer=l)``); the set's index is the hook's last axis."""
+SITE_KINDS: tuple[str, ...] = KINDS + tuple(n for n in SITE_TABLE if site(n).name not in ("mlp_post", "z"))
+"""Every kind a set can hold: ``KINDS`` and the other sites of :mod:`mechir_nig.sites` (a set of
+``resid_pre`` positions, of ``mlp_pre`` neurons ...); for position sites the width is the positions."""
 
-# singular noun, plural noun, name of the width (last axis of the hook), per kind
+SITES: Mapping[str, str] = MappingProxyType({kind: site(kind).template for kind in SITE_KINDS})
+"""Hook name template of each kind (``.format(layer=l)``, from :mod:`mechir_nig.sites`, where ``mlp`` and
+``head`` name ``mlp_post`` and ``z``); the set's index is the site's unit axis."""
+
+
+def _width_name(kind: str) -> str:
+    return site(kind).width or "n_pos"
+
+
+# singular noun, plural noun, name of the width (the unit axis of the hook), per kind
 _NOUN: Mapping[str, tuple[str, str, str]] = MappingProxyType(
-    {"mlp": ("neuron", "neurons", "d_mlp"), "head": ("head", "heads", "n_heads")}
+    {k: (site(k).unit, site(k).unit + "s", _width_name(k)) for k in SITE_KINDS}
 )
 _JSON_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType(
     {"mlp": ("d_mlp", "neurons"), "head": ("n_heads", "heads")}
-)  # (width key, members key) of to_json, per kind
+    | {k: (_width_name(k), "members") for k in SITE_KINDS[2:]}
+)  # (width key, members key) of to_json, per kind (the site kinds also write "kind")
 
 Pair = tuple[int, int]
 
@@ -78,6 +94,16 @@ def check_kind(kind: Any) -> Kind:
             f"kind must be one of {KINDS} ('mlp' for MLP neurons, 'head' for heads), got {kind!r}"
         )
     return cast(Kind, kind)
+
+
+def check_site_kind(kind: Any) -> str:
+    """``kind`` if it is one of ``SITE_KINDS`` (``KINDS`` or another site of :mod:`mechir_nig.sites`)."""
+    if kind not in SITE_KINDS:
+        raise InputError(
+            f"kind must be one of {KINDS} ('mlp' for MLP neurons, 'head' for heads), or a site of "
+            f"{SITE_KINDS[2:]}, got {kind!r}"
+        )
+    return str(kind)
 
 
 def noun(kind: str, plural: bool = True) -> str:
@@ -212,14 +238,14 @@ class ComponentSet:
         self,
         pairs: Iterable[tuple[SupportsIndex, SupportsIndex]],
         *,
-        kind: Kind,
+        kind: str,
         n_layers: int,
         width: int,
         scores: Mapping[tuple[SupportsIndex, SupportsIndex], SupportsFloat] | None = None,
         name: str = "",
         pool_layers: Iterable[SupportsIndex] | None = None,
     ) -> None:
-        kind = check_kind(kind)
+        kind = check_site_kind(kind)
         n_layers, width = _universe(kind, n_layers, width)
         if not isinstance(name, str):
             raise InputError(f"name must be a str, got {type(name).__name__}")
@@ -479,7 +505,7 @@ class ComponentSet:
         cls,
         mask: Bool[Tensor, "n_layers width"],
         *,
-        kind: Kind | None = None,
+        kind: str | None = None,
         name: str = "",
         pool_layers: Iterable[SupportsIndex] | None = None,
     ) -> ComponentSet:
@@ -515,7 +541,7 @@ class ComponentSet:
         return ComponentSet._build(kind, n_layers, width, flat, name=name, pool=pool)
 
     @classmethod
-    def _kind_for(cls, kind: Any) -> Kind:
+    def _kind_for(cls, kind: Any) -> str:
         if cls._FIXED_KIND is not None:
             if kind is not None and kind != cls._FIXED_KIND:
                 raise InputError(
@@ -525,7 +551,7 @@ class ComponentSet:
             return check_kind(cls._FIXED_KIND)
         if kind is None:
             raise InputError(f"give kind= (one of {KINDS}) to build a ComponentSet")
-        return check_kind(kind)
+        return check_site_kind(kind)
 
     def layer_profile(self) -> list[int]:
         """Number of members in each layer (length ``n_layers``)."""
@@ -565,7 +591,7 @@ class ComponentSet:
                 [lay, i, v]
                 for lay, i, v in zip(layers.tolist(), index.tolist(), values.tolist(), strict=True)
             ]
-        return {
+        return ({"kind": self.kind} if self.kind not in KINDS else {}) | {
             "name": self.name,
             "n_layers": self.n_layers,
             width_key: self.width,
@@ -589,13 +615,13 @@ class ComponentSet:
             raise InputError(
                 f"from_json expects the dict written by {cls.__name__}.to_json, got {type(data).__name__}"
             )
-        found = [k for k in KINDS if set(_JSON_KEYS[k]) & set(data)]
+        found = [data["kind"]] if "kind" in data else [k for k in KINDS if set(_JSON_KEYS[k]) & set(data)]
         if len(found) != 1:
             raise InputError(
                 f"not a {cls.__name__}.to_json dict: it needs either 'd_mlp' and 'neurons' (MLP neurons) or "
                 f"'n_heads' and 'heads' (attention heads), got keys {sorted(data)}"
             )
-        kind = found[0]
+        kind = check_site_kind(found[0])
         if cls._FIXED_KIND is not None and kind != cls._FIXED_KIND:
             raise InputError(
                 f"this JSON holds a set of {noun(kind)}, not {noun(cls._FIXED_KIND)}; load it with "
@@ -603,7 +629,7 @@ class ComponentSet:
             )
         width_key, members_key = _JSON_KEYS[kind]
         required = {"n_layers", width_key, members_key}
-        allowed = required | {"name", "scores", "pool_layers"}
+        allowed = required | {"name", "scores", "pool_layers", "kind"}
         missing, unknown = required - set(data), set(data) - allowed
         if missing or unknown:
             raise InputError(
@@ -636,7 +662,7 @@ class ComponentSet:
         if kind == "mlp":
             kwargs["d_mlp"] = kwargs.pop("width")
             return NeuronSet(pairs, **kwargs)
-        return ComponentSet(pairs, kind=kind, **kwargs)  # type: ignore[arg-type]
+        return ComponentSet(pairs, kind=kind, **kwargs)
 
 
 class NeuronSet(ComponentSet):
@@ -771,4 +797,4 @@ def union(sets: Iterable[ComponentSet], *, name: str = "") -> ComponentSet:
     )
 
 
-__all__ = ["KINDS", "SITES", "ComponentSet", "NeuronSet", "intersection", "union"]
+__all__ = ["KINDS", "SITES", "SITE_KINDS", "ComponentSet", "NeuronSet", "intersection", "union"]
