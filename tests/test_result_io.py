@@ -1,9 +1,10 @@
 """Saved results load back exactly, and damaged or foreign files are refused naming the file.
 
-Real small results of the tiny cross-encoder: ``NeuronAttribution`` and ``PatchingResult`` (safetensors
-and a JSON sidecar, with a checksum), ``AblationReference`` (``torch.save``, with a checksum),
-``PruningResult`` and ``FaithfulnessResult`` (JSON). Each round trip is compared field by field (tensors
-with their dtype, exactly); each damaged file raises ``CheckpointError`` whose message names the file.
+Real small results of the tiny cross-encoder: ``NeuronAttribution``, ``PatchingResult`` and
+``AblationReference`` (safetensors and a JSON sidecar, with a checksum), ``PruningResult`` and
+``FaithfulnessResult`` (one JSON file, with a checksum), all through ``mechir_nig.results.Result``.
+Each round trip is compared field by field (tensors with their dtype, exactly); each damaged file raises
+``CheckpointError`` whose message names the file; a failed save leaves the earlier result loadable.
 """
 
 from __future__ import annotations
@@ -328,17 +329,17 @@ def _zero_tensor_bytes(path: Path, t: Tensor) -> None:
 @pytest.mark.parametrize(
     "case,why",
     [
-        ("truncated", "torch cannot read it.*truncated, corrupt or not a file AblationReference.save wrote"),
-        (
-            "random bytes",
-            "torch cannot read it.*truncated, corrupt or not a file AblationReference.save wrote",
-        ),
-        ("foreign torch file", r"lacks 'per_input'.*another program"),
-        ("foreign object", r"holds a list, not the dict"),
+        ("truncated", "safetensors cannot read it.*truncated or corrupt"),
+        ("random bytes", "safetensors cannot read it.*truncated or corrupt"),
+        ("foreign torch file", r"torch.save \(pickle\) file.*does not read pickles.*Compute the ablation"),
+        ("foreign object", r"torch.save \(pickle\) file.*does not read pickles"),
+        ("foreign safetensors", r"holds the tensors \['bias', 'weight'\].*another program"),
         ("zeroed data region", "checksum does not match"),
     ],
 )
 def test_damaged_ablation_references_are_refused(reference, tmp_path, case, why):
+    """(Was: ``torch.save`` files; now safetensors + sidecar like the other results, and a ``torch.save``
+    file, e.g. one written by an older mechir_nig, is refused unread, saying to compute it again.)"""
     path = reference.save(tmp_path / "ref.pt")
     if case == "truncated":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -348,26 +349,24 @@ def test_damaged_ablation_references_are_refused(reference, tmp_path, case, why)
         torch.save({"weight": torch.randn(3, 4)}, path)
     elif case == "foreign object":
         torch.save([torch.randn(3)], path)
+    elif case == "foreign safetensors":
+        _foreign_safetensors(path)
     else:
         _zero_tensor_bytes(path, reference.per_input["blocks.1.mlp.hook_post"])
     _refused(AblationReference.load, path, why)
 
 
 def test_ablation_reference_without_checksum_loads_with_a_warning(reference, tmp_path):
-    path = tmp_path / "old.pt"
-    torch.save(  # what save wrote before checksums existed
-        {
-            "per_input": reference.per_input,
-            "tokens": reference.tokens,
-            "n_layers": reference.n_layers,
-            "d_mlp": reference.d_mlp,
-            "n_heads": reference.n_heads,
-            "model": reference.model,
-        },
-        path,
-    )
+    """(Was: the ``torch.save`` dict of older versions; that format is now refused, see above.)"""
+    from safetensors.torch import load_file, save_file
+
+    path = reference.save(tmp_path / "old.safetensors")
+    save_file(load_file(str(path)), str(path))  # as written before checksums existed: no metadata
     with pytest.warns(UserWarning, match=rf"{re.escape(str(path))} has no checksum"):
         assert_same(AblationReference.load(path), reference)
+    old = tmp_path / "old.pt"
+    torch.save({"per_input": reference.per_input, "tokens": reference.tokens, "n_layers": 2}, old)
+    _refused(AblationReference.load, old, "torch.save .*Compute the ablation reference again and save it")
 
 
 JSON = {"study": (PruningResult, "pruning study"), "faith": (FaithfulnessResult, "faithfulness result")}
