@@ -53,7 +53,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import types
@@ -137,10 +136,14 @@ def _optional(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-@functools.cache
+_FIELDS: dict[type, tuple[tuple[str, str, Any, bool], ...]] = {}
+
+
 def _fields(cls: type) -> tuple[tuple[str, str, Any, bool], ...]:
     """``(name, kind, hint, required)`` of each saved field; kind ``"tensor"``, ``"tensors"`` (a dict of
     them) or ``"json"``; ``required``: no default and not ``| None``."""
+    if cls in _FIELDS:
+        return _FIELDS[cls]
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
@@ -155,7 +158,8 @@ def _fields(cls: type) -> tuple[tuple[str, str, Any, bool], ...]:
             kind = "json"
         no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         out.append((f.name, kind, hints[f.name], no_default and not optional))
-    return tuple(out)
+    _FIELDS[cls] = tuple(out)
+    return _FIELDS[cls]
 
 
 def _json_type(hint: Any) -> tuple[type, ...] | None:

@@ -88,6 +88,7 @@ class PruningResult(Result):
         | unpruned | zero | 0 | 0 | 0.7000 | +0.0000 |
         | nig_top | zero | 0.01 | 92 | 0.5500 | +0.1500 |
         >>> import tempfile
+        >>> from pathlib import Path
         >>> path = result.save(Path(tempfile.mkdtemp()) / "pruning.json")
         >>> PruningResult.load(path) == result  # every field, exactly
         True
