@@ -230,6 +230,12 @@ class Result:
     (raise it when the saved layout changes: older versions still load, newer ones are refused),
     ``FIX`` (the end of every refusal) and ``JSON_DTYPES`` (the dtype of a JSON tensor saved without
     one).
+
+    Example:
+        >>> attr.save("attr.safetensors")  # attr.safetensors + attr.safetensors.json  # doctest: +SKIP
+        >>> NeuronAttribution.load("attr.safetensors").values.shape  # as saved  # doctest: +SKIP
+        >>> stats.save("nig.safetensors"); CollectionAttribution.load("nig.safetensors")  # doctest: +SKIP
+        >>> result.save("pruning.json"); PruningResult.load("pruning.json")  # one JSON file  # doctest: +SKIP
     """
 
     KIND: ClassVar[str]
@@ -558,6 +564,10 @@ class Result:
         header = header or {}
         cls._check_type(path, header.get("type"), header.get("version"))
         extra = header.get("extra") or []
+        if not isinstance(extra, list):
+            raise cls._refuse(
+                path, f"its {INFO_KEY!r} header lists extra keys {extra!r}; the header is damaged"
+            )
         covered = {k: v for k, v in doc.items() if k not in extra}
         layouts = doc.get("tensors") or {}
         tensors: dict[str, Tensor] = {}
