@@ -24,7 +24,9 @@ Layouts (``LAYOUT``):
 
 Saving a pair writes both files under temporary names first and renames them only when both are
 complete (the tensors, then the sidecar: the checksum binds them), so a failed save (a full disk, an
-exception) leaves the earlier result as it was and no temporary file. ``load`` refuses, with a
+exception) leaves the earlier result as it was and no temporary file. A process killed between the two
+renames leaves the new tensors and the new sidecar under its temporary name: ``load`` finishes that save
+(the temporary sidecar that matches the checksum is put in place, with a warning). ``load`` refuses, with a
 ``CheckpointError`` naming the file and what to do: a truncated or random file, another program's file
 (other tensor names or JSON fields), another result's file, a ``torch.save`` (pickle) file, a file of
 a newer schema version, a missing or damaged sidecar, a field of the wrong type, pieces that do not
@@ -53,6 +55,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import glob
 import hashlib
 import json
 import types
@@ -411,10 +415,17 @@ class Result:
 
     @classmethod
     def _verifier(
-        cls, path: Path, expected: str | None, tensors: Mapping[str, Tensor], text: str, hint: str
+        cls,
+        path: Path,
+        expected: str | None,
+        tensors: Mapping[str, Tensor],
+        text: str,
+        hint: str,
+        actual: str | None = None,
     ) -> Callable[[], None]:
-        """Check the recorded checksum ``expected`` against ``checksum(tensors, text, KIND)``: a mismatch
-        refuses the file, no checksum (a file written before they existed) warns."""
+        """Check the recorded checksum ``expected`` against ``checksum(tensors, text, KIND)`` (``actual``
+        when already computed): a mismatch refuses the file, no checksum (a file written before they
+        existed) warns."""
 
         def verify() -> None:
             if expected is None:
@@ -425,12 +436,12 @@ class Result:
                     stacklevel=3,  # the caller of load
                 )
                 return
-            actual = checksum(tensors, text, cls.KIND)
-            if actual != expected:
+            found = actual if actual is not None else checksum(tensors, text, cls.KIND)
+            if found != expected:
                 raise cls._refuse(
                     path,
                     f"its checksum does not match its contents (recorded sha256 {expected[:12]}..., "
-                    f"computed {actual[:12]}...): the file was damaged after it was written{hint}",
+                    f"computed {found[:12]}...): the file was damaged after it was written{hint}",
                 )
 
         return verify
@@ -483,6 +494,7 @@ class Result:
             ) from exc
         cls._check_type(path, metadata.get(TYPE_KEY), metadata.get(VERSION_KEY))
         side = sidecar_path(path)
+        actual: str | None = None
         if cls.LAYOUT == "checkpoint":
             text = metadata.get(INFO_KEY)
             if text is None:
@@ -500,6 +512,12 @@ class Result:
                 raise cls._refuse(
                     path, "its header names its type but holds no checksum; the header is damaged"
                 )
+            if metadata.get("sha256") is not None:
+                actual = checksum(tensors, text, cls.KIND)
+                if actual != metadata["sha256"]:
+                    finished = cls._finish_save(path, side, tensors, metadata["sha256"])
+                    if finished is not None:
+                        (text, info), actual = finished, metadata["sha256"]
             hint = (
                 f" (or {side.name} was edited or belongs to another file, or a save was interrupted between "
                 "the two files)"
@@ -517,7 +535,34 @@ class Result:
                 f"it holds the tensors {shown}, not those of a {cls.WHAT} (missing {missing[:8]}, unexpected "
                 f"{extra[:8]}; another program's file?)",
             )
-        return tensors, info, cls._verifier(path, metadata.get("sha256"), tensors, text, hint)
+        return tensors, info, cls._verifier(path, metadata.get("sha256"), tensors, text, hint, actual)
+
+    @classmethod
+    def _finish_save(
+        cls, path: Path, side: Path, tensors: Mapping[str, Tensor], expected: str
+    ) -> tuple[str, Any] | None:
+        """A save killed between its two renames left the new tensors in ``path`` and the new sidecar
+        under a temporary name: when one matches the checksum, copy it over ``side`` (atomically; the
+        temporary file is left to its writer, or removed when that is dead) and return its text and
+        value, with a warning. ``None`` when none matches."""
+        for tmp in sorted(side.parent.glob(glob.escape(side.name) + ".*.tmp")):
+            try:
+                raw = tmp.read_bytes()
+                info = json.loads(raw)
+            except (OSError, ValueError):
+                continue
+            text = canonical_json(info)
+            if checksum(tensors, text, cls.KIND) == expected:
+                _io.atomic_write(side, functools.partial(Path.write_bytes, data=raw))
+                _io.remove_stale_temps(side)
+                warnings.warn(
+                    f"{path}: finished a save that was interrupted between its two files ({side.name} "
+                    f"was still under the temporary name {tmp.name})",
+                    UserWarning,
+                    stacklevel=4,
+                )
+                return text, info
+        return None
 
     @classmethod
     def _read_sidecar(cls, path: Path, side: Path) -> tuple[str, Any]:

@@ -555,3 +555,25 @@ def test_json_extras_are_kept_beside_the_result(faith, tmp_path):
     path = faith.save(tmp_path / "faithfulness.json", extra={"pairs": pairs})
     assert json.loads(path.read_text())["pairs"] == pairs
     assert_same(FaithfulnessResult.load(path), faith)  # verified, no warning
+
+
+def test_a_save_killed_between_its_two_renames_is_finished_by_load(saved, tmp_path):
+    """A process killed after renaming the new tensors but before renaming the new sidecar leaves the
+    sidecar under its temporary name: ``load`` finds the one that matches the checksum, puts it in place
+    (with a warning) and loads the new result; an edited sidecar is still refused."""
+    from mechir_nig._io import temp_path
+
+    cls, path, old = saved
+    new = dataclasses.replace(old, meta=old.meta | {"newer": True})
+    elsewhere = new.save(tmp_path / "elsewhere" / "result.safetensors")
+    shutil.copy(elsewhere, path)  # the first rename happened
+    side = Path(f"{path}.json")
+    stale = temp_path(side)  # the second did not: the complete new sidecar, still a temporary file
+    shutil.copy(f"{elsewhere}.json", stale)
+    with pytest.warns(UserWarning, match=r"finished a save that was interrupted"):
+        assert_same(cls.load(path), new)
+    assert side.read_bytes() == Path(f"{elsewhere}.json").read_bytes()
+    stale.unlink()
+    assert_same(cls.load(path), new)  # no warning: the pair is whole now
+    _edit_sidecar(side)
+    _refused(cls.load, path, "checksum does not match")
