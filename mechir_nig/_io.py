@@ -8,32 +8,23 @@
 - ``OutputLock(path)``: ``path.lock``, created with ``O_CREAT | O_EXCL`` and holding the owner's pid,
   host and process start time, so a second process writing the same output is refused. A lock whose
   owner is dead (same host) is stale and taken over; the lock is released on return and on exceptions.
-- ``save_with_sidecar(path, tensors, side, kind=...)``: tensors in safetensors, the rest in a JSON sidecar,
-  with the result's type and a sha256 ``checksum`` of both in the safetensors metadata;
-  ``load_with_sidecar(path, kind=..., ...)`` reads them back and refuses (``CheckpointError`` naming the
-  file and what to do) a truncated, corrupt, foreign or checksum-mismatched file or a missing sidecar.
-- ``read_safetensors``, ``verify_checksum``, ``unusable``, ``read_json_result``: the pieces of those
-  loads, shared with ``CollectionAttribution.load``, the JSON results and ``AblationReference.load``.
+- ``atomic_write_all(files)``: several files that belong together (a result and its sidecar), all
+  written to temporary names before any is renamed, so a failed write leaves every target as it was.
+- ``tensor_bytes(t)``: a CPU tensor's bytes, for checksums (``mechir_nig.results``) and fingerprints.
+
+Saved results (``save``/``load``, checksums, refusals) are ``mechir_nig.results.Result``.
 
 Example:
-    >>> import tempfile, torch
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> path = save_with_sidecar(folder / "r.safetensors", {"x": torch.ones(2)}, {"n": 1}, kind="Demo")
-    >>> tensors, side = load_with_sidecar(path, kind="Demo", what="demo result", required={"x"})
-    >>> tensors["x"].tolist(), side
-    ([1.0, 1.0], {'n': 1})
-    >>> (folder / "r.safetensors.json").unlink()
-    >>> load_with_sidecar(path, kind="Demo", what="demo result", required={"x"})  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    mechir_nig.errors.CheckpointError: .../r.safetensors is not a usable demo result: its sidecar ... is missing...
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "out.txt"
+    >>> atomic_write(target, lambda tmp: tmp.write_text("done")).read_text()
+    'done'
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -41,14 +32,13 @@ import secrets
 import socket
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from mechir_nig.errors import CheckpointError, CheckpointLockedError, InputError
+from mechir_nig.errors import CheckpointError, CheckpointLockedError
 
 
 def _host() -> str:
@@ -130,18 +120,31 @@ def atomic_write(target: str | Path, write: Callable[[Path], Any]) -> Path:
     removed; a process killed before the rename leaves ``target`` as it was (and a ``.tmp`` file that
     ``remove_stale_temps`` clears once its writer is dead).
     """
-    target = Path(target)
-    tmp = temp_path(target)
+    return atomic_write_all([(Path(target), write)])[0]
+
+
+def atomic_write_all(files: Sequence[tuple[Path, Callable[[Path], Any]]]) -> list[Path]:
+    """``atomic_write`` for files that belong together (a result and its sidecar): every ``write(tmp)``
+    fills its temporary file first, and only when all are complete and on disk are they renamed over
+    their targets, in order. A failed write (a full disk, an exception) removes every temporary file
+    and leaves every target as it was; only a process killed between two renames (no write can fail
+    there) leaves the first targets new and the others old.
+    """
+    temps: list[Path] = []
     try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        _fsync(tmp)
-        _commit(tmp, target)
+        for target, write in files:
+            temps.append(temp_path(Path(target)))
+            write(temps[-1])
+            os.chmod(temps[-1], 0o666 & ~_umask())
+            _fsync(temps[-1])
+        for tmp, (target, _) in zip(temps, files, strict=True):
+            _commit(tmp, Path(target))
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         raise
-    return target
+    return [Path(target) for target, _ in files]
 
 
 def remove_stale_temps(target: Path) -> list[Path]:
@@ -318,35 +321,6 @@ class OutputLock:
         self.release()
 
 
-TYPE_KEY = "mechir_nig.type"
-"""Safetensors metadata key naming the result type of a file written by ``save_with_sidecar``."""
-RESULT_FIX = "Save the result again (or restore an intact copy of the file), or load another file"
-"""What to do with an unusable result file (the end of ``unusable``'s message)."""
-
-
-def sidecar_path(path: str | Path) -> Path:
-    """The JSON sidecar of ``path``: ``path.json`` (``x.safetensors`` -> ``x.safetensors.json``)."""
-    path = Path(path)
-    return path.with_name(path.name + ".json")
-
-
-def unusable(path: str | Path, what: str, why: str, fix: str = RESULT_FIX) -> CheckpointError:
-    """The ``CheckpointError`` refusing ``path``: ``"<path> is not a usable <what>: <why>. <fix>"``."""
-    return CheckpointError(f"{path} is not a usable {what}: {why}. {fix}")
-
-
-def checksum(tensors: Mapping[str, Tensor], info: str, kind: str) -> str:
-    """sha256 over ``mechir_nig.<kind>``, the metadata text ``info`` and, in name order, each tensor's
-    name, dtype, shape and bytes (any dtype: the raw bytes of the contiguous CPU tensor)."""
-    h = hashlib.sha256(f"mechir_nig.{kind}\0".encode())
-    h.update(info.encode())
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(tensor_bytes(t))
-    return h.hexdigest()
-
-
 def tensor_bytes(t: Tensor) -> bytes:
     """The bytes of CPU tensor ``t`` in row-major order (numpy's, or a fresh copy's for dtypes numpy lacks,
     e.g. bfloat16)."""
@@ -356,209 +330,3 @@ def tensor_bytes(t: Tensor) -> bytes:
         return t.numpy().tobytes()
     except TypeError:
         return torch.empty(t.shape, dtype=t.dtype).copy_(t).reshape(-1).view(torch.uint8).numpy().tobytes()
-
-
-def canonical_json(obj: Any) -> str:
-    """The JSON text of ``obj`` as it reads back (tuples as lists, sorted keys, no spaces): what a
-    checksum covers, so that a sidecar re-indented by hand still verifies."""
-    return json.dumps(json.loads(json.dumps(obj)), sort_keys=True, separators=(",", ":"))
-
-
-def read_safetensors(
-    path: str | Path, what: str, fix: str = RESULT_FIX
-) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Every tensor and the metadata of the safetensors file ``path``.
-
-    Raises ``CheckpointError`` naming the file when it cannot be opened (``cannot read <path>``) or
-    safetensors cannot parse it (truncated, random bytes, a damaged header: ``unusable``).
-    """
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except Exception as exc:  # safetensors' SafetensorError: truncated, random bytes, bad header
-        raise unusable(
-            path, what, f"safetensors cannot read it ({exc}); it is truncated or corrupt", fix
-        ) from exc
-    return tensors, metadata
-
-
-def verify_checksum(
-    path: str | Path,
-    expected: str | None,
-    tensors: Mapping[str, Tensor],
-    info: str,
-    kind: str,
-    *,
-    what: str,
-    contents: str = "contents",
-    hint: str = "",
-    fix: str = RESULT_FIX,
-    stacklevel: int = 3,
-) -> None:
-    """Compare the recorded checksum ``expected`` with ``checksum(tensors, info, kind)``.
-
-    ``expected`` of ``None`` (a file written before checksums existed) warns (``UserWarning``: its
-    ``contents`` cannot be verified); a mismatch raises ``unusable`` (the file was damaged after it was
-    written; ``hint`` adds a likely cause).
-    """
-    if expected is None:
-        warnings.warn(
-            f"{path} has no checksum (written by an older mechir_nig): its {contents} cannot be "
-            "verified; save it again to add one",
-            UserWarning,
-            stacklevel=stacklevel,
-        )
-        return
-    actual = checksum(tensors, info, kind)
-    if actual != expected:
-        raise unusable(
-            path,
-            what,
-            f"its checksum does not match its contents (recorded sha256 {expected[:12]}..., "
-            f"computed {actual[:12]}...): the file was damaged after it was written{hint}",
-            fix,
-        )
-
-
-def save_with_sidecar(
-    path: str | Path, tensors: dict[str, Tensor], side: dict[str, Any], *, kind: str | None = None
-) -> Path:
-    """Write ``path`` (safetensors) and ``path.json`` (``side``), each atomically (``atomic_write``),
-    so neither is ever half-written.
-
-    With ``kind`` (the result's class name) the safetensors metadata records it (``TYPE_KEY``) and a
-    sha256 ``checksum`` of the tensors and of ``side`` (``canonical_json``), which ``load_with_sidecar``
-    verifies.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    text = json.dumps(side)
-    metadata = None
-    if kind is not None:
-        metadata = {TYPE_KEY: kind, "sha256": checksum(tensors, canonical_json(json.loads(text)), kind)}
-    atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    return path
-
-
-def load_with_sidecar(
-    path: str | Path,
-    *,
-    kind: str,
-    what: str,
-    required: Iterable[str],
-    allowed: Callable[[str], bool] | None = None,
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """The tensors and sidecar of a file written by ``save_with_sidecar(path, ..., kind=kind)``.
-
-    Checks, in order: ``path`` exists (else ``InputError``); safetensors can read it; it is not another
-    result type's file; it holds the ``required`` tensor names and only ``allowed`` ones (else it is
-    another program's file); its sidecar exists and is a JSON object; the checksum matches (a file
-    without one, written by an older mechir_nig, loads with a ``UserWarning``). Every refusal is a
-    ``CheckpointError`` naming the file (``what``: e.g. ``"neuron attribution"``) and what to do.
-    """
-    path = Path(path)
-    side_path = sidecar_path(path)
-    if not path.is_file():
-        raise InputError(
-            f"no {what} at {path}: the file does not exist (save() writes it and {side_path.name}); "
-            "pass the path a result was saved to"
-        )
-    tensors, metadata = read_safetensors(path, what)
-    found = metadata.get(TYPE_KEY)
-    if found is not None and found != kind:
-        raise unusable(path, what, f"it holds a {found}, not a {kind}", f"Load it with {found}.load")
-    required = set(required)
-    names = sorted(tensors)
-    missing = sorted(required - set(names))
-    extra = [n for n in names if n not in required and (allowed is None or not allowed(n))]
-    if missing or extra:
-        shown = names[:8] + (["..."] if len(names) > 8 else [])
-        raise unusable(
-            path,
-            what,
-            f"it holds the tensors {shown}, not those of a {what} (missing {missing[:8]}, unexpected "
-            f"{extra[:8]}; another program's file?)",
-        )
-    try:
-        text = side_path.read_bytes()
-    except FileNotFoundError:
-        raise unusable(
-            path,
-            what,
-            f"its sidecar {side_path} is missing (save() writes both files: keep them together)",
-            f"Put {side_path.name} back next to {path.name}, or save the result again",
-        ) from None
-    except OSError as exc:
-        raise CheckpointError(
-            f"cannot read {side_path} (the sidecar of {path}): {exc.strerror or exc}"
-        ) from exc
-    try:
-        side = json.loads(text)
-        if not isinstance(side, dict):
-            raise ValueError(f"a JSON {type(side).__name__}, not an object")
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise unusable(
-            path, what, f"its sidecar {side_path} is not valid JSON ({exc}); it is truncated or corrupt"
-        ) from exc
-    if found is not None and "sha256" not in metadata:  # written with a type by this code: always summed
-        raise unusable(path, what, "its header names its type but holds no checksum; the header is damaged")
-    verify_checksum(
-        path,
-        metadata.get("sha256"),
-        tensors,
-        canonical_json(side),
-        kind,
-        what=what,
-        hint=f" (or {side_path.name} was edited or belongs to another file, or a save was interrupted between "
-        "the two files)",
-        stacklevel=4,
-    )
-    return tensors, side
-
-
-def read_json_result(
-    path: str | Path, what: str, fields: Mapping[str, type | tuple[type, ...]]
-) -> dict[str, Any]:
-    """The JSON object saved at ``path`` (a result's ``save``), with ``fields`` (name -> type) checked.
-
-    Raises ``InputError`` when ``path`` does not exist, ``CheckpointError`` naming it when it cannot be
-    read, is not JSON (truncated, random bytes), not an object, or lacks a field or holds one of another
-    type (another program's file). Other keys are kept (files written by the command line carry more).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"no {what} at {path}: the file does not exist; pass the path a result was saved to")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise unusable(path, what, f"it is not valid JSON ({exc}); it is truncated or corrupt") from exc
-    if not isinstance(data, dict):
-        raise unusable(
-            path, what, f"it holds a JSON {type(data).__name__}, not an object (another program's file?)"
-        )
-    missing = [k for k in fields if k not in data]
-    if missing:
-        raise unusable(
-            path, what, f"it lacks the fields {missing} (it has {sorted(data)[:10]}; another program's file?)"
-        )
-    for name, types in fields.items():
-        value = data[name]
-        if not isinstance(value, types) or isinstance(value, bool) and bool not in _tuple(types):
-            want = " or ".join(t.__name__ for t in _tuple(types))
-            raise unusable(path, what, f"its field {name!r} is a {type(value).__name__}, expected {want}")
-    return data
-
-
-def _tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
-    return types if isinstance(types, tuple) else (types,)

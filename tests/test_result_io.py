@@ -1,14 +1,16 @@
 """Saved results load back exactly, and damaged or foreign files are refused naming the file.
 
-Real small results of the tiny cross-encoder: ``NeuronAttribution`` and ``PatchingResult`` (safetensors
-and a JSON sidecar, with a checksum), ``AblationReference`` (``torch.save``, with a checksum),
-``PruningResult`` and ``FaithfulnessResult`` (JSON). Each round trip is compared field by field (tensors
-with their dtype, exactly); each damaged file raises ``CheckpointError`` whose message names the file.
+Real small results of the tiny cross-encoder: ``NeuronAttribution``, ``PatchingResult`` and
+``AblationReference`` (safetensors and a JSON sidecar, with a checksum), ``PruningResult`` and
+``FaithfulnessResult`` (one JSON file, with a checksum), all through ``mechir_nig.results.Result``.
+Each round trip is compared field by field (tensors with their dtype, exactly); each damaged file raises
+``CheckpointError`` whose message names the file; a failed save leaves the earlier result loadable.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import random
@@ -328,17 +330,17 @@ def _zero_tensor_bytes(path: Path, t: Tensor) -> None:
 @pytest.mark.parametrize(
     "case,why",
     [
-        ("truncated", "torch cannot read it.*truncated, corrupt or not a file AblationReference.save wrote"),
-        (
-            "random bytes",
-            "torch cannot read it.*truncated, corrupt or not a file AblationReference.save wrote",
-        ),
-        ("foreign torch file", r"lacks 'per_input'.*another program"),
-        ("foreign object", r"holds a list, not the dict"),
+        ("truncated", "safetensors cannot read it.*truncated or corrupt"),
+        ("random bytes", "safetensors cannot read it.*truncated or corrupt"),
+        ("foreign torch file", r"torch.save \(pickle\) file.*does not read pickles.*Compute the ablation"),
+        ("foreign object", r"torch.save \(pickle\) file.*does not read pickles"),
+        ("foreign safetensors", r"holds the tensors \['bias', 'weight'\].*another program"),
         ("zeroed data region", "checksum does not match"),
     ],
 )
 def test_damaged_ablation_references_are_refused(reference, tmp_path, case, why):
+    """(Was: ``torch.save`` files; now safetensors + sidecar like the other results, and a ``torch.save``
+    file, e.g. one written by an older mechir_nig, is refused unread, saying to compute it again.)"""
     path = reference.save(tmp_path / "ref.pt")
     if case == "truncated":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -348,26 +350,24 @@ def test_damaged_ablation_references_are_refused(reference, tmp_path, case, why)
         torch.save({"weight": torch.randn(3, 4)}, path)
     elif case == "foreign object":
         torch.save([torch.randn(3)], path)
+    elif case == "foreign safetensors":
+        _foreign_safetensors(path)
     else:
         _zero_tensor_bytes(path, reference.per_input["blocks.1.mlp.hook_post"])
     _refused(AblationReference.load, path, why)
 
 
 def test_ablation_reference_without_checksum_loads_with_a_warning(reference, tmp_path):
-    path = tmp_path / "old.pt"
-    torch.save(  # what save wrote before checksums existed
-        {
-            "per_input": reference.per_input,
-            "tokens": reference.tokens,
-            "n_layers": reference.n_layers,
-            "d_mlp": reference.d_mlp,
-            "n_heads": reference.n_heads,
-            "model": reference.model,
-        },
-        path,
-    )
+    """(Was: the ``torch.save`` dict of older versions; that format is now refused, see above.)"""
+    from safetensors.torch import load_file, save_file
+
+    path = reference.save(tmp_path / "old.safetensors")
+    save_file(load_file(str(path)), str(path))  # as written before checksums existed: no metadata
     with pytest.warns(UserWarning, match=rf"{re.escape(str(path))} has no checksum"):
         assert_same(AblationReference.load(path), reference)
+    old = tmp_path / "old.pt"
+    torch.save({"per_input": reference.per_input, "tokens": reference.tokens, "n_layers": 2}, old)
+    _refused(AblationReference.load, old, "torch.save .*Compute the ablation reference again and save it")
 
 
 JSON = {"study": (PruningResult, "pruning study"), "faith": (FaithfulnessResult, "faithfulness result")}
@@ -431,3 +431,149 @@ def test_copied_results_still_load(saved, tmp_path):
     shutil.copy(path, dest / "r.safetensors")
     shutil.copy(f"{path}.json", dest / "r.safetensors.json")
     assert_same(cls.load(dest / "r.safetensors"), result)
+
+
+# -- defect 2 (issue 15): a failed save leaves the earlier result loadable --------------------------------
+def _disk_full(*args: Any, **kwargs: Any) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+CHANGED = {  # a result fixture and a JSON field to change: a newer result to save over the old one
+    "attr": ("meta", {"newer": True}),
+    "patching": ("meta", {"newer": True}),
+    "reference": ("model", "another model"),
+}
+
+
+@pytest.mark.parametrize("name", list(CHANGED))
+@pytest.mark.parametrize("fails", ["safetensors", "sidecar"])
+def test_a_failed_save_leaves_the_earlier_result(request, tmp_path, monkeypatch, name, fails):
+    """Disk full while writing one of the two files of a new save over a good result: the save raises
+    naming the file, the good result still loads exactly, and no sidecar or temporary file is left.
+    (Before the fix the sidecar was replaced first: a failing safetensors write left the new sidecar
+    with the old tensors, which failed their checksum, and the report dropped the result.)"""
+    old = request.getfixturevalue(name)
+    path = old.save(tmp_path / "result.safetensors")
+    files = sorted(tmp_path.iterdir())
+    field, value = CHANGED[name]
+    new = dataclasses.replace(old, **{field: value})
+    if fails == "safetensors":
+        monkeypatch.setattr("safetensors.torch.save_file", _disk_full)
+    else:
+        write_text = Path.write_text
+
+        def failing(self: Path, *args: Any, **kwargs: Any) -> int:
+            if self.name.startswith("result.safetensors.json.") and self.name.endswith(".tmp"):
+                _disk_full()
+            return write_text(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", failing)
+    with pytest.raises(OSError, match="No space left") as info:
+        new.save(path)
+    monkeypatch.undo()
+    assert sorted(tmp_path.iterdir()) == files  # no orphan sidecar, no temporary file
+    assert_same(type(old).load(path), old)  # before the fix: "its checksum does not match"
+    assert isinstance(info.value, CheckpointError)
+    assert re.search(rf"cannot write .*{re.escape(str(path))}.*unchanged", str(info.value))
+    assert_same(type(old).load(new.save(path)), new)  # and the next save works
+
+
+@pytest.mark.parametrize("name", list(JSON))
+def test_a_failed_save_leaves_the_earlier_json_result(request, tmp_path, monkeypatch, name):
+    cls, _ = JSON[name]
+    old = request.getfixturevalue(name)
+    path = old.save(tmp_path / "result.json")
+    monkeypatch.setattr(Path, "write_text", _disk_full)
+    with pytest.raises(CheckpointError, match="No space left"):
+        dataclasses.replace(old, settings={"newer": True}).save(path)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    assert_same(cls.load(path), old)
+
+
+def test_a_failed_checkpoint_save_leaves_the_earlier_checkpoint(tmp_path, monkeypatch):
+    from mechir_nig.attribution.stats import CollectionAttribution
+
+    stats = CollectionAttribution(layers=[0, 1], n_layers=2, d_mlp=8)
+    stats.update("relevant", torch.randn(3, 2, 4, 8, dtype=torch.float64))
+    path = stats.save(tmp_path / "nig.safetensors")
+    files = sorted(tmp_path.iterdir())
+    stats.update("nonrelevant", torch.randn(2, 2, 4, 8, dtype=torch.float64))
+    monkeypatch.setattr(Path, "write_text", _disk_full)  # the readable copy path.json fails
+    with pytest.raises(CheckpointError, match="No space left"):
+        stats.save(path)
+    monkeypatch.undo()
+    assert sorted(tmp_path.iterdir()) == files
+    back = CollectionAttribution.load(path)
+    assert back.counts == {"relevant": 3, "nonrelevant": 0}
+
+
+def test_every_result_records_its_kind_version_and_checksum(attr, reference, study, faith, tmp_path):
+    from safetensors import safe_open
+
+    for result in (attr, reference):
+        with safe_open(str(result.save(tmp_path / "r.safetensors")), framework="pt") as f:
+            meta = f.metadata()
+        assert meta["mechir_nig.type"] == type(result).__name__ and meta["mechir_nig.version"] == "1"
+        assert re.fullmatch("[0-9a-f]{64}", meta["sha256"])
+    for result in (study, faith):
+        header = json.loads(result.save(tmp_path / "r.json").read_text())["mechir_nig"]
+        assert header["type"] == type(result).__name__ and header["version"] == 1
+        assert re.fullmatch("[0-9a-f]{64}", header["sha256"])
+
+
+@pytest.mark.parametrize("name", list(JSON))
+def test_edited_json_results_fail_their_checksum(request, tmp_path, name):
+    cls, what = JSON[name]
+    path = request.getfixturevalue(name).save(tmp_path / "result.json")
+    _set_field(path, "settings", {"edited": True})
+    _refused(cls.load, path, f"{what}: its checksum does not match")
+
+
+def test_newer_and_other_kinds_are_refused(attr, study, faith, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = attr.save(tmp_path / "a.safetensors")
+    tensors = load_file(str(path))
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    save_file(tensors, str(path), metadata=meta | {"mechir_nig.version": "99"})
+    with pytest.raises(CheckpointError, match=r"newer mechir_nig \(schema version 99.*Upgrade mechir_nig"):
+        NeuronAttribution.load(path)
+    json_path = faith.save(tmp_path / "faithfulness.json")
+    with pytest.raises(
+        CheckpointError, match=r"holds a FaithfulnessResult, not a PruningResult.*FaithfulnessResult\.load"
+    ):
+        PruningResult.load(json_path)
+
+
+def test_json_extras_are_kept_beside_the_result(faith, tmp_path):
+    """``save(path, extra=...)``: the command line's ``pairs`` beside a checksummed result."""
+    pairs = [{"query_id": "q1", "doc_id": "d1"}]
+    path = faith.save(tmp_path / "faithfulness.json", extra={"pairs": pairs})
+    assert json.loads(path.read_text())["pairs"] == pairs
+    assert_same(FaithfulnessResult.load(path), faith)  # verified, no warning
+
+
+def test_a_save_killed_between_its_two_renames_is_finished_by_load(saved, tmp_path):
+    """A process killed after renaming the new tensors but before renaming the new sidecar leaves the
+    sidecar under its temporary name: ``load`` finds the one that matches the checksum, puts it in place
+    (with a warning) and loads the new result; an edited sidecar is still refused."""
+    from mechir_nig._io import temp_path
+
+    cls, path, old = saved
+    new = dataclasses.replace(old, meta=old.meta | {"newer": True})
+    elsewhere = new.save(tmp_path / "elsewhere" / "result.safetensors")
+    shutil.copy(elsewhere, path)  # the first rename happened
+    side = Path(f"{path}.json")
+    stale = temp_path(side)  # the second did not: the complete new sidecar, still a temporary file
+    shutil.copy(f"{elsewhere}.json", stale)
+    with pytest.warns(UserWarning, match=r"finished a save that was interrupted"):
+        assert_same(cls.load(path), new)
+    assert side.read_bytes() == Path(f"{elsewhere}.json").read_bytes()
+    stale.unlink()
+    assert_same(cls.load(path), new)  # no warning: the pair is whole now
+    _edit_sidecar(side)
+    _refused(cls.load, path, "checksum does not match")

@@ -14,36 +14,27 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from mechir_nig._io import save_with_sidecar
 from mechir_nig.errors import InputError
 from mechir_nig.models.tokenization import GROUPS, PAD
+from mechir_nig.results import Result
 
 CONTENT_GROUPS = GROUPS[:4]  # cls, query, sep, doc (padding excluded)
 REDUCED = ("token", "group", "neuron")
-_TENSORS = (
-    "values",
-    "groups",
-    "input_ids",
-    "scores",
-    "baseline_scores",
-    "convergence_delta",
-    "head_values",
-    "point_scores",
-    "truncated",
-    "n_steps_used",
-)
 
 
 @dataclass
-class NeuronAttribution:
+class NeuronAttribution(Result):
     """Neuron Integrated Gradients of a batch of pairs.
+
+    ``save(path)`` writes the tensors to ``path`` (safetensors) and ``layers``, ``tokens``, ``meta``,
+    ``reduce`` to the sidecar ``path.json``, checksummed; ``load(path)`` reads them back exactly and
+    refuses a damaged or foreign file (``mechir_nig.results``).
 
     Shapes:
         values: the total conductance of each MLP neuron (``layer`` indexes ``layers``), by ``reduce``:
@@ -182,54 +173,16 @@ class NeuronAttribution:
 
         return plot(self, kind, **kw)
 
-    # -- persistence -------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write ``path`` (safetensors tensors) and ``path.json`` (layers, tokens, settings), each
-        atomically; the safetensors metadata holds a sha256 checksum of both, verified by ``load``.
-
-        Example:
-            >>> attr.save("attr.safetensors")  # and attr.safetensors.json  # doctest: +SKIP
-        """
-        path = Path(path)
-        tensors = {n: getattr(self, n).contiguous().cpu() for n in _TENSORS if getattr(self, n) is not None}
-        side = {"layers": self.layers, "tokens": self.tokens, "meta": self.meta, "reduce": self.reduce}
-        return save_with_sidecar(path, tensors, side, kind="NeuronAttribution")
+    # -- persistence (``mechir_nig.results.Result``: save, load) -------------------------------------
+    KIND = "NeuronAttribution"
+    WHAT = "neuron attribution"
 
     @classmethod
-    def load(cls, path: str | Path) -> NeuronAttribution:
-        """Read a result written by ``save`` (``path`` and its sidecar ``path.json``).
-
-        Raises:
-            InputError: ``path`` does not exist.
-            CheckpointError: naming the file and what to do, when it is truncated or corrupt (safetensors
-                cannot read it), another program's file (other tensor names) or another result's
-                (``PatchingResult.save``), its sidecar ``path.json`` is missing or not JSON, or the
-                checksum does not match (damaged after it was written, or a sidecar of another file).
-                Files written before checksums existed load with a ``UserWarning``.
-
-        Example:
-            >>> back = NeuronAttribution.load("attr.safetensors")  # doctest: +SKIP
-            >>> back.values.shape  # as saved, e.g. [batch, layer, pos, d_mlp]  # doctest: +SKIP
-        """
-        from mechir_nig._io import load_with_sidecar, unusable
-
-        what = "neuron attribution"
-        tensors, side = load_with_sidecar(
-            path, kind="NeuronAttribution", what=what, required=_TENSORS[:5], allowed=_TENSORS.__contains__
-        )
-        try:
-            layers = side["layers"]
-            if not isinstance(layers, list) or not all(isinstance(x, int) for x in layers):
-                raise TypeError(f"layers is {layers!r}, not a list of ints")
-            result = cls(
-                **tensors,
-                layers=layers,
-                tokens=side.get("tokens", []),
-                meta=side.get("meta", {}),
-                reduce=side.get("reduce", "token"),  # files written before reduce= hold tokens
+    def from_parts(cls, tensors: dict[str, Tensor], info: dict[str, Any]) -> NeuronAttribution:
+        """``Result.from_parts``, checking that ``values`` covers the listed ``layers``."""
+        result = super().from_parts(tensors, info)
+        if result.values.shape[1] != len(result.layers):
+            raise ValueError(
+                f"values has {result.values.shape[1]} layers but the sidecar lists {result.layers}"
             )
-            if result.values.shape[1] != len(layers):
-                raise ValueError(f"values has {result.values.shape[1]} layers but the sidecar lists {layers}")
-        except (KeyError, TypeError, ValueError) as exc:  # InputError is a ValueError
-            raise unusable(path, what, f"its contents do not make one ({type(exc).__name__}: {exc})") from exc
         return result

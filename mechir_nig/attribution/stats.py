@@ -15,17 +15,17 @@ Example:
 
 from __future__ import annotations
 
-import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechir_nig.errors import CheckpointError, InputError
+from mechir_nig.errors import InputError
+from mechir_nig.results import Result
 
 LABELS = ("relevant", "nonrelevant")
 GROUP_AXIS = ("cls", "query", "sep", "doc", "all")
@@ -34,7 +34,7 @@ SCHEMES = ("relevant", "nonrelevant", "difference", "abs_mean", "mean_abs")
 
 
 @dataclass
-class CollectionAttribution:
+class CollectionAttribution(Result):
     """Running NIG statistics of a collection, per label.
 
     Shapes:
@@ -209,13 +209,23 @@ class CollectionAttribution:
             n_done=self.n_done + other.n_done,
         )
 
-    # -- persistence -------------------------------------------------------------------------------
-    def state(self) -> tuple[dict[str, Tensor], dict[str, str]]:
-        tensors = {}
-        for label in LABELS:
-            tensors[f"{label}.sum"] = self.sums[label].contiguous()
-            tensors[f"{label}.sum_sq"] = self.sums_sq[label].contiguous()
-            tensors[f"{label}.sum_abs"] = self.sums_abs[label].contiguous()
+    # -- persistence (``mechir_nig.results.Result``: save, load) -------------------------------------
+    KIND = "CollectionAttribution"
+    WHAT = "collection attribution"
+    LAYOUT = "checkpoint"  # one self-contained file (a checkpoint); path.json is a readable copy
+    FIX = (
+        "Nothing can be resumed from it: delete it (or move it away) to start over, or pass another "
+        "checkpoint= path"
+    )
+    _SUMS = (("sums", "sum"), ("sums_sq", "sum_sq"), ("sums_abs", "sum_abs"))  # field, tensor suffix
+
+    def to_parts(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The sums as ``<label>.sum``, ``<label>.sum_sq``, ``<label>.sum_abs``; the rest as JSON."""
+        tensors = {
+            f"{label}.{suffix}": getattr(self, name)[label].contiguous().cpu()
+            for label in LABELS
+            for name, suffix in self._SUMS
+        }
         info = {
             "layers": self.layers,
             "n_layers": self.n_layers,
@@ -224,78 +234,35 @@ class CollectionAttribution:
             "n_done": self.n_done,
             "meta": self.meta,
         }
-        return tensors, {"mechir_nig": json.dumps(info)}
-
-    def save(self, path: str | Path) -> Path:
-        """Write atomically: a per-process temporary file renamed over ``path`` (and a readable
-        ``path.json``). The metadata holds a sha256 checksum of the statistics, verified by ``load``."""
-        from safetensors.torch import save_file
-
-        from mechir_nig._io import atomic_write
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors, metadata = self.state()
-        metadata["sha256"] = _checksum(tensors, metadata["mechir_nig"])
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-        side = path.with_name(path.name + ".json")
-        text = json.dumps(json.loads(metadata["mechir_nig"]), indent=1)
-        atomic_write(side, lambda tmp: tmp.write_text(text))
-        return path
+        return tensors, info
 
     @classmethod
-    def load(cls, path: str | Path) -> CollectionAttribution:
-        """Read a file written by ``save``; refuse (``CheckpointError`` naming the file) one that is
-        truncated, corrupt (checksum mismatch) or not a collection attribution."""
-        from mechir_nig._io import read_safetensors, unusable, verify_checksum
+    def tensor_names(cls) -> tuple[set[str], Callable[[str], bool]]:
+        """Every label's sums and sums of squares; its sums of absolute values (absent in files written
+        before they existed)."""
+        return {
+            f"{lab}.{s}" for lab in LABELS for s in ("sum", "sum_sq")
+        }, lambda n: n in {f"{lab}.sum_abs" for lab in LABELS}
 
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"no collection attribution at {path}")
-        what = "collection attribution"
-        fix = (
-            "Nothing can be resumed from it: delete it (or move it away) to start over, or pass another "
-            "checkpoint= path"
-        )
-
-        def refuse(why: str) -> CheckpointError:
-            return unusable(path, what, why, fix)
-
-        tensors, metadata = read_safetensors(path, what, fix)
-        raw = metadata.get("mechir_nig")
-        if raw is None:
-            raise refuse("a safetensors file without mechir_nig metadata (another program's file?)")
-        try:
-            info = json.loads(raw)
-            layers, n_layers, d_mlp = list(info["layers"]), int(info["n_layers"]), int(info["d_mlp"])
-            counts = {lab: int(info["counts"][lab]) for lab in LABELS}
-            n_done, meta = int(info["n_done"]), info["meta"]
-            if not isinstance(meta, dict):
-                raise TypeError("meta is not a mapping")
-        except (ValueError, TypeError, KeyError) as exc:
-            raise refuse(f"its mechir_nig metadata is malformed ({type(exc).__name__}: {exc})") from exc
+    @classmethod
+    def from_parts(cls, tensors: dict[str, Tensor], info: dict[str, Any]) -> CollectionAttribution:
+        """The statistics of ``to_parts``' pieces, checking each sum is float64 ``[layer, group, d_mlp]``."""
+        layers, d_mlp = [int(x) for x in info["layers"]], int(info["d_mlp"])
         shape = (len(layers), len(GROUP_AXIS), d_mlp)
-        for lab in LABELS:
-            for kind in ("sum", "sum_sq", "sum_abs"):
-                t = tensors.get(f"{lab}.{kind}")
-                if t is None and kind == "sum_abs":
-                    continue  # files written before sums_abs existed
-                if t is None or tuple(t.shape) != shape or t.dtype != torch.float64:
-                    found = "missing" if t is None else f"{t.dtype} {tuple(t.shape)}"
-                    raise refuse(f"tensor {lab}.{kind} is {found}, expected float64 {shape}")
-        verify_checksum(
-            path, metadata.get("sha256"), tensors, raw, _KIND, what=what, contents="statistics", fix=fix
-        )
+        for name, t in tensors.items():
+            if tuple(t.shape) != shape or t.dtype != torch.float64:
+                raise ValueError(f"tensor {name} is {t.dtype} {tuple(t.shape)}, expected float64 {shape}")
         return cls(
             layers=layers,
-            n_layers=n_layers,
+            n_layers=int(info["n_layers"]),
             d_mlp=d_mlp,
-            sums={lab: tensors[f"{lab}.sum"] for lab in LABELS},
-            sums_sq={lab: tensors[f"{lab}.sum_sq"] for lab in LABELS},
-            sums_abs={lab: tensors[f"{lab}.sum_abs"] for lab in LABELS if f"{lab}.sum_abs" in tensors},
-            counts=counts,
-            meta=meta,
-            n_done=n_done,
+            **{
+                name: {lab: tensors[f"{lab}.{suffix}"] for lab in LABELS if f"{lab}.{suffix}" in tensors}
+                for name, suffix in cls._SUMS
+            },
+            counts={lab: int(info["counts"][lab]) for lab in LABELS},
+            meta=info["meta"],
+            n_done=int(info["n_done"]),
         )
 
     def __repr__(self) -> str:
@@ -303,16 +270,6 @@ class CollectionAttribution:
             f"CollectionAttribution(layers={self.layers}, counts={self.counts}, n_done={self.n_done}, "
             f"collection={self.meta.get('collection')!r})"
         )
-
-
-_KIND = "CollectionAttribution"
-
-
-def _checksum(tensors: dict[str, Tensor], info: str) -> str:
-    """sha256 over the metadata text and, in name order, each tensor's name, dtype, shape and bytes."""
-    from mechir_nig._io import checksum
-
-    return checksum(tensors, info, _KIND)
 
 
 def top_neurons(

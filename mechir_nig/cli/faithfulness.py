@@ -115,20 +115,15 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         curve={m: v for r in parts for m, v in r.curve.items()},
         settings={**first.settings, "interventions": list(args.interventions), "seed": args.seed},
     )
-    data = result.to_dict()
-    data["pairs"] = [{"query_id": p.query_id, "doc_id": p.doc_id} for p in pairs]
-    data["neurons"] = result.neurons.tolist()
-    data["drops"] = {m: v.tolist() for m, v in result.drops.items()}
+    used = [{"query_id": p.query_id, "doc_id": p.doc_id} for p in pairs]
     out = s.path("faithfulness")
-    from mechir_nig.cli._common import write_json
-
     if s.main:  # faithfulness() shards the pairs and gathers the result on every rank
-        write_json(out, data)
+        result.save(out, extra={"pairs": used})  # checksummed; the pairs beside it
     s.wrote(out)
     for mode, rho in result.spearman.items():
         cells = ", ".join(f"{name} {value:+.3f}" for name, value in rho.items())
         s.say(f"{mode:8s} Spearman with the single-neuron drops: {cells}")
     s.say(f"wrote {out}")
     summary = {"pairs": len(pairs), "spearman": result.spearman}
-    s.record({"pairs_used": data["pairs"]}, summary)
+    s.record({"pairs_used": used}, summary)
     return summary

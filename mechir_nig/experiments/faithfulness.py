@@ -19,10 +19,8 @@ carrying its own ``[n_layers, d_mlp]`` mask, written by the intervention engine
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +29,7 @@ from torch import Tensor
 from mechir_nig._validate import check_int
 from mechir_nig.errors import InputError
 from mechir_nig.models.tokenization import PAD
+from mechir_nig.results import Result
 from mechir_nig.sites import hook_name
 
 __all__ = ["FaithfulnessResult", "faithfulness", "masked_scores", "single_neuron_effects"]
@@ -157,13 +156,14 @@ def _act_grad(model: Any, batch: Any, other: Tensor | None) -> tuple[Tensor, Ten
 
 
 @dataclass
-class FaithfulnessResult:
+class FaithfulnessResult(Result):
     """Spearman correlations (mean over pairs, per intervention and predictor) and the cumulative curve.
 
     ``spearman[mode][predictor]``: mean over pairs; ``per_pair[mode][predictor]``: ``[B]``;
     ``drops[mode]``: ``[B, k]`` single-neuron drops of ``neurons`` ``[B, k, 2]``;
     ``curve[mode]``: ``{"nig": [K], "random": [K], "random_std": [K]}`` mean score drop per ``k``.
-    ``save``/``load`` keep it as JSON (``faithfulness.json``, the command line's file, loads too).
+    ``save``/``load`` keep it as one checksummed JSON file (``faithfulness.json``: the fields, the
+    tensors as nested lists with their dtypes and shapes under ``tensors``; ``mechir_nig.results``).
 
     Example:
         >>> faith = faithfulness(ce, queries, docs, k=10, interventions=("baseline",))  # doctest: +SKIP
@@ -190,69 +190,19 @@ class FaithfulnessResult:
             "settings": self.settings,
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write the result as JSON, atomically: ``to_dict()`` and the tensors ``neurons`` ``[B, k, 2]``
-        and ``drops`` ``{mode: [B, k]}`` as nested lists, with their dtypes and shapes under ``tensors``
-        (the layout of the command line's ``faithfulness.json``, which ``mechir_nig.report`` reads).
-
-        Example:
-            >>> faith.save("faithfulness.json")  # doctest: +SKIP
-        """
-        from mechir_nig._io import atomic_write
-
-        path = Path(path)
-        data = self.to_dict() | {
-            "neurons": self.neurons.tolist(),
-            "drops": {m: v.tolist() for m, v in self.drops.items()},
-            "tensors": {
-                "neurons": _layout(self.neurons),
-                "drops": {m: _layout(v) for m, v in self.drops.items()},
-            },
-        }
-        text = json.dumps(data, indent=1)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    # -- persistence (``mechir_nig.results.Result``: save, load) -------------------------------------
+    KIND = "FaithfulnessResult"
+    WHAT = "faithfulness result"
+    LAYOUT = "json"  # the command line's faithfulness.json
+    JSON_DTYPES = {"neurons": torch.long, "drops": torch.float64}  # files without recorded dtypes
 
     @classmethod
-    def load(cls, path: str | Path) -> FaithfulnessResult:
-        """Read a result written by ``save``, or the command line's ``faithfulness.json`` (its extra keys,
-        e.g. ``pairs``, are ignored; tensors without a recorded dtype are int64 ``neurons`` and float64
-        ``drops``, what ``faithfulness`` returns). A file of ``to_dict()`` alone loads with no
-        ``neurons`` (``[0, k, 2]``) and no ``drops``.
-
-        Raises:
-            InputError: ``path`` does not exist.
-            CheckpointError: naming the file and what to do, when it is not JSON (truncated, random
-                bytes), lacks a field or holds one of another type (another program's file), or its
-                ``neurons`` / ``drops`` are not rectangular numbers of the recorded shape.
-
-        Example:
-            >>> back = FaithfulnessResult.load("faithfulness.json")  # doctest: +SKIP
-            >>> back.drops["baseline"].shape  # [B, k]  # doctest: +SKIP
-        """
-        from mechir_nig._io import read_json_result, unusable
-
-        what = "faithfulness result"
-        d = read_json_result(
-            path, what, {"k": int, "spearman": dict, "per_pair": dict, "curve": dict, "settings": dict}
-        )
-        try:
-            layout = d.get("tensors") or {}
-            k = d["k"]
-            neurons = _tensor(d.get("neurons", []), layout.get("neurons"), torch.long, (0, k, 2))
-            drops_in, drops_layout = d.get("drops") or {}, layout.get("drops") or {}
-            drops = {m: _tensor(v, drops_layout.get(m), torch.float64, None) for m, v in drops_in.items()}
-        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
-            raise unusable(path, what, f"its tensors are malformed ({type(exc).__name__}: {exc})") from exc
-        return cls(
-            k=k,
-            spearman=d["spearman"],
-            per_pair=d["per_pair"],
-            neurons=neurons,
-            drops=drops,
-            curve=d["curve"],
-            settings=d["settings"],
-        )
+    def from_parts(cls, tensors: dict[str, Tensor], info: dict[str, Any]) -> FaithfulnessResult:
+        """``Result.from_parts``; a file without ``neurons`` (``to_dict()`` alone) has ``[0, k, 2]``."""
+        neurons = tensors.get("neurons")
+        if neurons is None or (neurons.numel() == 0 and neurons.ndim == 1):  # no shape recorded
+            tensors = tensors | {"neurons": torch.zeros(0, info["k"], 2, dtype=torch.long)}
+        return super().from_parts(tensors, info)
 
     def plot(self, kind: str | None = None, **kw: Any) -> Any:
         """A plotly figure of this result (``mechir_nig.plotting.plot``); ``kind``: ``"curves"`` (default) or
@@ -264,32 +214,6 @@ class FaithfulnessResult:
         from mechir_nig.plotting import plot
 
         return plot(self, kind, **kw)
-
-
-def _layout(t: Tensor) -> dict[str, Any]:
-    """The dtype and shape of ``t`` (what JSON's nested lists lose), e.g. ``{"dtype": "int64", "shape": [2, 3, 2]}``."""
-    return {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
-
-
-def _tensor(values: Any, layout: Any, dtype: torch.dtype, empty: tuple[int, ...] | None) -> Tensor:
-    """The tensor of nested lists ``values`` with ``layout`` (``_layout``) or, without one, ``dtype``;
-    an empty one takes the shape ``empty`` when no shape was recorded. ``TypeError``/``ValueError``
-    when ``values`` is not rectangular numbers of the recorded shape."""
-    if layout is not None:
-        name = layout["dtype"]
-        found = getattr(torch, name, None) if isinstance(name, str) else None
-        if not isinstance(found, torch.dtype):
-            raise ValueError(f"unknown dtype {name!r}")
-        dtype = found
-    if not isinstance(values, list):
-        raise TypeError(f"expected nested lists, got a {type(values).__name__}")
-    t = torch.tensor(values, dtype=dtype)
-    if layout is not None:
-        shape = tuple(int(n) for n in layout["shape"])
-        if t.numel() != 0 and tuple(t.shape) != shape:
-            raise ValueError(f"the values have shape {tuple(t.shape)}, the recorded shape is {shape}")
-        return t.reshape(shape)
-    return t.reshape(empty) if empty is not None and t.numel() == 0 else t
 
 
 def _per_neuron_nig(

@@ -27,12 +27,10 @@ Example:
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +38,7 @@ from torch import Tensor
 
 from mechir_nig._validate import check_int
 from mechir_nig.errors import InputError
+from mechir_nig.results import Result
 from mechir_nig.sets.components import ComponentSet, NeuronSet
 
 __all__ = ["CONDITIONS", "PruningResult", "pruning_study", "split_queries"]
@@ -67,12 +66,13 @@ def split_queries(
 
 
 @dataclass
-class PruningResult:
+class PruningResult(Result):
     """Effectiveness per (condition, mode, fraction, seed), per query, with the sets and timings.
 
     ``runs``: one record per evaluation, ``{"condition", "mode", "fraction", "seed", "n_neurons",
     measure: mean}``; ``per_query[i]``: ``{query_id: {measure: value}}`` of ``runs[i]``; ``sets``:
-    ``{"condition|fraction|seed": set JSON}``. ``save``/``load`` keep it as JSON (``pruning.json``).
+    ``{"condition|fraction|seed": set JSON}``. ``save``/``load`` keep it as one checksummed JSON file
+    (``pruning.json``; ``mechir_nig.results``).
 
     Example:
         >>> runs = [
@@ -88,6 +88,7 @@ class PruningResult:
         | unpruned | zero | 0 | 0 | 0.7000 | +0.0000 |
         | nig_top | zero | 0.01 | 92 | 0.5500 | +0.1500 |
         >>> import tempfile
+        >>> from pathlib import Path
         >>> path = result.save(Path(tempfile.mkdtemp()) / "pruning.json")
         >>> PruningResult.load(path) == result  # every field, exactly
         True
@@ -139,68 +140,27 @@ class PruningResult:
             "timings": self.timings,
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``to_dict()`` as indented JSON, atomically (a per-process temporary file renamed over
-        ``path``): the command line's ``pruning.json``. ``load`` reads it back.
+    # -- persistence (``mechir_nig.results.Result``: save, load) -------------------------------------
+    KIND = "PruningResult"
+    WHAT = "pruning study"
+    LAYOUT = "json"  # the command line's pruning.json
 
-        Example:
-            >>> result.save("pruning.json")  # doctest: +SKIP
-        """
-        from mechir_nig._io import atomic_write
-
-        path = Path(path)
-        text = json.dumps(self.to_dict(), indent=1)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    def to_parts(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """``to_dict()``: the fields and the ``table`` (recomputed by ``load``)."""
+        return {}, self.to_dict()
 
     @classmethod
-    def load(cls, path: str | Path) -> PruningResult:
-        """Read a file written by ``save`` (e.g. the command line's ``pruning.json``); ``table`` is
-        recomputed from ``runs``, other extra keys are ignored, a missing ``timings`` is ``{}``.
-
-        Raises:
-            InputError: ``path`` does not exist.
-            CheckpointError: naming the file and what to do, when it is not JSON (truncated, random
-                bytes), lacks a field or holds one of another type (another program's file), or its
-                ``runs`` and ``per_query`` do not match.
-
-        Example:
-            >>> back = PruningResult.load("pruning.json")  # doctest: +SKIP
-            >>> print(back.to_markdown())  # doctest: +SKIP
-        """
-        from mechir_nig._io import read_json_result, unusable
-
-        what = "pruning study"
-        fields = {
-            "measures": list,
-            "runs": list,
-            "per_query": list,
-            "sets": dict,
-            "select_queries": list,
-            "eval_queries": list,
-            "settings": dict,
-        }
-        d = read_json_result(path, what, fields)
-        timings = d.get("timings") or {}
-        if not isinstance(timings, dict):
-            raise unusable(path, what, f"its field 'timings' is a {type(timings).__name__}, expected dict")
-        runs, per_query = d["runs"], d["per_query"]
+    def from_parts(cls, tensors: dict[str, Tensor], info: dict[str, Any]) -> PruningResult:
+        """``Result.from_parts`` checking that ``runs`` and ``per_query`` match (``table`` and other extra
+        keys are ignored)."""
+        runs, per_query = info["runs"], info["per_query"]
         if not all(isinstance(r, dict) for r in runs) or not all(isinstance(q, dict) for q in per_query):
-            raise unusable(path, what, "its runs and per_query must be lists of JSON objects")
+            raise TypeError("its runs and per_query must be lists of JSON objects")
         if len(runs) != len(per_query):
-            raise unusable(
-                path, what, f"it holds {len(runs)} runs but {len(per_query)} per_query records (one per run)"
+            raise ValueError(
+                f"it holds {len(runs)} runs but {len(per_query)} per_query records (one per run)"
             )
-        return cls(
-            d["measures"],
-            runs,
-            per_query,
-            d["sets"],
-            d["select_queries"],
-            d["eval_queries"],
-            d["settings"],
-            timings,
-        )
+        return super().from_parts(tensors, info | {"timings": info.get("timings") or {}})
 
     def plot(self, kind: str | None = None, **kw: Any) -> Any:
         """A plotly figure of this result (``mechir_nig.plotting.plot``); ``kind``: ``"curves"`` (default);

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,7 +48,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechir_nig._validate import check_choice, check_int
-from mechir_nig.errors import CheckpointError, InputError
+from mechir_nig.errors import InputError
 from mechir_nig.interventions.engine import (
     Baseline,
     Engine,
@@ -62,6 +61,7 @@ from mechir_nig.interventions.engine import (
     is_batch,
 )
 from mechir_nig.models.tokenization import PAD
+from mechir_nig.results import Result
 from mechir_nig.sets.components import ComponentSet
 from mechir_nig.sites import hook_name, site
 
@@ -110,13 +110,15 @@ def check_components(model: Any, components: Any) -> ComponentSet:
 
 # -- reference activations ---------------------------------------------------------------------------------
 @dataclass
-class AblationReference:
+class AblationReference(Result):
     """Token-mean activations of reference inputs at every ``mlp.hook_post`` and ``attn.hook_z``.
 
     ``per_input[name]`` is ``[n_ref, d_mlp]`` or ``[n_ref, n_heads, d_head]``: the mean over each
     reference input's attended tokens; ``tokens`` ``[n_ref]`` their counts. ``mean(name)`` is the mean
     over all reference tokens (the ``mean`` mode), a row of ``per_input`` the ``resample`` value.
-    Compute once with :meth:`compute`, keep with :meth:`save` / :meth:`load`.
+    Compute once with :meth:`compute`, keep with :meth:`save` / :meth:`load` (safetensors and a JSON
+    sidecar, checksummed: ``mechir_nig.results``; the ``torch.save`` files of earlier versions are
+    refused, saying to compute the reference again).
 
     Example:
         >>> ref = AblationReference(
@@ -215,106 +217,20 @@ class AblationReference:
             model=str(getattr(cfg, "model_name", "")),
         )
 
-    def save(self, path: str | Path) -> Path:
-        """Write the reference with ``torch.save`` (a dict of tensors and numbers), atomically, with a
-        sha256 checksum of its contents that ``load`` verifies.
-
-        Example:
-            >>> ref.save("reference.pt")  # doctest: +SKIP
-        """
-        from mechir_nig._io import TYPE_KEY, atomic_write, checksum
-
-        path = Path(path)
-        tensors, info = _reference_state(
-            self.per_input, self.tokens, self.n_layers, self.d_mlp, self.n_heads, self.model
-        )
-        data = {
-            "per_input": self.per_input,
-            "tokens": self.tokens,
-            "n_layers": self.n_layers,
-            "d_mlp": self.d_mlp,
-            "n_heads": self.n_heads,
-            "model": self.model,
-            TYPE_KEY: "AblationReference",
-            "sha256": checksum(tensors, info, "AblationReference"),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write(path, lambda tmp: torch.save(data, tmp))
+    # -- persistence (``mechir_nig.results.Result``: save, load) -------------------------------------
+    KIND = "AblationReference"
+    WHAT = "ablation reference"
 
     @classmethod
-    def load(cls, path: str | Path) -> AblationReference:
-        """Read a reference written by ``save`` (tensors only: ``torch.load(weights_only=True)``).
-
-        Raises:
-            InputError: ``path`` does not exist.
-            CheckpointError: naming the file and what to do, when torch cannot read it (truncated,
-                random bytes, not a torch file), it is another program's file (not the dict ``save``
-                writes, or per-input activations ``[n_ref, ...]`` that do not match ``tokens`` ``[n_ref]``),
-                or its checksum does not match (damaged after it was written). Files written before
-                checksums existed load with a ``UserWarning``.
-
-        Example:
-            >>> ref = AblationReference.load("reference.pt")  # doctest: +SKIP
-            >>> ref.per_input["blocks.0.mlp.hook_post"].shape  # [n_ref, d_mlp]  # doctest: +SKIP
-        """
-        from mechir_nig._io import TYPE_KEY, unusable, verify_checksum
-
-        path = Path(path)
-        what = "ablation reference"
-        if not path.is_file():
-            raise InputError(
-                f"no {what} at {path}: the file does not exist; pass the path AblationReference.save wrote"
-            )
-        try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-        except OSError as exc:
-            raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
-        except Exception as exc:  # truncated zip, random bytes, a pickle of other objects
-            first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:160]
-            raise unusable(
-                path,
-                what,
-                f"torch cannot read it ({type(exc).__name__}: {first}); it is truncated, corrupt or not a "
-                "file AblationReference.save wrote",
-            ) from exc
-        try:
-            if not isinstance(d, dict):
-                raise TypeError(f"it holds a {type(d).__name__}, not the dict AblationReference.save writes")
-            found = d.get(TYPE_KEY, "AblationReference")
-            if found != "AblationReference":
-                raise TypeError(f"it holds a {found}")
-            per_input, tokens = d["per_input"], d["tokens"]
-            if not isinstance(tokens, Tensor) or tokens.ndim != 1:
-                raise TypeError("tokens is not a [n_ref] tensor")
-            if not isinstance(per_input, dict) or not all(
-                isinstance(t, Tensor) and t.ndim >= 2 and len(t) == len(tokens) for t in per_input.values()
-            ):
-                raise TypeError(f"per_input is not a dict of [n_ref={len(tokens)}, ...] tensors")
-            sizes = {k: d[k] for k in ("n_layers", "d_mlp", "n_heads")}
-            if not all(type(v) is int for v in sizes.values()) or not isinstance(d["model"], str):
-                raise TypeError(
-                    f"n_layers, d_mlp, n_heads are {list(sizes.values())}, model is {d['model']!r}"
-                )
-        except (KeyError, TypeError) as exc:
-            why = f"it lacks {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise unusable(path, what, f"{why} (another program's file?)") from exc
-        args = (per_input, tokens, sizes["n_layers"], sizes["d_mlp"], sizes["n_heads"], d["model"])
-        tensors, info = _reference_state(*args)
-        verify_checksum(path, d.get("sha256"), tensors, info, "AblationReference", what=what)
-        try:
-            return cls(*args)
-        except InputError as exc:  # an empty reference
-            raise unusable(path, what, str(exc)) from exc
-
-
-def _reference_state(
-    per_input: dict[str, Tensor], tokens: Tensor, n_layers: int, d_mlp: int, n_heads: int, model: str
-) -> tuple[dict[str, Tensor], str]:
-    """The tensors and the metadata text an ``AblationReference`` file's checksum covers."""
-    from mechir_nig._io import canonical_json
-
-    tensors = {f"per_input.{n}": t for n, t in per_input.items()} | {"tokens": tokens}
-    return tensors, canonical_json({"n_layers": n_layers, "d_mlp": d_mlp, "n_heads": n_heads, "model": model})
+    def from_parts(cls, tensors: dict[str, Tensor], info: dict[str, Any]) -> AblationReference:
+        """``Result.from_parts`` checking that every ``per_input`` tensor is ``[n_ref, ...]``."""
+        result = super().from_parts(tensors, info)
+        if result.tokens.ndim != 1:
+            raise ValueError(f"tokens is {tuple(result.tokens.shape)}, not [n_ref]")
+        bad = [n for n, t in result.per_input.items() if t.ndim < 2 or len(t) != len(result.tokens)]
+        if bad:
+            raise ValueError(f"per_input {bad[:3]} are not [n_ref={len(result.tokens)}, ...] tensors")
+        return result
 
 
 # -- the interventions --------------------------------------------------------------------------------------

@@ -55,18 +55,17 @@ import functools
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from mechir_nig._io import save_with_sidecar
 from mechir_nig.errors import InputError, NoScoreChangeWarning
 from mechir_nig.interventions.engine import Engine, Intervention, Source
 from mechir_nig.models.precision import check_finite
 from mechir_nig.models.tokenization import PairBatch, TextBatch
+from mechir_nig.results import Result
 from mechir_nig.sites import hook_name
 from mechir_nig.sites import site as site_named
 
@@ -96,7 +95,7 @@ _TOKENS_PER_CHUNK = 65536  # default chunk: rows x positions (bounds the memory 
 
 
 @dataclass
-class PatchingResult:
+class PatchingResult(Result):
     """Patching effects of one or more sites for a batch of aligned pairs.
 
     Shapes:
@@ -106,6 +105,10 @@ class PatchingResult:
         base_scores / source_scores / clean_scores / corrupted_scores: ``[batch]``.
         base_mask: ``[batch, pos]`` attention mask of the run patched into; changed: ``[batch, pos]``.
         clean_tokens / corrupted_tokens: aligned token strings (``""`` at masked slots and padding).
+
+    ``save(path)`` writes the tensors to ``path`` (safetensors: ``values.<site>``, ``patched.<site>``,
+    scores, masks) and the rest to the sidecar ``path.json``, checksummed; ``load(path)`` reads them back
+    exactly and refuses a damaged or foreign file (``mechir_nig.results``).
 
     Example:
         >>> res = patch(ce, align(ce, queries, docs, tfc1), sites=("resid_pre", "heads"))  # doctest: +SKIP
@@ -177,96 +180,35 @@ class PatchingResult:
 
         return plot(self, kind, **kw)
 
-    # -- persistence -------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write ``path`` (safetensors tensors) and ``path.json`` (sites, layers, tokens, settings), each
-        atomically; the safetensors metadata holds a sha256 checksum of both, verified by ``load``.
+    # -- persistence (``mechir_nig.results.Result``: save, load) -------------------------------------
+    KIND = "PatchingResult"
+    WHAT = "patching result"
 
-        Example:
-            >>> res.save("tfc1.safetensors")  # and tfc1.safetensors.json  # doctest: +SKIP
-        """
-        path = Path(path)
-        tensors = {f"values.{k}": v for k, v in self.values.items()}
-        tensors |= {f"patched.{k}": v for k, v in self.patched.items()}
-        for name in ("clean_scores", "corrupted_scores", "base_mask", "groups", "changed"):
-            if getattr(self, name) is not None:
-                tensors[name] = getattr(self, name)
-        tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
-        side = {
-            "sites": self.sites,
-            "layers": self.layers,
-            "direction": self.direction,
-            "metric": self.metric,
-            "eps": self.eps,
-            "clean_tokens": self.clean_tokens,
-            "corrupted_tokens": self.corrupted_tokens,
-            "members": self.members,
-            "meta": self.meta,
-        }
-        return save_with_sidecar(path, tensors, side, kind="PatchingResult")
+    def to_parts(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """``Result.to_parts`` with one ``sites`` list for ``values`` and ``patched``."""
+        tensors, info = super().to_parts()
+        del info["patched"]
+        info["sites"] = info.pop("values")
+        return tensors, info
 
     @classmethod
-    def load(cls, path: str | Path) -> PatchingResult:
-        """Read a result written by ``save`` (``path`` and its sidecar ``path.json``).
-
-        Raises:
-            InputError: ``path`` does not exist.
-            CheckpointError: naming the file and what to do, when it is truncated or corrupt (safetensors
-                cannot read it), another program's file (other tensor names) or another result's
-                (``NeuronAttribution.save``), its sidecar ``path.json`` is missing, not JSON or does not
-                match the tensors, or the checksum does not match (damaged after it was written). Files
-                written before checksums existed load with a ``UserWarning``.
-
-        Example:
-            >>> back = PatchingResult.load("tfc1.safetensors")  # doctest: +SKIP
-            >>> back["heads"].shape  # [batch, layer, n_heads], as saved  # doctest: +SKIP
-        """
-        from mechir_nig._io import load_with_sidecar, unusable
-
-        what = "patching result"
-        fixed = ("clean_scores", "corrupted_scores", "base_mask", "groups")
-        t, side = load_with_sidecar(
-            path,
-            kind="PatchingResult",
-            what=what,
-            required=fixed,
-            allowed=lambda n: n == "changed" or n.startswith(("values.", "patched.")),
-        )
-        try:
-            sites = side["sites"]
-            if not isinstance(sites, list) or not all(isinstance(k, str) for k in sites):
-                raise TypeError(f"sites is {sites!r}, not a list of names")
-            held = {n for n in t if n.startswith(("values.", "patched."))}
-            listed = {f"{part}.{k}" for k in sites for part in ("values", "patched")}
-            if held != listed:
-                raise ValueError(
-                    f"the sidecar lists the sites {sites} but the file holds the tensors {sorted(held)}"
-                )
-            direction, metric = side["direction"], side["metric"]
-            if direction not in DIRECTIONS or metric not in METRICS:
-                raise ValueError(
-                    f"direction {direction!r} / metric {metric!r} is not one of {DIRECTIONS} / {METRICS}"
-                )
-            result = cls(
-                values={k: t[f"values.{k}"] for k in sites},
-                patched={k: t[f"patched.{k}"] for k in sites},
-                clean_scores=t["clean_scores"],
-                corrupted_scores=t["corrupted_scores"],
-                base_mask=t["base_mask"],
-                groups=t["groups"],
-                changed=t.get("changed"),
-                layers=list(side["layers"]),
-                direction=direction,
-                metric=metric,
-                eps=float(side["eps"]),
-                clean_tokens=side.get("clean_tokens", []),
-                corrupted_tokens=side.get("corrupted_tokens", []),
-                members=[(int(m[0]), int(m[1])) for m in side.get("members", [])],
-                meta=side.get("meta", {}),
+    def from_parts(cls, tensors: dict[str, Tensor], info: dict[str, Any]) -> PatchingResult:
+        """``Result.from_parts`` checking ``sites``, ``direction`` and ``metric``; ``members`` as tuples."""
+        sites = info["sites"]
+        if not isinstance(sites, list) or not all(isinstance(k, str) for k in sites):
+            raise TypeError(f"sites is {sites!r}, not a list of names")
+        if info["direction"] not in DIRECTIONS or info["metric"] not in METRICS:
+            raise ValueError(
+                f"direction {info['direction']!r} / metric {info['metric']!r} is not one of {DIRECTIONS} / "
+                f"{METRICS}"
             )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise unusable(path, what, f"its contents do not make one ({type(exc).__name__}: {exc})") from exc
-        return result
+        info = info | {
+            "values": sites,
+            "patched": sites,
+            "eps": float(info["eps"]),
+            "members": [(int(m[0]), int(m[1])) for m in info.get("members", [])],
+        }
+        return super().from_parts(tensors, info)
 
 
 def _bcast(scores: Tensor, like: Tensor) -> Tensor:
