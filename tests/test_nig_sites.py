@@ -271,3 +271,18 @@ def test_attribute_collection_options(tiny_ce, pairs):
     same = attribute_collection(tiny_ce, pairs, n_steps=2, batch_size=2, progress=False, target=score)
     assert seen == set(range(len(pairs))) and same.meta["target"].endswith("score")
     assert torch.equal(plain.sums["relevant"], same.sums["relevant"])
+
+
+def test_cli_attribute_auto_steps(tiny_ce_dir, tmp_path, capsys):
+    from mechir_nig.cli import main
+
+    out = tmp_path / "results"
+    argv = ["attribute", "--model", str(tiny_ce_dir), "--collection", "embedded", "--out", str(out)]
+    argv += ["--no-progress", "--max-relevant", "1", "--max-nonrelevant", "1", "--layers", "1"]
+    assert main([*argv, "--n-steps", "8", "--tol", "0.1"]) == 2
+    assert "apply only to --n-steps auto" in capsys.readouterr().err
+    assert main([*argv, "--n-steps", "auto", "--min-steps", "2", "--max-steps", "8", "--tol", "0.05"]) == 0
+    assert "steps per pair (auto)" in capsys.readouterr().out
+    stats = CollectionAttribution.load(out / "attribution.safetensors")
+    steps = stats.n_steps_used()
+    assert stats.meta["n_steps"] == "auto" and len(steps) == stats.n_done and bool((steps >= 2).all())

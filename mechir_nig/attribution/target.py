@@ -49,6 +49,15 @@ class TargetArgs:
         other: bi-encoder: the fixed side's embedding of each row ``[rows, d_model]``; else ``None``.
         pair: the index of each row's pair in the queries/docs (or pairs) given to the call, so per-pair
             data (a negative document's score or embedding) is looked up as ``data[t.pair]``.
+
+    Shapes:
+        ``score``, ``pair``: ``[rows]``; ``output``: ``[rows, n_labels]`` or ``[rows, d_model]``;
+        ``other``: ``[rows, d_model]``.
+
+    Example:
+        >>> t = TargetArgs(torch.tensor([1.0]), torch.tensor([[0.2, 0.7]]), None, torch.tensor([0]))
+        >>> (t.output[:, 1] - t.output[:, 0]).tolist()  # a 2-label model's logit margin as the target
+        [0.5]
     """
 
     score: Float[Tensor, " rows"]
