@@ -286,3 +286,20 @@ def test_cli_attribute_auto_steps(tiny_ce_dir, tmp_path, capsys):
     stats = CollectionAttribution.load(out / "attribution.safetensors")
     steps = stats.n_steps_used()
     assert stats.meta["n_steps"] == "auto" and len(steps) == stats.n_done and bool((steps >= 2).all())
+
+
+def test_step_records_merge():
+    """Parts of one pair list (a sharded run) take the union; two pair lists are concatenated."""
+
+    def part(fp, idx, steps, n):
+        s = CollectionAttribution(layers=[0], n_layers=1, d_mlp=2, meta={"pairs_fingerprint": fp})
+        s.record_steps(idx, steps, n)
+        s.n_done = len(idx)
+        return s
+
+    a, b = part("x", [0, 2], [8, 16], 3), part("x", [1], [32], 3)
+    assert a.merge(b).n_steps_used().tolist() == [8, 32, 16]
+    c = part("y", [0], [4], 1)
+    assert a.merge(c).n_steps_used().tolist() == [8, -1, 16, 4]
+    a.merge_steps([a.meta["n_steps_used"], None, b.meta["n_steps_used"]])
+    assert a.n_steps_used().tolist() == [8, 32, 16]
