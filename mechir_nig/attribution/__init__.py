@@ -1,4 +1,4 @@
-"""Neuron Integrated Gradients (Vast et al., ICTIR 2024) and its result object."""
+"""Neuron Integrated Gradients (Vast et al., ICTIR 2024): its options (``NIGSettings``), targets and result."""
 
 from mechir_nig.attribution.baselines import BASELINES, baseline_embeddings
 from mechir_nig.attribution.neurons import NeuronSet, overlap_report, rank_fusion, select_top
@@ -10,6 +10,8 @@ from mechir_nig.attribution.nig import (
 )
 from mechir_nig.attribution.result import NeuronAttribution
 from mechir_nig.attribution.rules import RULES, alphas
+from mechir_nig.attribution.settings import NIGSettings
+from mechir_nig.attribution.target import TargetArgs
 
 __all__ = [
     "BASELINES",
@@ -17,8 +19,10 @@ __all__ = [
     "ConvergenceWarning",
     "NeuronAttribution",
     "NeuronIntegratedGradients",
+    "NIGSettings",
     "NeuronSet",
     "RULES",
+    "TargetArgs",
     "alphas",
     "baseline_embeddings",
     "neuron_integrated_gradients",

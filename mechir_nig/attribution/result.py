@@ -46,6 +46,11 @@ class NeuronAttribution(Result):
         convergence_delta: ``[batch]`` — summed input-level IG minus ``F(x) − F(x')`` (when asked, and
             always with ``n_steps="auto"``).
         n_steps_used: ``[batch]`` — intervals of each pair's grid (all equal unless ``n_steps="auto"``).
+        site_values: every attributed site (``NIGSettings.sites``, canonical ``mechir_nig.sites`` names) to
+            its values, reduced like ``values``, with the site's units last: ``mlp_post`` (``values``
+            itself) ``d_mlp``, ``z`` (``head_values``) ``n_heads``, residual-stream sites none (one value
+            per position), e.g. ``site_values["resid_pre"]``: ``[batch, layer, pos]``. ``values`` is
+            ``[..., 0]`` (no neurons) when ``mlp_post`` was not asked for.
         point_scores: ``[batch, points]`` — ``F`` at each point of the pair's grid (``n_steps="auto"``:
             NaN after the pair's ``n_steps_used + 1`` points).
         groups / input_ids: ``[batch, pos]`` (kept for every ``reduce``: they are small).
@@ -82,6 +87,7 @@ class NeuronAttribution(Result):
     truncated: Tensor | None = None  # [batch] bool: documents cut to max_length (reported, never silent)
     reduce: str = "token"
     n_steps_used: Int[Tensor, " batch"] | None = None
+    site_values: Any = field(default_factory=dict)  # dict: site name -> Tensor (Any: load passes **tensors)
 
     def __post_init__(self) -> None:
         if self.reduce not in REDUCED:
@@ -126,6 +132,23 @@ class NeuronAttribution(Result):
         """Sum over tokens (padding excluded): one NIG value per pair, layer and neuron."""
         return self._summed(self.values)
 
+    def site(self, name: str) -> Tensor:
+        """The values of site ``name`` (a ``mechir_nig.sites`` name or alias), as attributed.
+
+        Example:
+            >>> attr = neuron_integrated_gradients(ce, qs, ds, sites=("resid_pre",))  # doctest: +SKIP
+            >>> attr.site("resid_pre").shape  # [batch, layer, pos]  # doctest: +SKIP
+        """
+        from mechir_nig.sites import site
+
+        canonical = site(name).name
+        if canonical not in self.site_values:
+            raise InputError(
+                f"site {canonical!r} was not attributed (this result has {sorted(self.site_values)}); "
+                f"attribute with sites=(..., {canonical!r})"
+            )
+        return self.site_values[canonical]
+
     def per_head(self) -> Float[Tensor, "batch layer n_heads"]:
         """Head conductance summed over tokens (padding excluded)."""
         if self.head_values is None:
@@ -151,6 +174,7 @@ class NeuronAttribution(Result):
             self.values = self.values[:, :, perm]
             if self.head_values is not None:
                 self.head_values = self.head_values[:, :, perm]
+            self.site_values = {k: v[:, :, perm] for k, v in self.site_values.items()}
 
     def top_neurons(self, k: int = 10, *, pair: int | None = None) -> list[tuple[int, int, float]]:
         """The ``k`` (layer, neuron, value) with the largest NIG, for one pair or summed over pairs."""

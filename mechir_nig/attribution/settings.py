@@ -1,15 +1,15 @@
-"""``NIGSettings``: the NIG options of a collection run, in one place, and the fingerprint of a run.
+"""``NIGSettings``: every NIG option in one place, and the fingerprint of a run.
 
-The same object configures ``attribute_collection``, ``split_half_stability`` and the CLI, is recorded
+The same object configures ``neuron_integrated_gradients``, ``attribute_collection``, ``split_half_stability`` and the CLI, is recorded
 in a checkpoint, and decides whether a checkpoint may be resumed: a run continues only with the same
 settings, the same pairs and the same model — identified by a hash of its config and weights, not by
 its name, so a different model saved under the same name is refused and the same weights under another
 path are accepted.
 
 Example:
-    >>> s = NIGSettings(n_steps=32, layers=[4, 5])
-    >>> s.nig_kwargs()["n_steps"]
-    32
+    >>> s = NIGSettings(n_steps="auto", tol=0.02, layers=[4, 5], reduce="group")
+    >>> s.nig_kwargs()["n_steps"], s.record()["tol"]
+    ('auto', 0.02)
 """
 
 from __future__ import annotations
@@ -17,93 +17,252 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
+from mechir_nig._validate import check_int
+from mechir_nig.attribution.target import Target, target_name
 from mechir_nig.errors import InputError
+from mechir_nig.sites import SITES, site
+
+if TYPE_CHECKING:
+    from mechir_nig.attribution.nig.auto import AutoSteps
+
+DEFAULT_WINDOW_TOKENS = 8192
+"""Default window: ``max(1, 8192 // longest_pair)`` points (bounded memory, large enough GEMMs)."""
 
 
 @dataclass(frozen=True)
 class NIGSettings:
-    """NIG options shared by collection runs (see ``neuron_integrated_gradients`` for each one).
+    """Every NIG option, in one object (``neuron_integrated_gradients``, ``attribute_collection``, the CLI).
+
+    Construction only normalises (sequences become tuples); ``checked(model)`` validates every field
+    against a model, and ``resolved(model)`` does so for a collection run (a baseline name, MLP neurons).
 
     Attributes:
-        n_steps: intervals of the integration rule (``n_steps + 1`` points).
-        baseline: a baseline name (``baselines.BASELINES``); tensors are per batch and belong to the
-            NIG API, not to a collection run.
-        method: the integration rule (``rules.RULES``).
+        n_steps: intervals of the integration rule (``n_steps + 1`` points), or ``"auto"``: per pair,
+            trapezoid grids doubled from ``min_steps`` until ``|convergence_delta| <= tol · |F(x) − F(x')|``
+            (at most ``max_steps``); the steps used are in ``attr.n_steps_used``.
+        baseline: a name in ``baselines.BASELINES`` or a ``[batch, pos, d_model]`` tensor (the NIG API only).
+        method: the integration rule (``rules.RULES``); ``"auto"`` needs ``riemann_trapezoid``.
         layers: layers to attribute (``None``: all).
-        side: bi-encoders only: the interpolated side (``"doc"`` or ``"query"``).
+        sites: the activations attributed, names of ``mechir_nig.sites`` (any site whose activation is
+            ``[batch, pos, ...]``): ``"mlp_post"`` (MLP neurons, the default), ``"z"`` (attention heads),
+            ``"resid_pre"``, ``"resid_mid"``, ``"resid_post"``, ``"attn_out"``, ``"mlp_out"``, ``"mlp_pre"``,
+            ``"q"``/``"k"``/``"v"``. Each is summed to its units (neurons, heads, or positions for the
+            residual-stream sites).
+        heads: shorthand for adding ``"z"`` to ``sites``.
+        reduce: what a result holds per (pair, layer): ``"token"``, ``"group"`` (cls/query/sep/doc sums)
+            or ``"neuron"`` (summed over tokens). A collection run always sums per group.
+        side: bi-encoders only: the interpolated side (``"doc"``, default, or ``"query"``).
         max_length: tokens per input (``None``: the model's).
-        internal_batch_size: points per forward/backward (memory only: never changes results, so it is
-            not part of the fingerprint).
+        internal_batch_size: points per forward/backward window (memory only: never changes results).
+        window_tokens: without ``internal_batch_size``, a window holds ``window_tokens // longest pair``
+            points (memory only).
+        return_convergence_delta: also integrate the input gradient for the completeness check (always on
+            with ``n_steps="auto"``).
+        progress: a progress bar over windows.
+        tol: ``"auto"``: the completeness target, a fraction of ``|F(x) − F(x')|`` (default 0.01).
+        min_steps: ``"auto"``: the first, coarsest grid (default 8).
+        max_steps: ``"auto"``: the cap, ``min_steps`` times a power of 2 (default 512).
+        reuse_bytes: ``"auto"``: memory for reusing computed points when refining (default 2 GiB; memory
+            only).
+        target: a callable ``target(t: TargetArgs) -> [rows]`` attributing another score than ``F``, e.g.
+            a pairwise margin ``lambda t: t.score - negatives[t.pair]`` (``mechir_nig.attribution.nig.target``).
 
     Example:
         >>> s = NIGSettings(n_steps=16, layers=[4, 5], internal_batch_size=64)
         >>> s.layers  # stored as a tuple (hashable)
         (4, 5)
-        >>> sorted(s.record())  # what identifies the results: no internal_batch_size
+        >>> sorted(s.record())  # what identifies the results: no memory-only option
         ['baseline', 'layers', 'max_length', 'method', 'n_steps', 'side']
+        >>> NIGSettings(heads=True).site_names()
+        ('mlp_post', 'z')
+        >>> NIGSettings(sites=["resid_pre", "head"]).site_names()  # aliases become canonical names
+        ('resid_pre', 'z')
         >>> s.resolved(ce).max_length  # validated for a model  # doctest: +SKIP
         512
     """
 
-    n_steps: int = 32
-    baseline: str = "pad"
+    n_steps: int | str = 50
+    baseline: str | Tensor = "pad"
     method: str = "riemann_trapezoid"
     layers: Sequence[int] | None = None
+    sites: Sequence[str] = ("mlp_post",)
+    heads: bool = False
+    reduce: str = "token"
     side: str | None = None
     max_length: int | None = None
     internal_batch_size: int | None = None
+    window_tokens: int = DEFAULT_WINDOW_TOKENS
+    return_convergence_delta: bool = False
+    progress: bool = False
+    tol: float | None = None
+    min_steps: int | None = None
+    max_steps: int | None = None
+    reuse_bytes: int | None = None
+    target: Target | None = None
 
     def __post_init__(self) -> None:
-        if self.layers is not None and not isinstance(self.layers, tuple):  # hashable, and JSON as a list
+        if self.layers is not None and not isinstance(self.layers, (tuple, int)):  # hashable, JSON as a list
             object.__setattr__(self, "layers", tuple(self.layers))
+        if isinstance(self.layers, int) and not isinstance(self.layers, bool):
+            object.__setattr__(self, "layers", (self.layers,))
+        if isinstance(self.sites, str):
+            object.__setattr__(self, "sites", (self.sites,))
+        elif not isinstance(self.sites, tuple):
+            object.__setattr__(self, "sites", tuple(self.sites))
 
-    def resolved(self, model: Any) -> NIGSettings:
-        """Validated, with ``layers`` and ``max_length`` made explicit for ``model``."""
-        from mechir_nig.attribution.baselines import check_baseline
-        from mechir_nig.attribution.nig import check_layers
+    @classmethod
+    def of(cls, settings: NIGSettings | None, options: dict[str, Any], where: str) -> NIGSettings:
+        """``settings``, or ``NIGSettings(**options)``: one list of options, given one way.
+
+        Raises:
+            InputError: ``settings`` is not a ``NIGSettings``; an option is not a field; both are given.
+
+        Example:
+            >>> NIGSettings.of(None, {"n_steps": 8}, "f").n_steps
+            8
+            >>> NIGSettings.of(NIGSettings(), {"n_steps": 8}, "f")
+            Traceback (most recent call last):
+            ...
+            mechir_nig.errors.InputError: f takes the NIG options either as settings=NIGSettings(...) or as keywords, not both (got settings= and n_steps); change a field with dataclasses.replace(settings, n_steps=...)
+        """
+        if settings is not None and not isinstance(settings, NIGSettings):
+            raise InputError(f"settings must be a NIGSettings, got {type(settings).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise InputError(f"{where} got unknown NIG option(s) {unknown}; the options are {sorted(names)}")
+        if settings is not None and options:
+            given = ", ".join(sorted(options))
+            first = sorted(options)[0]
+            raise InputError(
+                f"{where} takes the NIG options either as settings=NIGSettings(...) or as keywords, not both "
+                f"(got settings= and {given}); change a field with dataclasses.replace(settings, {first}=...)"
+            )
+        return settings if settings is not None else cls(**options)
+
+    def site_names(self) -> tuple[str, ...]:
+        """The canonical site names attributed (``sites``, plus ``"z"`` with ``heads``), each once."""
+        out: list[str] = []
+        for name in (*self.sites, *(("z",) if self.heads else ())):
+            s = site(name)
+            if s.axes[:2] != ("batch", "pos"):
+                raise InputError(
+                    f"site {name!r} ({s.template}) is not per token ({list(s.axes)}); NIG attributes sites "
+                    f"shaped [batch, pos, ...]: {[n for n, x in SITES.items() if x.axes[:2] == ('batch', 'pos')]}"
+                )
+            if s.name not in out:
+                out.append(s.name)
+        if not out:
+            raise InputError("sites is empty; name at least one site, e.g. sites=('mlp_post',)")
+        return tuple(out)
+
+    def auto(self) -> AutoSteps | None:
+        """The validated ``n_steps="auto"`` settings, or ``None`` for an int ``n_steps`` (checked)."""
+        from mechir_nig.attribution.nig.auto import check_auto
         from mechir_nig.attribution.rules import check_n_steps, check_rule
 
-        if not isinstance(self.baseline, str):
-            raise InputError(
-                "a collection run takes a baseline name; tensors are per batch (use the NIG API)"
+        extras: dict[str, Any] = {
+            "tol": self.tol,
+            "min_steps": self.min_steps,
+            "max_steps": self.max_steps,
+            "reuse_bytes": self.reuse_bytes,
+        }
+        if self.n_steps == "auto":
+            return check_auto(
+                check_rule(self.method), self.tol, self.min_steps, self.max_steps, self.reuse_bytes
             )
-        check_baseline(self.baseline)
+        check_n_steps(self.n_steps, allow_auto=True)
+        given = [k for k, v in extras.items() if v is not None]
+        if given:
+            one = len(given) == 1
+            raise InputError(
+                f"{', '.join(given)} {'applies' if one else 'apply'} only to n_steps='auto'; "
+                f"pass n_steps='auto' or leave {'it' if one else 'them'} out"
+            )
+        return None
+
+    def checked(self, model: Any) -> NIGSettings:
+        """Every field validated for ``model`` (``InputError`` saying what to fix); ``layers`` and ``sites``
+        made explicit, ``heads`` folded into ``sites``."""
+        from mechir_nig.attribution.baselines import check_baseline
+        from mechir_nig.attribution.nig.api import check_layers, check_reduce
+        from mechir_nig.attribution.rules import check_rule
+
+        self.auto()
         check_rule(self.method)
-        check_n_steps(self.n_steps)
+        check_baseline(self.baseline)
+        check_reduce(self.reduce)
+        layers = tuple(
+            check_layers(list(self.layers) if self.layers is not None else None, model.cfg.n_layers)
+        )
         if self.side is not None and model.pairwise:
             raise InputError(
                 "side= is for bi-encoders; a cross-encoder interpolates query and document together"
             )
         if self.side not in (None, "doc", "query"):
             raise InputError(f"side must be 'doc' or 'query', got {self.side!r}")
-        if self.internal_batch_size is not None and (
-            isinstance(self.internal_batch_size, bool)
-            or not isinstance(self.internal_batch_size, int)
-            or self.internal_batch_size < 1
-        ):
+        for name in ("internal_batch_size", "max_length"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise InputError(f"{name} must be None or an int >= 1, got {v!r}")
+        check_int(self.window_tokens, "window_tokens", minimum=1)
+        if self.target is not None and not callable(self.target):
             raise InputError(
-                f"internal_batch_size must be None or an int >= 1, got {self.internal_batch_size!r}"
+                f"target must be a callable target(t: TargetArgs) -> [rows], got {type(self.target).__name__}"
             )
-        layers = tuple(
-            check_layers(list(self.layers) if self.layers is not None else None, model.cfg.n_layers)
-        )
-        return replace(self, layers=layers, max_length=self.max_length or model.max_length)
+        return replace(self, layers=layers, sites=self.site_names(), heads=False)
+
+    def resolved(self, model: Any) -> NIGSettings:
+        """``checked`` for a collection run: a baseline name, MLP neurons only, sums per token group;
+        ``max_length`` and the ``"auto"`` options made explicit."""
+        if not isinstance(self.baseline, str):
+            raise InputError(
+                "a collection run takes a baseline name; tensors are per batch (use the NIG API)"
+            )
+        out = self.checked(model)
+        if out.sites != ("mlp_post",):
+            raise InputError(
+                f"collection statistics are per MLP neuron: sites must be ('mlp_post',) (got {out.sites}); "
+                "attribute other sites with neuron_integrated_gradients"
+            )
+        if out.reduce == "neuron":
+            raise InputError(
+                "collection statistics are per token group: leave reduce out (a collection run sums per "
+                "group), reduce='neuron' drops the groups"
+            )
+        auto = out.auto()
+        if auto is not None:  # recorded explicitly: a checkpoint names the tolerance it was made with
+            out = replace(out, tol=auto.tol, min_steps=auto.min_steps, max_steps=auto.max_steps)
+        return replace(out, reduce="group", max_length=self.max_length or model.max_length)
 
     def nig_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``neuron_integrated_gradients``."""
-        kw = asdict(self)
+        """The fields as keyword arguments (``layers`` as a list)."""
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
         kw["layers"] = list(self.layers) if self.layers is not None else None
+        kw["sites"] = list(self.sites)
         return kw
 
     def record(self) -> dict[str, Any]:
-        """What identifies the results (everything but ``internal_batch_size``), JSON-ready."""
-        out = self.nig_kwargs()
-        out.pop("internal_batch_size")
+        """What identifies the results, JSON-ready: the rule, baseline, layers, side and length; the
+        ``"auto"`` options and the target when used. Memory-only options are left out."""
+        out: dict[str, Any] = {
+            "n_steps": self.n_steps,
+            "baseline": self.baseline if isinstance(self.baseline, str) else "tensor",
+            "method": self.method,
+            "layers": list(self.layers) if self.layers is not None else None,
+            "side": self.side,
+            "max_length": self.max_length,
+        }
+        if self.n_steps == "auto":
+            out.update(tol=self.tol, min_steps=self.min_steps, max_steps=self.max_steps)
+        if self.target is not None:
+            out["target"] = target_name(self.target)
         return out
 
 

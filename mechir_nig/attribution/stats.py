@@ -16,12 +16,12 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechir_nig.errors import InputError
@@ -197,6 +197,15 @@ class CollectionAttribution(Result):
             + (other.meta.get("truncated") or {}).get(lab, 0)
             for lab in LABELS
         }
+        mine, theirs = self.meta.get("n_steps_used"), other.meta.get("n_steps_used")
+        if mine is not None or theirs is not None:
+            same = self.meta.get("pairs_fingerprint") == other.meta.get("pairs_fingerprint") is not None
+            if same:  # parts of one pair list (a sharded run): each holds its own pairs' steps
+                meta["n_steps_used"] = _union_steps([mine, theirs])
+            else:  # two pair lists: this one's pairs, then the other's
+                n_a = len(mine) if mine is not None else self.n_done
+                n_b = len(theirs) if theirs is not None else other.n_done
+                meta["n_steps_used"] = (mine or [None] * n_a) + (theirs or [None] * n_b)
         return CollectionAttribution(
             layers=list(self.layers),
             n_layers=self.n_layers,
@@ -208,6 +217,40 @@ class CollectionAttribution(Result):
             meta=meta,
             n_done=self.n_done + other.n_done,
         )
+
+    def record_steps(self, idx: Sequence[int], steps: Sequence[int], n_pairs: int) -> None:
+        """Keep the steps ``n_steps="auto"`` chose for pairs ``idx`` (positions in the run's ``pairs``)
+        in ``meta["n_steps_used"]`` (a list in input order, ``None`` for pairs not attributed yet)."""
+        table = self.meta.get("n_steps_used")
+        if table is None:
+            table = self.meta["n_steps_used"] = [None] * n_pairs
+        for i, n in zip(idx, steps, strict=True):
+            table[i] = int(n)
+
+    def merge_steps(self, tables: Sequence[list[int | None] | None]) -> None:
+        """Combine the step records of parts of one run (every rank's), each holding its own pairs."""
+        self.meta["n_steps_used"] = _union_steps(tables)
+
+    def n_steps_used(self) -> Int[Tensor, " n_pairs"]:
+        """The steps ``n_steps="auto"`` chose for each pair, in the order of the run's ``pairs``
+        (``-1``: not attributed yet, e.g. in an unfinished checkpoint).
+
+        Raises:
+            InputError: the run used a fixed ``n_steps`` (every pair used ``meta["n_steps"]``).
+
+        Example:
+            >>> stats = CollectionAttribution(layers=[0], n_layers=1, d_mlp=2)
+            >>> stats.record_steps([2, 0], [16, 8], n_pairs=3)
+            >>> stats.n_steps_used().tolist()
+            [8, -1, 16]
+        """
+        table = self.meta.get("n_steps_used")
+        if table is None:
+            raise InputError(
+                f"no per-pair steps recorded: the run used a fixed n_steps ({self.meta.get('n_steps')!r} for "
+                "every pair); attribute with n_steps='auto' to choose them per pair"
+            )
+        return torch.tensor([-1 if n is None else int(n) for n in table], dtype=torch.long)
 
     # -- persistence (``mechir_nig.results.Result``: save, load) -------------------------------------
     KIND = "CollectionAttribution"
@@ -270,6 +313,19 @@ class CollectionAttribution(Result):
             f"CollectionAttribution(layers={self.layers}, counts={self.counts}, n_done={self.n_done}, "
             f"collection={self.meta.get('collection')!r})"
         )
+
+
+def _union_steps(tables: Sequence[list[int | None] | None]) -> list[int | None] | None:
+    """Element-wise union of step records of one pair list (each pair recorded by at most one part)."""
+    present = [t for t in tables if t is not None]
+    if not present:
+        return None
+    out: list[int | None] = [None] * max(len(t) for t in present)
+    for t in present:
+        for i, n in enumerate(t):
+            if n is not None:
+                out[i] = n
+    return out
 
 
 def top_neurons(

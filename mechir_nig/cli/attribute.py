@@ -65,7 +65,18 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--k", type=positive_int, default=100, help="BM25 depth for --negatives-from-bm25")
     g.add_argument("--seed", type=int, default=0, help="seed of the per-query sampling of pairs")
     g = p.add_argument_group("NIG")
-    g.add_argument("--n-steps", type=positive_int, default=16, help="intervals of the integration rule")
+    g.add_argument(
+        "--n-steps",
+        type=steps_arg,
+        default=16,
+        help="intervals of the integration rule, or 'auto': per pair, grids doubled from --min-steps until "
+        "completeness holds to --tol (at most --max-steps); each pair's steps are recorded",
+    )
+    g.add_argument("--tol", type=float, default=None, help="--n-steps auto: completeness tolerance (0.01)")
+    g.add_argument("--min-steps", type=positive_int, default=None, help="--n-steps auto: first grid (8)")
+    g.add_argument(
+        "--max-steps", type=positive_int, default=None, help="--n-steps auto: cap, min-steps x 2^k (512)"
+    )
     g.add_argument("--baseline", choices=BASELINES, default="pad", help="the baseline input")
     g.add_argument("--method", choices=RULES, default="riemann_trapezoid", help="the integration rule")
     g.add_argument(
@@ -98,6 +109,11 @@ def add_parser(sub: Any) -> None:
     )
     g.add_argument("--overwrite", action="store_true", help="start again over an existing attribution")
     p.set_defaults(func=run)
+
+
+def steps_arg(text: str) -> int | str:
+    """argparse type: an integer >= 1 or ``auto``."""
+    return "auto" if text == "auto" else positive_int(text)
 
 
 def check_layers(layers: list[int] | None, model: Any, option: str = "--layers") -> list[int] | None:
@@ -183,7 +199,11 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         f"non-relevant) of {len(qids)} queries of {col.name!r} with {args.model} "
         f"({model.cfg.n_layers} layers x {model.cfg.d_mlp} neurons), {args.n_steps} steps"
     )
+    auto = {"tol": args.tol, "min_steps": args.min_steps, "max_steps": args.max_steps}
+    if args.n_steps != "auto" and any(v is not None for v in auto.values()):
+        raise UsageError("--tol, --min-steps and --max-steps apply only to --n-steps auto")
     settings = NIGSettings(
+        **(auto if args.n_steps == "auto" else {}),
         n_steps=args.n_steps,
         baseline=args.baseline,
         method=args.method,
@@ -216,6 +236,17 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     top = top_neurons_line(stats)
     if top:
         s.say(top)
+    if args.n_steps == "auto":
+        used = stats.n_steps_used()
+        used = used[used >= 0].float()
+        summary["n_steps_used"] = {
+            "min": int(used.min()),
+            "median": float(used.median()),
+            "max": int(used.max()),
+        }
+        s.say(
+            f"steps per pair (auto): min {int(used.min())}, median {float(used.median()):g}, max {int(used.max())}"
+        )
     s.say(f"wrote {path} (+ {path.name}.json)")
     s.record({"query_ids": qids, "pairs_report": pairs.report}, summary)
     return summary

@@ -22,6 +22,8 @@ Example:
     >>> pairs = judged_pairs(load_collection("embedded"), max_relevant_per_query=2)  # doctest: +SKIP
     >>> stats = attribute_collection(model, pairs, n_steps=32, checkpoint="nig.ckpt", resume=True)  # doctest: +SKIP
     >>> stats.mean("relevant").shape  # [layer, d_mlp]  # doctest: +SKIP
+    >>> auto = attribute_collection(model, pairs, settings=NIGSettings(n_steps="auto", tol=0.02))  # doctest: +SKIP
+    >>> auto.n_steps_used()  # [n_pairs] steps each pair needed  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from mechir_nig._io import OutputLock, probe_writable
 from mechir_nig._validate import check_int
@@ -96,14 +100,7 @@ def attribute_collection(
     pairs: Sequence[Any],
     *,
     settings: NIGSettings | None = None,
-    n_steps: int | None = None,
-    baseline: str | None = None,
-    method: str | None = None,
-    layers: Sequence[int] | None = None,
     batch_size: int = 8,
-    internal_batch_size: int | None = None,
-    max_length: int | None = None,
-    side: str | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 256,
     resume: bool = False,
@@ -111,14 +108,20 @@ def attribute_collection(
     collection: str | None = None,
     on_batch: Callable[[int], None] | None = None,
     distributed: bool | str = "auto",
+    **options: Any,
 ) -> CollectionAttribution:
     """Stream judged pairs through NIG and keep per-label statistics (see the module docstring).
 
     Args:
         model: a hooked model with the attribution protocol (``HookedCrossEncoder``, ``HookedBiEncoder``).
         pairs: ``JudgedPair`` records (``query``, ``doc``, ``label``, ideally ``query_id``/``doc_id``).
-        settings: the NIG options (``NIGSettings``); the keywords ``n_steps`` ... ``side`` override its
-            fields (default settings: 32 trapezoid steps from the ``pad`` baseline, all layers).
+        settings: the NIG options (``NIGSettings``: ``n_steps`` incl. ``"auto"``, ``baseline``, ``method``,
+            ``layers``, ``side``, ``max_length``, ``internal_batch_size``, ``target`` ...); the statistics
+            are per MLP neuron and token group (``sites=("mlp_post",)``, sums per group). With
+            ``n_steps="auto"`` each pair's steps are kept in ``stats.meta["n_steps_used"]`` (input order of
+            ``pairs``; ``stats.n_steps_used()``), checkpoint included. A ``target`` gets ``t.pair`` as the
+            index into ``pairs``.
+        **options: the same options as keywords (``NIGSettings(**options)``), instead of ``settings``.
         batch_size: pairs per NIG call (each is split into windows of ``internal_batch_size`` points).
         checkpoint: file to write every ``checkpoint_every`` pairs and at the end.
         resume: continue from ``checkpoint`` if it exists (same pairs, settings and model weights).
@@ -157,22 +160,7 @@ def attribute_collection(
         >>> stats.mean("relevant", "doc").shape  # [layer, d_mlp]  # doctest: +SKIP
         torch.Size([6, 1536])
     """
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in dict(
-            n_steps=n_steps,
-            baseline=baseline,
-            method=method,
-            layers=tuple(layers) if layers is not None else None,
-            internal_batch_size=internal_batch_size,
-            max_length=max_length,
-            side=side,
-        ).items()
-        if v is not None
-    }
-    if settings is not None and not isinstance(settings, NIGSettings):
-        raise InputError(f"settings must be a NIGSettings, got {type(settings).__name__}")
-    cfg = replace(settings or NIGSettings(), **overrides).resolved(model)
+    cfg = NIGSettings.of(settings, options, "attribute_collection").resolved(model)
     check_int(batch_size, "batch_size", minimum=1)
     check_int(checkpoint_every, "checkpoint_every", minimum=1)
     if len(pairs) == 0:
@@ -249,13 +237,17 @@ def _fresh(
 
 
 def _nig_into(
-    model: Any, stats: CollectionAttribution, fields_: list, idx: list[int], nig_kwargs: dict[str, Any]
+    model: Any, stats: CollectionAttribution, fields_: list, idx: list[int], cfg: NIGSettings
 ) -> None:
-    """Attribute the pairs ``idx`` and add their per-group NIG to ``stats``."""
+    """Attribute the pairs ``idx`` and add their per-group NIG to ``stats`` (and, with
+    ``n_steps="auto"``, each pair's steps to ``stats.meta["n_steps_used"]``)."""
     from mechir_nig.attribution.nig import neuron_integrated_gradients
 
-    attr = neuron_integrated_gradients(  # per-group sums only: memory independent of the length
-        model, [fields_[i][0] for i in idx], [fields_[i][1] for i in idx], reduce="group", **nig_kwargs
+    if cfg.target is not None:  # the target's t.pair indexes `pairs`, not this batch
+        user, where = cfg.target, torch.tensor(idx)
+        cfg = replace(cfg, target=lambda t: user(replace(t, pair=where.to(t.pair.device)[t.pair])))
+    attr = neuron_integrated_gradients(  # per-group sums only (cfg.reduce): memory independent of the length
+        model, [fields_[i][0] for i in idx], [fields_[i][1] for i in idx], settings=cfg
     )
     groups = attr.by_group()
     labels = [fields_[i][2] for i in idx]
@@ -265,6 +257,8 @@ def _nig_into(
             stats.update(label, groups[rows])
             if attr.truncated is not None:
                 stats.meta["truncated"][label] += int(attr.truncated[rows].sum())
+    if cfg.n_steps == "auto" and attr.n_steps_used is not None:
+        stats.record_steps(idx, attr.n_steps_used.tolist(), len(fields_))
 
 
 def _attribute(
@@ -303,10 +297,9 @@ def _attribute(
 
         bar = tqdm(total=len(pairs), initial=stats.n_done, desc="attributing pairs", unit="pair")
     last_ckpt = stats.n_done
-    nig_kwargs = cfg.nig_kwargs()
     for s in range(stats.n_done, len(order), batch_size):
         idx = order[s : s + batch_size]
-        _nig_into(model, stats, fields_, idx, nig_kwargs)
+        _nig_into(model, stats, fields_, idx, cfg)
         stats.n_done = s + len(idx)
         if bar is not None:
             bar.update(len(idx))
@@ -373,7 +366,6 @@ def _attribute_sharded(
     else:
         stats, held = _fresh(model, cfg, record, collection), set()
     part = shards.part_path(ckpt, ctx.rank, ctx.world_size, generation) if ckpt is not None else None
-    nig_kwargs = cfg.nig_kwargs()
 
     def attribute(mine: list[int]) -> list[bool]:
         """This rank's pairs (positions in the longest-first order) into ``stats``, checkpointing its part."""
@@ -386,7 +378,7 @@ def _attribute_sharded(
         since = 0
         for s in range(0, len(mine), batch_size):
             chunk = mine[s : s + batch_size]
-            _nig_into(model, stats, fields_, [order[p] for p in chunk], nig_kwargs)
+            _nig_into(model, stats, fields_, [order[p] for p in chunk], cfg)
             held.update(chunk)
             stats.n_done = len(held)
             since += len(chunk)
@@ -421,7 +413,10 @@ def _attribute_sharded(
     parts = ctx.all_gather(stats)  # the union of the ranks' disjoint pairs: their merge
     stats = functools.reduce(CollectionAttribution.merge, parts)
     if len(parts) > 1:  # rank 0's record (the pairs, the settings), with the summed truncation counts
-        stats.meta = {**parts[0].meta, "truncated": stats.meta["truncated"]}
+        merged = stats.meta
+        stats.meta = {**parts[0].meta, "truncated": merged["truncated"]}
+        if "n_steps_used" in merged:  # each rank recorded the steps of its own pairs
+            stats.meta["n_steps_used"] = merged["n_steps_used"]
     if stats.n_done != n or sum(stats.counts.values()) != n:
         raise DistributedError(
             f"the ranks attributed {stats.n_done} of {n} pairs ({stats.counts}); every rank must be given "

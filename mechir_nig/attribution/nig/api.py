@@ -15,11 +15,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechir_nig.attribution.baselines import baseline_embeddings, check_baseline
+from mechir_nig.attribution.baselines import baseline_embeddings
 from mechir_nig.attribution.nig.auto import (
     AutoRun,
     AutoSteps,
-    check_auto,
     completeness_error,
     run_auto,
     warn_unconverged,
@@ -37,8 +36,9 @@ from mechir_nig.attribution.nig.kernel import (
 from mechir_nig.attribution.nig.plan import WindowPlan, default_window
 from mechir_nig.attribution.result import NeuronAttribution
 from mechir_nig.attribution.rules import alphas as rule_alphas
-from mechir_nig.attribution.rules import check_n_steps, check_rule
 from mechir_nig.attribution.rules import weights as rule_weights
+from mechir_nig.attribution.settings import NIGSettings
+from mechir_nig.attribution.target import target_name
 from mechir_nig.errors import InputError
 from mechir_nig.models.precision import check_finite
 from mechir_nig.models.protocol import AttributionModel
@@ -70,46 +70,6 @@ def check_reduce(reduce: str) -> str:
             f"tokens), got {reduce!r}"
         )
     return reduce
-
-
-def _check_internal_batch_size(internal_batch_size: int | None) -> None:
-    if internal_batch_size is not None and (
-        isinstance(internal_batch_size, bool)
-        or not isinstance(internal_batch_size, int)
-        or internal_batch_size < 1
-    ):
-        raise InputError(f"internal_batch_size must be None or an int >= 1, got {internal_batch_size!r}")
-
-
-def _check_steps(
-    n_steps: int | str,
-    method: str,
-    tol: float | None,
-    min_steps: int | None,
-    max_steps: int | None,
-    reuse_bytes: int | None,
-) -> AutoSteps | None:
-    """The ``n_steps="auto"`` settings, or ``None`` for a valid int ``n_steps`` without them."""
-    if n_steps == "auto":
-        return check_auto(check_rule(method), tol, min_steps, max_steps, reuse_bytes)
-    check_n_steps(n_steps, allow_auto=True)
-    given = [
-        k
-        for k, v in (
-            ("tol", tol),
-            ("min_steps", min_steps),
-            ("max_steps", max_steps),
-            ("reuse_bytes", reuse_bytes),
-        )
-        if v is not None
-    ]
-    if given:
-        one = len(given) == 1
-        raise InputError(
-            f"{', '.join(given)} {'applies' if one else 'apply'} only to n_steps='auto'; "
-            f"pass n_steps='auto' or leave {'it' if one else 'them'} out"
-        )
-    return None
 
 
 @dataclass
@@ -152,68 +112,42 @@ class NeuronIntegratedGradients:
         batch: PairBatch | TextBatch,
         *,
         other: Float[Tensor, "batch d_model"] | None = None,
-        n_steps: int | str = 50,
-        baseline: str | Tensor = "pad",
-        method: str = "riemann_trapezoid",
-        layers: Sequence[int] | int | None = None,
-        internal_batch_size: int | None = None,
-        return_convergence_delta: bool = False,
-        heads: bool = False,
-        progress: bool = False,
-        reduce: str = "token",
-        tol: float | None = None,
-        min_steps: int | None = None,
-        max_steps: int | None = None,
-        reuse_bytes: int | None = None,
+        settings: NIGSettings | None = None,
+        **options: Any,
     ) -> NeuronAttribution:
         """Attribute a tokenized batch.
 
         Args:
             batch: a ``PairBatch`` (cross-encoder) or the interpolated side's ``TextBatch`` (bi-encoder).
             other: bi-encoder only: the fixed side's embeddings ``[batch, d_model]``.
-            n_steps: number of intervals (``n_steps + 1`` points), or ``"auto"``: per pair, trapezoid
-                grids doubled from ``min_steps`` until ``|convergence_delta| <= tol · |F(x) − F(x')|``
-                (at most ``max_steps``); the steps used are in ``attr.n_steps_used``.
-            baseline: a name in ``baselines.BASELINES`` or a ``[batch, pos, d_model]`` tensor.
-            method: integration rule (``rules.RULES``); ``n_steps="auto"`` needs ``riemann_trapezoid``.
-            layers: layers to attribute (default all).
-            internal_batch_size: points per forward/backward (default ``8192 // longest pair``); memory
-                only, never results.
-            return_convergence_delta: also integrate the input gradient for the completeness check:
-                ``Σ_k w_k ∇_x F(γ(α_k))·(x − x') − (F(x) − F(x'))`` with the rule's quadrature weights
-                (always on with ``n_steps="auto"``).
-            heads: also return attention-head conductance (``attn.hook_z`` summed over ``d_head``).
-            progress: show a progress bar over windows.
-            reduce: what ``values`` holds per (pair, layer): ``"token"`` (every token), ``"group"``
-                (summed over the tokens of cls/query/sep/doc) or ``"neuron"`` (summed over tokens).
-                ``"group"``/``"neuron"`` accumulate directly, never holding per-token values, so memory
-                does not grow with the pairs' length.
-            tol: ``n_steps="auto"``: the completeness target, a fraction of ``|F(x) − F(x')|`` (0.01).
-            min_steps: ``n_steps="auto"``: the first, coarsest grid (8 intervals).
-            max_steps: ``n_steps="auto"``: the cap, ``min_steps`` times a power of 2 (512); pairs that
-                reach it above ``tol`` are named in a ``ConvergenceWarning``.
-            reuse_bytes: ``n_steps="auto"``: memory for keeping activations and gradients of computed
-                points so refinement reuses them (2 GiB); pairs beyond it are finished by one extra
-                pass over their final grid (same result, more points).
+            settings: the options (``NIGSettings``: ``n_steps`` incl. ``"auto"``, ``method``, ``baseline``,
+                ``layers``, ``sites``/``heads``, ``reduce``, ``tol``/``min_steps``/``max_steps``, window
+                sizes, ``target`` ...; ``side`` and ``max_length`` apply to tokenizing and are not used
+                here).
+            **options: the same options as keywords (``NIGSettings(**options)``), instead of ``settings``.
 
         Returns:
-            NeuronAttribution with ``values`` as ``reduce`` says, ``n_steps_used`` ``[batch]``.
+            NeuronAttribution with ``values`` (``mlp_post``), ``head_values`` (``z``) and ``site_values``
+            (every site) as ``reduce`` says, ``n_steps_used`` ``[batch]``.
+
+        Raises:
+            InputError: an invalid option, or both ``settings`` and keywords.
 
         Shapes:
             ``values``: ``[batch, layer, pos, d_mlp]`` (token), ``[batch, layer, 4, d_mlp]`` (group),
-            ``[batch, layer, d_mlp]`` (neuron); ``head_values`` likewise with ``n_heads``.
+            ``[batch, layer, d_mlp]`` (neuron); ``head_values`` likewise with ``n_heads``; a residual-stream
+            site ``[batch, layer, pos]``, ``[batch, layer, 4]`` or ``[batch, layer]``.
 
         Example:
             >>> attr = NeuronIntegratedGradients(ce).attribute(batch, n_steps="auto", tol=0.01)  # doctest: +SKIP
             >>> attr.n_steps_used, attr.convergence_delta  # doctest: +SKIP
+            >>> s = NIGSettings(n_steps=16, sites=("resid_pre", "mlp_post"), reduce="group")  # doctest: +SKIP
+            >>> NeuronIntegratedGradients(ce).attribute(batch, settings=s).site("resid_pre").shape  # doctest: +SKIP
         """
         m = self.model
-        settings = _check_steps(n_steps, method, tol, min_steps, max_steps, reuse_bytes)
-        method = check_rule(method)
-        baseline = check_baseline(baseline)
-        reduce = check_reduce(reduce)
-        layer_list = check_layers(layers, m.cfg.n_layers)
-        _check_internal_batch_size(internal_batch_size)
+        s = NIGSettings.of(settings, options, "NeuronIntegratedGradients.attribute").checked(m)
+        auto = s.auto()
+        layer_list = list(s.layers or ())
         m.check_attribution_batch(batch, other)
         if getattr(batch, "position_ids", None) is not None:
             raise InputError(
@@ -227,36 +161,28 @@ class NeuronIntegratedGradients:
         if torch.is_inference_mode_enabled():
             raise InputError("NIG needs gradients: call it outside torch.inference_mode()")
         with torch.no_grad():
-            base = baseline_embeddings(m, batch.input_ids, batch.groups, baseline)
-        window = default_window(int(batch.lengths.max()), internal_batch_size)
-        target = Conductance(reduce, batch.groups, layer_list, m.cfg, heads, m.cfg.acc_dtype)
+            base = baseline_embeddings(m, batch.input_ids, batch.groups, s.baseline)
+        window = default_window(int(batch.lengths.max()), s.internal_batch_size, s.window_tokens)
+        target = Conductance(s.reduce, batch.groups, layer_list, m.cfg, s.sites, m.cfg.acc_dtype)
         with frozen(m), torch.enable_grad():
-            if settings is None:
-                path = self._fixed(
-                    batch,
-                    base,
-                    other,
-                    target,
-                    int(n_steps),
-                    method,
-                    layer_list,
-                    heads,
-                    window,
-                    return_convergence_delta,
-                    progress,
-                )
+            if auto is None:
+                path = self._fixed(batch, base, other, target, s, window)
             else:
-                path = self._auto(batch, base, other, target, settings, layer_list, heads, window, progress)
+                path = self._auto(batch, base, other, target, s, auto, window)
             # a float16 overflow gives NaN/inf along the path: an error, never a NaN attribution
-            check_finite(m, "NIG scores or attributions", path.scores, path.baseline_scores, target.values)
-            check_finite(m, "NIG head attributions", target.head_values)
+            check_finite(m, "NIG scores", path.scores, path.baseline_scores)
+            for name, v in target.sites.items():
+                check_finite(m, f"NIG attributions ({name})", v)
         meta = {
             "model": m.cfg.model_name,
             **path.meta,
-            "method": method,
-            "baseline": baseline if isinstance(baseline, str) else "tensor",
-            "reduce": reduce,
+            "method": s.method,
+            "baseline": s.baseline if isinstance(s.baseline, str) else "tensor",
+            "reduce": s.reduce,
+            "sites": list(s.sites),
         }
+        if s.target is not None:
+            meta["target"] = target_name(s.target)
         tok = m.tokenizer
         tokens = (
             [
@@ -266,23 +192,29 @@ class NeuronIntegratedGradients:
             if tok is not None
             else []
         )
-        if path.run is not None and settings is not None:
-            warn_unconverged(path.run, settings, tokens)
+        if path.run is not None and auto is not None:
+            warn_unconverged(path.run, auto, tokens)
+        site_values = {name: v.cpu() for name, v in target.sites.items()}
+        values = site_values.get("mlp_post")
+        if values is None:  # no MLP site asked for: no neurons
+            some = next(iter(site_values.values()))
+            values = some.new_zeros(*some.shape[: 2 + (s.reduce != "neuron")], 0)
         return NeuronAttribution(
-            values=target.values.cpu(),
+            values=values,
             layers=layer_list,
             groups=batch.groups.cpu(),
             input_ids=batch.input_ids.cpu(),
             scores=path.scores,
             baseline_scores=path.baseline_scores,
             convergence_delta=path.delta,
-            head_values=target.head_values.cpu() if target.head_values is not None else None,
+            head_values=site_values.get("z"),
             tokens=tokens,
             meta=meta,
             point_scores=path.point_scores,
             truncated=batch.truncated.cpu(),
-            reduce=reduce,
+            reduce=s.reduce,
             n_steps_used=path.n_steps_used,
+            site_values=site_values,
         )
 
     def _fixed(
@@ -291,32 +223,28 @@ class NeuronIntegratedGradients:
         base: Tensor,
         other: Tensor | None,
         target: Conductance,
-        n_steps: int,
-        method: str,
-        layers: list[int],
-        heads: bool,
+        s: NIGSettings,
         window: int,
-        want_delta: bool,
-        progress: bool,
     ) -> _Path:
         """One rule, every pair at the same ``n_steps + 1`` points."""
-        m, acc = self.model, target.values.dtype
-        alphas = rule_alphas(method, n_steps + 1)
+        m, acc = self.model, target.dtype
+        n_steps, layers = int(s.n_steps), list(s.layers or ())
+        alphas = rule_alphas(s.method, n_steps + 1)
         table = torch.tensor(alphas, dtype=acc, device=m.device)
-        kernel = PathKernel(m, batch, base, other, table, layers, heads)
+        kernel = PathKernel(m, batch, base, other, table, layers, s.sites, s.target)
         scalars = PathScalars(len(batch), len(alphas), acc, m.device)
         points = kernel.run(
             WindowPlan.grid(batch.lengths.cpu(), len(alphas), window),
-            GridConductance(target, site_names(layers, heads)),
+            GridConductance(target, site_names(layers, s.sites)),
             scalars,
-            input_grad=want_delta,
-            progress=progress,
+            input_grad=s.return_convergence_delta,
+            progress=s.progress,
         )
         point_scores = scalars.score.cpu()
-        scores, base_scores = self._end_scores(batch, base, other, point_scores, alphas, window)
+        scores, base_scores = self._end_scores(kernel, base, other, point_scores, alphas, window)
         delta = None
-        if want_delta:  # sum_k w_k grad_x F(x_k) . (x - x') - (F(x) - F(x'))
-            w = torch.tensor(rule_weights(method, len(alphas)), dtype=acc, device=m.device)
+        if s.return_convergence_delta:  # sum_k w_k grad_x F(x_k) . (x - x') - (F(x) - F(x'))
+            w = torch.tensor(rule_weights(s.method, len(alphas)), dtype=acc, device=m.device)
             delta = (scalars.slope * w).sum(1).cpu() - (scores - base_scores)
         return _Path(
             scores=scores,
@@ -333,18 +261,17 @@ class NeuronIntegratedGradients:
         base: Tensor,
         other: Tensor | None,
         target: Conductance,
+        s: NIGSettings,
         settings: AutoSteps,
-        layers: list[int],
-        heads: bool,
         window: int,
-        progress: bool,
     ) -> _Path:
         """Nested trapezoid grids refined per pair (``auto.py``)."""
-        m, acc = self.model, target.values.dtype
+        m, acc = self.model, target.dtype
+        layers = list(s.layers or ())
         # the table j / max_steps in the accumulation dtype (bf16 would merge nearby alphas)
         table = torch.arange(settings.max_steps + 1, dtype=torch.float64) / settings.max_steps
-        kernel = PathKernel(m, batch, base, other, table.to(m.device, acc), layers, heads)
-        names = site_names(layers, heads)
+        kernel = PathKernel(m, batch, base, other, table.to(m.device, acc), layers, s.sites, s.target)
+        names = site_names(layers, s.sites)
         run = run_auto(
             kernel,
             target,
@@ -354,7 +281,7 @@ class NeuronIntegratedGradients:
             window,
             settings,
             bank_dtype=m.cfg.dtype,
-            progress=progress,
+            progress=s.progress,
         )
         used = run.n_steps
         delta, _ = completeness_error(run.scalars, used)
@@ -377,7 +304,7 @@ class NeuronIntegratedGradients:
 
     def _end_scores(
         self,
-        batch: PairBatch | TextBatch,
+        kernel: PathKernel,
         base: Tensor,
         other: Tensor | None,
         point_scores: Tensor,
@@ -385,6 +312,7 @@ class NeuronIntegratedGradients:
         rows: int,
     ) -> tuple[Tensor, Tensor]:
         """``F(x)`` and ``F(x')``: read off the path when the rule has points at 0 and 1, else computed."""
+        batch = kernel.batch
         need = [a for a in (0.0, 1.0) if a not in (alphas[0], alphas[-1])]
         found = {}
         if alphas[0] == 0.0:
@@ -400,10 +328,9 @@ class NeuronIntegratedGradients:
                     for i in range(0, len(batch), rows):
                         sl = slice(i, i + rows)
                         o = other[sl] if other is not None else None
+                        pair = torch.arange(len(batch), device=emb.device)[sl]
                         parts.append(
-                            self.model.score_embeds(
-                                emb[sl], batch.token_type_ids[sl], batch.attention_mask[sl], o
-                            )
+                            kernel.score(emb[sl], batch.token_type_ids[sl], batch.attention_mask[sl], o, pair)
                         )
                     found[a] = torch.cat(parts).to(point_scores.dtype).cpu()
         return found[1.0], found[0.0]
@@ -424,59 +351,42 @@ def neuron_integrated_gradients(
     queries: Sequence[str],
     docs: Sequence[str],
     *,
-    n_steps: int | str = 50,
-    baseline: str | Tensor = "pad",
-    method: str = "riemann_trapezoid",
-    layers: Sequence[int] | int | None = None,
-    internal_batch_size: int | None = None,
-    return_convergence_delta: bool = False,
-    heads: bool = False,
-    side: str | None = None,
-    max_length: int | None = None,
-    progress: bool = False,
-    reduce: str = "token",
-    tol: float | None = None,
-    min_steps: int | None = None,
-    max_steps: int | None = None,
-    reuse_bytes: int | None = None,
+    settings: NIGSettings | None = None,
+    **options: Any,
 ) -> NeuronAttribution:
-    """NIG of every MLP neuron for each (query, document) pair.
+    """NIG of every MLP neuron (or of any ``sites``) for each (query, document) pair.
 
     Vast et al., ICTIR 2024 (arXiv:2406.19309): the total conductance of each neuron along the straight
     path from the baseline to the input, all layers in one pass. For a bi-encoder, ``side`` ("doc", the
     default, or "query") is the text interpolated from the baseline; the other side's embedding is held
-    fixed. See ``NeuronIntegratedGradients.attribute`` for the other arguments.
+    fixed.
+
+    Args:
+        model: a hooked model with the attribution protocol.
+        queries, docs: the pairs.
+        settings: every option in one ``NIGSettings`` (see its attributes).
+        **options: or the same options as keywords: ``neuron_integrated_gradients(ce, qs, ds, n_steps=16)``
+            is ``neuron_integrated_gradients(ce, qs, ds, settings=NIGSettings(n_steps=16))``; giving both is
+            an ``InputError``.
 
     Shapes:
         ``attr.values``: ``[batch, layer, pos, d_mlp]`` (``reduce="token"``), ``[batch, layer, 4, d_mlp]``
-        (``"group"``), ``[batch, layer, d_mlp]`` (``"neuron"``); ``attr.n_steps_used``: ``[batch]``.
+        (``"group"``), ``[batch, layer, d_mlp]`` (``"neuron"``); ``attr.n_steps_used``: ``[batch]``;
+        ``attr.site_values[name]`` likewise with the site's units.
 
     Example:
         >>> attr = neuron_integrated_gradients(ce, ["what is a neuron"], ["A neuron is a cell."],  # doctest: +SKIP
         ...                                    n_steps="auto", tol=0.01, reduce="group")
         >>> attr.values.shape  # [1, n_layers, 4, d_mlp]  # doctest: +SKIP
+        >>> margin = NIGSettings(n_steps=32, target=lambda t: t.score - f_neg[t.pair])  # doctest: +SKIP
+        >>> neuron_integrated_gradients(ce, qs, ds_pos, settings=margin)  # doctest: +SKIP
     """
+    s = NIGSettings.of(settings, options, "neuron_integrated_gradients")
     nig = NeuronIntegratedGradients(model)
-    batch, other = model.attribution_inputs(queries, docs, side=side, max_length=max_length)
-    attr = nig.attribute(
-        batch,
-        other=other,
-        n_steps=n_steps,
-        baseline=baseline,
-        method=method,
-        layers=layers,
-        internal_batch_size=internal_batch_size,
-        return_convergence_delta=return_convergence_delta,
-        heads=heads,
-        progress=progress,
-        reduce=reduce,
-        tol=tol,
-        min_steps=min_steps,
-        max_steps=max_steps,
-        reuse_bytes=reuse_bytes,
-    )
+    batch, other = model.attribution_inputs(queries, docs, side=s.side, max_length=s.max_length)
+    attr = nig.attribute(batch, other=other, settings=s)
     if nig.is_bi:
-        side = side or "doc"
+        side = s.side or "doc"
         if side == "query":
             attr.relabel_group(DOC, QUERY)
         attr.meta["side"] = side

@@ -162,9 +162,9 @@ def run_auto(
     """Refine each pair's grid until completeness holds to ``tol`` (see the module docstring)."""
     s = settings
     n_pairs, n_table = len(lengths), s.max_steps + 1
-    dev = target.values.device
+    dev = target.device
     n_pos = kernel.batch.input_ids.shape[1]
-    scalars = PathScalars(n_pairs, n_table, target.values.dtype, dev)
+    scalars = PathScalars(n_pairs, n_table, target.dtype, dev)
     per_point = PointBank.bytes_per_point(shapes, n_pos, bank_dtype)
     budget = s.reuse_bytes // per_point if per_point else 0
     level = torch.full((n_pairs,), s.min_steps, dtype=torch.long)

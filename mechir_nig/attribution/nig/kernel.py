@@ -2,10 +2,12 @@
 
 ``PathKernel.run`` walks a ``WindowPlan`` (``plan.py``). Per window it builds the interpolated word
 embeddings ``x' + α (x − x')`` of its rows (in the accumulation dtype), runs one forward that keeps every
-requested activation (``blocks.{l}.mlp.hook_post``, with heads ``blocks.{l}.attn.hook_z``) and one backward
-with parameters frozen (no weight gradients). Without the input gradient, the first requested layer's
-MLP pre-activation (``attn.hook_z`` with heads) is made a leaf, so nothing below it is kept for backward
-and the backward stops there. A tensor hook on each activation hands it, with its gradient, to an
+requested activation (any per-token site of ``mechir_nig.sites`` at each requested layer:
+``blocks.{l}.mlp.hook_post`` by default, ``blocks.{l}.attn.hook_z`` for heads, ``blocks.{l}.hook_resid_pre``
+...) and one backward with parameters frozen (no weight gradients). Without the input gradient, the
+latest activation of the first requested layer that every site depends on (``leaf_hook``: the MLP
+pre-activation for MLP sites, ``attn.hook_z`` with heads, ``hook_resid_pre`` for the residual stream or
+q/k/v) is made a leaf, so nothing below it is kept for backward and the backward stops there. A tensor hook on each activation hands it, with its gradient, to an
 *accumulator* as soon as the gradient arrives, so the activation and its gradient are freed at once and
 peak memory is that of a plain forward + backward. On CUDA the next window's index tensors are
 copied from pinned memory on a side stream while the current window runs (``staged``); on the CPU
@@ -18,27 +20,27 @@ What is done with activations and gradients is the accumulator's business:
 - ``MidpointConductance``: the correction that turns the conductance on a grid into the one on the grid
   with every interval halved, from the new midpoints and the stored points (``n_steps="auto"``).
 
-Both hand per-token window sums to a ``Conductance``, which adds them up per token, per token group or per
-neuron (``reduce``), so the result never holds per-token values unless asked to. ``PathScalars`` keeps
+Both hand per-token window sums to a ``Conductance``, which sums each site to its units (neurons, heads,
+or positions for the residual stream) and adds them up per token, per token group or per unit (``reduce``), so the result never holds per-token values unless asked to. ``PathScalars`` keeps
 ``F`` and ``dF/dα = ∇_x F · (x − x')`` at every evaluated point (the completeness check).
 
 Shapes:
-    activations handed to ``consume``: ``[rows, pos, d_mlp]`` (``hook_post``) or
-    ``[rows, pos, n_heads, d_head]`` (``hook_z``); ``Conductance.values`` as ``reduce`` says.
+    activations handed to ``consume``: ``[rows, pos, *site_shape]`` (``[rows, pos, d_mlp]`` for
+    ``hook_post``, ``[rows, pos, n_heads, d_head]`` for ``hook_z``); ``Conductance.sites`` as ``reduce`` says.
 
 Example (what ``api.py`` does for a fixed rule):
-    >>> kernel = PathKernel(model, batch, base, None, alphas, layers=[0, 1], heads=False)  # doctest: +SKIP
-    >>> target = Conductance("group", batch.groups, [0, 1], model.cfg, False, torch.float32)  # doctest: +SKIP
+    >>> kernel = PathKernel(model, batch, base, None, alphas, [0, 1], ["mlp_post"])  # doctest: +SKIP
+    >>> target = Conductance("group", batch.groups, [0, 1], model.cfg, ["mlp_post"], torch.float32)  # doctest: +SKIP
     >>> scalars = PathScalars(len(batch), len(alphas), torch.float32, model.device)  # doctest: +SKIP
     >>> with frozen(model), torch.enable_grad():  # doctest: +SKIP
     ...     kernel.run(WindowPlan.grid(batch.lengths, len(alphas), 64),
-    ...                GridConductance(target, site_names([0, 1], False)), scalars, input_grad=False)
-    >>> target.values.shape  # [batch, 2, 4, d_mlp]  # doctest: +SKIP
+    ...                GridConductance(target, site_names([0, 1], ["mlp_post"])), scalars, input_grad=False)
+    >>> target.sites["mlp_post"].shape  # [batch, 2, 4, d_mlp]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
@@ -47,8 +49,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechir_nig.attribution.nig.plan import Window, WindowPlan
+from mechir_nig.attribution.target import Target, TargetArgs, call_target, output_hook
 from mechir_nig.models.protocol import AttributionModel
 from mechir_nig.models.tokenization import GROUPS, PAD
+from mechir_nig.sites import hook_name, site, site_of_hook, unit_width
 
 REDUCE = ("token", "group", "neuron")
 """What the result holds per (pair, layer): every token, the token groups cls/query/sep/doc, or the sum."""
@@ -67,17 +71,60 @@ def frozen(model: Any) -> Iterator[None]:
             p.requires_grad_(f)
 
 
-def site_names(layers: list[int], heads: bool) -> list[str]:
-    """Hook names whose conductance is computed: MLP neurons, then (with ``heads``) attention heads."""
-    names = [f"blocks.{layer}.mlp.hook_post" for layer in layers]
-    if heads:
-        names += [f"blocks.{layer}.attn.hook_z" for layer in layers]
-    return names
+# where each per-token site sits in a block's forward (post-LN BERT: resid_pre -> attention -> resid_mid ->
+# MLP -> resid_post): the leaf of a graph without the input gradient must be an ancestor of every site
+_LEAF = {
+    "resid_pre": "resid_pre",
+    "q": "resid_pre",
+    "k": "resid_pre",
+    "v": "resid_pre",
+    "z": "z",
+    "attn_out": "z",
+    "resid_mid": "z",
+    "mlp_pre": "mlp_pre",
+    "mlp_post": "mlp_pre",
+    "mlp_out": "mlp_pre",
+    "resid_post": "mlp_pre",
+}
+_DEPTH = {name: i for i, name in enumerate(("resid_pre", "z", "mlp_pre"))}
 
 
-def site_shape(cfg: Any, name: str) -> tuple[int, ...]:
-    """Per-token shape of a site's activation: ``(d_mlp,)`` or ``(n_heads, d_head)``."""
-    return (cfg.n_heads, cfg.d_head) if name.endswith("hook_z") else (cfg.d_mlp,)
+def site_names(layers: list[int], sites: Sequence[str]) -> list[str]:
+    """Hook names whose conductance is computed: each site (``mechir_nig.sites`` names) at each layer.
+
+    Example:
+        >>> site_names([0, 1], ("mlp_post", "z"))
+        ['blocks.0.mlp.hook_post', 'blocks.1.mlp.hook_post', 'blocks.0.attn.hook_z', 'blocks.1.attn.hook_z']
+    """
+    return [hook_name(name, layer) for name in sites for layer in layers]
+
+
+def site_shape(cfg: Any, hook: str) -> tuple[int, ...]:
+    """Per-token shape of a site's activation, e.g. ``(d_mlp,)``, ``(n_heads, d_head)``, ``(d_model,)``."""
+    return tuple(int(getattr(cfg, axis)) for axis in site(site_of_hook(hook)[0]).axes[2:])
+
+
+def unit_shape(cfg: Any, name: str) -> tuple[int, ...]:
+    """What one token of site ``name`` reduces to: ``(d_mlp,)``, ``(n_heads,)``, or ``()`` (positions)."""
+    width = unit_width(name, cfg)
+    return () if width is None else (width,)
+
+
+def to_units(name: str, sums: Tensor) -> Tensor:
+    """Per-token sums ``[n, p, *site_shape]`` summed to the site's units ``[n, p, *unit_shape]``."""
+    s = site(name)
+    if s.unit == "position":
+        return sums.flatten(2).sum(-1)
+    if s.unit == "head":  # [n, p, n_heads, d_head]
+        return sums.flatten(3).sum(-1)
+    return sums
+
+
+def leaf_hook(layers: list[int], sites: Sequence[str]) -> str:
+    """The hook made a leaf when the input gradient is not needed: the latest activation of the first
+    requested layer that every requested site depends on (the backward stops there)."""
+    leaf = min((_LEAF[name] for name in sites), key=_DEPTH.__getitem__)
+    return hook_name(leaf, layers[0])
 
 
 class _Workspace:
@@ -95,12 +142,12 @@ class _Workspace:
 
 
 class Conductance:
-    """The result being accumulated: per (pair, layer) either every token, the token groups or the sum.
+    """The result being accumulated: per (pair, layer, site) every token, the token groups or the sum.
 
     Shapes:
-        ``values``: ``[batch, layer, pos, d_mlp]`` (``reduce="token"``), ``[batch, layer, 4, d_mlp]``
-        (``"group"``: cls, query, sep, doc; padding excluded) or ``[batch, layer, d_mlp]`` (``"neuron"``);
-        ``head_values`` the same with ``n_heads`` for ``d_mlp``, or ``None``.
+        ``sites[name]``: ``[batch, layer, pos, *unit]`` (``reduce="token"``), ``[batch, layer, 4, *unit]``
+        (``"group"``: cls, query, sep, doc; padding excluded) or ``[batch, layer, *unit]`` (``"neuron"``),
+        where ``unit`` is ``(d_mlp,)`` (``mlp_post``), ``(n_heads,)`` (``z``) or ``()`` (residual sites).
     """
 
     def __init__(
@@ -109,38 +156,42 @@ class Conductance:
         groups: Int[Tensor, "batch pos"],
         layers: list[int],
         cfg: Any,
-        heads: bool,
+        sites: Sequence[str],
         dtype: torch.dtype,
     ):
         self.reduce = reduce
-        self.layer_index = {layer: i for i, layer in enumerate(layers)}
+        self.dtype = dtype
+        self.device = groups.device
         n, n_pos = groups.shape
         where = {"token": (n_pos,), "group": (len(GROUPS) - 1,), "neuron": ()}[reduce]
         kw: dict[str, Any] = {"dtype": dtype, "device": groups.device}
-        self.values = torch.zeros(n, len(layers), *where, cfg.d_mlp, **kw)
-        self.head_values = torch.zeros(n, len(layers), *where, cfg.n_heads, **kw) if heads else None
+        self.sites = {
+            name: torch.zeros(n, len(layers), *where, *unit_shape(cfg, name), **kw) for name in sites
+        }
+        # hook name -> (its site's values, layer index)
+        self.dest = {hook_name(name, layer): (name, li) for name in sites for li, layer in enumerate(layers)}
         if reduce == "group":  # [batch, pos, group]; the pad group is dropped
             self.weights = torch.nn.functional.one_hot(groups, len(GROUPS))[..., :PAD].to(dtype)
         elif reduce == "neuron":
             self.weights = (groups != PAD).to(dtype)  # [batch, pos]
 
     def add(self, name: str, pairs: Tensor, sums: Tensor) -> None:
-        """Add per-token window sums ``sums`` ``[n_local, p, unit]`` of the pairs ``pairs`` at ``name``."""
-        dest: Any = self.head_values if name.endswith("hook_z") else self.values
-        li = self.layer_index[int(name.split(".")[1])]
+        """Add per-token window sums ``sums`` ``[n_local, p, *site_shape]`` of ``pairs`` at hook ``name``."""
+        site_name, li = self.dest[name]
+        sums = to_units(site_name, sums)
+        dest = self.sites[site_name]
         p = sums.shape[1]
         if self.reduce == "token":
             dest[pairs, li, :p] += sums
         elif self.reduce == "group":
-            dest[pairs, li] += torch.einsum("npu,npg->ngu", sums, self.weights[pairs, :p])
+            dest[pairs, li] += torch.einsum("np...,npg->ng...", sums, self.weights[pairs, :p])
         else:
-            dest[pairs, li] += torch.einsum("npu,np->nu", sums, self.weights[pairs, :p])
+            dest[pairs, li] += torch.einsum("np...,np->n...", sums, self.weights[pairs, :p])
 
     def reset(self, pairs: Tensor) -> None:
         """Forget what was accumulated for ``pairs`` (their conductance is computed again)."""
-        self.values[pairs] = 0
-        if self.head_values is not None:
-            self.head_values[pairs] = 0
+        for values in self.sites.values():
+            values[pairs] = 0
 
 
 class PointBank:
@@ -245,7 +296,7 @@ class GridConductance:
     def begin(self, window: Window, pairs: Tensor, local: Tensor, points: Tensor) -> None:
         self.window, self.pairs = window, pairs
         rows = window.rows
-        dtype = self.target.values.dtype
+        dtype = self.target.dtype
         # interval r (rows r, r + 1) counts for its pair unless r is the pair's last row here
         same = local[1:] == local[:-1]
         sel = torch.zeros(len(pairs), max(rows - 1, 0), dtype=dtype, device=pairs.device)
@@ -258,7 +309,7 @@ class GridConductance:
 
     def consume(self, name: str, a: Tensor, g: Tensor) -> None:
         """Conductance of one site's window, called from the backward as soon as its gradient arrives."""
-        acc = self.target.values.dtype
+        acc = self.target.dtype
         w = self.window
         # step differences in the accumulation dtype (bf16/fp16 activations: exact differences)
         workspace: Any = self.workspace
@@ -276,8 +327,6 @@ class GridConductance:
         self.carry[name] = (a[-1].clone(), g[-1].clone())
         if self.bank is not None:
             self.bank.put(name, self.slots, a, g)
-        if name.endswith("hook_z"):  # heads: summed over d_head
-            sums = sums.sum(-1)
         self.target.add(name, self.pairs, sums)
 
 
@@ -305,21 +354,19 @@ class MidpointConductance:
         self.left = slot_of[pair_of_row, at - h].to(dev)
         self.right = slot_of[pair_of_row, at + h].to(dev)
         self.own = self.bank.slots(pair_of_row, at)
-        dtype = self.target.values.dtype
+        dtype = self.target.dtype
         sel = torch.zeros(len(pairs), window.rows, dtype=dtype, device=pairs.device)
         sel[local, torch.arange(window.rows, device=pairs.device)] = 1
         self.select = sel
 
     def consume(self, name: str, a: Tensor, g: Tensor) -> None:
-        acc = self.target.values.dtype
+        acc = self.target.dtype
         p = a.shape[1]
         right = self.bank.a[name][self.right, :p].to(acc)  # gathered copies
         right.sub_(a)
         right.mul_(g.to(acc) - self.bank.g[name][self.left, :p].to(acc))
         self.bank.put(name, self.own, a, g)
         sums = _pair_sums(self.select, right)
-        if name.endswith("hook_z"):
-            sums = sums.sum(-1)
         self.target.add(name, self.pairs, sums)
 
 
@@ -384,7 +431,8 @@ class PathKernel:
         base: baseline word embeddings ``[batch, pos, d_embed]``.
         other: bi-encoder: the fixed side's embeddings ``[batch, d_model]``; else ``None``.
         alpha_table: the interpolation coefficients plans point into (accumulation dtype).
-        layers: requested layers (sorted); ``heads``: attention heads too.
+        layers: requested layers (sorted); ``sites``: requested site names (``mechir_nig.sites``).
+        target: a score other than ``F`` (``target.py``), or ``None``.
     """
 
     def __init__(
@@ -395,7 +443,8 @@ class PathKernel:
         other: Float[Tensor, "batch d_model"] | None,
         alpha_table: Float[Tensor, " n_table"],
         layers: list[int],
-        heads: bool,
+        sites: Sequence[str],
+        target: Target | None = None,
     ):
         self.model = model
         self.batch = batch
@@ -403,8 +452,28 @@ class PathKernel:
         self.other = other
         self.alpha = alpha_table
         self.acc = alpha_table.dtype
+        self.target = target
+        self.output_hook = output_hook(model) if target is not None else None
         # the earliest activation whose gradient is needed becomes a leaf (without the input gradient)
-        self.leaf_name = f"blocks.{layers[0]}." + ("attn.hook_z" if heads else "mlp.hook_pre")
+        self.leaf_name = leaf_hook(layers, sites)
+
+    def score(
+        self,
+        emb: Float[Tensor, "rows pos d_embed"],
+        token_type_ids: Tensor,
+        attention_mask: Tensor,
+        other: Tensor | None,
+        pair: Int[Tensor, " rows"],
+    ) -> Float[Tensor, " rows"]:
+        """``F`` of the rows, or the target's value (one forward either way)."""
+        m = self.model
+        if self.target is None:
+            return m.score_embeds(emb, token_type_ids, attention_mask, other)
+        box: list[Tensor] = []
+        hooks = [(self.output_hook, lambda x, hook: box.append(x))] if self.output_hook else []
+        with m.hooks(fwd_hooks=hooks):
+            f = m.score_embeds(emb, token_type_ids, attention_mask, other)
+        return call_target(self.target, TargetArgs(f, box[-1] if box else None, other, pair))
 
     def run(
         self,
@@ -451,6 +520,7 @@ class PathKernel:
             tt = batch.token_type_ids[pairs, :p_w][local]
             mask = batch.attention_mask[pairs, :p_w][local]
             oth = self.other[pairs][local] if self.other is not None else None
+            pair_rows = pairs[local]
             store.clear()
             if accumulator is not None:
                 accumulator.begin(w, pairs, local, points)
@@ -458,23 +528,23 @@ class PathKernel:
             if input_grad:
                 with m.hooks(fwd_hooks=hooks):
                     start = emb.requires_grad_(True)
-                    f = m.score_embeds(start, tt, mask, oth)
+                    f = self.score(start, tt, mask, oth, pair_rows)
             elif names:
-                # the graph starts at the first requested layer's MLP pre-activation (attn.hook_z with
-                # heads), made a leaf: nothing below it is saved for backward and the backward stops there
+                # the graph starts at the first requested layer's activation that every site depends on
+                # (leaf_hook), made a leaf: nothing below it is saved for backward and the backward stops there
                 with m.hooks(fwd_hooks=[(self.leaf_name, make_leaf)] + hooks):
-                    f = m.score_embeds(emb, tt, mask, oth)
+                    f = self.score(emb, tt, mask, oth, pair_rows)
                 start = leaf_box.pop()
             else:
                 with torch.no_grad():
-                    f = m.score_embeds(emb, tt, mask, oth)
-                scalars.record(pairs[local], points, f, None)
+                    f = self.score(emb, tt, mask, oth, pair_rows)
+                scalars.record(pair_rows, points, f, None)
                 continue
             (g_start,) = torch.autograd.grad(f.sum(), start)
             for name in list(store):  # activations that got no gradient (do not reach the score)
                 a = store.pop(name)
                 accumulator.consume(name, a.detach(), torch.zeros_like(a))
             slope = (g_start.to(acc) * d_acc[local]).sum((1, 2)) if input_grad else None
-            scalars.record(pairs[local], points, f, slope)
+            scalars.record(pair_rows, points, f, slope)
             del f, start, g_start, emb
         return plan.total

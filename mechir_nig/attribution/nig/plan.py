@@ -28,15 +28,20 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from mechir_nig.attribution.settings import DEFAULT_WINDOW_TOKENS
 from mechir_nig.errors import InputError
 
-DEFAULT_WINDOW_TOKENS = 8192
-"""Default window: ``max(1, 8192 // longest_pair)`` points (bounded memory, large enough GEMMs)."""
 
+def default_window(
+    longest: int, internal_batch_size: int | None = None, tokens: int = DEFAULT_WINDOW_TOKENS
+) -> int:
+    """Points per window: ``internal_batch_size``, else ``max(1, tokens // longest)``.
 
-def default_window(longest: int, internal_batch_size: int | None = None) -> int:
-    """Points per window: ``internal_batch_size``, else ``max(1, DEFAULT_WINDOW_TOKENS // longest)``."""
-    return internal_batch_size or max(1, DEFAULT_WINDOW_TOKENS // max(1, int(longest)))
+    Example:
+        >>> default_window(128), default_window(128, 16), default_window(128, tokens=1024)
+        (64, 16, 8)
+    """
+    return internal_batch_size or max(1, tokens // max(1, int(longest)))
 
 
 @dataclass(frozen=True)
