@@ -303,3 +303,17 @@ def test_step_records_merge():
     assert a.merge(c).n_steps_used().tolist() == [8, -1, 16, 4]
     a.merge_steps([a.meta["n_steps_used"], None, b.meta["n_steps_used"]])
     assert a.n_steps_used().tolist() == [8, 32, 16]
+
+
+def test_every_attributed_site_is_saved_and_loaded(ce64, tmp_path):
+    """A result of several sites keeps each site's values through save/load (bit for bit)."""
+    from mechir_nig.attribution import NeuronAttribution
+
+    res = neuron_integrated_gradients(
+        ce64, QUERIES[:2], DOCS[:2], n_steps=4, sites=("mlp_post", "resid_pre", "z")
+    )
+    back = NeuronAttribution.load(res.save(tmp_path / "nig.safetensors"))
+    assert sorted(back.site_values) == sorted(res.site_values) == ["mlp_post", "resid_pre", "z"]
+    for name, values in res.site_values.items():
+        assert torch.equal(back.site(name), values), name
+    assert torch.equal(back.values, res.values)

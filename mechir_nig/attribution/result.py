@@ -87,7 +87,7 @@ class NeuronAttribution(Result):
     truncated: Tensor | None = None  # [batch] bool: documents cut to max_length (reported, never silent)
     reduce: str = "token"
     n_steps_used: Int[Tensor, " batch"] | None = None
-    site_values: Any = field(default_factory=dict)  # dict: site name -> Tensor (Any: load passes **tensors)
+    site_values: dict[str, Tensor] = field(default_factory=dict)  # site name -> values of that site
 
     def __post_init__(self) -> None:
         if self.reduce not in REDUCED:
@@ -201,9 +201,25 @@ class NeuronAttribution(Result):
     KIND = "NeuronAttribution"
     WHAT = "neuron attribution"
 
+    _ALIASES = (("mlp_post", "values"), ("z", "head_values"))  # site_values entries held by another field
+
+    def to_parts(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """``Result.to_parts`` without the ``site_values`` entries that are ``values`` / ``head_values``
+        (one tensor is stored once; ``from_parts`` puts them back)."""
+        tensors, info = super().to_parts()
+        for site_name, name in self._ALIASES:
+            if self.site_values.get(site_name) is getattr(self, name):
+                del tensors[f"site_values.{site_name}"]
+                info.setdefault("site_values_aliases", []).append(site_name)
+        return tensors, info
+
     @classmethod
     def from_parts(cls, tensors: dict[str, Tensor], info: dict[str, Any]) -> NeuronAttribution:
         """``Result.from_parts``, checking that ``values`` covers the listed ``layers``."""
+        aliases = dict(cls._ALIASES)
+        tensors = dict(tensors)
+        for site_name in info.pop("site_values_aliases", []):
+            tensors[f"site_values.{site_name}"] = tensors[aliases[site_name]]
         result = super().from_parts(tensors, info)
         if result.values.shape[1] != len(result.layers):
             raise ValueError(
