@@ -192,6 +192,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         max_length=args.max_length,
         internal_batch_size=args.internal_batch_size,
     )
+    plan = {"query_ids": qids, "queries": args.queries, "split_seed": args.split_seed}
     with s.stage("attribute"):
         stats = attribute_collection(
             model,
@@ -203,11 +204,11 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
             resume=args.resume,
             progress=s.progress,
             collection=col.name,
+            # the queries the ranking is computed on, for `prune` (select on these, evaluate on the
+            # others): in the checkpoint from its first write, so a stopped run's says it too
+            meta=plan,
         )
-    # the queries the ranking was computed on, for `prune` (select on these, evaluate on the others)
-    stats.meta["query_ids"] = qids
-    stats.meta["queries"] = args.queries
-    stats.meta["split_seed"] = args.split_seed
+    stats.meta.update(plan)  # a checkpoint resumed from an older version may lack them
     if ctx.is_main:  # every rank holds the all-reduced statistics; rank 0 writes them
         with OutputLock(path):
             stats.save(path)
