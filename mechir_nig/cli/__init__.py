@@ -132,9 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         session: Session | None = None
         try:
             parser = build_parser()
-            args = parser.parse_args(argv)
+            args, extra = parser.parse_known_args(argv)
             debug = debug or bool(getattr(args, "debug", False))
             prog = f"{PROG} {args.command}"
+            if extra:  # said by the command's parser, not the top-level one
+                raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see {prog} --help)", prog)
             _check_launch(args.command)
             session = Session(args, argv)  # checks the inputs and probes the output before any work
             session.begin()

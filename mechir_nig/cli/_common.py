@@ -466,6 +466,7 @@ class Session:
         self.t0 = time.perf_counter()
         self.outputs: list[str] = []
         previous = read_run(self.out)
+        self.previous = previous  # OUT/run.json as this command found it
         if hasattr(args, "model"):
             if args.model is None:
                 args.model = (previous.get("model") or {}).get("spec") or DEFAULT_MODEL

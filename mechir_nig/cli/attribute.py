@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shlex
+from collections.abc import Iterator
 from typing import Any
 
 from mechir_nig.cli._common import (
@@ -123,6 +126,27 @@ def selection_queries(col: Any, which: str, split_seed: int) -> list[str]:
     return [q for q in sel if q in col.queries]
 
 
+@contextlib.contextmanager
+def _resume_advice(args: argparse.Namespace, s: Session, path: Any) -> Iterator[None]:
+    """A ``--resume`` with other options than the stopped run's: name the command that started it (from
+    run.json) instead of advising another folder, which would lose the checkpoint."""
+    from mechir_nig.errors import InputError
+
+    try:
+        yield
+    except InputError as exc:
+        history = s.previous.get("history")
+        runs = [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
+        started = next((h.get("argv") for h in reversed(runs) if h.get("command") == "attribute"), None)
+        if not (args.resume and "was made with" in str(exc) and started):
+            raise
+        why = str(exc).split("; use another file")[0]
+        raise CommandError(
+            f"{why}. It was started as: mechir-nig {shlex.join(str(a) for a in started)}; run that again "
+            "with --resume to continue it (or pass --overwrite to start again)"
+        ) from exc
+
+
 def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     from mechir_nig._io import OutputLock
     from mechir_nig.attribution.settings import NIGSettings
@@ -193,7 +217,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         internal_batch_size=args.internal_batch_size,
     )
     plan = {"query_ids": qids, "queries": args.queries, "split_seed": args.split_seed}
-    with s.stage("attribute"):
+    with s.stage("attribute"), _resume_advice(args, s, path):
         stats = attribute_collection(
             model,
             pairs,

@@ -9,7 +9,7 @@ from mechir_nig.errors import InputError, ModelLoadError
 from mechir_nig.models import loading
 
 
-def load_model(name_or_path: str | os.PathLike, **kwargs: Any):
+def load_model(name_or_path: str | os.PathLike | None, **kwargs: Any):
     """``HookedCrossEncoder`` for sequence-classification checkpoints, ``HookedBiEncoder`` for bare encoders.
 
     The kind is read from ``config.json``'s ``architectures`` and, where that field is missing, from
