@@ -737,9 +737,10 @@ def _provenance(run: Mapping[str, Any], names: Sequence[str]) -> _Provenance:
         for name in rec.get("outputs") or []:
             if name in names:
                 records[name] = (i, rec)
-    models, collections = {}, {}
-    for _i, rec in records.values():
-        m, c = rec.get("model"), rec.get("collection")
+    models: dict[Any, str] = {}
+    collections: dict[Any, str] = {}
+    for _i, made_by in records.values():
+        m, c = made_by.get("model"), made_by.get("collection")
         if isinstance(m, Mapping):
             models[m.get("fingerprint") or m.get("spec")] = _who(m)
         if isinstance(c, Mapping):
