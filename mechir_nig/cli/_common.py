@@ -448,9 +448,14 @@ class Session:
     times its stages and records itself in ``OUT/run.json``.
 
     ``run.json`` holds the record of the last command that wrote into the folder at the top level
-    (``command``, ``argv``, ``model``, ``collection``, ``settings``, ``outputs``, ``started``,
-    ``finished``, ``seconds``, ``timings``, ``versions``) and every command's record, oldest first,
-    under ``history``.
+    (``command``, ``argv``, ``status``, ``run_id``, ``model``, ``collection``, ``settings``, ``outputs``,
+    ``started``, ``finished``, ``seconds``, ``timings``, ``versions``) and every command's record, oldest
+    first, under ``history``.
+
+    Before any work it checks the inputs (``--model``, ``--collection``, ``--device``) and that the output
+    can be written (:meth:`_probe`, the one place every command's ``--out`` is checked); ``main`` then
+    calls :meth:`begin` (the run's inputs recorded in run.json, ``status: running``) and, when the command
+    fails, :meth:`abort`.
     """
 
     def __init__(self, args: argparse.Namespace, argv: Sequence[str], cache: dict[str, Any] | None = None):
@@ -546,12 +551,16 @@ class Session:
         self.created = []
 
     def _listing(self) -> dict[str, tuple[int, int]]:
+        """Size and time of the files in OUT and its sub-folders (one level: the commands write no
+        deeper), run.json aside: what a command wrote shows as a change."""
         out: dict[str, tuple[int, int]] = {}
         with contextlib.suppress(OSError):
-            for path in self.out.rglob("*"):
-                if path.name != LAYOUT["run"] and path.is_file():
-                    st = path.stat()
-                    out[str(path.relative_to(self.out))] = (st.st_size, st.st_mtime_ns)
+            for path in self.out.iterdir():
+                inner = list(path.iterdir()) if path.is_dir() else [path]
+                for f in inner:
+                    if f.name != LAYOUT["run"] and f.is_file():
+                        st = f.stat()
+                        out[str(f.relative_to(self.out))] = (st.st_size, st.st_mtime_ns)
         return out
 
     def begin(self) -> None:
