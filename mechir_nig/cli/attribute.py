@@ -127,7 +127,7 @@ def selection_queries(col: Any, which: str, split_seed: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def _resume_advice(args: argparse.Namespace, s: Session, path: Any) -> Iterator[None]:
+def _resume_advice(args: argparse.Namespace, s: Session) -> Iterator[None]:
     """A ``--resume`` with other options than the stopped run's: name the command that started it (from
     run.json) instead of advising another folder, which would lose the checkpoint."""
     from mechir_nig.errors import InputError
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         internal_batch_size=args.internal_batch_size,
     )
     plan = {"query_ids": qids, "queries": args.queries, "split_seed": args.split_seed}
-    with s.stage("attribute"), _resume_advice(args, s, path):
+    with s.stage("attribute"), _resume_advice(args, s):
         stats = attribute_collection(
             model,
             pairs,

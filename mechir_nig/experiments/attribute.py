@@ -182,6 +182,11 @@ def attribute_collection(
     if len(pairs) == 0:
         raise InputError("pairs is empty; pass judged pairs (mechir_nig.data.judged_pairs)")
     fields_ = [_pair_fields(p, i) for i, p in enumerate(pairs)]
+    taken = sorted(
+        set(meta or {}) & {"planned", "n_pairs", "pairs_fingerprint", "model", "collection", "shard"}
+    )
+    if taken:
+        raise InputError(f"meta cannot set {taken}: attribute_collection records them itself")
     plan_meta = {"planned": {lab: sum(f[2] == lab for f in fields_) for lab in LABELS}, **(meta or {})}
     ckpt = Path(checkpoint) if checkpoint is not None else None
     ctx = distributed_context(distributed, getattr(model, "device", None))
