@@ -30,7 +30,10 @@ from typing import Any
 
 from mechir_nig.errors import InputError
 
-__all__ = ["FILES", "build"]
+__all__ = ["FILES", "LAYOUT_VERSION", "attribution_incomplete", "build", "check_layout"]
+
+LAYOUT_VERSION = 1
+"""The version of the results-folder layout (``run.json``'s ``layout``) this mechir_nig writes and reads."""
 
 FILES: dict[str, str] = {
     "run": "run.json",
@@ -63,6 +66,47 @@ _TITLES = {
     "stability": "Split-half stability",
 }
 _ORDER = ("run", "rerank", "attribution", "pruning", "patching", "faithfulness", "stability")
+
+
+def check_layout(run: Mapping[str, Any], path: str | Path = "run.json") -> None:
+    """Refuse (``InputError``) a ``run.json`` of a layout version this mechir_nig does not know (one
+    without a ``layout`` is read as version 1).
+
+    Example:
+        >>> check_layout({"layout": 1})
+        >>> check_layout({"layout": 7})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        mechir_nig.errors.InputError: run.json has results-folder layout version 7; this mechir_nig reads ...
+    """
+    version = run.get("layout", LAYOUT_VERSION)
+    if version != LAYOUT_VERSION or isinstance(version, bool):
+        raise InputError(
+            f"{path} has results-folder layout version {version!r}; this mechir_nig reads version "
+            f"{LAYOUT_VERSION}: read it with the mechir_nig that wrote it (or a newer one)"
+        )
+
+
+def attribution_incomplete(stats: Any) -> str | None:
+    """``None`` when a ``CollectionAttribution`` holds every pair its run planned, else what it holds
+    (e.g. ``"2 of 28 planned pairs (relevant 2 of 14, nonrelevant 0 of 14)"``): a run that was stopped
+    leaves such a checkpoint. One made without a plan (``meta["n_pairs"]``) counts as complete.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> attribution_incomplete(NS(n_done=2, meta={"n_pairs": 28}, counts={"relevant": 2}))
+        '2 of 28 planned pairs'
+    """
+    planned = stats.meta.get("n_pairs")
+    if not isinstance(planned, int) or stats.n_done >= planned:
+        return None
+    text = f"{stats.n_done} of {planned} planned pairs"
+    by_label = stats.meta.get("planned")
+    if isinstance(by_label, Mapping) and by_label:
+        text += (
+            " (" + ", ".join(f"{lab} {stats.counts.get(lab, 0)} of {n}" for lab, n in by_label.items()) + ")"
+        )
+    return text
 
 
 # -- formatting --------------------------------------------------------------------------------------
@@ -242,10 +286,11 @@ def _run_section(doc: _Doc, run: Mapping[str, Any]) -> None:
         argv = rec.get("argv") or []
         line = "mechir-nig " + shlex.join(str(a) for a in argv) if argv else "(Python API)"
         timings = rec.get("timings") or {}
+        status = rec.get("status")
         rows.append(
             [
                 i + 1,
-                rec.get("command"),
+                rec.get("command") if status in (None, "finished") else f"{rec.get('command')} ({status})",
                 _code(line),
                 rec.get("started"),
                 rec.get("seconds"),
@@ -307,7 +352,16 @@ def _attribution_section(doc: _Doc, stats: Any) -> None:
     )
 
     parts = doc.section("attribution", _TITLES["attribution"])
+    incomplete = attribution_incomplete(stats)
+    if incomplete is not None:
+        message = (
+            f"The attribution is incomplete: it holds {incomplete} (a run that was stopped); every "
+            "figure and table below is of those pairs only. Finish it with mechir-nig attribute --resume."
+        )
+        doc.problems.append(message)
+        parts.append(f'<p class="problem">{_e(message)}</p>')
     meta = dict(stats.meta)
+    meta.pop("planned", None)
     present = [lab for lab in LABELS if stats.counts.get(lab, 0) > 0]
     items: list[tuple[str, Any]] = [(f"{lab} pairs", stats.counts.get(lab, 0)) for lab in LABELS]
     items += [
@@ -383,6 +437,13 @@ def _pruning_section(doc: _Doc, result: Any) -> None:
 
     parts = doc.section("pruning", _TITLES["pruning"])
     settings = dict(result.settings)
+    if settings.get("attribution_incomplete"):
+        message = (
+            f"The pruning study selected its neurons from an incomplete attribution "
+            f"({settings['attribution_incomplete']}; prune --allow-incomplete)."
+        )
+        doc.problems.append(message)
+        parts.append(f'<p class="problem">{_e(message)}</p>')
     items: list[tuple[str, Any]] = [
         ("selection queries", len(result.select_queries)),
         ("evaluation queries", len(result.eval_queries)),
@@ -642,6 +703,62 @@ def _profile_figure(profiles: Sequence[Sequence[int]]) -> Any:
     return finish(fig, "Top neurons per layer of each query half", barmode="group", height=400)
 
 
+@dataclass
+class _Provenance:
+    """Which command, model and collection made each result file (from ``run.json``'s history)."""
+
+    records: dict[str, tuple[int, Mapping[str, Any]]]
+    mixed: str | None
+
+    def line(self, name: str) -> str:
+        if name not in self.records:
+            return f'<p class="note">{_e(name)}: not recorded in run.json (its model and collection are unknown).</p>'
+        i, rec = self.records[name]
+        text = (
+            f"{name}: made by {rec.get('command')} (command #{i + 1}) with model {_who(rec.get('model'))} "
+            f"on collection {_who(rec.get('collection'))}."
+        )
+        return f'<p class="{"problem" if self.mixed else "note"}">{_e(text)}</p>'
+
+
+def _who(record: Any) -> str:
+    if not isinstance(record, Mapping):
+        return "(unknown)"
+    name = record.get("spec") or record.get("name") or "(unknown)"
+    fp = record.get("fingerprint")
+    return f"{name} (fingerprint {str(fp)[:12]})" if fp else str(name)
+
+
+def _provenance(run: Mapping[str, Any], names: Sequence[str]) -> _Provenance:
+    """The last command of ``run``'s history that wrote each of ``names``; a note when they differ in
+    model or collection."""
+    records: dict[str, tuple[int, Mapping[str, Any]]] = {}
+    for i, rec in enumerate(_history(run) if run else []):
+        for name in rec.get("outputs") or []:
+            if name in names:
+                records[name] = (i, rec)
+    models: dict[Any, str] = {}
+    collections: dict[Any, str] = {}
+    for _i, made_by in records.values():
+        m, c = made_by.get("model"), made_by.get("collection")
+        if isinstance(m, Mapping):
+            models[m.get("fingerprint") or m.get("spec")] = _who(m)
+        if isinstance(c, Mapping):
+            collections[c.get("spec") or c.get("name")] = _who(c)
+    mixed = []
+    if len(models) > 1:
+        mixed.append(f"{len(models)} models ({'; '.join(models.values())})")
+    if len(collections) > 1:
+        mixed.append(f"{len(collections)} collections ({'; '.join(collections.values())})")
+    note = None
+    if mixed:
+        note = (
+            f"The results in this folder were computed with {' and '.join(mixed)}: they are not one study; "
+            "each section names the model and collection of its result."
+        )
+    return _Provenance(records, note)
+
+
 _SECTIONS: dict[str, Callable[[_Doc, Any], None]] = {
     "run": _run_section,
     "rerank": _rerank_section,
@@ -686,7 +803,13 @@ footer{color:#777;font-size:.85em;text-align:center;padding:12px}
 """
 
 
-def build(results_dir: str | Path, out: str | Path | None = None, *, title: str | None = None) -> Path:
+def build(
+    results_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    title: str | None = None,
+    allow_incomplete: bool = False,
+) -> Path:
     """Write one self-contained HTML report of the results in ``results_dir``.
 
     Reads the files of the results layout (``run.json``, ``attribution.safetensors``, ``pruning.json``,
@@ -700,12 +823,19 @@ def build(results_dir: str | Path, out: str | Path | None = None, *, title: str 
         results_dir: the results folder (e.g. the ``--out`` of ``mechir-nig`` commands).
         out: the HTML file to write (default: ``results_dir/report.html``); its folder is created.
         title: the page title (default: ``mechir_nig report: <folder name>``).
+        allow_incomplete: report an attribution that holds fewer pairs than its run planned (a stopped
+            run), flagged as incomplete; without it such an attribution is refused.
+
+    Each result's section names the command, model and collection that made it (from ``run.json``);
+    results of different models or collections in one folder are flagged at the top.
 
     Returns:
         The path of the written file.
 
     Raises:
-        InputError: ``results_dir`` is not a folder, or holds none of the files above.
+        InputError: ``results_dir`` is not a folder, or holds none of the files above; ``out`` is a
+            folder; ``run.json`` is of an unknown layout version; the attribution is incomplete (without
+            ``allow_incomplete``).
 
     Example:
         >>> from mechir_nig.report import build
@@ -730,9 +860,14 @@ def build(results_dir: str | Path, out: str | Path | None = None, *, title: str 
             "commands with --out, see docs/cli.md)"
         )
     out_path = Path(out).expanduser() if out is not None else folder / REPORT_NAME
+    if out_path.is_dir():
+        raise InputError(
+            f"{out_path} is a folder; pass the HTML file to write, e.g. {out_path / REPORT_NAME}"
+        )
     doc = _Doc()
     loaders = _loaders()
     unreadable: dict[str, str] = {}
+    loaded: dict[str, Any] = {}
     for key in _ORDER:
         if key not in found:
             continue
@@ -740,21 +875,41 @@ def build(results_dir: str | Path, out: str | Path | None = None, *, title: str 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # e.g. an old attribution without a checksum
-                loaded = loaders[key](path)
+                loaded[key] = loaders[key](path)
         except Exception as exc:  # a damaged file is reported, the others still are
             unreadable[key] = f"{type(exc).__name__}: {exc}"
             message = f"{path.name} could not be read: {unreadable[key]}"
             doc.problems.append(message)
             warnings.warn(message, UserWarning, stacklevel=2)
-            continue
+    run = loaded.get("run")
+    if isinstance(run, Mapping):
+        check_layout(run, found["run"])
+    if "attribution" in loaded and not allow_incomplete:
+        incomplete = attribution_incomplete(loaded["attribution"])
+        if incomplete is not None:
+            raise InputError(
+                f"{found['attribution']} is incomplete: it holds {incomplete} (its run was stopped). Finish "
+                f"it (mechir-nig attribute --resume --out {folder}), or pass allow_incomplete=True to report "
+                "on it, flagged as incomplete"
+            )
+    provenance = _provenance(
+        run if isinstance(run, Mapping) else {}, [FILES[k] for k in loaded if k != "run"]
+    )
+    for key, value in loaded.items():
+        path = found[key]
+        n_before = len(doc.sections)
         try:
-            _SECTIONS[key](doc, loaded)
+            _SECTIONS[key](doc, value)
         except Exception as exc:
             message = f"the {_TITLES[key]} section of {path.name} failed: {type(exc).__name__}: {exc}"
             doc.problems.append(message)
             warnings.warn(message, UserWarning, stacklevel=2)
             if doc.sections and doc.sections[-1][0] == key:
                 doc.sections[-1][2].append(f'<p class="problem">{_e(message)}</p>')
+        if key != "run" and len(doc.sections) > n_before:
+            doc.sections[-1][2].insert(0, provenance.line(path.name))
+    if provenance.mixed:
+        doc.problems.append(provenance.mixed)
     title = title or f"mechir_nig report: {folder.resolve().name}"
     now = _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
     files = []

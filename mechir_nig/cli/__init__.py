@@ -103,6 +103,15 @@ def _check_launch(command: str) -> None:
         )
 
 
+def _abort(session: Session | None, status: str, error: str) -> None:
+    """A failed command: its run.json record and the empty folders it created (``Session.abort``)."""
+    if session is not None:
+        try:
+            session.abort(status, error)
+        except Exception as exc:  # the cleanup must never hide the failure itself
+            eprint(f"{PROG}: warning: could not clean up after the failure ({type(exc).__name__}: {exc})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, 1 failure, 2 bad option)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -120,34 +129,47 @@ def main(argv: Sequence[str] | None = None) -> int:
                 eprint(text)
 
         warnings.showwarning = show
+        session: Session | None = None
         try:
             parser = build_parser()
-            args = parser.parse_args(argv)
+            args, extra = parser.parse_known_args(argv)
             debug = debug or bool(getattr(args, "debug", False))
             prog = f"{PROG} {args.command}"
+            if extra:  # said by the command's parser, not the top-level one
+                raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see {prog} --help)", prog)
             _check_launch(args.command)
-            args.func(args, Session(args, argv))
+            session = Session(args, argv)  # checks the inputs and probes the output before any work
+            session.begin()
+            args.func(args, session)
         except SystemExit as exc:  # --help, --version
             return exc.code if isinstance(exc.code, int) else 0
         except KeyboardInterrupt:
+            _abort(session, "interrupted", "interrupted")
             eprint(f"{prog}: interrupted (attribute --resume continues from the last checkpoint)")
             return 130
         except UsageError as exc:
             if debug:
                 traceback.print_exc()
-            eprint(f"{exc.prog or prog}: error: {cli_terms(str(exc))}")
+            message = cli_terms(str(exc))
+            _abort(session, "failed", message)
+            eprint(f"{exc.prog or prog}: error: {message}")
             return 2
         except Exception as exc:
+            from mechir_nig.cli._common import explain_failure
             from mechir_nig.errors import MechirNigError
 
             if debug:
                 traceback.print_exc()
-            if isinstance(exc, CommandError | MechirNigError | OSError):
-                eprint(f"{prog}: error: {cli_terms(str(exc))}")
+            known = explain_failure(exc, session.out if session is not None else None)
+            if known is not None:
+                message = known
+            elif isinstance(exc, CommandError | MechirNigError | OSError):
+                message = cli_terms(str(exc))
             else:
-                eprint(
-                    f"{prog}: error: unexpected {type(exc).__name__}: {cli_terms(str(exc))}"
-                    + ("" if debug else " (rerun with --debug for the traceback, and please report it)")
+                message = f"unexpected {type(exc).__name__}: {cli_terms(str(exc))}" + (
+                    "" if debug else " (rerun with --debug for the traceback, and please report it)"
                 )
+            _abort(session, "failed", message)
+            eprint(f"{prog}: error: {message}")
             return 1
     return 0

@@ -19,10 +19,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mechir_nig.report import FILES, REPORT_NAME
+from mechir_nig.report import FILES, LAYOUT_VERSION, REPORT_NAME, attribution_incomplete, check_layout
 
 PROG = "mechir-nig"
-LAYOUT_VERSION = 1
 LAYOUT = {**FILES, "report": REPORT_NAME}
 """File names inside a results folder (``--out DIR``), by what they hold."""
 # choices of library options, spelled out so that `--help` needs no torch import (tests/test_cli.py checks
@@ -68,6 +67,7 @@ _CLI_TERMS: list[tuple[str, str]] = [
     (r"max_relevant_per_query", "--max-relevant"),
     (r"max_nonrelevant_per_query", "--max-nonrelevant"),
     (r"pass resume=True", "pass --resume"),
+    (r"pass allow_incomplete=True", "pass --allow-incomplete"),
     (r"resume=True", "--resume"),
     (r"(pass )?another checkpoint= path", "pass another --out folder"),
     (r"internal_batch_size", "--internal-batch-size"),
@@ -105,7 +105,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (``prog: error: ...``) and exit status 2."""
+    """An ArgumentParser whose errors are one line (``prog: error: ...``) and exit status 2; options must
+    be spelled in full (``allow_abbrev=False``: ``--n-step`` is not ``--n-steps``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> Any:  # argparse calls this for every usage error
         if "expected one argument" in message:
@@ -174,6 +179,13 @@ def fraction_list(text: str) -> list[float]:
 def int_list(text: str) -> list[int]:
     """argparse type: comma-separated integers >= 0."""
     return [nonneg_int(part) for part in _parts(text)]
+
+
+def word(text: str) -> str:
+    """argparse type: a non-empty text (an empty ``--term ""`` is refused, not taken as no term)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a word, or leave the option out for its default")
+    return text
 
 
 def str_list(text: str) -> list[str]:
@@ -287,13 +299,103 @@ def _spec_record(spec: str) -> str:
     return spec
 
 
+def load_attribution(
+    path: Path, allow_incomplete: bool, say: Callable[[str], None]
+) -> tuple[Any, str | None]:
+    """The attribution at ``path`` and, when it holds fewer pairs than its run planned (a stopped
+    ``attribute``), what it holds: refused (``CommandError``) unless ``allow_incomplete``, and then said."""
+    from mechir_nig.attribution.stats import CollectionAttribution
+
+    stats = CollectionAttribution.load(path)
+    incomplete = attribution_incomplete(stats)
+    if incomplete is not None:
+        if not allow_incomplete:
+            raise CommandError(
+                f"{path} is incomplete: it holds {incomplete} (its attribute run was stopped). Finish it "
+                f"with mechir-nig attribute --resume --out {path.parent}, or pass --allow-incomplete to use "
+                "it as it is (flagged in the output and the report)"
+            )
+        say(f"note: --allow-incomplete: {path} holds only {incomplete}; the results below rest on those")
+    return stats, incomplete
+
+
 def read_run(out: Path) -> dict[str, Any]:
-    """``out/run.json`` as a dict (``{}`` when absent or unreadable)."""
+    """``out/run.json`` as a dict (``{}`` when absent or unreadable); ``CommandError`` when it is of a
+    layout version this mechir_nig does not know."""
+    path = out / LAYOUT["run"]
     try:
-        data = json.loads((out / LAYOUT["run"]).read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    try:
+        check_layout(data, path)
+    except Exception as exc:
+        raise CommandError(f"{exc}; or pass another --out") from exc
+    return data
+
+
+def check_device(spec: str) -> None:
+    """Refuse a ``--device`` torch does not know or this machine lacks (e.g. ``cuda`` without CUDA), in
+    command-line terms, before anything is loaded."""
+    if spec == "auto":
+        return
+    import torch
+
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise UsageError(
+            f"--device {spec}: not a torch device; pass auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    fix = "pass --device cpu, or --device auto (cuda when available, else cpu)"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                "this torch is built without CUDA"
+                if torch.version.cuda is None
+                else "no CUDA GPU is visible (no driver, or CUDA_VISIBLE_DEVICES hides them)"
+            )
+            raise UsageError(f"--device {spec}: CUDA is not available on this machine ({why}); {fix}")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise UsageError(f"--device {spec}: this machine has {n} CUDA device(s) (cuda:0-{n - 1}); {fix}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {spec}: MPS (Apple GPU) is not available on this machine; {fix}")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {spec}: mechir-nig runs on cpu, cuda or mps; {fix}")
+
+
+_DISK_FULL = re.compile(r"No space left on device|StorageFull|Disk quota exceeded|os error 28", re.I)
+_GPU_MEMORY = re.compile(r"CUDA out of memory|CUBLAS_STATUS_ALLOC_FAILED|MPS backend out of memory", re.I)
+_NO_CUDA = re.compile(
+    r"Torch not compiled with CUDA|no NVIDIA driver|CUDA driver version is insufficient", re.I
+)
+
+
+def explain_failure(exc: BaseException, out: Path | None = None) -> str | None:
+    """What happened and what to do, for failures of the machine rather than of mechir_nig (a full disk,
+    GPU memory, a missing CUDA); ``None`` for anything else."""
+    import errno
+
+    text = str(exc)
+    where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or _DISK_FULL.search(text):
+        folder = f" --out {out}" if out is not None else " the output folder"
+        return (
+            f"the disk is full{where}: nothing more could be written into{folder}. Free some space or pass "
+            "an --out folder on another disk, and run again (attribute --resume continues from its last "
+            "checkpoint)"
+        )
+    if type(exc).__name__ == "OutOfMemoryError" or _GPU_MEMORY.search(text):
+        return (
+            "the GPU ran out of memory: lower --batch-size (and --internal-batch-size or --chunk-size where "
+            "the command has them), or pass --device cpu"
+        )
+    if _NO_CUDA.search(text):
+        return f"CUDA is not usable on this machine ({text.split('.')[0]}): pass --device cpu"
+    return None
 
 
 def versions() -> dict[str, str]:
@@ -346,9 +448,14 @@ class Session:
     times its stages and records itself in ``OUT/run.json``.
 
     ``run.json`` holds the record of the last command that wrote into the folder at the top level
-    (``command``, ``argv``, ``model``, ``collection``, ``settings``, ``outputs``, ``started``,
-    ``finished``, ``seconds``, ``timings``, ``versions``) and every command's record, oldest first,
-    under ``history``.
+    (``command``, ``argv``, ``status``, ``run_id``, ``model``, ``collection``, ``settings``, ``outputs``,
+    ``started``, ``finished``, ``seconds``, ``timings``, ``versions``) and every command's record, oldest
+    first, under ``history``.
+
+    Before any work it checks the inputs (``--model``, ``--collection``, ``--device``) and that the output
+    can be written (:meth:`_probe`, the one place every command's ``--out`` is checked); ``main`` then
+    calls :meth:`begin` (the run's inputs recorded in run.json, ``status: running``) and, when the command
+    fails, :meth:`abort`.
     """
 
     def __init__(self, args: argparse.Namespace, argv: Sequence[str], cache: dict[str, Any] | None = None):
@@ -364,6 +471,7 @@ class Session:
         self.t0 = time.perf_counter()
         self.outputs: list[str] = []
         previous = read_run(self.out)
+        self.previous = previous  # OUT/run.json as this command found it
         if hasattr(args, "model"):
             if args.model is None:
                 args.model = (previous.get("model") or {}).get("spec") or DEFAULT_MODEL
@@ -372,6 +480,120 @@ class Session:
             if args.collection is None:
                 args.collection = (previous.get("collection") or {}).get("spec") or DEFAULT_COLLECTION
             check_collection_spec(args.collection)
+        if hasattr(args, "device"):
+            check_device(args.device)
+        self.run_id = f"{platform.node()}.{os.getpid()}.{time.time_ns()}"
+        self.created: list[Path] = []  # folders the probe created (deepest first), removed if left empty
+        self._before: tuple[bytes | None, dict[str, tuple[int, int]]] | None = None
+        self._probe()
+
+    # -- the output, before any work -------------------------------------------------------------------
+    def _probe(self) -> None:
+        """Check, before any work, that the command can write its output: ``--out`` (a folder) for every
+        command, the HTML file for ``report``. An empty ``--out``, a file where the folder should be, or
+        a folder where ``report -o`` needs a file is a ``UsageError``; an unwritable place a
+        ``CommandError``. The folders created here are removed again if the command fails leaving them
+        empty (:meth:`discard_empty`)."""
+        args = self.args
+        if not str(args.out).strip():
+            raise UsageError("--out is empty; pass the results folder, e.g. --out results")
+        if self.command == "report":
+            results = Path(args.results_dir).expanduser() if args.results_dir is not None else self.out
+            if args.output is not None and not str(args.output).strip():
+                raise UsageError(f"-o is empty; pass the HTML file to write, e.g. -o {LAYOUT['report']}")
+            if not results.is_dir():
+                return  # `report` refuses it, naming the folder
+            output = Path(args.output).expanduser() if args.output is not None else results / LAYOUT["report"]
+            if output.is_dir():
+                raise UsageError(
+                    f"-o {args.output or output}: a folder; pass the HTML file to write, e.g. "
+                    f"-o {output / LAYOUT['report']}"
+                )
+            self._writable(output.parent, f"-o {output}")
+            return
+        if self.out.exists() and not self.out.is_dir():
+            raise UsageError(
+                f"--out {args.out}: a file, not a folder; pass the results folder (new, or one the "
+                "mechir-nig commands wrote)"
+            )
+        self._writable(self.out, f"--out {args.out}")
+
+    def _writable(self, folder: Path, option: str) -> None:
+        from mechir_nig._io import temp_path
+
+        missing = []
+        p = folder.absolute()
+        while not p.exists() and p != p.parent:
+            missing.append(p)
+            p = p.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.created = missing
+            tmp = temp_path(folder / ".mechir-nig-write-probe")
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            self.discard_empty()
+            raise CommandError(
+                f"{option}: cannot write there ({exc.strerror or exc}); nothing was run. Pass a folder you "
+                "can write to, or make this one writable, and run again"
+            ) from exc
+
+    def discard_empty(self) -> None:
+        """Remove the folders this command created when they hold nothing (a failed command leaves no
+        empty results folder behind)."""
+        for folder in self.created:
+            with contextlib.suppress(OSError):
+                for root, _dirs, _files in os.walk(folder, topdown=False):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(root)
+        self.created = []
+
+    def _listing(self) -> dict[str, tuple[int, int]]:
+        """Size and time of the files in OUT and its sub-folders (one level: the commands write no
+        deeper), run.json aside: what a command wrote shows as a change."""
+        out: dict[str, tuple[int, int]] = {}
+        with contextlib.suppress(OSError):
+            for path in self.out.iterdir():
+                inner = list(path.iterdir()) if path.is_dir() else [path]
+                for f in inner:
+                    if f.name != LAYOUT["run"] and f.is_file():
+                        st = f.stat()
+                        out[str(f.relative_to(self.out))] = (st.st_size, st.st_mtime_ns)
+        return out
+
+    def begin(self) -> None:
+        """Record the run's inputs (model, collection, settings; ``status: running``) in ``OUT/run.json``
+        before any work, so that a run that is killed still says what it ran on (``--resume`` then
+        finds its ``--model`` and ``--collection``). Commands that write no results record nothing."""
+        if not self.main or not hasattr(self.args, "model"):
+            return
+        path = self.out / LAYOUT["run"]
+        previous = path.read_bytes() if path.is_file() else None
+        self._write(self._rec(status="running"))
+        self._before = (previous, self._listing())
+
+    def abort(self, status: str, error: str) -> None:
+        """After a failure: when the command wrote nothing but its ``begin`` record, ``run.json`` is put
+        back as it was; otherwise (a checkpoint, a result) its record stays, with ``status`` and the
+        ``error``. Then the folders it created are removed if empty."""
+        if self._before is not None and self.main:
+            previous, listing = self._before
+            path = self.out / LAYOUT["run"]
+            with contextlib.suppress(OSError):
+                if self._listing() != listing:
+                    rec = self._rec(status=status)
+                    rec["error"] = error
+                    self._write(rec)
+                elif previous is None:
+                    path.unlink()
+                else:
+                    from mechir_nig._io import atomic_write
+
+                    atomic_write(path, lambda tmp: tmp.write_bytes(previous))
+            self._before = None
+        self.discard_empty()
 
     @property
     def main(self) -> bool:
@@ -457,11 +679,12 @@ class Session:
         self.outputs.append(path.name)
 
     def model_record(self) -> dict[str, Any] | None:
+        """The model's record (its spec alone while it is not loaded yet)."""
         if not hasattr(self.args, "model"):
             return None
         m = self.cache.get(f"model|{self.args.model}|{self.device()}")
         if m is None:
-            return None
+            return {"spec": _spec_record(self.args.model), "id": self.args.model}
         cfg = m.cfg
         return {
             "spec": _spec_record(self.args.model),
@@ -478,9 +701,12 @@ class Session:
         }
 
     def collection_record(self) -> dict[str, Any] | None:
-        key = f"collection|{getattr(self.args, 'collection', None)}"
-        if key not in self.cache:
+        """The collection's record (its spec alone while it is not loaded yet)."""
+        if not hasattr(self.args, "collection"):
             return None
+        key = f"collection|{self.args.collection}"
+        if key not in self.cache:
+            return {"spec": _spec_record(self.args.collection)}
         col = self.cache[key]
         docs = col.docs
         n_docs = len(docs) if isinstance(docs, dict) else getattr(docs, "count", None)
@@ -493,34 +719,53 @@ class Session:
             "relevance_threshold": col.relevance_threshold,
         }
 
-    def record(self, settings: dict[str, Any] | None = None, summary: dict[str, Any] | None = None) -> Path:
-        """Add this command's record to ``OUT/run.json`` (written atomically; rank 0 only under torchrun)."""
+    def _rec(
+        self,
+        settings: dict[str, Any] | None = None,
+        summary: dict[str, Any] | None = None,
+        status: str = "finished",
+    ) -> dict[str, Any]:
         args = {
             k: v
             for k, v in vars(self.args).items()
             if k not in ("func", "command", "debug") and not callable(v)
         }
-        rec: dict[str, Any] = {
+        return {
             "command": self.command,
             "argv": self.argv,
+            "status": status,
+            "run_id": self.run_id,
             "model": self.model_record(),
             "collection": self.collection_record(),
             "settings": {**args, **(settings or {})},
             "outputs": self.outputs,
             "summary": summary or {},
             "started": self.started,
-            "finished": _now(),
+            "finished": None if status == "running" else _now(),
             "seconds": round(time.perf_counter() - self.t0, 3),
             "timings": self.timings,
             "versions": versions(),
         }
-        if not self.main:
-            return self.path("run")
+
+    def _write(self, rec: dict[str, Any]) -> Path:
+        """``rec`` as the top-level record of ``OUT/run.json``, last in its history (replacing this run's
+        ``begin`` record)."""
         previous = read_run(self.out)
         old = previous.get("history")
-        history: list[Any] = old if isinstance(old, list) else []
+        history = [
+            h
+            for h in (old if isinstance(old, list) else [])
+            if not (isinstance(h, dict) and h.get("run_id") == self.run_id)
+        ]
         data = {"layout": LAYOUT_VERSION, **rec, "history": [*history, rec]}
         return write_json(self.path("run"), data)
+
+    def record(self, settings: dict[str, Any] | None = None, summary: dict[str, Any] | None = None) -> Path:
+        """Add this command's record to ``OUT/run.json`` (written atomically; rank 0 only under torchrun)."""
+        if not self.main:
+            return self.path("run")
+        self._before = None  # finished: a later failure keeps the record
+        return self._write(self._rec(settings, summary))
 
 
 def eprint(message: str) -> None:

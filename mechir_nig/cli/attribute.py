@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shlex
+from collections.abc import Iterator
 from typing import Any
 
 from mechir_nig.cli._common import (
@@ -139,6 +142,27 @@ def selection_queries(col: Any, which: str, split_seed: int) -> list[str]:
     return [q for q in sel if q in col.queries]
 
 
+@contextlib.contextmanager
+def _resume_advice(args: argparse.Namespace, s: Session) -> Iterator[None]:
+    """A ``--resume`` with other options than the stopped run's: name the command that started it (from
+    run.json) instead of advising another folder, which would lose the checkpoint."""
+    from mechir_nig.errors import InputError
+
+    try:
+        yield
+    except InputError as exc:
+        history = s.previous.get("history")
+        runs = [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
+        started = next((h.get("argv") for h in reversed(runs) if h.get("command") == "attribute"), None)
+        if not (args.resume and "was made with" in str(exc) and started):
+            raise
+        why = str(exc).split("; use another file")[0]
+        raise CommandError(
+            f"{why}. It was started as: mechir-nig {shlex.join(str(a) for a in started)}; run that again "
+            "with --resume to continue it (or pass --overwrite to start again)"
+        ) from exc
+
+
 def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     from mechir_nig._io import OutputLock
     from mechir_nig.attribution.settings import NIGSettings
@@ -212,7 +236,8 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         max_length=args.max_length,
         internal_batch_size=args.internal_batch_size,
     )
-    with s.stage("attribute"):
+    plan = {"query_ids": qids, "queries": args.queries, "split_seed": args.split_seed}
+    with s.stage("attribute"), _resume_advice(args, s):
         stats = attribute_collection(
             model,
             pairs,
@@ -223,11 +248,11 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
             resume=args.resume,
             progress=s.progress,
             collection=col.name,
+            # the queries the ranking is computed on, for `prune` (select on these, evaluate on the
+            # others): in the checkpoint from its first write, so a stopped run's says it too
+            meta=plan,
         )
-    # the queries the ranking was computed on, for `prune` (select on these, evaluate on the others)
-    stats.meta["query_ids"] = qids
-    stats.meta["queries"] = args.queries
-    stats.meta["split_seed"] = args.split_seed
+    stats.meta.update(plan)  # a checkpoint resumed from an older version may lack them
     if ctx.is_main:  # every rank holds the merged statistics; rank 0 writes them
         with OutputLock(path):
             stats.save(path)

@@ -16,6 +16,7 @@ from mechir_nig.cli._common import (
     choice_list,
     int_list,
     positive_int,
+    word,
 )
 from mechir_nig.cli._pairs import add_pair_options, candidate_pairs
 
@@ -52,7 +53,10 @@ def add_parser(sub: Any) -> None:
         "--where", choices=("start", "middle", "end"), default="end", help="where a term is injected"
     )
     g.add_argument(
-        "--term", default=None, help="the term injected (tfc1) or removed (remove) (default: from the query)"
+        "--term",
+        type=word,
+        default=None,
+        help="the term injected (tfc1) or removed (remove) (default: from the query)",
     )
     g = p.add_argument_group("patching")
     g.add_argument(

@@ -79,6 +79,12 @@ def add_parser(sub: Any) -> None:
     )
     g.add_argument("--batch-size", type=positive_int, default=32, help="texts or pairs per forward")
     g.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="use an attribution that holds fewer pairs than its run planned (a stopped attribute); the "
+        "output, pruning.json and the report say so. Without it such an attribution is refused",
+    )
+    g.add_argument(
         "--split-seed",
         type=int,
         default=0,
@@ -89,8 +95,15 @@ def add_parser(sub: Any) -> None:
 
 def attribution_path(s: Session, given: str | None) -> Path:
     """``--attribution`` as a file (a folder means its attribution.safetensors); refuse a missing one."""
+    from mechir_nig.runtime.shards import manifest_path
+
     if given is None:
         path = s.out / LAYOUT["attribution"]
+        if not path.is_file() and manifest_path(path).is_file():
+            raise CommandError(
+                f"{path} is not written yet: {manifest_path(path).name} is the manifest of a sharded attribute "
+                f"run that was stopped; finish it with mechir-nig attribute --resume --out {s.out}"
+            )
         if not path.is_file():
             raise UsageError(
                 f"{path} does not exist: run `mechir-nig attribute --out {s.out}` first, or pass --attribution FILE"
@@ -105,14 +118,14 @@ def attribution_path(s: Session, given: str | None) -> Path:
 
 
 def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
-    from mechir_nig.attribution.stats import CollectionAttribution
+    from mechir_nig.cli._common import load_attribution
     from mechir_nig.data import bm25_candidates
     from mechir_nig.evaluation import _parse_measures
     from mechir_nig.experiments.pruning import pruning_study, split_queries
 
     path = attribution_path(s, args.attribution)
     _parse_measures(args.measures)  # unknown names fail before any work
-    stats = CollectionAttribution.load(path)
+    stats, incomplete = load_attribution(path, args.allow_incomplete, s.say)
     col = s.collection()
     model = s.model()
     if model.pairwise and args.side != "doc":
@@ -195,6 +208,8 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     out = s.path("pruning")
     result.settings["attribution"] = str(path.resolve())
     result.settings["k"] = args.k
+    if incomplete is not None:
+        result.settings["attribution_incomplete"] = incomplete
     if s.main:  # pruning_study shards the evaluations and gathers every run on each rank
         result.save(out)
     s.wrote(out)
@@ -202,5 +217,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     s.say(f"wrote {out}")
     unpruned = next(r for r in result.runs if r["condition"] == "unpruned")
     summary = {"unpruned": {m: unpruned[m] for m in result.measures}, "evaluations": len(result.runs)}
+    if incomplete is not None:
+        summary["attribution_incomplete"] = incomplete
     s.record({"attribution": str(path.resolve()), "select_queries": sel, "eval_queries": ev}, summary)
     return summary

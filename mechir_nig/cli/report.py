@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from mechir_nig.cli._common import LAYOUT, CommandError, Session, UsageError, add_common
+from mechir_nig.cli._common import LAYOUT, CommandError, Session, UsageError, add_common, load_attribution
 
 EPILOG = """example:
   mechir-nig report results                   # writes results/report.html
@@ -36,11 +36,17 @@ def add_parser(sub: Any) -> None:
         metavar="FILE",
         help=f"the HTML file (default: RESULTS_DIR/{LAYOUT['report']})",
     )
+    p.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="report an attribution that holds fewer pairs than its run planned (a stopped attribute), "
+        "flagged as incomplete in the report; without it such an attribution is refused",
+    )
     add_common(p, model=False, collection=False)
     p.set_defaults(func=run)
 
 
-def build(results: Path, output: Path) -> Path:
+def build(results: Path, output: Path, *, allow_incomplete: bool = False) -> Path:
     """``mechir_nig.report.build(results, output)``, imported when needed."""
     import importlib
 
@@ -52,7 +58,8 @@ def build(results: Path, output: Path) -> Path:
         raise CommandError(
             "this installation of mechir_nig has no report module (mechir_nig.report)"
         ) from exc
-    return Path(report.build(results, output))
+    extra = {"allow_incomplete": True} if allow_incomplete else {}
+    return Path(report.build(results, output, **extra))
 
 
 def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
@@ -64,7 +71,15 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
             f"{results} has no {LAYOUT['run']}: write results there first (e.g. mechir-nig attribute --out {results})"
         )
     output = Path(args.output).expanduser() if args.output is not None else results / LAYOUT["report"]
+    attribution = results / LAYOUT["attribution"]
+    if attribution.is_file():  # an incomplete one is refused (or said) before the report is built
+        try:
+            load_attribution(attribution, args.allow_incomplete, s.say)
+        except CommandError:
+            raise
+        except Exception:  # unreadable: the report names it
+            pass
     with s.stage("report"):
-        path = build(results, output)
+        path = build(results, output, allow_incomplete=args.allow_incomplete)
     s.say(str(path))
     return {"report": str(path)}

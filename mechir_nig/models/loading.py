@@ -114,10 +114,41 @@ def _load_weight_file(p: Path) -> dict[str, torch.Tensor]:
             return load_file(str(p))
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupt or foreign files: the same advice
+        code = _pickled_code(exc)
+        if code is not None:  # never pass on torch's advice to load it with weights_only=False
+            raise ModelLoadError(
+                f"{p} holds Python code ({code}), not only tensors: loading it could run that code, so it "
+                "is refused. Use a checkpoint in safetensors format (model.safetensors), or a .bin from a "
+                "source you trust re-saved as safetensors"
+            ) from None
         raise ModelLoadError(
-            f"{p} could not be read ({type(exc).__name__}: {exc}); the file is truncated or corrupt: "
-            "download or save the checkpoint again"
-        ) from exc
+            f"{p} could not be read ({type(exc).__name__}: {_first_line(exc)}); the file is truncated or "
+            "corrupt: download or save the checkpoint again"
+        ) from (
+            None if "weights_only" in str(exc) else exc
+        )  # torch's advice is not passed on, even with --debug
+
+
+def _first_line(exc: BaseException) -> str:
+    """The reason of a load failure without torch's advice about ``weights_only`` (never repeated)."""
+    lines = [
+        line.strip()
+        for line in str(exc).splitlines()
+        if line.strip()
+        and "weights_only" not in line
+        and "Weights only" not in line
+        and "torch.load" not in line
+    ]
+    return lines[0].rstrip(":") if lines else type(exc).__name__
+
+
+def _pickled_code(exc: BaseException) -> str | None:
+    """What a pickled weight file refused by ``torch.load(weights_only=True)`` would call (e.g.
+    ``it calls posix.system``), or ``None`` when the failure is not such a refusal."""
+    import re
+
+    found = re.search(r"\bGLOBAL\s+([\w.]+)", str(exc))
+    return f"it calls {found.group(1)}" if found else None
 
 
 def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
