@@ -1,7 +1,6 @@
 """Neuron Integrated Gradients (Vast et al., ICTIR 2024) and its result object."""
 
 from mechir_nig.attribution.baselines import BASELINES, baseline_embeddings
-from mechir_nig.attribution.neurons import NeuronSet, overlap_report, rank_fusion, select_top
 from mechir_nig.attribution.nig import (
     REDUCE,
     ConvergenceWarning,
@@ -17,12 +16,8 @@ __all__ = [
     "ConvergenceWarning",
     "NeuronAttribution",
     "NeuronIntegratedGradients",
-    "NeuronSet",
     "RULES",
     "alphas",
     "baseline_embeddings",
     "neuron_integrated_gradients",
-    "overlap_report",
-    "rank_fusion",
-    "select_top",
 ]

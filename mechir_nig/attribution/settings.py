@@ -125,7 +125,6 @@ def model_fingerprint(model: Any) -> str:
     h = hashlib.sha256()
     cfg = model.cfg.to_dict()
     cfg.pop("model_name", None)
-    cfg.pop("extra", None)
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
