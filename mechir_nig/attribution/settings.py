@@ -64,8 +64,8 @@ class NIGSettings:
 
     def resolved(self, model: Any) -> NIGSettings:
         """Validated, with ``layers`` and ``max_length`` made explicit for ``model``."""
+        from mechir_nig._validate import check_layers
         from mechir_nig.attribution.baselines import check_baseline
-        from mechir_nig.attribution.nig import check_layers
         from mechir_nig.attribution.rules import check_n_steps, check_rule
 
         if not isinstance(self.baseline, str):

@@ -305,7 +305,7 @@ def _check_sites(model: Any, sites: Any) -> list[tuple[str, Any]]:
 
 
 def _check_layers(layers: Any, n_layers: int) -> list[int]:
-    from mechir_nig.sets.components import check_layers
+    from mechir_nig._validate import check_layers
 
     return list(check_layers(layers, n_layers))
 

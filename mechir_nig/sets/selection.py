@@ -30,8 +30,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechir_nig._validate import as_int, check_layers
 from mechir_nig.errors import InputError
-from mechir_nig.sets.components import ComponentSet, Kind, as_int, check_kind, check_layers, check_set, noun
+from mechir_nig.sets.components import ComponentSet, Kind, check_kind, check_set, noun
 
 FUSION_METHODS = ("rrf", "borda")
 """Rank-fusion methods of ``fuse_scores`` / ``rank_fusion``."""

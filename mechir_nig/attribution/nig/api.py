@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechir_nig._validate import check_layers
 from mechir_nig.attribution.baselines import baseline_embeddings, check_baseline
 from mechir_nig.attribution.nig.auto import (
     AutoRun,
@@ -43,24 +44,6 @@ from mechir_nig.errors import InputError
 from mechir_nig.models.precision import check_finite
 from mechir_nig.models.protocol import AttributionModel
 from mechir_nig.models.tokenization import DOC, QUERY, PairBatch, TextBatch
-
-
-def check_layers(layers: Sequence[int] | int | None, n_layers: int) -> list[int]:
-    """Layers to attribute, sorted (``None``: all); ``InputError`` for repeats or out-of-range layers."""
-    if layers is None:
-        return list(range(n_layers))
-    if isinstance(layers, int):
-        layers = [layers]
-    out = []
-    for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
-            raise InputError(f"layer {layer!r} is out of range; layers must be ints in 0..{n_layers - 1}")
-        out.append(layer)
-    if len(set(out)) != len(out):
-        raise InputError(f"layers {list(layers)} repeat a layer; give each layer once")
-    if not out:
-        raise InputError("layers is empty; pass None for all layers or a list of layer indices")
-    return sorted(out)
 
 
 def check_reduce(reduce: str) -> str:
@@ -212,7 +195,7 @@ class NeuronIntegratedGradients:
         method = check_rule(method)
         baseline = check_baseline(baseline)
         reduce = check_reduce(reduce)
-        layer_list = check_layers(layers, m.cfg.n_layers)
+        layer_list = list(check_layers(layers, m.cfg.n_layers))
         _check_internal_batch_size(internal_batch_size)
         m.check_attribution_batch(batch, other)
         if getattr(batch, "position_ids", None) is not None:
