@@ -24,9 +24,18 @@ T = TypeVar("T")
 
 
 def check_int(
-    value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None, allow_none: bool = False
+    value: Any,
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    allow_none: bool = False,
+    hint: str = "",
 ) -> Any:
-    """``value`` if it is an int (not a bool) within ``[minimum, maximum]`` (or ``None`` when allowed)."""
+    """``value`` if it is an int (not a bool) within ``[minimum, maximum]`` (or ``None`` when allowed).
+
+    ``hint``, when given, ends the message (what the value means or how to fix it).
+    """
     if value is None and allow_none:
         return None
     bounds = []
@@ -35,10 +44,26 @@ def check_int(
     if maximum is not None:
         bounds.append(f"<= {maximum}")
     want = "an int" + (" " + " and ".join(bounds) if bounds else "") + (" (or None)" if allow_none else "")
+    end = f"; {hint}" if hint else ""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{name} must be {want}, got {value!r} ({type(value).__name__})")
+        raise InputError(f"{name} must be {want}, got {value!r} ({type(value).__name__}){end}")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise InputError(f"{name} must be {want}, got {value!r}")
+        raise InputError(f"{name} must be {want}, got {value!r}{end}")
+    return value
+
+
+def check_bool(value: Any, name: str, *, allow_none: bool = False) -> Any:
+    """``value`` if it is ``True`` or ``False`` (or ``None`` when allowed); never a truthy stand-in.
+
+    Example:
+        >>> check_bool(True, "per_query")
+        True
+    """
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, bool):
+        also = " or None" if allow_none else ""
+        raise InputError(f"{name} must be True{',' if allow_none else ' or'} False{also}, got {value!r}")
     return value
 
 

@@ -47,6 +47,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from mechir_nig._validate import check_bool
 from mechir_nig.data.collection import (
     Collection,
     LazyDocs,
@@ -481,8 +482,7 @@ def load_collection(
     """
     if topic_field not in TOPIC_FIELDS:
         raise InputError(f"topic_field must be one of {TOPIC_FIELDS}, got {topic_field!r}")
-    if lazy is not None and not isinstance(lazy, bool):
-        raise InputError(f"lazy must be True, False or None (the source's default), got {lazy!r}")
+    check_bool(lazy, "lazy", allow_none=True)
     if empty is not None:
         check_empty_policy(empty)
     grade_map = check_grade_map(grade_map)
