@@ -3,7 +3,7 @@
 A collection holds its queries and judgements in memory (ir_measures' ``Qrel`` and ``ScoredDoc``
 records) and its documents as a ``Mapping`` from id to text: a ``dict`` for local files, or a
 :class:`LazyDocs` for a large corpus (an ir_datasets id, or local files loaded with ``lazy=True``), which
-looks documents up by id in a docstore (or one pass over the file) only when they are needed and caches
+looks documents up by id in a docstore (or a local file's offset index) only when they are needed and caches
 what it fetched. Code that needs the texts of some documents asks :meth:`Collection.get_docs` for all of
 them at once (one lookup). First-stage results (``scoreddocs``) are a list, or a
 :class:`ScoredDocStream` that re-reads its source on each pass (``lazy=True``), so neither the corpus
