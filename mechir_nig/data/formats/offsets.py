@@ -92,7 +92,7 @@ class OffsetIndex:
         #: Whether lookups may seek (``False``: one streaming pass per lookup).
         self.indexable = self.fmt in _PARSERS and self.path.suffix.lower() != ".gz"
         self._stamp: tuple[int, int, int] | None = None
-        self._keys = np.zeros(0, dtype=np.uint64)
+        self._keys: np.ndarray = np.zeros(0, dtype=np.uint64)
         self._bits = 0
         #: How many times the index was built (a changed file rebuilds it).
         self.builds = 0
