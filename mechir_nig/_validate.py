@@ -9,7 +9,7 @@ Example:
     >>> check_choice("mean", "pooling", ("mean", "cls"))
     'mean'
     >>> check_layers([3, 1], n_layers=6), check_layers(None, n_layers=2)
-    ((1, 3), (0, 1))
+    ([1, 3], [0, 1])
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def as_int(value: Any, what: str) -> int:
         raise InputError(f"{what} must be an integer, got {value!r} ({type(value).__name__})") from None
 
 
-def check_layers(layers: Any, n_layers: int, what: str = "layers") -> tuple[int, ...]:
+def check_layers(layers: Any, n_layers: int, what: str = "layers") -> list[int]:
     """Sorted, distinct, in-range layer indices; ``None`` means every layer, one integer one layer.
 
     Args:
@@ -107,7 +107,7 @@ def check_layers(layers: Any, n_layers: int, what: str = "layers") -> tuple[int,
         InputError: for a non-integer, out-of-range or repeated layer, or an empty list.
     """
     if layers is None:
-        return tuple(range(n_layers))
+        return list(range(n_layers))
     if isinstance(layers, int) and not isinstance(layers, bool):
         layers = (layers,)
     if isinstance(layers, (str, bytes, Mapping)) or not isinstance(layers, Iterable):
@@ -123,4 +123,4 @@ def check_layers(layers: Any, n_layers: int, what: str = "layers") -> tuple[int,
         )
     if len(set(out)) != len(out):
         raise InputError(f"{what} has duplicates: {out}; list each layer once (do not repeat a layer)")
-    return tuple(sorted(out))
+    return sorted(out)

@@ -147,7 +147,7 @@ def overlap_report(
     if pool_layers is None:
         pool = chance_pool(a, b)
     else:
-        pool = check_layers(pool_layers, a.n_layers, "pool_layers")
+        pool = tuple(check_layers(pool_layers, a.n_layers, "pool_layers"))
         occupied = (a.to_mask() | b.to_mask()).any(1)  # [n_layers]: layers holding a member
         occupied[list(pool)] = False
         stray = occupied.nonzero().flatten().tolist()

@@ -205,7 +205,7 @@ class ComponentSet:
         flat = self._flat_of(layer_idx, index_idx, kind, n_layers, width)
         members = np.unique(flat)
         scored = None if scores is None else _scores_of(scores, members, kind, n_layers, width)
-        pool = check_layers(pool_layers, n_layers, "pool_layers")
+        pool = tuple(check_layers(pool_layers, n_layers, "pool_layers"))
         self._set_state(kind, n_layers, width, members, scored, name, pool)
 
     # -- construction helpers -----------------------------------------------------------------------------
@@ -483,7 +483,7 @@ class ComponentSet:
         if not isinstance(name, str):
             raise InputError(f"name must be a str, got {type(name).__name__}")
         flat: np.ndarray = mask.detach().flatten().nonzero().flatten().cpu().numpy().astype(np.int64)
-        pool = check_layers(pool_layers, n_layers, "pool_layers")
+        pool = tuple(check_layers(pool_layers, n_layers, "pool_layers"))
         return ComponentSet._build(kind, n_layers, width, flat, name=name, pool=pool)
 
     @classmethod

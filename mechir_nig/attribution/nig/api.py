@@ -195,7 +195,7 @@ class NeuronIntegratedGradients:
         method = check_rule(method)
         baseline = check_baseline(baseline)
         reduce = check_reduce(reduce)
-        layer_list = list(check_layers(layers, m.cfg.n_layers))
+        layer_list = check_layers(layers, m.cfg.n_layers)
         _check_internal_batch_size(internal_batch_size)
         m.check_attribution_batch(batch, other)
         if getattr(batch, "position_ids", None) is not None:
