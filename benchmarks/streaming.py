@@ -1,7 +1,9 @@
 """Peak memory of building 10k judged pairs (with texts) from a streamed corpus, as the corpus grows.
 
 Usage: ``python benchmarks/streaming.py [--root /tmp/mechir_nig_synthetic] [--sizes 100000,500000,2000000]
-[--eager-sizes 100000,500000] [--words 60] [--k 100]``
+[--eager-sizes 100000,500000] [--words 60] [--k 100]``, or for lookups by id in a local corpus
+``python benchmarks/streaming.py --lookups [--lookup-docs 2000000] [--lookup-words 8] [--lookup-ids 10000]
+[--repeats 3]``
 
 "Texts held" is the number of document texts in memory after each step (the distinct ids looked up
 for the lazy path, the whole corpus for the eager one): the top-100 candidates of 1,000 queries name
@@ -18,6 +20,14 @@ and reused) is loaded in a fresh child process per configuration and measurement
 Two children per configuration: one measures peak RSS (``VmHWM``, minus the RSS after the imports)
 and wall time, one the peak of Python allocations with ``tracemalloc`` (slower, so not timed). The
 claim checked: the lazy peak does not grow with the corpus (ratio largest / smallest corpus ~ 1).
+
+``--lookups`` times ``docs.get_many`` on a lazily loaded local TSV corpus (``--lookup-docs`` short
+documents of ``--lookup-words`` words, written once under ``--root``): two calls of ``--lookup-ids``
+distinct random ids each, *before* (one streaming pass over the file per call, as ``get_many`` did before
+the offset index: ``read_texts(path, "docs", only=ids)``) and *after* (``OffsetIndex``: the first call
+builds the index in one pass, the second seeks). Runs alternate before/after, ``--repeats`` times (a fresh
+index each time; the file is read once first so that both find it in the page cache); the answers are
+checked equal, and the median and the range are printed.
 """
 
 from __future__ import annotations
@@ -79,6 +89,66 @@ def child(folder: str, mode: str, measure: str, k: int) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def lookups(root: str, n_docs: int, words: int, n_ids: int, repeats: int) -> None:
+    """Print before/after timings of two ``get_many`` calls of ``n_ids`` ids each on an ``n_docs`` corpus."""
+    import random
+    import statistics
+    import time
+
+    from mechir_nig.data.formats import read_texts
+    from mechir_nig.data.formats.offsets import OffsetIndex
+
+    folder = os.path.join(root, f"lookup_{n_docs}")
+    meta = ensure_corpus(folder, n_docs, words=words, queries=100)
+    path = os.path.join(folder, "docs.tsv")
+    ids = [f"D{i}" for i in random.Random(0).sample(range(n_docs), 2 * n_ids)]
+    calls = [ids[:n_ids], ids[n_ids:]]
+    with open(path, "rb") as f:  # warm the page cache for both
+        while f.read(1 << 24):
+            pass
+
+    def before() -> tuple[list[float], list[dict[str, str]]]:
+        times, answers = [], []
+        for call in calls:
+            t0 = time.perf_counter()
+            answers.append(dict(read_texts(path, "docs", only=frozenset(call))))
+            times.append(time.perf_counter() - t0)
+        return times, answers
+
+    def after() -> tuple[list[float], list[dict[str, str]]]:
+        index, times, answers = OffsetIndex(path, min_bytes=0), [], []
+        for call in calls:
+            t0 = time.perf_counter()
+            answers.append(index.get_many(call))
+            times.append(time.perf_counter() - t0)
+        assert index.seeks and index.builds == 1 and index.indexed == n_docs
+        return times, answers
+
+    runs: dict[str, list[list[float]]] = {"before": [], "after": []}
+    last: list[dict[str, str]] = []
+    for _ in range(repeats):  # alternate the two
+        for name, fn in (("before", before), ("after", after)):
+            times, answers = fn()
+            runs[name].append(times)
+            assert [len(a) for a in answers] == [n_ids, n_ids], (name, [len(a) for a in answers])
+            if name == "after":
+                assert answers == last, "the index answers differ from a scan"
+            last = answers
+    print(
+        f"\nget_many of {n_ids:,} random ids, twice, in a {n_docs:,}-document TSV corpus "
+        f"({meta['docs_bytes'] / 2**20:,.0f} MiB, ~{words} words per document); {repeats} alternated runs, "
+        "median [min - max] seconds"
+    )
+    print("| lookup | first call | second call | both |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, label in (("before", "scan per call (before)"), ("after", "offset index (after)")):
+        cols = [[t[0] for t in runs[name]], [t[1] for t in runs[name]], [sum(t) for t in runs[name]]]
+        cells = " | ".join(f"{statistics.median(c):.2f} [{min(c):.2f} - {max(c):.2f}]" for c in cols)
+        print(f"| {label} | {cells} |", flush=True)
+    second = statistics.median(t[1] for t in runs["before"]) / statistics.median(t[1] for t in runs["after"])
+    print(f"second call: {second:.0f}x faster with the index")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=str(DEFAULT_ROOT), help="where the corpora are written (docs_N)")
@@ -86,7 +156,15 @@ def main() -> None:
     ap.add_argument("--eager-sizes", default="100000,500000", help="corpus sizes for the eager path")
     ap.add_argument("--words", type=int, default=60, help="mean words per document")
     ap.add_argument("--k", type=int, default=100, help="candidates per query from the streamed run")
+    ap.add_argument("--lookups", action="store_true", help="time get_many by id instead (before/after)")
+    ap.add_argument("--lookup-docs", type=int, default=2_000_000, help="corpus size for --lookups")
+    ap.add_argument("--lookup-words", type=int, default=8, help="mean words per document for --lookups")
+    ap.add_argument("--lookup-ids", type=int, default=10_000, help="ids per get_many call for --lookups")
+    ap.add_argument("--repeats", type=int, default=3, help="alternated runs for --lookups")
     args = ap.parse_args()
+    if args.lookups:
+        lookups(args.root, args.lookup_docs, args.lookup_words, args.lookup_ids, args.repeats)
+        return
     sizes = [int(s) for s in args.sizes.split(",") if s]
     eager_sizes = [int(s) for s in args.eager_sizes.split(",") if s]
     configs = [("lazy", n) for n in sizes] + [("eager", n) for n in eager_sizes]

@@ -40,7 +40,13 @@ _LAZY = {
     "NIGSettings": "mechir_nig.attribution.settings",
     "ComponentSet": "mechir_nig.sets",
     "NeuronSet": "mechir_nig.sets",
+    "select_top": "mechir_nig.sets",
+    "ablate": "mechir_nig.interventions",
+    "patch": "mechir_nig.interventions",
+    "align": "mechir_nig.interventions",
     "attribute_collection": "mechir_nig.experiments.attribute",
+    "pruning_study": "mechir_nig.experiments.pruning",
+    "faithfulness": "mechir_nig.experiments.faithfulness",
     "load_collection": "mechir_nig.data",
     "judged_pairs": "mechir_nig.data",
     "bm25_candidates": "mechir_nig.data",
@@ -59,6 +65,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from mechir_nig.data import bm25_candidates, judged_pairs, load_collection
     from mechir_nig.evaluation import evaluate, rerank
     from mechir_nig.experiments.attribute import attribute_collection
+    from mechir_nig.experiments.faithfulness import faithfulness
+    from mechir_nig.experiments.pruning import pruning_study
+    from mechir_nig.interventions import ablate, align, patch
     from mechir_nig.models import (
         GROUPS,
         EncoderConfig,
@@ -68,7 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover
         TextBatch,
         load_model,
     )
-    from mechir_nig.sets import ComponentSet, NeuronSet
+    from mechir_nig.sets import ComponentSet, NeuronSet, select_top
 
 
 def __getattr__(name: str) -> Any:
@@ -98,7 +107,13 @@ __all__ = [
     "NIGSettings",
     "ComponentSet",
     "NeuronSet",
+    "select_top",
+    "ablate",
+    "patch",
+    "align",
     "attribute_collection",
+    "pruning_study",
+    "faithfulness",
     "load_collection",
     "judged_pairs",
     "bm25_candidates",

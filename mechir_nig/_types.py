@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 Tokens = Int[Tensor, "batch pos"]
 Mask = Int[Tensor, "batch pos"]
-BoolMask = Bool[Tensor, "batch pos"]
 Resid = Float[Tensor, "batch pos d_model"]
-NeuronActs = Float[Tensor, "batch pos d_mlp"]
-Scores = Float[Tensor, "batch"]
+Scores = Float[Tensor, " batch"]
 Logits = Float[Tensor, "batch n_labels"]
 Embeddings = Float[Tensor, "batch d_model"]
 
-__all__ = ["Tokens", "Mask", "BoolMask", "Resid", "NeuronActs", "Scores", "Logits", "Embeddings"]
+__all__ = ["Tokens", "Mask", "Resid", "Scores", "Logits", "Embeddings"]

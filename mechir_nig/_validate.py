@@ -1,18 +1,21 @@
 """Argument checks shared by the whole package: each raises ``InputError`` saying what to fix.
 
-One place for the integer, choice and fraction checks that every public function needs, so messages
-read the same everywhere.
+One place for the integer, choice, fraction and layer-list checks that every public function needs, so
+messages read the same everywhere.
 
 Example:
     >>> check_int(8, "batch_size", minimum=1)
     8
     >>> check_choice("mean", "pooling", ("mean", "cls"))
     'mean'
+    >>> check_layers([3, 1], n_layers=6), check_layers(None, n_layers=2)
+    ([1, 3], [0, 1])
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import operator
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from mechir_nig.errors import InputError
@@ -21,9 +24,18 @@ T = TypeVar("T")
 
 
 def check_int(
-    value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None, allow_none: bool = False
+    value: Any,
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    allow_none: bool = False,
+    hint: str = "",
 ) -> Any:
-    """``value`` if it is an int (not a bool) within ``[minimum, maximum]`` (or ``None`` when allowed)."""
+    """``value`` if it is an int (not a bool) within ``[minimum, maximum]`` (or ``None`` when allowed).
+
+    ``hint``, when given, ends the message (what the value means or how to fix it).
+    """
     if value is None and allow_none:
         return None
     bounds = []
@@ -32,10 +44,26 @@ def check_int(
     if maximum is not None:
         bounds.append(f"<= {maximum}")
     want = "an int" + (" " + " and ".join(bounds) if bounds else "") + (" (or None)" if allow_none else "")
+    end = f"; {hint}" if hint else ""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{name} must be {want}, got {value!r} ({type(value).__name__})")
+        raise InputError(f"{name} must be {want}, got {value!r} ({type(value).__name__}){end}")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise InputError(f"{name} must be {want}, got {value!r}")
+        raise InputError(f"{name} must be {want}, got {value!r}{end}")
+    return value
+
+
+def check_bool(value: Any, name: str, *, allow_none: bool = False) -> Any:
+    """``value`` if it is ``True`` or ``False`` (or ``None`` when allowed); never a truthy stand-in.
+
+    Example:
+        >>> check_bool(True, "per_query")
+        True
+    """
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, bool):
+        also = " or None" if allow_none else ""
+        raise InputError(f"{name} must be True{',' if allow_none else ' or'} False{also}, got {value!r}")
     return value
 
 
@@ -55,3 +83,44 @@ def check_fraction(value: Any, name: str, *, allow_zero: bool = False) -> float:
     if not (low_ok and value <= 1):
         raise InputError(f"{name} must be in {'[0' if allow_zero else '(0'}, 1], got {value!r}")
     return float(value)
+
+
+def as_int(value: Any, what: str) -> int:
+    """An integer (Python, numpy or 0-d torch), never a bool or a float."""
+    if isinstance(value, bool):
+        raise InputError(f"{what} must be an integer, got the bool {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise InputError(f"{what} must be an integer, got {value!r} ({type(value).__name__})") from None
+
+
+def check_layers(layers: Any, n_layers: int, what: str = "layers") -> list[int]:
+    """Sorted, distinct, in-range layer indices; ``None`` means every layer, one integer one layer.
+
+    Args:
+        layers: ``None``, a layer index, or an iterable of layer indices (Python, numpy or 0-d torch ints).
+        n_layers: the model's layer count; valid layers are ``0 .. n_layers - 1``.
+        what: the argument's name, for messages.
+
+    Raises:
+        InputError: for a non-integer, out-of-range or repeated layer, or an empty list.
+    """
+    if layers is None:
+        return list(range(n_layers))
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        layers = (layers,)
+    if isinstance(layers, (str, bytes, Mapping)) or not isinstance(layers, Iterable):
+        raise InputError(f"{what} must be an iterable of layer indices, got {type(layers).__name__}")
+    out = [as_int(layer, f"each of {what}" if what != "layers" else "each layer") for layer in layers]
+    if not out:
+        raise InputError(f"{what} is empty; give at least one layer index or None for all layers")
+    bad = [layer for layer in out if not 0 <= layer < n_layers]
+    if bad:
+        raise InputError(
+            f"{what} {bad} are out of range for a model with {n_layers} layers: layer {bad[0]} is out of "
+            f"range; layers must be ints in 0..{n_layers - 1}"
+        )
+    if len(set(out)) != len(out):
+        raise InputError(f"{what} has duplicates: {out}; list each layer once (do not repeat a layer)")
+    return sorted(out)

@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from mechir_nig._validate import check_bool, check_int
 from mechir_nig.data.collection import (
     Collection,
     Run,
@@ -191,8 +192,7 @@ def rerank(
         raise InputError(
             f"collection must be a Collection (see load_collection), got {type(collection).__name__}"
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_int(batch_size, "batch_size", minimum=1)
     if not isinstance(candidates, Mapping):
         raise InputError("candidates must be a run dict {query_id: {doc_id: score}} (e.g. bm25_candidates)")
     ids = select_query_ids(candidates, query_ids, "candidates")
@@ -397,8 +397,7 @@ def evaluate(
     import ir_measures
 
     parsed = _parse_measures(measures)
-    if not isinstance(per_query, bool):
-        raise InputError(f"per_query must be True or False, got {per_query!r}")
+    check_bool(per_query, "per_query")
     grade_map = check_grade_map(grade_map)
     threshold = check_relevance_threshold(relevance_threshold)
     qrels_d = _qrels_dict(qrels)

@@ -342,7 +342,7 @@ def _rerank_section(doc: _Doc, study: Mapping[str, Any]) -> None:
 
 
 def _attribution_section(doc: _Doc, stats: Any) -> None:
-    from mechir_nig.attribution.stats import LABELS, top_neurons
+    from mechir_nig.attribution.stats import LABELS, top_neuron_set
     from mechir_nig.plotting import (
         group_bars,
         layer_profile_bars,
@@ -385,7 +385,7 @@ def _attribution_section(doc: _Doc, stats: Any) -> None:
         parts.append('<p class="problem">The attribution holds no pairs: nothing to draw.</p>')
         return
     scheme = "difference" if len(present) == 2 else present[0]
-    ranked = top_neurons(stats, scheme, k=min(TOP_NEURONS, len(stats.layers) * stats.d_mlp))
+    ranked = top_neuron_set(stats, scheme, k=min(TOP_NEURONS, len(stats.layers) * stats.d_mlp))
     order = sorted((ranked.scores or {}).items(), key=lambda kv: -kv[1])
     means = {lab: stats.scheme_scores(lab) for lab in present}
     head = ["rank", "layer", "neuron", *[f"mean NIG {lab}" for lab in present]]
@@ -404,7 +404,7 @@ def _attribution_section(doc: _Doc, stats: Any) -> None:
     schemes = [*present, *(["difference"] if len(present) == 2 else [])]
 
     def sets() -> dict[str, Any]:
-        return {s: top_neurons(stats, s, fraction=SET_FRACTION) for s in schemes}
+        return {s: top_neuron_set(stats, s, fraction=SET_FRACTION) for s in schemes}
 
     pct = f"{SET_FRACTION:.0%}"
     doc.figure(

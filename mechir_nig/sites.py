@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from mechir_nig._validate import check_int
 from mechir_nig.errors import InputError
 
 __all__ = ["ALIASES", "SITES", "Site", "hook_name", "site", "site_of_hook", "unit_width"]
@@ -143,8 +144,7 @@ def hook_name(name: str, layer: int) -> str:
         >>> hook_name("pattern", 1)
         'blocks.1.attn.hook_pattern'
     """
-    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
-        raise InputError(f"layer must be an int >= 0, got {layer!r}")
+    check_int(layer, "layer", minimum=0)
     return site(name).hook(layer)
 
 

@@ -7,7 +7,7 @@ import torch
 
 from mechir_nig import InputError
 from mechir_nig.attribution import neuron_integrated_gradients
-from mechir_nig.attribution.stats import CollectionAttribution, top_neurons
+from mechir_nig.attribution.stats import CollectionAttribution, top_neuron_set
 from mechir_nig.data import judged_pairs, load_collection
 from mechir_nig.experiments.attribute import attribute_collection
 
@@ -139,17 +139,17 @@ def test_empty_and_unlabelled_pairs(tiny_ce):
 
 def test_top_neurons_by_scheme(tiny_ce, pairs):
     stats = attribute_collection(tiny_ce, pairs, layers=[1], **KW)
-    rel = top_neurons(stats, "relevant", k=5)
+    rel = top_neuron_set(stats, "relevant", k=5)
     mean = stats.mean("relevant")[0]  # layer 1
     assert sorted(n for _, n in rel) == sorted(mean.topk(5).indices.tolist())
     assert all(layer == 1 for layer, _ in rel)  # only attributed layers are candidates
-    diff = top_neurons(stats, "difference", fraction=0.1)
+    diff = top_neuron_set(stats, "difference", fraction=0.1)
     assert len(diff) == round(0.1 * tiny_ce.cfg.d_mlp)
-    abs_mean = top_neurons(stats, "abs_mean", k=3)
+    abs_mean = top_neuron_set(stats, "abs_mean", k=3)
     pooled = (stats.sums["relevant"] + stats.sums["nonrelevant"])[0, 4] / len(pairs)
     assert sorted(n for _, n in abs_mean) == sorted(pooled.abs().topk(3).indices.tolist())
     with pytest.warns(DeprecationWarning, match="abs_mean"):
-        assert top_neurons(stats, "absolute", k=3) == abs_mean
+        assert top_neuron_set(stats, "absolute", k=3) == abs_mean
 
 
 def test_mean_abs_scheme_is_the_mean_of_absolute_pair_nig(tiny_ce, pairs):

@@ -687,7 +687,7 @@ def test_bm25_on_embedded_collection():
 
 def test_candidates_bad_arguments():
     col = load_collection("embedded")
-    with pytest.raises(InputError, match="k .* must be an integer >= 1, got 0"):
+    with pytest.raises(InputError, match="k .* must be an int >= 1, got 0"):
         bm25_candidates(col, k=0)
     with pytest.raises(InputError, match=r"1 query ids are not in collection 'embedded' \(e.g. \['nope'\]\)"):
         bm25_candidates(col, k=3, query_ids=["nope"])

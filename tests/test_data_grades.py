@@ -104,7 +104,7 @@ def test_grade_map_errors(tmp_path):
         load_collection(**paths, grade_map={"1": 1})
     with pytest.raises((InputError, TypeCheckError), match="grade_map"):
         load_collection(**paths, grade_map={1: "relevant"})
-    with pytest.raises(InputError, match="relevance_threshold must be an integer >= 1"):
+    with pytest.raises(InputError, match="relevance_threshold must be an int >= 1"):
         load_collection(**paths, relevance_threshold=0)
-    with pytest.raises(InputError, match="relevance_threshold must be an integer >= 1"):
+    with pytest.raises(InputError, match="relevance_threshold must be an int >= 1"):
         judged_pairs(load_collection("embedded"), relevance_threshold=-1)

@@ -208,3 +208,107 @@ def test_collection_with_lazy_docs_directly():
     assert repr(col) == "Collection(name='direct', docs=lazy(?), queries=1, qrels=2, scoreddocs=None)"
     with pytest.raises(DataError, match="has no documents"):
         Collection(docs=LazyDocs(lambda ids: {}, count=0), queries={"q": "query"})
+
+
+# -- local files: the offset index -------------------------------------------------------------------------
+TSV_BODY = (
+    "\ufeffpid\tpassage\r\n"  # a BOM and a header, CRLF line ends
+    "d1\tcats   purr\r\n"
+    "\r\n"  # a blank line
+    "d2\ttitle\twith a tab\r\n"
+    "d3\tünïcode ☃ text\r\n"
+    " d4 \t  spaced  id \r\n"
+    "d5\tlast line without a newline"
+)
+JSONL_BODY = (
+    '{"doc_id": "j1", "text": "first"}\n'
+    "\n"
+    '{"_id": 7, "title": "Title", "text": "and body"}\n'
+    '{"id": "j3", "contents": "ünïcode ☃"}\n'
+)
+
+
+@pytest.mark.parametrize("name,body", [("docs.tsv", TSV_BODY), ("docs.jsonl", JSONL_BODY)])
+def test_offset_index_gives_what_a_full_scan_gives(tmp_path, name, body):
+    from mechir_nig.data.formats import read_texts
+    from mechir_nig.data.formats.offsets import OffsetIndex
+
+    path = tmp_path / name
+    path.write_bytes(body.encode())
+    full = dict(read_texts(path, "docs"))
+    index = OffsetIndex(path, min_bytes=0)
+    assert index.seeks and index.indexed == 0  # nothing read before the first lookup
+    assert index.get_many([*full, "unknown"]) == full
+    assert index.indexed == len(full) and index.builds == 1
+    for doc_id, text in full.items():  # one id at a time, from the index built once
+        assert index.get_many([doc_id]) == {doc_id: text}
+    assert index.get_many(list(full)[::-1][:2]) == dict(list(full.items())[::-1][:2])
+    assert index.get_many(["unknown", "d"]) == {} and index.builds == 1
+
+
+def test_offset_index_is_rebuilt_when_the_file_changes(tmp_path):
+    import os
+
+    from mechir_nig.data.formats.offsets import OffsetIndex
+
+    path = tmp_path / "docs.tsv"
+    path.write_text("a\talpha\nb\tbeta\n")
+    index = OffsetIndex(path, min_bytes=0)
+    assert index.get_many(["a", "b"]) == {"a": "alpha", "b": "beta"} and index.builds == 1
+    path.write_text("b\tbeta, longer now\nc\tgamma\na\talpha\n")  # new size: new offsets
+    assert index.get_many(["a", "b", "c"]) == {"a": "alpha", "b": "beta, longer now", "c": "gamma"}
+    assert index.builds == 2
+    st = os.stat(path)
+    path.write_text("c\tGAMMA\na\tALPHA\nb\tBETA, longer now\n")  # the same size ...
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # ... a later modification time
+    assert index.get_many(["a", "c"]) == {"a": "ALPHA", "c": "GAMMA"} and index.builds == 3
+    assert index.get_many(["b"]) == {"b": "BETA, longer now"} and index.builds == 3  # unchanged: reused
+
+
+def test_lazy_local_collection_looks_up_through_the_index(tmp_path, monkeypatch):
+    from mechir_nig.data.formats import offsets, read_texts
+
+    monkeypatch.setattr(offsets, "MIN_BYTES", 0)  # index even this small file
+
+    (tmp_path / "docs.tsv").write_text("".join(f"d{i}\ttext {i}\n" for i in range(50)) + "d50\t\n")
+    (tmp_path / "queries.tsv").write_text("q1\tquery\n")
+    (tmp_path / "qrels.txt").write_text("q1 0 d3 1\nq1 0 d7 0\n")
+    col = load_collection(tmp_path, lazy=True, empty="skip")
+    assert col.docs.lookup_chunk == 10_000  # the index seeks: present() may look ids up in chunks
+    assert col.docs.get_many(["d3", "d49", "nope"]) == {"d3": "text 3", "d49": "text 49"}
+    with pytest.raises(KeyError):  # unknown ids raise as before
+        col.docs["nope"]
+    assert "nope" not in col.docs
+    with pytest.warns(DataWarning, match="skipped 1 documents without text"):
+        assert "d50" not in col.docs  # an empty text is absent, counted and announced as before
+    strict = load_collection(tmp_path, lazy=True)  # empty="error": the lookup names file and line
+    assert strict.docs["d10"] == "text 10"  # an empty record elsewhere does not matter ...
+    with pytest.raises(DataError, match="line 51"):
+        strict.docs.get_many(["d50"])  # ... until it is looked up
+    full = dict(read_texts(tmp_path / "docs.tsv", "docs", empty="skip", skipped=[]))
+    assert strict.docs.get_many(list(full)) == full
+
+
+def test_duplicates_and_unindexable_files_behave_as_a_scan(tmp_path):
+    import gzip
+
+    from mechir_nig.data.formats.offsets import OffsetIndex
+
+    dup = tmp_path / "dup.tsv"
+    dup.write_text("a\tone\nb\ttwo\na\tagain\n")
+    index = OffsetIndex(dup, min_bytes=0)
+    assert index.get_many(["b"]) == {"b": "two"}  # a duplicate not asked for is not read
+    with pytest.raises(DataError, match=r"line 3: duplicate id 'a' \(first at line 1\)"):
+        index.get_many(["a"])
+    gz = tmp_path / "docs.tsv.gz"
+    gz.write_bytes(gzip.compress(b"a\talpha\nb\tbeta\n"))
+    mac = tmp_path / "mac.tsv"
+    mac.write_bytes(b"a\talpha\rb\tbeta\r")  # bare \r line breaks
+    for path in (gz, mac):
+        index = OffsetIndex(path, min_bytes=0)
+        assert index.get_many(["b", "zz"]) == {"b": "beta"} and index.indexed == 0
+        assert not index.indexable and not index.seeks and "scanned per lookup" in repr(index)
+    small = OffsetIndex(dup)  # below MIN_BYTES (16 MiB): scanned per lookup, nothing held
+    assert (
+        small.indexable and not small.seeks and small.get_many(["b"]) == {"b": "two"} and small.indexed == 0
+    )

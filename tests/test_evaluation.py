@@ -70,7 +70,7 @@ def test_rerank_errors():
     cands = {"q01": {"d01": 1.0}}
     with pytest.raises(InputError, match="must have a score"):
         rerank(object(), col, cands)
-    with pytest.raises(InputError, match="batch_size must be an integer >= 1"):
+    with pytest.raises(InputError, match="batch_size must be an int >= 1"):
         rerank(OverlapModel(), col, cands, batch_size=0)
     with pytest.raises(
         InputError, match=r"1 candidate documents are not in collection 'embedded' \(e.g. \['zz'\]\)"
@@ -400,7 +400,7 @@ def test_evaluate_threshold_from_the_collection_and_errors():
         evaluate(RUN, mapped, grade_map={0: 0, 1: 1})
     with pytest.raises(DataError, match=r"grades 2 \(1 judgements\) are not in grade_map"):
         evaluate(RUN, QRELS, grade_map={0: 0, 1: 1})
-    with pytest.raises(InputError, match="relevance_threshold must be an integer >= 1"):
+    with pytest.raises(InputError, match="relevance_threshold must be an int >= 1"):
         evaluate(RUN, QRELS, relevance_threshold=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from mechir_nig.attribution.neurons import (
+from mechir_nig.errors import InputError
+from mechir_nig.sets import (
     NeuronSet,
     expected_overlap,
     fuse_scores,
@@ -24,7 +25,6 @@ from mechir_nig.attribution.neurons import (
     select_top,
     union,
 )
-from mechir_nig.errors import InputError
 
 try:
     from jaxtyping import TypeCheckError

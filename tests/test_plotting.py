@@ -13,7 +13,7 @@ from conftest import DOCS, QUERIES
 
 from mechir_nig import neuron_integrated_gradients
 from mechir_nig.attribution.result import CONTENT_GROUPS
-from mechir_nig.attribution.stats import CollectionAttribution, top_neurons
+from mechir_nig.attribution.stats import CollectionAttribution, top_neuron_set
 from mechir_nig.errors import InputError
 from mechir_nig.models.tokenization import DOC
 from mechir_nig.plotting import (
@@ -141,7 +141,7 @@ def test_top_neurons_bar(stats, attr):
     fig = top_neurons_bar(attr, k=4, pair=1)
     close(fig.data[0].x, [v for _, _, v in want])
     assert [tuple(m) for m in fig.data[0].customdata] == [(lay, n) for lay, n, _ in want]
-    s = top_neurons(stats, "relevant", k=6)
+    s = top_neuron_set(stats, "relevant", k=6)
     close(top_neurons_bar(s, k=3).data[0].x, sorted(s.scores.values(), reverse=True)[:3])
     with pytest.raises(InputError, match="no scores"):
         top_neurons_bar(NeuronSet([(0, 1)], n_layers=2, d_mlp=64))
@@ -194,8 +194,8 @@ def test_group_bars(attr, stats):
 
 # -- sets ----------------------------------------------------------------------------------------------------
 def test_layer_profile_and_overlap_with_chance(stats, attr):
-    rel = top_neurons(stats, "relevant", k=12)
-    non = top_neurons(stats, "nonrelevant", k=12)
+    rel = top_neuron_set(stats, "relevant", k=12)
+    non = top_neuron_set(stats, "nonrelevant", k=12)
     first = select_top(attr.per_neuron()[:2].sum(0), k=12, name="half 1")  # halves of the pairs
     second = select_top(attr.per_neuron()[2:].sum(0), k=12, name="half 2")
     fig = layer_profile_bars({"relevant": rel, "nonrelevant": non})

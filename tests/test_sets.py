@@ -10,7 +10,6 @@ import pickle
 import pytest
 import torch
 
-from mechir_nig.attribution import neurons as legacy
 from mechir_nig.errors import InputError
 from mechir_nig.sets import (
     KINDS,
@@ -51,23 +50,8 @@ def hand_expected(a: int, b: int, n: int) -> tuple[float, float]:
     return sum(x * px for x, px in p.items()), sum(x / (a + b - x) * px for x, px in p.items())
 
 
-# -- the legacy module re-exports the package ----------------------------------------------------------------
-def test_legacy_module_reexports_the_package():
-    import mechir_nig.sets as sets
-
-    for name in (
-        "NeuronSet",
-        "select_top",
-        "random_like",
-        "intersection",
-        "union",
-        "rank_fusion",
-        "fuse_scores",
-        "expected_overlap",
-        "overlap_report",
-        "FUSION_METHODS",
-    ):
-        assert getattr(legacy, name) is getattr(sets, name)
+# -- the site vocabulary of sets ----------------------------------------------------------------------------
+def test_set_kinds_and_sites():
     assert KINDS == ("mlp", "head")
     assert SITES["mlp"].format(layer=2) == "blocks.2.mlp.hook_post"
     assert SITES["head"].format(layer=0) == "blocks.0.attn.hook_z"

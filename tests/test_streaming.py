@@ -205,7 +205,7 @@ def test_top_k_run_keeps_the_best_stably():
         assert top_k_run(results, k) == {q: dict(full[q][:k]) for q in "qr"}
     assert top_k_run(results, 2, query_ids={"r"}) == {"r": {"x": 1.0}}
     assert top_k_run(results, {"q": 1}) == {"q": {"d1": 3.0}}
-    with pytest.raises(InputError, match="integer >= 1"):
+    with pytest.raises(InputError, match="int >= 1"):
         top_k_run(results, 0)
 
 

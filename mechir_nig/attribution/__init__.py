@@ -1,7 +1,6 @@
 """Neuron Integrated Gradients (Vast et al., ICTIR 2024): its options (``NIGSettings``), targets and result."""
 
 from mechir_nig.attribution.baselines import BASELINES, baseline_embeddings
-from mechir_nig.attribution.neurons import NeuronSet, overlap_report, rank_fusion, select_top
 from mechir_nig.attribution.nig import (
     REDUCE,
     ConvergenceWarning,
@@ -20,13 +19,9 @@ __all__ = [
     "NeuronAttribution",
     "NeuronIntegratedGradients",
     "NIGSettings",
-    "NeuronSet",
     "RULES",
     "TargetArgs",
     "alphas",
     "baseline_embeddings",
     "neuron_integrated_gradients",
-    "overlap_report",
-    "rank_fusion",
-    "select_top",
 ]

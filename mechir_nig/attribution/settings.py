@@ -190,8 +190,9 @@ class NIGSettings:
     def checked(self, model: Any) -> NIGSettings:
         """Every field validated for ``model`` (``InputError`` saying what to fix); ``layers`` and ``sites``
         made explicit, ``heads`` folded into ``sites``."""
+        from mechir_nig._validate import check_layers
         from mechir_nig.attribution.baselines import check_baseline
-        from mechir_nig.attribution.nig.api import check_layers, check_reduce
+        from mechir_nig.attribution.nig.api import check_reduce
         from mechir_nig.attribution.rules import check_rule
 
         self.auto()
@@ -284,7 +285,6 @@ def model_fingerprint(model: Any) -> str:
     h = hashlib.sha256()
     cfg = model.cfg.to_dict()
     cfg.pop("model_name", None)
-    cfg.pop("extra", None)
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()

@@ -328,7 +328,7 @@ def _union_steps(tables: Sequence[list[int | None] | None]) -> list[int | None] 
     return out
 
 
-def top_neurons(
+def top_neuron_set(
     attribution: CollectionAttribution,
     scheme: str = "relevant",
     *,
@@ -345,10 +345,10 @@ def top_neurons(
         >>> stats = CollectionAttribution(layers=[1], n_layers=2, d_mlp=4)
         >>> per_group = torch.tensor([0.0, 3.0, -1.0, 2.0]).expand(1, 1, 4, 4)  # [pairs, layer, group, d_mlp]
         >>> stats.update("relevant", per_group)
-        >>> sorted(top_neurons(stats, "relevant", k=2))  # (layer, neuron) pairs
+        >>> sorted(top_neuron_set(stats, "relevant", k=2))  # (layer, neuron) pairs
         [(1, 1), (1, 3)]
     """
-    from mechir_nig.attribution.neurons import select_top
+    from mechir_nig.sets import select_top
 
     return select_top(
         attribution.scheme_scores(scheme, group),

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from mechir_nig._validate import check_int
 from mechir_nig.data.collection import Collection, LazyDocs, Run, select_query_ids
 from mechir_nig.data.formats.run import read_trec_run, top_k_run
 from mechir_nig.errors import InputError
@@ -40,8 +41,7 @@ __all__ = ["BM25Index", "bm25_candidates", "read_trec_run", "scoreddocs_candidat
 
 
 def _check_k(k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InputError(f"k (candidates per query) must be an integer >= 1, got {k!r}")
+    check_int(k, "k (candidates per query)", minimum=1)
 
 
 def _check_collection(collection: Any) -> None:

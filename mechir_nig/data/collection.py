@@ -3,7 +3,7 @@
 A collection holds its queries and judgements in memory (ir_measures' ``Qrel`` and ``ScoredDoc``
 records) and its documents as a ``Mapping`` from id to text: a ``dict`` for local files, or a
 :class:`LazyDocs` for a large corpus (an ir_datasets id, or local files loaded with ``lazy=True``), which
-looks documents up by id in a docstore (or one pass over the file) only when they are needed and caches
+looks documents up by id in a docstore (or a local file's offset index) only when they are needed and caches
 what it fetched. Code that needs the texts of some documents asks :meth:`Collection.get_docs` for all of
 them at once (one lookup). First-stage results (``scoreddocs``) are a list, or a
 :class:`ScoredDocStream` that re-reads its source on each pass (``lazy=True``), so neither the corpus
@@ -40,6 +40,7 @@ from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mechir_nig._validate import check_int
 from mechir_nig.data.formats._io import check_empty_policy
 from mechir_nig.data.formats.run import Run
 from mechir_nig.errors import DataError, DataWarning, InputError
@@ -86,13 +87,10 @@ def check_grade_map(grade_map: Any) -> dict[int, int | None] | None:
             f"{{1: 1, 0: 0, -1: None}}; got {grade_map!r}"
         )
     for key, value in grade_map.items():
-        if isinstance(key, bool) or not isinstance(key, int):
-            raise InputError(f"grade_map keys must be integer grades as in the qrels, got {key!r}")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise InputError(
-                f"grade_map[{key}] must be an integer grade or None (unjudged: the judgement is dropped), "
-                f"got {value!r}"
-            )
+        check_int(key, "each grade_map key", hint="keys are the grades as written in the qrels")
+        check_int(
+            value, f"grade_map[{key}]", allow_none=True, hint="None: unjudged, the judgement is dropped"
+        )
     return dict(grade_map)
 
 
@@ -108,11 +106,13 @@ def check_relevance_threshold(threshold: Any) -> int | None:
     """
     if threshold is None:
         return None
-    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
-        raise InputError(
-            f"relevance_threshold must be an integer >= 1 (the lowest relevant grade), got {threshold!r}; "
-            "for a scale whose relevant grades are <= 0, map it first with grade_map={...}"
-        )
+    check_int(
+        threshold,
+        "relevance_threshold",
+        minimum=1,
+        hint="the lowest relevant grade; for a scale whose relevant grades are <= 0, map it first with "
+        "grade_map={...}",
+    )
     return threshold
 
 

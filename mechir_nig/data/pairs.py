@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 
+from mechir_nig._validate import check_int
 from mechir_nig.data.collection import Collection, check_relevance_threshold, select_query_ids
 from mechir_nig.errors import DataWarning, InputError
 
@@ -99,8 +100,7 @@ class JudgedPairs(list):
 
 
 def _check_cap(name: str, value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise InputError(f"{name} must be None (no cap) or an integer >= 0, got {value!r}")
+    check_int(value, name, minimum=0, allow_none=True, hint="None: no cap")
 
 
 def _sample(rng: random.Random, items: list[str], cap: int | None) -> list[str]:
@@ -174,8 +174,7 @@ def judged_pairs(
         )
     if candidates is not None and not isinstance(candidates, Mapping):
         raise InputError("candidates must be a run dict {query_id: {doc_id: score}}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InputError(f"seed must be an integer, got {seed!r}")
+    check_int(seed, "seed")
     threshold: int = check_relevance_threshold(relevance_threshold) or collection.relevance_threshold or 1
     ids = select_query_ids(collection.queries, query_ids, f"collection {collection.name!r}")
 

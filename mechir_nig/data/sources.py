@@ -17,9 +17,11 @@
 Streaming (``lazy=True``), for corpora and runs that should not sit in memory (MS MARCO: 8.8M passages,
 a top-1000 run of 7M lines): queries and qrels are read as usual, but documents are a
 :class:`~mechir_nig.data.collection.LazyDocs` and first-stage results a
-:class:`~mechir_nig.data.collection.ScoredDocStream`. For local files a lookup of some ids reads the
-documents file once and keeps only those ids (memory ``O(ids asked for)``, time one pass per lookup;
-:func:`~mechir_nig.data.judged_pairs`, :func:`~mechir_nig.data.scoreddocs_candidates` and
+:class:`~mechir_nig.data.collection.ScoredDocStream`. For local files a lookup of some ids keeps only
+those ids (texts in memory ``O(ids asked for)``): TSV and JSONL files of 16 MiB or more are indexed by
+the first lookup (:class:`~mechir_nig.data.formats.offsets.OffsetIndex`: one pass, 8 bytes per
+document) and later lookups seek to the ids' lines; TREC, ``.gz`` and smaller files are read once per
+lookup (:func:`~mechir_nig.data.judged_pairs`, :func:`~mechir_nig.data.scoreddocs_candidates` and
 :func:`~mechir_nig.evaluation.rerank` make one lookup each); for ``irds:`` ids the docstore is asked
 for those ids. The run is re-read on each pass, keeping the top ``k`` per query with a heap. Work that
 needs every document in memory (a BM25 index) raises a DataError naming what to pass instead (a run).
@@ -47,6 +49,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from mechir_nig._validate import check_bool
 from mechir_nig.data.collection import (
     Collection,
     LazyDocs,
@@ -63,6 +66,7 @@ from mechir_nig.data.formats import (
     read_trec_run,
 )
 from mechir_nig.data.formats._io import PathLike, check_empty_policy, check_file, norm
+from mechir_nig.data.formats.offsets import OffsetIndex
 from mechir_nig.errors import DataError, DataWarning, InputError
 
 __all__ = ["EMBEDDED", "FOLDER_NAMES", "load_collection"]
@@ -158,18 +162,20 @@ def _from_files(
 
 
 def _file_docs(path: PathLike, name: str, empty: str, report: dict[str, Any]) -> LazyDocs:
-    """The documents of a local file, looked up by id with one streaming pass per lookup.
+    """The documents of a local file, looked up by id through an :class:`OffsetIndex`.
 
-    A lookup reads the file once with ``read_texts(..., only=ids)``: only the requested records are
-    parsed and kept, so memory is ``O(ids asked for)`` whatever the file's size. Nothing is read when
-    loading (a malformed line is reported at the first lookup that reaches it).
+    The first lookup reads the file once to index the byte offset of every record's line (TSV and JSON
+    lines; TREC SGML and ``.gz`` files are read with one streaming pass per lookup); later lookups seek
+    to the lines asked for. Only the requested records are parsed and kept, so texts in memory are
+    ``O(ids asked for)`` whatever the file's size. Nothing is read when loading (a malformed line is
+    reported at the first lookup). A file changed on disk (size or modification time) is re-indexed.
     """
-    detect_format(path)  # an undetectable file fails at loading, not at the first lookup
+    index = OffsetIndex(path, detect_format(path))  # an undetectable file fails at loading
     report.update(empty_docs_skipped=0, empty_docs_skipped_ids=[])
 
     def fetch_many(doc_ids: list[str]) -> dict[str, str]:
         skipped: list[tuple[str, int]] = []
-        found = dict(read_texts(path, "docs", empty=empty, skipped=skipped, only=frozenset(doc_ids)))
+        found = index.get_many(doc_ids, empty=empty, skipped=skipped)
         found.update((key, "") for key, _ in skipped)  # empty: LazyDocs counts and announces them
         return found
 
@@ -178,8 +184,9 @@ def _file_docs(path: PathLike, name: str, empty: str, report: dict[str, Any]) ->
         yield from read_texts(path, "docs", empty=empty, skipped=skipped)
         yield from ((key, "") for key, _ in skipped)
 
+    chunk = 10_000 if index.seeks else None  # a scan per lookup: look every id up at once
     return LazyDocs(
-        fetch_many, iterate=iterate, name=name, empty=empty, whole_corpus="refuse", lookup_chunk=None
+        fetch_many, iterate=iterate, name=name, empty=empty, whole_corpus="refuse", lookup_chunk=chunk
     )
 
 
@@ -481,8 +488,7 @@ def load_collection(
     """
     if topic_field not in TOPIC_FIELDS:
         raise InputError(f"topic_field must be one of {TOPIC_FIELDS}, got {topic_field!r}")
-    if lazy is not None and not isinstance(lazy, bool):
-        raise InputError(f"lazy must be True, False or None (the source's default), got {lazy!r}")
+    check_bool(lazy, "lazy", allow_none=True)
     if empty is not None:
         check_empty_policy(empty)
     grade_map = check_grade_map(grade_map)

@@ -178,11 +178,11 @@ def split_half_stability(
         >>> study = split_half_stability(ce, col, fraction=0.01, n_steps=16, seed=0)  # doctest: +SKIP
         >>> study["overlap"]  # Jaccard of the two halves' sets vs the chance level  # doctest: +SKIP
     """
-    from mechir_nig.attribution.neurons import overlap_report, select_top
     from mechir_nig.attribution.settings import NIGSettings
     from mechir_nig.data import judged_pairs
     from mechir_nig.experiments.attribute import attribute_collection
     from mechir_nig.runtime.distributed import context
+    from mechir_nig.sets import overlap_report, select_top
 
     settings = settings or NIGSettings(n_steps=n_steps)
     ctx = context(distributed, getattr(model, "device", None))

@@ -61,6 +61,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mechir_nig._validate import check_layers
 from mechir_nig.errors import InputError, NoScoreChangeWarning
 from mechir_nig.interventions.engine import Engine, Intervention, Source
 from mechir_nig.models.precision import check_finite
@@ -257,12 +258,6 @@ def _check_sites(model: Any, sites: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def _check_layers(layers: Any, n_layers: int) -> list[int]:
-    from mechir_nig.sets.components import check_layers
-
-    return list(check_layers(layers, n_layers))
-
-
 def _check_batches(model: Any, clean: Any, corrupted: Any, q_emb: Any) -> tuple[Any, Any, Any, Tensor | None]:
     from mechir_nig.interventions.perturb import Alignment
 
@@ -444,7 +439,7 @@ def _prepare(
     site_list = _check_sites(model, sites)
     if joint and not any(s == "neuron_set" for s, _ in site_list):
         raise InputError("joint=True patches a NeuronSet's members together: put a NeuronSet in sites")
-    layer_list = _check_layers(layers, model.cfg.n_layers)
+    layer_list = list(check_layers(layers, model.cfg.n_layers))
     clean_b, corr_b, al, q_emb = _check_batches(model, clean, corrupted, query_embeddings)
 
     base, source = (corr_b, clean_b) if direction == "denoise" else (clean_b, corr_b)

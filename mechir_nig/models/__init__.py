@@ -6,7 +6,7 @@ from mechir_nig.models.bi_encoder import HookedBiEncoder
 from mechir_nig.models.cache import EncoderActivationCache
 from mechir_nig.models.config import EncoderConfig
 from mechir_nig.models.cross_encoder import HookedCrossEncoder
-from mechir_nig.models.encoder import HookedBertBase, HookedEncoderBase
+from mechir_nig.models.encoder import HookedEncoderBase
 from mechir_nig.models.protocol import AttributionModel
 from mechir_nig.models.tokenization import GROUPS, PairBatch, TextBatch
 
@@ -16,7 +16,6 @@ __all__ = [
     "EncoderActivationCache",
     "EncoderConfig",
     "GROUPS",
-    "HookedBertBase",
     "HookedBiEncoder",
     "HookedCrossEncoder",
     "HookedEncoderBase",

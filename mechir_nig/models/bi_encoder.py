@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
+from mechir_nig._types import Embeddings, Resid, Scores
 from mechir_nig._validate import check_choice
 from mechir_nig.errors import InputError, ModelLoadError
 from mechir_nig.models import loading
@@ -155,9 +156,7 @@ class HookedBiEncoder(HookedEncoderBase):
         )
         return batch.to(self.device)
 
-    def pool(
-        self, resid: Float[Tensor, "batch pos d_model"], attention_mask: Tensor | None
-    ) -> Float[Tensor, "batch d_model"]:
+    def pool(self, resid: Resid, attention_mask: Tensor | None) -> Embeddings:
         if self.pooling == "cls" or attention_mask is None:
             pooled = resid[:, 0] if self.pooling == "cls" else resid.mean(1)
         else:
@@ -177,7 +176,7 @@ class HookedBiEncoder(HookedEncoderBase):
         start_at_layer: int | None = None,
         stop_at_layer: None = None,
         return_type: Literal["embedding"] = "embedding",
-    ) -> Float[Tensor, "batch d_model"]: ...
+    ) -> Embeddings: ...
 
     @overload
     def forward(
@@ -205,7 +204,7 @@ class HookedBiEncoder(HookedEncoderBase):
         start_at_layer: int | None = None,
         stop_at_layer: int,
         return_type: Literal["embedding"] | None = "embedding",
-    ) -> Float[Tensor, "batch pos d_model"]: ...
+    ) -> Resid: ...
 
     def forward(
         self,
@@ -276,7 +275,7 @@ class HookedBiEncoder(HookedEncoderBase):
         token_type_ids: Tensor,
         attention_mask: Tensor,
         other: Tensor | None = None,
-    ) -> Float[Tensor, " batch"]:
+    ) -> Scores:
         """``sim(E(text from input_embeds), other)`` (the fixed side's embeddings ``other``)."""
         out = self(None, token_type_ids, attention_mask, input_embeds=input_embeds)
         return (out * other).sum(-1)

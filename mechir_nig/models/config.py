@@ -6,7 +6,7 @@ adapter in ``mechir_nig.models.architectures`` maps the Hugging Face ``config.js
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -66,10 +66,8 @@ class EncoderConfig:
     pooler_act: str = "tanh"
     use_attn_result: bool = False
     use_hook_mlp_in: bool = False
-    attn_only: bool = False
     attn_impl: str = "auto"
     dtype: torch.dtype = torch.float32
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.d_embed is None:

@@ -23,6 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
+from mechir_nig._types import Logits, Resid, Scores
 from mechir_nig.errors import InputError, ModelLoadError, UnsupportedArchitectureError
 from mechir_nig.models import loading
 from mechir_nig.models.components import ClassifierHead, Pooler
@@ -154,7 +155,7 @@ class HookedCrossEncoder(HookedEncoderBase):
         )
         return batch.to(self.device)
 
-    def score_from_logits(self, logits: Float[Tensor, "batch n_labels"]) -> Float[Tensor, " batch"]:
+    def score_from_logits(self, logits: Logits) -> Scores:
         if self.cfg.n_labels == 1:
             return logits[:, 0]
         return torch.log_softmax(logits, dim=-1)[:, 1]
@@ -171,7 +172,7 @@ class HookedCrossEncoder(HookedEncoderBase):
         start_at_layer: int | None = None,
         stop_at_layer: None = None,
         return_type: Literal["score"] = "score",
-    ) -> Float[Tensor, " batch"]: ...
+    ) -> Scores: ...
 
     @overload
     def forward(
@@ -185,7 +186,7 @@ class HookedCrossEncoder(HookedEncoderBase):
         start_at_layer: int | None = None,
         stop_at_layer: None = None,
         return_type: Literal["logits"],
-    ) -> Float[Tensor, "batch n_labels"]: ...
+    ) -> Logits: ...
 
     @overload
     def forward(
@@ -213,7 +214,7 @@ class HookedCrossEncoder(HookedEncoderBase):
         start_at_layer: int | None = None,
         stop_at_layer: int,
         return_type: ReturnType = "score",
-    ) -> Float[Tensor, "batch pos d_model"]: ...
+    ) -> Resid: ...
 
     def forward(
         self,
@@ -282,7 +283,7 @@ class HookedCrossEncoder(HookedEncoderBase):
         token_type_ids: Tensor,
         attention_mask: Tensor,
         other: Tensor | None = None,
-    ) -> Float[Tensor, " batch"]:
+    ) -> Scores:
         """``F`` of word embeddings (the input Integrated Gradients interpolates)."""
         return self(None, token_type_ids, attention_mask, input_embeds=input_embeds)
 

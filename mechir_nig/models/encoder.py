@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
+from mechir_nig._types import Mask, Resid, Tokens
 from mechir_nig.errors import InputError
 from mechir_nig.models.cache import EncoderActivationCache
 from mechir_nig.models.components import Embed, EncoderBlock, Pooler
@@ -109,17 +110,17 @@ class HookedEncoderBase(HookedRootModule):
         self.cfg.attn_impl = impl
 
     # -- pieces of the forward pass ------------------------------------------------------------
-    def word_embeddings(self, input_ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_embed"]:
+    def word_embeddings(self, input_ids: Tokens) -> Float[Tensor, "batch pos d_embed"]:
         """``W_E[input_ids]`` (the input that Integrated Gradients interpolates)."""
         return F.embedding(input_ids, self.embed.W_E)
 
     def embed_tokens(
         self,
-        input_ids: Int[Tensor, "batch pos"] | None,
-        token_type_ids: Int[Tensor, "batch pos"] | None,
+        input_ids: Tokens | None,
+        token_type_ids: Tokens | None,
         input_embeds: Float[Tensor, "batch pos d_embed"] | None = None,
         position_ids: Int[Tensor, "batch pos"] | None = None,
-    ) -> Float[Tensor, "batch pos d_model"]:
+    ) -> Resid:
         """Embedding output: LayerNorm(word + token type + position), projected to ``d_model`` if needed.
 
         ``position_ids`` (``0``-based, the family's offset is added) default to ``0 .. pos-1``; explicit
@@ -182,16 +183,16 @@ class HookedEncoderBase(HookedRootModule):
 
     def encoder_forward(
         self,
-        input_ids: Int[Tensor, "batch pos"] | None = None,
-        token_type_ids: Int[Tensor, "batch pos"] | None = None,
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        input_ids: Tokens | None = None,
+        token_type_ids: Tokens | None = None,
+        attention_mask: Mask | None = None,
         *,
         input_embeds: Float[Tensor, "batch pos d_embed"] | None = None,
-        residual: Float[Tensor, "batch pos d_model"] | None = None,
+        residual: Resid | None = None,
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
         position_ids: Int[Tensor, "batch pos"] | None = None,
-    ) -> Float[Tensor, "batch pos d_model"]:
+    ) -> Resid:
         """Residual stream after the requested blocks (before block ``stop_at_layer``)."""
         start, stop = self._layer_range(start_at_layer, stop_at_layer)
         if start > 0:
@@ -216,7 +217,7 @@ class HookedEncoderBase(HookedRootModule):
         token_type_ids: Tensor | None,
         attention_mask: Tensor | None,
         **forward_kwargs: Any,
-    ) -> tuple[Float[Tensor, "batch pos d_model"], Tensor | None]:
+    ) -> tuple[Resid, Tensor | None]:
         """(residual stream, attention mask) of a ``batch_type`` batch or of raw ``input_ids``."""
         input_ids = batch
         if isinstance(batch, batch_type):
@@ -262,6 +263,3 @@ class HookedEncoderBase(HookedRootModule):
             f"{type(self).__name__}(architecture={c.architecture!r}, n_layers={c.n_layers}, "
             f"n_heads={c.n_heads}, d_model={c.d_model}, d_mlp={c.d_mlp}, n_labels={c.n_labels})"
         )
-
-
-HookedBertBase = HookedEncoderBase  # the name used before other families were added

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
+from mechir_nig._types import Scores, Tokens
 from mechir_nig.models.config import EncoderConfig
 
 
@@ -43,7 +44,7 @@ class AttributionModel(Protocol):
     @property
     def device(self) -> torch.device: ...
 
-    def word_embeddings(self, input_ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_embed"]:
+    def word_embeddings(self, input_ids: Tokens) -> Float[Tensor, "batch pos d_embed"]:
         """Word embeddings of token ids (the space the path is drawn in)."""
         ...
 
@@ -64,7 +65,7 @@ class AttributionModel(Protocol):
         token_type_ids: Tensor,
         attention_mask: Tensor,
         other: Tensor | None = None,
-    ) -> Float[Tensor, " batch"]:
+    ) -> Scores:
         """The score ``F`` from word embeddings (and the fixed side's embeddings ``other``)."""
         ...
 

@@ -31,6 +31,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from mechir_nig._types import Mask, Tokens
 from mechir_nig._validate import check_int
 from mechir_nig.errors import InputError, TruncationWarning
 
@@ -161,9 +162,9 @@ class PairBatch(_Batch):
         ['cls', 'query', 'query', 'query', 'query', 'sep', 'doc', 'doc', 'doc', 'doc', 'doc', 'doc', 'sep']
     """
 
-    input_ids: Int[Tensor, "batch pos"]
-    token_type_ids: Int[Tensor, "batch pos"]
-    attention_mask: Int[Tensor, "batch pos"]
+    input_ids: Tokens
+    token_type_ids: Tokens
+    attention_mask: Mask
     groups: Int[Tensor, "batch pos"]
     truncated: Bool[Tensor, " batch"]
     queries: list[str] = field(default_factory=list)
@@ -192,9 +193,9 @@ class TextBatch(_Batch):
         torch.Size([2, 384])
     """
 
-    input_ids: Int[Tensor, "batch pos"]
-    token_type_ids: Int[Tensor, "batch pos"]
-    attention_mask: Int[Tensor, "batch pos"]
+    input_ids: Tokens
+    token_type_ids: Tokens
+    attention_mask: Mask
     groups: Int[Tensor, "batch pos"]
     truncated: Bool[Tensor, " batch"]
     texts: list[str] = field(default_factory=list)

@@ -232,7 +232,7 @@ def top_neurons_bar(
 
     Args:
         source: a ``CollectionAttribution`` (neurons ranked by ``scheme_scores(scheme, group)`` over its
-            layers, as ``attribution.stats.top_neurons``), a ``NeuronAttribution`` (NIG of ``pair``, or
+            layers, as ``attribution.stats.top_neuron_set``), a ``NeuronAttribution`` (NIG of ``pair``, or
             summed over pairs, as ``NeuronAttribution.top_neurons``), or a ``NeuronSet`` /
             ``ComponentSet`` with ``scores`` (its members by score).
         k: bars to draw (at most).
@@ -263,7 +263,7 @@ def top_neurons_bar(
         if source.scores is None:
             raise InputError(
                 "the set has no scores; build it with select_top(scores, ...) (or from a "
-                "CollectionAttribution with attribution.stats.top_neurons) to draw its top members"
+                "CollectionAttribution with attribution.stats.top_neuron_set) to draw its top members"
             )
         ranked = sorted(source.scores.items(), key=lambda kv: -kv[1])[:k]
         members = [m for m, _ in ranked]
@@ -271,12 +271,12 @@ def top_neurons_bar(
         one = "neuron" if source.kind == "mlp" else "head"
         what = source.name or "set"
     elif isinstance(source, CollectionAttribution):
-        from mechir_nig.attribution.stats import top_neurons
+        from mechir_nig.attribution.stats import top_neuron_set
 
         if pair is not None:
             raise InputError("pair= applies to a NeuronAttribution; a CollectionAttribution has no pairs")
         scheme = "relevant" if scheme is None else scheme
-        s = top_neurons(source, scheme, k=min(k, len(source.layers) * source.d_mlp), group=group)
+        s = top_neuron_set(source, scheme, k=min(k, len(source.layers) * source.d_mlp), group=group)
         ranked = sorted((s.scores or {}).items(), key=lambda kv: -kv[1])  # select_top scores its members
         members = [m for m, _ in ranked]
         values = [v for _, v in ranked]

@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from mechir_nig._validate import check_int
 from mechir_nig.errors import DistributedError, InputError
 
 T = TypeVar("T")
@@ -462,8 +463,7 @@ def shard_by_cost(costs: Sequence[int | float], world_size: int) -> list[list[in
         >>> shard_by_cost([1, 1, 1, 1, 1], 2)  # equal costs: round robin
         [[0, 2, 4], [1, 3]]
     """
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise InputError(f"world_size must be an int >= 1, got {world_size!r}")
+    check_int(world_size, "world_size", minimum=1)
     for i, c in enumerate(costs):
         if isinstance(c, bool) or not isinstance(c, int | float) or not math.isfinite(c) or c < 0:
             raise InputError(f"costs[{i}] must be a finite number >= 0, got {c!r}")

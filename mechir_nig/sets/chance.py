@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from mechir_nig._validate import as_int, check_layers
 from mechir_nig.errors import InputError
-from mechir_nig.sets.components import ComponentSet, as_int, check_layers, check_set
+from mechir_nig.sets.components import ComponentSet, check_set
 
 _TAIL_D2 = 400.0
 """Hypergeometric terms further than ``d = sqrt(_TAIL_D2 * min(a, b))`` from the mean are skipped: by
@@ -146,7 +147,7 @@ def overlap_report(
     if pool_layers is None:
         pool = chance_pool(a, b)
     else:
-        pool = check_layers(pool_layers, a.n_layers, "pool_layers")
+        pool = tuple(check_layers(pool_layers, a.n_layers, "pool_layers"))
         occupied = (a.to_mask() | b.to_mask()).any(1)  # [n_layers]: layers holding a member
         occupied[list(pool)] = False
         stray = occupied.nonzero().flatten().tolist()

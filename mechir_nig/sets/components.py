@@ -43,6 +43,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
+from mechir_nig._validate import as_int, check_layers
 from mechir_nig.errors import InputError
 from mechir_nig.sites import SITES as SITE_TABLE
 from mechir_nig.sites import site
@@ -77,16 +78,6 @@ Pair = tuple[int, int]
 
 
 # -- validation helpers (shared by the package) ----------------------------------------------------------
-def as_int(value: Any, what: str) -> int:
-    """An integer (Python, numpy or 0-d torch), never a bool or a float."""
-    if isinstance(value, bool):
-        raise InputError(f"{what} must be an integer, got the bool {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise InputError(f"{what} must be an integer, got {value!r} ({type(value).__name__})") from None
-
-
 def check_kind(kind: Any) -> Kind:
     """``kind`` if it is one of ``KINDS``."""
     if kind not in KINDS:
@@ -109,25 +100,6 @@ def check_site_kind(kind: Any) -> str:
 def noun(kind: str, plural: bool = True) -> str:
     """``"neurons"`` / ``"heads"`` (or the singular) for messages."""
     return _NOUN[kind][1 if plural else 0]
-
-
-def check_layers(layers: Any, n_layers: int, what: str = "layers") -> tuple[int, ...]:
-    """Sorted, distinct, in-range layer indices; ``None`` means every layer."""
-    if layers is None:
-        return tuple(range(n_layers))
-    if isinstance(layers, (str, bytes, Mapping)) or not isinstance(layers, Iterable):
-        raise InputError(f"{what} must be an iterable of layer indices, got {type(layers).__name__}")
-    out = [as_int(layer, f"each of {what}" if what != "layers" else "each layer") for layer in layers]
-    if not out:
-        raise InputError(f"{what} is empty; give at least one layer index or None for all layers")
-    bad = [layer for layer in out if not 0 <= layer < n_layers]
-    if bad:
-        raise InputError(
-            f"{what} {bad} are out of range for a model with {n_layers} layers (0..{n_layers - 1})"
-        )
-    if len(set(out)) != len(out):
-        raise InputError(f"{what} has duplicates: {out}; list each layer once")
-    return tuple(sorted(out))
 
 
 def _universe(kind: str, n_layers: Any, width: Any) -> tuple[int, int]:
@@ -259,7 +231,7 @@ class ComponentSet:
         flat = self._flat_of(layer_idx, index_idx, kind, n_layers, width)
         members = np.unique(flat)
         scored = None if scores is None else _scores_of(scores, members, kind, n_layers, width)
-        pool = check_layers(pool_layers, n_layers, "pool_layers")
+        pool = tuple(check_layers(pool_layers, n_layers, "pool_layers"))
         self._set_state(kind, n_layers, width, members, scored, name, pool)
 
     # -- construction helpers -----------------------------------------------------------------------------
@@ -537,7 +509,7 @@ class ComponentSet:
         if not isinstance(name, str):
             raise InputError(f"name must be a str, got {type(name).__name__}")
         flat: np.ndarray = mask.detach().flatten().nonzero().flatten().cpu().numpy().astype(np.int64)
-        pool = check_layers(pool_layers, n_layers, "pool_layers")
+        pool = tuple(check_layers(pool_layers, n_layers, "pool_layers"))
         return ComponentSet._build(kind, n_layers, width, flat, name=name, pool=pool)
 
     @classmethod

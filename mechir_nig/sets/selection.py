@@ -30,8 +30,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechir_nig._validate import as_int, check_layers
 from mechir_nig.errors import InputError
-from mechir_nig.sets.components import ComponentSet, Kind, as_int, check_kind, check_layers, check_set, noun
+from mechir_nig.sets.components import ComponentSet, Kind, check_kind, check_set, noun
 
 FUSION_METHODS = ("rrf", "borda")
 """Rank-fusion methods of ``fuse_scores`` / ``rank_fusion``."""
@@ -136,7 +137,7 @@ def select_top(
         raise InputError(f"largest must be a bool, got {largest!r}")
     name = _check_name(name)
     n_layers, width = scores.shape
-    pool = check_layers(layers, n_layers)
+    pool = tuple(check_layers(layers, n_layers))
     size = _check_size(k, fraction, len(pool) * width, kind)
     layer_idx = torch.tensor(pool, dtype=torch.long, device=scores.device)
     candidates = scores.index_select(0, layer_idx).flatten()  # ascending flat index order
@@ -314,7 +315,7 @@ def rank_fusion(
     """
     tensors = _check_fusion(score_tensors, method, rrf_k)
     n_layers = tensors[0].shape[0]
-    pool = check_layers(layers, n_layers)
+    pool = tuple(check_layers(layers, n_layers))
     idx = torch.tensor(pool, dtype=torch.long, device=tensors[0].device)
     fused_pool = _fuse([t.index_select(0, idx.to(t.device)) for t in tensors], method, rrf_k)
     fused = torch.zeros(tensors[0].shape, dtype=torch.float64, device=fused_pool.device)

@@ -13,7 +13,6 @@ Example:
 
 from mechir_nig.attribution.nig.api import (
     NeuronIntegratedGradients,
-    check_layers,
     check_reduce,
     neuron_integrated_gradients,
 )
@@ -28,7 +27,6 @@ __all__ = [
     "NeuronIntegratedGradients",
     "Window",
     "WindowPlan",
-    "check_layers",
     "check_reduce",
     "frozen",
     "neuron_integrated_gradients",

@@ -45,24 +45,6 @@ from mechir_nig.models.protocol import AttributionModel
 from mechir_nig.models.tokenization import DOC, QUERY, PairBatch, TextBatch
 
 
-def check_layers(layers: Sequence[int] | int | None, n_layers: int) -> list[int]:
-    """Layers to attribute, sorted (``None``: all); ``InputError`` for repeats or out-of-range layers."""
-    if layers is None:
-        return list(range(n_layers))
-    if isinstance(layers, int):
-        layers = [layers]
-    out = []
-    for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
-            raise InputError(f"layer {layer!r} is out of range; layers must be ints in 0..{n_layers - 1}")
-        out.append(layer)
-    if len(set(out)) != len(out):
-        raise InputError(f"layers {list(layers)} repeat a layer; give each layer once")
-    if not out:
-        raise InputError("layers is empty; pass None for all layers or a list of layer indices")
-    return sorted(out)
-
-
 def check_reduce(reduce: str) -> str:
     if reduce not in REDUCE:
         raise InputError(

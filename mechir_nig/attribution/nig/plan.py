@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from mechir_nig._validate import check_int
 from mechir_nig.attribution.settings import DEFAULT_WINDOW_TOKENS
 from mechir_nig.errors import InputError
 
@@ -123,8 +124,7 @@ class WindowPlan:
         points: Int[Tensor, " total"],
         window: int,
     ):
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise InputError(f"window must be an int >= 1, got {window!r}")
+        check_int(window, "window", minimum=1)
         lengths, counts, points = lengths.cpu().long(), counts.cpu().long(), points.cpu().long()
         if lengths.shape != counts.shape or bool((counts < 0).any()):
             raise InputError("counts must be one non-negative count per pair (shaped like lengths)")

@@ -3,7 +3,8 @@
 * :mod:`~mechir_nig.data.formats.trec`: TREC SGML documents, topics and qrels;
 * :mod:`~mechir_nig.data.formats.tsv`: ``id<TAB>text`` files (MS MARCO headers recognised);
 * :mod:`~mechir_nig.data.formats.jsonl`: JSON lines (BEIR, Pyserini, ir_datasets exports);
-* :mod:`~mechir_nig.data.formats.run`: TREC run files (whole, or the top ``k`` per query, streamed).
+* :mod:`~mechir_nig.data.formats.run`: TREC run files (whole, or the top ``k`` per query, streamed);
+* :mod:`~mechir_nig.data.formats.offsets`: the byte-offset index that lets a lazy lookup by id seek.
 
 Every parser yields records as it reads (a file never has to fit in memory twice) and raises
 :class:`~mechir_nig.errors.DataError` naming the file and line of anything malformed. Texts are

@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterable, Iterator
 
 from mechir_nig.data.formats._io import EmptyRecords, PathLike, claim, fail, lines, norm, trim
 
@@ -57,6 +57,7 @@ def read_jsonl(
     empty: str = "error",
     skipped: list[tuple[str, int]] | None = None,
     only: Container[str] | None = None,
+    source: Iterable[tuple[int, str]] | None = None,
 ) -> Iterator[tuple[str, str]]:
     """Stream ``(id, text)`` from a JSON-lines file.
 
@@ -73,6 +74,8 @@ def read_jsonl(
         only: yield only the records whose id is in this set (a lazy lookup of a few ids in a large
             file): every line is still parsed as JSON and must carry an id, but the text checks,
             duplicate and empty checks cover the requested ids only, so memory stays ``O(len(only))``.
+        source: the numbered lines ``(line, text)`` to parse instead of reading ``path`` (an
+            :class:`~mechir_nig.data.formats.offsets.OffsetIndex` passes the lines it seeked to).
 
     Yields:
         ``(id, text)`` pairs in file order.
@@ -88,7 +91,7 @@ def read_jsonl(
     """
     empties = EmptyRecords(path, empty, skipped)
     seen: dict[str, int] = {}
-    for lineno, line in lines(path):
+    for lineno, line in lines(path) if source is None else source:
         line = trim(line)
         if not line:
             continue

@@ -23,6 +23,7 @@ import math
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Literal
 
+from mechir_nig._validate import check_int
 from mechir_nig.data.formats._io import PathLike, claim, fail, lines, split_fields
 from mechir_nig.errors import DataError, InputError
 
@@ -165,8 +166,7 @@ def top_k_run(
     """
     depths = dict(k) if isinstance(k, Mapping) else None
     for depth in depths.values() if depths is not None else (k,):
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-            raise InputError(f"k (results kept per query) must be an integer >= 1, got {depth!r}")
+        check_int(depth, "k (results kept per query)", minimum=1)
     if depths is not None and query_ids is not None:
         depths = {q: d for q, d in depths.items() if q in query_ids}
     heaps: dict[str, list[tuple[float, int, str]]] = {}

@@ -18,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterable, Iterator
 
 from mechir_nig.data.formats._io import _WS, EmptyRecords, PathLike, claim, fail, lines, norm
 
@@ -52,6 +52,8 @@ def read_tsv(
     empty: str = "error",
     skipped: list[tuple[str, int]] | None = None,
     only: Container[str] | None = None,
+    source: Iterable[tuple[int, str]] | None = None,
+    header: bool = True,
 ) -> Iterator[tuple[str, str]]:
     """Stream ``(id, text)`` from a tab-separated file with lines ``id<TAB>text``.
 
@@ -66,6 +68,9 @@ def read_tsv(
         only: yield only the records whose id is in this set (a lazy lookup of a few ids in a large
             file): other lines are checked for an id and a tab, but their texts are not parsed, and
             duplicate and empty checks cover the requested ids only, so memory stays ``O(len(only))``.
+        source: the numbered lines ``(line, text)`` to parse instead of reading ``path`` (an
+            :class:`~mechir_nig.data.formats.offsets.OffsetIndex` passes the lines it seeked to).
+        header: whether the first line may be a header (``False`` for lines picked from a file).
 
     Yields:
         ``(id, text)`` pairs in file order.
@@ -80,8 +85,8 @@ def read_tsv(
     """
     empties = EmptyRecords(path, empty, skipped)
     seen: dict[str, int] = {}
-    first = True
-    for lineno, line in lines(path):
+    first = header
+    for lineno, line in lines(path) if source is None else source:
         line = line.rstrip("\r\n")
         head, tab, rest = line.partition("\t")
         key = head if _WS.search(head) is None else norm(head)  # most ids need no normalising

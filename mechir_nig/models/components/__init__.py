@@ -13,6 +13,4 @@ from mechir_nig.models.components.layer_norm import LayerNorm
 from mechir_nig.models.components.mlp import MLP
 from mechir_nig.models.components.pooler import Pooler
 
-BertBlock = EncoderBlock  # the name used before other families were added
-
-__all__ = ["MLP", "Attention", "BertBlock", "ClassifierHead", "Embed", "EncoderBlock", "LayerNorm", "Pooler"]
+__all__ = ["MLP", "Attention", "ClassifierHead", "Embed", "EncoderBlock", "LayerNorm", "Pooler"]

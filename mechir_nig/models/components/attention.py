@@ -11,6 +11,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
+from mechir_nig._types import Resid
 from mechir_nig.errors import InputError
 from mechir_nig.models.config import EncoderConfig
 
@@ -104,9 +105,9 @@ class Attention(nn.Module):
 
     def forward(
         self,
-        x: Float[Tensor, "batch pos d_model"],
+        x: Resid,
         additive_mask: Float[Tensor, "batch 1 1 pos"],
-    ) -> Float[Tensor, "batch pos d_model"]:
+    ) -> Resid:
         n_heads, d_head = self.cfg.n_heads, self.cfg.d_head
         qkv = F.linear(x, self.W_QKV, self.b_QKV)
         q, k, v = rearrange(qkv, "b p (three n h) -> three b p n h", three=3, n=n_heads).unbind(0)

@@ -6,6 +6,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
+from mechir_nig._types import Resid
 from mechir_nig.models.components.attention import Attention
 from mechir_nig.models.components.layer_norm import LayerNorm
 from mechir_nig.models.components.mlp import MLP
@@ -34,9 +35,7 @@ class EncoderBlock(nn.Module):
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]  (before ln2)
         self.hook_normalized_resid_post = HookPoint()  # [batch, pos, d_model]  (block output)
 
-    def forward(
-        self, resid_pre: Float[Tensor, "batch pos d_model"], additive_mask: Float[Tensor, "batch 1 1 pos"]
-    ) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, resid_pre: Resid, additive_mask: Float[Tensor, "batch 1 1 pos"]) -> Resid:
         resid_pre = self.hook_resid_pre(resid_pre)
         attn_out = self.hook_attn_out(self.attn(resid_pre, additive_mask))
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)

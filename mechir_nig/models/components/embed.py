@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from mechir_nig._types import Resid
 from mechir_nig.models.components.layer_norm import LayerNorm
 from mechir_nig.models.config import EncoderConfig
 
@@ -32,7 +33,7 @@ class Embed(nn.Module):
             self.W_proj = nn.Parameter(torch.empty(cfg.d_model, de, dtype=dt))  # nn.Linear layout
             self.b_proj = nn.Parameter(torch.zeros(cfg.d_model, dtype=dt))
 
-    def project(self, x: Float[Tensor, "batch pos d_embed"]) -> Float[Tensor, "batch pos d_model"]:
+    def project(self, x: Float[Tensor, "batch pos d_embed"]) -> Resid:
         """Normalise the summed embeddings and project them to ``d_model`` where the family does."""
         x = self.ln(x)
         if self.W_proj is not None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
-from torch import Tensor, nn
+from torch import nn
 from transformer_lens.hook_points import HookPoint
 
+from mechir_nig._types import Embeddings, Logits
 from mechir_nig.models.config import EncoderConfig
 
 
@@ -20,5 +20,5 @@ class ClassifierHead(nn.Module):
         self.b = nn.Parameter(torch.zeros(cfg.n_labels, dtype=cfg.dtype))
         self.hook_logits = HookPoint()  # [batch, n_labels]
 
-    def forward(self, pooled: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch n_labels"]:
+    def forward(self, pooled: Embeddings) -> Logits:
         return self.hook_logits(F.linear(pooled, self.W, self.b))

@@ -9,6 +9,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
+from mechir_nig._types import Resid
 from mechir_nig.models.config import EncoderConfig
 
 
@@ -45,7 +46,7 @@ class MLP(nn.Module):
     def W_out(self) -> Float[Tensor, "d_mlp d_model"]:
         return rearrange(self.W_out_lin, "m f -> f m")
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, x: Resid) -> Resid:
         pre = self.hook_pre(F.linear(x, self.W_in_lin, self.b_in))
         post = self.hook_post(self.act(pre))
         return F.linear(post, self.W_out_lin, self.b_out)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
-from torch import Tensor, nn
+from torch import nn
 from transformer_lens.hook_points import HookPoint
 
+from mechir_nig._types import Embeddings, Resid
 from mechir_nig.models.components.mlp import activation
 from mechir_nig.models.config import EncoderConfig
 
@@ -27,5 +27,5 @@ class Pooler(nn.Module):
         self.act = activation(cfg.pooler_act)
         self.hook_pooler_out = HookPoint()  # [batch, d_model]
 
-    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
+    def forward(self, resid: Resid) -> Embeddings:
         return self.hook_pooler_out(self.act(F.linear(resid[:, 0], self.W, self.b)))
