@@ -32,31 +32,24 @@ def write(folder: Path, name: str, text: str) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_old_module_and_names_still_import():
+def test_data_names_import_from_their_modules():
+    """The data names import from mechir_nig.data and are the objects of their defining modules (the
+    compatibility module mechir_nig.data.collections of earlier releases is deleted)."""
+    import importlib
+
     import mechir_nig.data as data
     from mechir_nig import errors
-    from mechir_nig.data import collections as old
     from mechir_nig.data.collection import Collection
     from mechir_nig.data.formats import jsonl, run, trec, tsv
     from mechir_nig.data.sources import load_collection as load
 
-    for name in [
-        "Collection",
-        "DataWarning",
-        "load_collection",
-        "read_jsonl",
-        "read_trec_docs",
-        "read_trec_qrels",
-        "read_trec_run",
-        "read_trec_topics",
-        "read_tsv",
-    ]:
-        assert getattr(old, name) is getattr(data, name), name
-    assert old.Collection is Collection and old.load_collection is load
+    assert data.Collection is Collection and data.load_collection is load
     assert data.DataWarning is errors.DataWarning and issubclass(errors.DataWarning, UserWarning)
     assert data.read_trec_docs is trec.read_trec_docs and data.read_tsv is tsv.read_tsv
     assert data.read_jsonl is jsonl.read_jsonl and data.read_trec_run is run.read_trec_run
-    assert callable(old._select_query_ids) and old.Run == dict[str, dict[str, float]]
+    assert data.read_trec_qrels is trec.read_trec_qrels and data.read_trec_topics is trec.read_trec_topics
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("mechir_nig.data.collections")
 
 
 def test_detect_format(tmp_path):

@@ -354,11 +354,12 @@ def test_bf16_error_bound_real_minilm(minilm_ce, minilm_ce_dir):
 
 
 def test_package_keeps_the_module_names():
-    """``mechir_nig.attribution.nig`` became a package (plan, kernel, auto, api); its names stay."""
+    """``mechir_nig.attribution.nig`` became a package (plan, kernel, auto, api); its names stay (the one
+    layer check, ``check_layers``, lives in ``mechir_nig._validate``)."""
+    from mechir_nig._validate import check_layers
     from mechir_nig.attribution.nig import (
         DEFAULT_WINDOW_TOKENS,
         NeuronIntegratedGradients,
-        check_layers,
         frozen,
         neuron_integrated_gradients,
     )

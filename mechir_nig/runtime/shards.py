@@ -334,7 +334,8 @@ def prepare(
         }
         meta = dict(rank0.meta)
         rank0 = rank0.merge(base)
-        rank0.meta = meta | {"truncated": truncated}
+        steps = {"n_steps_used": rank0.meta["n_steps_used"]} if "n_steps_used" in rank0.meta else {}
+        rank0.meta = meta | {"truncated": truncated} | steps  # earlier generations' per-pair steps kept
         save_part(
             rank0, parts[0], rank=0, world_size=world_size, generation=generation, held=done, n_pairs=n_pairs
         )
