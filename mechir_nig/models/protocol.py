@@ -6,15 +6,16 @@ scorer) does so by providing these members.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, overload, runtime_checkable
 
 import torch
 from jaxtyping import Float
-from torch import Tensor
+from torch import Tensor, nn
+from transformer_lens.ActivationCache import ActivationCache
 
 from mechir_nig._types import Scores, Tokens
 from mechir_nig.models.config import EncoderConfig
@@ -74,6 +75,81 @@ class AttributionModel(Protocol):
         ...
 
 
+#: A forward hook as TransformerLens calls it: ``hook(activation, hook=HookPoint)``.
+HookFn = Callable[..., Any]
+#: ``(hook name or name filter, hook)`` pairs, as ``run_with_hooks(fwd_hooks=...)`` takes them.
+FwdHooks = Sequence[tuple[str | Callable[[str], bool], HookFn]]
+
+
+@runtime_checkable
+class HookedModel(AttributionModel, Protocol):
+    """What the interventions, experiments and settings need of a hooked model: :class:`AttributionModel`
+    plus tokenizing, scoring and TransformerLens' hooking API.
+
+    ``HookedCrossEncoder`` and ``HookedBiEncoder`` implement it. Members only one kind has (a
+    bi-encoder's ``encode`` and ``similarity_fn``) are read after checking ``pairwise``.
+
+    Attributes:
+        max_length: the default tokenization length (``tokenize`` truncates to it).
+
+    Example:
+        >>> from mechir_nig.models import EncoderConfig, HookedCrossEncoder
+        >>> ce = HookedCrossEncoder(EncoderConfig(n_layers=1, n_heads=2, d_model=8, d_mlp=16, d_vocab=50))
+        >>> isinstance(ce, HookedModel), ce.pairwise
+        (True, True)
+    """
+
+    max_length: int
+
+    def tokenize(self, *args: Any, **kwargs: Any) -> Any:
+        """A ``PairBatch`` of (queries, docs) for a cross-encoder, a ``TextBatch`` of texts for a bi-encoder."""
+        ...
+
+    def score(
+        self, queries: Any, docs: Any, *, batch_size: int = 32, max_length: int | None = None
+    ) -> Float[Tensor, " n"]:
+        """Scores of ``n`` (query, doc) pairs, in input order (on CPU)."""
+        ...
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Scores (cross-encoder) or embeddings (bi-encoder); the residual stream with ``stop_at_layer``."""
+        ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def run_with_hooks(
+        self,
+        *model_args: Any,
+        fwd_hooks: FwdHooks = (),
+        bwd_hooks: FwdHooks = (),
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        **model_kwargs: Any,
+    ) -> Any:
+        """``forward`` with temporary hooks (TransformerLens' ``run_with_hooks``)."""
+        ...
+
+    @overload
+    def run_with_cache(
+        self, *model_args: Any, return_cache_object: Literal[True] = True, **kwargs: Any
+    ) -> tuple[Any, ActivationCache]: ...
+
+    @overload
+    def run_with_cache(
+        self, *model_args: Any, return_cache_object: Literal[False], **kwargs: Any
+    ) -> tuple[Any, dict[str, Tensor]]: ...
+
+    def run_with_cache(
+        self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any
+    ) -> tuple[Any, ActivationCache | dict[str, Tensor]]:
+        """``forward`` and the activations it cached (TransformerLens' ``run_with_cache``)."""
+        ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]: ...
+
+
 @runtime_checkable
 class Scorer(Protocol):
     """What re-ranking (``evaluation.rerank``) and the studies need of a scorer that encodes per side.
@@ -116,7 +192,7 @@ class Forward:
     batch (token groups, a baseline input, per-forward draws) read it with :func:`current_forward`;
     a new object per pass, so ``is`` tells passes apart."""
 
-    model: Any
+    model: AttributionModel | None
     batch: Any
 
 
@@ -124,7 +200,7 @@ _FORWARD: ContextVar[Forward | None] = ContextVar("mechir_nig_forward", default=
 
 
 @contextmanager
-def forward_context(model: Any, batch: Any) -> Iterator[Forward]:
+def forward_context(model: AttributionModel | None, batch: Any) -> Iterator[Forward]:
     """Declare the batch of the forward pass run inside the block (models do this in ``forward``).
 
     Example:
