@@ -94,7 +94,7 @@ class HookedModel(AttributionModel, Protocol):
 
     Example:
         >>> from mechir_nig.models import EncoderConfig, HookedCrossEncoder
-        >>> ce = HookedCrossEncoder(EncoderConfig(n_layers=1, n_heads=2, d_model=8, d_mlp=16, d_vocab=50))
+        >>> ce = HookedCrossEncoder(EncoderConfig(n_layers=1, n_heads=2, d_model=8, d_mlp=16, d_vocab=50, n_labels=1))
         >>> isinstance(ce, HookedModel), ce.pairwise
         (True, True)
     """
