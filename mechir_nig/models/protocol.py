@@ -17,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.ActivationCache import ActivationCache
 
-from mechir_nig._types import Scores, Tokens
+from mechir_nig._types import Resid, Scores, Tokens
 from mechir_nig.models.config import EncoderConfig
 
 
@@ -74,6 +74,10 @@ class AttributionModel(Protocol):
         """TransformerLens' scoped hook context (``HookedRootModule.hooks``)."""
         ...
 
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        """The weights (``torch.nn.Module.parameters``; frozen while attributing)."""
+        ...
+
 
 #: A forward hook as TransformerLens calls it: ``hook(activation, hook=HookPoint)``.
 HookFn = Callable[..., Any]
@@ -117,6 +121,21 @@ class HookedModel(AttributionModel, Protocol):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
+    def encoder_forward(
+        self,
+        input_ids: Tokens | None = None,
+        token_type_ids: Tokens | None = None,
+        attention_mask: Tokens | None = None,
+        *,
+        input_embeds: Float[Tensor, "batch pos d_embed"] | None = None,
+        residual: Resid | None = None,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
+        position_ids: Tokens | None = None,
+    ) -> Resid:
+        """The residual stream after the requested blocks (``HookedEncoderBase.encoder_forward``)."""
+        ...
+
     def run_with_hooks(
         self,
         *model_args: Any,
@@ -145,9 +164,33 @@ class HookedModel(AttributionModel, Protocol):
         """``forward`` and the activations it cached (TransformerLens' ``run_with_cache``)."""
         ...
 
-    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
-
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class BiEncoderModel(HookedModel, Protocol):
+    """A :class:`HookedModel` that encodes queries and documents apart (``pairwise`` false), as
+    ``HookedBiEncoder`` does; code holding a ``HookedModel`` reads these members after checking
+    ``not model.pairwise``.
+
+    Example:
+        >>> from mechir_nig.models import EncoderConfig, HookedBiEncoder, HookedCrossEncoder
+        >>> cfg = EncoderConfig(n_layers=1, n_heads=2, d_model=8, d_mlp=16, d_vocab=50, n_labels=1)
+        >>> isinstance(HookedBiEncoder(cfg), BiEncoderModel), isinstance(HookedCrossEncoder(cfg), BiEncoderModel)
+        (True, False)
+    """
+
+    def encode(
+        self, texts: Any, *, batch_size: int = 32, max_length: int | None = None
+    ) -> Float[Tensor, "n d_model"]:
+        """Embeddings of ``n`` texts, in input order (on CPU)."""
+        ...
+
+    def similarity_fn(
+        self, q: Float[Tensor, "n d_model"], d: Float[Tensor, "n d_model"]
+    ) -> Float[Tensor, " n"]:
+        """Row-wise similarity of encoded embeddings."""
+        ...
 
 
 @runtime_checkable
