@@ -19,6 +19,7 @@ from transformer_lens.ActivationCache import ActivationCache
 
 from mechir_nig._types import Resid, Scores, Tokens
 from mechir_nig.models.config import EncoderConfig
+from mechir_nig.models.tokenization import PairBatch, TextBatch
 
 
 @runtime_checkable
@@ -105,7 +106,7 @@ class HookedModel(AttributionModel, Protocol):
 
     max_length: int
 
-    def tokenize(self, *args: Any, **kwargs: Any) -> Any:
+    def tokenize(self, *args: Any, **kwargs: Any) -> PairBatch | TextBatch:
         """A ``PairBatch`` of (queries, docs) for a cross-encoder, a ``TextBatch`` of texts for a bi-encoder."""
         ...
 
