@@ -1,7 +1,10 @@
-"""The interface attribution (and later interventions) use, instead of ``isinstance`` on model classes.
+"""The interfaces attribution, interventions and experiments use, instead of ``isinstance`` on model classes.
 
-``HookedCrossEncoder`` and ``HookedBiEncoder`` implement it; a new model kind (e.g. a late-interaction
-scorer) does so by providing these members.
+:class:`AttributionModel` is what NIG needs; :class:`HookedModel` adds tokenizing, scoring and
+TransformerLens' hooking API (what ablation, patching, the engine and the studies need);
+:class:`BiEncoderModel` adds a bi-encoder's ``encode`` / ``similarity_fn``. ``HookedCrossEncoder`` and
+``HookedBiEncoder`` implement them; a new model kind (e.g. a late-interaction scorer) does so by providing
+these members. :class:`Scorer` is what re-ranking needs of a per-side scorer (an ``Ablation``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.ActivationCache import ActivationCache
 
-from mechir_nig._types import Resid, Scores, Tokens
+from mechir_nig._types import Mask, Resid, Scores, Tokens
 from mechir_nig.models.config import EncoderConfig
 from mechir_nig.models.tokenization import PairBatch, TextBatch
 
@@ -126,7 +129,7 @@ class HookedModel(AttributionModel, Protocol):
         self,
         input_ids: Tokens | None = None,
         token_type_ids: Tokens | None = None,
-        attention_mask: Tokens | None = None,
+        attention_mask: Mask | None = None,
         *,
         input_embeds: Float[Tensor, "batch pos d_embed"] | None = None,
         residual: Resid | None = None,
