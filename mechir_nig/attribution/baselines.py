@@ -19,6 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechir_nig.errors import InputError
+from mechir_nig.models.protocol import AttributionModel
 from mechir_nig.models.tokenization import DOC, PAD, QUERY
 
 BASELINES = ("pad", "pad_all", "doc", "mask", "zero")
@@ -35,7 +36,7 @@ def check_baseline(baseline: str | Tensor) -> str | Tensor:
 
 
 def baseline_embeddings(
-    model,
+    model: AttributionModel,
     input_ids: Int[Tensor, "batch pos"],
     groups: Int[Tensor, "batch pos"],
     baseline: str | Tensor,
@@ -61,7 +62,7 @@ def baseline_embeddings(
     """
     check_baseline(baseline)
     b, p = input_ids.shape
-    d = model.cfg.d_embed
+    d = model.cfg.d_embed or model.cfg.d_model  # set in EncoderConfig.__post_init__
     if isinstance(baseline, Tensor):
         t = baseline.to(model.device, model.cfg.dtype)
         if t.shape == (p, d):

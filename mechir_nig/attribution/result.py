@@ -208,7 +208,8 @@ class NeuronAttribution(Result):
         (one tensor is stored once; ``from_parts`` puts them back)."""
         tensors, info = super().to_parts()
         for site_name, name in self._ALIASES:
-            if self.site_values.get(site_name) is getattr(self, name):
+            held = self.site_values.get(site_name)
+            if held is not None and held is getattr(self, name):  # not when neither was attributed
                 del tensors[f"site_values.{site_name}"]
                 info.setdefault("site_values_aliases", []).append(site_name)
         return tensors, info

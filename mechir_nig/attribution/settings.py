@@ -26,6 +26,7 @@ from torch import Tensor
 from mechir_nig._validate import check_int
 from mechir_nig.attribution.target import Target, target_name
 from mechir_nig.errors import InputError
+from mechir_nig.models.protocol import AttributionModel, HookedModel
 from mechir_nig.sites import SITES, site
 
 if TYPE_CHECKING:
@@ -187,7 +188,7 @@ class NIGSettings:
             )
         return None
 
-    def checked(self, model: Any) -> NIGSettings:
+    def checked(self, model: AttributionModel) -> NIGSettings:
         """Every field validated for ``model`` (``InputError`` saying what to fix); ``layers`` and ``sites``
         made explicit, ``heads`` folded into ``sites``."""
         from mechir_nig._validate import check_layers
@@ -219,7 +220,7 @@ class NIGSettings:
             )
         return replace(self, layers=layers, sites=self.site_names(), heads=False)
 
-    def resolved(self, model: Any) -> NIGSettings:
+    def resolved(self, model: HookedModel) -> NIGSettings:
         """``checked`` for a collection run: a baseline name, MLP neurons only, sums per token group;
         ``max_length`` and the ``"auto"`` options made explicit."""
         if not isinstance(self.baseline, str):
@@ -267,7 +268,7 @@ class NIGSettings:
         return out
 
 
-def model_fingerprint(model: Any) -> str:
+def model_fingerprint(model: HookedModel) -> str:
     """SHA-256 of the model's config (without its name) and of every weight.
 
     Two loads of the same weights (from any path) give the same fingerprint; any changed weight,

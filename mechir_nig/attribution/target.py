@@ -27,13 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechir_nig.errors import InputError
+from mechir_nig.models.protocol import AttributionModel
 
 __all__ = ["Target", "TargetArgs", "call_target", "output_hook", "target_name"]
 
@@ -70,7 +70,7 @@ Target = Callable[[TargetArgs], Tensor]
 """``target(t: TargetArgs) -> Float[Tensor, "rows"]``: one differentiable scalar per row."""
 
 
-def output_hook(model: Any) -> str | None:
+def output_hook(model: AttributionModel) -> str | None:
     """The hook whose value is ``TargetArgs.output`` (cross-encoder logits, bi-encoder embedding)."""
     suffix = "hook_logits" if model.pairwise else "hook_embedding"
     names = [n for n in getattr(model, "hook_dict", {}) if n.split(".")[-1] == suffix]

@@ -43,6 +43,7 @@ from mechir_nig._validate import check_int
 from mechir_nig.attribution.settings import NIGSettings, model_fingerprint
 from mechir_nig.attribution.stats import LABELS, CollectionAttribution
 from mechir_nig.errors import DistributedError, InputError
+from mechir_nig.models.protocol import HookedModel
 from mechir_nig.models.tokenization import doc_budget, n_special_tokens
 from mechir_nig.runtime.distributed import Context
 from mechir_nig.runtime.distributed import context as distributed_context
@@ -62,7 +63,7 @@ def _pair_fields(p: Any, i: int) -> tuple[str, str, str, str]:
     return q, d, label, key
 
 
-def _check_tokenizable(model: Any, fields_: list, pairs: Sequence[Any], max_length: int) -> list[int]:
+def _check_tokenizable(model: HookedModel, fields_: list, pairs: Sequence[Any], max_length: int) -> list[int]:
     """Fail before any work (not after hours) on pairs the model cannot take, naming them; return each
     pair's token count (special tokens included, after truncation: the cost sharding balances)."""
     tok = model.tokenizer
@@ -96,7 +97,7 @@ def _check_tokenizable(model: Any, fields_: list, pairs: Sequence[Any], max_leng
 
 
 def attribute_collection(
-    model: Any,
+    model: HookedModel,
     pairs: Sequence[Any],
     *,
     settings: NIGSettings | None = None,
@@ -223,7 +224,7 @@ def _order(fields_: list[tuple[str, str, str, str]]) -> tuple[list[int], str]:
     return order, hashlib.sha256("\n".join(fields_[i][3] for i in order).encode()).hexdigest()
 
 
-def _record(model: Any, cfg: NIGSettings, fingerprint: str, n_pairs: int) -> dict[str, Any]:
+def _record(model: HookedModel, cfg: NIGSettings, fingerprint: str, n_pairs: int) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the weights, the settings and the pairs."""
     return {
         "model": model_fingerprint(model),
@@ -236,7 +237,11 @@ def _record(model: Any, cfg: NIGSettings, fingerprint: str, n_pairs: int) -> dic
 
 
 def _fresh(
-    model: Any, cfg: NIGSettings, record: dict[str, Any], collection: str | None, plan_meta: dict[str, Any]
+    model: HookedModel,
+    cfg: NIGSettings,
+    record: dict[str, Any],
+    collection: str | None,
+    plan_meta: dict[str, Any],
 ) -> CollectionAttribution:
     """Empty statistics carrying the run's metadata and ``plan_meta`` (what the run is to attribute)."""
     stats = CollectionAttribution(
@@ -251,7 +256,7 @@ def _fresh(
 
 
 def _nig_into(
-    model: Any, stats: CollectionAttribution, fields_: list, idx: list[int], cfg: NIGSettings
+    model: HookedModel, stats: CollectionAttribution, fields_: list, idx: list[int], cfg: NIGSettings
 ) -> None:
     """Attribute the pairs ``idx`` and add their per-group NIG to ``stats`` (and, with
     ``n_steps="auto"``, each pair's steps to ``stats.meta["n_steps_used"]``)."""
@@ -276,7 +281,7 @@ def _nig_into(
 
 
 def _attribute(
-    model: Any,
+    model: HookedModel,
     pairs: Sequence[Any],
     fields_: list[tuple[str, str, str, str]],
     cfg: NIGSettings,
@@ -331,7 +336,7 @@ def _attribute(
 
 
 def _attribute_sharded(
-    model: Any,
+    model: HookedModel,
     pairs: Sequence[Any],
     fields_: list[tuple[str, str, str, str]],
     cfg: NIGSettings,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mechir_nig.errors import CheckpointError, InputError
+from mechir_nig.models.protocol import HookedModel
 
 if TYPE_CHECKING:
     from mechir_nig.data.collection import Collection, Run
@@ -141,7 +142,7 @@ def rerank_study(
 
 
 def split_half_stability(
-    model: Any,
+    model: HookedModel,
     collection: Any,
     *,
     fraction: float = 0.01,

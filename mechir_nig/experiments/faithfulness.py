@@ -28,6 +28,7 @@ from torch import Tensor
 
 from mechir_nig._validate import check_int
 from mechir_nig.errors import InputError
+from mechir_nig.models.protocol import HookedModel
 from mechir_nig.models.tokenization import PAD
 from mechir_nig.results import Result
 from mechir_nig.sites import hook_name
@@ -35,7 +36,7 @@ from mechir_nig.sites import hook_name
 __all__ = ["FaithfulnessResult", "faithfulness", "masked_scores", "single_neuron_effects"]
 
 
-def _scores(model: Any, batch: Any, other: Tensor | None) -> Tensor:
+def _scores(model: HookedModel, batch: Any, other: Tensor | None) -> Tensor:
     out = model(batch)
     if model.pairwise or other is None:
         return out
@@ -44,7 +45,7 @@ def _scores(model: Any, batch: Any, other: Tensor | None) -> Tensor:
 
 @torch.no_grad()
 def masked_scores(
-    model: Any,
+    model: HookedModel,
     batch: Any,
     other: Tensor | None,
     rows: Tensor,
@@ -93,7 +94,7 @@ def masked_scores(
 
 
 def single_neuron_effects(
-    model: Any,
+    model: HookedModel,
     batch: Any,
     other: Tensor | None,
     neurons: Tensor,
@@ -135,7 +136,7 @@ def _spearman(x: Tensor, y: Tensor) -> Tensor:
     return (rx * ry).sum(1) / (rx.norm(dim=1) * ry.norm(dim=1)).clamp(min=1e-12)
 
 
-def _act_grad(model: Any, batch: Any, other: Tensor | None) -> tuple[Tensor, Tensor]:
+def _act_grad(model: HookedModel, batch: Any, other: Tensor | None) -> tuple[Tensor, Tensor]:
     """``sum_t a dF/da`` and ``sum_t |a|`` over attended tokens, ``[B, n_layers, d_mlp]`` each."""
     names = [hook_name("mlp_post", i) for i in range(model.cfg.n_layers)]
     acts: dict[str, Tensor] = {}
@@ -217,7 +218,7 @@ class FaithfulnessResult(Result):
 
 
 def _per_neuron_nig(
-    model: Any,
+    model: HookedModel,
     queries: Sequence[str],
     docs: Sequence[str],
     *,
@@ -259,7 +260,7 @@ def _pair_costs(batch: Any) -> list[int]:
 
 
 def faithfulness(
-    model: Any,
+    model: HookedModel,
     queries: Sequence[str],
     docs: Sequence[str],
     attribution: Any = None,
@@ -420,7 +421,7 @@ def faithfulness(
 
 
 def _curve_drops(
-    model: Any,
+    model: HookedModel,
     batch: Any,
     other: Tensor | None,
     order: Tensor,

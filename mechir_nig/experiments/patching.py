@@ -17,13 +17,14 @@ from typing import Any
 
 from mechir_nig.interventions import patching
 from mechir_nig.interventions.patching import PatchingResult
+from mechir_nig.models.protocol import HookedModel
 from mechir_nig.runtime.distributed import context
 
 __all__ = ["patch_study"]
 
 
 def patch_study(
-    model: Any, clean: Any, corrupted: Any = None, *, distributed: bool | str = "auto", **options: Any
+    model: HookedModel, clean: Any, corrupted: Any = None, *, distributed: bool | str = "auto", **options: Any
 ) -> PatchingResult:
     """:func:`~mechir_nig.interventions.patching.patch`, with the pairs sharded over the ranks.
 

@@ -31,13 +31,14 @@ import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from mechir_nig._validate import check_int
 from mechir_nig.errors import InputError
+from mechir_nig.models.protocol import BiEncoderModel, HookedModel
 from mechir_nig.results import Result
 from mechir_nig.sets.components import ComponentSet, NeuronSet
 
@@ -188,7 +189,7 @@ class PruningResult(Result):
         return "\n".join(lines)
 
 
-def _ranking_scores(model: Any, ranking: Any, scheme: str) -> tuple[Tensor, list[int]]:
+def _ranking_scores(model: HookedModel, ranking: Any, scheme: str) -> tuple[Tensor, list[int]]:
     cfg = model.cfg
     if hasattr(ranking, "scheme_scores"):
         scores, layers = ranking.scheme_scores(scheme).to(torch.float64), list(ranking.layers)
@@ -223,7 +224,7 @@ def _select(
 
 
 def pruning_study(
-    model: Any,
+    model: HookedModel,
     collection: Any,
     candidates: Mapping[str, Mapping[str, float]],
     ranking: Any,
@@ -330,13 +331,13 @@ def pruning_study(
         q_row = torch.tensor([{t: i for i, t in enumerate(uq)}[t] for t in q_texts])
         drow = {t: i for i, t in enumerate(ud)}
         d_row = torch.tensor([drow[t] for t in d_texts])
-        q_clean = model.encode(uq, batch_size=batch_size)
-        d_clean = model.encode(ud, batch_size=batch_size)
+        q_clean = cast(BiEncoderModel, model).encode(uq, batch_size=batch_size)
+        d_clean = cast(BiEncoderModel, model).encode(ud, batch_size=batch_size)
 
     def score(components: ComponentSet | None, mode: str) -> Tensor:
         if components is None or len(components) == 0:
             if bi:
-                return model.similarity_fn(q_clean[q_row], d_clean[d_row])
+                return cast(BiEncoderModel, model).similarity_fn(q_clean[q_row], d_clean[d_row])
             return model.score(q_texts, d_texts, batch_size=batch_size)
         ref = reference if mode in ("mean", "resample") else None
         with ablate(model, components, mode=mode, reference=ref, side=side if bi else "both") as ab:
@@ -344,7 +345,7 @@ def pruning_study(
                 return model.score(q_texts, d_texts, batch_size=batch_size)
             qe = ab.encode(uq, side="query", batch_size=batch_size) if side != "doc" else q_clean
             de = ab.encode(ud, side="doc", batch_size=batch_size) if side != "query" else d_clean
-            return model.similarity_fn(qe[q_row], de[d_row])
+            return cast(BiEncoderModel, model).similarity_fn(qe[q_row], de[d_row])
 
     def measure(values: Tensor) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
         run: dict[str, dict[str, float]] = {q: {} for q in ev}

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float
@@ -60,6 +60,7 @@ from mechir_nig.interventions.engine import (
     Zero,
     is_batch,
 )
+from mechir_nig.models.protocol import BiEncoderModel, HookedModel
 from mechir_nig.models.tokenization import PAD
 from mechir_nig.results import Result
 from mechir_nig.sets.components import ComponentSet
@@ -82,12 +83,12 @@ POSITIONS = ("all", "cls", "query", "doc")
 SIDES = ("both", "query", "doc")
 
 
-def _hook_names(model: Any) -> list[str]:
+def _hook_names(model: HookedModel) -> list[str]:
     """The hooks an :class:`AblationReference` covers: every ``mlp_post`` and ``z``."""
     return [hook_name(s, i) for s in ("mlp_post", "z") for i in range(model.cfg.n_layers)]
 
 
-def check_components(model: Any, components: Any) -> ComponentSet:
+def check_components(model: HookedModel, components: Any) -> ComponentSet:
     """``components`` if it is a set of ``model``'s components (MLP neurons, heads, or units of any site of
     :mod:`mechir_nig.sites`, positions at most ``n_ctx``), else an InputError saying what differs."""
     if not isinstance(components, ComponentSet):
@@ -160,7 +161,7 @@ class AblationReference(Result):
             self._means[name] = (x * w.view(-1, *([1] * (x.ndim - 1)))).sum(0) / w.sum()
         return self._means[name]
 
-    def check_model(self, model: Any) -> None:
+    def check_model(self, model: HookedModel) -> None:
         cfg = model.cfg
         if (self.n_layers, self.d_mlp, self.n_heads) != (cfg.n_layers, cfg.d_mlp, cfg.n_heads):
             raise InputError(
@@ -173,7 +174,7 @@ class AblationReference(Result):
     @torch.no_grad()
     def compute(
         cls,
-        model: Any,
+        model: HookedModel,
         queries: Sequence[str],
         docs: Sequence[str] | None = None,
         *,
@@ -234,7 +235,7 @@ class AblationReference(Result):
 
 
 # -- the interventions --------------------------------------------------------------------------------------
-def _value(model: Any, mode: str, reference: Any, seed: int, baseline: Any) -> Value:
+def _value(model: HookedModel, mode: str, reference: Any, seed: int, baseline: Any) -> Value:
     if mode == "zero":
         return Zero()
     if mode == "mean":
@@ -256,7 +257,7 @@ def interventions(
 
 
 def _check(
-    model: Any,
+    model: HookedModel,
     components: Any,
     mode: str,
     positions: Any,
@@ -306,7 +307,7 @@ def _check(
 
 
 def ablation_hooks(
-    model: Any,
+    model: HookedModel,
     components: ComponentSet,
     *,
     mode: str = "zero",
@@ -349,7 +350,7 @@ class Ablation:
 
     def __init__(
         self,
-        model: Any,
+        model: HookedModel,
         components: ComponentSet,
         mode: str,
         positions: str | Tensor,
@@ -382,7 +383,7 @@ class Ablation:
         self, q: Float[Tensor, "n d_model"], d: Float[Tensor, "n d_model"]
     ) -> Float[Tensor, " n"]:
         """The bi-encoder's similarity of encoded rows."""
-        return self.model.similarity_fn(q, d)
+        return cast(BiEncoderModel, self.model).similarity_fn(q, d)
 
     @torch.no_grad()
     def encode(
@@ -394,7 +395,7 @@ class Ablation:
         previous = self.engine.active
         self.engine.active = self.side in ("both", side)
         try:
-            return self.model.encode(list(texts), batch_size=batch_size)
+            return cast(BiEncoderModel, self.model).encode(list(texts), batch_size=batch_size)
         finally:
             self.engine.active = previous
 
@@ -414,11 +415,13 @@ class Ablation:
                 torch.tensor([row[t] for t in texts])
             ]
 
-        return self.model.similarity_fn(embed(list(queries), "query"), embed(list(docs), "doc"))
+        return cast(BiEncoderModel, self.model).similarity_fn(
+            embed(list(queries), "query"), embed(list(docs), "doc")
+        )
 
 
 def ablate(
-    model: Any,
+    model: HookedModel,
     components: ComponentSet,
     *,
     mode: str = "zero",
@@ -506,7 +509,7 @@ class BaselineActivity:
 
 @torch.no_grad()
 def baseline_active(
-    model: Any,
+    model: HookedModel,
     queries: Sequence[str],
     docs: Sequence[str],
     components: ComponentSet,

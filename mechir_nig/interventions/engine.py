@@ -47,7 +47,7 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from mechir_nig.errors import InputError
-from mechir_nig.models.protocol import current_forward
+from mechir_nig.models.protocol import HookedModel, current_forward
 from mechir_nig.models.tokenization import CLS, DOC, QUERY
 from mechir_nig.sites import Site, site
 
@@ -232,7 +232,7 @@ class Baseline(Value):
         ...     scores = ce(batch)
     """
 
-    model: Any
+    model: HookedModel
     baseline: Any = "pad"
     prepares = True
     _rows: dict[bytes, dict[str, Tensor]] = field(default_factory=dict, repr=False)
@@ -368,7 +368,12 @@ class Engine:
     """
 
     def __init__(
-        self, model: Any, interventions: Iterable[Intervention], *, batch: Any = None, follow: bool = True
+        self,
+        model: HookedModel,
+        interventions: Iterable[Intervention],
+        *,
+        batch: Any = None,
+        follow: bool = True,
     ):
         self.model = model
         self.by_hook: dict[str, list[Intervention]] = {}

@@ -65,6 +65,7 @@ from mechir_nig._validate import check_layers
 from mechir_nig.errors import InputError, NoScoreChangeWarning
 from mechir_nig.interventions.engine import Engine, Intervention, Source
 from mechir_nig.models.precision import check_finite
+from mechir_nig.models.protocol import HookedModel
 from mechir_nig.models.tokenization import PairBatch, TextBatch
 from mechir_nig.results import Result
 from mechir_nig.sites import hook_name
@@ -134,7 +135,7 @@ class PatchingResult(Result):
     members: list[tuple[int, int]] = field(default_factory=list)  # neuron_set members, in values' order
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def __getitem__(self, site: str) -> Tensor:
+    def __getitem__(self, site: str) -> Float[Tensor, "batch *index"]:
         if site not in self.values:
             raise InputError(f"no site {site!r} in this result; it holds {list(self.values)}")
         return self.values[site]
@@ -156,17 +157,18 @@ class PatchingResult(Result):
         """Scores of the run the patches come from (clean for ``denoise``, corrupted for ``noise``)."""
         return self.clean_scores if self.direction == "denoise" else self.corrupted_scores
 
-    def _patched(self, site: str) -> Tensor:
+    def _patched(self, site: str) -> Float[Tensor, "batch *index"]:
         self[site]  # raises for an unknown site
         return self.patched[site]
 
-    def raw(self, site: str) -> Tensor:
-        """``patched − base`` of ``site``."""
+    def raw(self, site: str) -> Float[Tensor, "batch *index"]:
+        """``patched − base`` of ``site`` (the shape of ``self[site]``)."""
         p = self._patched(site)
         return p - _bcast(self.base_scores, p)
 
-    def recovery(self, site: str) -> Tensor:
-        """``(patched − base) / (source − base)`` of ``site`` (NaN where ``|source − base| < eps``)."""
+    def recovery(self, site: str) -> Float[Tensor, "batch *index"]:
+        """``(patched − base) / (source − base)`` of ``site`` (NaN where ``|source − base| < eps``; the
+        shape of ``self[site]``)."""
         p = self._patched(site)
         return _recovery(p, self.base_scores, self.source_scores, self.eps)
 
@@ -225,7 +227,7 @@ def _recovery(patched: Tensor, base: Tensor, source: Tensor, eps: float) -> Tens
 
 
 # -- validation ------------------------------------------------------------------------------------------
-def _check_sites(model: Any, sites: Any) -> list[tuple[str, Any]]:
+def _check_sites(model: HookedModel, sites: Any) -> list[tuple[str, Any]]:
     from mechir_nig.sets.components import ComponentSet
 
     items = [sites] if isinstance(sites, str | ComponentSet) else sites
@@ -258,7 +260,9 @@ def _check_sites(model: Any, sites: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def _check_batches(model: Any, clean: Any, corrupted: Any, q_emb: Any) -> tuple[Any, Any, Any, Tensor | None]:
+def _check_batches(
+    model: HookedModel, clean: Any, corrupted: Any, q_emb: Any
+) -> tuple[Any, Any, Any, Tensor | None]:
     from mechir_nig.interventions.perturb import Alignment
 
     al = None
@@ -335,7 +339,7 @@ def _default_chunk(n_pos: int) -> int:
 
 @torch.no_grad()
 def patch(
-    model: Any,
+    model: HookedModel,
     clean: Any,
     corrupted: PairBatch | TextBatch | None = None,
     *,
@@ -406,7 +410,7 @@ def patch(
 
 
 def _prepare(
-    model: Any,
+    model: HookedModel,
     clean: Any,
     corrupted: PairBatch | TextBatch | None = None,
     *,
@@ -468,7 +472,7 @@ class _Patching:
     :meth:`result` turns either into the :class:`PatchingResult`.
     """
 
-    model: Any
+    model: HookedModel
     base: Any
     source: Any
     q_emb: Tensor | None
@@ -557,7 +561,7 @@ class _Patching:
 
 
 def _members(
-    model: Any, site_list: list[tuple[str, Any]], layer_list: list[int]
+    model: HookedModel, site_list: list[tuple[str, Any]], layer_list: list[int]
 ) -> tuple[list[tuple[int, int]], dict[int, Tensor]]:
     """A NeuronSet site's members in ``layer_list`` (values' order) and their neuron indices per layer."""
     for _site, nset in site_list:
@@ -575,7 +579,7 @@ def _members(
 
 
 def _sweep(
-    model: Any,
+    model: HookedModel,
     base: Any,
     source: Any,
     q_emb: Tensor | None,
@@ -696,7 +700,7 @@ def _assemble(
 
 
 def _patch_jointly(
-    model: Any,
+    model: HookedModel,
     base: Any,
     base_cache: dict[str, Tensor],
     source_cache: dict[str, Tensor],

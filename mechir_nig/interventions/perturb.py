@@ -41,13 +41,14 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Bool
 from torch import Tensor
 
 from mechir_nig.errors import InputError
+from mechir_nig.models.protocol import BiEncoderModel, HookedModel
 from mechir_nig.models.tokenization import PAD, PairBatch, TextBatch, check_pairs
 
 __all__ = [
@@ -330,7 +331,7 @@ def _align_pair(c: dict[str, list[int]], p: dict[str, list[int]]) -> list[tuple[
 
 
 def align(
-    model: Any,
+    model: HookedModel,
     queries: Sequence[str],
     docs: Sequence[str],
     perturbed: Sequence[str] | Perturbation,
@@ -429,6 +430,6 @@ def align(
     else:
         clean = TextBatch(**sides[0], truncated=cb.truncated, texts=d)
         pert_batch = TextBatch(**sides[1], truncated=pb.truncated, texts=pert)
-        q_emb = model.encode(q, max_length=max_length)
+        q_emb = cast(BiEncoderModel, model).encode(q, max_length=max_length)
     al = Alignment(clean, pert_batch, changed, tokens[0], tokens[1], q_emb)
     return al.to(model.device)

@@ -7,18 +7,20 @@ from mechir_nig.models.cache import EncoderActivationCache
 from mechir_nig.models.config import EncoderConfig
 from mechir_nig.models.cross_encoder import HookedCrossEncoder
 from mechir_nig.models.encoder import HookedEncoderBase
-from mechir_nig.models.protocol import AttributionModel
+from mechir_nig.models.protocol import AttributionModel, BiEncoderModel, HookedModel
 from mechir_nig.models.tokenization import GROUPS, PairBatch, TextBatch
 
 __all__ = [
     "ARCHITECTURES",
     "AttributionModel",
+    "BiEncoderModel",
     "EncoderActivationCache",
     "EncoderConfig",
     "GROUPS",
     "HookedBiEncoder",
     "HookedCrossEncoder",
     "HookedEncoderBase",
+    "HookedModel",
     "PairBatch",
     "SUPPORTED_MODEL_TYPES",
     "TextBatch",

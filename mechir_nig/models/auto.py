@@ -7,9 +7,11 @@ from typing import Any
 
 from mechir_nig.errors import InputError, ModelLoadError
 from mechir_nig.models import loading
+from mechir_nig.models.bi_encoder import HookedBiEncoder
+from mechir_nig.models.cross_encoder import HookedCrossEncoder
 
 
-def load_model(name_or_path: str | os.PathLike | None, **kwargs: Any):
+def load_model(name_or_path: str | os.PathLike | None, **kwargs: Any) -> HookedCrossEncoder | HookedBiEncoder:
     """``HookedCrossEncoder`` for sequence-classification checkpoints, ``HookedBiEncoder`` for bare encoders.
 
     The kind is read from ``config.json``'s ``architectures`` and, where that field is missing, from
@@ -31,8 +33,6 @@ def load_model(name_or_path: str | os.PathLike | None, **kwargs: Any):
         >>> type(be).__name__  # doctest: +SKIP
         'HookedBiEncoder'
     """
-    from mechir_nig.models import HookedBiEncoder, HookedCrossEncoder
-
     if not isinstance(name_or_path, str | os.PathLike) or not os.fspath(name_or_path).strip():
         raise InputError(
             f"load_model needs a model: a Hugging Face hub id (e.g. 'cross-encoder/ms-marco-MiniLM-L-6-v2'), "

@@ -281,12 +281,14 @@ class HookedBiEncoder(HookedEncoderBase):
         return (out * other).sum(-1)
 
     @torch.no_grad()
-    def encode(self, texts: Any, *, batch_size: int = 32, max_length: int | None = None) -> Tensor:
+    def encode(
+        self, texts: Any, *, batch_size: int = 32, max_length: int | None = None
+    ) -> Float[Tensor, "n d_model"]:
         """Embeddings of ``texts`` ``[n, d_model]`` in input order (on CPU)."""
         return self.encode_batch(self.tokenize(texts, max_length=max_length), batch_size=batch_size)
 
     @torch.no_grad()
-    def encode_batch(self, batch: TextBatch, *, batch_size: int = 32) -> Tensor:
+    def encode_batch(self, batch: TextBatch, *, batch_size: int = 32) -> Float[Tensor, "n d_model"]:
         return self.run_sorted(batch, batch_size=batch_size, trailing=(self.cfg.d_model,))
 
     def similarity_fn(
@@ -298,8 +300,8 @@ class HookedBiEncoder(HookedEncoderBase):
     @torch.no_grad()
     def score(
         self, queries: Any, docs: Any, *, batch_size: int = 32, max_length: int | None = None
-    ) -> Tensor:
-        """``sim(E(q_i), E(d_i))`` for each pair ``i``."""
+    ) -> Float[Tensor, " n"]:
+        """``sim(E(q_i), E(d_i))`` for each of the ``n`` pairs ``i``."""
         q, d = check_pairs(queries, docs)
 
         def embed(texts: list[str]) -> Tensor:  # each distinct text is encoded once

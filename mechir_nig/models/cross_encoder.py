@@ -290,11 +290,11 @@ class HookedCrossEncoder(HookedEncoderBase):
     @torch.no_grad()
     def score(
         self, queries: Any, docs: Any, *, batch_size: int = 32, max_length: int | None = None
-    ) -> Tensor:
-        """Scores of many pairs, batched by length internally, in input order (on CPU)."""
+    ) -> Float[Tensor, " n"]:
+        """Scores of ``n`` pairs, batched by length internally, in input order (on CPU)."""
         batch = self.tokenize(queries, docs, max_length=max_length)
         return self.score_batch(batch, batch_size=batch_size)
 
     @torch.no_grad()
-    def score_batch(self, batch: PairBatch, *, batch_size: int = 32) -> Tensor:
+    def score_batch(self, batch: PairBatch, *, batch_size: int = 32) -> Float[Tensor, " n"]:
         return self.run_sorted(batch, batch_size=batch_size)

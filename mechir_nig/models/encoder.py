@@ -9,7 +9,7 @@ block ``k``; with ``stop_at_layer=k`` the output is the residual stream before b
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import torch
 import torch.nn.functional as F
@@ -244,7 +244,19 @@ class HookedEncoderBase(HookedRootModule):
         return out
 
     # -- TransformerLens API -------------------------------------------------------------------
-    def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any):
+    @overload
+    def run_with_cache(
+        self, *model_args: Any, return_cache_object: Literal[True] = True, **kwargs: Any
+    ) -> tuple[Any, EncoderActivationCache]: ...
+
+    @overload
+    def run_with_cache(
+        self, *model_args: Any, return_cache_object: Literal[False], **kwargs: Any
+    ) -> tuple[Any, dict[str, Tensor]]: ...
+
+    def run_with_cache(
+        self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any
+    ) -> tuple[Any, EncoderActivationCache | dict[str, Tensor]]:
         """Run and cache activations; returns ``(output, EncoderActivationCache)`` (a dict if asked).
 
         The cache is TransformerLens' ``ActivationCache`` except that the pre-LN-only decompositions

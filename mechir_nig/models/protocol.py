@@ -1,23 +1,28 @@
-"""The interface attribution (and later interventions) use, instead of ``isinstance`` on model classes.
+"""The interfaces attribution, interventions and experiments use, instead of ``isinstance`` on model classes.
 
-``HookedCrossEncoder`` and ``HookedBiEncoder`` implement it; a new model kind (e.g. a late-interaction
-scorer) does so by providing these members.
+:class:`AttributionModel` is what NIG needs; :class:`HookedModel` adds tokenizing, scoring and
+TransformerLens' hooking API (what ablation, patching, the engine and the studies need);
+:class:`BiEncoderModel` adds a bi-encoder's ``encode`` / ``similarity_fn``. ``HookedCrossEncoder`` and
+``HookedBiEncoder`` implement them; a new model kind (e.g. a late-interaction scorer) does so by providing
+these members. :class:`Scorer` is what re-ranking needs of a per-side scorer (an ``Ablation``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, overload, runtime_checkable
 
 import torch
 from jaxtyping import Float
-from torch import Tensor
+from torch import Tensor, nn
+from transformer_lens.ActivationCache import ActivationCache
 
-from mechir_nig._types import Scores, Tokens
+from mechir_nig._types import Mask, Resid, Scores, Tokens
 from mechir_nig.models.config import EncoderConfig
+from mechir_nig.models.tokenization import PairBatch, TextBatch
 
 
 @runtime_checkable
@@ -73,6 +78,124 @@ class AttributionModel(Protocol):
         """TransformerLens' scoped hook context (``HookedRootModule.hooks``)."""
         ...
 
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        """The weights (``torch.nn.Module.parameters``; frozen while attributing)."""
+        ...
+
+
+#: A forward hook as TransformerLens calls it: ``hook(activation, hook=HookPoint)``.
+HookFn = Callable[..., Any]
+#: ``(hook name or name filter, hook)`` pairs, as ``run_with_hooks(fwd_hooks=...)`` takes them.
+FwdHooks = Sequence[tuple[str | Callable[[str], bool], HookFn]]
+
+
+@runtime_checkable
+class HookedModel(AttributionModel, Protocol):
+    """What the interventions, experiments and settings need of a hooked model: :class:`AttributionModel`
+    plus tokenizing, scoring and TransformerLens' hooking API.
+
+    ``HookedCrossEncoder`` and ``HookedBiEncoder`` implement it. Members only one kind has (a
+    bi-encoder's ``encode`` and ``similarity_fn``) are read after checking ``pairwise``.
+
+    Attributes:
+        max_length: the default tokenization length (``tokenize`` truncates to it).
+
+    Example:
+        >>> from mechir_nig.models import EncoderConfig, HookedCrossEncoder
+        >>> ce = HookedCrossEncoder(EncoderConfig(n_layers=1, n_heads=2, d_model=8, d_mlp=16, d_vocab=50, n_labels=1))
+        >>> isinstance(ce, HookedModel), ce.pairwise
+        (True, True)
+    """
+
+    max_length: int
+
+    def tokenize(self, *args: Any, **kwargs: Any) -> PairBatch | TextBatch:
+        """A ``PairBatch`` of (queries, docs) for a cross-encoder, a ``TextBatch`` of texts for a bi-encoder."""
+        ...
+
+    def score(
+        self, queries: Any, docs: Any, *, batch_size: int = 32, max_length: int | None = None
+    ) -> Float[Tensor, " n"]:
+        """Scores of ``n`` (query, doc) pairs, in input order (on CPU)."""
+        ...
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Scores (cross-encoder) or embeddings (bi-encoder); the residual stream with ``stop_at_layer``."""
+        ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def encoder_forward(
+        self,
+        input_ids: Tokens | None = None,
+        token_type_ids: Tokens | None = None,
+        attention_mask: Mask | None = None,
+        *,
+        input_embeds: Float[Tensor, "batch pos d_embed"] | None = None,
+        residual: Resid | None = None,
+        start_at_layer: int | None = None,
+        stop_at_layer: int | None = None,
+        position_ids: Tokens | None = None,
+    ) -> Resid:
+        """The residual stream after the requested blocks (``HookedEncoderBase.encoder_forward``)."""
+        ...
+
+    def run_with_hooks(
+        self,
+        *model_args: Any,
+        fwd_hooks: FwdHooks = (),
+        bwd_hooks: FwdHooks = (),
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        **model_kwargs: Any,
+    ) -> Any:
+        """``forward`` with temporary hooks (TransformerLens' ``run_with_hooks``)."""
+        ...
+
+    @overload
+    def run_with_cache(
+        self, *model_args: Any, return_cache_object: Literal[True] = True, **kwargs: Any
+    ) -> tuple[Any, ActivationCache]: ...
+
+    @overload
+    def run_with_cache(
+        self, *model_args: Any, return_cache_object: Literal[False], **kwargs: Any
+    ) -> tuple[Any, dict[str, Tensor]]: ...
+
+    def run_with_cache(
+        self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any
+    ) -> tuple[Any, ActivationCache | dict[str, Tensor]]:
+        """``forward`` and the activations it cached (TransformerLens' ``run_with_cache``)."""
+        ...
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class BiEncoderModel(HookedModel, Protocol):
+    """A :class:`HookedModel` that encodes queries and documents apart (``pairwise`` false), as
+    ``HookedBiEncoder`` does; code holding a ``HookedModel`` reads these members after checking
+    ``not model.pairwise``.
+
+    Example:
+        >>> from mechir_nig.models import EncoderConfig, HookedBiEncoder, HookedCrossEncoder
+        >>> cfg = EncoderConfig(n_layers=1, n_heads=2, d_model=8, d_mlp=16, d_vocab=50, n_labels=1)
+        >>> isinstance(HookedBiEncoder(cfg), BiEncoderModel), isinstance(HookedCrossEncoder(cfg), BiEncoderModel)
+        (True, False)
+    """
+
+    def encode(
+        self, texts: Any, *, batch_size: int = 32, max_length: int | None = None
+    ) -> Float[Tensor, "n d_model"]:
+        """Embeddings of ``n`` texts, in input order (on CPU)."""
+        ...
+
+    def similarity_fn(
+        self, q: Float[Tensor, "n d_model"], d: Float[Tensor, "n d_model"]
+    ) -> Float[Tensor, " n"]:
+        """Row-wise similarity of encoded embeddings."""
+        ...
+
 
 @runtime_checkable
 class Scorer(Protocol):
@@ -116,7 +239,7 @@ class Forward:
     batch (token groups, a baseline input, per-forward draws) read it with :func:`current_forward`;
     a new object per pass, so ``is`` tells passes apart."""
 
-    model: Any
+    model: AttributionModel | None
     batch: Any
 
 
@@ -124,7 +247,7 @@ _FORWARD: ContextVar[Forward | None] = ContextVar("mechir_nig_forward", default=
 
 
 @contextmanager
-def forward_context(model: Any, batch: Any) -> Iterator[Forward]:
+def forward_context(model: AttributionModel | None, batch: Any) -> Iterator[Forward]:
     """Declare the batch of the forward pass run inside the block (models do this in ``forward``).
 
     Example:

@@ -260,7 +260,9 @@ def _groups(seq: list[int | None], first: int) -> list[int]:
     return [(CLS if p == 0 else SEP) if s is None else (first if s == 0 else DOC) for p, s in enumerate(seq)]
 
 
-def _pack(rows: list[list[int]], groups: list[list[int]], types: list[list[int]], pad_id: int):
+def _pack(
+    rows: list[list[int]], groups: list[list[int]], types: list[list[int]], pad_id: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     n_pos = max(len(r) for r in rows)
     b = len(rows)
     input_ids = torch.full((b, n_pos), pad_id, dtype=torch.long)
@@ -289,7 +291,9 @@ def _encode(tokenizer: Any, first: list[str], second: list[str] | None, max_leng
     )
 
 
-def _rows(enc: Any, tokenizer: Any, use_token_types: bool, first: int, n_first: list[int]):
+def _rows(
+    enc: Any, tokenizer: Any, use_token_types: bool, first: int, n_first: list[int]
+) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
     rows, groups, types = [], [], []
     tt = enc.get("token_type_ids")
     for i, ids in enumerate(enc["input_ids"]):

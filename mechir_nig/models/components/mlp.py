@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -13,7 +15,7 @@ from mechir_nig._types import Resid
 from mechir_nig.models.config import EncoderConfig
 
 
-def activation(name: str):
+def activation(name: str) -> Callable[[Tensor], Tensor]:
     """The activation function named in a config (``gelu`` exact, ``gelu_new``/tanh, ``relu``, ``tanh``)."""
     if name == "gelu":
         return F.gelu
