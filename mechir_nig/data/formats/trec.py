@@ -33,7 +33,7 @@ from mechir_nig.data.formats._io import (
     fail,
     lines,
     norm,
-    split_fields,
+    rows,
 )
 from mechir_nig.errors import InputError
 
@@ -246,17 +246,8 @@ def read_trec_qrels(path: PathLike) -> Iterator[Qrel]:
     from ir_measures import Qrel
 
     seen: dict[str, int] = {}
-    for lineno, line in lines(path):
-        fields = split_fields(line)
-        if not fields:
-            continue
-        if len(fields) != 4:
-            raise fail(
-                path,
-                lineno,
-                f"{len(fields)} fields, expected 4",
-                "write qrels lines as 'query_id iteration doc_id relevance' (e.g. '1 0 d7 1')",
-            )
+    layout = "qrels lines as 'query_id iteration doc_id relevance' (e.g. '1 0 d7 1')"
+    for lineno, fields in rows(path, 4, layout):
         query_id, iteration, doc_id, rel = fields
         try:
             relevance = int(rel)
