@@ -172,6 +172,27 @@ def mark_query_doc(fig: Any, groups_row: Tensor, positions: Sequence[int]) -> No
         )
 
 
+def token_figure(
+    heatmap: Any,
+    keep: Sequence[int],
+    ticks: Sequence[str],
+    groups_row: Tensor,
+    *,
+    x_title: str,
+    y_title: str,
+    title: str,
+    row_height: int,
+) -> Any:
+    """A one-panel ``heatmap`` over the token positions ``keep`` (labelled ``ticks``), the query | document
+    separator drawn (:func:`mark_query_doc`), sized to its rows and tokens."""
+    fig = go.Figure(heatmap)
+    fig.update_xaxes(tickmode="array", tickvals=keep, ticktext=ticks, tickangle=-60, title_text=x_title)
+    fig.update_yaxes(type="category", title_text=y_title)
+    mark_query_doc(fig, groups_row, keep)
+    height = 220 + row_height * len(heatmap.y)
+    return finish(fig, title, height=height, width=min(3000, max(700, 160 + 22 * len(keep))))
+
+
 def names_of(items: Any, what: str) -> list[tuple[str, Any]]:
     """``(name, item)`` pairs of a mapping (its keys), or of a sequence (each item's ``name``, else
     ``f"{what} {i}"``)."""
