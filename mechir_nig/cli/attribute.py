@@ -259,14 +259,9 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     if args.n_steps == "auto":
         used = stats.n_steps_used()
         used = used[used >= 0].float()
-        summary["n_steps_used"] = {
-            "min": int(used.min()),
-            "median": float(used.median()),
-            "max": int(used.max()),
-        }
-        s.say(
-            f"steps per pair (auto): min {int(used.min())}, median {float(used.median()):g}, max {int(used.max())}"
-        )
+        st = {"min": int(used.min()), "median": float(used.median()), "max": int(used.max())}
+        summary["n_steps_used"] = st
+        s.say(f"steps per pair (auto): min {st['min']}, median {st['median']:g}, max {st['max']}")
     s.say(f"wrote {path} (+ {path.name}.json)")
     s.record({"query_ids": qids, "pairs_report": pairs.report}, summary)
     return summary
