@@ -45,17 +45,10 @@ def add_parser(sub: Any) -> None:
 
 
 def build(results: Path, output: Path, *, allow_incomplete: bool = False) -> Path:
-    """``mechir_nig.report.build(results, output)``, imported when needed."""
+    """``mechir_nig.report.build(results, output)`` (looked up when called)."""
     import importlib
 
-    try:
-        report = importlib.import_module("mechir_nig.report")
-    except ModuleNotFoundError as exc:
-        if exc.name != "mechir_nig.report":
-            raise
-        raise CommandError(
-            "this installation of mechir_nig has no report module (mechir_nig.report)"
-        ) from exc
+    report = importlib.import_module("mechir_nig.report")
     extra = {"allow_incomplete": True} if allow_incomplete else {}
     return Path(report.build(results, output, **extra))
 
