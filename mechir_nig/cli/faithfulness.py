@@ -84,11 +84,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     reference = None
     if "mean" in args.interventions:
         with s.stage("reference"):
-            reference = (
-                AblationReference.compute(model, qs, ds)
-                if model.pairwise
-                else AblationReference.compute(model, ds)
-            )
+            reference = AblationReference.compute(model, qs, ds)  # a bi-encoder: the docs
     parts: list[FaithfulnessResult] = []
     with s.stage("ablations"):
         for mode in tqdm(

@@ -164,11 +164,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
                 raise CommandError(
                     "the selection queries have no BM25 candidates for the mean/resample reference"
                 )
-            reference = (
-                AblationReference.compute(model, qs, ds)
-                if model.pairwise
-                else AblationReference.compute(model, ds)
-            )
+            reference = AblationReference.compute(model, qs, ds)  # a bi-encoder: the docs
     n_evals = 1 + len(args.fractions) * len(args.modes) * sum(
         args.seeds if c == "random" else 1 for c in args.conditions
     )
