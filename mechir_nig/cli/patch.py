@@ -154,6 +154,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     from mechir_nig.experiments.patching import patch_study
     from mechir_nig.interventions import perturb
     from mechir_nig.interventions.patching import PatchingResult
+    from mechir_nig.report import site_summaries
 
     col = s.collection()
     model = s.model()
@@ -235,8 +236,8 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         f"score change perturbed - clean: mean {float(delta.mean()):+.4f} "
         f"(min {float(delta.min()):+.4f}, max {float(delta.max()):+.4f})"
     )
-    for site in args.sites:
-        s.say(site_summary(result, site))
+    for site, what, cells in site_summaries(result):
+        s.say(f"{site}: {result.metric} {what}: {cells}")
     s.say(f"wrote {out} (+ {out.name}.json)")
     summary = {
         "pairs": len(pairs),
@@ -246,22 +247,3 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     }
     s.record({"layers": layers, "pairs_used": result.meta["pairs"]}, summary)
     return summary
-
-
-def site_summary(result: Any, site: str) -> str:
-    """One line: per layer, the effect at the changed positions (positions sites) or the top heads."""
-    import torch
-
-    v = result[site].double()
-    if v.dim() == 3 and site in ("resid_pre", "attn_out", "mlp_out") and result.changed is not None:
-        changed = result.changed.to(v.dtype)[:, None, :]  # [batch, 1, pos]
-        per_layer = (torch.nan_to_num(v) * changed).sum(-1).mean(0)
-        cells = " ".join(f"L{lyr} {x:+.3f}" for lyr, x in zip(result.layers, per_layer.tolist(), strict=True))
-        return f"{site}: {result.metric} at the changed positions, per layer: {cells}"
-    if site == "heads":
-        mean = torch.nan_to_num(v).mean(0)  # [layer, head]
-        top = mean.abs().flatten().topk(min(5, mean.numel())).indices.tolist()
-        h = mean.shape[1]
-        cells = ", ".join(f"L{result.layers[i // h]}H{i % h} {float(mean.flatten()[i]):+.3f}" for i in top)
-        return f"heads: largest mean {result.metric}: {cells}"
-    return f"{site}: values {list(v.shape)}"
