@@ -694,25 +694,10 @@ def _stability_section(doc: _Doc, study: Mapping[str, Any]) -> None:
 
 def _profile_figure(profiles: Sequence[Sequence[int]]) -> Any:
     """Members per layer of the halves' top sets (the sets themselves are not stored, their profiles are)."""
-    import plotly.graph_objects as go
+    from mechir_nig.plotting._common import layer_bars
 
-    from mechir_nig.plotting._common import color, finish
-
-    fig = go.Figure()
-    for i, counts in enumerate(profiles):
-        layers = list(range(len(counts)))
-        fig.add_trace(
-            go.Bar(
-                x=layers,
-                y=[float(c) for c in counts],
-                name=f"half {i} ({sum(counts)})",
-                marker_color=color(f"half {i}", i),
-                hovertemplate=f"half {i}<br>layer %{{x}}<br>neurons %{{y}}<extra></extra>",
-            )
-        )
-    fig.update_xaxes(title_text="layer", tickmode="linear", dtick=1)
-    fig.update_yaxes(title_text="neurons")
-    return finish(fig, "Top neurons per layer of each query half", barmode="group", height=400)
+    series = [(f"half {i}", f"half {i} ({sum(counts)})", counts) for i, counts in enumerate(profiles)]
+    return layer_bars(series, unit="neurons", title="Top neurons per layer of each query half")
 
 
 @dataclass

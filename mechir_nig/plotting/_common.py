@@ -193,6 +193,30 @@ def token_figure(
     return finish(fig, title, height=height, width=min(3000, max(700, 160 + 22 * len(keep))))
 
 
+def layer_bars(
+    series: Sequence[tuple[str, str, Any]],
+    *,
+    unit: str,
+    title: str,
+    tickformat: str | None = None,
+) -> Any:
+    """Bars per layer grouped by series, each ``(name, legend label, values per layer)`` in its colour."""
+    fig = go.Figure()
+    for i, (name, label, y) in enumerate(series):
+        fig.add_trace(
+            go.Bar(
+                x=list(range(len(y))),
+                y=np.asarray(y, dtype=np.float64),
+                name=label,
+                marker_color=color(name, i),
+                hovertemplate=f"{name}<br>layer %{{x}}<br>{unit} %{{y:.4g}}<extra></extra>",
+            )
+        )
+    fig.update_xaxes(title_text="layer", tickmode="linear", dtick=1)
+    fig.update_yaxes(title_text=unit, tickformat=tickformat)
+    return finish(fig, title, barmode="group", height=400)
+
+
 def names_of(items: Any, what: str) -> list[tuple[str, Any]]:
     """``(name, item)`` pairs of a mapping (its keys), or of a sequence (each item's ``name``, else
     ``f"{what} {i}"``)."""
