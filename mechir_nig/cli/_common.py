@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mechir_nig.report import FILES, LAYOUT_VERSION, REPORT_NAME, attribution_incomplete, check_layout
+from mechir_nig.report import site_summaries as site_summaries  # re-exported for `patch`
 
 PROG = "mechir-nig"
 LAYOUT = {**FILES, "report": REPORT_NAME}

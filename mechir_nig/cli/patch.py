@@ -14,6 +14,7 @@ from mechir_nig.cli._common import (
     Session,
     add_command,
     option,
+    site_summaries,
     word,
 )
 from mechir_nig.cli._pairs import add_pair_options, candidate_pairs
@@ -154,7 +155,6 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     from mechir_nig.experiments.patching import patch_study
     from mechir_nig.interventions import perturb
     from mechir_nig.interventions.patching import PatchingResult
-    from mechir_nig.report import site_summaries
 
     col = s.collection()
     model = s.model()
