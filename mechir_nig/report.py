@@ -197,6 +197,11 @@ class _Doc:
         self.sections.append((key, title, parts))
         return parts
 
+    def problem(self, parts: list[str], message: str) -> None:
+        """Note ``message`` among the report's problems and, visibly, in ``parts``."""
+        self.problems.append(message)
+        parts.append(f'<p class="problem">{_e(message)}</p>')
+
     def figure(self, parts: list[str], what: str, make: Callable[[], Any]) -> None:
         """Draw ``make()`` into ``parts``; a figure that cannot be drawn becomes a visible note."""
         import plotly.io as pio
@@ -205,9 +210,8 @@ class _Doc:
             fig = make()
         except Exception as exc:  # one bad figure must not cost the whole report
             message = f"figure '{what}' could not be drawn: {type(exc).__name__}: {exc}"
-            self.problems.append(message)
             warnings.warn(message, UserWarning, stacklevel=3)
-            parts.append(f'<p class="problem">{_e(message)}</p>')
+            self.problem(parts, message)
             return
         self.n_figures += 1
         div = pio.to_html(
@@ -358,8 +362,7 @@ def _attribution_section(doc: _Doc, stats: Any) -> None:
             f"The attribution is incomplete: it holds {incomplete} (a run that was stopped); every "
             "figure and table below is of those pairs only. Finish it with mechir-nig attribute --resume."
         )
-        doc.problems.append(message)
-        parts.append(f'<p class="problem">{_e(message)}</p>')
+        doc.problem(parts, message)
     meta = dict(stats.meta)
     meta.pop("planned", None)
     present = [lab for lab in LABELS if stats.counts.get(lab, 0) > 0]
@@ -442,8 +445,7 @@ def _pruning_section(doc: _Doc, result: Any) -> None:
             f"The pruning study selected its neurons from an incomplete attribution "
             f"({settings['attribution_incomplete']}; prune --allow-incomplete)."
         )
-        doc.problems.append(message)
-        parts.append(f'<p class="problem">{_e(message)}</p>')
+        doc.problem(parts, message)
     items: list[tuple[str, Any]] = [
         ("selection queries", len(result.select_queries)),
         ("evaluation queries", len(result.eval_queries)),
@@ -493,7 +495,6 @@ def _pruning_section(doc: _Doc, result: Any) -> None:
 
 
 def _patching_section(doc: _Doc, result: Any) -> None:
-    import torch
 
     from mechir_nig.interventions.patching import SITES
     from mechir_nig.plotting import patching_heatmap
@@ -554,32 +555,7 @@ def _patching_section(doc: _Doc, result: Any) -> None:
     if perturbed_docs:
         docs = "".join(f"<li>{_e(d)}</li>" for d in perturbed_docs)
         parts.append(f"<details><summary>perturbed documents</summary><ol start=0>{docs}</ol></details>")
-    summary_rows = []
-    for site in result.sites:
-        v = torch.nan_to_num(result[site].double())
-        kind = SITES.get(site, ("", ""))[1]
-        if site == "neuron_set":
-            mean = v.mean(0)
-            top = mean.abs().topk(min(5, mean.numel())).indices.tolist()
-            cells = ", ".join(
-                f"L{result.members[j][0]}N{result.members[j][1]} {float(mean[j]):+.3f}" for j in top
-            )
-            summary_rows.append([site, "largest mean effect (members)", cells])
-        elif kind in ("pos", "head_pos") and result.changed is not None:
-            changed = result.changed.to(v.dtype)
-            if kind == "pos":  # [batch, layer, pos]
-                per_layer = (v * changed[:, None, :]).sum(-1).mean(0)
-                cells = " ".join(f"L{lyr} {x:+.3f}" for lyr, x in zip(result.layers, per_layer.tolist()))
-                summary_rows.append([site, "at the changed positions, per layer", cells])
-            else:  # [batch, layer, head, pos]
-                mean = (v * changed[:, None, None, :]).sum(-1).mean(0)
-                summary_rows.append(
-                    [site, "largest mean at the changed positions", _top_cells(mean, result.layers, "H")]
-                )
-        elif v.dim() == 3:  # heads / neurons: [batch, layer, index]
-            mean = v.mean(0)
-            letter = "H" if kind == "head" else "N"
-            summary_rows.append([site, "largest mean over pairs", _top_cells(mean, result.layers, letter)])
+    summary_rows = site_summaries(result)
     if summary_rows:
         parts.append(f"<h3>Summary per site ({_e(result.metric)}, mean over pairs)</h3>")
         parts.append(_table(["site", "what", "values"], summary_rows))
@@ -599,6 +575,42 @@ def _patching_section(doc: _Doc, result: Any) -> None:
                 )
         else:
             doc.figure(parts, f"patching {site}", partial(patching_heatmap, result, site, pair=None))
+
+
+def site_summaries(result: Any) -> list[tuple[str, str, str]]:
+    """``(site, what, values)`` of each site of a ``PatchingResult`` (the report's table and the lines
+    ``mechir-nig patch`` prints): the mean effect at the changed positions per layer, or the largest mean
+    effects (heads, neurons, set members)."""
+    import torch
+
+    from mechir_nig.interventions.patching import SITES
+
+    out = []
+    for site in result.sites:
+        v = torch.nan_to_num(result[site].double())
+        kind = SITES.get(site, ("", ""))[1]
+        if site == "neuron_set":
+            mean = v.mean(0)
+            top = mean.abs().topk(min(5, mean.numel())).indices.tolist()
+            cells = ", ".join(
+                f"L{result.members[j][0]}N{result.members[j][1]} {float(mean[j]):+.3f}" for j in top
+            )
+            out.append((site, "largest mean effect (members)", cells))
+        elif kind in ("pos", "head_pos") and result.changed is not None:
+            changed = result.changed.to(v.dtype)
+            if kind == "pos":  # [batch, layer, pos]
+                per_layer = (v * changed[:, None, :]).sum(-1).mean(0)
+                cells = " ".join(f"L{lyr} {x:+.3f}" for lyr, x in zip(result.layers, per_layer.tolist()))
+                out.append((site, "at the changed positions, per layer", cells))
+            else:  # [batch, layer, head, pos]
+                mean = (v * changed[:, None, None, :]).sum(-1).mean(0)
+                out.append(
+                    (site, "largest mean at the changed positions", _top_cells(mean, result.layers, "H"))
+                )
+        elif v.dim() == 3:  # heads / neurons: [batch, layer, index]
+            letter = "H" if kind == "head" else "N"
+            out.append((site, "largest mean over pairs", _top_cells(v.mean(0), result.layers, letter)))
+    return out
 
 
 def _top_cells(mean: Any, layers: Sequence[int], letter: str, k: int = 5) -> str:
@@ -682,25 +694,10 @@ def _stability_section(doc: _Doc, study: Mapping[str, Any]) -> None:
 
 def _profile_figure(profiles: Sequence[Sequence[int]]) -> Any:
     """Members per layer of the halves' top sets (the sets themselves are not stored, their profiles are)."""
-    import plotly.graph_objects as go
+    from mechir_nig.plotting._common import layer_bars
 
-    from mechir_nig.plotting._common import color, finish
-
-    fig = go.Figure()
-    for i, counts in enumerate(profiles):
-        layers = list(range(len(counts)))
-        fig.add_trace(
-            go.Bar(
-                x=layers,
-                y=[float(c) for c in counts],
-                name=f"half {i} ({sum(counts)})",
-                marker_color=color(f"half {i}", i),
-                hovertemplate=f"half {i}<br>layer %{{x}}<br>neurons %{{y}}<extra></extra>",
-            )
-        )
-    fig.update_xaxes(title_text="layer", tickmode="linear", dtick=1)
-    fig.update_yaxes(title_text="neurons")
-    return finish(fig, "Top neurons per layer of each query half", barmode="group", height=400)
+    series = [(f"half {i}", f"half {i} ({sum(counts)})", counts) for i, counts in enumerate(profiles)]
+    return layer_bars(series, unit="neurons", title="Top neurons per layer of each query half")
 
 
 @dataclass
@@ -902,10 +899,11 @@ def build(
             _SECTIONS[key](doc, value)
         except Exception as exc:
             message = f"the {_TITLES[key]} section of {path.name} failed: {type(exc).__name__}: {exc}"
-            doc.problems.append(message)
             warnings.warn(message, UserWarning, stacklevel=2)
             if doc.sections and doc.sections[-1][0] == key:
-                doc.sections[-1][2].append(f'<p class="problem">{_e(message)}</p>')
+                doc.problem(doc.sections[-1][2], message)
+            else:
+                doc.problems.append(message)
         if key != "run" and len(doc.sections) > n_before:
             doc.sections[-1][2].insert(0, provenance.line(path.name))
     if provenance.mixed:

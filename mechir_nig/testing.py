@@ -21,34 +21,10 @@ def minilm_path() -> Path:
     return bundled_minilm_path()
 
 
-def make_tiny_cross_encoder(
-    folder: str | Path,
-    tokenizer: Any,
-    *,
-    n_labels: int = 1,
-    n_layers: int = 2,
-    n_heads: int = 2,
-    d_model: int = 32,
-    d_mlp: int = 64,
-    seed: int = 0,
-    act: str = "gelu",
-    max_positions: int = 128,
-) -> Path:
-    """Save a seeded random ``BertForSequenceClassification`` with ``tokenizer``'s vocabulary
-    (``make_tiny_checkpoint(folder, "bert", ...)``)."""
-    return make_tiny_checkpoint(
-        folder,
-        "bert",
-        tokenizer,
-        n_labels=n_labels,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        d_model=d_model,
-        d_mlp=d_mlp,
-        seed=seed,
-        act=act,
-        max_positions=max_positions,
-    )
+def make_tiny_cross_encoder(folder: str | Path, tokenizer: Any, **kwargs: Any) -> Path:
+    """Save a seeded random ``BertForSequenceClassification`` with ``tokenizer``'s vocabulary:
+    ``make_tiny_checkpoint(folder, "bert", tokenizer, **kwargs)`` (one label by default)."""
+    return make_tiny_checkpoint(folder, "bert", tokenizer, **kwargs)
 
 
 def minilm_cross_encoder(folder: str | Path, *, n_labels: int = 1, seed: int = 1234) -> Path:

@@ -32,6 +32,7 @@ from mechir_nig.cli._common import (
     UsageError,
     cli_terms,
     eprint,
+    explain_failure,
     versions,
 )
 
@@ -147,29 +148,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             _abort(session, "interrupted", "interrupted")
             eprint(f"{prog}: interrupted (attribute --resume continues from the last checkpoint)")
             return 130
-        except UsageError as exc:
-            if debug:
-                traceback.print_exc()
-            message = cli_terms(str(exc))
-            _abort(session, "failed", message)
-            eprint(f"{exc.prog or prog}: error: {message}")
-            return 2
-        except Exception as exc:
-            from mechir_nig.cli._common import explain_failure
+        except Exception as exc:  # a UsageError exits with 2, any other failure with 1
             from mechir_nig.errors import MechirNigError
 
             if debug:
                 traceback.print_exc()
-            known = explain_failure(exc, session.out if session is not None else None)
+            usage = isinstance(exc, UsageError)
+            known = None if usage else explain_failure(exc, session.out if session is not None else None)
             if known is not None:
                 message = known
-            elif isinstance(exc, CommandError | MechirNigError | OSError):
+            elif isinstance(exc, UsageError | CommandError | MechirNigError | OSError):
                 message = cli_terms(str(exc))
             else:
                 message = f"unexpected {type(exc).__name__}: {cli_terms(str(exc))}" + (
                     "" if debug else " (rerun with --debug for the traceback, and please report it)"
                 )
             _abort(session, "failed", message)
-            eprint(f"{prog}: error: {message}")
-            return 1
+            eprint(f"{(exc.prog if isinstance(exc, UsageError) else None) or prog}: error: {message}")
+            return 2 if usage else 1
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mechir_nig.report import FILES, LAYOUT_VERSION, REPORT_NAME, attribution_incomplete, check_layout
+from mechir_nig.report import site_summaries as site_summaries  # re-exported for `patch`
 
 PROG = "mechir-nig"
 LAYOUT = {**FILES, "report": REPORT_NAME}
@@ -138,23 +139,16 @@ def _int(text: str, minimum: int) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
 
 
 def fraction(text: str) -> float:
     """argparse type: a number in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text}")
     return value
@@ -164,10 +158,7 @@ def fraction_list(text: str) -> list[float]:
     """argparse type: comma-separated numbers in [0, 1] (``0`` is the unpruned model)."""
     out = []
     for part in _parts(text):
-        try:
-            value = float(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{part!r} is not a number") from None
+        value = _number(part)
         if not 0 <= value <= 1:
             raise argparse.ArgumentTypeError(
                 f"fractions are shares of the ranked neurons, numbers in [0, 1]; got {part}"
@@ -249,6 +240,44 @@ def add_common(
         default=argparse.SUPPRESS,
         help="show the full traceback of an error (default: off)",
     )
+
+
+def add_command(
+    sub: Any, name: str, run: Callable[..., Any], help: str, description: str, epilog: str, **common: Any
+) -> argparse.ArgumentParser:
+    """The parser of command ``name``: its texts, the common options (:func:`add_common` with
+    ``common``) and ``run`` as the function it calls."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=description, epilog=epilog)
+    add_common(p, **common)
+    p.set_defaults(func=run)
+    return p
+
+
+OPTIONS: dict[str, dict[str, Any]] = {
+    "--n-steps": {"type": positive_int, "default": 16, "help": "NIG integration steps"},
+    "--batch-size": {"type": positive_int, "help": "pairs per NIG call"},
+    "--k": {"type": positive_int},
+    "--seed": {"type": int, "default": 0},
+    "--split-seed": {"type": int, "default": 0},
+    "--seeds": {"type": positive_int, "default": 3, "help": "random sets per fraction"},
+    "--measures": {"type": str_list, "default": ["nDCG@10", "RR@10"], "help": "ir_measures names"},
+    "--max-length": {
+        "type": positive_int,
+        "default": None,
+        "help": "tokens per input (default: the model's)",
+    },
+    "--layers": {"type": int_list, "default": None},
+    "--fractions": {"type": fraction_list, "default": [0.01, 0.05]},
+    "--modes": {"type": choice_list(ABLATION_MODES), "default": ["zero", "baseline"]},
+    "--sites": {"type": choice_list(PATCH_SITES)},
+    "--chunk-size": {"type": positive_int},
+}
+"""Options several commands share: their type and usual default, completed per command by :func:`option`."""
+
+
+def option(g: Any, name: str, **kw: Any) -> None:
+    """Add the shared option ``name`` (:data:`OPTIONS`) to the group ``g``, ``kw`` overriding its spec."""
+    g.add_argument(name, **{**OPTIONS[name], **kw})
 
 
 # -- loading -----------------------------------------------------------------------------------------
@@ -677,6 +706,15 @@ class Session:
 
     def wrote(self, path: Path) -> None:
         self.outputs.append(path.name)
+
+    def save(self, what: str, write: Callable[[Path], Any]) -> Path:
+        """``write(OUT/<LAYOUT[what]>)`` on rank 0 only (under torchrun every rank holds the gathered
+        result), listed among the outputs."""
+        out = self.path(what)
+        if self.main:
+            write(out)
+        self.wrote(out)
+        return out
 
     def model_record(self) -> dict[str, Any] | None:
         """The model's record (its spec alone while it is not loaded yet)."""

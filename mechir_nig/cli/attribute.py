@@ -14,9 +14,9 @@ from mechir_nig.cli._common import (
     CommandError,
     Session,
     UsageError,
-    add_common,
-    int_list,
+    add_command,
     nonneg_int,
+    option,
     positive_int,
 )
 
@@ -28,16 +28,15 @@ EPILOG = """example:
 By default only the selection half of the judged queries is attributed (--queries selection), so that
 `mechir-nig prune --out DIR` can evaluate the selected neurons on the other, held-out half."""
 
+HELP = "NIG of judged pairs per label (relevant / non-relevant), checkpointed and resumable"
+DESCRIPTION = (
+    "Neuron Integrated Gradients of judged (query, document) pairs, summed per label into "
+    "OUT/attribution.safetensors (running sums: resumable with --resume, mergeable)."
+)
+
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "attribute",
-        help="NIG of judged pairs per label (relevant / non-relevant), checkpointed and resumable",
-        description="Neuron Integrated Gradients of judged (query, document) pairs, summed per label into "
-        "OUT/attribution.safetensors (running sums: resumable with --resume, mergeable).",
-        epilog=EPILOG,
-    )
-    add_common(p)
+    p = add_command(sub, "attribute", run, HELP, DESCRIPTION, EPILOG)
     g = p.add_argument_group("pairs")
     g.add_argument(
         "--queries",
@@ -46,7 +45,7 @@ def add_parser(sub: Any) -> None:
         help="which judged queries: 'selection' (one half, split with --split-seed; prune evaluates on the "
         "other half) or 'all'",
     )
-    g.add_argument("--split-seed", type=int, default=0, help="seed of the selection / evaluation split")
+    option(g, "--split-seed", help="seed of the selection / evaluation split")
     g.add_argument(
         "--max-relevant",
         type=nonneg_int,
@@ -65,10 +64,11 @@ def add_parser(sub: Any) -> None:
         help="non-relevant pairs from the BM25 top --k (judged non-relevant and unjudged candidates); for "
         "collections that judge only relevant documents",
     )
-    g.add_argument("--k", type=positive_int, default=100, help="BM25 depth for --negatives-from-bm25")
-    g.add_argument("--seed", type=int, default=0, help="seed of the per-query sampling of pairs")
+    option(g, "--k", default=100, help="BM25 depth for --negatives-from-bm25")
+    option(g, "--seed", help="seed of the per-query sampling of pairs")
     g = p.add_argument_group("NIG")
-    g.add_argument(
+    option(
+        g,
         "--n-steps",
         type=steps_arg,
         default=16,
@@ -82,20 +82,16 @@ def add_parser(sub: Any) -> None:
     )
     g.add_argument("--baseline", choices=BASELINES, default="pad", help="the baseline input")
     g.add_argument("--method", choices=RULES, default="riemann_trapezoid", help="the integration rule")
-    g.add_argument(
-        "--layers", type=int_list, default=None, help="comma-separated layers to attribute (default: all)"
-    )
+    option(g, "--layers", help="comma-separated layers to attribute (default: all)")
     g.add_argument(
         "--side",
         choices=("doc", "query"),
         default=None,
         help="bi-encoders: the side interpolated from the baseline (default: doc)",
     )
-    g.add_argument(
-        "--max-length", type=positive_int, default=None, help="tokens per input (default: the model's)"
-    )
+    option(g, "--max-length")
     g = p.add_argument_group("batching and checkpoints")
-    g.add_argument("--batch-size", type=positive_int, default=8, help="pairs per NIG call")
+    option(g, "--batch-size", default=8)
     g.add_argument(
         "--internal-batch-size",
         type=positive_int,
@@ -111,7 +107,6 @@ def add_parser(sub: Any) -> None:
         help="continue OUT/attribution.safetensors (same pairs, settings and model weights)",
     )
     g.add_argument("--overwrite", action="store_true", help="start again over an existing attribution")
-    p.set_defaults(func=run)
 
 
 def steps_arg(text: str) -> int | str:
@@ -264,14 +259,9 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     if args.n_steps == "auto":
         used = stats.n_steps_used()
         used = used[used >= 0].float()
-        summary["n_steps_used"] = {
-            "min": int(used.min()),
-            "median": float(used.median()),
-            "max": int(used.max()),
-        }
-        s.say(
-            f"steps per pair (auto): min {int(used.min())}, median {float(used.median()):g}, max {int(used.max())}"
-        )
+        st = {"min": int(used.min()), "median": float(used.median()), "max": int(used.max())}
+        summary["n_steps_used"] = st
+        s.say(f"steps per pair (auto): min {st['min']}, median {st['median']:g}, max {st['max']}")
     s.say(f"wrote {path} (+ {path.name}.json)")
     s.record({"query_ids": qids, "pairs_report": pairs.report}, summary)
     return summary

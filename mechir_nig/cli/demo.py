@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mechir_nig.cli._common import LAYOUT, Session, add_common, choice_list, fraction_list, positive_int
+from mechir_nig.cli._common import LAYOUT, Session, add_command, option, positive_int
 
 EPILOG = """example:
   mechir-nig demo                                               # embedded collection, offline MiniLM
@@ -19,22 +19,18 @@ with its own argv, so any stage can be rerun or refined on its own):
   mechir-nig report
 The last line printed is the path of the report."""
 
+HELP = "the main job: attribute, a short pruning study, TFC1 patching and the HTML report"
+DESCRIPTION = (
+    "Attribute the judged pairs of the selection half of the queries, run a short pruning "
+    "study on the other half, a TFC1 patching pass on a few pairs, and build the HTML report; all in "
+    "--out. A rerun resumes the attribution."
+)
+
 
 def add_parser(sub: Any) -> None:
-    from mechir_nig.cli.patch import SITES
-    from mechir_nig.cli.prune import MODES
-
-    p = sub.add_parser(
-        "demo",
-        help="the main job: attribute, a short pruning study, TFC1 patching and the HTML report",
-        description="Attribute the judged pairs of the selection half of the queries, run a short pruning "
-        "study on the other half, a TFC1 patching pass on a few pairs, and build the HTML report; all in "
-        "--out. A rerun resumes the attribution.",
-        epilog=EPILOG,
-    )
-    add_common(p, out="mechir-nig-demo")
+    p = add_command(sub, "demo", run, HELP, DESCRIPTION, EPILOG, out="mechir-nig-demo")
     g = p.add_argument_group("demo")
-    g.add_argument("--n-steps", type=positive_int, default=16, help="NIG integration steps")
+    option(g, "--n-steps")
     g.add_argument("--max-relevant", type=positive_int, default=2, help="relevant pairs per query attributed")
     g.add_argument(
         "--max-nonrelevant",
@@ -42,20 +38,17 @@ def add_parser(sub: Any) -> None:
         default=2,
         help="non-relevant pairs per query attributed (from the BM25 top --k)",
     )
-    g.add_argument("--k", type=positive_int, default=20, help="BM25 depth (negatives, pruning re-ranking)")
-    g.add_argument(
-        "--fractions", type=fraction_list, default=[0.01, 0.05], help="pruned shares of the neurons"
-    )
-    g.add_argument("--seeds", type=positive_int, default=2, help="random sets per fraction")
-    g.add_argument("--modes", type=choice_list(MODES), default=["zero", "baseline"], help="ablation modes")
+    option(g, "--k", default=20, help="BM25 depth (negatives, pruning re-ranking)")
+    option(g, "--fractions", help="pruned shares of the neurons")
+    option(g, "--seeds", default=2)
+    option(g, "--modes", help="ablation modes")
     g.add_argument("--max-pairs", type=positive_int, default=4, help="pairs patched")
-    g.add_argument(
+    option(
+        g,
         "--sites",
-        type=choice_list(SITES),
         default=["resid_pre", "heads"],
         help="sites patched (attn_out,mlp_out add a pass as long as resid_pre's each)",
     )
-    p.set_defaults(func=run)
 
 
 def _join(values: list[Any]) -> str:

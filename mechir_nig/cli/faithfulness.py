@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mechir_nig.cli._common import CommandError, Session, add_common, choice_list, nonneg_int, positive_int
+from mechir_nig.cli._common import (
+    CommandError,
+    Session,
+    add_command,
+    choice_list,
+    nonneg_int,
+    option,
+    positive_int,
+)
 from mechir_nig.cli._pairs import add_pair_options, candidate_pairs
 
 EPILOG = """example:
@@ -19,16 +27,16 @@ own step (its random draws seeded with --seed)."""
 INTERVENTIONS = ("baseline", "zero", "mean")
 
 
+HELP = "single-neuron ablations of each pair's top-NIG neurons vs NIG's predictions"
+DESCRIPTION = (
+    "Faithfulness of NIG on a few pairs: ablate each pair's top-|NIG| neurons one at a time "
+    "and correlate the score drops with the attributions; plus the top-k vs random curve. Writes "
+    "OUT/faithfulness.json."
+)
+
+
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "faithfulness",
-        help="single-neuron ablations of each pair's top-NIG neurons vs NIG's predictions",
-        description="Faithfulness of NIG on a few pairs: ablate each pair's top-|NIG| neurons one at a time "
-        "and correlate the score drops with the attributions; plus the top-k vs random curve. Writes "
-        "OUT/faithfulness.json.",
-        epilog=EPILOG,
-    )
-    add_common(p)
+    p = add_command(sub, "faithfulness", run, HELP, DESCRIPTION, EPILOG)
     g = p.add_argument_group("pairs")
     add_pair_options(g)
     g = p.add_argument_group("faithfulness")
@@ -38,18 +46,15 @@ def add_parser(sub: Any) -> None:
     g.add_argument(
         "--curve-k", type=nonneg_int, default=10, help="largest k of the cumulative curve (0: none)"
     )
-    g.add_argument("--seeds", type=positive_int, default=3, help="random sets per k in the curve")
+    option(g, "--seeds", help="random sets per k in the curve")
     g.add_argument(
         "--interventions",
         type=choice_list(INTERVENTIONS),
         default=list(INTERVENTIONS),
         help="comma-separated ablation modes (mean: the token-mean activation over these pairs)",
     )
-    g.add_argument("--n-steps", type=positive_int, default=16, help="NIG integration steps")
-    g.add_argument(
-        "--chunk-size", type=positive_int, default=64, help="ablated rows per forward (memory only)"
-    )
-    p.set_defaults(func=run)
+    option(g, "--n-steps")
+    option(g, "--chunk-size", default=64, help="ablated rows per forward (memory only)")
 
 
 def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
@@ -79,11 +84,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     reference = None
     if "mean" in args.interventions:
         with s.stage("reference"):
-            reference = (
-                AblationReference.compute(model, qs, ds)
-                if model.pairwise
-                else AblationReference.compute(model, ds)
-            )
+            reference = AblationReference.compute(model, qs, ds)  # a bi-encoder: the docs
     parts: list[FaithfulnessResult] = []
     with s.stage("ablations"):
         for mode in tqdm(
@@ -116,10 +117,8 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         settings={**first.settings, "interventions": list(args.interventions), "seed": args.seed},
     )
     used = [{"query_id": p.query_id, "doc_id": p.doc_id} for p in pairs]
-    out = s.path("faithfulness")
-    if s.main:  # faithfulness() shards the pairs and gathers the result on every rank
-        result.save(out, extra={"pairs": used})  # checksummed; the pairs beside it
-    s.wrote(out)
+    # faithfulness() shards the pairs and gathers the result on every rank; checksummed, the pairs beside it
+    out = s.save("faithfulness", lambda path: result.save(path, extra={"pairs": used}))
     for mode, rho in result.spearman.items():
         cells = ", ".join(f"{name} {value:+.3f}" for name, value in rho.items())
         s.say(f"{mode:8s} Spearman with the single-neuron drops: {cells}")

@@ -12,10 +12,9 @@ from mechir_nig.cli._common import (
     PATCH_SITES,
     CommandError,
     Session,
-    add_common,
-    choice_list,
-    int_list,
-    positive_int,
+    add_command,
+    option,
+    site_summaries,
     word,
 )
 from mechir_nig.cli._pairs import add_pair_options, candidate_pairs
@@ -33,16 +32,16 @@ PERTURBATIONS = ("tfc1", "tdc", "remove", "random")
 SITES = PATCH_SITES
 
 
+HELP = "activation patching between clean and perturbed (TFC1, TDC, ...) documents"
+DESCRIPTION = (
+    "Perturb the documents of a few pairs, align clean and perturbed inputs position by "
+    "position and patch activations of one run into the other per layer and position (resid_pre, "
+    "attn_out, mlp_out), head or neuron. Writes OUT/patching.safetensors and its JSON sidecar."
+)
+
+
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "patch",
-        help="activation patching between clean and perturbed (TFC1, TDC, ...) documents",
-        description="Perturb the documents of a few pairs, align clean and perturbed inputs position by "
-        "position and patch activations of one run into the other per layer and position (resid_pre, "
-        "attn_out, mlp_out), head or neuron. Writes OUT/patching.safetensors and its JSON sidecar.",
-        epilog=EPILOG,
-    )
-    add_common(p)
+    p = add_command(sub, "patch", run, HELP, DESCRIPTION, EPILOG)
     g = p.add_argument_group("pairs")
     add_pair_options(g)
     g = p.add_argument_group("perturbation")
@@ -59,9 +58,9 @@ def add_parser(sub: Any) -> None:
         help="the term injected (tfc1) or removed (remove) (default: from the query)",
     )
     g = p.add_argument_group("patching")
-    g.add_argument(
+    option(
+        g,
         "--sites",
-        type=choice_list(SITES),
         default=["resid_pre", "attn_out", "mlp_out", "heads"],
         help="comma-separated sites patched",
     )
@@ -77,19 +76,14 @@ def add_parser(sub: Any) -> None:
         default="recovery",
         help="recovery = (patched - base) / (source - base); raw = patched - base",
     )
-    g.add_argument(
-        "--layers", type=int_list, default=None, help="comma-separated layers to patch (default: all)"
-    )
-    g.add_argument(
+    option(g, "--layers", help="comma-separated layers to patch (default: all)")
+    option(
+        g,
         "--chunk-size",
-        type=positive_int,
         default=None,
         help="patched rows per forward (memory only; default: about 65k tokens per forward)",
     )
-    g.add_argument(
-        "--max-length", type=positive_int, default=None, help="tokens per input (default: the model's)"
-    )
-    p.set_defaults(func=run)
+    option(g, "--max-length")
 
 
 def perturbation(args: argparse.Namespace, col: Any) -> Any:
@@ -236,17 +230,14 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
             "collection": col.name,
         },
     )
-    out = s.path("patching")
-    if s.main:  # every rank holds the gathered result; rank 0 writes it
-        result.save(out)
-    s.wrote(out)
+    out = s.save("patching", result.save)
     delta = result.corrupted_scores - result.clean_scores
     s.say(
         f"score change perturbed - clean: mean {float(delta.mean()):+.4f} "
         f"(min {float(delta.min()):+.4f}, max {float(delta.max()):+.4f})"
     )
-    for site in args.sites:
-        s.say(site_summary(result, site))
+    for site, what, cells in site_summaries(result):
+        s.say(f"{site}: {result.metric} {what}: {cells}")
     s.say(f"wrote {out} (+ {out.name}.json)")
     summary = {
         "pairs": len(pairs),
@@ -256,22 +247,3 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     }
     s.record({"layers": layers, "pairs_used": result.meta["pairs"]}, summary)
     return summary
-
-
-def site_summary(result: Any, site: str) -> str:
-    """One line: per layer, the effect at the changed positions (positions sites) or the top heads."""
-    import torch
-
-    v = result[site].double()
-    if v.dim() == 3 and site in ("resid_pre", "attn_out", "mlp_out") and result.changed is not None:
-        changed = result.changed.to(v.dtype)[:, None, :]  # [batch, 1, pos]
-        per_layer = (torch.nan_to_num(v) * changed).sum(-1).mean(0)
-        cells = " ".join(f"L{lyr} {x:+.3f}" for lyr, x in zip(result.layers, per_layer.tolist(), strict=True))
-        return f"{site}: {result.metric} at the changed positions, per layer: {cells}"
-    if site == "heads":
-        mean = torch.nan_to_num(v).mean(0)  # [layer, head]
-        top = mean.abs().flatten().topk(min(5, mean.numel())).indices.tolist()
-        h = mean.shape[1]
-        cells = ", ".join(f"L{result.layers[i // h]}H{i % h} {float(mean.flatten()[i]):+.3f}" for i in top)
-        return f"heads: largest mean {result.metric}: {cells}"
-    return f"{site}: values {list(v.shape)}"

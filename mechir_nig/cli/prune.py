@@ -14,11 +14,9 @@ from mechir_nig.cli._common import (
     CommandError,
     Session,
     UsageError,
-    add_common,
+    add_command,
     choice_list,
-    fraction_list,
-    positive_int,
-    str_list,
+    option,
 )
 
 EPILOG = """example:
@@ -31,16 +29,16 @@ on the other judged queries, re-ranking their BM25 top --k."""
 MODES = ABLATION_MODES
 
 
+HELP = "ablate the top NIG neurons (vs random, bottom, negative sets) and re-rank held-out queries"
+DESCRIPTION = (
+    "Pruning study from a saved attribution: ablate the neurons a NIG scheme ranks highest "
+    "and compare the re-ranking effectiveness (nDCG@10, RR@10) of held-out queries with the unpruned "
+    "model and with random sets of the same per-layer sizes. Writes OUT/pruning.json."
+)
+
+
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "prune",
-        help="ablate the top NIG neurons (vs random, bottom, negative sets) and re-rank held-out queries",
-        description="Pruning study from a saved attribution: ablate the neurons a NIG scheme ranks highest "
-        "and compare the re-ranking effectiveness (nDCG@10, RR@10) of held-out queries with the unpruned "
-        "model and with random sets of the same per-layer sizes. Writes OUT/pruning.json.",
-        epilog=EPILOG,
-    )
-    add_common(p)
+    p = add_command(sub, "prune", run, HELP, DESCRIPTION, EPILOG)
     g = p.add_argument_group("pruning")
     g.add_argument(
         "--attribution",
@@ -49,17 +47,11 @@ def add_parser(sub: Any) -> None:
         help=f"a saved attribution, or a folder holding {LAYOUT['attribution']} (default: OUT/{LAYOUT['attribution']})",
     )
     g.add_argument("--scheme", choices=SCHEMES, default="relevant", help="how neurons are ranked")
-    g.add_argument(
-        "--fractions",
-        type=fraction_list,
-        default=[0.01, 0.05],
-        help="comma-separated shares of the ranked neurons to ablate, in [0, 1]",
-    )
-    g.add_argument("--seeds", type=positive_int, default=3, help="random sets per fraction")
-    g.add_argument(
+    option(g, "--fractions", help="comma-separated shares of the ranked neurons to ablate, in [0, 1]")
+    option(g, "--seeds")
+    option(
+        g,
         "--modes",
-        type=choice_list(MODES),
-        default=["zero", "baseline"],
         help=f"comma-separated ablation modes among {','.join(MODES)} (mean/resample use the selection "
         "queries' candidates as reference)",
     )
@@ -69,28 +61,26 @@ def add_parser(sub: Any) -> None:
         default=list(CONDITIONS),
         help="comma-separated neuron sets compared with the unpruned model",
     )
-    g.add_argument("--k", type=positive_int, default=50, help="BM25 depth re-ranked per evaluation query")
-    g.add_argument("--measures", type=str_list, default=["nDCG@10", "RR@10"], help="ir_measures names")
+    option(g, "--k", default=50, help="BM25 depth re-ranked per evaluation query")
+    option(g, "--measures")
     g.add_argument(
         "--side",
         choices=("doc", "query", "both"),
         default="doc",
         help="bi-encoders: the side ablated (cross-encoders ablate the pair)",
     )
-    g.add_argument("--batch-size", type=positive_int, default=32, help="texts or pairs per forward")
+    option(g, "--batch-size", default=32, help="texts or pairs per forward")
     g.add_argument(
         "--allow-incomplete",
         action="store_true",
         help="use an attribution that holds fewer pairs than its run planned (a stopped attribute); the "
         "output, pruning.json and the report say so. Without it such an attribution is refused",
     )
-    g.add_argument(
+    option(
+        g,
         "--split-seed",
-        type=int,
-        default=0,
         help="seed of the query split, used only when the attribution does not record its queries",
     )
-    p.set_defaults(func=run)
 
 
 def attribution_path(s: Session, given: str | None) -> Path:
@@ -174,11 +164,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
                 raise CommandError(
                     "the selection queries have no BM25 candidates for the mean/resample reference"
                 )
-            reference = (
-                AblationReference.compute(model, qs, ds)
-                if model.pairwise
-                else AblationReference.compute(model, ds)
-            )
+            reference = AblationReference.compute(model, qs, ds)  # a bi-encoder: the docs
     n_evals = 1 + len(args.fractions) * len(args.modes) * sum(
         args.seeds if c == "random" else 1 for c in args.conditions
     )
@@ -205,14 +191,11 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
             batch_size=args.batch_size,
             progress=s.progress,
         )
-    out = s.path("pruning")
     result.settings["attribution"] = str(path.resolve())
     result.settings["k"] = args.k
     if incomplete is not None:
         result.settings["attribution_incomplete"] = incomplete
-    if s.main:  # pruning_study shards the evaluations and gathers every run on each rank
-        result.save(out)
-    s.wrote(out)
+    out = s.save("pruning", result.save)  # pruning_study gathers every run on each rank
     s.say(result.to_markdown())
     s.say(f"wrote {out}")
     unpruned = next(r for r in result.runs if r["condition"] == "unpruned")

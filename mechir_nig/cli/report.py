@@ -6,22 +6,22 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from mechir_nig.cli._common import LAYOUT, CommandError, Session, UsageError, add_common, load_attribution
+from mechir_nig.cli._common import LAYOUT, CommandError, Session, UsageError, add_command, load_attribution
 
 EPILOG = """example:
   mechir-nig report results                   # writes results/report.html
   mechir-nig report results -o ~/shared/nig-report.html"""
 
+HELP = "build a self-contained HTML report (figures and tables) from a results folder"
+DESCRIPTION = (
+    "Read the results a folder holds (run.json, attribution, pruning, patching, "
+    "faithfulness, rerank, stability; see docs/cli.md) and write one HTML file with their figures "
+    "and tables that works offline."
+)
+
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "report",
-        help="build a self-contained HTML report (figures and tables) from a results folder",
-        description="Read the results a folder holds (run.json, attribution, pruning, patching, "
-        "faithfulness, rerank, stability; see docs/cli.md) and write one HTML file with their figures "
-        "and tables that works offline.",
-        epilog=EPILOG,
-    )
+    p = add_command(sub, "report", run, HELP, DESCRIPTION, EPILOG, model=False, collection=False)
     p.add_argument(
         "results_dir",
         nargs="?",
@@ -42,22 +42,13 @@ def add_parser(sub: Any) -> None:
         help="report an attribution that holds fewer pairs than its run planned (a stopped attribute), "
         "flagged as incomplete in the report; without it such an attribution is refused",
     )
-    add_common(p, model=False, collection=False)
-    p.set_defaults(func=run)
 
 
 def build(results: Path, output: Path, *, allow_incomplete: bool = False) -> Path:
-    """``mechir_nig.report.build(results, output)``, imported when needed."""
+    """``mechir_nig.report.build(results, output)`` (looked up when called)."""
     import importlib
 
-    try:
-        report = importlib.import_module("mechir_nig.report")
-    except ModuleNotFoundError as exc:
-        if exc.name != "mechir_nig.report":
-            raise
-        raise CommandError(
-            "this installation of mechir_nig has no report module (mechir_nig.report)"
-        ) from exc
+    report = importlib.import_module("mechir_nig.report")
     extra = {"allow_incomplete": True} if allow_incomplete else {}
     return Path(report.build(results, output, **extra))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mechir_nig.cli._common import Session, add_common, fraction, positive_int
+from mechir_nig.cli._common import Session, add_command, fraction, option, positive_int, write_json
 
 EPILOG = """example:
   mechir-nig stability --collection irds:vaswani --fraction 0.01 --max-relevant 3 --n-steps 16 --out vaswani
@@ -14,31 +14,28 @@ The judged queries are split into two halves (--seed); the relevant pairs of eac
 (checkpointed in OUT/stability-checkpoints/, so an interrupted run continues) and the two top --fraction
 neuron sets are compared (Jaccard) with the overlap of random sets of the same sizes."""
 
+HELP = "split-half stability of the top relevant neurons (Jaccard vs chance)"
+DESCRIPTION = (
+    "Are the relevance neurons a property of the model or of the queries? Attribute the "
+    "relevant pairs of two disjoint query halves and compare their top neuron sets. Writes "
+    "OUT/stability.json."
+)
+
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "stability",
-        help="split-half stability of the top relevant neurons (Jaccard vs chance)",
-        description="Are the relevance neurons a property of the model or of the queries? Attribute the "
-        "relevant pairs of two disjoint query halves and compare their top neuron sets. Writes "
-        "OUT/stability.json.",
-        epilog=EPILOG,
-    )
-    add_common(p)
+    p = add_command(sub, "stability", run, HELP, DESCRIPTION, EPILOG)
     g = p.add_argument_group("stability")
     g.add_argument(
         "--fraction", type=fraction, default=0.01, help="share of the neurons in each top set, in (0, 1]"
     )
     g.add_argument("--max-relevant", type=positive_int, default=3, help="relevant pairs per query")
-    g.add_argument("--n-steps", type=positive_int, default=16, help="NIG integration steps")
-    g.add_argument("--batch-size", type=positive_int, default=8, help="pairs per NIG call")
-    g.add_argument("--seed", type=int, default=0, help="seed of the split and of the pair sampling")
-    p.set_defaults(func=run)
+    option(g, "--n-steps")
+    option(g, "--batch-size", default=8)
+    option(g, "--seed", help="seed of the split and of the pair sampling")
 
 
 def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     from mechir_nig.attribution.settings import NIGSettings
-    from mechir_nig.cli._common import write_json
     from mechir_nig.experiments import split_half_stability
 
     col = s.collection()
@@ -55,10 +52,8 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
             checkpoint_dir=s.out / "stability-checkpoints",
             progress=s.progress,
         )
-    out = s.path("stability")
-    if s.main:  # attribute_collection shards each half's pairs; every rank returns the whole study
-        write_json(out, result)
-    s.wrote(out)
+    # attribute_collection shards each half's pairs; every rank returns the whole study
+    out = s.save("stability", lambda path: write_json(path, result))
     rep = result["overlap"]
     s.say(
         f"top-{args.fraction:g} relevant neurons of two query halves: Jaccard {rep['jaccard']:.3f} "

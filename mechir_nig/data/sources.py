@@ -43,6 +43,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -268,29 +269,32 @@ def _fetch_error(dataset_id: str, e: Exception) -> DataError:
     )
 
 
+@contextlib.contextmanager
+def _fetching(dataset_id: str) -> Iterator[None]:
+    """An ir_datasets failure inside the block as :func:`_fetch_error` explains it (a DataError as it is)."""
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as e:
+        raise _fetch_error(dataset_id, e) from e
+
+
 def _irds_docs(ds: Any, dataset_id: str, name: str, empty: str, whole_corpus: str = "iterate") -> LazyDocs:
     """The documents of an ir_datasets data set, looked up by id in its docstore on demand."""
     store: list[Any] = []  # the docstore, opened on the first lookup
 
     def fetch_many(doc_ids: list[str]) -> dict[str, str]:
-        try:
+        with _fetching(dataset_id):
             if not store:
                 store.append(ds.docs_store())
             found = store[0].get_many(doc_ids)
-        except DataError:
-            raise
-        except Exception as e:
-            raise _fetch_error(dataset_id, e) from e
         return {doc_id: _irds_doc_text(record) for doc_id, record in found.items()}
 
     def iterate():
-        try:
+        with _fetching(dataset_id):
             for record in ds.docs_iter():
                 yield record.doc_id, _irds_doc_text(record)
-        except DataError:
-            raise
-        except Exception as e:
-            raise _fetch_error(dataset_id, e) from e
 
     return LazyDocs(
         fetch_many,
@@ -315,13 +319,9 @@ def _irds_scoreddocs(ds: Any, dataset_id: str) -> Iterator[Any]:
     """One pass over ``scoreddocs_iter()`` as ir_measures ``ScoredDoc`` records (fetch errors explained)."""
     from ir_measures import ScoredDoc
 
-    try:
+    with _fetching(dataset_id):
         for s in ds.scoreddocs_iter():
             yield ScoredDoc(s.query_id, s.doc_id, float(s.score))
-    except DataError:
-        raise
-    except Exception as e:
-        raise _fetch_error(dataset_id, e) from e
 
 
 def _from_irds(

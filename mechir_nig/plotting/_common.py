@@ -172,6 +172,51 @@ def mark_query_doc(fig: Any, groups_row: Tensor, positions: Sequence[int]) -> No
         )
 
 
+def token_figure(
+    heatmap: Any,
+    keep: Sequence[int],
+    ticks: Sequence[str],
+    groups_row: Tensor,
+    *,
+    x_title: str,
+    y_title: str,
+    title: str,
+    row_height: int,
+) -> Any:
+    """A one-panel ``heatmap`` over the token positions ``keep`` (labelled ``ticks``), the query | document
+    separator drawn (:func:`mark_query_doc`), sized to its rows and tokens."""
+    fig = go.Figure(heatmap)
+    fig.update_xaxes(tickmode="array", tickvals=keep, ticktext=ticks, tickangle=-60, title_text=x_title)
+    fig.update_yaxes(type="category", title_text=y_title)
+    mark_query_doc(fig, groups_row, keep)
+    height = 220 + row_height * len(heatmap.y)
+    return finish(fig, title, height=height, width=min(3000, max(700, 160 + 22 * len(keep))))
+
+
+def layer_bars(
+    series: Sequence[tuple[str, str, Any]],
+    *,
+    unit: str,
+    title: str,
+    tickformat: str | None = None,
+) -> Any:
+    """Bars per layer grouped by series, each ``(name, legend label, values per layer)`` in its colour."""
+    fig = go.Figure()
+    for i, (name, label, y) in enumerate(series):
+        fig.add_trace(
+            go.Bar(
+                x=list(range(len(y))),
+                y=np.asarray(y, dtype=np.float64),
+                name=label,
+                marker_color=color(name, i),
+                hovertemplate=f"{name}<br>layer %{{x}}<br>{unit} %{{y:.4g}}<extra></extra>",
+            )
+        )
+    fig.update_xaxes(title_text="layer", tickmode="linear", dtick=1)
+    fig.update_yaxes(title_text=unit, tickformat=tickformat)
+    return finish(fig, title, barmode="group", height=400)
+
+
 def names_of(items: Any, what: str) -> list[tuple[str, Any]]:
     """``(name, item)`` pairs of a mapping (its keys), or of a sequence (each item's ``name``, else
     ``f"{what} {i}"``)."""

@@ -35,11 +35,11 @@ from mechir_nig.plotting._common import (
     color,
     finish,
     layer_rows,
-    mark_query_doc,
     need,
     pair_index,
     signed_coloraxis,
     signed_heatmap,
+    token_figure,
 )
 from mechir_nig.sets.components import ComponentSet
 
@@ -380,33 +380,26 @@ def token_heatmap(
     group_row = attr.groups[i]
     labels = [f"{toks[p]} ({GROUPS[int(group_row[p])]})" if p < len(toks) else "" for p in keep]
     text = [labels for _ in rows]
-    fig = go.Figure(
-        signed_heatmap(
-            z,
-            keep,
-            layer_ids,
-            text=text,
-            name=f"pair {i}",
-            colorbar={"title": {"text": "NIG"}},
-            hovertemplate="token %{text}<br>position %{x}<br>layer %{y}<br>NIG %{z:.4g}<extra></extra>",
-        )
+    heatmap = signed_heatmap(
+        z,
+        keep,
+        layer_ids,
+        text=text,
+        name=f"pair {i}",
+        colorbar={"title": {"text": "NIG"}},
+        hovertemplate="token %{text}<br>position %{x}<br>layer %{y}<br>NIG %{z:.4g}<extra></extra>",
     )
-    fig.update_xaxes(
-        tickmode="array",
-        tickvals=keep,
-        ticktext=[toks[p] if p < len(toks) else "" for p in keep],
-        tickangle=-60,
-        title_text="token",
-    )
-    fig.update_yaxes(type="category", title_text="layer")
-    mark_query_doc(fig, group_row, keep)
     what = "neurons" if component == "mlp" else "heads"
     subset = f" of {neurons.name or 'a set'} ({len(neurons)})" if neurons is not None else ""
-    return finish(
-        fig,
-        title or f"NIG per token, summed over the {what}{subset} of each layer — pair {i}",
-        height=220 + 32 * len(layer_ids),
-        width=min(3000, max(700, 160 + 22 * len(keep))),
+    return token_figure(
+        heatmap,
+        keep,
+        [toks[p] if p < len(toks) else "" for p in keep],
+        group_row,
+        x_title="token",
+        y_title="layer",
+        title=title or f"NIG per token, summed over the {what}{subset} of each layer — pair {i}",
+        row_height=32,
     )
 
 

@@ -38,10 +38,10 @@ from mechir_nig.plotting._common import (
     color,
     finish,
     layer_rows,
-    mark_query_doc,
     need,
     pair_index,
     signed_heatmap,
+    token_figure,
 )
 
 __all__ = ["patching_heatmap"]
@@ -147,26 +147,23 @@ def patching_heatmap(
         else:
             y_labels = [str(layer) for layer in layer_ids]
             y_title = "layer"
-        fig = go.Figure(
-            signed_heatmap(
-                as_numpy(v),
-                keep,
-                y_labels,
-                text=[texts for _ in y_labels],
-                colorbar={"title": {"text": metric}},
-                hovertemplate=f"position %{{x}}: %{{text}}<br>{y_title} %{{y}}<br>{metric} %{{z:.4g}}<extra></extra>",
-            )
+        heatmap = signed_heatmap(
+            as_numpy(v),
+            keep,
+            y_labels,
+            text=[texts for _ in y_labels],
+            colorbar={"title": {"text": metric}},
+            hovertemplate=f"position %{{x}}: %{{text}}<br>{y_title} %{{y}}<br>{metric} %{{z:.4g}}<extra></extra>",
         )
-        fig.update_xaxes(
-            tickmode="array", tickvals=keep, ticktext=ticks, tickangle=-60, title_text="position (token)"
-        )
-        fig.update_yaxes(type="category", title_text=y_title)
-        mark_query_doc(fig, result.groups[i], keep)
-        return finish(
-            fig,
-            title or f"{what} — pair {i}",
-            height=220 + 30 * len(y_labels),
-            width=min(3000, max(700, 160 + 22 * len(keep))),
+        return token_figure(
+            heatmap,
+            keep,
+            ticks,
+            result.groups[i],
+            x_title="position (token)",
+            y_title=y_title,
+            title=title or f"{what} — pair {i}",
+            row_height=30,
         )
     v, which = _reduce_pairs(values, pair, n)
     v = v[rows]  # [layer, n_heads | d_mlp]

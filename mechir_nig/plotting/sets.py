@@ -22,7 +22,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from mechir_nig.errors import InputError
-from mechir_nig.plotting._common import COLORS, color, finish, names_of
+from mechir_nig.plotting._common import COLORS, color, finish, layer_bars, names_of
 from mechir_nig.sets.components import ComponentSet, check_sets, noun
 
 __all__ = ["layer_profile_bars", "overlap_bars"]
@@ -73,25 +73,21 @@ def layer_profile_bars(
         raise InputError(f"normalize must be True or False, got {normalize!r}")
     named = _named_sets(sets, "layer_profile_bars")
     first = named[0][1]
-    layers = list(range(first.n_layers))
     unit = f"share of the layer's {noun(first.kind)}" if normalize else noun(first.kind)
-    fig = go.Figure()
-    for i, (name, s) in enumerate(named):
-        y = np.asarray(s.layer_profile(), dtype=np.float64)
-        if normalize:
-            y = y / s.width
-        fig.add_trace(
-            go.Bar(
-                x=layers,
-                y=y,
-                name=f"{name} ({len(s)})",
-                marker_color=color(name, i),
-                hovertemplate=f"{name}<br>layer %{{x}}<br>{unit} %{{y:.4g}}<extra></extra>",
-            )
+    series = [
+        (
+            name,
+            f"{name} ({len(s)})",
+            np.asarray(s.layer_profile(), dtype=np.float64) / (s.width if normalize else 1),
         )
-    fig.update_xaxes(title_text="layer", tickmode="array", tickvals=layers)
-    fig.update_yaxes(title_text=unit, tickformat=".1%" if normalize else None)
-    return finish(fig, title or f"{noun(first.kind).capitalize()} per layer", barmode="group", height=400)
+        for name, s in named
+    ]
+    return layer_bars(
+        series,
+        unit=unit,
+        title=title or f"{noun(first.kind).capitalize()} per layer",
+        tickformat=".1%" if normalize else None,
+    )
 
 
 def _reports(sets: Any, pool_layers: Iterable[int] | None) -> list[tuple[str, dict[str, Any]]]:

@@ -32,9 +32,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import numbers
 import operator
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal, SupportsFloat, SupportsIndex, cast
 
@@ -725,6 +726,19 @@ def _pool_union(sets: Iterable[ComponentSet]) -> tuple[int, ...]:
     return tuple(sorted(set().union(*(s.pool_layers for s in sets))))
 
 
+def _fold(sets: Iterable[ComponentSet], name: str, op: Callable[[Any, Any], Any]) -> ComponentSet:
+    """``op`` folded over the sets' sorted flat indices (a loop over sets, not over components), named
+    ``name``, on the union of their pools."""
+    items = check_sets(sets)
+    if not isinstance(name, str):
+        raise InputError(f"name must be a str, got {type(name).__name__}")
+    flat = functools.reduce(op, (s._flat for s in items))
+    first = items[0]
+    return ComponentSet._build(
+        first.kind, first.n_layers, first.width, flat, name=name, pool=_pool_union(items)
+    )
+
+
 def intersection(sets: Iterable[ComponentSet], *, name: str = "") -> ComponentSet:
     """Components common to every set (e.g. to all labels or collections).
 
@@ -736,16 +750,7 @@ def intersection(sets: Iterable[ComponentSet], *, name: str = "") -> ComponentSe
         >>> list(intersection([a, b], name="shared"))
         [(1, 2)]
     """
-    items = check_sets(sets)
-    if not isinstance(name, str):
-        raise InputError(f"name must be a str, got {type(name).__name__}")
-    flat = items[0]._flat
-    for s in items[1:]:  # a loop over sets, not over components
-        flat = np.intersect1d(flat, s._flat, assume_unique=True)
-    first = items[0]
-    return ComponentSet._build(
-        first.kind, first.n_layers, first.width, flat, name=name, pool=_pool_union(items)
-    )
+    return _fold(sets, name, lambda a, b: np.intersect1d(a, b, assume_unique=True))
 
 
 def union(sets: Iterable[ComponentSet], *, name: str = "") -> ComponentSet:
@@ -759,14 +764,7 @@ def union(sets: Iterable[ComponentSet], *, name: str = "") -> ComponentSet:
         >>> list(union([a, b], name="any"))
         [(0, 1), (1, 2), (1, 3)]
     """
-    items = check_sets(sets)
-    if not isinstance(name, str):
-        raise InputError(f"name must be a str, got {type(name).__name__}")
-    flat = np.unique(np.concatenate([s._flat for s in items]))
-    first = items[0]
-    return ComponentSet._build(
-        first.kind, first.n_layers, first.width, flat, name=name, pool=_pool_union(items)
-    )
+    return _fold(sets, name, np.union1d)
 
 
 __all__ = ["KINDS", "SITES", "SITE_KINDS", "ComponentSet", "NeuronSet", "intersection", "union"]

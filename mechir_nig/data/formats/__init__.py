@@ -35,6 +35,19 @@ Accepted input, the same for every parser (hostile files are tested property-bas
 * **Mismatched ids** across files (qrels naming unknown queries or documents) are not a parse error:
   :class:`~mechir_nig.data.Collection` keeps and reports them (``Collection.report``, DataWarning).
 
+Keyword arguments the text parsers share (:func:`read_tsv`, :func:`read_jsonl`, :func:`read_trec_docs`,
+:func:`read_trec_topics`, :func:`read_texts`; each yields ``(id, text)`` in file order):
+
+* ``empty``: ``"error"`` (default): a record whose text is empty is a DataError; ``"skip"``: skip it.
+  Any other value is an InputError.
+* ``skipped``: with ``empty="skip"``, receives ``(id, line)`` of each skipped record; without it, a
+  :class:`~mechir_nig.errors.DataWarning` says how many were skipped.
+* ``only``: yield only the records whose id is in this set (a lazy lookup of a few ids in a large
+  file): every record's structure and id are still checked, but texts are parsed, and duplicate and
+  empty checks made, for the requested ids only, so memory stays ``O(len(only))``.
+* ``source`` (tsv, jsonl): the numbered lines ``(line, text)`` to parse instead of reading ``path``
+  (an :class:`~mechir_nig.data.formats.offsets.OffsetIndex` passes the lines it seeked to).
+
 Example:
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "queries"
@@ -131,9 +144,8 @@ def read_texts(
     """Stream ``(id, text)`` from a documents (``role="docs"``) or queries (``role="queries"``) file.
 
     The format comes from :func:`detect_format`; a TREC file is read with :func:`read_trec_docs` for
-    documents and :func:`read_trec_topics` (``field=topic_field``) for queries. With ``only`` (documents
-    only), just the records whose id is in it are yielded, and memory stays ``O(len(only))`` whatever
-    the file's size (see :func:`read_tsv`).
+    documents and :func:`read_trec_topics` (``field=topic_field``) for queries. ``empty``, ``skipped``
+    and ``only`` (documents only) are the parsers' (module docstring).
 
     Raises:
         InputError: for a ``role`` other than ``"docs"``/``"queries"`` or a missing file.

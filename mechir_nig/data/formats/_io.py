@@ -75,6 +75,18 @@ def fail(path: PathLike, line: int, problem: str, fix: str) -> DataError:
     return DataError(f"{path}, line {line}: {problem}; {fix}")
 
 
+def rows(path: PathLike, n: int, layout: str) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, fields)`` of each non-blank line of the whitespace-separated file ``path``;
+    a line without exactly ``n`` fields is a DataError asking for ``layout``."""
+    for lineno, line in lines(path):
+        fields = split_fields(line)
+        if not fields:
+            continue
+        if len(fields) != n:
+            raise fail(path, lineno, f"{len(fields)} fields, expected {n}", f"write {layout}")
+        yield lineno, fields
+
+
 def check_empty_policy(empty: str) -> None:
     """Reject an ``empty=`` value other than ``"error"`` or ``"skip"``."""
     if empty not in EMPTY_POLICIES:

@@ -67,21 +67,9 @@ def read_jsonl(
 
     Args:
         path: the file (``.gz`` is decompressed).
-        empty: ``"error"`` (default): a record whose title and text are empty is a DataError;
-            ``"skip"``: skip it.
-        skipped: with ``empty="skip"``, receives ``(id, line)`` of each skipped record; without it, a
-            :class:`~mechir_nig.errors.DataWarning` says how many were skipped.
-        only: yield only the records whose id is in this set (a lazy lookup of a few ids in a large
-            file): every line is still parsed as JSON and must carry an id, but the text checks,
-            duplicate and empty checks cover the requested ids only, so memory stays ``O(len(only))``.
-        source: the numbered lines ``(line, text)`` to parse instead of reading ``path`` (an
-            :class:`~mechir_nig.data.formats.offsets.OffsetIndex` passes the lines it seeked to).
-
-    Yields:
-        ``(id, text)`` pairs in file order.
+        empty, skipped, only, source: shared by the text parsers (:mod:`mechir_nig.data.formats`).
 
     Raises:
-        InputError: for an ``empty`` other than ``"error"`` or ``"skip"``.
         DataError: naming the file and line of invalid JSON, a line that is not an object, a key repeated
             in an object, a missing id or text field, a lone surrogate escape, a duplicate id, an empty
             text (with ``empty="error"``).

@@ -24,7 +24,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Literal
 
 from mechir_nig._validate import check_int
-from mechir_nig.data.formats._io import PathLike, claim, fail, lines, split_fields
+from mechir_nig.data.formats._io import PathLike, claim, fail, rows
 from mechir_nig.errors import DataError, InputError
 
 if TYPE_CHECKING:
@@ -64,17 +64,7 @@ def iter_trec_run(path: PathLike, *, duplicates: Literal["all", "block"] = "all"
         raise InputError(f"duplicates must be 'all' or 'block', got {duplicates!r}")
     seen: dict[str, int] = {}
     block = None
-    for lineno, line in lines(path):
-        fields = split_fields(line)
-        if not fields:
-            continue
-        if len(fields) != 6:
-            raise fail(
-                path,
-                lineno,
-                f"{len(fields)} fields, expected 6",
-                "write run lines as 'query_id Q0 doc_id rank score tag'",
-            )
+    for lineno, fields in rows(path, 6, "run lines as 'query_id Q0 doc_id rank score tag'"):
         query_id, _, doc_id, rank, score, _ = fields
         try:
             int(rank)

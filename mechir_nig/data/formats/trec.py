@@ -33,7 +33,7 @@ from mechir_nig.data.formats._io import (
     fail,
     lines,
     norm,
-    split_fields,
+    rows,
 )
 from mechir_nig.errors import InputError
 
@@ -115,18 +115,9 @@ def read_trec_docs(
 
     Args:
         path: the file (``.gz`` is decompressed).
-        empty: ``"error"`` (default): a document without text is a DataError; ``"skip"``: skip it.
-        skipped: with ``empty="skip"``, receives ``(doc_id, line)`` of each skipped document; without
-            it, a :class:`~mechir_nig.errors.DataWarning` says how many were skipped.
-        only: yield only the documents whose id is in this set (a lazy lookup of a few ids in a large
-            file): the structure of every ``<DOC>`` is still checked, but texts are cleaned and
-            duplicate and empty checks made for the requested ids only (memory ``O(len(only))``).
-
-    Yields:
-        ``(doc_id, text)`` pairs in file order.
+        empty, skipped, only: shared by the text parsers (:mod:`mechir_nig.data.formats`).
 
     Raises:
-        InputError: for an ``empty`` other than ``"error"`` or ``"skip"``.
         DataError: naming the file and line of text outside ``<DOC>``, a ``<DOC>`` without
             ``<DOCNO>`` or never closed, a duplicate id, an empty text (with ``empty="error"``).
 
@@ -191,14 +182,10 @@ def read_trec_topics(
     Args:
         path: the file (``.gz`` is decompressed).
         field: which field is the query text: ``"title"`` (default), ``"desc"`` or ``"narr"``.
-        empty: ``"error"`` (default): a topic whose field is empty is a DataError; ``"skip"``: skip it.
-        skipped: with ``empty="skip"``, receives ``(query_id, line)`` of each skipped topic.
-
-    Yields:
-        ``(query_id, text)`` pairs in file order.
+        empty, skipped: shared by the text parsers (:mod:`mechir_nig.data.formats`).
 
     Raises:
-        InputError: for an unknown ``field`` or ``empty``.
+        InputError: for an unknown ``field``.
         DataError: naming the file and line of text outside ``<top>``, a topic without ``<num>`` or
             without the field, an unterminated ``<top>``, a duplicate id, an empty text.
 
@@ -246,17 +233,8 @@ def read_trec_qrels(path: PathLike) -> Iterator[Qrel]:
     from ir_measures import Qrel
 
     seen: dict[str, int] = {}
-    for lineno, line in lines(path):
-        fields = split_fields(line)
-        if not fields:
-            continue
-        if len(fields) != 4:
-            raise fail(
-                path,
-                lineno,
-                f"{len(fields)} fields, expected 4",
-                "write qrels lines as 'query_id iteration doc_id relevance' (e.g. '1 0 d7 1')",
-            )
+    layout = "qrels lines as 'query_id iteration doc_id relevance' (e.g. '1 0 d7 1')"
+    for lineno, fields in rows(path, 4, layout):
         query_id, iteration, doc_id, rel = fields
         try:
             relevance = int(rel)

@@ -62,21 +62,10 @@ def read_tsv(
 
     Args:
         path: the file (``.gz`` is decompressed).
-        empty: ``"error"`` (default): a record without text is a DataError; ``"skip"``: skip it.
-        skipped: with ``empty="skip"``, receives ``(id, line)`` of each skipped record; without it, a
-            :class:`~mechir_nig.errors.DataWarning` says how many were skipped.
-        only: yield only the records whose id is in this set (a lazy lookup of a few ids in a large
-            file): other lines are checked for an id and a tab, but their texts are not parsed, and
-            duplicate and empty checks cover the requested ids only, so memory stays ``O(len(only))``.
-        source: the numbered lines ``(line, text)`` to parse instead of reading ``path`` (an
-            :class:`~mechir_nig.data.formats.offsets.OffsetIndex` passes the lines it seeked to).
+        empty, skipped, only, source: shared by the text parsers (:mod:`mechir_nig.data.formats`).
         header: whether the first line may be a header (``False`` for lines picked from a file).
 
-    Yields:
-        ``(id, text)`` pairs in file order.
-
     Raises:
-        InputError: for an ``empty`` other than ``"error"`` or ``"skip"``.
         DataError: naming the file and line of a line without a tab, an empty id, a duplicate id, an empty
             text (with ``empty="error"``).
 
