@@ -160,7 +160,7 @@ def test_cli_faithfulness_under_torchrun_equals_one_process(tmp_path, tiny_ce_di
     for folder in ("one", "two"):
         FaithfulnessResult.load(tmp_path / folder / "faithfulness.json")
     integrity = [d.pop("mechir_nig") for d in (one, two)]
-    assert integrity[0]["kind"] == integrity[1]["kind"] == "FaithfulnessResult"
+    assert integrity[0]["type"] == integrity[1]["type"] == "FaithfulnessResult"
     assert_close_tree(two, one)
     run = json.loads((tmp_path / "two" / "run.json").read_text())
     assert len(run["history"]) == 1 and run["summary"]["pairs"] == 4

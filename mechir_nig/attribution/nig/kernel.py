@@ -59,7 +59,7 @@ REDUCE = ("token", "group", "neuron")
 
 
 @contextmanager
-def frozen(model: AttributionModel) -> Iterator[None]:
+def frozen(model: torch.nn.Module | AttributionModel) -> Iterator[None]:
     """Parameters without gradients for the duration (restored afterwards)."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
