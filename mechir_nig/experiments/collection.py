@@ -33,9 +33,10 @@ def rerank_sharded(
 ) -> Run:
     """:func:`~mechir_nig.evaluation.rerank`, with the queries sharded over the ranks of a launch.
 
+    ``model``, ``collection``, ``candidates``, ``batch_size``, ``query_ids`` and ``progress`` are
+    ``rerank``'s (the progress bar on rank 0 only).
+
     Args:
-        model, collection, candidates, batch_size, query_ids, progress: as ``rerank`` (the progress bar
-            on rank 0 only).
         distributed: ``"auto"`` (default): under a ``torchrun`` launch of more than one process the
             queries are sharded over the ranks (:meth:`~mechir_nig.runtime.distributed.Context.map`, each
             query costing the characters of its query and candidate texts), each rank scores its queries'

@@ -345,7 +345,8 @@ def neuron_integrated_gradients(
 
     Args:
         model: a hooked model with the attribution protocol.
-        queries, docs: the pairs.
+        queries: the pairs' queries.
+        docs: the pairs' documents (``queries[i]`` with ``docs[i]``).
         settings: every option in one ``NIGSettings`` (see its attributes).
         **options: or the same options as keywords: ``neuron_integrated_gradients(ce, qs, ds, n_steps=16)``
             is ``neuron_integrated_gradients(ce, qs, ds, settings=NIGSettings(n_steps=16))``; giving both is

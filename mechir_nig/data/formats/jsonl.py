@@ -67,7 +67,10 @@ def read_jsonl(
 
     Args:
         path: the file (``.gz`` is decompressed).
-        empty, skipped, only, source: shared by the text parsers (:mod:`mechir_nig.data.formats`).
+        empty: shared by the text parsers (see :mod:`mechir_nig.data.formats`).
+        skipped: shared by the text parsers (see :mod:`mechir_nig.data.formats`).
+        only: shared by the text parsers (see :mod:`mechir_nig.data.formats`).
+        source: shared by the text parsers (see :mod:`mechir_nig.data.formats`).
 
     Raises:
         DataError: naming the file and line of invalid JSON, a line that is not an object, a key repeated

@@ -115,7 +115,9 @@ def read_trec_docs(
 
     Args:
         path: the file (``.gz`` is decompressed).
-        empty, skipped, only: shared by the text parsers (:mod:`mechir_nig.data.formats`).
+        empty: shared by the text parsers (see :mod:`mechir_nig.data.formats`).
+        skipped: shared by the text parsers (see :mod:`mechir_nig.data.formats`).
+        only: shared by the text parsers (see :mod:`mechir_nig.data.formats`).
 
     Raises:
         DataError: naming the file and line of text outside ``<DOC>``, a ``<DOC>`` without
@@ -182,7 +184,8 @@ def read_trec_topics(
     Args:
         path: the file (``.gz`` is decompressed).
         field: which field is the query text: ``"title"`` (default), ``"desc"`` or ``"narr"``.
-        empty, skipped: shared by the text parsers (:mod:`mechir_nig.data.formats`).
+        empty: shared by the text parsers (see :mod:`mechir_nig.data.formats`).
+        skipped: shared by the text parsers (see :mod:`mechir_nig.data.formats`).
 
     Raises:
         InputError: for an unknown ``field``.

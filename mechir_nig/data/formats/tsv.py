@@ -62,7 +62,10 @@ def read_tsv(
 
     Args:
         path: the file (``.gz`` is decompressed).
-        empty, skipped, only, source: shared by the text parsers (:mod:`mechir_nig.data.formats`).
+        empty: shared by the text parsers (see :mod:`mechir_nig.data.formats`).
+        skipped: shared by the text parsers (see :mod:`mechir_nig.data.formats`).
+        only: shared by the text parsers (see :mod:`mechir_nig.data.formats`).
+        source: shared by the text parsers (see :mod:`mechir_nig.data.formats`).
         header: whether the first line may be a header (``False`` for lines picked from a file).
 
     Raises:
