@@ -589,11 +589,12 @@ def site_summaries(result: Any) -> list[tuple[str, str, str]]:
     for site in result.sites:
         v = torch.nan_to_num(result[site].double())
         kind = SITES.get(site, ("", ""))[1]
-        if site == "neuron_set":
+        if site.endswith("_set"):
             mean = v.mean(0)
             top = mean.abs().topk(min(5, mean.numel())).indices.tolist()
+            letter = {"neuron_set": "N", "head_set": "H"}.get(site, "P")
             cells = ", ".join(
-                f"L{result.members[j][0]}N{result.members[j][1]} {float(mean[j]):+.3f}" for j in top
+                f"L{result.members[j][0]}{letter}{result.members[j][1]} {float(mean[j]):+.3f}" for j in top
             )
             out.append((site, "largest mean effect (members)", cells))
         elif kind in ("pos", "head_pos") and result.changed is not None:

@@ -279,3 +279,93 @@ def test_bi_encoder_patches_the_document_side(minilm_be):
         torch.testing.assert_close(res.patched[site], ref, atol=1e-5, rtol=0)
     with pytest.raises(InputError, match="query_embeddings"):
         patch(minilm_be, al.clean, al.perturbed)
+
+
+def _head_set(model, members):
+    from mechir_nig.sets import ComponentSet
+
+    return ComponentSet(members, kind="head", n_layers=model.cfg.n_layers, width=model.cfg.n_heads)
+
+
+def test_head_set_member_equals_the_heads_site(tiny_ce, aligned):
+    hs = _head_set(tiny_ce, [(0, 1), (1, 0), (1, tiny_ce.cfg.n_heads - 1)])
+    res = patch(tiny_ce, aligned, sites=[hs, "heads"], metric="raw")
+    assert res.members == sorted(hs) and res["head_set"].shape == (len(aligned), len(hs))
+    expect = torch.stack([res.patched["heads"][:, lyr, h] for lyr, h in hs], 1)
+    torch.testing.assert_close(res.patched["head_set"], expect, atol=1e-6, rtol=0)
+    torch.testing.assert_close(res["head_set"], res.raw("head_set"), atol=0, rtol=0)
+
+
+def test_position_set_member_equals_the_resid_pre_site(tiny_ce, aligned):
+    from mechir_nig.sets import ComponentSet
+
+    n_pos = aligned.clean.input_ids.shape[1]
+    members = [(0, 0), (0, n_pos - 1), (1, 2), (1, 5)]
+    ps = ComponentSet(members, kind="resid_pre", n_layers=tiny_ce.cfg.n_layers, width=n_pos)
+    for direction in ("denoise", "noise"):
+        res = patch(tiny_ce, aligned, sites=[ps, "resid_pre"], metric="raw", direction=direction)
+        assert res.members == sorted(ps) and res["resid_pre_set"].shape == (len(aligned), len(ps))
+        expect = torch.stack([res.patched["resid_pre"][:, lyr, p] for lyr, p in ps], 1)
+        torch.testing.assert_close(res.patched["resid_pre_set"], expect, atol=1e-6, rtol=0)
+    # an attn_out position set names its key after its site
+    ao = ComponentSet([(1, 2)], kind="attn_out", n_layers=tiny_ce.cfg.n_layers, width=n_pos)
+    res = patch(tiny_ce, aligned, sites=[ao, "attn_out"], metric="raw", joint=True)
+    torch.testing.assert_close(
+        res.patched["attn_out_set"][:, 0], res.patched["attn_out"][:, 1, 2], atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        res.patched["attn_out_set_joint"], res.patched["attn_out_set"][:, 0], atol=1e-6, rtol=0
+    )
+
+
+def test_joint_head_set_equals_hand_hooks(tiny_ce, aligned):
+    hs = _head_set(tiny_ce, [(0, 1), (1, 0), (1, tiny_ce.cfg.n_heads - 1)])
+    res = patch(tiny_ce, aligned, sites=hs, joint=True, metric="raw")
+    assert res.patched["head_set_joint"].shape == (len(aligned),)
+    base, source = aligned.perturbed, aligned.clean
+    names = {f"blocks.{lyr}.attn.hook_z" for lyr, _ in hs}
+    _, cache = tiny_ce.run_with_cache(source, names_filter=lambda n: n in names)
+    expected = []
+    for b in range(len(base)):
+        row = base.select([b])
+        n = row.input_ids.shape[1]
+
+        def hook(act, hook, b=b, n=n):
+            act = act.clone()
+            for lyr, h in hs:
+                if hook.name == f"blocks.{lyr}.attn.hook_z":
+                    act[0, :, h] = cache[hook.name][b, :n, h]
+            return act
+
+        expected.append(tiny_ce.run_with_hooks(row, fwd_hooks=[(nm, hook) for nm in names])[0])
+    torch.testing.assert_close(res.patched["head_set_joint"], torch.stack(expected), atol=1e-5, rtol=0)
+
+
+def test_one_component_set_goes_to_ablate_and_patch(tiny_ce, aligned, tmp_path):
+    from mechir_nig.interventions.ablation import ablate
+    from mechir_nig.plotting.patching import patching_heatmap
+    from mechir_nig.report import site_summaries
+    from mechir_nig.sets import ComponentSet
+
+    n_pos = aligned.clean.input_ids.shape[1]
+    batch = aligned.clean
+    sets = [
+        _head_set(tiny_ce, [(0, 1), (1, 0)]),
+        ComponentSet([(1, 2)], kind="resid_pre", n_layers=tiny_ce.cfg.n_layers, width=n_pos),
+    ]
+    for s in sets:
+        with ablate(tiny_ce, s, mode="zero"):
+            assert tiny_ce(batch).shape == (len(batch),)
+        res = patch(tiny_ce, aligned, sites=s, joint=True)
+        key = "head_set" if s.kind == "head" else "resid_pre_set"
+        assert set(res.sites) == {key, f"{key}_joint"}
+        res.save(tmp_path / f"{key}.safetensors")
+        back = PatchingResult.load(tmp_path / f"{key}.safetensors")
+        assert back.members == res.members and torch.equal(back.patched[key], res.patched[key])
+        assert len(patching_heatmap(back, key).data[0].y) == len(s)
+        assert [row[0] for row in site_summaries(back)] == [key]
+    with pytest.raises(InputError, match="one set per call"):
+        patch(tiny_ce, aligned, sites=sets)
+    wide = ComponentSet([(0, 0)], kind="head", n_layers=tiny_ce.cfg.n_layers, width=tiny_ce.cfg.n_heads + 1)
+    with pytest.raises(InputError, match="select the set on this model"):
+        patch(tiny_ce, aligned, sites=wide)

@@ -28,12 +28,19 @@ heads         ``attn.hook_z``             one head, all positions   ``[batch, la
 head_pos      ``attn.hook_z``             one head at one position  ``[batch, layer, n_heads, pos]``
 neurons       ``mlp.hook_post``           one neuron, all positions ``[batch, layer, d_mlp]``
 neuron_set    ``mlp.hook_post``           one member neuron         ``[batch, n_members]`` (set order)
-(joint=True)  ``mlp.hook_post``           every member at once      ``values["neuron_set_joint"]``
+head_set      ``attn.hook_z``             one member head, all pos  ``[batch, n_members]`` (set order)
+<site>_set    ``hook_<site>``             one member position       ``[batch, n_members]`` (set order)
+(joint=True)  the set's hook              every member at once      ``values["<key>_joint"]``
                                                                   ``[batch]``
 ============  ==========================  ========================  ==================================
 
-(a ``NeuronSet`` passed in ``sites`` is the ``neuron_set`` site: its members, one at a time; with
-``joint=True`` also all of them together.)
+A :class:`~mechir_nig.sets.ComponentSet` passed in ``sites`` (the same object ``ablate`` takes) is patched
+member by member: a ``NeuronSet`` (kind ``mlp``) is the ``neuron_set`` site, a head set (kind
+``head``/``z``) the ``head_set`` site (a member is the ``heads`` patch of that ``(layer, head)``), a
+position set of a residual site (kind ``resid_pre``, ``attn_out``, ``mlp_out`` ...) the ``<kind>_set``
+site, e.g. ``resid_pre_set`` (a member ``(layer, position)`` is the ``resid_pre`` patch there);
+``result.members`` lists the members in ``values``' order. With ``joint=True`` also all of them together
+(``values["<key>_joint"]``, e.g. ``neuron_set_joint``, ``head_set_joint``). One set per call.
 
 How it is computed: both runs are cached once. Every patched run starts at the patched layer from the
 base run's cached ``resid_pre`` (``start_at_layer``), so the layers below are never recomputed; the
@@ -68,10 +75,10 @@ from mechir_nig.models.precision import check_finite
 from mechir_nig.models.protocol import HookedModel
 from mechir_nig.models.tokenization import PairBatch, TextBatch
 from mechir_nig.results import Result
-from mechir_nig.sites import hook_name
+from mechir_nig.sites import hook_name, unit_width
 from mechir_nig.sites import site as site_named
 
-__all__ = ["DIRECTIONS", "METRICS", "SITES", "NoScoreChangeWarning", "PatchingResult", "patch"]
+__all__ = ["DIRECTIONS", "METRICS", "SITES", "NoScoreChangeWarning", "PatchingResult", "patch", "set_key"]
 
 _INDEX = {
     "resid_pre": "pos",
@@ -132,7 +139,7 @@ class PatchingResult(Result):
     changed: Bool[Tensor, "batch pos"] | None = None
     clean_tokens: list[list[str]] = field(default_factory=list)
     corrupted_tokens: list[list[str]] = field(default_factory=list)
-    members: list[tuple[int, int]] = field(default_factory=list)  # neuron_set members, in values' order
+    members: list[tuple[int, int]] = field(default_factory=list)  # the set site's members, values' order
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, site: str) -> Float[Tensor, "batch *index"]:
@@ -226,38 +233,77 @@ def _recovery(patched: Tensor, base: Tensor, source: Tensor, eps: float) -> Tens
     return out.masked_fill(_bcast(flat, patched), float("nan"))
 
 
+def set_key(kind: str) -> str:
+    """The ``values`` key of a component set of ``kind`` patched member by member.
+
+    Example:
+        >>> set_key("mlp"), set_key("head"), set_key("resid_pre")
+        ('neuron_set', 'head_set', 'resid_pre_set')
+    """
+    s = site_named(kind)
+    return {"mlp_post": "neuron_set", "z": "head_set"}.get(s.name, f"{s.name}_set")
+
+
+_UNIT_INDEX = {"position": "pos", "head": "head", "neuron": "neuron"}
+
+
+def _set_site(nset: Any) -> tuple[str, str, str]:
+    """A component set's (site name, hook template, patch index kind)."""
+    s = site_named(nset.kind)
+    return s.name, s.template, _UNIT_INDEX[s.unit]
+
+
+def _site_info(site: str, nset: Any) -> tuple[str, str, str]:
+    """(site name, hook template, patch index kind) of an entry of ``_check_sites``."""
+    if nset is not None:
+        return _set_site(nset)
+    return _SITE_OF[site], *SITES[site]
+
+
 # -- validation ------------------------------------------------------------------------------------------
 def _check_sites(model: HookedModel, sites: Any) -> list[tuple[str, Any]]:
     from mechir_nig.sets.components import ComponentSet
 
     items = [sites] if isinstance(sites, str | ComponentSet) else sites
     if isinstance(items, str | bytes) or not isinstance(items, Sequence) or not items:
-        raise InputError(f"sites must be a site name, a NeuronSet or a non-empty list of them, got {sites!r}")
+        raise InputError(
+            f"sites must be a site name, a ComponentSet or a non-empty list of them, got {sites!r}"
+        )
     out: list[tuple[str, Any]] = []
     names = [s for s in SITES if s != "neuron_set"]
     cfg = model.cfg
     for s in items:
         if isinstance(s, ComponentSet):
-            if s.kind != "mlp":
-                raise InputError(
-                    f"a {s.kind} set cannot be patched as neurons; patch heads with sites='heads'"
-                )
-            if s.universe != (cfg.n_layers, cfg.d_mlp):
-                raise InputError(
-                    f"the NeuronSet is for a model with n_layers x d_mlp = {s.universe[0]} x {s.universe[1]}; "
-                    f"this model has {cfg.n_layers} x {cfg.d_mlp}: select the set on this model"
-                )
-            if not len(s):
-                raise InputError("the NeuronSet is empty; give at least one neuron")
-            out.append(("neuron_set", s))
+            out.append((set_key(s.kind), _check_set(s, cfg)))
         elif s in names:
             out.append((s, None))
         else:
-            raise InputError(f"unknown site {s!r}; sites are {names} or a NeuronSet")
+            raise InputError(f"unknown site {s!r}; sites are {names} or a ComponentSet")
     keys = [k for k, _ in out]
     if len(set(keys)) != len(keys):
-        raise InputError(f"sites {keys} repeat a site; list each once (one NeuronSet at most)")
+        raise InputError(f"sites {keys} repeat a site; list each once")
+    if sum(nset is not None for _, nset in out) > 1:
+        raise InputError(f"sites {keys} hold more than one ComponentSet; patch one set per call")
     return out
+
+
+def _check_set(s: Any, cfg: Any) -> Any:
+    """A component set that this model can patch (its site has a patch index; its universe fits)."""
+    what = "NeuronSet" if s.kind == "mlp" else f"{s.kind} set"
+    if site_named(s.kind).unit not in _UNIT_INDEX:
+        raise InputError(
+            f"a {s.kind} set cannot be patched member by member; use a neuron, head or residual-site set"
+        )
+    width = unit_width(s.kind, cfg)
+    if s.universe[0] != cfg.n_layers or (width is not None and s.universe[1] != width):
+        raise InputError(
+            f"the {what} is for a model with n_layers x {site_named(s.kind).width or 'n_pos'} = "
+            f"{s.universe[0]} x {s.universe[1]}; this model has {cfg.n_layers} x "
+            f"{width if width is not None else 'n_pos'}: select the set on this model"
+        )
+    if not len(s):
+        raise InputError(f"the {what} is empty; give at least one member")
+    return s
 
 
 def _check_batches(
@@ -301,20 +347,24 @@ def _check_batches(
 # -- the sweep -------------------------------------------------------------------------------------------
 def _grid(kind: str, base: Tensor, src: Tensor | None, mask: Tensor, members: Tensor | None) -> Tensor:
     """Which patch indices can change the result: ``[batch, *index]`` bool (``src=None``: all indices
-    at positions attended in the base run)."""
+    at positions attended in the base run); with ``members`` (a set's units of this layer), ``[batch,
+    n_members]``."""
     m = mask.bool()
     if src is None:
         src = base + 1  # differs everywhere
     if kind == "pos":
-        return m & (base != src).any(-1)
-    if kind == "head":
-        return ((base != src).any(-1) & m[:, :, None]).any(1)  # [batch, n_heads]
-    if kind == "head_pos":
+        g = m & (base != src).any(-1)
+    elif kind == "head":
+        g = ((base != src).any(-1) & m[:, :, None]).any(1)  # [batch, n_heads]
+    elif kind == "head_pos":
         return ((base != src).any(-1) & m[:, :, None]).transpose(1, 2)  # [batch, n_heads, pos]
-    diff = (base != src) & m[:, :, None]  # neurons: [batch, pos, d_mlp]
-    if members is not None:
-        diff = diff[:, :, members]
-    return diff.any(1)
+    else:
+        g = ((base != src) & m[:, :, None]).any(1)  # neurons: [batch, d_mlp]
+    if members is None:
+        return g
+    if kind == "pos" and int(members.max()) >= g.shape[1]:  # member positions past these pairs: skipped
+        g = torch.nn.functional.pad(g, (0, int(members.max()) + 1 - g.shape[1]))
+    return g[:, members]
 
 
 def _patch_mask(kind: str, rows: Tensor, n_pos: int, width: int, members: Tensor | None) -> Tensor:
@@ -323,7 +373,7 @@ def _patch_mask(kind: str, rows: Tensor, n_pos: int, width: int, members: Tensor
     r = torch.arange(rows.shape[0], device=rows.device)
     if kind == "pos":
         m = torch.zeros(rows.shape[0], n_pos, 1, dtype=torch.bool, device=rows.device)
-        m[r, rows[:, 1], 0] = True
+        m[r, rows[:, 1] if members is None else members[rows[:, 1]], 0] = True
     elif kind == "head_pos":
         m = torch.zeros(rows.shape[0], n_pos, width, dtype=torch.bool, device=rows.device)
         m[r, rows[:, 2], rows[:, 1]] = True
@@ -362,8 +412,10 @@ def patch(
         clean: an :class:`~mechir_nig.interventions.perturb.Alignment`, or the clean ``PairBatch``
             (``TextBatch`` of documents for a bi-encoder).
         corrupted: the corrupted batch of the same ``[batch, pos]`` (with a batch ``clean``).
-        sites: a site name, a ``NeuronSet`` or a list of them (``resid_pre``, ``attn_out``, ``mlp_out``,
-            ``heads``, ``head_pos``, ``neurons``).
+        sites: a site name, a ``ComponentSet`` or a list of them (``resid_pre``, ``attn_out``,
+            ``mlp_out``, ``heads``, ``head_pos``, ``neurons``; a set, e.g. a ``NeuronSet``, a head set or a
+            ``resid_pre`` position set, is patched member by member: ``neuron_set``, ``head_set``,
+            ``resid_pre_set``, one set per call).
         direction: ``"denoise"`` (run corrupted, patch in clean) or ``"noise"`` (run clean, patch in
             corrupted).
         metric: ``"recovery"`` (normalised, NaN where the score does not move) or ``"raw"``
@@ -376,15 +428,16 @@ def patch(
             batch (an Alignment carries them).
         skip_unchanged: give indices whose source and base activations are equal the base score
             without running them (exact); ``False`` runs them too (a check of the patched runs).
-        joint: with a ``NeuronSet`` in ``sites``, also patch **all** its members (in ``layers``) at
-            once, at every position: ``values["neuron_set_joint"]`` ``[batch]`` (how much of the
-            perturbation's effect the set carries together; one run from its lowest layer).
+        joint: with a ``ComponentSet`` in ``sites``, also patch **all** its members (in ``layers``) at
+            once (neurons and heads at every position): ``values["<key>_joint"]`` ``[batch]``, e.g.
+            ``neuron_set_joint`` (how much of the perturbation's effect the set carries together; one
+            run from its lowest layer).
     Returns:
         A :class:`PatchingResult`.
 
     Raises:
-        InputError: mismatched batches, an unknown site or direction, layers out of range, a NeuronSet
-            of another model's shape, a bad ``chunk_size``.
+        InputError: mismatched batches, an unknown site or direction, layers out of range, a set of
+            another model's shape or more than one set, a bad ``chunk_size``.
 
     Example:
         >>> al = align(ce, queries, docs, tfc1)  # doctest: +SKIP
@@ -441,8 +494,8 @@ def _prepare(
     if not isinstance(eps, int | float) or eps < 0:
         raise InputError(f"eps must be a number >= 0, got {eps!r}")
     site_list = _check_sites(model, sites)
-    if joint and not any(s == "neuron_set" for s, _ in site_list):
-        raise InputError("joint=True patches a NeuronSet's members together: put a NeuronSet in sites")
+    if joint and all(nset is None for _, nset in site_list):
+        raise InputError("joint=True patches a set's members together: put a ComponentSet in sites")
     layer_list = list(check_layers(layers, model.cfg.n_layers))
     clean_b, corr_b, al, q_emb = _check_batches(model, clean, corrupted, query_embeddings)
 
@@ -556,20 +609,20 @@ class _Patching:
             changed=None if al is None else al.changed.cpu(),
             clean_tokens=[] if al is None else al.clean_tokens,
             corrupted_tokens=[] if al is None else al.perturbed_tokens,
-            members=self.members if any(s == "neuron_set" for s, _ in self.site_list) else [],
+            members=self.members if any(nset is not None for _, nset in self.site_list) else [],
         )
 
 
 def _members(
     model: HookedModel, site_list: list[tuple[str, Any]], layer_list: list[int]
 ) -> tuple[list[tuple[int, int]], dict[int, Tensor]]:
-    """A NeuronSet site's members in ``layer_list`` (values' order) and their neuron indices per layer."""
-    for _site, nset in site_list:
+    """A set site's members in ``layer_list`` (values' order) and their unit indices per layer."""
+    for site, nset in site_list:
         if nset is None:
             continue
         members = [m for m in nset if m[0] in layer_list]
         if not members:
-            raise InputError(f"the NeuronSet has no neuron in layers {layer_list}; pass layers=None")
+            raise InputError(f"the {site} has no member in layers {layer_list}; pass layers=None")
         member_idx = {
             layer: torch.tensor([n for lyr, n in members if lyr == layer], device=model.device)
             for layer in sorted({m[0] for m in members})
@@ -598,7 +651,7 @@ def _sweep(
             return out
         return (out * (q_emb if rows is None else q_emb[rows])).sum(-1)
 
-    hook_names = {SITES[s][0].format(layer=layer) for s, _ in site_list for layer in layer_list}
+    hook_names = {_site_info(s, ns)[1].format(layer=layer) for s, ns in site_list for layer in layer_list}
     resid_names = {hook_name("resid_pre", layer) for layer in layer_list}
     base_out, base_cache = model.run_with_cache(
         base, names_filter=lambda n: n in hook_names | resid_names, return_cache_object=False
@@ -612,8 +665,16 @@ def _sweep(
     n_members = sum(len(v) for v in member_idx.values())
     patched: dict[str, Tensor] = {}
     for site, nset in site_list:
-        template, kind = SITES[site]
-        out = _empty(site, kind, model.cfg, len(base), len(layer_list), n_pos, n_members, base_scores)
+        site_name, template, kind = _site_info(site, nset)
+        out = _empty(
+            "set" if nset is not None else kind,
+            model.cfg,
+            len(base),
+            len(layer_list),
+            n_pos,
+            n_members,
+            base_scores,
+        )
         offset = 0
         for li, layer in enumerate(layer_list):
             if nset is not None and layer not in member_idx:
@@ -631,7 +692,7 @@ def _sweep(
                 b = r[:, 0]
                 span = int(spans[b].max())
                 mask = _patch_mask(kind, r, span, width, mem)
-                writer = Intervention(_SITE_OF[site], layer, Source(source_cache, b), mask=mask)
+                writer = Intervention(site_name, layer, Source(source_cache, b), mask=mask)
                 scores = model.run_with_hooks(
                     None,
                     base.token_type_ids[b, :span],
@@ -649,9 +710,12 @@ def _sweep(
                 offset += len(mem)
         patched[site] = out.cpu()
         if nset is not None and joint:
-            patched["neuron_set_joint"] = _patch_jointly(
-                model, base, base_cache, source_cache, member_idx, score
-            ).cpu()
+            inside = _within(kind, member_idx, n_pos)  # no member inside these pairs: the base score
+            patched[f"{site}_joint"] = (
+                _patch_jointly(model, base, base_cache, source_cache, site_name, inside, score).cpu()
+                if inside
+                else base_scores.float().cpu().clone()
+            )
     return base_scores.float().cpu(), source_scores.float().cpu(), patched
 
 
@@ -676,16 +740,16 @@ def _assemble(
     patched: dict[str, Tensor] = {}
     keys: list[tuple[str, str]] = []  # in the order one process fills them (the joint run after its set)
     for site, nset in site_list:
-        keys.append((site, SITES[site][1]))
+        keys.append((site, SITES[site][1] if nset is None else "set"))
         if nset is not None:
-            keys.append(("neuron_set_joint", "joint"))
+            keys.append((f"{site}_joint", "joint"))
     for key, kind in keys:
         if not any(part is not None and key in part[2] for _, part in parts):
             continue
         full = (
             base_scores.clone()
             if kind == "joint"
-            else _empty(key, kind, cfg, n_batch, n_layer, n_pos, n_members, base_scores)
+            else _empty(kind, cfg, n_batch, n_layer, n_pos, n_members, base_scores)
         )
         for idx, part in parts:
             if part is None:
@@ -699,21 +763,29 @@ def _assemble(
     return base_scores, source_scores, patched
 
 
+def _within(kind: str, member_idx: dict[int, Tensor], n_pos: int) -> dict[int, Tensor]:
+    """A position set's members inside these pairs' ``n_pos`` positions (other kinds: all of them)."""
+    if kind != "pos":
+        return member_idx
+    kept = {layer: idx[idx < n_pos] for layer, idx in member_idx.items()}
+    return {layer: idx for layer, idx in kept.items() if len(idx)}
+
+
 def _patch_jointly(
     model: HookedModel,
     base: Any,
     base_cache: dict[str, Tensor],
     source_cache: dict[str, Tensor],
+    site_name: str,
     member_idx: dict[int, Tensor],
     score: Callable[..., Tensor],
 ) -> Float[Tensor, " batch"]:
-    """Scores of the base run with every member neuron set to its source activation at every position,
-    started at the set's lowest layer from the base run's cached residual stream."""
+    """Scores of the base run with every member (a neuron or head at every position, or a position) set
+    to its source activation at site ``site_name``, started at the set's lowest layer from the base run's
+    cached residual stream."""
     first = min(member_idx)
     source = Source(source_cache)
-    writers = [
-        Intervention("mlp_post", layer, source, units=idx) for layer, idx in sorted(member_idx.items())
-    ]
+    writers = [Intervention(site_name, layer, source, units=idx) for layer, idx in sorted(member_idx.items())]
     out = model.run_with_hooks(
         None,
         base.token_type_ids,
@@ -726,10 +798,11 @@ def _patch_jointly(
 
 
 def _empty(
-    site: str, kind: str, cfg: Any, n_batch: int, n_layer: int, n_pos: int, n_members: int, base: Tensor
+    kind: str, cfg: Any, n_batch: int, n_layer: int, n_pos: int, n_members: int, base: Tensor
 ) -> Tensor:
-    """Patched scores initialised to the base score (what a skipped patch gets)."""
-    if site == "neuron_set":
+    """Patched scores initialised to the base score (what a skipped patch gets; ``kind="set"``: a set's
+    ``[batch, n_members]``)."""
+    if kind == "set":
         shape: tuple[int, ...] = (n_batch, n_members)
     elif kind == "pos":
         shape = (n_batch, n_layer, n_pos)

@@ -7,7 +7,8 @@ resid_pre, attn_out, mlp_out   heatmap layer x position, token labels      one p
 heads                          heatmap layer x head                        one pair or the mean
 neurons                        heatmap layer x neuron                      one pair or the mean
 head_pos                       heatmap (layer, head) x position            one pair (positions)
-neuron_set                     bars, one per member neuron                 one pair or the mean
+neuron_set, head_set           bars, one per member neuron or head         one pair or the mean
+resid_pre_set, <site>_set      bars, one per member (layer, position)      one pair or the mean
 =============================  ==========================================  ========================
 
 The value is the result's metric (the recovery ``(patched − base) / (source − base)``, or ``patched −
@@ -45,6 +46,9 @@ from mechir_nig.plotting._common import (
 )
 
 __all__ = ["patching_heatmap"]
+
+_SET_UNIT = {"neuron_set": ("neuron", "N"), "head_set": ("head", "H")}
+"""Set site -> (unit, label letter) of its members; the other sets hold positions (``P``)."""
 
 
 def _positions(result: PatchingResult, i: int) -> tuple[list[int], list[str], list[str]]:
@@ -98,7 +102,8 @@ def patching_heatmap(
         position sites: ``fig.data[0].z`` ``[layer, pos]`` = ``result[site][pair, layers, :n]`` (``n``:
         the pair's aligned length), ``x`` = positions, ``text`` = the tokens;
         ``heads`` / ``neurons``: ``z`` ``[layer, n_heads | d_mlp]``; ``head_pos``: ``z``
-        ``[layer * n_heads, pos]`` (rows ``L{l} H{h}``); ``neuron_set``: ``fig.data[0].y`` ``[n_members]``.
+        ``[layer * n_heads, pos]`` (rows ``L{l} H{h}``); a set site (``neuron_set``, ``head_set``, ``resid_pre_set`` ...): ``fig.data[0].y``
+        ``[n_members]``.
 
     Returns:
         A ``plotly.graph_objects.Figure`` (hover: layer, index, tokens, value).
@@ -109,24 +114,25 @@ def patching_heatmap(
     need(result, PatchingResult, "result", "draw the output of interventions.patch")
     site = result.sites[0] if site is None else site
     values = result[site]  # raises for a site the result does not hold
-    kind = SITES[site][1]
+    kind = SITES[site][1] if site in SITES else ""
     metric = "recovery" if result.metric == "recovery" else "patched − base"
     n = len(result)
     what = f"{site} patching ({result.direction}, {result.metric})"
-    if site == "neuron_set":
+    if site.endswith("_set"):
         v, which = _reduce_pairs(values, pair, n)
         if layers is not None:
-            raise InputError("layers= does not apply to site 'neuron_set' (its members name their layers)")
+            raise InputError(f"layers= does not apply to site {site!r} (its members name their layers)")
+        unit, letter = _SET_UNIT.get(site, ("position", "P"))
         fig = go.Figure(
             go.Bar(
-                x=[f"L{layer} N{neuron}" for layer, neuron in result.members],
+                x=[f"L{layer} {letter}{index}" for layer, index in result.members],
                 y=as_numpy(v),
                 customdata=np.asarray(result.members, dtype=np.int64).reshape(-1, 2),
                 marker_color=[color("sign_positive" if x >= 0 else "sign_negative") for x in v.tolist()],
-                hovertemplate=f"layer %{{customdata[0]}}<br>neuron %{{customdata[1]}}<br>{metric} %{{y:.4g}}<extra></extra>",
+                hovertemplate=f"layer %{{customdata[0]}}<br>{unit} %{{customdata[1]}}<br>{metric} %{{y:.4g}}<extra></extra>",
             )
         )
-        fig.update_xaxes(type="category", title_text="neuron of the set")
+        fig.update_xaxes(type="category", title_text=f"{unit} of the set")
         fig.update_yaxes(title_text=metric)
         return finish(fig, title or f"{what} — {which}", height=420)
     rows, layer_ids = layer_rows(layers, result.layers)
