@@ -19,6 +19,27 @@ PAIRS_Q = QUERIES[:3]
 PAIRS_D = DOCS[:3]
 
 
+def _joint_by_hand(model, base, source, template, members):
+    """Scores ``[batch]`` of ``base``, one pair at a time, with every member ``(layer, unit)`` of hook
+    ``template.format(layer)`` (unit on axis 2) set to ``source``'s activation: joint patching by hand."""
+    names = {template.format(lyr) for lyr, _ in members}
+    _, cache = model.run_with_cache(source, names_filter=lambda n: n in names)
+    expected = []
+    for b in range(len(base)):
+        row = base.select([b])
+        n = row.input_ids.shape[1]
+
+        def hook(act, hook, b=b, n=n):
+            act = act.clone()
+            for lyr, unit in members:
+                if hook.name == template.format(lyr):
+                    act[0, :, unit] = cache[hook.name][b, :n, unit]
+            return act
+
+        expected.append(model.run_with_hooks(row, fwd_hooks=[(nm, hook) for nm in names])[0])
+    return torch.stack(expected)
+
+
 def _edit(q: str, d: str) -> str:
     if q.startswith("what"):
         return perturb.tfc1(q, d, where="start")
@@ -119,23 +140,7 @@ def test_joint_set_patch_equals_hand_hooks(tiny_ce, aligned):
     nset = NeuronSet([(0, 3), (1, 0), (1, d - 1), (0, 17)], n_layers=tiny_ce.cfg.n_layers, d_mlp=d)
     res = patch(tiny_ce, aligned, sites=nset, joint=True, direction="noise")
     assert res["neuron_set_joint"].shape == (len(aligned),)
-    base, source = aligned.clean, aligned.perturbed
-    names = {f"blocks.{lyr}.mlp.hook_post" for lyr, _ in nset}
-    _, cache = tiny_ce.run_with_cache(source, names_filter=lambda n: n in names)
-    expected = []
-    for b in range(len(base)):
-        row = base.select([b])
-        n = row.input_ids.shape[1]
-
-        def hook(act, hook, b=b, n=n):
-            act = act.clone()
-            for lyr, k in nset:
-                if hook.name == f"blocks.{lyr}.mlp.hook_post":
-                    act[0, :, k] = cache[hook.name][b, :n, k]
-            return act
-
-        expected.append(tiny_ce.run_with_hooks(row, fwd_hooks=[(nm, hook) for nm in names])[0])
-    expected = torch.stack(expected)
+    expected = _joint_by_hand(tiny_ce, aligned.clean, aligned.perturbed, "blocks.{}.mlp.hook_post", nset)
     torch.testing.assert_close(res.patched["neuron_set_joint"], expected, atol=1e-5, rtol=0)
     rec = (expected - res.clean_scores) / (res.corrupted_scores - res.clean_scores)
     torch.testing.assert_close(res["neuron_set_joint"], rec, atol=1e-4, rtol=0)
@@ -322,23 +327,8 @@ def test_joint_head_set_equals_hand_hooks(tiny_ce, aligned):
     hs = _head_set(tiny_ce, [(0, 1), (1, 0), (1, tiny_ce.cfg.n_heads - 1)])
     res = patch(tiny_ce, aligned, sites=hs, joint=True, metric="raw")
     assert res.patched["head_set_joint"].shape == (len(aligned),)
-    base, source = aligned.perturbed, aligned.clean
-    names = {f"blocks.{lyr}.attn.hook_z" for lyr, _ in hs}
-    _, cache = tiny_ce.run_with_cache(source, names_filter=lambda n: n in names)
-    expected = []
-    for b in range(len(base)):
-        row = base.select([b])
-        n = row.input_ids.shape[1]
-
-        def hook(act, hook, b=b, n=n):
-            act = act.clone()
-            for lyr, h in hs:
-                if hook.name == f"blocks.{lyr}.attn.hook_z":
-                    act[0, :, h] = cache[hook.name][b, :n, h]
-            return act
-
-        expected.append(tiny_ce.run_with_hooks(row, fwd_hooks=[(nm, hook) for nm in names])[0])
-    torch.testing.assert_close(res.patched["head_set_joint"], torch.stack(expected), atol=1e-5, rtol=0)
+    expected = _joint_by_hand(tiny_ce, aligned.perturbed, aligned.clean, "blocks.{}.attn.hook_z", hs)
+    torch.testing.assert_close(res.patched["head_set_joint"], expected, atol=1e-5, rtol=0)
 
 
 def test_one_component_set_goes_to_ablate_and_patch(tiny_ce, aligned, tmp_path):
