@@ -58,7 +58,7 @@ Example:
 
 from __future__ import annotations
 
-import functools
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -68,7 +68,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from mechir_nig._validate import check_layers
+from mechir_nig._validate import check_bool, check_choice, check_int, check_layers
 from mechir_nig.errors import InputError, NoScoreChangeWarning
 from mechir_nig.interventions.engine import Engine, Intervention, Source
 from mechir_nig.models.precision import check_finite
@@ -445,74 +445,48 @@ def patch(
         >>> res["heads"].shape  # [batch, layer, n_heads]  # doctest: +SKIP
         >>> res["neuron_set_joint"]  # [batch]: the recovery of the whole set  # doctest: +SKIP
     """
-    job = _prepare(
-        model,
-        clean,
-        corrupted,
-        sites=sites,
-        direction=direction,
-        metric=metric,
-        layers=layers,
-        chunk_size=chunk_size,
-        eps=eps,
-        skip_unchanged=skip_unchanged,
-        query_embeddings=query_embeddings,
-        joint=joint,
-    )
+    job = _prepare(**locals())  # the first statement: locals() are exactly patch's arguments
     return job.result(*job.sweep(job.base, job.source, job.q_emb))
 
 
-def _prepare(
-    model: HookedModel,
-    clean: Any,
-    corrupted: PairBatch | TextBatch | None = None,
-    *,
-    sites: Any = ("resid_pre",),
-    direction: str = "denoise",
-    metric: str = "recovery",
-    layers: Sequence[int] | None = None,
-    chunk_size: int | None = None,
-    eps: float = 1e-6,
-    skip_unchanged: bool = True,
-    query_embeddings: Tensor | None = None,
-    joint: bool = False,
-) -> _Patching:
-    """:func:`patch`'s arguments checked (same keywords, same errors): the base and source runs and the
-    sweep that patches them."""
-    if direction not in DIRECTIONS:
-        raise InputError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    if metric not in METRICS:
-        raise InputError(f"metric must be one of {METRICS}, got {metric!r}")
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise InputError(f"chunk_size must be an integer >= 1 or None, got {chunk_size!r}")
-    if not isinstance(skip_unchanged, bool):
-        raise InputError(f"skip_unchanged must be True or False, got {skip_unchanged!r}")
-    if not isinstance(joint, bool):
-        raise InputError(f"joint must be True or False, got {joint!r}")
+def _prepare(model: HookedModel, clean: Any, corrupted: Any = None, **options: Any) -> _Patching:
+    """:func:`patch`'s arguments checked (its keywords and defaults, bound to its signature; the same
+    errors): the base and source runs and the sweep that patches them."""
+    bound = inspect.signature(patch).bind(model, clean, corrupted, **options)
+    bound.apply_defaults()
+    a = bound.arguments
+    sites, direction, metric, eps = a["sites"], a["direction"], a["metric"], a["eps"]
+    check_choice(direction, "direction", DIRECTIONS)
+    check_choice(metric, "metric", METRICS)
+    chunk_size = check_int(a["chunk_size"], "chunk_size", minimum=1, allow_none=True)
+    skip_unchanged = check_bool(a["skip_unchanged"], "skip_unchanged")
+    joint = check_bool(a["joint"], "joint")
     if not isinstance(eps, int | float) or eps < 0:
         raise InputError(f"eps must be a number >= 0, got {eps!r}")
     site_list = _check_sites(model, sites)
     if joint and all(nset is None for _, nset in site_list):
         raise InputError("joint=True patches a set's members together: put a ComponentSet in sites")
-    layer_list = list(check_layers(layers, model.cfg.n_layers))
-    clean_b, corr_b, al, q_emb = _check_batches(model, clean, corrupted, query_embeddings)
+    layer_list = check_layers(a["layers"], model.cfg.n_layers)
+    clean_b, corr_b, al, q_emb = _check_batches(model, clean, corrupted, a["query_embeddings"])
 
     base, source = (corr_b, clean_b) if direction == "denoise" else (clean_b, corr_b)
     members, member_idx = _members(model, site_list, layer_list)
-    sweep = functools.partial(
-        _sweep,
-        model,
-        site_list=site_list,
-        layer_list=layer_list,
-        member_idx=member_idx,
-        chunk_size=chunk_size,
-        skip_unchanged=skip_unchanged,
-        joint=joint,
-    )
     return _Patching(
-        model, base, source, q_emb, al, site_list, layer_list, members, sweep, direction, metric, eps
+        model,
+        base,
+        source,
+        q_emb,
+        al,
+        site_list,
+        layer_list,
+        members,
+        member_idx,
+        direction,
+        metric,
+        float(eps),
+        chunk_size,
+        skip_unchanged,
+        joint,
     )
 
 
@@ -533,10 +507,18 @@ class _Patching:
     site_list: list[tuple[str, Any]]
     layer_list: list[int]
     members: list[tuple[int, int]]
-    sweep: Callable[..., tuple[Tensor, Tensor, dict[str, Tensor]]]
+    member_idx: dict[int, Tensor]
     direction: str
     metric: str
     eps: float
+    chunk_size: int | None
+    skip_unchanged: bool
+    joint: bool
+
+    def sweep(self, base: Any, source: Any, q_emb: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Base and source scores ``[batch]`` and the patched scores per site (on the CPU) of these pairs."""
+        keys = ("site_list", "layer_list", "member_idx", "chunk_size", "skip_unchanged", "joint")
+        return _sweep(self.model, base, source, q_emb, **{k: getattr(self, k) for k in keys})
 
     def sweep_rows(self, rows: list[int]) -> list[tuple[Tensor, Tensor, dict[str, Tensor]]]:
         """The sweep of the pairs ``rows`` (trimmed to their longest pair), one 1-pair sweep per row."""
@@ -644,7 +626,7 @@ def _sweep(
     skip_unchanged: bool,
     joint: bool,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """Base and source scores ``[batch]`` and the patched scores per site (on the CPU) of these pairs."""
+    """:meth:`_Patching.sweep` (its fields as keywords)."""
 
     def score(out: Tensor, rows: Tensor | None = None) -> Tensor:  # a bi-encoder's output is an embedding
         if q_emb is None:

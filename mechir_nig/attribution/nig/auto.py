@@ -24,12 +24,12 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechir_nig._validate import check_int
 from mechir_nig.attribution.nig.kernel import (
     Conductance,
     GridConductance,
@@ -63,10 +63,6 @@ class AutoSteps:
     reuse_bytes: int = DEFAULT_REUSE_BYTES
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def check_auto(
     method: str,
     tol: float | None,
@@ -83,18 +79,24 @@ def check_auto(
     tol = DEFAULT_TOL if tol is None else tol
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
         raise InputError(f"tol must be a number > 0 (a fraction of |F(x) - F(x')|, e.g. 0.01), got {tol!r}")
-    lo = DEFAULT_MIN_STEPS if min_steps is None else min_steps
-    if not _is_int(lo) or lo < 1:
-        raise InputError(f"min_steps must be an int >= 1 (the first, coarsest grid), got {lo!r}")
+    lo = check_int(
+        DEFAULT_MIN_STEPS if min_steps is None else min_steps,
+        "min_steps",
+        minimum=1,
+        hint="the first, coarsest grid",
+    )
     hi = max(DEFAULT_MAX_STEPS, lo) if max_steps is None else max_steps
-    if not _is_int(hi) or hi < lo or hi % lo or (hi // lo) & (hi // lo - 1):
+    if isinstance(hi, bool) or not isinstance(hi, int) or hi < lo or hi % lo or (hi // lo) & (hi // lo - 1):
         raise InputError(
             f"max_steps must be min_steps ({lo}) times a power of 2 (the grids double: {lo}, {2 * lo}, "
             f"{4 * lo}, ...), got {hi!r}"
         )
-    mem = DEFAULT_REUSE_BYTES if reuse_bytes is None else reuse_bytes
-    if not _is_int(mem) or mem < 0:
-        raise InputError(f"reuse_bytes must be an int >= 0 (bytes; 0 keeps no points), got {mem!r}")
+    mem = check_int(
+        DEFAULT_REUSE_BYTES if reuse_bytes is None else reuse_bytes,
+        "reuse_bytes",
+        minimum=0,
+        hint="bytes; 0 keeps no points",
+    )
     return AutoSteps(float(tol), lo, hi, mem)
 
 
