@@ -30,8 +30,8 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from mechir_nig._validate import check_bool, check_int
 from mechir_nig.data.collection import (
@@ -45,6 +45,9 @@ from mechir_nig.data.collection import (
 )
 from mechir_nig.errors import DataWarning, InputError
 
+if TYPE_CHECKING:
+    from mechir_nig.models.protocol import BiEncoderModel, HookedModel, Scorer
+
 __all__ = ["DEFAULT_MEASURES", "EvalResult", "evaluate", "rerank"]
 
 DEFAULT_MEASURES = ("nDCG@10", "RR@10", "AP@100", "P@10")
@@ -53,7 +56,7 @@ _CHUNK_BATCHES = 16  # pairs handed to model.score per call = batch_size * _CHUN
 _SIMILARITY_CHUNK = 65_536  # pairs whose embeddings are gathered at once for a bi-encoder
 
 
-def _is_bi_encoder(model: Any) -> bool:
+def _is_bi_encoder(model: object) -> bool:
     """A model that embeds queries and documents apart (``pairwise`` false, ``encode``, ``similarity_fn``)."""
     return (
         getattr(model, "pairwise", True) is False
@@ -82,7 +85,12 @@ def _check_scores(values: Any, pairs: list[tuple[str, str]], what: str) -> Any:
 
 
 def _score_pairs(
-    model: Any, pairs: list[tuple[str, str]], queries: Any, docs: Any, batch_size: int, bar: Any
+    model: HookedModel | Scorer,
+    pairs: list[tuple[str, str]],
+    queries: Any,
+    docs: Any,
+    batch_size: int,
+    bar: Any,
 ) -> list[float]:
     """Cross-encoder scores in chunks of ``batch_size * 16`` pairs (the model sorts by length inside)."""
     chunk = batch_size * _CHUNK_BATCHES
@@ -96,7 +104,12 @@ def _score_pairs(
 
 
 def _score_embeddings(
-    model: Any, pairs: list[tuple[str, str]], queries: Any, docs: Any, batch_size: int, bar: Any
+    model: BiEncoderModel | Scorer,
+    pairs: list[tuple[str, str]],
+    queries: Any,
+    docs: Any,
+    batch_size: int,
+    bar: Any,
 ) -> list[float]:
     """Bi-encoder scores: each distinct query and document text encoded once, pairs scored by similarity
     (per side for a :class:`~mechir_nig.models.protocol.Scorer`, e.g. an ``Ablation``)."""
@@ -109,10 +122,13 @@ def _score_embeddings(
     q_row = {t: i for i, t in enumerate(q_texts)}
     d_row = {t: i for i, t in enumerate(d_texts)}
     embeddings = []
-    sided = isinstance(model, Scorer)  # declares the sides it encodes apart (an Ablation)
+    # a Scorer (an Ablation) declares the sides it encodes apart
     for texts, side in ((q_texts, "query"), (d_texts, "doc")):
-        kw = {"side": side} if sided else {}
-        emb = torch.as_tensor(model.encode(texts, batch_size=batch_size, **kw))
+        emb = torch.as_tensor(
+            model.encode(texts, side=side, batch_size=batch_size)
+            if isinstance(model, Scorer)
+            else model.encode(texts, batch_size=batch_size)
+        )
         if emb.ndim != 2 or emb.shape[0] != len(texts):
             raise InputError(
                 f"model.encode returned shape {tuple(emb.shape)} for {len(texts)} texts: it must return "
@@ -132,7 +148,7 @@ def _score_embeddings(
 
 
 def rerank(
-    model: Any,
+    model: HookedModel | Scorer,
     collection: Collection,
     candidates: Mapping[str, Mapping[str, float]],
     *,
@@ -211,7 +227,8 @@ def rerank(
             f"{unknown_d[:5]}): build candidates from the same collection"
         )
 
-    score = _score_embeddings if bi_encoder else _score_pairs
+    # _is_bi_encoder checked encode and similarity_fn: the model is a BiEncoderModel or a Scorer
+    score: Callable[..., list[float]] = _score_embeddings if bi_encoder else _score_pairs
     total = len(pairs)
     if bi_encoder:
         total = len({collection.queries[q] for q, _ in pairs}) + len({docs[d] for _, d in pairs})

@@ -17,10 +17,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechir_nig.report import FILES, LAYOUT_VERSION, REPORT_NAME, attribution_incomplete, check_layout
 from mechir_nig.report import site_summaries as site_summaries  # re-exported for `patch`
+
+if TYPE_CHECKING:
+    from mechir_nig.models.protocol import HookedModel
 
 PROG = "mechir-nig"
 LAYOUT = {**FILES, "report": REPORT_NAME}
@@ -691,7 +694,7 @@ class Session:
                 self.cache[key] = load_collection(self.args.collection)
         return self.cache[key]
 
-    def fingerprint(self, model: Any) -> str:
+    def fingerprint(self, model: HookedModel) -> str:
         key = f"fingerprint|{id(model)}"
         if key not in self.cache:
             from mechir_nig.attribution.settings import model_fingerprint

@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import shlex
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechir_nig.cli._common import (
     BASELINES,
@@ -19,6 +19,9 @@ from mechir_nig.cli._common import (
     option,
     positive_int,
 )
+
+if TYPE_CHECKING:
+    from mechir_nig.models.protocol import HookedModel
 
 EPILOG = """example:
   mechir-nig attribute --model all-MiniLM-L6-v2 --collection embedded --out results --n-steps 16
@@ -114,7 +117,7 @@ def steps_arg(text: str) -> int | str:
     return "auto" if text == "auto" else positive_int(text)
 
 
-def check_layers(layers: list[int] | None, model: Any, option: str = "--layers") -> list[int] | None:
+def check_layers(layers: list[int] | None, model: HookedModel, option: str = "--layers") -> list[int] | None:
     """Refuse layers the model lacks, in command-line terms."""
     if layers is None:
         return None

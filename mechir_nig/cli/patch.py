@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechir_nig.cli._common import (
     PATCH_SITES,
@@ -18,6 +18,9 @@ from mechir_nig.cli._common import (
     word,
 )
 from mechir_nig.cli._pairs import add_pair_options, candidate_pairs
+
+if TYPE_CHECKING:
+    from mechir_nig.models.protocol import HookedModel
 
 EPILOG = """example:
   mechir-nig patch --out results --perturbation tfc1 --where end --max-pairs 4 \\
@@ -116,7 +119,7 @@ def perturbation(args: argparse.Namespace, col: Any) -> Any:
 
 
 def perturbed_pairs(
-    s: Session, model: Any, col: Any, args: argparse.Namespace
+    s: Session, model: HookedModel, col: Any, args: argparse.Namespace
 ) -> tuple[list, list[str], dict]:
     """The first ``--max-pairs`` candidate pairs the perturbation changes (as the model sees them)."""
     from mechir_nig.errors import InputError

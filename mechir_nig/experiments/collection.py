@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mechir_nig.errors import CheckpointError, InputError
-from mechir_nig.models.protocol import HookedModel
+from mechir_nig.models.protocol import HookedModel, Scorer
 
 if TYPE_CHECKING:
     from mechir_nig.data.collection import Collection, Run
 
 
 def rerank_sharded(
-    model: Any,
+    model: HookedModel | Scorer,
     collection: Collection,
     candidates: Mapping[str, Mapping[str, float]],
     *,
@@ -99,7 +99,7 @@ def rerank_sharded(
 
 
 def rerank_study(
-    model: Any,
+    model: HookedModel | Scorer,
     collection: Any,
     *,
     k: int = 100,
