@@ -317,3 +317,26 @@ def test_every_attributed_site_is_saved_and_loaded(ce64, tmp_path):
     for name, values in res.site_values.items():
         assert torch.equal(back.site(name), values), name
     assert torch.equal(back.values, res.values)
+
+
+def test_a_component_set_is_what_nig_attributes(tiny_ce):
+    """The object ablate and patch take: NIG of a set is the plain NIG of its site at its layers (the
+    members' values equal the plain call's values at those units)."""
+    from mechir_nig.sets import ComponentSet, NeuronSet
+
+    cfg = tiny_ce.cfg
+    plain = neuron_integrated_gradients(
+        tiny_ce, QUERIES, DOCS, n_steps=4, sites=("mlp_post", "z", "resid_pre")
+    )
+    neurons = NeuronSet([(1, 2), (1, 5)], n_layers=cfg.n_layers, d_mlp=cfg.d_mlp)
+    heads = ComponentSet([(0, 1)], kind="head", n_layers=cfg.n_layers, width=cfg.n_heads)
+    positions = ComponentSet([(1, 0), (1, 3)], kind="resid_pre", n_layers=cfg.n_layers, width=4)
+    for members, name in ((neurons, "mlp_post"), (heads, "z"), (positions, "resid_pre")):
+        attr = neuron_integrated_gradients(tiny_ce, QUERIES, DOCS, n_steps=4, sites=members)
+        assert attr.meta["sites"] == [name] and attr.layers == sorted(members.by_layer())
+        for layer, unit in members:
+            got = attr.site(name)[:, attr.layers.index(layer), ..., unit]
+            torch.testing.assert_close(got, plain.site(name)[:, layer, ..., unit], rtol=1e-6, atol=1e-8)
+            assert got.abs().sum() > 0
+    with pytest.raises(InputError, match="leave layers=None"):
+        NIGSettings(sites=neurons, layers=[0])

@@ -27,6 +27,7 @@ from mechir_nig._validate import check_int
 from mechir_nig.attribution.target import Target, target_name
 from mechir_nig.errors import InputError
 from mechir_nig.models.protocol import AttributionModel, HookedModel
+from mechir_nig.sets.components import ComponentSet
 from mechir_nig.sites import SITES, site
 
 if TYPE_CHECKING:
@@ -51,7 +52,9 @@ class NIGSettings:
         method: the integration rule (``rules.RULES``); ``"auto"`` needs ``riemann_trapezoid``.
         layers: layers to attribute (``None``: all).
         sites: the activations attributed, names of ``mechir_nig.sites`` (any site whose activation is
-            ``[batch, pos, ...]``): ``"mlp_post"`` (MLP neurons, the default), ``"z"`` (attention heads),
+            ``[batch, pos, ...]``), or a ``ComponentSet`` (the object ``ablate`` and ``patch`` take: its site
+            is attributed, whole, at the layers holding its members, which become ``layers``; read the
+            members' values with ``attr.site(name)[:, layers.index(layer), ..., unit]``): ``"mlp_post"`` (MLP neurons, the default), ``"z"`` (attention heads),
             ``"resid_pre"``, ``"resid_mid"``, ``"resid_post"``, ``"attn_out"``, ``"mlp_out"``, ``"mlp_pre"``,
             ``"q"``/``"k"``/``"v"``. Each is summed to its units (neurons, heads, or positions for the
             residual-stream sites).
@@ -92,7 +95,7 @@ class NIGSettings:
     baseline: str | Tensor = "pad"
     method: str = "riemann_trapezoid"
     layers: Sequence[int] | None = None
-    sites: Sequence[str] = ("mlp_post",)
+    sites: Sequence[str] | ComponentSet = ("mlp_post",)  # a set becomes its site name
     heads: bool = False
     reduce: str = "token"
     side: str | None = None
@@ -108,6 +111,18 @@ class NIGSettings:
     target: Target | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.sites, ComponentSet):  # the set's site at the layers holding its members
+            members, layers = self.sites, tuple(self.sites.by_layer())
+            if (
+                self.layers is not None
+                and tuple(sorted([self.layers] if isinstance(self.layers, int) else self.layers)) != layers
+            ):
+                raise InputError(
+                    f"sites is a ComponentSet with members in layers {list(layers)}; leave layers=None "
+                    f"(got {self.layers!r}) or restrict the set"
+                )
+            object.__setattr__(self, "layers", layers)
+            object.__setattr__(self, "sites", (site(members.kind).name,))
         if self.layers is not None and not isinstance(self.layers, (tuple, int)):  # hashable, JSON as a list
             object.__setattr__(self, "layers", tuple(self.layers))
         if isinstance(self.layers, int) and not isinstance(self.layers, bool):

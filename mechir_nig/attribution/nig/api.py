@@ -145,7 +145,7 @@ class NeuronIntegratedGradients:
         with torch.no_grad():
             base = baseline_embeddings(m, batch.input_ids, batch.groups, s.baseline)
         window = default_window(int(batch.lengths.max()), s.internal_batch_size, s.window_tokens)
-        target = Conductance(s.reduce, batch.groups, layer_list, m.cfg, s.sites, m.cfg.acc_dtype)
+        target = Conductance(s.reduce, batch.groups, layer_list, m.cfg, s.site_names(), m.cfg.acc_dtype)
         with frozen(m), torch.enable_grad():
             if auto is None:
                 path = self._fixed(batch, base, other, target, s, window)
@@ -213,11 +213,11 @@ class NeuronIntegratedGradients:
         n_steps, layers = int(s.n_steps), list(s.layers or ())
         alphas = rule_alphas(s.method, n_steps + 1)
         table = torch.tensor(alphas, dtype=acc, device=m.device)
-        kernel = PathKernel(m, batch, base, other, table, layers, s.sites, s.target)
+        kernel = PathKernel(m, batch, base, other, table, layers, s.site_names(), s.target)
         scalars = PathScalars(len(batch), len(alphas), acc, m.device)
         points = kernel.run(
             WindowPlan.grid(batch.lengths.cpu(), len(alphas), window),
-            GridConductance(target, site_names(layers, s.sites)),
+            GridConductance(target, site_names(layers, s.site_names())),
             scalars,
             input_grad=s.return_convergence_delta,
             progress=s.progress,
@@ -252,8 +252,8 @@ class NeuronIntegratedGradients:
         layers = list(s.layers or ())
         # the table j / max_steps in the accumulation dtype (bf16 would merge nearby alphas)
         table = torch.arange(settings.max_steps + 1, dtype=torch.float64) / settings.max_steps
-        kernel = PathKernel(m, batch, base, other, table.to(m.device, acc), layers, s.sites, s.target)
-        names = site_names(layers, s.sites)
+        kernel = PathKernel(m, batch, base, other, table.to(m.device, acc), layers, s.site_names(), s.target)
+        names = site_names(layers, s.site_names())
         run = run_auto(
             kernel,
             target,
