@@ -247,16 +247,11 @@ def set_key(kind: str) -> str:
 _UNIT_INDEX = {"position": "pos", "head": "head", "neuron": "neuron"}
 
 
-def _set_site(nset: Any) -> tuple[str, str, str]:
-    """A component set's (site name, hook template, patch index kind)."""
-    s = site_named(nset.kind)
-    return s.name, s.template, _UNIT_INDEX[s.unit]
-
-
 def _site_info(site: str, nset: Any) -> tuple[str, str, str]:
-    """(site name, hook template, patch index kind) of an entry of ``_check_sites``."""
+    """(site name, hook template, patch index kind) of an entry of ``_check_sites`` (a set's: its kind's)."""
     if nset is not None:
-        return _set_site(nset)
+        s = site_named(nset.kind)
+        return s.name, s.template, _UNIT_INDEX[s.unit]
     return _SITE_OF[site], *SITES[site]
 
 
@@ -552,29 +547,21 @@ class _Patching:
         self, base_scores: Tensor, source_scores: Tensor, patched: dict[str, Tensor]
     ) -> PatchingResult:
         """The :class:`PatchingResult` of a sweep of every pair."""
-        model, base, al, direction, metric, eps = (
-            self.model,
-            self.base,
-            self.al,
-            self.direction,
-            self.metric,
-            self.eps,
-        )
-        check_finite(model, "patching scores", base_scores, source_scores, *patched.values())
+        check_finite(self.model, "patching scores", base_scores, source_scores, *patched.values())
         clean_scores, corr_scores = (
-            (source_scores, base_scores) if direction == "denoise" else (base_scores, source_scores)
+            (source_scores, base_scores) if self.direction == "denoise" else (base_scores, source_scores)
         )
         b_s, s_s = base_scores.float().cpu(), source_scores.float().cpu()
-        flat = ((s_s - b_s).abs() < eps).nonzero().flatten().tolist()
-        if metric == "recovery" and flat:
+        flat = ((s_s - b_s).abs() < self.eps).nonzero().flatten().tolist()
+        if self.metric == "recovery" and flat:
             warnings.warn(
-                f"the perturbation does not move the score (|source - base| < eps={eps}) of pairs {flat}; "
+                f"the perturbation does not move the score (|source - base| < eps={self.eps}) of pairs {flat}; "
                 "their recovery is NaN (use metric='raw' for score differences)",
                 NoScoreChangeWarning,
                 stacklevel=3,
             )
         values = {
-            k: (_recovery(v, b_s, s_s, eps) if metric == "recovery" else v - _bcast(b_s, v))
+            k: (_recovery(v, b_s, s_s, self.eps) if self.metric == "recovery" else v - _bcast(b_s, v))
             for k, v in patched.items()
         }
         return PatchingResult(
@@ -583,14 +570,14 @@ class _Patching:
             clean_scores=clean_scores.float().cpu(),
             corrupted_scores=corr_scores.float().cpu(),
             layers=self.layer_list,
-            direction=direction,
-            metric=metric,
-            eps=float(eps),
-            base_mask=base.attention_mask.cpu(),
-            groups=base.groups.cpu(),
-            changed=None if al is None else al.changed.cpu(),
-            clean_tokens=[] if al is None else al.clean_tokens,
-            corrupted_tokens=[] if al is None else al.perturbed_tokens,
+            direction=self.direction,
+            metric=self.metric,
+            eps=float(self.eps),
+            base_mask=self.base.attention_mask.cpu(),
+            groups=self.base.groups.cpu(),
+            changed=None if self.al is None else self.al.changed.cpu(),
+            clean_tokens=[] if self.al is None else self.al.clean_tokens,
+            corrupted_tokens=[] if self.al is None else self.al.perturbed_tokens,
             members=self.members if any(nset is not None for _, nset in self.site_list) else [],
         )
 
