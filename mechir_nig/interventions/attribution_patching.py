@@ -5,10 +5,7 @@ Where :func:`~mechir_nig.interventions.patching.patch` runs one patched forward 
 Kramár et al. 2024, "AtP*") estimates all of them at once from the base run, the source run and one
 backward pass of the base run (parameters frozen):
 
-.. math::
-
-    \\hat F_{\\text{patched}}(i) - F_{\\text{base}} \\;=\\; \\sum_{j \\in i} (a^{\\text{source}}_j - a^{\\text{base}}_j)
-    \\,\\frac{\\partial F}{\\partial a_j}\\Big|_{\\text{base}}
+``estimate(i) = Σ_{j ∈ i} (a_source[j] − a_base[j]) · ∂F/∂a[j]`` (the gradient at the base run)
 
 with ``j`` running over the activation entries one patch index ``i`` writes (a position's ``d_model``
 entries, a head's ``d_head`` entries at every position, a neuron at every position ...). Base and source

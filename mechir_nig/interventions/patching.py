@@ -427,7 +427,8 @@ def patch(
             (``TextBatch`` of documents for a bi-encoder).
         corrupted: the corrupted batch of the same ``[batch, pos]`` (with a batch ``clean``).
         sites: a site name, a ``ComponentSet`` or a list of them (``resid_pre``, ``attn_out``,
-            ``mlp_out``, ``heads``, ``head_pos``, ``neurons``; a set, e.g. a ``NeuronSet``, a head set or a
+            ``mlp_out``, ``heads``, ``head_pos``, ``neurons``, ``q``/``k``/``v`` per head and position,
+            ``pattern`` per head's query row; a set, e.g. a ``NeuronSet``, a head set or a
             ``resid_pre`` position set, is patched member by member: ``neuron_set``, ``head_set``,
             ``resid_pre_set``, one set per call).
         direction: ``"denoise"`` (run corrupted, patch in clean) or ``"noise"`` (run clean, patch in
