@@ -1,4 +1,5 @@
-"""Interventions through hooks, all written by one engine (``engine``): ablation, patching and perturbations.
+"""Interventions through hooks, all written by one engine (``engine``): ablation, patching, attribution
+patching, attention blocking and perturbations.
 
 Names are imported lazily, so ``import mechir_nig.interventions`` is cheap.
 """
@@ -27,6 +28,10 @@ _EXPORTS = {
     "PatchingResult": "patching",
     "NoScoreChangeWarning": "patching",
     "SITES": "patching",
+    "attribution_patch": "attribution_patching",
+    "spearman": "attribution_patching",
+    "block_attention": "attention",
+    "attention_block_hooks": "attention",
     "Alignment": "perturb",
     "align": "perturb",
     "tfc1": "perturb",

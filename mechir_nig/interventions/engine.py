@@ -175,7 +175,7 @@ class Resample(Value):
 @dataclass(eq=False)
 class Source(Value):
     """Another run's activations ``acts[name]``: row ``rows[i]`` (default ``i``) into row ``i``, trimmed to
-    the patched run's positions (patching).
+    the patched run's positions (every position axis: a pattern's query and key axes too; patching).
 
     Shapes:
         acts: ``{hook name: [n_source, pos, ...]}``; rows: ``[batch]`` long; returns ``[batch, pos, ...]``.
@@ -193,7 +193,9 @@ class Source(Value):
         a = self.acts[name]
         if self.rows is not None:
             a = a.index_select(0, self.rows.to(a.device))
-        return a[:, : act.shape[1]] if act.ndim == a.ndim else a
+        if act.ndim != a.ndim:
+            return a
+        return a[(slice(None), *(slice(0, n) for n in act.shape[1:]))]  # every position axis trimmed
 
 
 @dataclass(eq=False)

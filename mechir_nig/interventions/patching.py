@@ -26,6 +26,8 @@ attn_out      ``hook_attn_out``           one position              ``[batch, la
 mlp_out       ``hook_mlp_out``            one position              ``[batch, layer, pos]``
 heads         ``attn.hook_z``             one head, all positions   ``[batch, layer, n_heads]``
 head_pos      ``attn.hook_z``             one head at one position  ``[batch, layer, n_heads, pos]``
+q / k / v     ``attn.hook_q`` ...         one head at one position  ``[batch, layer, n_heads, pos]``
+pattern       ``attn.hook_pattern``       one head's query row      ``[batch, layer, n_heads, pos]``
 neurons       ``mlp.hook_post``           one neuron, all positions ``[batch, layer, d_mlp]``
 neuron_set    ``mlp.hook_post``           one member neuron         ``[batch, n_members]`` (set order)
 head_set      ``attn.hook_z``             one member head, all pos  ``[batch, n_members]`` (set order)
@@ -88,6 +90,10 @@ _INDEX = {
     "head_pos": "head_pos",
     "neurons": "neuron",
     "neuron_set": "neuron",
+    "q": "head_pos",
+    "k": "head_pos",
+    "v": "head_pos",
+    "pattern": "head_pos",
 }
 """Patch site -> its patch index kind; the hook is the :mod:`mechir_nig.sites` site of the same name
 (``heads``/``neurons`` are its aliases of ``z``/``mlp_post``), ``head_pos``/``neuron_set`` that of ``heads``/``neurons``."""
@@ -362,6 +368,14 @@ def _grid(kind: str, base: Tensor, src: Tensor | None, mask: Tensor, members: Te
     return g[:, members]
 
 
+def pos_first(site_name: str, act: Tensor) -> Tensor:
+    """``act`` with the position axis second: a pattern-like site's ``[batch, n_heads, query_pos, key_pos]``
+    as ``[batch, query_pos, n_heads, key_pos]`` (a head's query row is its unit at a position), other sites
+    as they are."""
+    s = site_named(site_name)
+    return act.transpose(1, 2) if s.unit == "head" and s.unit_axis == 1 else act
+
+
 def _patch_mask(kind: str, rows: Tensor, n_pos: int, width: int, members: Tensor | None) -> Tensor:
     """Where each patched row writes: ``[rows, pos | 1, units | 1]`` bool, one patch index per row
     (``rows[:, 1:]``: a position; a head (all positions); a head at a position; a neuron (all positions))."""
@@ -408,7 +422,8 @@ def patch(
             (``TextBatch`` of documents for a bi-encoder).
         corrupted: the corrupted batch of the same ``[batch, pos]`` (with a batch ``clean``).
         sites: a site name, a ``ComponentSet`` or a list of them (``resid_pre``, ``attn_out``,
-            ``mlp_out``, ``heads``, ``head_pos``, ``neurons``; a set, e.g. a ``NeuronSet``, a head set or a
+            ``mlp_out``, ``heads``, ``head_pos``, ``neurons``, ``q``/``k``/``v`` per head and position,
+            ``pattern`` per head's query row; a set, e.g. a ``NeuronSet``, a head set or a
             ``resid_pre`` position set, is patched member by member: ``neuron_set``, ``head_set``,
             ``resid_pre_set``, one set per call).
         direction: ``"denoise"`` (run corrupted, patch in clean) or ``"noise"`` (run clean, patch in
@@ -629,7 +644,6 @@ def _sweep(
         source, names_filter=lambda n: n in hook_names, return_cache_object=False
     )
     base_scores, source_scores = score(base_out), score(source_out)
-    spans = base.lengths
     n_pos = base.input_ids.shape[1]
     n_members = sum(len(v) for v in member_idx.values())
     patched: dict[str, Tensor] = {}
@@ -649,7 +663,7 @@ def _sweep(
             if nset is not None and layer not in member_idx:
                 continue
             name = template.format(layer=layer)
-            b_act, s_act = base_cache[name], source_cache[name]
+            b_act, s_act = pos_first(site_name, base_cache[name]), pos_first(site_name, source_cache[name])
             mem = member_idx.get(layer) if nset is not None else None
             valid = _grid(kind, b_act, s_act if skip_unchanged else None, base.attention_mask, mem)
             rows = valid.nonzero()
@@ -659,18 +673,9 @@ def _sweep(
             for c in range(0, rows.shape[0], step):
                 r = rows[c : c + step]
                 b = r[:, 0]
-                span = int(spans[b].max())
-                mask = _patch_mask(kind, r, span, width, mem)
-                writer = Intervention(site_name, layer, Source(source_cache, b), mask=mask)
-                scores = model.run_with_hooks(
-                    None,
-                    base.token_type_ids[b, :span],
-                    base.attention_mask[b, :span],
-                    residual=resid[b, :span],
-                    start_at_layer=layer,
-                    fwd_hooks=Engine(model, [writer]).hooks(),
+                scores = score(
+                    _run_rows(model, base, resid, source_cache, site_name, layer, kind, r, width, mem), b
                 )
-                scores = score(scores, b)
                 if nset is not None:
                     out[b, offset + r[:, 1]] = scores.to(out.dtype)
                 else:
@@ -686,6 +691,36 @@ def _sweep(
                 else base_scores.float().cpu().clone()
             )
     return base_scores.float().cpu(), source_scores.float().cpu(), patched
+
+
+def _run_rows(
+    model: HookedModel,
+    base: Any,
+    resid: Tensor,
+    source_cache: dict[str, Tensor],
+    site_name: str,
+    layer: int,
+    kind: str,
+    rows: Tensor,
+    width: int,
+    members: Tensor | None = None,
+) -> Tensor:
+    """The model's output for patched rows ``rows`` (``[n, 1 + index]``: the pair, then the patch index of
+    ``kind``) at site ``site_name`` of ``layer``: one row each, from the base run's cached ``resid``
+    (``resid_pre`` of ``layer``), trimmed to the rows' longest pair."""
+    b = rows[:, 0]
+    span = int(base.lengths[b].max())
+    mask = _patch_mask(kind, rows, span, width, members)
+    writer = Intervention(site_name, layer, Source(source_cache, b), mask=mask)
+    out: Tensor = model.run_with_hooks(
+        None,
+        base.token_type_ids[b, :span],
+        base.attention_mask[b, :span],
+        residual=resid[b, :span],
+        start_at_layer=layer,
+        fwd_hooks=Engine(model, [writer]).hooks(),
+    )
+    return out
 
 
 def _assemble(
