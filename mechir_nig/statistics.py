@@ -48,6 +48,7 @@ from mechir_nig.errors import InputError
 
 __all__ = [
     "DEFAULT_RESAMPLES",
+    "CeilingWarning",
     "Comparison",
     "RandomComparison",
     "bootstrap_ci",
@@ -66,6 +67,10 @@ DEFAULT_RESAMPLES = 10000
 EXACT_MAX_N = 16
 """Up to this many units the randomisation test enumerates all ``2^n`` sign vectors."""
 _TIE = 1e-12
+
+
+class CeilingWarning(UserWarning):
+    """A measure is at its maximum on most evaluation queries: a drop can be measured, a rise cannot."""
 
 
 def _vector(values: Any, name: str) -> np.ndarray:

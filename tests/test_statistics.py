@@ -156,3 +156,80 @@ def test_bad_inputs_are_refused() -> None:
         paired_permutation_test([1.0, math.nan])
     with pytest.raises(InputError, match="confidence"):
         bootstrap_ci([1.0], confidence=1.5)
+
+
+# -- the statistics of the studies -----------------------------------------------------------------------
+def _toy_pruning():
+    from mechir_nig.experiments.pruning import PruningResult
+
+    qids = ["q1", "q2", "q3", "q4", "q5"]
+    base = [1.0, 0.8, 0.6, 0.9, 0.7]
+    values = {
+        ("nig_top", 0): [0.5, 0.6, 0.3, 0.4, 0.6],
+        ("random", 0): [1.0, 0.7, 0.6, 0.9, 0.7],
+        ("random", 1): [0.9, 0.8, 0.6, 0.8, 0.7],
+        ("bottom", 0): [1.0, 0.8, 0.6, 0.9, 0.7],
+    }
+    runs = [{"condition": "unpruned", "mode": "none", "fraction": 0.0, "seed": 0, "n_neurons": 0}]
+    per_query = [{q: {"nDCG@10": v} for q, v in zip(qids, base)}]
+    moved = [{"depth": 10, "changed": [], "docs": {}}]
+    for frac in (0.01, 0.1):
+        for (cond, seed), vals in values.items():
+            shift = 0.0 if frac == 0.1 else 0.05  # the smaller fraction: a smaller drop
+            vv = [min(b, v + shift) for b, v in zip(base, vals)]
+            runs.append({"condition": cond, "mode": "zero", "fraction": frac, "seed": seed, "n_neurons": 9})
+            per_query.append({q: {"nDCG@10": v} for q, v in zip(qids, vv)})
+            moved.append({"depth": 10, "changed": qids[: 2 + seed], "docs": {}})
+    for r, pq in zip(runs, per_query):
+        r["nDCG@10"] = sum(v["nDCG@10"] for v in pq.values()) / len(pq)
+    return PruningResult(["nDCG@10"], runs, per_query, {}, [], qids, {}, {}, moved), base
+
+
+def test_pruning_statistics_by_hand() -> None:
+    result, base = _toy_pruning()
+    rows = {(r["condition"], r["fraction"]): r for r in result.statistics(n_resamples=2000)}
+    top = rows[("nig_top", 0.1)]
+    nig = np.array([0.5, 0.6, 0.3, 0.4, 0.6])
+    rnd = np.array([[1.0, 0.7, 0.6, 0.9, 0.7], [0.9, 0.8, 0.6, 0.8, 0.7]])
+    assert top["drop"] == pytest.approx(np.mean(np.array(base) - nig))
+    assert top["p"] == pytest.approx(paired_permutation_test(np.array(base) - nig)[0])
+    assert top["drop_ci"] == list(bootstrap_ci(np.array(base) - nig, n_resamples=2000))
+    assert top["d_z"] == pytest.approx(cohens_dz(np.array(base), nig))
+    assert top["n_queries"] == 5 and top["changed_queries"] == 2
+    vs = top["vs_random"]
+    assert vs["difference"] == pytest.approx(np.mean(rnd.mean(0) - nig))
+    assert vs["rank"] == 1 and vs["n_random"] == 2
+    assert vs["random_drop"] == pytest.approx(np.mean(base) - rnd.mean())
+    assert vs["ratio"] == pytest.approx(top["drop"] / vs["random_drop"])
+    # Holm over the two fractions of nig_top (one mode): 2 x the smaller p, then the running maximum
+    small = rows[("nig_top", 0.01)]
+    lo, hi = sorted([top["p"], small["p"]])
+    assert sorted([top["p_holm"], small["p_holm"]]) == pytest.approx(
+        [min(1, 2 * lo), max(min(1, 2 * lo), hi)]
+    )
+    # random: the mean over its seeds per query, changed queries the mean over seeds
+    r = rows[("random", 0.1)]
+    assert r["drop"] == pytest.approx(np.mean(np.array(base) - rnd.mean(0)))
+    assert r["changed_queries"] == 2.5 and r["vs_random"] is None
+    # bottom equals unpruned on every query: no drop, p = 1
+    assert rows[("bottom", 0.1)]["drop"] == 0 and rows[("bottom", 0.1)]["p"] == 1.0
+
+
+def test_pruning_ceiling_warning() -> None:
+    result, _ = _toy_pruning()
+    c = result.ceiling()
+    assert (c["at_ceiling"], c["n_queries"]) == (1, 5) and c["warning"] is None
+    result.per_query[0] = {q: {"nDCG@10": 1.0} for q in result.eval_queries}
+    assert "on 5 of 5 evaluation queries" in result.ceiling()["warning"]
+
+
+def test_pruning_moved_documents_by_hand() -> None:
+    from mechir_nig.experiments.pruning import _moved
+
+    pairs = [("q", "a"), ("q", "b"), ("q", "c"), ("q", "d"), ("r", "x"), ("r", "y")]
+    before = torch.tensor([4.0, 3.0, 2.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    after = torch.tensor([1.0, 3.0, 2.5, 0.5, 2.0, 0.0], dtype=torch.float64)
+    # q: before a b c d, after b c a d: a 1 -> 3 (down 2), b 2 -> 1, c 3 -> 2 (up 1 each)
+    out = _moved(pairs, before, after)
+    assert out["changed"] == ["q"]
+    assert out["docs"] == {"q": {"up": [["b", 2, 1], ["c", 3, 2]], "down": [["a", 1, 3]]}}
