@@ -557,8 +557,11 @@ def _patching_section(doc: _Doc, result: Any) -> None:
         parts.append(f"<details><summary>perturbed documents</summary><ol start=0>{docs}</ol></details>")
     summary_rows = site_summaries(result)
     if summary_rows:
-        parts.append(f"<h3>Summary per site ({_e(result.metric)}, mean over pairs)</h3>")
+        raw_note = " (Δ: the mean raw score change patched − base)" if result.metric == "recovery" else ""
+        parts.append(f"<h3>Summary per site ({_e(result.metric)}, mean over pairs{_e(raw_note)})</h3>")
         parts.append(_table(["site", "what", "values"], summary_rows))
+        for note in patching_notes(result):
+            parts.append(f'<p class="note">{_e(note)}</p>')
     parts.append("<h3>Figures</h3>")
     for site in result.sites:
         kind = SITES.get(site, ("", ""))[1]
@@ -577,49 +580,137 @@ def _patching_section(doc: _Doc, result: Any) -> None:
             doc.figure(parts, f"patching {site}", partial(patching_heatmap, result, site, pair=None))
 
 
-def site_summaries(result: Any) -> list[tuple[str, str, str]]:
+def _findings_html(sentences: Sequence[tuple[str, str]], sections: set[str]) -> str:
+    """The Findings section: one list item per sentence, linking to its result's section."""
+    if not sentences:
+        return ""
+    items = []
+    for key, sentence in sentences:
+        link = f' <a href="#{_e(key)}">({_e(_TITLES.get(key, key))})</a>' if key in sections else ""
+        cls = ' class="caveat"' if sentence.startswith("Caveat") else ""
+        items.append(f"<li{cls}>{_e(sentence)}{link}</li>")
+    return (
+        '<section id="findings"><h2>Findings</h2><ul class="findings">' + "".join(items) + "</ul></section>"
+    )
+
+
+def site_summaries(result: Any, *, include_small: bool = False) -> list[tuple[str, str, str]]:
     """``(site, what, values)`` of each site of a ``PatchingResult`` (the report's table and the lines
     ``mechir-nig patch`` prints): the mean effect at the changed positions per layer, or the largest mean
-    effects (heads, neurons, set members)."""
+    effects (heads, neurons, set members). With the ``recovery`` metric each value is followed by the
+    mean raw score difference ``patched − base`` (``Δ``). Pairs whose perturbation is tiny
+    (``PatchingResult.small_change``) are left out of the means unless ``include_small`` (when every
+    pair is tiny, all are kept); :func:`patching_notes` says how many."""
     import torch
 
     from mechir_nig.interventions.patching import SITES
 
+    keep = _kept_pairs(result, include_small)
+    with_raw = result.metric == "recovery"
     out = []
     for site in result.sites:
-        v = torch.nan_to_num(result[site].double())
+        v = torch.nan_to_num(result[site].double())[keep]
+        raw = result.raw(site).double()[keep] if with_raw else None
         kind = SITES.get(site, ("", ""))[1]
         if site.endswith("_set"):
             mean = v.mean(0)
+            raw_mean = raw.mean(0) if raw is not None else None
             top = mean.abs().topk(min(5, mean.numel())).indices.tolist()
             letter = {"neuron_set": "N", "head_set": "H"}.get(site, "P")
             cells = ", ".join(
-                f"L{result.members[j][0]}{letter}{result.members[j][1]} {float(mean[j]):+.3f}" for j in top
+                f"L{result.members[j][0]}{letter}{result.members[j][1]} {float(mean[j]):+.3f}"
+                + (f" (Δ {float(raw_mean[j]):+.4f})" if raw_mean is not None else "")
+                for j in top
             )
             out.append((site, "largest mean effect (members)", cells))
         elif kind in ("pos", "head_pos") and result.changed is not None:
-            changed = result.changed.to(v.dtype)
+            changed = result.changed[keep].to(v.dtype)
             if kind == "pos":  # [batch, layer, pos]
-                per_layer = (v * changed[:, None, :]).sum(-1).mean(0)
-                cells = " ".join(f"L{lyr} {x:+.3f}" for lyr, x in zip(result.layers, per_layer.tolist()))
+                per_layer = (v * changed[:, None, :]).sum(-1).mean(0).tolist()
+                raw_layer = (raw * changed[:, None, :]).sum(-1).mean(0).tolist() if raw is not None else None
+                cells = " ".join(
+                    f"L{lyr} {x:+.3f}" + (f" (Δ {raw_layer[i]:+.4f})" if raw_layer is not None else "")
+                    for i, (lyr, x) in enumerate(zip(result.layers, per_layer))
+                )
                 out.append((site, "at the changed positions, per layer", cells))
             else:  # [batch, layer, head, pos]
                 mean = (v * changed[:, None, None, :]).sum(-1).mean(0)
+                raw_mean = (raw * changed[:, None, None, :]).sum(-1).mean(0) if raw is not None else None
                 out.append(
-                    (site, "largest mean at the changed positions", _top_cells(mean, result.layers, "H"))
+                    (
+                        site,
+                        "largest mean at the changed positions",
+                        _top_cells(mean, result.layers, "H", raw=raw_mean),
+                    )
                 )
         elif v.dim() == 3:  # heads / neurons: [batch, layer, index]
             letter = "H" if kind == "head" else "N"
-            out.append((site, "largest mean over pairs", _top_cells(v.mean(0), result.layers, letter)))
+            raw_mean = raw.mean(0) if raw is not None else None
+            out.append(
+                (site, "largest mean over pairs", _top_cells(v.mean(0), result.layers, letter, raw=raw_mean))
+            )
     return out
 
 
-def _top_cells(mean: Any, layers: Sequence[int], letter: str, k: int = 5) -> str:
-    """``L{layer}{letter}{index} value`` of the ``k`` largest ``|mean|`` of a ``[layer, index]`` table."""
+def _kept_pairs(result: Any, include_small: bool) -> Any:
+    """The pairs the summaries average over: ``~small_change()`` unless ``include_small`` or every pair
+    is tiny (then all)."""
+    small = result.small_change()
+    if include_small or bool(small.all()):
+        return small | ~small  # every pair
+    return ~small
+
+
+def patching_notes(result: Any, *, include_small: bool = False) -> list[str]:
+    """What a reader of the patching summaries must know: how many pairs were left out as tiny
+    perturbations (and the threshold), and why ``resid_pre`` is 0 at layer 0 at inserted tokens.
+
+    Example:
+        >>> patching_notes(res)  # doctest: +SKIP
+        ['2 of 4 pairs are left out of the summaries: ...']
+    """
+    from mechir_nig.interventions.patching import SMALL_CHANGE
+
+    notes = []
+    small = result.small_change()
+    n, k = len(result), int(small.sum())
+    if k and not include_small:
+        kept = "all are kept (every pair is tiny)" if k == n else "they are left out of the summaries"
+        notes.append(
+            f"{k} of {n} pairs move the score by less than {SMALL_CHANGE:g} x the spread of the scores "
+            f"(|perturbed - clean| < {SMALL_CHANGE * _spread(result):.4g}): their recovery divides "
+            f"by a tiny change; {kept}."
+        )
+    if "resid_pre" in result.sites and 0 in result.layers:
+        notes.append(
+            "resid_pre at layer 0 is the token embeddings: a token present in one run only occupies a slot "
+            "that holds the same token (masked out of attention) in the other run, so patching it there "
+            "changes nothing and its layer-0 value is 0 by construction."
+        )
+    return notes
+
+
+def _spread(result: Any) -> float:
+    """The spread of a patching result's scores: the standard deviation of its clean and corrupted
+    scores together (what ``SMALL_CHANGE`` is relative to)."""
+    import torch
+
+    pooled = torch.cat([result.clean_scores, result.corrupted_scores]).double()
+    return float(pooled.std()) if pooled.numel() > 1 else 0.0
+
+
+def _top_cells(mean: Any, layers: Sequence[int], letter: str, k: int = 5, raw: Any = None) -> str:
+    """``L{layer}{letter}{index} value`` of the ``k`` largest ``|mean|`` of a ``[layer, index]`` table
+    (with ``(Δ raw)`` from the table ``raw`` of the same shape)."""
     width = mean.shape[-1]
     flat = mean.flatten()
+    flat_raw = raw.flatten() if raw is not None else None
     top = flat.abs().topk(min(k, flat.numel())).indices.tolist()
-    return ", ".join(f"L{layers[j // width]}{letter}{j % width} {float(flat[j]):+.3f}" for j in top)
+    return ", ".join(
+        f"L{layers[j // width]}{letter}{j % width} {float(flat[j]):+.3f}"
+        + (f" (Δ {float(flat_raw[j]):+.4f})" if flat_raw is not None else "")
+        for j in top
+    )
 
 
 def _faithfulness_section(doc: _Doc, loaded: Any) -> None:
@@ -796,6 +887,8 @@ summary{cursor:pointer;color:#1f3a5f}
 section,.figure{scroll-margin-top:52px}
 .figure{overflow-x:auto;margin:10px 0 18px 0;border-top:1px solid #eee;padding-top:6px}
 .problem{color:#a12;font-weight:600}
+ul.findings li{margin:4px 0}
+ul.findings li.caveat{color:#8a5a00}
 .note{color:#555;font-style:italic}
 footer{color:#777;font-size:.85em;text-align:center;padding:12px}
 """
@@ -909,6 +1002,9 @@ def build(
             doc.sections[-1][2].insert(0, provenance.line(path.name))
     if provenance.mixed:
         doc.problems.append(provenance.mixed)
+    from mechir_nig.findings import results_findings
+
+    found_sentences = results_findings({k: v for k, v in loaded.items() if k in _SECTIONS})
     title = title or f"mechir_nig report: {folder.resolve().name}"
     now = _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
     files = []
@@ -929,8 +1025,12 @@ def build(
         f'<p id="summary">{n_found} of {len(names)} result files found, '
         f'<span id="figure-count">{doc.n_figures}</span> figures.</p>',
         "</header>",
-        "<nav>" + "".join(f'<a href="#{_e(key)}">{_e(t)}</a>' for key, t, _ in doc.sections) + "</nav>",
+        "<nav>"
+        + ('<a href="#findings">Findings</a>' if found_sentences else "")
+        + "".join(f'<a href="#{_e(key)}">{_e(t)}</a>' for key, t, _ in doc.sections)
+        + "</nav>",
         "<main>",
+        _findings_html(found_sentences, {key for key, _, _ in doc.sections}),
         '<section id="files"><h2>Files</h2><ul class="files">' + "".join(files) + "</ul>",
     ]
     if doc.problems:

@@ -20,9 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from mechir_nig.report import FILES, LAYOUT_VERSION, REPORT_NAME, attribution_incomplete, check_layout
+from mechir_nig.report import patching_notes as patching_notes  # re-exported for `patch`
 from mechir_nig.report import site_summaries as site_summaries  # re-exported for `patch`
 
 PROG = "mechir-nig"
+
+
+def say_findings(say: Any, sentences: list[str]) -> None:
+    """Print the findings (``mechir_nig.findings``) at the end of a command: a heading, one line each."""
+    if sentences:
+        say("\nFindings:")
+        for sentence in sentences:
+            say(f"- {sentence}")
+
+
 LAYOUT = {**FILES, "report": REPORT_NAME}
 """File names inside a results folder (``--out DIR``), by what they hold."""
 # choices of library options, spelled out so that `--help` needs no torch import (tests/test_cli.py checks

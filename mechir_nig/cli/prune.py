@@ -197,6 +197,10 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         result.settings["attribution_incomplete"] = incomplete
     out = s.save("pruning", result.save)  # pruning_study gathers every run on each rank
     s.say(result.to_markdown())
+    from mechir_nig.cli._common import say_findings
+    from mechir_nig.findings import pruning_findings
+
+    say_findings(s.say, pruning_findings(result))
     s.say(f"wrote {out}")
     unpruned = next(r for r in result.runs if r["condition"] == "unpruned")
     summary = {"unpruned": {m: unpruned[m] for m in result.measures}, "evaluations": len(result.runs)}
