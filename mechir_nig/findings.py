@@ -28,6 +28,7 @@ __all__ = [
     "folder_findings",
     "format_p",
     "patching_findings",
+    "patching_notes",
     "pruning_findings",
     "results_findings",
 ]
@@ -176,14 +177,13 @@ def patching_findings(result: Any) -> list[str]:
     import torch
 
     from mechir_nig.interventions.patching import SITES
-    from mechir_nig.report import _kept_pairs, patching_notes
 
     n = len(result)
     delta = (result.corrupted_scores - result.clean_scores).double()
     out = [
         f"The perturbation changes the score by {float(delta.mean()):+.4f} on average (perturbed - clean, {n} pairs)."
     ]
-    keep = _kept_pairs(result, False)
+    keep = result.summary_pairs()
     used = int(keep.sum())
     direction = "restoring the clean" if result.direction == "denoise" else "patching in the perturbed"
     for site in result.sites:
@@ -221,6 +221,35 @@ def patching_findings(result: Any) -> list[str]:
         )
     out += [f"Caveat: {note}" for note in patching_notes(result)]
     return out
+
+
+def patching_notes(result: Any, *, include_small: bool = False) -> list[str]:
+    """What a reader of the patching summaries must know: how many pairs were left out as tiny
+    perturbations (and the threshold), and why ``resid_pre`` is 0 at layer 0 at inserted tokens.
+
+    Example:
+        >>> patching_notes(res)  # doctest: +SKIP
+        ['2 of 4 pairs are left out of the summaries: ...']
+    """
+    from mechir_nig.interventions.patching import SMALL_CHANGE
+
+    notes = []
+    small = result.small_change()
+    n, k = len(result), int(small.sum())
+    if k and not include_small:
+        kept = "all are kept (every pair is tiny)" if k == n else "they are left out of the summaries"
+        notes.append(
+            f"{k} of {n} pairs move the score by less than {SMALL_CHANGE:g} x the spread of the scores "
+            f"(|perturbed - clean| < {SMALL_CHANGE * result.score_spread:.4g}): their recovery divides "
+            f"by a tiny change; {kept}."
+        )
+    if "resid_pre" in result.sites and 0 in result.layers:
+        notes.append(
+            "resid_pre at layer 0 is the token embeddings: a token present in one run only occupies a slot "
+            "that holds the same token (masked out of attention) in the other run, so patching it there "
+            "changes nothing and its layer-0 value is 0 by construction."
+        )
+    return notes
 
 
 def results_findings(results: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -496,6 +496,7 @@ def _pruning_section(doc: _Doc, result: Any) -> None:
 
 def _patching_section(doc: _Doc, result: Any) -> None:
 
+    from mechir_nig.findings import patching_notes
     from mechir_nig.interventions.patching import SITES
     from mechir_nig.plotting import patching_heatmap
 
@@ -600,12 +601,12 @@ def site_summaries(result: Any, *, include_small: bool = False) -> list[tuple[st
     effects (heads, neurons, set members). With the ``recovery`` metric each value is followed by the
     mean raw score difference ``patched − base`` (``Δ``). Pairs whose perturbation is tiny
     (``PatchingResult.small_change``) are left out of the means unless ``include_small`` (when every
-    pair is tiny, all are kept); :func:`patching_notes` says how many."""
+    pair is tiny, all are kept); ``findings.patching_notes`` says how many."""
     import torch
 
     from mechir_nig.interventions.patching import SITES
 
-    keep = _kept_pairs(result, include_small)
+    keep = result.summary_pairs(include_small)
     with_raw = result.metric == "recovery"
     out = []
     for site in result.sites:
@@ -650,53 +651,6 @@ def site_summaries(result: Any, *, include_small: bool = False) -> list[tuple[st
                 (site, "largest mean over pairs", _top_cells(v.mean(0), result.layers, letter, raw=raw_mean))
             )
     return out
-
-
-def _kept_pairs(result: Any, include_small: bool) -> Any:
-    """The pairs the summaries average over: ``~small_change()`` unless ``include_small`` or every pair
-    is tiny (then all)."""
-    small = result.small_change()
-    if include_small or bool(small.all()):
-        return small | ~small  # every pair
-    return ~small
-
-
-def patching_notes(result: Any, *, include_small: bool = False) -> list[str]:
-    """What a reader of the patching summaries must know: how many pairs were left out as tiny
-    perturbations (and the threshold), and why ``resid_pre`` is 0 at layer 0 at inserted tokens.
-
-    Example:
-        >>> patching_notes(res)  # doctest: +SKIP
-        ['2 of 4 pairs are left out of the summaries: ...']
-    """
-    from mechir_nig.interventions.patching import SMALL_CHANGE
-
-    notes = []
-    small = result.small_change()
-    n, k = len(result), int(small.sum())
-    if k and not include_small:
-        kept = "all are kept (every pair is tiny)" if k == n else "they are left out of the summaries"
-        notes.append(
-            f"{k} of {n} pairs move the score by less than {SMALL_CHANGE:g} x the spread of the scores "
-            f"(|perturbed - clean| < {SMALL_CHANGE * _spread(result):.4g}): their recovery divides "
-            f"by a tiny change; {kept}."
-        )
-    if "resid_pre" in result.sites and 0 in result.layers:
-        notes.append(
-            "resid_pre at layer 0 is the token embeddings: a token present in one run only occupies a slot "
-            "that holds the same token (masked out of attention) in the other run, so patching it there "
-            "changes nothing and its layer-0 value is 0 by construction."
-        )
-    return notes
-
-
-def _spread(result: Any) -> float:
-    """The spread of a patching result's scores: the standard deviation of its clean and corrupted
-    scores together (what ``SMALL_CHANGE`` is relative to)."""
-    import torch
-
-    pooled = torch.cat([result.clean_scores, result.corrupted_scores]).double()
-    return float(pooled.std()) if pooled.numel() > 1 else 0.0
 
 
 def _top_cells(mean: Any, layers: Sequence[int], letter: str, k: int = 5, raw: Any = None) -> str:

@@ -57,10 +57,12 @@ __all__ = [
     "CEILING_SHARE",
     "CEILING_VALUE",
     "CONDITIONS",
+    "JUDGED",
     "MOVED_PER_QUERY",
     "RANK_DEPTH",
     "PruningResult",
     "pruning_study",
+    "judged_queries",
     "split_queries",
 ]
 
@@ -77,10 +79,38 @@ CEILING_SHARE = 0.5
 _ID_KEYS = ("condition", "mode", "fraction", "seed", "n_neurons")
 
 
+JUDGED = (
+    "a judged query has at least one relevant document in the qrels (grade >= the collection's relevance "
+    "threshold) and a query text"
+)
+"""The one definition of a judged query (``judged_queries``), stated in the results that use it."""
+
+
+def judged_queries(collection: Any) -> list[str]:
+    """The judged queries of ``collection`` in qrels order: those with at least one relevant document
+    (``collection.is_relevant``) and a query text (:data:`JUDGED`). A query whose qrels hold only
+    non-relevant grades scores 0 in every condition of an IR measure, so it is not evaluated; the
+    split-half stability study uses the same definition.
+
+    Example:
+        >>> from mechir_nig.data import load_collection
+        >>> len(judged_queries(load_collection("embedded")))
+        15
+    """
+    return list(
+        dict.fromkeys(
+            q.query_id
+            for q in collection.qrels
+            if collection.is_relevant(q.relevance) and q.query_id in collection.queries
+        )
+    )
+
+
 def split_queries(
     collection: Any, *, seed: int = 0, query_ids: Iterable[str] | None = None
 ) -> tuple[list[str], list[str]]:
-    """Two disjoint halves (selection, evaluation) of the queries with qrels, shuffled with ``seed``.
+    """Two disjoint halves (selection, evaluation) of the judged queries (:func:`judged_queries`),
+    shuffled with ``seed``.
 
     Example:
         >>> from mechir_nig.data import load_collection
@@ -88,7 +118,7 @@ def split_queries(
         >>> len(sel), len(ev), set(sel) & set(ev)
         (7, 8, set())
     """
-    judged = list(dict.fromkeys(q.query_id for q in collection.qrels))
+    judged = judged_queries(collection)
     ids = sorted(judged if query_ids is None else [q for q in query_ids if q in set(judged)])
     random.Random(seed).shuffle(ids)
     half = len(ids) // 2
@@ -502,10 +532,18 @@ def pruning_study(
             f"{len(overlap)} queries are both selection and evaluation queries (e.g. {overlap[:3]}): "
             "evaluate on held-out queries (see split_queries)"
         )
-    judged = {q.query_id for q in collection.qrels}
+    judged = set(judged_queries(collection))
+    unjudged = [q for q in ev if q not in judged]
+    if unjudged:
+        warnings.warn(
+            f"pruning_study: {len(unjudged)} of {len(ev)} evaluation queries are not judged ({JUDGED}; e.g. "
+            f"{unjudged[:3]}): they are not evaluated",
+            UserWarning,
+            stacklevel=2,
+        )
     ev = [q for q in ev if q in candidates and q in judged]
     if not ev:
-        raise InputError("no evaluation query has both candidates and qrels")
+        raise InputError(f"no evaluation query is judged and has candidates ({JUDGED})")
 
     # the pairs, texts and (for a bi-encoder) the unablated side, once
     pairs = [(q, d) for q in ev for d in candidates[q]]
@@ -609,6 +647,7 @@ def pruning_study(
         "side": side if bi else "pair",
         "pairs": len(pairs),
         "split": "selection and evaluation queries are disjoint (select on one half, evaluate on the other)",
+        "judged_queries": JUDGED,
         "model": str(getattr(model.cfg, "model_name", "")),
     }
     result = PruningResult(

@@ -203,9 +203,26 @@ class PatchingResult(Result):
             >>> res.small_change().sum()  # pairs left out of the summaries  # doctest: +SKIP
         """
         delta = (self.corrupted_scores - self.clean_scores).double().abs()
+        return delta < threshold * self.score_spread
+
+    @property
+    def score_spread(self) -> float:
+        """The standard deviation of the clean and corrupted scores together (what ``SMALL_CHANGE`` is
+        relative to; 0 for a single score)."""
         pooled = torch.cat([self.clean_scores, self.corrupted_scores]).double()
-        spread = float(pooled.std()) if pooled.numel() > 1 else 0.0
-        return delta < threshold * spread
+        return float(pooled.std()) if pooled.numel() > 1 else 0.0
+
+    def summary_pairs(self, include_small: bool = False) -> Bool[Tensor, " batch"]:
+        """The pairs summaries average over: those without a tiny perturbation (``~small_change()``),
+        or every pair when ``include_small`` or when every pair's perturbation is tiny.
+
+        Example:
+            >>> res["heads"][res.summary_pairs()].mean(0)  # [layer, n_heads]  # doctest: +SKIP
+        """
+        small = self.small_change()
+        if include_small or bool(small.all()):
+            return torch.ones_like(small)
+        return ~small
 
     def plot(self, kind: str | None = None, **kw: Any) -> Any:
         """A plotly figure of this result (``mechir_nig.plotting.plot``); ``kind``: ``"heatmap"`` (default);
