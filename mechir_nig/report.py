@@ -474,6 +474,7 @@ def _pruning_section(doc: _Doc, result: Any) -> None:
     if rows:
         parts.append("<h3>Effectiveness per condition (mean ± std over seeds; drop from unpruned)</h3>")
         parts.append(_table(head, rows, cls="numbers"))
+    _pruning_statistics(parts, result)
     parts.append("<h3>Figures</h3>")
     for m in result.measures:
         doc.figure(parts, f"pruning curves {m}", partial(pruning_curves, result, measure=m))
@@ -492,6 +493,66 @@ def _pruning_section(doc: _Doc, result: Any) -> None:
             return layer_profile_bars(chosen, title=f"Ablated neurons per layer at fraction {top:g}")
 
         doc.figure(parts, "layer profile of the ablated sets", profile)
+
+
+def _ci_cell(bounds: Sequence[float]) -> _Html:
+    return _Html(_e(f"[{_num(bounds[0], '+.4f')}, {_num(bounds[1], '+.4f')}]"))
+
+
+def _pruning_statistics(parts: list[str], result: Any) -> None:
+    """The statistics table of a pruning study (``PruningResult.statistics``), its ceiling warnings and
+    the documents that moved most for one query."""
+    rows = []
+    for r in result.statistics():
+        vs = r["vs_random"] or {}
+        rows.append(
+            [
+                r["measure"],
+                r["condition"],
+                r["mode"],
+                r["fraction"],
+                r["n_neurons"],
+                _fixed(r["drop"], "+.4f"),
+                _ci_cell(r["drop_ci"]),
+                _fixed(r["p_holm"], ".3g"),
+                _fixed(r["d_z"], "+.2f"),
+                None if r["changed_queries"] is None else f"{r['changed_queries']:g} of {r['n_queries']}",
+                _fixed(vs["difference"], "+.4f") if vs else None,
+                _ci_cell(vs["ci"]) if vs else None,
+                _fixed(vs["p_holm"], ".3g") if vs else None,
+                f"{vs['rank']} of {vs['n_random'] + 1}" if vs else None,
+            ]
+        )
+    if rows:
+        parts.append(
+            "<h3>Statistics over the held-out queries (drop from unpruned; vs random: the random sets' "
+            "mean minus the condition; 95 % percentile bootstrap intervals; sign-flip p-values, "
+            "Holm-adjusted across fractions and modes)</h3>"
+        )
+        head = ["measure", "condition", "mode", "fraction", "neurons", "drop", "95 % CI", "p (Holm)", "d_z"]
+        head += ["top-10 changed", "vs random", "95 % CI", "p (Holm)", "rank"]
+        parts.append(_table(head, rows, cls="numbers"))
+    for m in result.measures:
+        warning = result.ceiling(m)["warning"]
+        if warning:
+            parts.append(f'<p class="problem">Ceiling: {_e(warning)}.</p>')
+    moved = [
+        (i, r) for i, r in enumerate(result.runs) if r["condition"] == "nig_top" and i < len(result.moved)
+    ]
+    if moved:
+        i, run = max(moved, key=lambda ir: (ir[1]["fraction"], ir[1]["mode"] == "baseline"))
+        docs = result.moved[i].get("docs") or {}
+        if docs:
+            query = max(docs, key=lambda q: sum(abs(e[1] - e[2]) for e in docs[q]["up"] + docs[q]["down"]))
+            cells = [
+                [direction, e[0], e[1], e[2]] for direction in ("up", "down") for e in docs[query][direction]
+            ]
+            parts.append(
+                f"<h3>Documents that moved most for query {_e(query)} (nig_top, {_e(run['mode'])}, fraction "
+                f"{_e(run['fraction'])}; {len(result.moved[i].get('changed', []))} of "
+                f"{len(result.eval_queries)} queries changed their top {result.moved[i].get('depth')})</h3>"
+            )
+            parts.append(_table(["moved", "doc_id", "rank unpruned", "rank pruned"], cells, cls="numbers"))
 
 
 def _patching_section(doc: _Doc, result: Any) -> None:
@@ -685,6 +746,17 @@ def _faithfulness_section(doc: _Doc, loaded: Any) -> None:
     ]
     parts.append("<h3>Spearman ρ of the single-neuron score drops with each predictor (mean over pairs)</h3>")
     parts.append(_table(["ablation mode", *predictors], rows, cls="numbers"))
+    stats = result.statistics()
+    ci_rows = [
+        [mode, p, _fixed(c["mean"], "+.3f"), _ci_cell(c["ci"]), _fixed(c["p"], ".3g"), c["n"]]
+        for mode, st in stats.items()
+        for p, c in st["correlations"].items()
+    ]
+    if ci_rows:
+        parts.append("<h3>Mean Spearman ρ with 95 % bootstrap intervals over pairs (p: mean = 0)</h3>")
+        parts.append(
+            _table(["ablation mode", "predictor", "mean ρ", "95 % CI", "p", "pairs"], ci_rows, cls="numbers")
+        )
     parts.append("<h3>Figures</h3>")
     if result.curve:
         doc.figure(parts, "faithfulness curves", lambda: faithfulness_curves(result))

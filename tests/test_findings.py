@@ -161,7 +161,12 @@ def test_patching_sentences_leave_out_tiny_changes() -> None:
 def test_report_has_a_findings_section(tmp_path) -> None:
     from mechir_nig.report import build
 
-    _pruning().save(tmp_path / "pruning.json")
+    study = _pruning()
+    study.moved = [
+        {"depth": 10, "changed": ["q00"], "docs": {"q00": {"up": [["d3", 3, 1]], "down": [["d1", 1, 3]]}}}
+        for _ in study.runs
+    ]
+    study.save(tmp_path / "pruning.json")
     _faithfulness().save(tmp_path / "faithfulness.json")
     _patching().save(tmp_path / "patching.safetensors")
     found = folder_findings(tmp_path)
@@ -179,6 +184,15 @@ def test_report_has_a_findings_section(tmp_path) -> None:
     assert '<a href="#patching">(Activation patching)</a>' in section
     assert rest.index('id="pruning"') > 0  # the findings come before every result's section
     assert '<li class="caveat">' in section
+    # the pruning section: the statistics table (a CI cell, the rank, the changed queries) and the movers
+    pruning = page.split('<section id="pruning">', 1)[1].split("</section>", 1)[0]
+    assert "<h3>Statistics over the held-out queries" in pruning
+    assert "<td>[+0.1000, +0.1000]</td>" in pruning and "<td>1 of 3</td>" in pruning
+    assert "<td>1 of 20</td>" in pruning  # top-10 changed on q00 only
+    assert "Documents that moved most for query q00 (nig_top, baseline, fraction 0.01; 1 of 20" in pruning
+    assert "<tr><td>up</td><td>d3</td><td>3</td><td>1</td></tr>" in pruning
+    faith = page.split('<section id="faithfulness">', 1)[1].split("</section>", 1)[0]
+    assert "<td>nig</td><td>+0.617</td><td>[+0.4167, +0.7833]</td>" in faith
 
 
 def test_old_pruning_files_still_load(tmp_path) -> None:
