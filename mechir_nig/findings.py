@@ -64,6 +64,10 @@ def _ci(bounds: Any, digits: int = 3, confidence: float = 0.95) -> str:
     return f"[{confidence:.0%} CI {low:.{digits}f}{sep}{high:.{digits}f}]".replace("%", " %")
 
 
+def _pairs(n: int) -> str:
+    return f"{n} pair" if n == 1 else f"{n} pairs"
+
+
 def _pct(fraction: float) -> str:
     return f"{fraction * 100:g} %"
 
@@ -149,20 +153,20 @@ def faithfulness_findings(result: Any, *, n_resamples: int = 10000) -> list[str]
         )
         sentence = (
             f"Under {mode} ablation, NIG ranks each pair's {result.k} neurons by their score drop with a mean "
-            f"Spearman ρ of {c['mean']:+.2f} {_ci(c['ci'], 2)} over {c['n']} pairs "
+            f"Spearman ρ of {c['mean']:+.2f} {_ci(c['ci'], 2)} over {_pairs(c['n'])} "
             f"({format_p(c['p'])} against 0)"
         )
         out.append(sentence + (f"; {others}." if others else "."))
         cur = st.get("curve")
         if cur and cur["n"]:
-            verdict = "more than" if cur["p"] < ALPHA and cur["mean"] > 0 else "not distinguishably more than"
+            verdict = "" if cur["p"] < ALPHA else ": not distinguishable from random"
             out.append(
-                f"Ablating each pair's top {cur['k']} NIG neurons together ({mode}) lowers the score "
-                f"{verdict} {cur['k']} random neurons: by {cur['mean']:+.4f} more {_ci(cur['ci'], 4)} "
-                f"({format_p(cur['p'])}, {cur['n']} pairs)."
+                f"Ablating each pair's top {cur['k']} NIG neurons together ({mode}) changes the score by "
+                f"{-cur['mean']:+.4f} relative to {cur['k']} random neurons {_ci((-cur['ci'][1], -cur['ci'][0]), 4)} "
+                f"({format_p(cur['p'])}, {_pairs(cur['n'])}){verdict}."
             )
         if c["n"] < 10:
-            out.append(f"Caveat: {c['n']} pairs give wide intervals.")
+            out.append(f"Caveat: only {_pairs(c['n'])}: the intervals are wide.")
     return out
 
 

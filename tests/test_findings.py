@@ -131,9 +131,9 @@ def test_faithfulness_sentences() -> None:
         "Under baseline ablation, NIG ranks each pair's 2 neurons by their score drop with a mean Spearman ρ "
         "of +0.62 [95 % CI 0.42-0.78] over 6 pairs (p = 0.031 against 0); activation x gradient +0.35 "
         "[95 % CI 0.22-0.48].",
-        "Ablating each pair's top 2 NIG neurons together (baseline) lowers the score more than 2 random "
-        "neurons: by +0.2350 more [95 % CI 0.1650-0.3100] (p = 0.031, 6 pairs).",
-        "Caveat: 6 pairs give wide intervals.",
+        "Ablating each pair's top 2 NIG neurons together (baseline) changes the score by -0.2350 relative "
+        "to 2 random neurons [95 % CI -0.3100 to -0.1650] (p = 0.031, 6 pairs).",  # exact: 2 / 2^6
+        "Caveat: only 6 pairs: the intervals are wide.",
     ]
 
 
