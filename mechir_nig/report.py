@@ -792,6 +792,7 @@ def _stability_section(doc: _Doc, study: Mapping[str, Any]) -> None:
             "jaccard",
             "expected_jaccard",
             "lift",
+            "p_value",
             "pool_size",
         ]
         parts.append("<h3>Overlap of the two halves' top sets</h3>")

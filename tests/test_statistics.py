@@ -233,3 +233,14 @@ def test_pruning_moved_documents_by_hand() -> None:
     out = _moved(pairs, before, after)
     assert out["changed"] == ["q"]
     assert out["docs"] == {"q": {"up": [["b", 2, 1], ["c", 3, 2]], "down": [["a", 1, 3]]}}
+
+
+def test_overlap_report_states_the_hypergeometric_p_value() -> None:
+    from mechir_nig.sets import overlap_report, select_top
+
+    g = torch.Generator().manual_seed(0)
+    a = select_top(torch.randn(4, 10, generator=g), k=4, layers=[2], name="a")  # pool: 10 neurons
+    b = select_top(torch.randn(4, 10, generator=g), k=5, layers=[2], name="b")
+    rep = overlap_report(a, b)
+    want = sps.hypergeom.sf(rep["intersection"] - 1, rep["pool_size"], 4, 5)
+    assert rep["p_value"] == pytest.approx(want, rel=1e-9)
