@@ -628,11 +628,18 @@ def _patching_section(doc: _Doc, result: Any) -> None:
     for site in result.sites:
         kind = SITES.get(site, ("", ""))[1]
         if kind in ("pos", "head_pos"):
-            for i in range(min(n, MAX_PAIR_FIGURES)):
+            shown = min(n, MAX_PAIR_FIGURES)
+            zmax = _shared_range(result, site, shown)
+            if zmax is not None:
+                parts.append(
+                    f'<p class="note">{_e(site)}: one colour scale for every pair, ±{_e(_num(zmax, ".3g"))} '
+                    "(the largest |value| of the pairs without a tiny perturbation; others saturate).</p>"
+                )
+            for i in range(shown):
                 doc.figure(
                     parts,
                     f"patching {site} pair {i}",
-                    partial(patching_heatmap, result, site, pair=i),
+                    partial(patching_heatmap, result, site, pair=i, zmax=zmax),
                 )
             if n > MAX_PAIR_FIGURES:
                 parts.append(
@@ -654,6 +661,17 @@ def _findings_html(sentences: Sequence[tuple[str, str]], sections: set[str]) -> 
     return (
         '<section id="findings"><h2>Findings</h2><ul class="findings">' + "".join(items) + "</ul></section>"
     )
+
+
+def _shared_range(result: Any, site: str, n_pairs: int) -> float | None:
+    """The largest finite ``|value|`` of ``site`` over the first ``n_pairs`` pairs that summaries keep
+    (``PatchingResult.summary_pairs``): one colour range for the figures of its pairs; None when 0."""
+    import torch
+
+    v = result[site][:n_pairs].double()[result.summary_pairs()[:n_pairs]]
+    v = v[torch.isfinite(v)]
+    top = float(v.abs().max()) if v.numel() else 0.0
+    return top if top > 0 else None
 
 
 def site_summaries(result: Any, *, include_small: bool = False) -> list[tuple[str, str, str]]:

@@ -208,3 +208,21 @@ def test_old_pruning_files_still_load(tmp_path) -> None:
     assert back.moved == [] and back.runs == result.runs
     top = [r for r in back.statistics() if r["condition"] == "nig_top" and r["fraction"] == 0.01]
     assert top[0]["vs_random"]["rank"] == 1
+
+
+def test_patching_pairs_share_one_colour_scale(tmp_path) -> None:
+    from mechir_nig.errors import InputError
+    from mechir_nig.plotting import patching_heatmap
+    from mechir_nig.report import _shared_range, build
+
+    res = _patching()
+    # the largest |recovery| of the kept pairs (0, 2, 3): 0.5 at layer 1; the tiny pair's -749 would swamp it
+    assert _shared_range(res, "resid_pre", 4) == pytest.approx(0.5)
+    figs = [patching_heatmap(res, "resid_pre", pair=i, zmax=0.5) for i in range(4)]
+    assert {(f.data[0].zmin, f.data[0].zmax) for f in figs} == {(-0.5, 0.5)}
+    assert patching_heatmap(res, "resid_pre", pair=0).data[0].zmin is None  # its own range by default
+    with pytest.raises(InputError, match="zmax"):
+        patching_heatmap(res, "resid_pre", pair=0, zmax=0.0)
+    res.save(tmp_path / "patching.safetensors")
+    page = build(tmp_path).read_text(encoding="utf-8")
+    assert "resid_pre: one colour scale for every pair, ±0.5" in page
