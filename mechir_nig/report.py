@@ -399,6 +399,11 @@ def _attribution_section(doc: _Doc, stats: Any) -> None:
         vals = [float(means[lab][layer, neuron]) for lab in present]
         rows.append([rank, layer, neuron, *vals, *([vals[0] - vals[1]] if len(present) == 2 else [])])
     parts.append(f"<h3>Top {len(rows)} neurons by {_e(scheme)} mean NIG</h3>")
+    parts.append(
+        f'<p class="note">Ranked by the {_e(scheme)} scheme; a pruning study ranks by its own scheme '
+        "(its settings' scheme, prune --scheme, default relevant), so its ablated sets can differ from "
+        "this list.</p>"
+    )
     parts.append(_table(head, rows, cls="numbers"))
     parts.append("<h3>Figures</h3>")
     doc.figure(parts, "neuron heatmap", lambda: neuron_heatmap(stats))
@@ -416,6 +421,16 @@ def _attribution_section(doc: _Doc, stats: Any) -> None:
         lambda: layer_profile_bars(sets(), title=f"Top {pct} neurons per layer, by scheme"),
     )
     if len(present) == 2:
+        from mechir_nig.sets import overlap_report
+
+        label_sets = sets()
+        rep = overlap_report(label_sets[LABELS[0]], label_sets[LABELS[1]])
+        parts.append(
+            f"<h3>Overlap of the top {pct} relevant and non-relevant neurons vs chance (exact hypergeometric "
+            "p-value over the attributed layers)</h3>"
+        )
+        keys = ["size_a", "size_b", "intersection", "expected_intersection", "jaccard", "lift", "p_value"]
+        parts.append(_table(keys, [[rep[k] for k in keys]], cls="numbers"))
         doc.figure(
             parts,
             "overlap of the label sets",

@@ -222,3 +222,9 @@ def test_the_findings_section_comes_first_and_links_to_its_sections(report, brow
     assert browser.execute_script("return location.hash") == "#pruning"
     top = browser.execute_script("return document.getElementById('pruning').getBoundingClientRect().top")
     assert 0 <= top < 200, top  # the section is scrolled to (below the sticky navigation)
+    # the statistics next to the tables: the pruning study's intervals, the label sets' overlap p-value
+    pruning = browser.find_element(By.ID, "pruning").text
+    assert "Statistics over the held-out queries" in pruning and "95 % CI" in pruning
+    attribution = browser.find_element(By.ID, "attribution").text
+    assert "Overlap of the top 1% relevant and non-relevant neurons vs chance" in attribution
+    assert "p_value" in attribution
