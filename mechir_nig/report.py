@@ -399,6 +399,11 @@ def _attribution_section(doc: _Doc, stats: Any) -> None:
         vals = [float(means[lab][layer, neuron]) for lab in present]
         rows.append([rank, layer, neuron, *vals, *([vals[0] - vals[1]] if len(present) == 2 else [])])
     parts.append(f"<h3>Top {len(rows)} neurons by {_e(scheme)} mean NIG</h3>")
+    parts.append(
+        f'<p class="note">Ranked by the {_e(scheme)} scheme; a pruning study ranks by its own scheme '
+        "(its settings' scheme, prune --scheme, default relevant), so its ablated sets can differ from "
+        "this list.</p>"
+    )
     parts.append(_table(head, rows, cls="numbers"))
     parts.append("<h3>Figures</h3>")
     doc.figure(parts, "neuron heatmap", lambda: neuron_heatmap(stats))
@@ -416,6 +421,16 @@ def _attribution_section(doc: _Doc, stats: Any) -> None:
         lambda: layer_profile_bars(sets(), title=f"Top {pct} neurons per layer, by scheme"),
     )
     if len(present) == 2:
+        from mechir_nig.sets import overlap_report
+
+        label_sets = sets()
+        rep = overlap_report(label_sets[LABELS[0]], label_sets[LABELS[1]])
+        parts.append(
+            f"<h3>Overlap of the top {pct} relevant and non-relevant neurons vs chance (exact hypergeometric "
+            "p-value over the attributed layers)</h3>"
+        )
+        keys = ["size_a", "size_b", "intersection", "expected_intersection", "jaccard", "lift", "p_value"]
+        parts.append(_table(keys, [[rep[k] for k in keys]], cls="numbers"))
         doc.figure(
             parts,
             "overlap of the label sets",
@@ -474,6 +489,7 @@ def _pruning_section(doc: _Doc, result: Any) -> None:
     if rows:
         parts.append("<h3>Effectiveness per condition (mean ± std over seeds; drop from unpruned)</h3>")
         parts.append(_table(head, rows, cls="numbers"))
+    _pruning_statistics(parts, result)
     parts.append("<h3>Figures</h3>")
     for m in result.measures:
         doc.figure(parts, f"pruning curves {m}", partial(pruning_curves, result, measure=m))
@@ -494,8 +510,69 @@ def _pruning_section(doc: _Doc, result: Any) -> None:
         doc.figure(parts, "layer profile of the ablated sets", profile)
 
 
+def _ci_cell(bounds: Sequence[float]) -> _Html:
+    return _Html(_e(f"[{_num(bounds[0], '+.4f')}, {_num(bounds[1], '+.4f')}]"))
+
+
+def _pruning_statistics(parts: list[str], result: Any) -> None:
+    """The statistics table of a pruning study (``PruningResult.statistics``), its ceiling warnings and
+    the documents that moved most for one query."""
+    rows = []
+    for r in result.statistics():
+        vs = r["vs_random"] or {}
+        rows.append(
+            [
+                r["measure"],
+                r["condition"],
+                r["mode"],
+                r["fraction"],
+                r["n_neurons"],
+                _fixed(r["drop"], "+.4f"),
+                _ci_cell(r["drop_ci"]),
+                _fixed(r["p_holm"], ".3g"),
+                _fixed(r["d_z"], "+.2f"),
+                None if r["changed_queries"] is None else f"{r['changed_queries']:g} of {r['n_queries']}",
+                _fixed(vs["difference"], "+.4f") if vs else None,
+                _ci_cell(vs["ci"]) if vs else None,
+                _fixed(vs["p_holm"], ".3g") if vs else None,
+                f"{vs['rank']} of {vs['n_random'] + 1}" if vs else None,
+            ]
+        )
+    if rows:
+        parts.append(
+            "<h3>Statistics over the held-out queries (drop from unpruned; vs random: the random sets' "
+            "mean minus the condition; 95 % percentile bootstrap intervals; sign-flip p-values, "
+            "Holm-adjusted across fractions and modes)</h3>"
+        )
+        head = ["measure", "condition", "mode", "fraction", "neurons", "drop", "95 % CI", "p (Holm)", "d_z"]
+        head += ["top-10 changed", "vs random", "95 % CI", "p (Holm)", "rank"]
+        parts.append(_table(head, rows, cls="numbers"))
+    for m in result.measures:
+        warning = result.ceiling(m)["warning"]
+        if warning:
+            parts.append(f'<p class="problem">Ceiling: {_e(warning)}.</p>')
+    moved = [
+        (i, r) for i, r in enumerate(result.runs) if r["condition"] == "nig_top" and i < len(result.moved)
+    ]
+    if moved:
+        i, run = max(moved, key=lambda ir: (ir[1]["fraction"], ir[1]["mode"] == "baseline"))
+        docs = result.moved[i].get("docs") or {}
+        if docs:
+            query = max(docs, key=lambda q: sum(abs(e[1] - e[2]) for e in docs[q]["up"] + docs[q]["down"]))
+            cells = [
+                [direction, e[0], e[1], e[2]] for direction in ("up", "down") for e in docs[query][direction]
+            ]
+            parts.append(
+                f"<h3>Documents that moved most for query {_e(query)} (nig_top, {_e(run['mode'])}, fraction "
+                f"{_e(run['fraction'])}; {len(result.moved[i].get('changed', []))} of "
+                f"{len(result.eval_queries)} queries changed their top {result.moved[i].get('depth')})</h3>"
+            )
+            parts.append(_table(["moved", "doc_id", "rank unpruned", "rank pruned"], cells, cls="numbers"))
+
+
 def _patching_section(doc: _Doc, result: Any) -> None:
 
+    from mechir_nig.findings import patching_notes
     from mechir_nig.interventions.patching import SITES
     from mechir_nig.plotting import patching_heatmap
 
@@ -557,17 +634,27 @@ def _patching_section(doc: _Doc, result: Any) -> None:
         parts.append(f"<details><summary>perturbed documents</summary><ol start=0>{docs}</ol></details>")
     summary_rows = site_summaries(result)
     if summary_rows:
-        parts.append(f"<h3>Summary per site ({_e(result.metric)}, mean over pairs)</h3>")
+        raw_note = " (Δ: the mean raw score change patched − base)" if result.metric == "recovery" else ""
+        parts.append(f"<h3>Summary per site ({_e(result.metric)}, mean over pairs{_e(raw_note)})</h3>")
         parts.append(_table(["site", "what", "values"], summary_rows))
+        for note in patching_notes(result):
+            parts.append(f'<p class="note">{_e(note)}</p>')
     parts.append("<h3>Figures</h3>")
     for site in result.sites:
         kind = SITES.get(site, ("", ""))[1]
         if kind in ("pos", "head_pos"):
-            for i in range(min(n, MAX_PAIR_FIGURES)):
+            shown = min(n, MAX_PAIR_FIGURES)
+            zmax = _shared_range(result, site, shown)
+            if zmax is not None:
+                parts.append(
+                    f'<p class="note">{_e(site)}: one colour scale for every pair, ±{_e(_num(zmax, ".3g"))} '
+                    "(the largest |value| of the pairs without a tiny perturbation; others saturate).</p>"
+                )
+            for i in range(shown):
                 doc.figure(
                     parts,
                     f"patching {site} pair {i}",
-                    partial(patching_heatmap, result, site, pair=i),
+                    partial(patching_heatmap, result, site, pair=i, zmax=zmax),
                 )
             if n > MAX_PAIR_FIGURES:
                 parts.append(
@@ -577,49 +664,101 @@ def _patching_section(doc: _Doc, result: Any) -> None:
             doc.figure(parts, f"patching {site}", partial(patching_heatmap, result, site, pair=None))
 
 
-def site_summaries(result: Any) -> list[tuple[str, str, str]]:
+def _findings_html(sentences: Sequence[tuple[str, str]], sections: set[str]) -> str:
+    """The Findings section: one list item per sentence, linking to its result's section."""
+    if not sentences:
+        return ""
+    items = []
+    for key, sentence in sentences:
+        link = f' <a href="#{_e(key)}">({_e(_TITLES.get(key, key))})</a>' if key in sections else ""
+        cls = ' class="caveat"' if sentence.startswith("Caveat") else ""
+        items.append(f"<li{cls}>{_e(sentence)}{link}</li>")
+    return (
+        '<section id="findings"><h2>Findings</h2><ul class="findings">' + "".join(items) + "</ul></section>"
+    )
+
+
+def _shared_range(result: Any, site: str, n_pairs: int) -> float | None:
+    """The largest finite ``|value|`` of ``site`` over the first ``n_pairs`` pairs that summaries keep
+    (``PatchingResult.summary_pairs``): one colour range for the figures of its pairs; None when 0."""
+    import torch
+
+    v = result[site][:n_pairs].double()[result.summary_pairs()[:n_pairs]]
+    v = v[torch.isfinite(v)]
+    top = float(v.abs().max()) if v.numel() else 0.0
+    return top if top > 0 else None
+
+
+def site_summaries(result: Any, *, include_small: bool = False) -> list[tuple[str, str, str]]:
     """``(site, what, values)`` of each site of a ``PatchingResult`` (the report's table and the lines
     ``mechir-nig patch`` prints): the mean effect at the changed positions per layer, or the largest mean
-    effects (heads, neurons, set members)."""
+    effects (heads, neurons, set members). With the ``recovery`` metric each value is followed by the
+    mean raw score difference ``patched − base`` (``Δ``). Pairs whose perturbation is tiny
+    (``PatchingResult.small_change``) are left out of the means unless ``include_small`` (when every
+    pair is tiny, all are kept); ``findings.patching_notes`` says how many."""
     import torch
 
     from mechir_nig.interventions.patching import SITES
 
+    keep = result.summary_pairs(include_small)
+    with_raw = result.metric == "recovery"
     out = []
     for site in result.sites:
-        v = torch.nan_to_num(result[site].double())
+        v = torch.nan_to_num(result[site].double())[keep]
+        raw = result.raw(site).double()[keep] if with_raw else None
         kind = SITES.get(site, ("", ""))[1]
         if site.endswith("_set"):
             mean = v.mean(0)
+            raw_mean = raw.mean(0) if raw is not None else None
             top = mean.abs().topk(min(5, mean.numel())).indices.tolist()
             letter = {"neuron_set": "N", "head_set": "H"}.get(site, "P")
             cells = ", ".join(
-                f"L{result.members[j][0]}{letter}{result.members[j][1]} {float(mean[j]):+.3f}" for j in top
+                f"L{result.members[j][0]}{letter}{result.members[j][1]} {float(mean[j]):+.3f}"
+                + (f" (Δ {float(raw_mean[j]):+.4f})" if raw_mean is not None else "")
+                for j in top
             )
             out.append((site, "largest mean effect (members)", cells))
         elif kind in ("pos", "head_pos") and result.changed is not None:
-            changed = result.changed.to(v.dtype)
+            changed = result.changed[keep].to(v.dtype)
             if kind == "pos":  # [batch, layer, pos]
-                per_layer = (v * changed[:, None, :]).sum(-1).mean(0)
-                cells = " ".join(f"L{lyr} {x:+.3f}" for lyr, x in zip(result.layers, per_layer.tolist()))
+                per_layer = (v * changed[:, None, :]).sum(-1).mean(0).tolist()
+                raw_layer = (raw * changed[:, None, :]).sum(-1).mean(0).tolist() if raw is not None else None
+                cells = " ".join(
+                    f"L{lyr} {x:+.3f}" + (f" (Δ {raw_layer[i]:+.4f})" if raw_layer is not None else "")
+                    for i, (lyr, x) in enumerate(zip(result.layers, per_layer))
+                )
                 out.append((site, "at the changed positions, per layer", cells))
             else:  # [batch, layer, head, pos]
                 mean = (v * changed[:, None, None, :]).sum(-1).mean(0)
+                raw_mean = (raw * changed[:, None, None, :]).sum(-1).mean(0) if raw is not None else None
                 out.append(
-                    (site, "largest mean at the changed positions", _top_cells(mean, result.layers, "H"))
+                    (
+                        site,
+                        "largest mean at the changed positions",
+                        _top_cells(mean, result.layers, "H", raw=raw_mean),
+                    )
                 )
         elif v.dim() == 3:  # heads / neurons: [batch, layer, index]
             letter = "H" if kind == "head" else "N"
-            out.append((site, "largest mean over pairs", _top_cells(v.mean(0), result.layers, letter)))
+            raw_mean = raw.mean(0) if raw is not None else None
+            out.append(
+                (site, "largest mean over pairs", _top_cells(v.mean(0), result.layers, letter, raw=raw_mean))
+            )
     return out
 
 
-def _top_cells(mean: Any, layers: Sequence[int], letter: str, k: int = 5) -> str:
-    """``L{layer}{letter}{index} value`` of the ``k`` largest ``|mean|`` of a ``[layer, index]`` table."""
+def _top_cells(mean: Any, layers: Sequence[int], letter: str, k: int = 5, raw: Any = None) -> str:
+    """``L{layer}{letter}{index} value`` of the ``k`` largest ``|mean|`` of a ``[layer, index]`` table
+    (with ``(Δ raw)`` from the table ``raw`` of the same shape)."""
     width = mean.shape[-1]
     flat = mean.flatten()
+    flat_raw = raw.flatten() if raw is not None else None
     top = flat.abs().topk(min(k, flat.numel())).indices.tolist()
-    return ", ".join(f"L{layers[j // width]}{letter}{j % width} {float(flat[j]):+.3f}" for j in top)
+    return ", ".join(
+        f"L{layers[j // width]}{letter}{j % width} {float(flat[j]):+.3f}"
+        + (f" (Δ {float(flat_raw[j]):+.4f})" if flat_raw is not None else "")
+        for j in top
+    )
 
 
 def _faithfulness_section(doc: _Doc, loaded: Any) -> None:
@@ -640,6 +779,17 @@ def _faithfulness_section(doc: _Doc, loaded: Any) -> None:
     ]
     parts.append("<h3>Spearman ρ of the single-neuron score drops with each predictor (mean over pairs)</h3>")
     parts.append(_table(["ablation mode", *predictors], rows, cls="numbers"))
+    stats = result.statistics()
+    ci_rows = [
+        [mode, p, _fixed(c["mean"], "+.3f"), _ci_cell(c["ci"]), _fixed(c["p"], ".3g"), c["n"]]
+        for mode, st in stats.items()
+        for p, c in st["correlations"].items()
+    ]
+    if ci_rows:
+        parts.append("<h3>Mean Spearman ρ with 95 % bootstrap intervals over pairs (p: mean = 0)</h3>")
+        parts.append(
+            _table(["ablation mode", "predictor", "mean ρ", "95 % CI", "p", "pairs"], ci_rows, cls="numbers")
+        )
     parts.append("<h3>Figures</h3>")
     if result.curve:
         doc.figure(parts, "faithfulness curves", lambda: faithfulness_curves(result))
@@ -675,6 +825,7 @@ def _stability_section(doc: _Doc, study: Mapping[str, Any]) -> None:
             "jaccard",
             "expected_jaccard",
             "lift",
+            "p_value",
             "pool_size",
         ]
         parts.append("<h3>Overlap of the two halves' top sets</h3>")
@@ -796,6 +947,8 @@ summary{cursor:pointer;color:#1f3a5f}
 section,.figure{scroll-margin-top:52px}
 .figure{overflow-x:auto;margin:10px 0 18px 0;border-top:1px solid #eee;padding-top:6px}
 .problem{color:#a12;font-weight:600}
+ul.findings li{margin:4px 0}
+ul.findings li.caveat{color:#8a5a00}
 .note{color:#555;font-style:italic}
 footer{color:#777;font-size:.85em;text-align:center;padding:12px}
 """
@@ -909,6 +1062,9 @@ def build(
             doc.sections[-1][2].insert(0, provenance.line(path.name))
     if provenance.mixed:
         doc.problems.append(provenance.mixed)
+    from mechir_nig.findings import results_findings
+
+    found_sentences = results_findings({k: v for k, v in loaded.items() if k in _SECTIONS})
     title = title or f"mechir_nig report: {folder.resolve().name}"
     now = _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
     files = []
@@ -929,8 +1085,12 @@ def build(
         f'<p id="summary">{n_found} of {len(names)} result files found, '
         f'<span id="figure-count">{doc.n_figures}</span> figures.</p>',
         "</header>",
-        "<nav>" + "".join(f'<a href="#{_e(key)}">{_e(t)}</a>' for key, t, _ in doc.sections) + "</nav>",
+        "<nav>"
+        + ('<a href="#findings">Findings</a>' if found_sentences else "")
+        + "".join(f'<a href="#{_e(key)}">{_e(t)}</a>' for key, t, _ in doc.sections)
+        + "</nav>",
         "<main>",
+        _findings_html(found_sentences, {key for key, _, _ in doc.sections}),
         '<section id="files"><h2>Files</h2><ul class="files">' + "".join(files) + "</ul>",
     ]
     if doc.problems:

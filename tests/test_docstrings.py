@@ -34,6 +34,8 @@ PUBLIC_MODULES = [
     "mechir_nig.experiments.faithfulness",
     "mechir_nig.plotting",
     "mechir_nig.report",
+    "mechir_nig.statistics",
+    "mechir_nig.findings",
     "mechir_nig.runtime.distributed",
     "mechir_nig.errors",
 ]

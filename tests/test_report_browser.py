@@ -203,3 +203,28 @@ def test_the_report_renders_in_chromium(report, browser, tmp_path):
         _check_not_blank(png, f"figure {i + 1} ({g.get_attribute('id')})")
         if target:
             (Path(target) / f"figure-{i + 1:02d}.png").write_bytes(png)
+
+
+def test_the_findings_section_comes_first_and_links_to_its_sections(report, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(report.as_uri())
+    assert browser.execute_script("return document.querySelector('main > section').id") == "findings"
+    items = browser.find_elements(By.CSS_SELECTOR, "#findings ul.findings li")
+    texts = [li.text for li in items]
+    assert any(t.startswith("Zeroing the top 1 % NIG neurons (") for t in texts), texts  # prune --modes zero
+    assert any(t.startswith("The perturbation changes the score by") for t in texts), texts  # patch
+    assert any(t.startswith("Under zero ablation, NIG ranks each pair's 3 neurons") for t in texts), texts
+    link = browser.find_element(By.CSS_SELECTOR, '#findings a[href="#pruning"]')
+    assert link.is_displayed()
+    link.click()
+    time.sleep(0.3)
+    assert browser.execute_script("return location.hash") == "#pruning"
+    top = browser.execute_script("return document.getElementById('pruning').getBoundingClientRect().top")
+    assert 0 <= top < 200, top  # the section is scrolled to (below the sticky navigation)
+    # the statistics next to the tables: the pruning study's intervals, the label sets' overlap p-value
+    pruning = browser.find_element(By.ID, "pruning").text
+    assert "Statistics over the held-out queries" in pruning and "95 % CI" in pruning
+    attribution = browser.find_element(By.ID, "attribution").text
+    assert "Overlap of the top 1% relevant and non-relevant neurons vs chance" in attribution
+    assert "p_value" in attribution

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mechir_nig.findings import patching_notes as patching_notes  # re-exported for `patch`
 from mechir_nig.report import FILES, LAYOUT_VERSION, REPORT_NAME, attribution_incomplete, check_layout
 from mechir_nig.report import site_summaries as site_summaries  # re-exported for `patch`
 
@@ -26,6 +27,29 @@ if TYPE_CHECKING:
     from mechir_nig.models.protocol import HookedModel
 
 PROG = "mechir-nig"
+
+
+def say_folder_findings(say: Any, folder: Path) -> None:
+    """:func:`say_findings` of the results in ``folder`` (``mechir_nig.findings.folder_findings``); a
+    failure to state them is said, not raised (the command's own work is done)."""
+    try:
+        from mechir_nig.findings import folder_findings
+
+        sentences = [sentence for _, sentence in folder_findings(folder)]
+    except Exception as exc:
+        say(f"note: the findings could not be stated ({type(exc).__name__}: {exc})")
+        return
+    say_findings(say, sentences)
+
+
+def say_findings(say: Any, sentences: list[str]) -> None:
+    """Print the findings (``mechir_nig.findings``) at the end of a command: a heading, one line each."""
+    if sentences:
+        say("\nFindings:")
+        for sentence in sentences:
+            say(f"- {sentence}")
+
+
 LAYOUT = {**FILES, "report": REPORT_NAME}
 """File names inside a results folder (``--out DIR``), by what they hold."""
 # choices of library options, spelled out so that `--help` needs no torch import (tests/test_cli.py checks

@@ -127,6 +127,10 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     with s.stage("report"):
         if s.main:  # under torchrun the stages above are sharded; rank 0 writes the report
             build(s.out, path)
+    if s.main:
+        from mechir_nig.cli._common import say_folder_findings
+
+        say_folder_findings(s.say, s.out)
     s.say(f"demo finished in {sum(s.timings.values()):.0f} s")
     s.say(str(path))
     return summary

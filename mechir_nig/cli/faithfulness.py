@@ -122,6 +122,10 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     for mode, rho in result.spearman.items():
         cells = ", ".join(f"{name} {value:+.3f}" for name, value in rho.items())
         s.say(f"{mode:8s} Spearman with the single-neuron drops: {cells}")
+    from mechir_nig.cli._common import say_findings
+    from mechir_nig.findings import faithfulness_findings
+
+    say_findings(s.say, faithfulness_findings(result))
     s.say(f"wrote {out}")
     summary = {"pairs": len(pairs), "spearman": result.spearman}
     s.record({"pairs_used": used}, summary)

@@ -14,6 +14,7 @@ from mechir_nig.cli._common import (
     Session,
     add_command,
     option,
+    patching_notes,
     site_summaries,
     word,
 )
@@ -241,6 +242,12 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     )
     for site, what, cells in site_summaries(result):
         s.say(f"{site}: {result.metric} {what}: {cells}")
+    for note in patching_notes(result):
+        s.say(f"note: {note}")
+    from mechir_nig.cli._common import say_findings
+    from mechir_nig.findings import patching_findings
+
+    say_findings(s.say, patching_findings(result))
     s.say(f"wrote {out} (+ {out.name}.json)")
     summary = {
         "pairs": len(pairs),

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     from mechir_nig.cli._common import load_attribution
     from mechir_nig.data import bm25_candidates
     from mechir_nig.evaluation import _parse_measures
-    from mechir_nig.experiments.pruning import pruning_study, split_queries
+    from mechir_nig.experiments.pruning import judged_queries, pruning_study, split_queries
 
     path = attribution_path(s, args.attribution)
     _parse_measures(args.measures)  # unknown names fail before any work
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         s.say(
             f"note: {path} was computed on collection {stats.meta['collection']!r}, evaluating on {col.name!r}"
         )
-    judged = [q for q in dict.fromkeys(r.query_id for r in col.qrels) if q in col.queries]
+    judged = judged_queries(col)  # the library's one definition (experiments.pruning.JUDGED)
     recorded = stats.meta.get("query_ids")
     if recorded:
         sel = list(recorded)
@@ -197,6 +197,10 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         result.settings["attribution_incomplete"] = incomplete
     out = s.save("pruning", result.save)  # pruning_study gathers every run on each rank
     s.say(result.to_markdown())
+    from mechir_nig.cli._common import say_findings
+    from mechir_nig.findings import pruning_findings
+
+    say_findings(s.say, pruning_findings(result))
     s.say(f"wrote {out}")
     unpruned = next(r for r in result.runs if r["condition"] == "unpruned")
     summary = {"unpruned": {m: unpruned[m] for m in result.measures}, "evaluations": len(result.runs)}

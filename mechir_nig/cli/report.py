@@ -72,5 +72,8 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
             pass
     with s.stage("report"):
         path = build(results, output, allow_incomplete=args.allow_incomplete)
+    from mechir_nig.cli._common import say_folder_findings
+
+    say_folder_findings(s.say, results)
     s.say(str(path))
     return {"report": str(path)}

@@ -188,11 +188,9 @@ def split_half_stability(
 
     settings = settings or NIGSettings(n_steps=n_steps)
     ctx = context(distributed, getattr(model, "device", None))
-    eligible = {
-        q.query_id
-        for q in collection.qrels
-        if collection.is_relevant(q.relevance) and q.query_id in collection.queries
-    }
+    from mechir_nig.experiments.pruning import JUDGED, judged_queries
+
+    eligible = set(judged_queries(collection))  # the library's one definition of a judged query
     if query_ids is not None:
         wanted = [str(q) for q in query_ids]
         unknown = sorted(set(wanted) - set(collection.queries))
@@ -214,6 +212,7 @@ def split_half_stability(
         "n_steps": settings.n_steps,
         "settings": settings.record(),
         "seed": seed,
+        "judged_queries": JUDGED,
         "halves": [],
     }
     sets = []

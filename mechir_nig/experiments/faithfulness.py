@@ -19,6 +19,7 @@ carrying its own ``[n_layers, d_mlp]`` mask, written by the intervention engine
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,7 +163,10 @@ class FaithfulnessResult(Result):
 
     ``spearman[mode][predictor]``: mean over pairs; ``per_pair[mode][predictor]``: ``[B]``;
     ``drops[mode]``: ``[B, k]`` single-neuron drops of ``neurons`` ``[B, k, 2]``;
-    ``curve[mode]``: ``{"nig": [K], "random": [K], "random_std": [K]}`` mean score drop per ``k``.
+    ``curve[mode]``: ``{"nig": [K], "random": [K], "random_std": [K]}`` mean score drop per ``k``, and
+    per pair at ``k = K``: ``"nig_at_k"`` ``[B]`` and ``"random_at_k"`` ``[B]`` (mean over the seeds;
+    absent in results saved before they existed). ``statistics()``: the correlations with bootstrap
+    intervals over pairs and the curve's NIG vs random comparison (:mod:`mechir_nig.statistics`).
     ``save``/``load`` keep it as one checksummed JSON file (``faithfulness.json``: the fields, the
     tensors as nested lists with their dtypes and shapes under ``tensors``; ``mechir_nig.results``).
 
@@ -181,6 +185,59 @@ class FaithfulnessResult(Result):
     drops: dict[str, Tensor]
     curve: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+
+    def statistics(
+        self, *, confidence: float = 0.95, n_resamples: int = 10000, seed: int = 0
+    ) -> dict[str, dict[str, Any]]:
+        """Per ablation mode: each predictor's mean Spearman over pairs with its percentile bootstrap
+        interval over pairs and the sign-flip p-value of ``mean = 0`` (pairs whose correlation is
+        undefined left out, counted in ``n``); NIG against each other predictor, paired over pairs
+        (``nig_vs_<predictor>``: the mean difference of the correlations); and, with a curve kept per
+        pair, ``curve``: the score drop of the top-``K`` NIG neurons minus that of ``K`` random neurons.
+
+        Returns:
+            ``{mode: {"correlations": {predictor: {"mean", "ci", "p", "n"}}, "nig_vs_<p>": {...},
+            "curve": {...} or None}}``.
+
+        Example:
+            >>> r = FaithfulnessResult(2, {"zero": {"nig": 0.5}}, {"zero": {"nig": [0.9, 0.1, 0.5]}},
+            ...                        torch.zeros(3, 2, 2, dtype=torch.long), {})
+            >>> c = r.statistics()["zero"]["correlations"]["nig"]
+            >>> round(c["mean"], 3), c["n"], c["p"]
+            (0.5, 3, 0.25)
+        """
+        from mechir_nig.statistics import compare_paired
+
+        kw: dict[str, Any] = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
+
+        def summary(values: Tensor) -> dict[str, Any]:
+            keep = values[~values.isnan()]
+            if keep.numel() == 0:
+                return {"mean": math.nan, "ci": [math.nan, math.nan], "p": math.nan, "n": 0}
+            cmp = compare_paired(keep, **kw)
+            return {
+                "mean": cmp.mean_difference,
+                "ci": [cmp.ci_low, cmp.ci_high],
+                "p": cmp.p_value,
+                "n": cmp.n,
+            }
+
+        out: dict[str, dict[str, Any]] = {}
+        for mode, per in self.per_pair.items():
+            rho = {name: torch.tensor(v, dtype=torch.float64) for name, v in per.items()}
+            entry: dict[str, Any] = {"correlations": {name: summary(v) for name, v in rho.items()}}
+            for name, v in rho.items():
+                if name != "nig" and "nig" in rho and len(v) == len(rho["nig"]):
+                    entry[f"nig_vs_{name}"] = summary(rho["nig"] - v)
+            cur = self.curve.get(mode) or {}
+            entry["curve"] = None
+            if cur.get("nig_at_k") and cur.get("random_at_k"):
+                d = torch.tensor(cur["nig_at_k"], dtype=torch.float64) - torch.tensor(
+                    cur["random_at_k"], dtype=torch.float64
+                )
+                entry["curve"] = summary(d) | {"k": len(cur["nig"])}
+            out[mode] = entry
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -408,6 +465,8 @@ def faithfulness(
                 "nig": top_drop.tolist(),
                 "random": rnd_drop.mean(0).tolist(),
                 "random_std": (rnd_drop.std(0) if seeds > 1 else torch.zeros(curve_k)).tolist(),
+                "nig_at_k": got[f"curve_top|{mode}"][:, -1].tolist(),  # [B]: per pair at k = K
+                "random_at_k": got[f"curve_rnd|{mode}"][:, :, -1].mean(1).tolist(),  # [B]: seeds' mean
             }
     return FaithfulnessResult(
         k,

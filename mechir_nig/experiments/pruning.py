@@ -19,6 +19,15 @@ Reuse: the candidates are given once; for a bi-encoder ablated on the document s
 embeddings are computed once for the whole study, every distinct document text once per condition, in
 length-sorted batches; a cross-encoder re-scores every (query, candidate) pair per condition.
 
+Statistics (:meth:`PruningResult.statistics`, :mod:`mechir_nig.statistics`): every condition is compared
+with ``unpruned`` over the evaluation queries (the drop per query: its mean, a percentile bootstrap
+interval, a paired sign-flip randomisation p-value, Holm-adjusted across the fractions and modes of the
+condition, and the paired effect size ``d_z``), and every selected condition with the random sets of the
+same fraction and mode (the difference to the random sets' mean, its interval and p-value, and the rank
+among the random draws). ``moved`` records, per evaluation, the queries whose top ``RANK_DEPTH`` changed
+and, per query, the documents that moved most up and down; :meth:`PruningResult.ceiling` says whether the
+unpruned measure is at its maximum on most queries (then a drop can be measured, a rise cannot; warned).
+
 Example:
     >>> result = pruning_study(be, col, bm25_candidates(col, k=50), stats,  # doctest: +SKIP
     ...                        select_queries=sel, eval_queries=held_out, fractions=(0.01,))
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -41,17 +51,66 @@ from mechir_nig.errors import InputError
 from mechir_nig.models.protocol import BiEncoderModel, HookedModel
 from mechir_nig.results import Result
 from mechir_nig.sets.components import ComponentSet, NeuronSet
+from mechir_nig.statistics import CeilingWarning
 
-__all__ = ["CONDITIONS", "PruningResult", "pruning_study", "split_queries"]
+__all__ = [
+    "CEILING_SHARE",
+    "CEILING_VALUE",
+    "CONDITIONS",
+    "JUDGED",
+    "MOVED_PER_QUERY",
+    "RANK_DEPTH",
+    "PruningResult",
+    "pruning_study",
+    "judged_queries",
+    "split_queries",
+]
 
 CONDITIONS = ("nig_top", "random", "bottom", "negative")
 _MODES = ("zero", "mean", "baseline", "resample")
+RANK_DEPTH = 10
+"""A query's ranking "changed" when the ordered top ``RANK_DEPTH`` of its candidates changed."""
+MOVED_PER_QUERY = 3
+"""Documents kept per query and direction in ``PruningResult.moved`` (the largest rank changes)."""
+CEILING_VALUE = 0.95
+"""A query is at the ceiling of a measure (bounded by 1: nDCG, RR, P, AP, R) at this value or above."""
+CEILING_SHARE = 0.5
+"""The ceiling warning is given when more than this share of the evaluation queries is at the ceiling."""
+_ID_KEYS = ("condition", "mode", "fraction", "seed", "n_neurons")
+
+
+JUDGED = (
+    "a judged query has at least one relevant document in the qrels (grade >= the collection's relevance "
+    "threshold) and a query text"
+)
+"""The one definition of a judged query (``judged_queries``), stated in the results that use it."""
+
+
+def judged_queries(collection: Any) -> list[str]:
+    """The judged queries of ``collection`` in qrels order: those with at least one relevant document
+    (``collection.is_relevant``) and a query text (:data:`JUDGED`). A query whose qrels hold only
+    non-relevant grades scores 0 in every condition of an IR measure, so it is not evaluated; the
+    split-half stability study uses the same definition.
+
+    Example:
+        >>> from mechir_nig.data import load_collection
+        >>> len(judged_queries(load_collection("embedded")))
+        15
+    """
+    return list(
+        dict.fromkeys(
+            q.query_id
+            for q in collection.qrels
+            if collection.is_relevant(q.relevance) and q.query_id in collection.queries
+        )
+    )
 
 
 def split_queries(
     collection: Any, *, seed: int = 0, query_ids: Iterable[str] | None = None
 ) -> tuple[list[str], list[str]]:
-    """Two disjoint halves (selection, evaluation) of the queries with qrels, shuffled with ``seed``.
+    """Two disjoint halves (selection, evaluation) of the judged queries (:func:`judged_queries`),
+    shuffled with ``seed``.
 
     Example:
         >>> from mechir_nig.data import load_collection
@@ -59,7 +118,7 @@ def split_queries(
         >>> len(sel), len(ev), set(sel) & set(ev)
         (7, 8, set())
     """
-    judged = list(dict.fromkeys(q.query_id for q in collection.qrels))
+    judged = judged_queries(collection)
     ids = sorted(judged if query_ids is None else [q for q in query_ids if q in set(judged)])
     random.Random(seed).shuffle(ids)
     half = len(ids) // 2
@@ -72,8 +131,13 @@ class PruningResult(Result):
 
     ``runs``: one record per evaluation, ``{"condition", "mode", "fraction", "seed", "n_neurons",
     measure: mean}``; ``per_query[i]``: ``{query_id: {measure: value}}`` of ``runs[i]``; ``sets``:
-    ``{"condition|fraction|seed": set JSON}``. ``save``/``load`` keep it as one checksummed JSON file
-    (``pruning.json``; ``mechir_nig.results``).
+    ``{"condition|fraction|seed": set JSON}``; ``moved[i]`` (empty in results saved before it existed):
+    ``{"depth": RANK_DEPTH, "changed": [query ids whose top-depth ranking differs from unpruned],
+    "docs": {query_id: {"up": [[doc_id, rank before, rank after], ...], "down": [...]}}}`` (the
+    ``MOVED_PER_QUERY`` largest rank changes each way, ranks from 1). ``statistics()`` compares the
+    conditions over the evaluation queries, ``ceiling()`` flags a measure at its maximum.
+    ``save``/``load`` keep it as one checksummed JSON file (``pruning.json``, with the ``table`` and the
+    ``statistics`` written beside the fields for readers; ``mechir_nig.results``).
 
     Example:
         >>> runs = [
@@ -103,6 +167,7 @@ class PruningResult(Result):
     eval_queries: list[str]
     settings: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    moved: list[dict[str, Any]] = field(default_factory=list)
 
     def table(self) -> list[dict[str, Any]]:
         """One row per (condition, mode, fraction): mean and standard deviation over seeds, and the drop
@@ -128,10 +193,159 @@ class PruningResult(Result):
             rows.append(row)
         return rows
 
+    def _per_query(self, i: int, measure: str) -> dict[str, float]:
+        return {q: v[measure] for q, v in self.per_query[i].items() if measure in v}
+
+    def statistics(
+        self,
+        measure: str | None = None,
+        *,
+        confidence: float = 0.95,
+        n_resamples: int = 10000,
+        seed: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Each condition against ``unpruned`` and (selected sets) against the random sets, per query.
+
+        For each (condition, mode, fraction) but ``unpruned``, over the evaluation queries ``q``:
+        ``drop`` ``= mean_q(unpruned_q − condition_q)`` (a random condition: its seeds' mean per query) with
+        its percentile bootstrap interval ``drop_ci``, the paired sign-flip ``p`` (exact up to 16 queries),
+        ``p_holm`` (Holm across the fractions and modes of the condition), ``d_z`` and ``changed_queries``
+        (queries whose top ``RANK_DEPTH`` changed; mean over seeds for random). A selected condition with
+        random sets of the same fraction and mode also gets ``vs_random``: ``difference`` (the random
+        sets' mean minus the condition's, per query: how much more it lowers the measure), ``ci``, ``p``,
+        ``p_holm`` (Holm across fractions and modes), ``rank`` among the ``n_random`` draws (1: the
+        lowest value), ``random_drop`` and ``ratio`` (``drop / random_drop``, None unless the random
+        drop is positive). See :mod:`mechir_nig.statistics` for the formulas.
+
+        Args:
+            measure: one of ``measures`` (default: every one).
+            confidence: the intervals' coverage.
+            n_resamples: bootstrap resamples and Monte Carlo sign vectors.
+            seed: the generator's seed (deterministic).
+
+        Returns:
+            One dict per (measure, condition, mode, fraction), in ``table()`` order.
+
+        Example:
+            >>> runs = [{"condition": "unpruned", "mode": "none", "fraction": 0.0, "seed": 0,
+            ...          "n_neurons": 0, "RR@10": 1.0},
+            ...         {"condition": "nig_top", "mode": "zero", "fraction": 0.1, "seed": 0,
+            ...          "n_neurons": 9, "RR@10": 0.5}]
+            >>> pq = [{"a": {"RR@10": 1.0}, "b": {"RR@10": 1.0}}, {"a": {"RR@10": 0.5}, "b": {"RR@10": 0.5}}]
+            >>> row = PruningResult(["RR@10"], runs, pq, {}, [], ["a", "b"], {}).statistics()[0]
+            >>> row["drop"], row["drop_ci"], row["p"], row["n_queries"]
+            (0.5, [0.5, 0.5], 0.5, 2)
+        """
+        from mechir_nig.statistics import compare_paired, holm, versus_random
+
+        measures = self.measures if measure is None else [measure]
+        for m in measures:
+            if m not in self.measures:
+                raise InputError(f"measure must be one of {self.measures}, got {m!r}")
+        base_i = next((i for i, r in enumerate(self.runs) if r["condition"] == "unpruned"), None)
+        if base_i is None:
+            return []
+        groups: dict[tuple[str, str, float], list[int]] = {}
+        for i, r in enumerate(self.runs):
+            if r["condition"] != "unpruned":
+                groups.setdefault((r["condition"], r["mode"], r["fraction"]), []).append(i)
+        kw: dict[str, Any] = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
+        rows: list[dict[str, Any]] = []
+        for m in measures:
+            base = self._per_query(base_i, m)
+            first = len(rows)
+            for (cond, mode, frac), idx in groups.items():
+                per_seed = [self._per_query(i, m) for i in idx]
+                qids = [q for q in base if all(q in v for v in per_seed)]
+                if not qids:
+                    continue
+                vals = torch.tensor([[v[q] for q in qids] for v in per_seed], dtype=torch.float64)
+                ref = torch.tensor([base[q] for q in qids], dtype=torch.float64)
+                cmp = compare_paired(ref, vals.mean(0), **kw)
+                changed = [
+                    len((self.moved[i] if i < len(self.moved) else {}).get("changed", [])) for i in idx
+                ]
+                row: dict[str, Any] = {
+                    "measure": m,
+                    "condition": cond,
+                    "mode": mode,
+                    "fraction": frac,
+                    "n_neurons": self.runs[idx[0]]["n_neurons"],
+                    "n_seeds": len(idx),
+                    "n_queries": len(qids),
+                    "unpruned": float(ref.mean()),
+                    "value": float(vals.mean()),
+                    "drop": cmp.mean_difference,
+                    "drop_ci": [cmp.ci_low, cmp.ci_high],
+                    "p": cmp.p_value,
+                    "exact": cmp.exact,
+                    "d_z": cmp.d_z,
+                    "changed_queries": (sum(changed) / len(changed)) if self.moved else None,
+                    "vs_random": None,
+                }
+                rand = groups.get(("random", mode, frac))
+                if cond != "random" and rand:
+                    draws = [self._per_query(i, m) for i in rand]
+                    common = [q for q in qids if all(q in d for d in draws)]
+                    if common:
+                        target = torch.tensor([per_seed[0][q] for q in common], dtype=torch.float64)
+                        rnd = torch.tensor([[d[q] for q in common] for d in draws], dtype=torch.float64)
+                        rc = versus_random(target, rnd, **kw)
+                        random_drop = float(
+                            torch.tensor([base[q] for q in common]).double().mean() - rnd.mean()
+                        )
+                        row["vs_random"] = {
+                            "difference": rc.comparison.mean_difference,
+                            "ci": [rc.comparison.ci_low, rc.comparison.ci_high],
+                            "p": rc.comparison.p_value,
+                            "rank": rc.rank,
+                            "n_random": rc.n_random,
+                            "random_drop": random_drop,
+                            "ratio": row["drop"] / random_drop if random_drop > 0 else None,
+                            "n_queries": len(common),
+                        }
+                rows.append(row)
+            # Holm: one family per (measure, condition) for each comparison, over its fractions and modes
+            for cond in dict.fromkeys(r["condition"] for r in rows[first:]):
+                fam = [r for r in rows[first:] if r["condition"] == cond]
+                for r, adj in zip(fam, holm([r["p"] for r in fam]), strict=True):
+                    r["p_holm"] = adj
+                vs = [r for r in fam if r["vs_random"] is not None]
+                for r, adj in zip(vs, holm([r["vs_random"]["p"] for r in vs]), strict=True):
+                    r["vs_random"]["p_holm"] = adj
+        return rows
+
+    def ceiling(self, measure: str | None = None) -> dict[str, Any]:
+        """Whether the unpruned ``measure`` (default: the first) is at its maximum on most evaluation
+        queries: ``{"measure", "at_ceiling", "n_queries", "share", "warning"}``; ``warning`` is a sentence
+        when more than ``CEILING_SHARE`` of the queries score ``CEILING_VALUE`` or more (a drop can be
+        measured there, a rise cannot), else None.
+
+        Example:
+            >>> runs = [{"condition": "unpruned", "mode": "none", "fraction": 0.0, "seed": 0,
+            ...          "n_neurons": 0, "RR@10": 1.0}]
+            >>> pq = [{"a": {"RR@10": 1.0}, "b": {"RR@10": 1.0}, "c": {"RR@10": 0.5}}]
+            >>> PruningResult(["RR@10"], runs, pq, {}, [], ["a", "b", "c"], {}).ceiling()["warning"]
+            'the unpruned RR@10 is at its maximum (>= 0.95) on 2 of 3 evaluation queries: it can drop, not rise'
+        """
+        m = measure or self.measures[0]
+        base_i = next((i for i, r in enumerate(self.runs) if r["condition"] == "unpruned"), None)
+        values = list(self._per_query(base_i, m).values()) if base_i is not None else []
+        at = sum(v >= CEILING_VALUE for v in values)
+        share = at / len(values) if values else 0.0
+        warning = None
+        if values and share > CEILING_SHARE:
+            warning = (
+                f"the unpruned {m} is at its maximum (>= {CEILING_VALUE:g}) on {at} of {len(values)} "
+                "evaluation queries: it can drop, not rise"
+            )
+        return {"measure": m, "at_ceiling": at, "n_queries": len(values), "share": share, "warning": warning}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "measures": self.measures,
             "table": self.table(),
+            "statistics": self.statistics(),
             "runs": self.runs,
             "per_query": self.per_query,
             "sets": self.sets,
@@ -139,6 +353,7 @@ class PruningResult(Result):
             "eval_queries": self.eval_queries,
             "settings": self.settings,
             "timings": self.timings,
+            "moved": self.moved,
         }
 
     # -- persistence (``mechir_nig.results.Result``: save, load) -------------------------------------
@@ -161,7 +376,9 @@ class PruningResult(Result):
             raise ValueError(
                 f"it holds {len(runs)} runs but {len(per_query)} per_query records (one per run)"
             )
-        return super().from_parts(tensors, info | {"timings": info.get("timings") or {}})
+        return super().from_parts(
+            tensors, info | {"timings": info.get("timings") or {}, "moved": info.get("moved") or []}
+        )
 
     def plot(self, kind: str | None = None, **kw: Any) -> Any:
         """A plotly figure of this result (``mechir_nig.plotting.plot``); ``kind``: ``"curves"`` (default);
@@ -315,10 +532,18 @@ def pruning_study(
             f"{len(overlap)} queries are both selection and evaluation queries (e.g. {overlap[:3]}): "
             "evaluate on held-out queries (see split_queries)"
         )
-    judged = {q.query_id for q in collection.qrels}
+    judged = set(judged_queries(collection))
+    unjudged = [q for q in ev if q not in judged]
+    if unjudged:
+        warnings.warn(
+            f"pruning_study: {len(unjudged)} of {len(ev)} evaluation queries are not judged ({JUDGED}; e.g. "
+            f"{unjudged[:3]}): they are not evaluated",
+            UserWarning,
+            stacklevel=2,
+        )
     ev = [q for q in ev if q in candidates and q in judged]
     if not ev:
-        raise InputError("no evaluation query has both candidates and qrels")
+        raise InputError(f"no evaluation query is judged and has candidates ({JUDGED})")
 
     # the pairs, texts and (for a bi-encoder) the unablated side, once
     pairs = [(q, d) for q in ev for d in candidates[q]]
@@ -374,17 +599,23 @@ def pruning_study(
 
     ctx = context(distributed, getattr(model, "device", None))  # one process: every job here
 
-    def run_jobs(share: list[int]) -> list[tuple[dict[str, Any], dict[str, dict[str, float]], float]]:
+    def run_jobs(share: list[int]) -> list[tuple[dict[str, Any], dict[str, dict[str, float]], float, Tensor]]:
         out = []
         for j in tqdm(share, desc="pruning", disable=not progress or not ctx.is_main):
             cond, mode, f, s, comp = jobs[j]
             t0 = time.perf_counter()
             with torch.no_grad():
                 values = score(comp, mode)
-            means, pq = measure(values.to(torch.float64).cpu())
+            values = values.to(torch.float64).cpu()
+            means, pq = measure(values)
             run = {"condition": cond, "mode": mode, "fraction": f, "seed": s}
             out.append(
-                (run | {"n_neurons": 0 if comp is None else len(comp)} | means, pq, time.perf_counter() - t0)
+                (
+                    run | {"n_neurons": 0 if comp is None else len(comp)} | means,
+                    pq,
+                    time.perf_counter() - t0,
+                    values,
+                )
             )
         return out
 
@@ -399,11 +630,12 @@ def pruning_study(
         ),
     )
     timings: dict[str, float] = {}
-    for (cond, mode, *_), (_, _, seconds) in zip(jobs, results, strict=True):  # summed over the ranks:
+    for (cond, mode, *_), (_, _, seconds, _) in zip(jobs, results, strict=True):  # summed over the ranks:
         timings[f"{cond}|{mode}"] = timings.get(f"{cond}|{mode}", 0.0) + seconds  # compute, not wall time
     runs = [results[j][0] for j in range(len(jobs))]
     per_query = [results[j][1] for j in range(len(jobs))]
-    measure_names = [k for k in runs[0] if k not in ("condition", "mode", "fraction", "seed", "n_neurons")]
+    moved = [_moved(pairs, results[0][3], results[j][3]) for j in range(len(jobs))]
+    measure_names = [k for k in runs[0] if k not in _ID_KEYS]
     timings["total"] = time.perf_counter() - t_start
     settings = {
         "scheme": scheme if hasattr(ranking, "scheme_scores") else "tensor",
@@ -415,8 +647,53 @@ def pruning_study(
         "side": side if bi else "pair",
         "pairs": len(pairs),
         "split": "selection and evaluation queries are disjoint (select on one half, evaluate on the other)",
+        "judged_queries": JUDGED,
         "model": str(getattr(model.cfg, "model_name", "")),
     }
-    return PruningResult(
-        measure_names or list(measures), runs, per_query, sets, sorted(sel), ev, settings, timings
+    result = PruningResult(
+        measure_names or list(measures), runs, per_query, sets, sorted(sel), ev, settings, timings, moved
     )
+    for m in result.measures:
+        warning = result.ceiling(m)["warning"]
+        if warning is not None:
+            warnings.warn(f"pruning_study: {warning}", CeilingWarning, stacklevel=2)
+    return result
+
+
+def _moved(pairs: list[tuple[str, str]], before: Tensor, after: Tensor) -> dict[str, Any]:
+    """The queries whose top ``RANK_DEPTH`` differs between the scores ``before`` and ``after`` (one per
+    pair of ``pairs``), and per query the ``MOVED_PER_QUERY`` documents that moved most up and down
+    (``[doc_id, rank before, rank after]``, ranks from 1, ties in candidate order)."""
+    by_query: dict[str, list[int]] = {}
+    for i, (q, _) in enumerate(pairs):
+        by_query.setdefault(q, []).append(i)
+    changed: list[str] = []
+    docs: dict[str, dict[str, list[list[Any]]]] = {}
+    for q, rows in by_query.items():
+        idx = torch.tensor(rows)
+        rank_b = _ranks(before[idx])
+        rank_a = _ranks(after[idx])
+        top_b = rank_b.argsort()[:RANK_DEPTH]
+        top_a = rank_a.argsort()[:RANK_DEPTH]
+        if not torch.equal(top_b, top_a):
+            changed.append(q)
+        shift = rank_b - rank_a  # positive: moved up
+        if not bool(shift.any()):
+            continue
+        moves: list[tuple[str, int, int]] = sorted(
+            ((pairs[r][1], int(rank_b[j]), int(rank_a[j])) for j, r in enumerate(rows)),
+            key=lambda e: (e[2] - e[1], e[1]),  # most up first (after - before most negative)
+        )
+        docs[q] = {
+            "up": [list(e) for e in moves[:MOVED_PER_QUERY] if e[2] < e[1]],
+            "down": [list(e) for e in reversed(moves[-MOVED_PER_QUERY:]) if e[2] > e[1]],
+        }
+    return {"depth": RANK_DEPTH, "changed": changed, "docs": docs}
+
+
+def _ranks(scores: Tensor) -> Tensor:
+    """Rank from 1 of each score, highest first (ties: the earlier candidate first)."""
+    order = torch.sort(-scores, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(1, len(scores) + 1)
+    return ranks

@@ -80,7 +80,16 @@ from mechir_nig.results import Result
 from mechir_nig.sites import hook_name, unit_width
 from mechir_nig.sites import site as site_named
 
-__all__ = ["DIRECTIONS", "METRICS", "SITES", "NoScoreChangeWarning", "PatchingResult", "patch", "set_key"]
+__all__ = [
+    "DIRECTIONS",
+    "METRICS",
+    "SITES",
+    "SMALL_CHANGE",
+    "NoScoreChangeWarning",
+    "PatchingResult",
+    "patch",
+    "set_key",
+]
 
 _INDEX = {
     "resid_pre": "pos",
@@ -106,6 +115,12 @@ SITES: dict[str, tuple[str, str]] = {
 """Site name -> (hook name template, patch index kind), derived from :mod:`mechir_nig.sites`."""
 DIRECTIONS = ("denoise", "noise")
 METRICS = ("recovery", "raw")
+SMALL_CHANGE = 0.05
+"""A pair's perturbation is *tiny* when ``|corrupted − clean| < SMALL_CHANGE × spread``, the spread being
+the standard deviation of the batch's clean and corrupted scores together: its recovery divides by a
+score change that is small against the differences between pairs, so it is unstable (e.g. +2.68 from a
+change of 0.004). Summaries leave such pairs out by default and say how many
+(:meth:`PatchingResult.small_change`)."""
 _TOKENS_PER_CHUNK = 65536  # default chunk: rows x positions (bounds the memory of one patched forward)
 
 
@@ -184,6 +199,36 @@ class PatchingResult(Result):
         shape of ``self[site]``)."""
         p = self._patched(site)
         return _recovery(p, self.base_scores, self.source_scores, self.eps)
+
+    def small_change(self, threshold: float = SMALL_CHANGE) -> Bool[Tensor, " batch"]:
+        """The pairs whose perturbation moves the score by less than ``threshold`` times the spread
+        (the standard deviation of the clean and corrupted scores of the batch together; see
+        ``SMALL_CHANGE``): their recovery has a tiny denominator.
+
+        Example:
+            >>> res.small_change().sum()  # pairs left out of the summaries  # doctest: +SKIP
+        """
+        delta = (self.corrupted_scores - self.clean_scores).double().abs()
+        return delta < threshold * self.score_spread
+
+    @property
+    def score_spread(self) -> float:
+        """The standard deviation of the clean and corrupted scores together (what ``SMALL_CHANGE`` is
+        relative to; 0 for a single score)."""
+        pooled = torch.cat([self.clean_scores, self.corrupted_scores]).double()
+        return float(pooled.std()) if pooled.numel() > 1 else 0.0
+
+    def summary_pairs(self, include_small: bool = False) -> Bool[Tensor, " batch"]:
+        """The pairs summaries average over: those without a tiny perturbation (``~small_change()``),
+        or every pair when ``include_small`` or when every pair's perturbation is tiny.
+
+        Example:
+            >>> res["heads"][res.summary_pairs()].mean(0)  # [layer, n_heads]  # doctest: +SKIP
+        """
+        small = self.small_change()
+        if include_small or bool(small.all()):
+            return torch.ones_like(small)
+        return ~small
 
     def plot(self, kind: str | None = None, **kw: Any) -> Any:
         """A plotly figure of this result (``mechir_nig.plotting.plot``); ``kind``: ``"heatmap"`` (default);

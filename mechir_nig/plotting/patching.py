@@ -81,6 +81,15 @@ def _reduce_pairs(v: Tensor, pair: int | None, n: int) -> tuple[Tensor, str]:
     return v[i].to(torch.float64), f"pair {i}"
 
 
+def _range(zmax: float | None) -> dict[str, Any]:
+    """A fixed symmetric colour range (``zmin``/``zmax``; the scale stays centred at 0), or none."""
+    if zmax is None:
+        return {}
+    if not zmax > 0:
+        raise InputError(f"zmax must be a positive number, got {zmax!r}")
+    return {"zmin": -float(zmax), "zmax": float(zmax), "zauto": False}
+
+
 def patching_heatmap(
     result: Any,
     site: str | None = None,
@@ -88,6 +97,7 @@ def patching_heatmap(
     pair: int | None = 0,
     layers: Sequence[int] | None = None,
     title: str | None = None,
+    zmax: float | None = None,
 ) -> Any:
     """Patching effect of each patched index of ``site`` (see the module table for the figure of each).
 
@@ -97,6 +107,8 @@ def patching_heatmap(
         pair: the pair to draw; ``None`` draws the mean over pairs (sites without a position axis only).
         layers: layers to draw (default: ``result.layers``).
         title: the figure title.
+        zmax: the colour range ``[-zmax, zmax]`` of a heatmap (default: its own values'): pass one value
+            to every figure of a family (e.g. the pairs of one site) so that their colours compare.
 
     Shapes:
         position sites: ``fig.data[0].z`` ``[layer, pos]`` = ``result[site][pair, layers, :n]`` (``n``:
@@ -157,6 +169,7 @@ def patching_heatmap(
             as_numpy(v),
             keep,
             y_labels,
+            **_range(zmax),
             text=[texts for _ in y_labels],
             colorbar={"title": {"text": metric}},
             hovertemplate=f"position %{{x}}: %{{text}}<br>{y_title} %{{y}}<br>{metric} %{{z:.4g}}<extra></extra>",
@@ -179,6 +192,7 @@ def patching_heatmap(
             as_numpy(v),
             np.arange(v.shape[-1]),
             [str(layer) for layer in layer_ids],
+            **_range(zmax),
             colorbar={"title": {"text": metric}},
             hovertemplate=f"layer %{{y}}<br>{index} %{{x}}<br>{metric} %{{z:.4g}}<extra></extra>",
         )

@@ -31,6 +31,7 @@ import numpy as np
 from mechir_nig._validate import as_int, check_layers
 from mechir_nig.errors import InputError
 from mechir_nig.sets.components import ComponentSet, check_set
+from mechir_nig.statistics import overlap_p_value
 
 _TAIL_D2 = 400.0
 """Hypergeometric terms further than ``d = sqrt(_TAIL_D2 * min(a, b))`` from the mean are skipped: by
@@ -131,8 +132,9 @@ def overlap_report(
         ``name_a``, ``name_b``, ``kind`` (``"mlp"`` or ``"head"``), ``universe`` (``n_layers * width``,
         the whole model), ``pool_layers`` and ``pool_size`` (the ``N`` of the chance level:
         ``len(pool_layers) * width``), ``size_a``, ``size_b``, ``intersection``, ``union``, ``jaccard``,
-        ``expected_intersection``, ``expected_jaccard`` and ``lift = jaccard / expected_jaccard`` (NaN when
-        a set is empty: the chance level is 0). Plain Python types only (``json.dumps`` works).
+        ``expected_intersection``, ``expected_jaccard``, ``lift = jaccard / expected_jaccard`` (NaN when
+        a set is empty: the chance level is 0) and ``p_value``, the exact hypergeometric
+        ``P(X >= intersection)`` over the pool (``statistics.overlap_p_value``). Plain Python types only (``json.dumps`` works).
 
     Example:
         >>> from mechir_nig.sets import NeuronSet
@@ -174,6 +176,7 @@ def overlap_report(
         "expected_intersection": chance["intersection"],
         "expected_jaccard": chance["jaccard"],
         "lift": jac / chance["jaccard"] if chance["jaccard"] > 0 else math.nan,
+        "p_value": overlap_p_value(inter, len(a), len(b), pool_size),
     }
 
 

@@ -1,0 +1,312 @@
+"""Findings: one sentence per result, generated from the numbers and their statistics.
+
+The sentences the HTML report puts at its top (a "Findings" section, each linking to its result's
+section) and every command prints at its end. Pruning sentences use :meth:`PruningResult.statistics`
+(the drop from the unpruned model with its bootstrap interval, the comparison with random sets of the
+same size; p-values Holm-adjusted across the study's fractions and modes), faithfulness sentences
+:meth:`FaithfulnessResult.statistics` (mean Spearman over pairs with its interval), patching sentences
+the largest summarised effect with its raw score change, leaving out tiny perturbations
+(``interventions.patching.SMALL_CHANGE``). Caveats (a measure at its ceiling, tiny score changes) are
+sentences of their own.
+
+Example:
+    >>> from mechir_nig.findings import folder_findings
+    >>> for section, sentence in folder_findings("mechir-nig-demo"):  # doctest: +SKIP
+    ...     print(sentence)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ALPHA",
+    "faithfulness_findings",
+    "folder_findings",
+    "format_p",
+    "patching_findings",
+    "patching_notes",
+    "pruning_findings",
+    "results_findings",
+]
+
+ALPHA = 0.05
+"""A (Holm-adjusted) p-value below this is reported as a difference; at or above, as indistinguishable."""
+
+_ACTION = {
+    "baseline": "Returning the top {pct} NIG neurons ({n}) to their baseline values",
+    "zero": "Zeroing the top {pct} NIG neurons ({n})",
+    "mean": "Setting the top {pct} NIG neurons ({n}) to their mean values",
+    "resample": "Resampling the top {pct} NIG neurons ({n})",
+}
+
+
+def format_p(p: float) -> str:
+    """``"p < 0.001"`` or ``"p = 0.03"`` (two significant digits).
+
+    Example:
+        >>> format_p(0.0004), format_p(0.61234), format_p(0.0123)
+        ('p < 0.001', 'p = 0.61', 'p = 0.012')
+    """
+    if math.isnan(p):
+        return "p undefined"
+    if p < 0.001:
+        return "p < 0.001"
+    return f"p = {float(f'{p:.2g}'):g}"
+
+
+def _ci(bounds: Any, digits: int = 3, confidence: float = 0.95) -> str:
+    low, high = bounds
+    sep = "-" if low >= 0 and high >= 0 else " to "
+    return f"[{confidence:.0%} CI {low:.{digits}f}{sep}{high:.{digits}f}]".replace("%", " %")
+
+
+def _pairs(n: int) -> str:
+    return f"{n} pair" if n == 1 else f"{n} pairs"
+
+
+def _pct(fraction: float) -> str:
+    return f"{fraction * 100:g} %"
+
+
+def pruning_findings(result: Any, measure: str | None = None, *, n_resamples: int = 10000) -> list[str]:
+    """One sentence per (mode, fraction) of the ``nig_top`` condition of a ``PruningResult`` (the first
+    measure by default), and the ceiling caveat.
+
+    Example:
+        >>> for line in pruning_findings(study):  # doctest: +SKIP
+        ...     print(line)
+        Returning the top 1 % NIG neurons (92) to their baseline values lowers nDCG@10 by 0.082 [95 % CI ...
+    """
+    m = measure or result.measures[0]
+    rows = [
+        r
+        for r in result.statistics(m, n_resamples=n_resamples)
+        if r["condition"] == "nig_top" and r["n_neurons"]
+    ]
+    out = []
+    for r in rows:
+        action = _ACTION.get(r["mode"], f"Ablating ({r['mode']}) the top {{pct}} NIG neurons ({{n}})").format(
+            pct=_pct(r["fraction"]), n=r["n_neurons"]
+        )
+        lo, hi = r["drop_ci"]
+        nq = f"{r['n_queries']} held-out queries"
+        change = (
+            f"lowers {m} by {r['drop']:.3f}" if r["drop"] > 0 else f"raises {m} by {-r['drop']:.3f}"
+        ) + f" {_ci((lo, hi))}"
+        if r["drop"] == 0:
+            change = f"leaves {m} unchanged"
+        vs = r["vs_random"]
+        if vs is None:
+            if r["p_holm"] < ALPHA:
+                out.append(f"{action} {change} ({format_p(r['p_holm'])} against unpruned, {nq}).")
+            else:
+                out.append(
+                    f"{action} {change}: indistinguishable from the unpruned model ({format_p(r['p_holm'])}, {nq})."
+                )
+            continue
+        if vs["p_holm"] < ALPHA:
+            if vs["ratio"] is not None and vs["ratio"] > 0:
+                against = f"{vs['ratio']:.0f}x the random sets"
+            else:
+                against = f"against {vs['random_drop']:+.4f} for the random sets"
+            out.append(f"{action} {change}, {against} ({format_p(vs['p_holm'])}, {nq}).")
+        else:
+            out.append(
+                f"{action} {change}; at {_pct(r['fraction'])} ({r['mode']}) the NIG set is indistinguishable "
+                f"from random ({format_p(vs['p_holm'])}, {nq})."
+            )
+    ceiling = result.ceiling(m)["warning"]
+    if ceiling:
+        out.append(f"Caveat: {ceiling}.")
+    if rows:
+        out.append(
+            f"p-values are Holm-adjusted across the study's fractions and modes; intervals are percentile "
+            f"bootstraps over the held-out queries ({rows[0]['n_queries']})."
+        )
+    return out
+
+
+def faithfulness_findings(result: Any, *, n_resamples: int = 10000) -> list[str]:
+    """One sentence per ablation mode of a ``FaithfulnessResult``: the mean Spearman of NIG with the
+    single-neuron score drops (and the other predictors'), with intervals over pairs; and the top-K NIG
+    vs random curve where kept per pair.
+
+    Example:
+        >>> faithfulness_findings(faith)[0]  # doctest: +SKIP
+        'Under baseline ablation, NIG ranks each pair's 10 neurons by their score drop with a mean Spearman ...'
+    """
+    out = []
+    names = {"nig": "NIG", "act_x_grad": "activation x gradient", "activation": "activation magnitude"}
+    for mode, st in result.statistics(n_resamples=n_resamples).items():
+        cor = st["correlations"]
+        if "nig" not in cor or cor["nig"]["n"] == 0:
+            continue
+        c = cor["nig"]
+        others = "; ".join(
+            f"{names.get(p, p)} {v['mean']:+.2f} {_ci(v['ci'], 2)}"
+            for p, v in cor.items()
+            if p != "nig" and v["n"]
+        )
+        sentence = (
+            f"Under {mode} ablation, NIG ranks each pair's {result.k} neurons by their score drop with a mean "
+            f"Spearman ρ of {c['mean']:+.2f} {_ci(c['ci'], 2)} over {_pairs(c['n'])} "
+            f"({format_p(c['p'])} against 0)"
+        )
+        out.append(sentence + (f"; {others}." if others else "."))
+        cur = st.get("curve")
+        if cur and cur["n"]:
+            verdict = "" if cur["p"] < ALPHA else ": not distinguishable from random"
+            out.append(
+                f"Ablating each pair's top {cur['k']} NIG neurons together ({mode}) changes the score by "
+                f"{-cur['mean']:+.4f} relative to {cur['k']} random neurons {_ci((-cur['ci'][1], -cur['ci'][0]), 4)} "
+                f"({format_p(cur['p'])}, {_pairs(cur['n'])}){verdict}."
+            )
+        if c["n"] < 10:
+            out.append(f"Caveat: only {_pairs(c['n'])}: the intervals are wide.")
+    return out
+
+
+def patching_findings(result: Any) -> list[str]:
+    """Sentences of a ``PatchingResult``: the perturbation's score change, the largest mean effect per
+    site (with its raw score change), and the caveats (tiny perturbations left out, layer-0 zeros).
+
+    Example:
+        >>> patching_findings(res)[0]  # doctest: +SKIP
+        'The perturbation changes the score by +0.0123 on average (perturbed - clean, 4 pairs).'
+    """
+    import torch
+
+    from mechir_nig.interventions.patching import SITES
+
+    n = len(result)
+    delta = (result.corrupted_scores - result.clean_scores).double()
+    out = [
+        f"The perturbation changes the score by {float(delta.mean()):+.4f} on average (perturbed - clean, {n} pairs)."
+    ]
+    keep = result.summary_pairs()
+    used = int(keep.sum())
+    direction = "restoring the clean" if result.direction == "denoise" else "patching in the perturbed"
+    for site in result.sites:
+        v = torch.nan_to_num(result[site].double())[keep]
+        raw = result.raw(site).double()[keep]
+        kind = SITES.get(site, ("", ""))[1]
+        if kind in ("pos", "head_pos") and result.changed is not None:
+            ch = result.changed[keep].to(v.dtype)
+            shape = ch[:, None, :] if kind == "pos" else ch[:, None, None, :]
+            v, raw = (v * shape).sum(-1), (raw * shape).sum(-1)
+            where = "at the changed positions"
+        else:
+            where = ""
+        mean, raw_mean = v.mean(0), raw.mean(0)
+        if mean.numel() == 0:
+            continue
+        j = int(mean.abs().flatten().argmax())
+        val, rv = float(mean.flatten()[j]), float(raw_mean.flatten()[j])
+        if site.endswith("_set"):
+            label = (
+                f"member L{result.members[j][0]}/{result.members[j][1]}"
+                if j < len(result.members)
+                else f"member {j}"
+            )
+        elif mean.dim() == 1:  # [layer]: a position site summed over the changed positions
+            label = f"layer {result.layers[j]}"
+        else:
+            width = mean.shape[-1]
+            layer = result.layers[j // width] if mean.dim() == 2 else result.layers[j]
+            label = f"layer {layer} {'neuron' if kind == 'neuron' else 'head'} {j % width}"
+        metric = "recovery" if result.metric == "recovery" else "score change"
+        out.append(
+            f"{site}: {direction} activations {where + ' ' if where else ''}has its largest mean {metric} "
+            f"{val:+.2f} at {label} (raw score change {rv:+.4f}; {used} of {n} pairs)."
+        )
+    out += [f"Caveat: {note}" for note in patching_notes(result)]
+    return out
+
+
+def patching_notes(result: Any, *, include_small: bool = False) -> list[str]:
+    """What a reader of the patching summaries must know: how many pairs were left out as tiny
+    perturbations (and the threshold), and why ``resid_pre`` is 0 at layer 0 at inserted tokens.
+
+    Example:
+        >>> patching_notes(res)  # doctest: +SKIP
+        ['2 of 4 pairs are left out of the summaries: ...']
+    """
+    from mechir_nig.interventions.patching import SMALL_CHANGE
+
+    notes = []
+    small = result.small_change()
+    n, k = len(result), int(small.sum())
+    if k and not include_small:
+        kept = "all are kept (every pair is tiny)" if k == n else "they are left out of the summaries"
+        notes.append(
+            f"{k} of {n} pairs move the score by less than {SMALL_CHANGE:g} x the spread of the scores "
+            f"(|perturbed - clean| < {SMALL_CHANGE * result.score_spread:.4g}): their recovery divides "
+            f"by a tiny change; {kept}."
+        )
+    if "resid_pre" in result.sites and 0 in result.layers:
+        notes.append(
+            "resid_pre at layer 0 is the token embeddings: a token present in one run only occupies a slot "
+            "that holds the same token (masked out of attention) in the other run, so patching it there "
+            "changes nothing and its layer-0 value is 0 by construction."
+        )
+    return notes
+
+
+def results_findings(results: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(section, sentence)`` of every result in ``results`` (keys as ``report.FILES``: ``pruning``,
+    ``faithfulness`` (the result, or ``(result, raw JSON)``), ``patching``); a result whose sentences
+    cannot be made gives one sentence saying so.
+
+    Example:
+        >>> results_findings({})
+        []
+    """
+    makers = {
+        "pruning": pruning_findings,
+        "faithfulness": faithfulness_findings,
+        "patching": patching_findings,
+    }
+    out: list[tuple[str, str]] = []
+    for key, make in makers.items():
+        if key not in results:
+            continue
+        value = results[key]
+        if isinstance(value, tuple):
+            value = value[0]
+        try:
+            out += [(key, s) for s in make(value)]
+        except Exception as exc:  # a finding that cannot be stated must not cost the report
+            out.append((key, f"No findings for {key}: {type(exc).__name__}: {exc}."))
+    return out
+
+
+def folder_findings(results_dir: str | Path) -> list[tuple[str, str]]:
+    """:func:`results_findings` of the results a folder holds (``pruning.json``, ``faithfulness.json``,
+    ``patching.safetensors``; files that are missing or unreadable are skipped).
+
+    Example:
+        >>> import tempfile
+        >>> folder_findings(tempfile.mkdtemp())
+        []
+    """
+    import warnings
+
+    from mechir_nig.report import FILES, _loaders
+
+    folder = Path(results_dir)
+    loaders = _loaders()
+    loaded: dict[str, Any] = {}
+    for key in ("pruning", "patching", "faithfulness"):
+        path = folder / FILES[key]
+        if path.is_file():
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    loaded[key] = loaders[key](path)
+            except Exception:  # the report names unreadable files
+                continue
+    return results_findings(loaded)
