@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mechir_nig._validate import check_bool, check_int
+from mechir_nig._warn import caller_stacklevel
 from mechir_nig.data.collection import (
     Collection,
     Run,
@@ -411,7 +412,7 @@ def evaluate(
     elif grade_map is None and threshold is None:
         message = scale_warning((g for docs in qrels_d.values() for g in docs.values()), "evaluate")
         if message:
-            warnings.warn(message, DataWarning, stacklevel=2)
+            warnings.warn(message, DataWarning, stacklevel=caller_stacklevel())
     if grade_map is not None:
         qrels_d = _with_grade_map(qrels_d, grade_map)
     parsed = _at_threshold(parsed, threshold or 1)
@@ -435,7 +436,7 @@ def evaluate(
             f"{len(missing)} of {len(qrels_d)} queries with qrels have no results in the run and score 0 "
             f"(e.g. {missing[:3]}); pass query_ids= to evaluate a subset",
             DataWarning,
-            stacklevel=2,
+            stacklevel=caller_stacklevel(),
         )
     report = {
         "queries": len(qrels_d),
