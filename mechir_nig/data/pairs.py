@@ -82,7 +82,7 @@ class JudgedPairs(list):
         (30, 15, 15)
         >>> pairs[0].query_id, pairs[0].label
         ('q01', 'relevant')
-        >>> scores = ce.score(pairs.queries(), pairs.docs())  # [n] = [30]  # doctest: +SKIP
+        >>> scores = ce.score(pairs.queries(), pairs.docs())  # [n] = [30]
     """
 
     report: dict[str, Any]

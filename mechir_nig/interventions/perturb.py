@@ -28,8 +28,9 @@ is neutral. A slot still computes a residual stream (the token as read in the ot
 unseen by the rest): that is what patching writes into the other run at that position.
 
 Example:
-    >>> al = align(ce, ["what is a neuron"], ["A cell of the nervous system."], tfc1)  # doctest: +SKIP
-    >>> al.changed.sum(), al.perturbed_tokens[0]  # doctest: +SKIP
+    >>> al = align(ce, ["what is a neuron"], ["A cell of the nervous system."], tfc1)
+    >>> int(al.changed.sum()), al.perturbed_tokens[0][-3:]  # "neuron" injected at the end: 2 word pieces
+    (2, ['ne', '##uron', '[SEP]'])
 """
 
 from __future__ import annotations
@@ -270,11 +271,11 @@ class Alignment:
             has a masked slot or padding).
 
     Example:
-        >>> al = align(ce, ["what is a neuron"], ["A cell of the nervous system."], tfc1)  # doctest: +SKIP
-        >>> al.changed.shape == al.clean.input_ids.shape  # [batch, pos]  # doctest: +SKIP
+        >>> al = align(ce, ["what is a neuron"], ["A cell of the nervous system."], tfc1)
+        >>> al.changed.shape == al.clean.input_ids.shape  # [batch, pos]
         True
-        >>> int(al.injected.sum())  # the injected "neuron" token: one masked slot on the clean side  # doctest: +SKIP
-        1
+        >>> int(al.injected.sum())  # the injected "neuron" (ne ##uron): masked slots on the clean side
+        2
     """
 
     clean: PairBatch | TextBatch
@@ -356,10 +357,11 @@ def align(
             ``max_length`` (truncated away).
 
     Example:
-        >>> al = align(ce, queries, docs, tfc1)  # doctest: +SKIP
-        >>> al.clean.input_ids.shape == al.perturbed.input_ids.shape  # both [batch, pos]  # doctest: +SKIP
+        >>> al = align(ce, queries, docs, tfc1)
+        >>> al.clean.input_ids.shape == al.perturbed.input_ids.shape  # both [batch, pos]
         True
-        >>> ce(al.clean)  # [batch]: exactly the scores of the unaligned clean pairs  # doctest: +SKIP
+        >>> torch.allclose(ce(al.clean), ce.score(queries, docs), atol=1e-5)  # [batch]: the unaligned scores
+        True
     """
     q, d = check_pairs(queries, docs)
     pert = perturb_docs(perturbed, q, d) if callable(perturbed) else check_pairs(q, perturbed)[1]
