@@ -5,7 +5,7 @@ defined, so an example that needs only a model runs instead of being skipped: ``
 all-MiniLM-L6-v2's real body under a seeded relevance head (the shape of
 ``cross-encoder/ms-marco-MiniLM-L-6-v2``: 6 layers, 12 heads, 1536 MLP neurons), ``be`` the
 all-MiniLM-L6-v2 bi-encoder, ``queries`` / ``docs`` two pairs, ``batch`` their ``PairBatch``, ``col``
-the embedded collection, and the functions most examples call. ``+SKIP`` is left only for hub downloads and files a machine may not have.
+the embedded collection, ``top`` 20 MLP neurons, and the functions most examples call. ``+SKIP`` is left only for hub downloads and files a machine may not have.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ def _doctest_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     from mechir_nig import load_model, neuron_integrated_gradients
     from mechir_nig.data import bm25_candidates, judged_pairs, load_collection
+    from mechir_nig.sets import NeuronSet
     from mechir_nig.testing import minilm_cross_encoder, minilm_path
 
     ce = load_model(minilm_cross_encoder(tmp_path_factory.mktemp("doctest_ce")))
@@ -44,6 +45,7 @@ def _doctest_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "batch": ce.tokenize(queries, docs),
         "col": load_collection("embedded"),
         "minilm_path": minilm_path,
+        "top": NeuronSet([(layer, n) for layer in (4, 5) for n in range(10)], n_layers=6, d_mlp=1536),
         "neuron_integrated_gradients": neuron_integrated_gradients,
         "bm25_candidates": bm25_candidates,
         "judged_pairs": judged_pairs,
