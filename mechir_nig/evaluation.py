@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mechir_nig._validate import check_bool, check_int
+from mechir_nig._warn import caller_stacklevel
 from mechir_nig.data.collection import (
     Collection,
     Run,
@@ -193,8 +194,9 @@ def rerank(
     Example:
         >>> from mechir_nig import HookedCrossEncoder  # doctest: +SKIP
         >>> ce = HookedCrossEncoder.from_pretrained("cross-encoder/ms-marco-MiniLM-L-6-v2")  # doctest: +SKIP
-        >>> run = rerank(ce, col, bm25_candidates(col, k=100), batch_size=64)  # doctest: +SKIP
-        >>> evaluate(run, col)["nDCG@10"]  # doctest: +SKIP
+        >>> run = rerank(ce, col, bm25_candidates(col, k=10), batch_size=64)
+        >>> round(evaluate(run, col)["nDCG@10"], 3)  # a seeded head, not a trained re-ranker
+        0.62
     """
     import torch
     from tqdm.auto import tqdm
@@ -428,7 +430,7 @@ def evaluate(
     elif grade_map is None and threshold is None:
         message = scale_warning((g for docs in qrels_d.values() for g in docs.values()), "evaluate")
         if message:
-            warnings.warn(message, DataWarning, stacklevel=2)
+            warnings.warn(message, DataWarning, stacklevel=caller_stacklevel())
     if grade_map is not None:
         qrels_d = _with_grade_map(qrels_d, grade_map)
     parsed = _at_threshold(parsed, threshold or 1)
@@ -452,7 +454,7 @@ def evaluate(
             f"{len(missing)} of {len(qrels_d)} queries with qrels have no results in the run and score 0 "
             f"(e.g. {missing[:3]}); pass query_ids= to evaluate a subset",
             DataWarning,
-            stacklevel=2,
+            stacklevel=caller_stacklevel(),
         )
     report = {
         "queries": len(qrels_d),

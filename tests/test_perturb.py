@@ -147,3 +147,15 @@ def test_perturbation_errors():
         perturb.random_term(q, d, ["black", "holes"])
     with pytest.raises(InputError, match="non-empty string"):
         perturb.perturb_docs(lambda q, d: "", [q], [d])
+
+
+def test_tfc1_term_rule_first_or_highest_idf_and_the_reason():
+    from mechir_nig.interventions.perturb import term_idf, tfc1, tfc1_term
+
+    idf = term_idf({"d1": "papers on neurons", "d2": "papers on rice", "d3": "papers"})
+    q = "what papers are there on neurons"
+    assert tfc1_term(q) == ("papers", "first query term")
+    assert tfc1_term(q, idf=idf) == ("neurons", "highest-IDF query term")
+    assert tfc1_term(q, "rice", idf) == ("rice", "given")
+    assert tfc1(q, "A cell.") == "A cell. papers"  # the default is unchanged
+    assert tfc1(q, "A cell.", idf=idf) == "A cell. neurons"

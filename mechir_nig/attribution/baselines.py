@@ -55,10 +55,10 @@ def baseline_embeddings(
         ``[batch, pos, d_embed]`` word embeddings of the baseline ``x'``.
 
     Example:
-        >>> batch = ce.tokenize(["what is a neuron"], ["A neuron is a cell."])  # doctest: +SKIP
-        >>> x0 = baseline_embeddings(ce, batch.input_ids, batch.groups, "pad")  # doctest: +SKIP
-        >>> x0.shape  # [batch, pos, d_embed]  # doctest: +SKIP
-        torch.Size([1, 13, 384])
+        >>> batch = ce.tokenize(["what is a neuron"], ["A neuron is a cell."])
+        >>> x0 = baseline_embeddings(ce, batch.input_ids, batch.groups, "pad")
+        >>> x0.shape  # [batch, pos, d_embed]
+        torch.Size([1, 15, 384])
     """
     check_baseline(baseline)
     b, p = input_ids.shape

@@ -6,9 +6,11 @@ token groups cls/query/sep/doc (``"group"``) or over all tokens (``"neuron"``); 
 (saying which ``reduce`` to use) when it was summed too far.
 
 Example:
-    >>> attr = neuron_integrated_gradients(ce, queries, docs, reduce="group")  # doctest: +SKIP
-    >>> attr.reduce, attr.values.shape      # ("group", [batch, layer, 4, d_mlp])  # doctest: +SKIP
-    >>> attr.per_neuron().shape             # [batch, layer, d_mlp]  # doctest: +SKIP
+    >>> attr = neuron_integrated_gradients(ce, queries, docs, reduce="group", n_steps=8)
+    >>> attr.reduce, attr.values.shape      # ("group", [batch, layer, 4, d_mlp])
+    ('group', torch.Size([2, 6, 4, 1536]))
+    >>> attr.per_neuron().shape             # [batch, layer, d_mlp]
+    torch.Size([2, 6, 1536])
 """
 
 from __future__ import annotations
@@ -136,8 +138,9 @@ class NeuronAttribution(Result):
         """The values of site ``name`` (a ``mechir_nig.sites`` name or alias), as attributed.
 
         Example:
-            >>> attr = neuron_integrated_gradients(ce, qs, ds, sites=("resid_pre",))  # doctest: +SKIP
-            >>> attr.site("resid_pre").shape  # [batch, layer, pos]  # doctest: +SKIP
+            >>> attr = neuron_integrated_gradients(ce, queries, docs, sites=("resid_pre",), n_steps=8)
+            >>> attr.site("resid_pre").shape  # [batch, layer, pos]
+            torch.Size([2, 6, 22])
         """
         from mechir_nig.sites import site
 

@@ -17,9 +17,9 @@ from mechir_nig.cli._common import (
 from mechir_nig.cli._pairs import add_pair_options, candidate_pairs
 
 EPILOG = """example:
-  mechir-nig faithfulness --out results --max-pairs 4 --k 10 --interventions baseline,zero,mean
+  mechir-nig faithfulness --out results --max-pairs 4 --neurons 10 --curve-k 10 --interventions baseline,zero,mean
 
-For each pair the --k neurons of largest |NIG| are ablated one at a time; the score drops are rank-correlated
+For each pair the --neurons neurons of largest |NIG| are ablated one at a time; the score drops are rank-correlated
 (Spearman) with NIG, activation x gradient and activation magnitude. The curve ablates the top-k neurons
 by NIG together (k = 1..--curve-k) against k random neurons (--seeds draws). Each intervention runs as its
 own step (its random draws seeded with --seed)."""

@@ -59,7 +59,14 @@ def add_parser(sub: Any) -> None:
         "--term",
         type=word,
         default=None,
-        help="the term injected (tfc1) or removed (remove) (default: from the query)",
+        help="the term injected (tfc1) or removed (remove) (default: from the query, see --term-rule)",
+    )
+    g.add_argument(
+        "--term-rule",
+        choices=("first", "idf"),
+        default="first",
+        help="tfc1 without --term: inject the query's first non-stopword term, or its term of highest IDF "
+        "in the collection (as tdc); the injected terms are recorded in patching.safetensors.json",
     )
     g = p.add_argument_group("patching")
     option(
@@ -90,13 +97,25 @@ def add_parser(sub: Any) -> None:
     option(g, "--max-length")
 
 
+def _injected_terms(args: argparse.Namespace, col: Any, queries: list[str]) -> dict[str, Any]:
+    """tfc1: the rule and the term injected into each pair (``tfc1_term``), for the results' record."""
+    if args.perturbation != "tfc1":
+        return {}
+    from mechir_nig.interventions import perturb
+
+    idf = perturb.term_idf(col) if args.term_rule == "idf" and args.term is None else None
+    chosen = [perturb.tfc1_term(q, args.term, idf) for q in queries]
+    return {"term_rule": chosen[0][1] if chosen else None, "injected_terms": [c[0] for c in chosen]}
+
+
 def perturbation(args: argparse.Namespace, col: Any) -> Any:
     """The ``(query, doc) -> doc`` function of ``--perturbation``."""
     from mechir_nig.interventions import perturb
 
     where = args.where
     if args.perturbation == "tfc1":
-        return lambda q, d: perturb.tfc1(q, d, term=args.term, where=where)
+        idf = perturb.term_idf(col) if args.term_rule == "idf" and args.term is None else None
+        return lambda q, d: perturb.tfc1(q, d, term=args.term, where=where, idf=idf)
     if args.perturbation == "tdc":
         idf = perturb.term_idf(col)
         return lambda q, d: perturb.tdc(q, d, idf, where=where)
@@ -227,6 +246,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
             "perturbation": args.perturbation,
             "where": args.where,
             "term": args.term,
+            **_injected_terms(args, col, qs),
             "pairs": [{"query_id": p.query_id, "doc_id": p.doc_id} for p in pairs],
             "queries": qs,
             "perturbed_docs": perturbed,

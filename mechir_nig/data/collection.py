@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mechir_nig._validate import check_int
+from mechir_nig._warn import caller_stacklevel
 from mechir_nig.data.formats._io import check_empty_policy
 from mechir_nig.data.formats.run import Run
 from mechir_nig.errors import DataError, DataWarning, InputError
@@ -348,7 +349,7 @@ class LazyDocs(Mapping):
                 f"collection {self.name!r}: skipped {len(new)} documents without text (e.g. {new[:5]}); "
                 "they count as absent, and Collection.report['empty_docs_skipped'] counts them",
                 DataWarning,
-                stacklevel=4,
+                stacklevel=caller_stacklevel(),
             )
 
     def __repr__(self) -> str:
@@ -504,7 +505,7 @@ class Collection:
         if not stated:
             message = scale_warning(self.report["grades"], f"collection {self.name!r}")
             if message:
-                warnings.warn(message, DataWarning, stacklevel=3)
+                warnings.warn(message, DataWarning, stacklevel=caller_stacklevel())
 
     def __repr__(self) -> str:
         if isinstance(self.scoreddocs, ScoredDocStream):
@@ -638,7 +639,7 @@ class Collection:
                 "the one qrels_dict() and judged_pairs use. Remove the duplicates to silence this; the count "
                 "is in Collection.report['qrels_duplicates'].",
                 DataWarning,
-                stacklevel=4,
+                stacklevel=caller_stacklevel(),
             )
 
     def _warn_unknown(self) -> None:
@@ -659,7 +660,7 @@ class Collection:
                 "(evaluation sees every judgement) but judged_pairs and rerank cannot use them. Check that "
                 "the files belong together; counts are in Collection.report.",
                 DataWarning,
-                stacklevel=4,
+                stacklevel=caller_stacklevel(),
             )
 
 

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 
 from mechir_nig._validate import check_int
+from mechir_nig._warn import caller_stacklevel
 from mechir_nig.data.collection import Collection, check_relevance_threshold, select_query_ids
 from mechir_nig.errors import DataWarning, InputError
 
@@ -81,7 +82,7 @@ class JudgedPairs(list):
         (30, 15, 15)
         >>> pairs[0].query_id, pairs[0].label
         ('q01', 'relevant')
-        >>> scores = ce.score(pairs.queries(), pairs.docs())  # [n] = [30]  # doctest: +SKIP
+        >>> scores = ce.score(pairs.queries(), pairs.docs())  # [n] = [30]
     """
 
     report: dict[str, Any]
@@ -243,6 +244,6 @@ def judged_pairs(
             f"judged_pairs on {collection.name!r}: {'; '.join(missing)}; their other pairs are kept and the "
             f"counts are in .report{hint if without_nonrel else ''}",
             DataWarning,
-            stacklevel=2,
+            stacklevel=caller_stacklevel(),
         )
     return pairs

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from mechir_nig._validate import check_bool
+from mechir_nig._warn import caller_stacklevel
 from mechir_nig.data.collection import (
     Collection,
     LazyDocs,
@@ -112,7 +113,7 @@ def _read_role(
             f"{', '.join(f'{key!r} at line {line}' for key, line in skipped[:3])}); they are counted in "
             f"Collection.report['empty_{role}_skipped']",
             DataWarning,
-            stacklevel=4,
+            stacklevel=caller_stacklevel(),
         )
     return texts
 
@@ -384,7 +385,7 @@ def _from_irds(
             f"ir_datasets {dataset_id!r}: skipped {len(empty_queries)} queries without text (e.g. "
             f"{empty_queries[:5]}); Collection.report['empty_queries_skipped'] counts them",
             DataWarning,
-            stacklevel=3,
+            stacklevel=caller_stacklevel(),
         )
     report["empty_queries_skipped"] = len(empty_queries)
     report["empty_queries_skipped_ids"] = empty_queries

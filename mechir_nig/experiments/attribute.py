@@ -44,7 +44,7 @@ from mechir_nig.attribution.settings import NIGSettings, model_fingerprint
 from mechir_nig.attribution.stats import LABELS, CollectionAttribution
 from mechir_nig.errors import DistributedError, InputError
 from mechir_nig.models.protocol import HookedModel
-from mechir_nig.models.tokenization import doc_budget, n_special_tokens
+from mechir_nig.models.tokenization import doc_budget, n_special_tokens, truncation_summary
 from mechir_nig.runtime.distributed import Context
 from mechir_nig.runtime.distributed import context as distributed_context
 from mechir_nig.runtime.shards import manifest_path
@@ -182,6 +182,7 @@ def attribute_collection(
     ctx = distributed_context(distributed, getattr(model, "device", None))
     if ctx.grouped or (ckpt is not None and manifest_path(ckpt).exists()):
         with contextlib.ExitStack() as stack:
+            stack.enter_context(truncation_summary())  # one TruncationWarning for all batches
             return _attribute_sharded(
                 model,
                 pairs,
@@ -199,6 +200,7 @@ def attribute_collection(
                 on_batch=on_batch,
             )
     with contextlib.ExitStack() as stack:
+        stack.enter_context(truncation_summary())  # one TruncationWarning for all batches
         if ckpt is not None:  # before any work: an unwritable path or a second writer fails now
             probe_writable(ckpt, "checkpoint")
             stack.enter_context(OutputLock(ckpt))

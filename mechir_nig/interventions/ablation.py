@@ -452,10 +452,11 @@ def ablate(
             reference, a reference of another model, or (at run time) a positions mask of the wrong shape.
 
     Example:
-        >>> top = NeuronSet([(5, 120), (5, 7)], n_layers=6, d_mlp=1536)  # doctest: +SKIP
-        >>> with ablate(ce, top, mode="zero", positions="doc") as ab:  # doctest: +SKIP
+        >>> from mechir_nig.sets import NeuronSet
+        >>> top = NeuronSet([(5, 120), (5, 7)], n_layers=6, d_mlp=1536)
+        >>> with ablate(ce, top, mode="zero", positions="doc") as ab:
         ...     pruned = ab.score(queries, docs)  # [n]
-        >>> with ablate(ce, top, mode="baseline"):  # doctest: +SKIP
+        >>> with ablate(ce, top, mode="baseline"):
         ...     scores = ce(batch)  # [batch]: every forward inside the block is ablated
     """
     components = _check(model, components, mode, positions, reference, side, seed, baseline)
@@ -472,10 +473,10 @@ class BaselineActivity:
     ``active_set`` holds the flagged neurons and ``filtered`` the selection without them.
 
     Example:
-        >>> report = baseline_active(ce, queries, docs, top, threshold=0.1)  # doctest: +SKIP
-        >>> report.baseline_mean.shape  # [n]: one mean per selected neuron  # doctest: +SKIP
+        >>> report = baseline_active(ce, queries, docs, top, threshold=0.1)
+        >>> report.baseline_mean.shape  # [n]: one mean per selected neuron
         torch.Size([20])
-        >>> top = report.filtered  # the selection without baseline-active neurons  # doctest: +SKIP
+        >>> top = report.filtered  # the selection without baseline-active neurons
     """
 
     neurons: list[tuple[int, int]]
@@ -532,9 +533,10 @@ def baseline_active(
         flagged set and the filtered selection.
 
     Example:
-        >>> report = baseline_active(ce, queries, docs, top)  # doctest: +SKIP
-        >>> flagged = report.active_set  # neurons with |baseline mean| > 0.1  # doctest: +SKIP
-        >>> json.dumps(report.to_dict())  # per-neuron means, JSON-ready  # doctest: +SKIP
+        >>> report = baseline_active(ce, queries, docs, top)
+        >>> flagged = report.active_set  # neurons with |baseline mean| > 0.1
+        >>> import json
+        >>> text = json.dumps(report.to_dict())  # per-neuron means, JSON-ready
     """
     components = check_components(model, components)
     if components.kind != "mlp":

@@ -31,7 +31,7 @@ Example:
     >>> write(act, "mlp_post", rows, torch.tensor(0.0))[:, 0].tolist()  # one neuron per row
     [[0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 1.0]]
     >>> it = Intervention("mlp_post", 1, Zero(), units=torch.tensor([7]))
-    >>> with Engine(ce, [it]):  # doctest: +SKIP
+    >>> with Engine(ce, [it]):
     ...     scores = ce(batch)  # neuron (1, 7) zeroed at every position
 """
 
@@ -230,7 +230,7 @@ class Baseline(Value):
         the value at a hook: ``[batch, pos, ...]``, the baseline run's activation of each row.
 
     Example:
-        >>> with Engine(ce, [Intervention("mlp_post", 5, Baseline(ce), units=torch.tensor([120]))]):  # doctest: +SKIP
+        >>> with Engine(ce, [Intervention("mlp_post", 5, Baseline(ce), units=torch.tensor([120]))]):
         ...     scores = ce(batch)
     """
 
@@ -365,8 +365,8 @@ class Engine:
     ``active``: a switch (a bi-encoder ablation writes only the sides it covers).
 
     Example:
-        >>> eng = Engine(ce, [Intervention("mlp_post", 0, Zero())])  # doctest: +SKIP
-        >>> scores = ce.run_with_hooks(batch, fwd_hooks=eng.hooks())  # doctest: +SKIP
+        >>> eng = Engine(ce, [Intervention("mlp_post", 0, Zero())])
+        >>> scores = ce.run_with_hooks(batch, fwd_hooks=eng.hooks())
     """
 
     def __init__(

@@ -53,9 +53,11 @@ exactly: positions masked in the base run (padding and alignment slots) and indi
 activation equals the base activation (e.g. every unchanged token at layer 0).
 
 Example:
-    >>> al = perturb.align(ce, queries, docs, perturb.tfc1)  # doctest: +SKIP
-    >>> res = patch(ce, al, sites=("resid_pre", "heads"))  # doctest: +SKIP
-    >>> res["resid_pre"].shape, res["heads"].shape  # [batch, layer, pos], [batch, layer, n_heads]  # doctest: +SKIP
+    >>> from mechir_nig.interventions import perturb
+    >>> al = perturb.align(ce, queries, docs, perturb.tfc1)
+    >>> res = patch(ce, al, sites=("resid_pre", "heads"))
+    >>> res["resid_pre"].shape, res["heads"].shape  # [batch, layer, pos], [batch, layer, n_heads]
+    (torch.Size([2, 6, 23]), torch.Size([2, 6, 12]))
 """
 
 from __future__ import annotations
@@ -141,10 +143,14 @@ class PatchingResult(Result):
     exactly and refuses a damaged or foreign file (``mechir_nig.results``).
 
     Example:
-        >>> res = patch(ce, align(ce, queries, docs, tfc1), sites=("resid_pre", "heads"))  # doctest: +SKIP
-        >>> res["resid_pre"].shape  # [batch, layer, pos]  # doctest: +SKIP
-        >>> res.base_scores.shape  # [batch]  # doctest: +SKIP
-        >>> res.recovery("heads").shape  # the metric again, whichever ``metric=`` was run  # doctest: +SKIP
+        >>> from mechir_nig.interventions.perturb import align, tfc1
+        >>> res = patch(ce, align(ce, queries, docs, tfc1), sites=("resid_pre", "heads"))
+        >>> res["resid_pre"].shape  # [batch, layer, pos]
+        torch.Size([2, 6, 23])
+        >>> res.base_scores.shape  # [batch]
+        torch.Size([2])
+        >>> res.recovery("heads").shape  # the metric again, whichever ``metric=`` was run
+        torch.Size([2, 6, 12])
     """
 
     values: dict[str, Tensor]

@@ -28,8 +28,9 @@ is neutral. A slot still computes a residual stream (the token as read in the ot
 unseen by the rest): that is what patching writes into the other run at that position.
 
 Example:
-    >>> al = align(ce, ["what is a neuron"], ["A cell of the nervous system."], tfc1)  # doctest: +SKIP
-    >>> al.changed.sum(), al.perturbed_tokens[0]  # doctest: +SKIP
+    >>> al = align(ce, ["what is a neuron"], ["A cell of the nervous system."], tfc1)
+    >>> int(al.changed.sum()), al.perturbed_tokens[0][-3:]  # "neuron" injected at the end: 2 word pieces
+    (2, ['ne', '##uron', '[SEP]'])
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ __all__ = [
     "tdc",
     "term_idf",
     "tfc1",
+    "tfc1_term",
 ]
 
 WHERE = ("start", "middle", "end")
@@ -106,14 +108,27 @@ def _inject(doc: str, term: str, where: str) -> str:
     return " ".join([*words[:mid], term, *words[mid:]])
 
 
-def tfc1(query: str, doc: str, term: str | None = None, where: str = "end") -> str:
+def tfc1(
+    query: str,
+    doc: str,
+    term: str | None = None,
+    where: str = "end",
+    idf: Mapping[str, float] | Any = None,
+) -> str:
     """TFC1: the document with one query term injected (one more occurrence of a query term).
+
+    Which term (:func:`tfc1_term` says it and why): ``term`` when given; else with ``idf`` the query
+    term of highest IDF (as :func:`tdc` picks it: the most discriminative one); else the query's first
+    term (:func:`query_terms`: the first word of 2+ characters that is not a stopword, e.g. "papers"
+    for "what papers are there ...").
 
     Args:
         query: the pair's query.
         doc: the pair's document.
-        term: the term to inject; default the query's first term (:func:`query_terms`).
+        term: the term to inject (default: chosen as above).
         where: ``"start"``, ``"middle"`` (at the middle word boundary) or ``"end"``.
+        idf: ``{term: idf}`` from :func:`term_idf` (or a collection / docs dict it is computed from):
+            inject the query term of highest IDF instead of the first one.
 
     Raises:
         InputError: for an empty query/document, a query without terms, or an unknown ``where``.
@@ -123,15 +138,49 @@ def tfc1(query: str, doc: str, term: str | None = None, where: str = "end") -> s
         'A cell of the nervous system. neuron'
         >>> tfc1("what is a neuron", "A cell of the nervous system.", term="brain", where="middle")
         'A cell of brain the nervous system.'
+        >>> idf = term_idf({"d1": "papers on neurons", "d2": "papers on rice", "d3": "papers"})
+        >>> tfc1("what papers are there on neurons", "A cell.", idf=idf)  # the rarer term, not "papers"
+        'A cell. neurons'
     """
     _check_text(query, "query")
     _check_text(doc, "doc")
-    if term is None:
-        terms = query_terms(query)
-        if not terms:
-            raise InputError(f"query {query!r} has no terms (only stopwords/short words); pass term=")
-        term = terms[0]
-    return _inject(doc, _check_text(term, "term"), where)
+    term, _ = tfc1_term(query, term, idf)
+    return _inject(doc, term, where)
+
+
+def tfc1_term(query: str, term: str | None = None, idf: Mapping[str, float] | Any = None) -> tuple[str, str]:
+    """The term :func:`tfc1` injects into a pair of ``query``, and why it was chosen.
+
+    Args:
+        query: the pair's query.
+        term: a term given by the caller (returned as it is).
+        idf: ``{term: idf}`` (or what :func:`term_idf` computes it from): the query term of highest IDF.
+
+    Returns:
+        ``(term, reason)``, reason one of ``"given"``, ``"highest-IDF query term"``, ``"first query term"``.
+
+    Raises:
+        InputError: for an empty query, a query without terms, or (with ``idf``) none of them in ``idf``.
+
+    Example:
+        >>> tfc1_term("what papers are there on neurons")
+        ('papers', 'first query term')
+        >>> tfc1_term("what papers are there on neurons", idf={"papers": 0.1, "neurons": 1.2})
+        ('neurons', 'highest-IDF query term')
+    """
+    _check_text(query, "query")
+    if term is not None:
+        return _check_text(term, "term"), "given"
+    terms = query_terms(query)
+    if not terms:
+        raise InputError(f"query {query!r} has no terms (only stopwords/short words); pass term=")
+    if idf is None:
+        return terms[0], "first query term"
+    table = idf if _is_idf(idf) else term_idf(idf)
+    known = [t for t in terms if t in table]
+    if not known:
+        raise InputError(f"no term of query {query!r} is in the IDF table; pass term= or leave idf out")
+    return max(known, key=lambda t: table[t]), "highest-IDF query term"
 
 
 def term_idf(docs: Mapping[str, str] | Any) -> dict[str, float]:
@@ -270,11 +319,11 @@ class Alignment:
             has a masked slot or padding).
 
     Example:
-        >>> al = align(ce, ["what is a neuron"], ["A cell of the nervous system."], tfc1)  # doctest: +SKIP
-        >>> al.changed.shape == al.clean.input_ids.shape  # [batch, pos]  # doctest: +SKIP
+        >>> al = align(ce, ["what is a neuron"], ["A cell of the nervous system."], tfc1)
+        >>> al.changed.shape == al.clean.input_ids.shape  # [batch, pos]
         True
-        >>> int(al.injected.sum())  # the injected "neuron" token: one masked slot on the clean side  # doctest: +SKIP
-        1
+        >>> int(al.injected.sum())  # the injected "neuron" (ne ##uron): masked slots on the clean side
+        2
     """
 
     clean: PairBatch | TextBatch
@@ -356,10 +405,11 @@ def align(
             ``max_length`` (truncated away).
 
     Example:
-        >>> al = align(ce, queries, docs, tfc1)  # doctest: +SKIP
-        >>> al.clean.input_ids.shape == al.perturbed.input_ids.shape  # both [batch, pos]  # doctest: +SKIP
+        >>> al = align(ce, queries, docs, tfc1)
+        >>> al.clean.input_ids.shape == al.perturbed.input_ids.shape  # both [batch, pos]
         True
-        >>> ce(al.clean)  # [batch]: exactly the scores of the unaligned clean pairs  # doctest: +SKIP
+        >>> torch.allclose(ce(al.clean), ce.score(queries, docs), atol=1e-5)  # [batch]: the unaligned scores
+        True
     """
     q, d = check_pairs(queries, docs)
     pert = perturb_docs(perturbed, q, d) if callable(perturbed) else check_pairs(q, perturbed)[1]

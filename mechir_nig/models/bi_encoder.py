@@ -5,8 +5,9 @@
 vector and ``hook_embedding`` the final (L2-normalised for cosine) embedding.
 
 Example:
-    >>> be = HookedBiEncoder.from_pretrained(path, pooling="mean", similarity="cosine")  # doctest: +SKIP
-    >>> be.score(["what is a neuron"], ["A neuron is a cell of the nervous system."])  # doctest: +SKIP
+    >>> be = HookedBiEncoder.from_pretrained(minilm_path(), pooling="mean", similarity="cosine")  # or a hub id
+    >>> be.score(["what is a neuron"], ["A neuron is a cell of the nervous system."]).shape  # [n]
+    torch.Size([1])
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class HookedBiEncoder(HookedEncoderBase):
         torch.Size([2, 8])
         >>> be.similarity_fn(emb, emb).shape  # [n]
         torch.Size([2])
-        >>> be = HookedBiEncoder.from_pretrained("all-MiniLM-L6-v2")  # doctest: +SKIP
-        >>> be.encode(["a neuron is a cell", "rice"]).shape  # [n, d_model]  # doctest: +SKIP
+        >>> be = HookedBiEncoder.from_pretrained(minilm_path())  # all-MiniLM-L6-v2 from its wheel
+        >>> be.encode(["a neuron is a cell", "rice"]).shape  # [n, d_model]
         torch.Size([2, 384])
     """
 

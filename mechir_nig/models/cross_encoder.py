@@ -8,9 +8,10 @@ softmax.
 
 Example:
     >>> ce = HookedCrossEncoder.from_pretrained("cross-encoder/ms-marco-MiniLM-L-6-v2")  # doctest: +SKIP
-    >>> batch = ce.tokenize(["what is a neuron"], ["A neuron is a cell of the nervous system."])  # doctest: +SKIP
-    >>> scores, cache = ce.run_with_cache(batch)  # doctest: +SKIP
-    >>> cache["blocks.0.mlp.hook_post"].shape  # [batch, pos, d_mlp]  # doctest: +SKIP
+    >>> batch = ce.tokenize(["what is a neuron"], ["A neuron is a cell of the nervous system."])
+    >>> scores, cache = ce.run_with_cache(batch)
+    >>> cache["blocks.0.mlp.hook_post"].shape  # [batch, pos, d_mlp]
+    torch.Size([1, 19, 1536])
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class HookedCrossEncoder(HookedEncoderBase):
         >>> ce(ids, types, torch.ones_like(ids)).shape  # [batch]
         torch.Size([1])
         >>> ce = HookedCrossEncoder.from_pretrained("cross-encoder/ms-marco-MiniLM-L-6-v2")  # doctest: +SKIP
-        >>> ce.score(["what is a neuron"], ["A neuron is a cell."])  # [n]  # doctest: +SKIP
+        >>> ce.score(["what is a neuron"], ["A neuron is a cell."]).shape  # [n]  # doctest: +SKIP
+        torch.Size([1])
     """
 
     pooler: Pooler  # a cross-encoder always has its head's dense layer

@@ -23,7 +23,9 @@ characters deleted for BERT), and ``PairBatch.queries``/``docs`` keep them exact
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -33,6 +35,7 @@ from torch import Tensor
 
 from mechir_nig._types import Mask, Tokens
 from mechir_nig._validate import check_int
+from mechir_nig._warn import caller_stacklevel
 from mechir_nig.errors import InputError, TruncationWarning
 
 GROUPS = ("cls", "query", "sep", "doc", "pad")
@@ -157,9 +160,9 @@ class PairBatch(_Batch):
         [6, 5]
         >>> batch.select([1]).input_ids.shape  # rows trimmed to their longest sequence
         torch.Size([1, 5])
-        >>> batch = ce.tokenize(["what is a neuron"], ["A neuron is a cell."])  # doctest: +SKIP
-        >>> [GROUPS[g] for g in batch.groups[0].tolist()]  # doctest: +SKIP
-        ['cls', 'query', 'query', 'query', 'query', 'sep', 'doc', 'doc', 'doc', 'doc', 'doc', 'doc', 'sep']
+        >>> batch = ce.tokenize(["what is a neuron"], ["A neuron is a cell."])
+        >>> [GROUPS[g] for g in batch.groups[0].tolist()]
+        ['cls', 'query', 'query', 'query', 'query', 'query', 'sep', 'doc', 'doc', 'doc', 'doc', 'doc', 'doc', 'doc', 'sep']
     """
 
     input_ids: Tokens
@@ -189,7 +192,7 @@ class TextBatch(_Batch):
         ... )
         >>> batch.lengths.tolist()  # [batch]
         [4, 3]
-        >>> be(be.tokenize(["a neuron is a cell", "rice"])).shape  # [batch, d_model]  # doctest: +SKIP
+        >>> be(be.tokenize(["a neuron is a cell", "rice"])).shape  # [batch, d_model]
         torch.Size([2, 384])
     """
 
@@ -231,13 +234,53 @@ def _check_max_length(max_length: int, n_ctx: int) -> None:
         )
 
 
-def _warn_truncated(n: int, total: int, max_length: int, what: str) -> None:
+_TRUNCATED: ContextVar[dict[tuple[str, int], list[int]] | None] = ContextVar("_TRUNCATED", default=None)
+
+
+@contextmanager
+def truncation_summary() -> Iterator[None]:
+    """Inside the block, tokenizing many batches warns once, at the end, with the counts of all of them
+    (``n of total documents ... were truncated``) instead of once per batch; nested blocks join the
+    outermost one.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught, truncation_summary():
+        ...     warnings.simplefilter("always")
+        ...     for _ in range(3):
+        ...         _warn_truncated(1, 4, 8, "documents")
+        >>> [str(w.message)[:62] for w in caught]
+        ['3 of 12 documents over 3 batches longer than max_length=8 were']
+    """
+    if _TRUNCATED.get() is not None:
+        yield
+        return
+    counts: dict[tuple[str, int], list[int]] = {}
+    token = _TRUNCATED.set(counts)
+    try:
+        yield
+    finally:
+        _TRUNCATED.reset(token)
+    for (what, max_length), (n, total, batches) in counts.items():
+        if n:
+            _warn_truncated(n, total, max_length, what, batches=batches)
+
+
+def _warn_truncated(n: int, total: int, max_length: int, what: str, *, batches: int = 1) -> None:
+    counts = _TRUNCATED.get()
+    if counts is not None:  # inside truncation_summary: counted, warned once at its end
+        entry = counts.setdefault((what, max_length), [0, 0, 0])
+        entry[0] += n
+        entry[1] += total
+        entry[2] += 1
+        return
     if n:
+        over = f" over {batches} batches" if batches > 1 else ""
         warnings.warn(
-            f"{n} of {total} {what} longer than max_length={max_length} were truncated "
+            f"{n} of {total} {what}{over} longer than max_length={max_length} were truncated "
             "(see batch.truncated); raise max_length to keep them whole",
             TruncationWarning,
-            stacklevel=3,
+            stacklevel=caller_stacklevel(),
         )
 
 

@@ -342,8 +342,9 @@ def token_heatmap(
         A ``plotly.graph_objects.Figure``.
 
     Example:
-        >>> attr = neuron_integrated_gradients(ce, queries, docs, reduce="token")  # doctest: +SKIP
-        >>> token_heatmap(attr, pair=0).show()  # doctest: +SKIP
+        >>> attr = neuron_integrated_gradients(ce, queries, docs, reduce="token", n_steps=8)
+        >>> fig = token_heatmap(attr, pair=0)
+        >>> fig.show()  # doctest: +SKIP
     """
     from mechir_nig.models.tokenization import GROUPS
 

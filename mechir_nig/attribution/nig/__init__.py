@@ -7,8 +7,9 @@
 - ``api.py``: ``NeuronIntegratedGradients`` and ``neuron_integrated_gradients``.
 
 Example:
-    >>> attr = neuron_integrated_gradients(ce, ["what is a neuron"], ["A neuron is a cell."], n_steps=32)  # doctest: +SKIP
-    >>> attr.per_neuron().shape  # [batch, layer, d_mlp]  # doctest: +SKIP
+    >>> attr = neuron_integrated_gradients(ce, ["what is a neuron"], ["A neuron is a cell."], n_steps=8)
+    >>> attr.per_neuron().shape  # [batch, layer, d_mlp]
+    torch.Size([1, 6, 1536])
 """
 
 from mechir_nig.attribution.nig.api import (

@@ -75,9 +75,10 @@ class NeuronIntegratedGradients:
             ``mechir_nig.models.protocol.AttributionModel``.
 
     Example:
-        >>> nig = NeuronIntegratedGradients(ce)  # doctest: +SKIP
-        >>> attr = nig.attribute(ce.tokenize(queries, docs), n_steps="auto", reduce="group")  # doctest: +SKIP
-        >>> attr.values.shape  # [batch, layer, 4, d_mlp]  # doctest: +SKIP
+        >>> nig = NeuronIntegratedGradients(ce)
+        >>> attr = nig.attribute(ce.tokenize(queries, docs), n_steps=8, reduce="group")
+        >>> attr.values.shape  # [batch, layer, 4, d_mlp]
+        torch.Size([2, 6, 4, 1536])
     """
 
     def __init__(self, model: AttributionModel):
@@ -123,8 +124,9 @@ class NeuronIntegratedGradients:
         Example:
             >>> attr = NeuronIntegratedGradients(ce).attribute(batch, n_steps="auto", tol=0.01)  # doctest: +SKIP
             >>> attr.n_steps_used, attr.convergence_delta  # doctest: +SKIP
-            >>> s = NIGSettings(n_steps=16, sites=("resid_pre", "mlp_post"), reduce="group")  # doctest: +SKIP
-            >>> NeuronIntegratedGradients(ce).attribute(batch, settings=s).site("resid_pre").shape  # doctest: +SKIP
+            >>> s = NIGSettings(n_steps=8, sites=("resid_pre", "mlp_post"), reduce="group")
+            >>> NeuronIntegratedGradients(ce).attribute(batch, settings=s).site("resid_pre").shape
+            torch.Size([2, 6, 4])
         """
         m = self.model
         s = NIGSettings.of(settings, options, "NeuronIntegratedGradients.attribute").checked(m)

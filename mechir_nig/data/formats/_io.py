@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
+from mechir_nig._warn import caller_stacklevel
 from mechir_nig.errors import DataError, DataWarning, InputError
 
 PathLike = str | os.PathLike
@@ -195,5 +196,5 @@ class EmptyRecords:
                 f"{self.path}: skipped {len(self.skipped)} records with an empty text (e.g. "
                 f"{[k for k, _ in self.skipped[:5]]})",
                 DataWarning,
-                stacklevel=3,
+                stacklevel=caller_stacklevel(),
             )
