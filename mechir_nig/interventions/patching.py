@@ -661,6 +661,7 @@ def _sweep(
     )
     base_scores, source_scores = score(base_out), score(source_out)
     spans = base.lengths
+    base_pos = getattr(base, "position_ids", None)  # explicit positions of an aligned batch
     n_pos = base.input_ids.shape[1]
     n_members = sum(len(v) for v in member_idx.values())
     patched: dict[str, Tensor] = {}
@@ -699,6 +700,7 @@ def _sweep(
                     base.attention_mask[b, :span],
                     residual=resid[b, :span],
                     start_at_layer=layer,
+                    position_ids=None if base_pos is None else base_pos[b, :span],
                     fwd_hooks=Engine(model, [writer]).hooks(),
                 )
                 scores = score(scores, b)
@@ -792,6 +794,7 @@ def _patch_jointly(
         base.attention_mask,
         residual=base_cache[hook_name("resid_pre", first)],
         start_at_layer=first,
+        position_ids=getattr(base, "position_ids", None),  # rotary blocks rotate by them
         fwd_hooks=Engine(model, writers).hooks(),
     )
     return score(out).float()
