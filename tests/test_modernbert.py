@@ -2,8 +2,8 @@
 patching = a hand-made HF hook patch, aligned perturbations, ablation, pruning and load refusals.
 
 Tiny seeded random ``ModernBertForSequenceClassification`` checkpoints (3 layers: global, local,
-local with ``global_attn_every_n_layers=2``... see ``make_modernbert``; a window of 8 tokens, shorter than
-every pair) and a WordPiece tokenizer trained in the test.
+global; a window of 8 tokens, shorter than every pair; 1 and 2 labels, cls and mean pooling, with and
+without biases) and a bare ``ModernBertModel``, with a WordPiece tokenizer trained in the test.
 """
 
 from __future__ import annotations
