@@ -769,6 +769,7 @@ def _run_rows(
         base.attention_mask[b, :span],
         residual=resid[b, :span],
         start_at_layer=layer,
+        **_positions(base, b, span),
         fwd_hooks=Engine(model, [writer]).hooks(),
     )
     return out
@@ -847,9 +848,20 @@ def _patch_jointly(
         base.attention_mask,
         residual=base_cache[hook_name("resid_pre", first)],
         start_at_layer=first,
+        **_positions(base, None, None),
         fwd_hooks=Engine(model, writers).hooks(),
     )
     return score(out).float()
+
+
+def _positions(base: Any, rows: Tensor | None, span: int | None) -> dict[str, Tensor]:
+    """``position_ids`` for a run started inside the blocks: the base batch's explicit positions (an
+    aligned input) for ``rows`` (all: ``None``), trimmed to ``span``; empty where it has none. Relative
+    and rotary positions are computed in every block, so a run started at a later layer needs them."""
+    pos = getattr(base, "position_ids", None)
+    if pos is None:
+        return {}
+    return {"position_ids": (pos if rows is None else pos[rows])[:, :span]}
 
 
 def _empty(

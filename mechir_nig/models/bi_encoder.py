@@ -175,6 +175,7 @@ class HookedBiEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: None = None,
         return_type: Literal["embedding"] = "embedding",
     ) -> Embeddings: ...
@@ -189,6 +190,7 @@ class HookedBiEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: None = None,
         return_type: None,
     ) -> None: ...
@@ -203,6 +205,7 @@ class HookedBiEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: int,
         return_type: Literal["embedding"] | None = "embedding",
     ) -> Resid: ...
@@ -216,6 +219,7 @@ class HookedBiEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: int | None = None,
         return_type: Literal["embedding"] | None = "embedding",
     ) -> Tensor | None:
@@ -235,6 +239,7 @@ class HookedBiEncoder(HookedEncoderBase):
             residual=residual,
             start_at_layer=start_at_layer,
             stop_at_layer=stop_at_layer,
+            **({} if position_ids is None else {"position_ids": position_ids}),
         )
         if stop_at_layer is not None:
             return resid

@@ -1,19 +1,24 @@
-"""``EncoderActivationCache``: TransformerLens' ``ActivationCache`` for post-LN encoders.
+"""``EncoderActivationCache``: TransformerLens' ``ActivationCache`` for the hooked encoders.
 
 TransformerLens' residual-stream decompositions assume a pre-LN model: the residual stream is the sum
 of every component's output and one ``ln_final`` sits before the unembedding. In a post-LN encoder
-(BERT and every family here) each block renormalises the stream (``ln1``, ``ln2``), so those sums
+(BERT, ELECTRA, RoBERTa/XLM-R, DistilBERT) each block renormalises the stream (``ln1``, ``ln2``), so those sums
 and the folded LayerNorm scales give wrong numbers without any error. This cache raises
 ``PostLayerNormError`` for them, naming what to use instead; everything else (indexing, ``stack_activation``,
 ``compute_head_results``, ``get_neuron_results``, ``accumulated_resid(apply_ln=False)`` ...) works as in
-TransformerLens.
+TransformerLens. Pre-LN families (ModernBERT) also get ``decompose_resid`` (the residual stream as the
+sum of the embedding output and every block's ``attn_out`` and ``mlp_out``); the decompositions that
+apply a final LayerNorm's scale or project onto an unembedding stay refused (a cross-encoder's score
+reads a pooled, normalised vector, not an unembedding).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformer_lens.ActivationCache import ActivationCache
+from transformer_lens.utilities import Slice
 
 from mechir_nig.errors import PostLayerNormError
 
@@ -26,7 +31,8 @@ _ADVICE = (
 def _refuse(name: str, why: str) -> PostLayerNormError:
     return PostLayerNormError(
         f"ActivationCache.{name} {why}; this encoder is post-LN (every block renormalises the residual "
-        f"stream), so it would give wrong answers here: {_ADVICE}"
+        f"stream), or, for a pre-LN family (ModernBERT), its score has no unembedding to project onto, "
+        f"so it would give wrong answers here: {_ADVICE}"
     )
 
 
@@ -51,8 +57,45 @@ class EncoderActivationCache(ActivationCache):
         PostLayerNormError: ActivationCache.logit_lens projects the residual stream through a final LayerNorm
     """
 
-    def decompose_resid(self, *args: Any, **kwargs: Any) -> Any:
-        raise _refuse("decompose_resid", "sums component outputs as if they added up to the residual stream")
+    @property
+    def pre_ln(self) -> bool:
+        """Whether the model's blocks are pre-LN (ModernBERT), where the residual stream is the sum of
+        the embedding output and every block's attention and MLP outputs."""
+        from mechir_nig.models.architectures import architecture_named
+
+        return architecture_named(self.model.cfg.architecture).pre_ln
+
+    def decompose_resid(
+        self,
+        layer: int | None = None,
+        mlp_input: bool = False,
+        mode: str = "all",
+        apply_ln: bool = False,
+        pos_slice: Any = None,
+        incl_embeds: bool = True,
+        return_labels: bool = False,
+    ) -> Any:
+        """Pre-LN families only: the residual stream before block ``layer`` (``None``: the last block's
+        output, before ``ln_final``) as a stack ``[component, batch, pos, d_model]`` of the embedding
+        output (``hook_full_embed``, label ``embed``) and each block's ``attn_out`` / ``mlp_out``, as
+        TransformerLens' ``decompose_resid`` (``apply_ln`` is refused: the score has no unembedding)."""
+        if not self.pre_ln:
+            raise _refuse(
+                "decompose_resid", "sums component outputs as if they added up to the residual stream"
+            )
+        if apply_ln:
+            raise _refuse("decompose_resid(apply_ln=True)", "applies one final LayerNorm's scale")
+        n = self.model.cfg.n_layers
+        top = n if layer is None or layer == -1 else layer
+        parts = [("embed", "hook_full_embed")] if incl_embeds else []
+        for sub in range(top):
+            kinds = [k for k, skip in (("attn_out", "mlp"), ("mlp_out", "attn")) if mode != skip]
+            parts += [(f"{sub}_{k}", f"blocks.{sub}.hook_{k}") for k in kinds]
+        if mlp_input and mode != "mlp":
+            parts.append((f"{top}_attn_out", f"blocks.{top}.hook_attn_out"))
+        sl = pos_slice if isinstance(pos_slice, Slice) else Slice(pos_slice)
+        components = torch.stack([sl.apply(self[hook], dim=-2) for _, hook in parts])
+        return (components, [label for label, _ in parts]) if return_labels else components
 
     def get_full_resid_decomposition(self, *args: Any, **kwargs: Any) -> Any:
         raise _refuse(

@@ -36,6 +36,13 @@ class EncoderConfig:
     - ``pooler_act``: activation of the classification head's dense layer (BERT's pooler and
       RoBERTa: ``tanh``; ELECTRA: ``gelu``; DistilBERT: ``relu``).
     - ``use_attn_result`` / ``use_hook_mlp_in``: opt-in hooks, as in TransformerLens.
+    - Pre-LN families with rotary positions (ModernBERT), named as in TransformerLens:
+      ``positional_embedding_type`` (``"standard"``: a learned position table, BERT's; ``"rotary"``:
+      no table, rotary queries and keys), ``rotary_base`` (global layers' theta), ``rotary_base_local``
+      (local layers' theta), ``attn_types`` (``"global"`` / ``"local"`` per layer), ``window_size``
+      (a local layer's query attends keys whose position differs by at most ``window_size // 2``),
+      ``gated_mlp`` (GeGLU: neuron = ``act(pre) * pre_linear``). ``classifier_pooling`` (``"cls"`` or
+      ``"mean"``, Hugging Face's name) is what the ModernBERT head pools. The defaults are BERT's.
     - ``attn_impl``: how attention is computed (``ATTENTION_IMPLS``; set it with
       ``model.set_attention_impl``). A runtime switch, not part of the model: ``to_dict`` leaves it out.
 
@@ -68,6 +75,13 @@ class EncoderConfig:
     use_hook_mlp_in: bool = False
     attn_impl: str = "auto"
     dtype: torch.dtype = torch.float32
+    positional_embedding_type: str = "standard"
+    rotary_base: float = 10000.0
+    rotary_base_local: float | None = None
+    window_size: int | None = None
+    attn_types: list[str] | None = None
+    gated_mlp: bool = False
+    classifier_pooling: str = "cls"
 
     def __post_init__(self) -> None:
         if self.d_embed is None:

@@ -172,6 +172,7 @@ class HookedCrossEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: None = None,
         return_type: Literal["score"] = "score",
     ) -> Scores: ...
@@ -186,6 +187,7 @@ class HookedCrossEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: None = None,
         return_type: Literal["logits"],
     ) -> Logits: ...
@@ -200,6 +202,7 @@ class HookedCrossEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: None = None,
         return_type: None,
     ) -> None: ...
@@ -214,6 +217,7 @@ class HookedCrossEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: int,
         return_type: ReturnType = "score",
     ) -> Resid: ...
@@ -227,6 +231,7 @@ class HookedCrossEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: int | None = None,
         return_type: ReturnType = "score",
     ) -> Tensor | None:
@@ -236,6 +241,8 @@ class HookedCrossEncoder(HookedEncoderBase):
             batch: a ``PairBatch`` or ``input_ids`` ``[batch, pos]`` (then pass token types and mask).
             input_embeds: word embeddings ``[batch, pos, d_embed]`` used instead of ``W_E[input_ids]``.
             residual: with ``start_at_layer=k``, the residual stream before block ``k``.
+            position_ids: explicit positions ``[batch, pos]`` (a batch's own are used by default);
+                pass them with ``residual`` for an aligned batch of a rotary family.
             stop_at_layer: return the residual stream before this block instead of scores.
             return_type: ``"score"`` (``[batch]``), ``"logits"`` (``[batch, n_labels]``) or ``None``
                 (run for the hooks only, as TransformerLens' ``return_type=None``).
@@ -251,10 +258,11 @@ class HookedCrossEncoder(HookedEncoderBase):
             residual=residual,
             start_at_layer=start_at_layer,
             stop_at_layer=stop_at_layer,
+            **({} if position_ids is None else {"position_ids": position_ids}),
         )
         if stop_at_layer is not None:
             return resid
-        logits = self.classifier(self.pooler(resid))
+        logits = self.classifier(self.pooler(resid, attention_mask))
         if return_type == "logits":
             return logits
         score = self.hook_score(self.score_from_logits(logits))

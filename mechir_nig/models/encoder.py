@@ -20,8 +20,9 @@ from transformer_lens.HookedRootModule import HookedRootModule
 
 from mechir_nig._types import Mask, Resid, Tokens
 from mechir_nig.errors import InputError
+from mechir_nig.models.architectures import architecture_named
 from mechir_nig.models.cache import EncoderActivationCache
-from mechir_nig.models.components import Embed, EncoderBlock, Pooler
+from mechir_nig.models.components import Pooler
 from mechir_nig.models.config import ATTENTION_IMPLS, EncoderConfig
 from mechir_nig.models.precision import check_finite
 from mechir_nig.models.protocol import forward_context
@@ -53,20 +54,22 @@ class HookedEncoderBase(HookedRootModule):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.embed = Embed(cfg)
+        arch = architecture_named(cfg.architecture)  # the family's components (BERT's by default)
+        self.embed: Any = arch.embed(cfg)
         self.hook_embed = HookPoint()  # [batch, pos, d_embed]  word embeddings
-        self.hook_pos_embed = HookPoint()  # [batch, pos, d_embed]
-        self.hook_token_type_embed = HookPoint()  # [batch, pos, d_embed]
+        self.hook_pos_embed = HookPoint()  # [batch, pos, d_embed]  (absolute positions only)
+        self.hook_token_type_embed = HookPoint()  # [batch, pos, d_embed]  (absolute positions only)
         self.hook_full_embed = HookPoint()  # [batch, pos, d_model]  embedding output (= blocks.0 resid_pre)
-        self.blocks = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.n_layers)])
-        self.pooler: Pooler | None = Pooler(cfg) if with_pooler else None
+        self.blocks = nn.ModuleList([arch.block(cfg, layer) for layer in range(cfg.n_layers)])
+        self.ln_final: nn.Module | None = arch.final_norm(cfg) if arch.final_norm else None  # pre-LN
+        self.pooler: Pooler | None = arch.pooler(cfg) if with_pooler else None
 
     def init_weights(self, seed: int | None = None) -> None:
         """BERT initialisation (normal(0, 0.02), LayerNorm 1/0); used when building from a config."""
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         with torch.no_grad():
             for name, p in self.named_parameters():
-                if name.endswith(("ln.w", "ln1.w", "ln2.w")):
+                if name.endswith(("ln.w", "ln1.w", "ln2.w", "ln_final.w")):
                     p.fill_(1.0)
                 elif p.dim() == 1:
                     p.zero_()
@@ -140,23 +143,30 @@ class HookedEncoderBase(HookedRootModule):
         if n_pos > cfg.n_ctx:
             raise InputError(f"input has {n_pos} positions; the model has {cfg.n_ctx}: truncate it")
         word = self.hook_embed(input_embeds)
+        wide = word.dtype if word.dtype.itemsize > cfg.dtype.itemsize else cfg.dtype
+        if cfg.positional_embedding_type == "rotary":  # positions rotate queries and keys in the blocks
+            if position_ids is not None:
+                self._check_position_ids(position_ids, word)
+            return self.hook_full_embed(self.embed.project(word.to(wide)).to(cfg.dtype))
         if position_ids is None:
             pos = self.embed.positions(n_pos, cfg.position_offset).unsqueeze(0).expand(word.shape[0], -1, -1)
         else:
-            if position_ids.shape != word.shape[:2]:
-                raise InputError(
-                    f"position_ids has shape {tuple(position_ids.shape)}; expected [batch, pos] = {tuple(word.shape[:2])}"
-                )
-            if int(position_ids.max()) >= cfg.n_ctx or int(position_ids.min()) < 0:
-                raise InputError(f"position_ids must be in 0..{cfg.n_ctx - 1} (the model's positions)")
+            self._check_position_ids(position_ids, word)
             pos = F.embedding(position_ids + cfg.position_offset, self.embed.W_pos)
         pos = self.hook_pos_embed(pos)
         if token_type_ids is None or cfg.n_token_types == 0:
             token_type_ids = torch.zeros(word.shape[:2], dtype=torch.long, device=word.device)
         tt = self.hook_token_type_embed(F.embedding(token_type_ids, self.embed.W_token_type))
-        wide = word.dtype if word.dtype.itemsize > cfg.dtype.itemsize else cfg.dtype
         x = self.embed.project(word.to(wide) + tt.to(wide) + pos.to(wide))
         return self.hook_full_embed(x.to(cfg.dtype))
+
+    def _check_position_ids(self, position_ids: Tensor, word: Tensor) -> None:
+        if position_ids.shape != word.shape[:2]:
+            raise InputError(
+                f"position_ids has shape {tuple(position_ids.shape)}; expected [batch, pos] = {tuple(word.shape[:2])}"
+            )
+        if int(position_ids.max()) >= self.cfg.n_ctx or int(position_ids.min()) < 0:
+            raise InputError(f"position_ids must be in 0..{self.cfg.n_ctx - 1} (the model's positions)")
 
     @staticmethod
     def additive_mask(attention_mask: Tensor | None, like: Tensor) -> Float[Tensor, "batch 1 1 pos"]:
@@ -193,7 +203,12 @@ class HookedEncoderBase(HookedRootModule):
         stop_at_layer: int | None = None,
         position_ids: Int[Tensor, "batch pos"] | None = None,
     ) -> Resid:
-        """Residual stream after the requested blocks (before block ``stop_at_layer``)."""
+        """Residual stream after the requested blocks (before block ``stop_at_layer``).
+
+        ``position_ids`` (default ``0 .. pos-1``) reach every block (rotary families rotate by them);
+        pass the batch's own with ``start_at_layer`` when it has explicit ones (aligned inputs). A full
+        forward (``stop_at_layer=None``) of a pre-LN family ends with its final norm (``ln_final``).
+        """
         start, stop = self._layer_range(start_at_layer, stop_at_layer)
         if start > 0:
             if residual is None:
@@ -206,8 +221,12 @@ class HookedEncoderBase(HookedRootModule):
                 else self.embed_tokens(input_ids, token_type_ids, input_embeds, position_ids)
             )
         mask = self.additive_mask(attention_mask, resid)
+        if position_ids is None:
+            position_ids = torch.arange(resid.shape[1], device=resid.device).expand(resid.shape[:2])
         for block in self.blocks[start:stop]:
-            resid = block(resid, mask)
+            resid = block(resid, mask, position_ids)
+        if stop_at_layer is None and self.ln_final is not None:  # a full forward: the final norm
+            resid = self.ln_final(resid)
         return resid
 
     def _encode_batch(

@@ -1,6 +1,6 @@
 """Encoder families, one module each; ``architecture_for`` picks one from ``config.json``'s ``model_type``.
 
-Supported: BERT, ELECTRA, RoBERTa / XLM-RoBERTa, DistilBERT. To add a family, write one module with
+Supported: BERT, ELECTRA, RoBERTa / XLM-RoBERTa, DistilBERT, ModernBERT. To add a family, write one module with
 ``config`` (HF config -> ``EncoderConfig`` keywords), ``convert_body`` (weights -> hooked names) and an
 ``ARCHITECTURE`` record (see ``base.py``), and add it to ``ARCHITECTURES`` below.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mechir_nig.errors import UnsupportedArchitectureError
-from mechir_nig.models.architectures import bert, distilbert, electra, roberta
+from mechir_nig.models.architectures import bert, distilbert, electra, modernbert, roberta
 from mechir_nig.models.architectures.base import Architecture, Weights
 
 ARCHITECTURES: tuple[Architecture, ...] = (
@@ -18,6 +18,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     electra.ARCHITECTURE,
     roberta.ARCHITECTURE,
     distilbert.ARCHITECTURE,
+    modernbert.ARCHITECTURE,
 )
 _BY_TYPE = {t: a for a in ARCHITECTURES for t in a.model_types}
 SUPPORTED_MODEL_TYPES = tuple(_BY_TYPE)
@@ -30,6 +31,12 @@ def supported_summary() -> str:
         f"{', '.join(a.bi_encoder_classes)} as HookedBiEncoder)"
         for a in ARCHITECTURES
     )
+
+
+def architecture_named(name: str) -> Architecture:
+    """The adapter called ``name`` (``EncoderConfig.architecture``); BERT's for a name no family has
+    (a config built by hand keeps BERT's components)."""
+    return next((a for a in ARCHITECTURES if a.name == name), bert.ARCHITECTURE)
 
 
 def architecture_for(hf_config: dict[str, Any], source: str = "config.json") -> Architecture:
@@ -46,4 +53,11 @@ def architecture_for(hf_config: dict[str, Any], source: str = "config.json") -> 
     return arch
 
 
-__all__ = ["ARCHITECTURES", "Architecture", "SUPPORTED_MODEL_TYPES", "Weights", "architecture_for"]
+__all__ = [
+    "ARCHITECTURES",
+    "SUPPORTED_MODEL_TYPES",
+    "Architecture",
+    "Weights",
+    "architecture_for",
+    "architecture_named",
+]

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from mechir_nig.errors import ModelLoadError
+from mechir_nig.models.components import Embed, EncoderBlock, Pooler
 from mechir_nig.models.config import EncoderConfig
 
 StateDict = dict[str, torch.Tensor]
@@ -60,6 +62,13 @@ class Architecture:
         config: HF config dict -> ``EncoderConfig`` keyword arguments.
         convert_body: ``(Weights, EncoderConfig) -> state dict`` of the embeddings and blocks (keys
             without the prefix).
+        embed: the embedding module class (default: BERT's ``Embed``).
+        block: ``(cfg, layer) -> block`` (default: BERT's post-LN ``EncoderBlock``).
+        pooler: the head's dense layer class (default: ``Pooler`` on the first token).
+        final_norm: ``cfg -> norm`` applied after the last block in a full forward (pre-LN
+            families: ``ln_final``); ``None`` (BERT-like) for none.
+        pre_ln: whether the blocks are pre-LN, so TransformerLens' residual decompositions hold
+            (``EncoderActivationCache`` refuses them for post-LN families).
     """
 
     name: str
@@ -70,6 +79,11 @@ class Architecture:
     head: tuple[str | None, str]
     config: Callable[[dict[str, Any]], dict[str, Any]]
     convert_body: Callable[[Weights, EncoderConfig], StateDict]
+    embed: Callable[[EncoderConfig], nn.Module] = Embed
+    block: Callable[[EncoderConfig, int], nn.Module] = EncoderBlock
+    pooler: Callable[[EncoderConfig], Pooler] = Pooler
+    final_norm: Callable[[EncoderConfig], nn.Module] | None = None
+    pre_ln: bool = False
 
     @property
     def head_keys(self) -> tuple[str, ...]:

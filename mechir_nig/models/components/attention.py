@@ -108,10 +108,24 @@ class Attention(nn.Module):
         x: Resid,
         additive_mask: Float[Tensor, "batch 1 1 pos"],
     ) -> Resid:
-        n_heads, d_head = self.cfg.n_heads, self.cfg.d_head
+        return self.attend(*self.qkv(x), additive_mask)
+
+    def qkv(self, x: Resid) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values ``[batch, pos, n_heads, d_head]``, through their hooks."""
         qkv = F.linear(x, self.W_QKV, self.b_QKV)
-        q, k, v = rearrange(qkv, "b p (three n h) -> three b p n h", three=3, n=n_heads).unbind(0)
-        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        q, k, v = rearrange(qkv, "b p (three n h) -> three b p n h", three=3, n=self.cfg.n_heads).unbind(0)
+        return self.hook_q(q), self.hook_k(k), self.hook_v(v)
+
+    def attend(
+        self,
+        q: Float[Tensor, "batch pos n_heads d_head"],
+        k: Float[Tensor, "batch pos n_heads d_head"],
+        v: Float[Tensor, "batch pos n_heads d_head"],
+        additive_mask: Float[Tensor, "batch 1 q_or_1 pos"],
+    ) -> Resid:
+        """``softmax(q kᵀ / √d_head + mask) v`` (explicit or SDPA, see the class docstring) and the output
+        projection; ``additive_mask`` is ``[batch, 1, 1, key_pos]`` or ``[batch, 1, query_pos, key_pos]``."""
+        n_heads, d_head = self.cfg.n_heads, self.cfg.d_head
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [batch, n_heads, pos, d_head]
         if self.explicit_path():
             scores = torch.matmul(qh, kh.transpose(-1, -2)) * self.scale + additive_mask
@@ -119,7 +133,7 @@ class Attention(nn.Module):
             pattern = self.hook_pattern(torch.softmax(scores, dim=-1))  # [batch, n_heads, query_pos, key_pos]
             z = torch.matmul(pattern, vh)
         else:
-            mask = additive_mask.to(qh.dtype)  # [batch, 1, 1, key_pos], broadcast over heads and queries
+            mask = additive_mask.to(qh.dtype)  # [batch, 1, 1 or query_pos, key_pos], broadcast over heads
             z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=self.scale)
         z = self.hook_z(z.transpose(1, 2))
         if self.cfg.use_attn_result:

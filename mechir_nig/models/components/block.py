@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
@@ -20,7 +20,7 @@ class EncoderBlock(nn.Module):
     block: on ``resid_mid`` before ``ln1``, so editing it edits what ``ln1`` normalises.
     """
 
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, layer: int = 0):
         super().__init__()
         self.cfg = cfg
         self.attn = Attention(cfg)
@@ -35,7 +35,13 @@ class EncoderBlock(nn.Module):
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]  (before ln2)
         self.hook_normalized_resid_post = HookPoint()  # [batch, pos, d_model]  (block output)
 
-    def forward(self, resid_pre: Resid, additive_mask: Float[Tensor, "batch 1 1 pos"]) -> Resid:
+    def forward(
+        self,
+        resid_pre: Resid,
+        additive_mask: Float[Tensor, "batch 1 1 pos"],
+        position_ids: Int[Tensor, "batch pos"] | None = None,
+    ) -> Resid:
+        """``position_ids`` are unused: absolute positions entered with the embeddings."""
         resid_pre = self.hook_resid_pre(resid_pre)
         attn_out = self.hook_attn_out(self.attn(resid_pre, additive_mask))
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)

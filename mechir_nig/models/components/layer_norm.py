@@ -24,7 +24,7 @@ class LayerNorm(nn.Module):
         self.w = nn.Parameter(torch.ones(n, dtype=cfg.dtype))
         self.b = nn.Parameter(torch.zeros(n, dtype=cfg.dtype))
 
-    def forward(self, x: Float[Tensor, "batch pos d"]) -> Float[Tensor, "batch pos d"]:
+    def forward(self, x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
         w: Tensor = self.w
         b: Tensor = self.b
         if x.dtype != w.dtype:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from mechir_nig._types import Embeddings, Resid
@@ -27,5 +27,6 @@ class Pooler(nn.Module):
         self.act = activation(cfg.pooler_act)
         self.hook_pooler_out = HookPoint()  # [batch, d_model]
 
-    def forward(self, resid: Resid) -> Embeddings:
+    def forward(self, resid: Resid, attention_mask: Tensor | None = None) -> Embeddings:
+        """``attention_mask`` is unused here (heads that pool over tokens read it)."""
         return self.hook_pooler_out(self.act(F.linear(resid[:, 0], self.W, self.b)))
