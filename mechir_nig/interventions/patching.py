@@ -699,6 +699,7 @@ def _sweep(
                     base.attention_mask[b, :span],
                     residual=resid[b, :span],
                     start_at_layer=layer,
+                    position_ids=_positions(base, b, span),
                     fwd_hooks=Engine(model, [writer]).hooks(),
                 )
                 scores = score(scores, b)
@@ -792,9 +793,20 @@ def _patch_jointly(
         base.attention_mask,
         residual=base_cache[hook_name("resid_pre", first)],
         start_at_layer=first,
+        position_ids=_positions(base, None, base.input_ids.shape[1]),
         fwd_hooks=Engine(model, writers).hooks(),
     )
     return score(out).float()
+
+
+def _positions(base: Any, rows: Tensor | None, span: int) -> Tensor | None:
+    """The base batch's explicit position ids (an aligned input) for ``rows`` (all: ``None``), trimmed to
+    ``span``; ``None`` where it has none. Relative and rotary positions are computed in every block, so a
+    run started at a later layer needs them too."""
+    pos = getattr(base, "position_ids", None)
+    if pos is None:
+        return None
+    return (pos if rows is None else pos[rows])[:, :span]
 
 
 def _empty(

@@ -174,6 +174,7 @@ class HookedBiEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: None = None,
         return_type: Literal["embedding"] = "embedding",
     ) -> Embeddings: ...
@@ -188,6 +189,7 @@ class HookedBiEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: None = None,
         return_type: None,
     ) -> None: ...
@@ -202,6 +204,7 @@ class HookedBiEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: int,
         return_type: Literal["embedding"] | None = "embedding",
     ) -> Resid: ...
@@ -215,13 +218,15 @@ class HookedBiEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: int | None = None,
         return_type: Literal["embedding"] | None = "embedding",
     ) -> Tensor | None:
         """Embeddings ``[batch, d_model]`` (L2-normalised when ``similarity='cosine'``).
 
         ``return_type=None`` runs for the hooks only; ``stop_at_layer=k`` returns the residual stream
-        before block ``k``.
+        before block ``k``. ``position_ids`` ``[batch, pos]`` default to the batch's (else ``0 .. pos-1``);
+        with ``start_at_layer`` they reach the blocks, where relative positions (DeBERTa-v2) use them.
         """
         if return_type not in ("embedding", None):
             raise InputError(f"return_type must be 'embedding' or None, got {return_type!r}")
@@ -234,6 +239,7 @@ class HookedBiEncoder(HookedEncoderBase):
             residual=residual,
             start_at_layer=start_at_layer,
             stop_at_layer=stop_at_layer,
+            **({} if position_ids is None else {"position_ids": position_ids}),
         )
         if stop_at_layer is not None:
             return resid

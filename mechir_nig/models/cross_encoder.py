@@ -170,6 +170,7 @@ class HookedCrossEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: None = None,
         return_type: Literal["score"] = "score",
     ) -> Scores: ...
@@ -184,6 +185,7 @@ class HookedCrossEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: None = None,
         return_type: Literal["logits"],
     ) -> Logits: ...
@@ -198,6 +200,7 @@ class HookedCrossEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: None = None,
         return_type: None,
     ) -> None: ...
@@ -212,6 +215,7 @@ class HookedCrossEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: int,
         return_type: ReturnType = "score",
     ) -> Resid: ...
@@ -225,6 +229,7 @@ class HookedCrossEncoder(HookedEncoderBase):
         input_embeds: Tensor | None = None,
         residual: Tensor | None = None,
         start_at_layer: int | None = None,
+        position_ids: Tensor | None = None,
         stop_at_layer: int | None = None,
         return_type: ReturnType = "score",
     ) -> Tensor | None:
@@ -235,6 +240,8 @@ class HookedCrossEncoder(HookedEncoderBase):
             input_embeds: word embeddings ``[batch, pos, d_embed]`` used instead of ``W_E[input_ids]``.
             residual: with ``start_at_layer=k``, the residual stream before block ``k``.
             stop_at_layer: return the residual stream before this block instead of scores.
+            position_ids: ``[batch, pos]`` position ids (default: the batch's, else ``0 .. pos-1``); with
+                ``start_at_layer`` they reach the blocks, where relative positions (DeBERTa-v2) use them.
             return_type: ``"score"`` (``[batch]``), ``"logits"`` (``[batch, n_labels]``) or ``None``
                 (run for the hooks only, as TransformerLens' ``return_type=None``).
         """
@@ -249,6 +256,7 @@ class HookedCrossEncoder(HookedEncoderBase):
             residual=residual,
             start_at_layer=start_at_layer,
             stop_at_layer=stop_at_layer,
+            **({} if position_ids is None else {"position_ids": position_ids}),
         )
         if stop_at_layer is not None:
             return resid

@@ -20,6 +20,7 @@ from transformer_lens.HookedRootModule import HookedRootModule
 
 from mechir_nig._types import Mask, Resid, Tokens
 from mechir_nig.errors import InputError
+from mechir_nig.models.architectures import architecture_named
 from mechir_nig.models.cache import EncoderActivationCache
 from mechir_nig.models.components import Embed, EncoderBlock, Pooler
 from mechir_nig.models.config import ATTENTION_IMPLS, EncoderConfig
@@ -53,12 +54,13 @@ class HookedEncoderBase(HookedRootModule):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.embed = Embed(cfg)
+        arch = architecture_named(cfg.architecture)  # the family's embedding and attention components
+        self.embed: Embed = arch.embed(cfg)
         self.hook_embed = HookPoint()  # [batch, pos, d_embed]  word embeddings
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_embed]
         self.hook_token_type_embed = HookPoint()  # [batch, pos, d_embed]
         self.hook_full_embed = HookPoint()  # [batch, pos, d_model]  embedding output (= blocks.0 resid_pre)
-        self.blocks = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.n_layers)])
+        self.blocks = nn.ModuleList([EncoderBlock(cfg, arch.attention) for _ in range(cfg.n_layers)])
         self.pooler: Pooler | None = Pooler(cfg) if with_pooler else None
 
     def init_weights(self, seed: int | None = None) -> None:
@@ -120,8 +122,12 @@ class HookedEncoderBase(HookedRootModule):
         token_type_ids: Tokens | None,
         input_embeds: Float[Tensor, "batch pos d_embed"] | None = None,
         position_ids: Int[Tensor, "batch pos"] | None = None,
+        attention_mask: Mask | None = None,
     ) -> Resid:
         """Embedding output: LayerNorm(word + token type + position), projected to ``d_model`` if needed.
+
+        Families without absolute positions (DeBERTa-v3) add none (``hook_pos_embed`` is zero); those
+        with ``cfg.mask_embeddings`` (DeBERTa) multiply the output by ``attention_mask``.
 
         ``position_ids`` (``0``-based, the family's offset is added) default to ``0 .. pos-1``; explicit
         ones let aligned inputs (``interventions.perturb``) keep every real token's position while
@@ -149,13 +155,19 @@ class HookedEncoderBase(HookedRootModule):
                 )
             if int(position_ids.max()) >= cfg.n_ctx or int(position_ids.min()) < 0:
                 raise InputError(f"position_ids must be in 0..{cfg.n_ctx - 1} (the model's positions)")
-            pos = F.embedding(position_ids + cfg.position_offset, self.embed.W_pos)
+            pos = (
+                word.new_zeros(word.shape)
+                if self.embed.W_pos is None
+                else F.embedding(position_ids + cfg.position_offset, self.embed.W_pos)
+            )
         pos = self.hook_pos_embed(pos)
         if token_type_ids is None or cfg.n_token_types == 0:
             token_type_ids = torch.zeros(word.shape[:2], dtype=torch.long, device=word.device)
         tt = self.hook_token_type_embed(F.embedding(token_type_ids, self.embed.W_token_type))
         wide = word.dtype if word.dtype.itemsize > cfg.dtype.itemsize else cfg.dtype
         x = self.embed.project(word.to(wide) + tt.to(wide) + pos.to(wide))
+        if cfg.mask_embeddings and attention_mask is not None:
+            x = x * attention_mask.unsqueeze(-1).to(x.dtype)
         return self.hook_full_embed(x.to(cfg.dtype))
 
     @staticmethod
@@ -203,11 +215,12 @@ class HookedEncoderBase(HookedRootModule):
             resid = (
                 residual
                 if residual is not None
-                else self.embed_tokens(input_ids, token_type_ids, input_embeds, position_ids)
+                else self.embed_tokens(input_ids, token_type_ids, input_embeds, position_ids, attention_mask)
             )
         mask = self.additive_mask(attention_mask, resid)
+        extra = self.embed.block_inputs(attention_mask, position_ids, resid) if stop > start else {}
         for block in self.blocks[start:stop]:
-            resid = block(resid, mask)
+            resid = block(resid, mask, **extra)
         return resid
 
     def _encode_batch(

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from mechir_nig.errors import ModelLoadError
+from mechir_nig.models.components import Attention, Embed
 from mechir_nig.models.config import EncoderConfig
 
 StateDict = dict[str, torch.Tensor]
@@ -60,6 +61,11 @@ class Architecture:
         config: HF config dict -> ``EncoderConfig`` keyword arguments.
         convert_body: ``(Weights, EncoderConfig) -> state dict`` of the embeddings and blocks (keys
             without the prefix).
+        embed / attention: the embedding and attention components of the hooked port (default BERT's
+            ``Embed`` and ``Attention``; DeBERTa-v2 has its own, with relative positions). Every family
+            shares ``EncoderBlock`` and the hook names.
+        check: HF config dict -> ``None``, raising ``UnsupportedArchitectureError`` for an option the
+            port does not implement (``architecture_for`` prefixes the file); ``None``: nothing to check.
     """
 
     name: str
@@ -70,6 +76,9 @@ class Architecture:
     head: tuple[str | None, str]
     config: Callable[[dict[str, Any]], dict[str, Any]]
     convert_body: Callable[[Weights, EncoderConfig], StateDict]
+    embed: type[Embed] = Embed
+    attention: type[Attention] = Attention
+    check: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def head_keys(self) -> tuple[str, ...]:

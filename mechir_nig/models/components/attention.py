@@ -108,11 +108,7 @@ class Attention(nn.Module):
         x: Resid,
         additive_mask: Float[Tensor, "batch 1 1 pos"],
     ) -> Resid:
-        n_heads, d_head = self.cfg.n_heads, self.cfg.d_head
-        qkv = F.linear(x, self.W_QKV, self.b_QKV)
-        q, k, v = rearrange(qkv, "b p (three n h) -> three b p n h", three=3, n=n_heads).unbind(0)
-        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
-        qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [batch, n_heads, pos, d_head]
+        qh, kh, vh = self.qkv(x)
         if self.explicit_path():
             scores = torch.matmul(qh, kh.transpose(-1, -2)) * self.scale + additive_mask
             scores = self.hook_attn_scores(scores)  # [batch, n_heads, query_pos, key_pos]
@@ -121,6 +117,19 @@ class Attention(nn.Module):
         else:
             mask = additive_mask.to(qh.dtype)  # [batch, 1, 1, key_pos], broadcast over heads and queries
             z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=self.scale)
+        return self.output(z)
+
+    def qkv(self, x: Resid) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values through ``hook_q/k/v``, returned ``[batch, n_heads, pos, d_head]``."""
+        qkv = F.linear(x, self.W_QKV, self.b_QKV)
+        q, k, v = rearrange(qkv, "b p (three n h) -> three b p n h", three=3, n=self.cfg.n_heads).unbind(0)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
+        return qh, kh, vh
+
+    def output(self, z: Float[Tensor, "batch n_heads pos d_head"]) -> Resid:
+        """The heads' mixed values ``z`` through ``hook_z`` (and ``hook_result``), projected by ``W_O``."""
+        n_heads, d_head = self.cfg.n_heads, self.cfg.d_head
         z = self.hook_z(z.transpose(1, 2))
         if self.cfg.use_attn_result:
             result = self.hook_result(
