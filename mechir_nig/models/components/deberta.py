@@ -148,7 +148,7 @@ class DisentangledAttention(Attention):
             w, b = w_, b_
         return rearrange(F.linear(rel_emb, w, b), "r (n h) -> n r h", n=self.cfg.n_heads)
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         x: Resid,
         additive_mask: Float[Tensor, "batch 1 1 pos"],
