@@ -1,6 +1,6 @@
 """Configuration of a hooked post-LN encoder (TransformerLens field names).
 
-One config serves every supported family (BERT, ELECTRA, RoBERTa/XLM-R, DistilBERT); the family's
+One config serves every supported family (BERT, ELECTRA, RoBERTa/XLM-R, DistilBERT, DeBERTa-v2/v3); the family's
 adapter in ``mechir_nig.models.architectures`` maps the Hugging Face ``config.json`` onto it.
 """
 

@@ -205,7 +205,12 @@ class HookedEncoderBase(HookedRootModule):
         stop_at_layer: int | None = None,
         position_ids: Int[Tensor, "batch pos"] | None = None,
     ) -> Resid:
-        """Residual stream after the requested blocks (before block ``stop_at_layer``)."""
+        """Residual stream after the requested blocks (before block ``stop_at_layer``).
+
+        ``position_ids`` feed the absolute position table (at the embeddings) and, for families whose
+        blocks use positions (DeBERTa-v2's relative attention), every block: pass them with
+        ``start_at_layer`` too when the input has explicit ones (an aligned input).
+        """
         start, stop = self._layer_range(start_at_layer, stop_at_layer)
         if start > 0:
             if residual is None:
