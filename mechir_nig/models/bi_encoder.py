@@ -226,7 +226,8 @@ class HookedBiEncoder(HookedEncoderBase):
         """Embeddings ``[batch, d_model]`` (L2-normalised when ``similarity='cosine'``).
 
         ``return_type=None`` runs for the hooks only; ``stop_at_layer=k`` returns the residual stream
-        before block ``k``.
+        before block ``k``. ``position_ids`` ``[batch, pos]`` default to the batch's (else ``0 .. pos-1``);
+        with ``start_at_layer`` they reach the blocks, where relative positions (DeBERTa-v2) use them.
         """
         if return_type not in ("embedding", None):
             raise InputError(f"return_type must be 'embedding' or None, got {return_type!r}")

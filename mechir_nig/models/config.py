@@ -1,6 +1,6 @@
 """Configuration of a hooked post-LN encoder (TransformerLens field names).
 
-One config serves every supported family (BERT, ELECTRA, RoBERTa/XLM-R, DistilBERT); the family's
+One config serves every supported family (BERT, ELECTRA, RoBERTa/XLM-R, DistilBERT, DeBERTa-v2/v3); the family's
 adapter in ``mechir_nig.models.architectures`` maps the Hugging Face ``config.json`` onto it.
 """
 
@@ -35,6 +35,14 @@ class EncoderConfig:
       (DistilBERT), whose inputs' token types are ignored.
     - ``pooler_act``: activation of the classification head's dense layer (BERT's pooler and
       RoBERTa: ``tanh``; ELECTRA: ``gelu``; DistilBERT: ``relu``).
+    - ``position_biased_input`` / ``mask_embeddings``: whether the absolute position table is added to the
+      embedding (BERT: yes; DeBERTa-v3: no) and whether the embedding output is multiplied by the
+      attention mask (DeBERTa).
+    - ``relative_attention``, ``pos_att_type``, ``position_buckets``, ``max_relative_positions``,
+      ``share_att_key``, ``norm_rel_ebd``: DeBERTa-v2/v3 disentangled attention, as in its
+      ``config.json`` (``max_relative_positions`` resolved: ``max_position_embeddings`` where the file
+      says ``-1``; ``norm_rel_ebd``: whether the relative embeddings pass a LayerNorm). The defaults are
+      BERT's absolute positions.
     - ``use_attn_result`` / ``use_hook_mlp_in``: opt-in hooks, as in TransformerLens.
     - Pre-LN families with rotary positions (ModernBERT), named as in TransformerLens:
       ``positional_embedding_type`` (``"standard"``: a learned position table, BERT's; ``"rotary"``:
@@ -71,6 +79,15 @@ class EncoderConfig:
     d_embed: int | None = None
     position_offset: int = 0
     pooler_act: str = "tanh"
+    # positions: absolute (BERT) by default; DeBERTa-v2/v3 relative attention
+    position_biased_input: bool = True
+    mask_embeddings: bool = False
+    relative_attention: bool = False
+    pos_att_type: tuple[str, ...] = ()
+    position_buckets: int = -1
+    max_relative_positions: int = -1
+    share_att_key: bool = False
+    norm_rel_ebd: bool = False
     use_attn_result: bool = False
     use_hook_mlp_in: bool = False
     attn_impl: str = "auto"

@@ -244,6 +244,8 @@ class HookedCrossEncoder(HookedEncoderBase):
             position_ids: explicit positions ``[batch, pos]`` (a batch's own are used by default);
                 pass them with ``residual`` for an aligned batch of a rotary family.
             stop_at_layer: return the residual stream before this block instead of scores.
+            position_ids: ``[batch, pos]`` position ids (default: the batch's, else ``0 .. pos-1``); with
+                ``start_at_layer`` they reach the blocks, where relative positions (DeBERTa-v2) use them.
             return_type: ``"score"`` (``[batch]``), ``"logits"`` (``[batch, n_labels]``) or ``None``
                 (run for the hooks only, as TransformerLens' ``return_type=None``).
         """

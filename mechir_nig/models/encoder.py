@@ -123,8 +123,12 @@ class HookedEncoderBase(HookedRootModule):
         token_type_ids: Tokens | None,
         input_embeds: Float[Tensor, "batch pos d_embed"] | None = None,
         position_ids: Int[Tensor, "batch pos"] | None = None,
+        attention_mask: Mask | None = None,
     ) -> Resid:
         """Embedding output: LayerNorm(word + token type + position), projected to ``d_model`` if needed.
+
+        Families without absolute positions (DeBERTa-v3) add none (``hook_pos_embed`` is zero); those
+        with ``cfg.mask_embeddings`` (DeBERTa) multiply the output by ``attention_mask``.
 
         ``position_ids`` (``0``-based, the family's offset is added) default to ``0 .. pos-1``; explicit
         ones let aligned inputs (``interventions.perturb``) keep every real token's position while
@@ -152,12 +156,18 @@ class HookedEncoderBase(HookedRootModule):
             pos = self.embed.positions(n_pos, cfg.position_offset).unsqueeze(0).expand(word.shape[0], -1, -1)
         else:
             self._check_position_ids(position_ids, word)
-            pos = F.embedding(position_ids + cfg.position_offset, self.embed.W_pos)
+            pos = (
+                word.new_zeros(word.shape)
+                if self.embed.W_pos is None
+                else F.embedding(position_ids + cfg.position_offset, self.embed.W_pos)
+            )
         pos = self.hook_pos_embed(pos)
         if token_type_ids is None or cfg.n_token_types == 0:
             token_type_ids = torch.zeros(word.shape[:2], dtype=torch.long, device=word.device)
         tt = self.hook_token_type_embed(F.embedding(token_type_ids, self.embed.W_token_type))
         x = self.embed.project(word.to(wide) + tt.to(wide) + pos.to(wide))
+        if cfg.mask_embeddings and attention_mask is not None:
+            x = x * attention_mask.unsqueeze(-1).to(x.dtype)
         return self.hook_full_embed(x.to(cfg.dtype))
 
     def _check_position_ids(self, position_ids: Tensor, word: Tensor) -> None:
@@ -205,9 +215,11 @@ class HookedEncoderBase(HookedRootModule):
     ) -> Resid:
         """Residual stream after the requested blocks (before block ``stop_at_layer``).
 
-        ``position_ids`` (default ``0 .. pos-1``) reach every block (rotary families rotate by them);
-        pass the batch's own with ``start_at_layer`` when it has explicit ones (aligned inputs). A full
-        forward (``stop_at_layer=None``) of a pre-LN family ends with its final norm (``ln_final``).
+        ``position_ids`` (default ``0 .. pos-1``) feed the absolute position table (at the embeddings)
+        and, for families whose blocks use positions (ModernBERT's rotary, DeBERTa-v2's relative
+        attention: what the embedding's ``block_inputs`` gives), every block: pass the batch's own with
+        ``start_at_layer`` when it has explicit ones (aligned inputs). A full forward
+        (``stop_at_layer=None``) of a pre-LN family ends with its final norm (``ln_final``).
         """
         start, stop = self._layer_range(start_at_layer, stop_at_layer)
         if start > 0:
@@ -218,13 +230,12 @@ class HookedEncoderBase(HookedRootModule):
             resid = (
                 residual
                 if residual is not None
-                else self.embed_tokens(input_ids, token_type_ids, input_embeds, position_ids)
+                else self.embed_tokens(input_ids, token_type_ids, input_embeds, position_ids, attention_mask)
             )
         mask = self.additive_mask(attention_mask, resid)
-        if position_ids is None:
-            position_ids = torch.arange(resid.shape[1], device=resid.device).expand(resid.shape[:2])
+        extra = self.embed.block_inputs(attention_mask, position_ids, resid) if stop > start else {}
         for block in self.blocks[start:stop]:
-            resid = block(resid, mask, position_ids)
+            resid = block(resid, mask, **extra)
         if stop_at_layer is None and self.ln_final is not None:  # a full forward: the final norm
             resid = self.ln_final(resid)
         return resid

@@ -1,6 +1,6 @@
 """Encoder families, one module each; ``architecture_for`` picks one from ``config.json``'s ``model_type``.
 
-Supported: BERT, ELECTRA, RoBERTa / XLM-RoBERTa, DistilBERT, ModernBERT. To add a family, write one module with
+Supported: BERT, ELECTRA, RoBERTa / XLM-RoBERTa, DistilBERT, ModernBERT, DeBERTa-v2/v3. To add a family, write one module with
 ``config`` (HF config -> ``EncoderConfig`` keywords), ``convert_body`` (weights -> hooked names) and an
 ``ARCHITECTURE`` record (see ``base.py``), and add it to ``ARCHITECTURES`` below.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mechir_nig.errors import UnsupportedArchitectureError
-from mechir_nig.models.architectures import bert, distilbert, electra, modernbert, roberta
+from mechir_nig.models.architectures import bert, deberta, distilbert, electra, modernbert, roberta
 from mechir_nig.models.architectures.base import Architecture, Weights
 
 ARCHITECTURES: tuple[Architecture, ...] = (
@@ -19,8 +19,10 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     roberta.ARCHITECTURE,
     distilbert.ARCHITECTURE,
     modernbert.ARCHITECTURE,
+    deberta.ARCHITECTURE,
 )
 _BY_TYPE = {t: a for a in ARCHITECTURES for t in a.model_types}
+_BY_NAME = {a.name: a for a in ARCHITECTURES}
 SUPPORTED_MODEL_TYPES = tuple(_BY_TYPE)
 
 
@@ -31,12 +33,6 @@ def supported_summary() -> str:
         f"{', '.join(a.bi_encoder_classes)} as HookedBiEncoder)"
         for a in ARCHITECTURES
     )
-
-
-def architecture_named(name: str) -> Architecture:
-    """The adapter called ``name`` (``EncoderConfig.architecture``); BERT's for a name no family has
-    (a config built by hand keeps BERT's components)."""
-    return next((a for a in ARCHITECTURES if a.name == name), bert.ARCHITECTURE)
 
 
 def architecture_for(hf_config: dict[str, Any], source: str = "config.json") -> Architecture:
@@ -50,13 +46,24 @@ def architecture_for(hf_config: dict[str, Any], source: str = "config.json") -> 
             f"implement; supported model_type values: {', '.join(SUPPORTED_MODEL_TYPES)} — "
             + supported_summary()
         )
+    if arch.check is not None:
+        try:
+            arch.check(hf_config)
+        except UnsupportedArchitectureError as exc:
+            raise UnsupportedArchitectureError(f"{source}: {exc}") from None
     return arch
+
+
+def architecture_named(name: str) -> Architecture:
+    """The adapter whose ``name`` is ``EncoderConfig.architecture``; BERT's for a name no family has (a
+    config built by hand), so its components are the BERT ones."""
+    return _BY_NAME.get(name, bert.ARCHITECTURE)
 
 
 __all__ = [
     "ARCHITECTURES",
-    "SUPPORTED_MODEL_TYPES",
     "Architecture",
+    "SUPPORTED_MODEL_TYPES",
     "Weights",
     "architecture_for",
     "architecture_named",

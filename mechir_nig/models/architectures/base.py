@@ -63,12 +63,15 @@ class Architecture:
         convert_body: ``(Weights, EncoderConfig) -> state dict`` of the embeddings and blocks (keys
             without the prefix).
         embed: the embedding module class (default: BERT's ``Embed``).
-        block: ``(cfg, layer) -> block`` (default: BERT's post-LN ``EncoderBlock``).
+        block: ``(cfg, layer) -> block`` (default: BERT's post-LN ``EncoderBlock``; DeBERTa-v2's is
+            that block with its disentangled attention).
         pooler: the head's dense layer class (default: ``Pooler`` on the first token).
         final_norm: ``cfg -> norm`` applied after the last block in a full forward (pre-LN
             families: ``ln_final``); ``None`` (BERT-like) for none.
         pre_ln: whether the blocks are pre-LN, so TransformerLens' residual decompositions hold
             (``EncoderActivationCache`` refuses them for post-LN families).
+        check: HF config dict -> ``None``, raising ``UnsupportedArchitectureError`` for an option the
+            port does not implement (``architecture_for`` prefixes the file); ``None``: nothing to check.
     """
 
     name: str
@@ -84,6 +87,7 @@ class Architecture:
     pooler: Callable[[EncoderConfig], Pooler] = Pooler
     final_norm: Callable[[EncoderConfig], nn.Module] | None = None
     pre_ln: bool = False
+    check: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def head_keys(self) -> tuple[str, ...]:

@@ -125,7 +125,6 @@ class Attention(nn.Module):
     ) -> Resid:
         """``softmax(q kᵀ / √d_head + mask) v`` (explicit or SDPA, see the class docstring) and the output
         projection; ``additive_mask`` is ``[batch, 1, 1, key_pos]`` or ``[batch, 1, query_pos, key_pos]``."""
-        n_heads, d_head = self.cfg.n_heads, self.cfg.d_head
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [batch, n_heads, pos, d_head]
         if self.explicit_path():
             scores = torch.matmul(qh, kh.transpose(-1, -2)) * self.scale + additive_mask
@@ -135,6 +134,11 @@ class Attention(nn.Module):
         else:
             mask = additive_mask.to(qh.dtype)  # [batch, 1, 1 or query_pos, key_pos], broadcast over heads
             z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=self.scale)
+        return self.output(z)
+
+    def output(self, z: Float[Tensor, "batch n_heads pos d_head"]) -> Resid:
+        """The heads' mixed values ``z`` through ``hook_z`` (and ``hook_result``), projected by ``W_O``."""
+        n_heads, d_head = self.cfg.n_heads, self.cfg.d_head
         z = self.hook_z(z.transpose(1, 2))
         if self.cfg.use_attn_result:
             result = self.hook_result(

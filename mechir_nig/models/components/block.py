@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from jaxtyping import Float, Int
+from typing import Any
+
+from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
@@ -18,12 +20,17 @@ class EncoderBlock(nn.Module):
 
     ``hook_mlp_in`` (opt-in, ``cfg.use_hook_mlp_in``) sits where TransformerLens puts it in its BERT
     block: on ``resid_mid`` before ``ln1``, so editing it edits what ``ln1`` normalises.
+
+    ``attention`` is the family's attention class (BERT's ``Attention``, DeBERTa-v2's
+    ``DisentangledAttention``); ``attn_inputs`` (what the family's ``Embed.block_inputs`` gives, e.g.
+    relative positions) are passed on to it. ``layer`` is the block's index (the signature of
+    ``Architecture.block``; families whose blocks differ by layer use it).
     """
 
-    def __init__(self, cfg: EncoderConfig, layer: int = 0):
+    def __init__(self, cfg: EncoderConfig, layer: int = 0, attention: type[Attention] = Attention):
         super().__init__()
         self.cfg = cfg
-        self.attn = Attention(cfg)
+        self.attn = attention(cfg)
         self.ln1 = LayerNorm(cfg)
         self.mlp = MLP(cfg)
         self.ln2 = LayerNorm(cfg)
@@ -36,14 +43,10 @@ class EncoderBlock(nn.Module):
         self.hook_normalized_resid_post = HookPoint()  # [batch, pos, d_model]  (block output)
 
     def forward(
-        self,
-        resid_pre: Resid,
-        additive_mask: Float[Tensor, "batch 1 1 pos"],
-        position_ids: Int[Tensor, "batch pos"] | None = None,
+        self, resid_pre: Resid, additive_mask: Float[Tensor, "batch 1 1 pos"], **attn_inputs: Any
     ) -> Resid:
-        """``position_ids`` are unused: absolute positions entered with the embeddings."""
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.hook_attn_out(self.attn(resid_pre, additive_mask))
+        attn_out = self.hook_attn_out(self.attn(resid_pre, additive_mask, **attn_inputs))
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
         if self.cfg.use_hook_mlp_in:
             resid_mid = self.hook_mlp_in(resid_mid.clone())

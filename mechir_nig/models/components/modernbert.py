@@ -38,6 +38,13 @@ class NormedEmbed(nn.Module):
         """The embedding output: the LayerNorm of the word embeddings."""
         return self.ln(x)
 
+    def block_inputs(
+        self, attention_mask: Tensor | None, position_ids: Tensor | None, resid: Resid
+    ) -> dict[str, Tensor]:
+        """What every block takes besides the residual and mask: the positions its rotary attention
+        rotates by (explicit ones of an aligned input; the block defaults to ``0 .. pos-1``)."""
+        return {} if position_ids is None else {"position_ids": position_ids}
+
 
 def rotary_cos_sin(
     position_ids: Int[Tensor, "batch pos"], d_head: int, base: float
