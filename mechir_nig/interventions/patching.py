@@ -700,6 +700,7 @@ def _sweep(
                     residual=resid[b, :span],
                     start_at_layer=layer,
                     fwd_hooks=Engine(model, [writer]).hooks(),
+                    **_block_positions(model, base, b, span),
                 )
                 scores = score(scores, b)
                 if nset is not None:
@@ -793,8 +794,18 @@ def _patch_jointly(
         residual=base_cache[hook_name("resid_pre", first)],
         start_at_layer=first,
         fwd_hooks=Engine(model, writers).hooks(),
+        **_block_positions(model, base, None, None),
     )
     return score(out).float()
+
+
+def _block_positions(model: Any, base: Any, rows: Tensor | None, span: int | None) -> dict[str, Tensor]:
+    """``position_ids`` for a run started inside the blocks, for models whose blocks read positions
+    (rotary: ``model.block_positions``); aligned inputs carry explicit positions. Empty otherwise."""
+    pos = getattr(base, "position_ids", None)
+    if pos is None or not getattr(model, "block_positions", False):
+        return {}
+    return {"position_ids": pos if rows is None else pos[rows, :span]}
 
 
 def _empty(

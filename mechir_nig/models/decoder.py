@@ -280,6 +280,7 @@ class HookedDecoderReranker(HookedEncoderBase):
 
     cfg: DecoderConfig
     pairwise = True
+    block_positions = True  # rotary: a run started at a block needs the batch's position_ids
 
     def __init__(
         self,
@@ -458,8 +459,13 @@ class HookedDecoderReranker(HookedEncoderBase):
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
         return_type: ReturnType = "score",
+        position_ids: Tensor | None = None,
     ) -> Tensor | None:
-        """Scores ``[batch]`` (or logits ``[batch, n_labels]``, nothing, or the residual stream)."""
+        """Scores ``[batch]`` (or logits ``[batch, n_labels]``, nothing, or the residual stream).
+
+        ``position_ids`` (default: the batch's, else ``0..pos-1``) set the rotary positions; pass them
+        with ``start_at_layer`` for aligned inputs, whose real tokens keep their positions.
+        """
         if return_type not in ("score", "logits", None):
             raise InputError(f"return_type must be 'score', 'logits' or None, got {return_type!r}")
         resid, attention_mask = self._encode_batch(
@@ -471,6 +477,7 @@ class HookedDecoderReranker(HookedEncoderBase):
             residual=residual,
             start_at_layer=start_at_layer,
             stop_at_layer=stop_at_layer,
+            **({} if position_ids is None else {"position_ids": position_ids}),
         )
         if stop_at_layer is not None:
             return resid
