@@ -31,7 +31,11 @@ def tok_dir(tmp_path_factory):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    text = QUERIES + DOCS + ["yes no yes no", "yes", "no", "Judge whether the Document meets the requirements"] * 5
+    text = (
+        QUERIES
+        + DOCS
+        + ["yes no yes no", "yes", "no", "Judge whether the Document meets the requirements"] * 5
+    )
     trainer = trainers.BpeTrainer(
         vocab_size=700, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
@@ -56,7 +60,9 @@ def _save(tok_dir, tmp_path_factory, kind, n_labels=1):
     if kind == "qwen3":
         hf = tf.Qwen3ForCausalLM(tf.Qwen3Config(head_dim=12, rope_theta=5000.0, **common))
     elif kind == "llama":
-        hf = tf.LlamaForCausalLM(tf.LlamaConfig(attention_bias=True, **{**common, "tie_word_embeddings": True}))
+        hf = tf.LlamaForCausalLM(
+            tf.LlamaConfig(attention_bias=True, **{**common, "tie_word_embeddings": True})
+        )
     else:
         hf = tf.Qwen2ForSequenceClassification(tf.Qwen2Config(num_labels=n_labels, **common))
     with torch.no_grad():  # norms away from 1, biases away from 0: every weight is exercised
@@ -148,7 +154,9 @@ def test_qwen3_template_is_the_model_card_formatting(tok_dir):
     with pytest.warns(UserWarning, match="truncated"):
         short = tokenize_template(tok, "qwen3-reranker", Q[:1], D[:1], max_length=limit, n_ctx=256)
     assert bool(short.truncated[0]) and limit - 2 <= short.input_ids.shape[1] <= limit
-    assert short.docs == D[:1] and int((short.groups[0] == QUERY).sum()) == int((batch.groups[0] == QUERY).sum())
+    assert short.docs == D[:1] and int((short.groups[0] == QUERY).sum()) == int(
+        (batch.groups[0] == QUERY).sum()
+    )
     assert short.input_ids[0, -len(suf) :].tolist() == suf
 
 
@@ -166,8 +174,13 @@ def test_scores_states_and_neurons_equal_hf(ckpts, name):
     # every block's output and every neuron (the input of down_proj), on an unpadded row
     row = batch.select([0])
     seen, post = [], []
-    hs = [blk.register_forward_hook(lambda m, a, o: seen.append(o[0] if isinstance(o, tuple) else o)) for blk in hf.model.layers]
-    hs += [blk.mlp.down_proj.register_forward_pre_hook(lambda m, a: post.append(a[0])) for blk in hf.model.layers]
+    hs = [
+        blk.register_forward_hook(lambda m, a, o: seen.append(o[0] if isinstance(o, tuple) else o))
+        for blk in hf.model.layers
+    ]
+    hs += [
+        blk.mlp.down_proj.register_forward_pre_hook(lambda m, a: post.append(a[0])) for blk in hf.model.layers
+    ]
     with torch.no_grad():
         hf(input_ids=row.input_ids)
     for h in hs:
@@ -175,7 +188,10 @@ def test_scores_states_and_neurons_equal_hf(ckpts, name):
     _, cache = model.run_with_cache(row)
     # HF computes RMSNorm and rotary in float32 even for a float64 model (ours: float64), hence 1e-6
     for layer in range(model.cfg.n_layers):
-        for ours_, ref in ((cache[f"blocks.{layer}.hook_resid_post"], seen[layer]), (cache[f"blocks.{layer}.mlp.hook_post"], post[layer])):
+        for ours_, ref in (
+            (cache[f"blocks.{layer}.hook_resid_post"], seen[layer]),
+            (cache[f"blocks.{layer}.mlp.hook_post"], post[layer]),
+        ):
             assert (ours_ - ref).abs().max() <= 1e-6 * ref.abs().max(), layer
     # float32 and the explicit attention path agree too
     model.set_attention_impl("explicit")
@@ -223,7 +239,9 @@ def test_resid_pre_patch_equals_hf_hook_patch_and_alignment_is_neutral(ckpts):
     res = patch(model, al, sites="resid_pre", layers=[1], metric="raw")
     got = res.patched["resid_pre"]
     clean_states = []
-    h = hf.model.layers[1].register_forward_pre_hook(lambda m, a, k: clean_states.append(a[0] if a else k["hidden_states"]), with_kwargs=True)
+    h = hf.model.layers[1].register_forward_pre_hook(
+        lambda m, a, k: clean_states.append(a[0] if a else k["hidden_states"]), with_kwargs=True
+    )
     c, p = al.clean, al.perturbed
     with torch.no_grad():
         hf(input_ids=c.input_ids, attention_mask=c.attention_mask, position_ids=c.position_ids)
@@ -245,7 +263,9 @@ def test_resid_pre_patch_equals_hf_hook_patch_and_alignment_is_neutral(ckpts):
 
 
 def hf_scores_pos(hf, model, row):
-    logits = hf(input_ids=row.input_ids, attention_mask=row.attention_mask, position_ids=row.position_ids).logits
+    logits = hf(
+        input_ids=row.input_ids, attention_mask=row.attention_mask, position_ids=row.position_ids
+    ).logits
     last = HookedDecoderReranker.last_positions(row.attention_mask)
     no, yes = (model.tokenizer.convert_tokens_to_ids(a) for a in model.template.answer_tokens)
     return torch.log_softmax(logits[torch.arange(1), last][:, [no, yes]], -1)[:, 1]

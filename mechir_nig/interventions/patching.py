@@ -799,7 +799,7 @@ def _patch_jointly(
     return score(out).float()
 
 
-def _block_positions(model: Any, base: Any, rows: Tensor | None, span: int | None) -> dict[str, Tensor]:
+def _block_positions(model: Any, base: Any, rows: Tensor | None, span: int | None) -> dict[str, Any]:
     """``position_ids`` for a run started inside the blocks, for models whose blocks read positions
     (rotary: ``model.block_positions``); aligned inputs carry explicit positions. Empty otherwise."""
     pos = getattr(base, "position_ids", None)

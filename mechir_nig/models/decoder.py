@@ -127,6 +127,8 @@ class DecoderAttention(Attention):
     (explicit path, as :class:`Attention`), ``hook_z``, ``hook_result`` (with ``cfg.use_attn_result``).
     """
 
+    cfg: DecoderConfig
+
     def __init__(self, cfg: DecoderConfig):
         nn.Module.__init__(self)
         self.cfg = cfg
@@ -142,8 +144,15 @@ class DecoderAttention(Attention):
         self.q_norm = RMSNorm(h, cfg) if cfg.qk_norm else None
         self.k_norm = RMSNorm(h, cfg) if cfg.qk_norm else None
         self.scale = 1.0 / math.sqrt(h)
-        for name in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z", "result"):
-            setattr(self, f"hook_{name}", HookPoint())
+        self.hook_q = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_k = HookPoint()  # [batch, pos, n_heads, d_head]  (expanded from the KV heads)
+        self.hook_v = HookPoint()  # [batch, pos, n_heads, d_head]  (expanded from the KV heads)
+        self.hook_rot_q = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_rot_k = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, n_heads, query_pos, key_pos]
+        self.hook_pattern = HookPoint()  # [batch, n_heads, query_pos, key_pos]
+        self.hook_z = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_result = HookPoint()  # [batch, pos, n_heads, d_model]  (only with cfg.use_attn_result)
 
     @property
     def W_Q(self) -> Float[Tensor, "n_heads d_model d_head"]:
@@ -161,7 +170,7 @@ class DecoderAttention(Attention):
     def W_O(self) -> Float[Tensor, "n_heads d_head d_model"]:
         return self.W_O_lin.T.reshape(self.cfg.n_heads, self.cfg.d_head, -1)
 
-    def forward(self, x: Resid, additive_mask: Tensor, rotary: tuple[Tensor, Tensor] | None = None) -> Resid:  # type: ignore[override]
+    def forward(self, x: Resid, additive_mask: Tensor, rotary: tuple[Tensor, Tensor] | None = None) -> Resid:
         cfg = self.cfg
         b, p, _ = x.shape
         group = cfg.n_heads // cfg.n_key_value_heads
@@ -178,7 +187,9 @@ class DecoderAttention(Attention):
         k = self.hook_rot_k(k * cos + _rotate_half(k) * sin)
         qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
         if self.explicit_path():
-            scores = self.hook_attn_scores(torch.matmul(qh, kh.transpose(-1, -2)) * self.scale + additive_mask)
+            scores = self.hook_attn_scores(
+                torch.matmul(qh, kh.transpose(-1, -2)) * self.scale + additive_mask
+            )
             z = torch.matmul(self.hook_pattern(torch.softmax(scores, dim=-1)), vh)
         else:
             z = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=additive_mask, scale=self.scale)
@@ -234,12 +245,18 @@ class DecoderBlock(nn.Module):
         self.attn = DecoderAttention(cfg)
         self.ln2 = RMSNorm(cfg.d_model, cfg)
         self.mlp = GatedMLP(cfg)
-        for name in ("resid_pre", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post"):
-            setattr(self, f"hook_{name}", HookPoint())
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        self.hook_mlp_in = HookPoint()  # [batch, pos, d_model]  (only with cfg.use_hook_mlp_in)
+        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
     def forward(self, resid_pre: Resid, mask: Tensor, rotary: tuple[Tensor, Tensor]) -> Resid:
         resid_pre = self.hook_resid_pre(resid_pre)
-        resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(self.attn(self.ln1(resid_pre), mask, rotary)))
+        resid_mid = self.hook_resid_mid(
+            resid_pre + self.hook_attn_out(self.attn(self.ln1(resid_pre), mask, rotary))
+        )
         mlp_in = self.hook_mlp_in(resid_mid.clone()) if self.cfg.use_hook_mlp_in else resid_mid
         return self.hook_resid_post(resid_mid + self.hook_mlp_out(self.mlp(self.ln2(mlp_in))))
 
@@ -258,6 +275,14 @@ class ScoreHead(nn.Module):
 
 
 ReturnType = Literal["score", "logits"] | None
+
+
+class TokenEmbed(nn.Module):
+    """The token embedding table ``W_E`` ``[d_vocab, d_model]`` (no positions: rotary acts in attention)."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model, dtype=cfg.dtype))
 
 
 class HookedDecoderReranker(HookedEncoderBase):
@@ -299,10 +324,9 @@ class HookedDecoderReranker(HookedEncoderBase):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.template = template
-        self.embed = nn.Module()
-        self.embed.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model, dtype=cfg.dtype))
+        self.embed = TokenEmbed(cfg)  # type: ignore[assignment]
         self.hook_embed = HookPoint()  # [batch, pos, d_model]  (= blocks.0.hook_resid_pre)
-        self.blocks = nn.ModuleList([DecoderBlock(cfg) for _ in range(cfg.n_layers)])  # type: ignore[assignment]
+        self.blocks = nn.ModuleList([DecoderBlock(cfg) for _ in range(cfg.n_layers)])
         self.pooler = None
         self.ln_final = RMSNorm(cfg.d_model, cfg)
         self.head = ScoreHead(cfg)
@@ -369,7 +393,9 @@ class HookedDecoderReranker(HookedEncoderBase):
         tok = loading.load_tokenizer(folder, tokenizer)
         if tok.pad_token_id is None:  # Llama: no pad token; padding is masked, its id only fills
             if tok.eos_token is None:
-                raise ModelLoadError(f"the tokenizer for {folder} has neither a pad nor an eos token; save one")
+                raise ModelLoadError(
+                    f"the tokenizer for {folder} has neither a pad nor an eos token; save one"
+                )
             tok.pad_token = tok.eos_token
         cfg.pad_token_id = int(tok.pad_token_id)
         answers = answer_token_ids(tmpl, tok, str(folder)) if causal and tmpl is not None else None
@@ -402,7 +428,11 @@ class HookedDecoderReranker(HookedEncoderBase):
     def _mask(self, attention_mask: Tensor | None, like: Tensor) -> Tensor:
         b, p = like.shape[:2]
         causal = torch.ones(p, p, dtype=torch.bool, device=like.device).tril()
-        keys = torch.ones(b, p, dtype=torch.bool, device=like.device) if attention_mask is None else attention_mask.bool()
+        keys = (
+            torch.ones(b, p, dtype=torch.bool, device=like.device)
+            if attention_mask is None
+            else attention_mask.bool()
+        )
         allowed = causal[None, None] & keys[:, None, None, :]
         zero = torch.zeros((), dtype=like.dtype, device=like.device)
         return torch.where(allowed, zero, torch.finfo(like.dtype).min)
@@ -448,7 +478,7 @@ class HookedDecoderReranker(HookedEncoderBase):
         pos = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         return (attention_mask.bool() * (pos + 1)).argmax(-1)
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         batch: PairBatch | Tensor | None = None,
         token_type_ids: Tensor | None = None,
@@ -501,9 +531,13 @@ class HookedDecoderReranker(HookedEncoderBase):
             raise InputError("this model has no tokenizer; pass tokenizer= to from_pretrained")
         ml = max_length or self.max_length
         if self.template is not None:
-            batch = tokenize_template(self.tokenizer, self.template, queries, docs, max_length=ml, n_ctx=self.cfg.n_ctx)
+            batch = tokenize_template(
+                self.tokenizer, self.template, queries, docs, max_length=ml, n_ctx=self.cfg.n_ctx
+            )
         else:
-            batch = tokenize_pairs(self.tokenizer, queries, docs, max_length=ml, n_ctx=self.cfg.n_ctx, use_token_types=False)
+            batch = tokenize_pairs(
+                self.tokenizer, queries, docs, max_length=ml, n_ctx=self.cfg.n_ctx, use_token_types=False
+            )
         return batch.to(self.device)
 
     def attribution_inputs(
@@ -529,7 +563,9 @@ class HookedDecoderReranker(HookedEncoderBase):
         return self(None, token_type_ids, attention_mask, input_embeds=input_embeds)
 
     @torch.no_grad()
-    def score(self, queries: Any, docs: Any, *, batch_size: int = 32, max_length: int | None = None) -> Tensor:
+    def score(
+        self, queries: Any, docs: Any, *, batch_size: int = 32, max_length: int | None = None
+    ) -> Tensor:
         """Scores of ``n`` pairs, in input order (on CPU)."""
         return self.run_sorted(self.tokenize(queries, docs, max_length=max_length), batch_size=batch_size)
 
@@ -547,7 +583,9 @@ def decoder_config(hf: dict[str, Any], source: str, *, n_labels: int, name: str)
     """A :class:`DecoderConfig` from a Hugging Face config dict; unsupported variants are refused."""
     mt = hf.get("model_type")
     if mt not in DECODER_MODEL_TYPES:
-        raise UnsupportedArchitectureError(f"{source}: model_type={mt!r} is not a decoder family {DECODER_MODEL_TYPES}")
+        raise UnsupportedArchitectureError(
+            f"{source}: model_type={mt!r} is not a decoder family {DECODER_MODEL_TYPES}"
+        )
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
@@ -615,12 +653,16 @@ def convert_decoder_weights(
         elif rest.startswith("layers."):
             _, li, key = rest.split(".", 2)
             if key not in _LAYER:
-                raise ModelLoadError(f"{source} holds {k}, which this decoder port does not know; unsupported variant")
+                raise ModelLoadError(
+                    f"{source} holds {k}, which this decoder port does not know; unsupported variant"
+                )
             out[f"blocks.{li}.{_LAYER[key]}"] = v
         elif k in ("score.weight", "lm_head.weight"):
             continue
         else:
-            raise ModelLoadError(f"{source} holds {k}, which this decoder port does not know; unsupported variant")
+            raise ModelLoadError(
+                f"{source} holds {k}, which this decoder port does not know; unsupported variant"
+            )
         used.add(k)
     if answers is not None:
         table = sd.get("lm_head.weight", out.get("embed.W_E"))
@@ -630,16 +672,22 @@ def convert_decoder_weights(
     elif "score.weight" in sd:
         out["head.W"] = sd["score.weight"]
     else:
-        raise ModelLoadError(f"{source} has no score.weight (the sequence-classification head); save it again")
+        raise ModelLoadError(
+            f"{source} has no score.weight (the sequence-classification head); save it again"
+        )
     model = HookedDecoderReranker(
-        DecoderConfig(**{**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__}, "n_labels": out["head.W"].shape[0]}),
+        DecoderConfig(
+            **{**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__}, "n_labels": out["head.W"].shape[0]}
+        ),
     )
     for k, want in model.state_dict().items():
         if k not in out:
             if k.rsplit(".", 1)[-1].startswith("b_"):
                 out[k] = torch.zeros_like(want)
             else:
-                raise ModelLoadError(f"{source} lacks the weights for {k}; the config does not match the weights")
+                raise ModelLoadError(
+                    f"{source} lacks the weights for {k}; the config does not match the weights"
+                )
         elif tuple(out[k].shape) != tuple(want.shape):
             raise ModelLoadError(
                 f"{source} holds {k} of shape {tuple(out[k].shape)}; config.json implies {tuple(want.shape)}"

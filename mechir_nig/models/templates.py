@@ -85,7 +85,9 @@ class RerankTemplate:
                 f"template {self.name!r}: unknown placeholders {sorted(other)}; use {{query}}, {{doc}}, {{instruction}}"
             )
         if "instruction" in fields and self.instruction is None:
-            raise InputError(f"template {self.name!r} has {{instruction}}: give instruction= its default text")
+            raise InputError(
+                f"template {self.name!r} has {{instruction}}: give instruction= its default text"
+            )
         if len(self.answer_tokens) != 2 or not all(isinstance(a, str) and a for a in self.answer_tokens):
             raise InputError(
                 f"template {self.name!r}: answer_tokens must be two strings (negative, positive)"
@@ -191,9 +193,7 @@ def answer_token_ids(template: str | RerankTemplate, tokenizer: Any, source: str
 
 def _encode_one(tokenizer: Any, t: RerankTemplate, q: str, d: str) -> tuple[list[int], list[int]]:
     text, (qs, qe), (ds, de) = t.format(q, d)
-    enc = tokenizer(
-        text, add_special_tokens=t.add_special_tokens, return_offsets_mapping=True, verbose=False
-    )
+    enc = tokenizer(text, add_special_tokens=t.add_special_tokens, return_offsets_mapping=True, verbose=False)
     groups = []
     for p, (s, e) in enumerate(enc["offset_mapping"]):
         if e > s and s < qe and e > qs:
