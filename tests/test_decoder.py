@@ -63,6 +63,8 @@ def _save(tok_dir, tmp_path_factory, kind, n_labels=1):
         hf = tf.LlamaForCausalLM(
             tf.LlamaConfig(attention_bias=True, **{**common, "tie_word_embeddings": True})
         )
+    elif kind == "llama-seq":
+        hf = tf.LlamaForSequenceClassification(tf.LlamaConfig(num_labels=n_labels, **common))
     else:
         hf = tf.Qwen2ForSequenceClassification(tf.Qwen2Config(num_labels=n_labels, **common))
     with torch.no_grad():  # norms away from 1, biases away from 0: every weight is exercised
@@ -82,10 +84,17 @@ def ckpts(tok_dir, tmp_path_factory):
         "llama": _save(tok_dir, tmp_path_factory, "llama"),
         "qwen2-1": _save(tok_dir, tmp_path_factory, "qwen2", 1),
         "qwen2-2": _save(tok_dir, tmp_path_factory, "qwen2", 2),
+        "llama-seq": _save(tok_dir, tmp_path_factory, "llama-seq", 1),
     }
 
 
-TEMPLATE = {"qwen3": "qwen3-reranker", "llama": CUSTOM, "qwen2-1": None, "qwen2-2": CUSTOM}
+TEMPLATE = {
+    "qwen3": "qwen3-reranker",
+    "llama": CUSTOM,
+    "qwen2-1": None,
+    "qwen2-2": CUSTOM,
+    "llama-seq": CUSTOM,
+}
 
 
 def ours(ckpts, name, dtype=torch.float64):
@@ -160,7 +169,7 @@ def test_qwen3_template_is_the_model_card_formatting(tok_dir):
     assert short.input_ids[0, -len(suf) :].tolist() == suf
 
 
-@pytest.mark.parametrize("name", ["qwen3", "llama", "qwen2-1", "qwen2-2"])
+@pytest.mark.parametrize("name", ["qwen3", "llama", "qwen2-1", "qwen2-2", "llama-seq"])
 def test_scores_states_and_neurons_equal_hf(ckpts, name):
     model, hf = ours(ckpts, name), hf_model(ckpts, name)
     batch = model.tokenize(Q, D)
@@ -198,6 +207,8 @@ def test_scores_states_and_neurons_equal_hf(ckpts, name):
     torch.testing.assert_close(model(batch), got, rtol=1e-10, atol=1e-12)
     m32 = ours(ckpts, name, torch.float32)
     assert ((m32(m32.tokenize(Q, D)).double() - got).abs() / got.abs().clamp(min=1e-3)).max() <= 1e-5
+    m16 = ours(ckpts, name, torch.bfloat16)  # bf16 weights, float32 norms and rotary angles
+    assert (m16.score(Q, D).double() - got).abs().max() <= 0.05 * got.abs().max()
 
 
 @pytest.mark.parametrize("name", ["qwen3", "qwen2-2"])
