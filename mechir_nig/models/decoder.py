@@ -400,12 +400,7 @@ class HookedDecoderReranker(HookedEncoderBase):
         cfg.pad_token_id = int(tok.pad_token_id)
         answers = answer_token_ids(tmpl, tok, str(folder)) if causal and tmpl is not None else None
         state = convert_decoder_weights(sd, cfg, str(loading._weights_source(folder)), answers)
-        if not causal:
-            cfg.n_labels = int(state["head.W"].shape[0])
-            if cfg.n_labels not in (1, 2):
-                raise ModelLoadError(
-                    f"{folder} has a score head with {cfg.n_labels} labels; a relevance head has 1 or 2"
-                )
+        cfg.n_labels = int(state["head.W"].shape[0])
         loading.check_tokenizer(tok, cfg, str(folder), pairwise=False)
         model = cls(cfg, tok, template=tmpl, max_length=max_length)
         model.load_state_dict(state, strict=True)
@@ -675,15 +670,19 @@ def convert_decoder_weights(
         raise ModelLoadError(
             f"{source} has no score.weight (the sequence-classification head); save it again"
         )
-    model = HookedDecoderReranker(
-        DecoderConfig(
-            **{**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__}, "n_labels": out["head.W"].shape[0]}
-        ),
-    )
+    n_labels = int(out["head.W"].shape[0])
+    if n_labels not in (1, 2):
+        raise ModelLoadError(
+            f"{source} has a score head with {n_labels} labels; a relevance head has 1 (score = logit) or 2 "
+            "(score = log_softmax[:, 1])"
+        )
+    with torch.device("meta"):  # shapes only: no memory for a second copy of the weights
+        fields = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
+        model = HookedDecoderReranker(DecoderConfig(**{**fields, "n_labels": n_labels}))
     for k, want in model.state_dict().items():
         if k not in out:
             if k.rsplit(".", 1)[-1].startswith("b_"):
-                out[k] = torch.zeros_like(want)
+                out[k] = torch.zeros(want.shape, dtype=want.dtype)
             else:
                 raise ModelLoadError(
                     f"{source} lacks the weights for {k}; the config does not match the weights"
