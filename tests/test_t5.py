@@ -8,11 +8,11 @@ import torch
 
 from mechir_nig import load_model
 from mechir_nig.attribution import NeuronIntegratedGradients, baseline_embeddings
-from mechir_nig.errors import InputError, ModelLoadError
+from mechir_nig.errors import InputError, ModelLoadError, UnsupportedArchitectureError
 from mechir_nig.interventions import perturb
 from mechir_nig.interventions.ablation import ablate
 from mechir_nig.interventions.patching import patch
-from mechir_nig.models.t5 import HookedMonoT5
+from mechir_nig.models.t5 import HookedMonoT5, relative_buckets
 from mechir_nig.models.templates import RerankTemplate
 from mechir_nig.models.tokenization import DOC, QUERY, SEP
 from mechir_nig.sets import NeuronSet
@@ -36,12 +36,17 @@ def t5_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     trainer = trainers.UnigramTrainer(
-        vocab_size=120, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", initial_alphabet=list("abc")
+        vocab_size=120,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        unk_token="<unk>",
+        initial_alphabet=list("abc"),
     )
     tok.train_from_iterator(CORPUS, trainer=trainer)
     tok.add_tokens(["▁true", "▁false", "true", "false"])
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +90,9 @@ def hf_model(folder, dtype=torch.float64):
 
 
 def hf_logits(hf, input_ids, attention_mask, inputs_embeds=None):
-    start = torch.zeros(input_ids.shape[0] if input_ids is not None else inputs_embeds.shape[0], 1, dtype=torch.long)
+    start = torch.zeros(
+        input_ids.shape[0] if input_ids is not None else inputs_embeds.shape[0], 1, dtype=torch.long
+    )
     kw = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": input_ids}
     return hf(**kw, attention_mask=attention_mask, decoder_input_ids=start).logits[:, 0]
 
@@ -108,7 +115,9 @@ def test_scores_and_hidden_states_equal_hf(checkpoints, variant):
     assert expect.std() > 1e-3  # the pairs score differently
     torch.testing.assert_close(scores, expect, rtol=1e-5, atol=0)
     torch.testing.assert_close(mt5.score(QUERIES, DOCS, batch_size=2), expect, rtol=1e-5, atol=0)
-    states = hf.encoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
+    states = hf.encoder(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True
+    )
     keep = batch.attention_mask.bool()
     for layer in range(mt5.cfg.n_layers):
         ours = cache[f"encoder.blocks.{layer}.hook_resid_pre"]
@@ -128,7 +137,10 @@ def test_mlp_post_is_input_of_wo(checkpoints, variant):
     batch = mt5.tokenize(QUERIES, DOCS)
     got: dict[str, torch.Tensor] = {}
     handles = [
-        getattr(hf, stack).block[layer].layer[-1].DenseReluDense.wo.register_forward_pre_hook(
+        getattr(hf, stack)
+        .block[layer]
+        .layer[-1]
+        .DenseReluDense.wo.register_forward_pre_hook(
             lambda m, args, key=f"{stack}.blocks.{layer}": got.__setitem__(key, args[0])
         )
         for stack in ("encoder", "decoder")
@@ -148,6 +160,20 @@ def test_mlp_post_is_input_of_wo(checkpoints, variant):
             pre, lin = cache[f"{key}.mlp.hook_pre"], cache[f"{key}.mlp.hook_pre_linear"]
             full = torch.nn.functional.gelu(pre, approximate="tanh") * lin
             torch.testing.assert_close(full, cache[f"{key}.mlp.hook_post"], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_relative_buckets_equal_hf(bidirectional):
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    rel = torch.arange(-300, 301)
+    ours = relative_buckets(rel, bidirectional=bidirectional, n_buckets=32, max_distance=128)
+    ref = T5Attention._relative_position_bucket(
+        rel, bidirectional=bidirectional, num_buckets=32, max_distance=128
+    )
+    assert torch.equal(ours, ref) and ours.unique().numel() == (
+        31 if bidirectional else 32
+    )  # bucket 16 = "after, distance 0"
 
 
 def test_template_groups_and_baseline(checkpoints):
@@ -205,7 +231,7 @@ def test_nig_equals_captum_float64(checkpoints, variant):
         ref = captum_t5(hf, mt5, batch, layer, 8)
         scale = ref.abs().max().item()
         assert scale > 0
-        assert (attr.values[:, layer] - ref).abs().max().item() <= 1e-6 * scale, layer
+        assert (attr.values[:, layer] - ref).abs().max().item() <= 1e-9 * scale, layer
 
 
 def test_nig_over_decoder_neurons_completes(checkpoints):
@@ -223,13 +249,17 @@ def test_resid_pre_patch_equals_hf_hook_patch(checkpoints):
     mt5 = load_model(checkpoints["v1.0"], dtype=torch.float64)
     hf = hf_model(checkpoints["v1.0"])
     clean = mt5.tokenize(QUERIES, DOCS)
-    corrupted = mt5.tokenize(QUERIES, ["the cat sat on a mat and slept all day now", "dogs bark", "a red car"])
+    corrupted = mt5.tokenize(
+        QUERIES, ["the cat sat on a mat and slept all day now", "dogs bark", "a red car"]
+    )
     n = min(clean.input_ids.shape[1], corrupted.input_ids.shape[1])
     clean, corrupted = clean.select(range(3), n_pos=n), corrupted.select(range(3), n_pos=n)
     corrupted.attention_mask[:] = clean.attention_mask  # same shape and mask, different tokens
     res = patch(mt5, clean, corrupted, sites="resid_pre", skip_unchanged=False)
     patched = res.patched["resid_pre"]  # [batch, layer, pos]
-    states = hf.encoder(input_ids=clean.input_ids, attention_mask=clean.attention_mask, output_hidden_states=True)
+    states = hf.encoder(
+        input_ids=clean.input_ids, attention_mask=clean.attention_mask, output_hidden_states=True
+    )
     for layer in range(2):
         for pos in (1, 4):
             src = states.hidden_states[layer][:, pos]
@@ -280,7 +310,7 @@ def test_refusals(checkpoints, tmp_path):
     cfg = json.loads((folder / "config.json").read_text())
     cfg["architectures"] = ["T5EncoderModel"]
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelLoadError, match="T5ForConditionalGeneration"):
+    with pytest.raises(UnsupportedArchitectureError, match="T5ForConditionalGeneration"):
         load_model(folder)
     mt5 = load_model(checkpoints["v1.0"])
     with pytest.raises(InputError, match="stack"):

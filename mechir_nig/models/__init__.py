@@ -8,6 +8,7 @@ from mechir_nig.models.config import EncoderConfig
 from mechir_nig.models.cross_encoder import HookedCrossEncoder
 from mechir_nig.models.encoder import HookedEncoderBase
 from mechir_nig.models.protocol import AttributionModel, BiEncoderModel, HookedModel
+from mechir_nig.models.t5 import HookedMonoT5, T5Config
 from mechir_nig.models.tokenization import GROUPS, PairBatch, TextBatch
 
 __all__ = [
@@ -21,8 +22,10 @@ __all__ = [
     "HookedCrossEncoder",
     "HookedEncoderBase",
     "HookedModel",
+    "HookedMonoT5",
     "PairBatch",
     "SUPPORTED_MODEL_TYPES",
+    "T5Config",
     "TextBatch",
     "load_model",
 ]

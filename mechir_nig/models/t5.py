@@ -104,7 +104,9 @@ class T5Config:
         proj = str(hf.get("feed_forward_proj", "relu"))
         parts = proj.split("-")
         if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
-            raise UnsupportedArchitectureError(f"{source}: feed_forward_proj={proj!r} is not 'ACT' or 'gated-ACT'")
+            raise UnsupportedArchitectureError(
+                f"{source}: feed_forward_proj={proj!r} is not 'ACT' or 'gated-ACT'"
+            )
         act = "gelu_new" if proj == "gated-gelu" else parts[-1]
         scale = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True) is not False)
         n_enc = int(hf.get("num_layers", 6))
@@ -134,7 +136,7 @@ def relative_buckets(rel: Tensor, *, bidirectional: bool, n_buckets: int, max_di
 
     Example:
         >>> relative_buckets(torch.tensor([-2, 0, 3]), bidirectional=True, n_buckets=8, max_distance=16).tolist()
-        [2, 0, 7]
+        [2, 0, 6]
     """
     out = torch.zeros_like(rel)
     if bidirectional:
@@ -144,9 +146,12 @@ def relative_buckets(rel: Tensor, *, bidirectional: bool, n_buckets: int, max_di
     else:
         rel = -torch.min(rel, torch.zeros_like(rel))
     max_exact = n_buckets // 2
-    large = max_exact + (
-        torch.log(rel.float() / max_exact) / math.log(max_distance / max_exact) * (n_buckets - max_exact)
-    ).long()
+    large = (
+        max_exact
+        + (
+            torch.log(rel.float() / max_exact) / math.log(max_distance / max_exact) * (n_buckets - max_exact)
+        ).long()
+    )
     large = torch.min(large, torch.full_like(large, n_buckets - 1))
     return out + torch.where(rel < max_exact, rel, large)
 
@@ -179,8 +184,12 @@ class T5Attention(nn.Module):
         self.k = nn.Linear(cfg.d_model, inner, bias=False)
         self.v = nn.Linear(cfg.d_model, inner, bias=False)
         self.o = nn.Linear(inner, cfg.d_model, bias=False)
-        for name in ("hook_q", "hook_k", "hook_v", "hook_z", "hook_attn_scores", "hook_pattern"):
-            setattr(self, name, HookPoint())
+        self.hook_q = HookPoint()  # [batch, q, n_heads, d_head]
+        self.hook_k = HookPoint()  # [batch, k, n_heads, d_head]
+        self.hook_v = HookPoint()  # [batch, k, n_heads, d_head]
+        self.hook_z = HookPoint()  # [batch, q, n_heads, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, n_heads, q, k]  with the bias and the mask
+        self.hook_pattern = HookPoint()  # [batch, n_heads, q, k]
 
     def forward(self, x: Tensor, kv: Tensor, bias: Tensor) -> Tensor:
         h, d = self.cfg.n_heads, self.cfg.d_head
@@ -233,10 +242,15 @@ class T5Block(nn.Module):
             self.hook_resid_mid_cross = HookPoint()
         self.ln2 = RMSNorm(cfg)
         self.mlp = T5MLP(cfg)
-        for name in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
-            setattr(self, name, HookPoint())
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_mid = HookPoint()
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
 
-    def forward(self, x: Tensor, bias: Tensor, enc: Tensor | None = None, enc_bias: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, bias: Tensor, enc: Tensor | None = None, enc_bias: Tensor | None = None
+    ) -> Tensor:
         x = self.hook_resid_pre(x)
         h = self.ln1(x)
         x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(h, h, bias)))
@@ -265,11 +279,19 @@ class T5Stack(nn.Module):
         """The relative bias from position ids ``[batch, pos]`` (so aligned inputs keep positions)."""
         rel = position_ids[:, None, :] - position_ids[:, :, None]  # key - query
         c = self.cfg
-        b = relative_buckets(rel, bidirectional=not self.decoder, n_buckets=c.n_buckets, max_distance=c.max_distance)
+        b = relative_buckets(
+            rel, bidirectional=not self.decoder, n_buckets=c.n_buckets, max_distance=c.max_distance
+        )
         return self.rel_bias(b).permute(0, 3, 1, 2)
 
     def run(
-        self, x: Tensor, bias: Tensor, start: int, stop: int, enc: Tensor | None = None, enc_bias: Tensor | None = None
+        self,
+        x: Tensor,
+        bias: Tensor,
+        start: int,
+        stop: int,
+        enc: Tensor | None = None,
+        enc_bias: Tensor | None = None,
     ) -> Tensor:
         for block in self.blocks[start:stop]:
             x = block(x, bias, enc, enc_bias)
@@ -406,7 +428,12 @@ class HookedMonoT5(HookedRootModule):
         if self.tokenizer is None:
             raise InputError("this model has no tokenizer; pass tokenizer= to from_pretrained")
         batch = tokenize_template(
-            self.tokenizer, self.template, queries, docs, max_length=max_length or self.max_length, n_ctx=self.cfg.n_ctx
+            self.tokenizer,
+            self.template,
+            queries,
+            docs,
+            max_length=max_length or self.max_length,
+            n_ctx=self.cfg.n_ctx,
         )
         return batch.to(self.device)
 
@@ -415,7 +442,9 @@ class HookedMonoT5(HookedRootModule):
         a = 0 if start is None else start + (n if start < 0 else 0)
         b = n if stop is None else stop + (n if stop < 0 else 0)
         if not 0 <= a <= b <= n:
-            raise InputError(f"start_at_layer={start}, stop_at_layer={stop} do not give 0 <= start <= stop <= {n}")
+            raise InputError(
+                f"start_at_layer={start}, stop_at_layer={stop} do not give 0 <= start <= stop <= {n}"
+            )
         return a, b
 
     def encoder_forward(
@@ -436,7 +465,9 @@ class HookedMonoT5(HookedRootModule):
         start = 0 if start_at_layer is None else start_at_layer
         stop = n if stop_at_layer is None else stop_at_layer
         if not 0 <= start <= stop <= n:
-            raise InputError(f"encoder layers start={start}, stop={stop} do not give 0 <= start <= stop <= {n}")
+            raise InputError(
+                f"encoder layers start={start}, stop={stop} do not give 0 <= start <= stop <= {n}"
+            )
         if start > 0 or residual is not None:
             if residual is None:
                 raise InputError(f"start_at_layer={start} needs residual=[batch, pos, d_model] (resid_pre)")
@@ -450,7 +481,9 @@ class HookedMonoT5(HookedRootModule):
         if position_ids is None:
             position_ids = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
         elif position_ids.shape != x.shape[:2]:
-            raise InputError(f"position_ids has shape {tuple(position_ids.shape)}; expected {tuple(x.shape[:2])}")
+            raise InputError(
+                f"position_ids has shape {tuple(position_ids.shape)}; expected {tuple(x.shape[:2])}"
+            )
         bias = self.encoder.position_bias(position_ids).to(x.dtype) + additive_mask(attention_mask, x)
         x = self.encoder.run(x, bias, start, stop)
         if stop_at_layer is None:
@@ -470,7 +503,9 @@ class HookedMonoT5(HookedRootModule):
         residual stream ``[batch, 1, d_model]`` before block ``stop_at_layer``."""
         c = self.cfg
         if residual is None:
-            start_ids = torch.full((enc.shape[0], 1), c.decoder_start_token_id, dtype=torch.long, device=enc.device)
+            start_ids = torch.full(
+                (enc.shape[0], 1), c.decoder_start_token_id, dtype=torch.long, device=enc.device
+            )
             residual = self.word_embeddings(start_ids).to(enc.dtype)
         pos = torch.zeros(enc.shape[0], 1, dtype=torch.long, device=enc.device)
         bias = self.decoder.position_bias(pos).to(enc.dtype)
@@ -518,7 +553,7 @@ class HookedMonoT5(HookedRootModule):
         """
         if return_type not in ("score", "logits", None):
             raise InputError(f"return_type must be 'score', 'logits' or None, got {return_type!r}")
-        input_ids = batch
+        input_ids: Tensor | None = batch if not isinstance(batch, PairBatch) else None
         if isinstance(batch, PairBatch):
             input_ids, attention_mask = batch.input_ids, batch.attention_mask
             if position_ids is None:
@@ -542,9 +577,13 @@ class HookedMonoT5(HookedRootModule):
             else:
                 start, _ = self._layer_range(start_at_layer, stop_at_layer)
                 if start > 0 and residual is None:
-                    raise InputError(f"start_at_layer={start} needs residual=[batch, 1, d_model] (decoder resid_pre)")
+                    raise InputError(
+                        f"start_at_layer={start} needs residual=[batch, 1, d_model] (decoder resid_pre)"
+                    )
                 if input_ids is None and input_embeds is None:
-                    raise InputError("the decoder stack runs the encoder first: pass input_ids or input_embeds")
+                    raise InputError(
+                        "the decoder stack runs the encoder first: pass input_ids or input_embeds"
+                    )
                 enc = self.encoder_forward(
                     input_ids, None, attention_mask, input_embeds=input_embeds, position_ids=position_ids
                 )
@@ -584,7 +623,9 @@ class HookedMonoT5(HookedRootModule):
         return self(None, token_type_ids, attention_mask, input_embeds=input_embeds)
 
     @torch.no_grad()
-    def score(self, queries: Any, docs: Any, *, batch_size: int = 32, max_length: int | None = None) -> Tensor:
+    def score(
+        self, queries: Any, docs: Any, *, batch_size: int = 32, max_length: int | None = None
+    ) -> Tensor:
         """Scores of ``n`` pairs in input order (on CPU)."""
         return self.score_batch(self.tokenize(queries, docs, max_length=max_length), batch_size=batch_size)
 
@@ -622,9 +663,12 @@ class HookedMonoT5(HookedRootModule):
             raise UnsupportedArchitectureError(f"{source} has model_type={hf.get('model_type')!r}, not 't5'")
         listed = hf.get("architectures") or ["T5ForConditionalGeneration"]
         if "T5ForConditionalGeneration" not in listed:
-            raise ModelLoadError(
-                f"{source} lists architectures={listed}; monoT5 needs T5ForConditionalGeneration (the LM head "
-                "scores the 'true'/'false' tokens): save the reranker with its LM head"
+            from mechir_nig.models.architectures import supported_summary
+
+            raise UnsupportedArchitectureError(
+                f"{source} lists architectures={listed}; a t5 checkpoint loads as monoT5 "
+                "(T5ForConditionalGeneration: the LM head scores the 'true'/'false' tokens), so save the reranker "
+                "with its LM head; other supported checkpoints: " + supported_summary()
             )
         cfg = T5Config.from_hf(hf, model_name=name or str(name_or_path), source=source)
         cfg.dtype = dtype
@@ -635,7 +679,9 @@ class HookedMonoT5(HookedRootModule):
                 f"for {cfg.d_vocab} embedding rows); use the tokenizer saved with the reranker"
             )
         if not getattr(tok, "is_fast", False):
-            raise ModelLoadError(f"the tokenizer for {folder} is not a fast tokenizer; the template needs offsets")
+            raise ModelLoadError(
+                f"the tokenizer for {folder} is not a fast tokenizer; the template needs offsets"
+            )
         ids = answer_token_ids(template, tok, str(folder))
         sd = convert_t5_weights(loading.load_state_dict(folder), cfg, str(folder))
         model = cls(cfg, tok, template=template, answer_ids=ids, max_length=max_length)
@@ -661,7 +707,9 @@ def convert_t5_weights(hf: dict[str, Tensor], cfg: T5Config, source: str) -> dic
     for k in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
         left.pop(k, None)
     for stack, n in (("encoder", cfg.n_encoder_layers), ("decoder", cfg.n_decoder_layers)):
-        sd[f"{stack}.rel_bias.weight"] = take(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+        sd[f"{stack}.rel_bias.weight"] = take(
+            f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        )
         sd[f"{stack}.ln_final.w"] = take(f"{stack}.final_layer_norm.weight")
         for layer in range(n):
             src, dst = f"{stack}.block.{layer}.layer.", f"{stack}.blocks.{layer}."

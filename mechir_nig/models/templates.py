@@ -22,7 +22,16 @@ from typing import Any
 import torch
 
 from mechir_nig.errors import InputError, ModelLoadError
-from mechir_nig.models.tokenization import DOC, PAD, QUERY, SEP, PairBatch, _check_max_length, _warn_truncated, check_pairs
+from mechir_nig.models.tokenization import (
+    DOC,
+    PAD,
+    QUERY,
+    SEP,
+    PairBatch,
+    _check_max_length,
+    _warn_truncated,
+    check_pairs,
+)
 
 POSITIONS = ("last", "decoder_start")
 
@@ -47,13 +56,19 @@ class RerankTemplate:
 
     def __post_init__(self) -> None:
         if "{query}" not in self.prompt or "{doc}" not in self.prompt:
-            raise InputError(f"template {self.name!r}: the prompt needs both '{{query}}' and '{{doc}}' placeholders")
+            raise InputError(
+                f"template {self.name!r}: the prompt needs both '{{query}}' and '{{doc}}' placeholders"
+            )
         if self.prompt.index("{query}") > self.prompt.index("{doc}"):
             raise InputError(f"template {self.name!r}: '{{query}}' must come before '{{doc}}' in the prompt")
         if len(self.answer_tokens) != 2 or not all(isinstance(a, str) and a for a in self.answer_tokens):
-            raise InputError(f"template {self.name!r}: answer_tokens must be two strings (negative, positive)")
+            raise InputError(
+                f"template {self.name!r}: answer_tokens must be two strings (negative, positive)"
+            )
         if self.position not in POSITIONS:
-            raise InputError(f"template {self.name!r}: position must be one of {POSITIONS}, got {self.position!r}")
+            raise InputError(
+                f"template {self.name!r}: position must be one of {POSITIONS}, got {self.position!r}"
+            )
 
     def format(self, query: str, doc: str) -> tuple[str, tuple[int, int], tuple[int, int]]:
         """The input text and the character spans ``[start, end)`` of the query and the document in it."""
@@ -168,7 +183,9 @@ def tokenize_template(
     q, d = check_pairs(queries, docs)
     _check_max_length(max_length, n_ctx)
     if not getattr(tokenizer, "is_fast", False):
-        raise InputError("template tokenization needs a fast tokenizer (character offsets); load one with use_fast=True")
+        raise InputError(
+            "template tokenization needs a fast tokenizer (character offsets); load one with use_fast=True"
+        )
     rows, groups, truncated = [], [], []
     for i, (qi, di) in enumerate(zip(q, d)):
         ids, grp = _encode_one(tokenizer, t, qi, di)
@@ -183,7 +200,9 @@ def tokenize_template(
                     f"queries[{i}] with the template leaves no room for its document within max_length={max_length}; "
                     "shorten the query or raise max_length"
                 )
-            doc_offsets = tokenizer(di, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            doc_offsets = tokenizer(di, add_special_tokens=False, return_offsets_mapping=True)[
+                "offset_mapping"
+            ]
             end = doc_offsets[min(keep, len(doc_offsets)) - 1][1]
             if end >= len(di):  # the document tokenizes differently alone: drop one more character
                 end = len(di) - 1
