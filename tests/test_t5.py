@@ -315,3 +315,28 @@ def test_refusals(checkpoints, tmp_path):
     mt5 = load_model(checkpoints["v1.0"])
     with pytest.raises(InputError, match="stack"):
         mt5.set_stack("middle")
+
+
+def test_ablation_modes_patch_sites_and_collection_run(checkpoints, tmp_path):
+    from mechir_nig import attribute_collection
+    from mechir_nig.data.pairs import JudgedPair
+    from mechir_nig.interventions.ablation import AblationReference
+
+    mt5 = load_model(checkpoints["v1.1"])
+    batch = mt5.tokenize(QUERIES, DOCS)
+    before = mt5(batch)
+    neurons = NeuronSet([(0, 1), (1, 3)], n_layers=2, d_mlp=mt5.cfg.d_mlp)
+    ref = AblationReference.compute(mt5, QUERIES, DOCS)
+    for mode in ("zero", "mean", "resample", "baseline"):
+        kw = {"reference": ref} if mode in ("mean", "resample") else {}
+        with ablate(mt5, neurons, mode=mode, **kw):
+            assert not torch.allclose(mt5(batch), before), mode
+    al = perturb.align(mt5, QUERIES, DOCS, lambda q, d: "neuron " + d)
+    res = patch(mt5, al, sites=("heads", "neurons"))
+    assert res["heads"].shape == (3, 2, 3) and res["neurons"].shape == (3, 2, mt5.cfg.d_mlp)
+    pairs = [JudgedPair(f"q{i}", f"d{i}", q, d, 1, "relevant") for i, (q, d) in enumerate(zip(QUERIES, DOCS))]
+    out = attribute_collection(mt5, pairs, progress=False, n_steps=4, checkpoint=tmp_path / "ck")
+    assert out.counts["relevant"] == 3 and out.mean("relevant").abs().sum() > 0
+    mt5.set_stack("decoder")
+    with pytest.raises(InputError, match="set_stack"):
+        patch(mt5, al, sites="neurons")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,9 @@ class T5Config:
     n_labels: int = 2
     model_name: str = "t5"
     architecture: str = "t5"
+    stack: str = "encoder"  # the stack plain blocks.{l} names address (HookedMonoT5.set_stack)
+    template: str = ""  # the rerank template's prompt and answer ids (set by HookedMonoT5)
+    answer_ids: tuple[int, int] | None = None
     d_embed: int = field(init=False)
     dtype: torch.dtype = torch.float32
 
@@ -97,6 +100,12 @@ class T5Config:
     @property
     def acc_dtype(self) -> torch.dtype:
         return torch.float64 if self.dtype == torch.float64 else torch.float32
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict (dtype as its name), e.g. for ``model_fingerprint``."""
+        out = asdict(self)
+        out["dtype"] = str(self.dtype).removeprefix("torch.")
+        return out
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any], *, model_name: str = "t5", source: str = "config.json") -> T5Config:
@@ -343,6 +352,7 @@ class HookedMonoT5(HookedRootModule):
                 raise InputError("pass answer_ids=(negative id, positive id) or a tokenizer")
             answer_ids = answer_token_ids(self.template, tokenizer, cfg.model_name)
         self.answer_ids = (int(answer_ids[0]), int(answer_ids[1]))
+        cfg.answer_ids, cfg.template = self.answer_ids, self.template.prompt
         self.max_length = max_length or min(cfg.n_ctx, 512)
         self.W_E = nn.Parameter(torch.zeros(cfg.d_vocab, cfg.d_model))
         self.W_U = nn.Parameter(torch.zeros(cfg.d_vocab, cfg.d_model))  # lm_head.weight (tied: a copy of W_E)
@@ -351,7 +361,6 @@ class HookedMonoT5(HookedRootModule):
         self.decoder = T5Stack(cfg, decoder=True)
         self.hook_logits = HookPoint()  # [batch, d_vocab]  first decoder step
         self.hook_score = HookPoint()  # [batch]
-        self.stack = "encoder"
         self.setup()
 
     # -- hook names: the selected stack answers to plain blocks.{l} names ------------------------
@@ -359,6 +368,11 @@ class HookedMonoT5(HookedRootModule):
         super().setup()
         self._full_names = dict(self.hook_dict)  # full name -> hook point
         self._name_stack()
+
+    @property
+    def stack(self) -> str:
+        """The stack plain ``blocks.{l}`` hook names address: ``"encoder"`` (default) or ``"decoder"``."""
+        return self.cfg.stack
 
     def _name_stack(self) -> None:
         prefix = f"{self.stack}."
@@ -383,7 +397,7 @@ class HookedMonoT5(HookedRootModule):
         if stack not in STACKS:
             raise InputError(f"stack must be one of {STACKS}, got {stack!r}")
         self.reset_hooks()
-        self.stack = stack
+        self.cfg.stack = stack
         self.cfg.n_layers = self.cfg.n_decoder_layers if stack == "decoder" else self.cfg.n_encoder_layers
         self._name_stack()
 
@@ -582,7 +596,9 @@ class HookedMonoT5(HookedRootModule):
                     )
                 if input_ids is None and input_embeds is None:
                     raise InputError(
-                        "the decoder stack runs the encoder first: pass input_ids or input_embeds"
+                        "the decoder stack runs the encoder first: pass input_ids or input_embeds (patching "
+                        "from a cached residual, start_at_layer without input, is for the encoder stack: "
+                        "model.set_stack('encoder'))"
                     )
                 enc = self.encoder_forward(
                     input_ids, None, attention_mask, input_embeds=input_embeds, position_ids=position_ids
