@@ -137,15 +137,26 @@ def site(name: Any) -> Site:
     raise InputError(f"unknown site {name!r}: use one of {sorted(SITES)} (or an alias in {sorted(ALIASES)})")
 
 
-def hook_name(name: str, layer: int) -> str:
+def hook_name(name: str, layer: int, stack: str | None = None) -> str:
     """The hook name of site ``name`` at ``layer`` (as TransformerLens ``utils.get_act_name``).
+
+    ``stack`` names one stack of an encoder-decoder model (monoT5: ``"encoder"``, ``"decoder"``) by its
+    full hook name. Without it the name is the plain ``blocks.{l}...`` one, which such a model resolves
+    to the stack it addresses (``HookedMonoT5.set_stack``; the encoder by default), so NIG, ablation and
+    patching need no stack argument.
 
     Example:
         >>> hook_name("pattern", 1)
         'blocks.1.attn.hook_pattern'
+        >>> hook_name("mlp_post", 0, stack="decoder")
+        'decoder.blocks.0.mlp.hook_post'
     """
     check_int(layer, "layer", minimum=0)
-    return site(name).hook(layer)
+    if stack is None:
+        return site(name).hook(layer)
+    if not isinstance(stack, str) or not stack.isidentifier():
+        raise InputError(f"stack must be a stack's name such as 'encoder' or 'decoder', got {stack!r}")
+    return f"{stack}.{site(name).hook(layer)}"
 
 
 def site_of_hook(hook: str) -> tuple[str, int]:

