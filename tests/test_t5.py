@@ -14,7 +14,7 @@ from mechir_nig.interventions.ablation import ablate
 from mechir_nig.interventions.patching import patch
 from mechir_nig.models.t5 import HookedMonoT5, relative_buckets
 from mechir_nig.models.templates import RerankTemplate
-from mechir_nig.models.tokenization import DOC, QUERY, SEP
+from mechir_nig.models.tokenization import CLS, DOC, QUERY, SEP
 from mechir_nig.sets import NeuronSet
 
 QUERIES = ["what is a neuron", "how do cells fire", "where is the brain"]
@@ -186,7 +186,7 @@ def test_template_groups_and_baseline(checkpoints):
     groups = batch.groups[0, :n]
     q_ids = mt5.tokenizer(" " + QUERIES[0], add_special_tokens=False)["input_ids"]
     assert int((groups == QUERY).sum()) == len(q_ids) and int((groups == DOC).sum()) > 5
-    assert groups[0] == SEP and groups[-1] == SEP  # template text and </s> are kept by the baseline
+    assert groups[0] == CLS and groups[-1] == SEP  # template text and </s> are kept by the baseline
     base = baseline_embeddings(mt5, batch.input_ids, batch.groups, "pad")  # <pad> (id 0) replaces q and d
     replaced = (groups == QUERY) | (groups == DOC)
     w = mt5.word_embeddings(batch.input_ids)[0, :n]

@@ -854,7 +854,7 @@ def _patch_jointly(
     return score(out).float()
 
 
-def _positions(base: Any, rows: Tensor | None, span: int | None) -> dict[str, Tensor]:
+def _positions(base: Any, rows: Tensor | None, span: int | None) -> dict[str, Any]:
     """``position_ids`` for a run started inside the blocks: the base batch's explicit positions (an
     aligned input) for ``rows`` (all: ``None``), trimmed to ``span``; empty where it has none. Relative
     and rotary positions are computed in every block, so a run started at a later layer needs them."""

@@ -324,11 +324,11 @@ class HookedDecoderReranker(HookedEncoderBase):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.template = template
-        self.embed = TokenEmbed(cfg)  # type: ignore[assignment]
+        self.embed = TokenEmbed(cfg)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]  (= blocks.0.hook_resid_pre)
         self.blocks = nn.ModuleList([DecoderBlock(cfg) for _ in range(cfg.n_layers)])
         self.pooler = None
-        self.ln_final = RMSNorm(cfg.d_model, cfg)
+        self.ln_final: nn.Module = RMSNorm(cfg.d_model, cfg)
         self.head = ScoreHead(cfg)
         self.hook_score = HookPoint()  # [batch]
         inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.d_head, 2, dtype=torch.float64) / cfg.d_head))
