@@ -90,6 +90,20 @@ def tiny_ce(tiny_ce_dir):
     return HookedCrossEncoder.from_pretrained(tiny_ce_dir)
 
 
+@pytest.fixture(scope="module")
+def ce64(tiny_ce_dir):
+    """The tiny cross-encoder in float64 (one per test module: modules may set hooks or options)."""
+    from mechir_nig import HookedCrossEncoder
+
+    return HookedCrossEncoder.from_pretrained(tiny_ce_dir, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def hf64(tiny_ce_dir):
+    """The same checkpoint as Hugging Face's model, in float64, eager attention."""
+    return hf_cross_encoder(tiny_ce_dir).double()
+
+
 def hf_cross_encoder(folder: Path):
     from transformers import BertForSequenceClassification
 

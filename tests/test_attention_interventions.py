@@ -5,22 +5,10 @@ from __future__ import annotations
 import hf_hooks
 import pytest
 import torch
-from conftest import DOCS, QUERIES, hf_cross_encoder
+from conftest import DOCS, QUERIES
 
 from mechir_nig.errors import InputError
 from mechir_nig.interventions.attention import GROUPS, attention_block_hooks, block_attention, blocked_keys
-
-
-@pytest.fixture(scope="module")
-def ce64(tiny_ce_dir):
-    from mechir_nig import HookedCrossEncoder
-
-    return HookedCrossEncoder.from_pretrained(tiny_ce_dir, dtype=torch.float64)
-
-
-@pytest.fixture(scope="module")
-def hf64(tiny_ce_dir):
-    return hf_cross_encoder(tiny_ce_dir).double()
 
 
 def _hf_blocked(hf, batch, monkeypatch, from_g, to_g, layers, heads=None, extra=()):

@@ -8,7 +8,7 @@ import math
 import hf_hooks
 import pytest
 import torch
-from conftest import DOCS, QUERIES, hf_cross_encoder
+from conftest import DOCS, QUERIES
 
 from mechir_nig.errors import InputError
 from mechir_nig.interventions import attribution_patching as ap
@@ -25,18 +25,6 @@ def _edit(q: str, d: str) -> str:
     if q.startswith("how"):
         return perturb.remove_term(q, d, "massive")
     return d.replace("water", "milk")
-
-
-@pytest.fixture(scope="module")
-def ce64(tiny_ce_dir):
-    from mechir_nig import HookedCrossEncoder
-
-    return HookedCrossEncoder.from_pretrained(tiny_ce_dir, dtype=torch.float64)
-
-
-@pytest.fixture(scope="module")
-def hf64(tiny_ce_dir):
-    return hf_cross_encoder(tiny_ce_dir).double()
 
 
 @pytest.fixture(scope="module")

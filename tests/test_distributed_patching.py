@@ -27,7 +27,7 @@ from mechir_nig.experiments.patching import patch_study
 from mechir_nig.interventions import patching
 from mechir_nig.runtime import distributed
 sys.path.insert(0, os.path.dirname(__file__))
-from patch_inputs import aligned, neuron_set
+from patch_inputs import aligned, head_set, neuron_set
 
 model_dir, out = sys.argv[1], sys.argv[2]
 swept = []
@@ -43,6 +43,8 @@ res = patch_study(ce, aligned(ce), sites=["resid_pre", neuron_set(ce), "heads", 
 r = distributed.rank()  # the process group exists from the first sharded call on
 assert r == int(os.environ["RANK"])
 res.save(os.path.join(out, f"ce{r}.safetensors"))
+res = patch_study(ce, aligned(ce), sites=[head_set(ce)], joint=True)  # a head set: members and jointly
+res.save(os.path.join(out, f"hs{r}.safetensors"))
 be = HookedBiEncoder.from_pretrained(model_dir, ignore_head=True)
 res = patch_study(be, aligned(be), sites=["mlp_out", "neurons"], direction="noise", metric="raw")
 res.save(os.path.join(out, f"be{r}.safetensors"))
@@ -54,7 +56,7 @@ INPUTS = r'''
 start, middle and end)."""
 from mechir_nig.data import bm25_candidates, load_collection
 from mechir_nig.interventions import perturb
-from mechir_nig.sets import NeuronSet
+from mechir_nig.sets import ComponentSet, NeuronSet
 
 WHERE = ("start", "middle", "end")
 
@@ -78,6 +80,10 @@ def aligned(model):
 def neuron_set(model):
     d = model.cfg.d_mlp
     return NeuronSet([(0, 1), (0, d - 1), (1, 3)], n_layers=model.cfg.n_layers, d_mlp=d)
+
+
+def head_set(model):
+    return ComponentSet([(0, 1), (1, 0)], kind="head", n_layers=model.cfg.n_layers, width=model.cfg.n_heads)
 '''
 
 
@@ -128,7 +134,7 @@ def test_two_gloo_ranks_patch_like_one_process(tiny_ce, tiny_ce_dir, tmp_path):
     shards = shard_by_cost(spans.tolist(), 2)
     # each rank swept its own pairs (cross-encoder call, then bi-encoder call), no pair twice
     assert [swept[r][1][0] for r in (0, 1)] == [len(s) for s in shards] and all(len(s) for s in shards)
-    assert sum(swept[0][1]) + sum(swept[1][1]) == 2 * len(al.clean)
+    assert sum(swept[0][1]) + sum(swept[1][1]) == 3 * len(al.clean)
     want = one_thread(
         patch,
         tiny_ce,
@@ -136,6 +142,7 @@ def test_two_gloo_ranks_patch_like_one_process(tiny_ce, tiny_ce_dir, tmp_path):
         sites=["resid_pre", inputs.neuron_set(tiny_ce), "heads", "head_pos"],
         joint=True,
     )
+    want_hs = one_thread(patch, tiny_ce, al, sites=[inputs.head_set(tiny_ce)], joint=True)
     be = HookedBiEncoder.from_pretrained(tiny_ce_dir, ignore_head=True)
     want_be = one_thread(
         patch, be, inputs.aligned(be), sites=["mlp_out", "neurons"], direction="noise", metric="raw"
@@ -143,6 +150,7 @@ def test_two_gloo_ranks_patch_like_one_process(tiny_ce, tiny_ce_dir, tmp_path):
     assert torch.isfinite(want.values["resid_pre"]).any() and (want.values["heads"].nan_to_num() != 0).any()
     for r in (0, 1):  # every rank returns the whole result
         assert_same(PatchingResult.load(tmp_path / f"ce{r}.safetensors"), want)
+        assert_same(PatchingResult.load(tmp_path / f"hs{r}.safetensors"), want_hs)
         assert_same(PatchingResult.load(tmp_path / f"be{r}.safetensors"), want_be)
 
 

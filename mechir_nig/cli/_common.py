@@ -65,7 +65,18 @@ RULES = (
 SCHEMES = ("relevant", "nonrelevant", "difference", "abs_mean", "mean_abs")  # attribution.stats.SCHEMES
 ABLATION_MODES = ("zero", "mean", "baseline", "resample")  # experiments.pruning._MODES
 CONDITIONS = ("nig_top", "random", "bottom", "negative")  # experiments.pruning.CONDITIONS
-PATCH_SITES = ("resid_pre", "attn_out", "mlp_out", "heads", "head_pos", "neurons")  # patching.SITES (named)
+PATCH_SITES = (
+    "resid_pre",
+    "attn_out",
+    "mlp_out",
+    "heads",
+    "head_pos",
+    "neurons",
+    "q",
+    "k",
+    "v",
+    "pattern",
+)  # patching.SITES
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_COLLECTION = "embedded"
 DEFAULT_OUT = "mechir-nig-results"

@@ -20,7 +20,6 @@ import os
 from typing import Any, Literal, overload
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
@@ -31,12 +30,13 @@ from mechir_nig.models.components import ClassifierHead, Pooler
 from mechir_nig.models.config import EncoderConfig
 from mechir_nig.models.encoder import HookedEncoderBase
 from mechir_nig.models.precision import check_dtype
+from mechir_nig.models.reranker import PairReranker
 from mechir_nig.models.tokenization import PairBatch, tokenize_pairs
 
 ReturnType = Literal["score", "logits"] | None
 
 
-class HookedCrossEncoder(HookedEncoderBase):
+class HookedCrossEncoder(HookedEncoderBase, PairReranker):
     """Cross-encoder (``...ForSequenceClassification``, 1 or 2 labels) of any supported family.
 
     Call it on a ``PairBatch`` (from :meth:`tokenize`) to get ``Float[Tensor, "batch"]`` scores.
@@ -269,44 +269,3 @@ class HookedCrossEncoder(HookedEncoderBase):
             return logits
         score = self.hook_score(self.score_from_logits(logits))
         return None if return_type is None else score
-
-    # -- the attribution protocol (mechir_nig.models.protocol) ------------------------------------
-    pairwise = True
-
-    def attribution_inputs(
-        self, queries: Any, docs: Any, *, side: str | None = None, max_length: int | None = None
-    ) -> tuple[PairBatch, None]:
-        """The batch NIG interpolates: the whole pair (``side`` must be ``None``)."""
-        if side is not None:
-            raise InputError(
-                "side= is for bi-encoders; a cross-encoder interpolates query and document together"
-            )
-        return self.tokenize(queries, docs, max_length=max_length), None
-
-    def check_attribution_batch(self, batch: Any, other: Tensor | None) -> None:
-        if not isinstance(batch, PairBatch):
-            raise InputError("a cross-encoder attributes a PairBatch: batch = model.tokenize(queries, docs)")
-        if other is not None:
-            raise InputError("other= is for bi-encoders only")
-
-    def score_embeds(
-        self,
-        input_embeds: Float[Tensor, "batch pos d_embed"],
-        token_type_ids: Tensor,
-        attention_mask: Tensor,
-        other: Tensor | None = None,
-    ) -> Scores:
-        """``F`` of word embeddings (the input Integrated Gradients interpolates)."""
-        return self(None, token_type_ids, attention_mask, input_embeds=input_embeds)
-
-    @torch.no_grad()
-    def score(
-        self, queries: Any, docs: Any, *, batch_size: int = 32, max_length: int | None = None
-    ) -> Float[Tensor, " n"]:
-        """Scores of ``n`` pairs, batched by length internally, in input order (on CPU)."""
-        batch = self.tokenize(queries, docs, max_length=max_length)
-        return self.score_batch(batch, batch_size=batch_size)
-
-    @torch.no_grad()
-    def score_batch(self, batch: PairBatch, *, batch_size: int = 32) -> Float[Tensor, " n"]:
-        return self.run_sorted(batch, batch_size=batch_size)

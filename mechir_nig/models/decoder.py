@@ -33,7 +33,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from mechir_nig._types import Mask, Resid, Scores, Tokens
+from mechir_nig._types import Mask, Resid, Tokens
 from mechir_nig.errors import InputError, ModelLoadError, UnsupportedArchitectureError
 from mechir_nig.models import loading
 from mechir_nig.models.components.attention import Attention
@@ -41,6 +41,7 @@ from mechir_nig.models.components.mlp import activation
 from mechir_nig.models.config import ATTENTION_IMPLS, EncoderConfig
 from mechir_nig.models.encoder import HookedEncoderBase
 from mechir_nig.models.precision import check_dtype
+from mechir_nig.models.reranker import PairReranker
 from mechir_nig.models.templates import (
     RerankTemplate,
     answer_token_ids,
@@ -285,7 +286,7 @@ class TokenEmbed(nn.Module):
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model, dtype=cfg.dtype))
 
 
-class HookedDecoderReranker(HookedEncoderBase):
+class HookedDecoderReranker(HookedEncoderBase, PairReranker):
     """A decoder reranker (see the module docstring); the :class:`~mechir_nig.models.protocol.HookedModel`
     protocol as ``HookedCrossEncoder`` (``tokenize``, ``score``, ``forward`` with ``start_at_layer`` /
     ``stop_at_layer`` / ``residual``, NIG, ``run_with_cache`` / ``run_with_hooks``).
@@ -304,7 +305,6 @@ class HookedDecoderReranker(HookedEncoderBase):
     """
 
     cfg: DecoderConfig
-    pairwise = True
     block_positions = True  # rotary: a run started at a block needs the batch's position_ids
 
     def __init__(
@@ -534,35 +534,6 @@ class HookedDecoderReranker(HookedEncoderBase):
                 self.tokenizer, queries, docs, max_length=ml, n_ctx=self.cfg.n_ctx, use_token_types=False
             )
         return batch.to(self.device)
-
-    def attribution_inputs(
-        self, queries: Any, docs: Any, *, side: str | None = None, max_length: int | None = None
-    ) -> tuple[PairBatch, None]:
-        if side is not None:
-            raise InputError("side= is for bi-encoders; a reranker interpolates query and document together")
-        return self.tokenize(queries, docs, max_length=max_length), None
-
-    def check_attribution_batch(self, batch: Any, other: Tensor | None) -> None:
-        if not isinstance(batch, PairBatch):
-            raise InputError("a reranker attributes a PairBatch: batch = model.tokenize(queries, docs)")
-        if other is not None:
-            raise InputError("other= is for bi-encoders only")
-
-    def score_embeds(
-        self,
-        input_embeds: Float[Tensor, "batch pos d_embed"],
-        token_type_ids: Tensor,
-        attention_mask: Tensor,
-        other: Tensor | None = None,
-    ) -> Scores:
-        return self(None, token_type_ids, attention_mask, input_embeds=input_embeds)
-
-    @torch.no_grad()
-    def score(
-        self, queries: Any, docs: Any, *, batch_size: int = 32, max_length: int | None = None
-    ) -> Tensor:
-        """Scores of ``n`` pairs, in input order (on CPU)."""
-        return self.run_sorted(self.tokenize(queries, docs, max_length=max_length), batch_size=batch_size)
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -24,8 +24,8 @@ from mechir_nig.models.architectures import architecture_named
 from mechir_nig.models.cache import EncoderActivationCache
 from mechir_nig.models.components import Pooler
 from mechir_nig.models.config import ATTENTION_IMPLS, EncoderConfig
-from mechir_nig.models.precision import check_finite
 from mechir_nig.models.protocol import forward_context
+from mechir_nig.models.reranker import run_sorted
 
 _M = TypeVar("_M", bound="HookedEncoderBase")
 
@@ -260,18 +260,9 @@ class HookedEncoderBase(HookedRootModule):
             resid = self.encoder_forward(input_ids, token_type_ids, attention_mask, **forward_kwargs)
         return resid, attention_mask
 
-    @torch.no_grad()
     def run_sorted(self, batch: Any, *, batch_size: int, trailing: tuple[int, ...] = ()) -> Tensor:
         """``self(batch)`` in chunks of ``batch_size`` rows, longest first, returned in input order (CPU)."""
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        order = torch.argsort(batch.lengths.cpu(), descending=True)
-        out = torch.empty(len(batch), *trailing, dtype=self.cfg.acc_dtype)
-        for i in range(0, len(batch), batch_size):
-            idx = order[i : i + batch_size]
-            out[idx] = self(batch.select(idx)).to(out.dtype).cpu()
-        check_finite(self, "embeddings" if trailing else "scores", out)  # float16 overflow: an error
-        return out
+        return run_sorted(self, batch, batch_size=batch_size, trailing=trailing)
 
     # -- TransformerLens API -------------------------------------------------------------------
     @overload

@@ -43,8 +43,9 @@ from transformer_lens.HookedRootModule import HookedRootModule
 from mechir_nig._types import Scores
 from mechir_nig.errors import InputError, ModelLoadError, UnsupportedArchitectureError
 from mechir_nig.models import loading
-from mechir_nig.models.precision import check_dtype, check_finite
+from mechir_nig.models.precision import check_dtype
 from mechir_nig.models.protocol import forward_context
+from mechir_nig.models.reranker import PairReranker
 from mechir_nig.models.templates import RerankTemplate, answer_token_ids, get_template, tokenize_template
 from mechir_nig.models.tokenization import PairBatch
 
@@ -315,7 +316,7 @@ def additive_mask(attention_mask: Tensor | None, like: Tensor) -> Tensor:
     return (1.0 - m) * torch.finfo(like.dtype).min
 
 
-class HookedMonoT5(HookedRootModule):
+class HookedMonoT5(HookedRootModule, PairReranker):
     """monoT5 (``T5ForConditionalGeneration`` scored by ``"true"``/``"false"`` at the first decoder step).
 
     Call it on a ``PairBatch`` (from :meth:`tokenize`) for ``[batch]`` scores. See the module docstring for
@@ -331,8 +332,6 @@ class HookedMonoT5(HookedRootModule):
         >>> "blocks.0.mlp.hook_post" in mt5.hook_dict, "decoder.blocks.0.cross_attn.hook_z" in mt5.hook_dict
         (True, True)
     """
-
-    pairwise = True
 
     def __init__(
         self,
@@ -612,50 +611,6 @@ class HookedMonoT5(HookedRootModule):
             return logits
         score = self.hook_score(self.score_from_logits(logits))
         return None if return_type is None else score
-
-    # -- the attribution protocol ------------------------------------------------------------------
-    def attribution_inputs(
-        self, queries: Any, docs: Any, *, side: str | None = None, max_length: int | None = None
-    ) -> tuple[PairBatch, None]:
-        """The batch NIG interpolates: the whole template input (``side`` must be ``None``)."""
-        if side is not None:
-            raise InputError("side= is for bi-encoders; monoT5 interpolates query and document together")
-        return self.tokenize(queries, docs, max_length=max_length), None
-
-    def check_attribution_batch(self, batch: Any, other: Tensor | None) -> None:
-        if not isinstance(batch, PairBatch):
-            raise InputError("monoT5 attributes a PairBatch: batch = model.tokenize(queries, docs)")
-        if other is not None:
-            raise InputError("other= is for bi-encoders only")
-
-    def score_embeds(
-        self,
-        input_embeds: Float[Tensor, "batch pos d_embed"],
-        token_type_ids: Tensor,
-        attention_mask: Tensor,
-        other: Tensor | None = None,
-    ) -> Scores:
-        """``F`` of encoder word embeddings (the input Integrated Gradients interpolates)."""
-        return self(None, token_type_ids, attention_mask, input_embeds=input_embeds)
-
-    @torch.no_grad()
-    def score(
-        self, queries: Any, docs: Any, *, batch_size: int = 32, max_length: int | None = None
-    ) -> Tensor:
-        """Scores of ``n`` pairs in input order (on CPU)."""
-        return self.score_batch(self.tokenize(queries, docs, max_length=max_length), batch_size=batch_size)
-
-    @torch.no_grad()
-    def score_batch(self, batch: PairBatch, *, batch_size: int = 32) -> Tensor:
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        order = torch.argsort(batch.lengths.cpu(), descending=True)
-        out = torch.empty(len(batch), dtype=self.cfg.acc_dtype)
-        for i in range(0, len(batch), batch_size):
-            idx = order[i : i + batch_size]
-            out[idx] = self(batch.select(idx)).to(out.dtype).cpu()
-        check_finite(self, "scores", out)
-        return out
 
     # -- loading ----------------------------------------------------------------------------------
     @classmethod
