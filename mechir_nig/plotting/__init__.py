@@ -73,7 +73,6 @@ KINDS: Mapping[str, Mapping[str, Callable[..., Any]]] = MappingProxyType(
         "ComponentSet": {"profile": layer_profile_bars, "top": top_neurons_bar},
         "PruningResult": {"curves": pruning_curves},
         "PatchingResult": {"heatmap": patching_heatmap},
-        "PathPatchingResult": {"heatmap": path_patching_heatmaps},
         "FaithfulnessResult": {"curves": faithfulness_curves, "correlations": faithfulness_bars},
     }
 )
@@ -92,8 +91,7 @@ def plot(result: Any, kind: str | None = None, **kwargs: Any) -> Any:
 
     Args:
         result: a ``NeuronAttribution``, ``CollectionAttribution``, ``NeuronSet`` / ``ComponentSet``,
-            ``PruningResult``, ``PatchingResult``, ``PathPatchingResult`` or
-            ``FaithfulnessResult``.
+            ``PruningResult``, ``PatchingResult`` or ``FaithfulnessResult``.
         kind: one of ``KINDS[type(result).__name__]`` (default: its first kind).
         **kwargs: passed to the figure function (e.g. ``pair=0``, ``layers=[0, 1]``, ``title=...``).
 
