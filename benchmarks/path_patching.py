@@ -12,7 +12,9 @@ perturbed run, the clean head written in), ``metric="raw"`` (score change, so pa
 moves do not divide by a small change): ``score`` = every path (the ordinary head patch),
 ``score_direct`` = the head's direct path into the score, every later head and MLP frozen. For the
 ``--top`` heads by ``|mean|`` the 95 % percentile bootstrap interval over pairs
-(``mechir_nig.statistics.bootstrap_ci``).
+(``mechir_nig.statistics.bootstrap_ci``). Then the head with the largest total effect (before the last
+layer) is followed: its paths into the queries, keys and values of each later layer's heads and into
+the MLPs.
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ import argparse
 import os
 import sys
 import time
+from typing import Any
 
 import torch
+from torch import Tensor
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import vaswani_pairs  # noqa: E402
 
 from mechir_nig import load_model  # noqa: E402
 from mechir_nig.interventions import perturb  # noqa: E402
-from mechir_nig.interventions.path_patching import path_patch_heads_to_score  # noqa: E402
+from mechir_nig.interventions.path_patching import path_patch, path_patch_heads_to_score  # noqa: E402
+from mechir_nig.sets import ComponentSet  # noqa: E402
 from mechir_nig.statistics import bootstrap_ci  # noqa: E402
 
 
@@ -70,6 +75,27 @@ def main() -> None:
     d, t = res["score_direct"]["heads"].double(), res["score"]["heads"].double()
     corr = torch.corrcoef(torch.stack([d.mean(0).flatten(), t.mean(0).flatten()]))[0, 1]
     print(f"\nPearson correlation of the per-head means, direct vs total: {corr:.3f}")
+    follow(be, al, t.mean(0), delta)
+
+
+def follow(be: Any, al: Any, total: Tensor, delta: Tensor) -> None:
+    """Where the head with the largest total effect sends it: its paths into the queries, keys and values
+    of every later layer's heads and into the MLPs of its layer and the later ones (one sender)."""
+    n_layers, n_heads = be.cfg.n_layers, be.cfg.n_heads
+    layer, head = divmod(int(total[:-1].flatten().abs().argmax()), n_heads)  # a head before the last layer
+    sender = ComponentSet([(layer, head)], kind="head", n_layers=n_layers, width=n_heads)
+    receivers: list[Any] = [(x, m) for m in range(layer + 1, n_layers) for x in ("q", "k", "v")]
+    receivers += [("mlp", m) for m in range(layer, n_layers)] + ["score_direct", "score"]
+    res = path_patch(be, al, senders=sender, receivers=receivers, metric="raw")
+    print(
+        f"\npaths of L{layer}H{head} (patched - perturbed score, mean over pairs, 95% bootstrap CI, share):"
+    )
+    for key in res.receivers:
+        v = res[key]["head_set"][:, 0].double()
+        lo, hi = bootstrap_ci(v.numpy())
+        print(
+            f"  -> {key:12s} {v.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]  ({float(v.mean()) / float(delta.mean()):+.1%})"
+        )
 
 
 if __name__ == "__main__":
