@@ -59,19 +59,26 @@ def main() -> None:
         f"({be.cfg.n_layers} x {be.cfg.n_heads}) into the score: {seconds:.1f} s on {be.device}"
     )
     n_heads = be.cfg.n_heads
+    top: list[int] = []
     for key in ("score", "score_direct"):
         v = res[key]["heads"].double()  # [batch, layer, n_heads]: patched - perturbed score
-        mean = v.mean(0).flatten()
         print(f"\n{key}: patched - perturbed score per head, mean over pairs (layer rows, head columns)")
         for layer in range(be.cfg.n_layers):
             print(f"  L{layer} " + " ".join(f"{x:+.4f}" for x in v.mean(0)[layer].tolist()))
-        print(f"  top {args.top} heads by |mean| (95% bootstrap CI over pairs; share of clean - perturbed):")
-        for i in mean.abs().topk(args.top).indices.tolist():
-            layer, head = divmod(i, n_heads)
-            per_pair = v[:, layer, head].numpy()
-            lo, hi = bootstrap_ci(per_pair)
-            share = float(mean[i]) / float(delta.mean())
-            print(f"    L{layer}H{head}: {mean[i]:+.4f} [{lo:+.4f}, {hi:+.4f}]  ({share:+.1%})")
+        top += [i for i in v.mean(0).flatten().abs().topk(args.top).indices.tolist() if i not in top]
+    print(
+        f"\nthe top {args.top} heads by |mean| of either: mean patched - perturbed score [95% bootstrap CI "
+        "over pairs] (share of clean - perturbed)"
+    )
+    for i in top:
+        layer, head = divmod(i, n_heads)
+        cells = []
+        for key in ("score", "score_direct"):
+            per_pair = res[key]["heads"].double()[:, layer, head]
+            lo, hi = bootstrap_ci(per_pair.numpy())
+            m = float(per_pair.mean())
+            cells.append(f"{key} {m:+.4f} [{lo:+.4f}, {hi:+.4f}] ({m / float(delta.mean()):+.1%})")
+        print(f"  L{layer}H{head}: " + "   ".join(cells))
     d, t = res["score_direct"]["heads"].double(), res["score"]["heads"].double()
     corr = torch.corrcoef(torch.stack([d.mean(0).flatten(), t.mean(0).flatten()]))[0, 1]
     print(f"\nPearson correlation of the per-head means, direct vs total: {corr:.3f}")
