@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hf_hooks
 import pytest
+import test_decoder
 import torch
 from conftest import DOCS, QUERIES, hf_cross_encoder
 
@@ -14,6 +15,8 @@ from mechir_nig.interventions.patching import patch
 from mechir_nig.interventions.path_patching import PathPatchingResult, path_patch
 from mechir_nig.sets import ComponentSet
 from mechir_nig.sites import hook_name
+
+decoder_tokenizer = test_decoder.tok_dir  # test_decoder's fixture (a byte-level BPE tokenizer), under this name
 
 
 def _edit(q: str, d: str) -> str:
@@ -208,6 +211,47 @@ def test_bad_inputs_are_refused(ce64, al64, kwargs, message):
         path_patch(ce64, al64, **kwargs)
 
 
+def _tl(fn):
+    """A ``(act, hook)`` hook of an ``act -> act`` edit."""
+    return lambda act, hook: fn(act)
+
+
+def _two_pass_on_full_forwards(model, al, layer, rkind, rlayer, rhead):
+    """Path patch every head of ``layer`` into the ``rkind`` input of head ``(rlayer, rhead)`` and into the
+    direct score, written with the model's own hooks on full forwards (no run started inside the blocks):
+    ``(direct [batch, n_heads], into the receiver [batch, n_heads])``."""
+    base, source = al.perturbed, al.clean
+    n = model.cfg.n_layers
+    names = [hook_name(s, m) for s in ("z", "mlp_out") for m in range(n)]
+    with torch.no_grad():
+        _, src = model.run_with_cache(source, names_filter=names, return_cache_object=False)
+        _, bas = model.run_with_cache(base, names_filter=names, return_cache_object=False)
+    recv = hook_name(rkind, rlayer)
+    direct, into = [], []
+    for h1 in range(model.cfg.n_heads):
+        seen: dict = {}
+        hooks = [(hook_name("z", layer), _tl(_set_head(src[hook_name("z", layer)], h1)))]
+        hooks += [(recv, _tl(_record(seen, "recv")))]
+        hooks += [(hook_name("z", m), _tl(_const(bas[hook_name("z", m)]))) for m in range(layer + 1, n)]
+        hooks += [
+            (hook_name("mlp_out", m), _tl(_const(bas[hook_name("mlp_out", m)]))) for m in range(layer, n)
+        ]
+        with torch.no_grad():
+            direct.append(model.run_with_hooks(base, fwd_hooks=hooks))
+            into.append(model.run_with_hooks(base, fwd_hooks=[(recv, _tl(_set_head(seen["recv"], rhead)))]))
+    return torch.stack(direct, 1), torch.stack(into, 1)
+
+
+def _check_family(model, al, layer, receiver):
+    res = path_patch(
+        model, al, senders="heads", receivers=[receiver, "score_direct"], layers=[layer], metric="raw"
+    )
+    direct, into = _two_pass_on_full_forwards(model, al, layer, *receiver)
+    torch.testing.assert_close(res["score_direct"].patched["heads"][:, 0].double(), direct, atol=1e-5, rtol=0)
+    torch.testing.assert_close(res[receiver].patched["heads"][:, 0].double(), into, atol=1e-5, rtol=0)
+    assert (into - res[receiver].base_scores.double()[:, None]).abs().max() > 1e-4
+
+
 def test_modernbert_path_equals_a_two_pass_with_full_forwards(tmp_path_factory):
     """ModernBERT (rotary positions, an aligned TFC1 input with explicit position ids): the vectorised
     path patch (runs started inside the blocks) equals the two passes written with the model's hooks on
@@ -219,46 +263,18 @@ def test_modernbert_path_equals_a_two_pass_with_full_forwards(tmp_path_factory):
     tok = wordpiece_tokenizer()
     ce = load_model(make_modernbert(tmp_path_factory.mktemp("pp_mb"), tok, seed=5), dtype=torch.float64)
     al = perturb.align(ce, QUERIES[:2], DOCS[:2], lambda q, d: perturb.tfc1(q, d, where="start"))
-    base, source = al.perturbed, al.clean
-    res = path_patch(
-        ce, al, senders="heads", receivers=[("k", 2, 1), "score_direct"], layers=[1], metric="raw"
-    )
-    names = [hook_name(s, m) for s in ("z", "mlp_out") for m in range(3)]
-    with torch.no_grad():
-        _, src = ce.run_with_cache(source, names_filter=names, return_cache_object=False)
-        _, bas = ce.run_with_cache(base, names_filter=names, return_cache_object=False)
-    moved = 0.0
-    for h1 in range(ce.cfg.n_heads):
-        seen: dict = {}
+    _check_family(ce, al, 1, ("k", 2, 1))
 
-        def sender(act, hook, h1=h1):
-            act = act.clone()
-            act[:, :, h1] = src[hook.name][:, :, h1]
-            return act
 
-        def base_value(act, hook):
-            return bas[hook.name]
+def test_decoder_path_equals_a_two_pass_with_full_forwards(decoder_tokenizer, tmp_path_factory):
+    """A Qwen2 reranker (decoder, rotary, grouped-query attention: 4 query heads, 2 key/value heads): a
+    head into a key/value head's input, as above."""
+    from test_decoder import _save
 
-        def keep(act, hook, seen=seen):
-            seen["k"] = act.clone()
-            return act
+    from mechir_nig import load_model
 
-        hooks = [(hook_name("z", 1), sender), (hook_name("k", 2), keep)]
-        hooks += [(hook_name("z", 2), base_value)] + [(hook_name("mlp_out", m), base_value) for m in (1, 2)]
-        with torch.no_grad():
-            direct = ce.run_with_hooks(base, fwd_hooks=hooks)
-
-            def write(act, hook, seen=seen):
-                act = act.clone()
-                act[:, :, 1] = seen["k"][:, :, 1]
-                return act
-
-            into_k = ce.run_with_hooks(base, fwd_hooks=[(hook_name("k", 2), write)])
-        torch.testing.assert_close(
-            res["score_direct"].patched["heads"][:, 0, h1].double(), direct, atol=1e-5, rtol=0
-        )
-        torch.testing.assert_close(
-            res[("k", 2, 1)].patched["heads"][:, 0, h1].double(), into_k, atol=1e-5, rtol=0
-        )
-        moved = max(moved, float((into_k - res["score_direct"].base_scores.double()).abs().max()))
-    assert moved > 1e-4
+    model = load_model(_save(decoder_tokenizer, tmp_path_factory, "qwen2", 1), dtype=torch.float64)
+    al = perturb.align(model, QUERIES[:2], DOCS[:2], lambda q, d: perturb.tfc1(q, d, where="start"))
+    _check_family(model, al, 0, ("v", 1, 1))
+    with pytest.raises(InputError, match="receiver head"):  # keys and values have 2 heads here
+        path_patch(model, al, receivers=("k", 1, 2))
