@@ -16,7 +16,8 @@ from mechir_nig.interventions.path_patching import PathPatchingResult, path_patc
 from mechir_nig.sets import ComponentSet
 from mechir_nig.sites import hook_name
 
-decoder_tokenizer = test_decoder.tok_dir  # test_decoder's fixture (a byte-level BPE tokenizer), under this name
+# test_decoder's fixture ``tok_dir`` (a byte-level BPE tokenizer), under this name
+decoder_tokenizer = test_decoder.tok_dir
 
 
 def _edit(q: str, d: str) -> str:
