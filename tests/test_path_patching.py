@@ -279,3 +279,27 @@ def test_decoder_path_equals_a_two_pass_with_full_forwards(decoder_tokenizer, tm
     _check_family(model, al, 0, ("v", 1, 1))
     with pytest.raises(InputError, match="receiver head"):  # keys and values have 2 heads here
         path_patch(model, al, receivers=("k", 1, 2))
+
+
+def test_bi_encoder_document_side(tmp_path_factory, tokenizer):
+    """A bi-encoder (document side patched, query embeddings fixed): ``score`` is the patch, the last
+    layer's MLP has nothing downstream, and a head's path into the next layer's queries equals the two
+    passes written with the model's hooks on full forwards (scored against the fixed query embeddings)."""
+    from mechir_nig import HookedBiEncoder
+    from mechir_nig.testing import make_tiny_checkpoint
+
+    folder = make_tiny_checkpoint(tmp_path_factory.mktemp("pp_be"), "bert", tokenizer, n_labels=0)
+    be = HookedBiEncoder.from_pretrained(folder, pooling="mean", similarity="dot", dtype=torch.float64)
+    al = perturb.align(be, QUERIES[:2], DOCS[:2], _edit)
+    res = path_patch(be, al, senders=["heads", "mlp_out"], receivers=["score", "score_direct"], metric="raw")
+    ref = patch(be, al, sites=["heads", "mlp_out"], metric="raw")
+    torch.testing.assert_close(res["score"]["heads"], ref["heads"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(res["score_direct"]["mlp_out"][:, 1], ref["mlp_out"][:, 1], atol=1e-6, rtol=0)
+    q = al.query_embeddings
+    recv = path_patch(be, al, senders="heads", receivers=("q", 1, 0), metric="raw")[("q", 1, 0)]
+    direct, into = _two_pass_on_full_forwards(be, al, 0, "q", 1, 0)
+    assert direct.shape[:2] == (2, be.cfg.n_heads)
+    assert ref["heads"].abs().max() > 1e-4 and recv["heads"].abs().max() > 1e-5  # the patches move the score
+    torch.testing.assert_close(
+        recv.patched["heads"][:, 0].double(), (into * q[:, None]).sum(-1), atol=1e-5, rtol=0
+    )
