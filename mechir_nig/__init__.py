@@ -43,6 +43,7 @@ _LAZY = {
     "select_top": "mechir_nig.sets",
     "ablate": "mechir_nig.interventions",
     "patch": "mechir_nig.interventions",
+    "path_patch": "mechir_nig.interventions",
     "align": "mechir_nig.interventions",
     "attribute_collection": "mechir_nig.experiments.attribute",
     "pruning_study": "mechir_nig.experiments.pruning",
@@ -67,7 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mechir_nig.experiments.attribute import attribute_collection
     from mechir_nig.experiments.faithfulness import faithfulness
     from mechir_nig.experiments.pruning import pruning_study
-    from mechir_nig.interventions import ablate, align, patch
+    from mechir_nig.interventions import ablate, align, patch, path_patch
     from mechir_nig.models import (
         GROUPS,
         EncoderConfig,
@@ -110,6 +111,7 @@ __all__ = [
     "select_top",
     "ablate",
     "patch",
+    "path_patch",
     "align",
     "attribute_collection",
     "pruning_study",

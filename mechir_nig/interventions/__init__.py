@@ -1,5 +1,5 @@
-"""Interventions through hooks, all written by one engine (``engine``): ablation, patching, attribution
-patching, attention blocking and perturbations.
+"""Interventions through hooks, all written by one engine (``engine``): ablation, patching, path
+patching, attribution patching, attention blocking and perturbations.
 
 Names are imported lazily, so ``import mechir_nig.interventions`` is cheap.
 """
@@ -30,6 +30,9 @@ _EXPORTS = {
     "SITES": "patching",
     "attribution_patch": "attribution_patching",
     "spearman": "attribution_patching",
+    "path_patch": "path_patching",
+    "path_patch_heads_to_score": "path_patching",
+    "PathPatchingResult": "path_patching",
     "block_attention": "attention",
     "attention_block_hooks": "attention",
     "Alignment": "perturb",

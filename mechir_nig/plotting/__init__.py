@@ -13,6 +13,7 @@ function                   draws                                   from
 ``overlap_bars``           overlap of sets vs its chance level     sets, or ``overlap_report`` dicts
 ``pruning_curves``         measure vs fraction, random band        ``PruningResult``
 ``patching_heatmap``       layer x position / layer x head         ``PatchingResult``
+``path_patching_heatmaps`` layer x head per receiver               ``PathPatchingResult``
 ``faithfulness_curves``    top-k NIG vs random score drops         ``FaithfulnessResult``
 ``faithfulness_bars``      Spearman of drops vs predictors         ``FaithfulnessResult``
 =========================  ======================================  =====================================
@@ -39,7 +40,7 @@ from mechir_nig.errors import InputError
 from mechir_nig.plotting._common import COLORS, SCALES
 from mechir_nig.plotting.attribution import group_bars, neuron_heatmap, token_heatmap, top_neurons_bar
 from mechir_nig.plotting.experiments import faithfulness_bars, faithfulness_curves, pruning_curves
-from mechir_nig.plotting.patching import patching_heatmap
+from mechir_nig.plotting.patching import patching_heatmap, path_patching_heatmaps
 from mechir_nig.plotting.sets import layer_profile_bars, overlap_bars
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "layer_profile_bars",
     "neuron_heatmap",
     "overlap_bars",
+    "path_patching_heatmaps",
     "patching_heatmap",
     "plot",
     "pruning_curves",

@@ -41,11 +41,12 @@ from mechir_nig.plotting._common import (
     layer_rows,
     need,
     pair_index,
+    signed_coloraxis,
     signed_heatmap,
     token_figure,
 )
 
-__all__ = ["patching_heatmap"]
+__all__ = ["path_patching_heatmaps", "patching_heatmap"]
 
 _SET_UNIT = {"neuron_set": ("neuron", "N"), "head_set": ("head", "H")}
 """Set site -> (unit, label letter) of its members; the other sets hold positions (``P``)."""
@@ -200,3 +201,79 @@ def patching_heatmap(
     fig.update_xaxes(title_text=index, dtick=1 if v.shape[-1] <= 32 else None)
     fig.update_yaxes(type="category", title_text="layer")
     return finish(fig, title or f"{what} — {which}", height=220 + 30 * len(layer_ids))
+
+
+def path_patching_heatmaps(
+    result: Any,
+    site: str | None = None,
+    *,
+    receivers: Sequence[Any] | None = None,
+    pair: int | None = None,
+    title: str | None = None,
+) -> Any:
+    """Path-patching effects of sender ``site`` into each receiver: one layer x head (or layer x neuron)
+    heatmap per receiver, side by side on one shared signed colour scale.
+
+    Args:
+        result: a ``PathPatchingResult`` (``interventions.path_patch``).
+        site: a sender site without a position axis (``heads``, ``neurons``; default: the first sender).
+        receivers: the receivers to draw (default: all, in the result's order).
+        pair: the pair to draw; ``None`` (default) the mean over pairs.
+        title: the figure title.
+
+    Shapes:
+        ``fig.data[i].z`` ``[layer, n_heads | d_mlp]`` = ``result[receivers[i]][site][pair]`` (or its
+        ``nanmean`` over pairs).
+
+    Returns:
+        A ``plotly.graph_objects.Figure``.
+
+    Example:
+        >>> path_patching_heatmaps(res, "heads", pair=None).show()  # doctest: +SKIP
+    """
+    from plotly.subplots import make_subplots
+
+    from mechir_nig.interventions.path_patching import PathPatchingResult
+
+    need(result, PathPatchingResult, "result", "draw the output of interventions.path_patch")
+    keys = (
+        result.receivers
+        if receivers is None
+        else [result[r].meta["path_patching"]["receiver"] for r in receivers]
+    )
+    first = result[keys[0]]
+    site = first.sites[0] if site is None else site
+    kind = SITES[site][1] if site in SITES else ""
+    if kind in ("pos", "head_pos") or site.endswith("_set"):
+        raise InputError(
+            f"site {site!r} has no layer x head grid; draw one receiver with "
+            f"patching_heatmap(result[receiver], {site!r}, pair=i)"
+        )
+    metric = "recovery" if first.metric == "recovery" else "patched − base"
+    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=[f"→ {k}" for k in keys], shared_yaxes=True)
+    index = "head" if kind == "head" else "neuron"
+    which = ""
+    for i, key in enumerate(keys):
+        res = result[key]
+        v, which = _reduce_pairs(res[site], pair, len(res))
+        fig.add_trace(
+            signed_heatmap(
+                as_numpy(v),
+                np.arange(v.shape[-1]),
+                [str(layer) for layer in res.layers],
+                coloraxis="coloraxis",
+                name=key,
+                hovertemplate=f"→ {key}<br>layer %{{y}}<br>{index} %{{x}}<br>{metric} %{{z:.4g}}<extra></extra>",
+            ),
+            row=1,
+            col=i + 1,
+        )
+        fig.update_xaxes(title_text=index, dtick=1 if v.shape[-1] <= 32 else None, row=1, col=i + 1)
+    fig.update_yaxes(type="category", title_text="sender layer", row=1, col=1)
+    what = f"{site} path patching ({first.direction}, {first.metric})"
+    return finish(
+        fig,
+        title or f"{what} — {which}",
+        height=260 + 30 * len(first.layers),
+        coloraxis=signed_coloraxis(metric),
+    )

@@ -1,0 +1,305 @@
+"""Path patching against hand-written two-pass computations on the Hugging Face model (BERT) and with the
+model's own hooks on full forwards (ModernBERT: rotary positions, aligned inputs)."""
+
+from __future__ import annotations
+
+import hf_hooks
+import pytest
+import test_decoder
+import torch
+from conftest import DOCS, QUERIES, hf_cross_encoder
+
+from mechir_nig.errors import InputError
+from mechir_nig.interventions import perturb
+from mechir_nig.interventions.patching import patch
+from mechir_nig.interventions.path_patching import PathPatchingResult, path_patch
+from mechir_nig.sets import ComponentSet
+from mechir_nig.sites import hook_name
+
+# test_decoder's fixture ``tok_dir`` (a byte-level BPE tokenizer), under this name
+decoder_tokenizer = test_decoder.tok_dir
+
+
+def _edit(q: str, d: str) -> str:
+    return perturb.tfc1(q, d, where="start") if q.startswith(("what", "how")) else d.replace("water", "milk")
+
+
+@pytest.fixture(scope="module")
+def ce64(tiny_ce_dir):
+    from mechir_nig import HookedCrossEncoder
+
+    return HookedCrossEncoder.from_pretrained(tiny_ce_dir, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def hf64(tiny_ce_dir):
+    return hf_cross_encoder(tiny_ce_dir).double()
+
+
+@pytest.fixture(scope="module")
+def al64(ce64):
+    return perturb.align(ce64, QUERIES[:3], DOCS[:3], _edit)
+
+
+def _set_head(src: torch.Tensor, head: int):
+    def fn(t):
+        t = t.clone()
+        t[:, :, head] = src[:, :, head]
+        return t
+
+    return fn
+
+
+def _set_pos(src: torch.Tensor, pos: int):
+    def fn(t):
+        t = t.clone()
+        t[:, pos] = src[:, pos]
+        return t
+
+    return fn
+
+
+def _const(value: torch.Tensor):
+    return lambda t: value
+
+
+def _record(store: dict, key, then=None):
+    """Keep the activation (before ``then`` replaces it: the freeze runs after the recording)."""
+
+    def fn(t):
+        store[key] = t.detach().clone()
+        return t if then is None else then(t)
+
+    return fn
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_score_receiver_is_the_ordinary_patch(ce64, al64, direction):
+    """(a) and (c): every path from the sender ends at the score, so nothing is frozen."""
+    sites = ["heads", "mlp_out"]
+    res = path_patch(ce64, al64, senders=sites, receivers="score", direction=direction, layers=[0, 1])
+    ref = patch(ce64, al64, sites=sites, direction=direction)
+    for s in sites:
+        torch.testing.assert_close(res["score"][s], ref[s], atol=1e-6, rtol=0, equal_nan=True)
+        torch.testing.assert_close(res["score"].patched[s], ref.patched[s], atol=1e-6, rtol=0)
+    assert (ref.patched["heads"] != ref.base_scores[:, None, None]).any()
+
+
+@pytest.mark.parametrize("rkind", ["q", "v"])
+def test_head_into_a_heads_input_equals_a_hand_two_pass_on_hf(ce64, hf64, al64, rkind):
+    """(b) head (0, h1) into the q/k/v input of head (1, h2): pass 1 patches the sender, freezes layer 1's
+    heads and both MLPs at the base run and records the receiver's projection; pass 2 writes it."""
+    base, source = al64.perturbed, al64.clean
+    n_heads = ce64.cfg.n_heads
+    keys = [(s, layer) for s in ("z", "mlp_out") for layer in (0, 1)]
+    _, src = hf_hooks.capture(hf64, source, [("z", 0)])
+    _, bas = hf_hooks.capture(hf64, base, keys)
+    recv = [(rkind, 1, h2) for h2 in range(n_heads)]
+    res = path_patch(ce64, al64, senders="heads", receivers=recv, metric="raw")
+    small = path_patch(ce64, al64, senders="heads", receivers=recv[:1], metric="raw", chunk_size=1)
+    torch.testing.assert_close(small[recv[0]]["heads"], res[recv[0]]["heads"], atol=1e-12, rtol=0)
+    moved = 0.0
+    for h1 in range(n_heads):
+        seen: dict = {}
+        frozen = [
+            ("z", 0, _set_head(src[("z", 0)], h1)),
+            ("z", 1, _const(bas[("z", 1)])),
+            ("mlp_out", 0, _const(bas[("mlp_out", 0)])),
+            ("mlp_out", 1, _const(bas[("mlp_out", 1)])),
+            (rkind, 1, _record(seen, "recv")),
+        ]
+        with torch.no_grad(), hf_hooks.edits(hf64, frozen):
+            hf_hooks.score(hf64, base)
+        for h2 in range(n_heads):
+            with torch.no_grad(), hf_hooks.edits(hf64, [(rkind, 1, _set_head(seen["recv"], h2))]):
+                hand = hf_hooks.score(hf64, base)
+            got = res[(rkind, 1, h2)]
+            assert got["heads"].shape == (len(base), 1, n_heads)  # senders: layer 0 only
+            torch.testing.assert_close(got.patched["heads"][:, 0, h1].double(), hand, atol=1e-5, rtol=0)
+            moved = max(moved, float((hand - got.base_scores.double()).abs().max()))
+    assert moved > 1e-3  # the paths carry something: the comparison is not of base scores
+
+
+def test_mlp_out_sender_into_the_direct_score_and_the_next_mlp_on_hf(ce64, hf64, al64):
+    """(c) mlp_out of layer 0, one position: the direct path into the score (layer 1's heads and MLP
+    frozen) and into layer 1's MLP (its output recomputed from the pass-1 input, recorded before the
+    freeze, written in pass 2)."""
+    base, source = al64.perturbed, al64.clean
+    keys = [("z", 1), ("mlp_out", 1)]
+    _, src = hf_hooks.capture(hf64, source, [("mlp_out", 0)])
+    _, bas = hf_hooks.capture(hf64, base, keys)
+    res = path_patch(ce64, al64, senders="mlp_out", receivers=["score_direct", ("mlp", 1)], metric="raw")
+    direct, into_mlp = res["score_direct"].patched["mlp_out"], res[("mlp", 1)].patched["mlp_out"]
+    assert direct.shape == (len(base), 1, base.input_ids.shape[1])
+    n_changed = 0
+    for pos in range(0, base.input_ids.shape[1], 3):  # every third position: the test's time
+        seen: dict = {}
+        frozen = [
+            ("mlp_out", 0, _set_pos(src[("mlp_out", 0)], pos)),
+            ("z", 1, _const(bas[("z", 1)])),
+            ("mlp_out", 1, _record(seen, "mlp1", _const(bas[("mlp_out", 1)]))),
+        ]
+        with torch.no_grad(), hf_hooks.edits(hf64, frozen):
+            hand_direct = hf_hooks.score(hf64, base)
+        with torch.no_grad(), hf_hooks.edits(hf64, [("mlp_out", 1, _const(seen["mlp1"]))]):
+            hand_mlp = hf_hooks.score(hf64, base)
+        m = base.attention_mask[:, pos].bool()  # masked slots are not patched: the base score
+        torch.testing.assert_close(direct[m, 0, pos].double(), hand_direct[m], atol=1e-5, rtol=0)
+        torch.testing.assert_close(into_mlp[m, 0, pos].double(), hand_mlp[m], atol=1e-5, rtol=0)
+        n_changed += int((hand_direct - res["score_direct"].base_scores.double()).abs().gt(1e-4).sum())
+    assert n_changed > 0
+
+
+def test_direct_paths_reduce_to_the_patch_where_nothing_is_downstream(ce64, al64):
+    """A last-layer MLP has nothing downstream: its direct path is the patch. A last-layer head with the
+    MLPs left unfrozen (``freeze_mlps=False``) likewise; a set sender equals its members' entries."""
+    last = ce64.cfg.n_layers - 1
+    ref = patch(ce64, al64, sites=["heads", "mlp_out"], layers=[last], metric="raw")
+    mlp = path_patch(ce64, al64, senders="mlp_out", receivers="score_direct", layers=[last], metric="raw")
+    torch.testing.assert_close(mlp["score_direct"]["mlp_out"], ref["mlp_out"], atol=1e-9, rtol=0)
+    heads = path_patch(
+        ce64, al64, senders="heads", receivers="score_direct", layers=[last], metric="raw", freeze_mlps=False
+    )
+    torch.testing.assert_close(heads["score_direct"]["heads"], ref["heads"], atol=1e-9, rtol=0)
+    frozen = path_patch(ce64, al64, senders="heads", receivers="score_direct", layers=[last], metric="raw")
+    assert not torch.allclose(frozen["score_direct"]["heads"], ref["heads"])  # the MLP path is cut
+    members = [(0, 1), (1, 0)]
+    hs = ComponentSet(members, kind="head", n_layers=ce64.cfg.n_layers, width=ce64.cfg.n_heads)
+    both = path_patch(ce64, al64, senders=["heads", hs], receivers="score_direct", metric="raw")
+    r = both["score_direct"]
+    for j, (layer, h) in enumerate(r.members):
+        torch.testing.assert_close(r["head_set"][:, j], r["heads"][:, layer, h])
+
+
+def test_plot_and_namespace(ce64, al64):
+    import mechir_nig
+    from mechir_nig.interventions import path_patch as from_interventions
+    from mechir_nig.plotting import path_patching_heatmaps
+
+    assert mechir_nig.path_patch is path_patch is from_interventions
+    res = path_patch(ce64, al64, senders="heads", receivers=[("q", 1), "score_direct"])
+    assert isinstance(res, PathPatchingResult) and res.receivers == ["q:L1", "score_direct"]
+    fig = res.plot("heads", pair=1)
+    assert [len(t.z) for t in fig.data] == [1, 1]  # one heatmap per receiver, senders of layer 0
+    torch.testing.assert_close(torch.tensor(fig.data[0].z), res["q:L1"]["heads"][1].double(), equal_nan=True)
+    mean = path_patching_heatmaps(res, receivers=["score_direct"])
+    torch.testing.assert_close(
+        torch.tensor(mean.data[0].z), torch.nanmean(res["score_direct"]["heads"].double(), 0)
+    )
+    assert res["q:L1"].meta["path_patching"]["receiver"] == "q:L1"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"senders": "heads", "layers": [1], "receivers": ("q", 1, 0)}, "does not feed receiver"),
+        ({"senders": "mlp_out", "layers": [1], "receivers": ("mlp", 1)}, "does not feed receiver"),
+        ({"senders": "heads", "receivers": ("q", 0)}, "no layer holds a sender"),
+        ({"senders": "heads", "receivers": ("x", 1)}, "unknown receiver"),
+        ({"senders": "heads", "receivers": "logits"}, "unknown receiver"),
+        ({"senders": "heads", "receivers": ("q", 5, 0)}, "receiver layer"),
+        ({"senders": "heads", "receivers": ("q", 1, 9)}, "receiver head"),
+        ({"senders": "heads", "receivers": ("mlp", 1, 0)}, "an MLP receiver is"),
+        ({"senders": "heads", "receivers": ["score", "score"]}, "repeat a receiver"),
+        ({"senders": "q", "receivers": "score"}, "not a path-patching sender"),
+        ({"senders": "bogus", "receivers": "score"}, "unknown site"),
+        ({"senders": "heads", "receivers": []}, "non-empty list"),
+    ],
+)
+def test_bad_inputs_are_refused(ce64, al64, kwargs, message):
+    """(d)"""
+    with pytest.raises(InputError, match=message):
+        path_patch(ce64, al64, **kwargs)
+
+
+def _tl(fn):
+    """A ``(act, hook)`` hook of an ``act -> act`` edit."""
+    return lambda act, hook: fn(act)
+
+
+def _two_pass_on_full_forwards(model, al, layer, rkind, rlayer, rhead):
+    """Path patch every head of ``layer`` into the ``rkind`` input of head ``(rlayer, rhead)`` and into the
+    direct score, written with the model's own hooks on full forwards (no run started inside the blocks):
+    ``(direct [batch, n_heads], into the receiver [batch, n_heads])``."""
+    base, source = al.perturbed, al.clean
+    n = model.cfg.n_layers
+    names = [hook_name(s, m) for s in ("z", "mlp_out") for m in range(n)]
+    with torch.no_grad():
+        _, src = model.run_with_cache(source, names_filter=names, return_cache_object=False)
+        _, bas = model.run_with_cache(base, names_filter=names, return_cache_object=False)
+    recv = hook_name(rkind, rlayer)
+    direct, into = [], []
+    for h1 in range(model.cfg.n_heads):
+        seen: dict = {}
+        hooks = [(hook_name("z", layer), _tl(_set_head(src[hook_name("z", layer)], h1)))]
+        hooks += [(recv, _tl(_record(seen, "recv")))]
+        hooks += [(hook_name("z", m), _tl(_const(bas[hook_name("z", m)]))) for m in range(layer + 1, n)]
+        hooks += [
+            (hook_name("mlp_out", m), _tl(_const(bas[hook_name("mlp_out", m)]))) for m in range(layer, n)
+        ]
+        with torch.no_grad():
+            direct.append(model.run_with_hooks(base, fwd_hooks=hooks))
+            into.append(model.run_with_hooks(base, fwd_hooks=[(recv, _tl(_set_head(seen["recv"], rhead)))]))
+    return torch.stack(direct, 1), torch.stack(into, 1)
+
+
+def _check_family(model, al, layer, receiver):
+    res = path_patch(
+        model, al, senders="heads", receivers=[receiver, "score_direct"], layers=[layer], metric="raw"
+    )
+    direct, into = _two_pass_on_full_forwards(model, al, layer, *receiver)
+    torch.testing.assert_close(res["score_direct"].patched["heads"][:, 0].double(), direct, atol=1e-5, rtol=0)
+    torch.testing.assert_close(res[receiver].patched["heads"][:, 0].double(), into, atol=1e-5, rtol=0)
+    assert (into - res[receiver].base_scores.double()[:, None]).abs().max() > 1e-4
+
+
+def test_modernbert_path_equals_a_two_pass_with_full_forwards(tmp_path_factory):
+    """ModernBERT (rotary positions, an aligned TFC1 input with explicit position ids): the vectorised
+    path patch (runs started inside the blocks) equals the two passes written with the model's hooks on
+    full forwards."""
+    from test_modernbert import make_modernbert, wordpiece_tokenizer
+
+    from mechir_nig import load_model
+
+    tok = wordpiece_tokenizer()
+    ce = load_model(make_modernbert(tmp_path_factory.mktemp("pp_mb"), tok, seed=5), dtype=torch.float64)
+    al = perturb.align(ce, QUERIES[:2], DOCS[:2], lambda q, d: perturb.tfc1(q, d, where="start"))
+    _check_family(ce, al, 1, ("k", 2, 1))
+
+
+def test_decoder_path_equals_a_two_pass_with_full_forwards(decoder_tokenizer, tmp_path_factory):
+    """A Qwen2 reranker (decoder, rotary, grouped-query attention: 4 query heads, 2 key/value heads): a
+    head into a key/value head's input, as above."""
+    from test_decoder import _save
+
+    from mechir_nig import load_model
+
+    model = load_model(_save(decoder_tokenizer, tmp_path_factory, "qwen2", 1), dtype=torch.float64)
+    al = perturb.align(model, QUERIES[:2], DOCS[:2], lambda q, d: perturb.tfc1(q, d, where="start"))
+    _check_family(model, al, 0, ("v", 1, 1))
+    with pytest.raises(InputError, match="receiver head"):  # keys and values have 2 heads here
+        path_patch(model, al, receivers=("k", 1, 2))
+
+
+def test_bi_encoder_document_side(tmp_path_factory, tokenizer):
+    """A bi-encoder (document side patched, query embeddings fixed): ``score`` is the patch, the last
+    layer's MLP has nothing downstream, and a head's path into the next layer's queries equals the two
+    passes written with the model's hooks on full forwards (scored against the fixed query embeddings)."""
+    from mechir_nig import HookedBiEncoder
+    from mechir_nig.testing import make_tiny_checkpoint
+
+    folder = make_tiny_checkpoint(tmp_path_factory.mktemp("pp_be"), "bert", tokenizer, n_labels=0)
+    be = HookedBiEncoder.from_pretrained(folder, pooling="mean", similarity="dot", dtype=torch.float64)
+    al = perturb.align(be, QUERIES[:2], DOCS[:2], _edit)
+    res = path_patch(be, al, senders=["heads", "mlp_out"], receivers=["score", "score_direct"], metric="raw")
+    ref = patch(be, al, sites=["heads", "mlp_out"], metric="raw")
+    torch.testing.assert_close(res["score"]["heads"], ref["heads"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(res["score_direct"]["mlp_out"][:, 1], ref["mlp_out"][:, 1], atol=1e-6, rtol=0)
+    q = al.query_embeddings
+    recv = path_patch(be, al, senders="heads", receivers=("q", 1, 0), metric="raw")[("q", 1, 0)]
+    direct, into = _two_pass_on_full_forwards(be, al, 0, "q", 1, 0)
+    assert direct.shape[:2] == (2, be.cfg.n_heads)
+    assert ref["heads"].abs().max() > 1e-4 and recv["heads"].abs().max() > 1e-5  # the patches move the score
+    torch.testing.assert_close(
+        recv.patched["heads"][:, 0].double(), (into * q[:, None]).sum(-1), atol=1e-5, rtol=0
+    )
