@@ -7,7 +7,7 @@ import hf_hooks
 import pytest
 import test_decoder
 import torch
-from conftest import DOCS, QUERIES, hf_cross_encoder
+from conftest import DOCS, QUERIES
 
 from mechir_nig.errors import InputError
 from mechir_nig.interventions import perturb
@@ -22,18 +22,6 @@ decoder_tokenizer = test_decoder.tok_dir
 
 def _edit(q: str, d: str) -> str:
     return perturb.tfc1(q, d, where="start") if q.startswith(("what", "how")) else d.replace("water", "milk")
-
-
-@pytest.fixture(scope="module")
-def ce64(tiny_ce_dir):
-    from mechir_nig import HookedCrossEncoder
-
-    return HookedCrossEncoder.from_pretrained(tiny_ce_dir, dtype=torch.float64)
-
-
-@pytest.fixture(scope="module")
-def hf64(tiny_ce_dir):
-    return hf_cross_encoder(tiny_ce_dir).double()
 
 
 @pytest.fixture(scope="module")
