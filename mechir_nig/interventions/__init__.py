@@ -1,5 +1,5 @@
 """Interventions through hooks, all written by one engine (``engine``): ablation, patching, attribution
-patching, attention blocking and perturbations.
+patching, attention blocking, direction edits and perturbations.
 
 Names are imported lazily, so ``import mechir_nig.interventions`` is cheap.
 """
@@ -32,6 +32,8 @@ _EXPORTS = {
     "spearman": "attribution_patching",
     "block_attention": "attention",
     "attention_block_hooks": "attention",
+    "direction_intervention": "directions",
+    "direction_hooks": "directions",
     "Alignment": "perturb",
     "align": "perturb",
     "tfc1": "perturb",
