@@ -149,7 +149,7 @@ def test_ridge_equals_sklearn_and_folds_hold_out_queries():
         60, generator=g, dtype=torch.float64
     )
     fold = torch.arange(60) % 3
-    pooled, per_fold = _cross_validate(x, y, fold, 3, "ridge", 0.1)
+    pooled, per_fold = _cross_validate(x, y[:, None], fold, 3, "ridge", 0.1)
     pred = torch.empty(60, dtype=torch.float64)
     for f in range(3):
         tr = fold != f
@@ -159,10 +159,10 @@ def test_ridge_equals_sklearn_and_folds_hold_out_queries():
             Ridge(alpha=lam).fit(x[tr].numpy(), y[tr].numpy()).predict(x[~tr].numpy())
         )
     want = 1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum()
-    assert abs(pooled - float(want)) < 1e-10
+    assert abs(float(pooled[0]) - float(want)) < 1e-10
     te = fold == 0
     want0 = 1 - ((y[te] - pred[te]) ** 2).sum() / ((y[te] - y[te].mean()) ** 2).sum()
-    assert abs(float(per_fold[0]) - float(want0)) < 1e-10
+    assert abs(float(per_fold[0, 0]) - float(want0)) < 1e-10
     # folds: every pair of a query in one fold; seeded
     keys = ["a", "a", "b", "c", "c", "c", "d"]
     folds = _fold_ids(keys, 2, seed=3)

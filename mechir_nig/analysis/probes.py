@@ -191,14 +191,26 @@ def _fold_ids(keys: list[str], folds: int, seed: int) -> Tensor:
     return torch.tensor([fold_of[k] for k in keys])
 
 
-def _ridge(x_tr: Tensor, y_tr: Tensor, x_te: Tensor, alpha: float) -> Tensor:
-    mx, my = x_tr.mean(0), y_tr.mean()
-    xc = x_tr - mx
-    gram = xc.T @ xc
-    lam = alpha * torch.trace(gram) / gram.shape[0]
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype)
-    w = torch.linalg.solve(gram + lam * eye, xc.T @ (y_tr - my))
-    return (x_te - mx) @ w + my
+def _ridge_folds(x: Tensor, ys: Tensor, fold: Tensor, folds: int, alpha: float) -> Tensor:
+    """Out-of-fold ridge predictions ``[n, targets]`` of every column of ``ys``: the training Gram matrix
+    of each fold is the total minus the held-out fold's (one pass over ``x``), centred in closed form."""
+    d = x.shape[1]
+    parts = []
+    for f in range(folds):
+        xf, yf = x[fold == f], ys[fold == f]
+        parts.append((len(xf), xf.T @ xf, xf.sum(0), xf.T @ yf, yf.sum(0)))
+    total = [sum(p[i] for p in parts) for i in range(5)]
+    pred = torch.empty_like(ys)
+    eye = torch.eye(d, dtype=x.dtype)
+    for f, part in enumerate(parts):
+        n, gram, sx, xy, sy = (t - p for t, p in zip(total, part, strict=True))
+        mx, my = sx / n, sy / n
+        gram_c = gram - n * torch.outer(mx, mx)  # Σ (x − mx)(x − mx)ᵀ over the training rows
+        xy_c = xy - n * torch.outer(mx, my)  # Σ (x − mx)(y − my)ᵀ
+        lam = alpha * torch.trace(gram_c) / d
+        w = torch.linalg.solve(gram_c + lam * eye, xy_c)
+        pred[fold == f] = (x[fold == f] - mx) @ w + my
+    return pred
 
 
 def _logistic(x_tr: Tensor, y_tr: Tensor, x_te: Tensor, alpha: float) -> Tensor:
@@ -221,17 +233,29 @@ def _logistic(x_tr: Tensor, y_tr: Tensor, x_te: Tensor, alpha: float) -> Tensor:
 
 
 def _cross_validate(
-    x: Tensor, y: Tensor, fold: Tensor, folds: int, kind: str, alpha: float
-) -> tuple[float, Tensor]:
-    """Pooled out-of-fold score and the score of each fold."""
-    pred = torch.empty_like(y)
-    per_fold = torch.empty(folds, dtype=torch.float64)
-    for f in range(folds):
-        te = fold == f
-        fit = _ridge if kind == "ridge" else _logistic
-        pred[te] = fit(x[~te], y[~te], x[te], alpha)
-        per_fold[f] = _score(y[te], pred[te], kind)
-    return _score(y, pred, kind), per_fold
+    x: Tensor, ys: Tensor, fold: Tensor, folds: int, kind: str, alpha: float
+) -> tuple[Tensor, Tensor]:
+    """Pooled out-of-fold score ``[targets]`` and the score of each fold ``[targets, folds]`` of every
+    column of ``ys`` (``[n, targets]``: the labels and the control's, on the same folds)."""
+    if kind == "ridge":
+        pred = _ridge_folds(x, ys, fold, folds, alpha)
+    else:
+        pred = torch.empty_like(ys)
+        for f in range(folds):
+            te = fold == f
+            for t in range(ys.shape[1]):
+                pred[te, t] = _logistic(x[~te], ys[~te, t], x[te], alpha)
+    pooled = torch.tensor(
+        [_score(ys[:, t], pred[:, t], kind) for t in range(ys.shape[1])], dtype=torch.float64
+    )
+    per_fold = torch.tensor(
+        [
+            [_score(ys[fold == f, t], pred[fold == f, t], kind) for f in range(folds)]
+            for t in range(ys.shape[1])
+        ],
+        dtype=torch.float64,
+    )
+    return pooled, per_fold
 
 
 def _score(y: Tensor, pred: Tensor, kind: str) -> float:
@@ -402,8 +426,11 @@ def probe(
     for i, s in enumerate(site_list):
         for j, layer in enumerate(layer_list):
             x = torch.cat(acts[s.hook(layer)])
-            score[i, j], per_fold[i, j] = _cross_validate(x, y, fold, folds, kind, float(alpha))
-            control[i, j], control_fold[i, j] = _cross_validate(x, y_control, fold, folds, kind, float(alpha))
+            both, both_folds = _cross_validate(
+                x, torch.stack([y, y_control], 1), fold, folds, kind, float(alpha)
+            )
+            score[i, j], control[i, j] = both
+            per_fold[i, j], control_fold[i, j] = both_folds
     chance = None
     if kind == "logistic":
         rate = float(y.mean())
