@@ -3,7 +3,7 @@
 Usage: ``python benchmarks/probes.py [--collection ../shared/data/vaswani] [--queries 60] [--k 10]``
 
 1. IR features (``mechir_nig.analysis.ir_features``) of one relevant and one BM25 non-relevant document
-   per query; ridge probes (5 folds held out by query, shuffled-label control) of each document token's
+   per query; ridge probes (5 folds held out by document, shuffled-label control) of each document token's
    ``tf``, ``query_tf`` and ``idf`` from ``resid_pre`` of layer 0 (the embeddings after their LayerNorm)
    and ``resid_post`` of every layer.
 2. ``embedding_directions``: the SVD of the centred token embedding matrix and the correlation of the top

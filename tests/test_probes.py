@@ -188,6 +188,18 @@ def test_probe_of_ir_features_runs_and_rejects_bad_inputs(ce64):
         probe(ce64, pairs, torch.arange(len(pairs)).double(), kind="lasso")
 
 
+def test_a_bi_encoder_holds_out_documents(be64):
+    # the same documents under four queries: folds by document, so no test document is seen in training
+    pairs = [(q, d) for q in QUERIES for d in DOCS]
+    feats = ir_features(be64, dict(enumerate(DOCS)), pairs)
+    res = probe(be64, pairs, "idf", features=feats, folds=4, layers=[0])
+    assert res.settings["hold_out"] == "doc" and math.isfinite(float(res.score[0, 0]))
+    with pytest.raises(InputError, match="distinct hold-out groups"):
+        probe(be64, pairs, "idf", features=feats, folds=5)  # 4 documents only
+    with pytest.raises(InputError, match="hold_out"):
+        probe(be64, pairs, "idf", features=feats, hold_out="token")
+
+
 def test_token_idf_by_hand(ce64):
     tok = ce64.tokenizer
     table = token_idf(tok, TINY)

@@ -9,8 +9,11 @@ layer) with ``folds``-fold cross-validation:
   feature (``[batch]``) on the pair's first token (``group="first"``, the ``[CLS]`` of an encoder) or on
   the mean activation over a group's tokens.
 - **folds**: held out by query (``hold_out="query"``: every pair of a query, i.e. all their tokens, in one
-  fold; the query id of ``JudgedPair`` records, else the query text) or by pair, never by token, so a
-  probe never sees a test document's other tokens in training.
+  fold; the query id of ``JudgedPair`` records, else the query text), by document (``"doc"``: every pair
+  of a document text in one fold) or by pair, never by token, so a probe never sees a test document's
+  other tokens in training. The default is ``"query"`` for a cross-encoder and ``"doc"`` for a
+  bi-encoder, which reads the documents alone: the same document under two queries is the same input,
+  and holding out by query would test on documents seen in training.
 - **ridge** (``kind="ridge"``): closed form on centred activations,
   ``w = (XᵀX + λI)⁻¹ Xᵀy`` with ``λ = alpha · trace(XᵀX) / d`` (scale-free); the score is the out-of-fold
   R² ``1 − Σ(y − ŷ)² / Σ(y − ȳ)²`` pooled over every held-out row (``per_fold`` has each fold's own R²).
@@ -300,7 +303,7 @@ def probe(
     folds: int = 5,
     seed: int = 0,
     alpha: float = 1e-3,
-    hold_out: str = "query",
+    hold_out: str | None = None,
     collection: Any = None,
     features: IRFeatures | None = None,
     batch_size: int = 16,
@@ -324,7 +327,8 @@ def probe(
         folds: cross-validation folds (>= 2).
         seed: seeds the fold assignment and the control's permutation.
         alpha: the regularisation (ridge: relative to ``trace(XᵀX)/d``; logistic: the L2 weight).
-        hold_out: ``"query"`` (a query's pairs share a fold) or ``"pair"``.
+        hold_out: ``"query"`` (a query's pairs share a fold), ``"doc"`` (a document's pairs share a fold)
+            or ``"pair"``; default ``"query"`` for a cross-encoder, ``"doc"`` for a bi-encoder.
         collection: the collection an IR feature's IDF and lengths come from.
         features: precomputed :func:`~mechir_nig.analysis.features.ir_features` of the pairs.
         batch_size: pairs per forward.
@@ -341,7 +345,8 @@ def probe(
         >>> print(res.to_markdown())  # doctest: +SKIP
     """
     check_choice(kind, "kind", KINDS)
-    check_choice(hold_out, "hold_out", ("query", "pair"))
+    hold_out = hold_out or ("query" if model.pairwise else "doc")
+    check_choice(hold_out, "hold_out", ("query", "doc", "pair"))
     check_int(folds, "folds", minimum=2)
     check_int(batch_size, "batch_size", minimum=1)
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or alpha < 0:
@@ -388,7 +393,8 @@ def probe(
         raise InputError(f"feature {name!r} is constant on the probed rows: nothing to probe")
     if kind == "logistic" and not bool(((y == 0) | (y == 1)).all()):
         raise InputError("kind='logistic' needs labels 0 or 1; use kind='ridge' for a graded feature")
-    pair_fold = _fold_ids(keys if hold_out == "query" else [str(i) for i in range(n)], folds, seed)
+    by = {"query": keys, "doc": docs, "pair": [str(i) for i in range(n)]}[hold_out]
+    pair_fold = _fold_ids(by, folds, seed)
     fold = pair_fold[:, None].expand(n, n_pos)[rows] if per_token else pair_fold
 
     names = [(s, layer, s.hook(layer)) for s in site_list for layer in layer_list]
