@@ -205,3 +205,33 @@ def test_idf_edit_on_a_bi_encoder_edits_the_query_side(minilm_be):
     q_clean = minilm_be.encode([p[0] for p in pairs])
     want = (q_edit * d_emb).sum(-1) - (q_clean * d_emb).sum(-1)
     torch.testing.assert_close(delta, want.to(torch.float64), atol=1e-5, rtol=0)
+
+
+def test_stacked_weights_equal_the_hf_weights(ce64, hf64):
+    from mechir_nig.analysis.weights import stacked_weights
+
+    w = stacked_weights(ce64)
+    n_heads, d_head = ce64.cfg.n_heads, ce64.cfg.d_head
+    for layer, blk in enumerate(hf64.bert.encoder.layer):
+        for name, lin in (
+            ("W_Q", blk.attention.self.query),
+            ("W_K", blk.attention.self.key),
+            ("W_V", blk.attention.self.value),
+        ):
+            for h in range(n_heads):  # HF: rows (head, d_head) of out_features x d_model
+                torch.testing.assert_close(
+                    getattr(w, name)[layer, h], lin.weight[h * d_head : (h + 1) * d_head].T
+                )
+        for h in range(n_heads):
+            torch.testing.assert_close(
+                w.W_O[layer, h], blk.attention.output.dense.weight[:, h * d_head : (h + 1) * d_head].T
+            )
+        torch.testing.assert_close(w.W_in[layer], blk.intermediate.dense.weight.T)
+        torch.testing.assert_close(w.W_out[layer], blk.output.dense.weight.T)
+    torch.testing.assert_close(w.QK.AB, w.W_Q @ w.W_K.transpose(-2, -1))
+    torch.testing.assert_close(w.OV.AB, w.W_V @ w.W_O)
+    assert w.QK.AB.shape == (2, n_heads, ce64.cfg.d_model, ce64.cfg.d_model)
+    assert w.all_head_labels == ["L0H0", "L0H1", "L1H0", "L1H1"]
+    # the OV circuit of a head is what it writes: z @ W_O for values z = x @ W_V
+    x = torch.randn(3, ce64.cfg.d_model, dtype=torch.float64)
+    torch.testing.assert_close(x @ w.OV.AB[1, 0], (x @ w.W_V[1, 0]) @ w.W_O[1, 0])

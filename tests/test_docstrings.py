@@ -30,6 +30,7 @@ PUBLIC_MODULES = [
     "mechir_nig.analysis.features",
     "mechir_nig.analysis.probes",
     "mechir_nig.analysis.embedding",
+    "mechir_nig.analysis.weights",
     "mechir_nig.data",
     "mechir_nig.evaluation",
     "mechir_nig.experiments",

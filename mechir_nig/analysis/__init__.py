@@ -19,6 +19,8 @@ _EXPORTS = {
     "embedding_directions": "embedding",
     "EmbeddingDirections": "embedding",
     "idf_edit": "embedding",
+    "stacked_weights": "weights",
+    "StackedWeights": "weights",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -87,8 +87,9 @@ class EmbeddingDirections:
         token_ids, idf: ``[n_tokens]`` the tokens present in the collection and their IDF.
 
     Attributes:
-        spearman, pearson: per component ``(r, low, high)``: the correlation of its loadings with IDF and
-            its bootstrap interval.
+        spearman: per component ``(r, low, high)``: the Spearman correlation of its loadings with IDF
+            and its bootstrap interval.
+        pearson: the same with Pearson's correlation.
         settings: ``k``, ``idf``, ``confidence``, ``n_resamples``, ``seed``.
 
     Example:

@@ -70,9 +70,13 @@ class ProbeResult:
 
     Attributes:
         feature: the feature's name (``"custom"`` for a tensor).
-        kind: ``"ridge"`` or ``"logistic"``; metric: ``"r2"`` or ``"accuracy"``.
-        sites: the sites (rows of ``score``); layers: the layers (columns).
-        n_rows: probed rows (tokens, or pairs); n_pairs: pairs; folds: folds.
+        kind: ``"ridge"`` or ``"logistic"``.
+        metric: ``"r2"`` or ``"accuracy"``.
+        sites: the sites (rows of ``score``).
+        layers: the layers (columns of ``score``).
+        n_rows: probed rows (tokens, or pairs).
+        n_pairs: pairs.
+        folds: cross-validation folds.
         chance: for ``logistic``, the majority label's share (always predicting it).
         settings: the remaining arguments (group, hold_out, alpha, seed).
 
@@ -198,11 +202,13 @@ def _ridge_folds(x: Tensor, ys: Tensor, fold: Tensor, folds: int, alpha: float) 
     """Out-of-fold ridge predictions ``[n, targets]`` of every column of ``ys``: the training Gram matrix
     of each fold is the total minus the held-out fold's (one pass over ``x``), centred in closed form."""
     d = x.shape[1]
-    parts = []
+    parts: list[tuple[Tensor, ...]] = []
     for f in range(folds):
         xf, yf = x[fold == f], ys[fold == f]
-        parts.append((len(xf), xf.T @ xf, xf.sum(0), xf.T @ yf, yf.sum(0)))
-    total = [sum(p[i] for p in parts) for i in range(5)]
+        parts.append(
+            (torch.tensor(float(len(xf)), dtype=x.dtype), xf.T @ xf, xf.sum(0), xf.T @ yf, yf.sum(0))
+        )
+    total = [torch.stack([p[i] for p in parts]).sum(0) for i in range(5)]
     pred = torch.empty_like(ys)
     eye = torch.eye(d, dtype=x.dtype)
     for f, part in enumerate(parts):
