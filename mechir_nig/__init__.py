@@ -44,6 +44,7 @@ _LAZY = {
     "ablate": "mechir_nig.interventions",
     "patch": "mechir_nig.interventions",
     "align": "mechir_nig.interventions",
+    "probe": "mechir_nig.analysis",
     "attribute_collection": "mechir_nig.experiments.attribute",
     "pruning_study": "mechir_nig.experiments.pruning",
     "faithfulness": "mechir_nig.experiments.faithfulness",
@@ -55,6 +56,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from mechir_nig.analysis import probe
     from mechir_nig.attribution import (
         NeuronAttribution,
         NeuronIntegratedGradients,
@@ -111,6 +113,7 @@ __all__ = [
     "ablate",
     "patch",
     "align",
+    "probe",
     "attribute_collection",
     "pruning_study",
     "faithfulness",
