@@ -45,6 +45,7 @@ _LAZY = {
     "patch": "mechir_nig.interventions",
     "path_patch": "mechir_nig.interventions",
     "align": "mechir_nig.interventions",
+    "probe": "mechir_nig.analysis",
     "attribute_collection": "mechir_nig.experiments.attribute",
     "pruning_study": "mechir_nig.experiments.pruning",
     "faithfulness": "mechir_nig.experiments.faithfulness",
@@ -56,6 +57,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from mechir_nig.analysis import probe
     from mechir_nig.attribution import (
         NeuronAttribution,
         NeuronIntegratedGradients,
@@ -113,6 +115,7 @@ __all__ = [
     "patch",
     "path_patch",
     "align",
+    "probe",
     "attribute_collection",
     "pruning_study",
     "faithfulness",

@@ -19,6 +19,7 @@ HOMES = {
     "pruning_study": "mechir_nig.experiments.pruning",
     "faithfulness": "mechir_nig.experiments.faithfulness",
     "attribute_collection": "mechir_nig.experiments.attribute",
+    "probe": "mechir_nig.analysis.probes",
 }
 
 

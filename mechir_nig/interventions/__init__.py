@@ -1,5 +1,5 @@
 """Interventions through hooks, all written by one engine (``engine``): ablation, patching, path
-patching, attribution patching, attention blocking and perturbations.
+patching, attribution patching, attention blocking, direction edits and perturbations.
 
 Names are imported lazily, so ``import mechir_nig.interventions`` is cheap.
 """
@@ -35,6 +35,8 @@ _EXPORTS = {
     "PathPatchingResult": "path_patching",
     "block_attention": "attention",
     "attention_block_hooks": "attention",
+    "direction_intervention": "directions",
+    "direction_hooks": "directions",
     "Alignment": "perturb",
     "align": "perturb",
     "tfc1": "perturb",

@@ -1,0 +1,37 @@
+"""Analyses of what a model represents: IR features per token and pair, cross-validated linear probes, and
+directions of the token embedding matrix (Lu, Chen & Eickhoff, "Pathway to Relevance", EMNLP 2025).
+
+Names are imported lazily, so ``import mechir_nig.analysis`` is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "IRFeatures": "features",
+    "ir_features": "features",
+    "collection_statistics": "features",
+    "CollectionStatistics": "features",
+    "probe": "probes",
+    "ProbeResult": "probes",
+    "embedding_directions": "embedding",
+    "EmbeddingDirections": "embedding",
+    "idf_edit": "embedding",
+    "stacked_weights": "weights",
+    "StackedWeights": "weights",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
