@@ -17,6 +17,10 @@ function                   draws                                   from
 ``faithfulness_bars``      Spearman of drops vs predictors         ``FaithfulnessResult``
 =========================  ======================================  =====================================
 
+The circuit analyses (:mod:`mechir_nig.plotting.circuits`): ``interaction_heatmap`` (interaction x layer
+drop of an ``InteractionResult``), ``attention_group_heatmap`` (layer x head shares of an
+``AttentionGroups``) and ``attention_pattern_view`` (one pair's pattern, a slider over the heads).
+
 Result objects draw themselves: ``result.plot(kind=...)`` calls :func:`plot`, whose ``KINDS`` table maps a
 result type and a kind to a function (the first kind is the default). Colour scales are ``SCALES``
 (signed values: ``"RdBu_r"``, centred at 0, positive = red); series colours are ``COLORS``.
@@ -38,12 +42,16 @@ from typing import Any
 from mechir_nig.errors import InputError
 from mechir_nig.plotting._common import COLORS, SCALES
 from mechir_nig.plotting.attribution import group_bars, neuron_heatmap, token_heatmap, top_neurons_bar
+from mechir_nig.plotting.circuits import attention_group_heatmap, attention_pattern_view, interaction_heatmap
 from mechir_nig.plotting.experiments import faithfulness_bars, faithfulness_curves, pruning_curves
 from mechir_nig.plotting.patching import patching_heatmap
 from mechir_nig.plotting.sets import layer_profile_bars, overlap_bars
 
 __all__ = [
     "COLORS",
+    "attention_group_heatmap",
+    "attention_pattern_view",
+    "interaction_heatmap",
     "KINDS",
     "SCALES",
     "faithfulness_bars",
@@ -72,6 +80,8 @@ KINDS: Mapping[str, Mapping[str, Callable[..., Any]]] = MappingProxyType(
         "PruningResult": {"curves": pruning_curves},
         "PatchingResult": {"heatmap": patching_heatmap},
         "FaithfulnessResult": {"curves": faithfulness_curves, "correlations": faithfulness_bars},
+        "InteractionResult": {"heatmap": interaction_heatmap},
+        "AttentionGroups": {"heads": attention_group_heatmap, "pattern": attention_pattern_view},
     }
 )
 """Result type name -> ``{kind: figure function}``; the first kind of each is the default of ``plot``."""
