@@ -43,11 +43,12 @@ def _by_hand(attn: list[torch.Tensor], batch, query_ids) -> torch.Tensor:
         ids, g = batch.input_ids[b].tolist(), batch.groups[b].tolist()
         qset = set(query_ids[b])
 
-        def category(k: int) -> str:
-            if g[k] == DOC:
-                return "doc_match" if ids[k] in qset else "doc_other"
-            return "query" if g[k] == QUERY else "special"
-
+        cat = [
+            ("doc_match" if ids[k] in qset else "doc_other")
+            if g[k] == DOC
+            else ("query" if g[k] == QUERY else "special")
+            for k in range(n)
+        ]
         for li in range(n_l):
             for h in range(n_h):
                 for fi, f in enumerate(FROM_GROUPS):
@@ -56,7 +57,7 @@ def _by_hand(attn: list[torch.Tensor], batch, query_ids) -> torch.Tensor:
                         continue
                     for ci, c in enumerate(TO_CATEGORIES):
                         total = sum(
-                            float(attn[li][b, h, t, k]) for t in rows for k in range(n) if category(k) == c
+                            float(attn[li][b, h, t, k]) for t in rows for k in range(n) if cat[k] == c
                         )
                         out[b, li, h, fi, ci] = total / len(rows)
     return out
