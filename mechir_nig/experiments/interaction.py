@@ -203,10 +203,10 @@ class InteractionResult(Result):
         return "\n".join(lines)
 
     def plot(self, kind: str = "heatmap", **kw: Any) -> Any:
-        """``"heatmap"``: interaction x layer drops on one colour scale (``mechir_nig.plotting``)."""
-        from mechir_nig.plotting import plot
+        """``"heatmap"``: interaction x layer drops on one colour scale (``plotting.circuits``)."""
+        from mechir_nig.plotting.circuits import plot_circuit
 
-        return plot(self, kind, **kw)
+        return plot_circuit(self, kind, **kw)
 
 
 def _check_interactions(model: HookedModel, interactions: Any) -> list[tuple[str, str]]:

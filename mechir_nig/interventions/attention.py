@@ -224,9 +224,9 @@ class AttentionGroups(Result):
 
     def plot(self, kind: str = "heads", **kw: Any) -> Any:
         """``"heads"``: layer x head heatmaps of the shares; ``"pattern"``: the per-head pattern view."""
-        from mechir_nig.plotting import plot
+        from mechir_nig.plotting.circuits import plot_circuit
 
-        return plot(self, kind, **kw)
+        return plot_circuit(self, kind, **kw)
 
 
 def _pair_texts(pairs: Any) -> tuple[list[str], list[str]]:

@@ -49,6 +49,7 @@ from mechir_nig.plotting.sets import layer_profile_bars, overlap_bars
 
 __all__ = [
     "COLORS",
+    "dispatch",
     "attention_group_heatmap",
     "attention_pattern_view",
     "interaction_heatmap",
@@ -80,8 +81,6 @@ KINDS: Mapping[str, Mapping[str, Callable[..., Any]]] = MappingProxyType(
         "PruningResult": {"curves": pruning_curves},
         "PatchingResult": {"heatmap": patching_heatmap},
         "FaithfulnessResult": {"curves": faithfulness_curves, "correlations": faithfulness_bars},
-        "InteractionResult": {"heatmap": interaction_heatmap},
-        "AttentionGroups": {"heads": attention_group_heatmap, "pattern": attention_pattern_view},
     }
 )
 """Result type name -> ``{kind: figure function}``; the first kind of each is the default of ``plot``."""
@@ -119,7 +118,14 @@ def plot(result: Any, kind: str | None = None, **kwargs: Any) -> Any:
             f"cannot plot a {type(result).__name__}; plot draws {sorted(KINDS)} (for a list of sets use "
             "layer_profile_bars or overlap_bars)"
         )
-    kinds = KINDS[key]
+    return dispatch(result, KINDS[key], kind, kwargs)
+
+
+def dispatch(
+    result: Any, kinds: Mapping[str, Callable[..., Any]], kind: str | None, kwargs: dict[str, Any]
+) -> Any:
+    """Call the figure function ``kinds[kind]`` (default: the first) on ``result`` with ``kwargs``, refusing
+    an unknown kind or option (``plot``; the circuits' results use it with ``circuits.CIRCUIT_KINDS``)."""
     if kind is None:
         kind = next(iter(kinds))
     if kind not in kinds:

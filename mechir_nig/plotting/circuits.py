@@ -29,7 +29,13 @@ from plotly.subplots import make_subplots
 from mechir_nig.errors import InputError
 from mechir_nig.plotting._common import SCALES, as_numpy, finish, signed_heatmap
 
-__all__ = ["attention_group_heatmap", "attention_pattern_view", "interaction_heatmap"]
+__all__ = [
+    "CIRCUIT_KINDS",
+    "attention_group_heatmap",
+    "attention_pattern_view",
+    "interaction_heatmap",
+    "plot_circuit",
+]
 
 
 def interaction_heatmap(
@@ -189,3 +195,25 @@ def attention_pattern_view(
     return finish(
         fig, title or f"Attention pattern of {pair} (slider: layer and head)", height=max(420, 14 * n + 220)
     )
+
+
+CIRCUIT_KINDS: dict[str, dict[str, Any]] = {
+    "InteractionResult": {"heatmap": interaction_heatmap},
+    "AttentionGroups": {"heads": attention_group_heatmap, "pattern": attention_pattern_view},
+}
+"""Result type name -> ``{kind: figure function}`` of the circuit results (the first kind is the default);
+``plotting.KINDS`` holds the other results'."""
+
+
+def plot_circuit(result: Any, kind: str | None = None, **kwargs: Any) -> Any:
+    """The figure ``kind`` of an ``InteractionResult`` or ``AttentionGroups`` (their ``.plot()``).
+
+    Example:
+        >>> plot_circuit(groups, "pattern", layer=0, head=1)  # doctest: +SKIP
+    """
+    from mechir_nig.plotting import dispatch
+
+    kinds = CIRCUIT_KINDS.get(type(result).__name__)
+    if kinds is None:
+        raise InputError(f"plot_circuit draws {sorted(CIRCUIT_KINDS)}, not a {type(result).__name__}")
+    return dispatch(result, kinds, kind, kwargs)
