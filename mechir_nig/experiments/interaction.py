@@ -78,7 +78,7 @@ class InteractionResult(Result):
         ...         {"interaction": "query->doc", "layer": 0, "nDCG@10": 0.5}]
         >>> pq = [{"a": {"nDCG@10": 0.8}, "b": {"nDCG@10": 0.6}}, {"a": {"nDCG@10": 0.5}, "b": {"nDCG@10": 0.5}}]
         >>> res = InteractionResult(["nDCG@10"], [["query", "doc"]], [0], runs, pq, ["a", "b"], {})
-        >>> res.table()[1]["nDCG@10 drop"]
+        >>> round(res.table()[1]["nDCG@10 drop"], 6)
         0.2
         >>> row = res.statistics(n_resamples=100)[0]
         >>> round(row["drop"], 6), row["p"], row["p_holm"]

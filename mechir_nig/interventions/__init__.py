@@ -32,6 +32,8 @@ _EXPORTS = {
     "spearman": "attribution_patching",
     "block_attention": "attention",
     "attention_block_hooks": "attention",
+    "attention_by_group": "attention",
+    "AttentionGroups": "attention",
     "Alignment": "perturb",
     "align": "perturb",
     "tfc1": "perturb",

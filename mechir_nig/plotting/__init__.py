@@ -125,7 +125,13 @@ def dispatch(
     result: Any, kinds: Mapping[str, Callable[..., Any]], kind: str | None, kwargs: dict[str, Any]
 ) -> Any:
     """Call the figure function ``kinds[kind]`` (default: the first) on ``result`` with ``kwargs``, refusing
-    an unknown kind or option (``plot``; the circuits' results use it with ``circuits.CIRCUIT_KINDS``)."""
+    an unknown kind or option (``plot``; the circuits' results use it with ``circuits.CIRCUIT_KINDS``).
+
+    Example:
+        >>> from mechir_nig.sets import NeuronSet
+        >>> dispatch(NeuronSet([(0, 1)], n_layers=1, d_mlp=2), {"profile": layer_profile_bars}, None, {}).data[0].y.tolist()
+        [1.0]
+    """
     if kind is None:
         kind = next(iter(kinds))
     if kind not in kinds:
