@@ -288,7 +288,7 @@ def interaction_findings(result: Any, measure: str | None = None, *, n_resamples
             continue
         verdict = "" if r["p_holm"] < ALPHA else "; indistinguishable from the unblocked model"
         out.append(
-            f"{where(r)} {verb} {m} by {amount:.3f} {_ci(r['drop_ci'] if verb == 'lowers' else [-r['drop_ci'][1], -r['drop_ci'][0]])} "
+            f"{where(r)} {verb} {m} by {amount:.3f} {_ci(r['drop_ci'] if verb == 'lowers' else [0.0 - r['drop_ci'][1], 0.0 - r['drop_ci'][0]])} "
             f"({format_p(r['p_holm'])}, {nq}){verdict}."
         )
     if not out:
