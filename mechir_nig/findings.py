@@ -312,17 +312,20 @@ def attention_group_findings(result: Any) -> list[str]:
     import torch
 
     out = []
-    for f in ("query", "doc"):
+    asked = (
+        [("query", "doc_match", "matching document tokens"), ("doc", "query", "query tokens")]
+        if result.meta.get("pairwise", True)
+        else [("doc", "doc_match", "document tokens matching a query token")]  # a bi-encoder: no query tokens
+    )
+    for f, to, what in asked:
         if f not in result.from_groups:
             continue
-        to = "doc_match" if f == "query" else "query"
         share = result.share(f, to)
         if not bool(torch.isfinite(share).any()):
             continue
         flat = torch.nan_to_num(share, nan=-1.0).flatten()
         j = int(flat.argmax())
         layer, head = result.layers[j // share.shape[1]], j % share.shape[1]
-        what = "matching document tokens" if f == "query" else "query tokens"
         out.append(
             f"Head L{layer}H{head} puts the largest share of the {f} tokens' attention on {what}: "
             f"{float(flat[j]):.2f} (mean over {len(result)} pairs; over all heads {float(share.nanmean()):.2f})."

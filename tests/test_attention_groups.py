@@ -115,6 +115,15 @@ def test_bi_encoder_reads_the_document_encoding(minilm_be):
     res = attention_by_group(minilm_be, PAIRS[:2], layers=[0, 5])
     assert res.values.shape == (2, 2, 12, 3, 4) and not res.meta["pairwise"]
     assert res.values[:, :, :, 0].isnan().all()  # no query token in a bi-encoder's document input
+    from mechir_nig.findings import attention_group_findings
+
+    (sentence,) = attention_group_findings(res)  # the query rows are empty: only doc -> matching doc tokens
+    share = res.share("doc", "doc_match")
+    j = int(share.flatten().argmax())
+    assert sentence.startswith(
+        f"Head L{res.layers[j // 12]}H{j % 12} puts the largest share of the doc tokens'"
+    )
+    assert f"{float(share.max()):.2f}" in sentence
     assert (res.values[:, :, :, 1:, 2] == 0).all()  # nor attention to query tokens
     torch.testing.assert_close(res.values[:, :, :, 1:].sum(-1), torch.ones(2, 2, 12, 2, dtype=torch.float64))
     # by hand: document pair 0, layer 5, head 3: the [CLS] row's weight on the "neuron" pieces
@@ -131,6 +140,11 @@ def test_bi_encoder_reads_the_document_encoding(minilm_be):
 
 def test_figures(ce64):
     res = attention_by_group(ce64, PAIRS)
+    from mechir_nig.findings import attention_group_findings
+
+    lines = attention_group_findings(res)
+    assert len(lines) == 2 and "matching document tokens" in lines[0] and "on query tokens" in lines[1]
+    assert f"{float(res.share('query', 'doc_match').max()):.2f} (mean over 3 pairs" in lines[0]
     fig = res.plot("heads", from_group="query")
     assert len(fig.data) == 4 and fig.layout.coloraxis.cmin == 0 and fig.layout.coloraxis.cmax == 1
     assert fig.data[0].z.tolist() == res.share("query", "doc_match").tolist()
