@@ -607,6 +607,7 @@ def _patching_section(doc: _Doc, result: Any, key: str = "patching") -> None:
     from mechir_nig.plotting import patching_heatmap
 
     parts = doc.section(key, _TITLES[key])
+    what = key.replace("_", " ")  # the figures' names: "patching resid_pre pair 0", "path patching heads"
     meta = dict(result.meta)
     n = len(result)
     queries = meta.pop("queries", None) or []
@@ -683,7 +684,7 @@ def _patching_section(doc: _Doc, result: Any, key: str = "patching") -> None:
             for i in range(shown):
                 doc.figure(
                     parts,
-                    f"patching {site} pair {i}",
+                    f"{what} {site} pair {i}",
                     partial(patching_heatmap, result, site, pair=i, zmax=zmax),
                 )
             if n > MAX_PAIR_FIGURES:
@@ -691,7 +692,7 @@ def _patching_section(doc: _Doc, result: Any, key: str = "patching") -> None:
                     f'<p class="note">{_e(site)}: figures of the first {MAX_PAIR_FIGURES} of {n} pairs.</p>'
                 )
         else:
-            doc.figure(parts, f"patching {site}", partial(patching_heatmap, result, site, pair=None))
+            doc.figure(parts, f"{what} {site}", partial(patching_heatmap, result, site, pair=None))
 
 
 def _findings_html(sentences: Sequence[tuple[str, str]], sections: set[str]) -> str:
@@ -1209,7 +1210,7 @@ def build(
             files.append(f'<li class="missing"><code>{_e(name)}</code>: not in the folder</li>')
     n_found = len([k for k in found if k in FILES and k not in unreadable])
     n_circuits = len([k for k in found if k in CIRCUIT_FILES and k not in unreadable])
-    circuits = f", {n_circuits} circuit results" if n_circuits else ""
+    circuits = f", {n_circuits} circuit result{'s' if n_circuits > 1 else ''}" if n_circuits else ""
     body = [
         "<header>",
         f"<h1>{_e(title)}</h1>",

@@ -81,6 +81,24 @@ def test_report_has_a_section_for_each(ran):
     assert 'data-figure="attention pattern"' in page and 'data-figure="interaction nDCG@10"' in page
     assert "Verification: the 4 largest estimates re-run exactly" in page
     assert "<script src" not in page  # plotly inlined: offline
+    assert 'data-figure="attribution patching heads"' in page
+
+
+def test_report_reads_a_path_patching_result(ran, tmp_path):
+    import shutil
+
+    from mechir_nig.report import build
+
+    _, out, _ = ran
+    # a PatchingResult under the path-patching name (what interventions.path_patching saves) gets its section
+    for suffix in ("", ".json"):
+        shutil.copy(
+            out / (CIRCUIT_FILES["attribution_patching"] + suffix),
+            tmp_path / (CIRCUIT_FILES["path_patching"] + suffix),
+        )
+    page = build(tmp_path).read_text()
+    assert '<section id="path_patching">' in page and "0 of 7 result files found, 1 circuit result," in page
+    assert 'data-figure="path patching heads"' in page
 
 
 def test_steps_and_errors(tmp_path, tiny_ce_dir, capsys):
