@@ -24,9 +24,12 @@ from typing import Any
 
 __all__ = [
     "ALPHA",
+    "attention_group_findings",
+    "attribution_patching_findings",
     "faithfulness_findings",
     "folder_findings",
     "format_p",
+    "interaction_findings",
     "patching_findings",
     "patching_notes",
     "pruning_findings",
@@ -256,6 +259,99 @@ def patching_notes(result: Any, *, include_small: bool = False) -> list[str]:
     return notes
 
 
+# -- circuits (issue 17): interaction study, attention by group, attribution patching ------------------
+def interaction_findings(result: Any, measure: str | None = None, *, n_resamples: int = 10000) -> list[str]:
+    """Sentences of an ``InteractionResult``: the block that lowers the measure most (and the one that
+    raises it most, where any does) with its interval and Holm-adjusted p, and how many (interaction,
+    layer) blocks change the measure significantly.
+
+    Example:
+        >>> interaction_findings(res)[0]  # doctest: +SKIP
+        'Blocking query->doc attention at layer 0 lowers nDCG@10 by 0.084 [95 % CI ...] (p = 0.03, 8 held-out queries).'
+    """
+    m = measure or result.measures[0]
+    rows = result.statistics(m, n_resamples=n_resamples)
+    if not rows:
+        return []
+    out = []
+
+    def where(r: Mapping[str, Any]) -> str:
+        layer = "in every layer" if r["layer"] == "all" else f"at layer {r['layer']}"
+        return f"Blocking {r['interaction']} attention {layer}"
+
+    nq = f"{rows[0]['n_queries']} held-out queries"
+    worst = max(rows, key=lambda r: r["drop"])
+    best = min(rows, key=lambda r: r["drop"])
+    for r, verb in ((worst, "lowers"), (best, "raises")):
+        amount = r["drop"] if verb == "lowers" else -r["drop"]
+        if amount <= 0:
+            continue
+        verdict = "" if r["p_holm"] < ALPHA else "; indistinguishable from the unblocked model"
+        out.append(
+            f"{where(r)} {verb} {m} by {amount:.3f} {_ci(r['drop_ci'] if verb == 'lowers' else [0.0 - r['drop_ci'][1], 0.0 - r['drop_ci'][0]])} "
+            f"({format_p(r['p_holm'])}, {nq}){verdict}."
+        )
+    if not out:
+        out.append(f"No blocked interaction changes {m} on the {nq} (unblocked {rows[0]['unblocked']:.3f}).")
+    sig = sum(r["p_holm"] < ALPHA for r in rows)
+    out.append(
+        f"{sig} of {len(rows)} (interaction, layer) blocks change {m} significantly (Holm-adjusted across "
+        f"them, alpha {ALPHA:g}); intervals are percentile bootstraps over the {nq}."
+    )
+    return out
+
+
+def attention_group_findings(result: Any) -> list[str]:
+    """Sentences of an ``AttentionGroups``: the head whose query tokens put the largest share of their
+    attention on matching document tokens, and the mean shares over every head.
+
+    Example:
+        >>> attention_group_findings(groups)[0]  # doctest: +SKIP
+        'Head L1H0 puts the largest share of the query tokens' attention on matching document tokens: 0.41 ...'
+    """
+    import torch
+
+    out = []
+    asked = (
+        [("query", "doc_match", "matching document tokens"), ("doc", "query", "query tokens")]
+        if result.meta.get("pairwise", True)
+        else [("doc", "doc_match", "document tokens matching a query token")]  # a bi-encoder: no query tokens
+    )
+    for f, to, what in asked:
+        if f not in result.from_groups:
+            continue
+        share = result.share(f, to)
+        if not bool(torch.isfinite(share).any()):
+            continue
+        flat = torch.nan_to_num(share, nan=-1.0).flatten()
+        j = int(flat.argmax())
+        layer, head = result.layers[j // share.shape[1]], j % share.shape[1]
+        out.append(
+            f"Head L{layer}H{head} puts the largest share of the {f} tokens' attention on {what}: "
+            f"{float(flat[j]):.2f} (mean over {len(result)} pairs; over all heads {float(share.nanmean()):.2f})."
+        )
+    return out
+
+
+def attribution_patching_findings(result: Any) -> list[str]:
+    """:func:`patching_findings` of attribution-patching estimates, and how the verified estimates
+    (``verify_top``) compare with exact patches.
+
+    Example:
+        >>> attribution_patching_findings(est)[-1]  # doctest: +SKIP
+        'Attribution patching: the 10 largest estimates, re-run exactly, have a Spearman rho of 0.93 ...'
+    """
+    out = [f"Attribution patching (estimates): {s}" for s in patching_findings(result)[1:]]
+    v = (result.meta.get("attribution") or {}).get("verify")
+    if v:
+        rho = "undefined" if v["spearman"] is None else f"{v['spearman']:+.2f}"
+        out.append(
+            f"Attribution patching: the {v['k']} largest estimates, re-run exactly, have a Spearman rho of {rho} "
+            f"with the exact values (max abs error {v['max_abs_error']:.3g}, mean {v['mean_abs_error']:.3g})."
+        )
+    return out
+
+
 def results_findings(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``(section, sentence)`` of every result in ``results`` (keys as ``report.FILES``: ``pruning``,
     ``faithfulness`` (the result, or ``(result, raw JSON)``), ``patching``); a result whose sentences
@@ -269,6 +365,10 @@ def results_findings(results: Mapping[str, Any]) -> list[tuple[str, str]]:
         "pruning": pruning_findings,
         "faithfulness": faithfulness_findings,
         "patching": patching_findings,
+        "attribution_patching": attribution_patching_findings,
+        "interaction": interaction_findings,
+        "attention_groups": attention_group_findings,
+        "path_patching": patching_findings,
     }
     out: list[tuple[str, str]] = []
     for key, make in makers.items():
@@ -295,13 +395,14 @@ def folder_findings(results_dir: str | Path) -> list[tuple[str, str]]:
     """
     import warnings
 
-    from mechir_nig.report import FILES, _loaders
+    from mechir_nig.report import CIRCUIT_FILES, FILES, _loaders
 
     folder = Path(results_dir)
     loaders = _loaders()
     loaded: dict[str, Any] = {}
-    for key in ("pruning", "patching", "faithfulness"):
-        path = folder / FILES[key]
+    names = {**FILES, **CIRCUIT_FILES}
+    for key in ("pruning", "patching", "faithfulness", *CIRCUIT_FILES):
+        path = folder / names[key]
         if path.is_file():
             try:
                 with warnings.catch_warnings():

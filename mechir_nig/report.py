@@ -30,7 +30,7 @@ from typing import Any
 
 from mechir_nig.errors import InputError
 
-__all__ = ["FILES", "LAYOUT_VERSION", "attribution_incomplete", "build", "check_layout"]
+__all__ = ["CIRCUIT_FILES", "FILES", "LAYOUT_VERSION", "attribution_incomplete", "build", "check_layout"]
 
 LAYOUT_VERSION = 1
 """The version of the results-folder layout (``run.json``'s ``layout``) this mechir_nig writes and reads."""
@@ -44,8 +44,18 @@ FILES: dict[str, str] = {
     "rerank": "rerank.json",
     "stability": "stability.json",
 }
-"""The files a results folder may hold, by what they hold (the command line's ``LAYOUT`` is these and
-:data:`REPORT_NAME`)."""
+"""The files a results folder may hold, by what they hold (the command line's ``LAYOUT`` is these,
+:data:`CIRCUIT_FILES` and :data:`REPORT_NAME`)."""
+
+CIRCUIT_FILES: dict[str, str] = {
+    "attribution_patching": "attribution_patching.safetensors",
+    "interaction": "interaction.json",
+    "attention_groups": "attention_groups.safetensors",
+    "path_patching": "path_patching.safetensors",
+}
+"""The results of ``mechir-nig circuits`` (issue 17): read and reported like :data:`FILES` when present, and
+listed among the folder's files only then. ``path_patching`` holds a ``PatchingResult`` whose values are
+keyed by sender site (``interventions.path_patching``)."""
 
 REPORT_NAME = "report.html"
 TOP_NEURONS = 20
@@ -64,8 +74,21 @@ _TITLES = {
     "patching": "Activation patching",
     "faithfulness": "Faithfulness",
     "stability": "Split-half stability",
+    "attribution_patching": "Attribution patching",
+    "interaction": "Attention interactions (blocking)",
+    "attention_groups": "Attention by token group",
+    "path_patching": "Path patching",
 }
-_ORDER = ("run", "rerank", "attribution", "pruning", "patching", "faithfulness", "stability")
+_ORDER = (
+    "run",
+    "rerank",
+    "attribution",
+    "pruning",
+    "patching",
+    "faithfulness",
+    "stability",
+    *CIRCUIT_FILES,
+)
 
 
 def check_layout(run: Mapping[str, Any], path: str | Path = "run.json") -> None:
@@ -237,7 +260,9 @@ def _load_faithfulness(path: Path) -> Any:
 
 def _loaders() -> dict[str, Callable[[Path], Any]]:
     from mechir_nig.attribution.stats import CollectionAttribution
+    from mechir_nig.experiments.interaction import InteractionResult
     from mechir_nig.experiments.pruning import PruningResult
+    from mechir_nig.interventions.attention import AttentionGroups
     from mechir_nig.interventions.patching import PatchingResult
 
     return {
@@ -248,6 +273,10 @@ def _loaders() -> dict[str, Callable[[Path], Any]]:
         "faithfulness": _load_faithfulness,
         "rerank": _read_json,
         "stability": _read_json,
+        "attribution_patching": PatchingResult.load,
+        "interaction": InteractionResult.load,
+        "attention_groups": AttentionGroups.load,
+        "path_patching": PatchingResult.load,
     }
 
 
@@ -570,13 +599,15 @@ def _pruning_statistics(parts: list[str], result: Any) -> None:
             parts.append(_table(["moved", "doc_id", "rank unpruned", "rank pruned"], cells, cls="numbers"))
 
 
-def _patching_section(doc: _Doc, result: Any) -> None:
-
+def _patching_section(doc: _Doc, result: Any, key: str = "patching") -> None:
+    """A ``PatchingResult``'s section (``key``: ``patching``; the circuits' attribution and path patching
+    results reuse it)."""
     from mechir_nig.findings import patching_notes
     from mechir_nig.interventions.patching import SITES
     from mechir_nig.plotting import patching_heatmap
 
-    parts = doc.section("patching", _TITLES["patching"])
+    parts = doc.section(key, _TITLES[key])
+    what = key.replace("_", " ")  # the figures' names: "patching resid_pre pair 0", "path patching heads"
     meta = dict(result.meta)
     n = len(result)
     queries = meta.pop("queries", None) or []
@@ -653,7 +684,7 @@ def _patching_section(doc: _Doc, result: Any) -> None:
             for i in range(shown):
                 doc.figure(
                     parts,
-                    f"patching {site} pair {i}",
+                    f"{what} {site} pair {i}",
                     partial(patching_heatmap, result, site, pair=i, zmax=zmax),
                 )
             if n > MAX_PAIR_FIGURES:
@@ -661,7 +692,7 @@ def _patching_section(doc: _Doc, result: Any) -> None:
                     f'<p class="note">{_e(site)}: figures of the first {MAX_PAIR_FIGURES} of {n} pairs.</p>'
                 )
         else:
-            doc.figure(parts, f"patching {site}", partial(patching_heatmap, result, site, pair=None))
+            doc.figure(parts, f"{what} {site}", partial(patching_heatmap, result, site, pair=None))
 
 
 def _findings_html(sentences: Sequence[tuple[str, str]], sections: set[str]) -> str:
@@ -908,6 +939,100 @@ def _provenance(run: Mapping[str, Any], names: Sequence[str]) -> _Provenance:
     return _Provenance(records, note)
 
 
+# -- circuits (issue 17): attribution patching, interaction blocking, attention by group, path patching ----
+def _attribution_patching_section(doc: _Doc, result: Any) -> None:
+    """Attribution-patching estimates drawn as a patching result, then the exact verification."""
+    _patching_section(doc, result, "attribution_patching")
+    parts = doc.sections[-1][2]
+    v = (result.meta.get("attribution") or {}).get("verify")
+    if not v:
+        parts.append('<p class="note">No estimate was verified exactly (verify_top was not set).</p>')
+        return
+    rho = "undefined" if v["spearman"] is None else _num(v["spearman"], "+.3f")
+    parts.append(
+        f"<h3>Verification: the {_e(v['k'])} largest estimates re-run exactly</h3>"
+        f"<p>Spearman ρ {_e(rho)}; max |estimate − exact| {_e(_num(v['max_abs_error'], '.3g'))}, mean "
+        f"{_e(_num(v['mean_abs_error'], '.3g'))}.</p>"
+    )
+    rows = [
+        [" ".join(map(str, idx)), _fixed(est, "+.4f"), _fixed(ex, "+.4f")]
+        for idx, est, ex in zip(v["index"], v["estimate"], v["exact"], strict=False)
+    ]
+    parts.append(_table(["index (site, pair, layer, ...)", "estimate", "exact"], rows, cls="numbers"))
+
+
+def _interaction_section(doc: _Doc, result: Any) -> None:
+    """The interaction study: settings, per-block statistics (Holm across the blocks) and the heatmap."""
+    from mechir_nig.plotting import interaction_heatmap
+
+    parts = doc.section("interaction", _TITLES["interaction"])
+    parts.append(
+        _kv(
+            [
+                ("interactions", result.labels),
+                ("layers", result.layers),
+                ("evaluation queries", len(result.eval_queries)),
+                *result.settings.items(),
+            ]
+        )
+    )
+    for m in result.measures:
+        rows = [
+            [
+                r["interaction"],
+                r["layer"],
+                _fixed(r["value"]),
+                _fixed(r["drop"], "+.4f"),
+                _ci_cell(r["drop_ci"]),
+                _num(r["p"], ".3g"),
+                _num(r["p_holm"], ".3g"),
+                r["changed_queries"],
+            ]
+            for r in result.statistics(m)
+        ]
+        parts.append(f"<h3>{_e(m)} (unblocked {_e(_num(result.runs[0][m], '.4f'))})</h3>")
+        parts.append(
+            _table(
+                ["interaction", "layer", m, "drop", "95 % CI", "p", "p (Holm)", "queries changed"],
+                rows,
+                cls="numbers",
+            )
+        )
+        doc.figure(parts, f"interaction {m}", partial(interaction_heatmap, result, m))
+
+
+def _attention_groups_section(doc: _Doc, result: Any) -> None:
+    """Attention by group: layer x head shares, the top heads, and one pair's pattern per head."""
+    from mechir_nig.plotting import attention_group_heatmap, attention_pattern_view
+
+    parts = doc.section("attention_groups", _TITLES["attention_groups"])
+    parts.append(_kv([("pairs", len(result)), ("layers", result.layers), *result.meta.items()]))
+    rows = sorted(
+        result.table("query"), key=lambda r: -r["doc_match"] if r["doc_match"] == r["doc_match"] else 0
+    )
+    if rows and rows[0]["doc_match"] == rows[0]["doc_match"]:
+        parts.append("<h3>Heads whose query tokens attend most to matching document tokens</h3>")
+        parts.append(
+            _table(
+                ["layer", "head", *result.to_categories],
+                [
+                    [r["layer"], r["head"], *(_fixed(r[c], ".3f") for c in result.to_categories)]
+                    for r in rows[:10]
+                ],
+                cls="numbers",
+            )
+        )
+    for f in result.from_groups:
+        if bool(result.mean()[:, :, result.from_groups.index(f)].isfinite().any()):
+            doc.figure(parts, f"attention from {f}", partial(attention_group_heatmap, result, f))
+    if result.pattern is not None:
+        parts.append(
+            '<p class="note">One pair\'s attention pattern per head (the slider picks layer and head; rows attend '
+            "to columns).</p>"
+        )
+        doc.figure(parts, "attention pattern", partial(attention_pattern_view, result))
+
+
 _SECTIONS: dict[str, Callable[[_Doc, Any], None]] = {
     "run": _run_section,
     "rerank": _rerank_section,
@@ -916,6 +1041,10 @@ _SECTIONS: dict[str, Callable[[_Doc, Any], None]] = {
     "patching": _patching_section,
     "faithfulness": _faithfulness_section,
     "stability": _stability_section,
+    "attribution_patching": _attribution_patching_section,
+    "interaction": _interaction_section,
+    "attention_groups": _attention_groups_section,
+    "path_patching": partial(_patching_section, key="path_patching"),
 }
 
 _CSS = """
@@ -998,8 +1127,8 @@ def build(
     from mechir_nig._io import atomic_write
 
     folder = Path(results_dir).expanduser()
-    names = FILES
-    expected = ", ".join(names.values())
+    names = {**FILES, **CIRCUIT_FILES}
+    expected = ", ".join(FILES.values())
     if not folder.is_dir():
         raise InputError(
             f"{folder} is not a folder; pass the results folder the commands wrote (it holds {expected})"
@@ -1044,7 +1173,7 @@ def build(
                 "on it, flagged as incomplete"
             )
     provenance = _provenance(
-        run if isinstance(run, Mapping) else {}, [FILES[k] for k in loaded if k != "run"]
+        run if isinstance(run, Mapping) else {}, [names[k] for k in loaded if k != "run"]
     )
     for key, value in loaded.items():
         path = found[key]
@@ -1069,6 +1198,8 @@ def build(
     now = _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
     files = []
     for key, name in names.items():
+        if key in CIRCUIT_FILES and key not in found:
+            continue  # listed only when present
         if key in unreadable:
             files.append(
                 f'<li class="missing"><code>{_e(name)}</code>: could not be read ({_e(unreadable[key])})</li>'
@@ -1077,12 +1208,14 @@ def build(
             files.append(f'<li class="found"><code>{_e(name)}</code>: {_e(_TITLES[key])}</li>')
         else:
             files.append(f'<li class="missing"><code>{_e(name)}</code>: not in the folder</li>')
-    n_found = len(found) - len(unreadable)
+    n_found = len([k for k in found if k in FILES and k not in unreadable])
+    n_circuits = len([k for k in found if k in CIRCUIT_FILES and k not in unreadable])
+    circuits = f", {n_circuits} circuit result{'s' if n_circuits > 1 else ''}" if n_circuits else ""
     body = [
         "<header>",
         f"<h1>{_e(title)}</h1>",
         f"<p>Results folder <code>{_e(folder.resolve())}</code>; report written {_e(now)}.</p>",
-        f'<p id="summary">{n_found} of {len(names)} result files found, '
+        f'<p id="summary">{n_found} of {len(FILES)} result files found{circuits}, '
         f'<span id="figure-count">{doc.n_figures}</span> figures.</p>',
         "</header>",
         "<nav>"

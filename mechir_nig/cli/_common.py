@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mechir_nig.findings import patching_notes as patching_notes  # re-exported for `patch`
-from mechir_nig.report import FILES, LAYOUT_VERSION, REPORT_NAME, attribution_incomplete, check_layout
+from mechir_nig.report import (
+    CIRCUIT_FILES,
+    FILES,
+    LAYOUT_VERSION,
+    REPORT_NAME,
+    attribution_incomplete,
+    check_layout,
+)
 from mechir_nig.report import site_summaries as site_summaries  # re-exported for `patch`
 
 if TYPE_CHECKING:
@@ -50,7 +57,7 @@ def say_findings(say: Any, sentences: list[str]) -> None:
             say(f"- {sentence}")
 
 
-LAYOUT = {**FILES, "report": REPORT_NAME}
+LAYOUT = {**FILES, **CIRCUIT_FILES, "report": REPORT_NAME}
 """File names inside a results folder (``--out DIR``), by what they hold."""
 # choices of library options, spelled out so that `--help` needs no torch import (tests/test_cli.py checks
 # that they equal the library's)

@@ -37,6 +37,8 @@ _EXPORTS = {
     "attention_block_hooks": "attention",
     "direction_intervention": "directions",
     "direction_hooks": "directions",
+    "attention_by_group": "attention",
+    "AttentionGroups": "attention",
     "Alignment": "perturb",
     "align": "perturb",
     "tfc1": "perturb",

@@ -18,6 +18,10 @@ function                   draws                                   from
 ``faithfulness_bars``      Spearman of drops vs predictors         ``FaithfulnessResult``
 =========================  ======================================  =====================================
 
+The circuit analyses (:mod:`mechir_nig.plotting.circuits`): ``interaction_heatmap`` (interaction x layer
+drop of an ``InteractionResult``), ``attention_group_heatmap`` (layer x head shares of an
+``AttentionGroups``) and ``attention_pattern_view`` (one pair's pattern, a slider over the heads).
+
 Result objects draw themselves: ``result.plot(kind=...)`` calls :func:`plot`, whose ``KINDS`` table maps a
 result type and a kind to a function (the first kind is the default). Colour scales are ``SCALES``
 (signed values: ``"RdBu_r"``, centred at 0, positive = red); series colours are ``COLORS``.
@@ -39,12 +43,17 @@ from typing import Any
 from mechir_nig.errors import InputError
 from mechir_nig.plotting._common import COLORS, SCALES
 from mechir_nig.plotting.attribution import group_bars, neuron_heatmap, token_heatmap, top_neurons_bar
+from mechir_nig.plotting.circuits import attention_group_heatmap, attention_pattern_view, interaction_heatmap
 from mechir_nig.plotting.experiments import faithfulness_bars, faithfulness_curves, pruning_curves
 from mechir_nig.plotting.patching import patching_heatmap, path_patching_heatmaps
 from mechir_nig.plotting.sets import layer_profile_bars, overlap_bars
 
 __all__ = [
     "COLORS",
+    "dispatch",
+    "attention_group_heatmap",
+    "attention_pattern_view",
+    "interaction_heatmap",
     "KINDS",
     "SCALES",
     "faithfulness_bars",
@@ -111,7 +120,20 @@ def plot(result: Any, kind: str | None = None, **kwargs: Any) -> Any:
             f"cannot plot a {type(result).__name__}; plot draws {sorted(KINDS)} (for a list of sets use "
             "layer_profile_bars or overlap_bars)"
         )
-    kinds = KINDS[key]
+    return dispatch(result, KINDS[key], kind, kwargs)
+
+
+def dispatch(
+    result: Any, kinds: Mapping[str, Callable[..., Any]], kind: str | None, kwargs: dict[str, Any]
+) -> Any:
+    """Call the figure function ``kinds[kind]`` (default: the first) on ``result`` with ``kwargs``, refusing
+    an unknown kind or option (``plot``; the circuits' results use it with ``circuits.CIRCUIT_KINDS``).
+
+    Example:
+        >>> from mechir_nig.sets import NeuronSet
+        >>> dispatch(NeuronSet([(0, 1)], n_layers=1, d_mlp=2), {"profile": layer_profile_bars}, None, {}).data[0].y.tolist()
+        [1.0]
+    """
     if kind is None:
         kind = next(iter(kinds))
     if kind not in kinds:
