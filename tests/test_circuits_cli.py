@@ -35,7 +35,7 @@ def test_writes_every_result_with_values(ran, tiny_ce_dir):
 
     rc, out, printed = ran
     assert rc == 0
-    for key in ("attribution_patching", "interaction", "attention_groups"):
+    for key in ("attribution_patching", "interaction", "attention_groups", "path_patching"):
         assert (out / CIRCUIT_FILES[key]).is_file(), key
     est = PatchingResult.load(out / CIRCUIT_FILES["attribution_patching"])
     assert est.sites == ["resid_pre", "heads"] and len(est) == 3 and est["heads"].shape == (3, 2, 2)
@@ -56,10 +56,13 @@ def test_writes_every_result_with_values(ran, tiny_ce_dir):
     groups = AttentionGroups.load(out / CIRCUIT_FILES["attention_groups"])
     assert len(groups) == 3 and groups.pattern is not None and groups.meta["pairs"] == est.meta["pairs"]
     torch.testing.assert_close(groups.values.sum(-1), torch.ones(3, 2, 2, 3, dtype=torch.float64))
+    path = PatchingResult.load(out / CIRCUIT_FILES["path_patching"])  # every head's direct path into the score
+    assert path.meta["path_patching"]["receiver"] == "score_direct" and path["heads"].shape == (3, 2, 2)
+    assert path.meta["pairs"] == est.meta["pairs"] and torch.isfinite(path.patched["heads"]).all()
     run = json.loads((out / "run.json").read_text())
     assert run["command"] == "circuits" and run["status"] == "finished"
     assert set(run["outputs"]) == {
-        CIRCUIT_FILES[k] for k in ("attribution_patching", "interaction", "attention_groups")
+        CIRCUIT_FILES[k] for k in ("attribution_patching", "interaction", "attention_groups", "path_patching")
     }
     assert "Findings:" in printed and "held-out queries" in printed and "re-run exactly" in printed
 
@@ -75,9 +78,9 @@ def test_report_has_a_section_for_each(ran):
     rc, out, _ = ran
     assert main(["report", str(out)]) == 0
     page = (out / "report.html").read_text()
-    for key in ("attribution_patching", "interaction", "attention_groups"):
+    for key in ("attribution_patching", "interaction", "attention_groups", "path_patching"):
         assert f'<section id="{key}">' in page
-    assert "1 of 7 result files found, 3 circuit results"  # run.json and the three in page
+    assert "1 of 7 result files found, 4 circuit results" in page  # run.json and the four
     assert 'data-figure="attention pattern"' in page and 'data-figure="interaction nDCG@10"' in page
     assert "Verification: the 4 largest estimates re-run exactly" in page
     assert "<script src" not in page  # plotly inlined: offline

@@ -181,10 +181,21 @@ def _attention_groups(c: Circuits) -> tuple[Any, dict[str, Any]]:
     return res, {"pairs": len(res), "shape": list(res.values.shape)}
 
 
+def _path_patching(c: Circuits) -> tuple[Any, dict[str, Any]]:
+    from mechir_nig.interventions.path_patching import path_patch_heads_to_score
+
+    c.s.say(f"path patching every head of {len(c.pairs()[0])} TFC1 pairs into the score (direct path)")
+    res = path_patch_heads_to_score(c.model, c.alignment(), direction=c.args.direction, metric=c.args.metric)
+    direct = res["score_direct"]  # the head's path straight into the score; "score" = the ordinary patch
+    direct.meta.update(c.pair_meta())
+    return direct, {"receiver": "score_direct", "shape": list(direct.values["heads"].shape)}
+
+
 STEPS: list[Step] = [
     Step("attribution_patching", _attribution_patching, "attribution patching of TFC1 pairs, verified"),
     Step("interaction", _interaction, "blocking each attention interaction per layer, re-ranking"),
     Step("attention_groups", _attention_groups, "attention patterns summarised by token group"),
+    Step("path_patching", _path_patching, "every head's direct path into the score (path patching)"),
 ]
 """The command's analyses, in order: the hook-in point for more (e.g. path patching)."""
 
@@ -192,8 +203,8 @@ EPILOG = """example:
   mechir-nig circuits --out results --max-pairs 8 --sites resid_pre,heads --verify-top 20 \\
       --interactions query:doc,doc:query,cls:doc --depth 20
 
-Writes OUT/attribution_patching.safetensors, OUT/interaction.json and OUT/attention_groups.safetensors
-(see docs/circuits.md); `mechir-nig report OUT` gets a section for each. Bi-encoders have no attention
+Writes OUT/attribution_patching.safetensors, OUT/interaction.json, OUT/attention_groups.safetensors and
+OUT/path_patching.safetensors (see docs/circuits.md); `mechir-nig report OUT` gets a section for each. Bi-encoders have no attention
 between query and document: their interactions are within one text (cls, doc, sep)."""
 
 HELP = "circuits: attribution patching (verified), attention-interaction blocking, attention by group"
