@@ -1,4 +1,5 @@
-"""Command line: ``mechir-nig attribute | prune | patch | faithfulness | report | rerank | stability | demo``.
+"""Command line: ``mechir-nig attribute | prune | patch | faithfulness | report | rerank | stability | compare |
+demo``.
 
 Every command that produces results writes them into its ``--out DIR`` (``run.json``,
 ``attribution.safetensors``, ``pruning.json``, ``patching.safetensors``, ``faithfulness.json``,
@@ -38,7 +39,17 @@ from mechir_nig.cli._common import (
 
 __all__ = ["COMMANDS", "LAYOUT", "build_parser", "main"]
 
-COMMANDS = ("attribute", "prune", "patch", "faithfulness", "report", "rerank", "stability", "demo")
+COMMANDS = (
+    "attribute",
+    "prune",
+    "patch",
+    "faithfulness",
+    "report",
+    "rerank",
+    "stability",
+    "compare",
+    "demo",
+)
 
 DESCRIPTION = """Mechanistic interpretability for neural IR models: Neuron Integrated Gradients (NIG) of
 cross- and bi-encoders over a test collection, validated by pruning and activation patching.
@@ -52,6 +63,7 @@ Results go into the --out folder, one file per kind (docs/cli.md):
   faithfulness.json         single-neuron ablations vs NIG                               faithfulness
   rerank.json               BM25 vs the model's re-ranking                               rerank
   stability.json            split-half stability of the top neurons                      stability
+  compare.json              sets, overlaps, core/OOD neurons, transfer pruning           compare
   report.html               everything above as one self-contained HTML file             report"""
 
 EPILOG = """examples:
@@ -69,7 +81,17 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
-    from mechir_nig.cli import attribute, demo, faithfulness, patch, prune, report, rerank, stability
+    from mechir_nig.cli import (
+        attribute,
+        compare,
+        demo,
+        faithfulness,
+        patch,
+        prune,
+        report,
+        rerank,
+        stability,
+    )
 
     ap = Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
     ap.add_argument("--version", action="version", version=_version(), help="print the versions and exit")
@@ -82,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                 kw["description"] = textwrap.fill(kw["description"], 100)
             return sub.add_parser(name, formatter_class=HelpFormatter, **kw)
 
-    for module in (attribute, prune, patch, faithfulness, report, rerank, stability, demo):
+    for module in (attribute, prune, patch, faithfulness, report, rerank, stability, compare, demo):
         module.add_parser(_Sub())
     return ap
 

@@ -21,7 +21,7 @@ out-of-domain (OOD) neurons, and transfer pruning.
 
 Example:
     >>> from mechir_nig.experiments.compare import core_chance
-    >>> round(core_chance([2, 2], 4)["p_value"], 6)  # both sets equal by chance: 1 / C(4, 2)
+    >>> round(core_chance([2, 2], 4, observed=2)["p_value"], 6)  # both sets equal by chance: 1 / C(4, 2)
     0.166667
 """
 
@@ -200,7 +200,7 @@ def core_chance(sizes: Sequence[int], universe: int, observed: int = 0) -> dict[
     ``p_value`` ``= P(X >= observed)`` under independent uniform sets (:func:`intersection_pmf`).
 
     Example:
-        >>> core_chance([3, 3, 3], 6)["expected"]
+        >>> round(core_chance([3, 3, 3], 6)["expected"], 12)  # 3 · 3 · 3 / 6²
         0.75
     """
     pmf = intersection_pmf(sizes, universe)
