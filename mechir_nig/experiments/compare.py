@@ -118,6 +118,7 @@ def scheme_scores(stats: Any, scheme: str) -> Tensor:
 def _hyper_logpmf(n: int, a: np.ndarray, b: int, y: np.ndarray) -> np.ndarray:
     """``log P(Y = y)`` for ``Y ~ Hypergeometric(N=n, a, b)`` (elementwise over ``a`` and ``y``;
     ``-inf`` outside the support)."""
+
     def gammaln(v: np.ndarray) -> np.ndarray:
         return torch.lgamma(torch.as_tensor(v, dtype=torch.float64)).numpy()
 
@@ -366,16 +367,26 @@ class CollectionComparison(Result):
         return out
 
     def plot(self, kind: str | None = None, **kw: Any) -> Any:
-        """A plotly figure (``mechir_nig.plotting.plot``): ``"schemes"`` (the intersections between schemes
-        per fraction, default), ``"summary"`` (overlaps, core and OOD against chance) or ``"layers"``
-        (the layer distribution of the top neurons).
+        """A plotly figure: ``"schemes"`` (the intersections between schemes per fraction, default;
+        ``plotting.scheme_overlap_curves``), ``"summary"`` (overlaps, core and OOD neurons against chance;
+        ``plotting.collection_overlap_bars``) or ``"layers"`` (the layer distribution of the top neurons;
+        ``plotting.top_layer_bars``); ``kw`` go to the figure function.
 
         Example:
             >>> cmp.plot("layers").show()  # doctest: +SKIP
         """
-        from mechir_nig.plotting import plot
+        from mechir_nig.plotting import collection_overlap_bars, scheme_overlap_curves, top_layer_bars
 
-        return plot(self, kind, **kw)
+        kinds = {
+            "schemes": scheme_overlap_curves,
+            "summary": collection_overlap_bars,
+            "layers": top_layer_bars,
+        }
+        if kind is None:
+            kind = "schemes" if self.scheme_overlaps else "summary"
+        if kind not in kinds:
+            raise InputError(f"unknown kind {kind!r} for a CollectionComparison; use one of {list(kinds)}")
+        return kinds[kind](self, **kw)
 
 
 def _pct(fraction: float) -> str:
