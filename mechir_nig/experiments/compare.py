@@ -119,10 +119,10 @@ def _hyper_logpmf(n: int, a: np.ndarray, b: int, y: np.ndarray) -> np.ndarray:
     """``log P(Y = y)`` for ``Y ~ Hypergeometric(N=n, a, b)`` (elementwise over ``a`` and ``y``;
     ``-inf`` outside the support)."""
 
-    def gammaln(v: np.ndarray) -> np.ndarray:
+    def gammaln(v: Any) -> Any:  # numpy scalars too
         return torch.lgamma(torch.as_tensor(v, dtype=torch.float64)).numpy()
 
-    def lcomb(top: np.ndarray, k: np.ndarray) -> np.ndarray:
+    def lcomb(top: Any, k: Any) -> Any:
         ok = (k >= 0) & (k <= top)
         safe_k = np.where(ok, k, 0)
         v = gammaln(top + 1.0) - gammaln(safe_k + 1.0) - gammaln(top - safe_k + 1.0)
