@@ -931,7 +931,7 @@ def _compare_section(doc: _Doc, cmp: Any) -> None:
             ]
         )
     )
-    keys = ["scheme", "fraction", "collection_a", "collection_b", "size_a", "size_b", "intersection"]
+    keys = ["name_a", "name_b", "fraction", "size_a", "size_b", "intersection"]
     keys += ["expected_intersection", "jaccard", "expected_jaccard", "p_value", "pool_size"]
     parts.append("<h3>Overlap of every two collections' sets vs chance</h3>")
     parts.append(_table(keys, [[r.get(k) for k in keys] for r in cmp.overlaps], cls="numbers"))

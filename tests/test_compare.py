@@ -173,7 +173,7 @@ def test_compare_command(minilm_ce_dir, two_collections, tmp_path, capsys):
         "--schemes",
         "relevant,difference",
         "--fractions",
-        "0.01,0.02",
+        "0.01",
         "--seeds",
         "2",
         "--depth",
@@ -197,7 +197,7 @@ def test_compare_command(minilm_ce_dir, two_collections, tmp_path, capsys):
         assert (out / target / f"pruning-from-{source}.json").is_file()
     cmp = CollectionComparison.load(out / COMPARE_NAME)
     assert sorted(cmp.sets) == sorted(
-        f"{s}@{c}|{f}" for s in ("relevant", "difference") for c in ("odd", "even") for f in ("0.01", "0.02")
+        f"{s}@{c}|{f}" for s in ("relevant", "difference") for c in ("odd", "even") for f in ("0.01",)
     )
     n = 6 * 1536  # MiniLM: 6 layers x 1536 neurons, every layer attributed
     for row in cmp.overlaps:  # by hand: the members of the saved sets
@@ -253,6 +253,10 @@ def test_compare_command(minilm_ce_dir, two_collections, tmp_path, capsys):
     assert "odd: attribution reused" in said and "even: attribution reused" in said
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/pruning-from-*.json")} == before
     assert CollectionComparison.load(out / COMPARE_NAME).overlaps == cmp.overlaps
+    # other NIG settings over the same folder: refused, naming what differs (no silent reuse)
+    assert main([*argv[:-1], "--n-steps", "3", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "collection 'odd'" in err and "n_steps" in err and "remove" in err
 
 
 @pytest.mark.parametrize(

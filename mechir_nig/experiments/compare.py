@@ -442,33 +442,19 @@ def _attribution(
     batch_size: int,
     progress: bool,
 ) -> tuple[Any, dict[str, Any]]:
-    """One collection's attribution: given, reused from ``folder``, resumed there, or computed."""
-    from mechir_nig.attribution.settings import model_fingerprint
+    """One collection's attribution: given, or through ``attribute_collection`` with its checkpoint in
+    ``folder/<name>/`` (a complete checkpoint of the same pairs, settings and model is reused as it is, a
+    stopped one resumed; one made otherwise is refused, naming what differs)."""
     from mechir_nig.attribution.stats import CollectionAttribution
     from mechir_nig.data import bm25_candidates, judged_pairs
     from mechir_nig.experiments.attribute import attribute_collection
     from mechir_nig.experiments.pruning import split_queries
-    from mechir_nig.report import FILES, attribution_incomplete
+    from mechir_nig.report import FILES
 
     if given is not None:
         return given, {"source": "given", "pairs": int(given.n_done), "counts": dict(given.counts)}
     sel, _ = split_queries(col, seed=split_seed)
     sel = sel[:max_queries] if max_queries is not None else sel
-    path = folder / name / FILES["attribution"] if folder is not None else None
-    if path is not None and path.is_file():
-        stats = CollectionAttribution.load(path)
-        if attribution_incomplete(stats) is None:
-            fp = stats.meta.get("model")
-            if fp is not None and fp != model_fingerprint(model):
-                raise InputError(
-                    f"{path} was attributed with another model (weights fingerprint differs); remove it, "
-                    "or pass another out_dir"
-                )
-            info = {"source": "reused", "path": str(path), "pairs": int(stats.n_done)}
-            return stats, info | {
-                "counts": dict(stats.counts),
-                "queries": len(stats.meta.get("query_ids") or []),
-            }
     opts = dict(pair_options)
     k = int(opts.pop("k", 100))
     from_bm25 = bool(opts.pop("negatives_from_bm25", False))
@@ -481,25 +467,35 @@ def _attribution(
             f"collection {name!r}: no judged pair among its {len(sel)} selection queries; check its qrels, or "
             "take non-relevant pairs from BM25 (negatives_from_bm25=True)"
         )
-    t0 = time.perf_counter()
-    resumed = path is not None and path.is_file()
+    path = folder / name / FILES["attribution"] if folder is not None else None
+    source = "computed"
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    stats = attribute_collection(
-        model,
-        pairs,
-        settings=settings,
-        batch_size=batch_size,
-        checkpoint=path,
-        resume=path is not None,
-        progress=progress,
-        collection=name,
-        meta={"query_ids": sel},
-    )
-    if path is not None:
-        stats.save(path)
+        if path.is_file():
+            done = CollectionAttribution.load(path).n_done
+            source = "reused" if done == len(pairs) else "resumed"
+    t0 = time.perf_counter()
+    try:
+        stats = attribute_collection(
+            model,
+            pairs,
+            settings=settings,
+            batch_size=batch_size,
+            checkpoint=path,
+            resume=path is not None,
+            progress=progress,
+            collection=name,
+            meta={"query_ids": sel},
+        )
+    except InputError as exc:
+        if path is None or "was made with" not in str(exc):
+            raise
+        raise InputError(
+            f"collection {name!r}: {str(exc).split('; use another file')[0]}; run with the options that "
+            f"made it, remove {path} to attribute again, or use another output folder"
+        ) from exc
     info = {
-        "source": "resumed" if resumed else "computed",
+        "source": source,
         "path": None if path is None else str(path),
         "pairs": len(pairs),
         "counts": dict(stats.counts),
