@@ -347,7 +347,7 @@ class CollectionComparison(Result):
             verdict = (
                 "indistinguishable from"
                 if own["p_holm"] >= ALPHA
-                else ("less than" if own["difference"] < 0 else "more than")
+                else ("less than" if own["difference"] > 0 else "more than")  # transfer − own value
             )
             change = "lowers" if r["drop"] >= 0 else "raises"
             out.append(
