@@ -701,7 +701,8 @@ def _findings_html(sentences: Sequence[tuple[str, str]], sections: set[str]) -> 
         return ""
     items = []
     for key, sentence in sentences:
-        link = f' <a href="#{_e(key)}">({_e(_TITLES.get(key, key))})</a>' if key in sections else ""
+        title = COMPARE_TITLE if key == "compare" else _TITLES.get(key, key)
+        link = f' <a href="#{_e(key)}">({_e(title)})</a>' if key in sections else ""
         cls = ' class="caveat"' if sentence.startswith("Caveat") else ""
         items.append(f"<li{cls}>{_e(sentence)}{link}</li>")
     return (
@@ -1033,6 +1034,79 @@ def _attention_groups_section(doc: _Doc, result: Any) -> None:
         doc.figure(parts, "attention pattern", partial(attention_pattern_view, result))
 
 
+# -- the cross-collection study (compare.json, ``mechir-nig compare``) ------------------------------------
+COMPARE_TITLE = "Collections compared"
+
+
+def _compare_section(doc: _Doc, cmp: Any) -> None:
+    """The "Collections compared" section of ``compare.json`` (``experiments.compare``): its sets,
+    overlaps with chance, core / OOD neurons, transfer pruning and the study's three figures."""
+    from mechir_nig.plotting import collection_overlap_bars, scheme_overlap_curves, top_layer_bars
+
+    parts = doc.section("compare", COMPARE_TITLE)
+    parts.append(
+        _kv(
+            [
+                ("collections", cmp.collections),
+                ("in-domain", cmp.in_domain),
+                ("schemes", cmp.schemes),
+                ("fractions", cmp.fractions),
+                ("attributions", cmp.attributions),
+                ("settings", cmp.settings),
+            ]
+        )
+    )
+    keys = ["name_a", "name_b", "fraction", "size_a", "size_b", "intersection"]
+    keys += ["expected_intersection", "jaccard", "expected_jaccard", "p_value", "pool_size"]
+    parts.append("<h3>Overlap of every two collections' sets vs chance</h3>")
+    parts.append(_table(keys, [[r.get(k) for k in keys] for r in cmp.overlaps], cls="numbers"))
+    if cmp.shared:
+        keys = ["kind", "scheme", "fraction", "collections", "size", "expected", "p_value"]
+        parts.append("<h3>Core neurons (every collection) and OOD neurons (not the in-domain one)</h3>")
+        parts.append(_table(keys, [[r.get(k) for k in keys] for r in cmp.shared], cls="numbers"))
+    if cmp.transfer:
+        head = ["evaluated on", "set from", "mode", "neurons", "queries", "unpruned", "drop", "95 % CI"]
+        head += ["p (Holm)", "vs own set", "95 % CI", "p (Holm)", "vs random", "95 % CI", "p (Holm)"]
+        rows = []
+        for r in cmp.transfer:
+            row: list[Any] = [r["target"], r["source"], r["mode"], r["n_neurons"], r["n_queries"]]
+            row += [_fixed(r["unpruned"]), _fixed(r["drop"], "+.4f"), _ci_cell(r["drop_ci"]), r["p_holm"]]
+            for fam in ("vs_own", "vs_random"):
+                c = r[fam]
+                row += (
+                    ["", "", ""]
+                    if c is None
+                    else [_fixed(c["difference"], "+.4f"), _ci_cell(c["ci"]), c["p_holm"]]
+                )
+            rows.append(row)
+        parts.append(
+            f"<h3>Transfer pruning ({_e(cmp.transfer[0]['measure'])}; drop = unpruned − pruned; vs own set = "
+            "transfer − own set; vs random = random sets − this set)</h3>"
+        )
+        parts.append(_table(head, rows, cls="numbers"))
+    parts.append("<h3>Figures</h3>")
+    if cmp.scheme_overlaps:
+        doc.figure(parts, "intersections between schemes", partial(scheme_overlap_curves, cmp))
+    doc.figure(parts, "shared neurons vs chance", partial(collection_overlap_bars, cmp))
+    doc.figure(parts, "layer distribution of the top neurons", partial(top_layer_bars, cmp))
+
+
+def _load_compare(folder: Path, doc: _Doc) -> Any:
+    """``folder/compare.json`` when present (None otherwise; unreadable: noted among the problems)."""
+    from mechir_nig.experiments.compare import COMPARE_NAME, CollectionComparison
+
+    path = folder / COMPARE_NAME
+    if not path.is_file():
+        return None
+    try:
+        return CollectionComparison.load(path)
+    except Exception as exc:
+        message = f"{path.name} could not be read: {type(exc).__name__}: {exc}"
+        doc.problems.append(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+        return None
+
+
 _SECTIONS: dict[str, Callable[[_Doc, Any], None]] = {
     "run": _run_section,
     "rerank": _rerank_section,
@@ -1134,7 +1208,9 @@ def build(
             f"{folder} is not a folder; pass the results folder the commands wrote (it holds {expected})"
         )
     found = {key: folder / name for key, name in names.items() if (folder / name).is_file()}
-    if not found:
+    from mechir_nig.experiments.compare import COMPARE_NAME
+
+    if not found and not (folder / COMPARE_NAME).is_file():
         raise InputError(
             f"{folder} holds no results: expected at least one of {expected} (written by the mechir-nig "
             "commands with --out, see docs/cli.md)"
@@ -1194,6 +1270,15 @@ def build(
     from mechir_nig.findings import results_findings
 
     found_sentences = results_findings({k: v for k, v in loaded.items() if k in _SECTIONS})
+    compared = _load_compare(folder, doc)
+    if compared is not None:
+        try:
+            _compare_section(doc, compared)
+            found_sentences += [("compare", sentence) for sentence in compared.findings()]
+        except Exception as exc:
+            message = f"the {COMPARE_TITLE} section of {COMPARE_NAME} failed: {type(exc).__name__}: {exc}"
+            warnings.warn(message, UserWarning, stacklevel=2)
+            doc.problems.append(message)
     title = title or f"mechir_nig report: {folder.resolve().name}"
     now = _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
     files = []

@@ -56,7 +56,9 @@ def test_writes_every_result_with_values(ran, tiny_ce_dir):
     groups = AttentionGroups.load(out / CIRCUIT_FILES["attention_groups"])
     assert len(groups) == 3 and groups.pattern is not None and groups.meta["pairs"] == est.meta["pairs"]
     torch.testing.assert_close(groups.values.sum(-1), torch.ones(3, 2, 2, 3, dtype=torch.float64))
-    path = PatchingResult.load(out / CIRCUIT_FILES["path_patching"])  # every head's direct path into the score
+    path = PatchingResult.load(
+        out / CIRCUIT_FILES["path_patching"]
+    )  # every head's direct path into the score
     assert path.meta["path_patching"]["receiver"] == "score_direct" and path["heads"].shape == (3, 2, 2)
     assert path.meta["pairs"] == est.meta["pairs"] and torch.isfinite(path.patched["heads"]).all()
     run = json.loads((out / "run.json").read_text())

@@ -1,4 +1,4 @@
-"""Command line: ``mechir-nig attribute | prune | patch | faithfulness | circuits | report | rerank | stability |
+"""Command line: ``mechir-nig attribute | prune | patch | faithfulness | circuits | compare | report | rerank | stability |
 demo``.
 
 Every command that produces results writes them into its ``--out DIR`` (``run.json``,
@@ -45,6 +45,7 @@ COMMANDS = (
     "patch",
     "faithfulness",
     "circuits",
+    "compare",
     "report",
     "rerank",
     "stability",
@@ -64,6 +65,7 @@ Results go into the --out folder, one file per kind (docs/cli.md):
   rerank.json               BM25 vs the model's re-ranking                               rerank
   stability.json            split-half stability of the top neurons                      stability
   attribution_patching.safetensors, interaction.json, attention_groups.safetensors     circuits
+  compare.json              sets, overlaps, core/OOD neurons, transfer pruning           compare
   report.html               everything above as one self-contained HTML file             report"""
 
 EPILOG = """examples:
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mechir_nig.cli import (
         attribute,
         circuits,
+        compare,
         demo,
         faithfulness,
         patch,
@@ -104,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                 kw["description"] = textwrap.fill(kw["description"], 100)
             return sub.add_parser(name, formatter_class=HelpFormatter, **kw)
 
-    for module in (attribute, prune, patch, faithfulness, circuits, report, rerank, stability, demo):
+    for module in (attribute, prune, patch, faithfulness, circuits, compare, report, rerank, stability, demo):
         module.add_parser(_Sub())
     return ap
 

@@ -325,6 +325,85 @@ def option(g: Any, name: str, **kw: Any) -> None:
     g.add_argument(name, **{**OPTIONS[name], **kw})
 
 
+def add_pair_options(g: Any) -> None:
+    """The judged-pair options of ``attribute`` (and ``compare``) in group ``g``: ``--split-seed``,
+    ``--max-relevant``, ``--max-nonrelevant``, ``--negatives-from-bm25``, ``--k``, ``--seed``."""
+    option(g, "--split-seed", help="seed of the selection / evaluation split")
+    g.add_argument(
+        "--max-relevant",
+        type=nonneg_int,
+        default=None,
+        help="at most this many relevant pairs per query (default: all)",
+    )
+    g.add_argument(
+        "--max-nonrelevant",
+        type=nonneg_int,
+        default=None,
+        help="at most this many non-relevant pairs per query (default: all)",
+    )
+    g.add_argument(
+        "--negatives-from-bm25",
+        action="store_true",
+        help="non-relevant pairs from the BM25 top --k (judged non-relevant and unjudged candidates); for "
+        "collections that judge only relevant documents",
+    )
+    option(g, "--k", default=100, help="BM25 depth for --negatives-from-bm25")
+    option(g, "--seed", help="seed of the per-query sampling of pairs")
+
+
+def steps_arg(text: str) -> int | str:
+    """argparse type: an integer >= 1 or ``auto``."""
+    return "auto" if text == "auto" else positive_int(text)
+
+
+def add_nig_options(p: argparse.ArgumentParser) -> None:
+    """The NIG options of ``attribute`` (and ``compare``): a group ``NIG`` of ``p``."""
+    g = p.add_argument_group("NIG")
+    option(
+        g,
+        "--n-steps",
+        type=steps_arg,
+        default=16,
+        help="intervals of the integration rule, or 'auto': per pair, grids doubled from --min-steps until "
+        "completeness holds to --tol (at most --max-steps); each pair's steps are recorded",
+    )
+    g.add_argument("--tol", type=float, default=None, help="--n-steps auto: completeness tolerance (0.01)")
+    g.add_argument("--min-steps", type=positive_int, default=None, help="--n-steps auto: first grid (8)")
+    g.add_argument(
+        "--max-steps", type=positive_int, default=None, help="--n-steps auto: cap, min-steps x 2^k (512)"
+    )
+    g.add_argument("--baseline", choices=BASELINES, default="pad", help="the baseline input")
+    g.add_argument("--method", choices=RULES, default="riemann_trapezoid", help="the integration rule")
+    option(g, "--layers", help="comma-separated layers to attribute (default: all)")
+    g.add_argument(
+        "--side",
+        choices=("doc", "query"),
+        default=None,
+        help="bi-encoders: the side interpolated from the baseline (default: doc)",
+    )
+    option(g, "--max-length")
+
+
+def nig_settings(args: argparse.Namespace, layers: list[int] | None) -> Any:
+    """The ``NIGSettings`` of :func:`add_nig_options`' options (``--internal-batch-size`` when the
+    command has it); the ``auto`` options refused without ``--n-steps auto``."""
+    from mechir_nig.attribution.settings import NIGSettings
+
+    auto = {"tol": args.tol, "min_steps": args.min_steps, "max_steps": args.max_steps}
+    if args.n_steps != "auto" and any(v is not None for v in auto.values()):
+        raise UsageError("--tol, --min-steps and --max-steps apply only to --n-steps auto")
+    return NIGSettings(
+        **(auto if args.n_steps == "auto" else {}),
+        n_steps=args.n_steps,
+        baseline=args.baseline,
+        method=args.method,
+        layers=layers,
+        side=args.side,
+        max_length=args.max_length,
+        internal_batch_size=getattr(args, "internal_batch_size", None),
+    )
+
+
 # -- loading -----------------------------------------------------------------------------------------
 def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or (os.sep != "/" and os.sep in spec)

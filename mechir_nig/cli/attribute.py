@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from mechir_nig.cli._common import (
-    BASELINES,
-    RULES,
     CommandError,
     Session,
     UsageError,
     add_command,
-    nonneg_int,
+    add_nig_options,
+    add_pair_options,
+    nig_settings,
     option,
     positive_int,
 )
@@ -48,51 +48,8 @@ def add_parser(sub: Any) -> None:
         help="which judged queries: 'selection' (one half, split with --split-seed; prune evaluates on the "
         "other half) or 'all'",
     )
-    option(g, "--split-seed", help="seed of the selection / evaluation split")
-    g.add_argument(
-        "--max-relevant",
-        type=nonneg_int,
-        default=None,
-        help="at most this many relevant pairs per query (default: all)",
-    )
-    g.add_argument(
-        "--max-nonrelevant",
-        type=nonneg_int,
-        default=None,
-        help="at most this many non-relevant pairs per query (default: all)",
-    )
-    g.add_argument(
-        "--negatives-from-bm25",
-        action="store_true",
-        help="non-relevant pairs from the BM25 top --k (judged non-relevant and unjudged candidates); for "
-        "collections that judge only relevant documents",
-    )
-    option(g, "--k", default=100, help="BM25 depth for --negatives-from-bm25")
-    option(g, "--seed", help="seed of the per-query sampling of pairs")
-    g = p.add_argument_group("NIG")
-    option(
-        g,
-        "--n-steps",
-        type=steps_arg,
-        default=16,
-        help="intervals of the integration rule, or 'auto': per pair, grids doubled from --min-steps until "
-        "completeness holds to --tol (at most --max-steps); each pair's steps are recorded",
-    )
-    g.add_argument("--tol", type=float, default=None, help="--n-steps auto: completeness tolerance (0.01)")
-    g.add_argument("--min-steps", type=positive_int, default=None, help="--n-steps auto: first grid (8)")
-    g.add_argument(
-        "--max-steps", type=positive_int, default=None, help="--n-steps auto: cap, min-steps x 2^k (512)"
-    )
-    g.add_argument("--baseline", choices=BASELINES, default="pad", help="the baseline input")
-    g.add_argument("--method", choices=RULES, default="riemann_trapezoid", help="the integration rule")
-    option(g, "--layers", help="comma-separated layers to attribute (default: all)")
-    g.add_argument(
-        "--side",
-        choices=("doc", "query"),
-        default=None,
-        help="bi-encoders: the side interpolated from the baseline (default: doc)",
-    )
-    option(g, "--max-length")
+    add_pair_options(g)
+    add_nig_options(p)
     g = p.add_argument_group("batching and checkpoints")
     option(g, "--batch-size", default=8)
     g.add_argument(
@@ -110,11 +67,6 @@ def add_parser(sub: Any) -> None:
         help="continue OUT/attribution.safetensors (same pairs, settings and model weights)",
     )
     g.add_argument("--overwrite", action="store_true", help="start again over an existing attribution")
-
-
-def steps_arg(text: str) -> int | str:
-    """argparse type: an integer >= 1 or ``auto``."""
-    return "auto" if text == "auto" else positive_int(text)
 
 
 def check_layers(layers: list[int] | None, model: HookedModel, option: str = "--layers") -> list[int] | None:
@@ -163,7 +115,6 @@ def _resume_advice(args: argparse.Namespace, s: Session) -> Iterator[None]:
 
 def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     from mechir_nig._io import OutputLock
-    from mechir_nig.attribution.settings import NIGSettings
     from mechir_nig.data import bm25_candidates, judged_pairs
     from mechir_nig.experiments.attribute import attribute_collection
 
@@ -221,19 +172,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         f"non-relevant) of {len(qids)} queries of {col.name!r} with {args.model} "
         f"({model.cfg.n_layers} layers x {model.cfg.d_mlp} neurons), {args.n_steps} steps"
     )
-    auto = {"tol": args.tol, "min_steps": args.min_steps, "max_steps": args.max_steps}
-    if args.n_steps != "auto" and any(v is not None for v in auto.values()):
-        raise UsageError("--tol, --min-steps and --max-steps apply only to --n-steps auto")
-    settings = NIGSettings(
-        **(auto if args.n_steps == "auto" else {}),
-        n_steps=args.n_steps,
-        baseline=args.baseline,
-        method=args.method,
-        layers=layers,
-        side=args.side,
-        max_length=args.max_length,
-        internal_batch_size=args.internal_batch_size,
-    )
+    settings = nig_settings(args, layers)
     plan = {"query_ids": qids, "queries": args.queries, "split_seed": args.split_seed}
     with s.stage("attribute"), _resume_advice(args, s):
         stats = attribute_collection(

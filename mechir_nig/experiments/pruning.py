@@ -459,6 +459,7 @@ def pruning_study(
     batch_size: int = 32,
     progress: bool = True,
     distributed: bool | str = "auto",
+    source_collection: str | None = None,
 ) -> PruningResult:
     """Ablate neuron sets chosen from ``ranking`` and evaluate the re-ranking of held-out queries.
 
@@ -469,7 +470,8 @@ def pruning_study(
             computed once by the caller.
         ranking: a ``CollectionAttribution`` (its ``scheme_scores(scheme)`` over its attributed layers) or
             a ``[n_layers, d_mlp]`` score tensor (all layers), computed on ``select_queries``.
-        scheme: the selection scheme of a ``CollectionAttribution``.
+        scheme: the selection scheme of a ``CollectionAttribution``; for a tensor ranking, the name of
+            the scheme it holds (recorded in ``settings``, e.g. ``"rrf(relevant,nonrelevant)"``).
         fractions: shares of the ranked neurons to ablate (``0`` gives the unpruned model).
         seeds: random sets per fraction.
         modes: ablation modes (``"zero"``, ``"baseline"``, ``"mean"``, ``"resample"``; the last two need
@@ -487,6 +489,14 @@ def pruning_study(
         distributed: ``"auto"``: under a ``torchrun`` launch of several processes the evaluations are
             sharded across the ranks (``mechir_nig.runtime.distributed.Context.map``, equal costs) and
             every rank returns all of them (save on rank 0); ``False``: every rank evaluates everything.
+        source_collection: the collection the ranking was computed on (default: a
+            ``CollectionAttribution``'s ``meta["collection"]``, else ``collection``'s name). When it is
+            another collection (transfer: a set selected on A ablated on B), ``select_queries`` are
+            that collection's queries (default: the ranking's ``meta["query_ids"]``), so they are not
+            checked against ``eval_queries`` (the two collections' query ids are different namespaces)
+            and ``eval_queries`` default to the held-out half of ``collection``. ``settings`` records
+            ``source_collection``, ``transfer``, the ``scheme`` and ``ranking`` (``"CollectionAttribution"``
+            or ``"tensor"``).
 
     Returns:
         A :class:`PruningResult` (``table()``, ``to_markdown()``, ``to_dict()``, ``save()``).
@@ -523,10 +533,16 @@ def pruning_study(
     if side not in ("doc", "query", "both"):
         raise InputError(f"side must be 'doc', 'query' or 'both', got {side!r}")
     scores, layers = _ranking_scores(model, ranking, scheme)
+    target = str(getattr(collection, "name", "") or "")
+    meta = getattr(ranking, "meta", None) or {}
+    source = str(source_collection or meta.get("collection") or target)
+    transfer = source != target
     default_sel, default_eval = split_queries(collection)
+    if transfer and select_queries is None:  # the queries of the source collection the ranking came from
+        default_sel = [str(q) for q in meta.get("query_ids") or []]
     sel = list(default_sel if select_queries is None else select_queries)
     ev = list(default_eval if eval_queries is None else eval_queries)
-    overlap = sorted(set(sel) & set(ev))
+    overlap = [] if transfer else sorted(set(sel) & set(ev))
     if overlap:
         raise InputError(
             f"{len(overlap)} queries are both selection and evaluation queries (e.g. {overlap[:3]}): "
@@ -638,7 +654,10 @@ def pruning_study(
     measure_names = [k for k in runs[0] if k not in _ID_KEYS]
     timings["total"] = time.perf_counter() - t_start
     settings = {
-        "scheme": scheme if hasattr(ranking, "scheme_scores") else "tensor",
+        "scheme": scheme,  # a tensor ranking: the scheme its caller names (``scheme``)
+        "ranking": "CollectionAttribution" if hasattr(ranking, "scheme_scores") else "tensor",
+        "source_collection": source,
+        "transfer": transfer,
         "ranked_layers": layers,
         "fractions": [float(f) for f in fractions],
         "seeds": seeds,
@@ -646,7 +665,12 @@ def pruning_study(
         "conditions": list(conditions),
         "side": side if bi else "pair",
         "pairs": len(pairs),
-        "split": "selection and evaluation queries are disjoint (select on one half, evaluate on the other)",
+        "split": (
+            f"transfer: the ranking was selected on collection {source!r} (select_queries are its queries) "
+            f"and evaluated on {target!r}"
+            if transfer
+            else "selection and evaluation queries are disjoint (select on one half, evaluate on the other)"
+        ),
         "judged_queries": JUDGED,
         "model": str(getattr(model.cfg, "model_name", "")),
     }

@@ -1,6 +1,5 @@
 """Plotly figures of every result: each function takes result objects and returns a ``go.Figure``.
 
-=========================  ======================================  =====================================
 function                   draws                                   from
 =========================  ======================================  =====================================
 ``neuron_heatmap``         layer x neuron NIG, per label + diff    ``CollectionAttribution``,
@@ -14,9 +13,30 @@ function                   draws                                   from
 ``pruning_curves``         measure vs fraction, random band        ``PruningResult``
 ``patching_heatmap``       layer x position / layer x head         ``PatchingResult``
 ``path_patching_heatmaps`` layer x head per receiver               ``PathPatchingResult``
+``path_patching_heatmaps``    layer x head per receiver               ``PathPatchingResult``
 ``faithfulness_curves``    top-k NIG vs random score drops         ``FaithfulnessResult``
 ``faithfulness_bars``      Spearman of drops vs predictors         ``FaithfulnessResult``
 =========================  ======================================  =====================================
+=======
+============================  ======================================  =====================================
+function                      draws                                   from
+============================  ======================================  =====================================
+``neuron_heatmap``            layer x neuron NIG, per label + diff    ``CollectionAttribution``,
+                                                                      ``NeuronAttribution``
+``top_neurons_bar``           the top-k neurons by a scheme           the same, or a scored ``NeuronSet``
+``token_heatmap``             tokens x layers NIG of one pair         ``NeuronAttribution`` (reduce=token)
+``group_bars``                cls/query/sep/doc NIG per layer         ``CollectionAttribution``,
+                                                                      ``NeuronAttribution``
+``layer_profile_bars``        members per layer of neuron sets        ``NeuronSet`` / ``ComponentSet`` s
+``overlap_bars``              overlap of sets vs its chance level     sets, or ``overlap_report`` dicts
+``pruning_curves``            measure vs fraction, random band        ``PruningResult``
+``patching_heatmap``          layer x position / layer x head         ``PatchingResult``
+``faithfulness_curves``       top-k NIG vs random score drops         ``FaithfulnessResult``
+``faithfulness_bars``         Spearman of drops vs predictors         ``FaithfulnessResult``
+``scheme_overlap_curves``     Jaccard between schemes per fraction    ``CollectionComparison``
+``collection_overlap_bars``   shared / core / OOD neurons vs chance   ``CollectionComparison``
+``top_layer_bars``            layer distribution of the top sets      ``CollectionComparison``
+============================  ======================================  =====================================
 
 The circuit analyses (:mod:`mechir_nig.plotting.circuits`): ``interaction_heatmap`` (interaction x layer
 drop of an ``InteractionResult``), ``attention_group_heatmap`` (layer x head shares of an
@@ -44,6 +64,7 @@ from mechir_nig.errors import InputError
 from mechir_nig.plotting._common import COLORS, SCALES
 from mechir_nig.plotting.attribution import group_bars, neuron_heatmap, token_heatmap, top_neurons_bar
 from mechir_nig.plotting.circuits import attention_group_heatmap, attention_pattern_view, interaction_heatmap
+from mechir_nig.plotting.compare import collection_overlap_bars, scheme_overlap_curves, top_layer_bars
 from mechir_nig.plotting.experiments import faithfulness_bars, faithfulness_curves, pruning_curves
 from mechir_nig.plotting.patching import patching_heatmap, path_patching_heatmaps
 from mechir_nig.plotting.sets import layer_profile_bars, overlap_bars
@@ -56,6 +77,7 @@ __all__ = [
     "interaction_heatmap",
     "KINDS",
     "SCALES",
+    "collection_overlap_bars",
     "faithfulness_bars",
     "faithfulness_curves",
     "group_bars",
@@ -66,7 +88,9 @@ __all__ = [
     "patching_heatmap",
     "plot",
     "pruning_curves",
+    "scheme_overlap_curves",
     "token_heatmap",
+    "top_layer_bars",
     "top_neurons_bar",
 ]
 
