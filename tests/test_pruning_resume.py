@@ -127,6 +127,7 @@ print("DONE", flush=True)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 def test_sigkill_mid_study_then_resume_equals_one_run(tiny_ce_dir, tiny_ce, col, cands, full, tmp_path):
     ckpt = tmp_path / "pruning.ckpt.json"
@@ -205,3 +206,50 @@ def test_clean_and_baseline_passes_are_reused_and_change_nothing(tiny_ce, col, c
         run.setdefault(q, {})[d] = v
     res = evaluate(run, col, list(first.measures), per_query=True, query_ids=first.eval_queries)
     assert res.per_query == first.per_query[i]
+
+
+@pytest.mark.slow
+def test_cli_prune_resumes_a_stopped_study(tiny_ce_dir, tmp_path, monkeypatch, capsys):
+    import json
+    import shutil
+
+    import mechir_nig.experiments.pruning as pruning
+    from mechir_nig.cli import main
+
+    out = tmp_path / "a"
+    common = ["--model", str(tiny_ce_dir), "--collection", "embedded", "--no-progress"]
+    assert (
+        main(
+            ["attribute", *common, "--out", str(out), "--max-relevant", "1", "--max-nonrelevant", "1"]
+            + ["--n-steps", "2"]
+        )
+        == 0
+    )
+    shutil.copytree(out, tmp_path / "b")
+    prune = ["prune", *common, "--fractions", "0.05", "--seeds", "2", "--modes", "zero,baseline", "--k", "5"]
+    prune += ["--conditions", "nig_top,random", "--batch-size", "4"]
+    real = pruning.pruning_study
+    n = []
+
+    def stop_after_three(*args, **kwargs):
+        def crash(run):
+            n.append(run)
+            if len(n) == 3:
+                raise KeyboardInterrupt
+
+        return real(*args, **kwargs, on_evaluation=crash)
+
+    monkeypatch.setattr(pruning, "pruning_study", stop_after_three)
+    assert main([*prune, "--out", str(out)]) == 130  # interrupted after three evaluations
+    assert "prune --resume continues" in capsys.readouterr().err
+    monkeypatch.setattr(pruning, "pruning_study", real)
+    assert len(PruningCheckpoint.load(out / "pruning.ckpt.json").done) == 3
+    assert main([*prune, "--out", str(out)]) == 2  # a stopped study is not started over silently
+    assert "--resume" in capsys.readouterr().err
+    assert main([*prune, "--out", str(out), "--resume"]) == 0
+    assert "resumed 3 of 7 evaluations" in capsys.readouterr().out
+    assert not (out / "pruning.ckpt.json").exists()  # removed once pruning.json is written
+    assert main([*prune, "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((d / "pruning.json").read_text()) for d in (out, tmp_path / "b"))
+    for key in ("runs", "per_query", "moved", "sets", "eval_queries"):
+        assert a[key] == b[key]

@@ -24,7 +24,12 @@ EPILOG = """example:
   mechir-nig prune --out results --fractions 0.01,0.05 --seeds 3 --modes zero,baseline --k 50
 
 The neurons are selected on the queries the attribution was computed on (recorded in it) and evaluated
-on the other judged queries, re-ranking their BM25 top --k."""
+on the other judged queries, re-ranking their BM25 top --k. Each finished evaluation is saved in
+OUT/pruning.ckpt.json as it completes: a stopped study continues with the same command and --resume
+(the checkpoint is removed once pruning.json is written)."""
+
+CHECKPOINT = "pruning.ckpt.json"
+"""The per-evaluation checkpoint of a running study, in the results folder."""
 
 MODES = ABLATION_MODES
 
@@ -75,6 +80,12 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="use an attribution that holds fewer pairs than its run planned (a stopped attribute); the "
         "output, pruning.json and the report say so. Without it such an attribution is refused",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue the study stopped in OUT/{CHECKPOINT} (same attribution, options and model); its "
+        "finished evaluations are kept as they are",
     )
     option(
         g,
@@ -172,6 +183,21 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         f"pruning study: {len(ev)} evaluation queries x BM25 top-{args.k}, fractions {args.fractions}, "
         f"modes {args.modes}, {args.seeds} random seeds: {n_evals} re-rankings"
     )
+    from mechir_nig.runtime.distributed import launch_info
+
+    ckpt = s.out / CHECKPOINT
+    if launch_info() is not None:  # the evaluations are sharded over the ranks: no per-evaluation checkpoint
+        if args.resume:
+            raise UsageError("--resume continues a single-process prune; run it without torchrun")
+        ckpt_arg = None
+    else:
+        ckpt_arg = ckpt
+    if ckpt_arg is not None and ckpt.exists() and not args.resume:
+        raise UsageError(
+            f"{ckpt} holds a stopped pruning study: pass --resume to continue it (same options), or remove it"
+        )
+    if ckpt_arg is not None and args.resume and not ckpt.exists():
+        s.say(f"note: --resume: {ckpt} does not exist, starting the study")
     with s.stage("pruning"):
         result = pruning_study(
             model,
@@ -190,12 +216,19 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
             reference=reference,
             batch_size=args.batch_size,
             progress=s.progress,
+            checkpoint=ckpt_arg,
+            resume=args.resume and ckpt.exists(),
         )
+    resumed = int(result.timings.get("resumed_evaluations", 0))
+    if resumed:
+        s.say(f"resumed {resumed} of {len(result.runs)} evaluations from {ckpt}")
     result.settings["attribution"] = str(path.resolve())
     result.settings["k"] = args.k
     if incomplete is not None:
         result.settings["attribution_incomplete"] = incomplete
     out = s.save("pruning", result.save)  # pruning_study gathers every run on each rank
+    if ckpt_arg is not None and s.main:
+        ckpt.unlink(missing_ok=True)  # the study is in pruning.json now
     s.say(result.to_markdown())
     from mechir_nig.cli._common import say_findings
     from mechir_nig.findings import pruning_findings
