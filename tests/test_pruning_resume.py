@@ -253,3 +253,19 @@ def test_cli_prune_resumes_a_stopped_study(tiny_ce_dir, tmp_path, monkeypatch, c
     a, b = (json.loads((d / "pruning.json").read_text()) for d in (out, tmp_path / "b"))
     for key in ("runs", "per_query", "moved", "sets", "eval_queries"):
         assert a[key] == b[key]
+
+
+def test_faithfulness_progress_advances_per_forward_batch(tiny_ce):
+    from conftest import DOCS, QUERIES
+
+    from mechir_nig.experiments.faithfulness import faithfulness
+
+    qs, ds = QUERIES[:3], DOCS[:3]
+    ticks: list[int] = []
+    kw = dict(k=3, curve_k=2, seeds=1, n_steps=2, chunk_size=4, interventions=("zero", "baseline"))
+    res = faithfulness(tiny_ce, qs, ds, on_batch=ticks.append, **kw)
+    # act x grad (1), then per intervention: the clean pass and ceil(3 pairs x 3 neurons / 4) = 3 chunks
+    # of single-neuron rows, the curve's clean pass and ceil(3 x 2 k x (1 + 1 seed) / 4) = 3 chunks
+    assert ticks == list(range(1, 1 + 2 * (1 + 3 + 1 + 3) + 1))
+    again = faithfulness(tiny_ce, qs, ds, **kw)  # counting changes nothing
+    torch.testing.assert_close(again.drops["baseline"], res.drops["baseline"], atol=0, rtol=0)
