@@ -58,6 +58,7 @@ from mechir_nig.sets.components import ComponentSet, NeuronSet
 from mechir_nig.statistics import CeilingWarning
 
 __all__ = [
+    "BASELINE_THRESHOLD",
     "CEILING_SHARE",
     "CEILING_VALUE",
     "CONDITIONS",
@@ -142,7 +143,10 @@ class PruningResult(Result):
     "docs": {query_id: {"up": [[doc_id, rank before, rank after], ...], "down": [...]}}}`` (the
     ``MOVED_PER_QUERY`` largest rank changes each way, ranks from 1). ``statistics()`` compares the
     conditions over the evaluation queries, ``ceiling()`` flags a measure at its maximum.
-    ``seconds[i]``: the time ``runs[i]`` took (measured when it ran, kept by a resumed study; empty in
+    ``baseline_activity``: each ranked neuron's mean activation on the NIG ``[PAD]`` baseline inputs of
+    the selection queries' relevant documents, measured once (``{"threshold", "inputs", "n_inputs",
+    "layers", "baseline_mean": [layer][neuron]}``; :meth:`active_on_baseline` counts a set's active
+    neurons). ``seconds[i]``: the time ``runs[i]`` took (measured when it ran, kept by a resumed study; empty in
     results saved before it existed; ``timings`` holds the sums per condition and mode).
     ``save``/``load`` keep it as one checksummed JSON file (``pruning.json``, with the ``table`` and the
     ``statistics`` written beside the fields for readers; ``mechir_nig.results``).
@@ -177,6 +181,32 @@ class PruningResult(Result):
     timings: dict[str, float] = field(default_factory=dict)
     moved: list[dict[str, Any]] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    baseline_activity: dict[str, Any] = field(default_factory=dict)
+
+    def active_on_baseline(self, components: Any) -> tuple[int, int] | None:
+        """``(k, n)``: how many of the ``n`` neurons of ``components`` (a ``NeuronSet`` of this model, its
+        JSON, or ``[(layer, neuron)]``) are active on the NIG baseline input (``|mean activation| >
+        threshold`` in ``baseline_activity``, measured once by the study); None when it was not measured
+        or a neuron lies outside the measured layers.
+
+        Example:
+            >>> r = PruningResult([], [], [], {}, [], [], {}, baseline_activity={
+            ...     "threshold": 0.1, "layers": [0, 1], "baseline_mean": [[0.5, 0.0], [-0.2, 0.05]]})
+            >>> r.active_on_baseline([(0, 0), (0, 1), (1, 0)])
+            (2, 3)
+        """
+        act = self.baseline_activity
+        if not act.get("baseline_mean"):
+            return None
+        if isinstance(components, Mapping):
+            components = ComponentSet.from_json(components)
+        row = {layer: i for i, layer in enumerate(act["layers"])}
+        members = [(int(layer), int(n)) for layer, n in components]
+        if any(layer not in row for layer, _ in members):
+            return None
+        means = act["baseline_mean"]
+        k = sum(abs(means[row[layer]][n]) > act["threshold"] for layer, n in members)
+        return k, len(members)
 
     def table(self) -> list[dict[str, Any]]:
         """One row per (condition, mode, fraction): mean and standard deviation over seeds, and the drop
@@ -364,6 +394,7 @@ class PruningResult(Result):
             "timings": self.timings,
             "moved": self.moved,
             "seconds": self.seconds,
+            "baseline_activity": self.baseline_activity,
         }
 
     # -- persistence (``mechir_nig.results.Result``: save, load) -------------------------------------
@@ -393,6 +424,7 @@ class PruningResult(Result):
                 "timings": info.get("timings") or {},
                 "moved": info.get("moved") or [],
                 "seconds": info.get("seconds") or [],
+                "baseline_activity": info.get("baseline_activity") or {},
             },
         )
 
@@ -569,6 +601,7 @@ def pruning_study(
     cache: PruningCache | None = None,
     on_batch: Callable[[int], None] | None = None,
     on_evaluation: Callable[[dict[str, Any]], None] | None = None,
+    baseline_inputs: int = 40,
 ) -> PruningResult:
     """Ablate neuron sets chosen from ``ranking`` and evaluate the re-ranking of held-out queries.
 
@@ -609,6 +642,11 @@ def pruning_study(
             (default: one for this call, shared by its conditions).
         on_batch: called with the number of forward batches done in this call after each batch.
         on_evaluation: called with each evaluation's ``runs`` record once it is finished (and saved).
+        baseline_inputs: measure, once, every ranked neuron's mean activation on the NIG ``[PAD]``
+            baseline input of this many relevant (query, document) pairs of the selection queries (qrels
+            order; a bi-encoder: their documents), kept in ``baseline_activity`` so that every selected
+            set says how many of its neurons are active on the baseline (``|mean| >`` 0.1,
+            ``interventions.baseline_active``); 0: not measured.
 
     Returns:
         A :class:`PruningResult` (``table()``, ``to_markdown()``, ``to_dict()``, ``save()``).
@@ -868,6 +906,7 @@ def pruning_study(
         "judged_queries": JUDGED,
         "model": str(getattr(model.cfg, "model_name", "")),
     }
+    activity = _baseline_activity(model, collection, sel, layers, baseline_inputs, batch_size)
     result = PruningResult(
         measure_names or list(measures),
         runs,
@@ -879,12 +918,64 @@ def pruning_study(
         timings,
         moved,
         [float(r[2]) for r in results],
+        activity,
     )
     for m in result.measures:
         warning = result.ceiling(m)["warning"]
         if warning is not None:
             warnings.warn(f"pruning_study: {warning}", CeilingWarning, stacklevel=2)
     return result
+
+
+BASELINE_THRESHOLD = 0.1
+"""A neuron is active on the baseline when its mean baseline activation has ``|mean| >`` this."""
+
+
+def _baseline_activity(
+    model: HookedModel, collection: Any, sel: list[str], layers: list[int], n_inputs: int, batch_size: int
+) -> dict[str, Any]:
+    """Every ranked neuron's mean activation on the NIG baseline input of the first ``n_inputs`` relevant
+    pairs of the selection queries (``interventions.baseline_active``); ``{}`` when none or ``n_inputs=0``."""
+    from mechir_nig.interventions.ablation import baseline_active
+
+    check_int(n_inputs, "baseline_inputs", minimum=0)
+    chosen = set(sel)
+    rel = [
+        (r.query_id, r.doc_id)
+        for r in collection.qrels
+        if r.query_id in chosen and collection.is_relevant(r.relevance) and r.query_id in collection.queries
+    ]
+    rel = list(dict.fromkeys(rel))[:n_inputs]
+    if not rel or not layers:
+        return {}
+    docs = collection.get_docs(d for _, d in rel)
+    rel = [(q, d) for q, d in rel if d in docs]
+    if not rel:
+        return {}
+    everything = NeuronSet(
+        [(layer, n) for layer in layers for n in range(model.cfg.d_mlp)],
+        n_layers=model.cfg.n_layers,
+        d_mlp=model.cfg.d_mlp,
+    )
+    report = baseline_active(
+        model,
+        [collection.queries[q] for q, _ in rel],
+        [docs[d] for _, d in rel],
+        everything,
+        threshold=BASELINE_THRESHOLD,
+        batch_size=batch_size,
+    )
+    row = {layer: i for i, layer in enumerate(layers)}
+    means = torch.zeros(len(layers), model.cfg.d_mlp, dtype=torch.float64)
+    for (layer, n), v in zip(report.neurons, report.baseline_mean.tolist(), strict=True):
+        means[row[layer], n] = v
+    return {
+        "threshold": BASELINE_THRESHOLD,
+        "inputs": "the [PAD] baseline inputs of relevant pairs of the selection queries",
+        "n_inputs": len(rel),
+        "layers": layers,
+        "baseline_mean": [[round(float(v), 6) for v in row] for row in means],
+    }
 
 
 def _ablation(
