@@ -4,6 +4,7 @@ progress per forward batch, and the clean / baseline passes reused across condit
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -247,7 +248,11 @@ def test_cli_prune_resumes_a_stopped_study(tiny_ce_dir, tmp_path, monkeypatch, c
     assert main([*prune, "--out", str(out)]) == 2  # a stopped study is not started over silently
     assert "--resume" in capsys.readouterr().err
     assert main([*prune, "--out", str(out), "--resume"]) == 0
-    assert "resumed 3 of 7 evaluations" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "resumed 3 of 7 evaluations" in said
+    assert re.search(
+        r"nig_top at fraction 0.05 \(the relevant scheme\): 6 neurons, \d of 6 active on the NIG", said
+    )
     assert not (out / "pruning.ckpt.json").exists()  # removed once pruning.json is written
     assert main([*prune, "--out", str(tmp_path / "b")]) == 0
     a, b = (json.loads((d / "pruning.json").read_text()) for d in (out, tmp_path / "b"))

@@ -118,6 +118,35 @@ def attribution_path(s: Session, given: str | None) -> Path:
     return path
 
 
+def selected_sets_lines(result: Any) -> list[str]:
+    """One line per selected (non-random) set: its ranking scheme, size and how many of its neurons are
+    active on the NIG baseline input (``PruningResult.active_on_baseline``).
+
+    Example:
+        >>> from mechir_nig.experiments.pruning import PruningResult
+        >>> from mechir_nig.sets import NeuronSet
+        >>> top = NeuronSet([(0, 0), (0, 1)], n_layers=1, d_mlp=2).to_json()
+        >>> r = PruningResult([], [], [], {"nig_top|0.5|0": top}, [], [], {"scheme": "relevant"},
+        ...                   baseline_activity={"threshold": 0.1, "layers": [0], "baseline_mean": [[0.3, 0.0]]})
+        >>> selected_sets_lines(r)
+        ['nig_top at fraction 0.5 (the relevant scheme): 2 neurons, 1 of 2 active on the NIG baseline input']
+    """
+    from mechir_nig.sets import ComponentSet
+
+    scheme = result.settings.get("scheme")
+    how = "a score tensor passed in" if scheme in (None, "tensor") else f"the {scheme} scheme"
+    lines = []
+    for key, data in result.sets.items():
+        cond, frac, _seed = key.split("|")
+        if cond == "random":
+            continue
+        counted = result.active_on_baseline(data)
+        active = "" if counted is None else f", {counted[0]} of {counted[1]} active on the NIG baseline input"
+        n = len(ComponentSet.from_json(data))
+        lines.append(f"{cond} at fraction {frac} ({how}): {n} neurons{active}")
+    return lines
+
+
 def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     from mechir_nig.cli._common import load_attribution
     from mechir_nig.data import bm25_candidates
@@ -230,6 +259,8 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     if ckpt_arg is not None and s.main:
         ckpt.unlink(missing_ok=True)  # the study is in pruning.json now
     s.say(result.to_markdown())
+    for line in selected_sets_lines(result):
+        s.say(line)
     from mechir_nig.cli._common import say_findings
     from mechir_nig.findings import pruning_findings
 
