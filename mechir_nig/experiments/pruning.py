@@ -496,7 +496,8 @@ class PruningCache:
     bi-encoder's texts or a cross-encoder's clean scores, and the NIG-baseline-input activations of
     ``mode="baseline"`` (each distinct baseline row is run once, up to the last ablated layer; the rows of
     the most recent set of ablated layers are kept, so memory stays that of one condition). Every entry
-    is exactly what the pass would compute again: a cached study equals an uncached one.
+    is exactly what the pass would compute again: a cached study equals an uncached one. Entries are keyed
+    by the model object: do not change its weights between calls that share a cache.
 
     Example:
         >>> cache = PruningCache()
