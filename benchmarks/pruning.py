@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.001, 0.005, 0.01, 0.02, 0.05, 0.1])
     p.add_argument("--modes", nargs="+", default=["zero", "baseline"])
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--conditions", nargs="+", default=["nig_top", "random", "bottom", "negative"])
+    p.add_argument(
+        "--checkpoint", default=None, help="save each finished evaluation here and resume from it (resumable)"
+    )
     p.add_argument("--scheme", default="relevant")
     p.add_argument("--n-steps", type=int, default=16)
     p.add_argument("--k", type=int, default=50)
@@ -95,10 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         fractions=tuple(args.fractions),
         seeds=args.seeds,
         modes=tuple(args.modes),
+        conditions=tuple(args.conditions),
         select_queries=sel,
         eval_queries=ev,
         side="doc",
         reference=reference,
+        checkpoint=args.checkpoint,
+        resume=args.checkpoint is not None,
     )
     result.timings.update(t)
     result.settings.update(n_steps=args.n_steps, k=args.k, pairs_attributed=dict(stats.counts))

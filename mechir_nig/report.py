@@ -214,6 +214,7 @@ class _Doc:
     sections: list[tuple[str, str, list[str]]] = field(default_factory=list)  # (id, title, parts)
     n_figures: int = 0
     problems: list[str] = field(default_factory=list)
+    loaded: dict[str, Any] = field(default_factory=dict)  # every result read, for cross-references
 
     def section(self, key: str, title: str) -> list[str]:
         parts: list[str] = []
@@ -449,11 +450,42 @@ def _attribution_section(doc: _Doc, stats: Any) -> None:
         "layer profile of the top sets",
         lambda: layer_profile_bars(sets(), title=f"Top {pct} neurons per layer, by scheme"),
     )
+    label_sets = sets()
+    pruning = doc.loaded.get("pruning")
+    same_model = pruning is not None and (
+        not stats.meta.get("model_name")
+        or str(pruning.settings.get("model", "")) in ("", str(stats.meta.get("model_name")))
+    )
+    overlap: dict[str, str] = {}
     if len(present) == 2:
         from mechir_nig.sets import overlap_report
 
-        label_sets = sets()
         rep = overlap_report(label_sets[LABELS[0]], label_sets[LABELS[1]])
+        text = (
+            f"{rep['intersection']} shared (chance {rep['expected_intersection']:.2g}, hypergeometric "
+            f"p = {_num(rep['p_value'], '.3g')})"
+        )
+        overlap = {
+            LABELS[0]: f"{text} with the {LABELS[1]} set",
+            LABELS[1]: f"{text} with the {LABELS[0]} set",
+        }
+    rows = [
+        [
+            name,
+            len(comp),
+            _profile(comp),
+            _active_text(pruning.active_on_baseline(comp) if same_model and pruning is not None else None),
+            overlap.get(name, "–"),
+        ]
+        for name, comp in label_sets.items()
+    ]
+    parts.append(f"<h3>Top {pct} sets by scheme</h3>")
+    parts.append(
+        _table(
+            ["scheme", "neurons", "layer profile", "NIG baseline", "overlap vs chance"], rows, cls="numbers"
+        )
+    )
+    if len(present) == 2:
         parts.append(
             f"<h3>Overlap of the top {pct} relevant and non-relevant neurons vs chance (exact hypergeometric "
             "p-value over the attributed layers)</h3>"
@@ -478,6 +510,66 @@ def _narrow(fig: Any) -> Any:
     return fig.update_layout(width=min(1200, 620 + 160 * n), bargap=0.45)
 
 
+def _profile(components: Any) -> str:
+    """A set's members per layer, e.g. ``"L0 41, L1 5"`` (layers without members left out)."""
+    return ", ".join(f"L{i} {n}" for i, n in enumerate(components.layer_profile()) if n) or "–"
+
+
+def _active_text(counted: tuple[int, int] | None) -> str:
+    """``"k of n active on the baseline"``, or why it is not known."""
+    if counted is None:
+        return "not measured (a pruning study of this model measures it: prune)"
+    return f"{counted[0]} of {counted[1]} active on the baseline"
+
+
+def _scheme_text(settings: Mapping[str, Any]) -> str:
+    """The ranking a pruning study selected its sets by, in words."""
+    scheme = settings.get("scheme")
+    if scheme in (None, "tensor"):
+        return "a score tensor passed in (no scheme recorded)"
+    source = settings.get("ranking_collection") or settings.get("ranking_source")
+    return f"the {scheme} scheme" + (f" of {source}" if source else "")
+
+
+def _pruning_sets(parts: list[str], result: Any) -> None:
+    """The sets a pruning study ablated: the scheme they were ranked by, their size and layer profile, and
+    how many of their neurons are active on the NIG baseline input (measured once by the study)."""
+    from mechir_nig.sets import ComponentSet
+
+    if not result.sets:
+        return
+    act = result.baseline_activity or {}
+    rows = []
+    for key, data in result.sets.items():
+        cond, frac, seed = key.split("|")
+        comp = ComponentSet.from_json(data)
+        first = ", ".join(f"L{layer}N{n}" for layer, n in list(comp)[:5])
+        rows.append(
+            [
+                cond,
+                frac,
+                seed if cond == "random" else "–",
+                len(comp),
+                _profile(comp),
+                _active_text(result.active_on_baseline(data)),
+                first + (" …" if len(comp) > 5 else ""),
+            ]
+        )
+    measured = ""
+    if act.get("baseline_mean"):
+        measured = (
+            f" Active on the baseline: |mean activation| > {act['threshold']:g} on the [PAD] baseline inputs of "
+            f"{act['n_inputs']} relevant pairs of the selection queries."
+        )
+    parts.append(f"<h3>Ablated sets, ranked by {_e(_scheme_text(result.settings))}</h3>")
+    parts.append(
+        f'<p class="note">nig_top: the highest scores of that ranking; random: sets with nig_top\'s per-layer '
+        f"counts; bottom: the smallest |score|; negative: the most negative scores.{_e(measured)}</p>"
+    )
+    head = ["set", "fraction", "seed", "neurons", "layer profile", "NIG baseline", "first neurons"]
+    parts.append(_table(head, rows, cls="numbers"))
+
+
 def _pruning_section(doc: _Doc, result: Any) -> None:
     from mechir_nig.plotting import layer_profile_bars, pruning_curves
     from mechir_nig.sets import ComponentSet
@@ -499,7 +591,16 @@ def _pruning_section(doc: _Doc, result: Any) -> None:
     items += list(settings.items())
     if result.timings:
         items.append(("timings (s)", {k: round(float(v), 2) for k, v in result.timings.items()}))
+    if result.seconds:
+        secs = sorted(result.seconds)
+        items.append(
+            (
+                "seconds per evaluation",
+                f"min {secs[0]:.2f}, median {secs[len(secs) // 2]:.2f}, max {secs[-1]:.2f} ({len(secs)} evaluations)",
+            )
+        )
     parts.append(_kv(items))
+    _pruning_sets(parts, result)
     head = ["condition", "mode", "fraction", "neurons", "seeds"]
     for m in result.measures:
         head += [m, f"drop {m}"]
@@ -1248,6 +1349,7 @@ def build(
                 f"it (mechir-nig attribute --resume --out {folder}), or pass allow_incomplete=True to report "
                 "on it, flagged as incomplete"
             )
+    doc.loaded = loaded
     provenance = _provenance(
         run if isinstance(run, Mapping) else {}, [names[k] for k in loaded if k != "run"]
     )

@@ -159,3 +159,28 @@ def test_tfc1_term_rule_first_or_highest_idf_and_the_reason():
     assert tfc1_term(q, "rice", idf) == ("rice", "given")
     assert tfc1(q, "A cell.") == "A cell. papers"  # the default is unchanged
     assert tfc1(q, "A cell.", idf=idf) == "A cell. neurons"
+
+
+def test_patch_states_the_injected_term_and_its_rule():
+    import argparse
+
+    from mechir_nig.cli.patch import _injected_terms, injected_terms_line
+    from mechir_nig.data import load_collection
+    from mechir_nig.interventions.perturb import TERM_RULES, tfc1_term
+
+    col = load_collection("embedded")
+    queries = [col.queries[q] for q in list(col.queries)[:3]]
+    for rule, reason in (("first", "first query term"), ("idf", "highest-IDF query term")):
+        args = argparse.Namespace(perturbation="tfc1", term=None, term_rule=rule)
+        meta = _injected_terms(args, col, queries)
+        idf = None if rule == "first" else col
+        assert meta["injected_terms"] == [tfc1_term(q, None, idf)[0] for q in queries]
+        assert meta["term_rule"] == reason and meta["term_rule_explained"] == TERM_RULES[reason]
+        line = injected_terms_line(meta)
+        assert line is not None and line.startswith("tfc1 injected ") and f"({reason}: " in line
+        assert all(repr(t) in line for t in meta["injected_terms"])
+    assert (
+        _injected_terms(argparse.Namespace(perturbation="tdc", term=None, term_rule="first"), col, queries)
+        == {}
+    )
+    assert set(TERM_RULES) == {"given", "first query term", "highest-IDF query term"}

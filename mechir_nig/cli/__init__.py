@@ -171,7 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exc.code if isinstance(exc.code, int) else 0
         except KeyboardInterrupt:
             _abort(session, "interrupted", "interrupted")
-            eprint(f"{prog}: interrupted (attribute --resume continues from the last checkpoint)")
+            command = prog.removeprefix(PROG).strip() or "attribute"
+            resumable = command if command in ("attribute", "prune") else "attribute"
+            eprint(f"{prog}: interrupted ({resumable} --resume continues from the last checkpoint)")
             return 130
         except Exception as exc:  # a UsageError exits with 2, any other failure with 1
             from mechir_nig.errors import MechirNigError

@@ -58,7 +58,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
-    from tqdm.auto import tqdm
 
     from mechir_nig.cli._common import UsageError
     from mechir_nig.experiments.faithfulness import FaithfulnessResult, _per_neuron_nig, faithfulness
@@ -87,9 +86,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
             reference = AblationReference.compute(model, qs, ds)  # a bi-encoder: the docs
     parts: list[FaithfulnessResult] = []
     with s.stage("ablations"):
-        for mode in tqdm(
-            args.interventions, desc="faithfulness", unit="intervention", disable=not s.progress or not s.main
-        ):
+        for mode in args.interventions:  # each call's bar counts its forward batches
             parts.append(
                 faithfulness(
                     model,
@@ -104,6 +101,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
                     n_steps=args.n_steps,
                     chunk_size=args.chunk_size,
                     seed=args.seed,
+                    progress=s.progress and s.main,
                 )
             )
     first = parts[0]

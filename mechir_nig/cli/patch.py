@@ -105,7 +105,34 @@ def _injected_terms(args: argparse.Namespace, col: Any, queries: list[str]) -> d
 
     idf = perturb.term_idf(col) if args.term_rule == "idf" and args.term is None else None
     chosen = [perturb.tfc1_term(q, args.term, idf) for q in queries]
-    return {"term_rule": chosen[0][1] if chosen else None, "injected_terms": [c[0] for c in chosen]}
+    rule = chosen[0][1] if chosen else None
+    return {
+        "term_rule": rule,
+        "term_rule_explained": perturb.TERM_RULES.get(rule or ""),
+        "injected_terms": [c[0] for c in chosen],
+    }
+
+
+def injected_terms_line(meta: dict[str, Any]) -> str | None:
+    """The sentence naming the terms TFC1 injected and why (``None`` for another perturbation).
+
+    Example:
+        >>> injected_terms_line({"term_rule": "given", "injected_terms": ["rice", "rice"]})
+        "tfc1 injected 'rice' into pairs 0-1 (given: the term the caller gave (term= / --term))"
+    """
+    from mechir_nig.interventions.perturb import TERM_RULES
+
+    terms, rule = meta.get("injected_terms"), meta.get("term_rule")
+    if not terms or rule is None:
+        return None
+    if len(set(terms)) == 1:
+        what = (
+            f"{terms[0]!r} into pairs 0-{len(terms) - 1}" if len(terms) > 1 else f"{terms[0]!r} into pair 0"
+        )
+    else:
+        shown = ", ".join(f"{t!r} (pair {i})" for i, t in enumerate(terms[:6]))
+        what = shown + (f" and {len(terms) - 6} more" if len(terms) > 6 else "")
+    return f"tfc1 injected {what} ({rule}: {TERM_RULES.get(rule, rule)})"
 
 
 def perturbation(args: argparse.Namespace, col: Any) -> Any:
@@ -255,6 +282,9 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         },
     )
     out = s.save("patching", result.save)
+    line = injected_terms_line(result.meta)
+    if line is not None:
+        s.say(line)
     delta = result.corrupted_scores - result.clean_scores
     s.say(
         f"score change perturbed - clean: mean {float(delta.mean()):+.4f} "

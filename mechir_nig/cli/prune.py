@@ -24,7 +24,12 @@ EPILOG = """example:
   mechir-nig prune --out results --fractions 0.01,0.05 --seeds 3 --modes zero,baseline --k 50
 
 The neurons are selected on the queries the attribution was computed on (recorded in it) and evaluated
-on the other judged queries, re-ranking their BM25 top --k."""
+on the other judged queries, re-ranking their BM25 top --k. Each finished evaluation is saved in
+OUT/pruning.ckpt.json as it completes: a stopped study continues with the same command and --resume
+(the checkpoint is removed once pruning.json is written)."""
+
+CHECKPOINT = "pruning.ckpt.json"
+"""The per-evaluation checkpoint of a running study, in the results folder."""
 
 MODES = ABLATION_MODES
 
@@ -76,6 +81,12 @@ def add_parser(sub: Any) -> None:
         help="use an attribution that holds fewer pairs than its run planned (a stopped attribute); the "
         "output, pruning.json and the report say so. Without it such an attribution is refused",
     )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue the study stopped in OUT/{CHECKPOINT} (same attribution, options and model); its "
+        "finished evaluations are kept as they are",
+    )
     option(
         g,
         "--split-seed",
@@ -105,6 +116,35 @@ def attribution_path(s: Session, given: str | None) -> Path:
     if not path.is_file():
         raise UsageError(f"--attribution {given}: no such file")
     return path
+
+
+def selected_sets_lines(result: Any) -> list[str]:
+    """One line per selected (non-random) set: its ranking scheme, size and how many of its neurons are
+    active on the NIG baseline input (``PruningResult.active_on_baseline``).
+
+    Example:
+        >>> from mechir_nig.experiments.pruning import PruningResult
+        >>> from mechir_nig.sets import NeuronSet
+        >>> top = NeuronSet([(0, 0), (0, 1)], n_layers=1, d_mlp=2).to_json()
+        >>> r = PruningResult([], [], [], {"nig_top|0.5|0": top}, [], [], {"scheme": "relevant"},
+        ...                   baseline_activity={"threshold": 0.1, "layers": [0], "baseline_mean": [[0.3, 0.0]]})
+        >>> selected_sets_lines(r)
+        ['nig_top at fraction 0.5 (the relevant scheme): 2 neurons, 1 of 2 active on the NIG baseline input']
+    """
+    from mechir_nig.sets import ComponentSet
+
+    scheme = result.settings.get("scheme")
+    how = "a score tensor passed in" if scheme in (None, "tensor") else f"the {scheme} scheme"
+    lines = []
+    for key, data in result.sets.items():
+        cond, frac, _seed = key.split("|")
+        if cond == "random":
+            continue
+        counted = result.active_on_baseline(data)
+        active = "" if counted is None else f", {counted[0]} of {counted[1]} active on the NIG baseline input"
+        n = len(ComponentSet.from_json(data))
+        lines.append(f"{cond} at fraction {frac} ({how}): {n} neurons{active}")
+    return lines
 
 
 def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
@@ -172,6 +212,21 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         f"pruning study: {len(ev)} evaluation queries x BM25 top-{args.k}, fractions {args.fractions}, "
         f"modes {args.modes}, {args.seeds} random seeds: {n_evals} re-rankings"
     )
+    from mechir_nig.runtime.distributed import launch_info
+
+    ckpt = s.out / CHECKPOINT
+    if launch_info() is not None:  # the evaluations are sharded over the ranks: no per-evaluation checkpoint
+        if args.resume:
+            raise UsageError("--resume continues a single-process prune; run it without torchrun")
+        ckpt_arg = None
+    else:
+        ckpt_arg = ckpt
+    if ckpt_arg is not None and ckpt.exists() and not args.resume:
+        raise UsageError(
+            f"{ckpt} holds a stopped pruning study: pass --resume to continue it (same options), or remove it"
+        )
+    if ckpt_arg is not None and args.resume and not ckpt.exists():
+        s.say(f"note: --resume: {ckpt} does not exist, starting the study")
     with s.stage("pruning"):
         result = pruning_study(
             model,
@@ -190,13 +245,22 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
             reference=reference,
             batch_size=args.batch_size,
             progress=s.progress,
+            checkpoint=ckpt_arg,
+            resume=args.resume and ckpt.exists(),
         )
+    resumed = int(result.timings.get("resumed_evaluations", 0))
+    if resumed:
+        s.say(f"resumed {resumed} of {len(result.runs)} evaluations from {ckpt}")
     result.settings["attribution"] = str(path.resolve())
     result.settings["k"] = args.k
     if incomplete is not None:
         result.settings["attribution_incomplete"] = incomplete
     out = s.save("pruning", result.save)  # pruning_study gathers every run on each rank
+    if ckpt_arg is not None and s.main:
+        ckpt.unlink(missing_ok=True)  # the study is in pruning.json now
     s.say(result.to_markdown())
+    for line in selected_sets_lines(result):
+        s.say(line)
     from mechir_nig.cli._common import say_findings
     from mechir_nig.findings import pruning_findings
 

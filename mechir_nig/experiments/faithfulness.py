@@ -19,8 +19,9 @@ carrying its own ``[n_layers, d_mlp]`` mask, written by the intervention engine
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from torch import Tensor
 
 from mechir_nig._validate import check_int
 from mechir_nig.errors import InputError
+from mechir_nig.experiments._progress import Progress
 from mechir_nig.models.protocol import HookedModel
 from mechir_nig.models.tokenization import PAD
 from mechir_nig.results import Result
@@ -56,9 +58,11 @@ def masked_scores(
     reference: Any = None,
     baseline: str = "pad",
     chunk_size: int = 64,
+    on_chunk: Callable[[], None] | None = None,
 ) -> Tensor:
     """Scores of ``batch.select(rows)`` with each row's own neurons ablated (through the intervention
-    engine: one ``mlp_post`` intervention per layer whose per-row mask is ``masks[:, layer]``).
+    engine: one ``mlp_post`` intervention per layer whose per-row mask is ``masks[:, layer]``), in chunks
+    of ``chunk_size`` rows; ``on_chunk()`` is called after each chunk's forward (progress).
 
     Shapes:
         rows: ``[R]`` indices into ``batch``; masks: ``[R, n_layers, d_mlp]`` bool; returns ``[R]``.
@@ -91,6 +95,8 @@ def masked_scores(
         its = [Intervention("mlp_post", layer, value, mask=m[:, layer, None, :]) for layer in layers]
         with Engine(model, its):
             out.append(_scores(model, batch.select(r), None if other is None else other[r]).float().cpu())
+        if on_chunk is not None:
+            on_chunk()
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -103,8 +109,10 @@ def single_neuron_effects(
     mode: str = "zero",
     reference: Any = None,
     chunk_size: int = 64,
+    on_chunk: Callable[[], None] | None = None,
 ) -> Tensor:
-    """Score drop ``F(x) - F(x, neuron ablated)`` of each pair's listed neurons, one at a time, batched.
+    """Score drop ``F(x) - F(x, neuron ablated)`` of each pair's listed neurons, one at a time, batched
+    (``on_chunk()`` after the clean forward and after each chunk of ablated rows: progress).
 
     Shapes:
         neurons: ``[B, k, 2]`` long ``(layer, neuron)`` per pair; returns ``[B, k]``.
@@ -123,8 +131,18 @@ def single_neuron_effects(
     rows = torch.arange(b).repeat_interleave(k)
     with torch.no_grad():
         clean = _scores(model, batch, other).float().cpu()
+    if on_chunk is not None:
+        on_chunk()
     ablated = masked_scores(
-        model, batch, other, rows, masks, mode=mode, reference=reference, chunk_size=chunk_size
+        model,
+        batch,
+        other,
+        rows,
+        masks,
+        mode=mode,
+        reference=reference,
+        chunk_size=chunk_size,
+        on_chunk=on_chunk,
     )
     return (clean[rows] - ablated).view(b, k)
 
@@ -331,6 +349,8 @@ def faithfulness(
     chunk_size: int = 64,
     seed: int = 0,
     distributed: bool | str = "auto",
+    progress: bool = False,
+    on_batch: Callable[[int], None] | None = None,
 ) -> FaithfulnessResult:
     """Single-neuron ablation of each pair's top-``k`` ``|NIG|`` neurons, and the top-k vs random curve.
 
@@ -351,6 +371,11 @@ def faithfulness(
             ``mean`` reference, when computed here, is computed on every rank (one forward pass).
             Under a launch every rank must call it with the same pairs (checked: ``DistributedError``
             otherwise); inside your own per-rank work pass ``False``.
+        progress: show progress bars (rank 0): the NIG of the pairs (when ``attribution`` is not given)
+            and the forward batches of the ablations (the activation x gradient pass, each clean pass and
+            each chunk of ``chunk_size`` ablated rows, per intervention).
+        on_batch: called with the number of forward batches of the ablations done so far, after each one
+            (this rank's pairs).
 
     Returns:
         A :class:`FaithfulnessResult` (``spearman``, ``drops`` ``[B, k]``, ``curve``); in a sharded run
@@ -375,7 +400,9 @@ def faithfulness(
     ctx.agree("faithfulness", batch.input_ids, batch.attention_mask)
     costs = _pair_costs(batch)
     if attribution is None:
-        nig = _per_neuron_nig(model, queries, docs, distributed=distributed, costs=costs, n_steps=n_steps)
+        nig = _per_neuron_nig(
+            model, queries, docs, distributed=distributed, costs=costs, n_steps=n_steps, progress=progress
+        )
     else:
         nig = attribution.per_neuron() if hasattr(attribution, "per_neuron") else attribution
         nig = torch.as_tensor(nig).double().cpu()
@@ -410,12 +437,29 @@ def faithfulness(
         whole = len(mine) == b
         sub = batch if whole else batch.select(idx)
         sub_other = other if other is None or whole else other[idx]
+        m = len(mine)
+        per_mode = 1 + -(-(m * k) // chunk_size)
+        if curve_k:
+            per_mode += 1 + -(-(m * curve_k * (1 + seeds)) // chunk_size)
+        tick = stack.enter_context(
+            Progress(
+                1 + per_mode * len(interventions), "faithfulness", "batch", progress and ctx.is_main, on_batch
+            )
+        )
         axg, mag = _act_grad(model, sub, sub_other)
+        tick.update()
         part["act_x_grad"] = axg.flatten(1).gather(1, top[idx])
         part["activation"] = mag.flatten(1).gather(1, top[idx])
         for mode in interventions:
             part[f"drop|{mode}"] = single_neuron_effects(
-                model, sub, sub_other, neurons[idx], mode=mode, reference=reference, chunk_size=chunk_size
+                model,
+                sub,
+                sub_other,
+                neurons[idx],
+                mode=mode,
+                reference=reference,
+                chunk_size=chunk_size,
+                on_chunk=tick.update,
             ).double()
             if curve_k:
                 assert order is not None
@@ -429,20 +473,22 @@ def faithfulness(
                     mode=mode,
                     reference=reference,
                     chunk_size=chunk_size,
+                    on_chunk=tick.update,
                 )
                 part[f"curve_top|{mode}"] = top_dr  # [m, K]
                 part[f"curve_rnd|{mode}"] = rnd_dr.transpose(0, 1)  # [m, S, K]: pairs first
         return split_rows(part)
 
-    got = stack_rows(
-        ctx.map(
-            range(b),
-            ablate,
-            cost=costs,
-            what="ablating the pairs' neurons",
-            fingerprint=(batch.input_ids, batch.attention_mask),
+    with contextlib.ExitStack() as stack:  # closes the progress bar, also after an exception
+        got = stack_rows(
+            ctx.map(
+                range(b),
+                ablate,
+                cost=costs,
+                what="ablating the pairs' neurons",
+                fingerprint=(batch.input_ids, batch.attention_mask),
+            )
         )
-    )
     pred = {"nig": flat.gather(1, top), "act_x_grad": got["act_x_grad"], "activation": got["activation"]}
     spearman: dict[str, dict[str, float]] = {}
     per_pair: dict[str, dict[str, list[float]]] = {}
@@ -490,6 +536,7 @@ def _curve_drops(
     mode: str,
     reference: Any,
     chunk_size: int,
+    on_chunk: Callable[[], None] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Score drops of the cumulative curve for the pairs of ``batch``: ablating the first ``k`` neurons
     of each pair's NIG ``order`` ``[B, K]``, and the first ``k`` of each of its random draws ``rnd``
@@ -506,6 +553,8 @@ def _curve_drops(
     rows = torch.arange(b).repeat_interleave(curve_k)
     with torch.no_grad():
         clean = _scores(model, batch, other).double().cpu()
+    if on_chunk is not None:
+        on_chunk()
     all_masks = torch.cat([masks_top.reshape(b * curve_k, -1), masks_rnd.reshape(seeds * b * curve_k, -1)])
     all_rows = torch.cat([rows, rows.repeat(seeds)])
     scores = masked_scores(
@@ -517,6 +566,7 @@ def _curve_drops(
         mode=mode,
         reference=reference,
         chunk_size=chunk_size,
+        on_chunk=on_chunk,
     ).double()
     dr = clean[all_rows] - scores
     return dr[: b * curve_k].view(b, curve_k), dr[b * curve_k :].view(seeds, b, curve_k)

@@ -36,11 +36,13 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -48,18 +50,23 @@ from torch import Tensor
 
 from mechir_nig._validate import check_int
 from mechir_nig.errors import InputError
+from mechir_nig.experiments._progress import Progress as _Progress
+from mechir_nig.interventions.engine import Baseline
 from mechir_nig.models.protocol import BiEncoderModel, HookedModel
-from mechir_nig.results import Result
+from mechir_nig.results import Result, canonical_json
 from mechir_nig.sets.components import ComponentSet, NeuronSet
 from mechir_nig.statistics import CeilingWarning
 
 __all__ = [
+    "BASELINE_THRESHOLD",
     "CEILING_SHARE",
     "CEILING_VALUE",
     "CONDITIONS",
     "JUDGED",
     "MOVED_PER_QUERY",
     "RANK_DEPTH",
+    "PruningCache",
+    "PruningCheckpoint",
     "PruningResult",
     "pruning_study",
     "judged_queries",
@@ -136,6 +143,11 @@ class PruningResult(Result):
     "docs": {query_id: {"up": [[doc_id, rank before, rank after], ...], "down": [...]}}}`` (the
     ``MOVED_PER_QUERY`` largest rank changes each way, ranks from 1). ``statistics()`` compares the
     conditions over the evaluation queries, ``ceiling()`` flags a measure at its maximum.
+    ``baseline_activity``: each ranked neuron's mean activation on the NIG ``[PAD]`` baseline inputs of
+    the selection queries' relevant documents, measured once (``{"threshold", "inputs", "n_inputs",
+    "layers", "baseline_mean": [layer][neuron]}``; :meth:`active_on_baseline` counts a set's active
+    neurons). ``seconds[i]``: the time ``runs[i]`` took (measured when it ran, kept by a resumed study; empty in
+    results saved before it existed; ``timings`` holds the sums per condition and mode).
     ``save``/``load`` keep it as one checksummed JSON file (``pruning.json``, with the ``table`` and the
     ``statistics`` written beside the fields for readers; ``mechir_nig.results``).
 
@@ -168,6 +180,33 @@ class PruningResult(Result):
     settings: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
     moved: list[dict[str, Any]] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    baseline_activity: dict[str, Any] = field(default_factory=dict)
+
+    def active_on_baseline(self, components: Any) -> tuple[int, int] | None:
+        """``(k, n)``: how many of the ``n`` neurons of ``components`` (a ``NeuronSet`` of this model, its
+        JSON, or ``[(layer, neuron)]``) are active on the NIG baseline input (``|mean activation| >
+        threshold`` in ``baseline_activity``, measured once by the study); None when it was not measured
+        or a neuron lies outside the measured layers.
+
+        Example:
+            >>> r = PruningResult([], [], [], {}, [], [], {}, baseline_activity={
+            ...     "threshold": 0.1, "layers": [0, 1], "baseline_mean": [[0.5, 0.0], [-0.2, 0.05]]})
+            >>> r.active_on_baseline([(0, 0), (0, 1), (1, 0)])
+            (2, 3)
+        """
+        act = self.baseline_activity
+        if not act.get("baseline_mean"):
+            return None
+        if isinstance(components, Mapping):
+            components = ComponentSet.from_json(components)
+        row = {layer: i for i, layer in enumerate(act["layers"])}
+        members = [(int(layer), int(n)) for layer, n in components]
+        if any(layer not in row for layer, _ in members):
+            return None
+        means = act["baseline_mean"]
+        k = sum(abs(means[row[layer]][n]) > act["threshold"] for layer, n in members)
+        return k, len(members)
 
     def table(self) -> list[dict[str, Any]]:
         """One row per (condition, mode, fraction): mean and standard deviation over seeds, and the drop
@@ -354,6 +393,8 @@ class PruningResult(Result):
             "settings": self.settings,
             "timings": self.timings,
             "moved": self.moved,
+            "seconds": self.seconds,
+            "baseline_activity": self.baseline_activity,
         }
 
     # -- persistence (``mechir_nig.results.Result``: save, load) -------------------------------------
@@ -377,7 +418,14 @@ class PruningResult(Result):
                 f"it holds {len(runs)} runs but {len(per_query)} per_query records (one per run)"
             )
         return super().from_parts(
-            tensors, info | {"timings": info.get("timings") or {}, "moved": info.get("moved") or []}
+            tensors,
+            info
+            | {
+                "timings": info.get("timings") or {},
+                "moved": info.get("moved") or [],
+                "seconds": info.get("seconds") or [],
+                "baseline_activity": info.get("baseline_activity") or {},
+            },
         )
 
     def plot(self, kind: str | None = None, **kw: Any) -> Any:
@@ -440,6 +488,96 @@ def _select(
     return select_top(scores, k=size, largest=False, layers=layers, name=condition)
 
 
+class PruningCache:
+    """The passes a pruning study reuses across its conditions and across calls (pass one object to
+    successive :func:`pruning_study` calls with the same model, e.g. transfer pruning over collections).
+
+    It keeps, per model and per list of texts (and ``batch_size``): the clean (unablated) encodings of a
+    bi-encoder's texts or a cross-encoder's clean scores, and the NIG-baseline-input activations of
+    ``mode="baseline"`` (each distinct baseline row is run once, up to the last ablated layer; the rows of
+    the most recent set of ablated layers are kept, so memory stays that of one condition). Every entry
+    is exactly what the pass would compute again: a cached study equals an uncached one. Entries are keyed
+    by the model object: do not change its weights between calls that share a cache.
+
+    Example:
+        >>> cache = PruningCache()
+        >>> len(cache)
+        0
+        >>> a = pruning_study(be, col, cands, stats_a, cache=cache)  # doctest: +SKIP
+        >>> b = pruning_study(be, col, cands, stats_b, cache=cache)  # the clean pass is not run again  # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self._clean: dict[tuple[int, str], Tensor] = {}
+        self._baseline: dict[int, Any] = {}
+        self.hits = 0
+        """How many clean passes were taken from the cache instead of computed."""
+
+    def __len__(self) -> int:
+        return len(self._clean)
+
+    def clean(self, model: HookedModel, key: str, compute: Any) -> Tensor:
+        """The clean pass ``compute()`` of ``model`` on what ``key`` names, computed once."""
+        k = (id(model), key)
+        if k in self._clean:
+            self.hits += 1
+        else:
+            self._clean[k] = compute()
+        return self._clean[k]
+
+    def baseline(self, model: HookedModel) -> Any:
+        """The shared NIG-baseline value of ``model`` (``mode="baseline"``), its rows kept across conditions."""
+        if id(model) not in self._baseline:
+            self._baseline[id(model)] = _StudyBaseline(model)
+        return self._baseline[id(model)]
+
+
+@dataclass(eq=False)
+class _StudyBaseline(Baseline):
+    """``Baseline`` whose row cache survives from one ablation to the next while the ablated layers stay
+    the same (random sets share the selected set's per-layer counts); another set of layers starts a new
+    cache (the previous one is dropped: the memory of one condition)."""
+
+    _names: tuple[str, ...] = ()
+
+    def begin(self, engine: Any, frame: Any) -> None:
+        names = tuple(engine.names_of(self))
+        if names != self._names:
+            self._names, self._rows = names, {}
+        super().begin(engine, frame)
+
+
+@dataclass
+class PruningCheckpoint(Result):
+    """The evaluations a pruning study has finished (``pruning_study(checkpoint=...)``), one atomic,
+    checksummed JSON file rewritten after each evaluation.
+
+    ``record``: what the study must match to resume it (its evaluations, queries, candidates, measures,
+    side, batch size, the model's fingerprint); ``done``: ``{job index: {"run", "per_query",
+    "seconds"}}``; ``scores``: ``{job index: [n_pairs] float64}`` (each evaluation's scores, for ``moved``).
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> ck = PruningCheckpoint({"fingerprint": "x"}, {}, {})
+        >>> PruningCheckpoint.load(ck.save(Path(tempfile.mkdtemp()) / "p.ckpt.json")) == ck
+        True
+    """
+
+    record: dict[str, Any]
+    done: dict[str, Any]
+    scores: dict[str, Tensor]
+
+    KIND = "PruningCheckpoint"
+    WHAT = "pruning checkpoint"
+    LAYOUT = "json"
+    JSON_DTYPES = {"scores": torch.float64}
+
+
+def _n_batches(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
 def pruning_study(
     model: HookedModel,
     collection: Any,
@@ -460,6 +598,12 @@ def pruning_study(
     progress: bool = True,
     distributed: bool | str = "auto",
     source_collection: str | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    cache: PruningCache | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    on_evaluation: Callable[[dict[str, Any]], None] | None = None,
+    baseline_inputs: int = 40,
 ) -> PruningResult:
     """Ablate neuron sets chosen from ``ranking`` and evaluate the re-ranking of held-out queries.
 
@@ -485,7 +629,7 @@ def pruning_study(
             ``"query"`` or ``"both"``).
         reference: an ``AblationReference`` for modes ``mean``/``resample``.
         batch_size: texts (bi-encoder) or pairs (cross-encoder) per forward.
-        progress: show a progress bar over the evaluations.
+        progress: show a progress bar over the forward batches of every evaluation.
         distributed: ``"auto"``: under a ``torchrun`` launch of several processes the evaluations are
             sharded across the ranks (``mechir_nig.runtime.distributed.Context.map``, equal costs) and
             every rank returns all of them (save on rank 0); ``False``: every rank evaluates everything.
@@ -497,23 +641,45 @@ def pruning_study(
             and ``eval_queries`` default to the held-out half of ``collection``. ``settings`` records
             ``source_collection``, ``transfer``, the ``scheme`` and ``ranking`` (``"CollectionAttribution"``
             or ``"tensor"``).
+        checkpoint: a file (e.g. ``OUT/pruning.ckpt.json``; its folder is created) where each finished
+            evaluation (condition x mode x fraction x random draw) is saved as it completes (atomically:
+            a crash leaves the previous state, never a half-written one). A single-process run only.
+        resume: continue the study in ``checkpoint``: its finished evaluations are taken as they are and
+            only the others are run; the result equals an uninterrupted study's (runs, per-query values,
+            ``moved``; ``seconds`` keeps each evaluation's measured time). A checkpoint of another study
+            (other evaluations, queries, candidates, measures, side, batch size or model weights) is
+            refused. Without ``resume`` an existing ``checkpoint`` is refused.
+        cache: a :class:`PruningCache` to reuse the clean pass and the baseline-input pass across calls
+            (default: one for this call, shared by its conditions).
+        on_batch: called with the number of forward batches done in this call after each batch.
+        on_evaluation: called with each evaluation's ``runs`` record once it is finished (and saved).
+        baseline_inputs: measure, once, every ranked neuron's mean activation on the NIG ``[PAD]``
+            baseline input of this many relevant (query, document) pairs of the selection queries (qrels
+            order; a bi-encoder: their documents), kept in ``baseline_activity`` so that every selected
+            set says how many of its neurons are active on the baseline (``|mean| >`` 0.1,
+            ``interventions.baseline_active``); 0: not measured.
 
     Returns:
         A :class:`PruningResult` (``table()``, ``to_markdown()``, ``to_dict()``, ``save()``).
+
+    Raises:
+        InputError: bad arguments; ``checkpoint`` exists without ``resume``, or was made by another
+            study; ``checkpoint`` under a launch of several processes.
+        CheckpointError: ``checkpoint`` cannot be written, or is damaged (``mechir_nig.results``).
+        CheckpointLockedError: another live process writes ``checkpoint``.
 
     Example:
         >>> col = load_collection("embedded")  # doctest: +SKIP
         >>> sel, held_out = split_queries(col, seed=0)  # doctest: +SKIP
         >>> result = pruning_study(  # doctest: +SKIP
         ...     ce, col, bm25_candidates(col, k=50), stats, select_queries=sel, eval_queries=held_out,
-        ...     fractions=(0.01,), seeds=3, modes="zero",
+        ...     fractions=(0.01,), seeds=3, modes="zero", checkpoint="results/pruning.ckpt.json", resume=True,
         ... )
         >>> print(result.to_markdown())  # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
+    import contextlib
 
     from mechir_nig.evaluation import evaluate
-    from mechir_nig.interventions.ablation import ablate
     from mechir_nig.sets.selection import random_like
 
     t_start = time.perf_counter()
@@ -525,6 +691,7 @@ def pruning_study(
         if c not in CONDITIONS:
             raise InputError(f"conditions must be among {CONDITIONS}, got {c!r}")
     check_int(seeds, "seeds", minimum=1)
+    check_int(batch_size, "batch_size", minimum=1)
     for f in fractions:
         if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f <= 1:
             raise InputError(f"fractions must be numbers in [0, 1], got {f!r}")
@@ -532,6 +699,8 @@ def pruning_study(
         raise InputError("side applies to bi-encoders only")
     if side not in ("doc", "query", "both"):
         raise InputError(f"side must be 'doc', 'query' or 'both', got {side!r}")
+    if resume and checkpoint is None:
+        raise InputError("resume=True needs checkpoint= (the file a previous call wrote)")
     scores, layers = _ranking_scores(model, ranking, scheme)
     target = str(getattr(collection, "name", "") or "")
     meta = getattr(ranking, "meta", None) or {}
@@ -560,6 +729,15 @@ def pruning_study(
     ev = [q for q in ev if q in candidates and q in judged]
     if not ev:
         raise InputError(f"no evaluation query is judged and has candidates ({JUDGED})")
+    from mechir_nig.runtime.distributed import context
+
+    ctx = context(distributed, getattr(model, "device", None))  # one process: every job here
+    if checkpoint is not None and ctx.grouped:
+        raise InputError(
+            "checkpoint= is for a single-process pruning study; under a launch of several processes pass "
+            "distributed=False with one checkpoint file per rank, or leave checkpoint out"
+        )
+    cache = cache if cache is not None else PruningCache()
 
     # the pairs, texts and (for a bi-encoder) the unablated side, once
     pairs = [(q, d) for q in ev for d in candidates[q]]
@@ -567,25 +745,38 @@ def pruning_study(
     q_texts = [collection.queries[q] for q, _ in pairs]
     d_texts = [docs[d] for _, d in pairs]
     bi = not model.pairwise
-    if bi:
-        uq, ud = list(dict.fromkeys(q_texts)), list(dict.fromkeys(d_texts))
-        q_row = torch.tensor([{t: i for i, t in enumerate(uq)}[t] for t in q_texts])
-        drow = {t: i for i, t in enumerate(ud)}
-        d_row = torch.tensor([drow[t] for t in d_texts])
-        q_clean = cast(BiEncoderModel, model).encode(uq, batch_size=batch_size)
-        d_clean = cast(BiEncoderModel, model).encode(ud, batch_size=batch_size)
+    uq, ud = list(dict.fromkeys(q_texts)), list(dict.fromkeys(d_texts))
+    qpos, dpos = {t: i for i, t in enumerate(uq)}, {t: i for i, t in enumerate(ud)}
+    q_row = torch.tensor([qpos[t] for t in q_texts])
+    d_row = torch.tensor([dpos[t] for t in d_texts])
+    texts_key = hashlib.sha256("\0".join([*q_texts, "\1", *d_texts]).encode()).hexdigest()
+
+    def encode(texts: list[str], which: str, ab: Any) -> Tensor:
+        if ab is None:
+            return cast(BiEncoderModel, model).encode(texts, batch_size=batch_size)
+        return cast(Tensor, ab.encode(texts, side=which, batch_size=batch_size))
+
+    def clean_side(which: str) -> Tensor:
+        texts = uq if which == "query" else ud
+        key = f"{which}|{batch_size}|" + hashlib.sha256("\0".join(texts).encode()).hexdigest()
+        return cache.clean(model, key, lambda: encode(texts, which, None))
 
     def score(components: ComponentSet | None, mode: str) -> Tensor:
         if components is None or len(components) == 0:
             if bi:
-                return cast(BiEncoderModel, model).similarity_fn(q_clean[q_row], d_clean[d_row])
-            return model.score(q_texts, d_texts, batch_size=batch_size)
-        ref = reference if mode in ("mean", "resample") else None
-        with ablate(model, components, mode=mode, reference=ref, side=side if bi else "both") as ab:
+                return cast(BiEncoderModel, model).similarity_fn(
+                    clean_side("query")[q_row], clean_side("doc")[d_row]
+                )
+            return cache.clean(
+                model,
+                f"pairs|{batch_size}|{texts_key}",
+                lambda: model.score(q_texts, d_texts, batch_size=batch_size),
+            )
+        with _ablation(model, components, mode, reference, side if bi else "both", cache) as ab:
             if not bi:
                 return model.score(q_texts, d_texts, batch_size=batch_size)
-            qe = ab.encode(uq, side="query", batch_size=batch_size) if side != "doc" else q_clean
-            de = ab.encode(ud, side="doc", batch_size=batch_size) if side != "query" else d_clean
+            qe = encode(uq, "query", ab) if side != "doc" else clean_side("query")
+            de = encode(ud, "doc", ab) if side != "query" else clean_side("doc")
             return cast(BiEncoderModel, model).similarity_fn(qe[q_row], de[d_row])
 
     def measure(values: Tensor) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
@@ -611,40 +802,104 @@ def pruning_study(
                 sets[f"{cond}|{f:g}|{s}"] = comp.to_json()
                 for mode in modes:
                     jobs.append((cond, mode, float(f), s, comp))
-    from mechir_nig.runtime.distributed import context
+    plan = [(c, m, f, s, None if x is None else sorted(x)) for c, m, f, s, x in jobs]
 
-    ctx = context(distributed, getattr(model, "device", None))  # one process: every job here
+    def batches_of(job: tuple[str, str, float, int, ComponentSet | None]) -> int:
+        """Forward batches an evaluation runs (what the progress bar counts)."""
+        comp = job[4]
+        if comp is None or len(comp) == 0:
+            return 0  # the clean pass: cached after the first call
+        if not bi:
+            return _n_batches(len(pairs), batch_size)
+        n = _n_batches(len(ud), batch_size) if side != "query" else 0
+        return n + (_n_batches(len(uq), batch_size) if side != "doc" else 0)
 
-    def run_jobs(share: list[int]) -> list[tuple[dict[str, Any], dict[str, dict[str, float]], float, Tensor]]:
-        out = []
-        for j in tqdm(share, desc="pruning", disable=not progress or not ctx.is_main):
-            cond, mode, f, s, comp = jobs[j]
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                values = score(comp, mode)
-            values = values.to(torch.float64).cpu()
-            means, pq = measure(values)
-            run = {"condition": cond, "mode": mode, "fraction": f, "seed": s}
-            out.append(
-                (
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    state: PruningCheckpoint | None = None
+    with contextlib.ExitStack() as stack:
+        if ckpt is not None:
+            from mechir_nig._io import OutputLock, probe_writable
+            from mechir_nig.attribution.settings import model_fingerprint
+
+            probe_writable(ckpt, "checkpoint")
+            stack.enter_context(OutputLock(ckpt))
+            record = {
+                "plan": hashlib.sha256(canonical_json(plan).encode()).hexdigest(),
+                "evaluations": len(jobs),
+                "select_queries": hashlib.sha256(canonical_json(sorted(sel)).encode()).hexdigest(),
+                "candidates": hashlib.sha256(
+                    canonical_json([(q, list(candidates[q])) for q in ev]).encode()
+                ).hexdigest(),
+                "measures": list(measures),
+                "side": side,
+                "batch_size": batch_size,
+                "model": model_fingerprint(model),
+            }
+            if ckpt.exists():
+                if not resume:
+                    raise InputError(
+                        f"checkpoint {ckpt} exists; pass resume=True (--resume) to continue it, or remove it"
+                    )
+                state = PruningCheckpoint.load(ckpt)
+                if state.record != record:
+                    diff = sorted(k for k in record if state.record.get(k) != record[k])
+                    what = (
+                        "another model (its weights differ)" if "model" in diff else f"another study {diff}"
+                    )
+                    raise InputError(f"checkpoint {ckpt} was made with {what}; use another file")
+            else:
+                state = PruningCheckpoint(record, {}, {})
+        done = state.done if state is not None else {}
+        todo = [j for j in range(len(jobs)) if str(j) not in done]
+        tick = _Progress(
+            sum(batches_of(jobs[j]) for j in todo),
+            "pruning",
+            "batch",
+            progress and ctx.is_main,
+            on_batch,
+        )
+        hook = "hook_score" if model.pairwise else "hook_embedding"
+        stack.enter_context(tick)
+
+        def run_jobs(
+            share: list[int],
+        ) -> list[tuple[dict[str, Any], dict[str, dict[str, float]], float, Tensor]]:
+            out = []
+            for j in share:
+                cond, mode, f, s, comp = jobs[j]
+                t0 = time.perf_counter()
+                with torch.no_grad(), model.hooks(fwd_hooks=[(hook, tick.hook)] if comp else []):
+                    values = score(comp, mode)
+                values = values.to(torch.float64).cpu()
+                means, pq = measure(values)
+                run = {"condition": cond, "mode": mode, "fraction": f, "seed": s}
+                entry = (
                     run | {"n_neurons": 0 if comp is None else len(comp)} | means,
                     pq,
                     time.perf_counter() - t0,
                     values,
                 )
-            )
-        return out
+                if state is not None and ckpt is not None:
+                    state.done[str(j)] = {"run": entry[0], "per_query": pq, "seconds": entry[2]}
+                    state.scores[str(j)] = values
+                    state.save(ckpt)
+                if on_evaluation is not None:
+                    on_evaluation(entry[0])
+                out.append(entry)
+            return out
 
-    results = ctx.map(
-        range(len(jobs)),
-        run_jobs,
-        what="evaluating the pruning conditions",
-        fingerprint=(
-            [(c, m, f, s, None if x is None else sorted(x)) for c, m, f, s, x in jobs],
-            sel,
-            {q: list(candidates[q]) for q in ev},
-        ),
-    )
+        computed = ctx.map(
+            todo,
+            run_jobs,
+            what="evaluating the pruning conditions",
+            fingerprint=(plan, sel, {q: list(candidates[q]) for q in ev}),
+        )
+    by_job = dict(zip(todo, computed, strict=True))
+    for key, entry in done.items():
+        if int(key) not in by_job:
+            assert state is not None
+            by_job[int(key)] = (entry["run"], entry["per_query"], float(entry["seconds"]), state.scores[key])
+    results = [by_job[j] for j in range(len(jobs))]
     timings: dict[str, float] = {}
     for (cond, mode, *_), (_, _, seconds, _) in zip(jobs, results, strict=True):  # summed over the ranks:
         timings[f"{cond}|{mode}"] = timings.get(f"{cond}|{mode}", 0.0) + seconds  # compute, not wall time
@@ -653,6 +908,8 @@ def pruning_study(
     moved = [_moved(pairs, results[0][3], results[j][3]) for j in range(len(jobs))]
     measure_names = [k for k in runs[0] if k not in _ID_KEYS]
     timings["total"] = time.perf_counter() - t_start
+    if len(todo) < len(jobs):
+        timings["resumed_evaluations"] = float(len(jobs) - len(todo))
     settings = {
         "scheme": scheme,  # a tensor ranking: the scheme its caller names (``scheme``)
         "ranking": "CollectionAttribution" if hasattr(ranking, "scheme_scores") else "tensor",
@@ -674,14 +931,91 @@ def pruning_study(
         "judged_queries": JUDGED,
         "model": str(getattr(model.cfg, "model_name", "")),
     }
+    activity = _baseline_activity(model, collection, sel, layers, baseline_inputs, batch_size)
     result = PruningResult(
-        measure_names or list(measures), runs, per_query, sets, sorted(sel), ev, settings, timings, moved
+        measure_names or list(measures),
+        runs,
+        per_query,
+        sets,
+        sorted(sel),
+        ev,
+        settings,
+        timings,
+        moved,
+        [float(r[2]) for r in results],
+        activity,
     )
     for m in result.measures:
         warning = result.ceiling(m)["warning"]
         if warning is not None:
             warnings.warn(f"pruning_study: {warning}", CeilingWarning, stacklevel=2)
     return result
+
+
+BASELINE_THRESHOLD = 0.1
+"""A neuron is active on the baseline when its mean baseline activation has ``|mean| >`` this."""
+
+
+def _baseline_activity(
+    model: HookedModel, collection: Any, sel: list[str], layers: list[int], n_inputs: int, batch_size: int
+) -> dict[str, Any]:
+    """Every ranked neuron's mean activation on the NIG baseline input of the first ``n_inputs`` relevant
+    pairs of the selection queries (``interventions.baseline_active``); ``{}`` when none or ``n_inputs=0``."""
+    from mechir_nig.interventions.ablation import baseline_active
+
+    check_int(n_inputs, "baseline_inputs", minimum=0)
+    chosen = set(sel)
+    rel = [
+        (r.query_id, r.doc_id)
+        for r in collection.qrels
+        if r.query_id in chosen and collection.is_relevant(r.relevance) and r.query_id in collection.queries
+    ]
+    rel = list(dict.fromkeys(rel))[:n_inputs]
+    if not rel or not layers:
+        return {}
+    docs = collection.get_docs(d for _, d in rel)
+    rel = [(q, d) for q, d in rel if d in docs]
+    if not rel:
+        return {}
+    everything = NeuronSet(
+        [(layer, n) for layer in layers for n in range(model.cfg.d_mlp)],
+        n_layers=model.cfg.n_layers,
+        d_mlp=model.cfg.d_mlp,
+    )
+    report = baseline_active(
+        model,
+        [collection.queries[q] for q, _ in rel],
+        [docs[d] for _, d in rel],
+        everything,
+        threshold=BASELINE_THRESHOLD,
+        batch_size=batch_size,
+    )
+    row = {layer: i for i, layer in enumerate(layers)}
+    means = torch.zeros(len(layers), model.cfg.d_mlp, dtype=torch.float64)
+    for (layer, n), v in zip(report.neurons, report.baseline_mean.tolist(), strict=True):
+        means[row[layer], n] = v
+    return {
+        "threshold": BASELINE_THRESHOLD,
+        "inputs": "the [PAD] baseline inputs of relevant pairs of the selection queries",
+        "n_inputs": len(rel),
+        "layers": layers,
+        "baseline_mean": [[round(float(v), 6) for v in row] for row in means],
+    }
+
+
+def _ablation(
+    model: HookedModel, components: ComponentSet, mode: str, reference: Any, side: str, cache: PruningCache
+) -> Any:
+    """``ablate(model, components, mode=...)``; ``mode="baseline"`` writes the study's shared baseline
+    value (``cache.baseline``: each distinct baseline row run once for the conditions that share layers)."""
+    from mechir_nig.interventions.ablation import ablate, interventions
+    from mechir_nig.interventions.engine import Engine
+
+    ref = reference if mode in ("mean", "resample") else None
+    ab = ablate(model, components, mode=mode, reference=ref, side=side)
+    if mode == "baseline":
+        ab.engine = Engine(model, interventions(ab.components, cache.baseline(model), "all"))
+    return ab
 
 
 def _moved(pairs: list[tuple[str, str]], before: Tensor, after: Tensor) -> dict[str, Any]:

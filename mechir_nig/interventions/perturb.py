@@ -53,6 +53,7 @@ from mechir_nig.models.protocol import BiEncoderModel, HookedModel
 from mechir_nig.models.tokenization import PAD, PairBatch, TextBatch, check_pairs
 
 __all__ = [
+    "TERM_RULES",
     "Alignment",
     "align",
     "perturb_docs",
@@ -66,6 +67,16 @@ __all__ = [
 ]
 
 WHERE = ("start", "middle", "end")
+TERM_RULES = {
+    "given": "the term the caller gave (term= / --term)",
+    "first query term": (
+        "the query's first term that is not a stopword (the default rule; idf= / --term-rule idf injects the "
+        "query term of highest IDF instead)"
+    ),
+    "highest-IDF query term": "the query term of highest IDF in the collection (the most discriminative one, as TDC)",
+}
+"""Why :func:`tfc1` injected its term: each reason :func:`tfc1_term` returns, explained (results and
+reports state it next to the injected terms)."""
 _WORD = re.compile(r"\w\w+")
 Perturbation = Callable[[str, str], str]
 
@@ -157,7 +168,8 @@ def tfc1_term(query: str, term: str | None = None, idf: Mapping[str, float] | An
         idf: ``{term: idf}`` (or what :func:`term_idf` computes it from): the query term of highest IDF.
 
     Returns:
-        ``(term, reason)``, reason one of ``"given"``, ``"highest-IDF query term"``, ``"first query term"``.
+        ``(term, reason)``, reason one of ``"given"``, ``"highest-IDF query term"``, ``"first query term"``
+        (explained in :data:`TERM_RULES`).
 
     Raises:
         InputError: for an empty query, a query without terms, or (with ``idf``) none of them in ``idf``.
