@@ -12,7 +12,7 @@ Example:
     >>> import torch
     >>> from mechir_nig.models import HookedCrossEncoder
     >>> from mechir_nig.models.config import EncoderConfig
-    >>> ce = HookedCrossEncoder(EncoderConfig(n_layers=3, n_heads=2, d_model=8, d_mlp=16, d_vocab=50))
+    >>> ce = HookedCrossEncoder(EncoderConfig(n_layers=3, n_heads=2, d_model=8, d_mlp=16, d_vocab=50, n_labels=1))
     >>> ce.init_weights(seed=0)
     >>> ids = torch.tensor([[1, 5, 2, 7, 2]])
     >>> emb = ce.word_embeddings(ids).detach().requires_grad_(True)
