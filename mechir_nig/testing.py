@@ -472,12 +472,18 @@ def make_decoder(
     vocab_size: int | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    zero_pad_row: bool = True,
+    **config: Any,
 ) -> Path:
     """Save a seeded random decoder beside ``tok``: ``kind`` ``"qwen3"`` / ``"llama"`` (causal LMs, scored
     through a template), ``"qwen2"`` / ``"llama-seq"`` (``...ForSequenceClassification``, ``n_labels``).
 
     ``head_dim`` applies to Qwen3 (the others use ``d_model // n_heads``); norms and biases are moved away
-    from 1 and 0 so every weight is exercised. ``vocab_size`` (default: the tokenizer's) may be larger.
+    from 1 and 0 so every weight is exercised. ``vocab_size`` (default: the tokenizer's) may be larger;
+    ``config`` holds further config fields (e.g. ``initializer_range``). Hugging Face's init zeroes the
+    padding token's embedding row; ``zero_pad_row=False`` draws it like the others, as in a trained model,
+    so that the ``pad`` NIG baseline is not the zero vector, where RMSNorm's gradient diverges (the
+    path's first interval then dominates the completeness error).
     """
     import transformers as tf
 
@@ -493,6 +499,7 @@ def make_decoder(
         rms_norm_eps=1e-6,
         tie_word_embeddings=False,
     )
+    common.update(config)
     torch.manual_seed(seed)
     if kind == "qwen3":
         hf: Any = tf.Qwen3ForCausalLM(tf.Qwen3Config(head_dim=head_dim, rope_theta=5000.0, **common))
@@ -510,6 +517,9 @@ def make_decoder(
         for n, p in hf.named_parameters():
             if n.endswith("norm.weight") or n.endswith(".bias"):
                 p.add_(torch.randn_like(p) * 0.3)
+        if not zero_pad_row:
+            emb = hf.get_input_embeddings().weight
+            emb[tok.pad_token_id] = torch.randn_like(emb[0]) * hf.config.initializer_range
     folder = Path(folder)
     hf.to(dtype).save_pretrained(folder)
     tok.save_pretrained(folder)
