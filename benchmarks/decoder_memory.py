@@ -18,8 +18,9 @@ script prints the load average). Configurations: each ``--kept`` count without c
 ``checkpoint_blocks=True`` where a block lies above layer 0.
 
 The extrapolation to all 28 layers is an estimate, printed with its formula: the per-block activation
-memory ``b`` is the growth of the plain peak per kept layer (smallest to largest ``--kept``); without
-checkpointing each block above adds ``b``, with it each adds only its input ``i = points × tokens ×
+memory ``b`` is the growth, per kept layer (smallest to largest ``--kept``), of what the attribution
+adds to the resident size (peak minus the size before it, so weights are not counted twice); without
+checkpointing each block above adds ``b``, with it each adds only its input ``i = window points × tokens ×
 d_model × 4`` bytes (computed) while one block's activations ``b`` are live in the backward; the 28 − L
 missing blocks' weights and the full vocabulary's embeddings are added to both. With three or more
 ``--kept`` counts the growth per checkpointed block is measured too and printed next to ``i``.
@@ -137,15 +138,21 @@ def main() -> None:
 
     lo, hi = kept[0], kept[-1]
     d, points = SHAPE["d_model"], args.steps + 1
-    b = (rows[hi, False]["peak_kib"] - rows[lo, False]["peak_kib"]) / (hi - lo)  # KiB per block
-    i = points * rows[hi, False]["tokens"] * d * 4 / 1024  # a checkpointed block keeps its input
+
+    def grown(k: int, ckpt: bool) -> float:  # what the attribution adds (the weights are in "before")
+        return rows[k, ckpt]["peak_kib"] - rows[k, ckpt]["before_kib"]
+
+    b = (grown(hi, False) - grown(lo, False)) / (hi - lo)  # KiB of activations per block
+    tokens = rows[hi, False]["tokens"]
+    window = min(points, 8192 // tokens)  # the default window (points per forward/backward)
+    i = window * tokens * d * 4 / 1024  # a checkpointed block keeps its input (per window)
     with_ckpt = [k for k in kept if k > 1]
     if len(with_ckpt) >= 2:  # the measured growth per checkpointed block, next to the computed i
         k1, k2 = with_ckpt[0], with_ckpt[-1]
-        slope = (rows[k2, True]["peak_kib"] - rows[k1, True]["peak_kib"]) / (k2 - k1)
+        slope = (grown(k2, True) - grown(k1, True)) / (k2 - k1)
         print(
-            f"  measured growth per block: {mib(b).strip()} without checkpointing, {mib(slope).strip()} with it "
-            f"(peak_ckpt({k2}) - peak_ckpt({k1})) / {k2 - k1}, vs its input i = {mib(i).strip()}"
+            f"  measured growth of the attribution's memory per block: {mib(b).strip()} without checkpointing, "
+            f"{mib(slope).strip()} with it, vs a block's input i = {mib(i).strip()}"
         )
     per_layer_params = (
         d * SHAPE["n_heads"] * SHAPE["head_dim"] * 2  # q, o
@@ -159,8 +166,9 @@ def main() -> None:
     t_block = (rows[hi, False]["seconds"] - rows[lo, False]["seconds"]) / (hi - lo)
     print(
         f"\n  estimate for all {FULL_LAYERS} layers and the full vocabulary (float32, layers=[0]):\n"
-        f"    b = per-block activations = (peak({hi}) - peak({lo})) / {hi - lo} = {mib(b).strip()}\n"
-        f"    i = a checkpointed block's input = {points} points x {rows[hi, False]['tokens']} tokens x {d} x 4 B "
+        f"    b = per-block activations = (growth({hi}) - growth({lo})) / {hi - lo} = {mib(b).strip()} "
+        f"(growth = peak - resident size before the attribution)\n"
+        f"    i = a checkpointed block's input = {window} points (a window) x {tokens} tokens x {d} x 4 B "
         f"= {mib(i).strip()}\n"
         f"    W = ({FULL_LAYERS} - {hi}) x {mib(w).strip()} weights + ({FULL_VOCAB} - {args.vocab}) x {d} x 4 B "
         f"embeddings = {mib(extra).strip()}\n"
