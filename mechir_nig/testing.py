@@ -272,3 +272,325 @@ def make_synthetic_collection(
         "run_lines": n_queries * run_depth,
         "docs_bytes": (folder / "docs.tsv").stat().st_size,
     }
+
+
+# -- the newer families: tokenizers trained here, seeded random checkpoints (tests, benchmarks, notebook 05)
+
+RERANK_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+"""Special tokens of a Qwen-style decoder tokenizer (pad ``<|endoftext|>``, eos ``<|im_end|>``)."""
+
+
+def wordpiece_tokenizer(texts: list[str], *, vocab_size: int = 300) -> Any:
+    """A BERT-style WordPiece tokenizer trained on ``texts`` (three times), ``[CLS] q [SEP] d [SEP]`` pairs."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(
+        texts * 3, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    )
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def make_modernbert(
+    folder: str | Path,
+    tok: Any,
+    *,
+    n_labels: int = 1,
+    pooling: str = "cls",
+    seed: int = 0,
+    biases: bool = False,
+    n_layers: int = 3,
+    d_model: int = 32,
+    d_mlp: int = 48,
+    n_heads: int = 4,
+    local_attention: int = 8,
+    vocab_size: int | None = None,
+) -> Path:
+    """Save a seeded random ModernBERT (``n_labels=0``: the bare ``ModernBertModel``) beside ``tok``.
+
+    Layers alternate global / local attention (every second one global, from the first); the local
+    window is ``local_attention`` tokens; norms (and biases) are moved off their initial values.
+    """
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification, ModernBertModel
+
+    torch.manual_seed(seed)
+    cfg = ModernBertConfig(
+        vocab_size=vocab_size or len(tok),
+        hidden_size=d_model,
+        intermediate_size=d_mlp,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        global_attn_every_n_layers=2,  # layers: global, local, global ...
+        local_attention=local_attention,
+        global_rope_theta=1000.0,
+        local_rope_theta=50.0,
+        max_position_embeddings=max(256, 2 * local_attention),
+        classifier_pooling=pooling,
+        num_labels=max(n_labels, 1),
+        pad_token_id=tok.pad_token_id,
+        cls_token_id=tok.cls_token_id,
+        sep_token_id=tok.sep_token_id,
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+        initializer_range=0.2,
+        attention_bias=biases,
+        mlp_bias=biases,
+        norm_bias=biases,
+        classifier_bias=biases,
+    )
+    model = (ModernBertForSequenceClassification if n_labels else ModernBertModel)(cfg).eval()
+    with torch.no_grad():  # non-trivial norms (and biases), so parity covers them
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def unigram_deberta_tokenizer(texts: list[str], *, vocab_size: int = 300) -> Any:
+    """A SentencePiece-style Unigram ``DebertaV2Tokenizer`` trained on ``texts`` (three times)."""
+    import json
+
+    from tokenizers import SentencePieceUnigramTokenizer
+    from transformers import DebertaV2Tokenizer
+
+    uni = SentencePieceUnigramTokenizer()
+    specials = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
+    uni.train_from_iterator(texts * 3, vocab_size=vocab_size, special_tokens=specials, unk_token="[UNK]")
+    vocab = json.loads(uni.to_str())["model"]["vocab"]
+    return DebertaV2Tokenizer(vocab=[tuple(p) for p in vocab], unk_id=3)
+
+
+DEBERTA_V3 = dict(
+    num_labels=1,
+    position_biased_input=False,
+    type_vocab_size=0,
+    share_att_key=True,
+    position_buckets=8,
+    max_relative_positions=64,
+    norm_rel_ebd="layer_norm",
+    pooler_hidden_act="gelu",
+    num_attention_heads=2,
+)
+"""DeBERTa-v3's options: no absolute positions or token types, shared keys, log buckets, 1 label."""
+
+
+def make_deberta(
+    folder: str | Path,
+    tok: Any,
+    *,
+    bare: bool = False,
+    seed: int = 0,
+    n_layers: int = 2,
+    d_model: int = 32,
+    d_mlp: int = 64,
+    vocab_size: int | None = None,
+    **options: Any,
+) -> Path:
+    """Save a seeded random ``DebertaV2ForSequenceClassification`` (``bare``: ``DebertaV2Model``) with relative
+    attention (``c2p`` and ``p2c``); ``options`` are further ``DebertaV2Config`` fields (e.g. ``DEBERTA_V3``).
+    Every weight is moved off its initial value."""
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, DebertaV2Model
+
+    cfg = DebertaV2Config(
+        vocab_size=vocab_size or len(tok),
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        intermediate_size=d_mlp,
+        max_position_embeddings=256,
+        relative_attention=True,
+        pos_att_type=["p2c", "c2p"],
+        pad_token_id=tok.pad_token_id,
+        **options,
+    )
+    torch.manual_seed(seed)
+    model = (DebertaV2Model if bare else DebertaV2ForSequenceClassification)(cfg).eval()
+    with torch.no_grad():  # move every weight, bias and LayerNorm off its initial value
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    folder = Path(folder)
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def decoder_tokenizer(texts: list[str], *, vocab_size: int = 700) -> Any:
+    """A byte-level BPE tokenizer with Qwen's special tokens (``RERANK_SPECIALS``), trained on ``texts``
+    plus the qwen3-reranker template's prompt, so its text and the answers ``yes``/``no`` are tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from mechir_nig.models.templates import get_template
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=RERANK_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(texts + [get_template("qwen3-reranker").prompt] * 3, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<|endoftext|>", eos_token="<|im_end|>")
+    tok.add_special_tokens({"additional_special_tokens": RERANK_SPECIALS[1:]})
+    return tok
+
+
+def make_decoder(
+    folder: str | Path,
+    tok: Any,
+    kind: str = "qwen3",
+    *,
+    n_labels: int = 1,
+    n_layers: int = 2,
+    d_model: int = 32,
+    d_mlp: int = 40,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    head_dim: int = 12,
+    vocab_size: int | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    zero_pad_row: bool = True,
+    **config: Any,
+) -> Path:
+    """Save a seeded random decoder beside ``tok``: ``kind`` ``"qwen3"`` / ``"llama"`` (causal LMs, scored
+    through a template), ``"qwen2"`` / ``"llama-seq"`` (``...ForSequenceClassification``, ``n_labels``).
+
+    ``head_dim`` applies to Qwen3 (the others use ``d_model // n_heads``); norms and biases are moved away
+    from 1 and 0 so every weight is exercised. ``vocab_size`` (default: the tokenizer's) may be larger;
+    ``config`` holds further config fields (e.g. ``initializer_range``). Hugging Face's init zeroes the
+    padding token's embedding row; ``zero_pad_row=False`` draws it like the others, as in a trained model,
+    so that the ``pad`` NIG baseline is not the zero vector, where RMSNorm's gradient diverges (the
+    path's first interval then dominates the completeness error).
+    """
+    import transformers as tf
+
+    common: dict[str, Any] = dict(
+        vocab_size=vocab_size or len(tok),
+        hidden_size=d_model,
+        intermediate_size=d_mlp,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        max_position_embeddings=max(256, 2 * d_model),
+        pad_token_id=tok.pad_token_id,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+    )
+    common.update(config)
+    torch.manual_seed(seed)
+    if kind == "qwen3":
+        hf: Any = tf.Qwen3ForCausalLM(tf.Qwen3Config(head_dim=head_dim, rope_theta=5000.0, **common))
+    elif kind == "llama":
+        hf = tf.LlamaForCausalLM(
+            tf.LlamaConfig(attention_bias=True, **{**common, "tie_word_embeddings": True})
+        )
+    elif kind == "llama-seq":
+        hf = tf.LlamaForSequenceClassification(tf.LlamaConfig(num_labels=n_labels, **common))
+    elif kind == "qwen2":
+        hf = tf.Qwen2ForSequenceClassification(tf.Qwen2Config(num_labels=n_labels, **common))
+    else:
+        raise ValueError(f"unknown decoder kind {kind!r}; use qwen3, llama, llama-seq or qwen2")
+    with torch.no_grad():  # norms away from 1, biases away from 0: every weight is exercised
+        for n, p in hf.named_parameters():
+            if n.endswith("norm.weight") or n.endswith(".bias"):
+                p.add_(torch.randn_like(p) * 0.3)
+        if not zero_pad_row:
+            emb = hf.get_input_embeddings().weight
+            emb[tok.pad_token_id] = torch.randn_like(emb[0]) * hf.config.initializer_range
+    folder = Path(folder)
+    hf.to(dtype).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+T5_VARIANTS = {"v1.0": ("relu", True), "v1.1": ("gated-gelu", False)}
+"""monoT5 variants: ``feed_forward_proj`` and ``tie_word_embeddings`` of T5 v1.0 and v1.1."""
+
+
+def t5_tokenizer(texts: list[str], *, vocab_size: int = 120) -> Any:
+    """A Unigram (SentencePiece-style) tokenizer with T5's specials, ``</s>`` appended, "true"/"false" whole."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        unk_token="<unk>",
+        initial_alphabet=list("abc"),
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_tokens(["▁true", "▁false", "true", "false"])
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def make_t5(
+    folder: str | Path,
+    tok: Any,
+    variant: str = "v1.1",
+    *,
+    n_layers: int = 2,
+    d_model: int = 16,
+    d_kv: int = 6,
+    d_mlp: int = 24,
+    n_heads: int = 3,
+    vocab_size: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """Save a seeded random ``T5ForConditionalGeneration`` (``variant`` in ``T5_VARIANTS``) beside ``tok``;
+    weights spread (``+ N(0, 0.3)``) so that pairs score differently."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    ff, tie = T5_VARIANTS[variant]
+    torch.manual_seed(seed)
+    cfg = T5Config(
+        vocab_size=vocab_size or len(tok) + 4,
+        d_model=d_model,
+        d_kv=d_kv,
+        d_ff=d_mlp,
+        num_layers=n_layers,
+        num_heads=n_heads,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=12,
+        feed_forward_proj=ff,
+        tie_word_embeddings=tie,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    hf = T5ForConditionalGeneration(cfg)
+    with torch.no_grad():  # T5's init gives tiny final norms; spread the weights so scores differ
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    folder = Path(folder)
+    hf.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

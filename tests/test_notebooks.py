@@ -23,7 +23,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMOS = ROOT / "demos"
-NOTEBOOKS = ["01_quickstart.ipynb", "02_nig.ipynb", "03_pruning.ipynb", "04_patching.ipynb"]
+NOTEBOOKS = [
+    "01_quickstart.ipynb",
+    "02_nig.ipynb",
+    "03_pruning.ipynb",
+    "04_patching.ipynb",
+    "05_families.ipynb",
+]
 TIMEOUT_S = 300  # the whole notebook (the target is under 3 minutes on 2 cores, under 1 where possible)
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 _MARK = "@@NOTEBOOK-CHECK@@"
@@ -61,8 +67,22 @@ CHECKS = {
     "n_members": len(res_set.members),
     "joint_shape": list(res_set["neuron_set_joint"].shape),
 }""",
+    "05_families.ipynb": """{
+    "families": sorted(models),
+    "values_shapes": {k: list(a.values.shape) for k, a in attrs.items()},
+    "relative_delta": {k: float((a.convergence_delta / (a.scores - a.baseline_scores)).abs().max()) for k, a in attrs.items()},
+    "mass_sums": {k: v.sum(1).tolist() for k, v in mass.items()},
+    "resid_shapes": {k: list(r["resid_pre"].shape) for k, r in results.items()},
+    "prompt_nig": float(attrs["Qwen3"].by_group()[:, :, 0].abs().sum()),
+}""",
 }
-FIGURES = {"01_quickstart.ipynb": 0, "02_nig.ipynb": 5, "03_pruning.ipynb": 1, "04_patching.ipynb": 4}
+FIGURES = {
+    "01_quickstart.ipynb": 0,
+    "02_nig.ipynb": 5,
+    "03_pruning.ipynb": 1,
+    "04_patching.ipynb": 4,
+    "05_families.ipynb": 3,
+}
 
 
 def _kernel_manager(tmp: Path):
@@ -186,6 +206,13 @@ def test_notebook_runs(name, tmp_path):
         assert set(values["fractions"]) >= {0.01, 0.05}
         assert values["disjoint"]
         assert values["n_split"] == values["n_selected"] == 92
+    elif name == "05_families.ipynb":
+        assert values["families"] == ["ModernBERT", "Qwen3"]
+        assert all(v[:3] == [2, 4, 4] for v in values["values_shapes"].values())  # [batch, layer, group]
+        assert max(values["relative_delta"].values()) < 0.05  # completeness on both families
+        assert all(abs(s - 1) < 1e-5 for v in values["mass_sums"].values() for s in v)
+        assert all(v[:2] == [2, 4] for v in values["resid_shapes"].values())
+        assert values["prompt_nig"] == 0.0  # causal: the prompt before the query never changes on the path
     else:
         assert values["sites"] == ["resid_pre", "attn_out", "mlp_out", "heads"]
         assert values["aligned_clean_diff"] < 1e-6  # the alignment changes no score

@@ -76,6 +76,11 @@ class NIGSettings:
             only).
         target: a callable ``target(t: TargetArgs) -> [rows]`` attributing another score than ``F``, e.g.
             a pairwise margin ``lambda t: t.score - negatives[t.pair]`` (``mechir_nig.attribution.nig.target``).
+        checkpoint_blocks: gradient checkpointing of the blocks above the first attributed layer
+            (``torch.utils.checkpoint``): each keeps only its input for the backward and recomputes its
+            activations there, so a window holds one block's activations at a time instead of all of
+            them, for about one more forward of those blocks (memory only: never changes results; encoder
+            and decoder rerankers, not monoT5). For large decoders attributed at a few layers.
 
     Example:
         >>> s = NIGSettings(n_steps=16, layers=[4, 5], internal_batch_size=64)
@@ -109,6 +114,7 @@ class NIGSettings:
     max_steps: int | None = None
     reuse_bytes: int | None = None
     target: Target | None = None
+    checkpoint_blocks: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.sites, ComponentSet):  # the set's site at the layers holding its members
@@ -229,6 +235,16 @@ class NIGSettings:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise InputError(f"{name} must be None or an int >= 1, got {v!r}")
         check_int(self.window_tokens, "window_tokens", minimum=1)
+        if not isinstance(self.checkpoint_blocks, bool):
+            raise InputError(f"checkpoint_blocks must be True or False, got {self.checkpoint_blocks!r}")
+        if self.checkpoint_blocks:
+            from mechir_nig.models.encoder import HookedEncoderBase
+
+            if not isinstance(model, HookedEncoderBase):
+                raise InputError(
+                    f"checkpoint_blocks is implemented for encoder and decoder rerankers (blocks run by "
+                    f"HookedEncoderBase), not {type(model).__name__}: leave it False"
+                )
         if self.target is not None and not callable(self.target):
             raise InputError(
                 f"target must be a callable target(t: TargetArgs) -> [rows], got {type(self.target).__name__}"

@@ -36,6 +36,7 @@ from transformer_lens.hook_points import HookPoint
 from mechir_nig._types import Mask, Resid, Tokens
 from mechir_nig.errors import InputError, ModelLoadError, UnsupportedArchitectureError
 from mechir_nig.models import loading
+from mechir_nig.models.checkpointing import run_block
 from mechir_nig.models.components.attention import Attention
 from mechir_nig.models.components.mlp import activation
 from mechir_nig.models.config import ATTENTION_IMPLS, EncoderConfig
@@ -463,8 +464,8 @@ class HookedDecoderReranker(HookedEncoderBase, PairReranker):
             position_ids = torch.arange(p, device=resid.device).expand(b, p)
         rotary = self._rotary(position_ids, resid.dtype)
         mask = self._mask(attention_mask, resid)
-        for block in self.blocks[start:stop]:
-            resid = block(resid, mask, rotary)
+        for layer in range(start, stop):
+            resid = run_block(self, layer, self.blocks[layer], resid, mask, rotary)
         return resid
 
     @staticmethod

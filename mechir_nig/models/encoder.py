@@ -22,6 +22,7 @@ from mechir_nig._types import Mask, Resid, Tokens
 from mechir_nig.errors import InputError
 from mechir_nig.models.architectures import architecture_named
 from mechir_nig.models.cache import EncoderActivationCache
+from mechir_nig.models.checkpointing import run_block
 from mechir_nig.models.components import Pooler
 from mechir_nig.models.config import ATTENTION_IMPLS, EncoderConfig
 from mechir_nig.models.protocol import forward_context
@@ -234,8 +235,8 @@ class HookedEncoderBase(HookedRootModule):
             )
         mask = self.additive_mask(attention_mask, resid)
         extra = self.embed.block_inputs(attention_mask, position_ids, resid) if stop > start else {}
-        for block in self.blocks[start:stop]:
-            resid = block(resid, mask, **extra)
+        for layer in range(start, stop):
+            resid = run_block(self, layer, self.blocks[layer], resid, mask, **extra)
         if stop_at_layer is None and self.ln_final is not None:  # a full forward: the final norm
             resid = self.ln_final(resid)
         return resid

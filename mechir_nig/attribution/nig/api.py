@@ -215,7 +215,9 @@ class NeuronIntegratedGradients:
         n_steps, layers = int(s.n_steps), list(s.layers or ())
         alphas = rule_alphas(s.method, n_steps + 1)
         table = torch.tensor(alphas, dtype=acc, device=m.device)
-        kernel = PathKernel(m, batch, base, other, table, layers, s.site_names(), s.target)
+        kernel = PathKernel(
+            m, batch, base, other, table, layers, s.site_names(), s.target, checkpoint=s.checkpoint_blocks
+        )
         scalars = PathScalars(len(batch), len(alphas), acc, m.device)
         points = kernel.run(
             WindowPlan.grid(batch.lengths.cpu(), len(alphas), window),
@@ -254,7 +256,17 @@ class NeuronIntegratedGradients:
         layers = list(s.layers or ())
         # the table j / max_steps in the accumulation dtype (bf16 would merge nearby alphas)
         table = torch.arange(settings.max_steps + 1, dtype=torch.float64) / settings.max_steps
-        kernel = PathKernel(m, batch, base, other, table.to(m.device, acc), layers, s.site_names(), s.target)
+        kernel = PathKernel(
+            m,
+            batch,
+            base,
+            other,
+            table.to(m.device, acc),
+            layers,
+            s.site_names(),
+            s.target,
+            checkpoint=s.checkpoint_blocks,
+        )
         names = site_names(layers, s.site_names())
         run = run_auto(
             kernel,

@@ -41,7 +41,7 @@ Example (what ``api.py`` does for a fixed rule):
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -50,6 +50,7 @@ from torch import Tensor
 
 from mechir_nig.attribution.nig.plan import Window, WindowPlan
 from mechir_nig.attribution.target import Target, TargetArgs, call_target, output_hook
+from mechir_nig.models.checkpointing import checkpointed_blocks
 from mechir_nig.models.protocol import AttributionModel
 from mechir_nig.models.tokenization import GROUPS, PAD
 from mechir_nig.sites import hook_name, site, site_of_hook, unit_width
@@ -433,6 +434,8 @@ class PathKernel:
         alpha_table: the interpolation coefficients plans point into (accumulation dtype).
         layers: requested layers (sorted); ``sites``: requested site names (``mechir_nig.sites``).
         target: a score other than ``F`` (``target.py``), or ``None``.
+        checkpoint: checkpoint the blocks above the first requested layer (``models.checkpointing``):
+            lower peak memory for deep models, one more forward of those blocks, the same values.
     """
 
     def __init__(
@@ -445,8 +448,12 @@ class PathKernel:
         layers: list[int],
         sites: Sequence[str],
         target: Target | None = None,
+        *,
+        checkpoint: bool = False,
     ):
         self.model = model
+        self.checkpoint = checkpoint
+        self.first_layer = layers[0] if layers else -1
         self.batch = batch
         self.base = base
         self.other = other
@@ -456,6 +463,12 @@ class PathKernel:
         self.output_hook = output_hook(model) if target is not None else None
         # the earliest activation whose gradient is needed becomes a leaf (without the input gradient)
         self.leaf_name = leaf_hook(layers, sites)
+
+    def _checkpointed(self) -> AbstractContextManager[None]:
+        """The blocks above the first requested layer checkpointed (``checkpoint``), else nothing."""
+        if not self.checkpoint:
+            return nullcontext()
+        return checkpointed_blocks(self.model, after=self.first_layer)  # type: ignore[arg-type]
 
     def score(
         self,
@@ -526,13 +539,13 @@ class PathKernel:
                 accumulator.begin(w, pairs, local, points)
             hooks = [(n, keep) for n in names]
             if input_grad:
-                with m.hooks(fwd_hooks=hooks):
+                with m.hooks(fwd_hooks=hooks), self._checkpointed():
                     start = emb.requires_grad_(True)
                     f = self.score(start, tt, mask, oth, pair_rows)
             elif names:
                 # the graph starts at the first requested layer's activation that every site depends on
                 # (leaf_hook), made a leaf: nothing below it is saved for backward and the backward stops there
-                with m.hooks(fwd_hooks=[(self.leaf_name, make_leaf)] + hooks):
+                with m.hooks(fwd_hooks=[(self.leaf_name, make_leaf)] + hooks), self._checkpointed():
                     f = self.score(emb, tt, mask, oth, pair_rows)
                 start = leaf_box.pop()
             else:

@@ -1,0 +1,184 @@
+"""NIG on a large decoder reranker: peak memory and time per pair, with and without gradient checkpointing.
+
+Usage: ``python benchmarks/decoder_memory.py [--kept 1,2,3] [--tokens 256] [--steps 32] [--vocab 32768]``
+
+Model: a seeded random ``Qwen3ForCausalLM`` of Qwen3-Reranker-0.6B's block shape (hidden 1024, 16 query
+heads and 8 KV heads of 128, SwiGLU 3072, RMSNorm, rotary), scored through the ``qwen3-reranker``
+template, with only ``--kept`` of its 28 layers (a CPU stand-in) and the vocabulary cut from 151,669 to
+``--vocab`` rows (the score reads two rows of the LM head; the embedding matrix only adds its size).
+One pair of exactly ``--tokens`` tokens (template, query and a document cut to fit), ``--steps``
+intervals (``n_steps + 1`` points), float32, the default window (``8192 // tokens`` points), NIG of
+``mlp_post`` at layer 0 only (``layers=[0]``: every other block is above the first attributed layer, the
+case checkpointing is for).
+
+Each configuration runs in a fresh subprocess: peak memory is the process's resident high-water mark
+(``VmHWM``) during the attribution alone (reset after loading through ``/proc/self/clear_refs``), next to
+the resident size before it; time is the attribution's wall time (valid only on a quiet machine: the
+script prints the load average). Configurations: each ``--kept`` count without checkpointing, and with
+``checkpoint_blocks=True`` where a block lies above layer 0.
+
+The extrapolation to all 28 layers is an estimate, printed with its formula: the per-block activation
+memory ``b`` is the growth, per kept layer (smallest to largest ``--kept``), of what the attribution
+adds to the resident size (peak minus the size before it, so weights are not counted twice); without
+checkpointing each block above adds ``b``, with it each adds only its input ``i = window points × tokens ×
+d_model × 4`` bytes (computed) while one block's activations ``b`` are live in the backward; the 28 − L
+missing blocks' weights and the full vocabulary's embeddings are added to both. With three or more
+``--kept`` counts the growth per checkpointed block is measured too and printed next to ``i``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import header  # noqa: E402
+
+SHAPE = dict(d_model=1024, n_heads=16, n_kv_heads=8, head_dim=128, d_mlp=3072)
+"""Qwen3-Reranker-0.6B's block (its config: hidden_size, num_attention_heads, num_key_value_heads,
+head_dim, intermediate_size)."""
+FULL_LAYERS, FULL_VOCAB = 28, 151_669
+
+CHILD = """
+import json, sys, time, torch, warnings
+from mechir_nig import load_model
+from mechir_nig.attribution import NeuronIntegratedGradients
+torch.manual_seed(0)
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1])
+model = load_model({folder!r}, template="qwen3-reranker")
+words = "the cell query document model attention layer signal water light energy data".split()
+doc = " ".join(words[i % len(words)] for i in range(4 * {tokens}))
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # the document is cut to fit: on purpose
+    batch = model.tokenize(["what is a neuron"], [doc], max_length={tokens})
+nig = NeuronIntegratedGradients(model)
+nig.attribute(batch, n_steps=2, layers=[0], checkpoint_blocks={ckpt})  # warm-up (allocator, kernels)
+try:
+    open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current resident size
+    reset = True
+except OSError:
+    reset = False
+before = status("VmRSS:")
+t0 = time.perf_counter()
+attr = nig.attribute(batch, n_steps={steps}, layers=[0], checkpoint_blocks={ckpt})
+seconds = time.perf_counter() - t0
+print(json.dumps({{"tokens": int(batch.lengths[0]), "before_kib": before, "peak_kib": status("VmHWM:"),
+                  "reset": reset, "seconds": seconds, "window": attr.meta.get("points_evaluated"),
+                  "sum": float(attr.values.double().sum())}}))
+"""
+
+
+def build(kept: int, vocab: int, root: Path) -> Path:
+    """The seeded random 0.6B-shape decoder with ``kept`` layers (tokenizer trained on the template)."""
+    from mechir_nig.testing import decoder_tokenizer, make_decoder
+
+    tok = decoder_tokenizer(["what is a neuron", "yes", "no"] * 5)
+    return make_decoder(root / f"qwen3_{kept}", tok, "qwen3", n_layers=kept, vocab_size=vocab, **SHAPE)
+
+
+def run(folder: Path, args: argparse.Namespace, ckpt: bool) -> dict:
+    code = CHILD.format(folder=str(folder), tokens=args.tokens, steps=args.steps, ckpt=ckpt)
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if res.returncode:
+        raise SystemExit(f"configuration failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def mib(kib: float) -> str:
+    return f"{kib / 1024:8.1f} MiB"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    ap.add_argument(
+        "--kept", default="1,2,3", help="layers kept, comma-separated (two or more counts: the slopes)"
+    )
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--vocab", type=int, default=32768, help="vocabulary rows (the real model: 151669)")
+    args = ap.parse_args()
+    kept = sorted({int(k) for k in args.kept.split(",")})
+    if len(kept) < 2 or kept[0] < 1:
+        ap.error("--kept needs two layer counts >= 1 (the per-block slope), e.g. 1,2")
+    header(
+        f"NIG on a Qwen3-Reranker-0.6B-shape decoder ({', '.join(f'{k} {v}' for k, v in SHAPE.items())}, "
+        f"vocab {args.vocab}), {args.tokens} tokens, {args.steps} steps, layers=[0], float32"
+    )
+    rows: dict[tuple[int, bool], dict] = {}
+    with tempfile.TemporaryDirectory(prefix="mechir_nig_decoder_memory_") as tmp:
+        for k in kept:
+            folder = build(k, args.vocab, Path(tmp))
+            for ckpt in (False, True) if k > 1 else (False,):
+                r = rows[k, ckpt] = run(folder, args, ckpt)
+                print(
+                    f"  {k} layer(s), checkpoint_blocks={str(ckpt):5s}: peak {mib(r['peak_kib'])} "
+                    f"(+{mib(r['peak_kib'] - r['before_kib']).strip()} over {mib(r['before_kib']).strip()} "
+                    f"before the attribution), {r['seconds']:.1f} s per pair ({r['tokens']} tokens)"
+                    + ("" if r["reset"] else "  [VmHWM not reset: includes loading]"),
+                    flush=True,
+                )
+    sums = {key: r["sum"] for key, r in rows.items()}
+    same = all(
+        abs(sums[k, True] - sums[k, False]) <= 1e-6 * max(abs(sums[k, False]), 1e-30) for k in kept[1:]
+    )
+    print(
+        f"  attributions with and without checkpointing: {'equal' if same else 'DIFFERENT'} (sum of values)"
+    )
+
+    lo, hi = kept[0], kept[-1]
+    d, points = SHAPE["d_model"], args.steps + 1
+
+    def grown(k: int, ckpt: bool) -> float:  # what the attribution adds (the weights are in "before")
+        return rows[k, ckpt]["peak_kib"] - rows[k, ckpt]["before_kib"]
+
+    b = (grown(hi, False) - grown(lo, False)) / (hi - lo)  # KiB of activations per block
+    tokens = rows[hi, False]["tokens"]
+    window = min(points, 8192 // tokens)  # the default window (points per forward/backward)
+    i = window * tokens * d * 4 / 1024  # a checkpointed block keeps its input (per window)
+    with_ckpt = [k for k in kept if k > 1]
+    if len(with_ckpt) >= 2:  # the measured growth per checkpointed block, next to the computed i
+        k1, k2 = with_ckpt[0], with_ckpt[-1]
+        slope = (grown(k2, True) - grown(k1, True)) / (k2 - k1)
+        print(
+            f"  measured growth of the attribution's memory per block: {mib(b).strip()} without checkpointing, "
+            f"{mib(slope).strip()} with it, vs a block's input i = {mib(i).strip()}"
+        )
+    per_layer_params = (
+        d * SHAPE["n_heads"] * SHAPE["head_dim"] * 2  # q, o
+        + d * SHAPE["n_kv_heads"] * SHAPE["head_dim"] * 2  # k, v
+        + 3 * d * SHAPE["d_mlp"]  # gate, up, down
+    )
+    w = per_layer_params * 4 / 1024  # KiB of float32 weights per missing layer
+    extra = (FULL_LAYERS - hi) * w + (FULL_VOCAB - args.vocab) * d * 4 / 1024
+    plain = rows[hi, False]["peak_kib"] + (FULL_LAYERS - hi) * b + extra
+    ckpt_at = rows[hi, True]["peak_kib"] + (FULL_LAYERS - hi) * i + extra
+    t_block = (rows[hi, False]["seconds"] - rows[lo, False]["seconds"]) / (hi - lo)
+    print(
+        f"\n  estimate for all {FULL_LAYERS} layers and the full vocabulary (float32, layers=[0]):\n"
+        f"    b = per-block activations = (growth({hi}) - growth({lo})) / {hi - lo} = {mib(b).strip()} "
+        f"(growth = peak - resident size before the attribution)\n"
+        f"    i = a checkpointed block's input = {window} points (a window) x {tokens} tokens x {d} x 4 B "
+        f"= {mib(i).strip()}\n"
+        f"    W = ({FULL_LAYERS} - {hi}) x {mib(w).strip()} weights + ({FULL_VOCAB} - {args.vocab}) x {d} x 4 B "
+        f"embeddings = {mib(extra).strip()}\n"
+        f"    without checkpointing: peak({hi}) + ({FULL_LAYERS} - {hi}) x b + W = {plain / 1024**2:.2f} GiB\n"
+        f"    with checkpoint_blocks: peak_ckpt({hi}) + ({FULL_LAYERS} - {hi}) x i + W = {ckpt_at / 1024**2:.2f} GiB\n"
+        f"    time per pair: t({hi}) + ({FULL_LAYERS} - {hi}) x {t_block:.1f} s per block = "
+        f"{rows[hi, False]['seconds'] + (FULL_LAYERS - hi) * t_block:.0f} s without checkpointing; "
+        f"with it, each block above layer 0 runs its forward once more (about +1/3 of its time)"
+    )
+
+
+if __name__ == "__main__":
+    main()
