@@ -30,12 +30,12 @@ from mechir_nig._validate import check_layers
 from mechir_nig.errors import InputError
 from mechir_nig.interventions.engine import is_batch
 from mechir_nig.models.protocol import HookedModel, current_forward
-from mechir_nig.models.tokenization import CLS, DOC, QUERY, SEP
+from mechir_nig.models.tokenization import CLS, DOC, PROMPT, QUERY, SEP
 from mechir_nig.sites import hook_name
 
 __all__ = ["GROUPS", "attention_block_hooks", "block_attention"]
 
-GROUPS = {"cls": CLS, "query": QUERY, "doc": DOC, "sep": SEP}
+GROUPS = {"cls": CLS, "query": QUERY, "doc": DOC, "sep": SEP, "prompt": PROMPT}
 """Group name -> the token-group id of a batch's ``groups``."""
 
 
