@@ -18,6 +18,7 @@ import shutil
 import pytest
 import torch
 from conftest import DOCS, QUERIES
+from family_checkpoints import DEBERTA_VARIANTS, deberta_tokenizer, make_deberta
 
 from mechir_nig import HookedBiEncoder, HookedCrossEncoder, UnsupportedArchitectureError, load_model
 from mechir_nig.attribution import NeuronIntegratedGradients, baseline_embeddings
@@ -28,66 +29,15 @@ from mechir_nig.sets import NeuronSet
 
 MIXED_Q = QUERIES + ["neuron"]
 MIXED_D = DOCS + ["Short."]  # padded, mixed lengths; the longest rows pass the bucket and clip limits
-VARIANTS = {
-    "v3": dict(
-        num_labels=1,
-        position_biased_input=False,
-        type_vocab_size=0,
-        share_att_key=True,
-        position_buckets=8,
-        max_relative_positions=64,
-        norm_rel_ebd="layer_norm",
-        pooler_hidden_act="gelu",
-        num_attention_heads=2,
-    ),
-    "v2": dict(
-        num_labels=2,
-        position_biased_input=True,
-        type_vocab_size=2,
-        share_att_key=False,
-        position_buckets=-1,
-        max_relative_positions=16,
-        norm_rel_ebd="none",
-        pooler_hidden_act="tanh",
-        num_attention_heads=4,
-    ),
-}
+VARIANTS = DEBERTA_VARIANTS
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from tokenizers import SentencePieceUnigramTokenizer
-    from transformers import DebertaV2Tokenizer
-
-    uni = SentencePieceUnigramTokenizer()
-    specials = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
-    uni.train_from_iterator((QUERIES + DOCS) * 3, vocab_size=300, special_tokens=specials, unk_token="[UNK]")
-    vocab = json.loads(uni.to_str())["model"]["vocab"]
-    return DebertaV2Tokenizer(vocab=[tuple(p) for p in vocab], unk_id=3)
+    return deberta_tokenizer()
 
 
-def _save(folder, tokenizer, *, bare=False, seed=0, **options):
-    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, DebertaV2Model
-
-    cfg = DebertaV2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-        relative_attention=True,
-        pos_att_type=["p2c", "c2p"],
-        pad_token_id=tokenizer.pad_token_id,
-        **options,
-    )
-    torch.manual_seed(seed)
-    model = (DebertaV2Model if bare else DebertaV2ForSequenceClassification)(cfg).eval()
-    with torch.no_grad():  # move every weight, bias and LayerNorm off its initial value
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
+_save = make_deberta
 
 
 @pytest.fixture(scope="module")

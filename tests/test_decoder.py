@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import DOCS, QUERIES
+from family_checkpoints import DECODER_SPECIALS, decoder_tokenizer, make_decoder
 
 from mechir_nig import load_model
 from mechir_nig.attribution import NeuronIntegratedGradients, baseline_embeddings
@@ -17,7 +18,7 @@ from mechir_nig.models.decoder import HookedDecoderReranker
 from mechir_nig.models.templates import RerankTemplate, get_template, tokenize_template
 from mechir_nig.models.tokenization import CLS, DOC, PROMPT, QUERY, SEP
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+SPECIALS = DECODER_SPECIALS
 Q = QUERIES[:3] + ["neuron"]
 D = DOCS[:3] + ["A cell."]  # mixed lengths: padded batches
 CUSTOM = RerankTemplate("custom", "Query: {query}\nDocument: {doc}\nRelevant:", ("no", "yes"))
@@ -25,56 +26,11 @@ CUSTOM = RerankTemplate("custom", "Query: {query}\nDocument: {doc}\nRelevant:", 
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    text = (
-        QUERIES
-        + DOCS
-        + ["yes no yes no", "yes", "no", "Judge whether the Document meets the requirements"] * 5
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=700, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    bpe.train_from_iterator(text + [get_template("qwen3-reranker").prompt] * 3, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<|endoftext|>", eos_token="<|im_end|>")
-    tok.add_special_tokens({"additional_special_tokens": SPECIALS[1:]})
-    folder = tmp_path_factory.mktemp("tok")
-    tok.save_pretrained(folder)
-    return folder, tok
+    return decoder_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def _save(tok_dir, tmp_path_factory, kind, n_labels=1):
-    import transformers as tf
-
-    folder_tok, tok = tok_dir
-    common = dict(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=tok.pad_token_id, rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    if kind == "qwen3":
-        hf = tf.Qwen3ForCausalLM(tf.Qwen3Config(head_dim=12, rope_theta=5000.0, **common))
-    elif kind == "llama":
-        hf = tf.LlamaForCausalLM(
-            tf.LlamaConfig(attention_bias=True, **{**common, "tie_word_embeddings": True})
-        )
-    elif kind == "llama-seq":
-        hf = tf.LlamaForSequenceClassification(tf.LlamaConfig(num_labels=n_labels, **common))
-    else:
-        hf = tf.Qwen2ForSequenceClassification(tf.Qwen2Config(num_labels=n_labels, **common))
-    with torch.no_grad():  # norms away from 1, biases away from 0: every weight is exercised
-        for n, p in hf.named_parameters():
-            if n.endswith("norm.weight") or n.endswith(".bias"):
-                p.add_(torch.randn_like(p) * 0.3)
-    folder = tmp_path_factory.mktemp(f"{kind}{n_labels}")
-    hf.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return make_decoder(tmp_path_factory.mktemp(f"{kind}{n_labels}"), tok_dir[1], kind, n_labels)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import json
 import pytest
 import torch
 from conftest import DOCS, QUERIES
+from family_checkpoints import make_modernbert, wordpiece_tokenizer
 
 from mechir_nig import HookedBiEncoder, HookedCrossEncoder, UnsupportedArchitectureError, load_model, patch
 from mechir_nig.attribution import NeuronIntegratedGradients, baseline_embeddings
@@ -22,75 +23,6 @@ from mechir_nig.models.tokenization import DOC, PAD, QUERY
 
 MIXED_Q = QUERIES + ["neuron", "a much longer query about the formation of black holes in distant galaxies"]
 MIXED_D = DOCS + ["Short.", DOCS[1] + " " + DOCS[0]]
-
-
-def wordpiece_tokenizer():
-    """A WordPiece tokenizer trained here, with [CLS]/[SEP]/[PAD]/[MASK] and the pair template."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials)
-    text = QUERIES + DOCS + ["the relevance of a document to a query, the document answers the question"]
-    tok.train_from_iterator(text * 3, trainer)
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        pad_token="[PAD]",
-        mask_token="[MASK]",
-        model_input_names=["input_ids", "attention_mask"],
-    )
-
-
-def make_modernbert(folder, tok, *, n_labels=1, pooling="cls", seed=0, biases=False):
-    """Save a seeded random ModernBERT (``n_labels=0``: the bare ``ModernBertModel``) beside ``tok``."""
-    from transformers import ModernBertConfig, ModernBertForSequenceClassification, ModernBertModel
-
-    torch.manual_seed(seed)
-    cfg = ModernBertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        global_attn_every_n_layers=2,  # layers: global, local, global
-        local_attention=8,  # |i - j| <= 4: far shorter than the pairs
-        global_rope_theta=1000.0,
-        local_rope_theta=50.0,
-        max_position_embeddings=256,
-        classifier_pooling=pooling,
-        num_labels=max(n_labels, 1),
-        pad_token_id=tok.pad_token_id,
-        cls_token_id=tok.cls_token_id,
-        sep_token_id=tok.sep_token_id,
-        bos_token_id=tok.cls_token_id,
-        eos_token_id=tok.sep_token_id,
-        initializer_range=0.2,
-        attention_bias=biases,
-        mlp_bias=biases,
-        norm_bias=biases,
-        classifier_bias=biases,
-    )
-    model = (ModernBertForSequenceClassification if n_labels else ModernBertModel)(cfg).eval()
-    with torch.no_grad():  # non-trivial norms (and biases), so parity covers them
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from family_checkpoints import T5_DOCS, T5_QUERIES, T5_VARIANTS, make_t5, t5_tokenizer
 
 from mechir_nig import load_model
 from mechir_nig.attribution import NeuronIntegratedGradients, baseline_embeddings
@@ -17,70 +18,13 @@ from mechir_nig.models.templates import RerankTemplate
 from mechir_nig.models.tokenization import CLS, DOC, QUERY, SEP
 from mechir_nig.sets import NeuronSet
 
-QUERIES = ["what is a neuron", "how do cells fire", "where is the brain"]
-DOCS = [
-    "a neuron is a cell of the nervous system that fires signals",
-    "cells fire",
-    "the brain is in the head and holds many neurons that fire",
-]
-CORPUS = [f"Query: {q} Document: {d} Relevant: true false" for q in QUERIES for d in DOCS] * 20
-VARIANTS = {"v1.0": ("relu", True), "v1.1": ("gated-gelu", False)}
-
-
-def t5_tokenizer():
-    """A Unigram (SentencePiece-style) tokenizer with T5's specials, ``</s>`` appended, "true"/"false" whole."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=120,
-        special_tokens=["<pad>", "</s>", "<unk>"],
-        unk_token="<unk>",
-        initial_alphabet=list("abc"),
-    )
-    tok.train_from_iterator(CORPUS, trainer=trainer)
-    tok.add_tokens(["▁true", "▁false", "true", "false"])
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
+QUERIES, DOCS, VARIANTS = T5_QUERIES, T5_DOCS, T5_VARIANTS
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    from transformers import T5Config, T5ForConditionalGeneration
-
     tok = t5_tokenizer()
-    out = {}
-    for name, (ff, tie) in VARIANTS.items():
-        torch.manual_seed(0)
-        cfg = T5Config(
-            vocab_size=len(tok) + 4,
-            d_model=16,
-            d_kv=6,
-            d_ff=24,
-            num_layers=2,
-            num_heads=3,
-            relative_attention_num_buckets=8,
-            relative_attention_max_distance=12,
-            feed_forward_proj=ff,
-            tie_word_embeddings=tie,
-            decoder_start_token_id=0,
-            pad_token_id=0,
-            eos_token_id=1,
-        )
-        hf = T5ForConditionalGeneration(cfg)
-        with torch.no_grad():  # T5's init gives tiny final norms; spread the weights so scores differ
-            for p in hf.parameters():
-                p.add_(torch.randn_like(p) * 0.3)
-        folder = tmp_path_factory.mktemp(name.replace(".", "_"))
-        hf.save_pretrained(folder)
-        tok.save_pretrained(folder)
-        out[name] = folder
-    return out
+    return {name: make_t5(tmp_path_factory.mktemp(name.replace(".", "_")), tok, name) for name in VARIANTS}
 
 
 def hf_model(folder, dtype=torch.float64):
