@@ -710,7 +710,9 @@ class Session:
                     kw = {"template": template} if template is not None else {}
                     self.cache[key] = load_model(self.args.model, device=self.device(), **kw)
                 except InputError as exc:  # a --template the model does not take, or an unknown one
-                    raise CommandError(f"--template {template}: {exc}".replace("template=", "--template")) from exc
+                    raise CommandError(
+                        f"--template {template}: {exc}".replace("template=", "--template")
+                    ) from exc
                 except (ModelLoadError, UnsupportedArchitectureError) as exc:
                     msg = str(exc).replace(
                         "e.g. from_pretrained('/path/to/folder')", "e.g. --model /path/to/folder"
