@@ -180,9 +180,13 @@ def decoder_tokenizer(folder: Path):
     return folder, tok
 
 
-def make_decoder(folder, tok, kind, n_labels=1):
+def make_decoder(folder, tok, kind, n_labels=1, *, pad_row=False):
     """Save a seeded random decoder beside ``tok``: ``kind`` ``"qwen3"``/``"llama"`` (causal LMs),
-    ``"llama-seq"`` or ``"qwen2"`` (``...ForSequenceClassification`` with ``n_labels``)."""
+    ``"llama-seq"`` or ``"qwen2"`` (``...ForSequenceClassification`` with ``n_labels``).
+
+    Hugging Face initialises the pad token's embedding row to zero; the NIG baseline ``pad`` then starts the
+    path at a zero input, where RMSNorm is sharp (``x / sqrt(mean(x^2) + eps)``) and a short grid misses the
+    spike. ``pad_row=True`` gives that row random values, as a trained checkpoint's pad token has."""
     import transformers as tf
 
     common = dict(
@@ -205,6 +209,9 @@ def make_decoder(folder, tok, kind, n_labels=1):
         for n, p in hf.named_parameters():
             if n.endswith("norm.weight") or n.endswith(".bias"):
                 p.add_(torch.randn_like(p) * 0.3)
+        if pad_row:
+            emb = hf.get_input_embeddings().weight
+            emb[tok.pad_token_id] = torch.randn_like(emb[0]) * emb.std()
     hf.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
@@ -243,8 +250,10 @@ def t5_tokenizer():
     )
 
 
-def make_t5(folder, tok, variant):
-    """Save a seeded random ``T5ForConditionalGeneration`` of ``variant`` (``T5_VARIANTS``) beside ``tok``."""
+def make_t5(folder, tok, variant, *, spread=0.3):
+    """Save a seeded random ``T5ForConditionalGeneration`` of ``variant`` (``T5_VARIANTS``) beside ``tok``,
+    every weight moved by ``spread`` times a standard normal (0.3: scores that differ; smaller: a smoother
+    NIG path, which a short integration grid completes)."""
     from transformers import T5Config, T5ForConditionalGeneration
 
     ff, tie = T5_VARIANTS[variant]
@@ -267,7 +276,7 @@ def make_t5(folder, tok, variant):
     hf = T5ForConditionalGeneration(cfg)
     with torch.no_grad():  # T5's init gives tiny final norms; spread the weights so scores differ
         for p in hf.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
+            p.add_(torch.randn_like(p) * spread)
     hf.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

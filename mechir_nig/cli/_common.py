@@ -709,10 +709,9 @@ class Session:
                     template = getattr(self.args, "template", None)
                     kw = {"template": template} if template is not None else {}
                     self.cache[key] = load_model(self.args.model, device=self.device(), **kw)
-                except InputError as exc:  # a --template the model does not take, or an unknown one
-                    raise CommandError(
-                        f"--template {template}: {exc}".replace("template=", "--template")
-                    ) from exc
+                except InputError as exc:  # a --template the model does not take, or an unknown one: a bad option
+                    msg = str(exc).replace("template=", "--template")
+                    raise UsageError(f"--template {template}: {msg}", self.prog) from exc
                 except (ModelLoadError, UnsupportedArchitectureError) as exc:
                     msg = str(exc).replace(
                         "e.g. from_pretrained('/path/to/folder')", "e.g. --model /path/to/folder"
