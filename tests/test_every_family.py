@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DOCS, QUERIES
 from family_checkpoints import (
     DEBERTA_VARIANTS,
+    T5_DOCS,
+    T5_QUERIES,
     deberta_tokenizer,
     decoder_tokenizer,
     make_deberta,
@@ -30,8 +31,8 @@ from mechir_nig.models.tokenization import PROMPT
 
 FAMILIES = ("modernbert", "deberta", "qwen3", "qwen2-seq", "monot5")
 TEMPLATES = {"qwen3": "qwen3-reranker", "monot5": "monot5"}  # the others read no prompt
-Q, D = QUERIES[:3], DOCS[:3]
-EXTRA = ["Rice is a cereal grain.", "Stars shine at night.", "Neurons fire signals."]
+Q, D = T5_QUERIES, T5_DOCS  # short pairs: few tokens for every tokenizer (ReLU kinks of T5 stay few)
+EXTRA = ["rice is a cereal grain", "stars shine at night", "the heart pumps blood"]
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +66,10 @@ def collection():
 
     from mechir_nig.data.collection import Collection
 
-    docs = {f"d{i}": t for i, t in enumerate(list(DOCS) + EXTRA)}
-    queries = {f"q{i}": t for i, t in enumerate(QUERIES)}
-    qrels = [Qrel(f"q{i}", f"d{i}", 1) for i in range(len(QUERIES))]
-    qrels += [Qrel(f"q{i}", f"d{(i + 1) % len(QUERIES)}", 0) for i in range(len(QUERIES))]
+    docs = {f"d{i}": t for i, t in enumerate(D + EXTRA)}
+    queries = {f"q{i}": t for i, t in enumerate(Q)}
+    qrels = [Qrel(f"q{i}", f"d{i}", 1) for i in range(len(Q))]
+    qrels += [Qrel(f"q{i}", f"d{(i + 1) % len(Q)}", 0) for i in range(len(Q))]
     return Collection(docs=docs, queries=queries, qrels=qrels, name="tiny")
 
 
@@ -213,7 +214,7 @@ def test_pruning_and_faithfulness(folders, family, collection):
 
     model = model_of(folders, family)
     cands = bm25_candidates(collection, k=3)
-    sel, ev = ["q0", "q1"], ["q2", "q3"]
+    sel, ev = ["q0"], ["q1", "q2"]
     ranking = torch.randn(model.cfg.n_layers, model.cfg.d_mlp, generator=torch.Generator().manual_seed(0))
     study = pruning_study(
         model, collection, cands, ranking, fractions=(0.1,), seeds=1, modes=("zero",),
@@ -250,19 +251,19 @@ def test_attribute_collection_resumes_to_one_run(folders, family, collection, tm
     class Stop(Exception):
         pass
 
-    def stop_after_4(n_done):
-        if n_done >= 4:
+    def stop_after_2(n_done):
+        if n_done >= 2:
             raise Stop
 
-    with pytest.raises(Stop):  # the first part: stopped (no process killed) after 4 pairs
-        attribute_collection(model, pairs, checkpoint=ckpt, checkpoint_every=1, on_batch=stop_after_4, **kw)
-    assert CollectionAttribution.load(ckpt).n_done == 4
+    with pytest.raises(Stop):  # the first part: stopped (no process killed) after 2 pairs
+        attribute_collection(model, pairs, checkpoint=ckpt, checkpoint_every=1, on_batch=stop_after_2, **kw)
+    assert CollectionAttribution.load(ckpt).n_done == 2
     seen = []
     resumed = attribute_collection(
         model, pairs, checkpoint=ckpt, checkpoint_every=1, resume=True, on_batch=seen.append, **kw
     )
-    assert seen[0] == 6  # continued after the 4 checkpointed pairs
-    assert resumed.counts == full.counts and resumed.n_done == len(pairs) == 8
+    assert seen[0] == 4  # continued after the 2 checkpointed pairs
+    assert resumed.counts == full.counts and resumed.n_done == len(pairs) == 6
     for label in ("relevant", "nonrelevant"):
         torch.testing.assert_close(resumed.sums[label], full.sums[label], rtol=0, atol=1e-9)
         torch.testing.assert_close(resumed.sums_sq[label], full.sums_sq[label], rtol=0, atol=1e-9)
