@@ -27,7 +27,8 @@ from family_checkpoints import (
 )
 
 from mechir_nig import load_model
-from mechir_nig.models.tokenization import PROMPT
+from mechir_nig.attribution import baseline_embeddings
+from mechir_nig.models.tokenization import DOC, PROMPT, QUERY
 
 FAMILIES = ("modernbert", "deberta", "qwen3", "qwen2-seq", "monot5")
 TEMPLATES = {"qwen3": "qwen3-reranker", "monot5": "monot5"}  # the others read no prompt
@@ -117,6 +118,10 @@ def test_score_cache_and_nig_completeness(folders, family):
     grouped = neuron_integrated_gradients(model, Q, D, n_steps=4, reduce="group")
     token = neuron_integrated_gradients(model, Q, D, n_steps=4)
     torch.testing.assert_close(grouped.by_group(), token.by_group(), rtol=1e-9, atol=1e-12)
+    # the baseline replaces query and document tokens only (never the prompt or special tokens)
+    xb = baseline_embeddings(model, batch.input_ids, batch.groups, "pad")
+    replaced = (xb != model.word_embeddings(batch.input_ids)).any(-1) & batch.attention_mask.bool()
+    assert torch.equal(replaced, (batch.groups == QUERY) | (batch.groups == DOC))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
