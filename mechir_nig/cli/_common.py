@@ -709,7 +709,9 @@ class Session:
                     template = getattr(self.args, "template", None)
                     kw = {"template": template} if template is not None else {}
                     self.cache[key] = load_model(self.args.model, device=self.device(), **kw)
-                except InputError as exc:  # a --template the model does not take, or an unknown one: a bad option
+                except (
+                    InputError
+                ) as exc:  # a --template the model does not take, or an unknown one: a bad option
                     msg = str(exc).replace("template=", "--template")
                     raise UsageError(f"--template {template}: {msg}", self.prog) from exc
                 except (ModelLoadError, UnsupportedArchitectureError) as exc:
