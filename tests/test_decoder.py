@@ -15,8 +15,8 @@ from mechir_nig.interventions import perturb
 from mechir_nig.interventions.patching import patch
 from mechir_nig.models.decoder import HookedDecoderReranker
 from mechir_nig.models.templates import RerankTemplate, get_template, tokenize_template
-from mechir_nig.models.tokenization import CLS, DOC, QUERY, SEP
-from mechir_nig.testing import decoder_tokenizer, make_decoder
+from mechir_nig.models.tokenization import CLS, DOC, PROMPT, QUERY, SEP
+from mechir_nig.testing import RERANK_SPECIALS, decoder_tokenizer, make_decoder
 
 Q = QUERIES[:3] + ["neuron"]
 D = DOCS[:3] + ["A cell."]  # mixed lengths: padded batches
@@ -120,7 +120,16 @@ def test_qwen3_template_is_the_model_card_formatting(tok_dir):
         g = batch.groups[i, :n]
         assert tok.decode(batch.input_ids[i, :n][g == QUERY]).strip() == q
         assert tok.decode(batch.input_ids[i, :n][g == DOC]).strip() == d
-        assert g[0] == CLS and set(g[g != QUERY][g[g != QUERY] != DOC][1:].tolist()) == {SEP}
+        assert g[0] == CLS and set(g[g != QUERY][g[g != QUERY] != DOC][1:].tolist()) == {SEP, PROMPT}
+        special = set(
+            tok.convert_tokens_to_ids(RERANK_SPECIALS)
+        )  # special tokens: sep; other template text: prompt
+        assert all(
+            (int(t) in special) == (int(x) == SEP)
+            for t, x in zip(batch.input_ids[i, 1:n], g[1:])
+            if x in (SEP, PROMPT)
+        )
+        assert tok.decode(batch.input_ids[i, :n][g == PROMPT]).startswith("system\nJudge whether")
     # truncation: the document is cut from its end and reported
     limit = int(batch.attention_mask[0].sum()) - 5
     with pytest.warns(UserWarning, match="truncated"):
@@ -255,12 +264,12 @@ def test_ablate_runs_and_groups_cover_every_token(ckpts):
     model = ours(ckpts, "llama")
     attr = NeuronIntegratedGradients(model).attribute(model.tokenize(Q[:2], D[:2]), n_steps=4)
     by_group = attr.by_group()
-    assert by_group.shape[2] == 4
+    assert by_group.shape[2] == 5 and attr.group_names == ("cls", "query", "sep", "doc", "prompt")
     torch.testing.assert_close(by_group.sum(2), attr.per_neuron(), rtol=1e-9, atol=1e-12)
     ns = NeuronSet([(0, 1), (1, 3)], n_layers=model.cfg.n_layers, d_mlp=model.cfg.d_mlp)
     base = model.score(Q, D)
     for mode in ("zero", "baseline"):
-        for positions in ("all", "query", "doc"):
+        for positions in ("all", "query", "doc", "prompt"):
             with ablate(model, ns, mode=mode, positions=positions) as ab:
                 out = ab.score(Q, D)
             assert out.shape == base.shape and not torch.equal(out, base)

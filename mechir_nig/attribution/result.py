@@ -1,7 +1,7 @@
 """``NeuronAttribution``: the NIG of every MLP neuron of a batch of pairs, with aggregation and save/load.
 
 One result type for every ``reduce``: ``values`` holds per-token NIG (``reduce="token"``), sums over the
-token groups cls/query/sep/doc (``"group"``) or over all tokens (``"neuron"``); ``reduce`` says which.
+token groups cls/query/sep/doc, and prompt for a templated family (``"group"``) or over all tokens (``"neuron"``); ``reduce`` says which.
 ``by_group()``, ``per_neuron()`` and ``per_head()`` work from whatever is held and raise ``InputError``
 (saying which ``reduce`` to use) when it was summed too far.
 
@@ -23,10 +23,11 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from mechir_nig.errors import InputError
-from mechir_nig.models.tokenization import GROUPS, PAD
+from mechir_nig.models.tokenization import GROUPS, PAD, content_groups, group_weights
 from mechir_nig.results import Result
 
 CONTENT_GROUPS = GROUPS[:4]  # cls, query, sep, doc (padding excluded)
+PROMPT_GROUPS = (*CONTENT_GROUPS, "prompt")  # a templated family's groups: + the template text
 REDUCED = ("token", "group", "neuron")
 
 
@@ -41,7 +42,8 @@ class NeuronAttribution(Result):
     Shapes:
         values: the total conductance of each MLP neuron (``layer`` indexes ``layers``), by ``reduce``:
             ``"token"``: ``[batch, layer, pos, d_mlp]`` (padding positions are 0);
-            ``"group"``: ``[batch, layer, 4, d_mlp]``, summed over the tokens of cls, query, sep, doc;
+            ``"group"``: ``[batch, layer, group, d_mlp]``, summed over the tokens of each of
+            ``group_names`` (cls, query, sep, doc; and prompt for a templated family: 5 groups);
             ``"neuron"``: ``[batch, layer, d_mlp]``, summed over tokens.
         head_values: the same with ``n_heads`` for ``d_mlp`` when heads were asked for, else ``None``.
         scores / baseline_scores: ``[batch]`` — ``F(x)`` and ``F(x')``.
@@ -122,13 +124,20 @@ class NeuronAttribution(Result):
         self._needs("per_token()", ("token",))
         return self.values
 
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """The groups of ``by_group()``'s group axis: ``CONTENT_GROUPS`` (cls, query, sep, doc), and
+        ``PROMPT_GROUPS`` (+ prompt) when the pairs hold template text (a templated family)."""
+        return tuple(GROUPS[g] for g in content_groups(self.groups))
+
     def by_group(self) -> Float[Tensor, "batch layer group d_mlp"]:
-        """Sum over the tokens of each group ``(cls, query, sep, doc)``; padding excluded."""
+        """Sum over the tokens of each group of ``group_names`` (cls, query, sep, doc; and prompt for a
+        templated family); padding excluded, so the groups sum to ``per_neuron()``."""
         self._needs("by_group()", ("token", "group"))
         if self.reduce == "group":
             return self.values
-        onehot = torch.nn.functional.one_hot(self.groups, len(GROUPS))[..., : len(CONTENT_GROUPS)]
-        return torch.einsum("blpf,bpg->blgf", self.values, onehot.to(self.values.dtype))
+        weights = group_weights(self.groups, self.values.dtype)
+        return torch.einsum("blpf,bpg->blgf", self.values, weights.to(self.values.device))
 
     def per_neuron(self) -> Float[Tensor, "batch layer d_mlp"]:
         """Sum over tokens (padding excluded): one NIG value per pair, layer and neuron."""
@@ -172,7 +181,7 @@ class NeuronAttribution(Result):
         """
         self.groups = torch.where(self.groups == source, dest, self.groups)
         if self.reduce == "group":
-            perm = list(range(len(CONTENT_GROUPS)))
+            perm = list(range(self.values.shape[2]))
             perm[source], perm[dest] = dest, source
             self.values = self.values[:, :, perm]
             if self.head_values is not None:

@@ -3,7 +3,8 @@
 ``CollectionAttribution`` keeps, per label (``relevant`` / ``nonrelevant``) and per (layer, token group,
 neuron), running sums, sums of squares, sums of absolute values and pair counts in float64 — memory
 is flat in the number of pairs. Token groups are ``cls``, ``query``, ``sep``, ``doc`` and ``all`` (the
-pair's total over its tokens). Two partial statistics of disjoint pairs ``merge`` into the statistics
+pair's total over its tokens; for a templated family it includes the ``prompt`` tokens, so the prompt's
+share is ``all`` minus the other four). Two partial statistics of disjoint pairs ``merge`` into the statistics
 of their union (what a sharded run needs). The orchestration (data, checkpoints, progress) lives in
 ``mechir_nig.experiments.attribute.attribute_collection``.
 
@@ -71,12 +72,17 @@ class CollectionAttribution(Result):
             self.sums_abs.setdefault(label, torch.zeros(shape, dtype=torch.float64))
             self.counts.setdefault(label, 0)
 
-    def update(self, label: str, by_group: Float[Tensor, "n layer 4 d_mlp"]) -> None:
-        """Add pairs of one label (their per-group NIG, ``NeuronAttribution.by_group()``)."""
+    def update(self, label: str, by_group: Float[Tensor, "n layer group d_mlp"]) -> None:
+        """Add pairs of one label (their per-group NIG, ``NeuronAttribution.by_group()``: 4 groups, or 5 with
+        a templated family's ``prompt``, which counts in ``all`` but has no row of its own)."""
         if label not in LABELS:
             raise InputError(f"label must be one of {LABELS}, got {label!r}")
+        if by_group.dim() != 4 or by_group.shape[2] not in (4, 5):
+            raise InputError(
+                f"by_group must be [pairs, layer, 4 or 5 groups, d_mlp], got {tuple(by_group.shape)}"
+            )
         v = by_group.to(torch.float64)
-        v = torch.cat([v, v.sum(2, keepdim=True)], dim=2)  # + the "all" group
+        v = torch.cat([v[:, :, :4], v.sum(2, keepdim=True)], dim=2)  # + the "all" group (prompt included)
         self.sums[label] += v.sum(0)
         self.sums_sq[label] += (v * v).sum(0)
         self.sums_abs[label] += v.abs().sum(0)

@@ -276,6 +276,14 @@ def add_common(
     g.add_argument("--out", default=out, metavar="DIR", help="results folder (layout: docs/cli.md)")
     if model:
         g.add_argument(
+            "--template",
+            default=None,
+            metavar="NAME",
+            help="the rerank template of a decoder LLM or monoT5 --model (built-ins: monot5, qwen3-reranker); "
+            "refused for an encoder (default: the template recorded in OUT/run.json for this model, else "
+            "the one its hub id implies)",
+        )
+        g.add_argument(
             "--device", default="auto", help="torch device; 'auto' is cuda when available, else cpu"
         )
     g.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -626,9 +634,12 @@ class Session:
         previous = read_run(self.out)
         self.previous = previous  # OUT/run.json as this command found it
         if hasattr(args, "model"):
+            recorded = previous.get("model") or {}
             if args.model is None:
-                args.model = (previous.get("model") or {}).get("spec") or DEFAULT_MODEL
+                args.model = recorded.get("spec") or DEFAULT_MODEL
             check_model_spec(args.model)
+            if getattr(args, "template", None) is None and recorded.get("spec") == _spec_record(args.model):
+                args.template = recorded.get("template")  # the recorded model's template goes with it
         if hasattr(args, "collection"):
             if args.collection is None:
                 args.collection = (previous.get("collection") or {}).get("spec") or DEFAULT_COLLECTION
@@ -784,15 +795,22 @@ class Session:
 
     def model(self) -> Any:
         """The ``--model``, loaded once (``ModelLoadError`` in command-line terms)."""
-        from mechir_nig.errors import ModelLoadError, UnsupportedArchitectureError
+        from mechir_nig.errors import InputError, ModelLoadError, UnsupportedArchitectureError
 
-        key = f"model|{self.args.model}|{self.device()}"
+        key = f"model|{self.args.model}|{getattr(self.args, 'template', None)}|{self.device()}"
         if key not in self.cache:
             from mechir_nig.models import load_model
 
             with self.stage("load_model"):
                 try:
-                    self.cache[key] = load_model(self.args.model, device=self.device())
+                    template = getattr(self.args, "template", None)
+                    kw = {"template": template} if template is not None else {}
+                    self.cache[key] = load_model(self.args.model, device=self.device(), **kw)
+                except (
+                    InputError
+                ) as exc:  # a --template the model does not take, or an unknown one: a bad option
+                    msg = str(exc).replace("template=", "--template")
+                    raise UsageError(f"--template {template}: {msg}", self.prog) from exc
                 except (ModelLoadError, UnsupportedArchitectureError) as exc:
                     msg = str(exc).replace(
                         "e.g. from_pretrained('/path/to/folder')", "e.g. --model /path/to/folder"
@@ -844,13 +862,15 @@ class Session:
         """The model's record (its spec alone while it is not loaded yet)."""
         if not hasattr(self.args, "model"):
             return None
-        m = self.cache.get(f"model|{self.args.model}|{self.device()}")
+        template = getattr(self.args, "template", None)
+        m = self.cache.get(f"model|{self.args.model}|{template}|{self.device()}")
         if m is None:
-            return {"spec": _spec_record(self.args.model), "id": self.args.model}
+            return {"spec": _spec_record(self.args.model), "id": self.args.model, "template": template}
         cfg = m.cfg
         return {
             "spec": _spec_record(self.args.model),
             "id": self.args.model,
+            "template": template,
             "class": type(m).__name__,
             "name": str(getattr(cfg, "model_name", "")),
             "fingerprint": self.fingerprint(m),

@@ -70,6 +70,8 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
         "--device",
         args.device,
     ]
+    if args.template is not None:
+        common += ["--template", args.template]
     if args.no_progress:
         common.append("--no-progress")
     stages = [

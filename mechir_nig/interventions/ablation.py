@@ -79,7 +79,7 @@ __all__ = [
 ]
 
 MODES = ("zero", "mean", "resample", "baseline")
-POSITIONS = ("all", "cls", "query", "doc")
+POSITIONS = ("all", "cls", "query", "doc", "prompt")  # prompt: a templated family's template text
 SIDES = ("both", "query", "doc")
 
 

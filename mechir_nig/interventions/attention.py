@@ -35,7 +35,7 @@ from mechir_nig._validate import check_layers
 from mechir_nig.errors import InputError
 from mechir_nig.interventions.engine import is_batch
 from mechir_nig.models.protocol import HookedModel, current_forward
-from mechir_nig.models.tokenization import CLS, DOC, QUERY, SEP
+from mechir_nig.models.tokenization import CLS, DOC, PROMPT, QUERY, SEP
 from mechir_nig.models.tokenization import GROUPS as GROUP_NAMES
 from mechir_nig.results import Result
 from mechir_nig.sites import hook_name
@@ -50,7 +50,7 @@ __all__ = [
     "block_attention",
 ]
 
-GROUPS = {"cls": CLS, "query": QUERY, "doc": DOC, "sep": SEP}
+GROUPS = {"cls": CLS, "query": QUERY, "doc": DOC, "sep": SEP, "prompt": PROMPT}
 """Group name -> the token-group id of a batch's ``groups``."""
 
 

@@ -48,7 +48,7 @@ from torch import Tensor
 
 from mechir_nig.errors import InputError
 from mechir_nig.models.protocol import HookedModel, current_forward
-from mechir_nig.models.tokenization import CLS, DOC, QUERY
+from mechir_nig.models.tokenization import CLS, DOC, PROMPT, QUERY
 from mechir_nig.sites import Site, site
 
 __all__ = [
@@ -65,7 +65,7 @@ __all__ = [
     "write",
 ]
 
-GROUPS = {"cls": CLS, "query": QUERY, "doc": DOC}
+GROUPS = {"cls": CLS, "query": QUERY, "doc": DOC, "prompt": PROMPT}
 _NO_BATCH = "run a tokenized batch inside ablate(...), or pass batch= to ablation_hooks"
 
 

@@ -6,11 +6,11 @@ prompt and is scored by ``log_softmax([logit_neg, logit_pos])[1]`` at the templa
 encoder-decoder).
 
 Token groups come from character offsets into the formatted text: tokens overlapping the query are
-``query``, tokens overlapping the document are ``doc``; every other token (template text such as
-``<Instruct>: ...``, and special tokens such as ``<|im_start|>`` or T5's ``</s>``) is in the special
-groups, ``cls`` at position 0 and ``sep`` elsewhere, as a cross-encoder's ``[CLS]``/``[SEP]``. There is
-no separate ``prompt`` group: ``by_group()`` keeps its four content groups (``cls``, ``query``, ``sep``,
-``doc``) for every family, so saved results, position-group ablation and the figures read the same.
+``query``, tokens overlapping the document are ``doc``; the token at position 0 is ``cls`` (what a
+cross-encoder's ``[CLS]`` is), the tokenizer's special tokens (``<|im_start|>``, T5's ``</s>``) are
+``sep``, and every other token of the template text (``<Instruct>: ...``, ``Query:``) is ``prompt``. So
+``by_group()`` of a templated family has five groups (``cls``, ``query``, ``sep``, ``doc``, ``prompt``)
+and still sums to ``per_neuron()``; position-group ablation and attention blocking take ``"prompt"``.
 The NIG baseline ``pad`` replaces query and document tokens only, never the template.
 
 Example:
@@ -34,6 +34,7 @@ from mechir_nig.errors import InputError, ModelLoadError
 from mechir_nig.models.tokenization import (
     CLS,
     DOC,
+    PROMPT,
     QUERY,
     SEP,
     PairBatch,
@@ -191,18 +192,30 @@ def answer_token_ids(template: str | RerankTemplate, tokenizer: Any, source: str
     return out[0], out[1]
 
 
-def _encode_one(tokenizer: Any, t: RerankTemplate, q: str, d: str) -> tuple[list[int], list[int]]:
+def _encode_one(
+    tokenizer: Any, t: RerankTemplate, q: str, d: str, special: set[int]
+) -> tuple[list[int], list[int]]:
     text, (qs, qe), (ds, de) = t.format(q, d)
     enc = tokenizer(text, add_special_tokens=t.add_special_tokens, return_offsets_mapping=True, verbose=False)
     groups = []
-    for p, (s, e) in enumerate(enc["offset_mapping"]):
+    for p, ((s, e), tid) in enumerate(zip(enc["offset_mapping"], enc["input_ids"], strict=True)):
         if e > s and s < qe and e > qs:
             groups.append(QUERY)
         elif e > s and s < de and e > ds:
             groups.append(DOC)
+        elif p == 0:
+            groups.append(CLS)
         else:
-            groups.append(CLS if p == 0 else SEP)
+            groups.append(SEP if tid in special else PROMPT)
     return list(enc["input_ids"]), groups
+
+
+def _special_ids(tokenizer: Any) -> set[int]:
+    """The tokenizer's special tokens: its named ones and the added tokens marked special."""
+    out = {int(i) for i in getattr(tokenizer, "all_special_ids", [])}
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    out.update(int(i) for i, t in added.items() if getattr(t, "special", False))
+    return out
 
 
 def tokenize_template(
@@ -227,8 +240,9 @@ def tokenize_template(
     q, d = check_pairs(queries, docs)
     _check_max_length(max_length, n_ctx)
     rows, groups, truncated = [], [], []
+    special = _special_ids(tokenizer)
     for i, (qi, di) in enumerate(zip(q, d, strict=True)):
-        ids, g = _encode_one(tokenizer, t, qi, di)
+        ids, g = _encode_one(tokenizer, t, qi, di, special)
         if QUERY not in g or DOC not in g:
             raise InputError(
                 f"pair {i}: {'queries' if QUERY not in g else 'docs'}[{i}] has no tokens after tokenization; "
@@ -251,7 +265,7 @@ def tokenize_template(
             if not new or new == di:
                 new = di[: max(1, len(di) - 1)]
             di, cut = new, True
-            ids, g = _encode_one(tokenizer, t, qi, di)
+            ids, g = _encode_one(tokenizer, t, qi, di, special)
         rows.append(ids)
         groups.append(g)
         truncated.append(cut)

@@ -38,9 +38,32 @@ from mechir_nig._validate import check_int
 from mechir_nig._warn import caller_stacklevel
 from mechir_nig.errors import InputError, TruncationWarning
 
-GROUPS = ("cls", "query", "sep", "doc", "pad")
-"""Token groups; ``PairBatch.groups`` holds their indices. A bi-encoder text's tokens are ``doc``."""
-CLS, QUERY, SEP, DOC, PAD = range(5)
+GROUPS = ("cls", "query", "sep", "doc", "pad", "prompt")
+"""Token groups; ``PairBatch.groups`` holds their indices. A bi-encoder text's tokens are ``doc``; ``prompt``
+(the template text of a templated reranker, ``mechir_nig.models.templates``) is appended after ``pad`` so
+the indices of the first five never change."""
+CLS, QUERY, SEP, DOC, PAD, PROMPT = range(6)
+CONTENT = (CLS, QUERY, SEP, DOC)
+"""The content groups every family has, in ``by_group()`` order (``prompt`` follows where present)."""
+
+
+def content_groups(groups: Tensor) -> tuple[int, ...]:
+    """The group indices ``by_group()`` sums over for ``groups``: cls, query, sep, doc, then ``prompt`` when
+    any token is template text (templated families), so encoders keep their four groups.
+
+    Example:
+        >>> content_groups(torch.tensor([[CLS, QUERY, SEP, DOC, SEP, PAD]]))
+        (0, 1, 2, 3)
+        >>> content_groups(torch.tensor([[CLS, PROMPT, QUERY, PROMPT, DOC, SEP]]))
+        (0, 1, 2, 3, 5)
+    """
+    return CONTENT + (PROMPT,) if bool((groups == PROMPT).any()) else CONTENT
+
+
+def group_weights(groups: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[batch, pos, group]`` one-hot weights of each token over ``content_groups(groups)`` (padding: 0)."""
+    onehot = torch.nn.functional.one_hot(groups, len(GROUPS))
+    return onehot[..., list(content_groups(groups))].to(dtype)
 
 
 def check_texts(texts: Any, what: str) -> list[str]:
@@ -142,7 +165,7 @@ class PairBatch(_Batch):
 
     Shapes:
         input_ids, token_type_ids, attention_mask, groups: ``[batch, pos]``; truncated: ``[batch]``.
-        ``groups`` holds indices into ``GROUPS`` (cls, query, sep, doc, pad).
+        ``groups`` holds indices into ``GROUPS`` (cls, query, sep, doc, pad, prompt).
 
     Example:
         >>> batch = PairBatch(  # what ce.tokenize(queries, docs) returns, here built by hand

@@ -96,7 +96,7 @@ def _panels(result: Any, panels: Any, pair: Any, labels: Any, fn: str) -> list[P
         return [(p, partial(scheme, p)) for p in _panel_names(panels, SCHEMES)]
 
     def values(g: str) -> Tensor:  # [batch, layer, d_mlp]
-        v = result.per_neuron() if g == "all" else result.by_group()[:, :, CONTENT_GROUPS.index(g)]
+        v = result.per_neuron() if g == "all" else result.by_group()[:, :, result.group_names.index(g)]
         return v.to(torch.float64)
 
     n = len(result)
@@ -449,7 +449,7 @@ def group_bars(
         rows=1, cols=len(items), shared_yaxes=True, subplot_titles=[name for name, _ in items]
     )
     for c, (name, fn) in enumerate(items):
-        for gi, g in enumerate(CONTENT_GROUPS):
+        for gi, g in enumerate(getattr(result, "group_names", CONTENT_GROUPS)):  # + prompt (templates)
             y = as_numpy(fn(g)[rows].sum(-1))
             fig.add_trace(
                 go.Bar(

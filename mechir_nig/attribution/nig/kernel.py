@@ -52,11 +52,12 @@ from mechir_nig.attribution.nig.plan import Window, WindowPlan
 from mechir_nig.attribution.target import Target, TargetArgs, call_target, output_hook
 from mechir_nig.models.checkpointing import checkpointed_blocks
 from mechir_nig.models.protocol import AttributionModel
-from mechir_nig.models.tokenization import GROUPS, PAD
+from mechir_nig.models.tokenization import PAD, content_groups, group_weights
 from mechir_nig.sites import hook_name, site, site_of_hook, unit_width
 
 REDUCE = ("token", "group", "neuron")
-"""What the result holds per (pair, layer): every token, the token groups cls/query/sep/doc, or the sum."""
+"""What the result holds per (pair, layer): every token, the token groups cls/query/sep/doc (+ prompt for a
+templated family), or the sum."""
 
 
 @contextmanager
@@ -164,7 +165,7 @@ class Conductance:
         self.dtype = dtype
         self.device = groups.device
         n, n_pos = groups.shape
-        where = {"token": (n_pos,), "group": (len(GROUPS) - 1,), "neuron": ()}[reduce]
+        where = {"token": (n_pos,), "group": (len(content_groups(groups)),), "neuron": ()}[reduce]
         kw: dict[str, Any] = {"dtype": dtype, "device": groups.device}
         self.sites = {
             name: torch.zeros(n, len(layers), *where, *unit_shape(cfg, name), **kw) for name in sites
@@ -172,7 +173,7 @@ class Conductance:
         # hook name -> (its site's values, layer index)
         self.dest = {hook_name(name, layer): (name, li) for name in sites for li, layer in enumerate(layers)}
         if reduce == "group":  # [batch, pos, group]; the pad group is dropped
-            self.weights = torch.nn.functional.one_hot(groups, len(GROUPS))[..., :PAD].to(dtype)
+            self.weights = group_weights(groups, dtype)
         elif reduce == "neuron":
             self.weights = (groups != PAD).to(dtype)  # [batch, pos]
 
