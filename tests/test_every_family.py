@@ -309,3 +309,60 @@ def test_bf16_scores_close_to_float32(folders, family):
     got = bf16.score(Q, D)
     assert bf16.cfg.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), f32, rtol=0.05, atol=0.05 * float(f32.abs().max()) + 0.02)
+
+
+SHARDED = r"""
+import os, sys
+import torch
+torch.set_num_threads(1)
+from ir_measures import Qrel
+from mechir_nig import attribute_collection, load_model
+from mechir_nig.data import judged_pairs
+from mechir_nig.data.collection import Collection
+from mechir_nig.runtime import distributed
+
+folder, template, out, q, d = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split("|"), sys.argv[5].split("|")
+col = Collection(
+    docs={f"d{i}": t for i, t in enumerate(d)},
+    queries={f"q{i}": t for i, t in enumerate(q)},
+    qrels=[Qrel(f"q{i}", f"d{i}", 1) for i in range(len(q))] + [Qrel(f"q{i}", f"d{(i + 1) % len(q)}", 0) for i in range(len(q))],
+    name="tiny",
+)
+model = load_model(folder, dtype=torch.float64, template=template)
+res = attribute_collection(model, judged_pairs(col), n_steps=4, batch_size=1, progress=False)
+res.save(os.path.join(out, f"sharded{distributed.rank()}.safetensors"))
+os.write(1, f"RANK {distributed.rank()} {distributed.world_size()}\n".encode())
+"""
+
+
+@pytest.mark.parametrize("family", ["qwen3", "monot5"])
+def test_attribute_collection_on_two_gloo_ranks_equals_one_process(folders, family, collection, tmp_path):
+    """Sharding (torchrun, 2 real gloo ranks) for a rotary causal decoder and an encoder-decoder: every
+    rank returns the statistics one process computes."""
+    from conftest import one_thread, torchrun
+
+    from mechir_nig import attribute_collection
+    from mechir_nig.attribution.stats import CollectionAttribution
+    from mechir_nig.data import judged_pairs
+
+    (tmp_path / "sharded.py").write_text(SHARDED)
+    done = torchrun(
+        str(tmp_path / "sharded.py"),
+        str(folders[family]),
+        TEMPLATES[family],
+        str(tmp_path),
+        "|".join(Q),
+        "|".join(D + EXTRA),
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert sorted(done.stdout.split("RANK ")[1:]) == ["0 2\n", "1 2\n"], done.stdout
+    model = model_of(folders, family)
+    want = one_thread(
+        attribute_collection, model, judged_pairs(collection), n_steps=4, batch_size=1, progress=False
+    )
+    for r in (0, 1):
+        got = CollectionAttribution.load(tmp_path / f"sharded{r}.safetensors")
+        assert got.counts == want.counts and got.meta["distributed"]["world_size"] == 2
+        for label in ("relevant", "nonrelevant"):
+            torch.testing.assert_close(got.sums[label], want.sums[label], rtol=0, atol=1e-9)
