@@ -122,6 +122,7 @@ def pruning_findings(result: Any, measure: str | None = None, *, n_resamples: in
                 f"{action} {change}; at {_pct(r['fraction'])} ({r['mode']}) the NIG set is indistinguishable "
                 f"from random ({format_p(vs['p_holm'])}, {nq})."
             )
+    out.extend(_baseline_active(result, sorted({r["fraction"] for r in rows})))
     ceiling = result.ceiling(m)["warning"]
     if ceiling:
         out.append(f"Caveat: {ceiling}.")
@@ -129,6 +130,31 @@ def pruning_findings(result: Any, measure: str | None = None, *, n_resamples: in
         out.append(
             f"p-values are Holm-adjusted across the study's fractions and modes; intervals are percentile "
             f"bootstraps over the held-out queries ({rows[0]['n_queries']})."
+        )
+    return out
+
+
+def _baseline_active(result: Any, fractions: list[float]) -> list[str]:
+    """Per fraction: how many of the NIG set's neurons are active on the NIG baseline input, next to the
+    random sets' counts (none when the study did not measure it)."""
+    out = []
+    for f in fractions:
+        top = result.sets.get(f"nig_top|{f:g}|0")
+        counted = None if top is None else result.active_on_baseline(top)
+        if counted is None:
+            continue
+        random = [
+            c
+            for key, members in result.sets.items()
+            if key.startswith(f"random|{f:g}|") and (c := result.active_on_baseline(members)) is not None
+        ]
+        others = ""
+        if random:
+            ks = sorted(k for k, _ in random)
+            others = f" (random sets: {ks[0]}-{ks[-1]} of {random[0][1]})"
+        out.append(
+            f"{counted[0]} of the {counted[1]} top {_pct(f)} NIG neurons are active on the NIG baseline input"
+            f"{others}: returning them to their baseline values does not silence them."
         )
     return out
 

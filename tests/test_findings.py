@@ -117,6 +117,27 @@ def test_pruning_sentences() -> None:
     assert format_p(small) == "p = 0.21" and large == pytest.approx(2 / 10001)
 
 
+def test_pruning_sentence_on_baseline_active_neurons() -> None:
+    result = _pruning()
+    result.baseline_activity = {
+        "threshold": 0.1,
+        "layers": [0, 1],
+        "baseline_mean": [[0.5, 0.0, 0.3], [-0.2, 0.05, 0.0]],
+    }
+    set_of = lambda members: {"kind": "mlp", "n_layers": 2, "d_mlp": 3, "neurons": members}  # noqa: E731
+    result.sets = {
+        "nig_top|0.01|0": set_of([[0, 0], [0, 2], [1, 0], [1, 1]]),  # 3 of 4 above 0.1 in absolute value
+        "random|0.01|0": set_of([[0, 1], [1, 1], [1, 2], [0, 0]]),  # 1 of 4
+        "random|0.01|1": set_of([[0, 0], [0, 2], [1, 2], [0, 1]]),  # 2 of 4
+    }
+    lines = pruning_findings(result)
+    assert (
+        "3 of the 4 top 1 % NIG neurons are active on the NIG baseline input (random sets: 1-2 of 4): "
+        "returning them to their baseline values does not silence them." in lines
+    )
+    assert not any("0.1 % NIG neurons are active" in line for line in lines)  # no set kept for 0.1 %
+
+
 def test_pruning_ceiling_caveat() -> None:
     result = _pruning()
     result.per_query[0] = {q: {"nDCG@10": 1.0} for q in result.eval_queries}
