@@ -80,3 +80,25 @@ def test_default_window():
 
 def test_module_examples():
     assert doctest.testmod(plan_module, raise_on_error=True).attempted >= 2
+
+
+@pytest.mark.parametrize("window", [1, 3, 7, 100])
+def test_max_padding_cuts_windows_before_short_pairs(window):
+    """A window ends before a pair shorter than (1 - max_padding) x its longest; items and order unchanged."""
+    lengths = torch.tensor([80, 20, 75, 40, 38, 21])
+    plain = WindowPlan.grid(lengths, n_points=3, window=window)
+    cut = WindowPlan.grid(lengths, n_points=3, window=window, max_padding=0.125)
+    assert [(p, k) for p, k, _, _ in items(cut)] == [(p, k) for p, k, _, _ in items(plain)]
+    for w in cut:
+        assert w.rows <= window
+        # no row of the window is padded by more than 12.5 % of the window's longest pair
+        assert int(lengths[w.pair_of_row].min()) >= 0.875 * w.length
+    # by hand: length classes {80, 75}, {40, 38}, {21, 20} never share a window
+    classes = {0: 0, 2: 0, 3: 1, 4: 1, 5: 2, 1: 2}
+    assert all(len({classes[int(p)] for p in w.pairs}) == 1 for w in cut)
+    if window == 100:
+        assert len(plain) == 1 and len(cut) == 3
+        assert sum(w.rows * w.length for w in plain) == 18 * 80
+        assert sum(w.rows * w.length for w in cut) == 6 * 80 + 6 * 40 + 6 * 21
+    with pytest.raises(InputError, match=r"max_padding must be in \[0, 1\)"):
+        WindowPlan.grid(lengths, 3, window, max_padding=1.0)
