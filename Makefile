@@ -1,7 +1,7 @@
 # Fresh-machine set-up: `make demo` and `make test` create .venv, install torch (TORCH_SPEC) first
 # when none is importable, install the package with its test extra, then run.
-# `make test` = ruff (lint + format check) + mypy + the docs site (mkdocs --strict) + pytest (the tests and
-# the package's doctests).
+# `make test` = ruff (lint + format check) + mypy + pytest (the tests and the package's doctests) + the docs
+# site (mkdocs --strict), built after the tests so that it shows the notebooks they executed (docs/notebooks/).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -44,8 +44,9 @@ lint: install
 	$(PY) -m ruff format --check mechir_nig tests benchmarks demos
 	$(PY) -m mypy
 
-test: install browser lint docs
+test: install browser lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests mechir_nig --doctest-modules -q --durations=20
+	$(MAKE) docs
 
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d build/site

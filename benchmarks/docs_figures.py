@@ -71,7 +71,8 @@ def main(argv: list[str]) -> int:
     )
     shoot(token_heatmap(attr, 0), "howto_token_heatmap", height=420)
     stats = CollectionAttribution.load(results / "attribution.safetensors")
-    shoot(neuron_heatmap(stats), "howto_neuron_heatmap", height=560)
+    heatmap = neuron_heatmap(stats)  # each layer's 20 strongest neurons, labelled
+    shoot(heatmap, "howto_neuron_heatmap", height=heatmap.layout.height)
     shoot(top_neurons_bar(stats, k=20, scheme="difference"), "howto_top_neurons", height=420)
     rel = select_top(stats.scheme_scores("relevant"), fraction=0.01, layers=stats.layers, name="relevant")
     non = select_top(

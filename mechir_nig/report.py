@@ -228,7 +228,7 @@ class _Doc:
 
     def figure(self, parts: list[str], what: str, make: Callable[[], Any]) -> None:
         """Draw ``make()`` into ``parts``; a figure that cannot be drawn becomes a visible note."""
-        import plotly.io as pio
+        from mechir_nig.plotting._common import figure_html
 
         try:
             fig = make()
@@ -238,13 +238,7 @@ class _Doc:
             self.problem(parts, message)
             return
         self.n_figures += 1
-        div = pio.to_html(
-            fig,
-            include_plotlyjs=False,
-            full_html=False,
-            div_id=f"figure-{self.n_figures}",
-            config={"displaylogo": False, "responsive": True, "showSendToCloud": False},
-        )
+        div = figure_html(fig, div_id=f"figure-{self.n_figures}")  # as wide as the page at most
         parts.append(f'<div class="figure" data-figure="{_e(what)}">{div}</div>')
 
 
@@ -1236,7 +1230,7 @@ section{background:#fff;border:1px solid #e2e4e8;border-radius:8px;margin:18px 0
 h2{border-bottom:2px solid #1f3a5f;padding-bottom:4px}
 h3{margin:18px 0 8px 0;font-size:1.08em}
 h4{margin:10px 0 4px 0}
-table{border-collapse:collapse;margin:6px 0 10px 0;font-size:.9em}
+table{border-collapse:collapse;margin:6px 0 10px 0;font-size:.9em;display:block;max-width:100%;overflow-x:auto}
 th,td{border:1px solid #dde;padding:3px 8px;text-align:left;vertical-align:top}
 thead th{background:#eef1f5}
 table.kv th{background:#f4f6f8;font-weight:600;white-space:nowrap}
@@ -1249,7 +1243,7 @@ summary{cursor:pointer;color:#1f3a5f}
 .files li.found::marker{content:"✓ ";color:#2a7a2a}
 .files li.missing::marker{content:"– "}
 section,.figure{scroll-margin-top:52px}
-.figure{overflow-x:auto;margin:10px 0 18px 0;border-top:1px solid #eee;padding-top:6px}
+.figure{max-width:100%;margin:10px 0 18px 0;border-top:1px solid #eee;padding-top:6px}
 .problem{color:#a12;font-weight:600}
 ul.findings li{margin:4px 0}
 ul.findings li.caveat{color:#8a5a00}

@@ -5,14 +5,21 @@ temporary folder, so no ``ipykernel install`` is needed and a user's own ``pytho
 picked), offline (``HF_HUB_OFFLINE=1``), with a deadline of ``TIMEOUT_S`` for the whole notebook. A check
 cell appended to the executed copy reads a few key values from the notebook's namespace. Set
 ``MECHIR_NIG_NOTEBOOK_OUT=DIR`` to keep the executed notebooks (with outputs) in ``DIR``.
+
+Each notebook that runs is also written, with its outputs, to ``docs/notebooks/`` (ignored by git), where
+the docs site shows it (``docs/_ext/notebooks.py``; ``make test`` builds the site after the tests): each
+plotly figure gets an HTML rendering next to its plotly JSON. A last test builds the site and checks in
+headless Chromium that a notebook page draws its figures, none wider than the page.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
 import runpy
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +30,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMOS = ROOT / "demos"
+DOCS_NOTEBOOKS = ROOT / "docs" / "notebooks"  # the executed copies the docs site shows (git-ignored)
 NOTEBOOKS = [
     "01_quickstart.ipynb",
     "02_nig.ipynb",
@@ -150,6 +158,7 @@ def execute(name: str, tmp: Path, check: str) -> tuple[dict, dict, float]:
         resources={"metadata": {"path": str(DEMOS)}},
     )
     start = time.monotonic()
+    (DOCS_NOTEBOOKS / name).unlink(missing_ok=True)  # no stale copy on the site if this run fails
     try:
         client.execute(env=env)
     except nbclient.exceptions.CellExecutionError as exc:
@@ -173,7 +182,25 @@ def execute(name: str, tmp: Path, check: str) -> tuple[dict, dict, float]:
     assert Path(exe) == Path(sys.executable), f"the kernel ran {exe}, not this interpreter {sys.executable}"
     assert Path(module).is_relative_to(ROOT), f"mechir_nig imported from {module}, not from {ROOT}"
     line = next(ln for o in code[-1].outputs for ln in _text(o).splitlines() if ln.startswith(_MARK))
+    nbformat.write(docs_copy(nb), DOCS_NOTEBOOKS / name)
     return nb, json.loads(line[len(_MARK) :]), seconds
+
+
+def docs_copy(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The executed notebook as the docs site shows it: without the two check cells this test adds, each
+    plotly figure also as HTML (``figure_html``: drawn by the plotly.js the site loads once, as wide as
+    the page)."""
+    import plotly.graph_objects as go
+
+    from mechir_nig.plotting._common import figure_html
+
+    nb = copy.deepcopy(nb)
+    nb.cells = nb.cells[1:-1]
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if PLOTLY_MIME in output.get("data", {}):
+                output.data["text/html"] = figure_html(go.Figure(output.data[PLOTLY_MIME]))
+    return nb
 
 
 def _figures(nb: dict) -> int:
@@ -237,3 +264,57 @@ def test_notebooks_committed_without_outputs():
         )
         assert nb.cells[0].cell_type == "markdown" and nb.cells[-1].cell_type == "markdown", name
         assert "what we saw" in "".join(nb.cells[-1].source).lower(), f"{name} ends without 'What we saw'"
+
+
+@pytest.mark.slow
+def test_a_notebook_page_of_the_docs_site_draws_its_figures(tmp_path):
+    """The site built as `make docs` builds it (mkdocs --strict) shows an executed notebook with its plotly
+    figures drawn in Chromium, none wider than the page, at 1024 and 390 px."""
+    from browser import DRAWN_JS, chromium, wait_for_fit
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    name = "04_patching.ipynb"  # run above in `make test`; executed here when this test runs alone
+    if not (DOCS_NOTEBOOKS / name).is_file():
+        execute(name, tmp_path / "kernel", CHECKS[name])
+    shown = nbformat.read(DOCS_NOTEBOOKS / name, as_version=4)
+    n = sum(
+        "text/html" in o.get("data", {}) and PLOTLY_MIME in o.get("data", {})
+        for c in shown.cells
+        for o in c.get("outputs", [])
+    )
+    assert n >= FIGURES[name], f"{name}: {n} figures with an HTML rendering, {FIGURES[name]} expected"
+    site = tmp_path / "site"
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stderr[-3000:]}"
+    page = site / "notebooks" / Path(name).stem / "index.html"
+    assert page.is_file(), sorted(str(p.relative_to(site)) for p in (site / "notebooks").rglob("*.html"))
+    index = (site / "notebooks" / "index.html").read_text(encoding="utf-8")
+    assert f'href="{Path(name).stem}/"' in index, "the Notebooks page does not link the executed notebook"
+    assert (site / "assets" / "javascripts" / "plotly.min.js").is_file()
+
+    with chromium(1024, 900) as browser:
+        for width in (1024, 390):
+            browser.set_window_size(width, 900)
+            browser.get(page.as_uri())
+            WebDriverWait(browser, 120, poll_frequency=0.5).until(lambda d: d.execute_script(DRAWN_JS) >= n)
+            m = wait_for_fit(browser)
+            assert m["n"] == n, m
+            assert browser.find_elements("css selector", ".jupyter-wrapper .js-plotly-plot svg.main-svg")
+            assert not m["wide"], (
+                f"at {width} px (client {m['client']} px) figures reach past the page: {m['wide']}"
+            )
+        # offline and from file://, the theme's web fonts and MathJax (https://) and the search index (its
+        # worker needs a server) fail to load; nothing else may report an error
+        errors = [
+            e["message"]
+            for e in browser.get_log("browser")
+            if e["level"] == "SEVERE" and not re.search(r"https://|search_index\.js", e["message"])
+        ]
+        assert not errors, errors

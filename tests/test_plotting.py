@@ -130,6 +130,60 @@ def test_neuron_heatmap_of_pairs(attr):
         neuron_heatmap(attr.values)
 
 
+def _wide_stats() -> CollectionAttribution:
+    """Relevant means over a 2 x 200 layer (wider than FULL_VIEW_MAX): a few strong neurons, the rest 0."""
+    v = torch.zeros(1, 2, 4, 200, dtype=torch.float64)  # [pairs, layer, group, d_mlp]; "all" sums the groups
+    for layer, neuron, value in (
+        (0, 7, 5.0),
+        (0, 150, -3.0),
+        (0, 0, 1.0),
+        (1, 199, -6.0),
+        (1, 42, 2.0),
+        (1, 100, 0.5),
+    ):
+        v[0, layer, 0, neuron] = value
+    s = CollectionAttribution(layers=[0, 1], n_layers=2, d_mlp=200)
+    s.update("relevant", v)
+    return s
+
+
+def test_neuron_heatmap_of_a_wide_layer_shows_its_top_neurons_labelled():
+    s = _wide_stats()
+    fig = neuron_heatmap(s, k=3)  # auto: 200 neurons a layer > FULL_VIEW_MAX, so the top k
+    (trace,) = fig.data
+    assert trace.name == "relevant" and np.asarray(trace.z).shape == (2, 3)
+    close(trace.z, [[5.0, -3.0, 1.0], [-6.0, 2.0, 0.5]])  # by |NIG|, largest first, sign kept
+    assert np.asarray(trace.text).tolist() == [["7", "150", "0"], ["199", "42", "100"]]
+    assert np.asarray(trace.customdata).tolist() == [[7, 150, 0], [199, 42, 100]]
+    assert list(trace.x) == [1, 2, 3] and list(trace.y) == [0, 1] and trace.texttemplate == "%{text}"
+    assert "neuron %{text}" in trace.hovertemplate and "NIG %{z" in trace.hovertemplate
+    axis = fig.layout.coloraxis  # symmetric around 0, in score units
+    assert (axis.cmin, axis.cmid, axis.cmax) == (-6.0, 0, 6.0) and axis.colorscale == SIGNED
+    assert axis.colorbar.title.text == "NIG (score units)"
+    assert "MLP neuron index" in fig.layout.xaxis.title.text and fig.layout.yaxis.title.text == "layer"
+    assert np.asarray(neuron_heatmap(s).data[0].z).shape == (2, 20)  # k = 20 by default
+
+    binned = neuron_heatmap(s, view="binned", bins=4)  # bins of 50 neurons: the largest |NIG| of each
+    close(binned.data[0].z, [[5.0, 0.0, 0.0, -3.0], [2.0, 0.0, 0.5, -6.0]])
+    assert np.asarray(binned.data[0].customdata)[1].tolist() == [
+        [0, 49, 42],
+        [50, 99, 50],
+        [100, 149, 100],
+        [150, 199, 199],
+    ]
+    assert list(binned.data[0].x) == [0, 50, 100, 150]
+    assert binned.layout.xaxis.title.text == "MLP neuron (index; bins of 50)"
+    assert "neurons %{customdata[0]}-%{customdata[1]}" in binned.data[0].hovertemplate
+
+    full = neuron_heatmap(s, view="full")  # every neuron, as before
+    close(full.data[0].z, s.mean("relevant"))
+    assert full.layout.xaxis.title.text == "MLP neuron (index)" and full.layout.coloraxis.cmax == 6.0
+    with pytest.raises(InputError, match="view"):
+        neuron_heatmap(s, view="all")
+    with pytest.raises(InputError, match="k"):
+        neuron_heatmap(s, k=0)
+
+
 def test_top_neurons_bar(stats, attr):
     fig = top_neurons_bar(stats, k=5, scheme="difference")
     scores = stats.scheme_scores("difference")[stats.layers]

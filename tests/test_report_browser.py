@@ -18,42 +18,15 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-APT = "apt-get update && apt-get install -y chromium chromium-driver"
+from browser import DRAWN_JS, chromium, wait_for_fit
 
 pytestmark = pytest.mark.slow
-
-
-def _ensure_chromium() -> None:
-    """Install chromium and chromium-driver with apt-get when missing; skip only where that cannot be done."""
-    if CHROMIUM.exists() and CHROMEDRIVER.exists():
-        return
-    if shutil.which("apt-get") is None:
-        pytest.skip(
-            f"{CHROMIUM} or {CHROMEDRIVER} is missing and apt-get is unavailable to install them ({APT})"
-        )
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    if sudo and shutil.which("sudo") is None:
-        pytest.skip(
-            f"{CHROMIUM} is missing and installing it needs root (not root, no sudo): run `{APT}` as root"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium", "chromium-driver"]):
-        done = subprocess.run(sudo + cmd, capture_output=True, text=True, env=env, timeout=900)
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            pytest.skip(f"chromium cannot be installed: `{' '.join(cmd)}` failed: {' | '.join(tail)}")
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip(f"apt-get installed chromium but {CHROMIUM} or {CHROMEDRIVER} is still missing")
 
 
 @pytest.fixture(scope="module")
@@ -83,20 +56,8 @@ def report(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    _ensure_chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1400,1000"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _pixels(png: bytes) -> np.ndarray:
@@ -162,11 +123,7 @@ def test_the_report_renders_in_chromium(report, browser, tmp_path):
     stated = int(browser.find_element(By.ID, "figure-count").text)
     assert stated == int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-figures"))
     assert stated >= 14, "attribution 5, pruning 3, patching 3, faithfulness 2, stability 2 figures expected"
-    rendered = (
-        "return Array.from(document.querySelectorAll('.js-plotly-plot'))"
-        ".filter(e => e.querySelector('svg.main-svg') && e._fullData && e._fullData.length > 0).length"
-    )
-    WebDriverWait(browser, 120, poll_frequency=0.5).until(lambda d: d.execute_script(rendered) >= stated)
+    WebDriverWait(browser, 120, poll_frequency=0.5).until(lambda d: d.execute_script(DRAWN_JS) >= stated)
     graphs = browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
     assert len(graphs) == stated == len(browser.find_elements(By.CSS_SELECTOR, "div.plotly-graph-div"))
     for g in graphs:
@@ -228,3 +185,31 @@ def test_the_findings_section_comes_first_and_links_to_its_sections(report, brow
     attribution = browser.find_element(By.ID, "attribution").text
     assert "Overlap of the top 1% relevant and non-relevant neurons vs chance" in attribution
     assert "p_value" in attribution
+
+
+@pytest.mark.parametrize("reload", [True, False], ids=["loaded", "resized"])
+def test_no_figure_is_wider_than_the_page(report, browser, reload):
+    """At 1024 and 390 px wide windows no figure reaches past the page's right edge and the page has no
+    horizontal scroll; ``resized``: loaded at 1400 px, then the window narrowed (the figures follow it)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    if not reload:
+        browser.set_window_size(1400, 1000)
+        browser.get(report.as_uri())
+    for width in (1024, 390):
+        browser.set_window_size(width, 900)
+        if reload:
+            browser.get(report.as_uri())
+        stated = int(browser.execute_script("return document.body.dataset.figures"))
+        WebDriverWait(browser, 120, poll_frequency=0.5).until(
+            lambda d, n=stated: d.execute_script(DRAWN_JS) >= n
+        )
+        m = wait_for_fit(browser)
+        assert m["n"] == stated >= 14, m
+        assert m["client"] <= width, f"the window is {m['client']} px wide, not {width} px or less"
+        assert not m["wide"], (
+            f"at {width} px (client {m['client']} px) figures reach past the page: {m['wide']}"
+        )
+        assert m["scroll"] <= m["client"] + 1, (
+            f"at {width} px the page scrolls sideways: scrollWidth {m['scroll']} > clientWidth {m['client']}"
+        )

@@ -136,6 +136,36 @@ def finish(fig: Any, title: str | None, *, height: int | None = None, **layout: 
     return fig
 
 
+FIGURE_CONFIG: Mapping[str, Any] = MappingProxyType(
+    {"displaylogo": False, "responsive": True, "showSendToCloud": False}
+)
+"""The plotly ``config`` of a figure on a page: resized with its container (``responsive``)."""
+
+
+def figure_html(fig: Any, *, div_id: str | None = None) -> str:
+    """``fig`` as an HTML ``div`` for a page that loads plotly.js once (the report, the docs site).
+
+    The figure takes its width from its container (``autosize``, ``responsive``: it follows the window), so
+    no figure is wider than the page. A fixed ``layout.width`` (e.g. a bar chart of a few categories kept
+    narrow) becomes the container's ``max-width``; the caller's ``fig`` is not changed.
+
+    Example:
+        >>> fig = go.Figure(go.Bar(x=[1, 2], y=[3, 4]), layout={"width": 700})
+        >>> html = figure_html(fig, div_id="f1")
+        >>> html.startswith('<div class="plotly-figure" style="width:100%;max-width:700px">')
+        True
+        >>> '"responsive": true' in html, fig.layout.width
+        (True, 700)
+    """
+    import plotly.io as pio
+
+    width = fig.layout.width
+    fig = go.Figure(fig).update_layout(width=None, autosize=True)
+    div = pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=div_id, config=dict(FIGURE_CONFIG))
+    style = "width:100%" + (f";max-width:{int(width)}px" if width else "")
+    return f'<div class="plotly-figure" style="{style}">{div}</div>'
+
+
 def doc_boundary(groups_row: Tensor, positions: Sequence[int]) -> float | None:
     """x of the line between the query and the document (left edge of the first document token) among
     ``positions``, or ``None`` when the row has no query or no document tokens (a bi-encoder side)."""
@@ -184,13 +214,12 @@ def token_figure(
     row_height: int,
 ) -> Any:
     """A one-panel ``heatmap`` over the token positions ``keep`` (labelled ``ticks``), the query | document
-    separator drawn (:func:`mark_query_doc`), sized to its rows and tokens."""
+    separator drawn (:func:`mark_query_doc`), as tall as its rows need and as wide as its container."""
     fig = go.Figure(heatmap)
     fig.update_xaxes(tickmode="array", tickvals=keep, ticktext=ticks, tickangle=-60, title_text=x_title)
     fig.update_yaxes(type="category", title_text=y_title)
     mark_query_doc(fig, groups_row, keep)
-    height = 220 + row_height * len(heatmap.y)
-    return finish(fig, title, height=height, width=min(3000, max(700, 160 + 22 * len(keep))))
+    return finish(fig, title, height=220 + row_height * len(heatmap.y))  # as wide as its container
 
 
 def layer_bars(

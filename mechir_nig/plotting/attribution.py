@@ -26,7 +26,7 @@ import torch
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from mechir_nig._validate import check_int
+from mechir_nig._validate import check_choice, check_int
 from mechir_nig.attribution.result import CONTENT_GROUPS, NeuronAttribution
 from mechir_nig.attribution.stats import GROUP_AXIS, LABELS, SCHEMES, CollectionAttribution
 from mechir_nig.errors import InputError
@@ -144,6 +144,38 @@ def _relevant_mask(labels: Any, n: int) -> Tensor:
     return grades > 0
 
 
+NEURON_VIEWS = ("auto", "top", "binned", "full")
+"""Views of :func:`neuron_heatmap`: the top ``k`` neurons of each layer, bins of neurons, every neuron, or
+``auto`` (every neuron up to ``FULL_VIEW_MAX`` per layer, else the top ``k``)."""
+FULL_VIEW_MAX = 128
+"""The widest layer ``view="auto"`` draws neuron by neuron (at 1 000 px, about 7 px a neuron); a BERT-base
+MLP (3 072) or MiniLM's (1 536) would be under one pixel a neuron, a nearly blank figure."""
+_UNIT = "NIG (score units)"  # NIG sums to the change of the score (completeness)
+
+
+def _top_cells(z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, ids)``, each ``[layer, k]``: each row's ``k`` largest ``|z|``, largest first (ties: lower id)."""
+    ids = np.argsort(-np.abs(z), axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(z, ids, axis=1), ids
+
+
+def _binned_cells(z: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, customdata)``: per row and bin of ``ceil(d / bins)`` consecutive neurons, the value of the
+    neuron with the largest ``|z|`` (its sign kept); customdata ``[layer, bin, 3]`` = (first, last, that
+    neuron)."""
+    d = z.shape[1]
+    width = -(-d // min(bins, d))
+    starts = np.arange(0, d, width)
+    values = np.empty((z.shape[0], len(starts)))
+    data = np.empty((z.shape[0], len(starts), 3), dtype=np.int64)
+    for j, lo in enumerate(starts):
+        hi = min(lo + width, d)
+        arg = lo + np.argmax(np.abs(z[:, lo:hi]), axis=1)
+        values[:, j] = z[np.arange(z.shape[0]), arg]
+        data[:, j, 0], data[:, j, 1], data[:, j, 2] = lo, hi - 1, arg
+    return values, data
+
+
 def neuron_heatmap(
     result: Any,
     *,
@@ -152,9 +184,19 @@ def neuron_heatmap(
     pair: int | None = None,
     labels: Any = None,
     layers: Sequence[int] | None = None,
+    view: str = "auto",
+    k: int = 20,
+    bins: int = 64,
     title: str | None = None,
 ) -> Any:
     """Layer x neuron heatmap of NIG, one panel per label (and their difference), on one colour scale.
+
+    A layer of a real model holds too many neurons to draw one by one (MiniLM: 1 536), so by default a
+    wide layer is drawn as its ``k`` strongest neurons: ``view="top"``, row = layer, column = rank by
+    ``|NIG|`` within the layer in that panel, each cell labelled with its neuron's index. ``view="binned"``
+    draws every neuron in ``bins`` bins of consecutive neurons (each bin: the value of its neuron of largest
+    ``|NIG|``, sign kept; the hover names the bin's range and that neuron); ``view="full"`` one column per
+    neuron. The colour scale is symmetric around 0 (``cmin = -cmax`` = the largest ``|value|`` drawn).
 
     Args:
         result: a ``CollectionAttribution`` or a ``NeuronAttribution``.
@@ -167,14 +209,21 @@ def neuron_heatmap(
         labels: a ``NeuronAttribution``: the relevance grade of each pair (``> 0`` is relevant), to draw
             the label means and their difference.
         layers: layers to draw (default: the result's ``layers``).
+        view: ``"auto"`` (default: ``"full"`` up to ``FULL_VIEW_MAX`` neurons a layer, else ``"top"``),
+            ``"top"``, ``"binned"`` or ``"full"`` (``NEURON_VIEWS``).
+        k: ``view="top"``: the neurons drawn per layer (at most the layer's width).
+        bins: ``view="binned"``: the bins per layer (at most the layer's width).
         title: the figure title.
 
     Shapes:
-        ``fig.data[i].z``: ``[layer, d_mlp]``, the ``i``-th panel (e.g. ``stats.mean("relevant", group)``
-        restricted to ``layers``); ``y`` = the layer indices, ``x`` = ``0 .. d_mlp - 1``.
+        ``fig.data[i].z``: the ``i``-th panel (e.g. ``stats.mean("relevant", group)`` restricted to
+        ``layers``), ``y`` = the layer indices. ``"full"``: ``[layer, d_mlp]``, ``x`` = ``0 .. d_mlp - 1``.
+        ``"top"``: ``[layer, k]``, ``x`` = ranks ``1 .. k``, ``text`` / ``customdata`` = the neuron
+        indices ``[layer, k]``. ``"binned"``: ``[layer, n_bins]``, ``x`` = each bin's first neuron,
+        ``customdata`` ``[layer, n_bins, 3]`` = (first neuron, last neuron, neuron of largest ``|NIG|``).
 
     Returns:
-        A ``plotly.graph_objects.Figure`` (hover: layer, neuron, value).
+        A ``plotly.graph_objects.Figure`` (hover: layer, neuron(s), value in score units).
 
     Example:
         >>> from mechir_nig.attribution.stats import CollectionAttribution
@@ -184,38 +233,71 @@ def neuron_heatmap(
         >>> fig = neuron_heatmap(stats)
         >>> [t.name for t in fig.data], fig.data[2].z[0].tolist()  # difference = 4 - (-4)
         (['relevant', 'nonrelevant', 'difference'], [8.0, 8.0, 8.0])
+        >>> top = neuron_heatmap(stats, view="top", k=2)  # the 2 strongest neurons of each layer
+        >>> top.data[0].z.shape, top.data[0].text.tolist(), top.layout.coloraxis.cmax
+        ((2, 2), [['0', '1'], ['0', '1']], 8.0)
     """
     group = _check_group(group)
+    view = check_choice(view, "view", NEURON_VIEWS)
+    k = check_int(k, "k", minimum=1)
+    bins = check_int(bins, "bins", minimum=1)
     items = _panels(result, panels, pair, labels, "neuron_heatmap")
     rows, layer_ids = layer_rows(layers, result.layers)
     d = result.d_mlp if isinstance(result, CollectionAttribution) else result.values.shape[-1]
+    if view == "auto":
+        view = "full" if d <= FULL_VIEW_MAX else "top"
+    k, bins = min(k, d), min(bins, d)
     fig = make_subplots(
         rows=len(items),
         cols=1,
-        shared_xaxes=True,
+        shared_xaxes=view != "top",  # ranks: each panel labels its own neurons
         subplot_titles=[name for name, _ in items],
         vertical_spacing=min(0.12, 0.5 / max(1, len(items) - 1)),
     )
+    largest = 0.0
     for i, (name, fn) in enumerate(items):
+        z = as_numpy(fn(group)[rows])
+        extra: dict[str, Any] = {}
+        if view == "full":
+            x: Any = np.arange(d)
+            hover = f"layer %{{y}}<br>neuron %{{x}}<br>NIG %{{z:.4g}}<extra>{name}</extra>"
+        elif view == "top":
+            z, ids = _top_cells(z, k)
+            x = np.arange(1, k + 1)
+            extra = {"text": ids.astype(str), "customdata": ids, "texttemplate": "%{text}"}
+            extra["textfont"] = {"size": 9}
+            hover = f"layer %{{y}}<br>neuron %{{text}} (rank %{{x}})<br>NIG %{{z:.4g}}<extra>{name}</extra>"
+        else:
+            z, cells = _binned_cells(z, bins)
+            x = cells[0, :, 0]
+            extra = {"customdata": cells}
+            hover = (
+                "layer %{y}<br>neurons %{customdata[0]}-%{customdata[1]}<br>largest |NIG| at neuron "
+                f"%{{customdata[2]}}: %{{z:.4g}}<extra>{name}</extra>"
+            )
+        largest = max(largest, float(np.abs(z).max(initial=0.0)))
         fig.add_trace(
-            signed_heatmap(
-                as_numpy(fn(group)[rows]),
-                np.arange(d),
-                layer_ids,
-                name=name,
-                coloraxis="coloraxis",
-                hovertemplate=f"layer %{{y}}<br>neuron %{{x}}<br>NIG %{{z:.4g}}<extra>{name}</extra>",
-            ),
+            signed_heatmap(z, x, layer_ids, name=name, coloraxis="coloraxis", hovertemplate=hover, **extra),
             row=i + 1,
             col=1,
         )
         fig.update_yaxes(type="category", title_text="layer", row=i + 1, col=1)
-    fig.update_xaxes(title_text="neuron", row=len(items), col=1)
+        if view == "top":
+            fig.update_xaxes(
+                title_text="rank in the layer by |NIG| (cell: MLP neuron index)", row=i + 1, col=1
+            )
+    if view != "top":
+        width = "" if view == "full" else f"; bins of {-(-d // bins)}"
+        fig.update_xaxes(title_text=f"MLP neuron (index{width})", row=len(items), col=1)
+    coloraxis = signed_coloraxis(_UNIT)
+    if largest > 0:
+        coloraxis.update(cmin=-largest, cmax=largest)
     return finish(
         fig,
-        title or f"NIG per neuron ({group} tokens)",
-        height=140 + len(items) * (60 + 28 * len(layer_ids)),
-        coloraxis=signed_coloraxis("NIG"),
+        title
+        or f"NIG per neuron ({group} tokens)" + (f": top {k} per layer by |NIG|" if view == "top" else ""),
+        height=140 + len(items) * (60 + (40 if view == "top" else 0) + 28 * len(layer_ids)),
+        coloraxis=coloraxis,
     )
 
 
