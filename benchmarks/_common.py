@@ -156,7 +156,7 @@ def synthetic_pairs(n: int, n_tokens: int, seed: int = 0) -> tuple[list[str], li
 FAMILIES = ("bert", "modernbert", "deberta", "qwen3", "t5")
 """``--family`` choices: BERT is all-MiniLM-L6-v2's real body; the others are seeded random checkpoints."""
 
-FAMILY_SHAPES: dict[str, dict[str, dict[str, int]]] = {
+FAMILY_SHAPES: dict[str, dict[str, dict[str, float]]] = {
     # small: a realistic small shape per family, 6 layers each (Captum's factor is about the layer count,
     # the same for every family); tiny: the test suite's shapes (checks the script, not a timing)
     "modernbert": {
@@ -171,8 +171,11 @@ FAMILY_SHAPES: dict[str, dict[str, dict[str, int]]] = {
         "small": dict(n_layers=6, d_model=512, d_mlp=1536, n_heads=8, n_kv_heads=4, head_dim=64),
         "tiny": dict(n_layers=2, d_model=32, d_mlp=40, n_heads=4, n_kv_heads=2, head_dim=12),
     },
-    "t5": {  # t5-v1_1-small's width (512, 6 heads of 64, gated 1024) at 6 encoder + 6 decoder layers
-        "small": dict(n_layers=6, d_model=512, d_kv=64, d_mlp=1024, n_heads=6),
+    "t5": {  # t5-v1_1-small's width (512, 6 heads of 64, gated 1024) at 6 encoder + 6 decoder layers;
+        # small: Hugging Face's init (spread 0: the tests' absolute N(0, 0.3) spread gives, at width 512 and
+        # without T5's missing 1/sqrt(d_head), attention logits of 2e3 and float32 values off by 90 %) and
+        # an LM head of std 0.1 (HF's std 1 saturates the true/false softmax at width 512)
+        "small": dict(n_layers=6, d_model=512, d_kv=64, d_mlp=1024, n_heads=6, spread=0.0, head_std=0.1),
         "tiny": dict(n_layers=2, d_model=16, d_kv=6, d_mlp=24, n_heads=3),
     },
 }

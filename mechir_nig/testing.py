@@ -564,9 +564,19 @@ def make_t5(
     n_heads: int = 3,
     vocab_size: int | None = None,
     seed: int = 0,
+    spread: float = 0.3,
+    head_std: float | None = None,
 ) -> Path:
     """Save a seeded random ``T5ForConditionalGeneration`` (``variant`` in ``T5_VARIANTS``) beside ``tok``;
-    weights spread (``+ N(0, 0.3)``) so that pairs score differently."""
+    weights spread (``+ N(0, spread)`` on every weight) so that pairs score differently.
+
+    The spread is absolute: at the tests' width (``d_model`` 16) it is about Hugging Face's init scale,
+    but T5 has no ``1 / sqrt(d_head)`` in its attention, so at ``d_model`` 512 a spread of 0.3 gives
+    attention logits in the hundreds, saturated softmaxes and activations of ``1e4`` and more: float32
+    then rounds the score and its gradients away (``benchmarks/nig.py`` builds its small shape with
+    ``spread=0``, Hugging Face's own init). ``head_std`` redraws the untied LM head (v1.1) at that std:
+    Hugging Face draws it at 1, which at ``d_model`` 512 gives logits of std ~22 and a saturated
+    ``"true"`` / ``"false"`` softmax; ``d_model ** -0.5`` gives logits of std ~1."""
     from transformers import T5Config, T5ForConditionalGeneration
 
     ff, tie = T5_VARIANTS[variant]
@@ -589,7 +599,11 @@ def make_t5(
     hf = T5ForConditionalGeneration(cfg)
     with torch.no_grad():  # T5's init gives tiny final norms; spread the weights so scores differ
         for p in hf.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
+            p.add_(torch.randn_like(p) * spread)
+        if head_std is not None:
+            if tie:
+                raise ValueError(f"head_std needs an untied LM head; T5 {variant} ties it to the embeddings")
+            hf.lm_head.weight.normal_(0.0, head_std)
     folder = Path(folder)
     hf.save_pretrained(folder)
     tok.save_pretrained(folder)

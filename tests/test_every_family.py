@@ -279,6 +279,67 @@ def test_attribute_collection_resumes_to_one_run(folders, family, collection, tm
     assert (prompt.abs().max() > 1e-9) == (family in TEMPLATES)
 
 
+@pytest.mark.parametrize("family", ["qwen3", "monot5", "modernbert"])
+def test_collection_statistics_carry_the_prompt_group(folders, family, collection, tmp_path):
+    """A templated family's statistics have a prompt row: the per-label mean of each pair's NIG summed over
+    its prompt tokens (by hand from per-token NIG), kept by save / load and merge, drawn by group_bars;
+    an encoder's statistics keep their four groups and file layout."""
+    from mechir_nig import attribute_collection, neuron_integrated_gradients
+    from mechir_nig.attribution.stats import GROUP_AXIS, PROMPT_GROUP_AXIS, CollectionAttribution
+    from mechir_nig.data import judged_pairs
+    from mechir_nig.errors import InputError
+    from mechir_nig.plotting import group_bars, neuron_heatmap
+
+    model = model_of(folders, family)
+    pairs = judged_pairs(collection)
+    stats = attribute_collection(model, pairs, n_steps=4, progress=False, batch_size=2)
+    templated = family in TEMPLATES
+    assert stats.prompt == templated
+    assert stats.group_axis == (PROMPT_GROUP_AXIS if templated else GROUP_AXIS)
+    token = neuron_integrated_gradients(model, [p.query for p in pairs], [p.doc for p in pairs], n_steps=4)
+    is_prompt = (token.groups == PROMPT).to(token.values.dtype)  # [pair, pos]
+    per_pair = torch.einsum("blpf,bp->blf", token.values, is_prompt)  # each pair's prompt tokens, by hand
+    for label in ("relevant", "nonrelevant"):
+        rows = [i for i, p in enumerate(pairs) if p.label == label]
+        assert stats.counts[label] == len(rows) == 3
+        torch.testing.assert_close(
+            stats.mean(label, "all"), token.per_neuron()[rows].mean(0), rtol=1e-9, atol=1e-12
+        )
+        if not templated:
+            continue
+        want = per_pair[rows].mean(0)
+        assert want.abs().max() > 1e-6  # the prompt tokens matter
+        torch.testing.assert_close(stats.mean(label, "prompt"), want, rtol=1e-9, atol=1e-12)
+        rest = sum(stats.mean(label, g) for g in ("cls", "query", "sep", "doc", "prompt"))
+        torch.testing.assert_close(rest, stats.mean(label, "all"), rtol=1e-9, atol=1e-12)
+    path = tmp_path / "stats.safetensors"
+    stats.save(path)
+    loaded = CollectionAttribution.load(path)
+    assert loaded.prompt == templated and loaded.counts == stats.counts
+    for label in ("relevant", "nonrelevant"):
+        assert torch.equal(loaded.sums[label], stats.sums[label])
+    tensors, info = stats.to_parts()
+    assert ("groups" in info) == templated  # an encoder's file keeps its layout
+    assert tensors["relevant.sum"].shape == (2, 6 if templated else 5, model.cfg.d_mlp)
+    half = attribute_collection(model, pairs[:3], n_steps=4, progress=False, batch_size=2)
+    other = attribute_collection(model, pairs[3:], n_steps=4, progress=False, batch_size=2)
+    merged = half.merge(other)
+    assert merged.prompt == templated
+    for label in ("relevant", "nonrelevant"):
+        torch.testing.assert_close(merged.sums[label], stats.sums[label], rtol=1e-9, atol=1e-12)
+    names = [t.name for t in group_bars(stats).data]
+    assert names[: len(stats.group_names)] == list(stats.group_names) and ("prompt" in names) == templated
+    if templated:
+        z = neuron_heatmap(stats, group="prompt", panels=["relevant"]).data[0].z
+        assert torch.allclose(torch.as_tensor(z), stats.mean("relevant", "prompt"))
+        with pytest.warns(UserWarning, match="no prompt row"):  # a part saved before the prompt row
+            old = merged._without_prompt().merge(merged)
+        assert not old.prompt and torch.equal(old.sums["relevant"][:, 4], 2 * merged.sums["relevant"][:, 5])
+    else:
+        with pytest.raises(InputError, match="no prompt group"):
+            stats.mean("relevant", "prompt")
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cli_attribute_and_report(folders, family, collection, tmp_path, capsys):
     from mechir_nig.attribution.stats import CollectionAttribution

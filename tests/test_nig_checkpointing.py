@@ -1,6 +1,6 @@
 """Gradient checkpointing of the blocks above the first attributed layer (``NIGSettings.checkpoint_blocks``):
-the same attributions (float64, 1e-10) on a decoder reranker and an encoder, the blocks really recomputed,
-and a clear refusal where it is not implemented."""
+the same attributions (float64, 1e-10) on a decoder reranker, an encoder and monoT5 (both stacks), the blocks
+really recomputed, and a clear refusal where it is not implemented."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from conftest import DOCS, QUERIES
 from mechir_nig import load_model
 from mechir_nig.attribution import NeuronIntegratedGradients, NIGSettings
 from mechir_nig.errors import InputError
-from mechir_nig.testing import decoder_tokenizer, make_decoder, make_t5, t5_tokenizer
+from mechir_nig.testing import T5_VARIANTS, decoder_tokenizer, make_decoder, make_t5, t5_tokenizer
 
 Q = QUERIES[:2] + ["neuron"]
 D = DOCS[:2] + ["A cell."]  # mixed lengths: padded rows
@@ -84,11 +84,73 @@ def test_checkpointed_blocks_on_an_encoder(tiny_ce):
         torch.testing.assert_close(ckpt.site_values[name], plain.site_values[name], rtol=1e-6, atol=1e-7)
 
 
-def test_checkpoint_blocks_is_refused_for_monot5(tmp_path):
+@pytest.fixture(scope="module")
+def monot5_dirs(tmp_path_factory):
     tok = t5_tokenizer([f"Query: {q} Document: {d} Relevant: true false" for q, d in zip(Q, D)] * 20)
-    mt5 = load_model(make_t5(tmp_path / "t5", tok))
-    with pytest.raises(InputError, match="not HookedMonoT5"):
-        NeuronIntegratedGradients(mt5).attribute(
-            mt5.tokenize(Q[:1], D[:1]), n_steps=2, checkpoint_blocks=True
-        )
+    return {v: make_t5(tmp_path_factory.mktemp(v.replace(".", "_")), tok, v, n_layers=3) for v in T5_VARIANTS}
+
+
+def _t5_calls(mt5):
+    """Forward calls of each encoder and decoder block (as ``_calls``)."""
+    counts = {s: [0] * len(getattr(mt5, s).blocks) for s in ("encoder", "decoder")}
+    handles = [
+        blk.register_forward_pre_hook(lambda m, a, s=s, i=i: counts[s].__setitem__(i, counts[s][i] + 1))
+        for s in counts
+        for i, blk in enumerate(getattr(mt5, s).blocks)
+    ]
+    return counts, handles
+
+
+@pytest.mark.parametrize(
+    "variant, stack, options",
+    [
+        ("v1.1", "encoder", dict(n_steps=5, layers=[1], sites=("mlp_post", "z", "resid_pre"))),
+        (
+            "v1.0",
+            "encoder",
+            dict(n_steps=4, layers=[0, 2], internal_batch_size=3, return_convergence_delta=True),
+        ),
+        ("v1.1", "decoder", dict(n_steps=4, layers=[0, 2], sites=("mlp_post", "z"))),
+        ("v1.0", "encoder", dict(n_steps="auto", tol=0.05, min_steps=2, max_steps=8, layers=[1])),
+    ],
+)
+def test_checkpointed_blocks_on_monot5(monot5_dirs, variant, stack, options):
+    mt5 = load_model(monot5_dirs[variant], dtype=torch.float64)
+    mt5.set_stack(stack)
+    nig = NeuronIntegratedGradients(mt5)
+    batch = mt5.tokenize(Q, D)
+    assert batch.attention_mask.sum(-1).unique().numel() > 1
+    plain = nig.attribute(batch, **options)
+    counts, handles = _t5_calls(mt5)
+    try:
+        ckpt = nig.attribute(batch, checkpoint_blocks=True, **options)
+    finally:
+        for h in handles:
+            h.remove()
+    _assert_equal(ckpt, plain)
+    if options.get("return_convergence_delta"):
+        torch.testing.assert_close(ckpt.convergence_delta, plain.convergence_delta, rtol=1e-9, atol=1e-12)
+    # the blocks after the first attributed layer (the selected stack's, then for the encoder stack the
+    # whole decoder) run twice per window (forward, recomputation in the backward), the others once
+    first, sel, other = (
+        options["layers"][0],
+        counts[stack],
+        counts["decoder" if stack == "encoder" else "encoder"],
+    )
+    once = sel[0]
+    assert once > 0 and all(c == once for c in sel[: first + 1]), counts
+    assert all(c == 2 * once for c in sel[first + 1 :]), counts
+    assert all(c == (2 * once if stack == "encoder" else once) for c in other), counts
+
+
+def test_checkpoint_blocks_is_refused_for_other_models(tiny_ce):
+    class Wrapped:  # a model of the protocol that runs its blocks itself (neither family base class)
+        def __init__(self, model):
+            self.model = model
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+    with pytest.raises(InputError, match="not Wrapped"):
+        NIGSettings(n_steps=2, checkpoint_blocks=True).checked(Wrapped(tiny_ce))
     assert "checkpoint_blocks" not in NIGSettings(checkpoint_blocks=True).record()  # memory only

@@ -297,3 +297,36 @@ def test_ablation_modes_patch_sites_and_collection_run(checkpoints, tmp_path):
     mt5.set_stack("decoder")
     with pytest.raises(InputError, match="set_stack"):
         patch(mt5, al, sites="neurons")
+
+
+def _nig_float32_error(folder):
+    """max |NIG float32 - NIG float64| / max |NIG float64| over every layer, pair, position and neuron."""
+    values = {}
+    for dtype in (torch.float32, torch.float64):
+        mt5 = load_model(folder, dtype=dtype)
+        values[dtype] = (
+            NeuronIntegratedGradients(mt5).attribute(mt5.tokenize(QUERIES, DOCS), n_steps=8).values
+        )
+    truth = values[torch.float64]
+    return ((values[torch.float32].double() - truth).abs().max() / truth.abs().max()).item()
+
+
+def test_wide_random_t5_is_float32_ill_conditioned_unless_at_hf_init_scale(tmp_path):
+    """Why ``benchmarks/nig.py`` builds its small monoT5 at Hugging Face's init scale: T5 has no
+    ``1 / sqrt(d_head)`` in its attention, so the tests' absolute weight spread (``+ N(0, 0.3)``) makes
+    float32 NIG drift from float64 as the width grows (at 512 it is off by ~90 % for ours and Captum
+    alike, which agree in float64); HF's init (``spread=0``) with a scaled LM head keeps it at ~1e-6."""
+    tok = t5_tokenizer()
+    shape = dict(d_model=128, d_mlp=256, n_heads=4, d_kv=32)
+    spread = testing.make_t5(tmp_path / "spread", tok, "v1.1", **shape)
+    hf_init = testing.make_t5(tmp_path / "hf_init", tok, "v1.1", spread=0.0, head_std=128**-0.5 * 2, **shape)
+    assert _nig_float32_error(spread) > 1e-3  # 2.4e-3 here; 1.1e-4 at width 64, 0.94 at 512
+    assert _nig_float32_error(hf_init) < 2e-5  # 1.3e-6
+    scores = load_model(hf_init, dtype=torch.float64).score(QUERIES, DOCS)
+    assert scores.std() > 1e-2 and scores.min() > -5  # pairs still score differently, unsaturated
+    from transformers import T5ForConditionalGeneration
+
+    head = T5ForConditionalGeneration.from_pretrained(hf_init).lm_head.weight
+    assert abs(head.std().item() - 128**-0.5 * 2) < 0.01
+    with pytest.raises(ValueError, match="untied"):
+        testing.make_t5(tmp_path / "tied", tok, "v1.0", head_std=0.1, **shape)

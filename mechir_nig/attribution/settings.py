@@ -80,7 +80,9 @@ class NIGSettings:
             (``torch.utils.checkpoint``): each keeps only its input for the backward and recomputes its
             activations there, so a window holds one block's activations at a time instead of all of
             them, for about one more forward of those blocks (memory only: never changes results; encoder
-            and decoder rerankers, not monoT5). For large decoders attributed at a few layers.
+            and decoder rerankers and monoT5, where the blocks above the first attributed layer of the
+            selected stack and, for the encoder stack, every decoder block are checkpointed). For large
+            decoders attributed at a few layers.
 
     Example:
         >>> s = NIGSettings(n_steps=16, layers=[4, 5], internal_batch_size=64)
@@ -239,11 +241,12 @@ class NIGSettings:
             raise InputError(f"checkpoint_blocks must be True or False, got {self.checkpoint_blocks!r}")
         if self.checkpoint_blocks:
             from mechir_nig.models.encoder import HookedEncoderBase
+            from mechir_nig.models.t5 import HookedMonoT5
 
-            if not isinstance(model, HookedEncoderBase):
+            if not isinstance(model, HookedEncoderBase | HookedMonoT5):
                 raise InputError(
                     f"checkpoint_blocks is implemented for encoder and decoder rerankers (blocks run by "
-                    f"HookedEncoderBase), not {type(model).__name__}: leave it False"
+                    f"HookedEncoderBase) and monoT5, not {type(model).__name__}: leave it False"
                 )
         if self.target is not None and not callable(self.target):
             raise InputError(

@@ -3,9 +3,9 @@
 ``CollectionAttribution`` keeps, per label (``relevant`` / ``nonrelevant``) and per (layer, token group,
 neuron), running sums, sums of squares, sums of absolute values and pair counts in float64 — memory
 is flat in the number of pairs. Token groups are ``cls``, ``query``, ``sep``, ``doc`` and ``all`` (the
-pair's total over its tokens; for a templated family it includes the ``prompt`` tokens, so the prompt's
-share is ``all`` minus the other four). Two partial statistics of disjoint pairs ``merge`` into the statistics
-of their union (what a sharded run needs). The orchestration (data, checkpoints, progress) lives in
+pair's total over its tokens); the statistics of a templated family (monoT5, a causal LM scored through a
+template: ``prompt=True``) carry a ``prompt`` row too (the template's text), before ``all``. Two partial
+statistics of disjoint pairs ``merge`` into the statistics of their union (what a sharded run needs). The orchestration (data, checkpoints, progress) lives in
 ``mechir_nig.experiments.attribute.attribute_collection``.
 
 Example:
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -30,6 +30,9 @@ from mechir_nig.results import Result
 
 LABELS = ("relevant", "nonrelevant")
 GROUP_AXIS = ("cls", "query", "sep", "doc", "all")
+"""The group axis of the statistics (``sums[label][:, g]``)."""
+PROMPT_GROUP_AXIS = ("cls", "query", "sep", "doc", "prompt", "all")
+"""The group axis of a templated family's statistics (``CollectionAttribution(prompt=True)``)."""
 SCHEMES = ("relevant", "nonrelevant", "difference", "abs_mean", "mean_abs")
 """Neuron selection schemes (``scheme_scores``). ``absolute`` is the former name of ``abs_mean``."""
 
@@ -40,8 +43,12 @@ class CollectionAttribution(Result):
 
     Shapes:
         ``sums[label]``, ``sums_sq[label]``, ``sums_abs[label]``: ``[layer, group, d_mlp]`` (float64),
-        groups ``GROUP_AXIS``;
+        groups ``group_axis``: ``GROUP_AXIS``, or ``PROMPT_GROUP_AXIS`` with ``prompt=True``;
         ``mean(label, group)``, ``std(label, group)``: ``[layer, d_mlp]``.
+
+    ``prompt``: whether the statistics carry a ``prompt`` row: ``attribute_collection`` sets it for a model
+    scored through a template (its ``by_group()`` has five groups); otherwise a fifth group of ``update``
+    counts in ``all`` only.
 
     Example:
         >>> stats = CollectionAttribution(layers=[0, 1], n_layers=2, d_mlp=3)
@@ -52,6 +59,10 @@ class CollectionAttribution(Result):
         [1.0, 1.0, 1.0]
         >>> stats.merge(stats).counts["relevant"]  # the statistics of two disjoint halves
         10
+        >>> templated = CollectionAttribution(layers=[0], n_layers=1, d_mlp=2, prompt=True)
+        >>> templated.update("relevant", torch.arange(5.0).view(1, 1, 5, 1).expand(1, 1, 5, 2))
+        >>> templated.group_axis, templated.mean("relevant", "prompt")[0].tolist()
+        (('cls', 'query', 'sep', 'doc', 'prompt', 'all'), [4.0, 4.0])
     """
 
     layers: list[int]
@@ -63,18 +74,31 @@ class CollectionAttribution(Result):
     counts: dict[str, int] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     n_done: int = 0
+    prompt: bool = False
 
     def __post_init__(self) -> None:
-        shape = (len(self.layers), len(GROUP_AXIS), self.d_mlp)
+        shape = (len(self.layers), len(self.group_axis), self.d_mlp)
         for label in LABELS:
             self.sums.setdefault(label, torch.zeros(shape, dtype=torch.float64))
             self.sums_sq.setdefault(label, torch.zeros(shape, dtype=torch.float64))
             self.sums_abs.setdefault(label, torch.zeros(shape, dtype=torch.float64))
             self.counts.setdefault(label, 0)
 
+    @property
+    def group_axis(self) -> tuple[str, ...]:
+        """The groups of the sums' group axis: ``GROUP_AXIS``, or ``PROMPT_GROUP_AXIS`` (``prompt``)."""
+        return PROMPT_GROUP_AXIS if self.prompt else GROUP_AXIS
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """The token groups (``group_axis`` without ``all``), as ``NeuronAttribution.group_names``."""
+        return self.group_axis[:-1]
+
     def update(self, label: str, by_group: Float[Tensor, "n layer group d_mlp"]) -> None:
         """Add pairs of one label (their per-group NIG, ``NeuronAttribution.by_group()``: 4 groups, or 5 with
-        a templated family's ``prompt``, which counts in ``all`` but has no row of its own)."""
+        a templated family's ``prompt``: its own row with ``prompt=True``, else counted in ``all`` only;
+        4 groups into ``prompt=True`` statistics add a zero prompt row, a template whose text gave no
+        prompt token)."""
         if label not in LABELS:
             raise InputError(f"label must be one of {LABELS}, got {label!r}")
         if by_group.dim() != 4 or by_group.shape[2] not in (4, 5):
@@ -82,16 +106,26 @@ class CollectionAttribution(Result):
                 f"by_group must be [pairs, layer, 4 or 5 groups, d_mlp], got {tuple(by_group.shape)}"
             )
         v = by_group.to(torch.float64)
-        v = torch.cat([v[:, :, :4], v.sum(2, keepdim=True)], dim=2)  # + the "all" group (prompt included)
+        groups = v
+        if self.prompt and v.shape[2] == 4:
+            groups = torch.cat([v, torch.zeros_like(v[:, :, :1])], dim=2)
+        elif not self.prompt:
+            groups = v[:, :, :4]
+        v = torch.cat([groups, v.sum(2, keepdim=True)], dim=2)  # + the "all" group (prompt included)
         self.sums[label] += v.sum(0)
         self.sums_sq[label] += (v * v).sum(0)
         self.sums_abs[label] += v.abs().sum(0)
         self.counts[label] += v.shape[0]
 
     def _group(self, group: str) -> int:
-        if group not in GROUP_AXIS:
-            raise InputError(f"group must be one of {GROUP_AXIS}, got {group!r}")
-        return GROUP_AXIS.index(group)
+        if group == "prompt" and not self.prompt:
+            raise InputError(
+                "these statistics have no prompt group (the model reads no template: an encoder, or a "
+                f"score head); use one of {self.group_axis}"
+            )
+        if group not in self.group_axis:
+            raise InputError(f"group must be one of {self.group_axis}, got {group!r}")
+        return self.group_axis.index(group)
 
     def _count(self, label: str) -> int:
         if label not in LABELS:
@@ -170,7 +204,9 @@ class CollectionAttribution(Result):
 
         Both must cover the same layers and model shape, with the same model and NIG settings where
         recorded. The result's ``meta`` keeps the shared settings, adds the truncation counts and
-        lists the parts' pair fingerprints under ``merged_from``.
+        lists the parts' pair fingerprints under ``merged_from``. The prompt row is kept where both have
+        it; where one lacks it (a checkpoint written before statistics had one) the merge has none, with a
+        warning (the prompt still counts in ``all``).
 
         Example:
             >>> whole = stats_a.merge(stats_b)  # doctest: +SKIP
@@ -183,6 +219,15 @@ class CollectionAttribution(Result):
                 f"d_mlp={self.d_mlp}) with layers {other.layers} (n_layers={other.n_layers}, "
                 f"d_mlp={other.d_mlp}); attribute both with the same model and layers"
             )
+        if self.prompt != other.prompt:
+            warnings.warn(
+                "merging statistics with a prompt row and statistics without one (e.g. a checkpoint written "
+                "before statistics had one): the merged statistics have no prompt row (the prompt tokens "
+                "still count in 'all')",
+                UserWarning,
+                stacklevel=2,
+            )
+            return self._without_prompt().merge(other._without_prompt())
         for key in self.SETTINGS_KEYS:
             a, b = self.meta.get(key), other.meta.get(key)
             if a is not None and b is not None and a != b:
@@ -222,6 +267,24 @@ class CollectionAttribution(Result):
             counts={lab: self.counts[lab] + other.counts[lab] for lab in LABELS},
             meta=meta,
             n_done=self.n_done + other.n_done,
+            prompt=self.prompt,
+        )
+
+    def _without_prompt(self) -> CollectionAttribution:
+        """These statistics without the prompt row (``all`` unchanged)."""
+        if not self.prompt:
+            return self
+        keep = [PROMPT_GROUP_AXIS.index(g) for g in GROUP_AXIS]
+
+        def cut(table: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {lab: t[:, keep] for lab, t in table.items()}
+
+        return replace(
+            self,
+            sums=cut(self.sums),
+            sums_sq=cut(self.sums_sq),
+            sums_abs=cut(self.sums_abs),
+            prompt=False,
         )
 
     def record_steps(self, idx: Sequence[int], steps: Sequence[int], n_pairs: int) -> None:
@@ -283,6 +346,8 @@ class CollectionAttribution(Result):
             "n_done": self.n_done,
             "meta": self.meta,
         }
+        if self.prompt:  # an encoder's file keeps its layout
+            info["groups"] = list(self.group_axis)
         return tensors, info
 
     @classmethod
@@ -295,9 +360,15 @@ class CollectionAttribution(Result):
 
     @classmethod
     def from_parts(cls, tensors: dict[str, Tensor], info: dict[str, Any]) -> CollectionAttribution:
-        """The statistics of ``to_parts``' pieces, checking each sum is float64 ``[layer, group, d_mlp]``."""
+        """The statistics of ``to_parts``' pieces, checking each sum is float64 ``[layer, group, d_mlp]``
+        (groups ``info["groups"]`` where written, else ``GROUP_AXIS``)."""
         layers, d_mlp = [int(x) for x in info["layers"]], int(info["d_mlp"])
-        shape = (len(layers), len(GROUP_AXIS), d_mlp)
+        groups = tuple(info.get("groups", GROUP_AXIS))
+        if groups not in (GROUP_AXIS, PROMPT_GROUP_AXIS):
+            raise ValueError(
+                f"groups {list(groups)} are neither {list(GROUP_AXIS)} nor {list(PROMPT_GROUP_AXIS)}"
+            )
+        shape = (len(layers), len(groups), d_mlp)
         for name, t in tensors.items():
             if tuple(t.shape) != shape or t.dtype != torch.float64:
                 raise ValueError(f"tensor {name} is {t.dtype} {tuple(t.shape)}, expected float64 {shape}")
@@ -312,12 +383,13 @@ class CollectionAttribution(Result):
             counts={lab: int(info["counts"][lab]) for lab in LABELS},
             meta=info["meta"],
             n_done=int(info["n_done"]),
+            prompt=groups == PROMPT_GROUP_AXIS,
         )
 
     def __repr__(self) -> str:
         return (
             f"CollectionAttribution(layers={self.layers}, counts={self.counts}, n_done={self.n_done}, "
-            f"collection={self.meta.get('collection')!r})"
+            f"collection={self.meta.get('collection')!r}{', prompt=True' if self.prompt else ''})"
         )
 
 

@@ -246,8 +246,11 @@ def _fresh(
     plan_meta: dict[str, Any],
 ) -> CollectionAttribution:
     """Empty statistics carrying the run's metadata and ``plan_meta`` (what the run is to attribute)."""
-    stats = CollectionAttribution(
-        layers=list(cfg.layers or ()), n_layers=model.cfg.n_layers, d_mlp=model.cfg.d_mlp
+    stats = CollectionAttribution(  # a templated family's pairs have a prompt group: its own row
+        layers=list(cfg.layers or ()),
+        n_layers=model.cfg.n_layers,
+        d_mlp=model.cfg.d_mlp,
+        prompt=getattr(model, "template", None) is not None,
     )
     stats.meta.update(record)
     stats.meta["model_name"] = model.cfg.model_name

@@ -43,6 +43,7 @@ from transformer_lens.HookedRootModule import HookedRootModule
 from mechir_nig._types import Scores
 from mechir_nig.errors import InputError, ModelLoadError, UnsupportedArchitectureError
 from mechir_nig.models import loading
+from mechir_nig.models.checkpointing import run_block
 from mechir_nig.models.precision import check_dtype
 from mechir_nig.models.protocol import forward_context
 from mechir_nig.models.reranker import PairReranker
@@ -302,9 +303,18 @@ class T5Stack(nn.Module):
         stop: int,
         enc: Tensor | None = None,
         enc_bias: Tensor | None = None,
+        *,
+        owner: nn.Module | None = None,
+        offset: int = 0,
     ) -> Tensor:
-        for block in self.blocks[start:stop]:
-            x = block(x, bias, enc, enc_bias)
+        """Blocks ``start`` to ``stop``; block ``l`` runs through ``run_block(owner, offset + l, ...)``, so
+        ``checkpointed_blocks(owner, after=k)`` checkpoints those with ``offset + l > k``."""
+        for layer in range(start, stop):
+            block = self.blocks[layer]
+            if owner is None:
+                x = block(x, bias, enc, enc_bias)
+            else:
+                x = run_block(owner, offset + layer, block, x, bias, enc, enc_bias)
         return x
 
 
@@ -450,6 +460,18 @@ class HookedMonoT5(HookedRootModule, PairReranker):
         )
         return batch.to(self.device)
 
+    def _block_offset(self, stack: str) -> int:
+        """Where ``stack``'s block 0 sits among the selected stack's layer numbers, for gradient
+        checkpointing (``checkpointed_blocks(model, after=k)`` checkpoints the blocks numbered above
+        ``k``): the selected stack is numbered ``0 .. n - 1``; with the encoder selected the decoder
+        follows it (every decoder block lies between an encoder layer and the score); with the decoder
+        selected the encoder comes before decoder block 0 and is never checkpointed."""
+        if stack == self.stack:
+            return 0
+        if stack == "decoder":
+            return self.cfg.n_encoder_layers
+        return -self.cfg.n_encoder_layers - 1
+
     def _layer_range(self, start: int | None, stop: int | None) -> tuple[int, int]:
         n = self.cfg.n_layers
         a = 0 if start is None else start + (n if start < 0 else 0)
@@ -498,7 +520,7 @@ class HookedMonoT5(HookedRootModule, PairReranker):
                 f"position_ids has shape {tuple(position_ids.shape)}; expected {tuple(x.shape[:2])}"
             )
         bias = self.encoder.position_bias(position_ids).to(x.dtype) + additive_mask(attention_mask, x)
-        x = self.encoder.run(x, bias, start, stop)
+        x = self.encoder.run(x, bias, start, stop, owner=self, offset=self._block_offset("encoder"))
         if stop_at_layer is None:
             x = self.encoder.hook_resid_final(self.encoder.ln_final(x))
         return x
@@ -524,7 +546,16 @@ class HookedMonoT5(HookedRootModule, PairReranker):
         bias = self.decoder.position_bias(pos).to(enc.dtype)
         enc_bias = additive_mask(attention_mask, enc)
         stop = c.n_decoder_layers if stop_at_layer is None else stop_at_layer
-        x = self.decoder.run(residual, bias, start_at_layer, stop, enc, enc_bias)
+        x = self.decoder.run(
+            residual,
+            bias,
+            start_at_layer,
+            stop,
+            enc,
+            enc_bias,
+            owner=self,
+            offset=self._block_offset("decoder"),
+        )
         if stop_at_layer is not None:
             return x
         x = self.decoder.hook_resid_final(self.decoder.ln_final(x))[:, 0]

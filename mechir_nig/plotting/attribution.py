@@ -28,7 +28,7 @@ from torch import Tensor
 
 from mechir_nig._validate import check_choice, check_int
 from mechir_nig.attribution.result import CONTENT_GROUPS, NeuronAttribution
-from mechir_nig.attribution.stats import GROUP_AXIS, LABELS, SCHEMES, CollectionAttribution
+from mechir_nig.attribution.stats import LABELS, PROMPT_GROUP_AXIS, SCHEMES, CollectionAttribution
 from mechir_nig.errors import InputError
 from mechir_nig.plotting._common import (
     as_numpy,
@@ -53,9 +53,17 @@ _LABEL_PANELS = ("relevant", "nonrelevant", "difference")
 
 
 def _check_group(group: Any) -> str:
-    if group not in GROUP_AXIS:
-        raise InputError(f"group must be one of {GROUP_AXIS}, got {group!r}")
+    if group not in PROMPT_GROUP_AXIS:  # "prompt": a templated family's (the result says if it has one)
+        raise InputError(f"group must be one of {PROMPT_GROUP_AXIS}, got {group!r}")
     return str(group)
+
+
+def _group_index(result: NeuronAttribution, group: str) -> int:
+    """The index of ``group`` in ``result.by_group()``'s group axis (``prompt``: templated families)."""
+    names = result.group_names
+    if group not in names:
+        raise InputError(f"this attribution's groups are {names}; got {group!r}")
+    return names.index(group)
 
 
 def _panel_names(panels: Any, allowed: Sequence[str]) -> list[str]:
@@ -96,7 +104,7 @@ def _panels(result: Any, panels: Any, pair: Any, labels: Any, fn: str) -> list[P
         return [(p, partial(scheme, p)) for p in _panel_names(panels, SCHEMES)]
 
     def values(g: str) -> Tensor:  # [batch, layer, d_mlp]
-        v = result.per_neuron() if g == "all" else result.by_group()[:, :, result.group_names.index(g)]
+        v = result.per_neuron() if g == "all" else result.by_group()[:, :, _group_index(result, g)]
         return v.to(torch.float64)
 
     n = len(result)
@@ -200,8 +208,9 @@ def neuron_heatmap(
 
     Args:
         result: a ``CollectionAttribution`` or a ``NeuronAttribution``.
-        group: the tokens summed: ``"all"`` (default), ``"cls"``, ``"query"``, ``"sep"`` or ``"doc"``
-            (the last four need a ``NeuronAttribution`` with ``reduce="token"`` or ``"group"``).
+        group: the tokens summed: ``"all"`` (default), ``"cls"``, ``"query"``, ``"sep"``, ``"doc"`` or
+            ``"prompt"`` (a templated family's template text; the groups need a ``NeuronAttribution`` with
+            ``reduce="token"`` or ``"group"``).
         panels: schemes of a ``CollectionAttribution`` (``SCHEMES``; default: each label with pairs and,
             with both, ``difference``), or of a labelled ``NeuronAttribution`` (``relevant``,
             ``nonrelevant``, ``difference``).
@@ -319,7 +328,8 @@ def top_neurons_bar(
             ``ComponentSet`` with ``scores`` (its members by score).
         k: bars to draw (at most).
         scheme: the ``CollectionAttribution`` scheme (default ``"relevant"``).
-        group: the tokens summed (``"all"``, or ``cls``/``query``/``sep``/``doc``); attributions only.
+        group: the tokens summed (``"all"``, or ``cls``/``query``/``sep``/``doc``, and ``prompt`` for a
+            templated family); attributions only.
         pair: a ``NeuronAttribution``: rank this pair's NIG (default: summed over pairs).
         title: the figure title.
 
@@ -369,7 +379,7 @@ def top_neurons_bar(
         if group == "all":
             v = source.per_neuron()
         else:
-            v = source.by_group()[:, :, CONTENT_GROUPS.index(group)]
+            v = source.by_group()[:, :, _group_index(source, group)]
         v = v[pair_index(pair, len(source))] if pair is not None else v.sum(0)
         vals, idx = v.to(torch.float64).flatten().topk(min(k, v.numel()))
         d = v.shape[-1]
@@ -495,7 +505,8 @@ def group_bars(
     layers: Sequence[int] | None = None,
     title: str | None = None,
 ) -> Any:
-    """NIG of each token group (cls, query, sep, doc) per layer, summed over the layer's neurons.
+    """NIG of each token group (cls, query, sep, doc; and prompt for a templated family) per layer, summed
+    over the layer's neurons.
 
     One panel per label (``panels``, ``pair`` and ``labels`` as in :func:`neuron_heatmap`), one bar colour
     per group.
