@@ -69,6 +69,7 @@ __all__ = [
     "PruningCheckpoint",
     "PruningResult",
     "pruning_study",
+    "evaluable_queries",
     "judged_queries",
     "split_queries",
 ]
@@ -130,6 +131,59 @@ def split_queries(
     random.Random(seed).shuffle(ids)
     half = len(ids) // 2
     return sorted(ids[:half]), sorted(ids[half:])
+
+
+def evaluable_queries(
+    collection: Any,
+    candidates: Mapping[str, Mapping[str, float]],
+    queries: Iterable[str],
+    *,
+    what: str,
+    stacklevel: int = 2,
+) -> list[str]:
+    """The ``queries`` that can be evaluated: judged (:func:`judged_queries`) and with at least one
+    candidate. Each other query is named in a ``UserWarning`` (a query with no candidate has no ranking
+    to measure; counting it as 0 would dilute the mean), never dropped silently.
+
+    Args:
+        collection: the collection (qrels, query texts).
+        candidates: first-stage run ``{query_id: {doc_id: score}}``.
+        queries: the evaluation queries asked for, in order.
+        what: the caller's name, for the messages.
+        stacklevel: the warnings' ``stacklevel`` seen from the caller (2: the caller's caller).
+
+    Raises:
+        InputError: no query is judged and has candidates.
+
+    Example:
+        >>> from mechir_nig.data import load_collection
+        >>> col = load_collection("embedded")
+        >>> q = judged_queries(col)[0]
+        >>> evaluable_queries(col, {q: {"d": 1.0}}, [q], what="example") == [q]
+        True
+    """
+    asked = list(queries)
+    judged = set(judged_queries(collection))
+    unjudged = [q for q in asked if q not in judged]
+    if unjudged:
+        warnings.warn(
+            f"{what}: {len(unjudged)} of {len(asked)} evaluation queries are not judged ({JUDGED}; e.g. "
+            f"{unjudged[:3]}): they are not evaluated",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    empty = [q for q in asked if q in judged and not len(candidates.get(q) or {})]
+    if empty:
+        warnings.warn(
+            f"{what}: {len(empty)} of {len(asked)} evaluation queries have no candidates (e.g. {empty[:3]}): "
+            "they are not evaluated",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    ev = [q for q in asked if q in judged and len(candidates.get(q) or {})]
+    if not ev:
+        raise InputError(f"no evaluation query is judged and has candidates ({JUDGED})")
+    return ev
 
 
 @dataclass
@@ -717,18 +771,7 @@ def pruning_study(
             f"{len(overlap)} queries are both selection and evaluation queries (e.g. {overlap[:3]}): "
             "evaluate on held-out queries (see split_queries)"
         )
-    judged = set(judged_queries(collection))
-    unjudged = [q for q in ev if q not in judged]
-    if unjudged:
-        warnings.warn(
-            f"pruning_study: {len(unjudged)} of {len(ev)} evaluation queries are not judged ({JUDGED}; e.g. "
-            f"{unjudged[:3]}): they are not evaluated",
-            UserWarning,
-            stacklevel=2,
-        )
-    ev = [q for q in ev if q in candidates and q in judged]
-    if not ev:
-        raise InputError(f"no evaluation query is judged and has candidates ({JUDGED})")
+    ev = evaluable_queries(collection, candidates, ev, what="pruning_study", stacklevel=2)
     from mechir_nig.runtime.distributed import context
 
     ctx = context(distributed, getattr(model, "device", None))  # one process: every job here
