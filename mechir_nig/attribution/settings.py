@@ -54,7 +54,7 @@ class NIGSettings:
         sites: the activations attributed, names of ``mechir_nig.sites`` (any site whose activation is
             ``[batch, pos, ...]``), or a ``ComponentSet`` (the object ``ablate`` and ``patch`` take: its site
             is attributed, whole, at the layers holding its members, which become ``layers``; read the
-            members' values with ``attr.site(name)[:, layers.index(layer), ..., unit]``): ``"mlp_post"`` (MLP neurons, the default), ``"z"`` (attention heads),
+            members' values with ``attr.members(the_set)``): ``"mlp_post"`` (MLP neurons, the default), ``"z"`` (attention heads),
             ``"resid_pre"``, ``"resid_mid"``, ``"resid_post"``, ``"attn_out"``, ``"mlp_out"``, ``"mlp_pre"``,
             ``"q"``/``"k"``/``"v"``. Each is summed to its units (neurons, heads, or positions for the
             residual-stream sites).
