@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from mechir_nig._validate import check_int
+from mechir_nig._validate import check_bool, check_int
 from mechir_nig.attribution.target import Target, target_name
 from mechir_nig.errors import InputError
 from mechir_nig.models.protocol import AttributionModel, HookedModel
@@ -235,8 +235,7 @@ class NIGSettings:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise InputError(f"{name} must be None or an int >= 1, got {v!r}")
         check_int(self.window_tokens, "window_tokens", minimum=1)
-        if not isinstance(self.checkpoint_blocks, bool):
-            raise InputError(f"checkpoint_blocks must be True or False, got {self.checkpoint_blocks!r}")
+        check_bool(self.checkpoint_blocks, "checkpoint_blocks")
         if self.checkpoint_blocks:
             from mechir_nig.models.encoder import HookedEncoderBase
 
