@@ -153,3 +153,14 @@ def test_a_query_without_candidates_is_warned_and_not_evaluated(study, col, tiny
         ev = HeldOutRerank.prepare(tiny_ce, col, cands, what="held")
     assert ev.queries == study.eval_queries[1:]
     assert {q for q, _ in ev.pairs} == set(study.eval_queries[1:])
+
+
+def test_a_candidate_document_not_in_the_collection_is_refused(study, col, tiny_ce):
+    """The pairs come from evaluation.candidate_pairs (as rerank's): an unknown document is an InputError
+    naming it, not a KeyError after the setup."""
+    cands = dict(bm25_candidates(col, k=5))
+    cands[study.eval_queries[0]] = {"zz": 1.0}
+    with pytest.raises(
+        InputError, match=r"1 candidate documents are not in collection 'embedded' \(e.g. \['zz'\]\)"
+    ):
+        pruning_study(tiny_ce, col, cands, torch.zeros(2, 64), fractions=(0.0,), seeds=1, progress=False)

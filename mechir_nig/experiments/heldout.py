@@ -84,7 +84,7 @@ class HeldOutRerank:
             InputError: no evaluation query is judged and has candidates; a bad side or measure.
         """
         from mechir_nig._validate import check_int
-        from mechir_nig.evaluation import _parse_measures
+        from mechir_nig.evaluation import _parse_measures, candidate_pairs
         from mechir_nig.experiments.pruning import evaluable_queries, split_queries
 
         check_int(batch_size, "batch_size", minimum=1)
@@ -95,13 +95,7 @@ class HeldOutRerank:
         _parse_measures(list(measures))
         ev = list(split_queries(collection, seed=split_seed)[1] if eval_queries is None else eval_queries)
         ev = evaluable_queries(collection, candidates, ev, what=what, stacklevel=3)
-        pairs = [(q, d) for q in ev for d in candidates[q]]
-        docs = collection.get_docs(d for _, d in pairs)
-        missing = sorted({d for _, d in pairs if d not in docs})
-        if missing:
-            raise InputError(
-                f"{len(missing)} candidate documents are not in the collection (e.g. {missing[:3]})"
-            )
+        pairs, docs = candidate_pairs(collection, candidates, ev)
         return cls(
             model,
             collection,

@@ -48,7 +48,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from mechir_nig._validate import check_int
+from mechir_nig._validate import check_fraction, check_int
 from mechir_nig.errors import InputError
 from mechir_nig.experiments._progress import Progress as _Progress
 from mechir_nig.interventions.engine import Baseline
@@ -733,7 +733,7 @@ def pruning_study(
     """
     import contextlib
 
-    from mechir_nig.evaluation import evaluate
+    from mechir_nig.evaluation import candidate_pairs, evaluate
     from mechir_nig.sets.selection import random_like
 
     t_start = time.perf_counter()
@@ -747,8 +747,7 @@ def pruning_study(
     check_int(seeds, "seeds", minimum=1)
     check_int(batch_size, "batch_size", minimum=1)
     for f in fractions:
-        if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f <= 1:
-            raise InputError(f"fractions must be numbers in [0, 1], got {f!r}")
+        check_fraction(f, "each of fractions", allow_zero=True)
     if model.pairwise and side != "doc":
         raise InputError("side applies to bi-encoders only")
     if side not in ("doc", "query", "both"):
@@ -783,8 +782,7 @@ def pruning_study(
     cache = cache if cache is not None else PruningCache()
 
     # the pairs, texts and (for a bi-encoder) the unablated side, once
-    pairs = [(q, d) for q in ev for d in candidates[q]]
-    docs = collection.get_docs(d for _, d in pairs)
+    pairs, docs = candidate_pairs(collection, candidates, ev)
     q_texts = [collection.queries[q] for q, _ in pairs]
     d_texts = [docs[d] for _, d in pairs]
     bi = not model.pairwise
