@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
@@ -31,10 +33,12 @@ def check_int(
     maximum: int | None = None,
     allow_none: bool = False,
     hint: str = "",
+    alternative: str = "",
 ) -> Any:
     """``value`` if it is an int (not a bool) within ``[minimum, maximum]`` (or ``None`` when allowed).
 
-    ``hint``, when given, ends the message (what the value means or how to fix it).
+    ``hint``, when given, ends the message (what the value means or how to fix it); ``alternative``
+    names what else is accepted (the caller checks it first), e.g. ``"'auto'"``.
     """
     if value is None and allow_none:
         return None
@@ -44,6 +48,7 @@ def check_int(
     if maximum is not None:
         bounds.append(f"<= {maximum}")
     want = "an int" + (" " + " and ".join(bounds) if bounds else "") + (" (or None)" if allow_none else "")
+    want += f" or {alternative}" if alternative else ""
     end = f"; {hint}" if hint else ""
     if isinstance(value, bool) or not isinstance(value, int):
         raise InputError(f"{name} must be {want}, got {value!r} ({type(value).__name__}){end}")
@@ -75,14 +80,54 @@ def check_choice(value: T, name: str, choices: Iterable[T]) -> T:
     return value
 
 
-def check_fraction(value: Any, name: str, *, allow_zero: bool = False) -> float:
-    """``value`` as a float in ``(0, 1]`` (``[0, 1]`` with ``allow_zero``)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(f"{name} must be a number in (0, 1], got {value!r}")
-    low_ok = value >= 0 if allow_zero else value > 0
-    if not (low_ok and value <= 1):
-        raise InputError(f"{name} must be in {'[0' if allow_zero else '(0'}, 1], got {value!r}")
-    return float(value)
+def check_fraction(value: Any, name: str, *, allow_zero: bool = False, hint: str = "") -> float:
+    """``value`` as a float in ``(0, 1]`` (``[0, 1]`` with ``allow_zero``); ``hint`` as in :func:`check_int`.
+
+    Example:
+        >>> check_fraction(0.25, "fraction")
+        0.25
+    """
+    interval = f"{'[0' if allow_zero else '(0'}, 1]"
+    end = f" ({hint})" if hint else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"{name} must be a real number in {interval}{end}, got {value!r}")
+    share = float(value)
+    if not ((share >= 0 if allow_zero else share > 0) and share <= 1):
+        raise InputError(f"{name} must be in {interval}{end}, got {value!r}")
+    return share
+
+
+def check_number(
+    value: Any,
+    name: str,
+    *,
+    minimum: int | float,
+    strict: bool = False,
+    finite: bool = True,
+    hint: str = "",
+    noun: str = "a number",
+) -> float:
+    """``value`` as a float: a real number (not a bool) ``>= minimum`` (``> minimum`` when ``strict``),
+    finite unless ``finite=False``. The message reads "``name`` must be ``noun`` >= ``minimum``
+    (``hint``)".
+
+    Example:
+        >>> check_number(0.01, "tol", minimum=0, strict=True)
+        0.01
+        >>> check_number(-1, "rrf_k", minimum=0, hint="60 is the usual constant", noun="a finite number")
+        Traceback (most recent call last):
+        ...
+        mechir_nig.errors.InputError: rrf_k must be a finite number >= 0 (60 is the usual constant), got -1
+    """
+    number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
+    if (
+        math.isnan(number)
+        or (finite and math.isinf(number))
+        or not (number > minimum or (not strict and number == minimum))
+    ):
+        end = f" ({hint})" if hint else ""
+        raise InputError(f"{name} must be {noun} {'>' if strict else '>='} {minimum:g}{end}, got {value!r}")
+    return number
 
 
 def as_int(value: Any, what: str) -> int:

@@ -57,6 +57,35 @@ _CHUNK_BATCHES = 16  # pairs handed to model.score per call = batch_size * _CHUN
 _SIMILARITY_CHUNK = 65_536  # pairs whose embeddings are gathered at once for a bi-encoder
 
 
+def candidate_pairs(
+    collection: Any, candidates: Mapping[str, Iterable[str]], query_ids: Iterable[str]
+) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """The ``(query id, document id)`` pairs of the candidates of ``query_ids``, in order, and the texts of
+    their documents (one ``get_docs`` lookup).
+
+    Raises:
+        InputError: a candidate document is not in ``collection``.
+
+    Example:
+        >>> from mechir_nig.data import load_collection
+        >>> col = load_collection("embedded")
+        >>> q = next(iter(col.queries))
+        >>> candidate_pairs(col, {q: ["zz"]}, [q])
+        Traceback (most recent call last):
+        ...
+        mechir_nig.errors.InputError: 1 candidate documents are not in collection 'embedded' (e.g. ['zz']): build candidates from the same collection
+    """
+    pairs = [(q, d) for q in query_ids for d in candidates[q]]
+    docs = collection.get_docs(d for _, d in pairs)
+    unknown = sorted({d for _, d in pairs if d not in docs})
+    if unknown:
+        raise InputError(
+            f"{len(unknown)} candidate documents are not in collection {getattr(collection, 'name', '')!r} (e.g. "
+            f"{unknown[:5]}): build candidates from the same collection"
+        )
+    return pairs, docs
+
+
 def _is_bi_encoder(model: object) -> bool:
     """A model that embeds queries and documents apart (``pairwise`` false, ``encode``, ``similarity_fn``)."""
     return (
@@ -220,14 +249,7 @@ def rerank(
             f"{len(unknown_q)} candidate queries are not in collection {collection.name!r} (e.g. {unknown_q[:5]}): "
             "build candidates from the same collection"
         )
-    pairs = [(qid, did) for qid in ids for did in candidates[qid]]
-    docs = collection.get_docs(did for _, did in pairs)
-    unknown_d = sorted({did for _, did in pairs if did not in docs})
-    if unknown_d:
-        raise InputError(
-            f"{len(unknown_d)} candidate documents are not in collection {collection.name!r} (e.g. "
-            f"{unknown_d[:5]}): build candidates from the same collection"
-        )
+    pairs, docs = candidate_pairs(collection, candidates, ids)
 
     # _is_bi_encoder checked encode and similarity_fn: the model is a BiEncoderModel or a Scorer
     score: Callable[..., list[float]] = _score_embeddings if bi_encoder else _score_pairs

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from mechir_nig._validate import check_int
 from mechir_nig.errors import InputError
 
 __all__ = [
@@ -102,8 +103,7 @@ def _differences(a: Any, b: Any | None) -> np.ndarray:
 def _check(confidence: float, n_resamples: int) -> None:
     if not 0 < confidence < 1:
         raise InputError(f"confidence must be in (0, 1), got {confidence}")
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
-        raise InputError(f"n_resamples must be a positive int, got {n_resamples!r}")
+    check_int(n_resamples, "n_resamples", minimum=1)
 
 
 def bootstrap_ci(

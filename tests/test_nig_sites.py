@@ -340,3 +340,37 @@ def test_a_component_set_is_what_nig_attributes(tiny_ce):
             assert got.abs().sum() > 0
     with pytest.raises(InputError, match="leave layers=None"):
         NIGSettings(sites=neurons, layers=[0])
+
+
+@pytest.mark.parametrize("reduce", ["token", "neuron"])
+def test_a_component_sets_members_equal_the_full_run(tiny_ce, reduce):
+    """attr.members(set): a set given as sites= gives its members' values, equal to the same entries of a
+    full run (every layer, every unit); a position set reads the position axis."""
+    from mechir_nig.sets import ComponentSet, NeuronSet
+
+    cfg = tiny_ce.cfg
+    full = neuron_integrated_gradients(
+        tiny_ce, QUERIES, DOCS, n_steps=4, sites=("mlp_post", "z", "resid_pre"), reduce=reduce
+    )
+    neurons = NeuronSet([(0, 7), (1, 2), (1, 5)], n_layers=cfg.n_layers, d_mlp=cfg.d_mlp)
+    heads = ComponentSet([(0, 1), (1, 0)], kind="head", n_layers=cfg.n_layers, width=cfg.n_heads)
+    positions = ComponentSet([(1, 0), (1, 3)], kind="resid_pre", n_layers=cfg.n_layers, width=4)
+    for members in (neurons, heads) + ((positions,) if reduce == "token" else ()):
+        attr = neuron_integrated_gradients(tiny_ce, QUERIES, DOCS, n_steps=4, sites=members, reduce=reduce)
+        got = attr.members(members)
+        assert got.shape[-1] == len(members) and got.abs().sum() > 0
+        assert torch.equal(got, attr.members(members))
+        for i, (layer, unit) in enumerate(members):
+            want = full.site(members.kind)[:, layer, ..., unit]
+            torch.testing.assert_close(got[..., i], want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(full.members(members), got, rtol=0, atol=1e-6)
+    if reduce == "neuron":
+        with pytest.raises(InputError, match="needs values per token"):
+            full.members(positions)
+    with pytest.raises(InputError, match="did not attribute"):
+        one = NeuronSet([(1, 2)], n_layers=cfg.n_layers, d_mlp=cfg.d_mlp)
+        neuron_integrated_gradients(tiny_ce, QUERIES, DOCS, n_steps=4, sites=one).members(neurons)
+    with pytest.raises(InputError, match="was not attributed"):
+        full.members(ComponentSet([(0, 1)], kind="resid_post", n_layers=cfg.n_layers, width=4))
+    with pytest.raises(InputError, match="another model"):
+        full.members(NeuronSet([(0, 1)], n_layers=cfg.n_layers, d_mlp=cfg.d_mlp * 2))

@@ -359,3 +359,28 @@ def test_one_component_set_goes_to_ablate_and_patch(tiny_ce, aligned, tmp_path):
     wide = ComponentSet([(0, 0)], kind="head", n_layers=tiny_ce.cfg.n_layers, width=tiny_ce.cfg.n_heads + 1)
     with pytest.raises(InputError, match="select the set on this model"):
         patch(tiny_ce, aligned, sites=wide)
+
+
+def test_patch_study_takes_patch_keywords_and_defaults(tiny_ce, aligned):
+    """patch_study's sharded path (_prepare, sweep_rows, assemble) binds patch's own signature: the same
+    defaults, the same refusals and the same result as patch."""
+    import inspect
+
+    from mechir_nig.experiments.patching import patch_study
+    from mechir_nig.interventions.patching import _prepare
+
+    job = _prepare(tiny_ce, aligned)
+    defaults = inspect.signature(patch).parameters
+    for key in ("direction", "metric", "eps", "chunk_size", "skip_unchanged", "joint"):
+        assert getattr(job, key) == defaults[key].default, key
+    assert job.layer_list == list(range(tiny_ce.cfg.n_layers))
+    assert [s for s, _ in job.site_list] == list(defaults["sites"].default)
+    want = patch(tiny_ce, aligned)
+    got = job.result(*job.assemble(job.sweep_rows(list(range(len(job.base))))))
+    torch.testing.assert_close(got.values["resid_pre"], want.values["resid_pre"], equal_nan=True)
+    alone = patch_study(tiny_ce, aligned, distributed=False)
+    torch.testing.assert_close(alone.values["resid_pre"], want.values["resid_pre"], equal_nan=True)
+    with pytest.raises(TypeError, match="n_steps"):
+        _prepare(tiny_ce, aligned, n_steps=3)
+    with pytest.raises(InputError, match="direction"):
+        _prepare(tiny_ce, aligned, direction="sideways")

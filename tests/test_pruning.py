@@ -126,3 +126,41 @@ def test_faithfulness_report(tiny_ce):
     # chunking never changes results
     again = faithfulness(tiny_ce, QUERIES, DOCS, k=5, curve_k=3, seeds=2, n_steps=8, chunk_size=64)
     torch.testing.assert_close(again.drops["zero"], res.drops["zero"], atol=1e-6, rtol=0)
+
+
+def test_a_query_without_candidates_is_warned_and_not_evaluated(study, col, tiny_ce):
+    """An evaluation query with an empty candidate list has no ranking to measure: both pruning_study and
+    HeldOutRerank name it in a warning and leave it out (before, pruning_study scored it as 0 silently)."""
+    from mechir_nig.experiments.heldout import HeldOutRerank
+
+    cands = dict(bm25_candidates(col, k=5))
+    gone = study.eval_queries[0]
+    cands[gone] = {}
+    with pytest.warns(UserWarning, match=r"pruning_study: 1 of \d+ evaluation queries have no candidates"):
+        res = pruning_study(
+            tiny_ce,
+            col,
+            cands,
+            torch.zeros(2, 64),
+            fractions=(0.0,),
+            seeds=1,
+            modes=("zero",),
+            progress=False,
+        )
+    assert res.eval_queries == study.eval_queries[1:]
+    assert res.per_query[0] == {q: v for q, v in study.per_query[0].items() if q != gone}
+    with pytest.warns(UserWarning, match=r"held: 1 of \d+ evaluation queries have no candidates"):
+        ev = HeldOutRerank.prepare(tiny_ce, col, cands, what="held")
+    assert ev.queries == study.eval_queries[1:]
+    assert {q for q, _ in ev.pairs} == set(study.eval_queries[1:])
+
+
+def test_a_candidate_document_not_in_the_collection_is_refused(study, col, tiny_ce):
+    """The pairs come from evaluation.candidate_pairs (as rerank's): an unknown document is an InputError
+    naming it, not a KeyError after the setup."""
+    cands = dict(bm25_candidates(col, k=5))
+    cands[study.eval_queries[0]] = {"zz": 1.0}
+    with pytest.raises(
+        InputError, match=r"1 candidate documents are not in collection 'embedded' \(e.g. \['zz'\]\)"
+    ):
+        pruning_study(tiny_ce, col, cands, torch.zeros(2, 64), fractions=(0.0,), seeds=1, progress=False)

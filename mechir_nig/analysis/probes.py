@@ -41,7 +41,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechir_nig._validate import check_choice, check_int, check_layers
+from mechir_nig._validate import check_choice, check_int, check_layers, check_number
 from mechir_nig.analysis.features import (
     PAIR_FEATURES,
     TOKEN_FEATURES,
@@ -355,8 +355,7 @@ def probe(
     check_choice(hold_out, "hold_out", ("query", "doc", "pair"))
     check_int(folds, "folds", minimum=2)
     check_int(batch_size, "batch_size", minimum=1)
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or alpha < 0:
-        raise InputError(f"alpha must be a number >= 0, got {alpha!r}")
+    check_number(alpha, "alpha", minimum=0, finite=False)
     if isinstance(sites, str) or not sites:
         raise InputError("sites must be a non-empty list of site names, e.g. ['resid_post']")
     site_list = [site(s) for s in sites]

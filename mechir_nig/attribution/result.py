@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -25,6 +25,9 @@ from torch import Tensor
 from mechir_nig.errors import InputError
 from mechir_nig.models.tokenization import GROUPS, PAD, content_groups, group_weights
 from mechir_nig.results import Result
+
+if TYPE_CHECKING:
+    from mechir_nig.sets.components import ComponentSet
 
 CONTENT_GROUPS = GROUPS[:4]  # cls, query, sep, doc (padding excluded)
 PROMPT_GROUPS = (*CONTENT_GROUPS, "prompt")  # a templated family's groups: + the template text
@@ -160,6 +163,52 @@ class NeuronAttribution(Result):
                 f"attribute with sites=(..., {canonical!r})"
             )
         return self.site_values[canonical]
+
+    def members(self, components: ComponentSet) -> Tensor:
+        """The values of a ``ComponentSet``'s members (the object ``ablate``, ``patch`` and ``sites=`` take),
+        in the set's order (sorted by ``(layer, index)``): ``[batch, *where, n_members]``.
+
+        ``*where`` is what ``reduce`` keeps: ``pos`` (``"token"``), the groups (``"group"``) or nothing
+        (``"neuron"``). A position set (a residual-stream site) indexes the position axis, so it needs
+        ``reduce="token"``: ``[batch, n_members]``.
+
+        Raises:
+            InputError: not a ``ComponentSet``; its site or a member's layer was not attributed; a
+                position set of a summed result; a set of another width (another model, longer inputs).
+
+        Example:
+            >>> top = NeuronSet([(1, 2), (1, 5)], n_layers=2, d_mlp=64)  # doctest: +SKIP
+            >>> attr = neuron_integrated_gradients(ce, queries, docs, sites=top, reduce="neuron")  # doctest: +SKIP
+            >>> attr.members(top).shape  # [batch, 2]  # doctest: +SKIP
+        """
+        from mechir_nig.sets.components import ComponentSet
+        from mechir_nig.sites import site
+
+        if not isinstance(components, ComponentSet):
+            raise InputError(f"members() takes a ComponentSet, got {type(components).__name__}")
+        s = site(components.kind)
+        values = self.site(s.name)
+        absent = sorted(set(components.by_layer()) - set(self.layers))
+        if absent:
+            raise InputError(
+                f"the set has members in layers {absent}, which this result did not attribute (layers "
+                f"{self.layers}); attribute with sites=<the set> or layers including them"
+            )
+        if s.unit == "position":
+            self._needs(f"members() of a {s.name} position set", ("token",))
+        width = values.shape[-1]
+        if s.unit != "position" and components.width != width:
+            raise InputError(
+                f"the set's universe has {components.width} {s.unit}s per layer, this result {width}: a set "
+                "of another model"
+            )
+        beyond = [m for m in components if m[1] >= width]
+        if beyond:
+            raise InputError(
+                f"{len(beyond)} members (e.g. {beyond[:3]}) are beyond this result's {width} {s.unit}s of "
+                f"{s.name}: the set is of another model or longer inputs"
+            )
+        return torch.stack([values[:, self.layers.index(lyr), ..., unit] for lyr, unit in components], -1)
 
     def per_head(self) -> Float[Tensor, "batch layer n_heads"]:
         """Head conductance summed over tokens (padding excluded)."""

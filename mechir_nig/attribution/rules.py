@@ -10,8 +10,11 @@ each rule's own quadrature weights (``weights``) over the whole of ``[0, 1]``.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
+from mechir_nig._validate import check_int
 from mechir_nig.errors import InputError
 
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -32,10 +35,8 @@ def check_n_steps(n_steps: int | str, *, allow_auto: bool = False) -> int | str:
     """``n_steps`` if it is an int >= 1 (or, with ``allow_auto``, ``"auto"``), else ``InputError``."""
     if allow_auto and n_steps == "auto":
         return n_steps
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-        also = " or 'auto' (steps chosen per pair to a tolerance)" if allow_auto else ""
-        raise InputError(f"n_steps must be an int >= 1{also}, got {n_steps!r}")
-    return n_steps
+    also = "'auto' (steps chosen per pair to a tolerance)" if allow_auto else ""
+    return cast(int, check_int(n_steps, "n_steps", minimum=1, alternative=also))
 
 
 def alphas(method: str, n_points: int) -> list[float]:

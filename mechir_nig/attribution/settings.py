@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from mechir_nig._validate import check_int
+from mechir_nig._validate import check_bool, check_int
 from mechir_nig.attribution.target import Target, target_name
 from mechir_nig.errors import InputError
 from mechir_nig.models.protocol import AttributionModel, HookedModel
@@ -54,7 +54,7 @@ class NIGSettings:
         sites: the activations attributed, names of ``mechir_nig.sites`` (any site whose activation is
             ``[batch, pos, ...]``), or a ``ComponentSet`` (the object ``ablate`` and ``patch`` take: its site
             is attributed, whole, at the layers holding its members, which become ``layers``; read the
-            members' values with ``attr.site(name)[:, layers.index(layer), ..., unit]``): ``"mlp_post"`` (MLP neurons, the default), ``"z"`` (attention heads),
+            members' values with ``attr.members(the_set)``): ``"mlp_post"`` (MLP neurons, the default), ``"z"`` (attention heads),
             ``"resid_pre"``, ``"resid_mid"``, ``"resid_post"``, ``"attn_out"``, ``"mlp_out"``, ``"mlp_pre"``,
             ``"q"``/``"k"``/``"v"``. Each is summed to its units (neurons, heads, or positions for the
             residual-stream sites).
@@ -237,8 +237,7 @@ class NIGSettings:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise InputError(f"{name} must be None or an int >= 1, got {v!r}")
         check_int(self.window_tokens, "window_tokens", minimum=1)
-        if not isinstance(self.checkpoint_blocks, bool):
-            raise InputError(f"checkpoint_blocks must be True or False, got {self.checkpoint_blocks!r}")
+        check_bool(self.checkpoint_blocks, "checkpoint_blocks")
         if self.checkpoint_blocks:
             from mechir_nig.models.encoder import HookedEncoderBase
             from mechir_nig.models.t5 import HookedMonoT5

@@ -35,6 +35,7 @@ from mechir_nig.cli._common import (
     word,
 )
 from mechir_nig.cli._pairs import add_pair_options
+from mechir_nig.models.protocol import HookedModel
 
 GROUP_NAMES = ("cls", "query", "doc", "sep")  # interventions.attention.GROUPS
 
@@ -61,7 +62,7 @@ class Circuits:
 
     s: Session
     args: argparse.Namespace
-    model: Any
+    model: HookedModel
     col: Any
     layers: list[int]
     _cache: dict[str, Any] = field(default_factory=dict)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mechir_nig._validate import check_int
 from mechir_nig.errors import InputError
 from mechir_nig.models.protocol import HookedModel
 from mechir_nig.results import Result
@@ -599,8 +600,7 @@ def compare_collections(
         _check_scheme(sch)
     if transfer_scheme is not None:
         _check_scheme(transfer_scheme)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise InputError(f"seeds must be an integer >= 1 (random sets per target), got {seeds!r}")
+    check_int(seeds, "seeds", minimum=1, hint="random sets per target")
     fractions = [float(f) for f in fractions]
     if not fractions or any(not 0 < f <= 1 for f in fractions):
         raise InputError(f"fractions must be shares in (0, 1], e.g. (0.01,), got {fractions}")

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -85,8 +84,8 @@ class HeldOutRerank:
             InputError: no evaluation query is judged and has candidates; a bad side or measure.
         """
         from mechir_nig._validate import check_int
-        from mechir_nig.evaluation import _parse_measures
-        from mechir_nig.experiments.pruning import JUDGED, judged_queries, split_queries
+        from mechir_nig.evaluation import _parse_measures, candidate_pairs
+        from mechir_nig.experiments.pruning import evaluable_queries, split_queries
 
         check_int(batch_size, "batch_size", minimum=1)
         if side not in ("doc", "query", "both"):
@@ -95,25 +94,8 @@ class HeldOutRerank:
             raise InputError("side applies to bi-encoders only")
         _parse_measures(list(measures))
         ev = list(split_queries(collection, seed=split_seed)[1] if eval_queries is None else eval_queries)
-        judged = set(judged_queries(collection))
-        unjudged = [q for q in ev if q not in judged]
-        if unjudged:
-            warnings.warn(
-                f"{what}: {len(unjudged)} of {len(ev)} evaluation queries are not judged ({JUDGED}; e.g. "
-                f"{unjudged[:3]}): they are not evaluated",
-                UserWarning,
-                stacklevel=3,
-            )
-        ev = [q for q in ev if q in candidates and q in judged and len(candidates[q])]
-        if not ev:
-            raise InputError(f"no evaluation query is judged and has candidates ({JUDGED})")
-        pairs = [(q, d) for q in ev for d in candidates[q]]
-        docs = collection.get_docs(d for _, d in pairs)
-        missing = sorted({d for _, d in pairs if d not in docs})
-        if missing:
-            raise InputError(
-                f"{len(missing)} candidate documents are not in the collection (e.g. {missing[:3]})"
-            )
+        ev = evaluable_queries(collection, candidates, ev, what=what, stacklevel=3)
+        pairs, docs = candidate_pairs(collection, candidates, ev)
         return cls(
             model,
             collection,

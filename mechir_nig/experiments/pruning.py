@@ -48,7 +48,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from mechir_nig._validate import check_int
+from mechir_nig._validate import check_fraction, check_int
 from mechir_nig.errors import InputError
 from mechir_nig.experiments._progress import Progress as _Progress
 from mechir_nig.interventions.engine import Baseline
@@ -69,6 +69,7 @@ __all__ = [
     "PruningCheckpoint",
     "PruningResult",
     "pruning_study",
+    "evaluable_queries",
     "judged_queries",
     "split_queries",
 ]
@@ -130,6 +131,59 @@ def split_queries(
     random.Random(seed).shuffle(ids)
     half = len(ids) // 2
     return sorted(ids[:half]), sorted(ids[half:])
+
+
+def evaluable_queries(
+    collection: Any,
+    candidates: Mapping[str, Mapping[str, float]],
+    queries: Iterable[str],
+    *,
+    what: str,
+    stacklevel: int = 2,
+) -> list[str]:
+    """The ``queries`` that can be evaluated: judged (:func:`judged_queries`) and with at least one
+    candidate. Each other query is named in a ``UserWarning`` (a query with no candidate has no ranking
+    to measure; counting it as 0 would dilute the mean), never dropped silently.
+
+    Args:
+        collection: the collection (qrels, query texts).
+        candidates: first-stage run ``{query_id: {doc_id: score}}``.
+        queries: the evaluation queries asked for, in order.
+        what: the caller's name, for the messages.
+        stacklevel: the warnings' ``stacklevel`` seen from the caller (2: the caller's caller).
+
+    Raises:
+        InputError: no query is judged and has candidates.
+
+    Example:
+        >>> from mechir_nig.data import load_collection
+        >>> col = load_collection("embedded")
+        >>> q = judged_queries(col)[0]
+        >>> evaluable_queries(col, {q: {"d": 1.0}}, [q], what="example") == [q]
+        True
+    """
+    asked = list(queries)
+    judged = set(judged_queries(collection))
+    unjudged = [q for q in asked if q not in judged]
+    if unjudged:
+        warnings.warn(
+            f"{what}: {len(unjudged)} of {len(asked)} evaluation queries are not judged ({JUDGED}; e.g. "
+            f"{unjudged[:3]}): they are not evaluated",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    empty = [q for q in asked if q in judged and not len(candidates.get(q) or {})]
+    if empty:
+        warnings.warn(
+            f"{what}: {len(empty)} of {len(asked)} evaluation queries have no candidates (e.g. {empty[:3]}): "
+            "they are not evaluated",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    ev = [q for q in asked if q in judged and len(candidates.get(q) or {})]
+    if not ev:
+        raise InputError(f"no evaluation query is judged and has candidates ({JUDGED})")
+    return ev
 
 
 @dataclass
@@ -679,7 +733,7 @@ def pruning_study(
     """
     import contextlib
 
-    from mechir_nig.evaluation import evaluate
+    from mechir_nig.evaluation import candidate_pairs, evaluate
     from mechir_nig.sets.selection import random_like
 
     t_start = time.perf_counter()
@@ -693,8 +747,7 @@ def pruning_study(
     check_int(seeds, "seeds", minimum=1)
     check_int(batch_size, "batch_size", minimum=1)
     for f in fractions:
-        if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f <= 1:
-            raise InputError(f"fractions must be numbers in [0, 1], got {f!r}")
+        check_fraction(f, "each of fractions", allow_zero=True)
     if model.pairwise and side != "doc":
         raise InputError("side applies to bi-encoders only")
     if side not in ("doc", "query", "both"):
@@ -717,18 +770,7 @@ def pruning_study(
             f"{len(overlap)} queries are both selection and evaluation queries (e.g. {overlap[:3]}): "
             "evaluate on held-out queries (see split_queries)"
         )
-    judged = set(judged_queries(collection))
-    unjudged = [q for q in ev if q not in judged]
-    if unjudged:
-        warnings.warn(
-            f"pruning_study: {len(unjudged)} of {len(ev)} evaluation queries are not judged ({JUDGED}; e.g. "
-            f"{unjudged[:3]}): they are not evaluated",
-            UserWarning,
-            stacklevel=2,
-        )
-    ev = [q for q in ev if q in candidates and q in judged]
-    if not ev:
-        raise InputError(f"no evaluation query is judged and has candidates ({JUDGED})")
+    ev = evaluable_queries(collection, candidates, ev, what="pruning_study", stacklevel=2)
     from mechir_nig.runtime.distributed import context
 
     ctx = context(distributed, getattr(model, "device", None))  # one process: every job here
@@ -740,8 +782,7 @@ def pruning_study(
     cache = cache if cache is not None else PruningCache()
 
     # the pairs, texts and (for a bi-encoder) the unablated side, once
-    pairs = [(q, d) for q in ev for d in candidates[q]]
-    docs = collection.get_docs(d for _, d in pairs)
+    pairs, docs = candidate_pairs(collection, candidates, ev)
     q_texts = [collection.queries[q] for q, _ in pairs]
     d_texts = [docs[d] for _, d in pairs]
     bi = not model.pairwise

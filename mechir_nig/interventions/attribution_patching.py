@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechir_nig.errors import InputError
+from mechir_nig._validate import check_bool, check_int
 from mechir_nig.interventions.patching import (
     PatchingResult,
     _grid,
@@ -213,12 +213,8 @@ def attribution_patch(
         >>> est = attribution_patch(ce, align(ce, queries, docs, tfc1), sites="heads", verify_top=5)  # doctest: +SKIP
         >>> est.meta["attribution"]["verify"]["spearman"]  # doctest: +SKIP
     """
-    if verify_top is not None and (
-        isinstance(verify_top, bool) or not isinstance(verify_top, int) or verify_top < 1
-    ):
-        raise InputError(f"verify_top must be an integer >= 1 or None, got {verify_top!r}")
-    if not isinstance(qk_fix, bool):
-        raise InputError(f"qk_fix must be True or False, got {qk_fix!r}")
+    check_int(verify_top, "verify_top", minimum=1, allow_none=True)
+    check_bool(qk_fix, "qk_fix")
     job = _prepare(
         model,
         clean,

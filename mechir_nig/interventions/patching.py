@@ -72,7 +72,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from mechir_nig._validate import check_bool, check_choice, check_int, check_layers
+from mechir_nig._validate import check_bool, check_choice, check_int, check_layers, check_number
 from mechir_nig.errors import InputError, NoScoreChangeWarning
 from mechir_nig.interventions.engine import Engine, Intervention, Source
 from mechir_nig.models.precision import check_finite
@@ -522,8 +522,7 @@ def _prepare(model: HookedModel, clean: Any, corrupted: Any = None, **options: A
     chunk_size = check_int(a["chunk_size"], "chunk_size", minimum=1, allow_none=True)
     skip_unchanged = check_bool(a["skip_unchanged"], "skip_unchanged")
     joint = check_bool(a["joint"], "joint")
-    if not isinstance(eps, int | float) or eps < 0:
-        raise InputError(f"eps must be a number >= 0, got {eps!r}")
+    eps = check_number(eps, "eps", minimum=0, finite=False)
     site_list = _check_sites(model, sites)
     if joint and all(nset is None for _, nset in site_list):
         raise InputError("joint=True patches a set's members together: put a ComponentSet in sites")
@@ -544,7 +543,7 @@ def _prepare(model: HookedModel, clean: Any, corrupted: Any = None, **options: A
         member_idx,
         direction,
         metric,
-        float(eps),
+        eps,
         chunk_size,
         skip_unchanged,
         joint,

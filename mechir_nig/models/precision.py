@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from mechir_nig.errors import InputError, PrecisionError
-from mechir_nig.models.protocol import AttributionModel
+from mechir_nig.models.protocol import Configured
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -57,7 +57,7 @@ def _compute_dtype(model_dtype: torch.dtype, device: torch.device) -> torch.dtyp
     return model_dtype
 
 
-def check_finite(model: AttributionModel, what: str, *tensors: Tensor | None) -> None:
+def check_finite(model: Configured, what: str, *tensors: Tensor | None) -> None:
     """Raise ``PrecisionError`` if any of ``tensors`` holds a NaN or an infinity (``what`` names them)."""
     bad = [
         t for t in tensors if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all())

@@ -26,6 +26,23 @@ from mechir_nig.models.tokenization import PairBatch, TextBatch
 
 
 @runtime_checkable
+class Configured(Protocol):
+    """A model's config and device: what a precision check (``models.precision.check_finite``) reads."""
+
+    cfg: EncoderConfig
+
+    @property
+    def device(self) -> torch.device: ...
+
+
+@runtime_checkable
+class BatchRunner(Configured, Protocol):
+    """A model run on a tokenized batch: ``model(batch)`` gives one row per input (``reranker.run_sorted``)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
 class AttributionModel(Protocol):
     """What NIG needs of a model.
 

@@ -8,7 +8,7 @@ tokenization and forward pass only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from jaxtyping import Float
@@ -17,11 +17,12 @@ from torch import Tensor
 from mechir_nig._types import Scores
 from mechir_nig.errors import InputError
 from mechir_nig.models.precision import check_finite
+from mechir_nig.models.protocol import BatchRunner
 from mechir_nig.models.tokenization import PairBatch
 
 
 @torch.no_grad()
-def run_sorted(model: Any, batch: Any, *, batch_size: int, trailing: tuple[int, ...] = ()) -> Tensor:
+def run_sorted(model: BatchRunner, batch: Any, *, batch_size: int, trailing: tuple[int, ...] = ()) -> Tensor:
     """``model(batch)`` in chunks of ``batch_size`` rows, longest first, returned in input order (CPU,
     in the model's accumulation dtype); a non-finite output (float16 overflow) is an error."""
     if batch_size < 1:
@@ -82,4 +83,4 @@ class PairReranker:
     @torch.no_grad()
     def score_batch(self, batch: PairBatch, *, batch_size: int = 32) -> Float[Tensor, " n"]:
         """Scores of a tokenized batch, in its row order (on CPU)."""
-        return run_sorted(self, batch, batch_size=batch_size)
+        return run_sorted(cast(BatchRunner, self), batch, batch_size=batch_size)  # the mixing class's cfg

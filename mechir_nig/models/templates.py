@@ -28,8 +28,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from mechir_nig.errors import InputError, ModelLoadError
 from mechir_nig.models.tokenization import (
     CLS,
@@ -40,7 +38,6 @@ from mechir_nig.models.tokenization import (
     PairBatch,
     _check_max_length,
     _pack,
-    _warn_truncated,
     check_pairs,
 )
 
@@ -269,19 +266,9 @@ def tokenize_template(
         rows.append(ids)
         groups.append(g)
         truncated.append(cut)
-    pad = tokenizer.pad_token_id
-    input_ids, token_type_ids, attention_mask, grp = _pack(rows, groups, [[0] * len(r) for r in rows], pad)
-    trunc = torch.tensor(truncated, dtype=torch.bool)
-    _warn_truncated(int(trunc.sum()), len(q), max_length, "documents")
-    return PairBatch(
-        input_ids=input_ids,
-        token_type_ids=token_type_ids,
-        attention_mask=attention_mask,
-        groups=grp,
-        truncated=trunc,
-        queries=q,
-        docs=d,
-    )
+    types = [[0] * len(r) for r in rows]
+    tensors = _pack(rows, groups, types, tokenizer.pad_token_id, truncated, max_length, "documents")
+    return PairBatch(**tensors, queries=q, docs=d)
 
 
 __all__ = [

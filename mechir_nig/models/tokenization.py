@@ -327,8 +327,16 @@ def _groups(seq: list[int | None], first: int) -> list[int]:
 
 
 def _pack(
-    rows: list[list[int]], groups: list[list[int]], types: list[list[int]], pad_id: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    rows: list[list[int]],
+    groups: list[list[int]],
+    types: list[list[int]],
+    pad_id: int,
+    truncated: list[bool],
+    max_length: int,
+    what: str,
+) -> dict[str, Tensor]:
+    """A batch's tensors (``input_ids``, ``token_type_ids``, ``attention_mask``, ``groups``, ``truncated``)
+    from its token rows, right-padded; the truncated rows are reported (``TruncationWarning``)."""
     n_pos = max(len(r) for r in rows)
     b = len(rows)
     input_ids = torch.full((b, n_pos), pad_id, dtype=torch.long)
@@ -341,7 +349,15 @@ def _pack(
         token_type_ids[i, :n] = torch.tensor(t)
         attention_mask[i, :n] = 1
         grp[i, :n] = torch.tensor(g)
-    return input_ids, token_type_ids, attention_mask, grp
+    trunc = torch.tensor(truncated, dtype=torch.bool)
+    _warn_truncated(int(trunc.sum()), len(rows), max_length, what)
+    return {
+        "input_ids": input_ids,
+        "token_type_ids": token_type_ids,
+        "attention_mask": attention_mask,
+        "groups": grp,
+        "truncated": trunc,
+    }
 
 
 def _encode(tokenizer: Any, first: list[str], second: list[str] | None, max_length: int) -> Any:
@@ -404,18 +420,8 @@ def tokenize_pairs(
                 "the query whole (truncation='only_second')"
             )
         truncated.append(n_d < len(d_ids[i]))
-    input_ids, token_type_ids, attention_mask, grp = _pack(rows, groups, types, tokenizer.pad_token_id)
-    trunc = torch.tensor(truncated, dtype=torch.bool)
-    _warn_truncated(int(trunc.sum()), len(q), max_length, "documents")
-    return PairBatch(
-        input_ids=input_ids,
-        token_type_ids=token_type_ids,
-        attention_mask=attention_mask,
-        groups=grp,
-        truncated=trunc,
-        queries=q,
-        docs=d,
-    )
+    tensors = _pack(rows, groups, types, tokenizer.pad_token_id, truncated, max_length, "documents")
+    return PairBatch(**tensors, queries=q, docs=d)
 
 
 def tokenize_texts(
@@ -429,14 +435,5 @@ def tokenize_texts(
     enc = _encode(tokenizer, t, None, max_length)
     rows, groups, types = _rows(enc, tokenizer, False, DOC, [len(x) for x in ids])
     truncated = [g.count(DOC) < len(ti) for g, ti in zip(groups, ids)]
-    input_ids, token_type_ids, attention_mask, grp = _pack(rows, groups, types, tokenizer.pad_token_id)
-    trunc = torch.tensor(truncated, dtype=torch.bool)
-    _warn_truncated(int(trunc.sum()), len(t), max_length, what)
-    return TextBatch(
-        input_ids=input_ids,
-        token_type_ids=token_type_ids,
-        attention_mask=attention_mask,
-        groups=grp,
-        truncated=trunc,
-        texts=t,
-    )
+    tensors = _pack(rows, groups, types, tokenizer.pad_token_id, truncated, max_length, what)
+    return TextBatch(**tensors, texts=t)

@@ -34,7 +34,6 @@ import atexit
 import contextlib
 import hashlib
 import heapq
-import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from mechir_nig._validate import check_int
+from mechir_nig._validate import check_int, check_number
 from mechir_nig.errors import DistributedError, InputError
 
 T = TypeVar("T")
@@ -465,8 +464,7 @@ def shard_by_cost(costs: Sequence[int | float], world_size: int) -> list[list[in
     """
     check_int(world_size, "world_size", minimum=1)
     for i, c in enumerate(costs):
-        if isinstance(c, bool) or not isinstance(c, int | float) or not math.isfinite(c) or c < 0:
-            raise InputError(f"costs[{i}] must be a finite number >= 0, got {c!r}")
+        check_number(c, f"costs[{i}]", minimum=0, noun="a finite number")
     heap = [(0.0, r) for r in range(world_size)]
     out: list[list[int]] = [[] for _ in range(world_size)]
     for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):

@@ -21,8 +21,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import math
-import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,7 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechir_nig._validate import as_int, check_layers
+from mechir_nig._validate import as_int, check_fraction, check_layers, check_number
 from mechir_nig.errors import InputError
 from mechir_nig.sets.components import ComponentSet, Kind, check_kind, check_set, noun
 
@@ -77,12 +75,8 @@ def _check_size(k: Any, fraction: Any, n_candidates: int, kind: str) -> int:
                 "select fewer or widen layers="
             )
         return k
-    if not isinstance(fraction, numbers.Real) or isinstance(fraction, bool):
-        raise InputError(f"fraction must be a real number in (0, 1], got {fraction!r}")
-    fraction = float(fraction)
-    if not 0.0 < fraction <= 1.0:
-        raise InputError(f"fraction must be in (0, 1] (e.g. 0.01 for the top 1%), got {fraction}")
-    return max(1, round(fraction * n_candidates))
+    share = check_fraction(fraction, "fraction", hint="e.g. 0.01 for the top 1%")
+    return max(1, round(share * n_candidates))
 
 
 def _check_name(name: Any) -> str:
@@ -232,13 +226,7 @@ def _check_fusion(score_tensors: Any, method: Any, rrf_k: Any) -> list[Tensor]:
         )
     if method not in FUSION_METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {FUSION_METHODS}")
-    if (
-        not isinstance(rrf_k, numbers.Real)
-        or isinstance(rrf_k, bool)
-        or not math.isfinite(rrf_k)
-        or rrf_k < 0
-    ):
-        raise InputError(f"rrf_k must be a finite number >= 0 (60 is the usual constant), got {rrf_k!r}")
+    check_number(rrf_k, "rrf_k", minimum=0, hint="60 is the usual constant", noun="a finite number")
     if method == "borda" and rrf_k != 60:
         raise InputError("rrf_k only applies to method='rrf'; leave it at its default for 'borda'")
     return tensors

@@ -201,6 +201,23 @@ class NeuronIntegratedGradients:
             site_values=site_values,
         )
 
+    def _kernel(
+        self, batch: PairBatch | TextBatch, base: Tensor, other: Tensor | None, table: Tensor, s: NIGSettings
+    ) -> PathKernel:
+        """The path kernel of ``s``'s layers, sites and target over the alphas ``table``."""
+        layers = list(s.layers or ())
+        return PathKernel(
+            self.model,
+            batch,
+            base,
+            other,
+            table,
+            layers,
+            s.site_names(),
+            s.target,
+            checkpoint=s.checkpoint_blocks,
+        )
+
     def _fixed(
         self,
         batch: PairBatch | TextBatch,
@@ -214,10 +231,7 @@ class NeuronIntegratedGradients:
         m, acc = self.model, target.dtype
         n_steps, layers = int(s.n_steps), list(s.layers or ())
         alphas = rule_alphas(s.method, n_steps + 1)
-        table = torch.tensor(alphas, dtype=acc, device=m.device)
-        kernel = PathKernel(
-            m, batch, base, other, table, layers, s.site_names(), s.target, checkpoint=s.checkpoint_blocks
-        )
+        kernel = self._kernel(batch, base, other, torch.tensor(alphas, dtype=acc, device=m.device), s)
         scalars = PathScalars(len(batch), len(alphas), acc, m.device)
         points = kernel.run(
             WindowPlan.grid(batch.lengths.cpu(), len(alphas), window),
@@ -256,17 +270,7 @@ class NeuronIntegratedGradients:
         layers = list(s.layers or ())
         # the table j / max_steps in the accumulation dtype (bf16 would merge nearby alphas)
         table = torch.arange(settings.max_steps + 1, dtype=torch.float64) / settings.max_steps
-        kernel = PathKernel(
-            m,
-            batch,
-            base,
-            other,
-            table.to(m.device, acc),
-            layers,
-            s.site_names(),
-            s.target,
-            checkpoint=s.checkpoint_blocks,
-        )
+        kernel = self._kernel(batch, base, other, table.to(m.device, acc), s)
         names = site_names(layers, s.site_names())
         run = run_auto(
             kernel,

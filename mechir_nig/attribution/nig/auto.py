@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -29,7 +28,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechir_nig._validate import check_int
+from mechir_nig._validate import check_int, check_number
 from mechir_nig.attribution.nig.kernel import (
     Conductance,
     GridConductance,
@@ -77,8 +76,7 @@ def check_auto(
             "pass an int n_steps for other rules"
         )
     tol = DEFAULT_TOL if tol is None else tol
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0:
-        raise InputError(f"tol must be a number > 0 (a fraction of |F(x) - F(x')|, e.g. 0.01), got {tol!r}")
+    tol = check_number(tol, "tol", minimum=0, strict=True, hint="a fraction of |F(x) - F(x')|, e.g. 0.01")
     lo = check_int(
         DEFAULT_MIN_STEPS if min_steps is None else min_steps,
         "min_steps",
@@ -97,7 +95,7 @@ def check_auto(
         minimum=0,
         hint="bytes; 0 keeps no points",
     )
-    return AutoSteps(float(tol), lo, hi, mem)
+    return AutoSteps(tol, lo, hi, mem)
 
 
 def trapezoid_integral(
