@@ -210,3 +210,18 @@ def test_auto_reaches_tol_minilm(minilm_ce):
     # to 1e-6 (measured: 2.2e-8 at a largest value of 0.10), pairs refined up to 32 steps here; the
     # tiny and bi-encoder tests check every level
     assert_equals_fixed_steps(minilm_ce, QUERIES, DOCS, attr, atol=1e-6, max_n=32, layers=[0, 5])
+
+
+@pytest.mark.parametrize("ibs", [None, 3])
+def test_window_padding_changes_only_the_windows(ce64, ibs):
+    """``window_padding`` cuts windows before short pairs: fixed and auto steps equal the plain windows."""
+    kw = {"heads": True, "internal_batch_size": ibs, "return_convergence_delta": True}
+    for steps in ({"n_steps": 6}, TINY):
+        ref = neuron_integrated_gradients(ce64, Q5, D5, **kw, **steps)
+        got = neuron_integrated_gradients(ce64, Q5, D5, window_padding=0.125, **kw, **steps)
+        assert torch.equal(got.n_steps_used, ref.n_steps_used)
+        for a, b in ((got.values, ref.values), (got.head_values, ref.head_values)):
+            assert (a - b).abs().max() <= 1e-10 * b.abs().max()
+        assert (got.convergence_delta - ref.convergence_delta).abs().max() <= 1e-10
+    with pytest.raises(InputError, match=r"window_padding must be None or in \[0, 1\)"):
+        neuron_integrated_gradients(ce64, Q5, D5, n_steps=2, window_padding=1.0)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from mechir_nig._validate import check_bool, check_int
+from mechir_nig._validate import check_bool, check_int, check_number
 from mechir_nig.attribution.target import Target, target_name
 from mechir_nig.errors import InputError
 from mechir_nig.models.protocol import AttributionModel, HookedModel
@@ -66,6 +66,10 @@ class NIGSettings:
         internal_batch_size: points per forward/backward window (memory only: never changes results).
         window_tokens: without ``internal_batch_size``, a window holds ``window_tokens // longest pair``
             points (memory only).
+        window_padding: ``None`` (default) or a fraction in ``[0, 1)``: a window also ends before a pair
+            shorter than ``1 - window_padding`` times its longest pair, so pairs of mixed lengths are not
+            padded to the longest (cost only; results change by float round-off: the window shapes
+            differ). ``0.125`` (``plan.MAX_PADDING``) is a good value on the CPU for mixed lengths.
         return_convergence_delta: also integrate the input gradient for the completeness check (always on
             with ``n_steps="auto"``).
         progress: a progress bar over windows.
@@ -109,6 +113,7 @@ class NIGSettings:
     max_length: int | None = None
     internal_batch_size: int | None = None
     window_tokens: int = DEFAULT_WINDOW_TOKENS
+    window_padding: float | None = None
     return_convergence_delta: bool = False
     progress: bool = False
     tol: float | None = None
@@ -237,6 +242,10 @@ class NIGSettings:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise InputError(f"{name} must be None or an int >= 1, got {v!r}")
         check_int(self.window_tokens, "window_tokens", minimum=1)
+        if self.window_padding is not None:
+            check_number(self.window_padding, "window_padding", minimum=0)
+            if not self.window_padding < 1:
+                raise InputError(f"window_padding must be None or in [0, 1), got {self.window_padding!r}")
         check_bool(self.checkpoint_blocks, "checkpoint_blocks")
         if self.checkpoint_blocks:
             from mechir_nig.models.encoder import HookedEncoderBase

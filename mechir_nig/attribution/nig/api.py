@@ -234,7 +234,7 @@ class NeuronIntegratedGradients:
         kernel = self._kernel(batch, base, other, torch.tensor(alphas, dtype=acc, device=m.device), s)
         scalars = PathScalars(len(batch), len(alphas), acc, m.device)
         points = kernel.run(
-            WindowPlan.grid(batch.lengths.cpu(), len(alphas), window),
+            WindowPlan.grid(batch.lengths.cpu(), len(alphas), window, s.window_padding),
             GridConductance(target, site_names(layers, s.site_names())),
             scalars,
             input_grad=s.return_convergence_delta,
@@ -282,6 +282,7 @@ class NeuronIntegratedGradients:
             settings,
             bank_dtype=m.cfg.dtype,
             progress=s.progress,
+            window_padding=s.window_padding,
         )
         used = run.n_steps
         delta, _ = completeness_error(run.scalars, used)

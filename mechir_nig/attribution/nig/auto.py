@@ -158,8 +158,12 @@ def run_auto(
     *,
     bank_dtype: torch.dtype,
     progress: bool = False,
+    window_padding: float | None = None,
 ) -> AutoRun:
-    """Refine each pair's grid until completeness holds to ``tol`` (see the module docstring)."""
+    """Refine each pair's grid until completeness holds to ``tol`` (see the module docstring).
+
+    ``window_padding``: the plans' ``max_padding`` (``NIGSettings.window_padding``).
+    """
     s = settings
     n_pairs, n_table = len(lengths), s.max_steps + 1
     dev = target.device
@@ -173,7 +177,7 @@ def run_auto(
     banked = _admit(everyone, level + 1, budget)
     bank = PointBank(shapes, _slots(banked, level, stride, n_table), n_pos, bank_dtype, dev)
     points = kernel.run(
-        WindowPlan.strided(lengths, level, stride, window),
+        WindowPlan.strided(lengths, level, stride, window, max_padding=window_padding),
         GridConductance(target, names, bank),
         scalars,
         input_grad=True,
@@ -204,7 +208,14 @@ def run_auto(
             grid = torch.where(banked, 2 * level, level), torch.where(banked, half, stride)
             bank = bank.moved(_slots(use, *grid, n_table))
             points += kernel.run(
-                WindowPlan.strided(lengths, torch.where(use, level, 0), stride, window, midpoints=True),
+                WindowPlan.strided(
+                    lengths,
+                    torch.where(use, level, 0),
+                    stride,
+                    window,
+                    midpoints=True,
+                    max_padding=window_padding,
+                ),
                 MidpointConductance(target, names, bank, half),
                 scalars,
                 input_grad=True,
@@ -216,7 +227,14 @@ def run_auto(
         lazy = refine & deferred
         if bool(lazy.any()):  # completeness only: no conductance, no kept points
             points += kernel.run(
-                WindowPlan.strided(lengths, torch.where(lazy, level, 0), stride, window, midpoints=True),
+                WindowPlan.strided(
+                    lengths,
+                    torch.where(lazy, level, 0),
+                    stride,
+                    window,
+                    midpoints=True,
+                    max_padding=window_padding,
+                ),
                 None,
                 scalars,
                 input_grad=True,
@@ -228,7 +246,9 @@ def run_auto(
     del bank
     if bool(deferred.any()):
         points += kernel.run(
-            WindowPlan.strided(lengths, torch.where(deferred, level, 0), stride, window),
+            WindowPlan.strided(
+                lengths, torch.where(deferred, level, 0), stride, window, max_padding=window_padding
+            ),
             GridConductance(target, names),
             scalars,
             input_grad=False,
