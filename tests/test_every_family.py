@@ -266,6 +266,27 @@ def test_layer_norm_sites(folders, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_decompose_resid_with_frozen_norms(folders, family):
+    """The encoder families' output is the sum of its frozen-LayerNorm decomposition (ModernBERT: pre-LN
+    blocks, its final norm frozen; DeBERTa: post-LN); decoders and monoT5 are refused, saying so."""
+    from mechir_nig.analysis import decompose_resid
+    from mechir_nig.errors import UnsupportedArchitectureError
+
+    model = model_of(folders, family)
+    batch = model.tokenize(Q, D)
+    if family not in ("modernbert", "deberta"):
+        with pytest.raises(UnsupportedArchitectureError, match="other blocks"):
+            decompose_resid(model, batch)
+        return
+    dec = decompose_resid(model, batch)
+    with torch.no_grad():
+        out = model.encoder_forward(batch.input_ids, batch.token_type_ids, batch.attention_mask)
+    torch.testing.assert_close(dec.resid, out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(dec.components.sum(0), out, rtol=0, atol=1e-10)
+    assert dec.labels[-1] == ("ln_final_bias" if family == "modernbert" else "1_ln2_bias")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_pruning_and_faithfulness(folders, family, collection):
     from mechir_nig.data import bm25_candidates
     from mechir_nig.evaluation import evaluate, rerank
