@@ -192,3 +192,37 @@ def test_missing_hook_is_a_clear_error(ce64):
     require_hooks(ce64, [hook_name("ln1_scale", 1), "embed.ln.hook_normalized"])
     with pytest.raises(InputError, match=r"blocks\.1\.ln3\.hook_scale"):
         require_hooks(ce64, ["blocks.1.ln3.hook_scale"])
+
+
+def test_path_patch_into_a_layer_norm_scale_equals_two_passes_by_hand(ce64, aligned):
+    """Heads of layer 0 path-patched into ``("ln1_scale", 1)`` (post-LN: the norm after layer 1's attention)
+    = pass 1 (the head from the clean run, downstream heads and MLPs at the corrupted run's values, the
+    scale recorded) then pass 2 (the corrupted run with only that scale written), by hand with hooks."""
+    from mechir_nig.interventions.path_patching import path_patch
+
+    res = path_patch(ce64, aligned, senders="heads", receivers=("ln1_scale", 1), metric="raw", layers=[0])
+    values = res["ln1_scale:L1"]["heads"]  # [batch, layer, n_heads]
+    base, src = aligned.perturbed, aligned.clean
+    names = ["blocks.0.attn.hook_z", "blocks.0.hook_mlp_out", "blocks.1.attn.hook_z"]
+    _, b_cache = ce64.run_with_cache(base, names_filter=names)
+    _, s_cache = ce64.run_with_cache(src, names_filter=names[:1])
+    base_score = ce64(base)
+    for head in range(ce64.cfg.n_heads):
+        got = {}
+
+        def sender(z, hook, head=head):
+            z = z.clone()
+            z[:, :, head] = s_cache["blocks.0.attn.hook_z"][:, :, head]
+            return z
+
+        pass1 = [("blocks.0.attn.hook_z", sender)]
+        pass1 += [(n, lambda a, hook: b_cache[hook.name]) for n in names[1:]]
+        pass1.append(("blocks.1.ln1.hook_scale", lambda a, hook, got=got: got.setdefault("s", a)))
+        ce64.run_with_hooks(base, fwd_hooks=pass1)
+        patched = ce64.run_with_hooks(
+            base, fwd_hooks=[("blocks.1.ln1.hook_scale", lambda a, hook, got=got: got["s"])]
+        )
+        torch.testing.assert_close(values[:, 0, head].double(), patched - base_score, rtol=1e-5, atol=1e-6)
+    assert values.abs().max() > 1e-4
+    with pytest.raises(InputError, match="does not feed"):  # layer 1's heads read ln1 of layer 1 too late
+        path_patch(ce64, aligned, senders="mlp_out", receivers=("ln1_scale", 1), layers=[1])
