@@ -98,6 +98,25 @@ def print_diff(
     return diff
 
 
+def print_rank_agreement(
+    what: str, estimate: torch.Tensor, exact: torch.Tensor, *, top: int = 20
+) -> tuple[float, float]:
+    """Print and return the Spearman rank correlation of ``estimate`` with ``exact`` (same shape) over
+    every index where both are finite, and over the ``top`` indices of largest ``|exact|``."""
+    from mechir_nig.statistics import correlation
+
+    x, y = estimate.double().flatten(), exact.double().flatten()
+    keep = x.isfinite() & y.isfinite()
+    x, y = x[keep], y[keep]
+    best = y.abs().argsort(descending=True)[:top]
+    r_all, r_top = correlation(x, y), correlation(x[best], y[best])
+    print(
+        f"  {what}: Spearman over all {len(x)} indices {r_all:+.3f}; over the exact top {len(best)} "
+        f"(largest |exact|) {r_top:+.3f}"
+    )
+    return r_all, r_top
+
+
 def header(title: str) -> None:
     """The run's settings line: date, machine, torch and threads (the figures mean nothing without it)."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

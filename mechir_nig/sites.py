@@ -17,7 +17,19 @@ site               hook (``.format(layer=l)``)        activation                
 ``q`` ``k`` ``v``  ``blocks.{layer}.attn.hook_q`` ...  ``[batch, pos, n_heads, d_head]`` head (2)
 ``pattern``        ``blocks.{layer}.attn.hook_pattern`` ``[batch, n_heads, q, k]``     head (1)
 ``attn_scores``    ``blocks.{layer}.attn.hook_attn_scores`` ``[batch, n_heads, q, k]`` head (1)
+``ln1_scale``      ``blocks.{layer}.ln1.hook_scale``  ``[batch, pos, 1]``              position (1)
+``ln1_normalized`` ``blocks.{layer}.ln1.hook_normalized`` ``[batch, pos, d_model]``    position (1)
+``ln2_scale``      ``blocks.{layer}.ln2.hook_scale``  ``[batch, pos, 1]``              position (1)
+``ln2_normalized`` ``blocks.{layer}.ln2.hook_normalized`` ``[batch, pos, d_model]``    position (1)
 =================  =================================  ===============================  ================
+
+The LayerNorm sites: ``scale`` is ``1/sqrt(var + eps)`` of each position's vector (the mean of squares
+for an RMSNorm), the multiplier of the centred input (TransformerLens' ``hook_scale`` holds the divisor
+``sqrt(var + eps)``); ``normalized`` is the norm's output, after its weight and bias. In a post-LN
+encoder (BERT-like, DeBERTa) ``ln1`` normalises ``resid_mid`` and ``ln2`` ``resid_post`` (its output is
+the block's); in a pre-LN one (ModernBERT, decoders, monoT5) ``ln1`` feeds the attention and ``ln2`` the
+MLP (ModernBERT's first block has no ``ln1``). The final norm (``ln_final.hook_scale``,
+``ln_final.hook_normalized``) is not per layer and is read by its hook name.
 
 TransformerLens's short names are accepted as aliases (``post`` = ``mlp_post``, ``pre`` = ``mlp_pre``,
 ``scores`` = ``attn_scores``), and so are the component-set kinds (``mlp`` = ``mlp_post``, ``head`` = ``z``)
@@ -32,6 +44,8 @@ Example:
     ('neuron', 2)
     >>> site_of_hook("blocks.4.attn.hook_z")
     ('z', 4)
+    >>> hook_name("ln1_scale", 2), site("ln2_normalized").unit
+    ('blocks.2.ln1.hook_scale', 'position')
 """
 
 from __future__ import annotations
@@ -68,8 +82,8 @@ class Site:
         return self.template.format(layer=layer)
 
 
-def _resid(name: str, hook: str) -> Site:
-    return Site(name, f"blocks.{{layer}}.{hook}", ("batch", "pos", "d_model"), "position", 1, None)
+def _resid(name: str, hook: str, last: str = "d_model") -> Site:
+    return Site(name, f"blocks.{{layer}}.{hook}", ("batch", "pos", last), "position", 1, None)
 
 
 def _heads(name: str, hook: str) -> Site:
@@ -104,6 +118,11 @@ SITES: Mapping[str, Site] = MappingProxyType(
             _heads("v", "hook_v"),
             _pattern("pattern", "hook_pattern"),
             _pattern("attn_scores", "hook_attn_scores"),
+            *(
+                _resid(f"{ln}_{what}", f"{ln}.hook_{what}", axis)
+                for ln in ("ln1", "ln2")
+                for what, axis in (("scale", "1"), ("normalized", "d_model"))
+            ),
         )
     }
 )

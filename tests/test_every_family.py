@@ -209,6 +209,83 @@ def test_patch_aligned_perturbation(folders, family):
     )
 
 
+# each family's norms: the hook its input is, and whether it is an RMSNorm (mean of squares, no centring)
+NORM_INPUTS = {
+    "modernbert": ({"ln1": "hook_resid_pre", "ln2": "hook_resid_mid"}, False),
+    "deberta": ({"ln1": "hook_resid_mid", "ln2": "hook_resid_post"}, False),
+    "qwen3": ({"ln1": "hook_resid_pre", "ln2": "hook_resid_mid"}, True),
+    "qwen2-seq": ({"ln1": "hook_resid_pre", "ln2": "hook_resid_mid"}, True),
+    "monot5": ({"ln1": "hook_resid_pre", "ln2": "hook_resid_mid"}, True),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layer_norm_sites(folders, family):
+    """``blocks.1.ln1/ln2.hook_scale`` is ``1/sqrt(var + eps)`` (RMSNorm: ``mean(x²)``) of the norm's input,
+    reading it changes no score, and ``patch`` of the scale sites equals a hand-written hook run."""
+    from mechir_nig import InputError
+    from mechir_nig.interventions import perturb
+    from mechir_nig.interventions.patching import patch
+
+    model = model_of(folders, family)
+    batch = model.tokenize(Q, D)
+    inputs, rms = NORM_INPUTS[family]
+    names = [f"blocks.1.{ln}.hook_{w}" for ln in inputs for w in ("scale", "normalized")]
+    names += [f"blocks.1.{h}" for h in inputs.values()]
+    out, cache = model.run_with_cache(batch, names_filter=names)
+    torch.testing.assert_close(out, model(batch), rtol=0, atol=1e-10)
+    for ln, h in inputs.items():
+        x = cache[f"blocks.1.{h}"].float() if family == "monot5" else cache[f"blocks.1.{h}"]  # HF T5: float32
+        var = x.pow(2).mean(-1, keepdim=True) if rms else x.var(-1, unbiased=False, keepdim=True)
+        scale = cache[f"blocks.1.{ln}.hook_scale"]
+        assert scale.shape == (*batch.input_ids.shape, 1)
+        torch.testing.assert_close(
+            scale, (1 / torch.sqrt(var + model.cfg.eps)).to(scale.dtype), rtol=1e-6, atol=0
+        )
+        assert cache[f"blocks.1.{ln}.hook_normalized"].shape == (*batch.input_ids.shape, model.cfg.d_model)
+
+    al = perturb.align(model, Q, D, lambda q, d: "neuron " + d)
+    if family == "modernbert":  # its first block has no ln1 (the embedding is normalised already)
+        with pytest.raises(InputError, match=r"blocks\.0\.ln1\.hook_scale"):
+            patch(model, al, sites="ln1_scale")
+    res = patch(model, al, sites=["ln1_scale", "ln2_scale"], layers=[1], metric="raw")
+    _, src = model.run_with_cache(al.clean, names_filter=["blocks.1.ln2.hook_scale"])
+    v = res["ln2_scale"][:, 0].nan_to_num()
+    row, pos = divmod(int(v.abs().argmax()), v.shape[1])
+    assert v[row, pos].abs() > 1e-6 and res["ln1_scale"].abs().max() > 1e-6
+
+    def put(act, hook):
+        act = act.clone()
+        act[row, pos] = src["blocks.1.ln2.hook_scale"][row, pos]
+        return act
+
+    patched = model.run_with_hooks(al.perturbed, fwd_hooks=[("blocks.1.ln2.hook_scale", put)])
+    torch.testing.assert_close(
+        v[row, pos].double(), (patched - model(al.perturbed))[row], rtol=1e-5, atol=1e-7
+    )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_decompose_resid_with_frozen_norms(folders, family):
+    """The encoder families' output is the sum of its frozen-LayerNorm decomposition (ModernBERT: pre-LN
+    blocks, its final norm frozen; DeBERTa: post-LN); decoders and monoT5 are refused, saying so."""
+    from mechir_nig.analysis import decompose_resid
+    from mechir_nig.errors import UnsupportedArchitectureError
+
+    model = model_of(folders, family)
+    batch = model.tokenize(Q, D)
+    if family not in ("modernbert", "deberta"):
+        with pytest.raises(UnsupportedArchitectureError, match="other blocks"):
+            decompose_resid(model, batch)
+        return
+    dec = decompose_resid(model, batch)
+    with torch.no_grad():
+        out = model.encoder_forward(batch.input_ids, batch.token_type_ids, batch.attention_mask)
+    torch.testing.assert_close(dec.resid, out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(dec.components.sum(0), out, rtol=0, atol=1e-10)
+    assert dec.labels[-1] == ("ln_final_bias" if family == "modernbert" else "1_ln2_bias")
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_pruning_and_faithfulness(folders, family, collection):
     from mechir_nig.data import bm25_candidates

@@ -123,8 +123,13 @@ def expected_shapes(cfg, b, p):
         "hook_pos_embed": (b, p, e),
         "hook_token_type_embed": (b, p, e),
         "hook_full_embed": (b, p, d),
+        "embed.ln.hook_scale": (b, p, 1),  # the embedding LayerNorm, before ELECTRA's projection
+        "embed.ln.hook_normalized": (b, p, e),
     }
     for i in range(cfg.n_layers):
+        for ln in ("ln1", "ln2"):
+            shapes[f"blocks.{i}.{ln}.hook_scale"] = (b, p, 1)
+            shapes[f"blocks.{i}.{ln}.hook_normalized"] = (b, p, d)
         for name in (
             "hook_resid_pre",
             "hook_resid_mid",

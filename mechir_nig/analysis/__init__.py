@@ -1,5 +1,6 @@
 """Analyses of what a model represents: IR features per token and pair, cross-validated linear probes, and
-directions of the token embedding matrix (Lu, Chen & Eickhoff, "Pathway to Relevance", EMNLP 2025).
+directions of the token embedding matrix (Lu, Chen & Eickhoff, "Pathway to Relevance", EMNLP 2025), and the
+residual stream decomposed with frozen LayerNorm scales (``decompose_resid``, ``decompose_score``).
 
 Names are imported lazily, so ``import mechir_nig.analysis`` is cheap.
 """
@@ -20,6 +21,10 @@ _EXPORTS = {
     "EmbeddingDirections": "embedding",
     "idf_edit": "embedding",
     "stacked_weights": "weights",
+    "decompose_resid": "decomposition",
+    "decompose_score": "decomposition",
+    "ResidDecomposition": "decomposition",
+    "ScoreDecomposition": "decomposition",
     "StackedWeights": "weights",
 }
 

@@ -83,6 +83,10 @@ PATCH_SITES = (
     "k",
     "v",
     "pattern",
+    "ln1_scale",
+    "ln1_normalized",
+    "ln2_scale",
+    "ln2_normalized",
 )  # patching.SITES
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_COLLECTION = "embedded"

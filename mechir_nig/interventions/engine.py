@@ -62,6 +62,7 @@ __all__ = [
     "Value",
     "Zero",
     "is_batch",
+    "require_hooks",
     "write",
 ]
 
@@ -72,6 +73,24 @@ _NO_BATCH = "run a tokenized batch inside ablate(...), or pass batch= to ablatio
 def is_batch(obj: Any) -> bool:
     """Whether ``obj`` is a tokenized batch (``PairBatch``/``TextBatch``: ids, mask and token groups)."""
     return all(hasattr(obj, a) for a in ("input_ids", "attention_mask", "groups"))
+
+
+def require_hooks(model: Any, names: Iterable[str]) -> None:
+    """An InputError naming every hook of ``names`` that ``model`` does not have (e.g. ModernBERT's first
+    block has no ``ln1``), rather than a failure inside a forward; models without a ``hook_dict`` pass.
+
+    Example:
+        >>> require_hooks(ce, ["blocks.0.ln1.hook_scale"])  # every BERT-like block has both norms
+    """
+    have = getattr(model, "hook_dict", None)
+    if have is None:
+        return
+    missing = sorted(n for n in names if n not in have)
+    if missing:
+        raise InputError(
+            f"{type(model).__name__} has no hook {missing} (e.g. ModernBERT's first block has no ln1): "
+            "choose layers= or sites that exist in this model (model.hook_dict lists its hooks)"
+        )
 
 
 def _layout(s: Site, where: Tensor, ndim: int) -> Tensor:
@@ -381,6 +400,7 @@ class Engine:
         self.by_hook: dict[str, list[Intervention]] = {}
         for it in interventions:
             self.by_hook.setdefault(it.hook_name, []).append(it)
+        require_hooks(model, self.by_hook)
         self.layer_of = {n: its[0].layer for n, its in self.by_hook.items()}
         self.batch = batch
         self.follow = follow

@@ -28,6 +28,9 @@ heads         ``attn.hook_z``             one head, all positions   ``[batch, la
 head_pos      ``attn.hook_z``             one head at one position  ``[batch, layer, n_heads, pos]``
 q / k / v     ``attn.hook_q`` ...         one head at one position  ``[batch, layer, n_heads, pos]``
 pattern       ``attn.hook_pattern``       one head's query row      ``[batch, layer, n_heads, pos]``
+ln1_scale     ``ln1.hook_scale``          one position              ``[batch, layer, pos]``
+ln1_normalized ``ln1.hook_normalized``    one position              ``[batch, layer, pos]``
+ln2_scale / ln2_normalized  ``ln2.hook_...``  one position          ``[batch, layer, pos]``
 neurons       ``mlp.hook_post``           one neuron, all positions ``[batch, layer, d_mlp]``
 neuron_set    ``mlp.hook_post``           one member neuron         ``[batch, n_members]`` (set order)
 head_set      ``attn.hook_z``             one member head, all pos  ``[batch, n_members]`` (set order)
@@ -74,7 +77,7 @@ from torch import Tensor
 
 from mechir_nig._validate import check_bool, check_choice, check_int, check_layers, check_number
 from mechir_nig.errors import InputError, NoScoreChangeWarning
-from mechir_nig.interventions.engine import Engine, Intervention, Source
+from mechir_nig.interventions.engine import Engine, Intervention, Source, require_hooks
 from mechir_nig.models.precision import check_finite
 from mechir_nig.models.protocol import HookedModel
 from mechir_nig.models.tokenization import PairBatch, TextBatch
@@ -105,6 +108,10 @@ _INDEX = {
     "k": "head_pos",
     "v": "head_pos",
     "pattern": "head_pos",
+    "ln1_scale": "pos",
+    "ln1_normalized": "pos",
+    "ln2_scale": "pos",
+    "ln2_normalized": "pos",
 }
 """Patch site -> its patch index kind; the hook is the :mod:`mechir_nig.sites` site of the same name
 (``heads``/``neurons`` are its aliases of ``z``/``mlp_post``), ``head_pos``/``neuron_set`` that of ``heads``/``neurons``."""
@@ -474,7 +481,9 @@ def patch(
         corrupted: the corrupted batch of the same ``[batch, pos]`` (with a batch ``clean``).
         sites: a site name, a ``ComponentSet`` or a list of them (``resid_pre``, ``attn_out``,
             ``mlp_out``, ``heads``, ``head_pos``, ``neurons``, ``q``/``k``/``v`` per head and position,
-            ``pattern`` per head's query row; a set, e.g. a ``NeuronSet``, a head set or a
+            ``pattern`` per head's query row, the LayerNorm sites ``ln1_scale``, ``ln1_normalized``,
+            ``ln2_scale``, ``ln2_normalized`` per position (a patched scale freezes that norm at the
+            source run's ``1/sqrt(var + eps)``: an affine map of its input); a set, e.g. a ``NeuronSet``, a head set or a
             ``resid_pre`` position set, is patched member by member: ``neuron_set``, ``head_set``,
             ``resid_pre_set``, one set per call).
         direction: ``"denoise"`` (run corrupted, patch in clean) or ``"noise"`` (run clean, patch in
@@ -527,6 +536,9 @@ def _prepare(model: HookedModel, clean: Any, corrupted: Any = None, **options: A
     if joint and all(nset is None for _, nset in site_list):
         raise InputError("joint=True patches a set's members together: put a ComponentSet in sites")
     layer_list = check_layers(a["layers"], model.cfg.n_layers)
+    require_hooks(
+        model, {_site_info(s, ns)[1].format(layer=layer) for s, ns in site_list for layer in layer_list}
+    )
     clean_b, corr_b, al, q_emb = _check_batches(model, clean, corrupted, a["query_embeddings"])
 
     base, source = (corr_b, clean_b) if direction == "denoise" else (clean_b, corr_b)

@@ -20,6 +20,8 @@ receiver                   what pass 2 replaces
 ``("q", layer, head)``     the head's queries ``attn.hook_q`` (likewise ``"k"``, ``"v"``); ``("q", layer)``:
                            every head of the layer
 ``("mlp", layer)``         the MLP's output ``hook_mlp_out``, recomputed from its pass-1 input
+``("ln1_scale", layer)``   the LayerNorm's scale ``ln1.hook_scale`` (likewise ``"ln2_scale"``): the norm of
+                           the base run frozen at the scale the sender's paths give it (pass 1)
 ``"score_direct"``         nothing: pass 1's score, the sender's direct path through the residual stream
 ``"score"``                nothing frozen: every path from the sender ends at the score, so this is the
                            ordinary ``patch`` of the sender (the check that path patching reproduces it)
@@ -55,6 +57,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -66,7 +69,7 @@ from torch import Tensor
 
 from mechir_nig._validate import check_bool, check_int
 from mechir_nig.errors import InputError
-from mechir_nig.interventions.engine import Engine, Intervention, Source
+from mechir_nig.interventions.engine import Engine, Intervention, Source, require_hooks
 from mechir_nig.interventions.patching import (
     PatchingResult,
     _check_sites,
@@ -85,14 +88,18 @@ from mechir_nig.sites import hook_name
 
 __all__ = ["RECEIVERS", "PathPatchingResult", "path_patch", "path_patch_heads_to_score", "receiver_key"]
 
-RECEIVERS = ("q", "k", "v", "mlp", "score", "score_direct")
-"""Receiver kinds: a head's query/key/value input, an MLP's input, the score (every path) and the
-score's direct path."""
+RECEIVERS = ("q", "k", "v", "mlp", "ln1_scale", "ln2_scale", "score", "score_direct")
+"""Receiver kinds: a head's query/key/value input, an MLP's input, a LayerNorm's scale, the score (every
+path) and the score's direct path."""
+_LAYER_RECEIVERS = RECEIVERS[:6]
 
 _SENDER_ORDER = {"resid_pre": 0, "z": 2, "attn_out": 3, "mlp_post": 4, "mlp_out": 5}
 """Where a sender site sits inside its block (q/k/v read ``resid_pre`` at 1, the MLP reads its input at
 3.5): a sender feeds a receiver when ``(layer, order)`` is smaller."""
 _RECEIVER_ORDER = {"q": 1.0, "k": 1.0, "v": 1.0, "mlp": 3.5}
+_LN_ORDER = {True: {"ln1_scale": 3.25, "ln2_scale": 5.5}, False: {"ln1_scale": 0.5, "ln2_scale": 3.25}}
+"""Where a LayerNorm reads the stream, post-LN (``True``: ``ln1`` after the attention, ``ln2`` after the
+MLP) or pre-LN (``ln1`` before the attention, ``ln2`` before the MLP)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,7 @@ class _Receiver:
     kind: str  # one of RECEIVERS
     layer: int | None = None
     head: int | None = None
+    post_ln: bool = False  # where a LayerNorm receiver sits (the model's blocks)
 
     @property
     def key(self) -> str:
@@ -111,7 +119,7 @@ class _Receiver:
     def order(self) -> tuple[float, float]:
         if self.layer is None:
             return (math.inf, math.inf)
-        return (float(self.layer), _RECEIVER_ORDER[self.kind])
+        return (float(self.layer), {**_RECEIVER_ORDER, **_LN_ORDER[self.post_ln]}[self.kind])
 
     @property
     def hook(self) -> str:
@@ -134,18 +142,21 @@ def _parse_receiver(r: Any, cfg: Any) -> _Receiver:
     """A receiver spec checked (against ``cfg`` when given): ``"score"``, ``"score_direct"``,
     ``(kind, layer)`` or ``(kind, layer, head)``."""
     what = (
-        "a receiver is 'score', 'score_direct', ('q' | 'k' | 'v', layer[, head]) or ('mlp', layer), "
+        "a receiver is 'score', 'score_direct', ('q' | 'k' | 'v', layer[, head]), ('mlp', layer) or "
+        "('ln1_scale' | 'ln2_scale', layer), "
         f"got {r!r}"
     )
     if isinstance(r, str):
         if r in ("score", "score_direct"):
             return _Receiver(r)
         raise InputError(f"unknown receiver {r!r}: {what}")
-    if not isinstance(r, tuple | list) or not 2 <= len(r) <= 3 or r[0] not in RECEIVERS[:4]:
+    if not isinstance(r, tuple | list) or not 2 <= len(r) <= 3 or r[0] not in _LAYER_RECEIVERS:
         raise InputError(f"unknown receiver {r!r}: {what}")
     kind = r[0]
     if kind == "mlp" and len(r) == 3:
         raise InputError(f"an MLP receiver is ('mlp', layer), got {r!r}")
+    if kind in ("ln1_scale", "ln2_scale") and len(r) == 3:
+        raise InputError(f"a LayerNorm receiver is ({kind!r}, layer): its scale at every position, got {r!r}")
     n_layers = None if cfg is None else cfg.n_layers - 1
     layer = check_int(r[1], "receiver layer", minimum=0, maximum=n_layers)
     head = None
@@ -272,8 +283,8 @@ def path_patch(
         senders: ``patch``'s sites: a name (``heads``, ``head_pos``, ``resid_pre``, ``attn_out``,
             ``mlp_out``, ``neurons``), a ``ComponentSet`` or a list of them.
         receivers: one receiver or a list: ``("q" | "k" | "v", layer, head)``, ``("q" | "k" | "v",
-            layer)`` (every head of the layer together), ``("mlp", layer)``, ``"score_direct"``,
-            ``"score"``.
+            layer)`` (every head of the layer together), ``("mlp", layer)``, ``("ln1_scale" |
+            "ln2_scale", layer)`` (a LayerNorm's scale, every position), ``"score_direct"``, ``"score"``.
         direction: ``"denoise"`` (base corrupted, source clean) or ``"noise"``, as ``patch``.
         metric: ``"recovery"`` or ``"raw"``, as ``patch``.
         layers: the senders' layers (default: every layer whose senders lie before every receiver).
@@ -302,7 +313,11 @@ def path_patch(
     items = [receivers] if isinstance(receivers, str | tuple) else receivers
     if not isinstance(items, Sequence) or isinstance(items, str | bytes) or not items:
         raise InputError(f"receivers must be a receiver or a non-empty list of them, got {receivers!r}")
-    recv = [_parse_receiver(r, model.cfg) for r in items]
+    from mechir_nig.models.components.block import EncoderBlock
+
+    post_ln = isinstance((getattr(model, "blocks", None) or [None])[0], EncoderBlock)
+    recv = [dataclasses.replace(_parse_receiver(r, model.cfg), post_ln=post_ln) for r in items]
+    require_hooks(model, {r.hook for r in recv if r.layer is not None})
     keys = [r.key for r in recv]
     if len(set(keys)) != len(keys):
         raise InputError(f"receivers {keys} repeat a receiver; list each once")

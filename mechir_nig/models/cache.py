@@ -24,7 +24,8 @@ from mechir_nig.errors import PostLayerNormError
 
 _ADVICE = (
     "read the hooks directly instead (cache['blocks.{l}.hook_attn_out'], 'hook_mlp_out', "
-    "'hook_normalized_resid_post'), or attribute the score with neuron_integrated_gradients"
+    "'hook_normalized_resid_post'), decompose the stream with every LayerNorm's scale frozen "
+    "(mechir_nig.analysis.decompose_resid), or attribute the score with neuron_integrated_gradients"
 )
 
 

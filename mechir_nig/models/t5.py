@@ -174,14 +174,15 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.w = nn.Parameter(torch.ones(cfg.d_model))
         self.eps = cfg.eps
-        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_scale = HookPoint()  # [batch, pos, 1]  1/sqrt(mean(x²) + eps)
+        self.hook_normalized = HookPoint()  # [batch, pos, d_model]  the output
 
     def forward(self, x: Tensor) -> Tensor:
         var = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
         x = x * self.hook_scale(torch.rsqrt(var + self.eps))
         if self.w.dtype in (torch.float16, torch.bfloat16):
             x = x.to(self.w.dtype)
-        return self.w * x
+        return self.hook_normalized(self.w * x)
 
 
 class T5Attention(nn.Module):

@@ -87,6 +87,8 @@ _LEAF = {
     "mlp_post": "mlp_pre",
     "mlp_out": "mlp_pre",
     "resid_post": "mlp_pre",
+    # LayerNorm sites sit after the attention (post-LN) or before it (pre-LN families): the block's input
+    **{f"{ln}_{w}": "resid_pre" for ln in ("ln1", "ln2") for w in ("scale", "normalized")},
 }
 _DEPTH = {name: i for i, name in enumerate(("resid_pre", "z", "mlp_pre"))}
 
@@ -103,7 +105,8 @@ def site_names(layers: list[int], sites: Sequence[str]) -> list[str]:
 
 def site_shape(cfg: Any, hook: str) -> tuple[int, ...]:
     """Per-token shape of a site's activation, e.g. ``(d_mlp,)``, ``(n_heads, d_head)``, ``(d_model,)``."""
-    return tuple(int(getattr(cfg, axis)) for axis in site(site_of_hook(hook)[0]).axes[2:])
+    axes = site(site_of_hook(hook)[0]).axes[2:]
+    return tuple(int(axis) if axis.isdigit() else int(getattr(cfg, axis)) for axis in axes)
 
 
 def unit_shape(cfg: Any, name: str) -> tuple[int, ...]:

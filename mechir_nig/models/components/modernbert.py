@@ -185,14 +185,8 @@ class PreLNBlock(nn.Module):
 
 
 class FinalNorm(LayerNorm):
-    """The LayerNorm after the last block (``ln_final``); ``hook_normalized`` ``[batch, pos, d_model]``."""
-
-    def __init__(self, cfg: EncoderConfig):
-        super().__init__(cfg)
-        self.hook_normalized = HookPoint()
-
-    def forward(self, x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
-        return self.hook_normalized(super().forward(x))
+    """The LayerNorm after the last block (``ln_final``): ``ln_final.hook_scale`` ``[batch, pos, 1]`` and
+    ``ln_final.hook_normalized`` ``[batch, pos, d_model]`` as every :class:`LayerNorm`."""
 
 
 class PoolingHead(Pooler):
