@@ -80,6 +80,7 @@ from _common import (  # noqa: E402
 
 from mechir_nig import load_model  # noqa: E402
 from mechir_nig.attribution import NeuronIntegratedGradients, alphas, baseline_embeddings  # noqa: E402
+from mechir_nig.attribution.nig.plan import MAX_PADDING  # noqa: E402
 
 
 @dataclass
@@ -281,13 +282,16 @@ def section_compare(args):
         def ours(n_steps=n_steps, out=out):
             out["ours"] = nig.attribute(batch, n_steps=n_steps).values  # [batch, layer, pos, d_mlp]
 
+        def ours_padded(n_steps=n_steps, out=out):  # windows cut before pairs padded > 12.5 %
+            out["ours_padding"] = nig.attribute(batch, n_steps=n_steps, window_padding=MAX_PADDING).values
+
         def captum(n_steps=n_steps, out=out):
             out["captum"] = captum_nig(st, n_steps, window)
 
         def hooks(n_steps=n_steps, out=out):
             out["hf_hooks"] = hf_hooks_nig(hf, batch, xb, n_steps)
 
-        fns = {"ours": ours, "captum": captum, "hf_hooks": hooks}
+        fns = {"ours": ours, "ours_padding": ours_padded, "captum": captum, "hf_hooks": hooks}
         if "floor" in args.methods:
             fns["floor"] = floor_fn(ce, batch, xb, n_steps, window)
         if args.family != "bert":  # the hand-written hooks are BERT's modules
@@ -301,6 +305,7 @@ def section_compare(args):
                 "ours",
                 {
                     "ours": f"all {n_layers} layers in one pass",
+                    "ours_padding": f"ours, window_padding={MAX_PADDING} (no window pads a pair > 12.5 %)",
                     "captum": f"one integration per layer ({n_layers} layers)"
                     + ("" if args.family == "bert" else ", on the down-projection's input"),
                     "hf_hooks": "per pair, all layers in one pass",
@@ -312,6 +317,8 @@ def section_compare(args):
             continue
         ours_v = out["ours"].detach()
         sel = mask[:, None].expand_as(ours_v[..., 0])  # real tokens of every layer
+        if "ours_padding" in out:
+            print_diff("ours_padding - ours", out["ours_padding"].detach()[sel], ours_v[sel])
         if "captum" in out:
             cap = out["captum"].permute(1, 0, 2, 3).detach()  # [batch, layer, pos, d_mlp]
             print_diff("ours - captum", ours_v[sel], cap[sel])
