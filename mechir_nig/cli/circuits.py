@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechir_nig.cli._common import (
     CommandError,
@@ -35,7 +35,9 @@ from mechir_nig.cli._common import (
     word,
 )
 from mechir_nig.cli._pairs import add_pair_options
-from mechir_nig.models.protocol import HookedModel
+
+if TYPE_CHECKING:  # `--help` must not import torch (tests/test_cli.py)
+    from mechir_nig.models.protocol import HookedModel
 
 GROUP_NAMES = ("cls", "query", "doc", "sep")  # interventions.attention.GROUPS
 
