@@ -44,6 +44,24 @@ def _assert_equal(a, b):
     torch.testing.assert_close(a.scores, b.scores, rtol=1e-12, atol=0)
 
 
+def _plain_equals_checkpointed(model, options, calls):
+    """NIG with and without ``checkpoint_blocks`` on mixed lengths: equal; returns the block-call counts."""
+    nig = NeuronIntegratedGradients(model)
+    batch = model.tokenize(Q, D)
+    assert batch.attention_mask.sum(-1).unique().numel() > 1
+    plain = nig.attribute(batch, **options)
+    counts, handles = calls(model)
+    try:
+        ckpt = nig.attribute(batch, checkpoint_blocks=True, **options)
+    finally:
+        for h in handles:
+            h.remove()
+    _assert_equal(ckpt, plain)
+    if options.get("return_convergence_delta"):
+        torch.testing.assert_close(ckpt.convergence_delta, plain.convergence_delta, rtol=1e-9, atol=1e-12)
+    return counts
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -53,19 +71,7 @@ def _assert_equal(a, b):
     ],
 )
 def test_checkpointed_blocks_give_the_same_attributions(decoder, options):
-    nig = NeuronIntegratedGradients(decoder)
-    batch = decoder.tokenize(Q, D)
-    assert batch.attention_mask.sum(-1).unique().numel() > 1
-    plain = nig.attribute(batch, **options)
-    counts, handles = _calls(decoder)
-    try:
-        ckpt = nig.attribute(batch, checkpoint_blocks=True, **options)
-    finally:
-        for h in handles:
-            h.remove()
-    _assert_equal(ckpt, plain)
-    if options.get("return_convergence_delta"):
-        torch.testing.assert_close(ckpt.convergence_delta, plain.convergence_delta, rtol=1e-9, atol=1e-12)
+    counts = _plain_equals_checkpointed(decoder, options, _calls)
     first = options["layers"][0]
     below, above = counts[: first + 1], counts[first + 1 :]
     # blocks above the first attributed layer run twice per window (forward, recomputation in the
@@ -117,19 +123,7 @@ def _t5_calls(mt5):
 def test_checkpointed_blocks_on_monot5(monot5_dirs, variant, stack, options):
     mt5 = load_model(monot5_dirs[variant], dtype=torch.float64)
     mt5.set_stack(stack)
-    nig = NeuronIntegratedGradients(mt5)
-    batch = mt5.tokenize(Q, D)
-    assert batch.attention_mask.sum(-1).unique().numel() > 1
-    plain = nig.attribute(batch, **options)
-    counts, handles = _t5_calls(mt5)
-    try:
-        ckpt = nig.attribute(batch, checkpoint_blocks=True, **options)
-    finally:
-        for h in handles:
-            h.remove()
-    _assert_equal(ckpt, plain)
-    if options.get("return_convergence_delta"):
-        torch.testing.assert_close(ckpt.convergence_delta, plain.convergence_delta, rtol=1e-9, atol=1e-12)
+    counts = _plain_equals_checkpointed(mt5, options, _t5_calls)
     # the blocks after the first attributed layer (the selected stack's, then for the encoder stack the
     # whole decoder) run twice per window (forward, recomputation in the backward), the others once
     first, sel, other = (

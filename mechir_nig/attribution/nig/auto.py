@@ -166,6 +166,13 @@ def run_auto(
     """
     s = settings
     n_pairs, n_table = len(lengths), s.max_steps + 1
+
+    def plan(n_intervals: Tensor, *, midpoints: bool = False) -> WindowPlan:
+        """This round's grid (``stride`` as it is now) of each pair, or its midpoints."""
+        return WindowPlan.strided(
+            lengths, n_intervals, stride, window, midpoints=midpoints, max_padding=window_padding
+        )
+
     dev = target.device
     n_pos = kernel.batch.input_ids.shape[1]
     scalars = PathScalars(n_pairs, n_table, target.dtype, dev)
@@ -177,7 +184,7 @@ def run_auto(
     banked = _admit(everyone, level + 1, budget)
     bank = PointBank(shapes, _slots(banked, level, stride, n_table), n_pos, bank_dtype, dev)
     points = kernel.run(
-        WindowPlan.strided(lengths, level, stride, window, max_padding=window_padding),
+        plan(level),
         GridConductance(target, names, bank),
         scalars,
         input_grad=True,
@@ -208,14 +215,7 @@ def run_auto(
             grid = torch.where(banked, 2 * level, level), torch.where(banked, half, stride)
             bank = bank.moved(_slots(use, *grid, n_table))
             points += kernel.run(
-                WindowPlan.strided(
-                    lengths,
-                    torch.where(use, level, 0),
-                    stride,
-                    window,
-                    midpoints=True,
-                    max_padding=window_padding,
-                ),
+                plan(torch.where(use, level, 0), midpoints=True),
                 MidpointConductance(target, names, bank, half),
                 scalars,
                 input_grad=True,
@@ -227,14 +227,7 @@ def run_auto(
         lazy = refine & deferred
         if bool(lazy.any()):  # completeness only: no conductance, no kept points
             points += kernel.run(
-                WindowPlan.strided(
-                    lengths,
-                    torch.where(lazy, level, 0),
-                    stride,
-                    window,
-                    midpoints=True,
-                    max_padding=window_padding,
-                ),
+                plan(torch.where(lazy, level, 0), midpoints=True),
                 None,
                 scalars,
                 input_grad=True,
@@ -246,9 +239,7 @@ def run_auto(
     del bank
     if bool(deferred.any()):
         points += kernel.run(
-            WindowPlan.strided(
-                lengths, torch.where(deferred, level, 0), stride, window, max_padding=window_padding
-            ),
+            plan(torch.where(deferred, level, 0)),
             GridConductance(target, names),
             scalars,
             input_grad=False,
