@@ -4,6 +4,7 @@ HF hooks that recompute the LayerNorm. (The other families' norms: test_every_fa
 
 from __future__ import annotations
 
+import hf_hooks
 import pytest
 import torch
 from conftest import DOCS, QUERIES
@@ -29,12 +30,7 @@ def _hf_score(hf, batch, hooks=()):
     handles = [m.register_forward_hook(fn) for m, fn in hooks]
     try:
         with torch.no_grad():
-            return hf(
-                input_ids=batch.input_ids,
-                token_type_ids=batch.token_type_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-            ).logits[:, 0]
+            return hf_hooks.score(hf, batch)
     finally:
         for h in handles:
             h.remove()
