@@ -267,22 +267,29 @@ def test_notebooks_committed_without_outputs():
 
 
 @pytest.mark.slow
-def test_a_notebook_page_of_the_docs_site_draws_its_figures(tmp_path):
-    """The site built as `make docs` builds it (mkdocs --strict) shows an executed notebook with its plotly
-    figures drawn in Chromium, none wider than the page, at 1024 and 390 px."""
+def test_every_notebook_page_of_the_docs_site_draws_its_figures(tmp_path):
+    """The site built as `make docs` builds it (mkdocs --strict) shows every executed notebook with its
+    plotly figures drawn in Chromium, none wider than the page, at 1024 and 390 px."""
     from browser import DRAWN_JS, chromium, wait_for_fit
     from selenium.webdriver.support.ui import WebDriverWait
 
-    name = "04_patching.ipynb"  # run above in `make test`; executed here when this test runs alone
-    if not (DOCS_NOTEBOOKS / name).is_file():
-        execute(name, tmp_path / "kernel", CHECKS[name])
-    shown = nbformat.read(DOCS_NOTEBOOKS / name, as_version=4)
-    n = sum(
-        "text/html" in o.get("data", {}) and PLOTLY_MIME in o.get("data", {})
-        for c in shown.cells
-        for o in c.get("outputs", [])
-    )
-    assert n >= FIGURES[name], f"{name}: {n} figures with an HTML rendering, {FIGURES[name]} expected"
+    first = "04_patching.ipynb"  # run above in `make test`; executed here when this test runs alone
+    if not (DOCS_NOTEBOOKS / first).is_file():
+        execute(first, tmp_path / "kernel", CHECKS[first])
+    # every executed notebook with figures (all of them after the notebook tests above)
+    shown_figures = {}
+    for name in NOTEBOOKS:
+        if not FIGURES[name] or not (DOCS_NOTEBOOKS / name).is_file():
+            continue
+        shown = nbformat.read(DOCS_NOTEBOOKS / name, as_version=4)
+        shown_figures[name] = sum(
+            "text/html" in o.get("data", {}) and PLOTLY_MIME in o.get("data", {})
+            for c in shown.cells
+            for o in c.get("outputs", [])
+        )
+        assert shown_figures[name] >= FIGURES[name], (
+            f"{name}: {shown_figures[name]} figures with an HTML rendering, {FIGURES[name]} expected"
+        )
     site = tmp_path / "site"
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
@@ -293,23 +300,30 @@ def test_a_notebook_page_of_the_docs_site_draws_its_figures(tmp_path):
         timeout=600,
     )
     assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stderr[-3000:]}"
-    page = site / "notebooks" / Path(name).stem / "index.html"
-    assert page.is_file(), sorted(str(p.relative_to(site)) for p in (site / "notebooks").rglob("*.html"))
     index = (site / "notebooks" / "index.html").read_text(encoding="utf-8")
-    assert f'href="{Path(name).stem}/"' in index, "the Notebooks page does not link the executed notebook"
     assert (site / "assets" / "javascripts" / "plotly.min.js").is_file()
+    pages = {}
+    for name in shown_figures:
+        page = site / "notebooks" / Path(name).stem / "index.html"
+        assert page.is_file(), sorted(str(p.relative_to(site)) for p in (site / "notebooks").rglob("*.html"))
+        assert f'href="{Path(name).stem}/"' in index, f"the Notebooks page does not link {name}"
+        pages[name] = page
 
     with chromium(1024, 900) as browser:
-        for width in (1024, 390):
-            browser.set_window_size(width, 900)
-            browser.get(page.as_uri())
-            WebDriverWait(browser, 120, poll_frequency=0.5).until(lambda d: d.execute_script(DRAWN_JS) >= n)
-            m = wait_for_fit(browser)
-            assert m["n"] == n, m
-            assert browser.find_elements("css selector", ".jupyter-wrapper .js-plotly-plot svg.main-svg")
-            assert not m["wide"], (
-                f"at {width} px (client {m['client']} px) figures reach past the page: {m['wide']}"
-            )
+        for name, page in pages.items():
+            n = shown_figures[name]
+            for width in (1024, 390):
+                browser.set_window_size(width, 900)
+                browser.get(page.as_uri())
+                WebDriverWait(browser, 120, poll_frequency=0.5).until(
+                    lambda d, n=n: d.execute_script(DRAWN_JS) >= n
+                )
+                m = wait_for_fit(browser)
+                assert m["n"] == n, (name, m)
+                assert browser.find_elements("css selector", ".jupyter-wrapper .js-plotly-plot svg.main-svg")
+                assert not m["wide"], (
+                    f"{name} at {width} px (client {m['client']} px): figures reach past the page: {m['wide']}"
+                )
         # offline and from file://, the theme's web fonts and MathJax (https://) and the search index (its
         # worker needs a server) fail to load; nothing else may report an error
         errors = [
