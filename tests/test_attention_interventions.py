@@ -11,9 +11,9 @@ from mechir_nig.errors import InputError
 from mechir_nig.interventions.attention import GROUPS, attention_block_hooks, block_attention, blocked_keys
 
 
-def _hf_blocked(hf, batch, monkeypatch, from_g, to_g, layers, heads=None, extra=()):
+def _hf_blocked(hf, batch, monkeypatch, from_g, to_g, layers, heads=None, extra=(), add=None):
     """HF scores with ``from_g -> to_g`` attention masked by hand: the additive mask of the chosen layers
-    (and heads) set to the dtype minimum at the blocked (query, key) pairs."""
+    (and heads) set to the dtype minimum at the blocked (query, key) pairs (or ``add`` added there)."""
     import transformers.models.bert.modeling_bert as mb
 
     real = mb.eager_attention_forward
@@ -27,8 +27,10 @@ def _hf_blocked(hf, batch, monkeypatch, from_g, to_g, layers, heads=None, extra=
         blocked[:, keep] = False
 
     def eager(module, query, key, value, attention_mask, **kw):
-        if module in targets:
+        if module in targets and add is None:
             attention_mask = attention_mask.masked_fill(blocked, torch.finfo(query.dtype).min)
+        elif module in targets:
+            attention_mask = attention_mask + blocked.to(query.dtype) * add
         return real(module, query, key, value, attention_mask, **kw)
 
     monkeypatch.setattr(mb, "eager_attention_forward", eager)
@@ -96,3 +98,39 @@ def test_errors_say_what_to_fix(ce64):
         ce64.encoder_forward(
             None, batch.token_type_ids, batch.attention_mask, residual=resid, start_at_layer=0
         )
+
+
+@pytest.mark.parametrize("weight", [0.25, 3.0])
+def test_reweighting_equals_a_hand_hf_mask_and_renormalises_rows(ce64, hf64, monkeypatch, weight):
+    """``weight=w``: log w added to the HF additive mask by hand gives the same scores; the pattern is
+    ``w p / (1 - P + w P)`` on query->doc entries (``P``: the row's doc mass), unchanged elsewhere up to
+    the row's renormalisation; ``w = 1`` changes nothing."""
+    import math
+
+    batch = ce64.tokenize(QUERIES[:3], DOCS[:3])
+    with block_attention(ce64, "query", "doc", layers=[0], weight=weight):  # layer 1's query rows: no path
+        got = ce64(batch)
+    hand = _hf_blocked(hf64, batch, monkeypatch, "query", "doc", [0], add=math.log(weight))
+    torch.testing.assert_close(got, hand, atol=1e-8, rtol=0)
+    assert (got - ce64(batch)).abs().max() > 1e-4
+    with block_attention(ce64, "query", "doc", weight=1.0):  # log 1 = 0 added: nothing changes
+        one = ce64(batch)
+    torch.testing.assert_close(one, ce64(batch), atol=1e-12, rtol=0)
+
+    name = "blocks.1.attn.hook_pattern"
+    _, clean = ce64.run_with_cache(batch, names_filter=name)
+    with block_attention(ce64, "query", "doc", layers=[1], weight=weight):
+        _, edited = ce64.run_with_cache(batch, names_filter=name)
+    p, q = clean[name], edited[name]  # [batch, head, query_pos, key_pos]
+    g, m = batch.groups, batch.attention_mask.bool()
+    sel = ((g == GROUPS["query"])[:, :, None] & (g == GROUPS["doc"])[:, None, :] & m[:, None, :])[:, None]
+    mass = (p * sel).sum(-1, keepdim=True)  # P per row
+    is_query_row = (g == GROUPS["query"])[:, None, :, None]
+    expected = torch.where(sel, weight * p, p) / torch.where(is_query_row, 1 - mass + weight * mass, 1.0)
+    torch.testing.assert_close(q, expected, atol=1e-10, rtol=0)
+
+
+def test_bad_weight_is_refused(ce64):
+    for bad in (-0.5, float("inf"), float("nan")):
+        with pytest.raises(InputError, match="weight must be"):
+            attention_block_hooks(ce64, "query", "doc", weight=bad)

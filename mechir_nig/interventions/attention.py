@@ -6,6 +6,8 @@ of each blocked (query position, key position) is set to the dtype's minimum, so
 exactly 0, as a masked key's. Groups are the batch's token groups (``"cls"``, ``"query"``, ``"doc"``,
 ``"sep"``), read from the batch each forward runs on. A query row that would be left with no key to
 attend to (every attended key blocked) keeps its attention unchanged: a softmax over no keys is undefined.
+``weight=w > 0`` re-weights instead of blocking: ``log w`` is added to those scores, which multiplies each
+such attention weight by ``w`` and renormalises its row (``w = 1`` changes nothing; ``w -> 0`` blocks).
 
 It is a context manager (every forward inside is blocked) and, with :func:`attention_block_hooks`,
 ``(hook name, fn)`` pairs for ``run_with_hooks``; it composes with ``ablate`` and any other hooks (each adds
@@ -23,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from mechir_nig._validate import check_layers
+from mechir_nig._validate import check_layers, check_number
 from mechir_nig.errors import InputError
 from mechir_nig.interventions.engine import is_batch
 from mechir_nig.models.protocol import HookedModel, current_forward
@@ -60,6 +63,12 @@ def _group(name: Any, what: str) -> int:
     return GROUPS[name]
 
 
+def group_pairs(groups: Tensor, mask: Tensor, from_id: int, to_id: int) -> Tensor:
+    """``[batch, query_pos, key_pos]`` bool: the (query, key) pairs from group ``from_id`` to attended keys
+    of group ``to_id``."""
+    return (groups == from_id)[:, :, None] & (groups == to_id)[:, None, :] & mask.bool()[:, None, :]
+
+
 def blocked_keys(groups: Tensor, mask: Tensor, from_id: int, to_id: int) -> Tensor:
     """``[batch, query_pos, key_pos]`` bool: the (query, key) pairs blocked, rows that would be left with no
     attended key excepted.
@@ -69,9 +78,8 @@ def blocked_keys(groups: Tensor, mask: Tensor, from_id: int, to_id: int) -> Tens
         >>> blocked_keys(g, torch.ones(1, 6), QUERY, DOC)[0, 1].tolist()
         [False, False, False, True, True, False]
     """
-    attended = mask.bool()[:, None, :]
-    b = (groups == from_id)[:, :, None] & (groups == to_id)[:, None, :] & attended
-    left = (attended & ~b).any(-1, keepdim=True)
+    b = group_pairs(groups, mask, from_id, to_id)
+    left = (mask.bool()[:, None, :] & ~b).any(-1, keepdim=True)
     return b & left
 
 
@@ -83,9 +91,10 @@ def attention_block_hooks(
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     batch: Any = None,
+    weight: float = 0.0,
 ) -> list[tuple[str, Callable[[Tensor, Any], Tensor]]]:
     """``[(hook name, fn)]`` on ``attn.hook_attn_scores`` blocking ``from_group`` -> ``to_group`` (see the
-    module docstring).
+    module docstring), or re-weighting it (``weight > 0``).
 
     Args:
         model: a ``HookedModel``.
@@ -94,19 +103,24 @@ def attention_block_hooks(
         layers: the layers (default all).
         heads: the heads of each layer (default all).
         batch: the batch every forward reads (default: each forward's own batch, as ``ablate``).
+        weight: ``0`` (default) blocks; ``w > 0`` multiplies each ``from_group`` token's attention weight on
+            ``to_group`` keys by ``w`` and renormalises its row (``log w`` added to those scores:
+            ``p' = w p / (1 - P + w P)``, ``P`` the row's mass on ``to_group``); ``1`` changes nothing.
 
     Returns:
         The hooks, for ``model.run_with_hooks(..., fwd_hooks=...)`` or ``model.hooks(...)``.
 
     Raises:
-        InputError: an unknown group, layers or heads out of range; at run time, a forward without a
-            tokenized batch.
+        InputError: an unknown group, layers or heads out of range, a negative or non-finite weight; at
+            run time, a forward without a tokenized batch.
 
     Example:
         >>> hooks = attention_block_hooks(ce, "doc", "query", layers=[1])  # doctest: +SKIP
         >>> ce.run_with_hooks(batch, fwd_hooks=hooks)  # doctest: +SKIP
     """
     f, t = _group(from_group, "from_group"), _group(to_group, "to_group")
+    weight = check_number(weight, "weight", minimum=0, hint="0 blocks, 1 changes nothing")
+    log_w = math.log(weight) if weight > 0 else None
     layer_list = list(check_layers(layers, model.cfg.n_layers))
     head_idx = (
         None if heads is None else torch.tensor(list(check_layers(heads, model.cfg.n_heads, what="heads")))
@@ -121,12 +135,15 @@ def attention_block_hooks(
                 "inside it, or pass batch= to attention_block_hooks"
             )
         n = scores.shape[-1]
-        blocked = blocked_keys(b.groups[:, :n], b.attention_mask[:, :n], f, t).to(scores.device)[:, None]
+        keys = blocked_keys if log_w is None else group_pairs
+        blocked = keys(b.groups[:, :n], b.attention_mask[:, :n], f, t).to(scores.device)[:, None]
         if head_idx is not None:
             on = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
             on[head_idx.to(scores.device)] = True
             blocked = blocked & on[None, :, None, None]
-        return scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
+        if log_w is None:
+            return scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
+        return scores + blocked.to(scores.dtype) * log_w
 
     return [(hook_name("attn_scores", layer), hook) for layer in layer_list]
 
@@ -138,16 +155,19 @@ def block_attention(
     to_group: str,
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
+    weight: float = 0.0,
 ) -> Iterator[HookedModel]:
-    """Every forward of ``model`` inside the block with ``from_group`` -> ``to_group`` attention blocked
-    (the arguments of :func:`attention_block_hooks`).
+    """Every forward of ``model`` inside the block with ``from_group`` -> ``to_group`` attention blocked, or
+    re-weighted by ``weight`` (the arguments of :func:`attention_block_hooks`).
 
     Example:
         >>> with block_attention(ce, "query", "doc"), ablate(ce, neurons):  # doctest: +SKIP
         ...     scores = ce(batch)
     """
     with model.hooks(
-        fwd_hooks=attention_block_hooks(model, from_group, to_group, layers=layers, heads=heads)
+        fwd_hooks=attention_block_hooks(
+            model, from_group, to_group, layers=layers, heads=heads, weight=weight
+        )
     ):
         yield model
 
