@@ -281,18 +281,32 @@ RERANK_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</
 
 
 def wordpiece_tokenizer(texts: list[str], *, vocab_size: int = 300) -> Any:
-    """A BERT-style WordPiece tokenizer trained on ``texts`` (three times), ``[CLS] q [SEP] d [SEP]`` pairs."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A BERT-style WordPiece tokenizer built from ``texts``, ``[CLS] q [SEP] d [SEP]`` pairs; deterministic.
+
+    The vocabulary: the 5 special tokens, every word-initial character, ``##`` + every other character
+    (so every word can be split), then the most frequent words (ties by the word itself) up to
+    ``vocab_size``. Built here rather than by ``tokenizers``' ``WordPieceTrainer``, whose vocabulary
+    changes from one process to the next (ties broken in hash-map order), which made every checkpoint
+    built on it a different random model in each run.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts = Counter(w for t in texts for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(t)))
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(
-        texts * 3, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    pieces = sorted({w[0] for w in counts}) + sorted({"##" + c for w in counts for c in w[1:]})
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1]
+    tokens = list(
+        dict.fromkeys(specials + pieces + words[: max(0, vocab_size - len(specials) - len(pieces))])
     )
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.WordPiece()
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
