@@ -26,13 +26,6 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ce64(tiny_ce_dir):
-    from mechir_nig import HookedCrossEncoder
-
-    return HookedCrossEncoder.from_pretrained(tiny_ce_dir, dtype=torch.float64)
-
-
 def _by_hand(attn: list[torch.Tensor], batch, query_ids) -> torch.Tensor:
     """``[batch, layer, head, from, to]`` with plain loops over pairs, heads, rows and keys."""
     n_b, n_l, n_h = batch.input_ids.shape[0], len(attn), attn[0].shape[1]

@@ -5,24 +5,12 @@ from __future__ import annotations
 import hf_hooks
 import pytest
 import torch
-from conftest import DOCS, QUERIES, hf_cross_encoder
+from conftest import DOCS, QUERIES
 
 from mechir_nig.errors import InputError
 from mechir_nig.interventions.directions import direction_hooks, direction_intervention
 from mechir_nig.interventions.perturb import query_terms
 from mechir_nig.models.tokenization import DOC, QUERY
-
-
-@pytest.fixture(scope="module")
-def ce64(tiny_ce_dir):
-    from mechir_nig import HookedCrossEncoder
-
-    return HookedCrossEncoder.from_pretrained(tiny_ce_dir, dtype=torch.float64)
-
-
-@pytest.fixture(scope="module")
-def hf64(tiny_ce_dir):
-    return hf_cross_encoder(tiny_ce_dir).double()
 
 
 def _unit(n: int, seed: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import DOCS, QUERIES, hf_cross_encoder
 
-from mechir_nig import HookedCrossEncoder, InputError, NIGSettings
+from mechir_nig import InputError, NIGSettings
 from mechir_nig.attribution import NeuronIntegratedGradients, baseline_embeddings, neuron_integrated_gradients
 from mechir_nig.attribution.stats import CollectionAttribution
 from mechir_nig.attribution.target import TargetArgs
@@ -29,11 +29,6 @@ PER_TOKEN_SITES = (
     "mlp_out",
     "resid_post",
 )
-
-
-@pytest.fixture(scope="module")
-def ce64(tiny_ce_dir):
-    return HookedCrossEncoder.from_pretrained(tiny_ce_dir, dtype=torch.float64)
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,6 @@ TINY = {"d1": "cats purr", "d2": "dogs bark loudly", "d3": "cats"}
 
 
 @pytest.fixture(scope="module")
-def ce64(tiny_ce_dir):
-    from mechir_nig import HookedCrossEncoder
-
-    return HookedCrossEncoder.from_pretrained(tiny_ce_dir, dtype=torch.float64)
-
-
-@pytest.fixture(scope="module")
 def be64(tmp_path_factory, tokenizer):
     from mechir_nig import HookedBiEncoder
     from mechir_nig.testing import make_tiny_checkpoint
