@@ -327,6 +327,11 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "--split-seed": {"type": int, "default": 0},
     "--seeds": {"type": positive_int, "default": 3, "help": "random sets per fraction"},
     "--measures": {"type": str_list, "default": ["nDCG@10", "RR@10"], "help": "ir_measures names"},
+    "--internal-batch-size": {
+        "type": positive_int,
+        "default": None,
+        "help": "interpolation points per forward/backward (memory only; default: automatic)",
+    },
     "--max-length": {
         "type": positive_int,
         "default": None,

@@ -52,12 +52,7 @@ def add_parser(sub: Any) -> None:
     add_nig_options(p)
     g = p.add_argument_group("batching and checkpoints")
     option(g, "--batch-size", default=8)
-    g.add_argument(
-        "--internal-batch-size",
-        type=positive_int,
-        default=None,
-        help="interpolation points per forward/backward (memory only; default: automatic)",
-    )
+    option(g, "--internal-batch-size")
     g.add_argument(
         "--checkpoint-every", type=positive_int, default=256, help="write the checkpoint every N pairs"
     )

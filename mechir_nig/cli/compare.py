@@ -133,12 +133,7 @@ def add_parser(sub: Any) -> None:
     )
     g = p.add_argument_group("batching")
     option(g, "--batch-size", default=8)
-    g.add_argument(
-        "--internal-batch-size",
-        type=positive_int,
-        default=None,
-        help="interpolation points per forward/backward (memory only; default: automatic)",
-    )
+    option(g, "--internal-batch-size")
 
 
 def _schemes(text: list[str]) -> list[str]:
