@@ -24,6 +24,11 @@ checkpointing each block above adds ``b``, with it each adds only its input ``i 
 d_model × 4`` bytes (computed) while one block's activations ``b`` are live in the backward; the 28 − L
 missing blocks' weights and the full vocabulary's embeddings are added to both. With three or more
 ``--kept`` counts the growth per checkpointed block is measured too and printed next to ``i``.
+
+``--full`` then measures what the estimate predicts: the stand-in with all 28 layers and the full
+151,669-row vocabulary (0.6B parameters, about 2.4 GB saved to a temporary folder), with
+``checkpoint_blocks=True``; ``--full-plain`` also without checkpointing (estimated at about 23 GiB: only
+on a machine with that much free memory).
 """
 
 from __future__ import annotations
@@ -107,6 +112,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--vocab", type=int, default=32768, help="vocabulary rows (the real model: 151669)")
+    ap.add_argument(
+        "--full",
+        action="store_true",
+        help="also measure all 28 layers and the full vocabulary with checkpoint_blocks=True",
+    )
+    ap.add_argument("--full-plain", action="store_true", help="with --full: also without checkpointing")
     args = ap.parse_args()
     kept = sorted({int(k) for k in args.kept.split(",")})
     if len(kept) < 2 or kept[0] < 1:
@@ -178,6 +189,21 @@ def main() -> None:
         f"{rows[hi, False]['seconds'] + (FULL_LAYERS - hi) * t_block:.0f} s without checkpointing; "
         f"with it, each block above layer 0 runs its forward once more (about +1/3 of its time)"
     )
+    if not args.full:
+        return
+    estimate = {False: plain, True: ckpt_at}
+    print(f"\n  measured: all {FULL_LAYERS} layers, vocabulary {FULL_VOCAB} (the real model's shape):")
+    with tempfile.TemporaryDirectory(prefix="mechir_nig_decoder_memory_full_") as tmp:
+        folder = build(FULL_LAYERS, FULL_VOCAB, Path(tmp))
+        for ckpt in (True, False) if args.full_plain else (True,):
+            r = run(folder, args, ckpt)
+            print(
+                f"    checkpoint_blocks={str(ckpt):5s}: peak {mib(r['peak_kib']).strip()} (estimate "
+                f"{estimate[ckpt] / 1024**2:.2f} GiB; +{mib(r['peak_kib'] - r['before_kib']).strip()} over "
+                f"{mib(r['before_kib']).strip()} before the attribution), {r['seconds']:.1f} s per pair "
+                f"({r['tokens']} tokens)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
