@@ -57,6 +57,7 @@ __all__ = [
     "compare_paired",
     "correlation",
     "correlation_ci",
+    "row_correlations",
     "holm",
     "overlap_p_value",
     "paired_permutation_test",
@@ -381,6 +382,26 @@ def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.where(den > 0, (xc * yc).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
 
 
+def row_correlations(x: Any, y: Any, method: str = "spearman") -> np.ndarray:
+    """The correlation of each row of ``x`` with the same row of ``y`` (``[rows, n]`` each; tensors or
+    arrays): ``[rows]``, NaN for a row where either side is constant or shorter than 2. Spearman uses
+    average ranks for ties (as ``scipy.stats.spearmanr``).
+
+    Example:
+        >>> row_correlations([[1, 2, 3], [1, 1, 2]], [[3, 2, 1], [1, 1, 2]]).tolist()
+        [-1.0, 1.0]
+    """
+    if method not in ("pearson", "spearman"):
+        raise InputError(f"method must be 'pearson' or 'spearman', got {method!r}")
+    a = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
+    b = np.asarray(y.detach().cpu() if hasattr(y, "detach") else y, dtype=np.float64)
+    if a.ndim != 2 or a.shape != b.shape:
+        raise InputError(f"x and y must be [rows, n] of one shape, got {a.shape} and {b.shape}")
+    if method == "spearman":
+        a, b = _ranks(a), _ranks(b)
+    return _pearson_rows(a, b)
+
+
 def correlation(x: Any, y: Any, method: str = "spearman") -> float:
     """Pearson or Spearman (average ranks) correlation of paired values.
 
@@ -393,9 +414,7 @@ def correlation(x: Any, y: Any, method: str = "spearman") -> float:
     a, b = _vector(x, "x"), _vector(y, "y")
     if a.size != b.size:
         raise InputError(f"x and y must be paired, got {a.size} and {b.size} values")
-    if method == "spearman":
-        a, b = _ranks(a), _ranks(b)
-    return float(_pearson_rows(a, b))
+    return float(row_correlations(a[None], b[None], method)[0])
 
 
 def correlation_ci(

@@ -13,9 +13,10 @@ from conftest import DOCS, QUERIES
 from mechir_nig.errors import InputError
 from mechir_nig.interventions import attribution_patching as ap
 from mechir_nig.interventions import perturb
-from mechir_nig.interventions.attribution_patching import attribution_patch, spearman
+from mechir_nig.interventions.attribution_patching import attribution_patch
 from mechir_nig.interventions.patching import PatchingResult, patch
 from mechir_nig.sites import hook_name
+from mechir_nig.statistics import correlation as spearman
 from mechir_nig.testing import make_tiny_checkpoint
 
 

@@ -20,6 +20,7 @@ from mechir_nig.statistics import (
     holm,
     overlap_p_value,
     paired_permutation_test,
+    row_correlations,
     versus_random,
 )
 
@@ -125,6 +126,19 @@ def test_overlap_p_value_by_hand() -> None:
     assert overlap_p_value(2, 2, 2, 5) == pytest.approx(0.1)
     assert overlap_p_value(1, 2, 2, 5) == pytest.approx(0.7)
     assert overlap_p_value(3, 2, 2, 5) == 0.0
+
+
+def test_row_correlations_match_scipy_with_ties() -> None:
+    # faithfulness ranks each pair's predictors against its drops; zero drops (neurons at 0) tie, and
+    # the average ranks of scipy are the definition (argsort ranks broke ties by position)
+    x = torch.tensor([[0.0, 0.0, 0.0, 1.0, 2.0], [3.0, 1.0, 2.0, 2.0, 0.5]])
+    y = torch.tensor([[0.5, 0.1, 0.3, 0.9, 0.8], [1.0, 0.0, 0.0, 0.0, 2.0]])
+    got = row_correlations(x, y)
+    for row, g in zip(range(2), got, strict=True):
+        assert g == pytest.approx(sps.spearmanr(x[row], y[row]).statistic, abs=1e-12)
+    assert np.isnan(row_correlations([[1.0, 1.0]], [[1.0, 2.0]])[0])  # a constant row: undefined
+    with pytest.raises(InputError, match=r"\[rows, n\]"):
+        row_correlations([1.0, 2.0], [1.0, 2.0])
 
 
 def test_correlations_match_scipy() -> None:

@@ -35,6 +35,7 @@ from mechir_nig.models.protocol import HookedModel
 from mechir_nig.models.tokenization import PAD
 from mechir_nig.results import Result
 from mechir_nig.sites import hook_name
+from mechir_nig.statistics import row_correlations
 
 __all__ = ["FaithfulnessResult", "faithfulness", "masked_scores", "single_neuron_effects"]
 
@@ -145,14 +146,6 @@ def single_neuron_effects(
         on_chunk=on_chunk,
     )
     return (clean[rows] - ablated).view(b, k)
-
-
-def _spearman(x: Tensor, y: Tensor) -> Tensor:
-    """Row-wise Spearman correlation ``[B]`` of ``[B, k]`` tensors (average ranks not needed: ties are rare)."""
-    rx = x.argsort(1).argsort(1).double()
-    ry = y.argsort(1).argsort(1).double()
-    rx, ry = rx - rx.mean(1, keepdim=True), ry - ry.mean(1, keepdim=True)
-    return (rx * ry).sum(1) / (rx.norm(dim=1) * ry.norm(dim=1)).clamp(min=1e-12)
 
 
 def _act_grad(model: HookedModel, batch: Any, other: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -501,7 +494,7 @@ def faithfulness(
         spearman[mode] = {}
         for name, p in pred.items():
             target = drop.abs() if name == "activation" else drop
-            rho = _spearman(p, target)
+            rho = torch.from_numpy(row_correlations(p, target))  # average ranks: zero drops tie
             per_pair[mode][name] = rho.tolist()
             spearman[mode][name] = float(rho.nanmean())
         if curve_k:

@@ -59,34 +59,9 @@ from mechir_nig.interventions.patching import (
 )
 from mechir_nig.models.protocol import HookedModel
 from mechir_nig.sites import hook_name
+from mechir_nig.statistics import correlation
 
-__all__ = ["attribution_patch", "spearman"]
-
-
-def spearman(x: Tensor, y: Tensor) -> float:
-    """Spearman rank correlation of two 1-D tensors (average ranks for ties); NaN when either is constant
-    or shorter than 2.
-
-    Example:
-        >>> round(spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 30.0, 20.0])), 6)
-        0.5
-    """
-    if x.numel() < 2:
-        return float("nan")
-    rx, ry = _ranks(x.double().flatten().cpu()), _ranks(y.double().flatten().cpu())
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = float(rx.norm() * ry.norm())
-    return float("nan") if denom == 0 else float((rx * ry).sum()) / denom
-
-
-def _ranks(x: Tensor) -> Tensor:
-    """1-based ranks of a 1-D tensor, ties given their average rank."""
-    order = x.argsort(stable=True)
-    _, inv, counts = torch.unique_consecutive(x[order], return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).double()
-    ranks = torch.empty_like(x, dtype=torch.float64)
-    ranks[order] = ((ends - counts + 1 + ends) / 2)[inv]
-    return ranks
+__all__ = ["attribution_patch"]
 
 
 def _reduce(kind: str, prod: Tensor) -> Tensor:
@@ -336,7 +311,7 @@ def _verify(
     if res.metric == "recovery":
         ex = ex / (s - b)
     err = (est - ex).abs()
-    rho = spearman(est, ex)
+    rho = correlation(est, ex) if len(top) else math.nan
     return {
         "k": len(top),
         "index": [[site, *i] for site, i in top],
