@@ -425,9 +425,14 @@ def correlation_ci(
     confidence: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
+    groups: Any = None,
 ) -> tuple[float, float, float]:
     """The correlation of the pairs ``(x_i, y_i)`` and its percentile bootstrap interval (pairs resampled;
     resamples whose correlation is undefined, e.g. constant, are left out).
+
+    ``groups`` (one label per pair, e.g. the query-document pair an index of a patching sweep belongs to)
+    resamples whole groups instead (a cluster bootstrap): values of one group are not independent, and
+    resampling them one by one would give too narrow an interval.
 
     Returns:
         ``(r, low, high)``.
@@ -441,11 +446,24 @@ def correlation_ci(
     r = correlation(x, y, method)
     a, b = _vector(x, "x"), _vector(y, "y")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, a.size, size=(n_resamples, a.size))
-    xa, ya = a[idx], b[idx]
-    if method == "spearman":
-        xa, ya = _ranks(xa), _ranks(ya)
-    boot = _pearson_rows(xa, ya)
+    if groups is None:
+        idx = rng.integers(0, a.size, size=(n_resamples, a.size))
+        xa, ya = a[idx], b[idx]
+        if method == "spearman":
+            xa, ya = _ranks(xa), _ranks(ya)
+        boot = _pearson_rows(xa, ya)
+    else:
+        labels = np.asarray(groups.detach().cpu() if hasattr(groups, "detach") else groups)
+        if labels.shape != a.shape:
+            raise InputError(f"groups must give one label per pair ({a.size}), got shape {labels.shape}")
+        members = [np.flatnonzero(labels == g) for g in np.unique(labels)]
+        picks = rng.integers(0, len(members), size=(n_resamples, len(members)))
+        boot = np.array(
+            [
+                row_correlations(a[None, i], b[None, i], method)[0]
+                for i in (np.concatenate([members[g] for g in p]) for p in picks)
+            ]
+        )
     boot = boot[np.isfinite(boot)]
     if boot.size == 0:
         return r, math.nan, math.nan

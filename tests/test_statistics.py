@@ -141,6 +141,27 @@ def test_row_correlations_match_scipy_with_ties() -> None:
         row_correlations([1.0, 2.0], [1.0, 2.0])
 
 
+def test_correlation_ci_groups_is_a_cluster_bootstrap() -> None:
+    x = np.array([0.3, 1.2, 0.7, 2.5, 1.9, 0.1, 1.2, 3.3, 0.4])
+    y = np.array([0.1, 0.9, 1.0, 2.0, 2.2, -0.3, 0.5, 2.9, 0.6])
+    # one group per pair draws the same resamples as the plain bootstrap
+    assert correlation_ci(x, y, n_resamples=400, groups=np.arange(9)) == correlation_ci(x, y, n_resamples=400)
+    groups = np.array([2, 0, 1, 0, 2, 1, 1, 0, 2])  # three pairs' indices, interleaved
+    r, low, high = correlation_ci(x, y, n_resamples=400, seed=3, groups=groups)
+    rng = np.random.default_rng(3)  # by hand: resample whole groups, Spearman of what they hold
+    boot = []
+    for pick in rng.integers(0, 3, size=(400, 3)):
+        i = np.concatenate([np.flatnonzero(groups == g) for g in pick])
+        rho = sps.spearmanr(x[i], y[i]).statistic if np.ptp(x[i]) and np.ptp(y[i]) else np.nan
+        boot.append(rho)
+    boot = np.array(boot)
+    q = np.quantile(boot[np.isfinite(boot)], [0.025, 0.975])
+    assert r == pytest.approx(sps.spearmanr(x, y).statistic)
+    assert (low, high) == pytest.approx((q[0], q[1]), abs=1e-12)
+    with pytest.raises(InputError, match="one label per pair"):
+        correlation_ci(x, y, groups=[0, 1])
+
+
 def test_correlations_match_scipy() -> None:
     x = np.array([0.3, 1.2, 0.7, 2.5, 1.9, 0.1, 1.2, 3.3])
     y = np.array([0.1, 0.9, 1.0, 2.0, 2.2, -0.3, 0.5, 2.9])
