@@ -139,9 +139,8 @@ def _faithfulness(model, col, cands, sel, args, t) -> int:
         interventions=("baseline", "zero", "mean"),
     )
     t["faithfulness"] = time.perf_counter() - t0
-    out = res.to_dict() | {"timings": t, "pairs": len(pairs)}
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(json.dumps({"spearman": res.spearman, "curve": res.curve, "timings": t}, indent=1))
+    res.save(args.out, extra={"timings": t, "pairs": len(pairs)})  # FaithfulnessResult.load reads it back
+    print(json.dumps({"statistics": res.statistics(), "timings": t}, indent=1))
     return 0
 
 

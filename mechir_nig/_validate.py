@@ -47,7 +47,7 @@ def check_int(
         bounds.append(f">= {minimum}")
     if maximum is not None:
         bounds.append(f"<= {maximum}")
-    want = "an int" + (" " + " and ".join(bounds) if bounds else "") + (" (or None)" if allow_none else "")
+    want = ("None or " if allow_none else "") + "an int" + (" " + " and ".join(bounds) if bounds else "")
     want += f" or {alternative}" if alternative else ""
     end = f"; {hint}" if hint else ""
     if isinstance(value, bool) or not isinstance(value, int):

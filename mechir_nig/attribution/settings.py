@@ -238,9 +238,7 @@ class NIGSettings:
         if self.side not in (None, "doc", "query"):
             raise InputError(f"side must be 'doc' or 'query', got {self.side!r}")
         for name in ("internal_batch_size", "max_length"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise InputError(f"{name} must be None or an int >= 1, got {v!r}")
+            check_int(getattr(self, name), name, minimum=1, allow_none=True)
         check_int(self.window_tokens, "window_tokens", minimum=1)
         if self.window_padding is not None:
             check_number(self.window_padding, "window_padding", minimum=0)
