@@ -80,22 +80,35 @@ class ResidDecomposition:
 
 @dataclass(frozen=True)
 class ScoreDecomposition:
-    """A bi-encoder's scores as a sum of component contributions (frozen LayerNorm scales, pooling, and the
-    L2 norm of cosine similarity frozen at the run's value).
+    """A model's scores (or the logit margin they are monotone in) as a sum of component contributions, every
+    nonlinearity between the components and the score frozen at the run's values.
+
+    ``target`` names what was decomposed: ``"score"`` (a bi-encoder's similarity; a 1-label cross-encoder's
+    or decoder's score, which is its logit) or ``"logit_margin"`` (2-label heads and template rerankers:
+    ``logits[:, 1] - logits[:, 0]``, e.g. ``logit_yes - logit_no``; the score
+    ``log_softmax(logits)[:, 1] = -softplus(-margin)`` is an increasing function of it, not a linear one).
 
     Shapes:
-        contributions: ``[component, batch]`` in ``labels``' order; ``contributions.sum(0)`` is ``scores``.
+        contributions: ``[component, batch]`` in ``labels``' order; ``contributions.sum(0)`` is ``total``.
         scores: ``[batch]``, the model's own scores.
+        total: ``[batch]``, the model's own value of ``target`` (``scores`` when ``target == "score"``).
 
     Example:
         >>> sd = decompose_score(be, be.tokenize(docs), be.encode(queries))
-        >>> bool((sd.contributions.sum(0) - sd.scores).abs().max() < 1e-4)
-        True
+        >>> bool((sd.contributions.sum(0) - sd.scores).abs().max() < 1e-4), sd.target
+        (True, 'score')
     """
 
     contributions: Float[Tensor, "component batch"]
     labels: list[str]
     scores: Float[Tensor, " batch"]
+    target: str
+    total: Float[Tensor, " batch"]
+
+    def __getitem__(self, label: str) -> Float[Tensor, " batch"]:
+        if label not in self.labels:
+            raise InputError(f"no component {label!r}; the components are {self.labels}")
+        return self.contributions[self.labels.index(label)]
 
     def top(self, k: int = 10, pair: int = 0) -> list[tuple[str, float]]:
         """The ``k`` largest ``|contribution|`` components of pair ``pair``, ``(label, contribution)``.
@@ -109,34 +122,55 @@ class ScoreDecomposition:
         return [(self.labels[i], float(c[i])) for i in order.tolist()]
 
 
+_SUPPORTED = (
+    "BERT-like encoders (BERT, ELECTRA, RoBERTa/XLM-R, DistilBERT), DeBERTa, ModernBERT and decoder "
+    "rerankers (Qwen2/Qwen3/Llama/Mistral)"
+)
+
+
 def _kind(model: HookedModel) -> str:
-    """``"post"`` or ``"pre"``: whether ``model``'s blocks are post-LN (BERT-like) or pre-LN (ModernBERT)."""
+    """``"post"``, ``"pre"`` or ``"decoder"``: post-LN blocks (BERT-like, DeBERTa), pre-LN blocks (ModernBERT)
+    or a decoder reranker's pre-RMSNorm blocks."""
     from mechir_nig.models.components.block import EncoderBlock
     from mechir_nig.models.components.modernbert import PreLNBlock
+    from mechir_nig.models.decoder import DecoderBlock
 
     blocks = list(getattr(model, "blocks", None) or [])
-    if blocks and all(isinstance(b, EncoderBlock) for b in blocks):
-        return "post"
-    if blocks and all(isinstance(b, PreLNBlock) for b in blocks):
-        return "pre"
+    for kind, cls in (("post", EncoderBlock), ("pre", PreLNBlock), ("decoder", DecoderBlock)):
+        if blocks and all(isinstance(b, cls) for b in blocks):
+            return kind
     raise UnsupportedArchitectureError(
-        f"decompose_resid needs an encoder of the BERT-like families, DeBERTa or ModernBERT; "
-        f"{type(model).__name__} has other blocks"
+        f"the decomposition supports {_SUPPORTED}; {type(model).__name__} has other blocks "
+        "(monoT5's score is read from a decoder step that cross-attends to the encoder: not decomposed)"
     )
 
 
 def _linear_part(ln: Any, scale: Tensor) -> Any:
-    """The LayerNorm ``ln`` with its scale frozen, less its bias: ``x ↦ w ⊙ (x − mean x) · scale``."""
+    """The norm ``ln`` with its scale frozen, less its bias: ``x ↦ w ⊙ (x − mean x) · scale`` (a LayerNorm)
+    or ``x ↦ w ⊙ x · scale`` (an RMSNorm)."""
+    from mechir_nig.models.components.layer_norm import LayerNorm
+
     w = ln.w.detach()
+    centre = isinstance(ln, LayerNorm)
 
     def apply(x: Tensor) -> Tensor:
-        return (x - x.mean(-1, keepdim=True)) * scale.to(x.dtype) * w.to(x.dtype)
+        c = x - x.mean(-1, keepdim=True) if centre else x
+        return c * scale.to(x.dtype) * w.to(x.dtype)
 
     return apply
 
 
+def _freeze_norm(ln: Any, scale: Tensor, stack: Tensor) -> tuple[Tensor, bool]:
+    """``stack`` ``[component, ...]`` through the frozen norm, its bias (if any) appended as a component."""
+    stack = _linear_part(ln, scale)(stack)
+    bias = getattr(ln, "b", None)
+    if bias is None:
+        return stack, False
+    return torch.cat([stack, bias.detach().to(stack.dtype).expand_as(stack[0])[None]]), True
+
+
 def _hooks(n: int, kind: str, final: bool, heads: bool) -> list[str]:
-    names = ["hook_full_embed"]
+    names = ["hook_embed" if kind == "decoder" else "hook_full_embed"]
     for layer in range(n):
         b = f"blocks.{layer}."
         names += [b + ("attn.hook_z" if heads else "hook_attn_out"), b + "hook_mlp_out"]
@@ -145,38 +179,12 @@ def _hooks(n: int, kind: str, final: bool, heads: bool) -> list[str]:
     return names + (["ln_final.hook_scale"] if final else [])
 
 
-@torch.no_grad()
-def decompose_resid(
-    model: HookedModel, batch: Any, *, layer: int | None = None, heads: bool = True
-) -> ResidDecomposition:
-    """The residual stream of ``batch`` before block ``layer`` (``None``: the encoder's output, after a final
-    norm if the family has one) as a sum of component contributions, every LayerNorm scale frozen at this
-    run's values (see the module docstring: a linearisation exact for this run, not a counterfactual).
-
-    Args:
-        model: a cross- or bi-encoder of the BERT-like families, DeBERTa or ModernBERT.
-        batch: a tokenized batch (``model.tokenize(...)``).
-        layer: the block whose input is decomposed (``0 .. n_layers``; ``n_layers``: the last block's output,
-            before a final norm), or ``None`` for the encoder's output.
-        heads: one component per head (``L{l}H{h}`` and ``{l}_attn_bias``), or per attention layer
-            (``{l}_attn_out``).
-
-    Returns:
-        A :class:`ResidDecomposition`.
-
-    Raises:
-        InputError: a layer out of range, a batch that is not tokenized.
-        UnsupportedArchitectureError: decoders and monoT5 (other blocks).
-
-    Example:
-        >>> dec = decompose_resid(ce, batch, heads=False)
-        >>> dec.labels[:4]
-        ['embed', '0_attn_out', '0_ln1_bias', '0_mlp_out']
-        >>> dec["0_ln2_bias"].shape == dec.resid.shape  # [batch, pos, d_model]
-        True
-    """
+def _decompose(
+    model: HookedModel, batch: Any, layer: int | None, heads: bool, extra: tuple[str, ...] = ()
+) -> tuple[ResidDecomposition, Any]:
+    """:func:`decompose_resid` and the run's cache (with the ``extra`` hooks, for the score heads)."""
     kind = _kind(model)
-    enc: Any = model  # an encoder: its blocks and final norm
+    enc: Any = model  # an encoder or decoder: its blocks and final norm
     heads = check_bool(heads, "heads")
     n = model.cfg.n_layers
     if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n):
@@ -185,7 +193,7 @@ def decompose_resid(
         raise InputError(f"batch must be a tokenized batch (model.tokenize(...)), got {type(batch).__name__}")
     top = n if layer is None else layer
     final = layer is None and getattr(model, "ln_final", None) is not None
-    names = set(_hooks(top, kind, final, heads))
+    names = set(_hooks(top, kind, final, heads)) | set(extra)
     last = f"blocks.{n - 1}." + ("hook_normalized_resid_post" if kind == "post" else "hook_resid_post")
     if layer is None:
         target = "ln_final.hook_normalized" if final else last
@@ -194,7 +202,7 @@ def decompose_resid(
     _, cache = model.run_with_cache(batch, names_filter=lambda h: h in names or h == target)
 
     labels = ["embed"]
-    stack = cache["hook_full_embed"][None]
+    stack = cache[_hooks(0, kind, False, heads)[0]][None]
     for lay in range(top):
         blk = enc.blocks[lay]
         b = f"blocks.{lay}."
@@ -211,60 +219,120 @@ def decompose_resid(
         stack = torch.cat([stack, new])
         mlp_out = cache[b + "hook_mlp_out"][None]
         if kind == "post":  # ln1 after the attention, ln2 after the MLP, both on the stream
-            stack = _linear_part(blk.ln1, cache[b + "ln1.hook_scale"])(stack)
-            stack = torch.cat([stack, blk.ln1.b.detach().to(stack.dtype).expand_as(stack[0])[None], mlp_out])
-            stack = _linear_part(blk.ln2, cache[b + "ln2.hook_scale"])(stack)
-            stack = torch.cat([stack, blk.ln2.b.detach().to(stack.dtype).expand_as(stack[0])[None]])
+            stack, _ = _freeze_norm(blk.ln1, cache[b + "ln1.hook_scale"], stack)
+            stack, _ = _freeze_norm(blk.ln2, cache[b + "ln2.hook_scale"], torch.cat([stack, mlp_out]))
             labels += [f"{lay}_ln1_bias", f"{lay}_mlp_out", f"{lay}_ln2_bias"]
         else:
             stack = torch.cat([stack, mlp_out])
             labels.append(f"{lay}_mlp_out")
     if final:
-        ln = enc.ln_final
-        stack = _linear_part(ln, cache["ln_final.hook_scale"])(stack)
-        stack = torch.cat([stack, ln.b.detach().to(stack.dtype).expand_as(stack[0])[None]])
-        labels.append("ln_final_bias")
-    return ResidDecomposition(stack, labels, cache[target], batch.attention_mask, layer)
+        stack, has_bias = _freeze_norm(enc.ln_final, cache["ln_final.hook_scale"], stack)
+        labels += ["ln_final_bias"] if has_bias else []
+    return ResidDecomposition(stack, labels, cache[target], batch.attention_mask, layer), cache
 
 
 @torch.no_grad()
-def decompose_score(
-    model: HookedModel, batch: Any, query_embeddings: Float[Tensor, "batch d_model"], *, heads: bool = True
-) -> ScoreDecomposition:
-    """A bi-encoder's scores ``sim(E(text), query_embeddings)`` as a sum of component contributions: the
-    encoder output's :func:`decompose_resid` pooled as the model pools (mean over attended tokens, or
-    ``[CLS]``), divided by the pooled vector's L2 norm (cosine; frozen at this run's value), and dotted with
-    the fixed query embeddings. A linearisation exact for this run (see the module docstring).
+def decompose_resid(
+    model: HookedModel, batch: Any, *, layer: int | None = None, heads: bool = True
+) -> ResidDecomposition:
+    """The residual stream of ``batch`` before block ``layer`` (``None``: the model's final hidden states,
+    after a final norm if the family has one) as a sum of component contributions, every norm's scale frozen
+    at this run's values (see the module docstring: a linearisation exact for this run, not a
+    counterfactual).
 
     Args:
-        model: a ``HookedBiEncoder`` (a cross-encoder's head, ``tanh`` pooler or activation, is not linear:
-            decompose its ``[CLS]`` hidden state with :func:`decompose_resid` instead).
-        batch: the texts' ``TextBatch`` (``model.tokenize(texts)``).
-        query_embeddings: the fixed side's embeddings ``[batch, d_model]`` (``model.encode(queries)``).
-        heads: as :func:`decompose_resid`.
+        model: a cross-, bi-encoder or decoder reranker of the BERT-like families, DeBERTa, ModernBERT or
+            the decoder families (Qwen2/Qwen3/Llama/Mistral).
+        batch: a tokenized batch (``model.tokenize(...)``).
+        layer: the block whose input is decomposed (``0 .. n_layers``; ``n_layers``: the last block's output,
+            before a final norm), or ``None`` for the final hidden states.
+        heads: one component per head (``L{l}H{h}`` and ``{l}_attn_bias``), or per attention layer
+            (``{l}_attn_out``).
 
     Returns:
-        A :class:`ScoreDecomposition`.
+        A :class:`ResidDecomposition`.
 
     Raises:
-        InputError: a cross-encoder, or embeddings of the wrong shape.
+        InputError: a layer out of range, a batch that is not tokenized.
+        UnsupportedArchitectureError: monoT5 (other blocks).
 
     Example:
-        >>> sd = decompose_score(be, be.tokenize(docs), be.encode(queries))
-        >>> sd.contributions.shape[0] == len(sd.labels)  # [component, batch]
+        >>> dec = decompose_resid(ce, batch, heads=False)
+        >>> dec.labels[:4]
+        ['embed', '0_attn_out', '0_ln1_bias', '0_mlp_out']
+        >>> dec["0_ln2_bias"].shape == dec.resid.shape  # [batch, pos, d_model]
         True
     """
-    if getattr(model, "pairwise", True) or not hasattr(model, "pool"):
-        raise InputError(
-            f"decompose_score takes a bi-encoder; {type(model).__name__}'s score head is not linear in its "
-            "hidden states: use decompose_resid(model, batch) and read the [CLS] position"
-        )
+    return _decompose(model, batch, layer, heads)[0]
+
+
+def _frozen_ratio(act: Any, u: Tensor) -> Tensor:
+    """``act(u) / u`` per unit (``act'(0)`` where ``u == 0``): with it frozen, ``act(x) = ratio ⊙ x`` at ``x = u``."""
+    with torch.enable_grad():
+        zero = torch.zeros((), dtype=u.dtype, device=u.device, requires_grad=True)
+        (slope,) = torch.autograd.grad(act(zero), zero)
+    at_zero = u == 0
+    return torch.where(at_zero, slope.detach(), act(u) / torch.where(at_zero, torch.ones_like(u), u))
+
+
+def _head_input(model: Any, t: Tensor, mask: Tensor) -> Tensor:
+    """What a cross-encoder's head reads of ``t`` ``[..., batch, pos, d]``: the first token, or the mean over
+    attended tokens (ModernBERT's ``classifier_pooling="mean"``): a linear map, applied per component."""
+    if getattr(model.pooler, "pooling", "cls") == "cls":
+        return t[..., 0, :]
+    m = mask.to(t.dtype)[..., None]
+    return (t * m).sum(-2) / m.sum(-2)
+
+
+def _target(model: Any, logits: Tensor, w: Tensor, b: Tensor | None) -> tuple[str, Tensor, Tensor, Tensor]:
+    """What is decomposed (``"score"``: the 1-label logit; ``"logit_margin"``: ``logits[:, 1] - logits[:, 0]``),
+    its run value, and the classifier's row and bias for it."""
+    zero = torch.zeros((), dtype=w.dtype, device=w.device)
+    if model.cfg.n_labels == 1:
+        return "score", logits[:, 0], w[0], zero if b is None else b[0]
+    return "logit_margin", logits[:, 1] - logits[:, 0], w[1] - w[0], zero if b is None else b[1] - b[0]
+
+
+def _cross_encoder_score(model: Any, batch: Any, heads: bool) -> ScoreDecomposition:
+    """A cross-encoder's score (or logit margin) through its head, every nonlinearity frozen at the run."""
+    from mechir_nig.models.components.modernbert import PoolingHead
+
+    pooler = model.pooler
+    normed = isinstance(pooler, PoolingHead)
+    extra = ("classifier.hook_logits", "hook_score") + (("pooler.ln.hook_scale",) if normed else ())
+    dec, cache = _decompose(model, batch, None, heads, extra)
+    mask = batch.attention_mask
+    x = _head_input(model, dec.components, mask)  # [component, batch, d_model]
+    w, b = pooler.W.detach().to(x.dtype), pooler.b.detach().to(x.dtype)
+    ratio = _frozen_ratio(pooler.act, torch.nn.functional.linear(_head_input(model, dec.resid, mask), w, b))
+    y, y_bias = ratio * (x @ w.T), ratio * b  # the dense layer and its activation, frozen
+    if normed:  # ModernBERT: the head's LayerNorm, its scale frozen
+        y, _ = _freeze_norm(pooler.ln, cache["pooler.ln.hook_scale"], torch.cat([y, y_bias[None]]))
+        y, y_bias = y[:-2], y[-2] + y[-1]
+    cls = model.classifier
+    target, total, row, bias = _target(model, cache["classifier.hook_logits"], cls.W.detach(), cls.b.detach())
+    row, bias = row.to(x.dtype), bias.to(x.dtype)
+    contributions = torch.cat([y @ row, (y_bias @ row + bias)[None]])
+    return ScoreDecomposition(contributions, [*dec.labels, "head_bias"], cache["hook_score"], target, total)
+
+
+def _decoder_score(model: Any, batch: Any, heads: bool) -> ScoreDecomposition:
+    """A decoder reranker's score (or yes/no margin) at the last attended token, its final RMSNorm frozen."""
+    dec, cache = _decompose(model, batch, None, heads, ("head.hook_logits", "hook_score"))
+    last = model.last_positions(batch.attention_mask.to(dec.components.device))
+    x = dec.components[:, torch.arange(len(last), device=last.device), last]  # [component, batch, d_model]
+    target, total, row, _ = _target(model, cache["head.hook_logits"], model.head.W.detach(), None)
+    return ScoreDecomposition(x @ row.to(x.dtype), dec.labels, cache["hook_score"], target, total)
+
+
+def _bi_encoder_score(model: Any, batch: Any, query_embeddings: Any, heads: bool) -> ScoreDecomposition:
     n_batch, d = len(batch), model.cfg.d_model
     q = query_embeddings
     if not isinstance(q, Tensor) or tuple(q.shape) != (n_batch, d):
         shape = tuple(q.shape) if isinstance(q, Tensor) else type(q).__name__
         raise InputError(
-            f"query_embeddings must be a tensor [batch, d_model] = ({n_batch}, {d}), got {shape}"
+            f"query_embeddings must be a tensor [batch, d_model] = ({n_batch}, {d}) for a bi-encoder "
+            f"(model.encode(queries)), got {shape}"
         )
     dec = decompose_resid(model, batch, heads=heads)
     comps = dec.components  # [component, batch, pos, d_model]
@@ -275,4 +343,75 @@ def decompose_score(
         pooled = pooled / pooled.sum(0).norm(dim=-1, keepdim=True)  # the run's norm, frozen
     contributions = (pooled * q.to(pooled.device, pooled.dtype)).sum(-1)  # [component, batch]
     scores = (model(batch) * q.to(pooled.device, pooled.dtype)).sum(-1)
-    return ScoreDecomposition(contributions, dec.labels, scores)
+    return ScoreDecomposition(contributions, dec.labels, scores, "score", scores)
+
+
+@torch.no_grad()
+def decompose_score(
+    model: HookedModel, batch: Any, query_embeddings: Float[Tensor, "batch d_model"] | None = None, *,
+    heads: bool = True,
+) -> ScoreDecomposition:  # fmt: skip
+    """The direct score attribution of every component (TransformerLens' ``cache.logit_attrs``): the
+    final hidden states' :func:`decompose_resid` carried through the score head with every nonlinearity
+    frozen at this run's values, so the head is linear *at this run* and the contributions add up to the
+    model's score (or logit margin) exactly. A linearisation, not a counterfactual (module docstring).
+
+    - Bi-encoder: pooled as the model pools (mean over attended tokens, or ``[CLS]``), divided by the pooled
+      vector's L2 norm (cosine; frozen) and dotted with the fixed ``query_embeddings``.
+    - Cross-encoder (BERT, ELECTRA, RoBERTa/XLM-R, DistilBERT, DeBERTa's ``ContextPooler``, ModernBERT):
+      the head's input (``[CLS]``, or ModernBERT's mean over attended tokens), its dense layer
+      ``u = W h + b``, the activation (``tanh``, GELU, ReLU) frozen as the per-unit ratio ``act(u)/u`` at
+      the run's ``u`` (``act'(0)`` where ``u == 0``: any value reconstructs there, the slope is the natural
+      one), ModernBERT's head LayerNorm with its scale frozen, then the classifier. What the head's biases
+      add (dense bias through the frozen activation, head norm bias, classifier bias) is ``head_bias``.
+    - Decoder reranker: the last attended token after the final RMSNorm (scale frozen), dotted with the
+      score head's row (sequence classifier) or answer rows (template: ``logit_yes - logit_no``).
+
+    With 1 label the score is the logit (``target == "score"``); with 2 labels (MonoBERT, templates) the
+    score ``log_softmax(logits)[:, 1] = -softplus(-margin)`` is a nonlinear, increasing function of the
+    margin ``logits[:, 1] - logits[:, 0]``, which is what is decomposed (``target == "logit_margin"``,
+    its run value in ``total``).
+
+    Args:
+        model: a bi-encoder, a cross-encoder or a decoder reranker of the families above.
+        batch: the tokenized batch (``model.tokenize(queries, docs)``; a bi-encoder: ``model.tokenize(texts)``).
+        query_embeddings: a bi-encoder's fixed side ``[batch, d_model]`` (``model.encode(queries)``); ``None``
+            for pair rerankers.
+        heads: as :func:`decompose_resid`.
+
+    Returns:
+        A :class:`ScoreDecomposition` (labels: :func:`decompose_resid`'s, then ``head_bias`` for an encoder
+        head with biases).
+
+    Raises:
+        InputError: query embeddings missing, of the wrong shape, or given to a pair reranker.
+        UnsupportedArchitectureError: monoT5.
+
+    Example:
+        >>> sd = decompose_score(ce, batch)  # a cross-encoder: [CLS] -> tanh pooler -> classifier, frozen
+        >>> bool((sd.contributions.sum(0) - sd.scores).abs().max() < 1e-4), sd.labels[-1]
+        (True, 'head_bias')
+        >>> sd = decompose_score(be, be.tokenize(docs), be.encode(queries))  # a bi-encoder
+        >>> sd.contributions.shape[0] == len(sd.labels)  # [component, batch]
+        True
+    """
+    from mechir_nig.models.cross_encoder import HookedCrossEncoder
+    from mechir_nig.models.decoder import HookedDecoderReranker
+
+    heads = check_bool(heads, "heads")
+    pair = isinstance(model, (HookedCrossEncoder, HookedDecoderReranker))
+    if pair and query_embeddings is not None:
+        raise InputError(
+            f"{type(model).__name__} scores (query, document) pairs in one input: pass no query_embeddings "
+            "(they are for a bi-encoder's fixed side)"
+        )
+    if isinstance(model, HookedCrossEncoder):
+        return _cross_encoder_score(model, batch, heads)
+    if isinstance(model, HookedDecoderReranker):
+        return _decoder_score(model, batch, heads)
+    if getattr(model, "pairwise", True) or not hasattr(model, "pool"):
+        _kind(model)  # monoT5 and other blocks: the UnsupportedArchitectureError naming what works
+        raise UnsupportedArchitectureError(
+            f"decompose_score supports bi-encoders, cross-encoders and decoder rerankers; got {type(model).__name__}"
+        )
+    return _bi_encoder_score(model, batch, query_embeddings, heads)
