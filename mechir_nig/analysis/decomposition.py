@@ -1,4 +1,5 @@
-"""The residual stream as a sum of component contributions, every LayerNorm's scale frozen at the run's values.
+"""The residual stream and the score as sums of component contributions, every nonlinearity between a
+component and the output frozen at the run's values (norm scales, the score head's activation).
 
 In a post-LN encoder (BERT, ELECTRA, RoBERTa/XLM-R, DistilBERT, DeBERTa) every block renormalises the
 stream: ``resid_mid = resid_pre + attn_out``, ``ln1(resid_mid) = w₁ ⊙ C(resid_mid) · s₁ + b₁`` (``C``
@@ -7,23 +8,35 @@ block output ``ln2(resid_post)``. With the scales ``s`` fixed at the values the 
 (``blocks.{l}.ln1.hook_scale`` ...) each LayerNorm is the **affine** map ``x ↦ w ⊙ C(x) · s + b``, and
 the stream at any point is the sum of
 
-- ``embed``: the embedding output (``hook_full_embed``),
+- ``embed``: the embedding output (``hook_full_embed``; a decoder's ``hook_embed``),
 - each head's output ``L{l}H{h}`` (``z_h W_O[h]``; or ``{l}_attn_out`` with ``heads=False``) and the
   attention bias ``{l}_attn_bias`` (``b_O``),
 - each MLP's output ``{l}_mlp_out`` (its bias ``b_out`` included),
 - each LayerNorm's bias ``{l}_ln1_bias``, ``{l}_ln2_bias`` (and ``ln_final_bias``),
 
 each carried to that point through the linear parts ``x ↦ w ⊙ C(x) · s`` of the LayerNorms it passes.
-Pre-LN families (ModernBERT) need no freezing inside the blocks (the stream is a plain sum); their final
-norm (``ln_final``) is frozen the same way.
+Pre-LN families (ModernBERT, decoder rerankers) need no freezing inside the blocks (the stream is a plain
+sum); their final norm (``ln_final``) is frozen the same way (a decoder's RMSNorm: ``x ↦ w ⊙ x · s``, no
+centring, no bias).
 
-**What this is.** A linearisation *at this run*: the contributions add up to the run's residual stream
-exactly (to float rounding: tested to 1e-10 in float64), and ``decompose_score`` to a bi-encoder's score.
-It is not a counterfactual: a component's contribution is what it adds *given the scales this input
-produced*; removing or changing a component changes the scales (every LayerNorm renormalises), so the
-score change of an ablation is not its contribution (use ``patch`` / ``ablate`` for that, or patch the
-``ln*_scale`` sites to freeze the scales in an intervention). Each head's and MLP's output is its direct
-contribution: what it writes, not what later components compute from it.
+:func:`decompose_score` carries the final hidden states on through the score head (TransformerLens'
+``cache.logit_attrs``, the direct score attribution), freezing the head's nonlinearities too: a
+bi-encoder's cosine norm; a cross-encoder's dense-layer activation (``tanh``, GELU, ReLU) as the per-unit
+ratio ``act(u)/u`` at the run's pre-activation ``u`` (``act'(0)`` where ``u == 0``), so that
+``act(W h + b) = ratio ⊙ (W h) + ratio ⊙ b`` splits over the components of ``h``, and ModernBERT's head
+LayerNorm's scale; a decoder's final RMSNorm's scale. The head's biases add ``head_bias``. A 2-label head's
+score ``log_softmax(logits)[:, 1]`` is not linear in the logits: its margin ``logits[:, 1] - logits[:, 0]``
+is decomposed instead (``ScoreDecomposition.target``). monoT5 is not supported (its score is read at a
+decoder step that cross-attends to the encoder).
+
+**What this is.** A linearisation *at this run*: the contributions add up to the run's residual stream,
+score or logit margin exactly (to float rounding: tested to 1e-10 in float64 on every supported family).
+It is not a counterfactual: a component's contribution is what it adds *given the scales and activation
+ratios this input produced*; removing or changing a component changes them (every LayerNorm renormalises,
+``tanh`` saturates), so the score change of an ablation is not its contribution (use ``patch`` /
+``ablate`` for that, or patch the ``ln*_scale`` sites to freeze the scales in an intervention). Each
+head's and MLP's output is its direct contribution: what it writes, not what later components compute
+from it.
 
 Example:
     >>> dec = decompose_resid(ce, batch)
