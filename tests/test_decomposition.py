@@ -18,6 +18,8 @@ from family_checkpoints import (
     make_deberta,
     make_decoder,
     make_modernbert,
+    make_t5,
+    t5_tokenizer,
     wordpiece_tokenizer,
 )
 
@@ -148,35 +150,59 @@ CHECKPOINTS = {  # family: (builder, load_model options); 1- and 2-label heads, 
     ),
     "qwen3-template": (_decoder("qwen3"), {"template": "qwen3-reranker"}),  # logit_yes - logit_no
     "qwen2-seq-1": (_decoder("qwen2"), {}),
+    "monot5-v1.0": (lambda t: make_t5(t, t5_tokenizer(), "v1.0"), {"template": "monot5"}),  # tied: rescaled
+    "monot5-v1.1": (lambda t: make_t5(t, t5_tokenizer(), "v1.1"), {"template": "monot5"}),
 }
+
+
+def _expected_labels(model, family, batch):
+    """decompose_resid's labels (+ ``head_bias`` for an encoder head); monoT5: its decoder's components."""
+    if family.startswith("monot5"):
+        labels = ["dec_embed"]
+        for lay in range(model.cfg.n_decoder_layers):
+            labels += [f"dec_L{lay}{t}{h}" for t in ("H", "X") for h in range(model.cfg.n_heads)]
+            labels.append(f"dec_{lay}_mlp_out")
+        return labels
+    labels = decompose_resid(model, batch).labels
+    return labels + ([] if family.startswith("qwen") else ["head_bias"])
 
 
 @pytest.mark.parametrize("family", list(CHECKPOINTS))
 def test_score_contributions_add_up_to_every_familys_score(family, tmp_path):
     """Frozen head nonlinearities: the contributions add up to the model's own score (1 label) or logit
-    margin (2 labels, templates), whose score log_softmax(logits)[:, 1] = -softplus(-margin) is monotone."""
+    margin (2 labels, templates, monoT5's true - false), whose score log_softmax(...)[:, 1] =
+    -softplus(-margin) is monotone in it."""
     build, options = CHECKPOINTS[family]
     model = load_model(build(tmp_path), dtype=torch.float64, **options)
     batch = model.tokenize(T5_QUERIES, T5_DOCS)  # different lengths: padding, last positions, mean pooling
     sd = decompose_score(model, batch)
     logits = model(batch, return_type="logits")
     torch.testing.assert_close(sd.scores, model(batch), rtol=0, atol=1e-12)
+    neg, pos = getattr(model, "answer_ids", (0, 1))  # monoT5: the (false, true) vocabulary rows
     if logits.shape[1] == 1:
         assert sd.target == "score"
         torch.testing.assert_close(sd.total, sd.scores, rtol=0, atol=1e-12)
     else:
         assert sd.target == "logit_margin"
-        torch.testing.assert_close(sd.total, logits[:, 1] - logits[:, 0], rtol=0, atol=1e-12)
+        torch.testing.assert_close(sd.total, logits[:, pos] - logits[:, neg], rtol=0, atol=1e-12)
         torch.testing.assert_close(sd.scores, -torch.nn.functional.softplus(-sd.total), rtol=0, atol=1e-12)
     torch.testing.assert_close(sd.contributions.sum(0), sd.total, rtol=0, atol=1e-10)
-    labels = decompose_resid(model, batch).labels
-    decoder = family.startswith("qwen")
-    assert sd.labels == labels + ([] if decoder else ["head_bias"]) == sd.labels[: sd.contributions.shape[0]]
+    assert sd.labels == _expected_labels(model, family, batch)
     assert sd.contributions.shape == (len(sd.labels), len(T5_QUERIES))
     assert sd.contributions[:-1].abs().max() > 1e-3  # components carry the score, not only the bias
     coarse = decompose_score(model, batch, heads=False)
     torch.testing.assert_close(coarse.contributions.sum(0), sd.total, rtol=0, atol=1e-10)
     n_heads = model.cfg.n_heads
+    if family.startswith("monot5"):  # self- and cross-attention heads add up to their layer's output
+        for tag, site in (("H", "attn"), ("X", "cross_attn")):
+            heads = sum(sd[f"dec_L1{tag}{h}"] for h in range(n_heads))
+            torch.testing.assert_close(heads, coarse[f"dec_1_{site}_out"], rtol=0, atol=1e-10)
+        model.set_stack("decoder")  # the plain hook names now address the decoder: the same result
+        try:
+            torch.testing.assert_close(decompose_score(model, batch).contributions, sd.contributions)
+        finally:
+            model.set_stack("encoder")
+        return
     heads = sum(sd[f"L1H{h}"] for h in range(n_heads)) + sd["1_attn_bias"]
     torch.testing.assert_close(heads, coarse["1_attn_out"], rtol=0, atol=1e-10)
 

@@ -269,16 +269,17 @@ def test_layer_norm_sites(folders, family):
 def test_decompose_resid_with_frozen_norms(folders, family):
     """The encoder families' output is the sum of its frozen-LayerNorm decomposition (ModernBERT: pre-LN
     blocks, its final norm frozen; DeBERTa: post-LN), the decoders' final hidden states the sum of theirs
-    (pre-RMSNorm blocks, the final RMSNorm's scale frozen, no bias); monoT5 is refused, saying so."""
+    (pre-RMSNorm blocks, the final RMSNorm's scale frozen, no bias); monoT5's stream is refused, saying
+    where its score's decomposition is."""
     from mechir_nig.analysis import decompose_resid, decompose_score
     from mechir_nig.errors import UnsupportedArchitectureError
 
     model = model_of(folders, family)
     batch = model.tokenize(Q, D)
-    if family == "monot5":
-        for fn in (decompose_resid, decompose_score):
-            with pytest.raises(UnsupportedArchitectureError, match="other blocks.*monoT5"):
-                fn(model, batch)
+    if family == "monot5":  # its decoder's components: decompose_score (test_decomposition)
+        with pytest.raises(UnsupportedArchitectureError, match=r"other blocks \(monoT5.*decompose_score"):
+            decompose_resid(model, batch)
+        assert decompose_score(model, batch).labels[0] == "dec_embed"
         return
     dec = decompose_resid(model, batch)
     with torch.no_grad():

@@ -26,8 +26,11 @@ ratio ``act(u)/u`` at the run's pre-activation ``u`` (``act'(0)`` where ``u == 0
 ``act(W h + b) = ratio ⊙ (W h) + ratio ⊙ b`` splits over the components of ``h``, and ModernBERT's head
 LayerNorm's scale; a decoder's final RMSNorm's scale. The head's biases add ``head_bias``. A 2-label head's
 score ``log_softmax(logits)[:, 1]`` is not linear in the logits: its margin ``logits[:, 1] - logits[:, 0]``
-is decomposed instead (``ScoreDecomposition.target``). monoT5 is not supported (its score is read at a
-decoder step that cross-attends to the encoder).
+is decomposed instead (``ScoreDecomposition.target``). monoT5's ``logit_true - logit_false`` is read at one
+decoder step: it is decomposed over the decoder's components (``dec_embed``, self-attention heads
+``dec_L{l}H{h}``, cross-attention heads ``dec_L{l}X{h}``, ``dec_{l}_mlp_out``) through the frozen final
+RMSNorm; the encoder reaches that step only through cross-attention, so it has no direct contribution
+(:func:`decompose_resid` refuses monoT5's two stacks).
 
 **What this is.** A linearisation *at this run*: the contributions add up to the run's residual stream,
 score or logit margin exactly (to float rounding: tested to 1e-10 in float64 on every supported family).
@@ -153,8 +156,9 @@ def _kind(model: HookedModel) -> str:
         if blocks and all(isinstance(b, cls) for b in blocks):
             return kind
     raise UnsupportedArchitectureError(
-        f"the decomposition supports {_SUPPORTED}; {type(model).__name__} has other blocks "
-        "(monoT5's score is read from a decoder step that cross-attends to the encoder: not decomposed)"
+        f"decompose_resid supports {_SUPPORTED}; {type(model).__name__} has other blocks (monoT5: its "
+        "score is read at a decoder step that cross-attends to the encoder; decompose_score(model, batch) "
+        "attributes it to the decoder's components)"
     )
 
 
@@ -180,6 +184,12 @@ def _freeze_norm(ln: Any, scale: Tensor, stack: Tensor) -> tuple[Tensor, bool]:
     if bias is None:
         return stack, False
     return torch.cat([stack, bias.detach().to(stack.dtype).expand_as(stack[0])[None]]), True
+
+
+def _per_head(z: Tensor, w_o: Tensor) -> Tensor:
+    """Each head's output ``z_h W_O[h]`` ``[head, batch, pos, d_model]`` from ``hook_z``
+    ``[batch, pos, head, d_head]`` and ``W_O`` ``[head, d_head, d_model]``."""
+    return einsum(z, w_o.detach().to(z.dtype), "b p h k, h k d -> h b p d")
 
 
 def _hooks(n: int, kind: str, final: bool, heads: bool) -> list[str]:
@@ -220,10 +230,8 @@ def _decompose(
         blk = enc.blocks[lay]
         b = f"blocks.{lay}."
         if heads:
-            z = cache[b + "attn.hook_z"]  # [batch, pos, n_heads, d_head]
-            w_o = blk.attn.W_O.detach().to(z.dtype)  # [n_heads, d_head, d_model]
-            per_head = einsum(z, w_o, "b p h k, h k d -> h b p d")
-            b_o = blk.attn.b_O.detach().to(z.dtype).expand_as(per_head[0])
+            per_head = _per_head(cache[b + "attn.hook_z"], blk.attn.W_O)
+            b_o = blk.attn.b_O.detach().to(per_head.dtype).expand_as(per_head[0])
             new = torch.cat([per_head, b_o[None]])
             labels += [f"L{lay}H{h}" for h in range(per_head.shape[0])] + [f"{lay}_attn_bias"]
         else:
@@ -267,7 +275,7 @@ def decompose_resid(
 
     Raises:
         InputError: a layer out of range, a batch that is not tokenized.
-        UnsupportedArchitectureError: monoT5 (other blocks).
+        UnsupportedArchitectureError: monoT5 (other blocks: use :func:`decompose_score`).
 
     Example:
         >>> dec = decompose_resid(ce, batch, heads=False)
@@ -338,6 +346,39 @@ def _decoder_score(model: Any, batch: Any, heads: bool) -> ScoreDecomposition:
     return ScoreDecomposition(x @ row.to(x.dtype), dec.labels, cache["hook_score"], target, total)
 
 
+def _monot5_score(model: Any, batch: Any, heads: bool) -> ScoreDecomposition:
+    """monoT5's ``logit_true - logit_false`` at its one decoder step, over the decoder's components (the
+    encoder reaches that step only through cross-attention: no encoder component writes it directly)."""
+    if not hasattr(batch, "input_ids") or not hasattr(batch, "attention_mask"):
+        raise InputError(f"batch must be a tokenized batch (model.tokenize(...)), got {type(batch).__name__}")
+    cfg, p = model.cfg, "decoder.blocks."
+    names = [p + "0.hook_resid_pre", "decoder.ln_final.hook_scale", "hook_logits", "hook_score"]
+    for lay in range(cfg.n_decoder_layers):
+        names += [f"{p}{lay}.{h}" for h in ("attn.hook_z", "cross_attn.hook_z", "hook_mlp_out")]
+        names += [] if heads else [f"{p}{lay}.hook_attn_out", f"{p}{lay}.hook_cross_attn_out"]
+    _, cache = model.run_with_cache(batch, names_filter=names)
+    labels, parts = ["dec_embed"], [cache[p + "0.hook_resid_pre"][None]]
+    for lay, blk in enumerate(model.decoder.blocks):
+        for attn, site, tag in ((blk.attn, "attn", "H"), (blk.cross_attn, "cross_attn", "X")):
+            if heads:  # T5's ``o`` has no bias
+                w_o = attn.o.weight.T.reshape(cfg.n_heads, cfg.d_head, cfg.d_model)
+                parts.append(_per_head(cache[f"{p}{lay}.{site}.hook_z"], w_o))
+                labels += [f"dec_L{lay}{tag}{h}" for h in range(cfg.n_heads)]
+            else:
+                parts.append(cache[f"{p}{lay}.hook_{site}_out"][None])
+                labels.append(f"dec_{lay}_{site}_out")
+        parts.append(cache[f"{p}{lay}.hook_mlp_out"][None])
+        labels.append(f"dec_{lay}_mlp_out")
+    stack = _linear_part(model.decoder.ln_final, cache["decoder.ln_final.hook_scale"])(torch.cat(parts))
+    if cfg.scale_decoder_outputs:  # T5 v1.0's tied head
+        stack = stack * cfg.d_model**-0.5
+    neg, pos = model.answer_ids
+    logits = cache["hook_logits"]
+    row = (model.W_U[pos] - model.W_U[neg]).detach().to(stack.dtype)
+    total = logits[:, pos] - logits[:, neg]
+    return ScoreDecomposition(stack[:, :, 0] @ row, labels, cache["hook_score"], "logit_margin", total)
+
+
 def _bi_encoder_score(model: Any, batch: Any, query_embeddings: Any, heads: bool) -> ScoreDecomposition:
     n_batch, d = len(batch), model.cfg.d_model
     q = query_embeddings
@@ -379,14 +420,18 @@ def decompose_score(
       add (dense bias through the frozen activation, head norm bias, classifier bias) is ``head_bias``.
     - Decoder reranker: the last attended token after the final RMSNorm (scale frozen), dotted with the
       score head's row (sequence classifier) or answer rows (template: ``logit_yes - logit_no``).
+    - monoT5: its one decoder step's components (``dec_embed``, ``dec_L{l}H{h}`` self-attention heads,
+      ``dec_L{l}X{h}`` cross-attention heads, ``dec_{l}_mlp_out``; T5 has no biases) through the decoder's
+      final RMSNorm (scale frozen; T5 v1.0's ``d_model ** -0.5``) and ``W_U[true] - W_U[false]``. The
+      encoder writes that step only through cross-attention: its components have no direct contribution.
 
-    With 1 label the score is the logit (``target == "score"``); with 2 labels (MonoBERT, templates) the
+    With 1 label the score is the logit (``target == "score"``); with 2 labels (MonoBERT, templates, monoT5) the
     score ``log_softmax(logits)[:, 1] = -softplus(-margin)`` is a nonlinear, increasing function of the
     margin ``logits[:, 1] - logits[:, 0]``, which is what is decomposed (``target == "logit_margin"``,
     its run value in ``total``).
 
     Args:
-        model: a bi-encoder, a cross-encoder or a decoder reranker of the families above.
+        model: a bi-encoder, a cross-encoder, a decoder reranker or monoT5.
         batch: the tokenized batch (``model.tokenize(queries, docs)``; a bi-encoder: ``model.tokenize(texts)``).
         query_embeddings: a bi-encoder's fixed side ``[batch, d_model]`` (``model.encode(queries)``); ``None``
             for pair rerankers.
@@ -398,7 +443,7 @@ def decompose_score(
 
     Raises:
         InputError: query embeddings missing, of the wrong shape, or given to a pair reranker.
-        UnsupportedArchitectureError: monoT5.
+        UnsupportedArchitectureError: a model of none of these kinds.
 
     Example:
         >>> sd = decompose_score(ce, batch)  # a cross-encoder: [CLS] -> tanh pooler -> classifier, frozen
@@ -410,9 +455,10 @@ def decompose_score(
     """
     from mechir_nig.models.cross_encoder import HookedCrossEncoder
     from mechir_nig.models.decoder import HookedDecoderReranker
+    from mechir_nig.models.t5 import HookedMonoT5
 
     heads = check_bool(heads, "heads")
-    pair = isinstance(model, (HookedCrossEncoder, HookedDecoderReranker))
+    pair = isinstance(model, (HookedCrossEncoder, HookedDecoderReranker, HookedMonoT5))
     if pair and query_embeddings is not None:
         raise InputError(
             f"{type(model).__name__} scores (query, document) pairs in one input: pass no query_embeddings "
@@ -422,9 +468,11 @@ def decompose_score(
         return _cross_encoder_score(model, batch, heads)
     if isinstance(model, HookedDecoderReranker):
         return _decoder_score(model, batch, heads)
+    if isinstance(model, HookedMonoT5):
+        return _monot5_score(model, batch, heads)
     if getattr(model, "pairwise", True) or not hasattr(model, "pool"):
-        _kind(model)  # monoT5 and other blocks: the UnsupportedArchitectureError naming what works
         raise UnsupportedArchitectureError(
-            f"decompose_score supports bi-encoders, cross-encoders and decoder rerankers; got {type(model).__name__}"
+            "decompose_score supports bi-encoders, cross-encoders, decoder rerankers and monoT5; got "
+            f"{type(model).__name__}"
         )
     return _bi_encoder_score(model, batch, query_embeddings, heads)
