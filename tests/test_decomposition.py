@@ -284,3 +284,47 @@ def test_two_label_bert_decomposes_the_logit_margin(tiny_ce2_dir):
     assert sd.target == "logit_margin"
     torch.testing.assert_close(sd.contributions.sum(0), logits[:, 1] - logits[:, 0], rtol=0, atol=1e-10)
     torch.testing.assert_close(sd.scores, torch.log_softmax(logits, -1)[:, 1], rtol=0, atol=1e-12)
+
+
+@torch.no_grad()
+def test_modernbert_mean_pooling_head_by_hand_from_hf_weights(tmp_path):
+    """ModernBERT (mean pooling, biases, 2 labels): the components' attended-token means through Hugging
+    Face's head.dense, the activation frozen as act(u)/u at the run's u, head.norm with its scale
+    1/sqrt(var + eps) recomputed from the activation's output, and classifier rows 1 - 0: ours, to 1e-10."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = CHECKPOINTS["modernbert-mean-2"][0](tmp_path)
+    model = load_model(folder, dtype=torch.float64)
+    hf = AutoModelForSequenceClassification.from_pretrained(
+        str(folder), attn_implementation="eager", dtype=torch.float64
+    ).eval()
+    batch = model.tokenize(T5_QUERIES, T5_DOCS)
+    m = batch.attention_mask.to(torch.float64)[..., None]
+    dec = decompose_resid(model, batch)  # the run: final hidden states and their components
+    hidden = hf.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    # HF eager leaves NaN at padded rows whose local window holds only padding: compare attended rows
+    hidden = torch.where(m.bool(), hidden, 0)
+    # HF's run equals ours to float32 rounding (both rotate in float32); the frozen values are our run's
+    torch.testing.assert_close(hidden, torch.where(m.bool(), dec.resid, 0), rtol=0, atol=1e-6)
+    head = hf.head
+    hf_pooled = (dec.resid * m).sum(1) / m.sum(1)
+    u = head.dense(hf_pooled)
+    act = head.act(u)
+    ratio = act / u
+    scale = 1 / torch.sqrt(act.var(-1, unbiased=False, keepdim=True) + head.norm.eps)
+
+    def frozen_norm(y):
+        return (y - y.mean(-1, keepdim=True)) * scale * head.norm.weight
+
+    row = hf.classifier.weight[1] - hf.classifier.weight[0]
+    pooled = (dec.components * m).sum(-2) / m.sum(-2)  # [component, batch, d_model]
+    by_hand = frozen_norm(ratio * (pooled @ head.dense.weight.T)) @ row
+    norm_bias = 0 if head.norm.bias is None else head.norm.bias @ row
+    bias = (
+        frozen_norm(ratio * head.dense.bias) @ row + norm_bias + hf.classifier.bias[1] - hf.classifier.bias[0]
+    )
+    sd = decompose_score(model, batch)
+    torch.testing.assert_close(sd.contributions[:-1], by_hand, rtol=0, atol=1e-10)
+    torch.testing.assert_close(sd["head_bias"], bias, rtol=0, atol=1e-10)
+    logits = hf.classifier(head(hf_pooled))  # HF's head on the run's pooled hidden states
+    torch.testing.assert_close(sd.contributions.sum(0), logits[:, 1] - logits[:, 0], rtol=0, atol=1e-10)
