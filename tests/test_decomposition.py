@@ -113,6 +113,8 @@ def test_bad_inputs_are_refused(ce64, minilm64):
         decompose_resid(ce64, batch, layer=ce64.cfg.n_layers + 1)
     with pytest.raises(InputError, match="tokenized"):
         decompose_resid(ce64, QUERIES[:1])
+    with pytest.raises(InputError, match="tokenized"):
+        decompose_score(ce64, QUERIES[:1])
     with pytest.raises(InputError, match="query_embeddings"):
         decompose_score(minilm64, minilm64.tokenize(DOCS[:2]), torch.zeros(3, 384))
 
