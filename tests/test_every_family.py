@@ -268,22 +268,29 @@ def test_layer_norm_sites(folders, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_decompose_resid_with_frozen_norms(folders, family):
     """The encoder families' output is the sum of its frozen-LayerNorm decomposition (ModernBERT: pre-LN
-    blocks, its final norm frozen; DeBERTa: post-LN); decoders and monoT5 are refused, saying so."""
-    from mechir_nig.analysis import decompose_resid
+    blocks, its final norm frozen; DeBERTa: post-LN), the decoders' final hidden states the sum of theirs
+    (pre-RMSNorm blocks, the final RMSNorm's scale frozen, no bias); monoT5's stream is refused, saying
+    where its score's decomposition is."""
+    from mechir_nig.analysis import decompose_resid, decompose_score
     from mechir_nig.errors import UnsupportedArchitectureError
 
     model = model_of(folders, family)
     batch = model.tokenize(Q, D)
-    if family not in ("modernbert", "deberta"):
-        with pytest.raises(UnsupportedArchitectureError, match="other blocks"):
+    if family == "monot5":  # its decoder's components: decompose_score (test_decomposition)
+        with pytest.raises(UnsupportedArchitectureError, match=r"other blocks \(monoT5.*decompose_score"):
             decompose_resid(model, batch)
+        assert decompose_score(model, batch).labels[0] == "dec_embed"
         return
     dec = decompose_resid(model, batch)
     with torch.no_grad():
-        out = model.encoder_forward(batch.input_ids, batch.token_type_ids, batch.attention_mask)
+        if family in ("modernbert", "deberta"):
+            out = model.encoder_forward(batch.input_ids, batch.token_type_ids, batch.attention_mask)
+        else:  # a decoder: the last block's output through the final RMSNorm
+            out = model.ln_final(model(batch, stop_at_layer=model.cfg.n_layers))
     torch.testing.assert_close(dec.resid, out, rtol=0, atol=1e-12)
     torch.testing.assert_close(dec.components.sum(0), out, rtol=0, atol=1e-10)
-    assert dec.labels[-1] == ("ln_final_bias" if family == "modernbert" else "1_ln2_bias")
+    last = {"modernbert": "ln_final_bias", "deberta": "1_ln2_bias"}.get(family, "1_mlp_out")
+    assert dec.labels[-1] == last
 
 
 @pytest.mark.parametrize("family", FAMILIES)

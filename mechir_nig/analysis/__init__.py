@@ -1,6 +1,7 @@
 """Analyses of what a model represents: IR features per token and pair, cross-validated linear probes, and
 directions of the token embedding matrix (Lu, Chen & Eickhoff, "Pathway to Relevance", EMNLP 2025), and the
-residual stream decomposed with frozen LayerNorm scales (``decompose_resid``, ``decompose_score``).
+residual stream decomposed with frozen LayerNorm scales (``decompose_resid``) and every family's score
+attributed directly to its components with the head's nonlinearities frozen (``decompose_score``).
 
 Names are imported lazily, so ``import mechir_nig.analysis`` is cheap.
 """

@@ -25,7 +25,9 @@ from mechir_nig.errors import PostLayerNormError
 _ADVICE = (
     "read the hooks directly instead (cache['blocks.{l}.hook_attn_out'], 'hook_mlp_out', "
     "'hook_normalized_resid_post'), decompose the stream with every LayerNorm's scale frozen "
-    "(mechir_nig.analysis.decompose_resid), or attribute the score with neuron_integrated_gradients"
+    "(mechir_nig.analysis.decompose_resid), attribute the score directly with the head's nonlinearities "
+    "frozen (mechir_nig.analysis.decompose_score: logit_attrs for rerankers), or with "
+    "neuron_integrated_gradients"
 )
 
 
