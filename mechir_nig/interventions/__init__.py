@@ -29,7 +29,6 @@ _EXPORTS = {
     "NoScoreChangeWarning": "patching",
     "SITES": "patching",
     "attribution_patch": "attribution_patching",
-    "spearman": "attribution_patching",
     "path_patch": "path_patching",
     "path_patch_heads_to_score": "path_patching",
     "PathPatchingResult": "path_patching",
