@@ -159,7 +159,15 @@ def ran_heads(tmp_path_factory, tiny_ce2_dir):
     out = tmp_path_factory.mktemp("circuits_heads") / "results"
     argv = ["circuits", "--model", str(tiny_ce2_dir), "--collection", "embedded", "--out", str(out)]
     argv += ["--no-progress", "--max-pairs", "3", "--steps", "path_patching,path_patching_heads"]
-    return main(argv), out
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(argv)
+    # the direct paths are computed once: the path_patching step's result chooses the receivers
+    assert buf.getvalue().count("into the score (direct path)") == 1
+    return rc, out
 
 
 def _alignment(model, meta):
@@ -261,6 +269,7 @@ def test_explicit_receivers_and_their_errors(tmp_path, tiny_ce2_dir, capsys):
         assert message in capsys.readouterr().err, extra
         assert not (out / CIRCUIT_FILES["path_patching_heads"]).exists()  # refused before any work
     assert main(["circuits", *common, "--receivers", "v:1.1,q:2.0"]) == 0
+    assert "into the score (direct path)" not in capsys.readouterr().out  # not needed: not computed
     res = PathPatchingResult.load(out / CIRCUIT_FILES["path_patching_heads"])
     assert res.receivers == ["v:L1H1", "q:L2H0"] and res.meta["receivers_chosen"]["by"] == "given"
     assert res["v:L1H1"].layers == [0] and res["q:L2H0"].layers == [0, 1]

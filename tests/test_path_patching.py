@@ -386,3 +386,29 @@ def test_path_patching_result_round_trip_and_damage(ce64, al64, tmp_path):
     path.write_bytes(bytes(raw[:200]))
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         PathPatchingResult.load(path)
+
+
+def test_into_heads_reads_the_shared_key_value_head_under_grouped_query_attention(
+    decoder_tokenizer, tmp_path_factory
+):
+    """A Qwen2 reranker (4 query heads, 2 key/value heads): a receiver head's key and value inputs are
+    those of the key/value head its group reads (query head h -> h // 2), and equal path_patch's."""
+    from test_decoder import _save
+
+    from mechir_nig import load_model
+    from mechir_nig.interventions.path_patching import path_patch_into_heads
+
+    model = load_model(_save(decoder_tokenizer, tmp_path_factory, "qwen2", 1), dtype=torch.float64)
+    al = perturb.align(model, QUERIES[:2], DOCS[:2], lambda q, d: perturb.tfc1(q, d, where="start"))
+    res = path_patch_into_heads(model, al, receiver_heads=4)
+    heads = res.meta["receivers_chosen"]["heads"]
+    assert len(heads) == 4 and all(lyr == 1 for lyr, _ in heads)  # 2 layers: the receivers are in layer 1
+    expected = []
+    for lyr, h in heads:
+        expected += [f"q:L{lyr}H{h}"] + [
+            k for k in (f"k:L{lyr}H{h // 2}", f"v:L{lyr}H{h // 2}") if k not in expected
+        ]
+    assert res.receivers == list(dict.fromkeys(expected))
+    ref = path_patch(model, al, senders="heads", receivers=[("v", 1, 1), ("k", 1, 0)])
+    for key in ("v:L1H1", "k:L1H0"):
+        torch.testing.assert_close(res[key]["heads"], ref[key]["heads"], atol=1e-12, rtol=0, equal_nan=True)
