@@ -32,6 +32,7 @@ __all__ = [
     "interaction_findings",
     "patching_findings",
     "patching_notes",
+    "path_patching_heads_findings",
     "pruning_findings",
     "results_findings",
 ]
@@ -287,9 +288,9 @@ def patching_notes(result: Any, *, include_small: bool = False) -> list[str]:
 
 # -- circuits (issue 17): interaction study, attention by group, attribution patching ------------------
 def interaction_findings(result: Any, measure: str | None = None, *, n_resamples: int = 10000) -> list[str]:
-    """Sentences of an ``InteractionResult``: the block that lowers the measure most (and the one that
-    raises it most, where any does) with its interval and Holm-adjusted p, and how many (interaction,
-    layer) blocks change the measure significantly.
+    """Sentences of an ``InteractionResult``: the block (or re-weighting, ``weight > 0``) that lowers the
+    measure most (and the one that raises it most, where any does) with its interval and Holm-adjusted p,
+    and how many (interaction, layer) blocks change the measure significantly.
 
     Example:
         >>> interaction_findings(res)[0]  # doctest: +SKIP
@@ -301,27 +302,34 @@ def interaction_findings(result: Any, measure: str | None = None, *, n_resamples
         return []
     out = []
 
+    w = getattr(result, "weight", 0.0)
+
     def where(r: Mapping[str, Any]) -> str:
         layer = "in every layer" if r["layer"] == "all" else f"at layer {r['layer']}"
+        if w:
+            return f"Re-weighting {r['interaction']} attention by {w:g} {layer}"
         return f"Blocking {r['interaction']} attention {layer}"
 
     nq = f"{rows[0]['n_queries']} held-out queries"
+    unmodified = "unmodified" if w else "unblocked"
     worst = max(rows, key=lambda r: r["drop"])
     best = min(rows, key=lambda r: r["drop"])
     for r, verb in ((worst, "lowers"), (best, "raises")):
         amount = r["drop"] if verb == "lowers" else -r["drop"]
         if amount <= 0:
             continue
-        verdict = "" if r["p_holm"] < ALPHA else "; indistinguishable from the unblocked model"
+        verdict = "" if r["p_holm"] < ALPHA else f"; indistinguishable from the {unmodified} model"
         out.append(
             f"{where(r)} {verb} {m} by {amount:.3f} {_ci(r['drop_ci'] if verb == 'lowers' else [0.0 - r['drop_ci'][1], 0.0 - r['drop_ci'][0]])} "
             f"({format_p(r['p_holm'])}, {nq}){verdict}."
         )
     if not out:
-        out.append(f"No blocked interaction changes {m} on the {nq} (unblocked {rows[0]['unblocked']:.3f}).")
+        what = "blocked interaction" if not w else f"interaction re-weighted by {w:g}"
+        out.append(f"No {what} changes {m} on the {nq} ({unmodified} {rows[0]['unblocked']:.3f}).")
     sig = sum(r["p_holm"] < ALPHA for r in rows)
+    blocks = "blocks" if not w else f"re-weightings (x{w:g})"
     out.append(
-        f"{sig} of {len(rows)} (interaction, layer) blocks change {m} significantly (Holm-adjusted across "
+        f"{sig} of {len(rows)} (interaction, layer) {blocks} change {m} significantly (Holm-adjusted across "
         f"them, alpha {ALPHA:g}); intervals are percentile bootstraps over the {nq}."
     )
     return out
@@ -378,6 +386,78 @@ def attribution_patching_findings(result: Any) -> list[str]:
     return out
 
 
+_INPUT_WORDS = {"q": "queries", "k": "keys", "v": "values"}
+
+
+def _receiver_words(key: str) -> str:
+    """``"q:L3H1"`` -> ``"the queries of L3H1"``, ``"mlp:L2"`` -> ``"the MLP of layer 2"``, ``"score"``."""
+    kind, _, where = key.partition(":")
+    if not where:
+        return {"score": "the score", "score_direct": "the score (direct path)"}.get(kind, key)
+    what = _INPUT_WORDS.get(kind, {"mlp": "the MLP"}.get(kind, kind))
+    target = where if "H" in where else f"layer {where.removeprefix('L')}"
+    return f"the {what} of {target}" if kind in _INPUT_WORDS else f"{what} of {target}"
+
+
+def path_patching_heads_findings(result: Any, *, n_resamples: int = 10000) -> list[str]:
+    """Sentences of a ``PathPatchingResult`` (the ``circuits`` command's path patching into heads): how
+    the receiver heads were chosen, and per receiver the sender whose path carries the largest mean effect
+    with its bootstrap interval over pairs (``statistics.bootstrap_ci``), its raw score change and the
+    runners-up; pairs with a tiny perturbation are left out as in :func:`patching_findings`.
+
+    Example:
+        >>> path_patching_heads_findings(res)[1]  # doctest: +SKIP
+        'The heads whose path into the queries of L1H0 carries most of the TFC1 effect: L0H1 (mean recovery ...'
+    """
+    import torch
+
+    from mechir_nig.statistics import bootstrap_ci
+
+    out = []
+    first = result[result.receivers[0]]
+    keep = first.summary_pairs()
+    used, n = int(keep.sum()), len(first)
+    metric = "recovery" if first.metric == "recovery" else "score change"
+    chosen = result.meta.get("receivers_chosen") or {}
+    heads = [f"L{lyr}H{h}" for lyr, h in chosen.get("heads", [])]
+    if chosen.get("by") == "score_direct" and heads:
+        effects = ", ".join(f"{x:+.2f}" for x in chosen.get("direct_effect", []))
+        out.append(
+            f"Path patching into heads: the receivers are {', '.join(heads)}, the heads of layer >= 1 with the "
+            f"largest mean direct-path effect on the score ({metric} {effects})."
+        )
+    perturbation = str(result.meta.get("perturbation") or first.meta.get("perturbation") or "")
+    effect = f"the {perturbation.upper()} effect" if perturbation else "the perturbation's effect"
+    for key in result.receivers:
+        part = result[key]
+        for site in part.sites:
+            v = torch.nan_to_num(part[site].double())[keep]
+            if v.dim() != 3 or v.numel() == 0:  # [pairs, layer, index]: heads or neurons
+                continue
+            raw = part.raw(site).double()[keep]
+            mean, raw_mean = v.mean(0), raw.mean(0)
+            width = mean.shape[-1]
+            order = mean.abs().flatten().argsort(descending=True, stable=True).tolist()
+            letter = "H" if site == "heads" else "N"
+
+            def label(j: int, width: int = width, layers: Any = part.layers, letter: str = letter) -> str:
+                return f"L{layers[j // width]}{letter}{j % width}"
+
+            j = order[0]
+            top = v.flatten(1)[:, j]
+            ci = f" {_ci(bootstrap_ci(top.numpy(), n_resamples=n_resamples), 2)}" if used > 1 else ""
+            rest = ", ".join(f"{label(i)} {float(mean.flatten()[i]):+.2f}" for i in order[1:3])
+            senders = "heads" if site == "heads" else f"{site} senders"
+            out.append(
+                f"The {senders} whose path into {_receiver_words(key)} carries most of {effect}: {label(j)} "
+                f"(mean {metric} {float(mean.flatten()[j]):+.2f}{ci}, raw score change "
+                f"{float(raw_mean.flatten()[j]):+.4f})" + (f", then {rest}" if rest else "") + f" ({used} of "
+                f"{n} pairs)."
+            )
+    out += [f"Caveat: {note}" for note in patching_notes(first)]
+    return out
+
+
 def results_findings(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``(section, sentence)`` of every result in ``results`` (keys as ``report.FILES``: ``pruning``,
     ``faithfulness`` (the result, or ``(result, raw JSON)``), ``patching``); a result whose sentences
@@ -395,6 +475,7 @@ def results_findings(results: Mapping[str, Any]) -> list[tuple[str, str]]:
         "interaction": interaction_findings,
         "attention_groups": attention_group_findings,
         "path_patching": patching_findings,
+        "path_patching_heads": path_patching_heads_findings,
     }
     out: list[tuple[str, str]] = []
     for key, make in makers.items():

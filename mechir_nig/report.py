@@ -52,10 +52,13 @@ CIRCUIT_FILES: dict[str, str] = {
     "interaction": "interaction.json",
     "attention_groups": "attention_groups.safetensors",
     "path_patching": "path_patching.safetensors",
+    "path_patching_heads": "path_patching_heads.safetensors",
 }
 """The results of ``mechir-nig circuits`` (issue 17): read and reported like :data:`FILES` when present, and
 listed among the folder's files only then. ``path_patching`` holds a ``PatchingResult`` whose values are
-keyed by sender site (``interventions.path_patching``)."""
+keyed by sender site (``interventions.path_patching``), the heads' direct paths into the score;
+``path_patching_heads`` a ``PathPatchingResult``: earlier heads into the query/key/value inputs of later
+heads."""
 
 REPORT_NAME = "report.html"
 TOP_NEURONS = 20
@@ -78,6 +81,7 @@ _TITLES = {
     "interaction": "Attention interactions (blocking)",
     "attention_groups": "Attention by token group",
     "path_patching": "Path patching",
+    "path_patching_heads": "Path patching into heads",
 }
 _ORDER = (
     "run",
@@ -259,6 +263,7 @@ def _loaders() -> dict[str, Callable[[Path], Any]]:
     from mechir_nig.experiments.pruning import PruningResult
     from mechir_nig.interventions.attention import AttentionGroups
     from mechir_nig.interventions.patching import PatchingResult
+    from mechir_nig.interventions.path_patching import PathPatchingResult
 
     return {
         "run": _read_json,
@@ -272,6 +277,7 @@ def _loaders() -> dict[str, Callable[[Path], Any]]:
         "interaction": InteractionResult.load,
         "attention_groups": AttentionGroups.load,
         "path_patching": PatchingResult.load,
+        "path_patching_heads": PathPatchingResult.load,
     }
 
 
@@ -1066,6 +1072,7 @@ def _interaction_section(doc: _Doc, result: Any) -> None:
         _kv(
             [
                 ("interactions", result.labels),
+                ("attention", result.action),
                 ("layers", result.layers),
                 ("evaluation queries", len(result.eval_queries)),
                 *result.settings.items(),
@@ -1086,7 +1093,8 @@ def _interaction_section(doc: _Doc, result: Any) -> None:
             ]
             for r in result.statistics(m)
         ]
-        parts.append(f"<h3>{_e(m)} (unblocked {_e(_num(result.runs[0][m], '.4f'))})</h3>")
+        base = "unmodified" if getattr(result, "weight", 0.0) else "unblocked"
+        parts.append(f"<h3>{_e(m)} ({base} {_e(_num(result.runs[0][m], '.4f'))})</h3>")
         parts.append(
             _table(
                 ["interaction", "layer", m, "drop", "95 % CI", "p", "p (Holm)", "queries changed"],
@@ -1127,6 +1135,69 @@ def _attention_groups_section(doc: _Doc, result: Any) -> None:
             "to columns).</p>"
         )
         doc.figure(parts, "attention pattern", partial(attention_pattern_view, result))
+
+
+def _path_patching_heads_section(doc: _Doc, result: Any) -> None:
+    """Earlier heads path-patched into later heads' inputs: how the receivers were chosen, the pairs, the
+    largest senders per receiver, and one figure per receiver head (its q, k, v inputs side by side), every
+    figure on one colour scale."""
+    import torch
+
+    from mechir_nig.findings import patching_notes
+    from mechir_nig.plotting import path_patching_heatmaps
+
+    parts = doc.section("path_patching_heads", _TITLES["path_patching_heads"])
+    first = result[result.receivers[0]]
+    chosen = result.meta.get("receivers_chosen") or {}
+    heads = [f"L{lyr}H{h}" for lyr, h in chosen.get("heads", [])]
+    how = (
+        "the heads of layer >= 1 with the largest |mean| direct-path effect on the score"
+        if chosen.get("by") == "score_direct"
+        else "given (--receivers)"
+    )
+    items: list[tuple[str, Any]] = [
+        ("pairs", len(result)),
+        ("receiver heads", heads),
+        ("chosen as", how),
+    ]
+    if chosen.get("direct_effect"):
+        items.append(
+            (
+                f"their direct effect ({chosen.get('metric', first.metric)})",
+                ", ".join(f"{x:+.3f}" for x in chosen["direct_effect"]),
+            )
+        )
+    items += [
+        ("receivers", result.receivers),
+        ("senders", "every head of the layers before the receiver's"),
+        ("direction", first.direction),
+        ("metric", first.metric),
+    ]
+    items += [(k, v) for k, v in result.meta.items() if k in ("perturbation", "model", "collection")]
+    parts.append(_kv(items))
+    raw_note = " (Δ: the mean raw score change patched − base)" if first.metric == "recovery" else ""
+    parts.append(f"<h3>Largest senders per receiver ({_e(first.metric)}, mean over pairs{_e(raw_note)})</h3>")
+    rows = [[key, *row[1:]] for key in result.receivers for row in site_summaries(result[key])]
+    parts.append(_table(["receiver", "what", "values"], rows))
+    for note in patching_notes(first):
+        parts.append(f'<p class="note">{_e(note)}</p>')
+    groups: dict[str, list[str]] = {}
+    for key in result.receivers:  # "q:L3H1" -> the receiver head "L3H1"
+        groups.setdefault(key.split(":", 1)[1], []).append(key)
+    means = [torch.nanmean(result[k]["heads"].double(), 0) for k in result.receivers]
+    finite = torch.cat([m[torch.isfinite(m)] for m in means])
+    zmax = float(finite.abs().max()) if finite.numel() and float(finite.abs().max()) > 0 else None
+    if zmax is not None:
+        parts.append(
+            f'<p class="note">One colour scale for every receiver, ±{_e(_num(zmax, ".3g"))} (the largest '
+            "|mean over pairs|).</p>"
+        )
+    for head, keys in groups.items():
+        doc.figure(
+            parts,
+            f"path patching into {head}",
+            partial(path_patching_heatmaps, result, "heads", receivers=keys, pair=None, zmax=zmax),
+        )
 
 
 # -- the cross-collection study (compare.json, ``mechir-nig compare``) ------------------------------------
@@ -1214,6 +1285,7 @@ _SECTIONS: dict[str, Callable[[_Doc, Any], None]] = {
     "interaction": _interaction_section,
     "attention_groups": _attention_groups_section,
     "path_patching": partial(_patching_section, key="path_patching"),
+    "path_patching_heads": _path_patching_heads_section,
 }
 
 _CSS = """

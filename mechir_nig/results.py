@@ -62,7 +62,7 @@ import json
 import types
 import typing
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -388,26 +388,70 @@ class Result:
             tensors, info, verify = cls._read_json(path)
         else:
             tensors, info, verify = cls._read_safetensors(path)
-        for name, kind, hint, required in _fields(cls):
-            if kind != "json":
-                continue
-            if name not in info:
-                if required:
-                    missing = [n for n, k, _, req in _fields(cls) if k == "json" and req and n not in info]
-                    raise cls._refuse(
-                        path,
-                        f"it lacks the fields {missing} (it has {sorted(info)[:10]}; another program's file?)",
-                    )
-                continue
-            why = _type_error(name, info[name], hint)
-            if why is not None:
-                raise cls._refuse(path, why)
+        why = cls._json_problem(info)
+        if why is not None:
+            raise cls._refuse(path, why)
         try:
             result = cls.from_parts(tensors, info)
         except (KeyError, TypeError, ValueError, IndexError) as exc:  # InputError is a ValueError
             raise cls._refuse(path, f"its contents do not make one ({type(exc).__name__}: {exc})") from exc
         verify()
         return result
+
+    @classmethod
+    def _json_problem(cls, info: Mapping[str, Any]) -> str | None:
+        """Why the JSON part ``info`` is not this result's (a required field missing, a field of the wrong
+        type), or ``None``."""
+        for name, kind, hint, required in _fields(cls):
+            if kind != "json":
+                continue
+            if name not in info:
+                if required:
+                    missing = [n for n, k, _, req in _fields(cls) if k == "json" and req and n not in info]
+                    return (
+                        f"it lacks the fields {missing} (it has {sorted(info)[:10]}; another program's file?)"
+                    )
+                continue
+            why = _type_error(name, info[name], hint)
+            if why is not None:
+                return why
+        return None
+
+    @classmethod
+    def _tensor_problem(cls, names: Iterable[str]) -> str | None:
+        """Why the tensor names ``names`` are not this result's (missing or unexpected ones), or ``None``."""
+        required, allowed = cls.tensor_names()
+        names = sorted(names)
+        missing = sorted(required - set(names))
+        extra = [n for n in names if n not in required and not allowed(n)]
+        if not (missing or extra):
+            return None
+        shown = names[:8] + (["..."] if len(names) > 8 else [])
+        return (
+            f"it holds the tensors {shown}, not those of a {cls.WHAT} (missing {missing[:8]}, unexpected "
+            f"{extra[:8]}; another program's file?)"
+        )
+
+    @classmethod
+    def from_nested_parts(cls: type[R], tensors: dict[str, Tensor], info: Any) -> R:
+        """``from_parts`` of a result stored inside another result's file, after the checks ``load``
+        makes on a file of its own (tensor names, JSON fields and their types): a result made of
+        several (e.g. ``PathPatchingResult``, one ``PatchingResult`` per receiver) reads its parts with
+        this. ``TypeError``/``ValueError`` say what does not fit (``load`` refuses the file with it).
+
+        Example:
+            >>> from mechir_nig.interventions.patching import PatchingResult
+            >>> PatchingResult.from_nested_parts({}, {})  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: it holds the tensors [], not those of a patching result (missing [...]...
+        """
+        if not isinstance(info, dict):
+            raise TypeError(f"its JSON part is a {type(info).__name__}, not an object")
+        why = cls._tensor_problem(tensors) or cls._json_problem(info)
+        if why is not None:
+            raise ValueError(why)
+        return cls.from_parts(tensors, info)
 
     @classmethod
     def _refuse(cls, path: Path, why: str) -> CheckpointError:
@@ -524,17 +568,9 @@ class Result:
             )
         if not isinstance(info, dict):
             raise cls._refuse(path, f"its JSON part is a {type(info).__name__}, not an object")
-        required, allowed = cls.tensor_names()
-        names = sorted(tensors)
-        missing = sorted(required - set(names))
-        extra = [n for n in names if n not in required and not allowed(n)]
-        if missing or extra:
-            shown = names[:8] + (["..."] if len(names) > 8 else [])
-            raise cls._refuse(
-                path,
-                f"it holds the tensors {shown}, not those of a {cls.WHAT} (missing {missing[:8]}, unexpected "
-                f"{extra[:8]}; another program's file?)",
-            )
+        why = cls._tensor_problem(tensors)
+        if why is not None:
+            raise cls._refuse(path, why)
         return tensors, info, cls._verifier(path, metadata.get("sha256"), tensors, text, hint, actual)
 
     @classmethod

@@ -35,7 +35,13 @@ def test_writes_every_result_with_values(ran, tiny_ce_dir):
 
     rc, out, printed = ran
     assert rc == 0
-    for key in ("attribution_patching", "interaction", "attention_groups", "path_patching"):
+    for key in (
+        "attribution_patching",
+        "interaction",
+        "attention_groups",
+        "path_patching",
+        "path_patching_heads",
+    ):
         assert (out / CIRCUIT_FILES[key]).is_file(), key
     est = PatchingResult.load(out / CIRCUIT_FILES["attribution_patching"])
     assert est.sites == ["resid_pre", "heads"] and len(est) == 3 and est["heads"].shape == (3, 2, 2)
@@ -64,7 +70,14 @@ def test_writes_every_result_with_values(ran, tiny_ce_dir):
     run = json.loads((out / "run.json").read_text())
     assert run["command"] == "circuits" and run["status"] == "finished"
     assert set(run["outputs"]) == {
-        CIRCUIT_FILES[k] for k in ("attribution_patching", "interaction", "attention_groups", "path_patching")
+        CIRCUIT_FILES[k]
+        for k in (
+            "attribution_patching",
+            "interaction",
+            "attention_groups",
+            "path_patching",
+            "path_patching_heads",
+        )
     }
     assert "Findings:" in printed and "held-out queries" in printed and "re-run exactly" in printed
 
@@ -80,9 +93,15 @@ def test_report_has_a_section_for_each(ran):
     rc, out, _ = ran
     assert main(["report", str(out)]) == 0
     page = (out / "report.html").read_text()
-    for key in ("attribution_patching", "interaction", "attention_groups", "path_patching"):
+    for key in (
+        "attribution_patching",
+        "interaction",
+        "attention_groups",
+        "path_patching",
+        "path_patching_heads",
+    ):
         assert f'<section id="{key}">' in page
-    assert "1 of 7 result files found, 4 circuit results" in page  # run.json and the four
+    assert "1 of 7 result files found, 5 circuit results" in page  # run.json and the five
     assert 'data-figure="attention pattern"' in page and 'data-figure="interaction nDCG@10"' in page
     assert "Verification: the 4 largest estimates re-run exactly" in page
     assert "<script src" not in page  # plotly inlined: offline
@@ -131,3 +150,144 @@ def test_steps_and_errors(tmp_path, tiny_ce_dir, capsys):
         "attention_groups.safetensors.json",
         "run.json",
     ]
+
+
+# -- path patching into heads (the path_patching_heads step) ------------------------------------------------
+@pytest.fixture(scope="module")
+def ran_heads(tmp_path_factory, tiny_ce2_dir):
+    """The two path-patching steps on a 3-layer, 4-head model (8 candidate receiver heads in layers 1-2)."""
+    out = tmp_path_factory.mktemp("circuits_heads") / "results"
+    argv = ["circuits", "--model", str(tiny_ce2_dir), "--collection", "embedded", "--out", str(out)]
+    argv += ["--no-progress", "--max-pairs", "3", "--steps", "path_patching,path_patching_heads"]
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(argv)
+    # the direct paths are computed once: the path_patching step's result chooses the receivers
+    assert buf.getvalue().count("into the score (direct path)") == 1
+    return rc, out
+
+
+def _alignment(model, meta):
+    from mechir_nig.data import load_collection
+    from mechir_nig.interventions import perturb
+
+    col = load_collection("embedded")
+    docs = [col.get_docs([p["doc_id"]])[p["doc_id"]] for p in meta["pairs"]]
+    return perturb.align(model, meta["queries"], docs, meta["perturbed_docs"])
+
+
+def test_path_patching_heads_receivers_are_the_top_direct_heads(ran_heads, tiny_ce2_dir):
+    from mechir_nig import HookedCrossEncoder
+    from mechir_nig.interventions.patching import PatchingResult
+    from mechir_nig.interventions.path_patching import PathPatchingResult, path_patch
+
+    rc, out = ran_heads
+    assert rc == 0
+    direct = PatchingResult.load(out / CIRCUIT_FILES["path_patching"])
+    res = PathPatchingResult.load(out / CIRCUIT_FILES["path_patching_heads"])
+    # the receivers: the 2 heads of layer >= 1 with the largest |mean| direct effect (summary pairs, NaN as 0)
+    mean = torch.nan_to_num(direct["heads"].double())[direct.summary_pairs()].mean(0)  # [layer, head]
+    ranked = sorted(
+        ((abs(float(mean[lyr, h])), lyr, h) for lyr in (1, 2) for h in range(4)),
+        key=lambda c: (-c[0], c[1], c[2]),
+    )
+    heads = [[lyr, h] for _, lyr, h in ranked[:2]]
+    chosen = res.meta["receivers_chosen"]
+    assert chosen["by"] == "score_direct" and chosen["heads"] == heads
+    assert chosen["direct_effect"] == pytest.approx([float(mean[lyr, h]) for lyr, h in heads], abs=1e-12)
+    assert res.receivers == [f"{k}:L{lyr}H{h}" for lyr, h in heads for k in ("q", "k", "v")]
+    assert res.meta["pairs"] == direct.meta["pairs"] and res.meta["perturbation"] == "tfc1"
+    # each receiver's values are path_patch's on the same alignment
+    ce = HookedCrossEncoder.from_pretrained(tiny_ce2_dir)
+    al = _alignment(ce, res.meta)
+    for key in res.receivers:
+        kind, lyr, h = key[0], int(key[3]), int(key[5])
+        ref = path_patch(ce, al, senders="heads", receivers=(kind, lyr, h))[key]
+        assert res[key].layers == list(range(lyr)) == ref.layers
+        torch.testing.assert_close(res[key]["heads"], ref["heads"], atol=1e-6, rtol=0, equal_nan=True)
+        torch.testing.assert_close(res[key].patched["heads"], ref.patched["heads"], atol=1e-6, rtol=0)
+    assert any(
+        float(res[k]["heads"].nan_to_num().abs().max()) > 1e-3 for k in res.receivers
+    )  # paths that move
+
+
+def test_path_patching_heads_report_and_findings(ran_heads):
+    from mechir_nig.findings import folder_findings
+    from mechir_nig.interventions.path_patching import PathPatchingResult
+
+    _, out = ran_heads
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    res = PathPatchingResult.load(out / CIRCUIT_FILES["path_patching_heads"])
+    heads = [f"L{lyr}H{h}" for lyr, h in res.meta["receivers_chosen"]["heads"]]
+    assert '<section id="path_patching_heads">' in page and "Path patching into heads" in page
+    for head in heads:  # one figure per receiver head: its q, k, v inputs side by side
+        assert f'data-figure="path patching into {head}"' in page
+    sentences = [s for key, s in folder_findings(out) if key == "path_patching_heads"]
+    assert sentences[0].startswith(f"Path patching into heads: the receivers are {', '.join(heads)}")
+    assert any(f"into the queries of {heads[0]} carries most of the TFC1 effect" in s for s in sentences)
+
+
+def test_path_patching_heads_figures_share_one_colour_scale(ran_heads):
+    from mechir_nig.interventions.path_patching import PathPatchingResult
+    from mechir_nig.plotting import path_patching_heatmaps
+
+    _, out = ran_heads
+    res = PathPatchingResult.load(out / CIRCUIT_FILES["path_patching_heads"])
+    fig = path_patching_heatmaps(res, "heads", receivers=res.receivers[:3], zmax=0.5)
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (-0.5, 0.5) and len(fig.data) == 3
+    torch.testing.assert_close(
+        torch.tensor(fig.data[2].z), torch.nanmean(res[res.receivers[2]]["heads"].double(), 0), equal_nan=True
+    )
+
+
+def test_explicit_receivers_and_their_errors(tmp_path, tiny_ce2_dir, capsys):
+    from mechir_nig.interventions.path_patching import PathPatchingResult
+
+    out = tmp_path / "o"
+    common = ["--model", str(tiny_ce2_dir), "--collection", "embedded", "--out", str(out), "--no-progress"]
+    common += ["--max-pairs", "2", "--steps", "path_patching_heads"]
+    bad = [
+        (["--receivers", "q:1"], "is not KIND:LAYER.HEAD"),
+        (["--receivers", "x:1.0"], "is not KIND:LAYER.HEAD"),
+        (["--receivers", "q:1.0,q:1.0"], "listed twice"),
+        (["--receivers", "q:3.0"], "--receivers q:3.0: layer 3 is out of range"),
+        (["--receivers", "v:0.1"], "give a layer in 1..2"),
+        (["--receivers", "k:1.4"], "head 4 is out of range; the model has 4 heads"),
+        (["--receivers", "q:1.0", "--receiver-heads", "1"], "not both"),
+        (
+            ["--receivers", "q:1.0", "--steps", "interaction"],
+            "--receivers is for the path_patching_heads step",
+        ),
+        (["--layers", "0"], "add a later layer, give --receivers"),
+    ]
+    for extra, message in bad:
+        assert main(["circuits", *common, *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+        assert not (out / CIRCUIT_FILES["path_patching_heads"]).exists()  # refused before any work
+    assert main(["circuits", *common, "--receivers", "v:1.1,q:2.0"]) == 0
+    assert "into the score (direct path)" not in capsys.readouterr().out  # not needed: not computed
+    res = PathPatchingResult.load(out / CIRCUIT_FILES["path_patching_heads"])
+    assert res.receivers == ["v:L1H1", "q:L2H0"] and res.meta["receivers_chosen"]["by"] == "given"
+    assert res["v:L1H1"].layers == [0] and res["q:L2H0"].layers == [0, 1]
+    assert not (out / CIRCUIT_FILES["path_patching"]).exists()  # the direct paths were not needed
+
+
+def test_interaction_weight_option(tmp_path, tiny_ce_dir, capsys):
+    from mechir_nig.experiments.interaction import InteractionResult
+
+    out = tmp_path / "o"
+    common = ["--model", str(tiny_ce_dir), "--collection", "embedded", "--out", str(out), "--no-progress"]
+    common += ["--steps", "interaction", "--interactions", "query:doc", "--layers", "0", "--depth", "4"]
+    assert main(["circuits", *common, "--interaction-weight", "-1"]) == 2
+    assert "must be a finite number >= 0" in capsys.readouterr().err
+    assert main(["circuits", *common, "--interaction-weight", "0.5"]) == 0
+    res = InteractionResult.load(out / CIRCUIT_FILES["interaction"])
+    assert res.weight == 0.5 and res.action == "re-weighted by 0.5" and res.layers == [0]
+    printed = capsys.readouterr().out
+    assert (
+        "1 (interaction, layer) re-weightings (x0.5) change nDCG@10" in printed and "Blocking" not in printed
+    )

@@ -163,3 +163,45 @@ def test_errors_say_what_to_fix(tiny_ce, col, cands):
         pytest.warns(UserWarning, match="not judged"),
     ):
         interaction_study(tiny_ce, col, cands, eval_queries=["nope"])
+
+
+def test_reweighting_equals_block_attention_with_weight_by_hand(tiny_ce, col, cands, study, tmp_path):
+    res = interaction_study(
+        tiny_ce,
+        col,
+        cands,
+        interactions=[("query", "doc")],
+        layers=[0],
+        weight=0.5,
+        measures=MEASURES,
+        progress=False,
+    )
+    assert res.weight == 0.5 and res.settings["weight"] == 0.5 and res.action == "re-weighted by 0.5"
+    assert res.layers == [0] and res.per_query[0] == study.per_query[0]  # the unmodified model
+    hand = _by_hand(
+        tiny_ce,
+        col,
+        cands,
+        res.eval_queries,
+        block_attention(tiny_ce, "query", "doc", layers=[0], weight=0.5),
+    )
+    assert _flat(res.per_query[1]) == pytest.approx(_flat(hand), abs=1e-12)
+    blocked = next(
+        i for i, r in enumerate(study.runs) if r["interaction"] == "query->doc" and r["layer"] == 0
+    )
+    assert res.per_query[1] != study.per_query[blocked]  # halving is not blocking
+    assert study.weight == 0.0 and study.action == "blocked" and study.settings["weight"] == 0.0
+    back = InteractionResult.load(res.save(tmp_path / "interaction.json"))
+    assert back == res and back.weight == 0.5
+    assert "re-weighted by 0.5" in res.to_markdown() and "blocked" not in res.to_markdown()
+    from mechir_nig.findings import interaction_findings
+
+    lines = interaction_findings(res, n_resamples=200)
+    assert "re-weightings (x0.5)" in lines[-1]
+    assert all("Blocking" not in s for s in lines)
+    fig = res.plot(measure="nDCG@10", n_resamples=200)
+    assert "re-weighted by 0.5" in fig.layout.title.text
+    with pytest.raises(InputError, match="weight must be a finite number >= 0"):
+        interaction_study(tiny_ce, col, cands, weight=-0.5)
+    with pytest.raises(InputError, match="weight must be a finite number >= 0"):
+        interaction_study(tiny_ce, col, cands, weight=float("inf"))

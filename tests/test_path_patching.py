@@ -291,3 +291,124 @@ def test_bi_encoder_document_side(tmp_path_factory, tokenizer):
     torch.testing.assert_close(
         recv.patched["heads"][:, 0].double(), (into * q[:, None]).sum(-1), atol=1e-5, rtol=0
     )
+
+
+# -- path patching into heads (the receivers chosen by their direct effect) and persistence ------------------
+def test_into_heads_chooses_the_top_direct_heads_and_equals_path_patch(ce64, al64):
+    from mechir_nig.interventions.path_patching import path_patch_into_heads, top_direct_heads
+
+    direct = path_patch(ce64, al64, senders="heads", receivers="score_direct")["score_direct"]
+    mean = torch.nan_to_num(direct["heads"].double())[direct.summary_pairs()].mean(0)
+    top = top_direct_heads(direct, 1)
+    best = max(range(ce64.cfg.n_heads), key=lambda h: abs(float(mean[1, h])))  # layer 0 cannot receive
+    assert top == [(1, best, pytest.approx(float(mean[1, best])))]
+    assert [(lyr, h) for lyr, h, _ in top_direct_heads(direct, 5)] == sorted(
+        [(1, h) for h in range(ce64.cfg.n_heads)], key=lambda c: -abs(float(mean[c]))
+    )
+    res = path_patch_into_heads(ce64, al64, receiver_heads=1)
+    again = path_patch_into_heads(ce64, al64, receiver_heads=1, direct=direct)  # reused, not recomputed
+    assert res.receivers == again.receivers == [f"{k}:L1H{best}" for k in ("q", "k", "v")]
+    ref = path_patch(ce64, al64, senders="heads", receivers=[(k, 1, best) for k in ("q", "k", "v")])
+    for key in res.receivers:
+        torch.testing.assert_close(res[key]["heads"], ref[key]["heads"], atol=1e-12, rtol=0, equal_nan=True)
+        torch.testing.assert_close(again[key]["heads"], ref[key]["heads"], atol=1e-12, rtol=0, equal_nan=True)
+    assert res.meta["receivers_chosen"]["heads"] == [[1, best]]
+    with pytest.raises(InputError, match="same direction and metric"):
+        path_patch_into_heads(ce64, al64, direct=direct, metric="raw")
+    with pytest.raises(InputError, match="in a layer >= 1"):
+        top_direct_heads(direct, layers=[0])
+
+
+@pytest.mark.parametrize(
+    ("receivers", "message"),
+    [
+        ([("q", 0, 0)], "a head of layer 0 has no earlier head"),
+        ([("mlp", 1)], "a receiver head input is"),
+        ([("q", 1, 9)], "receiver head"),
+        ([("q", 1, 0), ("q", 1, 0)], "listed twice"),
+        ([], "non-empty list"),
+    ],
+)
+def test_into_heads_refuses_bad_receivers(ce64, al64, receivers, message):
+    from mechir_nig.interventions.path_patching import path_patch_into_heads
+
+    with pytest.raises(InputError, match=message):
+        path_patch_into_heads(ce64, al64, receivers=receivers)
+
+
+def test_path_patching_result_round_trip_and_damage(ce64, al64, tmp_path):
+    from safetensors import safe_open
+
+    from mechir_nig.errors import CheckpointError
+    from mechir_nig.interventions.patching import PatchingResult
+    from mechir_nig.interventions.path_patching import path_patch_into_heads
+    from mechir_nig.results import sidecar_path
+
+    res = path_patch_into_heads(ce64, al64, receivers=[("v", 1, 1), ("q", 1, 0)])
+    res.meta["note"] = "kept"
+    path = res.save(tmp_path / "pp.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        names = set(f.keys())
+    assert {"v:L1H1.values.heads", "q:L1H0.patched.heads", "q:L1H0.clean_scores"} <= names
+    back = PathPatchingResult.load(path)
+    assert back.receivers == ["v:L1H1", "q:L1H0"] and back.meta == res.meta
+    for key in res.receivers:
+        a, b = res[key], back[key]
+        for field in ("values", "patched"):
+            assert getattr(a, field).keys() == getattr(b, field).keys()
+            for site in a.sites:
+                assert torch.equal(getattr(a, field)[site], getattr(b, field)[site])
+        for field in ("clean_scores", "corrupted_scores", "base_mask", "groups", "changed"):
+            assert torch.equal(getattr(a, field), getattr(b, field))
+        assert (a.layers, a.direction, a.metric, a.meta, a.clean_tokens) == (
+            b.layers,
+            b.direction,
+            b.metric,
+            b.meta,
+            b.clean_tokens,
+        )
+    with pytest.raises(CheckpointError, match="holds a PathPatchingResult"):
+        PatchingResult.load(path)
+    side = sidecar_path(path)
+    text = side.read_text()
+    side.write_text(text.replace('"direction": "denoise"', '"direction": "noise"', 1))
+    with pytest.raises(CheckpointError, match="checksum does not match"):
+        PathPatchingResult.load(path)
+    side.write_text(text.replace('"receivers": ["v:L1H1", "q:L1H0"]', '"receivers": ["v:L1H1"]'))
+    with pytest.raises(CheckpointError, match="receivers"):
+        PathPatchingResult.load(path)
+    side.write_text(text)
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0xFF  # a byte of the last tensor's data
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="checksum does not match"):
+        PathPatchingResult.load(path)
+    path.write_bytes(bytes(raw[:200]))
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        PathPatchingResult.load(path)
+
+
+def test_into_heads_reads_the_shared_key_value_head_under_grouped_query_attention(
+    decoder_tokenizer, tmp_path_factory
+):
+    """A Qwen2 reranker (4 query heads, 2 key/value heads): a receiver head's key and value inputs are
+    those of the key/value head its group reads (query head h -> h // 2), and equal path_patch's."""
+    from test_decoder import _save
+
+    from mechir_nig import load_model
+    from mechir_nig.interventions.path_patching import path_patch_into_heads
+
+    model = load_model(_save(decoder_tokenizer, tmp_path_factory, "qwen2", 1), dtype=torch.float64)
+    al = perturb.align(model, QUERIES[:2], DOCS[:2], lambda q, d: perturb.tfc1(q, d, where="start"))
+    res = path_patch_into_heads(model, al, receiver_heads=4)
+    heads = res.meta["receivers_chosen"]["heads"]
+    assert len(heads) == 4 and all(lyr == 1 for lyr, _ in heads)  # 2 layers: the receivers are in layer 1
+    expected = []
+    for lyr, h in heads:
+        expected += [f"q:L{lyr}H{h}"] + [
+            k for k in (f"k:L{lyr}H{h // 2}", f"v:L{lyr}H{h // 2}") if k not in expected
+        ]
+    assert res.receivers == list(dict.fromkeys(expected))
+    ref = path_patch(model, al, senders="heads", receivers=[("v", 1, 1), ("k", 1, 0)])
+    for key in ("v:L1H1", "k:L1H0"):
+        torch.testing.assert_close(res[key]["heads"], ref[key]["heads"], atol=1e-12, rtol=0, equal_nan=True)

@@ -64,7 +64,8 @@ Results go into the --out folder, one file per kind (docs/cli.md):
   faithfulness.json         single-neuron ablations vs NIG                               faithfulness
   rerank.json               BM25 vs the model's re-ranking                               rerank
   stability.json            split-half stability of the top neurons                      stability
-  attribution_patching.safetensors, interaction.json, attention_groups.safetensors     circuits
+  attribution_patching.safetensors, interaction.json, attention_groups.safetensors,
+  path_patching.safetensors, path_patching_heads.safetensors                          circuits
   compare.json              sets, overlaps, core/OOD neurons, transfer pruning           compare
   report.html               everything above as one self-contained HTML file             report"""
 

@@ -9,17 +9,23 @@ Runs the steps of :data:`STEPS` in order (``--steps`` picks some):
   interaction blocked per layer, held-out queries re-ranked, into ``OUT/interaction.json``;
 - ``attention_groups``: the attention patterns of the same pairs summarised by token group
   (``interventions.attention.attention_by_group``) with one pair's pattern per head, into
-  ``OUT/attention_groups.safetensors``.
+  ``OUT/attention_groups.safetensors``;
+- ``path_patching``: every head's direct path into the score (``interventions.path_patching``), into
+  ``OUT/path_patching.safetensors``;
+- ``path_patching_heads``: every earlier head path-patched into the query, key and value inputs of the
+  ``--receiver-heads`` heads of layer >= 1 with the largest direct effect (the previous step's result,
+  reused; or ``--receivers``), into ``OUT/path_patching_heads.safetensors`` (a ``PathPatchingResult``).
 
-Hook-in point for more analyses (path patching, ``interventions.path_patching``): append a :class:`Step`
-to :data:`STEPS` whose function takes the :class:`Circuits` context (model, collection, arguments, the
-TFC1 pairs and their alignment, computed once) and returns its result (saved under ``CIRCUIT_FILES``
-by its name, e.g. ``path_patching``, which the report already reads).
+Hook-in point for more analyses: append a :class:`Step` to :data:`STEPS` whose function takes the
+:class:`Circuits` context (model, collection, arguments, the TFC1 pairs and their alignment and the
+heads' direct paths, computed once) and returns its result (saved under ``CIRCUIT_FILES`` by its name,
+which the report reads).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,6 +34,7 @@ from mechir_nig.cli._common import (
     CommandError,
     Session,
     UsageError,
+    _number,
     add_command,
     choice_list,
     option,
@@ -55,6 +62,80 @@ def interaction_list(text: str) -> list[list[str]]:
     if not out:
         raise argparse.ArgumentTypeError("give at least one FROM:TO interaction, e.g. query:doc")
     return out
+
+
+RECEIVER_HEADS = 2
+"""``--receiver-heads``' default: how many heads receive in the ``path_patching_heads`` step."""
+
+
+def receiver_list(text: str) -> list[tuple[str, int, int]]:
+    """``"q:3.1,v:3.1"`` -> ``[("q", 3, 1), ("v", 3, 1)]`` (``--receivers``; the ranges are checked
+    against the model by :func:`check_receivers`)."""
+    out: list[tuple[str, int, int]] = []
+    for part in [p.strip() for p in text.split(",") if p.strip()]:
+        kind, _, where = part.partition(":")
+        layer, _, head = where.partition(".")
+        if kind not in ("q", "k", "v") or not layer.isdigit() or not head.isdigit():
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not KIND:LAYER.HEAD with KIND q, k or v (a head's query, key or value input), "
+                "e.g. q:3.1"
+            )
+        item = (kind, int(layer), int(head))
+        if item in out:
+            raise argparse.ArgumentTypeError(f"{part!r} is listed twice; list each receiver once")
+        out.append(item)
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one receiver KIND:LAYER.HEAD, e.g. q:3.1")
+    return out
+
+
+def check_receivers(args: argparse.Namespace, model: HookedModel, layers: list[int]) -> None:
+    """``--receivers`` / ``--receiver-heads`` against the model and ``--layers`` (a ``UsageError`` naming
+    the fix), before any work."""
+    if "path_patching_heads" not in args.steps:
+        for name in ("receivers", "receiver_heads"):
+            if getattr(args, name) is not None:
+                raise UsageError(
+                    f"--{name.replace('_', '-')} is for the path_patching_heads step, which --steps leaves out; "
+                    "add it to --steps or drop the option"
+                )
+        return
+    cfg = model.cfg
+    if args.receivers is None:
+        if not any(lyr >= 1 for lyr in layers):
+            raise UsageError(
+                f"--layers {','.join(map(str, layers))}: the path_patching_heads step chooses its receiver heads "
+                "in layer 1 or later (a head of layer 0 has no earlier head); add a later layer, give "
+                "--receivers, or leave path_patching_heads out of --steps"
+            )
+        return
+    if args.receiver_heads is not None:
+        raise UsageError("give --receivers or --receiver-heads, not both (--receivers names the receivers)")
+    kv = getattr(cfg, "n_key_value_heads", 0) or cfg.n_heads
+    for kind, layer, head in args.receivers:
+        spec = f"{kind}:{layer}.{head}"
+        if not 1 <= layer < cfg.n_layers:
+            raise UsageError(
+                f"--receivers {spec}: layer {layer} is out of range; the model's layers are 0..{cfg.n_layers - 1} "
+                "and a receiver needs earlier heads, so give a layer in "
+                f"1..{cfg.n_layers - 1}"
+            )
+        n = kv if kind in ("k", "v") else cfg.n_heads
+        if not 0 <= head < n:
+            what = "key/value heads" if n != cfg.n_heads else "heads"
+            raise UsageError(
+                f"--receivers {spec}: head {head} is out of range; the model has {n} {what} (0..{n - 1})"
+            )
+
+
+def attention_weight(text: str) -> float:
+    """argparse type of ``--interaction-weight``: a finite number >= 0 (0 blocks)."""
+    value = _number(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number >= 0 (0 blocks, 0.5 halves the attention, 1 changes nothing), got {text}"
+        )
+    return value
 
 
 @dataclass
@@ -100,6 +181,26 @@ class Circuits:
                     max_length=self.args.max_length,
                 )
         return self._cache["alignment"]
+
+    def score_direct(self) -> Any:
+        """Every head's direct path into the score (``path_patch``'s ``"score_direct"`` receiver) of the
+        pairs: the ``path_patching`` step's result when it ran, else computed here (once)."""
+        if "score_direct" not in self._cache:
+            from mechir_nig.interventions.path_patching import path_patch
+
+            self.s.say(
+                f"path patching every head of {len(self.pairs()[0])} TFC1 pairs into the score (direct path)"
+            )
+            res = path_patch(
+                self.model,
+                self.alignment(),
+                senders="heads",
+                receivers="score_direct",
+                direction=self.args.direction,
+                metric=self.args.metric,
+            )
+            self._cache["score_direct"] = res["score_direct"]
+        return self._cache["score_direct"]
 
     def pair_meta(self) -> dict[str, Any]:
         pairs, perturbed = self.pairs()
@@ -159,6 +260,7 @@ def _interaction(c: Circuits) -> tuple[Any, dict[str, Any]]:
         measures=c.args.measures,
         split_seed=c.args.split_seed,
         batch_size=c.args.batch_size,
+        weight=c.args.interaction_weight,
         progress=c.s.progress,
     )
     c.s.say(res.to_markdown())
@@ -191,7 +293,29 @@ def _path_patching(c: Circuits) -> tuple[Any, dict[str, Any]]:
     res = path_patch_heads_to_score(c.model, c.alignment(), direction=c.args.direction, metric=c.args.metric)
     direct = res["score_direct"]  # the head's path straight into the score; "score" = the ordinary patch
     direct.meta.update(c.pair_meta())
+    c._cache["score_direct"] = direct  # the path_patching_heads step chooses its receivers from it
     return direct, {"receiver": "score_direct", "shape": list(direct.values["heads"].shape)}
+
+
+def _path_patching_heads(c: Circuits) -> tuple[Any, dict[str, Any]]:
+    from mechir_nig.interventions.path_patching import path_patch_into_heads
+
+    given = c.args.receivers
+    direct = None if given is not None else c.score_direct()
+    res = path_patch_into_heads(
+        c.model,
+        c.alignment(),
+        receivers=given,
+        receiver_heads=c.args.receiver_heads or RECEIVER_HEADS,
+        direct=direct,
+        layers=c.layers,
+        direction=c.args.direction,
+        metric=c.args.metric,
+    )
+    heads = ", ".join(f"L{lyr}H{h}" for lyr, h in res.meta["receivers_chosen"]["heads"])
+    c.s.say(f"path patched every earlier head into the queries, keys and values of {heads}")
+    res.meta.update(c.pair_meta())
+    return res, {"receivers": res.receivers, "chosen": res.meta["receivers_chosen"]}
 
 
 STEPS: list[Step] = [
@@ -199,6 +323,12 @@ STEPS: list[Step] = [
     Step("interaction", _interaction, "blocking each attention interaction per layer, re-ranking"),
     Step("attention_groups", _attention_groups, "attention patterns summarised by token group"),
     Step("path_patching", _path_patching, "every head's direct path into the score (path patching)"),
+    Step(
+        "path_patching_heads",
+        _path_patching_heads,
+        "every earlier head path-patched into the queries, keys and values of the --receiver-heads heads with "
+        "the largest direct effect (or --receivers)",
+    ),
 ]
 """The command's analyses, in order: the hook-in point for more (e.g. path patching)."""
 
@@ -206,15 +336,23 @@ EPILOG = """example:
   mechir-nig circuits --out results --max-pairs 8 --sites resid_pre,heads --verify-top 20 \\
       --interactions query:doc,doc:query,cls:doc --depth 20
 
-Writes OUT/attribution_patching.safetensors, OUT/interaction.json, OUT/attention_groups.safetensors and
-OUT/path_patching.safetensors (see docs/circuits.md); `mechir-nig report OUT` gets a section for each. Bi-encoders have no attention
-between query and document: their interactions are within one text (cls, doc, sep)."""
+  mechir-nig circuits --out results --steps path_patching,path_patching_heads --receivers q:3.1,v:3.1
 
-HELP = "circuits: attribution patching (verified), attention-interaction blocking, attention by group"
+Writes OUT/attribution_patching.safetensors, OUT/interaction.json, OUT/attention_groups.safetensors,
+OUT/path_patching.safetensors and OUT/path_patching_heads.safetensors (see docs/circuits.md); `mechir-nig
+report OUT` gets a section for each. Bi-encoders have no attention between query and document: their
+interactions are within one text (cls, doc, sep)."""
+
+HELP = (
+    "circuits: attribution patching (verified), attention-interaction blocking, attention by group, "
+    "path patching into the score and into later heads"
+)
 DESCRIPTION = (
     "How the model computes relevance: an attribution-patching sweep of TFC1 pairs with its largest "
-    "estimates verified exactly, the re-ranking effect of blocking each attention interaction (e.g. "
-    "query->doc) per layer on held-out queries, and the attention patterns summarised by token group."
+    "estimates verified exactly, the re-ranking effect of blocking (or re-weighting) each attention "
+    "interaction (e.g. query->doc) per layer on held-out queries, the attention patterns summarised by "
+    "token group, every head's direct path into the score, and the earlier heads' paths into the "
+    "queries, keys and values of the heads with the largest direct effect."
 )
 
 
@@ -271,11 +409,33 @@ def add_parser(sub: Any) -> None:
         "for a cross-encoder; cls:doc,doc:cls,doc:sep for a bi-encoder)",
     )
     g.add_argument(
+        "--interaction-weight",
+        type=attention_weight,
+        default=0.0,
+        help="0 (default) blocks each interaction; w > 0 re-weights it instead: the attention weights "
+        "multiplied by w, rows renormalised (1 changes nothing)",
+    )
+    g.add_argument(
         "--depth", type=positive_int, default=20, help="BM25 candidates re-ranked per held-out query"
     )
     option(g, "--measures")
     option(g, "--split-seed", help="seed of the query split (the held-out half is evaluated, as prune)")
     option(g, "--batch-size", default=16, help="texts or pairs per forward")
+    g = p.add_argument_group("path patching into heads")
+    g.add_argument(
+        "--receiver-heads",
+        type=positive_int,
+        default=None,
+        help=f"how many heads of layer >= 1 (among --layers) receive: those with the largest mean direct-path "
+        f"effect on the score (default {RECEIVER_HEADS})",
+    )
+    g.add_argument(
+        "--receivers",
+        type=receiver_list,
+        default=None,
+        help="comma-separated receivers KIND:LAYER.HEAD (KIND q, k or v: the head's query, key or value input), "
+        "e.g. q:3.1,v:3.1, instead of the top --receiver-heads heads",
+    )
     g = p.add_argument_group("attention by group")
     g.add_argument(
         "--view-pair", type=int, default=0, help="the pair whose attention pattern per head the report shows"
@@ -294,6 +454,7 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     col = s.collection()
     model = s.model()
     layers = check_layers(args.layers, model) or list(range(model.cfg.n_layers))
+    check_receivers(args, model, layers)
     c = Circuits(s, args, model, col, layers)
     results: dict[str, Any] = {}
     summary: dict[str, Any] = {}

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from mechir_nig._validate import check_int, check_layers
+from mechir_nig._validate import check_int, check_layers, check_number
 from mechir_nig.errors import InputError
 from mechir_nig.models.protocol import HookedModel
 from mechir_nig.results import Result
@@ -102,6 +102,22 @@ class InteractionResult(Result):
     settings: dict[str, Any]
     changed: list[list[str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def weight(self) -> float:
+        """The attention weight multiplier of the study: ``0`` blocked the interactions (also a file
+        written before re-weighting existed), ``w > 0`` re-weighted them by ``w`` (``block_attention``)."""
+        return float(self.settings.get("weight") or 0.0)
+
+    @property
+    def action(self) -> str:
+        """What was done to each interaction: ``"blocked"`` or ``"re-weighted by 0.5"``.
+
+        Example:
+            >>> InteractionResult(["m"], [], [], [], [], [], {"weight": 0.5}).action
+            're-weighted by 0.5'
+        """
+        return "blocked" if self.weight == 0 else f"re-weighted by {self.weight:g}"
 
     @property
     def labels(self) -> list[str]:
@@ -196,7 +212,10 @@ class InteractionResult(Result):
         m = measure or self.measures[0]
         d = self.drops(m)
         head = ["interaction", *[f"L{x}" if isinstance(x, int) else str(x) for x in self.layers]]
-        lines = [f"drop of {m} (unblocked {self.runs[0][m]:.4f})", "", "| " + " | ".join(head) + " |"]
+        title = f"drop of {m} (unblocked {self.runs[0][m]:.4f})"
+        if self.weight:
+            title = f"drop of {m}, attention {self.action} (unmodified {self.runs[0][m]:.4f})"
+        lines = [title, "", "| " + " | ".join(head) + " |"]
         lines.append("|" + "---|" * len(head))
         for i, label in enumerate(self.labels):
             lines.append("| " + " | ".join([label, *[f"{float(v):+.4f}" for v in d[i]]]) + " |")
@@ -242,6 +261,7 @@ def interaction_study(
     layers: Sequence[int] | None = None,
     all_layers: bool = True,
     heads: Sequence[int] | None = None,
+    weight: float = 0.0,
     eval_queries: Iterable[str] | None = None,
     k: int = 20,
     measures: Sequence[str] = ("nDCG@10", "RR@10"),
@@ -262,6 +282,9 @@ def interaction_study(
         layers: the layers blocked one at a time (default all).
         all_layers: also block each interaction in every layer of ``layers`` at once (layer ``"all"``).
         heads: block only these heads of each layer (default all).
+        weight: ``0`` (default) blocks each interaction; ``w > 0`` re-weights it instead: each
+            ``from_group`` token's attention weight on ``to_group`` keys is multiplied by ``w`` and its row
+            renormalised (``block_attention(weight=w)``; ``1`` changes nothing).
         eval_queries: the queries evaluated (default: the evaluation half of ``split_queries(collection,
             seed=split_seed)``, as ``pruning_study``).
         k: BM25 depth when ``candidates`` is not given.
@@ -292,6 +315,13 @@ def interaction_study(
     t_start = time.perf_counter()
     pairs_of = _check_interactions(model, interactions)
     layer_list = check_layers(layers, model.cfg.n_layers)
+    weight = check_number(
+        weight,
+        "weight",
+        minimum=0,
+        hint="0 blocks, 0 < w re-weights, 1 changes nothing",
+        noun="a finite number",
+    )
     if heads is not None:
         check_layers(heads, model.cfg.n_heads, what="heads")
     check_int(k, "k", minimum=1)
@@ -319,7 +349,7 @@ def interaction_study(
                 (
                     interaction_name(f, t),
                     cell,
-                    partial(block_attention, model, f, t, layers=blocked, heads=heads),
+                    partial(block_attention, model, f, t, layers=blocked, heads=heads, weight=weight),
                 )
             )
     runs: list[dict[str, Any]] = []
@@ -353,8 +383,12 @@ def interaction_study(
             "split": "the evaluation half of split_queries (the pruning study's held-out queries)",
             "split_seed": split_seed,
             "judged_queries": JUDGED,
+            "weight": weight,
             "blocking": "attention scores of the blocked (query, key) pairs set to the dtype minimum "
-            "(block_attention)",
+            "(block_attention)"
+            if weight == 0
+            else f"log {weight:g} added to the attention scores of the (query, key) pairs: their weights "
+            f"multiplied by {weight:g}, rows renormalised (block_attention(weight={weight:g}))",
             "model": str(getattr(model.cfg, "model_name", "")),
         },
         changed=changed,

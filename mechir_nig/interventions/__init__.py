@@ -31,6 +31,8 @@ _EXPORTS = {
     "attribution_patch": "attribution_patching",
     "path_patch": "path_patching",
     "path_patch_heads_to_score": "path_patching",
+    "path_patch_into_heads": "path_patching",
+    "top_direct_heads": "path_patching",
     "PathPatchingResult": "path_patching",
     "block_attention": "attention",
     "attention_block_hooks": "attention",

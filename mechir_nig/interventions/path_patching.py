@@ -61,13 +61,13 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mechir_nig._validate import check_bool, check_int
+from mechir_nig._validate import check_bool, check_int, check_layers
 from mechir_nig.errors import InputError
 from mechir_nig.interventions.engine import Engine, Intervention, Source, require_hooks
 from mechir_nig.interventions.patching import (
@@ -84,9 +84,19 @@ from mechir_nig.interventions.patching import (
     pos_first,
 )
 from mechir_nig.models.protocol import HookedModel
+from mechir_nig.results import Result
 from mechir_nig.sites import hook_name
 
-__all__ = ["RECEIVERS", "PathPatchingResult", "path_patch", "path_patch_heads_to_score", "receiver_key"]
+__all__ = [
+    "HEAD_INPUTS",
+    "RECEIVERS",
+    "PathPatchingResult",
+    "path_patch",
+    "path_patch_heads_to_score",
+    "path_patch_into_heads",
+    "receiver_key",
+    "top_direct_heads",
+]
 
 RECEIVERS = ("q", "k", "v", "mlp", "ln1_scale", "ln2_scale", "score", "score_direct")
 """Receiver kinds: a head's query/key/value input, an MLP's input, a LayerNorm's scale, the score (every
@@ -173,22 +183,33 @@ def _n_heads(cfg: Any, kind: str) -> int:
 
 
 @dataclass
-class PathPatchingResult:
+class PathPatchingResult(Result):
     """Path-patching effects, one :class:`~mechir_nig.interventions.patching.PatchingResult` per receiver.
 
     ``result[receiver]`` (a key such as ``"q:L2H1"``, ``"mlp:L1"``, ``"score"``, or the receiver as given,
     e.g. ``("q", 2, 1)``) is a ``PatchingResult`` whose ``values[site]`` are ``[batch, layer, ...]`` per
     sender site, exactly as ``patch``'s (``layers``: the senders' layers), so its plots, summaries and
-    ``save``/``load`` work; its ``meta["path_patching"]`` names the receiver and the algorithm.
+    ``save``/``load`` work; its ``meta["path_patching"]`` names the receiver and the algorithm. ``meta``:
+    how the receivers were chosen (:func:`path_patch_into_heads`) and the run's provenance.
+
+    ``save(path)`` writes every receiver's tensors into one safetensors file (``<receiver>.<tensor>``,
+    e.g. ``q:L2H1.values.heads``) and their JSON parts into the sidecar ``path.json``, checksummed as every
+    result (``mechir_nig.results``); ``load(path)`` reads them back and refuses a damaged file.
 
     Example:
         >>> res = path_patch(ce, al, senders="heads", receivers=["score", ("q", 1)])  # doctest: +SKIP
         >>> res.receivers  # doctest: +SKIP
         ['score', 'q:L1']
         >>> res["q:L1"]["heads"].mean(0)  # [layer, n_heads]  # doctest: +SKIP
+        >>> PathPatchingResult.load(res.save("path.safetensors")).receivers  # doctest: +SKIP
+        ['score', 'q:L1']
     """
 
+    KIND = "PathPatchingResult"
+    WHAT = "path-patching result"
+
     results: dict[str, PatchingResult]
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, receiver: Any) -> PatchingResult:
         key = receiver if isinstance(receiver, str) and receiver in self.results else receiver_key(receiver)
@@ -213,6 +234,54 @@ class PathPatchingResult:
         from mechir_nig.plotting.patching import path_patching_heatmaps
 
         return path_patching_heatmaps(self, site, **kw)
+
+    # -- persistence (``mechir_nig.results.Result``: save, load) -------------------------------------
+    def to_parts(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Each receiver's ``PatchingResult.to_parts()``: its tensors under the prefix ``<receiver>.``, its
+        JSON part under ``results[<receiver>]``; ``receivers`` keeps their order."""
+        tensors: dict[str, Tensor] = {}
+        parts: dict[str, Any] = {}
+        for key, res in self.results.items():
+            t, info = res.to_parts()
+            tensors |= {f"{key}.{name}": v.clone() for name, v in t.items()}  # receivers share scores
+            parts[key] = info
+        return tensors, {"receivers": list(self.results), "results": parts, "meta": self.meta}
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, Tensor], info: dict[str, Any]) -> PathPatchingResult:
+        """The receivers' ``PatchingResult`` pieces split back (each checked as a file of its own would
+        be: ``Result.from_nested_parts``)."""
+        keys, parts = info["receivers"], info["results"]
+        if (
+            not isinstance(keys, list)
+            or not keys
+            or not all(isinstance(k, str) and "." not in k for k in keys)
+        ):
+            raise TypeError(f"receivers is {keys!r}, not a non-empty list of receiver keys")
+        if sorted(parts) != sorted(keys) or len(set(keys)) != len(keys):
+            raise ValueError(
+                f"the JSON part lists the receivers {keys} but holds the results {sorted(parts)}"
+            )
+        split: dict[str, dict[str, Tensor]] = {k: {} for k in keys}
+        for name, t in tensors.items():
+            key, _, rest = name.partition(".")
+            if key not in split:
+                raise ValueError(f"the tensor {name!r} belongs to no receiver of {keys}")
+            split[key][rest] = t
+        results = {}
+        for key in keys:
+            try:
+                results[key] = PatchingResult.from_nested_parts(split[key], parts[key])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise type(exc)(f"receiver {key!r}: {exc}") from exc
+        meta = info.get("meta") or {}
+        return cls(results, meta)
+
+    @classmethod
+    def tensor_names(cls) -> tuple[set[str], Callable[[str], bool]]:
+        """No name is required at the top level; every name is ``<receiver>.<tensor>`` (checked per
+        receiver by ``from_parts``)."""
+        return set(), lambda name: "." in name
 
 
 def _check_order(job: Any, receivers: list[_Receiver]) -> None:
@@ -543,3 +612,206 @@ def path_patch_heads_to_score(
         metric=metric,
         query_embeddings=query_embeddings,
     )
+
+
+HEAD_INPUTS = ("q", "k", "v")
+"""The inputs of a head a receiver head is path-patched into (:func:`path_patch_into_heads`)."""
+
+
+def top_direct_heads(
+    direct: PatchingResult, k: int = 2, *, min_layer: int = 1, layers: Sequence[int] | None = None
+) -> list[tuple[int, int, float]]:
+    """The ``k`` heads of layer ``>= min_layer`` with the largest ``|mean|`` direct-path effect on the score.
+
+    The mean is over the pairs the patching summaries keep (``PatchingResult.summary_pairs``: pairs with a
+    tiny perturbation left out), NaN counted as 0: the ranking of the report's "largest mean over pairs"
+    table. Ties go to the earlier layer, then head.
+
+    Args:
+        direct: the ``"score_direct"`` result of ``path_patch(..., senders="heads")`` (e.g.
+            ``path_patch_heads_to_score(...)["score_direct"]``).
+        k: how many heads (fewer when fewer heads qualify).
+        min_layer: the first layer a head may come from (a head of layer 0 has no earlier head).
+        layers: only heads of these layers (default: every layer of ``direct``).
+
+    Returns:
+        ``[(layer, head, mean effect), ...]``, largest ``|mean|`` first.
+
+    Raises:
+        InputError: ``direct`` has no ``heads`` site, or no head of its layers qualifies.
+
+    Example:
+        >>> res = path_patch_heads_to_score(ce, al)  # doctest: +SKIP
+        >>> top_direct_heads(res["score_direct"], 2)  # doctest: +SKIP
+        [(5, 3, 0.41), (4, 0, -0.12)]
+    """
+    k = check_int(k, "k", minimum=1)
+    min_layer = check_int(min_layer, "min_layer", minimum=0)
+    if "heads" not in direct.values:
+        raise InputError(
+            f"the direct-path result holds the sites {direct.sites}, not 'heads': pass the 'score_direct' "
+            "result of path_patch(..., senders='heads')"
+        )
+    keep = direct.summary_pairs()
+    mean = torch.nan_to_num(direct["heads"].double())[keep].mean(0)  # [layer, n_heads]
+    cands = [
+        (float(mean[li, h]), lyr, h)
+        for li, lyr in enumerate(direct.layers)
+        if lyr >= min_layer and (layers is None or lyr in layers)
+        for h in range(mean.shape[1])
+    ]
+    if not cands:
+        raise InputError(
+            f"no head of the layers {list(direct.layers)} is in a layer >= {min_layer}"
+            + ("" if layers is None else f" among {list(layers)}")
+            + ": a receiver head needs earlier heads to receive from; study a later layer"
+        )
+    cands.sort(key=lambda c: (-abs(c[0]), c[1], c[2]))
+    return [(lyr, h, v) for v, lyr, h in cands[:k]]
+
+
+def _head_receivers(model: HookedModel, receivers: Any) -> list[tuple[str, int, int]]:
+    """``receivers`` checked: ``(kind, layer, head)`` with kind ``q``/``k``/``v`` and layer >= 1."""
+    items = [receivers] if isinstance(receivers, tuple) else receivers
+    if not isinstance(items, Sequence) or isinstance(items, str | bytes) or not items:
+        raise InputError(f"receivers must be a non-empty list of (kind, layer, head), got {receivers!r}")
+    out: list[tuple[str, int, int]] = []
+    for r in items:
+        if not (isinstance(r, tuple | list) and len(r) == 3 and r[0] in HEAD_INPUTS):
+            raise InputError(
+                f"a receiver head input is ('q' | 'k' | 'v', layer, head), got {r!r}; use path_patch for "
+                "other receivers"
+            )
+        parsed = _parse_receiver(tuple(r), model.cfg)
+        assert parsed.layer is not None and parsed.head is not None
+        if parsed.layer < 1:
+            raise InputError(
+                f"receiver {parsed.key!r}: a head of layer 0 has no earlier head to receive from; choose a "
+                "head of layer 1 or later"
+            )
+        if (parsed.kind, parsed.layer, parsed.head) in out:
+            raise InputError(f"receiver {parsed.key!r} is listed twice; list each once")
+        out.append((parsed.kind, parsed.layer, parsed.head))
+    return out
+
+
+def _input_head(cfg: Any, kind: str, head: int) -> int:
+    """The ``kind`` head that query head ``head`` reads (grouped-query attention shares keys and values)."""
+    return head * _n_heads(cfg, kind) // int(cfg.n_heads)
+
+
+@torch.no_grad()
+def path_patch_into_heads(
+    model: HookedModel,
+    clean: Any,
+    corrupted: Any = None,
+    *,
+    receivers: Any = None,
+    receiver_heads: int = 2,
+    direct: PatchingResult | None = None,
+    layers: Sequence[int] | None = None,
+    direction: str = "denoise",
+    metric: str = "recovery",
+    chunk_size: int | None = None,
+    query_embeddings: Tensor | None = None,
+) -> PathPatchingResult:
+    """Every earlier head path-patched into the query, key and value inputs of the heads that matter most.
+
+    As in "Pathway to Relevance" (Lu, Chen and Eickhoff, EMNLP 2025): find the heads with the largest
+    direct effect on the score (:func:`top_direct_heads` of the ``"score_direct"`` path, computed here
+    unless ``direct`` is given), then the earlier heads whose path into those heads' queries, keys and
+    values carries the effect. Each receiver head ``(layer, head)`` gives the receivers ``("q", layer,
+    head)``, ``("k", layer, head')`` and ``("v", layer, head')`` (``head'`` the key/value head it reads:
+    itself, or its group's under grouped-query attention); the senders are every head of the layers
+    before it (``path_patch(senders="heads")``, one call per receiver layer).
+
+    Args:
+        model: a ``HookedModel``.
+        clean: an ``Alignment`` or the clean batch.
+        corrupted: the corrupted batch (with a batch ``clean``).
+        receivers: explicit receivers ``[("q" | "k" | "v", layer, head), ...]`` (layer >= 1) instead of
+            the top heads.
+        receiver_heads: without ``receivers``: how many heads of layer >= 1 receive (largest
+            ``|mean|`` direct-path effect first).
+        direct: the ``"score_direct"`` result of the same pairs, direction and metric, when already
+            computed (e.g. ``path_patch_heads_to_score(...)["score_direct"]``); otherwise computed here.
+        layers: without ``receivers``: choose the receiver heads among these layers (default all).
+        direction: ``"denoise"`` or ``"noise"``, as ``patch``.
+        metric: ``"recovery"`` or ``"raw"``, as ``patch``.
+        chunk_size: sender rows per forward (never changes results).
+        query_embeddings: a bi-encoder's fixed query embeddings when ``clean`` is a batch.
+
+    Returns:
+        A :class:`PathPatchingResult` with one receiver per head input (``"q:L3H1"``, ...), senders
+        ``heads`` (``[batch, layer, n_heads]``, the layers before the receiver's), and
+        ``meta["receivers_chosen"]``: ``by`` (``"score_direct"`` or ``"given"``), ``heads`` (``[layer,
+        head]`` of each receiver head) and, when chosen, ``direct_effect`` (their mean direct-path effect)
+        and ``pairs_used``.
+
+    Raises:
+        InputError: a bad receiver (kind, layer or head out of the model's range, a head of layer 0,
+            listed twice), ``receiver_heads < 1``, a ``direct`` result of another direction or metric, or
+            no head of layer >= 1 among ``layers``; ``path_patch``'s errors.
+
+    Example:
+        >>> al = align(ce, queries, docs, tfc1)  # doctest: +SKIP
+        >>> res = path_patch_into_heads(ce, al, receiver_heads=2)  # doctest: +SKIP
+        >>> res.receivers  # doctest: +SKIP
+        ['q:L5H3', 'k:L5H3', 'v:L5H3', 'q:L4H0', 'k:L4H0', 'v:L4H0']
+        >>> res["q:L5H3"]["heads"].shape  # [batch, layer, n_heads]: the senders of layers 0-4  # doctest: +SKIP
+    """
+    chosen: dict[str, Any]
+    if receivers is not None:
+        recv = _head_receivers(model, receivers)
+        heads = list(dict.fromkeys((lyr, h) for _, lyr, h in recv))
+        chosen = {"by": "given", "heads": [list(x) for x in heads]}
+    else:
+        k = check_int(receiver_heads, "receiver_heads", minimum=1)
+        if layers is not None:
+            layers = check_layers(layers, model.cfg.n_layers)
+        if direct is None:
+            direct = path_patch(
+                model,
+                clean,
+                corrupted,
+                senders="heads",
+                receivers="score_direct",
+                direction=direction,
+                metric=metric,
+                chunk_size=chunk_size,
+                query_embeddings=query_embeddings,
+            )["score_direct"]
+        elif (direct.direction, direct.metric) != (direction, metric):
+            raise InputError(
+                f"direct is a {direct.direction}/{direct.metric} result, this run is {direction}/{metric}: "
+                "pass the score_direct result of the same direction and metric, or leave direct out"
+            )
+        top = top_direct_heads(direct, k, layers=layers)
+        recv = list(
+            dict.fromkeys(
+                (kind, lyr, _input_head(model.cfg, kind, h)) for lyr, h, _ in top for kind in HEAD_INPUTS
+            )
+        )
+        chosen = {
+            "by": "score_direct",
+            "heads": [[lyr, h] for lyr, h, _ in top],
+            "direct_effect": [v for _, _, v in top],
+            "pairs_used": int(direct.summary_pairs().sum()),
+            "metric": direct.metric,
+        }
+    results: dict[str, PatchingResult] = {}
+    for layer in sorted({lyr for _, lyr, _ in recv}):
+        res = path_patch(
+            model,
+            clean,
+            corrupted,
+            senders="heads",
+            receivers=[r for r in recv if r[1] == layer],
+            direction=direction,
+            metric=metric,
+            chunk_size=chunk_size,
+            query_embeddings=query_embeddings,
+        )
+        results |= res.results
+    order = [receiver_key(r) for r in recv]  # the receivers' order, head by head
+    return PathPatchingResult({key: results[key] for key in order}, meta={"receivers_chosen": chosen})

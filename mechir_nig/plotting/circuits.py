@@ -51,6 +51,10 @@ def interaction_heatmap(
     from mechir_nig.findings import ALPHA
 
     m = measure or result.measures[0]
+    action = getattr(result, "action", "blocked")
+    what, base = ("Blocking attention", "unblocked")
+    if action != "blocked":
+        what, base = (f"Attention {action}", "unmodified")
     z = as_numpy(result.drops(m))
     stats = {(r["interaction"], r["layer"]): r for r in result.statistics(m, n_resamples=n_resamples)}
     x = [f"L{c}" if isinstance(c, int) else str(c) for c in result.layers]
@@ -78,15 +82,15 @@ def interaction_heatmap(
             text=text,
             texttemplate="%{text}",
             customdata=np.array(hover, dtype=object),
-            hovertemplate="%{y} blocked at %{x}<br>drop %{z:+.4f}<br>%{customdata}<extra></extra>",
+            hovertemplate=f"%{{y}} {action} at %{{x}}<br>drop %{{z:+.4f}}<br>%{{customdata}}<extra></extra>",
             colorbar={"title": {"text": f"drop {m}"}},
         )
     )
-    fig.update_xaxes(title_text="layer blocked", type="category")
+    fig.update_xaxes(title_text=f"layer {action}", type="category")
     fig.update_yaxes(title_text="interaction (from->to)", type="category", autorange="reversed")
     return finish(
         fig,
-        title or f"Blocking attention: drop of {m} (unblocked {result.runs[0][m]:.4f}; * Holm p < {ALPHA:g})",
+        title or f"{what}: drop of {m} ({base} {result.runs[0][m]:.4f}; * Holm p < {ALPHA:g})",
         height=max(280, 60 * len(result.labels) + 160),
     )
 

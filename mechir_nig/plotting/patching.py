@@ -210,6 +210,7 @@ def path_patching_heatmaps(
     receivers: Sequence[Any] | None = None,
     pair: int | None = None,
     title: str | None = None,
+    zmax: float | None = None,
 ) -> Any:
     """Path-patching effects of sender ``site`` into each receiver: one layer x head (or layer x neuron)
     heatmap per receiver, side by side on one shared signed colour scale.
@@ -220,6 +221,8 @@ def path_patching_heatmaps(
         receivers: the receivers to draw (default: all, in the result's order).
         pair: the pair to draw; ``None`` (default) the mean over pairs.
         title: the figure title.
+        zmax: the colour range ``[-zmax, zmax]`` (default: the values'): pass one value to draw several
+            figures on one scale.
 
     Shapes:
         ``fig.data[i].z`` ``[layer, n_heads | d_mlp]`` = ``result[receivers[i]][site][pair]`` (or its
@@ -271,9 +274,13 @@ def path_patching_heatmaps(
         fig.update_xaxes(title_text=index, dtick=1 if v.shape[-1] <= 32 else None, row=1, col=i + 1)
     fig.update_yaxes(type="category", title_text="sender layer", row=1, col=1)
     what = f"{site} path patching ({first.direction}, {first.metric})"
+    axis = signed_coloraxis(metric)
+    if zmax is not None:  # one fixed symmetric range (checked as the other figures' zmax)
+        fixed = _range(zmax)
+        axis.update(cmin=fixed["zmin"], cmax=fixed["zmax"])
     return finish(
         fig,
         title or f"{what} — {which}",
         height=260 + 30 * len(first.layers),
-        coloraxis=signed_coloraxis(metric),
+        coloraxis=axis,
     )
