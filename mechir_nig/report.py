@@ -78,7 +78,7 @@ _TITLES = {
     "faithfulness": "Faithfulness",
     "stability": "Split-half stability",
     "attribution_patching": "Attribution patching",
-    "interaction": "Attention interactions (blocking)",
+    "interaction": "Attention interactions (blocking or re-weighting)",
     "attention_groups": "Attention by token group",
     "path_patching": "Path patching",
     "path_patching_heads": "Path patching into heads",
@@ -1067,7 +1067,8 @@ def _interaction_section(doc: _Doc, result: Any) -> None:
     """The interaction study: settings, per-block statistics (Holm across the blocks) and the heatmap."""
     from mechir_nig.plotting import interaction_heatmap
 
-    parts = doc.section("interaction", _TITLES["interaction"])
+    what = "blocking" if result.weight == 0 else f"re-weighting by {result.weight:g}"
+    parts = doc.section("interaction", f"Attention interactions ({what})")
     parts.append(
         _kv(
             [
@@ -1093,7 +1094,7 @@ def _interaction_section(doc: _Doc, result: Any) -> None:
             ]
             for r in result.statistics(m)
         ]
-        base = "unmodified" if getattr(result, "weight", 0.0) else "unblocked"
+        base = "unmodified" if result.weight else "unblocked"
         parts.append(f"<h3>{_e(m)} ({base} {_e(_num(result.runs[0][m], '.4f'))})</h3>")
         parts.append(
             _table(

@@ -205,3 +205,25 @@ def test_reweighting_equals_block_attention_with_weight_by_hand(tiny_ce, col, ca
         interaction_study(tiny_ce, col, cands, weight=-0.5)
     with pytest.raises(InputError, match="weight must be a finite number >= 0"):
         interaction_study(tiny_ce, col, cands, weight=float("inf"))
+
+
+def test_report_section_names_the_re_weighting(study, tmp_path):
+    """The report's section of a re-weighted study is titled by what was done to the attention (its title
+    said "(blocking)" whatever the weight); a blocked study keeps its title."""
+    import dataclasses
+
+    from mechir_nig.report import build
+
+    for weight, title in (
+        (0.0, "Attention interactions (blocking)"),
+        (0.5, "Attention interactions (re-weighting by 0.5)"),
+    ):
+        folder = tmp_path / f"w{weight}"
+        folder.mkdir()
+        res = dataclasses.replace(study, settings={**study.settings, "weight": weight})
+        res.save(folder / "interaction.json")
+        page = build(folder).read_text()
+        start = page.index('<section id="interaction">')
+        section = page[start : page.index("</section>", start)]
+        assert f"<h2>{title}</h2>" in section
+        assert ("(blocking)" in page) == (weight == 0)
