@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -389,9 +389,14 @@ def attribution_patching_findings(result: Any) -> list[str]:
 _INPUT_WORDS = {"q": "queries", "k": "keys", "v": "values"}
 
 
-def _receiver_words(key: str) -> str:
-    """``"q:L3H1"`` -> ``"the queries of L3H1"``, ``"mlp:L2"`` -> ``"the MLP of layer 2"``, ``"score"``."""
+def _receiver_words(key: str, readers: Sequence[str] = ()) -> str:
+    """``"q:L3H1"`` -> ``"the queries of L3H1"``, ``"mlp:L2"`` -> ``"the MLP of layer 2"``, ``"score"``;
+    a key/value input shared under grouped-query attention (``"k:L3H0"`` read by the receiver heads
+    ``readers`` ``["L3H1"]``) -> ``"the keys of key/value head 0 of layer 3 (read by L3H1)"``."""
     kind, _, where = key.partition(":")
+    if kind in ("k", "v") and readers and list(readers) != [where]:
+        layer, _, head = where.removeprefix("L").partition("H")
+        return f"the {_INPUT_WORDS[kind]} of key/value head {head} of layer {layer} (read by {', '.join(readers)})"
     if not where:
         return {"score": "the score", "score_direct": "the score (direct path)"}.get(kind, key)
     what = _INPUT_WORDS.get(kind, {"mlp": "the MLP"}.get(kind, kind))
@@ -428,8 +433,10 @@ def path_patching_heads_findings(result: Any, *, n_resamples: int = 10000) -> li
         )
     perturbation = str(result.meta.get("perturbation") or first.meta.get("perturbation") or "")
     effect = f"the {perturbation.upper()} effect" if perturbation else "the perturbation's effect"
+    inputs = chosen.get("inputs") or {}
     for key in result.receivers:
         part = result[key]
+        readers = [head for head, keys in inputs.items() if key in keys]
         for site in part.sites:
             v = torch.nan_to_num(part[site].double())[keep]
             if v.dim() != 3 or v.numel() == 0:  # [pairs, layer, index]: heads or neurons
@@ -449,7 +456,7 @@ def path_patching_heads_findings(result: Any, *, n_resamples: int = 10000) -> li
             rest = ", ".join(f"{label(i)} {float(mean.flatten()[i]):+.2f}" for i in order[1:3])
             senders = "heads" if site == "heads" else f"{site} senders"
             out.append(
-                f"The {senders} whose path into {_receiver_words(key)} carries most of {effect}: {label(j)} "
+                f"The {senders} whose path into {_receiver_words(key, readers)} carries most of {effect}: {label(j)} "
                 f"(mean {metric} {float(mean.flatten()[j]):+.2f}{ci}, raw score change "
                 f"{float(raw_mean.flatten()[j]):+.4f})" + (f", then {rest}" if rest else "") + f" ({used} of "
                 f"{n} pairs)."

@@ -1182,9 +1182,10 @@ def _path_patching_heads_section(doc: _Doc, result: Any) -> None:
     parts.append(_table(["receiver", "what", "values"], rows))
     for note in patching_notes(first):
         parts.append(f'<p class="note">{_e(note)}</p>')
-    groups: dict[str, list[str]] = {}
-    for key in result.receivers:  # "q:L3H1" -> the receiver head "L3H1"
-        groups.setdefault(key.split(":", 1)[1], []).append(key)
+    groups: dict[str, list[str]] = dict(chosen.get("inputs") or {})  # under GQA: the group's k/v head
+    if not groups:  # a file written before "inputs" was recorded: "q:L3H1" -> the receiver head "L3H1"
+        for key in result.receivers:
+            groups.setdefault(key.split(":", 1)[1], []).append(key)
     means = [torch.nanmean(result[k]["heads"].double(), 0) for k in result.receivers]
     finite = torch.cat([m[torch.isfinite(m)] for m in means])
     zmax = float(finite.abs().max()) if finite.numel() and float(finite.abs().max()) > 0 else None

@@ -412,3 +412,45 @@ def test_into_heads_reads_the_shared_key_value_head_under_grouped_query_attentio
     ref = path_patch(model, al, senders="heads", receivers=[("v", 1, 1), ("k", 1, 0)])
     for key in ("v:L1H1", "k:L1H0"):
         torch.testing.assert_close(res[key]["heads"], ref[key]["heads"], atol=1e-12, rtol=0, equal_nan=True)
+
+
+def test_into_heads_groups_each_head_with_the_key_value_head_it_reads(decoder_tokenizer, tmp_path_factory):
+    """Under grouped-query attention a receiver head's k/v keys name its group's key/value head
+    (``k:L1H0`` for head 1): the report's figure of head L1H1 shows q:L1H1 with k:L1H0 and v:L1H0 (not
+    the k/v of head 2's group, ``k:L1H1``), and the findings name the shared key/value head and its readers."""
+    import re
+
+    from test_decoder import _save
+
+    from mechir_nig import load_model
+    from mechir_nig.findings import path_patching_heads_findings
+    from mechir_nig.interventions.path_patching import path_patch_into_heads
+    from mechir_nig.report import build
+
+    model = load_model(_save(decoder_tokenizer, tmp_path_factory, "qwen2", 1), dtype=torch.float64)
+    al = perturb.align(model, QUERIES[:2], DOCS[:2], lambda q, d: perturb.tfc1(q, d, where="start"))
+    res = path_patch_into_heads(model, al, receiver_heads=4)  # every head of layer 1: 4 query, 2 k/v heads
+    inputs = res.meta["receivers_chosen"]["inputs"]
+    assert inputs == {f"L1H{h}": [f"q:L1H{h}", f"k:L1H{h // 2}", f"v:L1H{h // 2}"] for h in range(4)}
+    assert list(inputs) == [f"L{lyr}H{h}" for lyr, h in res.meta["receivers_chosen"]["heads"]]
+    readers = [head for head in inputs if "k:L1H0" in inputs[head]]
+    assert sorted(readers) == ["L1H0", "L1H1"]
+    sentences = path_patching_heads_findings(res, n_resamples=100)
+    assert any(
+        f"into the keys of key/value head 0 of layer 1 (read by {', '.join(readers)})" in s for s in sentences
+    )
+    assert any("into the queries of L1H1 " in s for s in sentences)
+    assert not any("the keys of L1H" in s for s in sentences)
+    folder = tmp_path_factory.mktemp("gqa_report")
+    res.save(folder / "path_patching_heads.safetensors")
+    page = build(folder).read_text()
+    figures = dict(
+        re.findall(r'data-figure="path patching into (L1H\d)"(.*?)(?=data-figure=|</section>)', page, re.S)
+    )
+    assert sorted(figures) == [f"L1H{h}" for h in range(4)]
+    for h in range(4):
+        shown = set(re.findall(r"[qkv]:L1H\d", figures[f"L1H{h}"]))
+        assert shown == {f"q:L1H{h}", f"k:L1H{h // 2}", f"v:L1H{h // 2}"}, (h, shown)
+    # given receivers keep the heads as written
+    given = path_patch_into_heads(model, al, receivers=[("k", 1, 1), ("q", 1, 3)])
+    assert given.meta["receivers_chosen"]["inputs"] == {"L1H1": ["k:L1H1"], "L1H3": ["q:L1H3"]}

@@ -745,8 +745,9 @@ def path_patch_into_heads(
         A :class:`PathPatchingResult` with one receiver per head input (``"q:L3H1"``, ...), senders
         ``heads`` (``[batch, layer, n_heads]``, the layers before the receiver's), and
         ``meta["receivers_chosen"]``: ``by`` (``"score_direct"`` or ``"given"``), ``heads`` (``[layer,
-        head]`` of each receiver head) and, when chosen, ``direct_effect`` (their mean direct-path effect)
-        and ``pairs_used``.
+        head]`` of each receiver head), ``inputs`` (each receiver head ``"L3H1"``'s receiver keys: under
+        grouped-query attention its ``k``/``v`` keys name the key/value head it reads, e.g. ``"k:L3H0"``)
+        and, when chosen, ``direct_effect`` (their mean direct-path effect) and ``pairs_used``.
 
     Raises:
         InputError: a bad receiver (kind, layer or head out of the model's range, a head of layer 0,
@@ -765,6 +766,7 @@ def path_patch_into_heads(
         recv = _head_receivers(model, receivers)
         heads = list(dict.fromkeys((lyr, h) for _, lyr, h in recv))
         chosen = {"by": "given", "heads": [list(x) for x in heads]}
+        inputs = {f"L{lyr}H{h}": [receiver_key(r) for r in recv if r[1:] == (lyr, h)] for lyr, h in heads}
     else:
         k = check_int(receiver_heads, "receiver_heads", minimum=1)
         if layers is not None:
@@ -787,11 +789,12 @@ def path_patch_into_heads(
                 "pass the score_direct result of the same direction and metric, or leave direct out"
             )
         top = top_direct_heads(direct, k, layers=layers)
-        recv = list(
-            dict.fromkeys(
-                (kind, lyr, _input_head(model.cfg, kind, h)) for lyr, h, _ in top for kind in HEAD_INPUTS
-            )
-        )
+        reads = {
+            f"L{lyr}H{h}": [(kind, lyr, _input_head(model.cfg, kind, h)) for kind in HEAD_INPUTS]
+            for lyr, h, _ in top
+        }
+        recv = list(dict.fromkeys(r for rs in reads.values() for r in rs))
+        inputs = {head: [receiver_key(r) for r in rs] for head, rs in reads.items()}
         chosen = {
             "by": "score_direct",
             "heads": [[lyr, h] for lyr, h, _ in top],
@@ -813,5 +816,6 @@ def path_patch_into_heads(
             query_embeddings=query_embeddings,
         )
         results |= res.results
+    chosen["inputs"] = inputs  # each receiver head's receivers (its group's k/v head under GQA)
     order = [receiver_key(r) for r in recv]  # the receivers' order, head by head
     return PathPatchingResult({key: results[key] for key in order}, meta={"receivers_chosen": chosen})
