@@ -291,3 +291,23 @@ def test_interaction_weight_option(tmp_path, tiny_ce_dir, capsys):
     assert (
         "1 (interaction, layer) re-weightings (x0.5) change nDCG@10" in printed and "Blocking" not in printed
     )
+
+
+def test_explicit_receivers_are_named_as_given(tmp_path, tiny_ce2_dir, capsys):
+    """The command says which inputs it path-patched into: the receivers given (it said "the queries, keys
+    and values of L1H1, L2H0" for --receivers v:1.1,q:2.0)."""
+    out = tmp_path / "o"
+    args = ["circuits", "--model", str(tiny_ce2_dir), "--collection", "embedded", "--out", str(out)]
+    args += [
+        "--no-progress",
+        "--max-pairs",
+        "2",
+        "--steps",
+        "path_patching_heads",
+        "--receivers",
+        "v:1.1,q:2.0",
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "path patched every earlier head into v:L1H1, q:L2H0 (q, k, v:" in printed
+    assert "queries, keys and values of" not in printed

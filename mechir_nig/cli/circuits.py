@@ -312,8 +312,14 @@ def _path_patching_heads(c: Circuits) -> tuple[Any, dict[str, Any]]:
         direction=c.args.direction,
         metric=c.args.metric,
     )
-    heads = ", ".join(f"L{lyr}H{h}" for lyr, h in res.meta["receivers_chosen"]["heads"])
-    c.s.say(f"path patched every earlier head into the queries, keys and values of {heads}")
+    if given is None:
+        heads = ", ".join(f"L{lyr}H{h}" for lyr, h in res.meta["receivers_chosen"]["heads"])
+        c.s.say(f"path patched every earlier head into the queries, keys and values of {heads}")
+    else:  # only the inputs named
+        c.s.say(
+            f"path patched every earlier head into {', '.join(res.receivers)} (q, k, v: a head's query, key, "
+            "value input)"
+        )
     res.meta.update(c.pair_meta())
     return res, {"receivers": res.receivers, "chosen": res.meta["receivers_chosen"]}
 
