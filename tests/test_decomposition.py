@@ -330,3 +330,29 @@ def test_modernbert_mean_pooling_head_by_hand_from_hf_weights(tmp_path):
     torch.testing.assert_close(sd["head_bias"], bias, rtol=0, atol=1e-10)
     logits = hf.classifier(head(hf_pooled))  # HF's head on the run's pooled hidden states
     torch.testing.assert_close(sd.contributions.sum(0), logits[:, 1] - logits[:, 0], rtol=0, atol=1e-10)
+
+
+def test_wrong_kind_of_batch_and_bad_top_arguments_are_refused(ce64, minilm64):
+    """A bi-encoder's TextBatch given to a cross-encoder (or a PairBatch to a bi-encoder) is refused naming
+    the tokenize call to use (it failed inside the embedding with a TypeError); ``top`` refuses k < 1 (it
+    returned []) and a pair outside the batch (an IndexError)."""
+    pairs, texts = ce64.tokenize(QUERIES[:2], DOCS[:2]), minilm64.tokenize(DOCS[:2])
+    with pytest.raises(
+        InputError, match=r"model.tokenize\(queries, docs\) \(a PairBatch\), got the other kind"
+    ):
+        decompose_score(ce64, texts)
+    with pytest.raises(
+        InputError, match=r"model.tokenize\(queries, docs\) \(a PairBatch\), got the other kind"
+    ):
+        decompose_resid(ce64, texts)
+    with pytest.raises(InputError, match=r"model.tokenize\(texts\) \(a TextBatch\), got the other kind"):
+        decompose_score(minilm64, pairs, minilm64.encode(QUERIES[:2]))
+    sd = decompose_score(ce64, pairs)
+    with pytest.raises(InputError, match="k must be an int >= 1"):
+        sd.top(0)
+    with pytest.raises(InputError, match="pair must be an int >= 0 and <= 1, got 2; the batch has 2 pairs"):
+        sd.top(3, pair=2)
+    assert (
+        sd.top(2, pair=1)
+        == sorted(zip(sd.labels, sd.contributions[:, 1].tolist()), key=lambda lv: -abs(lv[1]))[:2]
+    )

@@ -59,7 +59,7 @@ from einops import einsum
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechir_nig._validate import check_bool
+from mechir_nig._validate import check_bool, check_int
 from mechir_nig.errors import InputError, UnsupportedArchitectureError
 from mechir_nig.models.protocol import HookedModel
 
@@ -127,12 +127,17 @@ class ScoreDecomposition:
         return self.contributions[self.labels.index(label)]
 
     def top(self, k: int = 10, pair: int = 0) -> list[tuple[str, float]]:
-        """The ``k`` largest ``|contribution|`` components of pair ``pair``, ``(label, contribution)``.
+        """The ``k`` largest ``|contribution|`` components of pair ``pair``, ``(label, contribution)``
+        (contributions to ``target``: the score, or the logit margin).
 
         Example:
-            >>> decompose_score(be, be.tokenize(docs), be.encode(queries)).top(2)  # doctest: +SKIP
-            [('11_ln2_bias', 0.41), ('L11H3', 0.12)]
+            >>> sd = decompose_score(be, be.tokenize(docs), be.encode(queries))
+            >>> [label for label, _ in sd.top(2)]  # this run's two largest
+            ['L5H3', 'L5H7']
         """
+        k = check_int(k, "k", minimum=1)
+        n = self.contributions.shape[1]
+        pair = check_int(pair, "pair", minimum=0, maximum=n - 1, hint=f"the batch has {n} pairs")
         c = self.contributions[:, pair]
         order = c.abs().argsort(descending=True)[:k]
         return [(self.labels[i], float(c[i])) for i in order.tolist()]
@@ -202,6 +207,27 @@ def _hooks(n: int, kind: str, final: bool, heads: bool) -> list[str]:
     return names + (["ln_final.hook_scale"] if final else [])
 
 
+def _check_batch(model: HookedModel, batch: Any) -> None:
+    """``batch`` is ``model``'s kind of tokenized batch: a ``PairBatch`` (``model.tokenize(queries, docs)``)
+    for a pair reranker, a ``TextBatch`` (``model.tokenize(texts)``) for a bi-encoder."""
+    from mechir_nig.models.tokenization import PairBatch, TextBatch
+
+    pair = getattr(model, "pairwise", True)
+    want, call = (
+        (PairBatch, "model.tokenize(queries, docs)") if pair else (TextBatch, "model.tokenize(texts)")
+    )
+    if not isinstance(batch, want):
+        other = TextBatch if pair else PairBatch
+        kind = (
+            f"the other kind of batch ({other.__name__})"
+            if isinstance(batch, other)
+            else type(batch).__name__
+        )
+        raise InputError(
+            f"batch must be a tokenized batch of {type(model).__name__}, {call} (a {want.__name__}), got {kind}"
+        )
+
+
 def _decompose(
     model: HookedModel, batch: Any, layer: int | None, heads: bool, extra: tuple[str, ...] = ()
 ) -> tuple[ResidDecomposition, Any]:
@@ -212,8 +238,7 @@ def _decompose(
     n = model.cfg.n_layers
     if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n):
         raise InputError(f"layer must be None or an int in 0..{n} (the block whose input), got {layer!r}")
-    if not hasattr(batch, "input_ids") or not hasattr(batch, "attention_mask"):
-        raise InputError(f"batch must be a tokenized batch (model.tokenize(...)), got {type(batch).__name__}")
+    _check_batch(model, batch)
     top = n if layer is None else layer
     final = layer is None and getattr(model, "ln_final", None) is not None
     names = set(_hooks(top, kind, final, heads)) | set(extra)
@@ -349,8 +374,7 @@ def _decoder_score(model: Any, batch: Any, heads: bool) -> ScoreDecomposition:
 def _monot5_score(model: Any, batch: Any, heads: bool) -> ScoreDecomposition:
     """monoT5's ``logit_true - logit_false`` at its one decoder step, over the decoder's components (the
     encoder reaches that step only through cross-attention: no encoder component writes it directly)."""
-    if not hasattr(batch, "input_ids") or not hasattr(batch, "attention_mask"):
-        raise InputError(f"batch must be a tokenized batch (model.tokenize(...)), got {type(batch).__name__}")
+    _check_batch(model, batch)
     cfg, p = model.cfg, "decoder.blocks."
     names = [p + "0.hook_resid_pre", "decoder.ln_final.hook_scale", "hook_logits", "hook_score"]
     for lay in range(cfg.n_decoder_layers):
@@ -447,8 +471,8 @@ def decompose_score(
 
     Example:
         >>> sd = decompose_score(ce, batch)  # a cross-encoder: [CLS] -> tanh pooler -> classifier, frozen
-        >>> bool((sd.contributions.sum(0) - sd.scores).abs().max() < 1e-4), sd.labels[-1]
-        (True, 'head_bias')
+        >>> bool((sd.contributions.sum(0) - sd.total).abs().max() < 1e-4), sd.target, sd.labels[-1]
+        (True, 'score', 'head_bias')
         >>> sd = decompose_score(be, be.tokenize(docs), be.encode(queries))  # a bi-encoder
         >>> sd.contributions.shape[0] == len(sd.labels)  # [component, batch]
         True
