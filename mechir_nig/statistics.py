@@ -432,7 +432,8 @@ def correlation_ci(
 
     ``groups`` (one label per pair, e.g. the query-document pair an index of a patching sweep belongs to)
     resamples whole groups instead (a cluster bootstrap): values of one group are not independent, and
-    resampling them one by one would give too narrow an interval.
+    resampling them one by one would give too narrow an interval. A single group gives no interval
+    (``low``, ``high`` NaN): every resample would be the data itself.
 
     Returns:
         ``(r, low, high)``.
@@ -457,6 +458,10 @@ def correlation_ci(
         if labels.shape != a.shape:
             raise InputError(f"groups must give one label per pair ({a.size}), got shape {labels.shape}")
         members = [np.flatnonzero(labels == g) for g in np.unique(labels)]
+        if (
+            len(members) < 2
+        ):  # one cluster: every resample is the data, a zero-width interval that says nothing
+            return r, math.nan, math.nan
         picks = rng.integers(0, len(members), size=(n_resamples, len(members)))
         boot = np.array(
             [

@@ -279,3 +279,14 @@ def test_overlap_report_states_the_hypergeometric_p_value() -> None:
     rep = overlap_report(a, b)
     want = sps.hypergeom.sf(rep["intersection"] - 1, rep["pool_size"], 4, 5)
     assert rep["p_value"] == pytest.approx(want, rel=1e-9)
+
+
+def test_correlation_ci_one_group_gives_no_interval() -> None:
+    """One cluster carries no sampling information: the interval is NaN (it was [r, r], zero width)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=30)
+    y = x + rng.normal(size=30)
+    r, low, high = correlation_ci(x, y, n_resamples=200, groups=np.zeros(30))
+    assert r == pytest.approx(sps.spearmanr(x, y).statistic) and math.isnan(low) and math.isnan(high)
+    _, low2, high2 = correlation_ci(x, y, n_resamples=200, groups=np.arange(30) % 2)
+    assert low2 < high2  # two groups: an interval
