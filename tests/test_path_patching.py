@@ -454,3 +454,16 @@ def test_into_heads_groups_each_head_with_the_key_value_head_it_reads(decoder_to
     # given receivers keep the heads as written
     given = path_patch_into_heads(model, al, receivers=[("k", 1, 1), ("q", 1, 3)])
     assert given.meta["receivers_chosen"]["inputs"] == {"L1H1": ["k:L1H1"], "L1H3": ["q:L1H3"]}
+
+
+def test_into_heads_refuses_a_direct_result_of_other_pairs(ce64, al64):
+    """``direct`` of 3 pairs with an alignment of 2 is refused before any work (it chose the receivers from
+    the other pairs' direct effects)."""
+    from mechir_nig.interventions.path_patching import path_patch_into_heads
+
+    direct = path_patch(ce64, al64, senders="heads", receivers="score_direct")["score_direct"]
+    fewer = perturb.align(ce64, QUERIES[:2], DOCS[:2], _edit)
+    with pytest.raises(
+        InputError, match="direct holds 3 pairs, this run 2: pass the score_direct result of the same pairs"
+    ):
+        path_patch_into_heads(ce64, fewer, receiver_heads=1, direct=direct)

@@ -751,8 +751,8 @@ def path_patch_into_heads(
 
     Raises:
         InputError: a bad receiver (kind, layer or head out of the model's range, a head of layer 0,
-            listed twice), ``receiver_heads < 1``, a ``direct`` result of another direction or metric, or
-            no head of layer >= 1 among ``layers``; ``path_patch``'s errors.
+            listed twice), ``receiver_heads < 1``, a ``direct`` result of another direction or metric or
+            another number of pairs, or no head of layer >= 1 among ``layers``; ``path_patch``'s errors.
 
     Example:
         >>> al = align(ce, queries, docs, tfc1)  # doctest: +SKIP
@@ -787,6 +787,11 @@ def path_patch_into_heads(
             raise InputError(
                 f"direct is a {direct.direction}/{direct.metric} result, this run is {direction}/{metric}: "
                 "pass the score_direct result of the same direction and metric, or leave direct out"
+            )
+        elif len(direct) != len(clean):
+            raise InputError(
+                f"direct holds {len(direct)} pairs, this run {len(clean)}: pass the score_direct result of "
+                "the same pairs, or leave direct out"
             )
         top = top_direct_heads(direct, k, layers=layers)
         reads = {
