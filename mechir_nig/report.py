@@ -1169,7 +1169,7 @@ def _path_patching_heads_section(doc: _Doc, result: Any) -> None:
             )
         )
     items += [
-        ("receivers", result.receivers),
+        ("receivers (q, k, v: a head's query, key, value input)", result.receivers),
         ("senders", "every head of the layers before the receiver's"),
         ("direction", first.direction),
         ("metric", first.metric),

@@ -311,3 +311,17 @@ def test_explicit_receivers_are_named_as_given(tmp_path, tiny_ce2_dir, capsys):
     printed = capsys.readouterr().out
     assert "path patched every earlier head into v:L1H1, q:L2H0 (q, k, v:" in printed
     assert "queries, keys and values of" not in printed
+
+
+def test_interaction_weight_without_the_interaction_step_is_refused(tmp_path, tiny_ce_dir, capsys):
+    """--interaction-weight with --steps leaving the interaction study out is refused before any work (it
+    was ignored silently), as --receivers without its step."""
+    out = tmp_path / "o"
+    args = ["circuits", "--model", str(tiny_ce_dir), "--collection", "embedded", "--out", str(out)]
+    args += ["--no-progress", "--steps", "attention_groups", "--interaction-weight", "0.5"]
+    assert main(args) == 2
+    assert (
+        "--interaction-weight 0.5 is for the interaction step, which --steps leaves out"
+        in capsys.readouterr().err
+    )
+    assert not out.exists() or not any(out.iterdir())

@@ -467,3 +467,14 @@ def test_into_heads_refuses_a_direct_result_of_other_pairs(ce64, al64):
         InputError, match="direct holds 3 pairs, this run 2: pass the score_direct result of the same pairs"
     ):
         path_patch_into_heads(ce64, fewer, receiver_heads=1, direct=direct)
+
+
+def test_report_states_what_the_receiver_keys_mean(ce64, al64, tmp_path):
+    """The report's path-patching-into-heads section says what q/k/v in a receiver key are."""
+    from mechir_nig.interventions.path_patching import path_patch_into_heads
+    from mechir_nig.report import build
+
+    res = path_patch_into_heads(ce64, al64, receivers=[("v", 1, 1)])
+    res.save(tmp_path / "path_patching_heads.safetensors")
+    page = build(tmp_path).read_text()
+    assert "receivers (q, k, v: a head&#x27;s query, key, value input)" in page  # html.escape'd

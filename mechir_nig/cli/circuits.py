@@ -457,6 +457,11 @@ def run(args: argparse.Namespace, s: Session) -> dict[str, Any]:
     _parse_measures(args.measures)  # unknown names fail before any work
     if args.view_pair < 0:
         raise UsageError(f"--view-pair {args.view_pair}: give a pair index >= 0")
+    if args.interaction_weight != 0 and "interaction" not in args.steps:
+        raise UsageError(
+            f"--interaction-weight {args.interaction_weight:g} is for the interaction step, which --steps leaves "
+            "out; add it to --steps or drop the option"
+        )
     col = s.collection()
     model = s.model()
     layers = check_layers(args.layers, model) or list(range(model.cfg.n_layers))
