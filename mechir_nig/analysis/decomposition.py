@@ -299,7 +299,8 @@ def decompose_resid(
         A :class:`ResidDecomposition`.
 
     Raises:
-        InputError: a layer out of range, a batch that is not tokenized.
+        InputError: a layer out of range, a batch that is not the model's tokenized batch (a ``PairBatch`` of
+            a reranker, a ``TextBatch`` of a bi-encoder).
         UnsupportedArchitectureError: monoT5 (other blocks: use :func:`decompose_score`).
 
     Example:
@@ -466,7 +467,8 @@ def decompose_score(
         head with biases).
 
     Raises:
-        InputError: query embeddings missing, of the wrong shape, or given to a pair reranker.
+        InputError: query embeddings missing, of the wrong shape, or given to a pair reranker; a batch
+            that is not the model's tokenized batch.
         UnsupportedArchitectureError: a model of none of these kinds.
 
     Example:
