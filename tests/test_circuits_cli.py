@@ -325,3 +325,13 @@ def test_interaction_weight_without_the_interaction_step_is_refused(tmp_path, ti
         in capsys.readouterr().err
     )
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_interaction_weight_minus_zero_is_zero():
+    """``--interaction-weight -0`` is the plain 0 (blocking), not -0.0 (recorded and shown as "-0.0")."""
+    import math
+
+    from mechir_nig.cli.circuits import attention_weight
+
+    value = attention_weight("-0")
+    assert value == 0 and math.copysign(1.0, value) == 1.0

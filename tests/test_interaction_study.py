@@ -227,3 +227,20 @@ def test_report_section_names_the_re_weighting(study, tmp_path):
         section = page[start : page.index("</section>", start)]
         assert f"<h2>{title}</h2>" in section
         assert ("(blocking)" in page) == (weight == 0)
+
+
+def test_weight_minus_zero_is_recorded_as_zero(tiny_ce, col, cands):
+    import math
+
+    res = interaction_study(
+        tiny_ce,
+        col,
+        cands,
+        interactions=[("query", "doc")],
+        layers=[0],
+        all_layers=False,
+        weight=-0.0,
+        measures=MEASURES,
+        progress=False,
+    )
+    assert res.action == "blocked" and math.copysign(1.0, res.settings["weight"]) == 1.0

@@ -135,7 +135,7 @@ def attention_weight(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"must be a finite number >= 0 (0 blocks, 0.5 halves the attention, 1 changes nothing), got {text}"
         )
-    return value
+    return value + 0.0  # -0 -> 0 (recorded and printed as 0)
 
 
 @dataclass

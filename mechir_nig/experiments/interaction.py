@@ -315,7 +315,7 @@ def interaction_study(
     t_start = time.perf_counter()
     pairs_of = _check_interactions(model, interactions)
     layer_list = check_layers(layers, model.cfg.n_layers)
-    weight = check_number(
+    weight = 0.0 + check_number(  # -0.0 -> 0.0: the settings record a plain 0
         weight,
         "weight",
         minimum=0,
