@@ -11,6 +11,15 @@ import torch
 from mechir_nig.cli import main
 from mechir_nig.report import CIRCUIT_FILES
 
+STEP_KEYS = (
+    "attribution_patching",
+    "interaction",
+    "attention_groups",
+    "path_patching",
+    "path_patching_heads",
+)
+"""Every step's result key (each a file and a report section)."""
+
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory, tiny_ce_dir):
@@ -35,13 +44,7 @@ def test_writes_every_result_with_values(ran, tiny_ce_dir):
 
     rc, out, printed = ran
     assert rc == 0
-    for key in (
-        "attribution_patching",
-        "interaction",
-        "attention_groups",
-        "path_patching",
-        "path_patching_heads",
-    ):
+    for key in STEP_KEYS:
         assert (out / CIRCUIT_FILES[key]).is_file(), key
     est = PatchingResult.load(out / CIRCUIT_FILES["attribution_patching"])
     assert est.sites == ["resid_pre", "heads"] and len(est) == 3 and est["heads"].shape == (3, 2, 2)
@@ -93,13 +96,7 @@ def test_report_has_a_section_for_each(ran):
     rc, out, _ = ran
     assert main(["report", str(out)]) == 0
     page = (out / "report.html").read_text()
-    for key in (
-        "attribution_patching",
-        "interaction",
-        "attention_groups",
-        "path_patching",
-        "path_patching_heads",
-    ):
+    for key in STEP_KEYS:
         assert f'<section id="{key}">' in page
     assert "1 of 7 result files found, 5 circuit results" in page  # run.json and the five
     assert 'data-figure="attention pattern"' in page and 'data-figure="interaction nDCG@10"' in page
