@@ -295,15 +295,7 @@ def test_explicit_receivers_are_named_as_given(tmp_path, tiny_ce2_dir, capsys):
     and values of L1H1, L2H0" for --receivers v:1.1,q:2.0)."""
     out = tmp_path / "o"
     args = ["circuits", "--model", str(tiny_ce2_dir), "--collection", "embedded", "--out", str(out)]
-    args += [
-        "--no-progress",
-        "--max-pairs",
-        "2",
-        "--steps",
-        "path_patching_heads",
-        "--receivers",
-        "v:1.1,q:2.0",
-    ]
+    args += "--no-progress --max-pairs 2 --steps path_patching_heads --receivers v:1.1,q:2.0".split()
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "path patched every earlier head into v:L1H1, q:L2H0 (q, k, v:" in printed
