@@ -478,3 +478,15 @@ def test_report_states_what_the_receiver_keys_mean(ce64, al64, tmp_path):
     res.save(tmp_path / "path_patching_heads.safetensors")
     page = build(tmp_path).read_text()
     assert "receivers (q, k, v: a head&#x27;s query, key, value input)" in page  # html.escape'd
+
+
+def test_score_direct_alone_equals_it_beside_the_score(ce64, al64):
+    """The circuits command computes the direct paths alone (``receivers="score_direct"``, once, for both
+    path-patching steps): the same values as ``path_patch_heads_to_score``'s ``score_direct``."""
+    from mechir_nig.interventions.path_patching import path_patch_heads_to_score
+
+    alone = path_patch(ce64, al64, senders="heads", receivers="score_direct")["score_direct"]
+    both = path_patch_heads_to_score(ce64, al64)["score_direct"]
+    torch.testing.assert_close(alone["heads"], both["heads"], atol=1e-12, rtol=0, equal_nan=True)
+    torch.testing.assert_close(alone.patched["heads"], both.patched["heads"], atol=1e-12, rtol=0)
+    assert alone.meta["path_patching"] == both.meta["path_patching"]

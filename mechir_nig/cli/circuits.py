@@ -184,7 +184,8 @@ class Circuits:
 
     def score_direct(self) -> Any:
         """Every head's direct path into the score (``path_patch``'s ``"score_direct"`` receiver) of the
-        pairs: the ``path_patching`` step's result when it ran, else computed here (once)."""
+        pairs, computed once: the ``path_patching`` step's result, and the ``path_patching_heads`` step's
+        choice of receivers."""
         if "score_direct" not in self._cache:
             from mechir_nig.interventions.path_patching import path_patch
 
@@ -287,13 +288,8 @@ def _attention_groups(c: Circuits) -> tuple[Any, dict[str, Any]]:
 
 
 def _path_patching(c: Circuits) -> tuple[Any, dict[str, Any]]:
-    from mechir_nig.interventions.path_patching import path_patch_heads_to_score
-
-    c.s.say(f"path patching every head of {len(c.pairs()[0])} TFC1 pairs into the score (direct path)")
-    res = path_patch_heads_to_score(c.model, c.alignment(), direction=c.args.direction, metric=c.args.metric)
-    direct = res["score_direct"]  # the head's path straight into the score; "score" = the ordinary patch
+    direct = c.score_direct()  # the heads' paths straight into the score, reused by path_patching_heads
     direct.meta.update(c.pair_meta())
-    c._cache["score_direct"] = direct  # the path_patching_heads step chooses its receivers from it
     return direct, {"receiver": "score_direct", "shape": list(direct.values["heads"].shape)}
 
 
