@@ -422,11 +422,13 @@ def path_patching_heads_findings(result: Any, *, n_resamples: int = 10000) -> li
     first = result[result.receivers[0]]
     keep = first.summary_pairs()
     used, n = int(keep.sum()), len(first)
-    metric = "recovery" if first.metric == "recovery" else "score change"
+    recovery = first.metric == "recovery"
+    metric = "recovery" if recovery else "score change"
+    digits = 2 if recovery else 4  # a raw score change is small: +0.0003, not +0.00
     chosen = result.meta.get("receivers_chosen") or {}
     heads = [f"L{lyr}H{h}" for lyr, h in chosen.get("heads", [])]
     if chosen.get("by") == "score_direct" and heads:
-        effects = ", ".join(f"{x:+.2f}" for x in chosen.get("direct_effect", []))
+        effects = ", ".join(f"{x:+.{digits}f}" for x in chosen.get("direct_effect", []))
         out.append(
             f"Path patching into heads: the receivers are {', '.join(heads)}, the heads of layer >= 1 with the "
             f"largest mean direct-path effect on the score ({metric} {effects})."
@@ -452,14 +454,15 @@ def path_patching_heads_findings(result: Any, *, n_resamples: int = 10000) -> li
 
             j = order[0]
             top = v.flatten(1)[:, j]
-            ci = f" {_ci(bootstrap_ci(top.numpy(), n_resamples=n_resamples), 2)}" if used > 1 else ""
-            rest = ", ".join(f"{label(i)} {float(mean.flatten()[i]):+.2f}" for i in order[1:3])
+            ci = f" {_ci(bootstrap_ci(top.numpy(), n_resamples=n_resamples), digits)}" if used > 1 else ""
+            rest = ", ".join(f"{label(i)} {float(mean.flatten()[i]):+.{digits}f}" for i in order[1:3])
             senders = "heads" if site == "heads" else f"{site} senders"
+            raw_part = f", raw score change {float(raw_mean.flatten()[j]):+.4f}" if recovery else ""
             out.append(
                 f"The {senders} whose path into {_receiver_words(key, readers)} carries most of {effect}: {label(j)} "
-                f"(mean {metric} {float(mean.flatten()[j]):+.2f}{ci}, raw score change "
-                f"{float(raw_mean.flatten()[j]):+.4f})" + (f", then {rest}" if rest else "") + f" ({used} of "
-                f"{n} pairs)."
+                f"(mean {metric} {float(mean.flatten()[j]):+.{digits}f}{ci}{raw_part})"
+                + (f", then {rest}" if rest else "")
+                + f" ({used} of {n} pairs)."
             )
     out += [f"Caveat: {note}" for note in patching_notes(first)]
     return out

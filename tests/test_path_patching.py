@@ -490,3 +490,20 @@ def test_score_direct_alone_equals_it_beside_the_score(ce64, al64):
     torch.testing.assert_close(alone["heads"], both["heads"], atol=1e-12, rtol=0, equal_nan=True)
     torch.testing.assert_close(alone.patched["heads"], both.patched["heads"], atol=1e-12, rtol=0)
     assert alone.meta["path_patching"] == both.meta["path_patching"]
+
+
+def test_findings_of_a_raw_metric_keep_their_digits(ce64, al64):
+    """With ``metric="raw"`` the findings give the score changes to 4 decimals (they were rounded to 2,
+    "+0.00", beside a "raw score change" repeating the same number)."""
+    from mechir_nig.findings import path_patching_heads_findings
+    from mechir_nig.interventions.path_patching import path_patch_into_heads
+
+    res = path_patch_into_heads(ce64, al64, receivers=[("q", 1, 0)], metric="raw")
+    part = res["q:L1H0"]
+    mean = torch.nan_to_num(part["heads"].double())[part.summary_pairs()].mean(0).flatten()
+    j = int(mean.abs().argmax())
+    (sentence,) = [s for s in path_patching_heads_findings(res, n_resamples=100) if "queries of L1H0" in s]
+    n = ce64.cfg.n_heads
+    head = f"L{part.layers[j // n]}H{j % n}"
+    assert f": {head} (mean score change {float(mean[j]):+.4f} [95 % CI " in sentence
+    assert "raw score change" not in sentence
