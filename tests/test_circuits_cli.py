@@ -324,3 +324,17 @@ def test_interaction_weight_minus_zero_is_zero():
 
     value = attention_weight("-0")
     assert value == 0 and math.copysign(1.0, value) == 1.0
+
+
+def test_more_receiver_heads_than_the_layers_have_is_refused(tmp_path, tiny_ce2_dir, capsys):
+    """--receiver-heads above the heads of layers >= 1 among --layers is refused before any work (the step
+    took fewer heads silently)."""
+    out = tmp_path / "o"
+    args = ["circuits", "--model", str(tiny_ce2_dir), "--collection", "embedded", "--out", str(out)]
+    args += "--no-progress --max-pairs 2 --steps path_patching_heads --layers 0,1 --receiver-heads 5".split()
+    assert main(args) == 2
+    assert (
+        "--receiver-heads 5: there are 4 heads of layer >= 1 to choose from (layers 1, 4 heads each); give at most 4"
+        in capsys.readouterr().err
+    )
+    assert not (out / CIRCUIT_FILES["path_patching_heads"]).exists()

@@ -108,6 +108,13 @@ def check_receivers(args: argparse.Namespace, model: HookedModel, layers: list[i
                 "in layer 1 or later (a head of layer 0 has no earlier head); add a later layer, give "
                 "--receivers, or leave path_patching_heads out of --steps"
             )
+        later = [lyr for lyr in layers if lyr >= 1]
+        if args.receiver_heads is not None and args.receiver_heads > len(later) * cfg.n_heads:
+            raise UsageError(
+                f"--receiver-heads {args.receiver_heads}: there are {len(later) * cfg.n_heads} heads of layer >= 1 "
+                f"to choose from (layers {','.join(map(str, later))}, {cfg.n_heads} heads each); give at most "
+                f"{len(later) * cfg.n_heads}"
+            )
         return
     if args.receiver_heads is not None:
         raise UsageError("give --receivers or --receiver-heads, not both (--receivers names the receivers)")
