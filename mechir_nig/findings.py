@@ -32,6 +32,7 @@ __all__ = [
     "interaction_findings",
     "patching_findings",
     "patching_notes",
+    "path_patching_findings",
     "path_patching_heads_findings",
     "pruning_findings",
     "results_findings",
@@ -386,6 +387,21 @@ def attribution_patching_findings(result: Any) -> list[str]:
     return out
 
 
+def path_patching_findings(result: Any) -> list[str]:
+    """:func:`patching_findings` of a path-patching receiver's ``PatchingResult`` (the ``circuits``
+    command's ``path_patching``: every head's direct path into the score), each site's sentence prefixed
+    by the path it measures (it read as an ordinary patch of the head's output).
+
+    Example:
+        >>> path_patching_findings(direct)[1]  # doctest: +SKIP
+        'Path patching, direct path into the score: heads: restoring the clean activations has its largest ...'
+    """
+    receiver = (result.meta.get("path_patching") or {}).get("receiver")
+    path = "direct path into the score" if receiver == "score_direct" else f"into {receiver}"
+    found = patching_findings(result)
+    return found[:1] + [f"Path patching, {path}: {s}" for s in found[1:]]
+
+
 _INPUT_WORDS = {"q": "queries", "k": "keys", "v": "values"}
 
 
@@ -484,7 +500,7 @@ def results_findings(results: Mapping[str, Any]) -> list[tuple[str, str]]:
         "attribution_patching": attribution_patching_findings,
         "interaction": interaction_findings,
         "attention_groups": attention_group_findings,
-        "path_patching": patching_findings,
+        "path_patching": path_patching_findings,
         "path_patching_heads": path_patching_heads_findings,
     }
     out: list[tuple[str, str]] = []

@@ -338,3 +338,16 @@ def test_more_receiver_heads_than_the_layers_have_is_refused(tmp_path, tiny_ce2_
         in capsys.readouterr().err
     )
     assert not (out / CIRCUIT_FILES["path_patching_heads"]).exists()
+
+
+def test_direct_path_findings_name_the_path(ran):
+    """The path_patching step's sentences say they measure the direct path into the score (they read as an
+    ordinary patch of the heads' outputs, "heads: restoring the clean activations ...")."""
+    from mechir_nig.findings import folder_findings
+
+    _, out, _ = ran
+    sentences = [s for key, s in folder_findings(out) if key == "path_patching"]
+    assert sentences[0].startswith("The perturbation changes the score by")
+    assert len(sentences) > 1
+    assert all(s.startswith("Path patching, direct path into the score: ") for s in sentences[1:])
+    assert any("Path patching, direct path into the score: heads: " in s for s in sentences)
