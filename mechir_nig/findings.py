@@ -407,8 +407,8 @@ _INPUT_WORDS = {"q": "queries", "k": "keys", "v": "values"}
 
 def _receiver_words(key: str, readers: Sequence[str] = ()) -> str:
     """``"q:L3H1"`` -> ``"the queries of L3H1"``, ``"mlp:L2"`` -> ``"the MLP of layer 2"``, ``"score"``;
-    a key/value input shared under grouped-query attention (``"k:L3H0"`` read by the receiver heads
-    ``readers`` ``["L3H1"]``) -> ``"the keys of key/value head 0 of layer 3 (read by L3H1)"``."""
+    a key/value input shared under grouped-query attention (``"k:L3H0"`` read by the query heads
+    ``readers`` ``["L3H0", "L3H1"]``) -> ``"the keys of key/value head 0 of layer 3 (read by L3H0, L3H1)"``."""
     kind, _, where = key.partition(":")
     if kind in ("k", "v") and readers and list(readers) != [where]:
         layer, _, head = where.removeprefix("L").partition("H")
@@ -451,10 +451,14 @@ def path_patching_heads_findings(result: Any, *, n_resamples: int = 10000) -> li
         )
     perturbation = str(result.meta.get("perturbation") or first.meta.get("perturbation") or "")
     effect = f"the {perturbation.upper()} effect" if perturbation else "the perturbation's effect"
-    inputs = chosen.get("inputs") or {}
+    inputs, group = chosen.get("inputs") or {}, int(chosen.get("kv_group") or 1)
     for key in result.receivers:
         part = result[key]
         readers = [head for head, keys in inputs.items() if key in keys]
+        kind, _, where = key.partition(":")
+        if group > 1 and kind in ("k", "v"):  # every query head of the key/value head's group reads it
+            layer, _, kv = where.removeprefix("L").partition("H")
+            readers = [f"L{layer}H{h}" for h in range(int(kv) * group, (int(kv) + 1) * group)]
         for site in part.sites:
             v = torch.nan_to_num(part[site].double())[keep]
             if v.dim() != 3 or v.numel() == 0:  # [pairs, layer, index]: heads or neurons

@@ -436,9 +436,7 @@ def test_into_heads_groups_each_head_with_the_key_value_head_it_reads(decoder_to
     readers = [head for head in inputs if "k:L1H0" in inputs[head]]
     assert sorted(readers) == ["L1H0", "L1H1"]
     sentences = path_patching_heads_findings(res, n_resamples=100)
-    assert any(
-        f"into the keys of key/value head 0 of layer 1 (read by {', '.join(readers)})" in s for s in sentences
-    )
+    assert any("into the keys of key/value head 0 of layer 1 (read by L1H0, L1H1)" in s for s in sentences)
     assert any("into the queries of L1H1 " in s for s in sentences)
     assert not any("the keys of L1H" in s for s in sentences)
     folder = tmp_path_factory.mktemp("gqa_report")
@@ -454,6 +452,10 @@ def test_into_heads_groups_each_head_with_the_key_value_head_it_reads(decoder_to
     # given receivers keep the heads as written
     given = path_patch_into_heads(model, al, receivers=[("k", 1, 1), ("q", 1, 3)])
     assert given.meta["receivers_chosen"]["inputs"] == {"L1H1": ["k:L1H1"], "L1H3": ["q:L1H3"]}
+    assert given.meta["receivers_chosen"]["kv_group"] == 2 and res.meta["receivers_chosen"]["kv_group"] == 2
+    said = path_patching_heads_findings(given, n_resamples=100)
+    assert any("into the keys of key/value head 1 of layer 1 (read by L1H2, L1H3)" in s for s in said)
+    assert any("into the queries of L1H3 " in s for s in said)
 
 
 def test_into_heads_refuses_a_direct_result_of_other_pairs(ce64, al64):

@@ -746,8 +746,9 @@ def path_patch_into_heads(
         ``heads`` (``[batch, layer, n_heads]``, the layers before the receiver's), and
         ``meta["receivers_chosen"]``: ``by`` (``"score_direct"`` or ``"given"``), ``heads`` (``[layer,
         head]`` of each receiver head), ``inputs`` (each receiver head ``"L3H1"``'s receiver keys: under
-        grouped-query attention its ``k``/``v`` keys name the key/value head it reads, e.g. ``"k:L3H0"``)
-        and, when chosen, ``direct_effect`` (their mean direct-path effect) and ``pairs_used``.
+        grouped-query attention its ``k``/``v`` keys name the key/value head it reads, e.g. ``"k:L3H0"``),
+        ``kv_group`` (query heads per key/value head: 1 without grouped-query attention) and, when
+        chosen, ``direct_effect`` (their mean direct-path effect) and ``pairs_used``.
 
     Raises:
         InputError: a bad receiver (kind, layer or head out of the model's range, a head of layer 0,
@@ -822,5 +823,6 @@ def path_patch_into_heads(
         )
         results |= res.results
     chosen["inputs"] = inputs  # each receiver head's receivers (its group's k/v head under GQA)
+    chosen["kv_group"] = int(model.cfg.n_heads) // _n_heads(model.cfg, "k")  # query heads per k/v head
     order = [receiver_key(r) for r in recv]  # the receivers' order, head by head
     return PathPatchingResult({key: results[key] for key in order}, meta={"receivers_chosen": chosen})
