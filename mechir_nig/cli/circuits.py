@@ -442,8 +442,9 @@ def add_parser(sub: Any) -> None:
         "--receivers",
         type=receiver_list,
         default=None,
-        help="comma-separated receivers KIND:LAYER.HEAD (KIND q, k or v: the head's query, key or value input), "
-        "e.g. q:3.1,v:3.1, instead of the top --receiver-heads heads",
+        help="comma-separated receivers KIND:LAYER.HEAD (KIND q, k or v: the head's query, key or value input; "
+        "for k and v, HEAD numbers the key/value heads under grouped-query attention), e.g. q:3.1,v:3.1, "
+        "instead of the top --receiver-heads heads",
     )
     g = p.add_argument_group("attention by group")
     g.add_argument(
