@@ -172,7 +172,9 @@ def _act_grad(model: HookedModel, batch: Any, other: Tensor | None) -> tuple[Ten
 class FaithfulnessResult(Result):
     """Spearman correlations (mean over pairs, per intervention and predictor) and the cumulative curve.
 
-    ``spearman[mode][predictor]``: mean over pairs; ``per_pair[mode][predictor]``: ``[B]``;
+    ``spearman[mode][predictor]``: mean over pairs; ``per_pair[mode][predictor]``: ``[B]``, average ranks
+    for ties (``statistics.row_correlations``), NaN for a pair whose drops or predictions are all equal
+    (e.g. every drop 0: the correlation is undefined), left out of the mean and of ``statistics()``;
     ``drops[mode]``: ``[B, k]`` single-neuron drops of ``neurons`` ``[B, k, 2]``;
     ``curve[mode]``: ``{"nig": [K], "random": [K], "random_std": [K]}`` mean score drop per ``k``, and
     per pair at ``k = K``: ``"nig_at_k"`` ``[B]`` and ``"random_at_k"`` ``[B]`` (mean over the seeds;
