@@ -232,15 +232,6 @@ def test_report_section_names_the_re_weighting(study, tmp_path):
 def test_weight_minus_zero_is_recorded_as_zero(tiny_ce, col, cands):
     import math
 
-    res = interaction_study(
-        tiny_ce,
-        col,
-        cands,
-        interactions=[("query", "doc")],
-        layers=[0],
-        all_layers=False,
-        weight=-0.0,
-        measures=MEASURES,
-        progress=False,
-    )
+    one = {"interactions": [("query", "doc")], "layers": [0], "all_layers": False, "progress": False}
+    res = interaction_study(tiny_ce, col, cands, weight=-0.0, measures=MEASURES, **one)
     assert res.action == "blocked" and math.copysign(1.0, res.settings["weight"]) == 1.0
