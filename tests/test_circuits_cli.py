@@ -351,3 +351,18 @@ def test_direct_path_findings_name_the_path(ran):
     assert len(sentences) > 1
     assert all(s.startswith("Path patching, direct path into the score: ") for s in sentences[1:])
     assert any("Path patching, direct path into the score: heads: " in s for s in sentences)
+
+
+def test_a_layer_0_receiver_is_refused_for_what_it_is(tmp_path, tiny_ce2_dir, capsys):
+    """--receivers v:0.1 is refused as a head with no earlier head (it said "layer 0 is out of range; the
+    model's layers are 0..2")."""
+    out = tmp_path / "o"
+    args = ["circuits", "--model", str(tiny_ce2_dir), "--collection", "embedded", "--out", str(out)]
+    args += "--no-progress --max-pairs 2 --steps path_patching_heads --receivers v:0.1".split()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        "--receivers v:0.1: a head of layer 0 has no earlier head to receive from; give a layer in 1..2"
+        in err
+    )
+    assert "out of range" not in err

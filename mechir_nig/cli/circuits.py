@@ -121,7 +121,12 @@ def check_receivers(args: argparse.Namespace, model: HookedModel, layers: list[i
     kv = getattr(cfg, "n_key_value_heads", 0) or cfg.n_heads
     for kind, layer, head in args.receivers:
         spec = f"{kind}:{layer}.{head}"
-        if not 1 <= layer < cfg.n_layers:
+        if layer == 0:
+            raise UsageError(
+                f"--receivers {spec}: a head of layer 0 has no earlier head to receive from; give a layer in "
+                f"1..{cfg.n_layers - 1}"
+            )
+        if layer >= cfg.n_layers:
             raise UsageError(
                 f"--receivers {spec}: layer {layer} is out of range; the model's layers are 0..{cfg.n_layers - 1} "
                 "and a receiver needs earlier heads, so give a layer in "
