@@ -14,7 +14,9 @@ moves do not divide by a small change): ``score`` = every path (the ordinary hea
 ``--top`` heads by ``|mean|`` the 95 % percentile bootstrap interval over pairs
 (``mechir_nig.statistics.bootstrap_ci``). Then the head with the largest total effect (before the last
 layer) is followed: its paths into the queries, keys and values of each later layer's heads and into
-the MLPs.
+the MLPs. Last, as in "Pathway to Relevance", the ``--receivers`` heads with the largest |mean| direct
+effect (``top_direct_heads``) receive: every earlier head path-patched into their queries, keys and
+values (``path_patch_into_heads``), the ``--top`` senders per receiver input with their intervals.
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ from _common import vaswani_pairs  # noqa: E402
 
 from mechir_nig import load_model  # noqa: E402
 from mechir_nig.interventions import perturb  # noqa: E402
-from mechir_nig.interventions.path_patching import path_patch, path_patch_heads_to_score  # noqa: E402
+from mechir_nig.interventions.path_patching import (  # noqa: E402
+    path_patch,
+    path_patch_heads_to_score,
+    path_patch_into_heads,
+)
 from mechir_nig.sets import ComponentSet  # noqa: E402
 from mechir_nig.statistics import bootstrap_ci  # noqa: E402
 
@@ -43,6 +49,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--max-words", type=int, default=64)
     ap.add_argument("--top", type=int, default=5)
+    ap.add_argument("--receivers", type=int, default=2, help="receiver heads of the last analysis")
     args = ap.parse_args()
     queries, docs, name = vaswani_pairs(args.pairs, args.max_words)
     be = load_model("all-MiniLM-L6-v2")
@@ -83,6 +90,7 @@ def main() -> None:
     corr = torch.corrcoef(torch.stack([d.mean(0).flatten(), t.mean(0).flatten()]))[0, 1]
     print(f"\nPearson correlation of the per-head means, direct vs total: {corr:.3f}")
     follow(be, al, t.mean(0), delta)
+    into_heads(be, al, res["score_direct"], delta, args.receivers, args.top)
 
 
 def follow(be: Any, al: Any, total: Tensor, delta: Tensor) -> None:
@@ -103,6 +111,30 @@ def follow(be: Any, al: Any, total: Tensor, delta: Tensor) -> None:
         print(
             f"  -> {key:12s} {v.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]  ({float(v.mean()) / float(delta.mean()):+.1%})"
         )
+
+
+def into_heads(be: Any, al: Any, direct: Any, delta: Tensor, receivers: int, top: int) -> None:
+    """The earlier heads whose paths into the queries, keys and values of the top direct heads carry the
+    effect (``path_patch_into_heads``, the direct-path result reused)."""
+    t0 = time.perf_counter()
+    res = path_patch_into_heads(be, al, receiver_heads=receivers, direct=direct, metric="raw")
+    seconds = time.perf_counter() - t0
+    print(f"\nevery earlier head into the q/k/v of the top {receivers} direct heads ({seconds:.0f} s):")
+    for key in res.receivers:
+        part = res[key]
+        v = part["heads"].double()  # [batch, sender layer, n_heads]
+        means = v.mean(0).flatten()
+        order = means.abs().argsort(descending=True)[:top].tolist()
+        cells = []
+        for i in order:
+            li, h = divmod(i, be.cfg.n_heads)
+            per_pair = v[:, li, h]
+            lo, hi = bootstrap_ci(per_pair.numpy())
+            m = float(per_pair.mean())
+            cells.append(
+                f"L{part.layers[li]}H{h} {m:+.4f} [{lo:+.4f}, {hi:+.4f}] ({m / float(delta.mean()):+.1%})"
+            )
+        print(f"  -> {key:8s} " + "; ".join(cells))
 
 
 if __name__ == "__main__":

@@ -428,7 +428,7 @@ def path_patching_heads_findings(result: Any, *, n_resamples: int = 10000) -> li
 
     Example:
         >>> path_patching_heads_findings(res)[1]  # doctest: +SKIP
-        'The heads whose path into the queries of L1H0 carries most of the TFC1 effect: L0H1 (mean recovery ...'
+        "Of the heads' paths into the queries of L1H0, the largest carrier of the TFC1 effect is L0H1 (mean ..."
     """
     import torch
 
@@ -479,8 +479,8 @@ def path_patching_heads_findings(result: Any, *, n_resamples: int = 10000) -> li
             senders = "heads" if site == "heads" else f"{site} senders"
             raw_part = f", raw score change {float(raw_mean.flatten()[j]):+.4f}" if recovery else ""
             out.append(
-                f"The {senders} whose path into {_receiver_words(key, readers)} carries most of {effect}: {label(j)} "
-                f"(mean {metric} {float(mean.flatten()[j]):+.{digits}f}{ci}{raw_part})"
+                f"Of the {senders}' paths into {_receiver_words(key, readers)}, the largest carrier of {effect} is "
+                f"{label(j)} (mean {metric} {float(mean.flatten()[j]):+.{digits}f}{ci}{raw_part})"
                 + (f", then {rest}" if rest else "")
                 + f" ({used} of {n} pairs)."
             )
