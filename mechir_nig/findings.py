@@ -99,9 +99,11 @@ def pruning_findings(result: Any, measure: str | None = None, *, n_resamples: in
         )
         lo, hi = r["drop_ci"]
         nq = f"{r['n_queries']} held-out queries"
-        change = (
-            f"lowers {m} by {r['drop']:.3f}" if r["drop"] > 0 else f"raises {m} by {-r['drop']:.3f}"
-        ) + f" {_ci((lo, hi))}"
+        change = (  # the interval of the amount the sentence names: of the rise when the measure rises
+            f"lowers {m} by {r['drop']:.3f} {_ci((lo, hi))}"
+            if r["drop"] > 0
+            else f"raises {m} by {-r['drop']:.3f} {_ci((-hi, -lo))}"
+        )
         if r["drop"] == 0:
             change = f"leaves {m} unchanged"
         vs = r["vs_random"]

@@ -117,6 +117,28 @@ def test_pruning_sentences() -> None:
     assert format_p(small) == "p = 0.21" and large == pytest.approx(2 / 10001)
 
 
+def test_a_rise_is_stated_with_the_interval_of_the_rise() -> None:
+    # pruning that *raises* the measure: the sentence names the rise, so its interval is the rise's
+    # (the drop's interval negated), not the drop's (it printed "raises ... by 0.008 [CI -0.023 to 0.000]")
+    qids = [f"q{i}" for i in range(6)]
+    base = [0.5, 0.4, 0.6, 0.3, 0.7, 0.5]
+    rise = [0.02, 0.0, 0.01, 0.03, 0.0, 0.02]
+    runs = [
+        {"condition": "unpruned", "mode": "none", "fraction": 0.0, "seed": 0, "n_neurons": 0},
+        {"condition": "nig_top", "mode": "zero", "fraction": 0.01, "seed": 0, "n_neurons": 92},
+    ]
+    pq = [{q: {"nDCG@10": b} for q, b in zip(qids, base)}]
+    pq.append({q: {"nDCG@10": b + r} for q, b, r in zip(qids, base, rise)})
+    for r, values in zip(runs, pq):
+        r["nDCG@10"] = sum(v["nDCG@10"] for v in values.values()) / len(values)
+    result = PruningResult(["nDCG@10"], runs, pq, {}, ["s1"], qids, {"scheme": "relevant"})
+    row = result.statistics("nDCG@10")[0]
+    lo, hi = row["drop_ci"]
+    assert row["drop"] == pytest.approx(-sum(rise) / 6) and hi <= 0 < -lo
+    sentence = pruning_findings(result)[0]
+    assert f"raises nDCG@10 by {sum(rise) / 6:.3f} [95 % CI {-hi:.3f}-{-lo:.3f}]" in sentence, sentence
+
+
 def test_pruning_sentence_on_baseline_active_neurons() -> None:
     result = _pruning()
     result.baseline_activity = {
