@@ -776,12 +776,12 @@ def path_patch_into_heads(
     Example:
         >>> from mechir_nig.interventions.perturb import align, tfc1
         >>> al = align(ce, queries[:1], docs[:1], tfc1)
-        >>> direct = path_patch(ce, al, receivers="score_direct", layers=[1, 2])["score_direct"]
-        >>> res = path_patch_into_heads(ce, al, receiver_heads=2, direct=direct)  # the top 2 of layers 1-2
+        >>> direct = path_patch(ce, al, receivers="score_direct", layers=[3])["score_direct"]
+        >>> res = path_patch_into_heads(ce, al, receiver_heads=1, direct=direct)  # the top head of layer 3
         >>> res.receivers
-        ['q:L2H11', 'k:L2H11', 'v:L2H11', 'q:L2H7', 'k:L2H7', 'v:L2H7']
-        >>> res["q:L2H11"]["heads"].shape  # [batch, layer, n_heads]: the senders of layers 0-1
-        torch.Size([1, 2, 12])
+        ['q:L3H11', 'k:L3H11', 'v:L3H11']
+        >>> res["q:L3H11"]["heads"].shape  # [batch, layer, n_heads]: the senders of layers 0-2
+        torch.Size([1, 3, 12])
     """
     chosen: dict[str, Any]
     if receivers is not None:
