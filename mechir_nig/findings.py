@@ -10,9 +10,17 @@ the largest summarised effect with its raw score change, leaving out tiny pertur
 sentences of their own.
 
 Example:
+    >>> import os, tempfile
     >>> from mechir_nig.findings import folder_findings
-    >>> for section, sentence in folder_findings("mechir-nig-demo"):  # doctest: +SKIP
-    ...     print(sentence)
+    >>> from mechir_nig.interventions.patching import patch
+    >>> from mechir_nig.interventions.perturb import align, tfc1
+    >>> out = tempfile.mkdtemp()  # a results folder, as a command writes it
+    >>> res = patch(ce, align(ce, queries, docs, tfc1), sites="heads", layers=[5])
+    >>> _ = res.save(os.path.join(out, "patching.safetensors"))
+    >>> for section, sentence in folder_findings(out):
+    ...     print(section, "|", sentence[:30])
+    patching | The perturbation changes the s
+    patching | heads: restoring the clean act
 """
 
 from __future__ import annotations
@@ -82,9 +90,18 @@ def pruning_findings(result: Any, measure: str | None = None, *, n_resamples: in
     measure by default), and the ceiling caveat.
 
     Example:
-        >>> for line in pruning_findings(study):  # doctest: +SKIP
-        ...     print(line)
-        Returning the top 1 % NIG neurons (92) to their baseline values lowers nDCG@10 by 0.082 [95 % CI ...
+        >>> from mechir_nig.experiments.pruning import pruning_study, split_queries
+        >>> sel, held_out = split_queries(col, seed=0)
+        >>> ranking = torch.rand(6, 1536, generator=torch.Generator().manual_seed(0))  # e.g. NIG over sel
+        >>> study = pruning_study(
+        ...     ce, col, bm25_candidates(col, k=5), ranking, scheme="random", fractions=(0.01,), seeds=1,
+        ...     modes="zero", select_queries=sel, eval_queries=held_out[:3], measures=("nDCG@10",), progress=False,
+        ... )
+        >>> for line in pruning_findings(study, n_resamples=200):
+        ...     print(" ".join(line.split()[:7]), "...")
+        Zeroing the top 1 % NIG neurons ...
+        63 of the 92 top 1 % ...
+        p-values are Holm-adjusted across the study's fractions ...
     """
     m = measure or result.measures[0]
     rows = [
@@ -169,8 +186,10 @@ def faithfulness_findings(result: Any, *, n_resamples: int = 10000) -> list[str]
     vs random curve where kept per pair.
 
     Example:
-        >>> faithfulness_findings(faith)[0]  # doctest: +SKIP
-        'Under baseline ablation, NIG ranks each pair's 10 neurons by their score drop with a mean Spearman ...'
+        >>> from mechir_nig.experiments.faithfulness import faithfulness
+        >>> faith = faithfulness(ce, queries, docs, k=3, curve_k=3, seeds=1, interventions=("zero",), n_steps=4)
+        >>> faithfulness_findings(faith, n_resamples=200)[0]  # doctest: +ELLIPSIS
+        "Under zero ablation, NIG ranks each pair's 3 neurons by their score drop with a mean Spearman ρ of ... over 2 pairs ..."
     """
     out = []
     names = {"nig": "NIG", "act_x_grad": "activation x gradient", "activation": "activation magnitude"}
@@ -208,8 +227,11 @@ def patching_findings(result: Any) -> list[str]:
     site (with its raw score change), and the caveats (tiny perturbations left out, layer-0 zeros).
 
     Example:
-        >>> patching_findings(res)[0]  # doctest: +SKIP
-        'The perturbation changes the score by +0.0123 on average (perturbed - clean, 4 pairs).'
+        >>> from mechir_nig.interventions.patching import patch
+        >>> from mechir_nig.interventions.perturb import align, tfc1
+        >>> res = patch(ce, align(ce, queries, docs, tfc1), sites="heads", layers=[4, 5])
+        >>> patching_findings(res)[0]  # doctest: +ELLIPSIS
+        'The perturbation changes the score by +0.02... on average (perturbed - clean, 2 pairs).'
     """
     import torch
 
@@ -265,8 +287,11 @@ def patching_notes(result: Any, *, include_small: bool = False) -> list[str]:
     perturbations (and the threshold), and why ``resid_pre`` is 0 at layer 0 at inserted tokens.
 
     Example:
-        >>> patching_notes(res)  # doctest: +SKIP
-        ['2 of 4 pairs are left out of the summaries: ...']
+        >>> from mechir_nig.interventions.patching import patch
+        >>> from mechir_nig.interventions.perturb import align, tfc1
+        >>> res = patch(ce, align(ce, queries, docs, tfc1), sites="heads", layers=[4, 5])
+        >>> patching_notes(res)  # no pair is a tiny perturbation here
+        []
     """
     from mechir_nig.interventions.patching import SMALL_CHANGE
 
@@ -296,8 +321,15 @@ def interaction_findings(result: Any, measure: str | None = None, *, n_resamples
     and how many (interaction, layer) blocks change the measure significantly.
 
     Example:
-        >>> interaction_findings(res)[0]  # doctest: +SKIP
-        'Blocking query->doc attention at layer 0 lowers nDCG@10 by 0.084 [95 % CI ...] (p = 0.03, 8 held-out queries).'
+        >>> from mechir_nig.experiments.interaction import interaction_study
+        >>> from mechir_nig.experiments.pruning import split_queries
+        >>> held_out = split_queries(col, seed=0)[1][:3]
+        >>> res = interaction_study(
+        ...     ce, col, bm25_candidates(col, k=5), layers=[0], all_layers=False, eval_queries=held_out,
+        ...     measures=("nDCG@10",), progress=False,
+        ... )
+        >>> interaction_findings(res, n_resamples=200)[-1]  # doctest: +ELLIPSIS
+        '... of 4 (interaction, layer) blocks change nDCG@10 significantly (...); intervals are percentile bootstraps over the 3 held-out queries.'
     """
     m = measure or result.measures[0]
     rows = result.statistics(m, n_resamples=n_resamples)
@@ -343,8 +375,10 @@ def attention_group_findings(result: Any) -> list[str]:
     attention on matching document tokens, and the mean shares over every head.
 
     Example:
-        >>> attention_group_findings(groups)[0]  # doctest: +SKIP
-        'Head L1H0 puts the largest share of the query tokens' attention on matching document tokens: 0.41 ...'
+        >>> from mechir_nig.interventions.attention import attention_by_group
+        >>> groups = attention_by_group(ce, [("what is a neuron", "a neuron is a cell")])
+        >>> attention_group_findings(groups)[0]  # doctest: +ELLIPSIS
+        "Head L... puts the largest share of the query tokens' attention on matching document tokens: 0... (mean over 1 pairs; ...)."
     """
     import torch
 
@@ -375,8 +409,11 @@ def attribution_patching_findings(result: Any) -> list[str]:
     (``verify_top``) compare with exact patches.
 
     Example:
-        >>> attribution_patching_findings(est)[-1]  # doctest: +SKIP
-        'Attribution patching: the 10 largest estimates, re-run exactly, have a Spearman rho of 0.93 ...'
+        >>> from mechir_nig.interventions.attribution_patching import attribution_patch
+        >>> from mechir_nig.interventions.perturb import align, tfc1
+        >>> est = attribution_patch(ce, align(ce, queries, docs, tfc1), sites="heads", verify_top=5)
+        >>> attribution_patching_findings(est)[-1]  # doctest: +ELLIPSIS
+        'Attribution patching: the 5 largest estimates, re-run exactly, have a Spearman rho of ... with the exact values (...).'
     """
     out = [f"Attribution patching (estimates): {s}" for s in patching_findings(result)[1:]]
     v = (result.meta.get("attribution") or {}).get("verify")
@@ -395,8 +432,11 @@ def path_patching_findings(result: Any) -> list[str]:
     by the path it measures (it read as an ordinary patch of the head's output).
 
     Example:
-        >>> path_patching_findings(direct)[1]  # doctest: +SKIP
-        'Path patching, direct path into the score: heads: restoring the clean activations has its largest ...'
+        >>> from mechir_nig.interventions.path_patching import path_patch
+        >>> from mechir_nig.interventions.perturb import align, tfc1
+        >>> direct = path_patch(ce, align(ce, queries, docs, tfc1), receivers="score_direct", layers=[4, 5])
+        >>> path_patching_findings(direct["score_direct"])[1]  # doctest: +ELLIPSIS
+        'Path patching, direct path into the score: heads: restoring the clean activations has its largest mean recovery ...'
     """
     receiver = (result.meta.get("path_patching") or {}).get("receiver")
     path = "direct path into the score" if receiver == "score_direct" else f"into {receiver}"
@@ -429,8 +469,11 @@ def path_patching_heads_findings(result: Any, *, n_resamples: int = 10000) -> li
     runners-up; pairs with a tiny perturbation are left out as in :func:`patching_findings`.
 
     Example:
-        >>> path_patching_heads_findings(res)[1]  # doctest: +SKIP
-        "Of the heads' paths into the queries of L1H0, the largest carrier of the TFC1 effect is L0H1 (mean ..."
+        >>> from mechir_nig.interventions.path_patching import path_patch
+        >>> from mechir_nig.interventions.perturb import align, tfc1
+        >>> res = path_patch(ce, align(ce, queries, docs, tfc1), receivers=[("q", 1, 0)])
+        >>> path_patching_heads_findings(res, n_resamples=200)[0]  # doctest: +ELLIPSIS
+        "Of the heads' paths into the queries of L1H0, the largest carrier of the perturbation's effect is L0H... (2 of 2 pairs)."
     """
     import torch
 

@@ -93,7 +93,8 @@ class EmbeddingDirections:
         settings: ``k``, ``idf``, ``confidence``, ``n_resamples``, ``seed``.
 
     Example:
-        >>> dirs.idf_direction.shape  # doctest: +SKIP
+        >>> dirs = embedding_directions(ce, {"d1": "cats purr", "d2": "dogs bark", "d3": "cats"}, k=2, n_resamples=100)
+        >>> dirs.idf_direction.shape  # [d_embed]
         torch.Size([384])
     """
 
@@ -123,7 +124,8 @@ class EmbeddingDirections:
         """One row per component: singular value, explained variance, Spearman and Pearson with intervals.
 
         Example:
-            >>> dirs.table()[0]["component"]  # doctest: +SKIP
+            >>> dirs = embedding_directions(ce, {"d1": "cats purr", "d2": "dogs bark", "d3": "cats"}, k=2, n_resamples=100)
+            >>> dirs.table()[0]["component"]
             0
         """
         return [
@@ -145,7 +147,13 @@ class EmbeddingDirections:
         """:meth:`table` as markdown.
 
         Example:
-            >>> print(dirs.to_markdown())  # doctest: +SKIP
+            >>> dirs = embedding_directions(ce, {"d1": "cats purr", "d2": "dogs bark", "d3": "cats"}, k=2, n_resamples=100)
+            >>> print(dirs.to_markdown())  # doctest: +ELLIPSIS
+            | component | explained variance | Spearman [95% CI] | Pearson [95% CI] |
+            |---|---|---|---|
+            | 0 | ... |
+            | 1 | ... |
+            <BLANKLINE>
         """
         ci = int(round(100 * self.settings.get("confidence", 0.95)))
         out = f"| component | explained variance | Spearman [{ci}% CI] | Pearson [{ci}% CI] |\n|---|---|---|---|\n"
@@ -188,7 +196,9 @@ def embedding_directions(
         InputError: ``k`` out of ``1 .. d_embed``; fewer than 3 tokens with an IDF.
 
     Example:
-        >>> dirs.to_markdown()  # doctest: +SKIP
+        >>> dirs = embedding_directions(ce, {"d1": "cats purr", "d2": "dogs bark", "d3": "cats"}, k=2, n_resamples=100)
+        >>> [row["component"] for row in dirs.table()]  # one row per component, with its IDF correlations
+        [0, 1]
     """
     from mechir_nig.statistics import correlation_ci
 

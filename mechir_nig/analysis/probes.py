@@ -106,7 +106,9 @@ class ProbeResult:
         """One row per (site, layer): the pooled score, the fold mean and standard deviation, the control.
 
         Example:
-            >>> sorted(res.table()[0])  # doctest: +SKIP
+            >>> res = probe(be, [("cats", "cats purr"), ("dogs", "cats bark loudly")] * 3, "idf",
+            ...             collection={"d1": "cats purr", "d2": "cats bark loudly"}, layers=[0, 1], folds=2)
+            >>> sorted(res.table()[0])
             ['control', 'fold_mean', 'fold_std', 'layer', 'r2', 'site']
         """
         rows = []
@@ -129,7 +131,14 @@ class ProbeResult:
         """:meth:`table` as a markdown table (score, fold mean ± std, control).
 
         Example:
-            >>> print(res.to_markdown())  # doctest: +SKIP
+            >>> res = probe(be, [("cats", "cats purr"), ("dogs", "cats bark loudly")] * 3, "idf",
+            ...             collection={"d1": "cats purr", "d2": "cats bark loudly"}, layers=[0, 1], folds=2)
+            >>> print(res.to_markdown())  # doctest: +ELLIPSIS
+            | site | layer | r2 | fold mean ± std | shuffled control |
+            |---|---|---|---|---|
+            | resid_post | 0 | ... |
+            | resid_post | 1 | ... |
+            <BLANKLINE>
         """
         head = (
             f"| site | layer | {self.metric} | fold mean ± std | shuffled control |\n|---|---|---|---|---|\n"
@@ -144,8 +153,11 @@ class ProbeResult:
         """``(site, layer, score)`` of the highest score.
 
         Example:
-            >>> res.best()  # doctest: +SKIP
-            ('resid_post', 3, 0.91)
+            >>> res = probe(be, [("cats", "cats purr"), ("dogs", "cats bark loudly")] * 3, "idf",
+            ...             collection={"d1": "cats purr", "d2": "cats bark loudly"}, layers=[0, 1], folds=2)
+            >>> site, layer, score = res.best()
+            >>> site, layer in (0, 1), bool(score == res.score.max())
+            ('resid_post', True, True)
         """
         flat = int(self.score.argmax())
         i, j = divmod(flat, len(self.layers))
@@ -156,7 +168,11 @@ class ProbeResult:
         bars.
 
         Example:
-            >>> res.plot().show()  # doctest: +SKIP
+            >>> res = probe(be, [("cats", "cats purr"), ("dogs", "cats bark loudly")] * 3, "idf",
+            ...             collection={"d1": "cats purr", "d2": "cats bark loudly"}, layers=[0, 1], folds=2)
+            >>> fig = res.plot()  # fig.show() opens it in a browser
+            >>> len(fig.data) > 0
+            True
         """
         import plotly.graph_objects as go
 
@@ -347,8 +363,18 @@ def probe(
             non-binary labels for ``logistic``; a constant feature.
 
     Example:
-        >>> res = probe(ce, pairs, "query_tf", collection=col, sites=["resid_post", "mlp_out"])  # doctest: +SKIP
-        >>> print(res.to_markdown())  # doctest: +SKIP
+        >>> pairs = judged_pairs(col, max_relevant_per_query=1, max_nonrelevant_per_query=1)
+        >>> res = probe(ce, pairs, "query_tf", collection=col, sites=["resid_post", "mlp_out"], layers=[4, 5])
+        >>> res.score.shape, res.control.shape  # [site, layer]: the probe's R² and the shuffled control's
+        (torch.Size([2, 2]), torch.Size([2, 2]))
+        >>> print(res.to_markdown())  # doctest: +ELLIPSIS
+        | site | layer | r2 | fold mean ± std | shuffled control |
+        |---|---|---|---|---|
+        | resid_post | 4 | ... |
+        | resid_post | 5 | ... |
+        | mlp_out | 4 | ... |
+        | mlp_out | 5 | ... |
+        <BLANKLINE>
     """
     check_choice(kind, "kind", KINDS)
     hold_out = hold_out or ("query" if model.pairwise else "doc")

@@ -33,8 +33,10 @@ helpers, :meth:`Ablation.encode` and :meth:`Ablation.score`; a plain ``model.enc
 ablates every pass.
 
 Example:
-    >>> with ablate(ce, top, mode="zero", positions="doc") as ab:  # doctest: +SKIP
+    >>> with ablate(ce, top, mode="zero", positions="doc") as ab:  # top: 20 neurons of layers 4-5
     ...     scores = ab.score(queries, docs)
+    >>> scores.shape, torch.allclose(scores, ce.score(queries, docs))  # [n]; the scores move
+    (torch.Size([2]), False)
 """
 
 from __future__ import annotations
@@ -131,9 +133,11 @@ class AblationReference(Result):
         ... )
         >>> ref.mean("blocks.0.mlp.hook_post").tolist()  # [d_mlp], weighted by token counts
         [2.5, 3.5]
-        >>> ref = AblationReference.compute(ce, ref_queries, ref_docs)  # doctest: +SKIP
-        >>> with ablate(ce, top, mode="mean", reference=ref) as ab:  # doctest: +SKIP
+        >>> ref = AblationReference.compute(ce, ["what is a cell", "why is the sky blue"], docs)
+        >>> with ablate(ce, top, mode="mean", reference=ref) as ab:
         ...     scores = ab.score(queries, docs)
+        >>> scores.shape  # [n]
+        torch.Size([2])
     """
 
     per_input: dict[str, Tensor]
@@ -325,8 +329,12 @@ def ablation_hooks(
     ``[batch, pos, d_mlp]`` or ``[batch, pos, n_heads, d_head]`` activations).
 
     Example:
-        >>> hooks = ablation_hooks(ce, top, mode="baseline", batch=batch)  # doctest: +SKIP
-        >>> scores = ce.run_with_hooks(batch, fwd_hooks=hooks)  # doctest: +SKIP
+        >>> hooks = ablation_hooks(ce, top, mode="baseline", batch=batch)
+        >>> scores = ce.run_with_hooks(batch, fwd_hooks=hooks)
+        >>> with ablate(ce, top, mode="baseline"):
+        ...     same = ce(batch)
+        >>> torch.allclose(scores, same, atol=1e-6)  # the hooks are the context's ablation
+        True
     """
     components = _check(model, components, mode, positions, reference, "both", seed, baseline)
     if batch is not None and not is_batch(batch):
@@ -342,8 +350,11 @@ class Ablation:
     ``score`` returns ``[n]`` scores of ``n`` pairs, ``encode`` ``[n, d_model]`` embeddings.
 
     Example:
-        >>> with ablate(be, top, side="doc") as ab:  # doctest: +SKIP
+        >>> with ablate(be, top, side="doc") as ab:
         ...     scores = ab.score(queries, docs)  # [n]: only the document side is ablated
+        ...     q = ab.encode(queries, side="query")  # the query side is not
+        >>> scores.shape, torch.allclose(q, be.encode(queries), atol=1e-6)
+        (torch.Size([2]), True)
     """
 
     sides = ("query", "doc")

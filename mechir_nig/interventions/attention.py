@@ -19,8 +19,10 @@ attention mass each group's tokens put on document tokens that match a query ter
 tokens, on query tokens and on special tokens (:class:`AttentionGroups`).
 
 Example:
-    >>> with block_attention(ce, "query", "doc", layers=[0, 1]):  # doctest: +SKIP
+    >>> with block_attention(ce, "query", "doc", layers=[0, 1]):  # query tokens no longer see the document
     ...     scores = ce(batch)
+    >>> scores.shape, bool((scores != ce(batch)).all())  # [batch]; every pair's score moves
+    (torch.Size([2]), True)
 """
 
 from __future__ import annotations
@@ -115,8 +117,11 @@ def attention_block_hooks(
             run time, a forward without a tokenized batch.
 
     Example:
-        >>> hooks = attention_block_hooks(ce, "doc", "query", layers=[1])  # doctest: +SKIP
-        >>> ce.run_with_hooks(batch, fwd_hooks=hooks)  # doctest: +SKIP
+        >>> hooks = attention_block_hooks(ce, "doc", "query", layers=[1])
+        >>> blocked = ce.run_with_hooks(batch, fwd_hooks=hooks)  # [batch]
+        >>> same = ce.run_with_hooks(batch, fwd_hooks=attention_block_hooks(ce, "doc", "query", weight=1.0))
+        >>> blocked.shape, torch.allclose(same, ce(batch), atol=1e-5)  # weight 1 changes nothing
+        (torch.Size([2]), True)
     """
     f, t = _group(from_group, "from_group"), _group(to_group, "to_group")
     weight = check_number(weight, "weight", minimum=0, hint="0 blocks, 1 changes nothing")
@@ -161,8 +166,11 @@ def block_attention(
     re-weighted by ``weight`` (the arguments of :func:`attention_block_hooks`).
 
     Example:
-        >>> with block_attention(ce, "query", "doc"), ablate(ce, neurons):  # doctest: +SKIP
+        >>> from mechir_nig.interventions.ablation import ablate
+        >>> with block_attention(ce, "query", "doc"), ablate(ce, top, mode="zero"):  # both at once
         ...     scores = ce(batch)
+        >>> scores.shape  # [batch]
+        torch.Size([2])
     """
     with model.hooks(
         fwd_hooks=attention_block_hooks(
@@ -327,8 +335,9 @@ def attention_by_group(
         InputError: no pairs, bad layers, ``view_pair`` out of range.
 
     Example:
-        >>> res = attention_by_group(ce, [("what is a neuron", "a neuron is a cell")])  # doctest: +SKIP
-        >>> res.share("query", "doc_match").shape  # [layer, head]  # doctest: +SKIP
+        >>> res = attention_by_group(ce, [("what is a neuron", "a neuron is a cell")])
+        >>> res.share("query", "doc_match").shape  # [layer, head]
+        torch.Size([6, 12])
     """
     from mechir_nig._validate import check_int
 

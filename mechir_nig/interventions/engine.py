@@ -162,7 +162,13 @@ class Mean(Value):
     """The token mean of the activation over a reference set (``reference.mean(name)``, e.g. ``[d_mlp]``).
 
     Example:
-        >>> it = Intervention("mlp_post", 1, Mean(ref), units=torch.tensor([7]))  # doctest: +SKIP
+        >>> from mechir_nig.interventions.ablation import AblationReference
+        >>> ref = AblationReference.compute(ce, queries, docs)  # the reference pairs
+        >>> it = Intervention("mlp_post", 1, Mean(ref), units=torch.tensor([7]))
+        >>> with Engine(ce, [it]):
+        ...     scores = ce(batch)  # neuron 7 of layer 1 at its reference mean
+        >>> scores.shape, ref.mean("blocks.1.mlp.hook_post").shape  # [batch]; [d_mlp]: what Mean writes
+        (torch.Size([2]), torch.Size([1536]))
     """
 
     reference: Any
@@ -176,7 +182,13 @@ class Resample(Value):
     """The token mean of one reference input per row, the rows drawn once per forward with ``seed``.
 
     Example:
-        >>> it = Intervention("z", 0, Resample(ref, seed=3), units=torch.tensor([1]))  # doctest: +SKIP
+        >>> from mechir_nig.interventions.ablation import AblationReference
+        >>> ref = AblationReference.compute(ce, queries, docs)  # the reference pairs
+        >>> it = Intervention("z", 0, Resample(ref, seed=3), units=torch.tensor([1]))  # head 1 of layer 0
+        >>> with Engine(ce, [it]):
+        ...     scores = ce(batch)
+        >>> scores.shape  # [batch]
+        torch.Size([2])
     """
 
     reference: Any

@@ -219,7 +219,10 @@ class PatchingResult(Result):
         ``SMALL_CHANGE``): their recovery has a tiny denominator.
 
         Example:
-            >>> res.small_change().sum()  # pairs left out of the summaries  # doctest: +SKIP
+            >>> from mechir_nig.interventions.perturb import align, tfc1
+            >>> res = patch(ce, align(ce, queries, docs, tfc1), sites="heads", layers=[4, 5])
+            >>> res.small_change()  # [batch]: True for the pairs left out of the summaries
+            tensor([False, False])
         """
         delta = (self.corrupted_scores - self.clean_scores).double().abs()
         return delta < threshold * self.score_spread
@@ -236,7 +239,10 @@ class PatchingResult(Result):
         or every pair when ``include_small`` or when every pair's perturbation is tiny.
 
         Example:
-            >>> res["heads"][res.summary_pairs()].mean(0)  # [layer, n_heads]  # doctest: +SKIP
+            >>> from mechir_nig.interventions.perturb import align, tfc1
+            >>> res = patch(ce, align(ce, queries, docs, tfc1), sites="heads", layers=[4, 5])
+            >>> res["heads"][res.summary_pairs()].mean(0).shape  # [layer, n_heads]
+            torch.Size([2, 12])
         """
         small = self.small_change()
         if include_small or bool(small.all()):
@@ -248,7 +254,11 @@ class PatchingResult(Result):
         ``kw`` go to the figure function.
 
         Example:
-            >>> res.plot(site="heads", pair=None).show()  # doctest: +SKIP
+            >>> from mechir_nig.interventions.perturb import align, tfc1
+            >>> res = patch(ce, align(ce, queries, docs, tfc1), sites="heads", layers=[4, 5])
+            >>> fig = res.plot(site="heads", pair=None)  # fig.show() opens it in a browser
+            >>> len(fig.data) > 0
+            True
         """
         from mechir_nig.plotting import plot
 
@@ -510,10 +520,13 @@ def patch(
             another model's shape or more than one set, a bad ``chunk_size``.
 
     Example:
-        >>> al = align(ce, queries, docs, tfc1)  # doctest: +SKIP
-        >>> res = patch(ce, al, sites=["heads", top], joint=True)  # doctest: +SKIP
-        >>> res["heads"].shape  # [batch, layer, n_heads]  # doctest: +SKIP
-        >>> res["neuron_set_joint"]  # [batch]: the recovery of the whole set  # doctest: +SKIP
+        >>> from mechir_nig.interventions.perturb import align, tfc1
+        >>> al = align(ce, queries, docs, tfc1)
+        >>> res = patch(ce, al, sites=["heads", top], joint=True)  # top: 20 neurons of layers 4-5
+        >>> res["heads"].shape  # [batch, layer, n_heads]
+        torch.Size([2, 6, 12])
+        >>> res["neuron_set_joint"].shape  # [batch]: the recovery of the whole set
+        torch.Size([2])
     """
     job = _prepare(**locals())  # the first statement: locals() are exactly patch's arguments
     return job.result(*job.sweep(job.base, job.source, job.q_emb))

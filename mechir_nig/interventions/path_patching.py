@@ -50,9 +50,11 @@ receiver (from the receiver's layer), and one ordinary patched run for ``"score"
 stacked along the batch axis (``chunk_size`` rows per forward) as in ``patch``.
 
 Example:
-    >>> al = align(ce, queries, docs, tfc1)  # doctest: +SKIP
-    >>> res = path_patch(ce, al, senders="heads", receivers=[("q", 2, 0), "score_direct"])  # doctest: +SKIP
-    >>> res["q:L2H0"]["heads"].shape  # [batch, layer, n_heads]: senders in layers 0 and 1  # doctest: +SKIP
+    >>> from mechir_nig.interventions.perturb import align, tfc1
+    >>> al = align(ce, queries, docs, tfc1)
+    >>> res = path_patch(ce, al, senders="heads", receivers=[("q", 2, 0), "score_direct"])
+    >>> res["q:L2H0"]["heads"].shape  # [batch, layer, n_heads]: senders in layers 0 and 1
+    torch.Size([2, 2, 12])
 """
 
 from __future__ import annotations
@@ -197,11 +199,16 @@ class PathPatchingResult(Result):
     result (``mechir_nig.results``); ``load(path)`` reads them back and refuses a damaged file.
 
     Example:
-        >>> res = path_patch(ce, al, senders="heads", receivers=["score", ("q", 1)])  # doctest: +SKIP
-        >>> res.receivers  # doctest: +SKIP
+        >>> import os, tempfile
+        >>> from mechir_nig.interventions.perturb import align, tfc1
+        >>> al = align(ce, queries, docs, tfc1)
+        >>> res = path_patch(ce, al, senders="heads", receivers=["score", ("q", 1)])
+        >>> res.receivers
         ['score', 'q:L1']
-        >>> res["q:L1"]["heads"].mean(0)  # [layer, n_heads]  # doctest: +SKIP
-        >>> PathPatchingResult.load(res.save("path.safetensors")).receivers  # doctest: +SKIP
+        >>> res["q:L1"]["heads"].mean(0).shape  # [layer, n_heads]: the heads of layer 0
+        torch.Size([1, 12])
+        >>> path = os.path.join(tempfile.mkdtemp(), "path.safetensors")
+        >>> PathPatchingResult.load(res.save(path)).receivers
         ['score', 'q:L1']
     """
 
@@ -229,7 +236,11 @@ class PathPatchingResult(Result):
         (:func:`mechir_nig.plotting.path_patching_heatmaps`).
 
         Example:
-            >>> res.plot("heads", pair=None).show()  # doctest: +SKIP
+            >>> from mechir_nig.interventions.perturb import align, tfc1
+            >>> res = path_patch(ce, align(ce, queries, docs, tfc1), receivers=[("q", 1), "score_direct"], layers=[0])
+            >>> fig = res.plot("heads", pair=None)  # fig.show() opens it in a browser
+            >>> len(fig.data)  # one heatmap per receiver
+            2
         """
         from mechir_nig.plotting.patching import path_patching_heatmaps
 
@@ -599,8 +610,10 @@ def path_patch_heads_to_score(
         A :class:`PathPatchingResult` with receivers ``score`` and ``score_direct``.
 
     Example:
-        >>> res = path_patch_heads_to_score(ce, align(ce, queries, docs, tfc1))  # doctest: +SKIP
-        >>> res["score_direct"]["heads"].shape  # [batch, layer, n_heads]  # doctest: +SKIP
+        >>> from mechir_nig.interventions.perturb import align, tfc1
+        >>> res = path_patch_heads_to_score(ce, align(ce, queries[:1], docs[:1], tfc1))
+        >>> res.receivers, res["score_direct"]["heads"].shape  # [batch, layer, n_heads]
+        (['score', 'score_direct'], torch.Size([1, 6, 12]))
     """
     return path_patch(
         model,
@@ -641,9 +654,14 @@ def top_direct_heads(
         InputError: ``direct`` has no ``heads`` site, or no head of its layers qualifies.
 
     Example:
-        >>> res = path_patch_heads_to_score(ce, al)  # doctest: +SKIP
-        >>> top_direct_heads(res["score_direct"], 2)  # doctest: +SKIP
-        [(5, 3, 0.41), (4, 0, -0.12)]
+        >>> from mechir_nig.interventions.perturb import align, tfc1
+        >>> al = align(ce, queries[:1], docs[:1], tfc1)
+        >>> direct = path_patch(ce, al, receivers="score_direct", layers=[4, 5])["score_direct"]
+        >>> heads = top_direct_heads(direct, 2)  # [(layer, head, mean effect), ...]
+        >>> [(layer, head) for layer, head, _ in heads]
+        [(5, 3), (5, 7)]
+        >>> abs(heads[0][2]) >= abs(heads[1][2])  # largest |mean| first
+        True
     """
     k = check_int(k, "k", minimum=1)
     min_layer = check_int(min_layer, "min_layer", minimum=0)
@@ -756,11 +774,14 @@ def path_patch_into_heads(
             another number of pairs, or no head of layer >= 1 among ``layers``; ``path_patch``'s errors.
 
     Example:
-        >>> al = align(ce, queries, docs, tfc1)  # doctest: +SKIP
-        >>> res = path_patch_into_heads(ce, al, receiver_heads=2)  # doctest: +SKIP
-        >>> res.receivers  # doctest: +SKIP
-        ['q:L5H3', 'k:L5H3', 'v:L5H3', 'q:L4H0', 'k:L4H0', 'v:L4H0']
-        >>> res["q:L5H3"]["heads"].shape  # [batch, layer, n_heads]: the senders of layers 0-4  # doctest: +SKIP
+        >>> from mechir_nig.interventions.perturb import align, tfc1
+        >>> al = align(ce, queries[:1], docs[:1], tfc1)
+        >>> direct = path_patch(ce, al, receivers="score_direct", layers=[3])["score_direct"]
+        >>> res = path_patch_into_heads(ce, al, receiver_heads=1, direct=direct)  # the top head of layer 3
+        >>> res.receivers
+        ['q:L3H11', 'k:L3H11', 'v:L3H11']
+        >>> res["q:L3H11"]["heads"].shape  # [batch, layer, n_heads]: the senders of layers 0-2
+        torch.Size([1, 3, 12])
     """
     chosen: dict[str, Any]
     if receivers is not None:
