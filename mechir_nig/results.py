@@ -251,7 +251,9 @@ class Result:
         >>> stats.update("relevant", torch.ones(5, 2, 4, 3))  # [pairs, layer, group, d_mlp]
         >>> CollectionAttribution.load(stats.save(out / "nig.safetensors")).counts
         {'relevant': 5, 'nonrelevant': 0}
-        >>> result = PruningResult(["nDCG@10"], [], [], {}, ["q1"], ["q2"], {})
+        >>> runs = [{"condition": "unpruned", "mode": "zero", "fraction": 0.0, "seed": 0, "n_neurons": 0,
+        ...          "nDCG@10": 0.7}]
+        >>> result = PruningResult(["nDCG@10"], runs, [{}], {}, ["q1"], ["q2"], {})
         >>> PruningResult.load(result.save(out / "pruning.json")) == result  # one JSON file
         True
     """
