@@ -195,8 +195,16 @@ class OutputLock:
     """An exclusive lock on writing ``target``: the file ``target.lock`` (see the module docstring).
 
     Example:
-        >>> with OutputLock("nig.safetensors"):  # doctest: +SKIP
-        ...     stats.save("nig.safetensors")
+        >>> import tempfile
+        >>> from mechir_nig.attribution.stats import CollectionAttribution
+        >>> target = Path(tempfile.mkdtemp()) / "nig.safetensors"
+        >>> stats = CollectionAttribution(layers=[0], n_layers=1, d_mlp=3)
+        >>> with OutputLock(target):
+        ...     (target.parent / "nig.safetensors.lock").exists()  # held while writing
+        ...     _ = stats.save(target)
+        True
+        >>> (target.parent / "nig.safetensors.lock").exists()  # released on return
+        False
     """
 
     def __init__(self, target: str | Path) -> None:

@@ -10,8 +10,18 @@ Every text that comes from a result (tokens, queries, names, settings) is HTML-e
 
 Example:
     >>> from mechir_nig.report import build
-    >>> build("mechir-nig-demo")  # doctest: +SKIP
+    >>> build("mechir-nig-demo")  # the folder of `mechir-nig demo`  # doctest: +SKIP
     PosixPath('mechir-nig-demo/report.html')
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from mechir_nig.experiments.pruning import PruningResult
+    >>> results = Path(tempfile.mkdtemp())  # a results folder, here with one pruning result
+    >>> runs = [{"condition": "unpruned", "mode": "zero", "fraction": 0.0, "seed": 0, "n_neurons": 0, "nDCG@10": 0.7},
+    ...         {"condition": "nig_top", "mode": "zero", "fraction": 0.01, "seed": 0, "n_neurons": 92, "nDCG@10": 0.55}]
+    >>> pq = [{"q2": {"nDCG@10": 0.7}}, {"q2": {"nDCG@10": 0.55}}]  # per evaluated query
+    >>> _ = PruningResult(["nDCG@10"], runs, pq, {}, ["q1"], ["q2"], {}).save(results / "pruning.json")
+    >>> build(results).relative_to(results)
+    PosixPath('report.html')
 """
 
 from __future__ import annotations
@@ -1362,7 +1372,17 @@ def build(
 
     Example:
         >>> from mechir_nig.report import build
-        >>> path = build("results", "results/report.html", title="MiniLM on vaswani")  # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from mechir_nig.experiments.pruning import PruningResult
+        >>> results = Path(tempfile.mkdtemp())  # a results folder, here with one pruning result
+        >>> runs = [{"condition": "unpruned", "mode": "zero", "fraction": 0.0, "seed": 0, "n_neurons": 0, "nDCG@10": 0.7},
+        ...         {"condition": "nig_top", "mode": "zero", "fraction": 0.01, "seed": 0, "n_neurons": 92, "nDCG@10": 0.55}]
+        >>> pq = [{"q2": {"nDCG@10": 0.7}}, {"q2": {"nDCG@10": 0.55}}]  # per evaluated query
+        >>> _ = PruningResult(["nDCG@10"], runs, pq, {}, ["q1"], ["q2"], {}).save(results / "pruning.json")
+        >>> path = build(results, results / "report.html", title="MiniLM on vaswani")
+        >>> "MiniLM on vaswani" in path.read_text(encoding="utf-8")
+        True
     """
     import plotly
     from plotly.offline import get_plotlyjs

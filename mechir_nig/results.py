@@ -236,10 +236,26 @@ class Result:
     one).
 
     Example:
-        >>> attr.save("attr.safetensors")  # attr.safetensors + attr.safetensors.json  # doctest: +SKIP
-        >>> NeuronAttribution.load("attr.safetensors").values.shape  # as saved  # doctest: +SKIP
-        >>> stats.save("nig.safetensors"); CollectionAttribution.load("nig.safetensors")  # doctest: +SKIP
-        >>> result.save("pruning.json"); PruningResult.load("pruning.json")  # one JSON file  # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from mechir_nig.attribution import NeuronAttribution
+        >>> from mechir_nig.attribution.stats import CollectionAttribution
+        >>> from mechir_nig.experiments.pruning import PruningResult
+        >>> out = Path(tempfile.mkdtemp())
+        >>> attr = neuron_integrated_gradients(ce, queries, docs, n_steps=4, layers=[5], reduce="neuron")
+        >>> attr.save(out / "attr.safetensors").name  # attr.safetensors + attr.safetensors.json
+        'attr.safetensors'
+        >>> NeuronAttribution.load(out / "attr.safetensors").values.shape  # as saved
+        torch.Size([2, 1, 1536])
+        >>> stats = CollectionAttribution(layers=[0, 1], n_layers=2, d_mlp=3)
+        >>> stats.update("relevant", torch.ones(5, 2, 4, 3))  # [pairs, layer, group, d_mlp]
+        >>> CollectionAttribution.load(stats.save(out / "nig.safetensors")).counts
+        {'relevant': 5, 'nonrelevant': 0}
+        >>> runs = [{"condition": "unpruned", "mode": "zero", "fraction": 0.0, "seed": 0, "n_neurons": 0,
+        ...          "nDCG@10": 0.7}]
+        >>> result = PruningResult(["nDCG@10"], runs, [{}], {}, ["q1"], ["q2"], {})
+        >>> PruningResult.load(result.save(out / "pruning.json")) == result  # one JSON file
+        True
     """
 
     KIND: ClassVar[str]
@@ -304,7 +320,12 @@ class Result:
             CheckpointError: the files cannot be written (e.g. the disk is full), naming the path.
 
         Example:
-            >>> result.save("result.safetensors")  # and result.safetensors.json  # doctest: +SKIP
+            >>> import tempfile
+            >>> from pathlib import Path
+            >>> result = neuron_integrated_gradients(ce, queries, docs, n_steps=4, layers=[5], reduce="neuron")
+            >>> path = result.save(Path(tempfile.mkdtemp()) / "result.safetensors")
+            >>> sorted(p.name for p in path.parent.iterdir())  # and result.safetensors.json
+            ['result.safetensors', 'result.safetensors.json']
         """
         path = Path(path)
         tensors, info = self.to_parts()
@@ -376,7 +397,13 @@ class Result:
             CheckpointError: naming the file and what to do, when it is not a usable result of this type.
 
         Example:
-            >>> back = type(result).load("result.safetensors")  # doctest: +SKIP
+            >>> import tempfile
+            >>> from pathlib import Path
+            >>> result = neuron_integrated_gradients(ce, queries, docs, n_steps=4, layers=[5], reduce="neuron")
+            >>> path = result.save(Path(tempfile.mkdtemp()) / "result.safetensors")
+            >>> back = type(result).load(path)
+            >>> bool(torch.equal(back.values, result.values))
+            True
         """
         path = Path(path)
         if not path.is_file():

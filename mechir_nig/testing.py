@@ -216,9 +216,10 @@ def make_synthetic_collection(
         ``{"folder", "docs", "queries", "qrels", "judged", "run_lines", "docs_bytes"}``.
 
     Example:
-        >>> info = make_synthetic_collection(tmp, 20_000, n_queries=100)  # doctest: +SKIP
-        >>> info["judged"]  # doctest: +SKIP
-        1000
+        >>> import tempfile
+        >>> info = make_synthetic_collection(tempfile.mkdtemp(), 2_000, n_queries=10, run_depth=20)
+        >>> info["judged"]  # judged_per_query per query
+        100
     """
     import numpy as np
 

@@ -98,7 +98,7 @@ class NIGSettings:
         ('mlp_post', 'z')
         >>> NIGSettings(sites=["resid_pre", "head"]).site_names()  # aliases become canonical names
         ('resid_pre', 'z')
-        >>> s.resolved(ce).max_length  # validated for a model  # doctest: +SKIP
+        >>> s.resolved(ce).max_length  # validated for a model
         512
     """
 
@@ -319,9 +319,16 @@ def model_fingerprint(model: HookedModel) -> str:
         64 hexadecimal characters.
 
     Example:
-        >>> a = model_fingerprint(HookedCrossEncoder.from_pretrained(path))  # doctest: +SKIP
-        >>> a == model_fingerprint(HookedCrossEncoder.from_pretrained(copy_of_path))  # doctest: +SKIP
+        >>> import shutil, tempfile
+        >>> from mechir_nig.models import HookedCrossEncoder
+        >>> from mechir_nig.testing import minilm_cross_encoder
+        >>> path = minilm_cross_encoder(tempfile.mkdtemp(), seed=7)
+        >>> copy_of_path = shutil.copytree(path, tempfile.mkdtemp() + "/copy")
+        >>> a = model_fingerprint(HookedCrossEncoder.from_pretrained(path))
+        >>> a == model_fingerprint(HookedCrossEncoder.from_pretrained(copy_of_path))
         True
+        >>> a == model_fingerprint(ce), len(a)  # another relevance head: another fingerprint
+        (False, 64)
     """
     h = hashlib.sha256()
     cfg = model.cfg.to_dict()

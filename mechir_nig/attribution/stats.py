@@ -9,9 +9,18 @@ statistics of disjoint pairs ``merge`` into the statistics of their union (what 
 ``mechir_nig.experiments.attribute.attribute_collection``.
 
 Example:
-    >>> stats = attribute_collection(model, pairs, n_steps=32)  # doctest: +SKIP
-    >>> stats.mean("relevant").shape  # [layer, d_mlp]  # doctest: +SKIP
-    >>> whole = first_half.merge(second_half)  # doctest: +SKIP
+    >>> from mechir_nig.data import JudgedPair
+    >>> from mechir_nig.experiments import attribute_collection
+    >>> pairs = [JudgedPair("q1", "d1", queries[0], docs[0], 1, "relevant"),
+    ...          JudgedPair("q1", "d2", queries[0], docs[1], 0, "nonrelevant")]
+    >>> stats = attribute_collection(model, pairs, n_steps=4, layers=[4, 5], progress=False)
+    >>> stats.mean("relevant").shape  # [layer, d_mlp]
+    torch.Size([2, 1536])
+    >>> first_half = attribute_collection(model, pairs[:1], n_steps=4, layers=[4, 5], progress=False)
+    >>> second_half = attribute_collection(model, pairs[1:], n_steps=4, layers=[4, 5], progress=False)
+    >>> whole = first_half.merge(second_half)  # the statistics of both pairs
+    >>> bool(torch.allclose(whole.mean("nonrelevant"), stats.mean("nonrelevant"), atol=1e-5))
+    True
 """
 
 from __future__ import annotations
@@ -151,7 +160,14 @@ class CollectionAttribution(Result):
         ``"groups"``.
 
         Example:
-            >>> stats.plot("top", k=20).show()  # doctest: +SKIP
+            >>> from mechir_nig.data import JudgedPair
+        >>> from mechir_nig.experiments import attribute_collection
+        >>> pairs = [JudgedPair("q1", "d1", queries[0], docs[0], 1, "relevant"),
+        ...          JudgedPair("q1", "d2", queries[0], docs[1], 0, "nonrelevant")]
+            >>> stats = attribute_collection(ce, pairs, n_steps=4, layers=[5], progress=False)
+            >>> fig = stats.plot("top", k=20)  # fig.show() opens it
+            >>> len(fig.data) > 0
+            True
         """
         from mechir_nig.plotting import plot
 
@@ -209,7 +225,15 @@ class CollectionAttribution(Result):
         warning (the prompt still counts in ``all``).
 
         Example:
-            >>> whole = stats_a.merge(stats_b)  # doctest: +SKIP
+            >>> from mechir_nig.data import JudgedPair
+        >>> from mechir_nig.experiments import attribute_collection
+        >>> pairs = [JudgedPair("q1", "d1", queries[0], docs[0], 1, "relevant"),
+        ...          JudgedPair("q1", "d2", queries[0], docs[1], 0, "nonrelevant")]
+            >>> stats_a = attribute_collection(ce, pairs[:1], n_steps=4, layers=[5], progress=False)
+            >>> stats_b = attribute_collection(ce, pairs[1:], n_steps=4, layers=[5], progress=False)
+            >>> whole = stats_a.merge(stats_b)
+            >>> whole.counts["relevant"], whole.counts["nonrelevant"]
+            (1, 1)
         """
         if not isinstance(other, CollectionAttribution):
             raise InputError(f"merge takes a CollectionAttribution, got {type(other).__name__}")

@@ -9,8 +9,11 @@ or 1 (a failure); ``--debug`` shows the traceback.
 
 Example:
     >>> from mechir_nig.cli import main
-    >>> main(["demo", "--out", "mechir-nig-demo"])  # doctest: +SKIP
+    >>> main(["demo", "--out", "mechir-nig-demo"])  # the whole main job: minutes  # doctest: +SKIP
     0
+    >>> import tempfile
+    >>> main(["report", tempfile.mkdtemp()])  # an empty folder: one error line on stderr, status 2
+    2
 """
 
 from __future__ import annotations

@@ -248,6 +248,15 @@ def scoreddocs_candidates(
 
     Example:
         >>> run = scoreddocs_candidates(load_collection("irds:msmarco-passage/dev/small", lazy=True), k=100)  # doctest: +SKIP
+        >>> import tempfile  # offline: a local collection with a TREC run of its own
+        >>> from pathlib import Path
+        >>> from mechir_nig.data import load_collection
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "docs.tsv").write_text("d1\\tA neuron is a cell.\\nd2\\tTea.\\nd3\\tStars.\\n")
+        >>> _ = (folder / "queries.tsv").write_text("q1\\twhat is a neuron\\n")
+        >>> _ = (folder / "run").write_text("q1 Q0 d2 1 9.0 bm25\\nq1 Q0 d1 2 8.0 bm25\\nq1 Q0 d3 3 1.0 bm25\\n")
+        >>> scoreddocs_candidates(load_collection(folder, lazy=True), k=2)
+        {'q1': {'d2': 9.0, 'd1': 8.0}}
     """
     _check_collection(collection)
     _check_k(k)

@@ -483,9 +483,25 @@ def load_collection(
         >>> col = load_collection("embedded")
         >>> vaswani = load_collection("/data/vaswani")  # doctest: +SKIP
         >>> dl = load_collection("irds:msmarco-passage/trec-dl-2019/judged", relevance_threshold=2)  # doctest: +SKIP
-        >>> col2 = load_collection(docs="d.tsv", queries="q.tsv", qrels="qrels.txt", empty="skip")  # doctest: +SKIP
-        >>> big = load_collection("/data/msmarco-passage", lazy=True)  # doctest: +SKIP
-        >>> pairs = judged_pairs(big, max_nonrelevant_per_query=3)  # reads the corpus file once  # doctest: +SKIP
+        >>> import tempfile  # files of your own (written here):
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "d.tsv").write_text("d1\\tA neuron is a cell.\\nd2\\tTea.\\nd3\\t \\n")
+        >>> _ = (folder / "q.tsv").write_text("q1\\twhat is a neuron\\n")
+        >>> _ = (folder / "qrels.txt").write_text("q1 0 d1 1\\nq1 0 d2 0\\n")
+        >>> import warnings
+        >>> with warnings.catch_warnings():  # the empty d3 is skipped with a DataWarning
+        ...     warnings.simplefilter("ignore")
+        ...     col2 = load_collection(docs=folder / "d.tsv", queries=folder / "q.tsv",
+        ...                            qrels=folder / "qrels.txt", empty="skip")
+        >>> col2.report["empty_docs_skipped"]
+        1
+        >>> _ = (folder / "d.tsv").write_text("d1\\tA neuron is a cell.\\nd2\\tTea.\\n")
+        >>> _ = (folder / "d.tsv").rename(folder / "docs.tsv"), (folder / "q.tsv").rename(folder / "queries.tsv")
+        >>> big = load_collection(folder, lazy=True)  # documents stay in docs.tsv
+        >>> pairs = judged_pairs(big, max_nonrelevant_per_query=3)  # reads the corpus file once
+        >>> [(p.doc_id, p.label) for p in pairs]
+        [('d1', 'relevant'), ('d2', 'nonrelevant')]
     """
     if topic_field not in TOPIC_FIELDS:
         raise InputError(f"topic_field must be one of {TOPIC_FIELDS}, got {topic_field!r}")

@@ -35,7 +35,10 @@ def load_model(
 
     Example:
         >>> ce = load_model("cross-encoder/ms-marco-MiniLM-L-6-v2")  # doctest: +SKIP
-        >>> type(ce).__name__  # doctest: +SKIP
+        >>> import tempfile  # offline: MiniLM's body under a seeded relevance head, saved here
+        >>> from mechir_nig.testing import minilm_cross_encoder
+        >>> ce = load_model(minilm_cross_encoder(tempfile.mkdtemp()))
+        >>> type(ce).__name__
         'HookedCrossEncoder'
         >>> be = load_model("all-MiniLM-L6-v2", pooling="mean")
         >>> type(be).__name__

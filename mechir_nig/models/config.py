@@ -60,7 +60,9 @@ class EncoderConfig:
         (32, 384, 512)
         >>> cfg.to_dict()["dtype"]
         'float32'
-        >>> EncoderConfig.from_hf(AutoConfig.from_pretrained(path), n_labels=1)  # doctest: +SKIP
+        >>> from transformers import AutoConfig
+        >>> EncoderConfig.from_hf(AutoConfig.from_pretrained(minilm_path()), n_labels=1).d_mlp
+        1536
     """
 
     n_layers: int

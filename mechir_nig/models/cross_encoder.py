@@ -51,7 +51,10 @@ class HookedCrossEncoder(HookedEncoderBase, PairReranker):
         >>> ce(ids, types, torch.ones_like(ids)).shape  # [batch]
         torch.Size([1])
         >>> ce = HookedCrossEncoder.from_pretrained("cross-encoder/ms-marco-MiniLM-L-6-v2")  # doctest: +SKIP
-        >>> ce.score(["what is a neuron"], ["A neuron is a cell."]).shape  # [n]  # doctest: +SKIP
+        >>> import tempfile  # offline: MiniLM's body under a seeded relevance head, saved here
+        >>> from mechir_nig.testing import minilm_cross_encoder
+        >>> ce = HookedCrossEncoder.from_pretrained(minilm_cross_encoder(tempfile.mkdtemp()))
+        >>> ce.score(["what is a neuron"], ["A neuron is a cell."]).shape  # [n]
         torch.Size([1])
     """
 

@@ -17,7 +17,12 @@ pre-activation and ``mlp.hook_pre_linear`` the up factor, as TransformerLens nam
 
 Example:
     >>> rr = HookedDecoderReranker.from_pretrained("Qwen/Qwen3-Reranker-0.6B")  # doctest: +SKIP
-    >>> rr.score(["what is a neuron"], ["A neuron is a cell."])  # doctest: +SKIP
+    >>> import tempfile  # offline: a tiny seeded Qwen3 with a tokenizer trained here
+    >>> from mechir_nig.testing import decoder_tokenizer, make_decoder
+    >>> tok = decoder_tokenizer(["what is a neuron", "A neuron is a cell."])
+    >>> rr = HookedDecoderReranker.from_pretrained(make_decoder(tempfile.mkdtemp(), tok), template="qwen3-reranker")
+    >>> rr.score(["what is a neuron"], ["A neuron is a cell."]).shape
+    torch.Size([1])
 """
 
 from __future__ import annotations

@@ -107,7 +107,11 @@ class HookedEncoderBase(HookedRootModule):
         Results agree to float rounding (tested: 1e-6 in float32, 1e-12 in float64).
 
         Example:
-            >>> ce.set_attention_impl("explicit")  # doctest: +SKIP
+            >>> ce.set_attention_impl("explicit")
+            >>> _, cache = ce.run_with_cache(batch)  # the pattern is computed and cached
+            >>> cache["blocks.0.attn.hook_pattern"].shape  # [batch, head, query pos, key pos]
+            torch.Size([2, 12, 22, 22])
+            >>> ce.set_attention_impl("auto")  # back to the default
         """
         if impl not in ATTENTION_IMPLS:
             raise InputError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")

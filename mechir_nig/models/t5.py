@@ -21,8 +21,13 @@ and stay reachable by their full names ``encoder.blocks.{l}...`` in ``run_with_h
 
 Example:
     >>> mt5 = load_model("castorini/monot5-base-msmarco")  # doctest: +SKIP
-    >>> scores, cache = mt5.run_with_cache(mt5.tokenize(["what is a neuron"], ["A neuron is a cell."]))  # doctest: +SKIP
-    >>> cache["encoder.blocks.0.mlp.hook_post"].shape  # [batch, pos, d_mlp]  # doctest: +SKIP
+    >>> import tempfile  # offline: a tiny seeded monoT5 (d_mlp 24) with a tokenizer trained here
+    >>> from mechir_nig import load_model
+    >>> from mechir_nig.testing import make_t5, t5_tokenizer
+    >>> mt5 = load_model(make_t5(tempfile.mkdtemp(), t5_tokenizer(["what is a neuron", "A neuron is a cell."])))
+    >>> scores, cache = mt5.run_with_cache(mt5.tokenize(["what is a neuron"], ["A neuron is a cell."]))
+    >>> cache["encoder.blocks.0.mlp.hook_post"].shape[-1]  # [batch, pos, d_mlp]
+    24
 """
 
 from __future__ import annotations
@@ -401,7 +406,11 @@ class HookedMonoT5(HookedRootModule, PairReranker):
         becomes its depth. Full names (``encoder.blocks.{l}...``) keep working either way.
 
         Example:
-            >>> mt5.set_stack("decoder"); mt5.hook_dict["blocks.0.mlp.hook_post"].name  # doctest: +SKIP
+            >>> import tempfile
+            >>> from mechir_nig import load_model
+            >>> from mechir_nig.testing import make_t5, t5_tokenizer
+            >>> mt5 = load_model(make_t5(tempfile.mkdtemp(), t5_tokenizer(["what is a neuron", "a cell"])))
+            >>> mt5.set_stack("decoder"); mt5.hook_dict["blocks.0.mlp.hook_post"].name
             'blocks.0.mlp.hook_post'
         """
         if stack not in STACKS:

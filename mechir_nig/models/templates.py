@@ -171,8 +171,11 @@ def answer_token_ids(template: str | RerankTemplate, tokenizer: Any, source: str
     not a single token of the tokenizer.
 
     Example:
-        >>> answer_token_ids("qwen3-reranker", tok, "/path/to/model")  # doctest: +SKIP
-        (2152, 9693)
+        >>> from mechir_nig.testing import decoder_tokenizer
+        >>> tok = decoder_tokenizer(["what is a neuron"])  # has "yes" and "no" as tokens
+        >>> no, yes = answer_token_ids("qwen3-reranker", tok, "/path/to/model")
+        >>> tok.convert_ids_to_tokens([no, yes])
+        ['no', 'yes']
     """
     t = get_template(template)
     out = []
@@ -231,7 +234,11 @@ def tokenize_template(
     character offset) and reported in ``batch.truncated`` with a ``TruncationWarning``.
 
     Example:
-        >>> batch = tokenize_template(tok, "qwen3-reranker", ["q"], ["d"], max_length=512, n_ctx=512)  # doctest: +SKIP
+        >>> from mechir_nig.testing import decoder_tokenizer
+        >>> tok = decoder_tokenizer(["what is a neuron", "A neuron is a cell."])
+        >>> batch = tokenize_template(tok, "qwen3-reranker", ["q"], ["d"], max_length=512, n_ctx=512)
+        >>> len(batch), bool(batch.truncated.any())  # one pair, nothing cut
+        (1, False)
     """
     t = get_template(template)
     q, d = check_pairs(queries, docs)

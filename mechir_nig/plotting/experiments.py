@@ -4,8 +4,13 @@ Conditions and predictors keep one colour everywhere (``COLORS``); the spread ov
 band (mean ± standard deviation) around the random condition's mean line.
 
 Example:
-    >>> fig = pruning_curves(study, measure="nDCG@10")  # doctest: +SKIP
-    >>> fig = faithfulness_curves(faith)  # doctest: +SKIP
+    >>> runs = [{"condition": "unpruned", "mode": "none", "fraction": 0.0, "seed": 0, "n_neurons": 0,
+    ...          "nDCG@10": 0.5}]
+    >>> runs += [{"condition": "random", "mode": "zero", "fraction": 0.1, "seed": s, "n_neurons": 2,
+    ...           "nDCG@10": v} for s, v in enumerate((0.2, 0.4))]
+    >>> fig = pruning_curves({"measures": ["nDCG@10"], "runs": runs}, measure="nDCG@10")
+    >>> [t.name for t in fig.data]  # faithfulness_curves(faith): see its example
+    ['random', 'random mean + std', 'random mean − std', 'unpruned']
 """
 
 from __future__ import annotations
@@ -202,8 +207,11 @@ def faithfulness_curves(result: Any, *, modes: Sequence[str] | None = None, titl
         A ``plotly.graph_objects.Figure``.
 
     Example:
-        >>> faith = faithfulness(ce, queries, docs, k=5, curve_k=5)  # doctest: +SKIP
-        >>> faithfulness_curves(faith).show()  # doctest: +SKIP
+        >>> from mechir_nig.experiments.faithfulness import faithfulness
+        >>> faith = faithfulness(ce, queries, docs, k=2, curve_k=2, seeds=2, n_steps=2, interventions=("zero",))
+        >>> fig = faithfulness_curves(faith)  # fig.show() opens it
+        >>> [len(t.y) for t in fig.data]  # K = curve_k points per line
+        [2, 2, 2, 2]
     """
     result = _faith(result)
     if not result.curve:
@@ -253,7 +261,11 @@ def faithfulness_bars(result: Any, *, title: str | None = None) -> Any:
         A ``plotly.graph_objects.Figure``.
 
     Example:
-        >>> faithfulness_bars(faith).show()  # doctest: +SKIP
+        >>> from mechir_nig.experiments.faithfulness import faithfulness
+        >>> faith = faithfulness(ce, queries, docs, k=2, curve_k=2, seeds=2, n_steps=2, interventions=("zero",))
+        >>> fig = faithfulness_bars(faith)  # fig.show() opens it
+        >>> len(fig.data) > 0
+        True
     """
     result = _faith(result)
     modes = list(result.spearman)

@@ -17,9 +17,15 @@ corrupted runs differ (the perturbed tokens) the label reads ``clean→corrupted
 slot one run does not have. The mean over pairs is ``nanmean`` (pairs whose score did not move are NaN).
 
 Example:
-    >>> res = patch(ce, perturb.align(ce, queries, docs, perturb.tfc1), sites=("resid_pre", "heads"))  # doctest: +SKIP
-    >>> patching_heatmap(res, "resid_pre", pair=0).show()  # doctest: +SKIP
-    >>> patching_heatmap(res, "heads", pair=None).show()  # mean over pairs  # doctest: +SKIP
+    >>> from mechir_nig.interventions import patch, perturb
+    >>> al = perturb.align(ce, queries, docs, perturb.tfc1)
+    >>> res = patch(ce, al, sites=("resid_pre", "heads"), layers=[4, 5])
+    >>> fig = patching_heatmap(res, "resid_pre", pair=0)  # fig.show() opens it
+    >>> fig.data[0].z.shape[0]  # [layer, pos]
+    2
+    >>> fig = patching_heatmap(res, "heads", pair=None)  # mean over pairs
+    >>> fig.data[0].z.shape  # [layer, n_heads]
+    (2, 12)
 """
 
 from __future__ import annotations
@@ -122,7 +128,11 @@ def patching_heatmap(
         A ``plotly.graph_objects.Figure`` (hover: layer, index, tokens, value).
 
     Example:
-        >>> patching_heatmap(res, "resid_pre", pair=0).show()  # doctest: +SKIP
+        >>> from mechir_nig.interventions import patch, perturb
+        >>> res = patch(ce, perturb.align(ce, queries, docs, perturb.tfc1), layers=[5])
+        >>> fig = patching_heatmap(res, "resid_pre", pair=0)  # fig.show() opens it
+        >>> len(fig.data[0].text[0]) == fig.data[0].z.shape[1]  # a token label per position
+        True
     """
     need(result, PatchingResult, "result", "draw the output of interventions.patch")
     site = result.sites[0] if site is None else site
@@ -232,7 +242,12 @@ def path_patching_heatmaps(
         A ``plotly.graph_objects.Figure``.
 
     Example:
-        >>> path_patching_heatmaps(res, "heads", pair=None).show()  # doctest: +SKIP
+        >>> from mechir_nig.interventions import path_patch, perturb
+        >>> al = perturb.align(ce, queries, docs, perturb.tfc1)
+        >>> res = path_patch(ce, al, senders="heads", receivers=[("q", 1, 0), "score"], layers=[0])
+        >>> fig = path_patching_heatmaps(res, "heads", pair=None)  # fig.show() opens it
+        >>> len(fig.data)  # one heatmap per receiver
+        2
     """
     from plotly.subplots import make_subplots
 

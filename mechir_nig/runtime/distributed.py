@@ -172,7 +172,13 @@ def local_device() -> torch.device:
     Example:
         >>> local_device().type in ("cuda", "cpu")
         True
-        >>> ce = HookedCrossEncoder.from_pretrained(path, device=local_device())  # doctest: +SKIP
+        >>> import tempfile
+        >>> from mechir_nig.models import HookedCrossEncoder
+        >>> from mechir_nig.testing import minilm_cross_encoder
+        >>> path = minilm_cross_encoder(tempfile.mkdtemp())
+        >>> ce = HookedCrossEncoder.from_pretrained(path, device=local_device())
+        >>> ce.device == local_device()
+        True
     """
     if not torch.cuda.is_available():
         return torch.device("cpu")

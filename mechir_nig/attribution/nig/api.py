@@ -122,8 +122,11 @@ class NeuronIntegratedGradients:
             site ``[batch, layer, pos]``, ``[batch, layer, 4]`` or ``[batch, layer]``.
 
         Example:
-            >>> attr = NeuronIntegratedGradients(ce).attribute(batch, n_steps="auto", tol=0.01)  # doctest: +SKIP
-            >>> attr.n_steps_used, attr.convergence_delta  # doctest: +SKIP
+            >>> attr = NeuronIntegratedGradients(ce).attribute(
+            ...     batch, n_steps="auto", tol=0.05, min_steps=4, max_steps=16, layers=[4, 5]
+            ... )
+            >>> attr.n_steps_used.shape, attr.convergence_delta.shape  # per pair
+            (torch.Size([2]), torch.Size([2]))
             >>> s = NIGSettings(n_steps=8, sites=("resid_pre", "mlp_post"), reduce="group")
             >>> NeuronIntegratedGradients(ce).attribute(batch, settings=s).site("resid_pre").shape
             torch.Size([2, 6, 4])
@@ -377,11 +380,15 @@ def neuron_integrated_gradients(
         ``attr.site_values[name]`` likewise with the site's units.
 
     Example:
-        >>> attr = neuron_integrated_gradients(ce, ["what is a neuron"], ["A neuron is a cell."],  # doctest: +SKIP
-        ...                                    n_steps="auto", tol=0.01, reduce="group")
-        >>> attr.values.shape  # [1, n_layers, 4, d_mlp]  # doctest: +SKIP
-        >>> margin = NIGSettings(n_steps=32, target=lambda t: t.score - f_neg[t.pair])  # doctest: +SKIP
-        >>> neuron_integrated_gradients(ce, qs, ds_pos, settings=margin)  # doctest: +SKIP
+        >>> attr = neuron_integrated_gradients(ce, ["what is a neuron"], ["A neuron is a cell."],
+        ...                                    n_steps="auto", tol=0.05, min_steps=4, max_steps=16,
+        ...                                    reduce="group")
+        >>> attr.values.shape  # [1, n_layers, 4, d_mlp]
+        torch.Size([1, 6, 4, 1536])
+        >>> f_neg = ce.score(queries, ["Tea is a drink.", "Paris is in France."])  # a negative per pair
+        >>> margin = NIGSettings(n_steps=4, layers=[5], reduce="neuron", target=lambda t: t.score - f_neg[t.pair])
+        >>> neuron_integrated_gradients(ce, queries, docs, settings=margin).values.shape
+        torch.Size([2, 1, 1536])
     """
     s = NIGSettings.of(settings, options, "neuron_integrated_gradients")
     nig = NeuronIntegratedGradients(model)

@@ -15,8 +15,12 @@ completeness needs, and its conductance is computed once, at the end, over its f
 are then evaluated twice). Either way a pair's result equals a fixed-step run with its final ``n_steps``.
 
 Example:
-    >>> attr = neuron_integrated_gradients(ce, queries, docs, n_steps="auto", tol=0.01)  # doctest: +SKIP
-    >>> attr.n_steps_used  # [batch] intervals each pair needed  # doctest: +SKIP
+    >>> attr = neuron_integrated_gradients(ce, queries, docs, n_steps="auto", tol=0.05, min_steps=4,
+    ...                                    max_steps=16, layers=[5], reduce="neuron")
+    >>> attr.n_steps_used.shape  # [batch] intervals each pair needed
+    torch.Size([2])
+    >>> all(n in (4, 8, 16) for n in attr.n_steps_used.tolist())  # min_steps doubled, at most max_steps
+    True
 """
 
 from __future__ import annotations

@@ -29,13 +29,19 @@ Shapes:
     ``hook_post``, ``[rows, pos, n_heads, d_head]`` for ``hook_z``); ``Conductance.sites`` as ``reduce`` says.
 
 Example (what ``api.py`` does for a fixed rule):
-    >>> kernel = PathKernel(model, batch, base, None, alphas, [0, 1], ["mlp_post"])  # doctest: +SKIP
-    >>> target = Conductance("group", batch.groups, [0, 1], model.cfg, ["mlp_post"], torch.float32)  # doctest: +SKIP
-    >>> scalars = PathScalars(len(batch), len(alphas), torch.float32, model.device)  # doctest: +SKIP
-    >>> with frozen(model), torch.enable_grad():  # doctest: +SKIP
-    ...     kernel.run(WindowPlan.grid(batch.lengths, len(alphas), 64),
-    ...                GridConductance(target, site_names([0, 1], ["mlp_post"])), scalars, input_grad=False)
-    >>> target.sites["mlp_post"].shape  # [batch, 2, 4, d_mlp]  # doctest: +SKIP
+    >>> from mechir_nig.attribution.baselines import baseline_embeddings
+    >>> from mechir_nig.attribution.nig.plan import WindowPlan
+    >>> model = ce
+    >>> base = baseline_embeddings(model, batch.input_ids, batch.groups, "pad")
+    >>> alphas = torch.linspace(0, 1, 5, dtype=torch.float32)  # n_steps = 4
+    >>> kernel = PathKernel(model, batch, base, None, alphas, [4, 5], ["mlp_post"])
+    >>> target = Conductance("group", batch.groups, [4, 5], model.cfg, ["mlp_post"], torch.float32)
+    >>> scalars = PathScalars(len(batch), len(alphas), torch.float32, model.device)
+    >>> with frozen(model), torch.enable_grad():
+    ...     _ = kernel.run(WindowPlan.grid(batch.lengths, len(alphas), 64),
+    ...                    GridConductance(target, site_names([4, 5], ["mlp_post"])), scalars, input_grad=False)
+    >>> target.sites["mlp_post"].shape  # [batch, 2, 4, d_mlp]
+    torch.Size([2, 2, 4, 1536])
 """
 
 from __future__ import annotations

@@ -108,7 +108,12 @@ def detect_format(path: PathLike) -> str:
             extensions to use).
 
     Example:
-        >>> detect_format("corpus.jsonl.gz")  # doctest: +SKIP
+        >>> import gzip, tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "corpus.jsonl.gz"
+        >>> with gzip.open(path, "wt") as f:
+        ...     _ = f.write('{"_id": "d1", "text": "A neuron is a cell."}\\n')
+        >>> detect_format(path)
         'jsonl'
     """
     p = check_file(path)
@@ -152,7 +157,13 @@ def read_texts(
         DataError: as the parser of the detected format.
 
     Example:
-        >>> docs = dict(read_texts("corpus.jsonl", "docs"))  # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "A neuron is a cell."}\\n')
+        >>> docs = dict(read_texts(folder / "corpus.jsonl", "docs"))
+        >>> docs
+        {'d1': 'A neuron is a cell.'}
     """
     if role not in ("docs", "queries"):
         raise InputError(f"role must be 'docs' or 'queries', got {role!r}")

@@ -78,7 +78,14 @@ def read_jsonl(
             text (with ``empty="error"``).
 
     Example:
-        >>> docs = dict(read_jsonl("corpus.jsonl"))  # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "corpus.jsonl").write_text(
+        ...     '{"_id": "d1", "title": "Neurons", "text": "A neuron is a cell."}\\n{"id": 2, "contents": "Tea."}\\n')
+        >>> docs = dict(read_jsonl(folder / "corpus.jsonl"))
+        >>> docs  # a title is prepended to the text
+        {'d1': 'Neurons A neuron is a cell.', '2': 'Tea.'}
     """
     empties = EmptyRecords(path, empty, skipped)
     seen: dict[str, int] = {}

@@ -80,7 +80,13 @@ class OffsetIndex:
         min_bytes: smaller files are scanned per lookup instead of indexed (default :data:`MIN_BYTES`).
 
     Example:
-        >>> docs = OffsetIndex("collection.tsv").get_many(["7", "42"])  # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "collection.tsv"
+        >>> _ = path.write_text("".join(f"{i}\\tdocument number {i}\\n" for i in range(100)))
+        >>> docs = OffsetIndex(path, min_bytes=0).get_many(["7", "42", "missing"])
+        >>> docs
+        {'7': 'document number 7', '42': 'document number 42'}
     """
 
     def __init__(self, path: PathLike, fmt: str | None = None, *, min_bytes: int | None = None) -> None:

@@ -56,7 +56,13 @@ def iter_trec_run(path: PathLike, *, duplicates: Literal["all", "block"] = "all"
             integer, a score that is not a finite number, a document repeated for a query.
 
     Example:
-        >>> best = max(iter_trec_run("bm25.run"), key=lambda s: s.score)  # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "bm25.run").write_text("q1 Q0 d1 1 12.5 bm25\\nq1 Q0 d2 2 11.0 bm25\\nq2 Q0 d3 1 9.0 bm25\\n")
+        >>> best = max(iter_trec_run(folder / "bm25.run"), key=lambda s: s.score)
+        >>> best.query_id, best.doc_id, best.score
+        ('q1', 'd1', 12.5)
     """
     from ir_measures import ScoredDoc
 
@@ -103,8 +109,16 @@ def read_trec_run(path: PathLike, *, k: int | None = None, query_ids: Iterable[s
         DataError: for a malformed line (see :func:`iter_trec_run`) or a file without results.
 
     Example:
-        >>> run = read_trec_run("bm25.run")  # doctest: +SKIP
-        >>> top100 = read_trec_run("msmarco-passage-dev-top1000.run.gz", k=100)  # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "bm25.run").write_text("q1 Q0 d1 1 12.5 bm25\\nq1 Q0 d2 2 11.0 bm25\\nq2 Q0 d3 1 9.0 bm25\\n")
+        >>> run = read_trec_run(folder / "bm25.run")
+        >>> run
+        {'q1': {'d1': 12.5, 'd2': 11.0}, 'q2': {'d3': 9.0}}
+        >>> top1 = read_trec_run(folder / "bm25.run", k=1)  # each query's best result
+        >>> top1
+        {'q1': {'d1': 12.5}, 'q2': {'d3': 9.0}}
     """
     if isinstance(query_ids, str):
         raise InputError("query_ids must be a list of ids, not a single string: wrap it in a list")

@@ -124,7 +124,14 @@ def read_trec_docs(
             ``<DOCNO>`` or never closed, a duplicate id, an empty text (with ``empty="error"``).
 
     Example:
-        >>> docs = dict(read_trec_docs("doc-text.trec"))  # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "doc-text.trec").write_text(
+        ...     "<DOC>\\n<DOCNO>1</DOCNO>\\nA neuron is a cell.\\n</DOC>\\n<DOC>\\n<DOCNO>2</DOCNO>\\nTea.\\n</DOC>\\n")
+        >>> docs = dict(read_trec_docs(folder / "doc-text.trec"))
+        >>> docs
+        {'1': 'A neuron is a cell.', '2': 'Tea.'}
     """
     empties = EmptyRecords(path, empty, skipped)
     seen: dict[str, int] = {}
@@ -193,7 +200,14 @@ def read_trec_topics(
             without the field, an unterminated ``<top>``, a duplicate id, an empty text.
 
     Example:
-        >>> queries = dict(read_trec_topics("query-text.trec"))  # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "query-text.trec").write_text(
+        ...     "<top>\\n<num> Number: 401\\n<title> what is a neuron\\n<desc> Description:\\nNeurons.\\n</top>\\n")
+        >>> queries = dict(read_trec_topics(folder / "query-text.trec"))
+        >>> queries  # the title field
+        {'401': 'what is a neuron'}
     """
     if field not in TOPIC_FIELDS:
         raise InputError(f"field must be one of {TOPIC_FIELDS}, got {field!r}")
@@ -231,7 +245,13 @@ def read_trec_qrels(path: PathLike) -> Iterator[Qrel]:
             not an integer, a judgement repeated for the same query and document.
 
     Example:
-        >>> qrels = list(read_trec_qrels("qrels"))  # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "qrels").write_text("401 0 1 1\\n401 0 2 0\\n")
+        >>> qrels = list(read_trec_qrels(folder / "qrels"))
+        >>> [(q.query_id, q.doc_id, q.relevance) for q in qrels]
+        [('401', '1', 1), ('401', '2', 0)]
     """
     from ir_measures import Qrel
 

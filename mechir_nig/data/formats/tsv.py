@@ -73,7 +73,13 @@ def read_tsv(
             text (with ``empty="error"``).
 
     Example:
-        >>> docs = dict(read_tsv("collection.tsv"))  # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "collection.tsv").write_text("d1\\tA neuron is a cell.\\nd2\\tTea.\\n")
+        >>> docs = dict(read_tsv(folder / "collection.tsv"))
+        >>> docs
+        {'d1': 'A neuron is a cell.', 'd2': 'Tea.'}
     """
     empties = EmptyRecords(path, empty, skipped)
     seen: dict[str, int] = {}
