@@ -9,7 +9,7 @@ or 1 (a failure); ``--debug`` shows the traceback.
 
 Example:
     >>> from mechir_nig.cli import main
-    >>> main(["demo", "--out", "mechir-nig-demo"])  # the whole main job: minutes  # doctest: +SKIP
+    >>> main(["demo", "--out", "mechir-nig-demo"])  # the main job, into ./mechir-nig-demo  # doctest: +SKIP
     0
     >>> import tempfile
     >>> main(["report", tempfile.mkdtemp()])  # an empty folder: one error line on stderr, status 2
