@@ -270,10 +270,13 @@ class CollectionComparison(Result):
         Example:
             >>> from mechir_nig.data import Collection
             >>> ids = sorted(col.queries)  # two collections: the embedded one's queries split in two
-            >>> halves = {n: Collection(col.docs, {q: col.queries[q] for q in qs}, [r for r in col.qrels if r.query_id in qs], name=n)
-            ...           for n, qs in (("odd", ids[::2]), ("even", ids[1::2]))}
-            >>> opts = dict(n_steps=2, layers=[4, 5], max_queries=2, max_relevant_per_query=1, max_nonrelevant_per_query=1)
-            >>> cmp = compare_collections(ce, halves, in_domain="odd", schemes=("relevant",), transfer=False, progress=False, **opts)
+            >>> halves = {}
+            >>> for name, qs in (("odd", ids[::2]), ("even", ids[1::2])):
+            ...     qrels = [r for r in col.qrels if r.query_id in qs]
+            ...     halves[name] = Collection(col.docs, {q: col.queries[q] for q in qs}, qrels, name=name)
+            >>> opts = dict(schemes=("relevant",), n_steps=2, layers=[4, 5], max_queries=2)
+            >>> opts.update(max_relevant_per_query=1, max_nonrelevant_per_query=1, progress=False)
+            >>> cmp = compare_collections(ce, halves, in_domain="odd", transfer=False, **opts)
             >>> cmp.set("relevant", "odd", 0.01)  # doctest: +ELLIPSIS
             NeuronSet(name='relevant@odd', size=31, universe=6x1536, profile=[0, 0, 0, 0, ...], pool_layers=[4, 5])
         """
@@ -327,10 +330,13 @@ class CollectionComparison(Result):
         Example:
             >>> from mechir_nig.data import Collection
             >>> ids = sorted(col.queries)  # two collections: the embedded one's queries split in two
-            >>> halves = {n: Collection(col.docs, {q: col.queries[q] for q in qs}, [r for r in col.qrels if r.query_id in qs], name=n)
-            ...           for n, qs in (("odd", ids[::2]), ("even", ids[1::2]))}
-            >>> opts = dict(n_steps=2, layers=[4, 5], max_queries=2, max_relevant_per_query=1, max_nonrelevant_per_query=1)
-            >>> cmp = compare_collections(ce, halves, in_domain="odd", schemes=("relevant",), transfer=False, progress=False, **opts)
+            >>> halves = {}
+            >>> for name, qs in (("odd", ids[::2]), ("even", ids[1::2])):
+            ...     qrels = [r for r in col.qrels if r.query_id in qs]
+            ...     halves[name] = Collection(col.docs, {q: col.queries[q] for q in qs}, qrels, name=name)
+            >>> opts = dict(schemes=("relevant",), n_steps=2, layers=[4, 5], max_queries=2)
+            >>> opts.update(max_relevant_per_query=1, max_nonrelevant_per_query=1, progress=False)
+            >>> cmp = compare_collections(ce, halves, in_domain="odd", transfer=False, **opts)
             >>> cmp.findings()[0]  # doctest: +ELLIPSIS
             'The top 1 % relevant neurons of odd and even share ... of 31 / 31 (chance 0.3, p ...).'
         """
@@ -388,10 +394,13 @@ class CollectionComparison(Result):
         Example:
             >>> from mechir_nig.data import Collection
             >>> ids = sorted(col.queries)  # two collections: the embedded one's queries split in two
-            >>> halves = {n: Collection(col.docs, {q: col.queries[q] for q in qs}, [r for r in col.qrels if r.query_id in qs], name=n)
-            ...           for n, qs in (("odd", ids[::2]), ("even", ids[1::2]))}
-            >>> opts = dict(n_steps=2, layers=[4, 5], max_queries=2, max_relevant_per_query=1, max_nonrelevant_per_query=1)
-            >>> cmp = compare_collections(ce, halves, in_domain="odd", schemes=("relevant",), transfer=False, progress=False, **opts)
+            >>> halves = {}
+            >>> for name, qs in (("odd", ids[::2]), ("even", ids[1::2])):
+            ...     qrels = [r for r in col.qrels if r.query_id in qs]
+            ...     halves[name] = Collection(col.docs, {q: col.queries[q] for q in qs}, qrels, name=name)
+            >>> opts = dict(schemes=("relevant",), n_steps=2, layers=[4, 5], max_queries=2)
+            >>> opts.update(max_relevant_per_query=1, max_nonrelevant_per_query=1, progress=False)
+            >>> cmp = compare_collections(ce, halves, in_domain="odd", transfer=False, **opts)
             >>> fig = cmp.plot("layers")  # fig.show() opens it in a browser
             >>> len(fig.data) > 0
             True
@@ -605,11 +614,14 @@ def compare_collections(
     Example:
         >>> from mechir_nig.data import Collection
         >>> ids = sorted(col.queries)  # two collections: the embedded one's queries split in two
-        >>> halves = {n: Collection(col.docs, {q: col.queries[q] for q in qs}, [r for r in col.qrels if r.query_id in qs], name=n)
-        ...           for n, qs in (("odd", ids[::2]), ("even", ids[1::2]))}
-        >>> opts = dict(n_steps=2, layers=[4, 5], max_queries=2, max_relevant_per_query=1, max_nonrelevant_per_query=1)
-        >>> cmp = compare_collections(ce, halves, in_domain="odd", schemes=("relevant",), modes=("zero",), seeds=1, depth=3,
-        ...                           max_eval_queries=2, n_resamples=200, progress=False, **opts)
+        >>> halves = {}
+        >>> for name, qs in (("odd", ids[::2]), ("even", ids[1::2])):
+        ...     qrels = [r for r in col.qrels if r.query_id in qs]
+        ...     halves[name] = Collection(col.docs, {q: col.queries[q] for q in qs}, qrels, name=name)
+        >>> opts = dict(schemes=("relevant",), n_steps=2, layers=[4, 5], max_queries=2)
+        >>> opts.update(max_relevant_per_query=1, max_nonrelevant_per_query=1, progress=False)
+        >>> cmp = compare_collections(ce, halves, in_domain="odd", modes=("zero",), seeds=1, depth=3,
+        ...                           max_eval_queries=2, n_resamples=200, **opts)
         >>> print(cmp.to_markdown())  # doctest: +ELLIPSIS
         | set | fraction | size | layer profile |
         |---|---|---|---|
