@@ -25,7 +25,8 @@ Example:
     >>> stats = attribute_collection(model, pairs, n_steps=4, checkpoint=ckpt, resume=True, progress=False)
     >>> stats.mean("relevant").shape  # [layer, d_mlp]
     torch.Size([6, 1536])
-    >>> auto = attribute_collection(model, pairs[:2], settings=NIGSettings(n_steps="auto", tol=0.5), progress=False)
+    >>> auto = attribute_collection(model, pairs[:2], settings=NIGSettings(n_steps="auto", tol=0.5),
+    ...                             progress=False)
     >>> len(auto.n_steps_used())  # [n_pairs] steps each pair needed
     2
 """

@@ -185,7 +185,8 @@ def split_half_stability(
         >>> few = sorted(col.queries)[:4]
         >>> settings = NIGSettings(n_steps=4, layers=[4, 5])
         >>> study = split_half_stability(
-        ...     ce, col, fraction=0.01, max_relevant_per_query=1, settings=settings, query_ids=few, progress=False
+        ...     ce, col, fraction=0.01, max_relevant_per_query=1, settings=settings, query_ids=few,
+        ...     progress=False,
         ... )
         >>> overlap = study["overlap"]  # Jaccard of the two halves' sets vs the chance level
         >>> 0.0 <= overlap["jaccard"] <= 1.0, 0.0 <= overlap["expected_jaccard"] <= 1.0

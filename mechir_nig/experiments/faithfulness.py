@@ -75,7 +75,8 @@ def masked_scores(
         >>> scores = masked_scores(ce, batch, None, torch.tensor([0, 0]), masks)  # [R] = [2]
         >>> scores.shape
         torch.Size([2])
-        >>> bool(torch.allclose(scores[1].double(), ce.score(queries[:1], docs[:1])[0].double(), atol=1e-4))  # row 1: clean
+        >>> clean = ce.score(queries[:1], docs[:1])[0].double()
+        >>> bool(torch.allclose(scores[1].double(), clean, atol=1e-4))  # row 1: the clean score
         True
     """
     from mechir_nig.interventions.ablation import _value
@@ -190,7 +191,7 @@ class FaithfulnessResult(Result):
     Example:
         >>> import os, tempfile
         >>> attr = neuron_integrated_gradients(ce, queries, docs, n_steps=4)
-        >>> faith = faithfulness(ce, queries, docs, attr, k=4, curve_k=2, seeds=1, interventions=("baseline",))
+        >>> faith = faithfulness(ce, queries, docs, attr, k=4, curve_k=2, seeds=1, interventions=["baseline"])
         >>> -1.0 <= faith.spearman["baseline"]["nig"] <= 1.0  # mean Spearman over pairs
         True
         >>> faith.drops["baseline"].shape  # [B, k]
@@ -290,7 +291,7 @@ class FaithfulnessResult(Result):
 
         Example:
             >>> attr = neuron_integrated_gradients(ce, queries, docs, n_steps=4)
-            >>> faith = faithfulness(ce, queries, docs, attr, k=4, curve_k=2, seeds=1, interventions=("baseline",))
+            >>> faith = faithfulness(ce, queries, docs, attr, k=4, curve_k=2, seeds=1, interventions=["zero"])
             >>> fig = faith.plot("correlations")  # fig.show() opens it in a browser
             >>> len(fig.data) > 0
             True
@@ -393,7 +394,8 @@ def faithfulness(
 
     Example:
         >>> attr = neuron_integrated_gradients(ce, queries, docs, n_steps=4)
-        >>> faith = faithfulness(ce, queries, docs, attr, k=4, curve_k=2, seeds=1, interventions=("baseline", "zero"))
+        >>> faith = faithfulness(ce, queries, docs, attr, k=4, curve_k=2, seeds=1,
+        ...                      interventions=("baseline", "zero"))
         >>> sorted(faith.spearman)  # {mode: {predictor: mean Spearman}}
         ['baseline', 'zero']
         >>> len(faith.curve["zero"]["nig"])  # mean score drop per k = 1..curve_k

@@ -33,8 +33,9 @@ Example:
     >>> sel, held_out = split_queries(col, seed=0)
     >>> pairs = [p for p in judged_pairs(col, max_relevant_per_query=1) if p.query_id in sel][:4]
     >>> stats = attribute_collection(be, pairs, n_steps=4, layers=[4, 5], progress=False)
-    >>> result = pruning_study(be, col, bm25_candidates(col, k=3), stats, select_queries=sel, eval_queries=held_out,
-    ...                        fractions=(0.01,), seeds=1, modes="zero", progress=False, baseline_inputs=0)
+    >>> result = pruning_study(be, col, bm25_candidates(col, k=3), stats, select_queries=sel,
+    ...                        eval_queries=held_out, fractions=(0.01,), seeds=1, modes="zero",
+    ...                        progress=False, baseline_inputs=0)
     >>> print(result.to_markdown())  # doctest: +ELLIPSIS
     | condition | mode | fraction | neurons | nDCG@10 | drop nDCG@10 | RR@10 | drop RR@10 |
     |---|---|---|---|---|---|---|---|
@@ -496,8 +497,9 @@ class PruningResult(Result):
 
         Example:
             >>> ranking = torch.randn(6, 1536, generator=torch.Generator().manual_seed(0))
-            >>> result = pruning_study(ce, col, bm25_candidates(col, k=3), ranking, fractions=(0.01,), seeds=1,
-            ...                        modes="zero", conditions=("nig_top", "random"), progress=False, baseline_inputs=0)
+            >>> result = pruning_study(ce, col, bm25_candidates(col, k=3), ranking, fractions=(0.01,),
+            ...                        seeds=1, modes="zero", conditions=("nig_top", "random"),
+            ...                        progress=False, baseline_inputs=0)
             >>> fig = result.plot(measure="nDCG@10")  # fig.show() opens it in a browser
             >>> len(fig.data) > 0
             True
@@ -571,7 +573,8 @@ class PruningCache:
         >>> len(cache)
         0
         >>> cands = bm25_candidates(col, k=3)
-        >>> kw = dict(fractions=(0.01,), seeds=1, modes="zero", conditions=("nig_top",), progress=False, baseline_inputs=0)
+        >>> kw = dict(fractions=(0.01,), seeds=1, modes="zero", conditions=("nig_top",))
+        >>> kw.update(progress=False, baseline_inputs=0)
         >>> stats_a = torch.randn(6, 1536, generator=torch.Generator().manual_seed(0))
         >>> stats_b = torch.randn(6, 1536, generator=torch.Generator().manual_seed(1))
         >>> a = pruning_study(be, col, cands, stats_a, cache=cache, **kw)
@@ -747,7 +750,8 @@ def pruning_study(
         >>> import os, tempfile
         >>> col = load_collection("embedded")
         >>> sel, held_out = split_queries(col, seed=0)
-        >>> stats = torch.randn(6, 1536, generator=torch.Generator().manual_seed(0))  # or a CollectionAttribution
+        >>> # the ranking: a CollectionAttribution of the selection queries, or any [n_layers, d_mlp] scores
+        >>> stats = torch.randn(6, 1536, generator=torch.Generator().manual_seed(0))
         >>> ckpt = os.path.join(tempfile.mkdtemp(), "results", "pruning.ckpt.json")
         >>> result = pruning_study(
         ...     ce, col, bm25_candidates(col, k=3), stats, select_queries=sel, eval_queries=held_out,
