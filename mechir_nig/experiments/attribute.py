@@ -18,12 +18,17 @@ Under ``torchrun`` (``distributed="auto"``) the pairs are sharded across the ran
 resumes on any number of ranks, or in one plain process (docs/distributed.md).
 
 Example:
+    >>> import os, tempfile
     >>> from mechir_nig.data import judged_pairs, load_collection
-    >>> pairs = judged_pairs(load_collection("embedded"), max_relevant_per_query=2)  # doctest: +SKIP
-    >>> stats = attribute_collection(model, pairs, n_steps=32, checkpoint="nig.ckpt", resume=True)  # doctest: +SKIP
-    >>> stats.mean("relevant").shape  # [layer, d_mlp]  # doctest: +SKIP
-    >>> auto = attribute_collection(model, pairs, settings=NIGSettings(n_steps="auto", tol=0.02))  # doctest: +SKIP
-    >>> auto.n_steps_used()  # [n_pairs] steps each pair needed  # doctest: +SKIP
+    >>> pairs = judged_pairs(load_collection("embedded"), max_relevant_per_query=1)[:4]
+    >>> ckpt = os.path.join(tempfile.mkdtemp(), "nig.ckpt")
+    >>> stats = attribute_collection(model, pairs, n_steps=4, checkpoint=ckpt, resume=True, progress=False)
+    >>> stats.mean("relevant").shape  # [layer, d_mlp]
+    torch.Size([6, 1536])
+    >>> auto = attribute_collection(model, pairs[:2], settings=NIGSettings(n_steps="auto", tol=0.5),
+    ...                             progress=False)
+    >>> len(auto.n_steps_used())  # [n_pairs] steps each pair needed
+    2
 """
 
 from __future__ import annotations
@@ -160,10 +165,12 @@ def attribute_collection(
         >>> pairs = judged_pairs(load_collection("embedded"), max_relevant_per_query=2)
         >>> sorted({p.label for p in pairs})
         ['nonrelevant', 'relevant']
-        >>> stats = attribute_collection(  # doctest: +SKIP
-        ...     ce, pairs, settings=NIGSettings(n_steps=32), checkpoint="nig.ckpt", resume=True
+        >>> import os, tempfile
+        >>> ckpt = os.path.join(tempfile.mkdtemp(), "nig.ckpt")
+        >>> stats = attribute_collection(
+        ...     ce, pairs[:4], settings=NIGSettings(n_steps=4), checkpoint=ckpt, resume=True, progress=False
         ... )
-        >>> stats.mean("relevant", "doc").shape  # [layer, d_mlp]  # doctest: +SKIP
+        >>> stats.mean("relevant", "doc").shape  # [layer, d_mlp]
         torch.Size([6, 1536])
     """
     cfg = NIGSettings.of(settings, options, "attribute_collection").resolved(model)

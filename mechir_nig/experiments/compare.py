@@ -268,8 +268,17 @@ class CollectionComparison(Result):
         """The set of ``scheme`` selected on ``collection`` at ``fraction``.
 
         Example:
-            >>> cmp.set("relevant", "vaswani", 0.01)  # doctest: +SKIP
-            NeuronSet(size=92, universe=6x1536, profile=[...])
+            >>> from mechir_nig.data import Collection
+            >>> ids = sorted(col.queries)  # two collections: the embedded one's queries split in two
+            >>> halves = {}
+            >>> for name, qs in (("odd", ids[::2]), ("even", ids[1::2])):
+            ...     qrels = [r for r in col.qrels if r.query_id in qs]
+            ...     halves[name] = Collection(col.docs, {q: col.queries[q] for q in qs}, qrels, name=name)
+            >>> opts = dict(schemes=("relevant",), n_steps=2, layers=[4, 5], max_queries=2)
+            >>> opts.update(max_relevant_per_query=1, max_nonrelevant_per_query=1, progress=False)
+            >>> cmp = compare_collections(ce, halves, in_domain="odd", transfer=False, **opts)
+            >>> cmp.set("relevant", "odd", 0.01)  # doctest: +ELLIPSIS
+            NeuronSet(name='relevant@odd', size=31, universe=6x1536, profile=[0, 0, 0, 0, ...], pool_layers=[4, 5])
         """
         key = f"{set_name(scheme, collection)}|{fraction:g}"
         if key not in self.sets:
@@ -319,8 +328,17 @@ class CollectionComparison(Result):
         """One sentence per overlap, core / OOD row and transfer row (the findings the command prints).
 
         Example:
-            >>> cmp.findings()[0]  # doctest: +SKIP
-            'The top 1 % relevant neurons of vaswani and cisi share 40 of 92 / 92 (chance 0.9, p < 0.001).'
+            >>> from mechir_nig.data import Collection
+            >>> ids = sorted(col.queries)  # two collections: the embedded one's queries split in two
+            >>> halves = {}
+            >>> for name, qs in (("odd", ids[::2]), ("even", ids[1::2])):
+            ...     qrels = [r for r in col.qrels if r.query_id in qs]
+            ...     halves[name] = Collection(col.docs, {q: col.queries[q] for q in qs}, qrels, name=name)
+            >>> opts = dict(schemes=("relevant",), n_steps=2, layers=[4, 5], max_queries=2)
+            >>> opts.update(max_relevant_per_query=1, max_nonrelevant_per_query=1, progress=False)
+            >>> cmp = compare_collections(ce, halves, in_domain="odd", transfer=False, **opts)
+            >>> cmp.findings()[0]  # doctest: +ELLIPSIS
+            'The top 1 % relevant neurons of odd and even share ... of 31 / 31 (chance 0.3, p ...).'
         """
         from mechir_nig.findings import ALPHA, format_p
 
@@ -374,7 +392,18 @@ class CollectionComparison(Result):
         ``plotting.top_layer_bars``); ``kw`` go to the figure function.
 
         Example:
-            >>> cmp.plot("layers").show()  # doctest: +SKIP
+            >>> from mechir_nig.data import Collection
+            >>> ids = sorted(col.queries)  # two collections: the embedded one's queries split in two
+            >>> halves = {}
+            >>> for name, qs in (("odd", ids[::2]), ("even", ids[1::2])):
+            ...     qrels = [r for r in col.qrels if r.query_id in qs]
+            ...     halves[name] = Collection(col.docs, {q: col.queries[q] for q in qs}, qrels, name=name)
+            >>> opts = dict(schemes=("relevant",), n_steps=2, layers=[4, 5], max_queries=2)
+            >>> opts.update(max_relevant_per_query=1, max_nonrelevant_per_query=1, progress=False)
+            >>> cmp = compare_collections(ce, halves, in_domain="odd", transfer=False, **opts)
+            >>> fig = cmp.plot("layers")  # fig.show() opens it in a browser
+            >>> len(fig.data) > 0
+            True
         """
         from mechir_nig.plotting import collection_overlap_bars, scheme_overlap_curves, top_layer_bars
 
@@ -583,9 +612,23 @@ def compare_collections(
         A :class:`CollectionComparison`.
 
     Example:
-        >>> cmp = compare_collections(ce, {"vaswani": vas, "cisi": cisi}, in_domain="vaswani",  # doctest: +SKIP
-        ...                           n_steps=8, max_queries=20, negatives_from_bm25=True)
-        >>> print(cmp.to_markdown())  # doctest: +SKIP
+        >>> from mechir_nig.data import Collection
+        >>> ids = sorted(col.queries)  # two collections: the embedded one's queries split in two
+        >>> halves = {}
+        >>> for name, qs in (("odd", ids[::2]), ("even", ids[1::2])):
+        ...     qrels = [r for r in col.qrels if r.query_id in qs]
+        ...     halves[name] = Collection(col.docs, {q: col.queries[q] for q in qs}, qrels, name=name)
+        >>> opts = dict(schemes=("relevant",), n_steps=2, layers=[4, 5], max_queries=2)
+        >>> opts.update(max_relevant_per_query=1, max_nonrelevant_per_query=1, progress=False)
+        >>> cmp = compare_collections(ce, halves, in_domain="odd", modes=("zero",), seeds=1, depth=3,
+        ...                           max_eval_queries=2, n_resamples=200, **opts)
+        >>> print(cmp.to_markdown())  # doctest: +ELLIPSIS
+        | set | fraction | size | layer profile |
+        |---|---|---|---|
+        | relevant@odd | 0.01 | 31 | [0, 0, 0, 0, ...] |
+        | relevant@even | 0.01 | 31 | [0, 0, 0, 0, ...] |
+        ...
+        | evaluated on | set from | mode | measure | unpruned | drop [95 % CI] | ...
     """
     from mechir_nig.attribution.settings import NIGSettings
     from mechir_nig.sets import intersection, overlap_report

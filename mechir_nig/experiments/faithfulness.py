@@ -69,10 +69,15 @@ def masked_scores(
         rows: ``[R]`` indices into ``batch``; masks: ``[R, n_layers, d_mlp]`` bool; returns ``[R]``.
 
     Example:
-        >>> batch = ce.tokenize(queries, docs)  # doctest: +SKIP
-        >>> masks = torch.zeros(2, ce.cfg.n_layers, ce.cfg.d_mlp, dtype=torch.bool)  # doctest: +SKIP
-        >>> masks[0, 5, 120] = True  # row 0: ablate neuron (5, 120); row 1: nothing  # doctest: +SKIP
-        >>> masked_scores(ce, batch, None, torch.tensor([0, 0]), masks)  # [R] = [2]  # doctest: +SKIP
+        >>> batch = ce.tokenize(queries, docs)
+        >>> masks = torch.zeros(2, ce.cfg.n_layers, ce.cfg.d_mlp, dtype=torch.bool)
+        >>> masks[0, 5, 120] = True  # row 0: ablate neuron (5, 120); row 1: nothing
+        >>> scores = masked_scores(ce, batch, None, torch.tensor([0, 0]), masks)  # [R] = [2]
+        >>> scores.shape
+        torch.Size([2])
+        >>> clean = ce.score(queries[:1], docs[:1])[0].double()
+        >>> bool(torch.allclose(scores[1].double(), clean, atol=1e-4))  # row 1: the clean score
+        True
     """
     from mechir_nig.interventions.ablation import _value
     from mechir_nig.interventions.engine import Engine, Intervention
@@ -119,9 +124,9 @@ def single_neuron_effects(
         neurons: ``[B, k, 2]`` long ``(layer, neuron)`` per pair; returns ``[B, k]``.
 
     Example:
-        >>> batch = ce.tokenize(queries[:2], docs[:2])  # doctest: +SKIP
-        >>> neurons = torch.tensor([[[5, 120], [4, 7]], [[5, 120], [0, 3]]])  # [B=2, k=2, 2]  # doctest: +SKIP
-        >>> single_neuron_effects(ce, batch, None, neurons, mode="zero").shape  # doctest: +SKIP
+        >>> batch = ce.tokenize(queries[:2], docs[:2])
+        >>> neurons = torch.tensor([[[5, 120], [4, 7]], [[5, 120], [0, 3]]])  # [B=2, k=2, 2]
+        >>> single_neuron_effects(ce, batch, None, neurons, mode="zero").shape
         torch.Size([2, 2])
     """
     b, k, _ = neurons.shape
@@ -184,11 +189,16 @@ class FaithfulnessResult(Result):
     tensors as nested lists with their dtypes and shapes under ``tensors``; ``mechir_nig.results``).
 
     Example:
-        >>> faith = faithfulness(ce, queries, docs, k=10, interventions=("baseline",))  # doctest: +SKIP
-        >>> faith.spearman["baseline"]["nig"]  # mean Spearman over pairs  # doctest: +SKIP
-        >>> faith.drops["baseline"].shape  # [B, k]  # doctest: +SKIP
-        >>> FaithfulnessResult.load(faith.save("faithfulness.json")).k  # doctest: +SKIP
-        10
+        >>> import os, tempfile
+        >>> attr = neuron_integrated_gradients(ce, queries, docs, n_steps=4)
+        >>> faith = faithfulness(ce, queries, docs, attr, k=4, curve_k=2, seeds=1, interventions=["baseline"])
+        >>> -1.0 <= faith.spearman["baseline"]["nig"] <= 1.0  # mean Spearman over pairs
+        True
+        >>> faith.drops["baseline"].shape  # [B, k]
+        torch.Size([2, 4])
+        >>> path = os.path.join(tempfile.mkdtemp(), "faithfulness.json")
+        >>> FaithfulnessResult.load(faith.save(path)).k
+        4
     """
 
     k: int
@@ -280,7 +290,11 @@ class FaithfulnessResult(Result):
         ``"correlations"``; ``kw`` go to the figure function.
 
         Example:
-            >>> faith.plot("correlations").show()  # doctest: +SKIP
+            >>> attr = neuron_integrated_gradients(ce, queries, docs, n_steps=4)
+            >>> faith = faithfulness(ce, queries, docs, attr, k=4, curve_k=2, seeds=1, interventions=["zero"])
+            >>> fig = faith.plot("correlations")  # fig.show() opens it in a browser
+            >>> len(fig.data) > 0
+            True
         """
         from mechir_nig.plotting import plot
 
@@ -302,7 +316,9 @@ def _per_neuron_nig(
     ``nig_kwargs`` go to ``neuron_integrated_gradients`` (``progress`` is shown on rank 0 only).
 
     Example:
-        >>> nig = _per_neuron_nig(ce, queries, docs, n_steps=16)  # [B, L, d_mlp]  # doctest: +SKIP
+        >>> nig = _per_neuron_nig(ce, queries, docs, n_steps=4)
+        >>> nig.shape  # [B, L, d_mlp]
+        torch.Size([2, 6, 1536])
     """
     from mechir_nig.attribution.nig import neuron_integrated_gradients
     from mechir_nig.runtime.distributed import context
@@ -377,10 +393,13 @@ def faithfulness(
         every rank returns the single-process result (up to float rounding of the batch composition).
 
     Example:
-        >>> attr = neuron_integrated_gradients(ce, queries, docs, n_steps=16)  # doctest: +SKIP
-        >>> faith = faithfulness(ce, queries, docs, attr, k=10, curve_k=10, seeds=3)  # doctest: +SKIP
-        >>> faith.spearman  # {mode: {predictor: mean Spearman}}  # doctest: +SKIP
-        >>> faith.plot("correlations").show()  # doctest: +SKIP
+        >>> attr = neuron_integrated_gradients(ce, queries, docs, n_steps=4)
+        >>> faith = faithfulness(ce, queries, docs, attr, k=4, curve_k=2, seeds=1,
+        ...                      interventions=("baseline", "zero"))
+        >>> sorted(faith.spearman)  # {mode: {predictor: mean Spearman}}
+        ['baseline', 'zero']
+        >>> len(faith.curve["zero"]["nig"])  # mean score drop per k = 1..curve_k
+        2
     """
     from mechir_nig.interventions.ablation import AblationReference
     from mechir_nig.runtime.distributed import context, split_rows, stack_rows

@@ -10,9 +10,12 @@ a bi-encoder whose document side is intervened on, the unchanged query embedding
 per query).
 
 Example:
-    >>> ev = HeldOutRerank.prepare(ce, col, bm25_candidates(col, k=20))  # doctest: +SKIP
-    >>> with block_attention(ce, "query", "doc"):  # doctest: +SKIP
+    >>> from mechir_nig.interventions import block_attention
+    >>> ev = HeldOutRerank.prepare(ce, col, bm25_candidates(col, k=3))
+    >>> with block_attention(ce, "query", "doc"):
     ...     means, per_query = ev.measure(ev.score())
+    >>> sorted(means), sorted(per_query) == sorted(ev.queries)
+    (['RR@10', 'nDCG@10'], True)
 """
 
 from __future__ import annotations
@@ -36,8 +39,13 @@ class HeldOutRerank:
     """The pairs of the held-out queries' candidates and how to score and evaluate them (module docstring).
 
     Example:
-        >>> ev = HeldOutRerank.prepare(ce, col, candidates, eval_queries=held_out)  # doctest: +SKIP
-        >>> means, per_query = ev.measure(ev.score())  # doctest: +SKIP
+        >>> from mechir_nig.experiments.pruning import split_queries
+        >>> candidates = bm25_candidates(col, k=3)
+        >>> _, held_out = split_queries(col, seed=0)
+        >>> ev = HeldOutRerank.prepare(ce, col, candidates, eval_queries=held_out[:2])
+        >>> means, per_query = ev.measure(ev.score())
+        >>> len(ev.pairs) == sum(len(candidates[q]) for q in held_out[:2]), len(per_query)
+        (True, 2)
     """
 
     model: HookedModel

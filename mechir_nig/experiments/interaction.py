@@ -17,8 +17,13 @@ its inputs hold the groups ``cls``, ``doc`` (the text) and ``sep``; its interact
 (``side="doc"`` blocks them in the documents' encodings only).
 
 Example:
-    >>> res = interaction_study(ce, col, interactions=[("query", "doc")], layers=[0, 1])  # doctest: +SKIP
-    >>> print(res.to_markdown())  # doctest: +SKIP
+    >>> res = interaction_study(ce, col, interactions=[("query", "doc")], layers=[0, 1], k=3, progress=False)
+    >>> print(res.to_markdown())  # doctest: +ELLIPSIS
+    drop of nDCG@10 (unblocked ...)
+    <BLANKLINE>
+    | interaction | L0 | L1 | all |
+    |---|---|---|---|
+    | query->doc | ... |
 """
 
 from __future__ import annotations
@@ -303,8 +308,9 @@ def interaction_study(
             judged evaluation query with candidates.
 
     Example:
-        >>> res = interaction_study(ce, load_collection("embedded"), layers=[0])  # doctest: +SKIP
-        >>> res.statistics("nDCG@10")[0]["drop_ci"]  # doctest: +SKIP
+        >>> res = interaction_study(ce, load_collection("embedded"), layers=[0], k=3, progress=False)
+        >>> len(res.statistics("nDCG@10")[0]["drop_ci"])  # the bootstrap interval of the mean drop
+        2
     """
     from tqdm.auto import tqdm
 

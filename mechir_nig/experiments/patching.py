@@ -7,8 +7,11 @@ across the ranks by cost (each pair's span squared: the patched rows times their
 longest pair) and every rank returns the whole result, equal to the single-process one.
 
 Example:
-    >>> al = align(ce, queries, docs, tfc1)  # doctest: +SKIP
-    >>> res = patch_study(ce, al, sites=["resid_pre", "heads"])  # under torchrun: every rank, every pair  # doctest: +SKIP
+    >>> from mechir_nig.interventions import align, tfc1
+    >>> al = align(ce, queries, docs, tfc1)
+    >>> res = patch_study(ce, al, sites=["resid_pre", "heads"])  # under torchrun: every rank, every pair
+    >>> sorted(res.values), res["heads"].shape  # [batch, layer, head]
+    (['heads', 'resid_pre'], torch.Size([2, 6, 12]))
 """
 
 from __future__ import annotations
@@ -48,7 +51,11 @@ def patch_study(
         DistributedError: the ranks were given other inputs, or another rank failed.
 
     Example:
-        >>> res = patch_study(ce, al, sites=["heads"], distributed=False)  # as patch(ce, al, ...)  # doctest: +SKIP
+        >>> from mechir_nig.interventions import align, tfc1
+        >>> al = align(ce, queries[:1], docs[:1], tfc1)
+        >>> res = patch_study(ce, al, sites=["heads"], distributed=False)  # as patch(ce, al, ...)
+        >>> res["heads"].shape  # [batch, layer, head]
+        torch.Size([1, 6, 12])
     """
     ctx = context(distributed, model.device)
     if not ctx.grouped:

@@ -29,9 +29,18 @@ and, per query, the documents that moved most up and down; :meth:`PruningResult.
 unpruned measure is at its maximum on most queries (then a drop can be measured, a rise cannot; warned).
 
 Example:
-    >>> result = pruning_study(be, col, bm25_candidates(col, k=50), stats,  # doctest: +SKIP
-    ...                        select_queries=sel, eval_queries=held_out, fractions=(0.01,))
-    >>> print(result.to_markdown())  # doctest: +SKIP
+    >>> from mechir_nig.experiments.attribute import attribute_collection
+    >>> sel, held_out = split_queries(col, seed=0)
+    >>> pairs = [p for p in judged_pairs(col, max_relevant_per_query=1) if p.query_id in sel][:4]
+    >>> stats = attribute_collection(be, pairs, n_steps=4, layers=[4, 5], progress=False)
+    >>> result = pruning_study(be, col, bm25_candidates(col, k=3), stats, select_queries=sel,
+    ...                        eval_queries=held_out, fractions=(0.01,), seeds=1, modes="zero",
+    ...                        progress=False, baseline_inputs=0)
+    >>> print(result.to_markdown())  # doctest: +ELLIPSIS
+    | condition | mode | fraction | neurons | nDCG@10 | drop nDCG@10 | RR@10 | drop RR@10 |
+    |---|---|---|---|---|---|---|---|
+    | unpruned | none | 0 | 0 | ...
+    | nig_top | zero | 0.01 | ...
 """
 
 from __future__ import annotations
@@ -487,7 +496,13 @@ class PruningResult(Result):
         ``kw`` go to the figure function.
 
         Example:
-            >>> result.plot(measure="nDCG@10").show()  # doctest: +SKIP
+            >>> ranking = torch.randn(6, 1536, generator=torch.Generator().manual_seed(0))
+            >>> result = pruning_study(ce, col, bm25_candidates(col, k=3), ranking, fractions=(0.01,),
+            ...                        seeds=1, modes="zero", conditions=("nig_top", "random"),
+            ...                        progress=False, baseline_inputs=0)
+            >>> fig = result.plot(measure="nDCG@10")  # fig.show() opens it in a browser
+            >>> len(fig.data) > 0
+            True
         """
         from mechir_nig.plotting import plot
 
@@ -557,8 +572,17 @@ class PruningCache:
         >>> cache = PruningCache()
         >>> len(cache)
         0
-        >>> a = pruning_study(be, col, cands, stats_a, cache=cache)  # doctest: +SKIP
-        >>> b = pruning_study(be, col, cands, stats_b, cache=cache)  # the clean pass is not run again  # doctest: +SKIP
+        >>> cands = bm25_candidates(col, k=3)
+        >>> kw = dict(fractions=(0.01,), seeds=1, modes="zero", conditions=("nig_top",))
+        >>> kw.update(progress=False, baseline_inputs=0)
+        >>> stats_a = torch.randn(6, 1536, generator=torch.Generator().manual_seed(0))
+        >>> stats_b = torch.randn(6, 1536, generator=torch.Generator().manual_seed(1))
+        >>> a = pruning_study(be, col, cands, stats_a, cache=cache, **kw)
+        >>> len(cache) > 0
+        True
+        >>> b = pruning_study(be, col, cands, stats_b, cache=cache, **kw)  # the clean pass is not run again
+        >>> a.table()[0] == b.table()[0]  # the same unpruned row
+        True
     """
 
     def __init__(self) -> None:
@@ -723,13 +747,22 @@ def pruning_study(
         CheckpointLockedError: another live process writes ``checkpoint``.
 
     Example:
-        >>> col = load_collection("embedded")  # doctest: +SKIP
-        >>> sel, held_out = split_queries(col, seed=0)  # doctest: +SKIP
-        >>> result = pruning_study(  # doctest: +SKIP
-        ...     ce, col, bm25_candidates(col, k=50), stats, select_queries=sel, eval_queries=held_out,
-        ...     fractions=(0.01,), seeds=3, modes="zero", checkpoint="results/pruning.ckpt.json", resume=True,
+        >>> import os, tempfile
+        >>> col = load_collection("embedded")
+        >>> sel, held_out = split_queries(col, seed=0)
+        >>> # the ranking: a CollectionAttribution of the selection queries, or any [n_layers, d_mlp] scores
+        >>> stats = torch.randn(6, 1536, generator=torch.Generator().manual_seed(0))
+        >>> ckpt = os.path.join(tempfile.mkdtemp(), "results", "pruning.ckpt.json")
+        >>> result = pruning_study(
+        ...     ce, col, bm25_candidates(col, k=3), stats, select_queries=sel, eval_queries=held_out,
+        ...     fractions=(0.01,), seeds=1, modes="zero", checkpoint=ckpt, resume=True, progress=False,
+        ...     baseline_inputs=0,
         ... )
-        >>> print(result.to_markdown())  # doctest: +SKIP
+        >>> print(result.to_markdown())  # doctest: +ELLIPSIS
+        | condition | mode | fraction | neurons | nDCG@10 | drop nDCG@10 | RR@10 | drop RR@10 |
+        |---|---|---|---|---|---|---|---|
+        | unpruned | none | 0 | 0 | ...
+        | nig_top | zero | 0.01 | ...
     """
     import contextlib
 
