@@ -5,7 +5,9 @@ defined, so an example that needs only a model runs instead of being skipped: ``
 all-MiniLM-L6-v2's real body under a seeded relevance head (the shape of
 ``cross-encoder/ms-marco-MiniLM-L-6-v2``: 6 layers, 12 heads, 1536 MLP neurons), ``be`` the
 all-MiniLM-L6-v2 bi-encoder, ``queries`` / ``docs`` two pairs, ``batch`` their ``PairBatch``, ``col``
-the embedded collection, ``top`` 20 MLP neurons, and the functions most examples call. ``+SKIP`` is left only for hub downloads and files a machine may not have.
+the embedded collection, ``halves`` two collections made of it (its queries split into ``"odd"`` and
+``"even"``, as the ``compare_collections`` example builds them), ``top`` 20 MLP neurons, and the
+functions most examples call. ``+SKIP`` is left only for hub downloads and files a machine may not have.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def _doctest_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import torch
 
     from mechir_nig import load_model, neuron_integrated_gradients
-    from mechir_nig.data import bm25_candidates, judged_pairs, load_collection
+    from mechir_nig.data import Collection, bm25_candidates, judged_pairs, load_collection
     from mechir_nig.sets import NeuronSet
     from mechir_nig.testing import minilm_cross_encoder, minilm_path
 
@@ -35,6 +37,12 @@ def _doctest_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "A neuron is a cell of the nervous system that signals.",
         "Black holes form when massive stars collapse at the end of their life.",
     ]
+    col = load_collection("embedded")
+    ids = sorted(col.queries)
+    halves = {}
+    for name, qs in (("odd", ids[::2]), ("even", ids[1::2])):
+        qrels = [r for r in col.qrels if r.query_id in qs]
+        halves[name] = Collection(col.docs, {q: col.queries[q] for q in qs}, qrels, name=name)
     return {
         "torch": torch,
         "ce": ce,
@@ -43,7 +51,8 @@ def _doctest_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "queries": queries,
         "docs": docs,
         "batch": ce.tokenize(queries, docs),
-        "col": load_collection("embedded"),
+        "col": col,
+        "halves": halves,
         "minilm_path": minilm_path,
         "top": NeuronSet([(layer, n) for layer in (4, 5) for n in range(10)], n_layers=6, d_mlp=1536),
         "neuron_integrated_gradients": neuron_integrated_gradients,

@@ -12,16 +12,8 @@ Example:
     >>> from mechir_nig.report import build
     >>> build("mechir-nig-demo")  # the folder of `mechir-nig demo`  # doctest: +SKIP
     PosixPath('mechir-nig-demo/report.html')
-    >>> import tempfile
-    >>> from pathlib import Path
-    >>> from mechir_nig.experiments.pruning import PruningResult
-    >>> results = Path(tempfile.mkdtemp())  # a results folder, here with one pruning result
-    >>> runs = [{"condition": "unpruned", "mode": "zero", "fraction": 0.0, "seed": 0, "n_neurons": 0, "nDCG@10": 0.7},
-    ...         {"condition": "nig_top", "mode": "zero", "fraction": 0.01, "seed": 0, "n_neurons": 92, "nDCG@10": 0.55}]
-    >>> pq = [{"q2": {"nDCG@10": 0.7}}, {"q2": {"nDCG@10": 0.55}}]  # per evaluated query
-    >>> _ = PruningResult(["nDCG@10"], runs, pq, {}, ["q1"], ["q2"], {}).save(results / "pruning.json")
-    >>> build(results).relative_to(results)
-    PosixPath('report.html')
+
+:func:`build`'s example runs on a results folder it makes in place.
 """
 
 from __future__ import annotations

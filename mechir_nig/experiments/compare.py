@@ -268,12 +268,8 @@ class CollectionComparison(Result):
         """The set of ``scheme`` selected on ``collection`` at ``fraction``.
 
         Example:
-            >>> from mechir_nig.data import Collection
-            >>> ids = sorted(col.queries)  # two collections: the embedded one's queries split in two
-            >>> halves = {}
-            >>> for name, qs in (("odd", ids[::2]), ("even", ids[1::2])):
-            ...     qrels = [r for r in col.qrels if r.query_id in qs]
-            ...     halves[name] = Collection(col.docs, {q: col.queries[q] for q in qs}, qrels, name=name)
+            >>> sorted(halves)  # two collections (the embedded one's queries split, as in compare_collections)
+            ['even', 'odd']
             >>> opts = dict(schemes=("relevant",), n_steps=2, layers=[4, 5], max_queries=2)
             >>> opts.update(max_relevant_per_query=1, max_nonrelevant_per_query=1, progress=False)
             >>> cmp = compare_collections(ce, halves, in_domain="odd", transfer=False, **opts)
@@ -328,12 +324,8 @@ class CollectionComparison(Result):
         """One sentence per overlap, core / OOD row and transfer row (the findings the command prints).
 
         Example:
-            >>> from mechir_nig.data import Collection
-            >>> ids = sorted(col.queries)  # two collections: the embedded one's queries split in two
-            >>> halves = {}
-            >>> for name, qs in (("odd", ids[::2]), ("even", ids[1::2])):
-            ...     qrels = [r for r in col.qrels if r.query_id in qs]
-            ...     halves[name] = Collection(col.docs, {q: col.queries[q] for q in qs}, qrels, name=name)
+            >>> sorted(halves)  # two collections (the embedded one's queries split, as in compare_collections)
+            ['even', 'odd']
             >>> opts = dict(schemes=("relevant",), n_steps=2, layers=[4, 5], max_queries=2)
             >>> opts.update(max_relevant_per_query=1, max_nonrelevant_per_query=1, progress=False)
             >>> cmp = compare_collections(ce, halves, in_domain="odd", transfer=False, **opts)
@@ -392,12 +384,8 @@ class CollectionComparison(Result):
         ``plotting.top_layer_bars``); ``kw`` go to the figure function.
 
         Example:
-            >>> from mechir_nig.data import Collection
-            >>> ids = sorted(col.queries)  # two collections: the embedded one's queries split in two
-            >>> halves = {}
-            >>> for name, qs in (("odd", ids[::2]), ("even", ids[1::2])):
-            ...     qrels = [r for r in col.qrels if r.query_id in qs]
-            ...     halves[name] = Collection(col.docs, {q: col.queries[q] for q in qs}, qrels, name=name)
+            >>> sorted(halves)  # two collections (the embedded one's queries split, as in compare_collections)
+            ['even', 'odd']
             >>> opts = dict(schemes=("relevant",), n_steps=2, layers=[4, 5], max_queries=2)
             >>> opts.update(max_relevant_per_query=1, max_nonrelevant_per_query=1, progress=False)
             >>> cmp = compare_collections(ce, halves, in_domain="odd", transfer=False, **opts)
