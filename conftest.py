@@ -7,7 +7,7 @@ all-MiniLM-L6-v2's real body under a seeded relevance head (the shape of
 all-MiniLM-L6-v2 bi-encoder, ``queries`` / ``docs`` two pairs, ``batch`` their ``PairBatch``, ``col``
 the embedded collection, ``halves`` two collections made of it (its queries split into ``"odd"`` and
 ``"even"``, as the ``compare_collections`` example builds them), ``top`` 20 MLP neurons, and the
-functions most examples call. ``+SKIP`` is left only for hub downloads and files a machine may not have.
+functions most examples call. ``+SKIP`` is left only for hub and ir_datasets downloads, files a machine may not have (a user's data folder, the demo's output) and a ``torchrun`` launch (14 lines in all).
 """
 
 from __future__ import annotations
