@@ -437,7 +437,7 @@ def test_into_heads_groups_each_head_with_the_key_value_head_it_reads(decoder_to
     assert sorted(readers) == ["L1H0", "L1H1"]
     sentences = path_patching_heads_findings(res, n_resamples=100)
     assert any("into the keys of key/value head 0 of layer 1 (read by L1H0, L1H1)" in s for s in sentences)
-    assert any("into the queries of L1H1 " in s for s in sentences)
+    assert any("into the queries of L1H1, " in s for s in sentences)
     assert not any("the keys of L1H" in s for s in sentences)
     folder = tmp_path_factory.mktemp("gqa_report")
     res.save(folder / "path_patching_heads.safetensors")
@@ -455,7 +455,7 @@ def test_into_heads_groups_each_head_with_the_key_value_head_it_reads(decoder_to
     assert given.meta["receivers_chosen"]["kv_group"] == 2 and res.meta["receivers_chosen"]["kv_group"] == 2
     said = path_patching_heads_findings(given, n_resamples=100)
     assert any("into the keys of key/value head 1 of layer 1 (read by L1H2, L1H3)" in s for s in said)
-    assert any("into the queries of L1H3 " in s for s in said)
+    assert any("into the queries of L1H3, " in s for s in said)
 
 
 def test_into_heads_refuses_a_direct_result_of_other_pairs(ce64, al64):
@@ -507,5 +507,5 @@ def test_findings_of_a_raw_metric_keep_their_digits(ce64, al64):
     (sentence,) = [s for s in path_patching_heads_findings(res, n_resamples=100) if "queries of L1H0" in s]
     n = ce64.cfg.n_heads
     head = f"L{part.layers[j // n]}H{j % n}"
-    assert f": {head} (mean score change {float(mean[j]):+.4f} [95 % CI " in sentence
+    assert f" is {head} (mean score change {float(mean[j]):+.4f} [95 % CI " in sentence
     assert "raw score change" not in sentence
