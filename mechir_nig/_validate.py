@@ -67,8 +67,8 @@ def check_bool(value: Any, name: str, *, allow_none: bool = False) -> Any:
     if value is None and allow_none:
         return None
     if not isinstance(value, bool):
-        also = " or None" if allow_none else ""
-        raise InputError(f"{name} must be True{',' if allow_none else ' or'} False{also}, got {value!r}")
+        want = "True, False or None" if allow_none else "a bool (True or False)"
+        raise InputError(f"{name} must be {want}, got {value!r}")
     return value
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from mechir_nig._validate import check_bool
 from mechir_nig.errors import InputError
 from mechir_nig.plotting._common import COLORS, color, finish, layer_bars, names_of
 from mechir_nig.sets.components import ComponentSet, check_sets, noun
@@ -69,8 +70,7 @@ def layer_profile_bars(
         >>> layer_profile_bars({"top": s}, normalize=True).data[0].y.tolist()
         [0.25, 0.0, 0.5]
     """
-    if not isinstance(normalize, bool):
-        raise InputError(f"normalize must be True or False, got {normalize!r}")
+    check_bool(normalize, "normalize")
     named = _named_sets(sets, "layer_profile_bars")
     first = named[0][1]
     unit = f"share of the layer's {noun(first.kind)}" if normalize else noun(first.kind)

@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechir_nig._validate import as_int, check_fraction, check_layers, check_number
+from mechir_nig._validate import as_int, check_bool, check_fraction, check_layers, check_number
 from mechir_nig.errors import InputError
 from mechir_nig.sets.components import ComponentSet, Kind, check_kind, check_set, noun
 
@@ -127,8 +127,7 @@ def select_top(
     """
     scores = check_scores(scores)
     kind = check_kind(kind)
-    if not isinstance(largest, bool):
-        raise InputError(f"largest must be a bool, got {largest!r}")
+    check_bool(largest, "largest")
     name = _check_name(name)
     n_layers, width = scores.shape
     pool = tuple(check_layers(layers, n_layers))
@@ -183,8 +182,7 @@ def random_like(components: ComponentSet, *, seed: int, same_layer_profile: bool
     """
     components = check_set(components, "components")
     seed = as_int(seed, "seed")
-    if not isinstance(same_layer_profile, bool):
-        raise InputError(f"same_layer_profile must be a bool, got {same_layer_profile!r}")
+    check_bool(same_layer_profile, "same_layer_profile")
     s = components
     profile = s.layer_profile()
     mode = "profile" if same_layer_profile else "pool"
