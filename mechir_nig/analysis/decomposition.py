@@ -236,8 +236,9 @@ def _decompose(
     enc: Any = model  # an encoder or decoder: its blocks and final norm
     heads = check_bool(heads, "heads")
     n = model.cfg.n_layers
-    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n):
-        raise InputError(f"layer must be None or an int in 0..{n} (the block whose input), got {layer!r}")
+    check_int(
+        layer, "layer", minimum=0, maximum=n, allow_none=True, hint="the block whose input; None: the output"
+    )
     _check_batch(model, batch)
     top = n if layer is None else layer
     final = layer is None and getattr(model, "ln_final", None) is not None
