@@ -134,6 +134,14 @@ def test_bad_inputs_say_what_to_fix(ce64):
         direction_intervention(ce64, "resid_post", u, layers=[7])
 
 
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), float("-inf")])
+def test_a_scale_that_is_not_a_finite_number_is_refused(ce64, scale):
+    # a NaN or infinite scale wrote NaN into every score silently
+    u = torch.ones(ce64.cfg.d_model)
+    with pytest.raises(InputError, match="scale must be a finite number"):
+        direction_intervention(ce64, "resid_post", u, mode="add", scale=scale)
+
+
 def test_idf_edit_equals_a_hand_hf_embedding_edit(ce64, hf64):
     from mechir_nig.analysis.embedding import idf_edit
 

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -80,8 +81,8 @@ def _interventions(
     if s.unit == "head" and s.unit_axis == 1:
         raise InputError(f"site {s.name!r} is an attention pattern (query x key), not a vector space")
     check_choice(mode, "mode", MODES)
-    if isinstance(scale, bool) or not isinstance(scale, int | float):
-        raise InputError(f"scale must be a number, got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
+        raise InputError(f"scale must be a finite number, got {scale!r}")
     if mode == "project_out" and scale != 1.0:
         raise InputError("scale applies to mode='add'; mode='project_out' removes the whole component")
     if heads is not None and s.unit != "head":
