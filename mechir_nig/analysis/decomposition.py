@@ -323,15 +323,6 @@ def _frozen_ratio(act: Any, u: Tensor) -> Tensor:
     return torch.where(at_zero, slope.detach(), act(u) / torch.where(at_zero, torch.ones_like(u), u))
 
 
-def _head_input(model: Any, t: Tensor, mask: Tensor) -> Tensor:
-    """What a cross-encoder's head reads of ``t`` ``[..., batch, pos, d]``: the first token, or the mean over
-    attended tokens (ModernBERT's ``classifier_pooling="mean"``): a linear map, applied per component."""
-    if getattr(model.pooler, "pooling", "cls") == "cls":
-        return t[..., 0, :]
-    m = mask.to(t.dtype)[..., None]
-    return (t * m).sum(-2) / m.sum(-2)
-
-
 def _target(model: Any, logits: Tensor, w: Tensor, b: Tensor | None) -> tuple[str, Tensor, Tensor, Tensor]:
     """What is decomposed (``"score"``: the 1-label logit; ``"logit_margin"``: ``logits[:, 1] - logits[:, 0]``),
     its run value, and the classifier's row and bias for it."""
@@ -350,9 +341,9 @@ def _cross_encoder_score(model: Any, batch: Any, heads: bool) -> ScoreDecomposit
     extra = ("classifier.hook_logits", "hook_score") + (("pooler.ln.hook_scale",) if normed else ())
     dec, cache = _decompose(model, batch, None, heads, extra)
     mask = batch.attention_mask
-    x = _head_input(model, dec.components, mask)  # [component, batch, d_model]
+    x = pooler.pool(dec.components, mask)  # what the head reads, per component: [component, batch, d_model]
     w, b = pooler.W.detach().to(x.dtype), pooler.b.detach().to(x.dtype)
-    ratio = _frozen_ratio(pooler.act, torch.nn.functional.linear(_head_input(model, dec.resid, mask), w, b))
+    ratio = _frozen_ratio(pooler.act, torch.nn.functional.linear(pooler.pool(dec.resid, mask), w, b))
     y, y_bias = ratio * (x @ w.T), ratio * b  # the dense layer and its activation, frozen
     if normed:  # ModernBERT: the head's LayerNorm, its scale frozen
         y, _ = _freeze_norm(pooler.ln, cache["pooler.ln.hook_scale"], torch.cat([y, y_bias[None]]))

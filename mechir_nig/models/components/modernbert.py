@@ -198,11 +198,16 @@ class PoolingHead(Pooler):
         self.pooling = cfg.classifier_pooling
         self.ln = LayerNorm(cfg)
 
-    def forward(self, resid: Resid, attention_mask: Tensor | None = None) -> Embeddings:
+    def pool(self, resid: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """The first token of ``resid`` ``[..., pos, d_model]``, or (``pooling="mean"``) the mean over its
+        attended tokens (``attention_mask`` ``[batch, pos]``; ``None``: every token)."""
         if self.pooling == "cls":
-            pooled = resid[:, 0]
-        else:
-            m = torch.ones(resid.shape[:2], device=resid.device) if attention_mask is None else attention_mask
-            m = m.to(resid.dtype).unsqueeze(-1)
-            pooled = (resid * m).sum(1) / m.sum(1)
-        return self.hook_pooler_out(self.ln(self.act(F.linear(pooled, self.W, self.b))))
+            return super().pool(resid, attention_mask)
+        m = torch.ones(resid.shape[-2], device=resid.device) if attention_mask is None else attention_mask
+        m = m.to(resid.dtype).unsqueeze(-1)
+        return (resid * m).sum(-2) / m.sum(-2)
+
+    def forward(self, resid: Resid, attention_mask: Tensor | None = None) -> Embeddings:
+        return self.hook_pooler_out(
+            self.ln(self.act(F.linear(self.pool(resid, attention_mask), self.W, self.b)))
+        )

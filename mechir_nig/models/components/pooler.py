@@ -27,6 +27,10 @@ class Pooler(nn.Module):
         self.act = activation(cfg.pooler_act)
         self.hook_pooler_out = HookPoint()  # [batch, d_model]
 
+    def pool(self, resid: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """What the head reads of ``resid`` ``[..., pos, d_model]``: the first token (``attention_mask`` is
+        unused here; heads that pool over tokens read it). Leading axes are kept (``[..., d_model]``)."""
+        return resid[..., 0, :]
+
     def forward(self, resid: Resid, attention_mask: Tensor | None = None) -> Embeddings:
-        """``attention_mask`` is unused here (heads that pool over tokens read it)."""
-        return self.hook_pooler_out(self.act(F.linear(resid[:, 0], self.W, self.b)))
+        return self.hook_pooler_out(self.act(F.linear(self.pool(resid, attention_mask), self.W, self.b)))
