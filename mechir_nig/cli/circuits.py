@@ -118,7 +118,8 @@ def check_receivers(args: argparse.Namespace, model: HookedModel, layers: list[i
         return
     if args.receiver_heads is not None:
         raise UsageError("give --receivers or --receiver-heads, not both (--receivers names the receivers)")
-    kv = getattr(cfg, "n_key_value_heads", 0) or cfg.n_heads
+    from mechir_nig.interventions.path_patching import _n_heads
+
     for kind, layer, head in args.receivers:
         spec = f"{kind}:{layer}.{head}"
         if layer == 0:
@@ -132,7 +133,7 @@ def check_receivers(args: argparse.Namespace, model: HookedModel, layers: list[i
                 "and a receiver needs earlier heads, so give a layer in "
                 f"1..{cfg.n_layers - 1}"
             )
-        n = kv if kind in ("k", "v") else cfg.n_heads
+        n = _n_heads(cfg, kind)  # keys and values of grouped-query attention have fewer heads
         if not 0 <= head < n:
             what = "key/value heads" if n != cfg.n_heads else "heads"
             raise UsageError(
