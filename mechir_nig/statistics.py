@@ -77,9 +77,7 @@ class CeilingWarning(UserWarning):
 
 def _vector(values: Any, name: str) -> np.ndarray:
     """``values`` as a 1-d float64 array (a tensor, list or array); refuses NaN and empty inputs."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().double().numpy()
-    arr = np.asarray(values, dtype=np.float64)
+    arr = _array(values, np.float64)
     if arr.ndim != 1:
         raise InputError(f"{name} must be one value per unit (1-d), got shape {arr.shape}")
     if arr.size == 0:
@@ -382,6 +380,14 @@ def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.where(den > 0, (xc * yc).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
 
 
+def _array(values: Any, dtype: Any = None) -> np.ndarray:
+    """``values`` (a tensor of any dtype on any device, a list or an array) as a numpy array."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu()
+        values = values.double() if values.is_floating_point() else values  # bfloat16 has no numpy dtype
+    return np.asarray(values, dtype=dtype)
+
+
 def row_correlations(x: Any, y: Any, method: str = "spearman") -> np.ndarray:
     """The correlation of each row of ``x`` with the same row of ``y`` (``[rows, n]`` each; tensors or
     arrays): ``[rows]``, NaN for a row where either side is constant or shorter than 2. Spearman uses
@@ -393,8 +399,7 @@ def row_correlations(x: Any, y: Any, method: str = "spearman") -> np.ndarray:
     """
     if method not in ("pearson", "spearman"):
         raise InputError(f"method must be 'pearson' or 'spearman', got {method!r}")
-    a = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
-    b = np.asarray(y.detach().cpu() if hasattr(y, "detach") else y, dtype=np.float64)
+    a, b = _array(x, np.float64), _array(y, np.float64)
     if a.ndim != 2 or a.shape != b.shape:
         raise InputError(f"x and y must be [rows, n] of one shape, got {a.shape} and {b.shape}")
     if method == "spearman":
@@ -449,18 +454,13 @@ def correlation_ci(
     rng = np.random.default_rng(seed)
     if groups is None:
         idx = rng.integers(0, a.size, size=(n_resamples, a.size))
-        xa, ya = a[idx], b[idx]
-        if method == "spearman":
-            xa, ya = _ranks(xa), _ranks(ya)
-        boot = _pearson_rows(xa, ya)
+        boot = row_correlations(a[idx], b[idx], method)  # one resample a row
     else:
-        labels = np.asarray(groups.detach().cpu() if hasattr(groups, "detach") else groups)
+        labels = _array(groups)
         if labels.shape != a.shape:
             raise InputError(f"groups must give one label per pair ({a.size}), got shape {labels.shape}")
         members = [np.flatnonzero(labels == g) for g in np.unique(labels)]
-        if (
-            len(members) < 2
-        ):  # one cluster: every resample is the data, a zero-width interval that says nothing
+        if len(members) < 2:  # one cluster: every resample is the data, a zero-width interval
             return r, math.nan, math.nan
         picks = rng.integers(0, len(members), size=(n_resamples, len(members)))
         boot = np.array(
