@@ -44,6 +44,14 @@ from mechir_nig.sets import ComponentSet  # noqa: E402
 from mechir_nig.statistics import bootstrap_ci  # noqa: E402
 
 
+def effect(per_pair: Tensor, delta: Tensor) -> str:
+    """``mean [95 % bootstrap CI over pairs] (share of the mean clean - perturbed change)``."""
+    per_pair = per_pair.double()
+    lo, hi = bootstrap_ci(per_pair.numpy())
+    m = float(per_pair.mean())
+    return f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}] ({m / float(delta.mean()):+.1%})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=8)
@@ -81,10 +89,7 @@ def main() -> None:
         layer, head = divmod(i, n_heads)
         cells = []
         for key in ("score", "score_direct"):
-            per_pair = res[key]["heads"].double()[:, layer, head]
-            lo, hi = bootstrap_ci(per_pair.numpy())
-            m = float(per_pair.mean())
-            cells.append(f"{key} {m:+.4f} [{lo:+.4f}, {hi:+.4f}] ({m / float(delta.mean()):+.1%})")
+            cells.append(f"{key} {effect(res[key]['heads'][:, layer, head], delta)}")
         print(f"  L{layer}H{head}: " + "   ".join(cells))
     d, t = res["score_direct"]["heads"].double(), res["score"]["heads"].double()
     corr = torch.corrcoef(torch.stack([d.mean(0).flatten(), t.mean(0).flatten()]))[0, 1]
@@ -106,11 +111,7 @@ def follow(be: Any, al: Any, total: Tensor, delta: Tensor) -> None:
         f"\npaths of L{layer}H{head} (patched - perturbed score, mean over pairs, 95% bootstrap CI, share):"
     )
     for key in res.receivers:
-        v = res[key]["head_set"][:, 0].double()
-        lo, hi = bootstrap_ci(v.numpy())
-        print(
-            f"  -> {key:12s} {v.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]  ({float(v.mean()) / float(delta.mean()):+.1%})"
-        )
+        print(f"  -> {key:12s} {effect(res[key]['head_set'][:, 0], delta)}")
 
 
 def into_heads(be: Any, al: Any, direct: Any, delta: Tensor, receivers: int, top: int) -> None:
@@ -128,12 +129,7 @@ def into_heads(be: Any, al: Any, direct: Any, delta: Tensor, receivers: int, top
         cells = []
         for i in order:
             li, h = divmod(i, be.cfg.n_heads)
-            per_pair = v[:, li, h]
-            lo, hi = bootstrap_ci(per_pair.numpy())
-            m = float(per_pair.mean())
-            cells.append(
-                f"L{part.layers[li]}H{h} {m:+.4f} [{lo:+.4f}, {hi:+.4f}] ({m / float(delta.mean()):+.1%})"
-            )
+            cells.append(f"L{part.layers[li]}H{h} {effect(v[:, li, h], delta)}")
         print(f"  -> {key:8s} " + "; ".join(cells))
 
 
