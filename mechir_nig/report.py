@@ -816,10 +816,15 @@ def _findings_html(sentences: Sequence[tuple[str, str]], sections: set[str]) -> 
 def _shared_range(result: Any, site: str, n_pairs: int) -> float | None:
     """The largest finite ``|value|`` of ``site`` over the first ``n_pairs`` pairs that summaries keep
     (``PatchingResult.summary_pairs``): one colour range for the figures of its pairs; None when 0."""
+
+    return _largest_abs(result[site][:n_pairs].double()[result.summary_pairs()[:n_pairs]])
+
+
+def _largest_abs(values: Any) -> float | None:
+    """The largest finite ``|value|`` of a tensor (a shared colour range), None when there is none or it is 0."""
     import torch
 
-    v = result[site][:n_pairs].double()[result.summary_pairs()[:n_pairs]]
-    v = v[torch.isfinite(v)]
+    v = values[torch.isfinite(values)]
     top = float(v.abs().max()) if v.numel() else 0.0
     return top if top > 0 else None
 
@@ -1188,9 +1193,9 @@ def _path_patching_heads_section(doc: _Doc, result: Any) -> None:
     if not groups:  # a file written before "inputs" was recorded: "q:L3H1" -> the receiver head "L3H1"
         for key in result.receivers:
             groups.setdefault(key.split(":", 1)[1], []).append(key)
-    means = [torch.nanmean(result[k]["heads"].double(), 0) for k in result.receivers]
-    finite = torch.cat([m[torch.isfinite(m)] for m in means])
-    zmax = float(finite.abs().max()) if finite.numel() and float(finite.abs().max()) > 0 else None
+    zmax = _largest_abs(
+        torch.cat([torch.nanmean(result[k]["heads"].double(), 0).flatten() for k in result.receivers])
+    )
     if zmax is not None:
         parts.append(
             f'<p class="note">One colour scale for every receiver, ±{_e(_num(zmax, ".3g"))} (the largest '
