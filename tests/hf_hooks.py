@@ -65,6 +65,13 @@ def edits(hf: Any, sites: list[tuple[str, int, Edit]]) -> Iterator[None]:
             h.remove()
 
 
+def inputs(batch: Any) -> dict[str, Tensor]:
+    """The keyword inputs of a Hugging Face BERT-like model for a ``PairBatch`` (no position ids)."""
+    return dict(
+        input_ids=batch.input_ids, token_type_ids=batch.token_type_ids, attention_mask=batch.attention_mask
+    )
+
+
 def score(hf: Any, batch: Any) -> Tensor:
     """HF logits ``[batch]`` of a ``PairBatch`` (aligned batches: with their position ids)."""
     return hf(

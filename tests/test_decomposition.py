@@ -6,6 +6,7 @@ test_every_family.)"""
 
 from __future__ import annotations
 
+import hf_hooks
 import pytest
 import torch
 from conftest import DOCS, QUERIES
@@ -32,11 +33,8 @@ def test_sums_to_hf_hidden_states_of_a_tiny_bert(ce64, hf64):
     batch = ce64.tokenize(QUERIES, DOCS)
     with torch.no_grad():
         hidden = hf64.bert(
-            input_ids=batch.input_ids,
-            token_type_ids=batch.token_type_ids,
-            attention_mask=batch.attention_mask,
-            output_hidden_states=True,
-        ).hidden_states  # embeddings, then every layer's output
+            **hf_hooks.inputs(batch), output_hidden_states=True
+        ).hidden_states  # embeddings, layers
     n, h = ce64.cfg.n_layers, ce64.cfg.n_heads
     for layer in (None, *range(n + 1)):
         dec = decompose_resid(ce64, batch, layer=layer)
@@ -217,18 +215,12 @@ def _cls_head_by_hand(hf, h_cls, x):
     return (ratio * (x @ dense.weight.T)) @ clf.weight[0], (ratio * dense.bias) @ clf.weight[0] + clf.bias[0]
 
 
-def _hf_inputs(batch):
-    return dict(
-        input_ids=batch.input_ids, token_type_ids=batch.token_type_ids, attention_mask=batch.attention_mask
-    )
-
-
 @torch.no_grad()
 def test_bert_cross_encoder_head_by_hand_from_hf_weights(ce64, hf64):
     """The [CLS] components pushed through HF's pooler dense layer with tanh frozen as tanh(u)/u at HF's
     own pre-activation u, then HF's classifier row: ours, to 1e-12."""
     batch = ce64.tokenize(QUERIES, DOCS)
-    out = hf64(**_hf_inputs(batch), output_hidden_states=True)
+    out = hf64(**hf_hooks.inputs(batch), output_hidden_states=True)
     sd = decompose_score(ce64, batch)
     dec = decompose_resid(ce64, batch)
     comps, bias = _cls_head_by_hand(hf64, out.hidden_states[-1][:, 0], dec.components[:, :, 0])
@@ -262,7 +254,7 @@ def test_one_heads_contribution_equals_hf_hooks_through_the_frozen_head(ce64, hf
     attn = bert.encoder.layer[layer].attention
     handles.append(attn.self.register_forward_hook(lambda m, a, out: keep("ctx", out[0])))
     try:
-        out = hf64(**_hf_inputs(batch), output_hidden_states=True)
+        out = hf64(**hf_hooks.inputs(batch), output_hidden_states=True)
     finally:
         for h in handles:
             h.remove()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import hf_hooks
 import pytest
 import torch
 from conftest import DOCS, QUERIES, hf_cross_encoder, make_tiny_cross_encoder
@@ -79,12 +80,7 @@ def test_per_component_parity_minilm(minilm_ce, minilm_ce_dir):
     hf = hf_cross_encoder(minilm_ce_dir)
     batch = minilm_ce.tokenize(MIXED_Q, MIXED_D)
     with torch.no_grad():
-        out = hf.bert(
-            input_ids=batch.input_ids,
-            token_type_ids=batch.token_type_ids,
-            attention_mask=batch.attention_mask,
-            output_hidden_states=True,
-        )
+        out = hf.bert(**hf_hooks.inputs(batch), output_hidden_states=True)
         _, cache = minilm_ce.run_with_cache(batch)
     m = batch.attention_mask.bool()
     assert (cache["blocks.0.hook_resid_pre"][m] - out.hidden_states[0][m]).abs().max() <= 1e-5
