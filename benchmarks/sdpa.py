@@ -5,9 +5,10 @@ Usage: ``python benchmarks/sdpa.py [--pairs 32] [--tokens 128,256] [--nig-pairs 
 
 On the MiniLM-L6 cross-encoder (real all-MiniLM-L6-v2 body), for each length: scoring ``--pairs`` pairs
 (``inference_mode``) and NIG of ``--nig-pairs`` pairs at ``--steps`` steps, each run with both attention
-paths alternately (A B A B ...) ``--repeats`` times; prints the minimum time of each (the machine may be
-shared: the minimum is the least disturbed run) and the ratio explicit / auto (> 1: SDPA is faster).
-Figures in docs/benchmarks.md ("Attention: SDPA vs explicit").
+paths alternately (A B A B ...) ``--repeats`` times after two warm-up rounds; prints each path's median
+[min - max] (``_common.print_times``), the ratio of the medians explicit / auto (> 1: SDPA is faster) with
+the range of the per-round ratios, and the largest difference between the two paths' outputs (scores,
+attributions). Figures in docs/benchmarks.md ("Attention: SDPA vs explicit").
 """
 
 from __future__ import annotations
@@ -15,32 +16,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import minilm_cross_encoder_dir, synthetic_pairs  # noqa: E402
+from _common import alternate, header, minilm_cross_encoder_dir, print_diff, print_times, synthetic_pairs  # noqa: E402
 
 from mechir_nig import HookedCrossEncoder  # noqa: E402
 from mechir_nig.attribution import NeuronIntegratedGradients  # noqa: E402
-
-
-def min_times(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Minimum seconds of each function over ``repeats`` alternating runs (after one warm-up each)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for fn in fns.values():
-        fn()
-    best = {k: float("inf") for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:
@@ -55,39 +39,49 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     model = HookedCrossEncoder.from_pretrained(minilm_cross_encoder_dir(), dtype=args.dtype, device=device)
-    print(
-        f"MiniLM-L6 cross-encoder, {model.cfg.dtype}, {device}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; min of {args.repeats} alternating runs"
+    if args.repeats < 3:
+        raise SystemExit("--repeats must be >= 3 (a figure is the median of at least 3 runs)")
+    header(
+        f"MiniLM-L6 cross-encoder, {model.cfg.dtype}, {device}; {args.repeats} alternated rounds after 2 warm-up rounds"
     )
-    print(f"{'what':<34} {'auto (SDPA)':>12} {'explicit':>12} {'explicit/auto':>14}")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for n_tok in (int(t) for t in args.tokens.split(",")):
         q, d = synthetic_pairs(args.pairs, n_tok)
         batch = model.tokenize(q, d, max_length=n_tok)
         nig_batch = batch.select(list(range(args.nig_pairs)))
 
-        def with_impl(impl: str, fn: Callable[[], object]) -> Callable[[], object]:
-            def run() -> object:
-                model.set_attention_impl(impl)
-                return fn()
-
-            return run
-
-        def score(batch: object = batch) -> object:
+        def score(batch: object = batch) -> torch.Tensor:
             with torch.inference_mode():
                 return model(batch)
 
-        def nig(batch: object = nig_batch) -> object:
-            return NeuronIntegratedGradients(model).attribute(batch, n_steps=args.steps, reduce="neuron")
+        def nig(batch: object = nig_batch) -> torch.Tensor:
+            return (
+                NeuronIntegratedGradients(model).attribute(batch, n_steps=args.steps, reduce="neuron").values
+            )
 
         for what, fn in (
             (f"score {args.pairs} pairs x {n_tok} tok", score),
             (f"NIG {args.nig_pairs} pairs x {n_tok} tok x {args.steps} st", nig),
         ):
-            t = min_times({impl: with_impl(impl, fn) for impl in ("auto", "explicit")}, args.repeats, device)
-            print(
-                f"{what:<34} {t['auto'] * 1e3:9.1f} ms {t['explicit'] * 1e3:9.1f} ms "
-                f"{t['explicit'] / t['auto']:14.3f}"
+            out: dict[str, torch.Tensor] = {}
+
+            def with_impl(
+                impl: str, fn: Callable[[], torch.Tensor] = fn, out: dict = out
+            ) -> Callable[[], None]:
+                def run() -> None:
+                    model.set_attention_impl(impl)
+                    sync()
+                    out[impl] = fn()
+                    sync()
+
+                return run
+
+            print(f"{what}:")
+            times = alternate(
+                {impl: with_impl(impl) for impl in ("auto", "explicit")}, repeats=args.repeats, warmup=2
             )
+            print_times(times, "auto")
+            print_diff("explicit - auto", out["explicit"], out["auto"])
     model.set_attention_impl("auto")
 
 
