@@ -252,9 +252,13 @@ class PathPatchingResult(Result):
         JSON part under ``results[<receiver>]``; ``receivers`` keeps their order."""
         tensors: dict[str, Tensor] = {}
         parts: dict[str, Any] = {}
+        stored: set[int] = set()  # receivers share their score tensors, which safetensors refuses: copy those
         for key, res in self.results.items():
             t, info = res.to_parts()
-            tensors |= {f"{key}.{name}": v.clone() for name, v in t.items()}  # receivers share scores
+            for name, v in t.items():
+                ptr = v.untyped_storage().data_ptr()
+                tensors[f"{key}.{name}"] = v.clone() if ptr in stored else v
+                stored.add(ptr)
             parts[key] = info
         return tensors, {"receivers": list(self.results), "results": parts, "meta": self.meta}
 
