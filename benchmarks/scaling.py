@@ -3,7 +3,7 @@ fitted exponents (log-log least squares).
 
 Usage: ``python benchmarks/scaling.py [--d-model 128] [--d-mlp 512] [--heads 4] [--repeats 3] [--threads 1]
 [--nig-factors pairs,tokens,steps,layers] [--collection-factors pairs,tokens] [--plot docs/img/scaling.png]
-[--markdown]``
+[--markdown] [--quick]``
 
 Models: seeded random BERT cross-encoders (``mechir_nig.testing.make_tiny_cross_encoder``, the MiniLM
 vocabulary, 512 positions) of ``--d-model``/``--d-mlp``/``--heads`` and 1 to 8 layers. One factor
@@ -17,15 +17,26 @@ varies at a time around the base point (2 pairs, 128 tokens, 8 steps, 2 layers):
 * collection attribution: ``attribute_collection(ce, pairs, n_steps=8, batch_size=8)`` as judged pairs
   (4..32, base 8) and tokens per pair (64..512) grow.
 
-Time is the minimum of ``--repeats`` runs after a warm-up (the machine is shared: the minimum is the
-least disturbed); peak memory is the growth of the process's peak RSS (``VmHWM``, reset through
-``/proc/self/clear_refs`` before each run, after ``malloc_trim`` gave freed pages back) above its RSS
-before the run, minimum of the repeats: the transient memory of one call (activations, gradients,
-the result), not the model. The
-exponent of a factor is the slope of log(cost) on log(factor): 1 is linear. One torch thread by
-default: on the shared 2-core development machine, 2-thread runs measured mostly OpenMP barrier waits
-(compare ``--threads 2``). With ``--plot`` the
-curves are drawn with matplotlib (when installed) on the factor relative to its base value.
+Time: for each factor, the calls at its values run alternately (value 1, value 2, ..., value 1, ...)
+``--repeats`` rounds (default 3) after one untimed warm-up round (``_common.alternate``), so a change in
+the machine's load hits every value alike; the script prints, per value, the **median and the spread
+[min - max]** of the repeats (and the IQR from 4 repeats on), and fits the exponents on the medians (the
+range of the exponents fitted on each round alone is printed next to them). Peak memory is the growth
+of the process's peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs`` before each run, after
+``malloc_trim`` gave freed pages back) above its RSS before the run: the transient memory of one call
+(activations, gradients, the result), not the model. It is recorded at every timed run (no extra
+runs) and the median over the repeats is printed, with its range in the per-value lines: the
+computation is deterministic, so the runs differ only by allocator and page-fault noise (up to about
+10 % at these sizes). The exponent of a factor is the slope of log(cost) on log(factor): 1 is linear. One torch thread by default: on the shared 2-core development
+machine, 2-thread runs measured mostly OpenMP barrier waits (compare ``--threads 2``). With ``--plot``
+the curves (medians, min-max bars) are drawn with matplotlib (when installed) on the factor relative
+to its base value.
+
+Prints: the settings header; per factor value ``NIG pairs = 4: 0.326 s [0.320 - 0.340, n=3]  peak
++96 MiB [95 - 97]``; per factor the fitted exponents of time (median, and the range over rounds) and
+memory (all values and last two); with ``--markdown`` the tables for docs/benchmarks.md, each time as
+``median [min-max]`` seconds, e.g. ``0.17 [0.16-0.19]``. ``--quick`` (two values per factor, one repeat
+unless ``--repeats`` is given) is a smoke test of the script, not figures for the docs.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import argparse
 import gc
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -43,7 +55,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import synthetic_pairs  # noqa: E402
+from _common import Seconds, alternate, header, synthetic_pairs  # noqa: E402
 
 BASE = {"pairs": 2, "tokens": 128, "steps": 8, "layers": 2}
 NIG_VALUES = {
@@ -75,21 +87,59 @@ def _trim() -> None:
         pass
 
 
-def measure(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
-    """(min seconds, min peak-RSS growth in MiB) of ``fn`` over ``repeats`` runs after one warm-up."""
-    fn()
-    times, peaks = [], []
-    for _ in range(repeats):
+class Point:
+    """One factor value: a call to time, and the seconds and peak-RSS growths (MiB) of its timed runs."""
+
+    def __init__(self, value: int, fn: Callable[[], Any]) -> None:
+        self.value, self.fn = value, fn
+        self.times: list[float] = []
+        self.peaks: list[float] = []
+
+    def __call__(self) -> Seconds:
+        """Run once; record the peak growth (and return the seconds, which ``alternate`` records)."""
         gc.collect()
         _trim()  # give freed heap pages back, so the RSS before the run is what is live
         with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current RSS
             f.write("5")
         before = _status("VmRSS")
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        peaks.append((_status("VmHWM") - before) / 1024)
-    return min(times), max(min(peaks), 0.0)
+        self.fn()
+        sec = time.perf_counter() - t0
+        self.peaks.append(max((_status("VmHWM") - before) / 1024, 0.0))
+        return Seconds(sec)
+
+    @property
+    def time(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def peak(self) -> float:
+        return statistics.median(self.peaks)
+
+
+def _decimals(med: float, digits: int) -> int:
+    """Decimals that show ``digits`` significant digits of ``med`` below 1, at least 2."""
+    return max(2, digits - 1 - math.floor(math.log10(med))) if med > 0 else 2
+
+
+def _secs(values: list[float]) -> str:
+    """``median s [min - max, n]`` with 3 significant digits below 1 s (IQR from 4 values on): the NIG
+    points take 0.03 to 3 s, below the fixed 2 decimals of ``_common.spread``."""
+    med = statistics.median(values)
+    d = _decimals(med, 3)
+    text = f"{med:7.{d}f} s [{min(values):.{d}f} - {max(values):.{d}f}"
+    if len(values) >= 4:
+        q = statistics.quantiles(values, n=4)
+        text += f", IQR {q[0]:.{d}f} - {q[2]:.{d}f}"
+    return text + f", n={len(values)}]"
+
+
+def _cell(values: list[float]) -> str:
+    """A Markdown table cell: ``median [min-max]`` with the median's 2 significant digits below 1 s
+    and 2 decimals above, e.g. ``0.17 [0.16-0.19]``, ``0.073 [0.071-0.080]``, ``2.27 [2.21-2.40]``."""
+    med = statistics.median(values)
+    d = _decimals(med, 2)
+    return f"{med:.{d}f} [{min(values):.{d}f}-{max(values):.{d}f}]"
 
 
 def exponent(xs: list[float], ys: list[float]) -> float:
@@ -163,43 +213,61 @@ def sweep(
     values: dict[str, list[int]],
     factors: list[str],
     repeats: int,
-) -> dict[str, list[tuple[int, float, float]]]:
-    out: dict[str, list[tuple[int, float, float]]] = {}
+) -> dict[str, list[Point]]:
+    """Per factor, its values timed alternately ``repeats`` rounds after one warm-up round."""
+    out: dict[str, list[Point]] = {}
     for factor in factors:
-        rows = []
-        for v in values[factor]:
-            settings = {**base, factor: v}
-            sec, mib = measure(point(models, **settings), repeats)
-            rows.append((v, sec, mib))
-            print(f"  {name:10s} {factor:6s} = {v:4d}: {sec:8.3f} s  peak +{mib:7.1f} MiB", flush=True)
-        out[factor] = rows
+        points = [Point(v, point(models, **{**base, factor: v})) for v in values[factor]]
+        times = alternate({str(p.value): p for p in points}, repeats=repeats, warmup=1, quiet=True)
+        for p in points:
+            p.times = times[str(p.value)]
+            p.peaks = p.peaks[-repeats:]  # the timed runs only (the warm-up recorded one too)
+            print(
+                f"  {name:10s} {factor:6s} = {p.value:4d}: {_secs(p.times)}  peak +{p.peak:6.1f} MiB "
+                f"[{min(p.peaks):.1f} - {max(p.peaks):.1f}]",
+                flush=True,
+            )
+        out[factor] = points
     return out
 
 
-def report(title: str, base: dict[str, int], results: dict[str, list[tuple[int, float, float]]]) -> list[str]:
-    """Markdown rows: factor, values, times, memory, exponents."""
+def exponents(points: list[Point]) -> tuple[float, float, float, float, float]:
+    """Time exponent on the medians, its min and max over the rounds fitted alone, memory exponent
+    on the median peaks over all values and over the last two."""
+    xs = [float(p.value) for p in points]
+    per_round = [exponent(xs, [p.times[r] for p in points]) for r in range(len(points[0].times))]
+    peaks = [p.peak for p in points]
+    return (
+        exponent(xs, [p.time for p in points]),
+        min(per_round),
+        max(per_round),
+        exponent(xs, peaks),
+        exponent(xs[-2:], peaks[-2:]),
+    )
+
+
+def report(title: str, base: dict[str, int], results: dict[str, list[Point]], repeats: int) -> list[str]:
+    """Markdown rows: factor, values, times (median [min-max]), memory (median), exponents."""
     lines = [
-        f"**{title}** (base: {', '.join(f'{k} {v}' for k, v in base.items())})",
+        f"**{title}** (base: {', '.join(f'{k} {v}' for k, v in base.items())}; time: median [min-max] "
+        f"of {repeats} alternated repeats)",
         "",
-        "| factor | values | time (s) | peak memory growth (MiB) | time exponent | memory exponent "
-        "| memory exponent, last two values |",
+        "| factor | values | time (s) | peak memory growth (MiB) | time exponent (per round) "
+        "| memory exponent | memory exponent, last two values |",
         "| --- | --- | --- | --- | ---: | ---: | ---: |",
     ]
-    for factor, rows in results.items():
-        xs = [float(r[0]) for r in rows]
-        t_exp = exponent(xs, [r[1] for r in rows])
-        m_exp = exponent(xs, [r[2] for r in rows])
-        m_last = exponent(xs[-2:], [r[2] for r in rows[-2:]])
+    for factor, points in results.items():
+        t_exp, t_lo, t_hi, m_exp, m_last = exponents(points)
         lines.append(
-            f"| {factor} | {' / '.join(str(r[0]) for r in rows)} | {' / '.join(f'{r[1]:.3g}' for r in rows)} "
-            f"| {' / '.join(f'{r[2]:.0f}' for r in rows)} | **{t_exp:.2f}** | {m_exp:.2f} | {m_last:.2f} |"
+            f"| {factor} | {' / '.join(str(p.value) for p in points)} "
+            f"| {' / '.join(_cell(p.times) for p in points)} "
+            f"| {' / '.join(f'{p.peak:.0f}' for p in points)} "
+            f"| **{t_exp:.2f}** ({t_lo:.2f}-{t_hi:.2f}) | {m_exp:.2f} | {m_last:.2f} |"
         )
     return lines
 
 
-def plot(
-    path: str, results: dict[str, dict[str, list[tuple[int, float, float]]]], bases: dict[str, dict]
-) -> None:
+def plot(path: str, results: dict[str, dict[str, list[Point]]], bases: dict[str, dict]) -> None:
     try:
         import matplotlib
 
@@ -211,16 +279,26 @@ def plot(
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     markers = {"pairs": "o", "tokens": "s", "steps": "^", "layers": "D"}
     for kind, style in (("NIG", "-"), ("collection", "--")):
-        for factor, rows in results.get(kind, {}).items():
+        for factor, points in results.get(kind, {}).items():
             base = bases[kind][factor]
-            xs = [r[0] / base for r in rows]
-            t_exp = exponent([float(r[0]) for r in rows], [r[1] for r in rows])
-            label = f"{kind}: {factor} (slope {t_exp:.2f})"
-            axes[0].plot(xs, [r[1] for r in rows], style, marker=markers[factor], label=label)
+            xs = [p.value / base for p in points]
+            med = [p.time for p in points]
+            bars = [
+                [m - min(p.times) for m, p in zip(med, points)],
+                [max(p.times) - m for m, p in zip(med, points)],
+            ]
+            label = f"{kind}: {factor} (slope {exponents(points)[0]:.2f})"
+            axes[0].errorbar(xs, med, yerr=bars, fmt=style, marker=markers[factor], capsize=2, label=label)
             axes[1].plot(
-                xs, [max(r[2], 0.5) for r in rows], style, marker=markers[factor], label=f"{kind}: {factor}"
+                xs,
+                [max(p.peak, 0.5) for p in points],
+                style,
+                marker=markers[factor],
+                label=f"{kind}: {factor}",
             )
-    for ax, what in zip(axes, ("time (s, min of repeats)", "peak RSS growth (MiB)"), strict=True):
+    for ax, what in zip(
+        axes, ("time (s, median, min-max bars)", "peak RSS growth (MiB, median)"), strict=True
+    ):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("factor / its base value")
@@ -240,7 +318,12 @@ def main() -> None:
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--d-mlp", type=int, default=512)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="alternated timed rounds per factor (default 3; 1 with --quick)",
+    )
     ap.add_argument(
         "--threads",
         type=int,
@@ -254,23 +337,32 @@ def main() -> None:
     ap.add_argument(
         "--markdown", action="store_true", help="print the Markdown tables for docs/benchmarks.md"
     )
-    ap.add_argument("--quick", action="store_true", help="two values per factor, one repeat (a smoke test)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="two values per factor, one repeat unless --repeats is given (a smoke test, not docs figures)",
+    )
     args = ap.parse_args()
     if args.quick:
         for values in (NIG_VALUES, COLLECTION_VALUES):
             for factor, vs in values.items():
                 values[factor] = vs[:2]
-        args.repeats = 1
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     models = Models(args.d_model, args.d_mlp, args.heads)
+    header("benchmarks/scaling.py: how the cost of NIG and collection attribution grows")
     print(
-        f"random BERT d_model {args.d_model}, d_mlp {args.d_mlp}, {args.heads} heads; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; min of {args.repeats} repeats",
+        f"  random BERT d_model {args.d_model}, d_mlp {args.d_mlp}, {args.heads} heads; per factor its values "
+        f"alternated, median [min - max] of {args.repeats} repeats after 1 warm-up round"
+        + ("; --quick: a smoke test, not figures for the docs" if args.quick else ""),
         flush=True,
     )
+    if args.repeats < 3:
+        print(f"  (only {args.repeats} repeat(s): the project's figures need at least 3)", flush=True)
     t0 = time.perf_counter()
-    results: dict[str, dict[str, list[tuple[int, float, float]]]] = {}
+    results: dict[str, dict[str, list[Point]]] = {}
     nig_factors = [f for f in args.nig_factors.split(",") if f]
     col_factors = [f for f in args.collection_factors.split(",") if f]
     if nig_factors:
@@ -287,21 +379,24 @@ def main() -> None:
         )
     print(f"\n(total {time.perf_counter() - t0:.0f} s)\n")
     for kind, res in results.items():
-        print(f"{kind}: fitted exponents (cost ~ factor^e)")
-        for factor, rows in res.items():
-            xs = [float(r[0]) for r in rows]
+        print(f"{kind}: fitted exponents (cost ~ factor^e; time on the medians, memory on the median peaks)")
+        for factor, points in res.items():
+            t_exp, t_lo, t_hi, m_exp, m_last = exponents(points)
             print(
-                f"  {factor:6s} time e = {exponent(xs, [r[1] for r in rows]):5.2f}   "
-                f"peak memory e = {exponent(xs, [r[2] for r in rows]):5.2f} "
-                f"(last two values: {exponent(xs[-2:], [r[2] for r in rows[-2:]]):5.2f})"
+                f"  {factor:6s} time e = {t_exp:5.2f} (rounds alone {t_lo:.2f} - {t_hi:.2f})   "
+                f"peak memory e = {m_exp:5.2f} (last two values: {m_last:5.2f})"
             )
     if args.markdown:
         print()
         if "NIG" in results:
-            print("\n".join(report("NIG, one pair batch, all layers", BASE, results["NIG"])))
+            print("\n".join(report("NIG, one pair batch, all layers", BASE, results["NIG"], args.repeats)))
             print()
         if "collection" in results:
-            print("\n".join(report("Collection attribution", COLLECTION_BASE, results["collection"])))
+            print(
+                "\n".join(
+                    report("Collection attribution", COLLECTION_BASE, results["collection"], args.repeats)
+                )
+            )
     if args.plot:
         plot(args.plot, results, {"NIG": BASE, "collection": COLLECTION_BASE})
 
