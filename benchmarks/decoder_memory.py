@@ -1,6 +1,7 @@
 """NIG on a large decoder reranker: peak memory and time per pair, with and without gradient checkpointing.
 
-Usage: ``python benchmarks/decoder_memory.py [--kept 1,2,3] [--tokens 256] [--steps 32] [--vocab 32768]``
+Usage: ``python benchmarks/decoder_memory.py [--kept 1,2,3] [--tokens 256] [--steps 32] [--vocab 32768]
+[--repeats 3] [--full [--full-plain]]``
 
 Model: a seeded random ``Qwen3ForCausalLM`` of Qwen3-Reranker-0.6B's block shape (hidden 1024, 16 query
 heads and 8 KV heads of 128, SwiGLU 3072, RMSNorm, rotary), scored through the ``qwen3-reranker``
@@ -11,18 +12,24 @@ intervals (``n_steps + 1`` points), float32, the default window (``8192 // token
 ``mlp_post`` at layer 0 only (``layers=[0]``: every other block is above the first attributed layer, the
 case checkpointing is for).
 
-Each configuration runs in a fresh subprocess: peak memory is the process's resident high-water mark
-(``VmHWM``) during the attribution alone (reset after loading through ``/proc/self/clear_refs``), next to
-the resident size before it; time is the attribution's wall time (valid only on a quiet machine: the
-script prints the load average). Configurations: each ``--kept`` count without checkpointing, and with
-``checkpoint_blocks=True`` where a block lies above layer 0.
+Each configuration runs in a fresh subprocess that loads the model, runs one untimed warm-up
+attribution (``n_steps=2``), then the same attribution ``--repeats`` times (default 3): peak memory is the
+process's resident high-water mark (``VmHWM``) over those timed attributions (reset after loading and the
+warm-up through ``/proc/self/clear_refs``; one value per configuration, as the same attribution allocates
+the same each time), next to the resident size before them; time per pair is the median and the range
+[min - max] of the timed attributions' wall times (valid only on a quiet machine: the script prints the
+load average). The repeats' attributions are checked equal (largest difference of their sums printed).
+Configurations: each ``--kept`` count without checkpointing, and with ``checkpoint_blocks=True`` where a
+block lies above layer 0; they run one after the other (not alternated: each is a process of its own
+whose peak is the point). A table at the end lists peak, growth and median [min - max] time per pair.
 
 The extrapolation to all 28 layers is an estimate, printed with its formula: the per-block activation
 memory ``b`` is the growth, per kept layer (smallest to largest ``--kept``), of what the attribution
 adds to the resident size (peak minus the size before it, so weights are not counted twice); without
 checkpointing each block above adds ``b``, with it each adds only its input ``i = window points × tokens ×
 d_model × 4`` bytes (computed) while one block's activations ``b`` are live in the backward; the 28 − L
-missing blocks' weights and the full vocabulary's embeddings are added to both. With three or more
+missing blocks' weights and the full vocabulary's embeddings are added to both. The time per pair
+extrapolates the medians (``t(L)``: the median at ``L`` kept layers). With three or more
 ``--kept`` counts the growth per checkpointed block is measured too and printed next to ``i``.
 
 ``--full`` then measures what the estimate predicts: the stand-in with all 28 layers and the full
@@ -36,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,12 +80,15 @@ try:
 except OSError:
     reset = False
 before = status("VmRSS:")
-t0 = time.perf_counter()
-attr = nig.attribute(batch, n_steps={steps}, layers=[0], checkpoint_blocks={ckpt})
-seconds = time.perf_counter() - t0
+seconds, sums = [], []
+for _ in range({repeats}):  # the same attribution {repeats} times: the peak covers them all
+    t0 = time.perf_counter()
+    attr = nig.attribute(batch, n_steps={steps}, layers=[0], checkpoint_blocks={ckpt})
+    seconds.append(time.perf_counter() - t0)
+    sums.append(float(attr.values.double().sum()))
 print(json.dumps({{"tokens": int(batch.lengths[0]), "before_kib": before, "peak_kib": status("VmHWM:"),
                   "reset": reset, "seconds": seconds, "window": attr.meta.get("points_evaluated"),
-                  "sum": float(attr.values.double().sum())}}))
+                  "sum": sums[0], "repeat_diff": max(abs(x - sums[0]) for x in sums)}}))
 """
 
 
@@ -90,12 +101,22 @@ def build(kept: int, vocab: int, root: Path) -> Path:
 
 
 def run(folder: Path, args: argparse.Namespace, ckpt: bool) -> dict:
-    code = CHILD.format(folder=str(folder), tokens=args.tokens, steps=args.steps, ckpt=ckpt)
+    code = CHILD.format(
+        folder=str(folder), tokens=args.tokens, steps=args.steps, ckpt=ckpt, repeats=args.repeats
+    )
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if res.returncode:
         raise SystemExit(f"configuration failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out["median_s"] = statistics.median(out["seconds"])
+    return out
+
+
+def per_pair(r: dict) -> str:
+    """``median [min - max, n]`` seconds per pair of a configuration's timed attributions."""
+    s = r["seconds"]
+    return f"{r['median_s']:.1f} s [{min(s):.1f} - {max(s):.1f}, n={len(s)}] per pair"
 
 
 def mib(kib: float) -> str:
@@ -113,6 +134,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--vocab", type=int, default=32768, help="vocabulary rows (the real model: 151669)")
     ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed attributions per configuration, after one warm-up (3 or more: median and spread)",
+    )
+    ap.add_argument(
         "--full",
         action="store_true",
         help="also measure all 28 layers and the full vocabulary with checkpoint_blocks=True",
@@ -120,11 +147,19 @@ def main() -> None:
     ap.add_argument("--full-plain", action="store_true", help="with --full: also without checkpointing")
     args = ap.parse_args()
     kept = sorted({int(k) for k in args.kept.split(",")})
+    if args.repeats < 3:
+        ap.error("--repeats needs 3 or more (a time is a median of at least 3 runs)")
     if len(kept) < 2 or kept[0] < 1:
         ap.error("--kept needs two layer counts >= 1 (the per-block slope), e.g. 1,2")
     header(
         f"NIG on a Qwen3-Reranker-0.6B-shape decoder ({', '.join(f'{k} {v}' for k, v in SHAPE.items())}, "
         f"vocab {args.vocab}), {args.tokens} tokens, {args.steps} steps, layers=[0], float32"
+    )
+    print(
+        f"  per configuration, one fresh process: 1 warm-up attribution, then {args.repeats} timed ones "
+        "(time per pair: median [min - max, n]); the peak is the resident high-water mark over all "
+        f"{args.repeats} (one value: the same attribution allocates the same each time)",
+        flush=True,
     )
     rows: dict[tuple[int, bool], dict] = {}
     with tempfile.TemporaryDirectory(prefix="mechir_nig_decoder_memory_") as tmp:
@@ -135,16 +170,29 @@ def main() -> None:
                 print(
                     f"  {k} layer(s), checkpoint_blocks={str(ckpt):5s}: peak {mib(r['peak_kib'])} "
                     f"(+{mib(r['peak_kib'] - r['before_kib']).strip()} over {mib(r['before_kib']).strip()} "
-                    f"before the attribution), {r['seconds']:.1f} s per pair ({r['tokens']} tokens)"
+                    f"before the attributions), {per_pair(r)} ({r['tokens']} tokens)"
                     + ("" if r["reset"] else "  [VmHWM not reset: includes loading]"),
                     flush=True,
                 )
+    print(
+        "\n| layers kept | checkpoint_blocks | peak (VmHWM) | growth over the size before | time per pair, median [min - max] |"
+    )
+    print("| ---: | --- | ---: | ---: | ---: |")
+    for (k, ckpt), r in rows.items():
+        s = r["seconds"]
+        print(
+            f"| {k} | {ckpt} | {mib(r['peak_kib']).strip()} | {mib(r['peak_kib'] - r['before_kib']).strip()} "
+            f"| {r['median_s']:.2f} s [{min(s):.2f} - {max(s):.2f}] (n={len(s)}) |"
+        )
     sums = {key: r["sum"] for key, r in rows.items()}
     same = all(
         abs(sums[k, True] - sums[k, False]) <= 1e-6 * max(abs(sums[k, False]), 1e-30) for k in kept[1:]
     )
+    repeat_diff = max(r["repeat_diff"] for r in rows.values())
     print(
-        f"  attributions with and without checkpointing: {'equal' if same else 'DIFFERENT'} (sum of values)"
+        f"  attributions with and without checkpointing: {'equal' if same else 'DIFFERENT'} (sum of values; "
+        f"largest difference {max((abs(sums[k, True] - sums[k, False]) for k in kept[1:]), default=0.0):.2e}); "
+        f"largest difference between the repeats of a configuration {repeat_diff:.2e}"
     )
 
     lo, hi = kept[0], kept[-1]
@@ -174,7 +222,7 @@ def main() -> None:
     extra = (FULL_LAYERS - hi) * w + (FULL_VOCAB - args.vocab) * d * 4 / 1024
     plain = rows[hi, False]["peak_kib"] + (FULL_LAYERS - hi) * b + extra
     ckpt_at = rows[hi, True]["peak_kib"] + (FULL_LAYERS - hi) * i + extra
-    t_block = (rows[hi, False]["seconds"] - rows[lo, False]["seconds"]) / (hi - lo)
+    t_block = (rows[hi, False]["median_s"] - rows[lo, False]["median_s"]) / (hi - lo)
     print(
         f"\n  estimate for all {FULL_LAYERS} layers and the full vocabulary (float32, layers=[0]):\n"
         f"    b = per-block activations = (growth({hi}) - growth({lo})) / {hi - lo} = {mib(b).strip()} "
@@ -185,8 +233,8 @@ def main() -> None:
         f"embeddings = {mib(extra).strip()}\n"
         f"    without checkpointing: peak({hi}) + ({FULL_LAYERS} - {hi}) x b + W = {plain / 1024**2:.2f} GiB\n"
         f"    with checkpoint_blocks: peak_ckpt({hi}) + ({FULL_LAYERS} - {hi}) x i + W = {ckpt_at / 1024**2:.2f} GiB\n"
-        f"    time per pair: t({hi}) + ({FULL_LAYERS} - {hi}) x {t_block:.1f} s per block = "
-        f"{rows[hi, False]['seconds'] + (FULL_LAYERS - hi) * t_block:.0f} s without checkpointing; "
+        f"    time per pair (medians): t({hi}) + ({FULL_LAYERS} - {hi}) x {t_block:.1f} s per block = "
+        f"{rows[hi, False]['median_s'] + (FULL_LAYERS - hi) * t_block:.0f} s without checkpointing; "
         f"with it, each block above layer 0 runs its forward once more (about +1/3 of its time)"
     )
     if not args.full:
@@ -200,7 +248,7 @@ def main() -> None:
             print(
                 f"    checkpoint_blocks={str(ckpt):5s}: peak {mib(r['peak_kib']).strip()} (estimate "
                 f"{estimate[ckpt] / 1024**2:.2f} GiB; +{mib(r['peak_kib'] - r['before_kib']).strip()} over "
-                f"{mib(r['before_kib']).strip()} before the attribution), {r['seconds']:.1f} s per pair "
+                f"{mib(r['before_kib']).strip()} before the attributions), {per_pair(r)} "
                 f"({r['tokens']} tokens)",
                 flush=True,
             )

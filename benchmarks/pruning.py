@@ -7,12 +7,24 @@ other half with the document side ablated (query embeddings computed once, unabl
 Usage:
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/pruning.py --fractions 0.01 --n-steps 16 \
         --out /tmp/pruning_vaswani.json
+
+Timing: after the study's table, the script prints the time of one evaluation per ablation mode as
+median [min - max, n] over every evaluation the process computed (each scores the same evaluation-half
+candidate pairs under another ablated set: repeats of an operation of the same cost; an evaluation's time
+is the interval between the ends of two consecutive evaluations, so it includes writing ``--checkpoint``
+when given). Left out of those figures: the first evaluation (the unpruned clean pass, which also carries
+the study's setup; printed on its own) and any evaluation with no neuron ablated (cached clean scores).
+The NIG statistics and the mean/resample reference are printed as single timings (one run each, labelled
+so). The output JSON keeps every evaluation's seconds (``evaluation_seconds``: condition, mode, fraction,
+seed, n_neurons, seconds, with_setup) and the summary (``timing_summary``) beside the result (``extra``
+keys: ``PruningResult.load`` ignores them).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import header
+
+    header(f"Pruning study on {args.data} with {args.model}")
     from mechir_nig.attribution.stats import CollectionAttribution
     from mechir_nig.data import bm25_candidates, judged_pairs, load_collection
     from mechir_nig.experiments.attribute import attribute_collection
@@ -64,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.faithfulness:
         return _faithfulness(model, col, cands, sel, args, t)
     t0 = time.perf_counter()
-    if args.stats and Path(args.stats).exists():
+    stats_loaded = bool(args.stats and Path(args.stats).exists())
+    if stats_loaded:
         stats = CollectionAttribution.load(args.stats)
     else:
         pairs = judged_pairs(
@@ -90,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         reference = AblationReference.compute(model, ref_docs, batch_size=32)  # selection-half documents
         t["reference"] = time.perf_counter() - t0
         print(f"mean/resample reference: {len(ref_docs)} documents of the selection half", file=sys.stderr)
+    marks: list[tuple[float, dict]] = []  # (the clock when an evaluation finished, its runs record)
+    t_study = time.perf_counter()
     result = pruning_study(
         model,
         col,
@@ -106,13 +125,78 @@ def main(argv: list[str] | None = None) -> int:
         reference=reference,
         checkpoint=args.checkpoint,
         resume=args.checkpoint is not None,
+        on_evaluation=lambda run: marks.append((time.perf_counter(), run)),
     )
     result.timings.update(t)
     result.settings.update(n_steps=args.n_steps, k=args.k, pairs_attributed=dict(stats.counts))
-    result.save(args.out)
+    evaluations = evaluation_seconds(t_study, marks)
+    summary = timing_summary(evaluations, {k: v for k, v in t.items() if k != "load+bm25"})
+    result.save(args.out, extra={"evaluation_seconds": evaluations, "timing_summary": summary})
     print(result.to_markdown())
     print(json.dumps(result.timings, indent=1))
+    print_timing_summary(summary, stats_reused=stats_loaded)
     return 0
+
+
+def evaluation_seconds(t_study: float, marks: list[tuple[float, dict]]) -> list[dict]:
+    """Each evaluation computed in this process with its seconds: the time between the ends of two
+    consecutive evaluations (``on_evaluation`` runs as each ends), the first one's from the call of
+    ``pruning_study`` (so it includes the study's setup; flagged ``with_setup``). Evaluations resumed from
+    a checkpoint are not computed here and not listed."""
+    out, last = [], t_study
+    for i, (at, run) in enumerate(marks):
+        keys = ("condition", "mode", "fraction", "seed", "n_neurons")
+        out.append({k: run.get(k) for k in keys} | {"seconds": at - last, "with_setup": i == 0})
+        last = at
+    return out
+
+
+def timing_summary(evaluations: list[dict], phases: dict[str, float]) -> dict:
+    """Per ablation mode, the seconds of its evaluations as median, min, max and n (each scores the same
+    candidate pairs under another ablation: repeats of an operation of the same cost). Left out: the first
+    evaluation (it includes the study's setup) and those with no neuron ablated (the cached clean scores),
+    counted under ``left_out``. ``phases``: the single timings of the other phases (one run each)."""
+    by_mode: dict[str, list[float]] = {}
+    left_out = 0
+    for e in evaluations:
+        if e["with_setup"] or not e["n_neurons"]:
+            left_out += 1
+            continue
+        by_mode.setdefault(str(e["mode"]), []).append(e["seconds"])
+    modes = {
+        m: {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
+        for m, v in by_mode.items()
+    }
+    first = next((e["seconds"] for e in evaluations if e["with_setup"]), None)
+    return {
+        "per_evaluation": modes,
+        "left_out": left_out,
+        "first_with_setup": first,
+        "single_timings": phases,
+    }
+
+
+def print_timing_summary(summary: dict, stats_reused: bool = False) -> None:
+    """Print :func:`timing_summary`'s figures: per mode median [min - max, n] seconds per evaluation."""
+    print(
+        "\ntime per evaluation (the same candidate pairs scored under one ablation), median [min - max, n]:"
+    )
+    for mode, v in summary["per_evaluation"].items():
+        print(f"  {mode:9s} {v['median']:.2f} s [{v['min']:.2f} - {v['max']:.2f}, n={v['n']}]")
+    if not summary["per_evaluation"]:
+        print("  (no evaluation with an ablation was computed in this process)")
+    if summary["left_out"]:
+        print(
+            f"  left out: {summary['left_out']} evaluation(s): the first (it includes the study's setup"
+            + (f", {summary['first_with_setup']:.2f} s" if summary["first_with_setup"] is not None else "")
+            + ") and any with no neuron ablated (cached clean scores)"
+        )
+    labels = {
+        "nig": "NIG statistics" + (" (loaded from --stats)" if stats_reused else ""),
+        "reference": "mean/resample reference",
+    }
+    for name, seconds in summary["single_timings"].items():
+        print(f"  {labels.get(name, name)}: {seconds:.2f} s (a single timing, one run; not a median)")
 
 
 def _faithfulness(model, col, cands, sel, args, t) -> int:

@@ -1,7 +1,7 @@
 """Peak memory of building 10k judged pairs (with texts) from a streamed corpus, as the corpus grows.
 
 Usage: ``python benchmarks/streaming.py [--root /tmp/mechir_nig_synthetic] [--sizes 100000,500000,2000000]
-[--eager-sizes 100000,500000] [--words 60] [--k 100]``, or for lookups by id in a local corpus
+[--eager-sizes 100000,500000] [--words 60] [--k 100] [--repeats 3]``, or for lookups by id in a local corpus
 ``python benchmarks/streaming.py --lookups [--lookup-docs 2000000] [--lookup-words 8] [--lookup-ids 10000]
 [--repeats 3]``
 
@@ -17,9 +17,14 @@ and reused) is loaded in a fresh child process per configuration and measurement
   (the run streamed, a top-``k`` heap per query, texts of the candidates looked up in one more pass);
 * ``eager`` (the default ``load_collection(folder)``, every document in a dict), for comparison.
 
-Two children per configuration: one measures peak RSS (``VmHWM``, minus the RSS after the imports)
-and wall time, one the peak of Python allocations with ``tracemalloc`` (slower, so not timed). The
-claim checked: the lazy peak does not grow with the corpus (ratio largest / smallest corpus ~ 1).
+Per configuration (row), an RSS child measures peak RSS (``VmHWM``, minus the RSS after the imports)
+and the wall times of the two steps; it runs ``--repeats`` times (default 3), the rows alternated round
+by round (row 1, row 2, ..., row 1, row 2, ...) after every corpus file was read once (page cache), and
+the table prints the median [min - max] of each time and of each peak RSS. One more child per row
+measures the peak of Python allocations with ``tracemalloc`` (slower, so not timed; one run: the same
+input makes the same allocations). The pairs, their text bytes and the candidates are checked the same in
+every run and both modes of a corpus. The claim checked: the lazy peak does not grow with the corpus
+(ratio largest / smallest corpus ~ 1); the time ratio is of medians, with the range of per-round ratios.
 
 ``--lookups`` times ``docs.get_many`` on a lazily loaded local TSV corpus (``--lookup-docs`` short
 documents of ``--lookup-words`` words, written once under ``--root``): two calls of ``--lookup-ids``
@@ -35,10 +40,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _common import Seconds, alternate  # noqa: E402
+from _common import header as header_line  # noqa: E402
 from make_synthetic_corpus import DEFAULT_ROOT, ensure_corpus  # noqa: E402
 
 CHILD = """
@@ -160,55 +168,117 @@ def main() -> None:
     ap.add_argument("--lookup-docs", type=int, default=2_000_000, help="corpus size for --lookups")
     ap.add_argument("--lookup-words", type=int, default=8, help="mean words per document for --lookups")
     ap.add_argument("--lookup-ids", type=int, default=10_000, help="ids per get_many call for --lookups")
-    ap.add_argument("--repeats", type=int, default=3, help="alternated runs for --lookups")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="alternated runs per row (and per method for --lookups); >= 3"
+    )
     args = ap.parse_args()
     if args.lookups:
         lookups(args.root, args.lookup_docs, args.lookup_words, args.lookup_ids, args.repeats)
         return
     sizes = [int(s) for s in args.sizes.split(",") if s]
     eager_sizes = [int(s) for s in args.eager_sizes.split(",") if s]
+    if args.repeats < 3:
+        ap.error("--repeats needs 3 or more (a time is a median of at least 3 runs)")
     configs = [("lazy", n) for n in sizes] + [("eager", n) for n in eager_sizes]
     metas = {
         n: ensure_corpus(os.path.join(args.root, f"docs_{n}"), n, words=args.words)
         for n in sorted({n for _, n in configs})
     }
+    for n in metas:  # read each corpus once, so that the first round finds it in the page cache too
+        for name in ("docs.tsv", "run.txt"):
+            with open(os.path.join(args.root, f"docs_{n}", name), "rb") as f:
+                while f.read(1 << 24):
+                    pass
+
+    header_line(
+        f"10,000 judged pairs with texts from a synthetic TSV corpus (~{args.words} words per document), "
+        f"then the top-{args.k} candidates per query from a 100-deep run"
+    )
+    print(
+        f"  timing: each row's RSS child (a fresh process) runs {args.repeats} times, the rows alternated "
+        f"round by round (row 1, row 2, ..., row 1, row 2, ...; the corpora read once before, so every round "
+        "finds them in the page cache); round lines show the pairs step's time",
+        flush=True,
+    )
+    rss_runs: dict[tuple[str, int], list[dict]] = {c: [] for c in configs}
+
+    def timed(mode: str, n: int):
+        def fn() -> Seconds:
+            r = child(os.path.join(args.root, f"docs_{n}"), mode, "rss", args.k)
+            rss_runs[mode, n].append(r)
+            return Seconds(r["pairs_s"])
+
+        return fn
+
+    alternate({f"{m} {n:,}": timed(m, n) for m, n in configs}, repeats=args.repeats, warmup=0)
+    # tracemalloc: one (untimed, slower) child per row; the Python allocations of the same input are the
+    # same each run, so one run is the figure
+    trace = {(m, n): child(os.path.join(args.root, f"docs_{n}"), m, "trace", args.k) for m, n in configs}
+
+    # the same corpus gives the same pairs and candidates in every run and both modes
+    answers = {
+        (m, n): {(r["pairs"], r["text_bytes"], r["candidates"]) for r in [*rss_runs[m, n], trace[m, n]]}
+        for m, n in configs
+    }
+    for n in metas:
+        same = set().union(*(answers[m, k] for m, k in configs if k == n))
+        print(
+            f"  {n:,} documents: {'same' if len(same) == 1 else 'DIFFERENT'} (pairs, text bytes, candidates) "
+            f"in every run and mode: {sorted(same)}"
+        )
+
+    def med(runs: list[dict], key) -> float:
+        return statistics.median(key(r) for r in runs)
+
+    def cell(runs: list[dict], key: str) -> str:
+        v = [r[key] for r in runs]
+        return f"{statistics.median(v):.2f} s [{min(v):.2f} - {max(v):.2f}]"
+
+    def rss_cell(runs: list[dict], key: str) -> str:
+        v = [(r[key] - r["base_kib"]) / 1024 for r in runs]
+        return f"{statistics.median(v):.1f} MiB [{min(v):.1f} - {max(v):.1f}]"
 
     mib = 2**20
     print(
-        f"\n10,000 judged pairs with texts from a synthetic TSV corpus (~{args.words} words per document), "
-        f"then the top-{args.k} candidates per query from a 100-deep run; fresh process per row"
+        f"\nfresh process per run; times and peak RSS: median [min - max] of {args.repeats} alternated runs; "
+        "tracemalloc peak: one run (deterministic)"
     )
-    header = (
+    print(
         "| mode | documents | docs.tsv | texts held, pairs | tracemalloc peak, pairs | peak RSS above imports, "
         f"pairs | time, pairs | texts held, + top-{args.k} | tracemalloc peak, + top-{args.k} "
         f"| peak RSS, + top-{args.k} | time, + top-{args.k} |"
     )
-    print(header)
     print("| --- |" + " ---: |" * 10)
-    results = {}
     for mode, n in configs:
-        folder = os.path.join(args.root, f"docs_{n}")
-        rss = child(folder, mode, "rss", args.k)
-        trace = child(folder, mode, "trace", args.k)
-        results[(mode, n)] = (rss, trace)
+        runs, tr = rss_runs[mode, n], trace[mode, n]
         print(
-            f"| {mode} | {n:,} | {metas[n]['docs_bytes'] / mib:,.0f} MiB | {rss['pairs_held']:,} "
-            f"| {trace['pairs_trace'] / mib:.1f} MiB | {(rss['pairs_hwm_kib'] - rss['base_kib']) / 1024:.1f} MiB "
-            f"| {rss['pairs_s']:.1f} s | {rss['all_held']:,} | {trace['candidates_trace'] / mib:.1f} MiB "
-            f"| {(rss['all_hwm_kib'] - rss['base_kib']) / 1024:.1f} MiB | {rss['candidates_s']:.1f} s |",
+            f"| {mode} | {n:,} | {metas[n]['docs_bytes'] / mib:,.0f} MiB | {runs[0]['pairs_held']:,} "
+            f"| {tr['pairs_trace'] / mib:.1f} MiB | {rss_cell(runs, 'pairs_hwm_kib')} "
+            f"| {cell(runs, 'pairs_s')} | {runs[0]['all_held']:,} | {tr['candidates_trace'] / mib:.1f} MiB "
+            f"| {rss_cell(runs, 'all_hwm_kib')} | {cell(runs, 'candidates_s')} |",
             flush=True,
         )
     for mode, ns in (("lazy", sizes), ("eager", eager_sizes)):
         if len(ns) < 2:
             continue
-        lo, hi = results[(mode, min(ns))], results[(mode, max(ns))]
+        lo, hi = (mode, min(ns)), (mode, max(ns))
+        pairs_rss = (
+            [(r["pairs_hwm_kib"] - r["base_kib"]) for r in rss_runs[hi]],
+            [(r["pairs_hwm_kib"] - r["base_kib"]) for r in rss_runs[lo]],
+        )
+        all_rss = (
+            [(r["all_hwm_kib"] - r["base_kib"]) for r in rss_runs[hi]],
+            [(r["all_hwm_kib"] - r["base_kib"]) for r in rss_runs[lo]],
+        )
+        per_round = [a["pairs_s"] / b["pairs_s"] for a, b in zip(rss_runs[hi], rss_runs[lo], strict=True)]
         print(
             f"{mode}: {max(ns):,} / {min(ns):,} documents ({max(ns) / min(ns):.0f}x the corpus): "
-            f"tracemalloc peak ratio {hi[1]['pairs_trace'] / lo[1]['pairs_trace']:.2f} (pairs), "
-            f"{hi[1]['candidates_trace'] / lo[1]['candidates_trace']:.2f} (+ candidates); peak RSS above "
-            f"imports ratio {(hi[0]['pairs_hwm_kib'] - hi[0]['base_kib']) / (lo[0]['pairs_hwm_kib'] - lo[0]['base_kib']):.2f} "
-            f"(pairs), {(hi[0]['all_hwm_kib'] - hi[0]['base_kib']) / (lo[0]['all_hwm_kib'] - lo[0]['base_kib']):.2f} "
-            f"(+ candidates); time ratio {hi[0]['pairs_s'] / lo[0]['pairs_s']:.1f} (pairs)"
+            f"tracemalloc peak ratio {trace[hi]['pairs_trace'] / trace[lo]['pairs_trace']:.2f} (pairs), "
+            f"{trace[hi]['candidates_trace'] / trace[lo]['candidates_trace']:.2f} (+ candidates); peak RSS above "
+            f"imports ratio of medians {statistics.median(pairs_rss[0]) / statistics.median(pairs_rss[1]):.2f} "
+            f"(pairs), {statistics.median(all_rss[0]) / statistics.median(all_rss[1]):.2f} (+ candidates); "
+            f"time ratio of medians {med(rss_runs[hi], lambda r: r['pairs_s']) / med(rss_runs[lo], lambda r: r['pairs_s']):.1f} "
+            f"(pairs; per round {min(per_round):.1f} - {max(per_round):.1f})"
         )
 
 
