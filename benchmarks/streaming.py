@@ -142,6 +142,7 @@ def lookups(root: str, n_docs: int, words: int, n_ids: int, repeats: int) -> Non
             if name == "after":
                 assert answers == last, "the index answers differ from a scan"
             last = answers
+    header_line("lazy corpus lookups (--lookups)")
     print(
         f"\nget_many of {n_ids:,} random ids, twice, in a {n_docs:,}-document TSV corpus "
         f"({meta['docs_bytes'] / 2**20:,.0f} MiB, ~{words} words per document); {repeats} alternated runs, "
