@@ -71,7 +71,7 @@ def main() -> None:
     print(
         f"{len(queries)} pairs of {name}, all-MiniLM-L6-v2 bi-encoder, TFC1; clean - perturbed score: mean "
         f"{delta.mean():+.4f} (95% CI {lo:+.4f} .. {hi:+.4f}); path patching of every head "
-        f"({be.cfg.n_layers} x {be.cfg.n_heads}) into the score: {seconds:.1f} s on {be.device}"
+        f"({be.cfg.n_layers} x {be.cfg.n_heads}) into the score ({seconds:.1f} s on {be.device}: one run's wall time, not a benchmark figure)"
     )
     n_heads = be.cfg.n_heads
     top: list[int] = []
@@ -120,7 +120,9 @@ def into_heads(be: Any, al: Any, direct: Any, delta: Tensor, receivers: int, top
     t0 = time.perf_counter()
     res = path_patch_into_heads(be, al, receiver_heads=receivers, direct=direct, metric="raw")
     seconds = time.perf_counter() - t0
-    print(f"\nevery earlier head into the q/k/v of the top {receivers} direct heads ({seconds:.0f} s):")
+    print(
+        f"\nevery earlier head into the q/k/v of the top {receivers} direct heads ({seconds:.0f} s, one run):"
+    )
     for key in res.receivers:
         part = res[key]
         v = part["heads"].double()  # [batch, sender layer, n_heads]

@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import os
 import sys
-import time
 
 import torch
 
@@ -75,14 +74,10 @@ def measure(model: HookedCrossEncoder, autocast: torch.dtype | None, steps: list
     ctx = torch.autocast("cpu", dtype=autocast) if autocast is not None else contextlib.nullcontext()
     out: dict = {}
     with ctx:
-        t0 = time.perf_counter()
         out["scores"] = model.score(QUERIES, DOCS)
-        out["t_score"] = time.perf_counter() - t0
         batch = model.tokenize(QUERIES, DOCS)
         for n in steps:
-            t0 = time.perf_counter()
             out["nig", n] = NeuronIntegratedGradients(model).attribute(batch, n_steps=n)
-            out["t_nig", n] = time.perf_counter() - t0
         with ablate(model, ablation_set(model), mode="baseline") as ab:
             out["ablated"] = ab.score(QUERIES, DOCS)
         aligned = perturb.align(model, QUERIES, DOCS, lambda q, d: perturb.tfc1(q, d, where="start"))
@@ -108,7 +103,7 @@ def report(name: str, low: dict, ref: dict, steps: list[int], rounded: dict | No
         layers = ", ".join(
             f"{rel_l2(a.per_neuron()[:, i], r.per_neuron()[:, i]):.3f}" for i in range(len(a.layers))
         )
-        print(line + f"; per layer [{layers}]; {low['t_nig', n]:.1f} s (fp32 {ref['t_nig', n]:.1f} s)")
+        print(line + f"; per layer [{layers}]")
     print(f"ablated scores (1 % baseline) {rel_l2(low['ablated'], ref['ablated']):.4f}")
     print(
         f"ablation effect            {rel_l2(low['ablated'] - low['scores'], ref['ablated'] - ref['scores']):.4f}"
@@ -122,7 +117,6 @@ def report(name: str, low: dict, ref: dict, steps: list[int], rounded: dict | No
             f"  effect (raw) {rel_l2(lo.values[site], r.values[site]):.4f}; max |effect error| / max |score| "
             f"{abs_err / scale:.4f} (max |effect| / max |score| {r.values[site].abs().max().item() / scale:.3f})"
         )
-    print(f"score time {low['t_score']:.2f} s (fp32 {ref['t_score']:.2f} s)")
 
 
 def main() -> None:

@@ -91,7 +91,7 @@ def main() -> None:
                 f"| {label} | {a:+.3f} | {float(delta.mean()):+.4f} [{low:+.4f}, {high:+.4f}] | "
                 f"{int((delta > 0).sum())}/{len(delta)} |"
             )
-    print(f"\ntotal {time.perf_counter() - t0:.1f} s")
+    print(f"\ntotal {time.perf_counter() - t0:.1f} s (one run's wall time, not a benchmark figure)")
 
 
 if __name__ == "__main__":
