@@ -45,6 +45,21 @@ def alternate(
     return times
 
 
+def repeats(text: str) -> int:
+    """argparse type of ``--repeats``: an int >= 3 (a figure is the median of at least 3 runs)."""
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 3:
+        raise argparse.ArgumentTypeError(
+            f"needs an int >= 3 (a figure is the median of at least 3 runs), got {text}"
+        )
+    return n
+
+
 def interleaved_times(fns: Mapping[str, Callable[[], object]], *, repeats: int = 7, warmup: int = 2) -> dict:
     """Median seconds of each function over :func:`alternate` (for scripts that print medians only)."""
     times = alternate(fns, repeats=repeats, warmup=warmup, quiet=True)

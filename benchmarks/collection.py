@@ -22,7 +22,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import alternate, header, minilm_cross_encoder_dir, spread  # noqa: E402
+from _common import alternate, header, minilm_cross_encoder_dir, repeats, spread  # noqa: E402
 
 
 def main() -> None:
@@ -32,10 +32,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=48)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=repeats, default=3)
     args = ap.parse_args()
-    if args.repeats < 3:
-        raise SystemExit("--repeats must be >= 3 (a figure is the median of at least 3 runs)")
 
     from mechir_nig import HookedBiEncoder, HookedCrossEncoder
     from mechir_nig.data import bm25_candidates, judged_pairs, load_collection

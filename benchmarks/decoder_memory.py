@@ -50,7 +50,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import header  # noqa: E402
+from _common import header, repeats  # noqa: E402
 
 SHAPE = dict(d_model=1024, n_heads=16, n_kv_heads=8, head_dim=128, d_mlp=3072)
 """Qwen3-Reranker-0.6B's block (its config: hidden_size, num_attention_heads, num_key_value_heads,
@@ -135,7 +135,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=32768, help="vocabulary rows (the real model: 151669)")
     ap.add_argument(
         "--repeats",
-        type=int,
+        type=repeats,
         default=3,
         help="timed attributions per configuration, after one warm-up (3 or more: median and spread)",
     )
@@ -147,8 +147,6 @@ def main() -> None:
     ap.add_argument("--full-plain", action="store_true", help="with --full: also without checkpointing")
     args = ap.parse_args()
     kept = sorted({int(k) for k in args.kept.split(",")})
-    if args.repeats < 3:
-        ap.error("--repeats needs 3 or more (a time is a median of at least 3 runs)")
     if len(kept) < 2 or kept[0] < 1:
         ap.error("--kept needs two layer counts >= 1 (the per-block slope), e.g. 1,2")
     header(

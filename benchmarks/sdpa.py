@@ -21,7 +21,15 @@ from collections.abc import Callable
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import alternate, header, minilm_cross_encoder_dir, print_diff, print_times, synthetic_pairs  # noqa: E402
+from _common import (
+    alternate,
+    header,
+    minilm_cross_encoder_dir,
+    print_diff,
+    print_times,
+    repeats,
+    synthetic_pairs,
+)  # noqa: E402
 
 from mechir_nig import HookedCrossEncoder  # noqa: E402
 from mechir_nig.attribution import NeuronIntegratedGradients  # noqa: E402
@@ -33,14 +41,12 @@ def main() -> None:
     ap.add_argument("--tokens", default="128,256", help="comma-separated pair lengths")
     ap.add_argument("--nig-pairs", type=int, default=2)
     ap.add_argument("--steps", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=repeats, default=7)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
     model = HookedCrossEncoder.from_pretrained(minilm_cross_encoder_dir(), dtype=args.dtype, device=device)
-    if args.repeats < 3:
-        raise SystemExit("--repeats must be >= 3 (a figure is the median of at least 3 runs)")
     header(
         f"MiniLM-L6 cross-encoder, {model.cfg.dtype}, {device}; {args.repeats} alternated rounds after 2 warm-up rounds"
     )

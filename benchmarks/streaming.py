@@ -45,7 +45,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import Seconds, alternate  # noqa: E402
+from _common import Seconds, alternate, repeats  # noqa: E402
 from _common import header as header_line  # noqa: E402
 from make_synthetic_corpus import DEFAULT_ROOT, ensure_corpus  # noqa: E402
 
@@ -170,7 +170,10 @@ def main() -> None:
     ap.add_argument("--lookup-words", type=int, default=8, help="mean words per document for --lookups")
     ap.add_argument("--lookup-ids", type=int, default=10_000, help="ids per get_many call for --lookups")
     ap.add_argument(
-        "--repeats", type=int, default=3, help="alternated runs per row (and per method for --lookups); >= 3"
+        "--repeats",
+        type=repeats,
+        default=3,
+        help="alternated runs per row (and per method for --lookups); >= 3",
     )
     args = ap.parse_args()
     if args.lookups:
@@ -178,8 +181,6 @@ def main() -> None:
         return
     sizes = [int(s) for s in args.sizes.split(",") if s]
     eager_sizes = [int(s) for s in args.eager_sizes.split(",") if s]
-    if args.repeats < 3:
-        ap.error("--repeats needs 3 or more (a time is a median of at least 3 runs)")
     configs = [("lazy", n) for n in sizes] + [("eager", n) for n in eager_sizes]
     metas = {
         n: ensure_corpus(os.path.join(args.root, f"docs_{n}"), n, words=args.words)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import SHARED, Seconds, alternate, header, print_diff, print_times  # noqa: E402
+from _common import SHARED, Seconds, alternate, header, print_diff, print_times, repeats  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,10 +58,8 @@ def main() -> None:
     ap.add_argument("--collection", default=str(SHARED / "data" / "vaswani"))
     ap.add_argument("--pairs", type=int, default=48)
     ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=repeats, default=3)
     args = ap.parse_args()
-    if args.repeats < 3:
-        raise SystemExit("--repeats must be >= 3 (a figure is the median of at least 3 runs)")
     if not Path(args.collection).exists():
         raise SystemExit(f"{args.collection} is absent: give --collection a local collection folder")
     tmp = Path(tempfile.mkdtemp(prefix="mechir_nig_versions_"))
