@@ -118,27 +118,12 @@ def check_receivers(args: argparse.Namespace, model: HookedModel, layers: list[i
         return
     if args.receiver_heads is not None:
         raise UsageError("give --receivers or --receiver-heads, not both (--receivers names the receivers)")
-    from mechir_nig.interventions.path_patching import _n_heads
+    from mechir_nig.interventions.path_patching import head_receiver_problem
 
     for kind, layer, head in args.receivers:
-        spec = f"{kind}:{layer}.{head}"
-        if layer == 0:
-            raise UsageError(
-                f"--receivers {spec}: a head of layer 0 has no earlier head to receive from; give a layer in "
-                f"1..{cfg.n_layers - 1}"
-            )
-        if layer >= cfg.n_layers:
-            raise UsageError(
-                f"--receivers {spec}: layer {layer} is out of range; the model's layers are 0..{cfg.n_layers - 1} "
-                "and a receiver needs earlier heads, so give a layer in "
-                f"1..{cfg.n_layers - 1}"
-            )
-        n = _n_heads(cfg, kind)  # keys and values of grouped-query attention have fewer heads
-        if not 0 <= head < n:
-            what = "key/value heads" if n != cfg.n_heads else "heads"
-            raise UsageError(
-                f"--receivers {spec}: head {head} is out of range; the model has {n} {what} (0..{n - 1})"
-            )
+        problem = head_receiver_problem(cfg, kind, layer, head)
+        if problem:
+            raise UsageError(f"--receivers {kind}:{layer}.{head}: {problem}")
 
 
 def attention_weight(text: str) -> float:

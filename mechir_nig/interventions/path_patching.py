@@ -704,17 +704,46 @@ def _head_receivers(model: HookedModel, receivers: Any) -> list[tuple[str, int, 
                 f"a receiver head input is ('q' | 'k' | 'v', layer, head), got {r!r}; use path_patch for "
                 "other receivers"
             )
-        parsed = _parse_receiver(tuple(r), model.cfg)
-        assert parsed.layer is not None and parsed.head is not None
-        if parsed.layer < 1:
-            raise InputError(
-                f"receiver {parsed.key!r}: a head of layer 0 has no earlier head to receive from; choose a "
-                "head of layer 1 or later"
-            )
-        if (parsed.kind, parsed.layer, parsed.head) in out:
-            raise InputError(f"receiver {parsed.key!r} is listed twice; list each once")
-        out.append((parsed.kind, parsed.layer, parsed.head))
+        item = (
+            r[0],
+            check_int(r[1], "receiver layer", minimum=0),
+            check_int(r[2], "receiver head", minimum=0),
+        )
+        key = receiver_key(item)
+        problem = head_receiver_problem(model.cfg, *item)
+        if problem:
+            raise InputError(f"receiver {key!r}: {problem}")
+        if item in out:
+            raise InputError(f"receiver {key!r} is listed twice; list each once")
+        out.append(item)
     return out
+
+
+def head_receiver_problem(cfg: Any, kind: str, layer: int, head: int) -> str | None:
+    """What is wrong with the receiver head input ``(kind, layer, head)`` of a model of config ``cfg``
+    (a layer of 0 or out of range, a head out of range; grouped-query attention has fewer key/value
+    heads), or ``None``: the one check behind :func:`path_patch_into_heads` and ``mechir-nig circuits
+    --receivers``.
+
+    Example:
+        >>> head_receiver_problem(ce.cfg, "q", 0, 1)
+        'a head of layer 0 has no earlier head to receive from; give a layer in 1..5'
+        >>> head_receiver_problem(ce.cfg, "v", 3, 1) is None
+        True
+    """
+    last = int(cfg.n_layers) - 1
+    if layer == 0:
+        return f"a head of layer 0 has no earlier head to receive from; give a layer in 1..{last}"
+    if not 0 < layer <= last:
+        return (
+            f"layer {layer} is out of range; the model's layers are 0..{last} and a receiver needs earlier "
+            f"heads, so give a layer in 1..{last}"
+        )
+    n = _n_heads(cfg, kind)
+    if not 0 <= head < n:
+        what = "key/value heads" if n != cfg.n_heads else "heads"
+        return f"receiver head {head} is out of range; the model has {n} {what} (0..{n - 1})"
+    return None
 
 
 def _input_head(cfg: Any, kind: str, head: int) -> int:
