@@ -274,7 +274,7 @@ def main() -> None:
         )
         per_round = [a["pairs_s"] / b["pairs_s"] for a, b in zip(rss_runs[hi], rss_runs[lo], strict=True)]
         print(
-            f"{mode}: {max(ns):,} / {min(ns):,} documents ({max(ns) / min(ns):.0f}x the corpus): "
+            f"{mode}: {max(ns):,} / {min(ns):,} documents ({max(ns) / min(ns):g}x the corpus): "
             f"tracemalloc peak ratio {trace[hi]['pairs_trace'] / trace[lo]['pairs_trace']:.2f} (pairs), "
             f"{trace[hi]['candidates_trace'] / trace[lo]['candidates_trace']:.2f} (+ candidates); peak RSS above "
             f"imports ratio of medians {statistics.median(pairs_rss[0]) / statistics.median(pairs_rss[1]):.2f} "
