@@ -3,6 +3,7 @@ equality check printed next to every comparison, the MiniLM cross-encoder and th
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -66,13 +67,20 @@ def interleaved_times(fns: Mapping[str, Callable[[], object]], *, repeats: int =
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def spread(values: list[float]) -> str:
-    """``median [min-max]`` of a list of seconds (with the interquartile range from 4 values on)."""
+def decimals(value: float, digits: int) -> int:
+    """Decimals that show ``digits`` significant digits of ``value`` below 1, at least 2."""
+    return max(2, digits - 1 - math.floor(math.log10(value))) if value > 0 else 2
+
+
+def spread(values: list[float], digits: int | None = None) -> str:
+    """``median [min-max]`` of a list of seconds (with the interquartile range from 4 values on); 2
+    decimals, or with ``digits`` enough to show that many significant digits of a median below 1 s."""
     med = statistics.median(values)
-    text = f"{med:8.2f} s  [min {min(values):.2f} - max {max(values):.2f}"
+    d = 2 if digits is None else decimals(med, digits)
+    text = f"{med:8.{d}f} s  [min {min(values):.{d}f} - max {max(values):.{d}f}"
     if len(values) >= 4:
         q = statistics.quantiles(values, n=4)
-        text += f", IQR {q[0]:.2f} - {q[2]:.2f}"
+        text += f", IQR {q[0]:.{d}f} - {q[2]:.{d}f}"
     return text + f", n={len(values)}]"
 
 

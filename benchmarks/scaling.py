@@ -32,7 +32,7 @@ machine, 2-thread runs measured mostly OpenMP barrier waits (compare ``--threads
 the curves (medians, min-max bars) are drawn with matplotlib (when installed) on the factor relative
 to its base value.
 
-Prints: the settings header; per factor value ``NIG pairs = 4: 0.326 s [0.320 - 0.340, n=3]  peak
+Prints: the settings header; per factor value ``NIG pairs = 4: 0.326 s  [min 0.320 - max 0.340, n=3]  peak
 +96 MiB [95 - 97]``; per factor the fitted exponents of time (median, and the range over rounds) and
 memory (all values and last two); with ``--markdown`` the tables for docs/benchmarks.md, each time as
 ``median [min-max]`` seconds, e.g. ``0.17 [0.16-0.19]``. ``--quick`` (two values per factor, one repeat
@@ -55,7 +55,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import Seconds, alternate, header, synthetic_pairs  # noqa: E402
+from _common import Seconds, alternate, decimals, header, spread, synthetic_pairs  # noqa: E402
 
 BASE = {"pairs": 2, "tokens": 128, "steps": 8, "layers": 2}
 NIG_VALUES = {
@@ -117,28 +117,11 @@ class Point:
         return statistics.median(self.peaks)
 
 
-def _decimals(med: float, digits: int) -> int:
-    """Decimals that show ``digits`` significant digits of ``med`` below 1, at least 2."""
-    return max(2, digits - 1 - math.floor(math.log10(med))) if med > 0 else 2
-
-
-def _secs(values: list[float]) -> str:
-    """``median s [min - max, n]`` with 3 significant digits below 1 s (IQR from 4 values on): the NIG
-    points take 0.03 to 3 s, below the fixed 2 decimals of ``_common.spread``."""
-    med = statistics.median(values)
-    d = _decimals(med, 3)
-    text = f"{med:7.{d}f} s [{min(values):.{d}f} - {max(values):.{d}f}"
-    if len(values) >= 4:
-        q = statistics.quantiles(values, n=4)
-        text += f", IQR {q[0]:.{d}f} - {q[2]:.{d}f}"
-    return text + f", n={len(values)}]"
-
-
 def _cell(values: list[float]) -> str:
     """A Markdown table cell: ``median [min-max]`` with the median's 2 significant digits below 1 s
     and 2 decimals above, e.g. ``0.17 [0.16-0.19]``, ``0.073 [0.071-0.080]``, ``2.27 [2.21-2.40]``."""
     med = statistics.median(values)
-    d = _decimals(med, 2)
+    d = decimals(med, 2)
     return f"{med:.{d}f} [{min(values):.{d}f}-{max(values):.{d}f}]"
 
 
@@ -223,7 +206,7 @@ def sweep(
             p.times = times[str(p.value)]
             p.peaks = p.peaks[-repeats:]  # the timed runs only (the warm-up recorded one too)
             print(
-                f"  {name:10s} {factor:6s} = {p.value:4d}: {_secs(p.times)}  peak +{p.peak:6.1f} MiB "
+                f"  {name:10s} {factor:6s} = {p.value:4d}: {spread(p.times, digits=3)}  peak +{p.peak:6.1f} MiB "
                 f"[{min(p.peaks):.1f} - {max(p.peaks):.1f}]",
                 flush=True,
             )
