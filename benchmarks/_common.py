@@ -182,6 +182,22 @@ def vaswani_pairs(n: int, max_words: int | None = None) -> tuple[list[str], list
     return [col.queries[q] for q in qids], docs, str(folder) if folder.is_dir() else "embedded"
 
 
+def judged_sample(col: object, n: int) -> object:
+    """The first ``n`` judged pairs of collection ``col``: 1 relevant and 1 BM25-top-20 non-relevant
+    document per query (``judged_pairs``), the pairs ``collection.py`` and ``versions.py`` attribute.
+    Imports ``mechir_nig`` when called, so that ``versions.py``'s child runs it on the earlier version."""
+    from mechir_nig.data import bm25_candidates, judged_pairs
+
+    pairs = judged_pairs(
+        col,
+        max_relevant_per_query=1,
+        max_nonrelevant_per_query=1,
+        candidates=bm25_candidates(col, k=20),
+        sample_nonrelevant_from_candidates=True,
+    )
+    return type(pairs)(pairs[:n], pairs.report)
+
+
 def synthetic_pairs(n: int, n_tokens: int, seed: int = 0) -> tuple[list[str], list[str]]:
     """``n`` query/document pairs of exactly ``n_tokens`` word pieces each ([CLS] q [SEP] d [SEP])."""
     words = "the cell query document model attention layer signal water light energy data".split()

@@ -22,13 +22,13 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import alternate, header, minilm_cross_encoder_dir, repeats, spread  # noqa: E402
+from _common import SHARED, alternate, header, judged_sample, minilm_cross_encoder_dir, repeats, spread  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    default = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "vaswani")
-    ap.add_argument("--collection", default=default if os.path.isdir(default) else "embedded")
+    default = SHARED / "data" / "vaswani"
+    ap.add_argument("--collection", default=str(default) if default.is_dir() else "embedded")
     ap.add_argument("--pairs", type=int, default=48)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -36,19 +36,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from mechir_nig import HookedBiEncoder, HookedCrossEncoder
-    from mechir_nig.data import bm25_candidates, judged_pairs, load_collection
+    from mechir_nig.data import load_collection
     from mechir_nig.experiments.attribute import attribute_collection
     from mechir_nig.testing import minilm_path
 
     col = load_collection(args.collection)
-    pairs = judged_pairs(
-        col,
-        max_relevant_per_query=1,
-        max_nonrelevant_per_query=1,
-        candidates=bm25_candidates(col, k=20),
-        sample_nonrelevant_from_candidates=True,
-    )
-    pairs = type(pairs)(pairs[: args.pairs], pairs.report)
+    pairs = judged_sample(col, args.pairs)
     header(f"{col.name}: {len(pairs)} pairs, {args.steps} steps, batch {args.batch_size}, all layers")
     models = {
         "bi-encoder (all-MiniLM-L6-v2, doc side)": HookedBiEncoder.from_pretrained(minilm_path()),

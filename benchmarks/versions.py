@@ -33,15 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import json, sys, time, torch
+sys.path.insert(0, sys.argv[5])  # benchmarks/: judged_sample imports whichever mechir_nig is first
+from _common import judged_sample
 from mechir_nig import HookedBiEncoder
-from mechir_nig.data import bm25_candidates, judged_pairs, load_collection
+from mechir_nig.data import load_collection
 from mechir_nig.experiments.attribute import attribute_collection
 from mechir_nig.testing import minilm_path
 collection, n_pairs, n_steps, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-col = load_collection(collection)
-pairs = judged_pairs(col, max_relevant_per_query=1, max_nonrelevant_per_query=1,
-                     candidates=bm25_candidates(col, k=20), sample_nonrelevant_from_candidates=True)
-pairs = type(pairs)(pairs[:n_pairs], pairs.report)
+pairs = judged_sample(load_collection(collection), n_pairs)
 model = HookedBiEncoder.from_pretrained(minilm_path())
 attribute_collection(model, pairs[:4], n_steps=n_steps, batch_size=8, progress=False)  # warm-up
 t0 = time.perf_counter()
@@ -76,7 +75,7 @@ def main() -> None:
         env = dict(
             os.environ, PYTHONPATH=str(roots[name]), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error"
         )
-        argv = [args.collection, str(args.pairs), str(args.steps), str(outs[name])]
+        argv = [args.collection, str(args.pairs), str(args.steps), str(outs[name]), str(ROOT / "benchmarks")]
         done = subprocess.run(
             [sys.executable, "-c", CHILD, *argv], env=env, capture_output=True, text=True, cwd=tmp
         )
